@@ -1,0 +1,441 @@
+//! Loading the kernel programs, pinning their maps and links under the bpffs
+//! directory, adopting what a crashed controller left behind, and detaching
+//! everything again.
+//!
+//! Layout under the pin directory (default `/sys/fs/bpf/daas-lb`):
+//! `<map name>` for each map of `lb_common::map_names` and
+//! `links/<program name>` for each cgroup link. A pinned link keeps its
+//! program attached after the controller exits; the pinned maps keep the
+//! selected backends. A new `run` finds both: it reuses the maps (their
+//! contents included) and swaps the new programs into the existing links with
+//! `BPF_LINK_UPDATE`, so there is never a second attachment nor a moment
+//! without one.
+
+use std::{
+    fs::{self, File},
+    io,
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, MapType, PerCpuArray, PerCpuValues},
+    programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink},
+    util::nr_cpus,
+};
+use lb_common::{
+    Backend, BackendStats, MAX_BACKENDS, MAX_REV_NAT, MAX_SERVICES, Service, ServiceStats, VipKey,
+    map_names, program_names,
+};
+use tracing::{info, warn};
+
+use crate::{bpf_sys, ebpf_object::ebpf_object};
+
+/// `statfs` magic of bpffs.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// `statfs` magic of cgroup v2.
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+/// Sub-directory of the pin directory that holds the links.
+const LINKS_DIR: &str = "links";
+
+/// What each map must look like; a pinned map that differs (left by another
+/// version of daas-lb) is replaced instead of reused.
+struct MapShape {
+    name: &'static str,
+    map_type: MapType,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+}
+
+const MAP_SHAPES: [MapShape; 5] = [
+    MapShape {
+        name: map_names::SERVICES,
+        map_type: MapType::Hash,
+        key_size: size_of::<VipKey>() as u32,
+        value_size: size_of::<Service>() as u32,
+        max_entries: MAX_SERVICES,
+    },
+    MapShape {
+        name: map_names::BACKENDS,
+        map_type: MapType::Array,
+        key_size: 4,
+        value_size: size_of::<Backend>() as u32,
+        max_entries: MAX_BACKENDS,
+    },
+    MapShape {
+        name: map_names::BACKEND_STATS,
+        map_type: MapType::PerCpuArray,
+        key_size: 4,
+        value_size: size_of::<BackendStats>() as u32,
+        max_entries: MAX_BACKENDS,
+    },
+    MapShape {
+        name: map_names::SERVICE_STATS,
+        map_type: MapType::PerCpuArray,
+        key_size: 4,
+        value_size: size_of::<ServiceStats>() as u32,
+        max_entries: MAX_SERVICES,
+    },
+    MapShape {
+        name: map_names::REV_NAT,
+        map_type: MapType::LruHash,
+        key_size: size_of::<lb_common::RevNatKey>() as u32,
+        value_size: size_of::<lb_common::RevNatValue>() as u32,
+        max_entries: MAX_REV_NAT,
+    },
+];
+
+/// How each program got attached in this run.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AttachReport {
+    /// Programs swapped into links left by an earlier run (same cgroup).
+    pub adopted: Vec<&'static str>,
+    /// Programs attached with a new link.
+    pub attached: Vec<&'static str>,
+    /// Links of an earlier run on another cgroup, detached and replaced.
+    pub replaced: Vec<&'static str>,
+    /// Maps reused with their contents.
+    pub reused_maps: Vec<&'static str>,
+}
+
+/// The loaded programs and their maps.
+pub struct Dataplane {
+    pin_dir: PathBuf,
+    services: HashMap<MapData, VipKey, Service>,
+    backends: Array<MapData, Backend>,
+    backend_stats: PerCpuArray<MapData, BackendStats>,
+    service_stats: PerCpuArray<MapData, ServiceStats>,
+    nr_cpus: usize,
+    // Keeps the program fds open for the lifetime of the controller.
+    _ebpf: Ebpf,
+}
+
+impl Dataplane {
+    /// Loads the programs, pins/reuses the maps and attaches (or adopts) the
+    /// links on `cgroup`.
+    pub fn start(pin_dir: &Path, cgroup: &Path) -> anyhow::Result<(Self, AttachReport)> {
+        let object = ebpf_object()?;
+        check_fs_magic(
+            pin_dir.parent().unwrap_or(pin_dir),
+            BPF_FS_MAGIC,
+            "bpffs (mount it with `mount -t bpf bpf /sys/fs/bpf`)",
+        )?;
+        let cgroup_dir =
+            File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+        check_fs_magic(cgroup, CGROUP2_SUPER_MAGIC, "a cgroup v2 directory")?;
+        let cgroup_id = bpf_sys::cgroup_id(&cgroup_dir)?;
+
+        let links_dir = pin_dir.join(LINKS_DIR);
+        fs::create_dir_all(&links_dir)
+            .with_context(|| format!("creating pin directory {}", links_dir.display()))?;
+        let had_links = program_names::ALL
+            .iter()
+            .any(|name| links_dir.join(name).exists());
+
+        let mut report = AttachReport::default();
+        let result = Self::load_and_attach(pin_dir, &cgroup_dir, cgroup_id, object, &mut report);
+        match result {
+            Ok(dataplane) => Ok((dataplane, report)),
+            Err(err) => {
+                if !had_links {
+                    // A fresh start that failed half way: leave nothing behind.
+                    if let Err(cleanup_err) = cleanup(pin_dir) {
+                        warn!(
+                            error = format!("{cleanup_err:#}"),
+                            "cleanup after failed start"
+                        );
+                    }
+                }
+                Err(err)
+            }
+        }
+    }
+
+    fn load_and_attach(
+        pin_dir: &Path,
+        cgroup_dir: &File,
+        cgroup_id: u64,
+        object: &[u8],
+        report: &mut AttachReport,
+    ) -> anyhow::Result<Self> {
+        let pin_paths: Vec<(&'static str, PathBuf)> = map_names::ALL
+            .iter()
+            .map(|name| (*name, pin_dir.join(name)))
+            .collect();
+        for shape in &MAP_SHAPES {
+            if reuse_or_drop_pinned_map(&pin_dir.join(shape.name), shape)? {
+                report.reused_maps.push(shape.name);
+            }
+        }
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &pin_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(object).context("loading the eBPF object")?;
+
+        for name in program_names::ALL {
+            let program: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the eBPF object"))?
+                .try_into()
+                .with_context(|| format!("program {name} is not a cgroup sock_addr program"))?;
+            program
+                .load()
+                .with_context(|| format!("loading program {name} (verifier)"))?;
+            let link_pin = pin_dir.join(LINKS_DIR).join(name);
+            if link_pin.exists() {
+                let link = bpf_sys::obj_get(&link_pin)?;
+                let info = bpf_sys::link_info(link.as_fd())
+                    .with_context(|| format!("reading link {}", link_pin.display()))?;
+                if info.link_type == bpf_sys::LINK_TYPE_CGROUP && info.cgroup_id == cgroup_id {
+                    let prog_fd = program.fd().context("program fd")?;
+                    bpf_sys::link_update(link.as_fd(), prog_fd.as_fd()).with_context(|| {
+                        format!("swapping {name} into link {}", link_pin.display())
+                    })?;
+                    info!(program = name, link_id = info.id, "adopted existing link");
+                    report.adopted.push(name);
+                    continue;
+                }
+                warn!(
+                    program = name,
+                    link_id = info.id,
+                    "pinned link is attached to another cgroup; replacing it"
+                );
+                fs::remove_file(&link_pin)
+                    .with_context(|| format!("unpinning {}", link_pin.display()))?;
+                drop(link);
+                report.replaced.push(name);
+            }
+            // With a bpf_link the kernel always allows other programs next to
+            // ours (link attach flags must be 0, i.e. `Single`).
+            let link_id = program
+                .attach(cgroup_dir, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {name} to the cgroup"))?;
+            let link: FdLink = program
+                .take_link(link_id)
+                .context("taking the link")?
+                .try_into()
+                .context("cgroup link is not a bpf_link (kernel < 5.7?)")?;
+            link.pin(&link_pin)
+                .with_context(|| format!("pinning link {}", link_pin.display()))?;
+            report.attached.push(name);
+        }
+
+        let services = HashMap::try_from(
+            ebpf.take_map(map_names::SERVICES)
+                .context("services map missing")?,
+        )?;
+        let backends = Array::try_from(
+            ebpf.take_map(map_names::BACKENDS)
+                .context("backends map missing")?,
+        )?;
+        let backend_stats = PerCpuArray::try_from(
+            ebpf.take_map(map_names::BACKEND_STATS)
+                .context("backend_stats map missing")?,
+        )?;
+        let service_stats = PerCpuArray::try_from(
+            ebpf.take_map(map_names::SERVICE_STATS)
+                .context("service_stats map missing")?,
+        )?;
+        let nr_cpus = nr_cpus().map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))?;
+        Ok(Self {
+            pin_dir: pin_dir.to_path_buf(),
+            services,
+            backends,
+            backend_stats,
+            service_stats,
+            nr_cpus,
+            _ebpf: ebpf,
+        })
+    }
+
+    /// The bpffs directory this data plane is pinned under.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Every entry of the `services` map.
+    pub fn services(&self) -> anyhow::Result<Vec<(VipKey, Service)>> {
+        self.services
+            .iter()
+            .map(|entry| entry.context("reading the services map"))
+            .collect()
+    }
+
+    /// Every used slot of the `backends` array.
+    pub fn backends(&self) -> anyhow::Result<Vec<(u32, Backend)>> {
+        let mut used = Vec::new();
+        for (id, backend) in self.backends.iter().enumerate() {
+            let backend = backend.context("reading the backends map")?;
+            if backend.family != 0 {
+                used.push((id as u32, backend));
+            }
+        }
+        Ok(used)
+    }
+
+    /// Writes a service entry (atomic for the kernel programs).
+    pub fn set_service(&mut self, key: VipKey, service: Service) -> anyhow::Result<()> {
+        self.services
+            .insert(key, service, 0)
+            .context("updating the services map")
+    }
+
+    /// Removes a service entry.
+    pub fn remove_service(&mut self, key: &VipKey) -> anyhow::Result<()> {
+        match self.services.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(err) => Err(err).context("removing from the services map"),
+        }
+    }
+
+    /// Writes a backend slot.
+    pub fn set_backend(&mut self, id: u32, backend: Backend) -> anyhow::Result<()> {
+        self.backends
+            .set(id, backend, 0)
+            .with_context(|| format!("writing backends[{id}]"))
+    }
+
+    /// Marks a backend slot unused.
+    pub fn clear_backend(&mut self, id: u32) -> anyhow::Result<()> {
+        self.set_backend(id, Backend::default())
+    }
+
+    /// Resets the counters of a backend slot (before it is reused).
+    pub fn reset_backend_stats(&mut self, id: u32) -> anyhow::Result<()> {
+        let zero = PerCpuValues::try_from(vec![BackendStats::default(); self.nr_cpus])
+            .context("per-CPU values")?;
+        self.backend_stats
+            .set(id, zero, 0)
+            .with_context(|| format!("resetting backend_stats[{id}]"))
+    }
+
+    /// Resets the counters of a service slot.
+    pub fn reset_service_stats(&mut self, id: u32) -> anyhow::Result<()> {
+        let zero = PerCpuValues::try_from(vec![ServiceStats::default(); self.nr_cpus])
+            .context("per-CPU values")?;
+        self.service_stats
+            .set(id, zero, 0)
+            .with_context(|| format!("resetting service_stats[{id}]"))
+    }
+
+    /// A backend's counters, summed over CPUs.
+    pub fn backend_stats(&self, id: u32) -> anyhow::Result<BackendStats> {
+        let per_cpu = self
+            .backend_stats
+            .get(&id, 0)
+            .with_context(|| format!("reading backend_stats[{id}]"))?;
+        Ok(per_cpu
+            .iter()
+            .fold(BackendStats::default(), |sum, s| BackendStats {
+                connects: sum.connects + s.connects,
+                sendmsgs: sum.sendmsgs + s.sendmsgs,
+            }))
+    }
+
+    /// A service's counters, summed over CPUs.
+    pub fn service_stats(&self, id: u32) -> anyhow::Result<ServiceStats> {
+        let per_cpu = self
+            .service_stats
+            .get(&id, 0)
+            .with_context(|| format!("reading service_stats[{id}]"))?;
+        Ok(per_cpu
+            .iter()
+            .fold(ServiceStats::default(), |sum, s| ServiceStats {
+                refused: sum.refused + s.refused,
+                rev_nat_failed: sum.rev_nat_failed + s.rev_nat_failed,
+            }))
+    }
+
+    /// Detaches the programs and removes every pin (graceful shutdown).
+    pub fn shutdown(self) -> anyhow::Result<()> {
+        let pin_dir = self.pin_dir.clone();
+        drop(self);
+        cleanup(&pin_dir)
+    }
+}
+
+/// Reuses a pinned map if it has the expected shape; removes it otherwise.
+/// Returns whether it will be reused.
+fn reuse_or_drop_pinned_map(path: &Path, shape: &MapShape) -> anyhow::Result<bool> {
+    if !path.exists() {
+        return Ok(false);
+    }
+    let info = MapData::from_pin(path)
+        .with_context(|| format!("opening pinned map {}", path.display()))?
+        .info()
+        .with_context(|| format!("reading info of {}", path.display()))?;
+    let same = info.map_type().ok() == Some(shape.map_type)
+        && info.key_size() == shape.key_size
+        && info.value_size() == shape.value_size
+        && info.max_entries() == shape.max_entries;
+    if same {
+        return Ok(true);
+    }
+    warn!(
+        map = shape.name,
+        "pinned map has another layout (left by a different daas-lb version); recreating it"
+    );
+    fs::remove_file(path).with_context(|| format!("removing stale pin {}", path.display()))?;
+    Ok(false)
+}
+
+fn check_fs_magic(path: &Path, magic: i64, what: &str) -> anyhow::Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .with_context(|| format!("{} contains a NUL byte", path.display()))?;
+    // SAFETY: an all-zero `statfs` is a valid value for the kernel to fill in.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c_path` is NUL-terminated and `stat` is a valid out-pointer.
+    if unsafe { libc::statfs(c_path.as_ptr(), &raw mut stat) } != 0 {
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("statfs {} (expected {what})", path.display()));
+    }
+    if stat.f_type != magic {
+        bail!("{} is not {what}", path.display());
+    }
+    Ok(())
+}
+
+/// Detaches and unpins everything a run left under `pin_dir` (links first,
+/// so traffic stops being redirected before the maps go away). Only names
+/// daas-lb creates are removed; the directory itself goes if it is empty.
+/// Returns an error only for failures other than "not found".
+pub fn cleanup(pin_dir: &Path) -> anyhow::Result<()> {
+    let links_dir = pin_dir.join(LINKS_DIR);
+    let mut removed = 0usize;
+    for name in program_names::ALL {
+        removed += usize::from(remove_if_exists(&links_dir.join(name))?);
+    }
+    remove_dir_if_exists(&links_dir)?;
+    for name in map_names::ALL {
+        removed += usize::from(remove_if_exists(&pin_dir.join(name))?);
+    }
+    remove_dir_if_exists(pin_dir)?;
+    info!(pin_dir = %pin_dir.display(), removed, "removed pins");
+    Ok(())
+}
+
+fn remove_if_exists(path: &Path) -> anyhow::Result<bool> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(err) => Err(err).with_context(|| format!("removing {}", path.display())),
+    }
+}
+
+fn remove_dir_if_exists(path: &Path) -> anyhow::Result<()> {
+    match fs::remove_dir(path) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(err) if err.kind() == io::ErrorKind::DirectoryNotEmpty => {
+            warn!(dir = %path.display(), "not removing directory: it holds files daas-lb did not create");
+            Ok(())
+        }
+        Err(err) => Err(err).with_context(|| format!("removing {}", path.display())),
+    }
+}

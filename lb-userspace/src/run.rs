@@ -1,0 +1,192 @@
+//! `daas-lb run`: wires config, data plane, controller, health checks and
+//! the HTTP endpoints together, and tears everything down on SIGINT/SIGTERM.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, bail};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    task::JoinSet,
+};
+use tracing::{error, info, warn};
+
+use crate::{api, config::Config, controller::Controller, dataplane::Dataplane, demo};
+
+/// Where the config comes from.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    /// A YAML file.
+    File(PathBuf),
+    /// The embedded demo.
+    Demo,
+}
+
+/// Options of `daas-lb run`.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Config file or demo.
+    pub source: ConfigSource,
+    /// Overrides `cgroup` from the config.
+    pub cgroup: Option<PathBuf>,
+    /// Overrides `bpffs_dir` from the config.
+    pub bpffs_dir: Option<PathBuf>,
+}
+
+/// The first cgroup2 mount point in `/proc/mounts`.
+pub fn default_cgroup() -> anyhow::Result<PathBuf> {
+    let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    first_cgroup2_mount(&mounts)
+        .context("no cgroup2 filesystem is mounted (mount one, or pass --cgroup)")
+}
+
+fn first_cgroup2_mount(mounts: &str) -> Option<PathBuf> {
+    mounts.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (_, mount_point, fs_type) = (fields.next()?, fields.next()?, fields.next()?);
+        (fs_type == "cgroup2").then(|| PathBuf::from(mount_point.replace("\\040", " ")))
+    })
+}
+
+/// Runs until SIGINT/SIGTERM; returns after detaching everything.
+pub async fn run(options: RunOptions) -> anyhow::Result<()> {
+    let mut tasks = JoinSet::new();
+    let (mut config, is_demo) = match &options.source {
+        ConfigSource::File(path) => (Config::load(path)?, false),
+        ConfigSource::Demo => {
+            let base = Config::from_yaml("services: []\n", "<demo>")?;
+            (demo::start(base, &mut tasks).await?, true)
+        }
+    };
+    if let Some(cgroup) = &options.cgroup {
+        config.cgroup = Some(cgroup.clone());
+    }
+    if let Some(dir) = &options.bpffs_dir {
+        config.bpffs_dir.clone_from(dir);
+    }
+    let cgroup = match &config.cgroup {
+        Some(c) => c.clone(),
+        None => default_cgroup()?,
+    };
+    if config.bpffs_dir.parent().is_none() {
+        bail!(
+            "bpffs_dir {} must be below a bpffs mount",
+            config.bpffs_dir.display()
+        );
+    }
+
+    // Bind the HTTP ports first: a busy port must fail before the kernel is touched.
+    let api_listener = api::bind(config.api_addr, "the status API").await?;
+    let metrics_listener = if config.metrics_addr == config.api_addr {
+        None
+    } else {
+        Some(api::bind(config.metrics_addr, "the metrics endpoint").await?)
+    };
+
+    let (dataplane, report) = Dataplane::start(&config.bpffs_dir, &cgroup).map_err(|err| {
+        if is_permission_error(&err) {
+            err.context("loading eBPF programs needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)")
+        } else {
+            err
+        }
+    })?;
+    info!(
+        cgroup = %cgroup.display(),
+        pin_dir = %config.bpffs_dir.display(),
+        attached = ?report.attached,
+        adopted = ?report.adopted,
+        replaced = ?report.replaced,
+        reused_maps = ?report.reused_maps,
+        "programs attached"
+    );
+    let controller = match Controller::new(&config, dataplane) {
+        Ok(c) => c,
+        Err(err) => {
+            if report.adopted.is_empty() {
+                let _ = crate::dataplane::cleanup(&config.bpffs_dir);
+            }
+            return Err(err);
+        }
+    };
+    controller.spawn_checks(&mut tasks);
+    {
+        let c = controller.clone();
+        tasks.spawn(async move {
+            if let Err(err) = api::serve(api_listener, c).await {
+                error!(error = format!("{err:#}"), "status API stopped");
+            }
+        });
+    }
+    if let Some(listener) = metrics_listener {
+        let c = controller.clone();
+        tasks.spawn(async move {
+            if let Err(err) = api::serve(listener, c).await {
+                error!(error = format!("{err:#}"), "metrics endpoint stopped");
+            }
+        });
+    }
+    info!(api = %config.api_addr, metrics = %config.metrics_addr, services = config.services.len(), "daas-lb running");
+    if is_demo {
+        let binary = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.to_str().map(str::to_owned))
+            .unwrap_or_else(|| "daas-lb".to_owned());
+        let text = demo::instructions(&config, &config.bpffs_dir, &cgroup, &binary);
+        println!("{text}");
+    }
+
+    wait_for_stop_signal().await?;
+    tasks.shutdown().await;
+    controller.shutdown()?;
+    info!(pin_dir = %config.bpffs_dir.display(), "detached and unpinned; bye");
+    Ok(())
+}
+
+fn is_permission_error(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+            || cause.to_string().contains("Operation not permitted")
+    })
+}
+
+async fn wait_for_stop_signal() -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: shutting down"); return Ok(()); }
+            _ = int.recv() => { info!("SIGINT: shutting down"); return Ok(()); }
+            _ = hup.recv() => {
+                warn!("SIGHUP: live config reload is not available in this version; restart daas-lb to apply a new config (the data plane is adopted without interruption)");
+            }
+        }
+    }
+}
+
+/// `daas-lb cleanup`: removes what a crashed run left under `pin_dir`.
+pub fn cleanup(pin_dir: &Path) -> anyhow::Result<()> {
+    crate::dataplane::cleanup(pin_dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_first_cgroup2_mount() {
+        let mounts = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\n\
+                      cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n\
+                      cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n\
+                      cgroup2 /other cgroup2 rw 0 0\n";
+        assert_eq!(
+            first_cgroup2_mount(mounts),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(first_cgroup2_mount("proc /proc proc rw 0 0\n"), None);
+    }
+}

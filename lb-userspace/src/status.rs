@@ -1,0 +1,245 @@
+//! The status document served at `GET /status`, its table rendering, and the
+//! small HTTP client behind `daas-lb status`.
+//!
+//! Field names are a stable interface: scripts and tests parse them.
+
+use std::{
+    fmt::Write as _,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use serde::{Deserialize, Serialize};
+
+/// The whole status document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// One entry per configured service, in config order.
+    pub services: Vec<ServiceStatus>,
+}
+
+/// One service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    /// Service name.
+    pub name: String,
+    /// Virtual address, e.g. `127.0.0.1:6444` or `[::1]:6444`.
+    pub vip: String,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// The backend new connections go to, or null when connects are refused.
+    pub selected: Option<String>,
+    /// Connects and sends refused because the service had no backend.
+    pub refused: u64,
+    /// Servers in config order, then the default server if it is not among them.
+    pub servers: Vec<ServerStatus>,
+}
+
+/// One server of a service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    /// `IP:port`.
+    pub address: String,
+    /// Lowercase state word (`active`, `healthy`, `failed`, `unchecked`, `standby`, ...).
+    pub state: String,
+    /// Whether the last health check passed.
+    pub healthy: bool,
+    /// Whether this is the service's default server.
+    pub default: bool,
+    /// `connect()` calls the kernel sent to this server.
+    pub connects: u64,
+    /// Unconnected UDP datagrams the kernel sent to this server.
+    pub sendmsgs: u64,
+    /// The most recent health check, if any finished.
+    pub last_check: Option<CheckStatus>,
+}
+
+/// One finished health check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckStatus {
+    /// Whether it passed.
+    pub ok: bool,
+    /// Why, in a few words.
+    pub reason: String,
+    /// When it finished, RFC 3339 UTC.
+    pub at: String,
+    /// How long it took, in milliseconds.
+    pub duration_ms: f64,
+}
+
+impl Status {
+    /// Renders the human-readable table of `daas-lb status`.
+    pub fn to_table(&self) -> String {
+        let mut out = String::new();
+        if self.services.is_empty() {
+            out.push_str("no services configured\n");
+        }
+        for service in &self.services {
+            let _ = writeln!(
+                out,
+                "{} {}/{} -> {} (refused: {})",
+                service.name,
+                service.vip,
+                service.protocol,
+                service
+                    .selected
+                    .as_deref()
+                    .unwrap_or("none (connects refused)"),
+                service.refused
+            );
+            let _ = writeln!(
+                out,
+                "  {:<42} {:<10} {:<7} {:>9} {:>9}  LAST CHECK",
+                "SERVER", "STATE", "HEALTHY", "CONNECTS", "SENDMSGS"
+            );
+            for server in &service.servers {
+                let address = if server.default {
+                    format!("{} (default)", server.address)
+                } else {
+                    server.address.clone()
+                };
+                let check = server.last_check.as_ref().map_or_else(
+                    || "-".to_owned(),
+                    |c| {
+                        format!(
+                            "{} at {}: {}",
+                            if c.ok { "ok" } else { "FAIL" },
+                            c.at,
+                            c.reason
+                        )
+                    },
+                );
+                let _ = writeln!(
+                    out,
+                    "  {:<42} {:<10} {:<7} {:>9} {:>9}  {}",
+                    address,
+                    server.state,
+                    if server.healthy { "yes" } else { "no" },
+                    server.connects,
+                    server.sendmsgs,
+                    check
+                );
+            }
+        }
+        out
+    }
+}
+
+/// Fetches `GET /status` from a running controller.
+pub fn fetch(api: SocketAddr) -> anyhow::Result<Status> {
+    let body = http_get(api, "/status")?;
+    serde_json::from_str(&body).with_context(|| format!("parsing the status JSON from {api}"))
+}
+
+/// A minimal HTTP/1.1 GET (`Connection: close`); returns the body of a 200.
+pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    let timeout = Duration::from_secs(5);
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).with_context(|| {
+        format!("connecting to the daas-lb API at {addr} (is `daas-lb run` running?)")
+    })?;
+    stream.set_read_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: application/json\r\n\r\n"
+    )
+    .with_context(|| format!("sending the request to {addr}"))?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .with_context(|| format!("reading the response from {addr}"))?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("malformed HTTP response from {addr}"))?;
+    let status_line = head.lines().next().unwrap_or_default();
+    if !status_line.contains(" 200 ") {
+        bail!("{addr}{path} answered {status_line:?}");
+    }
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return Ok(dechunk(body));
+    }
+    Ok(body.to_owned())
+}
+
+/// Decodes a chunked body (enough for our own server's responses).
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Status {
+        Status {
+            services: vec![ServiceStatus {
+                name: "supervisor".into(),
+                vip: "127.0.0.1:6444".into(),
+                protocol: "tcp".into(),
+                selected: Some("10.0.0.1:9345".into()),
+                refused: 0,
+                servers: vec![ServerStatus {
+                    address: "10.0.0.1:9345".into(),
+                    state: "active".into(),
+                    healthy: true,
+                    default: false,
+                    connects: 3,
+                    sendmsgs: 0,
+                    last_check: Some(CheckStatus {
+                        ok: true,
+                        reason: "tcp connect ok in 0.2ms".into(),
+                        at: "2026-11-22T05:00:00Z".into(),
+                        duration_ms: 0.2,
+                    }),
+                }],
+            }],
+        }
+    }
+
+    #[test]
+    fn json_field_names_are_stable() {
+        let json = serde_json::to_value(sample()).unwrap();
+        let service = &json["services"][0];
+        for field in ["name", "vip", "protocol", "selected", "servers"] {
+            assert!(service.get(field).is_some(), "missing {field}");
+        }
+        let server = &service["servers"][0];
+        for field in ["address", "state", "healthy", "connects", "last_check"] {
+            assert!(server.get(field).is_some(), "missing {field}");
+        }
+        assert_eq!(server["state"], "active");
+    }
+
+    #[test]
+    fn table_shows_selection_and_servers() {
+        let table = sample().to_table();
+        assert!(
+            table.contains("supervisor 127.0.0.1:6444/tcp -> 10.0.0.1:9345"),
+            "{table}"
+        );
+        assert!(table.contains("active"), "{table}");
+    }
+
+    #[test]
+    fn chunked_bodies_are_decoded() {
+        assert_eq!(
+            dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+            "hello world"
+        );
+    }
+}

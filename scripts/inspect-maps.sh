@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Dumps daas-lb's pinned maps and where its lb_* programs are attached.
+#
+# Usage: sudo scripts/inspect-maps.sh [BPFFS_DIR]   (default /sys/fs/bpf/daas-lb)
+#
+# Hash maps (services, rev_nat) are dumped whole; for the arrays (backends and
+# the per-CPU stats) only non-zero slots are shown (per-CPU values summed),
+# which needs python3; without it every slot is dumped.
+set -euo pipefail
+
+dir=${1:-/sys/fs/bpf/daas-lb}
+die() { echo "error: $*" >&2; exit 1; }
+[[ -d $dir ]] || die "$dir does not exist (is daas-lb running, pinning there? see --bpffs-dir)"
+command -v bpftool >/dev/null || die "bpftool not found (cargo xtask setup installs it)"
+
+# Reads `bpftool -j map dump` output; prints the slots whose value is not all zero.
+nonzero_slots='
+import json, sys
+entries = json.load(sys.stdin)
+def raw(e): return [e["value"]] if "value" in e else [v["value"] for v in e["values"]]
+def shown(e):
+    f = e.get("formatted", e)
+    if "value" in f: return f["value"]
+    per_cpu = [v["value"] for v in f["values"]]
+    if not all(isinstance(v, dict) for v in per_cpu): return per_cpu
+    return {k: sum(v[k] for v in per_cpu) for k in per_cpu[0]}
+kept = [e for e in entries if any(int(b, 16) for v in raw(e) for b in v)]
+for e in kept: print("[%s] %s" % (e.get("formatted", e)["key"], json.dumps(shown(e))))
+print(f"({len(kept)} of {len(entries)} slots non-zero)")
+'
+
+for map in services backends backend_stats service_stats rev_nat; do
+  echo "== $map ($dir/$map)"
+  if [[ ! -e $dir/$map ]]; then
+    echo "(not pinned)"
+  elif [[ $map == services || $map == rev_nat ]] || ! command -v python3 >/dev/null; then
+    bpftool map dump pinned "$dir/$map"
+  else
+    bpftool -j map dump pinned "$dir/$map" | python3 -c "$nonzero_slots"
+  fi
+done
+
+echo "== cgroup attachments of lb_* programs"
+# Keeps each cgroup path line that has lb_* programs under it.
+bpftool cgroup tree | awk 'NR <= 2 { print; next } /^\// { path = $0; next }
+  $NF ~ /^lb_/ { if (path != "") { print path; path = "" } print }'
+
+echo "== links of lb_* programs"
+lb_prog_ids=" $(bpftool prog show | awk '$3 == "name" && $4 ~ /^lb_/ { sub(":", "", $1); printf "%s ", $1 }')"
+# `bpftool link show` prints "<id>: <type>  prog <prog id>" then indented detail lines.
+bpftool link show | awk -v ids="$lb_prog_ids" '/^[0-9]+:/ { keep = ($3 == "prog" && index(ids, " " $4 " ")) } keep'

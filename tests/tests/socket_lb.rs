@@ -1,0 +1,292 @@
+//! The socket-level data path on the real kernel: connects and sends to a VIP
+//! from a process in the test cgroup reach the selected backend, the
+//! application only ever sees the VIP, non-VIP traffic is untouched, failover
+//! and fail-fast work.
+
+use std::{
+    net::SocketAddr,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use lb_tests::{
+    API, Daemon, NetNs, PinDir, TcpBackend, TempDir, TestCgroup, UdpBackend, config_yaml,
+    privileged, service,
+};
+
+/// Writes the config and starts `daas-lb run` on it.
+fn start(tmp: &TempDir, pins: &PinDir, cgroup: &TestCgroup, services: &str) -> Daemon {
+    let path = tmp.file("config.yaml", &config_yaml(pins, cgroup, services));
+    Daemon::spawn(&["--config", path.to_str().unwrap()], tmp.path(), API)
+}
+
+fn tcp_service(name: &str, vip: &str, servers: &[SocketAddr], interval_ms: u64) -> String {
+    let servers: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
+    format!(
+        "  - name: {name}\n    vip: \"{vip}\"\n    protocol: tcp\n    servers: [{}]\n    health_check: {{ kind: tcp, interval: {interval_ms}ms, timeout: {}ms }}\n",
+        servers.join(", "),
+        interval_ms / 2
+    )
+}
+
+#[test]
+fn tcp_vip_reaches_the_selected_backend_and_the_app_sees_only_the_vip() {
+    if !privileged("tcp_vip") {
+        return;
+    }
+    let _ns = NetNs::new();
+    let (cgroup, pins, tmp) = (TestCgroup::new(), PinDir::new(), TempDir::new());
+    let b1 = TcpBackend::v4("b1");
+    let b2 = TcpBackend::v4("b2");
+    let mut daemon = start(
+        &tmp,
+        &pins,
+        &cgroup,
+        &tcp_service("web", "127.0.0.1:6444", &[b1.addr, b2.addr], 200),
+    );
+    let status = daemon.wait_checked();
+    assert_eq!(service(&status, "web").selected, Some(b1.addr.to_string()));
+
+    let out = cgroup.client(&["tcp", "127.0.0.1:6444", "ping"]);
+    assert!(out.ok, "{out:?}");
+    assert_eq!(out.reply.as_deref(), Some("b1:ping"));
+    assert_eq!(
+        out.peer.as_deref(),
+        Some("127.0.0.1:6444"),
+        "getpeername must show the VIP"
+    );
+
+    // A real third-party client: curl through the VIP.
+    let curl = cgroup.output(Command::new("curl").args([
+        "-s",
+        "--max-time",
+        "3",
+        "http://127.0.0.1:6444/",
+    ]));
+    assert_eq!(String::from_utf8_lossy(&curl.stdout), "b1", "{curl:?}");
+
+    // A dual-stack (AF_INET6) socket connecting to ::ffff:127.0.0.1 is balanced too.
+    let mapped = cgroup.client(&["tcp-mapped", "127.0.0.1:6444", "m"]);
+    assert_eq!(mapped.reply.as_deref(), Some("b1:m"), "{mapped:?}");
+    assert_eq!(mapped.peer.as_deref(), Some("[::ffff:127.0.0.1]:6444"));
+
+    // Non-VIP traffic is untouched: a direct connect to b2 reaches b2.
+    let direct = cgroup.client(&["tcp", &b2.addr.to_string(), "d"]);
+    assert_eq!(direct.reply.as_deref(), Some("b2:d"));
+    assert_eq!(direct.peer, Some(b2.addr.to_string()));
+    // Same VIP address, other port: not a VIP, nothing listens, refused by the stack.
+    let other_port = cgroup.client(&["tcp", "127.0.0.1:6445"]);
+    assert_eq!(other_port.errno, Some(libc::ECONNREFUSED), "{other_port:?}");
+
+    // Processes outside the cgroup are not affected (nothing listens on the VIP).
+    assert!(std::net::TcpStream::connect("127.0.0.1:6444").is_err());
+
+    // Kernel counters: client + curl + mapped = 3 connects to b1, none to b2.
+    let status = daemon.wait_for(Duration::from_secs(2), "connect counters", |s| {
+        service(s, "web").servers[0].connects >= 3
+    });
+    let web = service(&status, "web");
+    assert_eq!(web.servers[0].connects, 3, "{web:?}");
+    assert_eq!(web.servers[1].connects, 0, "{web:?}");
+    assert_eq!(web.servers[0].state, "active");
+    assert_eq!(web.servers[1].state, "healthy");
+
+    let metrics =
+        lb_userspace::status::http_get("127.0.0.1:9464".parse().unwrap(), "/metrics").unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "k3s_loadbalancer_server_health{{name=\"web\",server=\"{}\"}} 7",
+            b1.addr
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "daas_lb_backend_connects_total{{name=\"web\",server=\"{}\"}} 3",
+            b1.addr
+        )),
+        "{metrics}"
+    );
+
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait_exit(Duration::from_secs(10)).success());
+}
+
+#[test]
+fn ipv6_vip_reaches_the_selected_backend() {
+    if !privileged("ipv6_vip") {
+        return;
+    }
+    let _ns = NetNs::new();
+    let (cgroup, pins, tmp) = (TestCgroup::new(), PinDir::new(), TempDir::new());
+    let b1 = TcpBackend::v6("b1");
+    let b2 = TcpBackend::v6("b2");
+    let mut daemon = start(
+        &tmp,
+        &pins,
+        &cgroup,
+        &tcp_service("web6", "[::1]:6444", &[b1.addr, b2.addr], 200),
+    );
+    daemon.wait_checked();
+    let out = cgroup.client(&["tcp", "[::1]:6444", "six"]);
+    assert!(out.ok, "{out:?}");
+    assert_eq!(out.reply.as_deref(), Some("b1:six"));
+    assert_eq!(out.peer.as_deref(), Some("[::1]:6444"));
+    let curl = cgroup.output(Command::new("curl").args([
+        "-s",
+        "-g",
+        "--max-time",
+        "3",
+        "http://[::1]:6444/",
+    ]));
+    assert_eq!(String::from_utf8_lossy(&curl.stdout), "b1", "{curl:?}");
+}
+
+#[test]
+fn udp_vip_round_trip_replies_come_from_the_vip() {
+    if !privileged("udp_vip") {
+        return;
+    }
+    let _ns = NetNs::new();
+    let (cgroup, pins, tmp) = (TestCgroup::new(), PinDir::new(), TempDir::new());
+    let u1 = UdpBackend::start("u1", "127.0.0.1".parse().unwrap());
+    let u2 = UdpBackend::start("u2", "127.0.0.1".parse().unwrap());
+    let u6 = UdpBackend::start("u6", "::1".parse().unwrap());
+    let services = format!(
+        "  - name: dns\n    vip: 127.0.0.1:5353\n    protocol: udp\n    servers: [\"{}\", \"{}\"]\n    health_check: {{ kind: udp, interval: 200ms, timeout: 50ms }}\n\
+         \x20 - name: dns6\n    vip: \"[::1]:5353\"\n    protocol: udp\n    servers: [\"{}\"]\n",
+        u1.addr, u2.addr, u6.addr
+    );
+    let mut daemon = start(&tmp, &pins, &cgroup, &services);
+    let status = daemon.wait_checked();
+    assert_eq!(service(&status, "dns").selected, Some(u1.addr.to_string()));
+
+    // Unconnected socket: sendto(VIP) / recvfrom() shows the VIP as the source.
+    let out = cgroup.client(&["udp", "127.0.0.1:5353", "q1"]);
+    assert!(out.ok, "{out:?}");
+    assert_eq!(out.reply.as_deref(), Some("u1:q1"));
+    assert_eq!(out.reply_from.as_deref(), Some("127.0.0.1:5353"));
+
+    // Connected socket: getpeername and recvfrom show the VIP.
+    let out = cgroup.client(&["udp-connected", "127.0.0.1:5353", "q2"]);
+    assert!(out.ok, "{out:?}");
+    assert_eq!(out.reply.as_deref(), Some("u1:q2"));
+    assert_eq!(out.peer.as_deref(), Some("127.0.0.1:5353"));
+    assert_eq!(out.reply_from.as_deref(), Some("127.0.0.1:5353"));
+
+    // IPv6 UDP.
+    let out = cgroup.client(&["udp", "[::1]:5353", "q6"]);
+    assert_eq!(out.reply.as_deref(), Some("u6:q6"), "{out:?}");
+    assert_eq!(out.reply_from.as_deref(), Some("[::1]:5353"));
+
+    let status = daemon.wait_for(Duration::from_secs(2), "udp counters", |s| {
+        let dns = service(s, "dns");
+        dns.servers[0].sendmsgs >= 1 && dns.servers[0].connects >= 1
+    });
+    let dns = service(&status, "dns");
+    assert_eq!(
+        (dns.servers[0].sendmsgs, dns.servers[0].connects),
+        (1, 1),
+        "{dns:?}"
+    );
+}
+
+#[test]
+fn stopping_the_selected_backend_moves_new_connects_within_two_intervals() {
+    if !privileged("failover") {
+        return;
+    }
+    let _ns = NetNs::new();
+    let (cgroup, pins, tmp) = (TestCgroup::new(), PinDir::new(), TempDir::new());
+    let mut b1 = TcpBackend::v4("b1");
+    let b2 = TcpBackend::v4("b2");
+    let b3 = TcpBackend::v4("b3");
+    let interval = Duration::from_millis(300);
+    let mut daemon = start(
+        &tmp,
+        &pins,
+        &cgroup,
+        &tcp_service("api", "127.0.0.1:6443", &[b1.addr, b2.addr, b3.addr], 300),
+    );
+    daemon.wait_checked();
+    assert_eq!(
+        cgroup.client(&["tcp", "127.0.0.1:6443"]).reply.as_deref(),
+        Some("b1:hello\n")
+    );
+
+    b1.stop();
+    let stopped = Instant::now();
+    let moved = loop {
+        let out = cgroup.client(&["tcp", "127.0.0.1:6443"]);
+        if out.reply.as_deref() == Some("b2:hello\n") {
+            break stopped.elapsed();
+        }
+        assert!(
+            stopped.elapsed() < interval * 10,
+            "never moved to b2; last {out:?}\n{}",
+            daemon.log()
+        );
+        thread::sleep(Duration::from_millis(10));
+    };
+    eprintln!("failover: new connects reached the next server {moved:?} after the backend stopped");
+    assert!(
+        moved <= interval * 2,
+        "took {moved:?}, more than two check intervals"
+    );
+    let status = daemon.wait_checked();
+    let api = service(&status, "api");
+    assert_eq!(api.selected, Some(b2.addr.to_string()));
+    assert_eq!(api.servers[0].state, "failed");
+    assert!(
+        api.servers[0]
+            .last_check
+            .as_ref()
+            .is_some_and(|c| c.reason.contains("refused"))
+    );
+}
+
+#[test]
+fn a_service_without_a_reachable_server_refuses_connects_at_once() {
+    if !privileged("fail_fast") {
+        return;
+    }
+    let ns = NetNs::new();
+    let (cgroup, pins, tmp) = (TestCgroup::new(), PinDir::new(), TempDir::new());
+    // One server that never answers (SYNs go into a void) and one closed port.
+    let blackhole = SocketAddr::new(ns.blackhole().into(), 9345);
+    let closed = {
+        let b = TcpBackend::v4("gone");
+        b.addr
+    };
+    let services = format!(
+        "{}  - name: empty\n    vip: 127.0.0.1:7000\n    servers: []\n",
+        tcp_service("dead", "127.0.0.1:6444", &[blackhole, closed], 200)
+    );
+    let mut daemon = start(&tmp, &pins, &cgroup, &services);
+    let status = daemon.wait_for(Duration::from_secs(5), "both servers failed", |s| {
+        let dead = service(s, "dead");
+        dead.selected.is_none() && dead.servers.iter().all(|srv| srv.state == "failed")
+    });
+    assert!(
+        service(&status, "dead").servers[0]
+            .last_check
+            .as_ref()
+            .is_some_and(|c| c.reason.contains("timed out")),
+        "{status:?}"
+    );
+    for vip in ["127.0.0.1:6444", "127.0.0.1:7000"] {
+        let out = cgroup.client(&["tcp", vip]);
+        assert_eq!(out.errno, Some(libc::ECONNREFUSED), "{vip}: {out:?}");
+        let took = Duration::from_micros(out.connect_us.unwrap());
+        assert!(
+            took < Duration::from_millis(10),
+            "{vip}: connect failed after {took:?}"
+        );
+        eprintln!("{vip}: connect refused in {took:?}");
+    }
+    let status = daemon.wait_for(Duration::from_secs(2), "refused counters", |s| {
+        service(s, "dead").refused >= 1 && service(s, "empty").refused >= 1
+    });
+    assert_eq!(service(&status, "dead").refused, 1);
+}

@@ -1,0 +1,89 @@
+//! `cargo xtask`: bootstraps, builds, runs, tests and lints daas-lb.
+//!
+//! Every subcommand that needs the toolchain runs `setup` first; it is
+//! idempotent and takes well under two seconds when everything is present.
+
+mod cargo;
+mod lint;
+mod process;
+mod run;
+mod setup;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Developer tasks for daas-lb.
+#[derive(Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check and install what building and running daas-lb needs (idempotent):
+    /// the nightly toolchain with rust-src, bpf-linker 0.13.0 built against the
+    /// nightly's LLVM, bpftool/ip/nc/curl (apt) and the bpffs mount.
+    Setup,
+    /// Set up, then build daas-lb (lb-userspace's build.rs builds and embeds
+    /// the eBPF object).
+    Build(BuildArgs),
+    /// Set up, build, then exec `daas-lb run ARGS...` (needs root). Without
+    /// `--config` in ARGS the embedded demo configuration is used (`--demo`).
+    Run(RunArgs),
+    /// Set up, run the unit tests, then (as root) build daas-lb and run the
+    /// privileged integration tests in lb-tests.
+    Test(TestArgs),
+    /// clippy on the host crates and on lb-ebpf for the bpf target, then
+    /// `cargo +nightly fmt --check`.
+    Lint,
+    /// Format the workspace with nightly rustfmt (rustfmt.toml needs it).
+    Fmt,
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    /// Build with the release profile.
+    #[arg(long)]
+    release: bool,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Build and run the release binary.
+    #[arg(long)]
+    release: bool,
+    /// Arguments for `daas-lb run` (after `--`).
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+#[derive(Args)]
+struct TestArgs {
+    /// Arguments for the test binaries (after `--`), e.g. a test name filter.
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    process::put_cargo_bin_on_path();
+    let result = match cli.command {
+        Command::Setup => setup::run(),
+        Command::Build(args) => cargo::build(args.release).map(drop),
+        Command::Run(args) => run::run(args.release, &args.args),
+        Command::Test(args) => test::test(&args.args),
+        Command::Lint => lint::lint(),
+        Command::Fmt => lint::fmt(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! System prerequisites: command-line tools from Debian packages (bpftool,
+//! ip, nc, curl) and the bpffs mount. Installing and mounting need root;
+//! without it these steps only warn (`run` and `test` check root themselves).
+
+use std::{fs, path::Path, process::Command};
+
+use anyhow::{Context as _, Result, bail, ensure};
+
+use super::{Progress, doing, ok};
+use crate::process::{find_program, is_root, run};
+
+/// (command, Debian package that provides it)
+const TOOLS: [(&str, &str); 4] = [
+    ("bpftool", "bpftool"),
+    ("ip", "iproute2"),
+    ("nc", "netcat-openbsd"),
+    ("curl", "curl"),
+];
+
+const BPFFS: &str = "/sys/fs/bpf";
+
+/// Installs the packages of the missing tools with apt (as root).
+pub(super) fn ensure_tools(progress: &mut Progress) -> Result<()> {
+    const ITEM: &str = "bpftool, ip, nc, curl";
+    let missing = missing_tools();
+    if missing.is_empty() {
+        ok(ITEM, "present");
+        return Ok(());
+    }
+    let commands = missing
+        .iter()
+        .map(|&(cmd, _)| cmd)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let packages: Vec<&str> = missing.iter().map(|&(_, package)| package).collect();
+    let install = format!(
+        "apt-get install -y --no-install-recommends {}",
+        packages.join(" ")
+    );
+    if !is_root() {
+        progress.warn(format_args!(
+            "missing {commands}; install them as root: `sudo apt-get update && sudo {install}` \
+             (`cargo xtask run` and the integration tests need them)"
+        ));
+        return Ok(());
+    }
+    if find_program("apt-get").is_none() {
+        bail!("missing {commands} and no apt-get to install them; install: {packages:?}");
+    }
+    doing(ITEM, format_args!("missing {commands}; {install}"));
+    run(Command::new("apt-get").arg("update"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&packages)
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    let still_missing = missing_tools();
+    ensure!(
+        still_missing.is_empty(),
+        "installed {packages:?}, but {still_missing:?} are still not found"
+    );
+    ok(ITEM, format_args!("installed {}", packages.join(" ")));
+    Ok(())
+}
+
+fn missing_tools() -> Vec<(&'static str, &'static str)> {
+    TOOLS
+        .into_iter()
+        .filter(|&(cmd, _)| find_program(cmd).is_none())
+        .collect()
+}
+
+/// Mounts the bpf filesystem at /sys/fs/bpf (as root) unless it already is.
+pub(super) fn ensure_bpffs(progress: &mut Progress) -> Result<()> {
+    let item = format!("bpffs at {BPFFS}");
+    if bpffs_mounted()? {
+        ok(&item, "mounted");
+        return Ok(());
+    }
+    if !is_root() {
+        progress.warn(format_args!(
+            "no bpffs at {BPFFS}; mount it as root: `sudo mount -t bpf bpf {BPFFS}`"
+        ));
+        return Ok(());
+    }
+    if !Path::new(BPFFS).is_dir() {
+        fs::create_dir_all(BPFFS).with_context(|| format!("creating {BPFFS}"))?;
+    }
+    run(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))?;
+    ok(&item, "mounted now");
+    Ok(())
+}
+
+fn bpffs_mounted() -> Result<bool> {
+    let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    // "<source> <mount point> <fs type> <options> 0 0"
+    Ok(mounts.lines().any(|line| {
+        let mut fields = line.split_whitespace().skip(1);
+        fields.next() == Some(BPFFS) && fields.next() == Some("bpf")
+    }))
+}
