@@ -112,6 +112,8 @@ pub struct Dataplane {
     nr_cpus: usize,
     // Keeps the program fds open for the lifetime of the controller.
     _ebpf: Ebpf,
+    // flock on the pin directory: one controller per directory.
+    _lock: File,
 }
 
 impl Dataplane {
@@ -119,8 +121,10 @@ impl Dataplane {
     /// links on `cgroup`.
     pub fn start(pin_dir: &Path, cgroup: &Path) -> anyhow::Result<(Self, AttachReport)> {
         let object = ebpf_object()?;
+        // The pin directory may not exist yet: check where it would be created.
+        let existing = pin_dir.ancestors().find(|p| p.exists()).unwrap_or(pin_dir);
         check_fs_magic(
-            pin_dir.parent().unwrap_or(pin_dir),
+            existing,
             BPF_FS_MAGIC,
             "bpffs (mount it with `mount -t bpf bpf /sys/fs/bpf`)",
         )?;
@@ -132,12 +136,14 @@ impl Dataplane {
         let links_dir = pin_dir.join(LINKS_DIR);
         fs::create_dir_all(&links_dir)
             .with_context(|| format!("creating pin directory {}", links_dir.display()))?;
+        let lock = lock_pin_dir(pin_dir)?;
         let had_links = program_names::ALL
             .iter()
             .any(|name| links_dir.join(name).exists());
 
         let mut report = AttachReport::default();
-        let result = Self::load_and_attach(pin_dir, &cgroup_dir, cgroup_id, object, &mut report);
+        let result =
+            Self::load_and_attach(pin_dir, &cgroup_dir, cgroup_id, object, lock, &mut report);
         match result {
             Ok(dataplane) => Ok((dataplane, report)),
             Err(err) => {
@@ -160,6 +166,7 @@ impl Dataplane {
         cgroup_dir: &File,
         cgroup_id: u64,
         object: &[u8],
+        lock: File,
         report: &mut AttachReport,
     ) -> anyhow::Result<Self> {
         let pin_paths: Vec<(&'static str, PathBuf)> = map_names::ALL
@@ -250,6 +257,7 @@ impl Dataplane {
             service_stats,
             nr_cpus,
             _ebpf: ebpf,
+            _lock: lock,
         })
     }
 
@@ -357,6 +365,31 @@ impl Dataplane {
         drop(self);
         cleanup(&pin_dir)
     }
+}
+
+/// Takes an exclusive `flock` on the pin directory, so a second controller
+/// with the same directory fails instead of fighting over the maps. The lock
+/// goes away with the process, also after SIGKILL.
+fn lock_pin_dir(pin_dir: &Path) -> anyhow::Result<File> {
+    let dir = File::open(pin_dir).with_context(|| format!("opening {}", pin_dir.display()))?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    if unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&dir),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    } != 0
+    {
+        let err = io::Error::last_os_error();
+        if err.kind() == io::ErrorKind::WouldBlock {
+            bail!(
+                "another daas-lb is running with bpffs_dir {} (stop it first, or use another --bpffs-dir)",
+                pin_dir.display()
+            );
+        }
+        return Err(err).with_context(|| format!("locking {}", pin_dir.display()));
+    }
+    Ok(dir)
 }
 
 /// Reuses a pinned map if it has the expected shape; removes it otherwise.

@@ -199,3 +199,42 @@ fn a_pinned_link_on_another_cgroup_is_replaced_not_duplicated() {
     assert!(second.wait_exit(Duration::from_secs(10)).success());
     assert_nothing_left(&new_cgroup, pins.path());
 }
+
+#[test]
+fn a_second_controller_on_the_same_pins_is_refused() {
+    if !privileged("second_controller") {
+        return;
+    }
+    let _ns = NetNs::new();
+    let (cgroup, pins, tmp) = (TestCgroup::new(), PinDir::new(), TempDir::new());
+    let (b1, b2) = (TcpBackend::v4("b1"), TcpBackend::v4("b2"));
+    let path = config(&tmp, &pins, &cgroup, &b1, &b2);
+    let mut first = Daemon::spawn(&["--config", &path], tmp.path(), API);
+    first.wait_checked();
+
+    // Same pins and cgroup, other HTTP ports (so the ports are not what stops it).
+    let other = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(":9464", ":9474")
+        .replace(":9465", ":9475");
+    let other_path = tmp.file("other.yaml", &other);
+    let second = Command::new(daas_lb_bin())
+        .args(["run", "--config"])
+        .arg(&other_path)
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("another daas-lb is running"), "{stderr}");
+    assert_attached_once(&cgroup);
+    assert_eq!(
+        cgroup
+            .client(&["tcp", "127.0.0.1:6444", "x"])
+            .reply
+            .as_deref(),
+        Some("b1:x")
+    );
+    first.signal(libc::SIGTERM);
+    assert!(first.wait_exit(Duration::from_secs(10)).success());
+    assert_nothing_left(&cgroup, pins.path());
+}

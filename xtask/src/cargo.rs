@@ -65,13 +65,8 @@ pub(crate) fn build_daas_lb(workspace: &Workspace, release: bool) -> Result<Path
         cmd.arg("--release");
     }
     run(&mut cmd)?;
+    let bin = daas_lb_path(workspace, release)?;
     let profile = if release { "release" } else { "debug" };
-    let bin = workspace.target_dir.join(profile).join(DAAS_LB);
-    ensure!(
-        bin.is_file(),
-        "{cmd:?} succeeded but {} does not exist",
-        bin.display()
-    );
     log(
         "build",
         format_args!(
@@ -79,6 +74,18 @@ pub(crate) fn build_daas_lb(workspace: &Workspace, release: bool) -> Result<Path
             start.elapsed().as_secs_f64(),
             workspace.display(&bin).display()
         ),
+    );
+    Ok(bin)
+}
+
+/// Where `cargo build` leaves daas-lb; an error if it is not there.
+pub(crate) fn daas_lb_path(workspace: &Workspace, release: bool) -> Result<PathBuf> {
+    let profile = if release { "release" } else { "debug" };
+    let bin = workspace.target_dir.join(profile).join(DAAS_LB);
+    ensure!(
+        bin.is_file(),
+        "{} does not exist after the build",
+        bin.display()
     );
     Ok(bin)
 }

@@ -26,12 +26,25 @@ pub(crate) fn lint() -> Result<()> {
     setup::run()?;
     let workspace = Workspace::locate()?;
 
+    // Same package selection as `cargo xtask test` (so the build script
+    // results are shared), then xtask on its own.
     log(TAG, "clippy: host crates");
     run(&mut workspace.cargo([
         "clippy",
         "--workspace",
         "--exclude",
         "lb-ebpf",
+        "--exclude",
+        "xtask",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(&mut workspace.cargo([
+        "clippy",
+        "-p",
+        "xtask",
         "--all-targets",
         "--",
         "-D",
