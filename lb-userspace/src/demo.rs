@@ -206,7 +206,8 @@ pub fn instructions(config: &Config, pin_dir: &Path, cgroup: &Path, binary: &str
          \x20 curl -s http://{metrics}/metrics\n\
          \x20 bpftool map dump pinned {dir}/services\n\
          \x20 bpftool map lookup pinned {dir}/backends key 1 0 0 0\n\
-         \x20 bpftool map dump pinned {dir}/backend_stats\n\
+         \x20 bpftool map lookup pinned {dir}/backend_stats key 1 0 0 0\n\
+         \x20 scripts/inspect-maps.sh {dir}                 # every map, non-empty slots only\n\
          \x20 bpftool cgroup show {}\n\
          Stop with Ctrl-C: programs are detached and pins removed.",
         cgroup.display()

@@ -19,20 +19,66 @@ const ATTACHMENTS: [(&str, &str); 8] = [
     ("cgroup_udp6_recvmsg", "lb_recvmsg6"),
 ];
 
-fn config(
-    tmp: &TempDir,
-    pins: &PinDir,
-    cgroup: &TestCgroup,
-    b1: &TcpBackend,
-    b2: &TcpBackend,
-) -> String {
-    let services = format!(
-        "  - name: sup\n    vip: 127.0.0.1:6444\n    servers: [\"{}\", \"{}\"]\n    health_check: {{ kind: tcp, interval: 200ms, timeout: 100ms }}\n",
-        b1.addr, b2.addr
-    );
-    tmp.file("config.yaml", &config_yaml(pins, cgroup, &services))
-        .display()
-        .to_string()
+/// One test's world: namespace, cgroup, pins, two backends and a config
+/// file for service `sup` on `127.0.0.1:6444`.
+struct World {
+    cgroup: TestCgroup,
+    pins: PinDir,
+    tmp: TempDir,
+    config: String,
+    backends: (TcpBackend, TcpBackend),
+    _ns: NetNs,
+}
+
+impl World {
+    fn new() -> Self {
+        let ns = NetNs::new();
+        let (cgroup, pins, tmp) = (TestCgroup::new(), PinDir::new(), TempDir::new());
+        let (b1, b2) = (TcpBackend::v4("b1"), TcpBackend::v4("b2"));
+        let services = format!(
+            "  - name: sup\n    vip: 127.0.0.1:6444\n    servers: [\"{}\", \"{}\"]\n    health_check: {{ kind: tcp, interval: 200ms, timeout: 100ms }}\n",
+            b1.addr, b2.addr
+        );
+        let config = tmp
+            .file("config.yaml", &config_yaml(&pins, &cgroup, &services))
+            .display()
+            .to_string();
+        Self {
+            cgroup,
+            pins,
+            tmp,
+            config,
+            backends: (b1, b2),
+            _ns: ns,
+        }
+    }
+
+    /// Starts `daas-lb run --config <config> EXTRA...` and waits for its first checks.
+    fn start(&self, extra: &[&str]) -> Daemon {
+        let mut args = vec!["--config", self.config.as_str()];
+        args.extend_from_slice(extra);
+        let mut daemon = Daemon::spawn(&args, self.tmp.path(), API);
+        daemon.wait_checked();
+        daemon
+    }
+}
+
+/// The reply of `b1`/`b2` to a connect through the VIP from `cgroup`.
+fn reply_via(cgroup: &TestCgroup, payload: &str) -> Option<String> {
+    cgroup.client(&["tcp", "127.0.0.1:6444", payload]).reply
+}
+
+/// SIGTERM, then a clean exit.
+fn stop(mut daemon: Daemon) {
+    daemon.signal(libc::SIGTERM);
+    let exit = daemon.wait_exit(Duration::from_secs(10));
+    assert!(exit.success(), "exit status {exit}\n{}", daemon.log());
+}
+
+/// SIGKILL, then reaped.
+fn crash(mut daemon: Daemon) {
+    daemon.signal(libc::SIGKILL);
+    daemon.wait_exit(Duration::from_secs(5));
 }
 
 /// Exactly one of our programs per attach type on the cgroup.
@@ -67,13 +113,9 @@ fn sigterm_detaches_and_unpins_everything() {
     if !privileged("sigterm") {
         return;
     }
-    let _ns = NetNs::new();
-    let (cgroup, pins, tmp) = (TestCgroup::new(), PinDir::new(), TempDir::new());
-    let (b1, b2) = (TcpBackend::v4("b1"), TcpBackend::v4("b2"));
-    let path = config(&tmp, &pins, &cgroup, &b1, &b2);
-    let mut daemon = Daemon::spawn(&["--config", &path], tmp.path(), API);
-    daemon.wait_checked();
-    assert_attached_once(&cgroup);
+    let world = World::new();
+    let daemon = world.start(&[]);
+    assert_attached_once(&world.cgroup);
     for map in [
         "services",
         "backends",
@@ -81,26 +123,21 @@ fn sigterm_detaches_and_unpins_everything() {
         "service_stats",
         "rev_nat",
     ] {
-        let dump = Command::new("bpftool")
+        let show = Command::new("bpftool")
             .args(["map", "show", "pinned"])
-            .arg(pins.path().join(map))
+            .arg(world.pins.path().join(map))
             .output()
             .unwrap();
         assert!(
-            dump.status.success(),
-            "bpftool map show pinned {map}: {dump:?}"
+            show.status.success(),
+            "bpftool map show pinned {map}: {show:?}"
         );
     }
-
-    daemon.signal(libc::SIGTERM);
-    let exit = daemon.wait_exit(Duration::from_secs(10));
-    assert!(exit.success(), "exit status {exit}\n{}", daemon.log());
-    assert_nothing_left(&cgroup, pins.path());
+    stop(daemon);
+    assert_nothing_left(&world.cgroup, world.pins.path());
     // Without the programs the VIP is just an unused local port.
-    assert_eq!(
-        cgroup.client(&["tcp", "127.0.0.1:6444"]).errno,
-        Some(libc::ECONNREFUSED)
-    );
+    let out = world.cgroup.client(&["tcp", "127.0.0.1:6444"]);
+    assert_eq!(out.errno, Some(libc::ECONNREFUSED));
 }
 
 #[test]
@@ -108,60 +145,41 @@ fn after_sigkill_traffic_keeps_flowing_and_the_next_run_adopts_cleanly() {
     if !privileged("sigkill") {
         return;
     }
-    let _ns = NetNs::new();
-    let (cgroup, pins, tmp) = (TestCgroup::new(), PinDir::new(), TempDir::new());
-    let (b1, b2) = (TcpBackend::v4("b1"), TcpBackend::v4("b2"));
-    let path = config(&tmp, &pins, &cgroup, &b1, &b2);
-
-    let mut first = Daemon::spawn(&["--config", &path], tmp.path(), API);
-    first.wait_checked();
-    assert_eq!(
-        cgroup
-            .client(&["tcp", "127.0.0.1:6444", "a"])
-            .reply
-            .as_deref(),
-        Some("b1:a")
-    );
-    first.signal(libc::SIGKILL);
-    first.wait_exit(Duration::from_secs(5));
+    let world = World::new();
+    let first = world.start(&[]);
+    assert_eq!(reply_via(&world.cgroup, "a").as_deref(), Some("b1:a"));
+    crash(first);
 
     // Nobody is managing the maps, but the pinned links and maps keep working.
-    assert_attached_once(&cgroup);
-    let out = cgroup.client(&["tcp", "127.0.0.1:6444", "b"]);
+    assert_attached_once(&world.cgroup);
+    let out = world.cgroup.client(&["tcp", "127.0.0.1:6444", "b"]);
     assert_eq!(out.reply.as_deref(), Some("b1:b"), "{out:?}");
     assert_eq!(out.peer.as_deref(), Some("127.0.0.1:6444"));
 
     // The next run adopts links and maps: still one attachment per hook.
-    let mut second = Daemon::spawn(&["--config", &path], tmp.path(), API);
-    let status = second.wait_checked();
+    let second = world.start(&[]);
     assert!(
         second.log().contains("adopted existing link"),
         "{}",
         second.log()
     );
-    assert_attached_once(&cgroup);
+    assert_attached_once(&world.cgroup);
+    let status = lb_userspace::status::fetch(API).unwrap();
     let sup = service(&status, "sup");
-    assert_eq!(sup.selected, Some(b1.addr.to_string()));
+    assert_eq!(sup.selected, Some(world.backends.0.addr.to_string()));
     // Counters survived the crash: two connects so far.
     assert_eq!(sup.servers[0].connects, 2, "{sup:?}");
-    assert_eq!(
-        cgroup
-            .client(&["tcp", "127.0.0.1:6444", "c"])
-            .reply
-            .as_deref(),
-        Some("b1:c")
-    );
+    assert_eq!(reply_via(&world.cgroup, "c").as_deref(), Some("b1:c"));
 
     // Crash again, then `daas-lb cleanup` removes everything.
-    second.signal(libc::SIGKILL);
-    second.wait_exit(Duration::from_secs(5));
+    crash(second);
     let cleanup = Command::new(daas_lb_bin())
         .args(["cleanup", "--bpffs-dir"])
-        .arg(pins.path())
+        .arg(world.pins.path())
         .output()
         .unwrap();
     assert!(cleanup.status.success(), "{cleanup:?}");
-    assert_nothing_left(&cgroup, pins.path());
+    assert_nothing_left(&world.cgroup, world.pins.path());
 }
 
 #[test]
@@ -169,35 +187,21 @@ fn a_pinned_link_on_another_cgroup_is_replaced_not_duplicated() {
     if !privileged("moved_cgroup") {
         return;
     }
-    let _ns = NetNs::new();
-    let (old_cgroup, new_cgroup) = (TestCgroup::new(), TestCgroup::new());
-    let (pins, tmp) = (PinDir::new(), TempDir::new());
-    let (b1, b2) = (TcpBackend::v4("b1"), TcpBackend::v4("b2"));
-    let path = config(&tmp, &pins, &old_cgroup, &b1, &b2);
-    let mut first = Daemon::spawn(&["--config", &path], tmp.path(), API);
-    first.wait_checked();
-    first.signal(libc::SIGKILL);
-    first.wait_exit(Duration::from_secs(5));
+    let world = World::new();
+    crash(world.start(&[]));
 
+    let new_cgroup = TestCgroup::new();
     let new_path = new_cgroup.path().display().to_string();
-    let mut second = Daemon::spawn(&["--config", &path, "--cgroup", &new_path], tmp.path(), API);
-    second.wait_checked();
+    let second = world.start(&["--cgroup", &new_path]);
     assert_eq!(
-        cgroup_programs(old_cgroup.path()),
+        cgroup_programs(world.cgroup.path()),
         Vec::new(),
         "old cgroup still attached"
     );
     assert_attached_once(&new_cgroup);
-    assert_eq!(
-        new_cgroup
-            .client(&["tcp", "127.0.0.1:6444", "n"])
-            .reply
-            .as_deref(),
-        Some("b1:n")
-    );
-    second.signal(libc::SIGTERM);
-    assert!(second.wait_exit(Duration::from_secs(10)).success());
-    assert_nothing_left(&new_cgroup, pins.path());
+    assert_eq!(reply_via(&new_cgroup, "n").as_deref(), Some("b1:n"));
+    stop(second);
+    assert_nothing_left(&new_cgroup, world.pins.path());
 }
 
 #[test]
@@ -205,19 +209,15 @@ fn a_second_controller_on_the_same_pins_is_refused() {
     if !privileged("second_controller") {
         return;
     }
-    let _ns = NetNs::new();
-    let (cgroup, pins, tmp) = (TestCgroup::new(), PinDir::new(), TempDir::new());
-    let (b1, b2) = (TcpBackend::v4("b1"), TcpBackend::v4("b2"));
-    let path = config(&tmp, &pins, &cgroup, &b1, &b2);
-    let mut first = Daemon::spawn(&["--config", &path], tmp.path(), API);
-    first.wait_checked();
+    let world = World::new();
+    let first = world.start(&[]);
 
     // Same pins and cgroup, other HTTP ports (so the ports are not what stops it).
-    let other = std::fs::read_to_string(&path)
+    let other = std::fs::read_to_string(&world.config)
         .unwrap()
         .replace(":9464", ":9474")
         .replace(":9465", ":9475");
-    let other_path = tmp.file("other.yaml", &other);
+    let other_path = world.tmp.file("other.yaml", &other);
     let second = Command::new(daas_lb_bin())
         .args(["run", "--config"])
         .arg(&other_path)
@@ -226,15 +226,8 @@ fn a_second_controller_on_the_same_pins_is_refused() {
     assert!(!second.status.success());
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(stderr.contains("another daas-lb is running"), "{stderr}");
-    assert_attached_once(&cgroup);
-    assert_eq!(
-        cgroup
-            .client(&["tcp", "127.0.0.1:6444", "x"])
-            .reply
-            .as_deref(),
-        Some("b1:x")
-    );
-    first.signal(libc::SIGTERM);
-    assert!(first.wait_exit(Duration::from_secs(10)).success());
-    assert_nothing_left(&cgroup, pins.path());
+    assert_attached_once(&world.cgroup);
+    assert_eq!(reply_via(&world.cgroup, "x").as_deref(), Some("b1:x"));
+    stop(first);
+    assert_nothing_left(&world.cgroup, world.pins.path());
 }

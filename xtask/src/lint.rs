@@ -29,27 +29,14 @@ pub(crate) fn lint() -> Result<()> {
     // Same package selection as `cargo xtask test` (so the build script
     // results are shared), then xtask on its own.
     log(TAG, "clippy: host crates");
-    run(&mut workspace.cargo([
-        "clippy",
-        "--workspace",
-        "--exclude",
-        "lb-ebpf",
-        "--exclude",
-        "xtask",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
-    run(&mut workspace.cargo([
-        "clippy",
-        "-p",
-        "xtask",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
+    let host_clippy = |selection: &[&str]| {
+        let mut cmd = workspace.cargo(["clippy"]);
+        cmd.args(selection)
+            .args(["--all-targets", "--", "-D", "warnings"]);
+        run(&mut cmd)
+    };
+    host_clippy(&["--workspace", "--exclude", "lb-ebpf", "--exclude", "xtask"])?;
+    host_clippy(&["-p", "xtask"])?;
 
     log(TAG, format_args!("clippy: lb-ebpf for {BPF_TARGET}"));
     let mut bpf_clippy = workspace.cargo([
