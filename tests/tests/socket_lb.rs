@@ -260,7 +260,7 @@ fn a_service_without_a_reachable_server_refuses_connects_at_once() {
         b.addr
     };
     let services = format!(
-        "{}  - name: empty\n    vip: 127.0.0.1:7000\n    servers: []\n",
+        "{}  - name: empty\n    vip: 127.0.0.1:7000\n    servers: []\n  - name: empty-udp\n    vip: 127.0.0.1:7000\n    protocol: udp\n    servers: []\n",
         tcp_service("dead", "127.0.0.1:6444", &[blackhole, closed], 200)
     );
     let mut daemon = start(&tmp, &pins, &cgroup, &services);
@@ -285,8 +285,68 @@ fn a_service_without_a_reachable_server_refuses_connects_at_once() {
         );
         eprintln!("{vip}: connect refused in {took:?}");
     }
+    // UDP: sendto() and connect() on a service without backends fail too.
+    let out = cgroup.client(&["udp", "127.0.0.1:7000", "q"]);
+    assert_eq!(out.errno, Some(libc::ECONNREFUSED), "{out:?}");
+    let out = cgroup.client(&["udp-connected", "127.0.0.1:7000", "q"]);
+    assert_eq!(out.errno, Some(libc::ECONNREFUSED), "{out:?}");
+
     let status = daemon.wait_for(Duration::from_secs(2), "refused counters", |s| {
-        service(s, "dead").refused >= 1 && service(s, "empty").refused >= 1
+        service(s, "dead").refused >= 1 && service(s, "empty-udp").refused >= 2
     });
     assert_eq!(service(&status, "dead").refused, 1);
+    assert_eq!(service(&status, "empty").refused, 1);
+    assert_eq!(service(&status, "empty-udp").refused, 2);
+}
+
+#[test]
+fn a_corrupt_backend_slot_is_refused_never_mis_forwarded() {
+    if !privileged("corrupt_slot") {
+        return;
+    }
+    let _ns = NetNs::new();
+    let (cgroup, pins, tmp) = (TestCgroup::new(), PinDir::new(), TempDir::new());
+    let b1 = TcpBackend::v4("b1");
+    let mut daemon = start(
+        &tmp,
+        &pins,
+        &cgroup,
+        &tcp_service("web", "127.0.0.1:6444", &[b1.addr], 200),
+    );
+    daemon.wait_checked();
+    assert_eq!(
+        cgroup.client(&["tcp", "127.0.0.1:6444"]).reply.as_deref(),
+        Some("b1:hello\n")
+    );
+
+    // Overwrite backend slot 1 (b1) behind the controller's back: same
+    // address and port, but family AF_INET6, which cannot be written into an
+    // IPv4 socket. The kernel program must refuse rather than guess.
+    let port = b1.addr.port().to_le_bytes();
+    let mut value = vec!["127", "0", "0", "1"];
+    value.extend(["0"; 12]);
+    let (p0, p1) = (port[0].to_string(), port[1].to_string());
+    value.extend([p0.as_str(), p1.as_str(), "10", "0", "0", "0", "0", "0"]);
+    let map = pins.path().join("backends").display().to_string();
+    let mut args = vec![
+        "map",
+        "update",
+        "pinned",
+        map.as_str(),
+        "key",
+        "1",
+        "0",
+        "0",
+        "0",
+        "value",
+    ];
+    args.extend(value.iter().copied());
+    lb_tests::sh("bpftool", &args);
+
+    let out = cgroup.client(&["tcp", "127.0.0.1:6444"]);
+    assert_eq!(out.errno, Some(libc::ECONNREFUSED), "{out:?}");
+    let status = daemon.wait_for(Duration::from_secs(2), "refused counter", |s| {
+        service(s, "web").refused >= 1
+    });
+    assert_eq!(service(&status, "web").refused, 1);
 }
