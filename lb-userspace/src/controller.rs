@@ -47,15 +47,21 @@ struct ServiceRuntime {
     selection_changes: u64,
 }
 
+impl ServerRuntime {
+    const fn candidate(&self) -> Candidate {
+        Candidate {
+            address: self.address,
+            health: self.health,
+        }
+    }
+}
+
 impl ServiceRuntime {
     fn candidates(&self) -> Vec<Candidate> {
         self.servers
             .iter()
             .filter(|s| s.in_server_list)
-            .map(|s| Candidate {
-                address: s.address,
-                health: s.health,
-            })
+            .map(ServerRuntime::candidate)
             .collect()
     }
 
@@ -64,10 +70,7 @@ impl ServiceRuntime {
         self.servers
             .iter()
             .find(|s| s.address == default)
-            .map(|s| Candidate {
-                address: s.address,
-                health: s.health,
-            })
+            .map(ServerRuntime::candidate)
     }
 
     fn backend_id_of(&self, address: Option<SocketAddr>) -> u32 {
@@ -220,10 +223,6 @@ impl Controller {
                         .servers
                         .iter()
                         .map(|server| {
-                            let candidate = Candidate {
-                                address: server.address,
-                                health: server.health,
-                            };
                             let counters = state
                                 .dataplane
                                 .backend_stats(server.backend_id)
@@ -231,12 +230,10 @@ impl Controller {
                             ServerStatus {
                                 address: server.address.to_string(),
                                 state: state_of(
-                                    &candidate,
+                                    &server.candidate(),
                                     server.in_server_list,
                                     service.selected,
-                                )
-                                .as_str()
-                                .to_owned(),
+                                ),
                                 healthy: server.health == Health::Passing,
                                 default: service.config.default_server == Some(server.address),
                                 connects: counters.connects,

@@ -5,6 +5,7 @@ use std::{io::IsTerminal as _, net::SocketAddr, path::PathBuf, process::ExitCode
 use clap::{Parser, Subcommand};
 use lb_userspace::{
     config::Config,
+    dataplane,
     run::{self, ConfigSource, RunOptions},
     status,
 };
@@ -109,7 +110,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Cleanup { bpffs_dir } => run::cleanup(&bpffs_dir),
+        Command::Cleanup { bpffs_dir } => dataplane::cleanup(&bpffs_dir),
         Command::CheckConfig { config } => {
             let parsed = Config::load(&config)?;
             println!(

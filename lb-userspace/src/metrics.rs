@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::{selection::ServerState, status::Status};
+use crate::status::{ServerStatus, Status};
 
 /// Escapes a label value (backslash, quote, newline).
 fn label(value: &str) -> String {
@@ -12,59 +12,60 @@ fn label(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
-fn state_number(word: &str) -> u8 {
-    [
-        ServerState::Invalid,
-        ServerState::Failed,
-        ServerState::Standby,
-        ServerState::Unchecked,
-        ServerState::Recovering,
-        ServerState::Healthy,
-        ServerState::Preferred,
-        ServerState::Active,
-    ]
-    .into_iter()
-    .find(|s| s.as_str() == word)
-    .map_or(0, |s| s as u8)
+/// One metric family with a sample per (service, server).
+fn per_server(
+    out: &mut String,
+    status: &Status,
+    (name, kind, help): (&str, &str, &str),
+    value: impl Fn(&ServerStatus) -> u64,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for service in &status.services {
+        for server in &service.servers {
+            let _ = writeln!(
+                out,
+                "{name}{{name=\"{}\",server=\"{}\"}} {}",
+                label(&service.name),
+                label(&server.address),
+                value(server)
+            );
+        }
+    }
 }
 
 /// Renders every metric.
 pub fn render(status: &Status, selection_changes: &[(String, u64)]) -> String {
     let mut out = String::new();
-    let mut family = |name: &str, kind: &str, help: &str| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for service in &status.services {
-            for server in &service.servers {
-                let value = match name {
-                    "k3s_loadbalancer_server_health" => u64::from(state_number(&server.state)),
-                    "daas_lb_backend_connects_total" => server.connects,
-                    "daas_lb_backend_sendmsgs_total" => server.sendmsgs,
-                    _ => continue,
-                };
-                let _ = writeln!(
-                    out,
-                    "{name}{{name=\"{}\",server=\"{}\"}} {value}",
-                    label(&service.name),
-                    label(&server.address)
-                );
-            }
-        }
-    };
-    family(
-        "k3s_loadbalancer_server_health",
-        "gauge",
-        "Server state as in the K3s agent load balancer: 0 invalid, 1 failed, 2 standby, 3 unchecked, 4 recovering, 5 healthy, 6 preferred, 7 active.",
+    per_server(
+        &mut out,
+        status,
+        (
+            "k3s_loadbalancer_server_health",
+            "gauge",
+            "Server state as in the K3s agent load balancer: 0 invalid, 1 failed, 2 standby, 3 unchecked, 4 recovering, 5 healthy, 6 preferred, 7 active.",
+        ),
+        |server| server.state as u64,
     );
-    family(
-        "daas_lb_backend_connects_total",
-        "counter",
-        "connect() calls the kernel redirected from the VIP to this server.",
+    per_server(
+        &mut out,
+        status,
+        (
+            "daas_lb_backend_connects_total",
+            "counter",
+            "connect() calls the kernel redirected from the VIP to this server.",
+        ),
+        |server| server.connects,
     );
-    family(
-        "daas_lb_backend_sendmsgs_total",
-        "counter",
-        "Unconnected UDP datagrams the kernel redirected from the VIP to this server.",
+    per_server(
+        &mut out,
+        status,
+        (
+            "daas_lb_backend_sendmsgs_total",
+            "counter",
+            "Unconnected UDP datagrams the kernel redirected from the VIP to this server.",
+        ),
+        |server| server.sendmsgs,
     );
 
     let _ = writeln!(
@@ -98,7 +99,10 @@ pub fn render(status: &Status, selection_changes: &[(String, u64)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{ServerStatus, ServiceStatus};
+    use crate::{
+        selection::ServerState,
+        status::{ServerStatus, ServiceStatus},
+    };
 
     #[test]
     fn renders_health_as_k3s_state_numbers_and_counters() {
@@ -112,7 +116,7 @@ mod tests {
                 servers: vec![
                     ServerStatus {
                         address: "10.0.0.1:1".into(),
-                        state: "active".into(),
+                        state: ServerState::Active,
                         healthy: true,
                         default: false,
                         connects: 9,
@@ -121,7 +125,7 @@ mod tests {
                     },
                     ServerStatus {
                         address: "10.0.0.2:1".into(),
-                        state: "failed".into(),
+                        state: ServerState::Failed,
                         healthy: false,
                         default: false,
                         connects: 0,

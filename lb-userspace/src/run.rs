@@ -1,10 +1,7 @@
 //! `daas-lb run`: wires config, data plane, controller, health checks and
 //! the HTTP endpoints together, and tears everything down on SIGINT/SIGTERM.
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-};
+use std::{fs, path::PathBuf};
 
 use anyhow::{Context as _, bail};
 use tokio::{
@@ -166,11 +163,6 @@ async fn wait_for_stop_signal() -> anyhow::Result<()> {
             }
         }
     }
-}
-
-/// `daas-lb cleanup`: removes what a crashed run left under `pin_dir`.
-pub fn cleanup(pin_dir: &Path) -> anyhow::Result<()> {
-    crate::dataplane::cleanup(pin_dir)
 }
 
 #[cfg(test)]

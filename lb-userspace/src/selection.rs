@@ -7,13 +7,13 @@
 //! if none passes, try a server that has not been checked yet; then the
 //! default server; otherwise no backend, and connects are refused at once.
 
-use std::net::SocketAddr;
+use std::{fmt, net::SocketAddr};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Server states, numbered like the K3s agent load balancer's (the number is
 /// the value of `k3s_loadbalancer_server_health`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ServerState {
     /// Removed from the config; never selected.
@@ -47,6 +47,12 @@ impl ServerState {
             Self::Preferred => "preferred",
             Self::Active => "active",
         }
+    }
+}
+
+impl fmt::Display for ServerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -13,6 +13,8 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::selection::ServerState;
+
 /// The whole status document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
@@ -42,8 +44,8 @@ pub struct ServiceStatus {
 pub struct ServerStatus {
     /// `IP:port`.
     pub address: String,
-    /// Lowercase state word (`active`, `healthy`, `failed`, `unchecked`, `standby`, ...).
-    pub state: String,
+    /// State, serialized as a lowercase word (`active`, `healthy`, `failed`, ...).
+    pub state: ServerState,
     /// Whether the last health check passed.
     pub healthy: bool,
     /// Whether this is the service's default server.
@@ -115,7 +117,7 @@ impl Status {
                     out,
                     "  {:<42} {:<10} {:<7} {:>9} {:>9}  {}",
                     address,
-                    server.state,
+                    server.state.as_str(),
                     if server.healthy { "yes" } else { "no" },
                     server.connects,
                     server.sendmsgs,
@@ -195,7 +197,7 @@ mod tests {
                 refused: 0,
                 servers: vec![ServerStatus {
                     address: "10.0.0.1:9345".into(),
-                    state: "active".into(),
+                    state: ServerState::Active,
                     healthy: true,
                     default: false,
                     connects: 3,

@@ -673,6 +673,59 @@ pub fn cgroup_links(cgroup_id: u64) -> Vec<u64> {
         .unwrap_or_default()
 }
 
+/// Everything one privileged test needs: a private network namespace, a
+/// child cgroup, a pin directory and a temp directory, all removed on drop
+/// (the namespace last).
+pub struct TestEnv {
+    /// The cgroup the programs attach to and clients run in.
+    pub cgroup: TestCgroup,
+    /// The bpffs pin directory.
+    pub pins: PinDir,
+    /// Config files and logs.
+    pub tmp: TempDir,
+    /// The network namespace of the calling thread.
+    pub ns: NetNs,
+}
+
+impl TestEnv {
+    /// The environment, or `None` when privileged tests cannot run here and
+    /// `CI` is not `true` (see [`privileged`]).
+    pub fn new(test: &str) -> Option<Self> {
+        if !privileged(test) {
+            return None;
+        }
+        let ns = NetNs::new();
+        Some(Self {
+            cgroup: TestCgroup::new(),
+            pins: PinDir::new(),
+            tmp: TempDir::new(),
+            ns,
+        })
+    }
+
+    /// Writes `config.yaml` with `services` (see [`config_yaml`]) and returns its path.
+    pub fn config(&self, services: &str) -> String {
+        self.tmp
+            .file(
+                "config.yaml",
+                &config_yaml(&self.pins, &self.cgroup, services),
+            )
+            .display()
+            .to_string()
+    }
+
+    /// Starts `daas-lb run ARGS...` logging into the temp directory.
+    pub fn spawn(&self, args: &[&str]) -> Daemon {
+        Daemon::spawn(args, self.tmp.path(), API)
+    }
+
+    /// Writes the config for `services` and starts `daas-lb run` on it.
+    pub fn start(&self, services: &str) -> Daemon {
+        let config = self.config(services);
+        self.spawn(&["--config", &config])
+    }
+}
+
 /// A config file for one test: pins, cgroup and API addresses filled in.
 pub fn config_yaml(pins: &PinDir, cgroup: &TestCgroup, services: &str) -> String {
     format!(

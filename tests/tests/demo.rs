@@ -3,22 +3,16 @@
 
 use std::{process::Command, time::Duration};
 
-use lb_tests::{API, Daemon, NetNs, PinDir, TempDir, TestCgroup, daas_lb_bin, privileged};
+use lb_tests::{TestEnv, daas_lb_bin};
 
 #[test]
 fn demo_commands_work() {
-    if !privileged("demo") {
+    let Some(env) = TestEnv::new("demo") else {
         return;
-    }
-    let _ns = NetNs::new();
-    let (cgroup, pins, tmp) = (TestCgroup::new(), PinDir::new(), TempDir::new());
-    let cgroup_path = cgroup.path().display().to_string();
-    let pin_path = pins.path().display().to_string();
-    let mut demo = Daemon::spawn(
-        &["--demo", "--cgroup", &cgroup_path, "--bpffs-dir", &pin_path],
-        tmp.path(),
-        API,
-    );
+    };
+    let cgroup_path = env.cgroup.path().display().to_string();
+    let pin_path = env.pins.path().display().to_string();
+    let mut demo = env.spawn(&["--demo", "--cgroup", &cgroup_path, "--bpffs-dir", &pin_path]);
     let status = demo.wait_checked();
     assert_eq!(status.services.len(), 3, "{status:?}");
     let log = demo.log();
@@ -34,7 +28,7 @@ fn demo_commands_work() {
         );
     }
 
-    let curl = cgroup.output(Command::new("curl").args([
+    let curl = env.cgroup.output(Command::new("curl").args([
         "-s",
         "--max-time",
         "3",
@@ -46,7 +40,7 @@ fn demo_commands_work() {
         "{curl:?}"
     );
 
-    let curl6 = cgroup.output(Command::new("curl").args([
+    let curl6 = env.cgroup.output(Command::new("curl").args([
         "-s",
         "-g",
         "--max-time",
@@ -58,7 +52,8 @@ fn demo_commands_work() {
         "{curl6:?}"
     );
 
-    let nc = cgroup
+    let nc = env
+        .cgroup
         .output(Command::new("sh").args(["-c", "printf 'hi\\n' | nc -N -w 3 127.0.0.1 6444"]));
     let echoed = String::from_utf8_lossy(&nc.stdout);
     assert!(
@@ -66,7 +61,8 @@ fn demo_commands_work() {
         "{nc:?}"
     );
 
-    let nc_udp = cgroup
+    let nc_udp = env
+        .cgroup
         .output(Command::new("sh").args(["-c", "printf 'hi\\n' | nc -u -w 1 127.0.0.1 6444"]));
     assert!(
         String::from_utf8_lossy(&nc_udp.stdout).contains("] hi"),
@@ -96,5 +92,5 @@ fn demo_commands_work() {
         "{}",
         demo.log()
     );
-    assert!(!pins.path().exists());
+    assert!(!env.pins.path().exists());
 }

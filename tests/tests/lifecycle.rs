@@ -3,8 +3,8 @@
 use std::{path::Path, process::Command, time::Duration};
 
 use lb_tests::{
-    API, Daemon, NetNs, PinDir, TcpBackend, TempDir, TestCgroup, cgroup_links, cgroup_programs,
-    config_yaml, daas_lb_bin, privileged, service,
+    API, Daemon, TcpBackend, TestCgroup, TestEnv, cgroup_links, cgroup_programs, daas_lb_bin,
+    service,
 };
 
 /// (attach type as bpftool 7 names it, our program on it).
@@ -19,45 +19,34 @@ const ATTACHMENTS: [(&str, &str); 8] = [
     ("cgroup_udp6_recvmsg", "lb_recvmsg6"),
 ];
 
-/// One test's world: namespace, cgroup, pins, two backends and a config
-/// file for service `sup` on `127.0.0.1:6444`.
+/// One test's environment with two backends and a config file for service
+/// `sup` on `127.0.0.1:6444`.
 struct World {
-    cgroup: TestCgroup,
-    pins: PinDir,
-    tmp: TempDir,
     config: String,
     backends: (TcpBackend, TcpBackend),
-    _ns: NetNs,
+    env: TestEnv,
 }
 
 impl World {
-    fn new() -> Self {
-        let ns = NetNs::new();
-        let (cgroup, pins, tmp) = (TestCgroup::new(), PinDir::new(), TempDir::new());
+    fn new(test: &str) -> Option<Self> {
+        let env = TestEnv::new(test)?;
         let (b1, b2) = (TcpBackend::v4("b1"), TcpBackend::v4("b2"));
-        let services = format!(
+        let config = env.config(&format!(
             "  - name: sup\n    vip: 127.0.0.1:6444\n    servers: [\"{}\", \"{}\"]\n    health_check: {{ kind: tcp, interval: 200ms, timeout: 100ms }}\n",
             b1.addr, b2.addr
-        );
-        let config = tmp
-            .file("config.yaml", &config_yaml(&pins, &cgroup, &services))
-            .display()
-            .to_string();
-        Self {
-            cgroup,
-            pins,
-            tmp,
+        ));
+        Some(Self {
             config,
             backends: (b1, b2),
-            _ns: ns,
-        }
+            env,
+        })
     }
 
     /// Starts `daas-lb run --config <config> EXTRA...` and waits for its first checks.
     fn start(&self, extra: &[&str]) -> Daemon {
         let mut args = vec!["--config", self.config.as_str()];
         args.extend_from_slice(extra);
-        let mut daemon = Daemon::spawn(&args, self.tmp.path(), API);
+        let mut daemon = self.env.spawn(&args);
         daemon.wait_checked();
         daemon
     }
@@ -110,12 +99,11 @@ fn assert_nothing_left(cgroup: &TestCgroup, pins: &Path) {
 
 #[test]
 fn sigterm_detaches_and_unpins_everything() {
-    if !privileged("sigterm") {
+    let Some(world) = World::new("sigterm") else {
         return;
-    }
-    let world = World::new();
+    };
     let daemon = world.start(&[]);
-    assert_attached_once(&world.cgroup);
+    assert_attached_once(&world.env.cgroup);
     for map in [
         "services",
         "backends",
@@ -125,7 +113,7 @@ fn sigterm_detaches_and_unpins_everything() {
     ] {
         let show = Command::new("bpftool")
             .args(["map", "show", "pinned"])
-            .arg(world.pins.path().join(map))
+            .arg(world.env.pins.path().join(map))
             .output()
             .unwrap();
         assert!(
@@ -134,25 +122,24 @@ fn sigterm_detaches_and_unpins_everything() {
         );
     }
     stop(daemon);
-    assert_nothing_left(&world.cgroup, world.pins.path());
+    assert_nothing_left(&world.env.cgroup, world.env.pins.path());
     // Without the programs the VIP is just an unused local port.
-    let out = world.cgroup.client(&["tcp", "127.0.0.1:6444"]);
+    let out = world.env.cgroup.client(&["tcp", "127.0.0.1:6444"]);
     assert_eq!(out.errno, Some(libc::ECONNREFUSED));
 }
 
 #[test]
 fn after_sigkill_traffic_keeps_flowing_and_the_next_run_adopts_cleanly() {
-    if !privileged("sigkill") {
+    let Some(world) = World::new("sigkill") else {
         return;
-    }
-    let world = World::new();
+    };
     let first = world.start(&[]);
-    assert_eq!(reply_via(&world.cgroup, "a").as_deref(), Some("b1:a"));
+    assert_eq!(reply_via(&world.env.cgroup, "a").as_deref(), Some("b1:a"));
     crash(first);
 
     // Nobody is managing the maps, but the pinned links and maps keep working.
-    assert_attached_once(&world.cgroup);
-    let out = world.cgroup.client(&["tcp", "127.0.0.1:6444", "b"]);
+    assert_attached_once(&world.env.cgroup);
+    let out = world.env.cgroup.client(&["tcp", "127.0.0.1:6444", "b"]);
     assert_eq!(out.reply.as_deref(), Some("b1:b"), "{out:?}");
     assert_eq!(out.peer.as_deref(), Some("127.0.0.1:6444"));
 
@@ -163,53 +150,51 @@ fn after_sigkill_traffic_keeps_flowing_and_the_next_run_adopts_cleanly() {
         "{}",
         second.log()
     );
-    assert_attached_once(&world.cgroup);
+    assert_attached_once(&world.env.cgroup);
     let status = lb_userspace::status::fetch(API).unwrap();
     let sup = service(&status, "sup");
     assert_eq!(sup.selected, Some(world.backends.0.addr.to_string()));
     // Counters survived the crash: two connects so far.
     assert_eq!(sup.servers[0].connects, 2, "{sup:?}");
-    assert_eq!(reply_via(&world.cgroup, "c").as_deref(), Some("b1:c"));
+    assert_eq!(reply_via(&world.env.cgroup, "c").as_deref(), Some("b1:c"));
 
     // Crash again, then `daas-lb cleanup` removes everything.
     crash(second);
     let cleanup = Command::new(daas_lb_bin())
         .args(["cleanup", "--bpffs-dir"])
-        .arg(world.pins.path())
+        .arg(world.env.pins.path())
         .output()
         .unwrap();
     assert!(cleanup.status.success(), "{cleanup:?}");
-    assert_nothing_left(&world.cgroup, world.pins.path());
+    assert_nothing_left(&world.env.cgroup, world.env.pins.path());
 }
 
 #[test]
 fn a_pinned_link_on_another_cgroup_is_replaced_not_duplicated() {
-    if !privileged("moved_cgroup") {
+    let Some(world) = World::new("moved_cgroup") else {
         return;
-    }
-    let world = World::new();
+    };
     crash(world.start(&[]));
 
     let new_cgroup = TestCgroup::new();
     let new_path = new_cgroup.path().display().to_string();
     let second = world.start(&["--cgroup", &new_path]);
     assert_eq!(
-        cgroup_programs(world.cgroup.path()),
+        cgroup_programs(world.env.cgroup.path()),
         Vec::new(),
         "old cgroup still attached"
     );
     assert_attached_once(&new_cgroup);
     assert_eq!(reply_via(&new_cgroup, "n").as_deref(), Some("b1:n"));
     stop(second);
-    assert_nothing_left(&new_cgroup, world.pins.path());
+    assert_nothing_left(&new_cgroup, world.env.pins.path());
 }
 
 #[test]
 fn a_second_controller_on_the_same_pins_is_refused() {
-    if !privileged("second_controller") {
+    let Some(world) = World::new("second_controller") else {
         return;
-    }
-    let world = World::new();
+    };
     let first = world.start(&[]);
 
     // Same pins and cgroup, other HTTP ports (so the ports are not what stops it).
@@ -217,7 +202,7 @@ fn a_second_controller_on_the_same_pins_is_refused() {
         .unwrap()
         .replace(":9464", ":9474")
         .replace(":9465", ":9475");
-    let other_path = world.tmp.file("other.yaml", &other);
+    let other_path = world.env.tmp.file("other.yaml", &other);
     let second = Command::new(daas_lb_bin())
         .args(["run", "--config"])
         .arg(&other_path)
@@ -226,8 +211,8 @@ fn a_second_controller_on_the_same_pins_is_refused() {
     assert!(!second.status.success());
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(stderr.contains("another daas-lb is running"), "{stderr}");
-    assert_attached_once(&world.cgroup);
-    assert_eq!(reply_via(&world.cgroup, "x").as_deref(), Some("b1:x"));
+    assert_attached_once(&world.env.cgroup);
+    assert_eq!(reply_via(&world.env.cgroup, "x").as_deref(), Some("b1:x"));
     stop(first);
-    assert_nothing_left(&world.cgroup, world.pins.path());
+    assert_nothing_left(&world.env.cgroup, world.env.pins.path());
 }

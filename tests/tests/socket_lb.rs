@@ -10,16 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_tests::{
-    API, Daemon, NetNs, PinDir, TcpBackend, TempDir, TestCgroup, UdpBackend, config_yaml,
-    privileged, service,
-};
-
-/// Writes the config and starts `daas-lb run` on it.
-fn start(tmp: &TempDir, pins: &PinDir, cgroup: &TestCgroup, services: &str) -> Daemon {
-    let path = tmp.file("config.yaml", &config_yaml(pins, cgroup, services));
-    Daemon::spawn(&["--config", path.to_str().unwrap()], tmp.path(), API)
-}
+use lb_tests::{TcpBackend, TestEnv, UdpBackend, service};
+use lb_userspace::selection::ServerState;
 
 fn tcp_service(name: &str, vip: &str, servers: &[SocketAddr], interval_ms: u64) -> String {
     let servers: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
@@ -32,23 +24,21 @@ fn tcp_service(name: &str, vip: &str, servers: &[SocketAddr], interval_ms: u64) 
 
 #[test]
 fn tcp_vip_reaches_the_selected_backend_and_the_app_sees_only_the_vip() {
-    if !privileged("tcp_vip") {
+    let Some(env) = TestEnv::new("tcp_vip") else {
         return;
-    }
-    let _ns = NetNs::new();
-    let (cgroup, pins, tmp) = (TestCgroup::new(), PinDir::new(), TempDir::new());
+    };
     let b1 = TcpBackend::v4("b1");
     let b2 = TcpBackend::v4("b2");
-    let mut daemon = start(
-        &tmp,
-        &pins,
-        &cgroup,
-        &tcp_service("web", "127.0.0.1:6444", &[b1.addr, b2.addr], 200),
-    );
+    let mut daemon = env.start(&tcp_service(
+        "web",
+        "127.0.0.1:6444",
+        &[b1.addr, b2.addr],
+        200,
+    ));
     let status = daemon.wait_checked();
     assert_eq!(service(&status, "web").selected, Some(b1.addr.to_string()));
 
-    let out = cgroup.client(&["tcp", "127.0.0.1:6444", "ping"]);
+    let out = env.cgroup.client(&["tcp", "127.0.0.1:6444", "ping"]);
     assert!(out.ok, "{out:?}");
     assert_eq!(out.reply.as_deref(), Some("b1:ping"));
     assert_eq!(
@@ -58,7 +48,7 @@ fn tcp_vip_reaches_the_selected_backend_and_the_app_sees_only_the_vip() {
     );
 
     // A real third-party client: curl through the VIP.
-    let curl = cgroup.output(Command::new("curl").args([
+    let curl = env.cgroup.output(Command::new("curl").args([
         "-s",
         "--max-time",
         "3",
@@ -67,16 +57,16 @@ fn tcp_vip_reaches_the_selected_backend_and_the_app_sees_only_the_vip() {
     assert_eq!(String::from_utf8_lossy(&curl.stdout), "b1", "{curl:?}");
 
     // A dual-stack (AF_INET6) socket connecting to ::ffff:127.0.0.1 is balanced too.
-    let mapped = cgroup.client(&["tcp-mapped", "127.0.0.1:6444", "m"]);
+    let mapped = env.cgroup.client(&["tcp-mapped", "127.0.0.1:6444", "m"]);
     assert_eq!(mapped.reply.as_deref(), Some("b1:m"), "{mapped:?}");
     assert_eq!(mapped.peer.as_deref(), Some("[::ffff:127.0.0.1]:6444"));
 
     // Non-VIP traffic is untouched: a direct connect to b2 reaches b2.
-    let direct = cgroup.client(&["tcp", &b2.addr.to_string(), "d"]);
+    let direct = env.cgroup.client(&["tcp", &b2.addr.to_string(), "d"]);
     assert_eq!(direct.reply.as_deref(), Some("b2:d"));
     assert_eq!(direct.peer, Some(b2.addr.to_string()));
     // Same VIP address, other port: not a VIP, nothing listens, refused by the stack.
-    let other_port = cgroup.client(&["tcp", "127.0.0.1:6445"]);
+    let other_port = env.cgroup.client(&["tcp", "127.0.0.1:6445"]);
     assert_eq!(other_port.errno, Some(libc::ECONNREFUSED), "{other_port:?}");
 
     // Processes outside the cgroup are not affected (nothing listens on the VIP).
@@ -89,8 +79,8 @@ fn tcp_vip_reaches_the_selected_backend_and_the_app_sees_only_the_vip() {
     let web = service(&status, "web");
     assert_eq!(web.servers[0].connects, 3, "{web:?}");
     assert_eq!(web.servers[1].connects, 0, "{web:?}");
-    assert_eq!(web.servers[0].state, "active");
-    assert_eq!(web.servers[1].state, "healthy");
+    assert_eq!(web.servers[0].state, ServerState::Active);
+    assert_eq!(web.servers[1].state, ServerState::Healthy);
 
     let metrics =
         lb_userspace::status::http_get("127.0.0.1:9464".parse().unwrap(), "/metrics").unwrap();
@@ -115,25 +105,18 @@ fn tcp_vip_reaches_the_selected_backend_and_the_app_sees_only_the_vip() {
 
 #[test]
 fn ipv6_vip_reaches_the_selected_backend() {
-    if !privileged("ipv6_vip") {
+    let Some(env) = TestEnv::new("ipv6_vip") else {
         return;
-    }
-    let _ns = NetNs::new();
-    let (cgroup, pins, tmp) = (TestCgroup::new(), PinDir::new(), TempDir::new());
+    };
     let b1 = TcpBackend::v6("b1");
     let b2 = TcpBackend::v6("b2");
-    let mut daemon = start(
-        &tmp,
-        &pins,
-        &cgroup,
-        &tcp_service("web6", "[::1]:6444", &[b1.addr, b2.addr], 200),
-    );
+    let mut daemon = env.start(&tcp_service("web6", "[::1]:6444", &[b1.addr, b2.addr], 200));
     daemon.wait_checked();
-    let out = cgroup.client(&["tcp", "[::1]:6444", "six"]);
+    let out = env.cgroup.client(&["tcp", "[::1]:6444", "six"]);
     assert!(out.ok, "{out:?}");
     assert_eq!(out.reply.as_deref(), Some("b1:six"));
     assert_eq!(out.peer.as_deref(), Some("[::1]:6444"));
-    let curl = cgroup.output(Command::new("curl").args([
+    let curl = env.cgroup.output(Command::new("curl").args([
         "-s",
         "-g",
         "--max-time",
@@ -145,11 +128,9 @@ fn ipv6_vip_reaches_the_selected_backend() {
 
 #[test]
 fn udp_vip_round_trip_replies_come_from_the_vip() {
-    if !privileged("udp_vip") {
+    let Some(env) = TestEnv::new("udp_vip") else {
         return;
-    }
-    let _ns = NetNs::new();
-    let (cgroup, pins, tmp) = (TestCgroup::new(), PinDir::new(), TempDir::new());
+    };
     let u1 = UdpBackend::start("u1", "127.0.0.1".parse().unwrap());
     let u2 = UdpBackend::start("u2", "127.0.0.1".parse().unwrap());
     let u6 = UdpBackend::start("u6", "::1".parse().unwrap());
@@ -158,25 +139,27 @@ fn udp_vip_round_trip_replies_come_from_the_vip() {
          \x20 - name: dns6\n    vip: \"[::1]:5353\"\n    protocol: udp\n    servers: [\"{}\"]\n",
         u1.addr, u2.addr, u6.addr
     );
-    let mut daemon = start(&tmp, &pins, &cgroup, &services);
+    let mut daemon = env.start(&services);
     let status = daemon.wait_checked();
     assert_eq!(service(&status, "dns").selected, Some(u1.addr.to_string()));
 
     // Unconnected socket: sendto(VIP) / recvfrom() shows the VIP as the source.
-    let out = cgroup.client(&["udp", "127.0.0.1:5353", "q1"]);
+    let out = env.cgroup.client(&["udp", "127.0.0.1:5353", "q1"]);
     assert!(out.ok, "{out:?}");
     assert_eq!(out.reply.as_deref(), Some("u1:q1"));
     assert_eq!(out.reply_from.as_deref(), Some("127.0.0.1:5353"));
 
     // Connected socket: getpeername and recvfrom show the VIP.
-    let out = cgroup.client(&["udp-connected", "127.0.0.1:5353", "q2"]);
+    let out = env
+        .cgroup
+        .client(&["udp-connected", "127.0.0.1:5353", "q2"]);
     assert!(out.ok, "{out:?}");
     assert_eq!(out.reply.as_deref(), Some("u1:q2"));
     assert_eq!(out.peer.as_deref(), Some("127.0.0.1:5353"));
     assert_eq!(out.reply_from.as_deref(), Some("127.0.0.1:5353"));
 
     // IPv6 UDP.
-    let out = cgroup.client(&["udp", "[::1]:5353", "q6"]);
+    let out = env.cgroup.client(&["udp", "[::1]:5353", "q6"]);
     assert_eq!(out.reply.as_deref(), Some("u6:q6"), "{out:?}");
     assert_eq!(out.reply_from.as_deref(), Some("[::1]:5353"));
 
@@ -194,31 +177,32 @@ fn udp_vip_round_trip_replies_come_from_the_vip() {
 
 #[test]
 fn stopping_the_selected_backend_moves_new_connects_within_two_intervals() {
-    if !privileged("failover") {
+    let Some(env) = TestEnv::new("failover") else {
         return;
-    }
-    let _ns = NetNs::new();
-    let (cgroup, pins, tmp) = (TestCgroup::new(), PinDir::new(), TempDir::new());
+    };
     let mut b1 = TcpBackend::v4("b1");
     let b2 = TcpBackend::v4("b2");
     let b3 = TcpBackend::v4("b3");
     let interval = Duration::from_millis(300);
-    let mut daemon = start(
-        &tmp,
-        &pins,
-        &cgroup,
-        &tcp_service("api", "127.0.0.1:6443", &[b1.addr, b2.addr, b3.addr], 300),
-    );
+    let mut daemon = env.start(&tcp_service(
+        "api",
+        "127.0.0.1:6443",
+        &[b1.addr, b2.addr, b3.addr],
+        300,
+    ));
     daemon.wait_checked();
     assert_eq!(
-        cgroup.client(&["tcp", "127.0.0.1:6443"]).reply.as_deref(),
+        env.cgroup
+            .client(&["tcp", "127.0.0.1:6443"])
+            .reply
+            .as_deref(),
         Some("b1:hello\n")
     );
 
     b1.stop();
     let stopped = Instant::now();
     let moved = loop {
-        let out = cgroup.client(&["tcp", "127.0.0.1:6443"]);
+        let out = env.cgroup.client(&["tcp", "127.0.0.1:6443"]);
         if out.reply.as_deref() == Some("b2:hello\n") {
             break stopped.elapsed();
         }
@@ -237,7 +221,7 @@ fn stopping_the_selected_backend_moves_new_connects_within_two_intervals() {
     let status = daemon.wait_checked();
     let api = service(&status, "api");
     assert_eq!(api.selected, Some(b2.addr.to_string()));
-    assert_eq!(api.servers[0].state, "failed");
+    assert_eq!(api.servers[0].state, ServerState::Failed);
     assert!(
         api.servers[0]
             .last_check
@@ -248,13 +232,11 @@ fn stopping_the_selected_backend_moves_new_connects_within_two_intervals() {
 
 #[test]
 fn a_service_without_a_reachable_server_refuses_connects_at_once() {
-    if !privileged("fail_fast") {
+    let Some(env) = TestEnv::new("fail_fast") else {
         return;
-    }
-    let ns = NetNs::new();
-    let (cgroup, pins, tmp) = (TestCgroup::new(), PinDir::new(), TempDir::new());
+    };
     // One server that never answers (SYNs go into a void) and one closed port.
-    let blackhole = SocketAddr::new(ns.blackhole().into(), 9345);
+    let blackhole = SocketAddr::new(env.ns.blackhole().into(), 9345);
     let closed = {
         let b = TcpBackend::v4("gone");
         b.addr
@@ -263,10 +245,14 @@ fn a_service_without_a_reachable_server_refuses_connects_at_once() {
         "{}  - name: empty\n    vip: 127.0.0.1:7000\n    servers: []\n  - name: empty-udp\n    vip: 127.0.0.1:7000\n    protocol: udp\n    servers: []\n",
         tcp_service("dead", "127.0.0.1:6444", &[blackhole, closed], 200)
     );
-    let mut daemon = start(&tmp, &pins, &cgroup, &services);
+    let mut daemon = env.start(&services);
     let status = daemon.wait_for(Duration::from_secs(5), "both servers failed", |s| {
         let dead = service(s, "dead");
-        dead.selected.is_none() && dead.servers.iter().all(|srv| srv.state == "failed")
+        dead.selected.is_none()
+            && dead
+                .servers
+                .iter()
+                .all(|srv| srv.state == ServerState::Failed)
     });
     assert!(
         service(&status, "dead").servers[0]
@@ -276,7 +262,7 @@ fn a_service_without_a_reachable_server_refuses_connects_at_once() {
         "{status:?}"
     );
     for vip in ["127.0.0.1:6444", "127.0.0.1:7000"] {
-        let out = cgroup.client(&["tcp", vip]);
+        let out = env.cgroup.client(&["tcp", vip]);
         assert_eq!(out.errno, Some(libc::ECONNREFUSED), "{vip}: {out:?}");
         let took = Duration::from_micros(out.connect_us.unwrap());
         assert!(
@@ -286,9 +272,9 @@ fn a_service_without_a_reachable_server_refuses_connects_at_once() {
         eprintln!("{vip}: connect refused in {took:?}");
     }
     // UDP: sendto() and connect() on a service without backends fail too.
-    let out = cgroup.client(&["udp", "127.0.0.1:7000", "q"]);
+    let out = env.cgroup.client(&["udp", "127.0.0.1:7000", "q"]);
     assert_eq!(out.errno, Some(libc::ECONNREFUSED), "{out:?}");
-    let out = cgroup.client(&["udp-connected", "127.0.0.1:7000", "q"]);
+    let out = env.cgroup.client(&["udp-connected", "127.0.0.1:7000", "q"]);
     assert_eq!(out.errno, Some(libc::ECONNREFUSED), "{out:?}");
 
     let status = daemon.wait_for(Duration::from_secs(2), "refused counters", |s| {
@@ -301,21 +287,17 @@ fn a_service_without_a_reachable_server_refuses_connects_at_once() {
 
 #[test]
 fn a_corrupt_backend_slot_is_refused_never_mis_forwarded() {
-    if !privileged("corrupt_slot") {
+    let Some(env) = TestEnv::new("corrupt_slot") else {
         return;
-    }
-    let _ns = NetNs::new();
-    let (cgroup, pins, tmp) = (TestCgroup::new(), PinDir::new(), TempDir::new());
+    };
     let b1 = TcpBackend::v4("b1");
-    let mut daemon = start(
-        &tmp,
-        &pins,
-        &cgroup,
-        &tcp_service("web", "127.0.0.1:6444", &[b1.addr], 200),
-    );
+    let mut daemon = env.start(&tcp_service("web", "127.0.0.1:6444", &[b1.addr], 200));
     daemon.wait_checked();
     assert_eq!(
-        cgroup.client(&["tcp", "127.0.0.1:6444"]).reply.as_deref(),
+        env.cgroup
+            .client(&["tcp", "127.0.0.1:6444"])
+            .reply
+            .as_deref(),
         Some("b1:hello\n")
     );
 
@@ -327,7 +309,7 @@ fn a_corrupt_backend_slot_is_refused_never_mis_forwarded() {
     value.extend(["0"; 12]);
     let (p0, p1) = (port[0].to_string(), port[1].to_string());
     value.extend([p0.as_str(), p1.as_str(), "10", "0", "0", "0", "0", "0"]);
-    let map = pins.path().join("backends").display().to_string();
+    let map = env.pins.path().join("backends").display().to_string();
     let mut args = vec![
         "map",
         "update",
@@ -343,7 +325,7 @@ fn a_corrupt_backend_slot_is_refused_never_mis_forwarded() {
     args.extend(value.iter().copied());
     lb_tests::sh("bpftool", &args);
 
-    let out = cgroup.client(&["tcp", "127.0.0.1:6444"]);
+    let out = env.cgroup.client(&["tcp", "127.0.0.1:6444"]);
     assert_eq!(out.errno, Some(libc::ECONNREFUSED), "{out:?}");
     let status = daemon.wait_for(Duration::from_secs(2), "refused counter", |s| {
         service(s, "web").refused >= 1

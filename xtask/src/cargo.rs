@@ -57,10 +57,19 @@ pub(crate) fn build(release: bool) -> Result<PathBuf> {
     build_daas_lb(&Workspace::locate()?, release)
 }
 
-/// `cargo build -p lb-userspace [--release]`; returns the daas-lb binary.
+/// The packages every build and test step selects: everything but the
+/// kernel crate (bpf target only) and xtask (running now; it has no tests).
+/// One selection means cargo resolves features once, so lb-userspace (whose
+/// build script compiles the eBPF object, ~30 s cold) is built once, not
+/// once per command.
+pub(crate) const SELECTION: [&str; 5] =
+    ["--workspace", "--exclude", "lb-ebpf", "--exclude", "xtask"];
+
+/// Builds the binaries (daas-lb, lb-test-client) of [`SELECTION`]; returns daas-lb.
 pub(crate) fn build_daas_lb(workspace: &Workspace, release: bool) -> Result<PathBuf> {
     let start = Instant::now();
-    let mut cmd = workspace.cargo(["build", "-p", "lb-userspace"]);
+    let mut cmd = workspace.cargo(["build"]);
+    cmd.args(SELECTION).arg("--bins");
     if release {
         cmd.arg("--release");
     }

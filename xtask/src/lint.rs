@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::Result;
 
 use crate::{
-    cargo::Workspace,
+    cargo::{SELECTION, Workspace},
     process::{log, run},
     setup,
 };
@@ -35,7 +35,7 @@ pub(crate) fn lint() -> Result<()> {
             .args(["--all-targets", "--", "-D", "warnings"]);
         run(&mut cmd)
     };
-    host_clippy(&["--workspace", "--exclude", "lb-ebpf", "--exclude", "xtask"])?;
+    host_clippy(&SELECTION)?;
     host_clippy(&["-p", "xtask"])?;
 
     log(TAG, format_args!("clippy: lb-ebpf for {BPF_TARGET}"));

@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 
 use crate::{
-    cargo::{Workspace, daas_lb_path},
+    cargo::{SELECTION, Workspace, build_daas_lb},
     process::{in_ci, is_root, log, run},
     setup,
 };
@@ -28,9 +28,7 @@ pub(crate) fn test(test_args: &[String]) -> Result<()> {
         skipped_banner();
     }
 
-    // One package selection for every step, so cargo resolves features once
-    // and lb-userspace (whose build script compiles the eBPF object) is built
-    // once, not once per command.
+    // Same package selection for every step (see `SELECTION`).
     let unit_start = Instant::now();
     let mut unit = workspace.cargo(["test"]);
     unit.args(SELECTION).args(["--lib", "--bins"]);
@@ -55,18 +53,8 @@ pub(crate) fn test(test_args: &[String]) -> Result<()> {
     }
 
     let build_start = Instant::now();
-    let mut build = workspace.cargo(["build"]);
-    build.args(SELECTION).arg("--bins");
-    run(&mut build)?;
-    let bin = daas_lb_path(&workspace, false)?;
+    let bin = build_daas_lb(&workspace, false)?;
     let build_secs = build_start.elapsed().as_secs_f64();
-    log(
-        "build",
-        format_args!(
-            "daas-lb built in {build_secs:.1}s: {}",
-            workspace.display(&bin).display()
-        ),
-    );
 
     let integration_start = Instant::now();
     let mut integration = workspace.cargo(["test"]);
@@ -89,10 +77,6 @@ pub(crate) fn test(test_args: &[String]) -> Result<()> {
     );
     Ok(())
 }
-
-/// Packages tested: everything but the kernel crate (bpf target only) and
-/// xtask (running now; it has no tests).
-const SELECTION: [&str; 5] = ["--workspace", "--exclude", "lb-ebpf", "--exclude", "xtask"];
 
 fn skipped_banner() {
     let rule = "*".repeat(72);
