@@ -1,94 +1,88 @@
-//! The running controller: fills the maps from the config, runs the health
-//! checks, keeps each service's entry pointing at the selected backend, and
-//! builds the status document.
+//! The running controller: keeps the maps in line with the config and the
+//! K3s state machine of every service.
 //!
-//! All mutable state sits behind one mutex; health-check tasks lock it only
-//! to record a result and apply the (pure) selection.
+//! Events come from three sources:
+//! - health-check tasks, one per (service, server), at an interval that
+//!   depends on the server's state ([`checks`]);
+//! - the connection poller, which counts connections per server from the
+//!   kernel and turns new connects into dial successes ([`Controller::poll`]);
+//! - configuration changes: SIGHUP reloads and `PUT /services/{name}/servers`
+//!   ([`reconcile`]).
+//!
+//! Every event goes through the pure [`ServiceMachine`]; its [`Effects`] are
+//! carried out here: transitions logged and counted, the service entry
+//! rewritten when the selection changes, and connections closed with
+//! `SOCK_DESTROY` after that (so reconnecting clients land on the new server).
+//!
+//! All mutable state sits behind one mutex; probes run without it.
+
+mod checks;
+mod reconcile;
 
 use std::{
+    collections::HashMap,
     net::SocketAddr,
+    path::PathBuf,
     sync::{Arc, Mutex, MutexGuard},
-    time::SystemTime,
+    time::{Instant, SystemTime},
 };
 
-use anyhow::Context as _;
 use lb_common::{NO_BACKEND, Service, VipKey, ip_to_bytes};
-use tokio::{task::JoinSet, time::MissedTickBehavior};
+use tokio::{runtime::Handle, sync::Semaphore, task::AbortHandle};
 use tracing::{info, warn};
 
+pub use self::reconcile::ServersError;
 use crate::{
-    config::{Config, HealthCheckConfig, ServiceConfig},
+    config::{Config, Protocol, ServiceConfig},
+    connections::Connections,
     dataplane::Dataplane,
-    health::{self, ProbeResult},
-    map_ids::{IdPlan, ServiceSpec, backend_entry, plan_ids},
-    selection::{Candidate, Health, select, state_of},
+    health::{CheckOutcome, Prober},
+    metrics::{Counters, DialStatus},
+    state_machine::{Effects, Selection, ServerState, ServiceMachine},
     status::{CheckStatus, ServerStatus, ServiceStatus, Status},
 };
 
-/// One server as the controller tracks it.
-#[derive(Debug, Clone)]
+/// One server as the controller tracks it (besides its state-machine entry).
 struct ServerRuntime {
-    address: SocketAddr,
     backend_id: u32,
-    in_server_list: bool,
-    health: Health,
-    last_check: Option<(ProbeResult, SystemTime)>,
+    last_check: Option<(CheckOutcome, SystemTime)>,
+    /// The kernel's connect counter at the last poll.
+    last_connects: Option<u64>,
+    check_task: AbortHandle,
 }
 
 /// One service as the controller tracks it.
-#[derive(Debug, Clone)]
 struct ServiceRuntime {
+    /// The effective config: `servers` may come from a state file or the API.
     config: ServiceConfig,
     key: VipKey,
     id: u32,
-    /// Servers in config order, then the default server if not among them.
-    servers: Vec<ServerRuntime>,
-    selected: Option<SocketAddr>,
-    selection_changes: u64,
-}
-
-impl ServerRuntime {
-    const fn candidate(&self) -> Candidate {
-        Candidate {
-            address: self.address,
-            health: self.health,
-        }
-    }
-}
-
-impl ServiceRuntime {
-    fn candidates(&self) -> Vec<Candidate> {
-        self.servers
-            .iter()
-            .filter(|s| s.in_server_list)
-            .map(ServerRuntime::candidate)
-            .collect()
-    }
-
-    fn default_candidate(&self) -> Option<Candidate> {
-        let default = self.config.default_server?;
-        self.servers
-            .iter()
-            .find(|s| s.address == default)
-            .map(ServerRuntime::candidate)
-    }
-
-    fn backend_id_of(&self, address: Option<SocketAddr>) -> u32 {
-        address
-            .and_then(|a| self.servers.iter().find(|s| s.address == a))
-            .map_or(NO_BACKEND, |s| s.backend_id)
-    }
+    machine: ServiceMachine,
+    servers: HashMap<SocketAddr, ServerRuntime>,
+    prober: Arc<Prober>,
+    selection: Selection,
 }
 
 struct State {
     dataplane: Dataplane,
+    connections: Connections,
+    /// The effective config (see [`ServiceRuntime::config`]).
+    config: Config,
     services: Vec<ServiceRuntime>,
+    counters: Counters,
 }
 
-/// Shared handle to the controller state.
+struct Inner {
+    state: Mutex<State>,
+    /// Bounds the probes running at once across all services.
+    probe_slots: Arc<Semaphore>,
+    runtime: Handle,
+}
+
+/// Shared handle to the controller.
 #[derive(Clone)]
 pub struct Controller {
-    state: Arc<Mutex<State>>,
+    inner: Arc<Inner>,
 }
 
 /// The VIP key of a service.
@@ -102,109 +96,157 @@ pub fn vip_key(service: &ServiceConfig) -> VipKey {
     }
 }
 
-/// Every address a service may select: servers, then the default server.
-fn backend_addresses(service: &ServiceConfig) -> Vec<SocketAddr> {
-    let mut all = service.servers.clone();
-    if let Some(default) = service.default_server
-        && !all.contains(&default)
-    {
-        all.push(default);
-    }
-    all
-}
-
 impl Controller {
-    /// Writes the config into the maps (adopting what is there) and returns
-    /// the controller. Health checks start with [`Controller::spawn_checks`].
-    pub fn new(config: &Config, mut dataplane: Dataplane) -> anyhow::Result<Self> {
-        let specs: Vec<ServiceSpec> = config
-            .services
-            .iter()
-            .map(|s| ServiceSpec {
-                key: vip_key(s),
-                backends: backend_addresses(s),
-            })
-            .collect();
-        let plan = plan_ids(&dataplane.services()?, &dataplane.backends()?, &specs)?;
-        let services = apply_plan(&mut dataplane, config, &specs, &plan)?;
-        Ok(Self {
-            state: Arc::new(Mutex::new(State {
-                dataplane,
-                services,
-            })),
-        })
+    /// Writes the config into the maps (adopting what is there), loads the
+    /// servers saved at runtime, and starts the health checks. Must run
+    /// inside the tokio runtime.
+    pub fn new(config: Config, dataplane: Dataplane) -> anyhow::Result<Self> {
+        let connections = Connections::open()?;
+        let probe_slots = Arc::new(Semaphore::new(config.max_concurrent_checks));
+        let empty = Config {
+            services: Vec::new(),
+            ..config.clone()
+        };
+        let controller = Self {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State {
+                    dataplane,
+                    connections,
+                    config: empty,
+                    services: Vec::new(),
+                    counters: Counters::default(),
+                }),
+                probe_slots,
+                runtime: Handle::current(),
+            }),
+        };
+        let config = reconcile::with_saved_servers(config);
+        controller.apply(config)?;
+        Ok(controller)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock leaves consistent data (every write
-        // is a whole map entry), so a poisoned lock is still usable.
-        self.state
+        // A panic while holding the lock leaves consistent data (every map
+        // write is a whole entry), so a poisoned lock is still usable.
+        self.inner
+            .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Starts one health-check loop per server.
-    pub fn spawn_checks(&self, tasks: &mut JoinSet<()>) {
-        let state = self.lock();
-        for (service_index, service) in state.services.iter().enumerate() {
-            for (server_index, server) in service.servers.iter().enumerate() {
-                let controller = self.clone();
-                let check = service.config.health_check.clone();
-                let address = server.address;
-                tasks.spawn(async move {
-                    controller
-                        .check_loop(service_index, server_index, address, check)
-                        .await;
-                });
+    /// Records a health-check result.
+    fn record_check(&self, service_name: &str, address: SocketAddr, outcome: CheckOutcome) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let Some(service) = state
+            .services
+            .iter_mut()
+            .find(|s| s.config.name == service_name)
+        else {
+            return;
+        };
+        let Some(server) = service.servers.get_mut(&address) else {
+            return;
+        };
+        let was_ok = server.last_check.as_ref().map(|(o, _)| o.ok);
+        if was_ok != Some(outcome.ok) {
+            if outcome.ok {
+                info!(service = service_name, server = %address, reason = %outcome.reason, "server passes its checks");
+            } else {
+                warn!(service = service_name, server = %address, reason = %outcome.reason, "server fails its checks");
             }
         }
-    }
-
-    async fn check_loop(
-        self,
-        service_index: usize,
-        server_index: usize,
-        address: SocketAddr,
-        check: HealthCheckConfig,
-    ) {
-        let mut ticker = tokio::time::interval(check.interval);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
-            let result = health::probe(check.kind, address, check.timeout).await;
-            self.record(service_index, server_index, result);
+        let now = Instant::now();
+        let mut effects = service.machine.check(address, outcome.ok, now);
+        if let Some(dial) = outcome.dial {
+            let status = if dial.ok {
+                DialStatus::Success
+            } else {
+                DialStatus::Failure
+            };
+            state
+                .counters
+                .observe_dial(service_name, status, dial.duration);
+            if !dial.ok {
+                effects.merge(service.machine.dial(address, false, now));
+            }
         }
+        server.last_check = Some((outcome, SystemTime::now()));
+        settle(
+            &mut state.dataplane,
+            &mut state.connections,
+            &mut state.counters,
+            service,
+            effects,
+        );
     }
 
-    /// Records a probe result and re-selects the service's backend.
-    fn record(&self, service_index: usize, server_index: usize, result: ProbeResult) {
+    /// Counts connections per server from the kernel, turns new connects
+    /// into dial successes and applies time-based transitions.
+    pub fn poll(&self) {
         let mut guard = self.lock();
         let State {
             dataplane,
+            connections,
             services,
+            counters,
+            ..
         } = &mut *guard;
-        let service = &mut services[service_index];
-        let server = &mut service.servers[server_index];
-        let health = if result.ok {
-            Health::Passing
-        } else {
-            Health::Failing
-        };
-        if health != server.health {
-            if result.ok {
-                info!(service = %service.config.name, server = %server.address, reason = %result.reason, "server passes its checks");
-            } else {
-                warn!(service = %service.config.name, server = %server.address, reason = %result.reason, "server fails its checks");
+        let counts = match connections.count(|key| dataplane.rev_nat(key)) {
+            Ok(counts) => counts,
+            Err(err) => {
+                warn!(
+                    error = format!("{err:#}"),
+                    "could not count connections (sock_diag)"
+                );
+                return;
             }
+        };
+        let now = Instant::now();
+        for service in services.iter_mut() {
+            let mut effects = Effects::default();
+            for (&address, server) in &mut service.servers {
+                let connections = counts.get(&(service.id, address)).copied().unwrap_or(0);
+                service.machine.set_connections(address, connections);
+                let connects = dataplane
+                    .backend_stats(server.backend_id)
+                    .map_or(0, |s| s.connects);
+                // A connect that left an established connection behind is a
+                // successful dial (failed connects are seen by the probes).
+                if server.last_connects.is_some_and(|last| connects > last) && connections > 0 {
+                    effects.merge(service.machine.dial(address, true, now));
+                }
+                server.last_connects = Some(connects);
+            }
+            effects.merge(service.machine.tick(now));
+            settle(dataplane, connections, counters, service, effects);
         }
-        server.health = health;
-        server.last_check = Some((result, SystemTime::now()));
-        reselect(dataplane, service);
+    }
+
+    /// Reloads the configuration (SIGHUP). A config that cannot be applied
+    /// leaves everything as it was.
+    pub fn reload(&self, mut config: Config) -> anyhow::Result<()> {
+        {
+            let state = self.lock();
+            reconcile::keep_restart_only_fields(&state.config, &mut config);
+        }
+        self.apply(config)
+    }
+
+    /// Replaces the server list of one service (`PUT /services/{name}/servers`).
+    pub fn set_servers(&self, service: &str, servers: &[String]) -> Result<(), ServersError> {
+        let config = {
+            let state = self.lock();
+            reconcile::config_with_servers(&state.config, service, servers)?
+        };
+        self.apply(config).map_err(ServersError::Apply)
     }
 
     /// The status document, counters read from the kernel now.
     pub fn status(&self) -> Status {
         let state = self.lock();
+        let now = Instant::now();
+        let wall = SystemTime::now();
         let services = state
             .services
             .iter()
@@ -213,163 +255,178 @@ impl Controller {
                     .dataplane
                     .service_stats(service.id)
                     .map_or(0, |s| s.refused);
+                let servers = service
+                    .machine
+                    .servers()
+                    .iter()
+                    .map(|entry| {
+                        let runtime = service.servers.get(&entry.address);
+                        let counters = runtime
+                            .and_then(|r| state.dataplane.backend_stats(r.backend_id).ok())
+                            .unwrap_or_default();
+                        let last_check = runtime.and_then(|r| r.last_check.as_ref());
+                        let since = wall
+                            .checked_sub(now.saturating_duration_since(entry.since))
+                            .unwrap_or(wall);
+                        ServerStatus {
+                            address: entry.address.to_string(),
+                            state: entry.state,
+                            state_since: humantime::format_rfc3339_millis(since).to_string(),
+                            connections: entry.connections,
+                            reason: last_check.map(|(o, _)| o.reason.clone()),
+                            healthy: entry.last_check_ok == Some(true),
+                            default: service.machine.default_server() == Some(entry.address),
+                            connects: counters.connects,
+                            sendmsgs: counters.sendmsgs,
+                            last_check: last_check.map(|(o, at)| CheckStatus {
+                                ok: o.ok,
+                                reason: o.reason.clone(),
+                                at: humantime::format_rfc3339_millis(*at).to_string(),
+                                duration_ms: o.duration.as_secs_f64() * 1000.0,
+                            }),
+                        }
+                    })
+                    .collect();
                 ServiceStatus {
                     name: service.config.name.clone(),
                     vip: service.config.vip.to_string(),
                     protocol: service.config.protocol.to_string(),
-                    selected: service.selected.map(|a| a.to_string()),
+                    selected: service.selection.server.map(|a| a.to_string()),
+                    fail_open: service.selection.fail_open,
                     refused,
-                    servers: service
-                        .servers
-                        .iter()
-                        .map(|server| {
-                            let counters = state
-                                .dataplane
-                                .backend_stats(server.backend_id)
-                                .unwrap_or_default();
-                            ServerStatus {
-                                address: server.address.to_string(),
-                                state: state_of(
-                                    &server.candidate(),
-                                    server.in_server_list,
-                                    service.selected,
-                                ),
-                                healthy: server.health == Health::Passing,
-                                default: service.config.default_server == Some(server.address),
-                                connects: counters.connects,
-                                sendmsgs: counters.sendmsgs,
-                                last_check: server.last_check.as_ref().map(|(r, at)| CheckStatus {
-                                    ok: r.ok,
-                                    reason: r.reason.clone(),
-                                    at: humantime::format_rfc3339_millis(*at).to_string(),
-                                    duration_ms: r.duration.as_secs_f64() * 1000.0,
-                                }),
-                            }
-                        })
-                        .collect(),
+                    servers,
                 }
             })
             .collect();
         Status { services }
     }
 
-    /// How many times each service's selection changed (for metrics).
-    pub fn selection_changes(&self) -> Vec<(String, u64)> {
-        self.lock()
-            .services
-            .iter()
-            .map(|s| (s.config.name.clone(), s.selection_changes))
-            .collect()
+    /// The metric counters kept by the controller.
+    pub fn counters(&self) -> Counters {
+        self.lock().counters.clone()
     }
 
-    /// Detaches the programs and removes every pin (graceful shutdown). Call
-    /// it after the health-check tasks stopped; map handles stay open until
-    /// the process exits, which is harmless.
+    /// The effective configuration (servers as currently used).
+    pub fn config(&self) -> Config {
+        self.lock().config.clone()
+    }
+
+    /// Stops the checks, detaches the programs and removes every pin
+    /// (graceful shutdown). Map handles stay open until the process exits,
+    /// which is harmless.
     pub fn shutdown(&self) -> anyhow::Result<()> {
-        let pin_dir = self.lock().dataplane.pin_dir().to_path_buf();
+        let pin_dir = {
+            let state = self.lock();
+            for service in &state.services {
+                for server in service.servers.values() {
+                    server.check_task.abort();
+                }
+            }
+            state.dataplane.pin_dir().to_path_buf()
+        };
         crate::dataplane::cleanup(&pin_dir)
+    }
+
+    /// Where the service state files live.
+    pub fn data_dir(&self) -> PathBuf {
+        self.lock().config.data_dir.clone()
     }
 }
 
-/// Applies the selection policy and writes the service entry if it changed.
-fn reselect(dataplane: &mut Dataplane, service: &mut ServiceRuntime) {
-    let selected = select(
-        &service.candidates(),
-        service.default_candidate(),
-        service.selected,
-    );
-    if selected == service.selected {
+/// Carries out a state machine's effects for one service: log and count the
+/// transitions, rewrite the service entry if the selection changed, then
+/// close connections.
+fn settle(
+    dataplane: &mut Dataplane,
+    connections: &mut Connections,
+    counters: &mut Counters,
+    service: &mut ServiceRuntime,
+    effects: Effects,
+) {
+    let start = Instant::now();
+    let name = service.config.name.clone();
+    let name = name.as_str();
+    for t in &effects.transitions {
+        counters.transition(name, t.server, t.from, t.to);
+        if t.to == ServerState::Failed || t.to == ServerState::Invalid {
+            warn!(service = name, server = %t.server, from = %t.from, to = %t.to, cause = %t.cause, "server state changed");
+        } else {
+            info!(service = name, server = %t.server, from = %t.from, to = %t.to, cause = %t.cause, "server state changed");
+        }
+    }
+    reselect(dataplane, counters, service);
+    if effects.close.is_empty() {
         return;
     }
+    match connections.close(service.id, &effects.close, |key| dataplane.rev_nat(key)) {
+        Ok(closed) => {
+            counters.closed(name, closed.destroyed as u64);
+            if closed.destroyed + closed.failed > 0 {
+                let servers: Vec<String> = effects.close.iter().map(ToString::to_string).collect();
+                info!(
+                    service = name,
+                    servers = servers.join(","),
+                    destroyed = closed.destroyed,
+                    already_gone = closed.already_gone,
+                    failed = closed.failed,
+                    micros = start.elapsed().as_micros(),
+                    destroy_micros = closed.micros,
+                    "closed connections"
+                );
+            }
+        }
+        Err(err) => {
+            warn!(
+                service = name,
+                error = format!("{err:#}"),
+                "could not close connections (sock_diag)"
+            );
+        }
+    }
+}
+
+/// Writes the service entry when the state machine's selection changed.
+fn reselect(dataplane: &mut Dataplane, counters: &mut Counters, service: &mut ServiceRuntime) {
+    let selection = service.machine.select();
+    if selection == service.selection {
+        return;
+    }
+    let backend_id = selection
+        .server
+        .and_then(|a| service.servers.get(&a))
+        .map_or(NO_BACKEND, |s| s.backend_id);
     let entry = Service {
         id: service.id,
-        backend_id: service.backend_id_of(selected),
+        backend_id,
         flags: 0,
         pad: 0,
     };
-    match dataplane.set_service(service.key, entry) {
-        Ok(()) => {
-            let show =
-                |a: Option<SocketAddr>| a.map_or_else(|| "none".to_owned(), |a| a.to_string());
-            if selected.is_some() {
-                info!(service = %service.config.name, from = %show(service.selected), to = %show(selected), "selected backend changed");
-            } else {
-                warn!(service = %service.config.name, from = %show(service.selected), "no usable server: connects to the VIP are refused");
+    if let Err(err) = dataplane.set_service(service.key, entry) {
+        warn!(service = %service.config.name, error = format!("{err:#}"), "could not update the services map; will retry on the next event");
+        return;
+    }
+    let name = service.config.name.as_str();
+    let show = |a: Option<SocketAddr>| a.map_or_else(|| "none".to_owned(), |a| a.to_string());
+    if selection.server != service.selection.server {
+        counters.selection_changed(name);
+        match selection.server {
+            Some(_) => {
+                info!(service = name, from = %show(service.selection.server), to = %show(selection.server), "selected backend changed");
             }
-            service.selected = selected;
-            service.selection_changes += 1;
-        }
-        Err(err) => {
-            warn!(service = %service.config.name, error = format!("{err:#}"), "could not update the services map; will retry on the next check");
+            None => {
+                warn!(service = name, from = %show(service.selection.server), "no server: connects to the VIP are refused");
+            }
         }
     }
+    if selection.fail_open {
+        counters.failed_open(name);
+        warn!(service = name, server = %show(selection.server), "every server fails: failing open to the best-ranked one");
+    }
+    service.selection = selection;
 }
 
-/// Writes backends and services in an order that never leaves a live service
-/// pointing at a slot with another meaning, then removes what is stale.
-fn apply_plan(
-    dataplane: &mut Dataplane,
-    config: &Config,
-    specs: &[ServiceSpec],
-    plan: &IdPlan,
-) -> anyhow::Result<Vec<ServiceRuntime>> {
-    for &id in &plan.fresh_backends {
-        dataplane.reset_backend_stats(id)?;
-    }
-    for &id in &plan.fresh_services {
-        dataplane.reset_service_stats(id)?;
-    }
-    let mut runtimes = Vec::with_capacity(specs.len());
-    for (index, (service_config, spec)) in config.services.iter().zip(specs).enumerate() {
-        let service_id = plan.service_ids[index];
-        let mut servers = Vec::with_capacity(spec.backends.len());
-        for (&address, &backend_id) in spec.backends.iter().zip(&plan.backend_ids[index]) {
-            dataplane
-                .set_backend(backend_id, backend_entry(address, service_id))
-                .with_context(|| format!("service {}: backend {address}", service_config.name))?;
-            servers.push(ServerRuntime {
-                address,
-                backend_id,
-                in_server_list: service_config.servers.contains(&address),
-                health: Health::Unchecked,
-                last_check: None,
-            });
-        }
-        let mut runtime = ServiceRuntime {
-            config: service_config.clone(),
-            key: spec.key,
-            id: service_id,
-            servers,
-            selected: None,
-            selection_changes: 0,
-        };
-        // Start from what the kernel uses now (after a restart), else from the
-        // policy's choice among unchecked servers.
-        let initial = plan.adopted_selection[index]
-            .or_else(|| select(&runtime.candidates(), runtime.default_candidate(), None));
-        let entry = Service {
-            id: service_id,
-            backend_id: runtime.backend_id_of(initial),
-            flags: 0,
-            pad: 0,
-        };
-        dataplane
-            .set_service(spec.key, entry)
-            .with_context(|| format!("service {}", service_config.name))?;
-        runtime.selected = initial;
-        if plan.adopted_selection[index].is_some() {
-            info!(service = %service_config.name, backend = ?initial, "kept the backend selected before the restart");
-        }
-        if service_config.servers.is_empty() && service_config.default_server.is_none() {
-            warn!(service = %service_config.name, "service has no servers: connects to its VIP are refused");
-        }
-        runtimes.push(runtime);
-    }
-    for key in &plan.stale_services {
-        dataplane.remove_service(key)?;
-    }
-    for &id in &plan.stale_backends {
-        dataplane.clear_backend(id)?;
-    }
-    Ok(runtimes)
+/// Whether probes of this service should also report the connect to the
+/// server's own address (TCP services).
+const fn dial_probe(protocol: Protocol) -> bool {
+    matches!(protocol, Protocol::Tcp)
 }

@@ -26,8 +26,8 @@ use aya::{
     util::nr_cpus,
 };
 use lb_common::{
-    Backend, BackendStats, MAX_BACKENDS, MAX_REV_NAT, MAX_SERVICES, Service, ServiceStats, VipKey,
-    map_names, program_names,
+    Backend, BackendStats, MAX_BACKENDS, MAX_REV_NAT, MAX_SERVICES, RevNatKey, RevNatValue,
+    Service, ServiceStats, VipKey, map_names, program_names,
 };
 use tracing::{info, warn};
 
@@ -83,8 +83,8 @@ const MAP_SHAPES: [MapShape; 5] = [
     MapShape {
         name: map_names::REV_NAT,
         map_type: MapType::LruHash,
-        key_size: size_of::<lb_common::RevNatKey>() as u32,
-        value_size: size_of::<lb_common::RevNatValue>() as u32,
+        key_size: size_of::<RevNatKey>() as u32,
+        value_size: size_of::<RevNatValue>() as u32,
         max_entries: MAX_REV_NAT,
     },
 ];
@@ -109,6 +109,7 @@ pub struct Dataplane {
     backends: Array<MapData, Backend>,
     backend_stats: PerCpuArray<MapData, BackendStats>,
     service_stats: PerCpuArray<MapData, ServiceStats>,
+    rev_nat: HashMap<MapData, RevNatKey, RevNatValue>,
     nr_cpus: usize,
     // Keeps the program fds open for the lifetime of the controller.
     _ebpf: Ebpf,
@@ -248,6 +249,10 @@ impl Dataplane {
             ebpf.take_map(map_names::SERVICE_STATS)
                 .context("service_stats map missing")?,
         )?;
+        let rev_nat = HashMap::try_from(
+            ebpf.take_map(map_names::REV_NAT)
+                .context("rev_nat map missing")?,
+        )?;
         let nr_cpus = nr_cpus().map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))?;
         Ok(Self {
             pin_dir: pin_dir.to_path_buf(),
@@ -255,6 +260,7 @@ impl Dataplane {
             backends,
             backend_stats,
             service_stats,
+            rev_nat,
             nr_cpus,
             _ebpf: ebpf,
             _lock: lock,
@@ -357,6 +363,12 @@ impl Dataplane {
                 refused: sum.refused + s.refused,
                 rev_nat_failed: sum.rev_nat_failed + s.rev_nat_failed,
             }))
+    }
+
+    /// The VIP a socket (by cookie and the backend address it holds) was
+    /// connected through, if the kernel recorded one.
+    pub fn rev_nat(&self, key: &RevNatKey) -> Option<RevNatValue> {
+        self.rev_nat.get(key, 0).ok()
     }
 
     /// Detaches the programs and removes every pin (graceful shutdown).

@@ -18,7 +18,7 @@ use tokio::{
 };
 use tracing::debug;
 
-use crate::config::{Config, HealthCheckConfig, HealthCheckKind, Protocol, ServiceConfig};
+use crate::config::{CheckSpec, Config, HealthCheckConfig, Intervals, Protocol, ServiceConfig};
 
 /// The demo's VIP port.
 pub const DEMO_PORT: u16 = 6444;
@@ -27,10 +27,11 @@ const FIRST_BACKEND_PORT: u16 = 16441;
 
 /// Starts the demo backends and returns the config that fronts them.
 pub async fn start(base: Config, tasks: &mut JoinSet<()>) -> anyhow::Result<Config> {
-    let check = |kind| HealthCheckConfig {
-        kind,
-        interval: Duration::from_secs(1),
+    let check = |check| HealthCheckConfig {
+        check,
         timeout: Duration::from_millis(500),
+        intervals: Intervals::uniform(Duration::from_secs(1)),
+        jitter_percent: HealthCheckConfig::DEFAULT_JITTER_PERCENT,
     };
     let v4 = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let mut services = Vec::new();
@@ -42,7 +43,7 @@ pub async fn start(base: Config, tasks: &mut JoinSet<()>) -> anyhow::Result<Conf
         protocol: Protocol::Tcp,
         servers: tcp,
         default_server: None,
-        health_check: check(HealthCheckKind::Tcp),
+        health_check: check(CheckSpec::Tcp),
     });
     let udp = spawn_udp_backends(v4, tasks).await?;
     services.push(ServiceConfig {
@@ -51,7 +52,7 @@ pub async fn start(base: Config, tasks: &mut JoinSet<()>) -> anyhow::Result<Conf
         protocol: Protocol::Udp,
         servers: udp,
         default_server: None,
-        health_check: check(HealthCheckKind::Udp),
+        health_check: check(CheckSpec::Udp),
     });
     let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
     match spawn_tcp_backends(v6, tasks).await {
@@ -61,7 +62,7 @@ pub async fn start(base: Config, tasks: &mut JoinSet<()>) -> anyhow::Result<Conf
             protocol: Protocol::Tcp,
             servers: tcp6,
             default_server: None,
-            health_check: check(HealthCheckKind::Tcp),
+            health_check: check(CheckSpec::Tcp),
         }),
         Err(err) => tracing::warn!(
             error = format!("{err:#}"),

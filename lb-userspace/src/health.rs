@@ -1,53 +1,725 @@
-//! Active health probes. Each probe returns a result with a human-readable
-//! reason, shown in status and logs.
+//! Active health checks. A [`Prober`] is built once per service check
+//! config ([`CheckSpec`]) and runs one check of a server at a time; every
+//! check returns a [`CheckOutcome`] with a short reason, shown in status and
+//! logs.
+//!
+//! Besides pass/fail, a check reports the "dial": whether a plain connect to
+//! the server's own address worked. The K3s state machine demotes a server
+//! whose dials fail even when its health endpoint answers (K3s bug #13149:
+//! the health check passes while the server is unusable), while an HTTP-level
+//! failure (status, body, TLS) is a health failure only.
+//!
+//! Kinds:
+//!
+//! - `tcp`: a TCP connect must succeed within the timeout;
+//! - `udp`: an empty datagram is sent; the server passes unless an ICMP error
+//!   (port or host unreachable) comes back within the timeout;
+//! - `http`/`https`: `GET http(s)://<host or server IP>:<port><path>`, always
+//!   connected to the server's IP, no proxy, no redirects followed, a fresh
+//!   connection every time; the status must be expected and the body (first
+//!   64 KiB) must contain `body_contains` when set;
+//! - `all`: every part runs at once; all must pass.
 
 use std::{
-    io,
+    collections::HashMap,
+    error::Error as StdError,
+    fs, io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::Path,
+    pin::Pin,
+    sync::{Arc, Mutex, PoisonError},
+    task::Poll,
     time::{Duration, Instant},
 };
 
-use tokio::net::{TcpStream, UdpSocket};
+use anyhow::{Context as _, bail};
+use reqwest::{Certificate, Client, Url};
+use tokio::{
+    net::{TcpStream, UdpSocket},
+    time::timeout_at,
+};
 
-use crate::config::HealthCheckKind;
+use crate::config::{CheckSpec, HttpCheck, TlsOptions};
 
-/// What one probe found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProbeResult {
-    /// Whether the server counts as reachable.
+/// What one check found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckOutcome {
+    /// Whether the server passed.
     pub ok: bool,
-    /// Why, in a few words.
+    /// Why, in a few words (shown in status and logs), e.g.
+    /// `http 503 (expected 200)`, `http: body lacks "ok"`, `tcp connect
+    /// refused`, `https: tls: invalid peer certificate: UnknownIssuer`. For
+    /// kind all: the failing parts' reasons joined with `; ` (all parts'
+    /// when it passed).
     pub reason: String,
-    /// How long the probe took.
+    /// How long the whole check took.
+    pub duration: Duration,
+    /// The outcome of connecting to the server's own address, when this
+    /// check made such an attempt (see [`Prober::probe`]).
+    pub dial: Option<DialOutcome>,
+}
+
+/// The outcome of connecting to a server's own address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DialOutcome {
+    /// Whether the connect worked (for UDP: no ICMP error came back).
+    pub ok: bool,
+    /// How long it took. When an HTTP check's own connection is reused, the
+    /// time until the response (or error): the connect alone is not timed.
     pub duration: Duration,
 }
 
-/// Runs one probe of `kind` against `address`, bounded by `timeout`.
-pub async fn probe(kind: HealthCheckKind, address: SocketAddr, timeout: Duration) -> ProbeResult {
-    let start = Instant::now();
-    let (ok, reason) = match kind {
-        HealthCheckKind::Tcp => probe_tcp(address, timeout).await,
-        HealthCheckKind::Udp => probe_udp(address, timeout).await,
-    };
-    ProbeResult {
-        ok,
-        reason,
-        duration: start.elapsed(),
+/// Runs the checks of one service's check config. Holds the HTTP clients
+/// (one per TLS setting, plus one per server for checks with a `host`),
+/// reused across probes; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Prober {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// The leaves of the check: one, or the parts of `all`.
+    parts: Vec<Part>,
+    /// Kind all: reasons name their part.
+    combined: bool,
+    /// The distinct TLS settings of the http parts; [`HttpPart::tls`]
+    /// indexes it.
+    tls: Vec<TlsSetting>,
+    clients: Mutex<HashMap<ClientKey, Client>>,
+}
+
+#[derive(Debug)]
+enum Part {
+    Tcp,
+    Udp,
+    Http(HttpPart),
+}
+
+#[derive(Debug)]
+struct HttpPart {
+    check: HttpCheck,
+    /// Index into [`Inner::tls`].
+    tls: usize,
+    /// Starts its reasons: `http`, or with kind all e.g. `http :8080/readyz`.
+    label: String,
+}
+
+/// `None` for plain http.
+#[derive(Debug)]
+struct TlsSetting {
+    options: Option<TlsOptions>,
+    /// The CA file's certificates; empty for the built-in roots.
+    roots: Vec<Certificate>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ClientKey {
+    tls: usize,
+    /// The `host` that is resolved to the server's IP.
+    resolve: Option<(String, IpAddr)>,
+}
+
+/// The time a check may take.
+#[derive(Clone, Copy)]
+struct Budget {
+    timeout: Duration,
+    deadline: tokio::time::Instant,
+}
+
+/// Which kind of dial a part's connection counts as.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Tcp,
+    Udp,
+}
+
+/// What one part of a check found.
+struct PartOutcome {
+    ok: bool,
+    reason: String,
+    /// Set when the part connected to exactly the server's address.
+    dial: Option<(Transport, DialOutcome)>,
+}
+
+/// How an HTTP request that got no response failed.
+enum RequestFailure {
+    /// The TCP connect failed ("refused", "host unreachable", ...).
+    Connect(String),
+    /// The TLS handshake failed.
+    Tls(String),
+    /// Anything after the connect, e.g. the connection closed early.
+    Other(String),
+}
+
+impl Prober {
+    /// Prepares `check`. Fails if a CA file cannot be read or parsed (the
+    /// error names the file), or for an `all` without checks.
+    pub fn new(check: &CheckSpec) -> anyhow::Result<Self> {
+        let mut leaves = Vec::new();
+        flatten(check, &mut leaves);
+        if leaves.is_empty() {
+            bail!("health check of kind all has no checks");
+        }
+        let combined = matches!(check, CheckSpec::All(_));
+        let mut tls: Vec<TlsSetting> = Vec::new();
+        let mut parts = Vec::with_capacity(leaves.len());
+        for leaf in leaves {
+            let http = match leaf {
+                CheckSpec::Tcp => {
+                    parts.push(Part::Tcp);
+                    continue;
+                }
+                CheckSpec::Udp => {
+                    parts.push(Part::Udp);
+                    continue;
+                }
+                CheckSpec::Http(http) => http,
+                CheckSpec::All(_) => unreachable!("flatten leaves no kind all"),
+            };
+            let index =
+                if let Some(index) = tls.iter().position(|setting| setting.options == http.tls) {
+                    index
+                } else {
+                    let roots = match &http.tls {
+                        Some(TlsOptions {
+                            ca_file: Some(path),
+                            ..
+                        }) => read_ca_file(path)?,
+                        _ => Vec::new(),
+                    };
+                    tls.push(TlsSetting {
+                        options: http.tls.clone(),
+                        roots,
+                    });
+                    tls.len() - 1
+                };
+            let label = if combined {
+                describe_http(http)
+            } else {
+                scheme(http).to_owned()
+            };
+            parts.push(Part::Http(HttpPart {
+                check: http.clone(),
+                tls: index,
+                label,
+            }));
+        }
+
+        let mut clients = HashMap::new();
+        for (index, setting) in tls.iter().enumerate() {
+            let client = build_client(setting, None).with_context(|| {
+                format!(
+                    "cannot set up the HTTP client for health checks{}",
+                    setting
+                        .options
+                        .as_ref()
+                        .and_then(|options| options.ca_file.as_ref())
+                        .map(|file| format!(" with CA file {}", file.display()))
+                        .unwrap_or_default()
+                )
+            })?;
+            clients.insert(
+                ClientKey {
+                    tls: index,
+                    resolve: None,
+                },
+                client,
+            );
+        }
+        tracing::debug!(
+            kind = check.kind(),
+            parts = parts.len(),
+            "health prober ready"
+        );
+        Ok(Self {
+            inner: Arc::new(Inner {
+                parts,
+                combined,
+                tls,
+                clients: Mutex::new(clients),
+            }),
+        })
+    }
+
+    /// Runs the check against `server` within `timeout` (the whole check,
+    /// all parts of `all` at once, is bounded by it).
+    ///
+    /// `dial_probe` is true for TCP services: then [`CheckOutcome::dial`] is
+    /// always `Some`. If the check itself connected to exactly `server`
+    /// (kind tcp, or http/https on the server's own port, where a failed TCP
+    /// connect is a failed dial and a TLS or HTTP failure is not), that
+    /// result is reused; an HTTP check that runs out of time counts as a
+    /// failed dial too, since the server did not answer. Otherwise one extra
+    /// plain TCP connect to `server` is made at the same time as the check.
+    /// With `dial_probe` false (UDP services), kind udp reports its own
+    /// result as the dial (ICMP port unreachable = failed) and other kinds
+    /// report none.
+    pub async fn probe(
+        &self,
+        server: SocketAddr,
+        timeout: Duration,
+        dial_probe: bool,
+    ) -> CheckOutcome {
+        let start = Instant::now();
+        let budget = Budget {
+            timeout,
+            deadline: tokio::time::Instant::now() + timeout,
+        };
+        let inner = &self.inner;
+        let reuses_dial = inner.parts.iter().any(|part| part.dials(server));
+        let extra_dial = async {
+            if dial_probe && !reuses_dial {
+                let (ok, _) = probe_tcp(server, budget).await;
+                Some(DialOutcome {
+                    ok,
+                    duration: start.elapsed(),
+                })
+            } else {
+                None
+            }
+        };
+        let parts = join_all(
+            inner
+                .parts
+                .iter()
+                .map(|part| self.probe_part(part, server, budget))
+                .collect(),
+        );
+        let (outcomes, extra_dial) = tokio::join!(parts, extra_dial);
+
+        let ok = outcomes.iter().all(|outcome| outcome.ok);
+        let reason = if inner.combined {
+            let reasons: Vec<&str> = outcomes
+                .iter()
+                .filter(|outcome| ok || !outcome.ok)
+                .map(|outcome| outcome.reason.as_str())
+                .collect();
+            reasons.join("; ")
+        } else {
+            outcomes
+                .first()
+                .map(|outcome| outcome.reason.clone())
+                .unwrap_or_default()
+        };
+        let transport = if dial_probe {
+            Transport::Tcp
+        } else {
+            Transport::Udp
+        };
+        let mut dial = extra_dial.or_else(|| pick_dial(&outcomes, transport));
+        if dial_probe && dial.is_none() {
+            // Only when the HTTP client could not even be set up.
+            tracing::warn!(%server, %reason, "health check made no connection; counting it as a failed dial");
+            dial = Some(DialOutcome {
+                ok: false,
+                duration: start.elapsed(),
+            });
+        }
+        let outcome = CheckOutcome {
+            ok,
+            reason,
+            duration: start.elapsed(),
+            dial,
+        };
+        tracing::trace!(%server, ?outcome, "health check done");
+        outcome
+    }
+
+    async fn probe_part(&self, part: &Part, server: SocketAddr, budget: Budget) -> PartOutcome {
+        let start = Instant::now();
+        match part {
+            Part::Tcp => {
+                let (ok, reason) = probe_tcp(server, budget).await;
+                PartOutcome {
+                    ok,
+                    reason,
+                    dial: Some((
+                        Transport::Tcp,
+                        DialOutcome {
+                            ok,
+                            duration: start.elapsed(),
+                        },
+                    )),
+                }
+            }
+            Part::Udp => {
+                let (ok, reason) = probe_udp(server, budget).await;
+                PartOutcome {
+                    ok,
+                    reason,
+                    dial: Some((
+                        Transport::Udp,
+                        DialOutcome {
+                            ok,
+                            duration: start.elapsed(),
+                        },
+                    )),
+                }
+            }
+            Part::Http(http) => self.probe_http(http, server, budget).await,
+        }
+    }
+
+    async fn probe_http(&self, part: &HttpPart, server: SocketAddr, budget: Budget) -> PartOutcome {
+        let start = Instant::now();
+        let check = &part.check;
+        let label = &part.label;
+        let target_port = check.port.unwrap_or(server.port());
+        // The request's own connection is the dial when it goes to the server's port.
+        let dial = |ok: bool, duration: Duration| {
+            (target_port == server.port()).then_some((Transport::Tcp, DialOutcome { ok, duration }))
+        };
+        let no_connection = |reason: String| PartOutcome {
+            ok: false,
+            reason,
+            dial: None,
+        };
+
+        let client = match self.client(part, server.ip()) {
+            Ok(client) => client,
+            Err(error) => return no_connection(format!("{label}: client: {}", root_cause(&error))),
+        };
+        let host = check.host.clone().unwrap_or_else(|| match server.ip() {
+            IpAddr::V4(ip) => ip.to_string(),
+            IpAddr::V6(ip) => format!("[{ip}]"),
+        });
+        let url = format!("{}://{host}:{target_port}{}", scheme(check), check.path);
+        let url = match Url::parse(&url) {
+            Ok(url) => url,
+            Err(error) => return no_connection(format!("{label}: bad URL {url}: {error}")),
+        };
+
+        let exchange = async {
+            let response = client.get(url).send().await?;
+            let answered = start.elapsed();
+            let status = response.status().as_u16();
+            if !check.expected_status.contains(&status) {
+                let expected = expected_list(&check.expected_status);
+                return Ok((
+                    false,
+                    format!("{label} {status} (expected {expected})"),
+                    answered,
+                ));
+            }
+            if let Some(needle) = &check.body_contains {
+                let (body, truncated) = match read_body(response, HttpCheck::BODY_LIMIT).await {
+                    Ok(body) => body,
+                    Err(error) => {
+                        return Ok((
+                            false,
+                            format!(
+                                "{label} {status}: reading the body failed: {}",
+                                root_cause(&error)
+                            ),
+                            answered,
+                        ));
+                    }
+                };
+                if !contains(&body, needle.as_bytes()) {
+                    let within = if truncated {
+                        " in its first 64 KiB"
+                    } else {
+                        ""
+                    };
+                    return Ok((
+                        false,
+                        format!("{label}: body lacks {needle:?}{within}"),
+                        answered,
+                    ));
+                }
+            }
+            Ok::<_, reqwest::Error>((
+                true,
+                format!("{label} {status} in {}", millis(start.elapsed())),
+                answered,
+            ))
+        };
+
+        match timeout_at(budget.deadline, exchange).await {
+            Ok(Ok((ok, reason, answered))) => PartOutcome {
+                ok,
+                reason,
+                dial: dial(true, answered),
+            },
+            Ok(Err(error)) => {
+                let elapsed = start.elapsed();
+                match classify(&error) {
+                    RequestFailure::Connect(what) => PartOutcome {
+                        ok: false,
+                        reason: format!("{label}: connect {what}"),
+                        dial: dial(false, elapsed),
+                    },
+                    RequestFailure::Tls(what) => PartOutcome {
+                        ok: false,
+                        reason: format!("{label}: tls: {what}"),
+                        dial: dial(true, elapsed),
+                    },
+                    RequestFailure::Other(what) => PartOutcome {
+                        ok: false,
+                        reason: format!("{label}: {what}"),
+                        dial: dial(true, elapsed),
+                    },
+                }
+            }
+            Err(_) => PartOutcome {
+                ok: false,
+                reason: format!("{label}: no answer within {}", millis(budget.timeout)),
+                dial: dial(false, start.elapsed()),
+            },
+        }
+    }
+
+    /// The client for `part` probing a server at `ip`.
+    fn client(&self, part: &HttpPart, ip: IpAddr) -> reqwest::Result<Client> {
+        let key = ClientKey {
+            tls: part.tls,
+            resolve: part.check.host.clone().map(|host| (host, ip)),
+        };
+        let mut clients = self
+            .inner
+            .clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(client) = clients.get(&key) {
+            return Ok(client.clone());
+        }
+        let client = build_client(&self.inner.tls[part.tls], key.resolve.as_ref())?;
+        tracing::debug!(host = ?key.resolve, "new HTTP client for health checks");
+        clients.insert(key, client.clone());
+        Ok(client)
     }
 }
 
-/// TCP: the server accepts a connection within the timeout.
-async fn probe_tcp(address: SocketAddr, timeout: Duration) -> (bool, String) {
+impl Part {
+    /// Whether this part connects (by TCP) to exactly `server`.
+    fn dials(&self, server: SocketAddr) -> bool {
+        match self {
+            Self::Tcp => true,
+            Self::Udp => false,
+            Self::Http(http) => http.check.port.is_none_or(|port| port == server.port()),
+        }
+    }
+}
+
+/// Reads the CA certificates of `path` (PEM) and checks that they can be
+/// trusted as roots. Errors name the file.
+pub fn read_ca_file(path: &Path) -> anyhow::Result<Vec<Certificate>> {
+    let pem = fs::read(path).with_context(|| format!("cannot read CA file {}", path.display()))?;
+    let certificates = Certificate::from_pem_bundle(&pem)
+        .with_context(|| format!("CA file {} is not valid PEM", path.display()))?;
+    if certificates.is_empty() {
+        bail!(
+            "CA file {} holds no certificate (expected PEM with -----BEGIN CERTIFICATE-----)",
+            path.display()
+        );
+    }
+    // rustls parses the certificates when a client is built.
+    let mut builder = Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false);
+    for certificate in &certificates {
+        builder = builder.add_root_certificate(certificate.clone());
+    }
+    builder
+        .build()
+        .with_context(|| format!("CA file {} holds an unusable certificate", path.display()))?;
+    Ok(certificates)
+}
+
+/// The leaves of `check` in order: `all` is replaced by its parts.
+fn flatten<'a>(check: &'a CheckSpec, leaves: &mut Vec<&'a CheckSpec>) {
+    match check {
+        CheckSpec::All(parts) => {
+            for part in parts {
+                flatten(part, leaves);
+            }
+        }
+        leaf => leaves.push(leaf),
+    }
+}
+
+const fn scheme(check: &HttpCheck) -> &'static str {
+    if check.tls.is_some() { "https" } else { "http" }
+}
+
+/// Names an http part of kind all, e.g. `http :8080/readyz`.
+fn describe_http(check: &HttpCheck) -> String {
+    let host = check.host.as_deref().unwrap_or("");
+    let port = check
+        .port
+        .map(|port| format!(":{port}"))
+        .unwrap_or_default();
+    format!("{} {host}{port}{}", scheme(check), check.path)
+}
+
+/// `200`, `200 or 204`, `200, 204 or 301`.
+fn expected_list(codes: &[u16]) -> String {
+    match codes {
+        [] => String::new(),
+        [only] => only.to_string(),
+        [rest @ .., last] => {
+            let rest: Vec<String> = rest.iter().map(ToString::to_string).collect();
+            format!("{} or {last}", rest.join(", "))
+        }
+    }
+}
+
+/// A client that connects anew for every request (no pooled connections,
+/// so every check exercises the connect), follows no redirects and ignores
+/// proxy settings from the environment. `resolve` maps a `host` to the
+/// server's IP.
+fn build_client(
+    setting: &TlsSetting,
+    resolve: Option<&(String, IpAddr)>,
+) -> reqwest::Result<Client> {
+    let mut builder = Client::builder()
+        .use_rustls_tls()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(0)
+        .user_agent(concat!(
+            "daas-lb/",
+            env!("CARGO_PKG_VERSION"),
+            " health-check"
+        ));
+    if let Some(options) = &setting.options {
+        if !setting.roots.is_empty() {
+            builder = builder.tls_built_in_root_certs(false);
+            for root in &setting.roots {
+                builder = builder.add_root_certificate(root.clone());
+            }
+        }
+        if options.insecure {
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+    }
+    if let Some((host, ip)) = resolve {
+        // The port comes from the URL.
+        builder = builder.resolve(host, SocketAddr::new(*ip, 0));
+    }
+    builder.build()
+}
+
+/// Reads at most `limit` bytes of the body; `true` when it stopped early.
+async fn read_body(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> reqwest::Result<(Vec<u8>, bool)> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = limit - body.len();
+        if chunk.len() >= room {
+            body.extend_from_slice(&chunk[..room]);
+            return Ok((body, true));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, false))
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty()
+        || haystack
+            .windows(needle.len())
+            .any(|window| window == needle)
+}
+
+/// Sorts a failed request: the TCP connect (a failed dial), the TLS
+/// handshake, or later.
+fn classify(error: &reqwest::Error) -> RequestFailure {
+    let connecting = error.is_connect();
+    // hyper-util's connector wraps TCP connect errors in an error with this text.
+    let mut tcp_connect = false;
+    let mut last: Option<&(dyn StdError + 'static)> = None;
+    let mut source = error.source();
+    while let Some(cause) = source {
+        if connecting && cause.to_string() == "tcp connect error" {
+            tcp_connect = true;
+        }
+        if let Some(io_error) = cause.downcast_ref::<io::Error>().map(innermost_io) {
+            // rustls errors reach us as InvalidData I/O errors.
+            if connecting && io_error.kind() == io::ErrorKind::InvalidData && !tcp_connect {
+                return RequestFailure::Tls(io_error.to_string());
+            }
+            let connect_kind = matches!(
+                io_error.kind(),
+                io::ErrorKind::ConnectionRefused
+                    | io::ErrorKind::HostUnreachable
+                    | io::ErrorKind::NetworkUnreachable
+                    | io::ErrorKind::AddrNotAvailable
+            );
+            if tcp_connect || (connecting && connect_kind) {
+                return RequestFailure::Connect(describe_io(io_error));
+            }
+        }
+        last = Some(cause);
+        source = cause.source();
+    }
+    if tcp_connect {
+        return RequestFailure::Connect("failed".to_owned());
+    }
+    RequestFailure::Other(last.map_or_else(|| error.to_string(), ToString::to_string))
+}
+
+/// The innermost of I/O errors wrapped in each other (which
+/// [`StdError::source`] skips).
+fn innermost_io(mut error: &io::Error) -> &io::Error {
+    while let Some(inner) = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<io::Error>())
+    {
+        error = inner;
+    }
+    error
+}
+
+/// The innermost cause of `error`, which says what went wrong.
+fn root_cause(error: &(dyn StdError + 'static)) -> String {
+    let mut cause = error;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    cause.to_string()
+}
+
+/// `refused`, `host unreachable`, ... for connect errors.
+fn describe_io(error: &io::Error) -> String {
+    match error.kind() {
+        io::ErrorKind::ConnectionRefused => "refused".to_owned(),
+        io::ErrorKind::HostUnreachable => "host unreachable".to_owned(),
+        io::ErrorKind::NetworkUnreachable => "network unreachable".to_owned(),
+        io::ErrorKind::TimedOut => "timed out".to_owned(),
+        io::ErrorKind::ConnectionReset => "reset".to_owned(),
+        _ => format!("failed: {error}"),
+    }
+}
+
+/// The dial to report among the parts' own connections: the first failed
+/// one, else the first.
+fn pick_dial(outcomes: &[PartOutcome], transport: Transport) -> Option<DialOutcome> {
+    let dials = || {
+        outcomes
+            .iter()
+            .filter_map(|outcome| outcome.dial)
+            .filter(move |(kind, _)| *kind == transport)
+            .map(|(_, dial)| dial)
+    };
+    dials().find(|dial| !dial.ok).or_else(|| dials().next())
+}
+
+/// TCP: the server accepts a connection within the budget.
+async fn probe_tcp(address: SocketAddr, budget: Budget) -> (bool, String) {
     let start = Instant::now();
-    match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
+    match timeout_at(budget.deadline, TcpStream::connect(address)).await {
         Ok(Ok(_stream)) => (
             true,
             format!("tcp connect ok in {}", millis(start.elapsed())),
         ),
-        Ok(Err(err)) => (false, format!("tcp connect failed: {err}")),
+        Ok(Err(error)) => (false, format!("tcp connect {}", describe_io(&error))),
         Err(_) => (
             false,
-            format!("tcp connect timed out after {}", millis(timeout)),
+            format!("tcp connect timed out after {}", millis(budget.timeout)),
         ),
     }
 }
@@ -55,32 +727,61 @@ async fn probe_tcp(address: SocketAddr, timeout: Duration) -> (bool, String) {
 /// UDP: reachable unless the network says otherwise. An empty datagram is
 /// sent on a connected socket; an ICMP port/host unreachable comes back as
 /// `ECONNREFUSED`/`EHOSTUNREACH` on the next receive. A reply, or silence for
-/// the whole timeout, counts as reachable.
-async fn probe_udp(address: SocketAddr, timeout: Duration) -> (bool, String) {
+/// the whole budget, counts as reachable.
+async fn probe_udp(address: SocketAddr, budget: Budget) -> (bool, String) {
     let local: IpAddr = if address.is_ipv4() {
         Ipv4Addr::UNSPECIFIED.into()
     } else {
         Ipv6Addr::UNSPECIFIED.into()
     };
     let socket = match UdpSocket::bind((local, 0)).await {
-        Ok(s) => s,
-        Err(err) => return (false, format!("udp socket: {err}")),
+        Ok(socket) => socket,
+        Err(error) => return (false, format!("udp socket: {error}")),
     };
-    if let Err(err) = socket.connect(address).await {
-        return (false, format!("udp connect failed: {err}"));
+    if let Err(error) = socket.connect(address).await {
+        return (false, format!("udp connect failed: {error}"));
     }
-    if let Err(err) = socket.send(&[]).await {
-        return (false, format!("udp send failed: {err}"));
+    if let Err(error) = socket.send(&[]).await {
+        return (false, format!("udp send failed: {error}"));
     }
     let mut buf = [0u8; 512];
-    match tokio::time::timeout(timeout, socket.recv(&mut buf)).await {
+    match timeout_at(budget.deadline, socket.recv(&mut buf)).await {
         Ok(Ok(n)) => (true, format!("udp reply of {n} bytes")),
-        Ok(Err(err)) if err.kind() == io::ErrorKind::ConnectionRefused => {
+        Ok(Err(error)) if error.kind() == io::ErrorKind::ConnectionRefused => {
             (false, "udp port unreachable (ICMP)".to_owned())
         }
-        Ok(Err(err)) => (false, format!("udp error: {err}")),
-        Err(_) => (true, format!("no ICMP error within {}", millis(timeout))),
+        Ok(Err(error)) if error.kind() == io::ErrorKind::HostUnreachable => {
+            (false, "udp host unreachable (ICMP)".to_owned())
+        }
+        Ok(Err(error)) => (false, format!("udp error: {error}")),
+        Err(_) => (
+            true,
+            format!("no ICMP error within {}", millis(budget.timeout)),
+        ),
     }
+}
+
+/// Runs `futures` at once and returns their outputs in order.
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut pending: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (future, output) in pending.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => done = false,
+                }
+            }
+        }
+        if done { Poll::Ready(()) } else { Poll::Pending }
+    })
+    .await;
+    outputs
+        .into_iter()
+        .map(|output| output.expect("every future finished"))
+        .collect()
 }
 
 /// Formats a duration as milliseconds with one decimal.
@@ -90,34 +791,428 @@ pub fn millis(d: Duration) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{Ipv4Addr, SocketAddr};
+    use std::{
+        net::{Ipv4Addr, SocketAddr},
+        path::PathBuf,
+        process::{Child, Command, Stdio},
+        sync::atomic::{AtomicUsize, Ordering},
+    };
 
+    use axum::{Router, http::StatusCode, routing::get};
     use tokio::net::{TcpListener, UdpSocket};
 
     use super::*;
+
+    /// Generous upper bound on test timings.
+    const SLACK: Duration = Duration::from_secs(3);
+
+    fn prober(check: &CheckSpec) -> Prober {
+        Prober::new(check).expect("prober")
+    }
+
+    fn http(path: &str) -> HttpCheck {
+        HttpCheck {
+            path: path.to_owned(),
+            ..HttpCheck::new()
+        }
+    }
+
+    /// An HTTP server on 127.0.0.1: `/` answers "all ok", `/fail` 503,
+    /// `/redirect` 302 and `/host` echoes the Host header.
+    async fn http_server() -> SocketAddr {
+        let app = Router::new()
+            .route("/", get(|| async { "all ok" }))
+            .route(
+                "/fail",
+                get(|| async { (StatusCode::SERVICE_UNAVAILABLE, "down") }),
+            )
+            .route(
+                "/redirect",
+                get(|| async { (StatusCode::FOUND, [("location", "/")], "") }),
+            )
+            .route(
+                "/host",
+                get(|headers: axum::http::HeaderMap| async move {
+                    format!("host={:?}", headers.get("host"))
+                }),
+            );
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    /// An address nothing listens on (connects are refused).
+    async fn closed_port() -> SocketAddr {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        listener.local_addr().unwrap()
+    }
+
+    /// A server that accepts connections and never answers.
+    async fn silent_server() -> SocketAddr {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        addr
+    }
 
     #[tokio::test]
     async fn tcp_probe_passes_for_a_listener_and_fails_for_a_closed_port() {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let ok = probe(HealthCheckKind::Tcp, addr, Duration::from_secs(2)).await;
+        let tcp = prober(&CheckSpec::Tcp);
+        let ok = tcp.probe(addr, Duration::from_secs(2), true).await;
         assert!(ok.ok, "{ok:?}");
+        assert!(ok.dial.is_some_and(|dial| dial.ok), "{ok:?}");
         drop(listener);
-        let bad = probe(HealthCheckKind::Tcp, addr, Duration::from_secs(2)).await;
+        let bad = tcp.probe(addr, Duration::from_secs(2), true).await;
         assert!(!bad.ok, "{bad:?}");
-        assert!(bad.reason.contains("refused"), "{bad:?}");
+        assert_eq!(bad.reason, "tcp connect refused");
+        assert!(bad.dial.is_some_and(|dial| !dial.ok), "{bad:?}");
     }
 
     #[tokio::test]
     async fn udp_probe_fails_only_on_port_unreachable() {
         let server = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
         let addr = server.local_addr().unwrap();
-        let ok = probe(HealthCheckKind::Udp, addr, Duration::from_millis(200)).await;
+        let udp = prober(&CheckSpec::Udp);
+        let ok = udp.probe(addr, Duration::from_millis(200), false).await;
         assert!(ok.ok, "{ok:?}");
+        assert!(ok.dial.is_some_and(|dial| dial.ok), "{ok:?}");
         drop(server);
-        let closed: SocketAddr = addr;
-        let bad = probe(HealthCheckKind::Udp, closed, Duration::from_secs(2)).await;
+        let bad = udp.probe(addr, Duration::from_secs(2), false).await;
         assert!(!bad.ok, "{bad:?}");
         assert!(bad.reason.contains("unreachable"), "{bad:?}");
+        assert!(bad.dial.is_some_and(|dial| !dial.ok), "{bad:?}");
+    }
+
+    #[tokio::test]
+    async fn http_probe_passes() {
+        let server = http_server().await;
+        let check = prober(&CheckSpec::Http(HttpCheck::new()));
+        let outcome = check.probe(server, Duration::from_secs(2), true).await;
+        assert!(outcome.ok, "{outcome:?}");
+        assert!(outcome.reason.starts_with("http 200 in "), "{outcome:?}");
+        // The request's own connection is the dial.
+        assert!(outcome.dial.is_some_and(|dial| dial.ok), "{outcome:?}");
+        // UDP services get no dial from an http check.
+        let outcome = check.probe(server, Duration::from_secs(2), false).await;
+        assert!(outcome.ok, "{outcome:?}");
+        assert_eq!(outcome.dial, None);
+    }
+
+    #[tokio::test]
+    async fn http_probe_judges_the_status() {
+        let server = http_server().await;
+        let outcome = prober(&CheckSpec::Http(http("/fail")))
+            .probe(server, Duration::from_secs(2), true)
+            .await;
+        assert!(!outcome.ok, "{outcome:?}");
+        assert_eq!(outcome.reason, "http 503 (expected 200)");
+        // An HTTP-level failure is not a failed dial.
+        assert!(outcome.dial.is_some_and(|dial| dial.ok), "{outcome:?}");
+
+        let accept_503 = HttpCheck {
+            expected_status: vec![200, 503],
+            ..http("/fail")
+        };
+        let outcome = prober(&CheckSpec::Http(accept_503))
+            .probe(server, Duration::from_secs(2), true)
+            .await;
+        assert!(outcome.ok, "{outcome:?}");
+
+        // Redirects are not followed: the 302 itself is judged.
+        let outcome = prober(&CheckSpec::Http(http("/redirect")))
+            .probe(server, Duration::from_secs(2), true)
+            .await;
+        assert_eq!(outcome.reason, "http 302 (expected 200)");
+        let accept_302 = HttpCheck {
+            expected_status: vec![204, 301, 302],
+            ..http("/redirect")
+        };
+        let outcome = prober(&CheckSpec::Http(accept_302.clone()))
+            .probe(server, Duration::from_secs(2), true)
+            .await;
+        assert!(outcome.ok, "{outcome:?}");
+        let failing = HttpCheck {
+            path: "/fail".to_owned(),
+            ..accept_302
+        };
+        let outcome = prober(&CheckSpec::Http(failing))
+            .probe(server, Duration::from_secs(2), true)
+            .await;
+        assert_eq!(outcome.reason, "http 503 (expected 204, 301 or 302)");
+    }
+
+    #[tokio::test]
+    async fn http_probe_checks_the_body() {
+        let server = http_server().await;
+        let with_body = |needle: &str| {
+            CheckSpec::Http(HttpCheck {
+                body_contains: Some(needle.to_owned()),
+                ..HttpCheck::new()
+            })
+        };
+        let outcome = prober(&with_body("ok"))
+            .probe(server, Duration::from_secs(2), true)
+            .await;
+        assert!(outcome.ok, "{outcome:?}");
+        let outcome = prober(&with_body("nope"))
+            .probe(server, Duration::from_secs(2), true)
+            .await;
+        assert!(!outcome.ok, "{outcome:?}");
+        assert_eq!(outcome.reason, "http: body lacks \"nope\"");
+        assert!(outcome.dial.is_some_and(|dial| dial.ok), "{outcome:?}");
+    }
+
+    #[tokio::test]
+    async fn http_probe_sends_host_but_connects_to_the_server() {
+        let server = http_server().await;
+        // The name does not resolve: the connection must go to the server's IP.
+        let check = CheckSpec::Http(HttpCheck {
+            host: Some("health.invalid".to_owned()),
+            body_contains: Some(format!("host=Some(\"health.invalid:{}\")", server.port())),
+            ..http("/host")
+        });
+        let outcome = prober(&check)
+            .probe(server, Duration::from_secs(2), true)
+            .await;
+        assert!(outcome.ok, "{outcome:?}");
+        // Without host, the Host header is the server's IP.
+        let check = CheckSpec::Http(HttpCheck {
+            body_contains: Some(format!("host=Some(\"{server}\")")),
+            ..http("/host")
+        });
+        let outcome = prober(&check)
+            .probe(server, Duration::from_secs(2), true)
+            .await;
+        assert!(outcome.ok, "{outcome:?}");
+    }
+
+    #[tokio::test]
+    async fn http_connection_refused_is_a_failed_dial() {
+        let closed = closed_port().await;
+        let outcome = prober(&CheckSpec::Http(HttpCheck::new()))
+            .probe(closed, Duration::from_secs(2), true)
+            .await;
+        assert!(!outcome.ok, "{outcome:?}");
+        assert_eq!(outcome.reason, "http: connect refused");
+        assert!(outcome.dial.is_some_and(|dial| !dial.ok), "{outcome:?}");
+    }
+
+    #[tokio::test]
+    async fn http_on_another_port_passes_while_the_service_port_is_closed() {
+        let health = http_server().await;
+        let closed = closed_port().await;
+        let check = prober(&CheckSpec::Http(HttpCheck {
+            port: Some(health.port()),
+            ..HttpCheck::new()
+        }));
+        let outcome = check.probe(closed, Duration::from_secs(2), true).await;
+        assert!(outcome.ok, "{outcome:?}");
+        assert!(outcome.dial.is_some_and(|dial| !dial.ok), "{outcome:?}");
+        // And a working service port dials fine.
+        let outcome = check.probe(health, Duration::from_secs(2), true).await;
+        assert!(outcome.dial.is_some_and(|dial| dial.ok), "{outcome:?}");
+        let outcome = check.probe(closed, Duration::from_secs(2), false).await;
+        assert!(outcome.ok, "{outcome:?}");
+        assert_eq!(outcome.dial, None);
+    }
+
+    #[tokio::test]
+    async fn http_probe_times_out() {
+        let silent = silent_server().await;
+        let timeout = Duration::from_millis(300);
+        let start = Instant::now();
+        let outcome = prober(&CheckSpec::Http(HttpCheck::new()))
+            .probe(silent, timeout, true)
+            .await;
+        let elapsed = start.elapsed();
+        assert!(!outcome.ok, "{outcome:?}");
+        assert_eq!(outcome.reason, "http: no answer within 300.0ms");
+        assert!(
+            elapsed >= timeout && elapsed < timeout + SLACK,
+            "{elapsed:?}"
+        );
+        assert!(outcome.dial.is_some(), "{outcome:?}");
+    }
+
+    #[tokio::test]
+    async fn all_passes_only_when_every_part_passes() {
+        let server = http_server().await;
+        let all = |parts: Vec<CheckSpec>| prober(&CheckSpec::All(parts));
+
+        let outcome = all(vec![CheckSpec::Tcp, CheckSpec::Http(HttpCheck::new())])
+            .probe(server, Duration::from_secs(2), true)
+            .await;
+        assert!(outcome.ok, "{outcome:?}");
+        assert!(
+            outcome.reason.starts_with("tcp connect ok in "),
+            "{outcome:?}"
+        );
+        assert!(outcome.reason.contains("; http / 200 in "), "{outcome:?}");
+        assert!(outcome.dial.is_some_and(|dial| dial.ok), "{outcome:?}");
+
+        let outcome = all(vec![
+            CheckSpec::Tcp,
+            CheckSpec::Http(http("/fail")),
+            CheckSpec::Http(HttpCheck {
+                port: Some(server.port()),
+                ..HttpCheck::new()
+            }),
+        ])
+        .probe(server, Duration::from_secs(2), true)
+        .await;
+        assert!(!outcome.ok, "{outcome:?}");
+        assert_eq!(outcome.reason, "http /fail 503 (expected 200)");
+
+        // Health on another port passes; the tcp part fails and names itself.
+        let closed = closed_port().await;
+        let outcome = all(vec![
+            CheckSpec::Http(HttpCheck {
+                port: Some(server.port()),
+                ..HttpCheck::new()
+            }),
+            CheckSpec::Tcp,
+        ])
+        .probe(closed, Duration::from_secs(2), true)
+        .await;
+        assert!(!outcome.ok, "{outcome:?}");
+        assert_eq!(outcome.reason, "tcp connect refused");
+        assert!(outcome.dial.is_some_and(|dial| !dial.ok), "{outcome:?}");
+    }
+
+    #[test]
+    fn prober_names_an_unreadable_ca_file() {
+        let check = CheckSpec::Http(HttpCheck {
+            tls: Some(TlsOptions {
+                ca_file: Some(PathBuf::from("/nonexistent/daas-lb/ca.pem")),
+                insecure: false,
+            }),
+            ..HttpCheck::new()
+        });
+        let error = format!("{:#}", Prober::new(&check).unwrap_err());
+        assert!(error.contains("/nonexistent/daas-lb/ca.pem"), "{error}");
+    }
+
+    /// An `openssl s_server -www` on 127.0.0.1 with a fresh self-signed
+    /// certificate for `localhost` and 127.0.0.1; stopped and cleaned up
+    /// when dropped (also when a test panics).
+    struct TlsServer {
+        child: Child,
+        dir: PathBuf,
+        addr: SocketAddr,
+    }
+
+    impl TlsServer {
+        async fn start() -> Self {
+            static COUNTER: AtomicUsize = AtomicUsize::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "daas-lb-health-tls-{}-{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            ));
+            fs::create_dir_all(&dir).unwrap();
+            let status = Command::new("openssl")
+                .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+                .arg("ec_paramgen_curve:prime256v1")
+                .args(["-nodes", "-subj", "/CN=localhost", "-addext"])
+                .arg("subjectAltName=DNS:localhost,IP:127.0.0.1")
+                // webpki refuses a CA certificate as the server's own.
+                .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+                .args(["-days", "1", "-keyout"])
+                .arg(dir.join("key.pem"))
+                .arg("-out")
+                .arg(dir.join("cert.pem"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("run openssl req");
+            assert!(status.success(), "openssl req failed");
+
+            let port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            let child = Command::new("openssl")
+                .args(["s_server", "-www", "-quiet", "-accept"])
+                .arg(addr.to_string())
+                .arg("-cert")
+                .arg(dir.join("cert.pem"))
+                .arg("-key")
+                .arg(dir.join("key.pem"))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start openssl s_server");
+            let server = Self { child, dir, addr };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while TcpStream::connect(addr).await.is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "openssl s_server does not accept on {addr}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            server
+        }
+
+        fn cert(&self) -> PathBuf {
+            self.dir.join("cert.pem")
+        }
+    }
+
+    impl Drop for TlsServer {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn https(ca_file: Option<PathBuf>, insecure: bool) -> HttpCheck {
+        HttpCheck {
+            tls: Some(TlsOptions { ca_file, insecure }),
+            ..HttpCheck::new()
+        }
+    }
+
+    #[tokio::test]
+    async fn https_probe_against_openssl() {
+        let server = TlsServer::start().await;
+        let timeout = Duration::from_secs(5);
+
+        let trusted = prober(&CheckSpec::Http(https(Some(server.cert()), false)));
+        let outcome = trusted.probe(server.addr, timeout, true).await;
+        assert!(outcome.ok, "{outcome:?}");
+        assert!(outcome.reason.starts_with("https 200 in "), "{outcome:?}");
+
+        // The certificate's DNS name, sent as SNI, connecting to the server's IP.
+        let by_name = prober(&CheckSpec::Http(HttpCheck {
+            host: Some("localhost".to_owned()),
+            ..https(Some(server.cert()), false)
+        }));
+        let outcome = by_name.probe(server.addr, timeout, true).await;
+        assert!(outcome.ok, "{outcome:?}");
+
+        let default_roots = prober(&CheckSpec::Http(https(None, false)));
+        let outcome = default_roots.probe(server.addr, timeout, true).await;
+        assert!(!outcome.ok, "{outcome:?}");
+        assert!(outcome.reason.starts_with("https: tls: "), "{outcome:?}");
+        assert!(outcome.reason.contains("certificate"), "{outcome:?}");
+        // A TLS failure is not a failed dial.
+        assert!(outcome.dial.is_some_and(|dial| dial.ok), "{outcome:?}");
+
+        let insecure = prober(&CheckSpec::Http(https(None, true)));
+        let outcome = insecure.probe(server.addr, timeout, true).await;
+        assert!(outcome.ok, "{outcome:?}");
     }
 }

@@ -4,15 +4,18 @@
 //! - [`config`]: the YAML config and its validation.
 //! - [`dataplane`]: loading, pinning, attaching/adopting and detaching the kernel programs.
 //! - [`map_ids`]: which map slot holds which service and backend (pure).
-//! - [`selection`]: which server a service uses (pure).
-//! - [`health`]: active probes.
-//! - [`controller`]: ties health, selection and the maps together.
+//! - [`state_machine`]: the K3s server states and which server a service uses (pure).
+//! - [`health`]: active probes (tcp, udp, http, https, all).
+//! - [`sock_diag`], [`connections`]: counting and closing connections through a VIP.
+//! - [`persist`]: the per-service state files (K3s format).
+//! - [`controller`]: ties checks, connections, the state machines and the maps together.
 //! - [`status`], [`metrics`], [`api`]: what the controller shows.
 //! - [`run`], [`demo`]: the `daas-lb run` command and its embedded demo.
 
 pub mod api;
 mod bpf_sys;
 pub mod config;
+pub mod connections;
 pub mod controller;
 pub mod dataplane;
 pub mod demo;
@@ -22,7 +25,6 @@ pub mod map_ids;
 pub mod metrics;
 pub mod persist;
 pub mod run;
-pub mod selection;
 pub mod sock_diag;
 pub mod state_machine;
 pub mod status;

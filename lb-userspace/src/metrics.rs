@@ -1,9 +1,11 @@
 //! Prometheus text exposition (format 0.0.4) of the controller's state.
 
-use std::fmt::Write as _;
+use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr, time::Duration};
 
-use crate::status::{ServerStatus, Status};
-
+use crate::{
+    state_machine::ServerState,
+    status::{ServerStatus, ServiceStatus, Status},
+};
 /// Escapes a label value (backslash, quote, newline).
 fn label(value: &str) -> String {
     value
@@ -34,8 +36,150 @@ fn per_server(
     }
 }
 
+/// One metric family with a sample per service.
+fn per_service(
+    out: &mut String,
+    status: &Status,
+    (name, kind, help): (&str, &str, &str),
+    value: impl Fn(&ServiceStatus) -> u64,
+) {
+    family(out, name, kind, help);
+    for service in &status.services {
+        let _ = writeln!(
+            out,
+            "{name}{{name=\"{}\"}} {}",
+            label(&service.name),
+            value(service)
+        );
+    }
+}
+
+/// Outcome label of `k3s_loadbalancer_dial_duration_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DialStatus {
+    /// The connect succeeded.
+    Success,
+    /// The connect failed or timed out.
+    Failure,
+}
+
+impl DialStatus {
+    const fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Failure => "failure",
+        }
+    }
+}
+
+/// Upper bounds of the dial-duration buckets: 1 ms × 2^k, 15 buckets (as K3s).
+pub const DIAL_BUCKETS: usize = 15;
+
+/// A cumulative Prometheus histogram with the dial buckets.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Histogram {
+    /// Observations at or below each bucket's bound (not yet cumulative).
+    buckets: [u64; DIAL_BUCKETS],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    /// The upper bound of bucket `k`, in seconds.
+    pub fn bound(k: usize) -> f64 {
+        0.001 * f64::from(1u32 << k)
+    }
+
+    /// Records one observation.
+    pub fn observe(&mut self, duration: Duration) {
+        let seconds = duration.as_secs_f64();
+        if let Some(k) = (0..DIAL_BUCKETS).find(|&k| seconds <= Self::bound(k)) {
+            self.buckets[k] += 1;
+        }
+        self.count += 1;
+        self.sum += seconds;
+    }
+
+    /// Cumulative counts per bucket, then the total (the `+Inf` bucket).
+    pub fn cumulative(&self) -> ([u64; DIAL_BUCKETS], u64) {
+        let mut out = [0; DIAL_BUCKETS];
+        let mut running = 0;
+        for (k, n) in self.buckets.iter().enumerate() {
+            running += n;
+            out[k] = running;
+        }
+        (out, self.count)
+    }
+}
+
+/// Counters the controller keeps (the rest of the metrics is read from the
+/// status document, i.e. from the kernel and the state machines).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Counters {
+    /// State transitions per (service, server, from, to).
+    pub transitions: BTreeMap<(String, String, ServerState, ServerState), u64>,
+    /// Times each service failed open.
+    pub fail_open: BTreeMap<String, u64>,
+    /// Connections closed (destroyed) per service.
+    pub closed_connections: BTreeMap<String, u64>,
+    /// Times the selected backend changed, per service.
+    pub selection_changes: BTreeMap<String, u64>,
+    /// Dial durations per (service, outcome).
+    pub dials: BTreeMap<(String, DialStatus), Histogram>,
+}
+
+impl Counters {
+    /// Counts a state transition.
+    pub fn transition(
+        &mut self,
+        service: &str,
+        server: SocketAddr,
+        from: ServerState,
+        to: ServerState,
+    ) {
+        *self
+            .transitions
+            .entry((service.to_owned(), server.to_string(), from, to))
+            .or_default() += 1;
+    }
+
+    /// Counts a fail-open selection.
+    pub fn failed_open(&mut self, service: &str) {
+        *self.fail_open.entry(service.to_owned()).or_default() += 1;
+    }
+
+    /// Counts closed connections.
+    pub fn closed(&mut self, service: &str, n: u64) {
+        *self
+            .closed_connections
+            .entry(service.to_owned())
+            .or_default() += n;
+    }
+
+    /// Counts a selection change.
+    pub fn selection_changed(&mut self, service: &str) {
+        *self
+            .selection_changes
+            .entry(service.to_owned())
+            .or_default() += 1;
+    }
+
+    /// Records a dial duration.
+    pub fn observe_dial(&mut self, service: &str, status: DialStatus, duration: Duration) {
+        self.dials
+            .entry((service.to_owned(), status))
+            .or_default()
+            .observe(duration);
+    }
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
 /// Renders every metric.
-pub fn render(status: &Status, selection_changes: &[(String, u64)]) -> String {
+pub fn render(status: &Status, counters: &Counters) -> String {
     let mut out = String::new();
     per_server(
         &mut out,
@@ -46,6 +190,16 @@ pub fn render(status: &Status, selection_changes: &[(String, u64)]) -> String {
             "Server state as in the K3s agent load balancer: 0 invalid, 1 failed, 2 standby, 3 unchecked, 4 recovering, 5 healthy, 6 preferred, 7 active.",
         ),
         |server| server.state as u64,
+    );
+    per_server(
+        &mut out,
+        status,
+        (
+            "k3s_loadbalancer_server_connections",
+            "gauge",
+            "Connections made through the VIP to this server that are open now (counted from the kernel with sock_diag).",
+        ),
+        |server| u64::from(server.connections),
     );
     per_server(
         &mut out,
@@ -68,85 +222,225 @@ pub fn render(status: &Status, selection_changes: &[(String, u64)]) -> String {
         |server| server.sendmsgs,
     );
 
-    let _ = writeln!(
-        out,
-        "# HELP daas_lb_service_refused_total Connects and sends to the VIP refused (ECONNREFUSED) because no server was usable."
+    family(
+        &mut out,
+        "k3s_loadbalancer_dial_duration_seconds",
+        "histogram",
+        "Duration of connects to servers, by outcome (observed by the health probes).",
     );
-    let _ = writeln!(out, "# TYPE daas_lb_service_refused_total counter");
-    for service in &status.services {
+    for ((name, status_label), histogram) in &counters.dials {
+        let (buckets, count) = histogram.cumulative();
+        let labels = format!(
+            "name=\"{}\",status=\"{}\"",
+            label(name),
+            status_label.as_str()
+        );
+        for (k, n) in buckets.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "k3s_loadbalancer_dial_duration_seconds_bucket{{{labels},le=\"{}\"}} {n}",
+                Histogram::bound(k)
+            );
+        }
         let _ = writeln!(
             out,
-            "daas_lb_service_refused_total{{name=\"{}\"}} {}",
-            label(&service.name),
-            service.refused
+            "k3s_loadbalancer_dial_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}"
         );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP daas_lb_selection_changes_total Times the selected backend of the service changed."
-    );
-    let _ = writeln!(out, "# TYPE daas_lb_selection_changes_total counter");
-    for (name, changes) in selection_changes {
         let _ = writeln!(
             out,
-            "daas_lb_selection_changes_total{{name=\"{}\"}} {changes}",
-            label(name)
+            "k3s_loadbalancer_dial_duration_seconds_sum{{{labels}}} {}",
+            histogram.sum
+        );
+        let _ = writeln!(
+            out,
+            "k3s_loadbalancer_dial_duration_seconds_count{{{labels}}} {count}"
         );
     }
+
+    family(
+        &mut out,
+        "daas_lb_state_transitions_total",
+        "counter",
+        "Server state changes, by service, server and states.",
+    );
+    for ((name, server, from, to), n) in &counters.transitions {
+        let _ = writeln!(
+            out,
+            "daas_lb_state_transitions_total{{name=\"{}\",server=\"{}\",from=\"{from}\",to=\"{to}\"}} {n}",
+            label(name),
+            label(server)
+        );
+    }
+
+    let get = |map: &BTreeMap<String, u64>, name: &str| map.get(name).copied().unwrap_or(0);
+    per_service(
+        &mut out,
+        status,
+        (
+            "daas_lb_fail_open_total",
+            "counter",
+            "Times every server of the service failed and it failed open to the best-ranked one.",
+        ),
+        |service| get(&counters.fail_open, &service.name),
+    );
+    per_service(
+        &mut out,
+        status,
+        (
+            "daas_lb_connections_closed_total",
+            "counter",
+            "Connections destroyed (SOCK_DESTROY) because their server failed, was removed or lost to another.",
+        ),
+        |service| get(&counters.closed_connections, &service.name),
+    );
+    per_service(
+        &mut out,
+        status,
+        (
+            "daas_lb_service_refused_total",
+            "counter",
+            "Connects and sends to the VIP refused (ECONNREFUSED) because no server was usable.",
+        ),
+        |service| service.refused,
+    );
+    per_service(
+        &mut out,
+        status,
+        (
+            "daas_lb_selection_changes_total",
+            "counter",
+            "Times the selected backend of the service changed.",
+        ),
+        |service| get(&counters.selection_changes, &service.name),
+    );
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        selection::ServerState,
-        status::{ServerStatus, ServiceStatus},
-    };
+    use crate::status::{ServerStatus, ServiceStatus};
 
-    #[test]
-    fn renders_health_as_k3s_state_numbers_and_counters() {
-        let status = Status {
+    fn server(address: &str, state: ServerState, connections: u32) -> ServerStatus {
+        ServerStatus {
+            address: address.into(),
+            state,
+            state_since: "2026-11-22T05:00:00.000Z".into(),
+            connections,
+            reason: None,
+            healthy: true,
+            default: false,
+            connects: 9,
+            sendmsgs: 0,
+            last_check: None,
+        }
+    }
+
+    fn sample() -> Status {
+        Status {
             services: vec![ServiceStatus {
                 name: "sup\"er".into(),
                 vip: "127.0.0.1:6444".into(),
                 protocol: "tcp".into(),
                 selected: Some("10.0.0.1:1".into()),
+                fail_open: false,
                 refused: 4,
                 servers: vec![
-                    ServerStatus {
-                        address: "10.0.0.1:1".into(),
-                        state: ServerState::Active,
-                        healthy: true,
-                        default: false,
-                        connects: 9,
-                        sendmsgs: 0,
-                        last_check: None,
-                    },
-                    ServerStatus {
-                        address: "10.0.0.2:1".into(),
-                        state: ServerState::Failed,
-                        healthy: false,
-                        default: false,
-                        connects: 0,
-                        sendmsgs: 0,
-                        last_check: None,
-                    },
+                    server("10.0.0.1:1", ServerState::Active, 3),
+                    server("10.0.0.2:1", ServerState::Failed, 0),
                 ],
             }],
+        }
+    }
+
+    #[test]
+    fn renders_health_as_k3s_state_numbers_and_counters() {
+        let mut counters = Counters::default();
+        counters.selection_changed("sup\"er");
+        counters.selection_changed("sup\"er");
+        counters.failed_open("sup\"er");
+        counters.closed("sup\"er", 5);
+        let text = render(&sample(), &counters);
+        for line in [
+            "k3s_loadbalancer_server_health{name=\"sup\\\"er\",server=\"10.0.0.1:1\"} 7",
+            "k3s_loadbalancer_server_health{name=\"sup\\\"er\",server=\"10.0.0.2:1\"} 1",
+            "k3s_loadbalancer_server_connections{name=\"sup\\\"er\",server=\"10.0.0.1:1\"} 3",
+            "daas_lb_backend_connects_total{name=\"sup\\\"er\",server=\"10.0.0.1:1\"} 9",
+            "daas_lb_service_refused_total{name=\"sup\\\"er\"} 4",
+            "daas_lb_selection_changes_total{name=\"sup\\\"er\"} 2",
+            "daas_lb_fail_open_total{name=\"sup\\\"er\"} 1",
+            "daas_lb_connections_closed_total{name=\"sup\\\"er\"} 5",
+            "# TYPE daas_lb_backend_connects_total counter",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn each_family_is_one_contiguous_group() {
+        let mut counters = Counters::default();
+        counters.observe_dial("a", DialStatus::Success, Duration::from_millis(1));
+        counters.transition(
+            "a",
+            "10.0.0.1:1".parse().unwrap(),
+            ServerState::Unchecked,
+            ServerState::Recovering,
+        );
+        let text = render(&sample(), &counters);
+        let mut seen = Vec::new();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            let family = name
+                .trim_end_matches("_bucket")
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count");
+            if seen.last() != Some(&family.to_owned()) {
+                assert!(
+                    !seen.contains(&family.to_owned()),
+                    "{family} split in\n{text}"
+                );
+                seen.push(family.to_owned());
+            }
+        }
+    }
+
+    #[test]
+    fn dial_histogram_has_fifteen_doubling_buckets_from_one_millisecond() {
+        assert!((Histogram::bound(0) - 0.001).abs() < 1e-12);
+        assert!((Histogram::bound(14) - 16.384).abs() < 1e-9);
+        let mut counters = Counters::default();
+        for ms in [0.5, 1.0, 1.5, 3.0, 20_000.0] {
+            counters.observe_dial(
+                "a",
+                DialStatus::Failure,
+                Duration::from_secs_f64(ms / 1000.0),
+            );
+        }
+        let text = render(&sample(), &counters);
+        let bucket = |le: &str| {
+            let prefix = format!(
+                "k3s_loadbalancer_dial_duration_seconds_bucket{{name=\"a\",status=\"failure\",le=\"{le}\"}} "
+            );
+            text.lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .unwrap_or_else(|| panic!("no bucket {le} in\n{text}"))
+                .to_owned()
         };
-        let text = render(&status, &[("sup\"er".into(), 2)]);
+        assert_eq!(bucket("0.001"), "2");
+        assert_eq!(bucket("0.002"), "3");
+        assert_eq!(bucket("0.004"), "4");
+        assert_eq!(bucket("16.384"), "4");
+        assert_eq!(bucket("+Inf"), "5");
+        let buckets = text
+            .lines()
+            .filter(|l| l.starts_with("k3s_loadbalancer_dial_duration_seconds_bucket{name=\"a\""))
+            .count();
+        assert_eq!(buckets, DIAL_BUCKETS + 1);
         assert!(text.contains(
-            "k3s_loadbalancer_server_health{name=\"sup\\\"er\",server=\"10.0.0.1:1\"} 7"
+            "k3s_loadbalancer_dial_duration_seconds_count{name=\"a\",status=\"failure\"} 5"
         ));
-        assert!(text.contains(
-            "k3s_loadbalancer_server_health{name=\"sup\\\"er\",server=\"10.0.0.2:1\"} 1"
-        ));
-        assert!(text.contains(
-            "daas_lb_backend_connects_total{name=\"sup\\\"er\",server=\"10.0.0.1:1\"} 9"
-        ));
-        assert!(text.contains("daas_lb_service_refused_total{name=\"sup\\\"er\"} 4"));
-        assert!(text.contains("daas_lb_selection_changes_total{name=\"sup\\\"er\"} 2"));
-        assert!(text.contains("# TYPE daas_lb_backend_connects_total counter"));
     }
 }

@@ -98,7 +98,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         reused_maps = ?report.reused_maps,
         "programs attached"
     );
-    let controller = match Controller::new(&config, dataplane) {
+    let controller = match Controller::new(config.clone(), dataplane) {
         Ok(c) => c,
         Err(err) => {
             if report.adopted.is_empty() {
@@ -107,7 +107,18 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             return Err(err);
         }
     };
-    controller.spawn_checks(&mut tasks);
+    {
+        let c = controller.clone();
+        let every = config.connection_poll_interval;
+        tasks.spawn(async move {
+            let mut ticker = tokio::time::interval(every);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                tokio::task::block_in_place(|| c.poll());
+            }
+        });
+    }
     {
         let c = controller.clone();
         tasks.spawn(async move {
@@ -134,7 +145,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         println!("{text}");
     }
 
-    wait_for_stop_signal().await?;
+    wait_for_stop_signal(&controller, &options).await?;
     tasks.shutdown().await;
     controller.shutdown()?;
     info!(pin_dir = %config.bpffs_dir.display(), "detached and unpinned; bye");
@@ -150,7 +161,7 @@ fn is_permission_error(err: &anyhow::Error) -> bool {
     })
 }
 
-async fn wait_for_stop_signal() -> anyhow::Result<()> {
+async fn wait_for_stop_signal(controller: &Controller, options: &RunOptions) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
@@ -158,9 +169,32 @@ async fn wait_for_stop_signal() -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: shutting down"); return Ok(()); }
             _ = int.recv() => { info!("SIGINT: shutting down"); return Ok(()); }
-            _ = hup.recv() => {
-                warn!("SIGHUP: live config reload is not available in this version; restart daas-lb to apply a new config (the data plane is adopted without interruption)");
-            }
+            _ = hup.recv() => reload(controller, options),
+        }
+    }
+}
+
+/// SIGHUP: re-reads the config file; a file that does not load or apply
+/// leaves the running configuration as it was.
+fn reload(controller: &Controller, options: &RunOptions) {
+    let ConfigSource::File(path) = &options.source else {
+        warn!("SIGHUP: the demo configuration is built in and cannot be reloaded");
+        return;
+    };
+    info!(path = %path.display(), "SIGHUP: reloading the configuration");
+    let result = Config::load(path).and_then(|mut config| {
+        if let Some(cgroup) = &options.cgroup {
+            config.cgroup = Some(cgroup.clone());
+        }
+        if let Some(dir) = &options.bpffs_dir {
+            config.bpffs_dir.clone_from(dir);
+        }
+        tokio::task::block_in_place(|| controller.reload(config))
+    });
+    match result {
+        Ok(()) => info!(path = %path.display(), "configuration reloaded"),
+        Err(err) => {
+            error!(path = %path.display(), error = format!("{err:#}"), "configuration NOT reloaded; keeping the running one");
         }
     }
 }

@@ -1,0 +1,1317 @@
+//! Counting and closing the kernel's TCP/UDP sockets through the `sock_diag`
+//! netlink interface (`NETLINK_SOCK_DIAG`).
+//!
+//! - A dump sends one `SOCK_DIAG_BY_FAMILY` request (`struct inet_diag_req_v2`
+//!   with `NLM_F_DUMP`) per address family and reads `struct inet_diag_msg`
+//!   replies until `NLMSG_DONE`.
+//! - A destroy sends `SOCK_DESTROY` (needs `CONFIG_INET_DIAG_DESTROY` and
+//!   `CAP_NET_ADMIN`) naming one socket by its full identity (addresses,
+//!   ports, interface, cookie) and waits for the kernel's acknowledgement. The
+//!   kernel aborts it with `ECONNABORTED`: a TCP socket sends a reset to its
+//!   peer and closes, a UDP socket is disconnected; the owner's next call on
+//!   it fails with `ECONNABORTED`.
+//!
+//! Wire formats come from the kernel's uapi headers `linux/netlink.h`,
+//! `linux/sock_diag.h` and `linux/inet_diag.h`. Encoding and decoding are pure
+//! functions ([`encode_request`], [`parse_messages`], [`parse_diag_msg`], …);
+//! [`SockDiag`] only adds the socket and the read loops.
+//!
+//! The netlink socket belongs to the network namespace of the thread that
+//! called [`SockDiag::open`]; dumps and destroys see only that namespace.
+
+use std::{
+    collections::HashSet,
+    fmt,
+    hash::BuildHasher,
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+
+// --- linux/netlink.h ---------------------------------------------------------
+
+/// `sizeof(struct nlmsghdr)`: `__u32 len; __u16 type; __u16 flags; __u32 seq; __u32 pid`.
+const NLMSG_HDRLEN: usize = 16;
+/// `NLMSG_ALIGNTO`: every message starts on a 4-byte boundary.
+const NLMSG_ALIGNTO: usize = 4;
+/// `NLMSG_NOOP`: to be ignored.
+const NLMSG_NOOP: u16 = 1;
+/// `NLMSG_ERROR`: payload `struct nlmsgerr { int error; struct nlmsghdr msg; … }`.
+const NLMSG_ERROR: u16 = 2;
+/// `NLMSG_DONE`: end of a dump; payload is the dump's `int` result.
+const NLMSG_DONE: u16 = 3;
+/// `NLMSG_OVERRUN`: data lost.
+const NLMSG_OVERRUN: u16 = 4;
+/// `NLM_F_REQUEST`.
+const NLM_F_REQUEST: u16 = 0x01;
+/// `NLM_F_ACK`: reply with an `NLMSG_ERROR` carrying 0 or `-errno`.
+const NLM_F_ACK: u16 = 0x04;
+/// `NLM_F_DUMP` = `NLM_F_ROOT | NLM_F_MATCH`.
+const NLM_F_DUMP: u16 = 0x100 | 0x200;
+
+// --- linux/sock_diag.h -------------------------------------------------------
+
+/// `SOCK_DIAG_BY_FAMILY`: query (dump) sockets of one family and protocol.
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+/// `SOCK_DESTROY`: abort one socket.
+const SOCK_DESTROY: u16 = 21;
+
+// --- linux/inet_diag.h -------------------------------------------------------
+
+/// `INET_DIAG_NOCOOKIE`: in both cookie words, "do not check the cookie".
+const INET_DIAG_NOCOOKIE: u32 = !0;
+/// `sizeof(struct inet_diag_sockid)`: sport, dport (`__be16`), src, dst
+/// (`__be32[4]`), if (`__u32`), cookie (`__u32[2]`).
+const SOCKID_LEN: usize = 2 + 2 + 16 + 16 + 4 + 8;
+/// `sizeof(struct inet_diag_req_v2)`: family, protocol, ext, pad (`__u8`),
+/// states (`__u32`), id.
+const REQ_V2_LEN: usize = 4 + 4 + SOCKID_LEN;
+/// `sizeof(struct inet_diag_msg)`: family, state, timer, retrans (`__u8`), id,
+/// expires, rqueue, wqueue, uid, inode (`__u32`).
+const DIAG_MSG_LEN: usize = 4 + SOCKID_LEN + 5 * 4;
+/// Length of every request this module sends.
+pub const REQUEST_LEN: usize = NLMSG_HDRLEN + REQ_V2_LEN;
+
+// --- TCP states (include/net/tcp_states.h) ----------------------------------
+
+/// `TCP_ESTABLISHED`; for UDP: connected.
+pub const STATE_ESTABLISHED: u8 = 1;
+/// `TCP_CLOSE`; for UDP: not connected.
+pub const STATE_CLOSE: u8 = 7;
+/// `TCP_LISTEN`.
+pub const STATE_LISTEN: u8 = 10;
+/// State mask with only [`STATE_ESTABLISHED`]: established TCP and connected UDP sockets.
+pub const ESTABLISHED_ONLY: u32 = state_mask(STATE_ESTABLISHED);
+/// State mask matching every state.
+pub const ALL_STATES: u32 = u32::MAX;
+
+/// The state mask bit of one state (bit n = state n).
+pub const fn state_mask(state: u8) -> u32 {
+    1 << state
+}
+
+/// Size of the receive buffer. The kernel sizes dump messages after the
+/// largest read it has seen, capped at 32 KiB, so a 32 KiB read always takes
+/// a whole datagram.
+const RECV_BUFFER_LEN: usize = 32 * 1024;
+/// How long one read waits for the kernel (`SO_RCVTIMEO`).
+const RECV_TIMEOUT: Duration = Duration::from_secs(5);
+/// Upper bound for a whole dump or destroy exchange.
+const EXCHANGE_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Transport protocol of a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// TCP (`IPPROTO_TCP`).
+    Tcp,
+    /// UDP (`IPPROTO_UDP`).
+    Udp,
+}
+
+impl Transport {
+    /// The IP protocol number (`IPPROTO_TCP` = 6, `IPPROTO_UDP` = 17).
+    pub const fn protocol(self) -> u8 {
+        match self {
+            Self::Tcp => 6,
+            Self::Udp => 17,
+        }
+    }
+
+    /// `"tcp"` or `"udp"`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `AF_INET` as the kernel reports it in `inet_diag_msg.idiag_family`.
+pub const AF_INET: u8 = libc::AF_INET as u8;
+/// `AF_INET6` as the kernel reports it in `inet_diag_msg.idiag_family`.
+pub const AF_INET6: u8 = libc::AF_INET6 as u8;
+
+fn family_name(family: u8) -> &'static str {
+    match family {
+        AF_INET => "ipv4",
+        AF_INET6 => "ipv6",
+        _ => "unknown-family",
+    }
+}
+
+/// One socket as `sock_diag` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SocketInfo {
+    /// TCP or UDP.
+    pub transport: Transport,
+    /// `AF_INET` or `AF_INET6` (as u8) – the socket's own family; an IPv4 peer
+    /// of a dual-stack IPv6 socket is reported as `::ffff:a.b.c.d` inside a V6
+    /// `SocketAddr`.
+    pub family: u8,
+    /// TCP state number (`TCP_ESTABLISHED` = 1, …); for UDP the kernel reports
+    /// 1 (established = connected) or 7 (close = unconnected).
+    pub state: u8,
+    /// The socket's own address (`0.0.0.0`/`::` and port 0 when unbound).
+    /// IPv6 addresses carry no scope id; see [`SocketInfo::interface`].
+    pub local: SocketAddr,
+    /// The peer (`0.0.0.0:0`/`[::]:0` when not connected).
+    pub peer: SocketAddr,
+    /// The interface the socket is bound to (`SO_BINDTODEVICE`), 0 if none.
+    pub interface: u32,
+    /// The socket cookie (same value as `bpf_get_socket_cookie` in BPF
+    /// programs and `getsockopt(SO_COOKIE)`).
+    pub cookie: u64,
+}
+
+impl SocketInfo {
+    /// Whether this is a connection: TCP established, or a connected UDP
+    /// socket (state 1 with a non-zero peer port).
+    pub fn is_connected(&self) -> bool {
+        self.state == STATE_ESTABLISHED && self.peer.port() != 0
+    }
+
+    /// The peer with a v4-mapped IPv6 address turned into IPv4.
+    pub fn peer_unmapped(&self) -> SocketAddr {
+        unmapped(self.peer)
+    }
+}
+
+/// `[::ffff:a.b.c.d]:p` → `a.b.c.d:p`; every other address unchanged.
+pub fn unmapped(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
+    }
+}
+
+/// `a.b.c.d:p` → `[::ffff:a.b.c.d]:p`; IPv6 addresses unchanged.
+pub fn v4_mapped(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(v4) => {
+            SocketAddr::V6(SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0))
+        }
+        SocketAddr::V6(_) => addr,
+    }
+}
+
+/// `struct inet_diag_sockid` of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SockId {
+    /// Source (local) port.
+    pub sport: u16,
+    /// Destination (peer) port.
+    pub dport: u16,
+    /// Source address as 16 bytes in network order (IPv4: first 4, rest 0).
+    pub src: [u8; 16],
+    /// Destination address, same encoding.
+    pub dst: [u8; 16],
+    /// Interface index.
+    pub interface: u32,
+    /// The cookie; `None` encodes `INET_DIAG_NOCOOKIE` in both words ("any").
+    pub cookie: Option<u64>,
+}
+
+impl SockId {
+    /// All-zero addresses and ports and no cookie: what a dump sends (the
+    /// kernel's dumps skip sockets whose ports differ from non-zero ports
+    /// here).
+    pub const ANY: Self = Self {
+        sport: 0,
+        dport: 0,
+        src: [0; 16],
+        dst: [0; 16],
+        interface: 0,
+        cookie: None,
+    };
+
+    fn encode(&self, out: &mut [u8; SOCKID_LEN]) {
+        out[0..2].copy_from_slice(&self.sport.to_be_bytes());
+        out[2..4].copy_from_slice(&self.dport.to_be_bytes());
+        out[4..20].copy_from_slice(&self.src);
+        out[20..36].copy_from_slice(&self.dst);
+        out[36..40].copy_from_slice(&self.interface.to_ne_bytes());
+        // sock_diag_save_cookie(): word 0 = low 32 bits, word 1 = high 32 bits,
+        // each in host order.
+        let (low, high) = match self.cookie {
+            Some(cookie) => (cookie as u32, (cookie >> 32) as u32),
+            None => (INET_DIAG_NOCOOKIE, INET_DIAG_NOCOOKIE),
+        };
+        out[40..44].copy_from_slice(&low.to_ne_bytes());
+        out[44..48].copy_from_slice(&high.to_ne_bytes());
+    }
+}
+
+/// `struct inet_diag_req_v2`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiagRequest {
+    /// `sdiag_family`: `AF_INET` or `AF_INET6`.
+    pub family: u8,
+    /// `sdiag_protocol`: `IPPROTO_TCP` or `IPPROTO_UDP`.
+    pub protocol: u8,
+    /// `idiag_states`: state mask (bit n = state n).
+    pub states: u32,
+    /// `id`.
+    pub id: SockId,
+}
+
+/// Encodes `nlmsghdr` + `inet_diag_req_v2` (no attributes, `idiag_ext` = 0).
+pub fn encode_request(
+    msg_type: u16,
+    flags: u16,
+    seq: u32,
+    request: &DiagRequest,
+) -> [u8; REQUEST_LEN] {
+    let mut out = [0u8; REQUEST_LEN];
+    // nlmsghdr; nlmsg_pid stays 0 (the kernel fills in the sender).
+    out[0..4].copy_from_slice(&(REQUEST_LEN as u32).to_ne_bytes());
+    out[4..6].copy_from_slice(&msg_type.to_ne_bytes());
+    out[6..8].copy_from_slice(&flags.to_ne_bytes());
+    out[8..12].copy_from_slice(&seq.to_ne_bytes());
+    // inet_diag_req_v2; idiag_ext and pad stay 0.
+    out[16] = request.family;
+    out[17] = request.protocol;
+    out[20..24].copy_from_slice(&request.states.to_ne_bytes());
+    let mut id = [0u8; SOCKID_LEN];
+    request.id.encode(&mut id);
+    out[24..].copy_from_slice(&id);
+    out
+}
+
+/// The `SOCK_DIAG_BY_FAMILY` dump request for one family and transport.
+pub fn dump_request(seq: u32, family: u8, transport: Transport, states: u32) -> [u8; REQUEST_LEN] {
+    encode_request(
+        SOCK_DIAG_BY_FAMILY,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        seq,
+        &DiagRequest {
+            family,
+            protocol: transport.protocol(),
+            states,
+            id: SockId::ANY,
+        },
+    )
+}
+
+/// The `SOCK_DESTROY` request (with `NLM_F_ACK`) naming exactly `socket`.
+pub fn destroy_request(seq: u32, socket: &SocketInfo) -> anyhow::Result<[u8; REQUEST_LEN]> {
+    let src = address_bytes(socket.family, socket.local.ip())?;
+    let dst = address_bytes(socket.family, socket.peer.ip())?;
+    Ok(encode_request(
+        SOCK_DESTROY,
+        NLM_F_REQUEST | NLM_F_ACK,
+        seq,
+        &DiagRequest {
+            family: socket.family,
+            protocol: socket.transport.protocol(),
+            // Not looked at for a single-socket request.
+            states: 0,
+            id: SockId {
+                sport: socket.local.port(),
+                dport: socket.peer.port(),
+                src,
+                dst,
+                interface: socket.interface,
+                cookie: Some(socket.cookie),
+            },
+        },
+    ))
+}
+
+/// An address as the 16 bytes of `idiag_src`/`idiag_dst` for a socket of
+/// `family`: IPv4 in the first 4 bytes, IPv6 (an IPv4 address of an IPv6
+/// socket as `::ffff:a.b.c.d`) in all 16.
+pub fn address_bytes(family: u8, ip: IpAddr) -> anyhow::Result<[u8; 16]> {
+    let v4 = |v4: Ipv4Addr| {
+        let mut out = [0u8; 16];
+        out[..4].copy_from_slice(&v4.octets());
+        out
+    };
+    match (family, ip) {
+        (AF_INET, IpAddr::V4(ip)) => Ok(v4(ip)),
+        (AF_INET, IpAddr::V6(ip)) => match ip.to_ipv4_mapped() {
+            Some(ip) => Ok(v4(ip)),
+            None => bail!("IPv6 address {ip} on an AF_INET socket"),
+        },
+        (AF_INET6, IpAddr::V6(ip)) => Ok(ip.octets()),
+        (AF_INET6, IpAddr::V4(ip)) => Ok(ip.to_ipv6_mapped().octets()),
+        (other, _) => bail!("address family {other} is neither AF_INET nor AF_INET6"),
+    }
+}
+
+/// The inverse of [`address_bytes`]: a socket address of `family` from the 16
+/// address bytes and a port.
+pub fn socket_addr(family: u8, address: [u8; 16], port: u16) -> anyhow::Result<SocketAddr> {
+    match family {
+        AF_INET => {
+            let [a, b, c, d, ..] = address;
+            Ok(SocketAddr::new(Ipv4Addr::new(a, b, c, d).into(), port))
+        }
+        AF_INET6 => Ok(SocketAddr::V6(SocketAddrV6::new(
+            Ipv6Addr::from(address),
+            port,
+            0,
+            0,
+        ))),
+        other => bail!("address family {other} is neither AF_INET nor AF_INET6"),
+    }
+}
+
+/// One netlink message of a receive buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Message<'a> {
+    /// Any other message type (for `sock_diag`: an `inet_diag_msg` with attributes).
+    Data {
+        /// `nlmsg_type`.
+        msg_type: u16,
+        /// `nlmsg_flags`.
+        flags: u16,
+        /// `nlmsg_seq`.
+        seq: u32,
+        /// The bytes after the header, up to `nlmsg_len`.
+        payload: &'a [u8],
+    },
+    /// `NLMSG_DONE` with the dump's result (0 or `-errno`; 0 if absent).
+    Done {
+        /// `nlmsg_seq`.
+        seq: u32,
+        /// 0 or a negative errno.
+        error: i32,
+    },
+    /// `NLMSG_ERROR`: 0 is an acknowledgement, otherwise `-errno`.
+    Error {
+        /// `nlmsg_seq`.
+        seq: u32,
+        /// 0 or a negative errno.
+        error: i32,
+    },
+}
+
+const fn nlmsg_align(len: usize) -> usize {
+    (len + NLMSG_ALIGNTO - 1) & !(NLMSG_ALIGNTO - 1)
+}
+
+fn u16_at(buf: &[u8], offset: usize) -> u16 {
+    u16::from_ne_bytes([buf[offset], buf[offset + 1]])
+}
+
+fn u32_at(buf: &[u8], offset: usize) -> u32 {
+    u32::from_ne_bytes([
+        buf[offset],
+        buf[offset + 1],
+        buf[offset + 2],
+        buf[offset + 3],
+    ])
+}
+
+fn i32_at(buf: &[u8], offset: usize) -> i32 {
+    u32_at(buf, offset) as i32
+}
+
+/// Splits one datagram into netlink messages (`NLMSG_NOOP` skipped). A
+/// truncated header or a length that is too small or runs past the buffer is
+/// an error; `NLMSG_OVERRUN` too.
+pub fn parse_messages(buf: &[u8]) -> anyhow::Result<Vec<Message<'_>>> {
+    let mut messages = Vec::new();
+    let mut offset = 0;
+    while offset < buf.len() {
+        let rest = &buf[offset..];
+        ensure!(
+            rest.len() >= NLMSG_HDRLEN,
+            "truncated netlink header at offset {offset}: {} bytes left",
+            rest.len()
+        );
+        let len = u32_at(rest, 0) as usize;
+        let msg_type = u16_at(rest, 4);
+        let flags = u16_at(rest, 6);
+        let seq = u32_at(rest, 8);
+        ensure!(
+            len >= NLMSG_HDRLEN,
+            "netlink message at offset {offset} has length {len} < {NLMSG_HDRLEN}"
+        );
+        ensure!(
+            len <= rest.len(),
+            "truncated netlink message at offset {offset}: length {len}, {} bytes left",
+            rest.len()
+        );
+        let payload = &rest[NLMSG_HDRLEN..len];
+        match msg_type {
+            NLMSG_NOOP => {}
+            NLMSG_OVERRUN => bail!("netlink overrun (data lost)"),
+            NLMSG_ERROR => {
+                ensure!(
+                    payload.len() >= 4,
+                    "NLMSG_ERROR at offset {offset} too short: {} payload bytes",
+                    payload.len()
+                );
+                messages.push(Message::Error {
+                    seq,
+                    error: i32_at(payload, 0),
+                });
+            }
+            NLMSG_DONE => {
+                let error = if payload.len() >= 4 {
+                    i32_at(payload, 0)
+                } else {
+                    0
+                };
+                messages.push(Message::Done { seq, error });
+            }
+            _ => messages.push(Message::Data {
+                msg_type,
+                flags,
+                seq,
+                payload,
+            }),
+        }
+        // The last message may lack its padding; never step past the end.
+        offset = offset.saturating_add(nlmsg_align(len)).min(buf.len());
+    }
+    Ok(messages)
+}
+
+/// Decodes a `struct inet_diag_msg` (attributes after it are ignored).
+pub fn parse_diag_msg(transport: Transport, payload: &[u8]) -> anyhow::Result<SocketInfo> {
+    ensure!(
+        payload.len() >= DIAG_MSG_LEN,
+        "inet_diag_msg too short: {} bytes, need {DIAG_MSG_LEN}",
+        payload.len()
+    );
+    let family = payload[0];
+    let state = payload[1];
+    // id starts at offset 4.
+    let sport = u16::from_be_bytes([payload[4], payload[5]]);
+    let dport = u16::from_be_bytes([payload[6], payload[7]]);
+    let mut src = [0u8; 16];
+    src.copy_from_slice(&payload[8..24]);
+    let mut dst = [0u8; 16];
+    dst.copy_from_slice(&payload[24..40]);
+    let interface = u32_at(payload, 40);
+    let cookie = u64::from(u32_at(payload, 44)) | (u64::from(u32_at(payload, 48)) << 32);
+    Ok(SocketInfo {
+        transport,
+        family,
+        state,
+        local: socket_addr(family, src, sport)?,
+        peer: socket_addr(family, dst, dport)?,
+        interface,
+        cookie,
+    })
+}
+
+/// Where a dump stands after one datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DumpProgress {
+    /// `NLMSG_DONE` not seen yet.
+    More,
+    /// `NLMSG_DONE` seen.
+    Done,
+}
+
+/// Adds the sockets of one dump datagram to `out`. Messages with another
+/// sequence number (left over from an earlier, abandoned exchange) are
+/// skipped; an `NLMSG_ERROR` or a negative `NLMSG_DONE` for `seq` is an error.
+pub fn collect_dump(
+    buf: &[u8],
+    seq: u32,
+    transport: Transport,
+    out: &mut Vec<SocketInfo>,
+) -> anyhow::Result<DumpProgress> {
+    // inet_diag dumps walk the hash tables without a generation count, so they
+    // never set NLM_F_DUMP_INTR: a socket opened or closed during the dump may
+    // or may not be in it.
+    for message in parse_messages(buf)? {
+        match message {
+            Message::Data { seq: s, .. }
+            | Message::Done { seq: s, .. }
+            | Message::Error { seq: s, .. }
+                if s != seq => {}
+            Message::Data {
+                msg_type, payload, ..
+            } => {
+                ensure!(
+                    msg_type == SOCK_DIAG_BY_FAMILY,
+                    "unexpected netlink message type {msg_type} in a dump"
+                );
+                out.push(parse_diag_msg(transport, payload)?);
+            }
+            Message::Done { error, .. } => {
+                if error < 0 {
+                    return Err(io::Error::from_raw_os_error(-error))
+                        .context("the kernel ended the dump with an error");
+                }
+                return Ok(DumpProgress::Done);
+            }
+            Message::Error { error, .. } => {
+                if error < 0 {
+                    return Err(io::Error::from_raw_os_error(-error))
+                        .context("the kernel refused the dump request");
+                }
+                bail!("unexpected acknowledgement in a dump");
+            }
+        }
+    }
+    Ok(DumpProgress::More)
+}
+
+/// The acknowledgement for request `seq` in one datagram: `Some(0)` for
+/// success, `Some(-errno)` for failure, `None` if this datagram has none.
+pub fn find_ack(buf: &[u8], seq: u32) -> anyhow::Result<Option<i32>> {
+    for message in parse_messages(buf)? {
+        if let Message::Error { seq: s, error } = message
+            && s == seq
+        {
+            return Ok(Some(error));
+        }
+    }
+    Ok(None)
+}
+
+/// A `NETLINK_SOCK_DIAG` socket.
+pub struct SockDiag {
+    fd: OwnedFd,
+    buf: Vec<u8>,
+    seq: u32,
+}
+
+impl fmt::Debug for SockDiag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SockDiag")
+            .field("fd", &self.fd)
+            .field("seq", &self.seq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SockDiag {
+    /// Opens a `NETLINK_SOCK_DIAG` socket (close-on-exec) connected to the
+    /// kernel, in the calling thread's network namespace.
+    pub fn open() -> anyhow::Result<Self> {
+        // SAFETY: socket(2) takes no pointers; the result is checked below.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_SOCK_DIAG,
+            )
+        };
+        if raw < 0 {
+            return Err(io::Error::last_os_error())
+                .context("socket(AF_NETLINK, NETLINK_SOCK_DIAG)");
+        }
+        // SAFETY: `raw` is a new, valid file descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+
+        // Connecting to the kernel (port id 0) makes the socket refuse
+        // messages from other user-space netlink sockets.
+        // SAFETY: all-zero bytes are a valid `sockaddr_nl` (a C struct of integers).
+        let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        // SAFETY: `kernel` is a live sockaddr_nl and the length passed is its size.
+        let rc = unsafe {
+            libc::connect(
+                fd.as_raw_fd(),
+                (&raw const kernel).cast::<libc::sockaddr>(),
+                size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error())
+                .context("connect(NETLINK_SOCK_DIAG) to the kernel");
+        }
+
+        let timeout = libc::timeval {
+            tv_sec: RECV_TIMEOUT.as_secs() as libc::time_t,
+            tv_usec: 0,
+        };
+        // SAFETY: `timeout` is a live timeval and the length passed is its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const timeout).cast::<libc::c_void>(),
+                size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error())
+                .context("setsockopt(SO_RCVTIMEO) on the sock_diag socket");
+        }
+        Ok(Self {
+            fd,
+            buf: vec![0; RECV_BUFFER_LEN],
+            seq: 0,
+        })
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        if self.seq == 0 {
+            self.seq = 1;
+        }
+        self.seq
+    }
+
+    fn send(&self, request: &[u8]) -> io::Result<()> {
+        loop {
+            // SAFETY: `request` is a live buffer of `request.len()` bytes the kernel only reads.
+            let sent = unsafe {
+                libc::send(
+                    self.fd.as_raw_fd(),
+                    request.as_ptr().cast::<libc::c_void>(),
+                    request.len(),
+                    0,
+                )
+            };
+            if sent >= 0 {
+                return if sent as usize == request.len() {
+                    Ok(())
+                } else {
+                    Err(io::Error::other(format!(
+                        "short netlink send: {sent} of {} bytes",
+                        request.len()
+                    )))
+                };
+            }
+            let error = io::Error::last_os_error();
+            if error.kind() != io::ErrorKind::Interrupted {
+                return Err(error);
+            }
+        }
+    }
+
+    /// Reads one datagram into `self.buf`; returns its length.
+    fn recv(&mut self) -> io::Result<usize> {
+        loop {
+            // MSG_TRUNC makes netlink return the datagram's real length, so a
+            // datagram larger than the buffer is detected instead of cut.
+            // SAFETY: `self.buf` is a live, writable buffer of `self.buf.len()` bytes.
+            let received = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    self.buf.as_mut_ptr().cast::<libc::c_void>(),
+                    self.buf.len(),
+                    libc::MSG_TRUNC,
+                )
+            };
+            if received >= 0 {
+                let received = received as usize;
+                if received > self.buf.len() {
+                    return Err(io::Error::other(format!(
+                        "netlink datagram of {received} bytes does not fit the {}-byte buffer",
+                        self.buf.len()
+                    )));
+                }
+                return Ok(received);
+            }
+            let error = io::Error::last_os_error();
+            match error.kind() {
+                io::ErrorKind::Interrupted => {}
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no reply from the kernel within {RECV_TIMEOUT:?}"),
+                    ));
+                }
+                _ => return Err(error),
+            }
+        }
+    }
+
+    /// Every socket of `transport` in both families whose state is in
+    /// `states` (bit n = state n, e.g. [`ESTABLISHED_ONLY`], [`ALL_STATES`]),
+    /// in the network namespace this socket was opened in. IPv4 sockets come
+    /// first, then IPv6 ones (dual-stack sockets included).
+    pub fn dump(&mut self, transport: Transport, states: u32) -> anyhow::Result<Vec<SocketInfo>> {
+        let mut out = Vec::new();
+        for family in [AF_INET, AF_INET6] {
+            self.dump_family(transport, family, states, &mut out)
+                .with_context(|| {
+                    format!(
+                        "sock_diag dump of {transport}/{} sockets",
+                        family_name(family)
+                    )
+                })?;
+        }
+        Ok(out)
+    }
+
+    fn dump_family(
+        &mut self,
+        transport: Transport,
+        family: u8,
+        states: u32,
+        out: &mut Vec<SocketInfo>,
+    ) -> anyhow::Result<()> {
+        let seq = self.next_seq();
+        self.send(&dump_request(seq, family, transport, states))
+            .context("sending the request")?;
+        let deadline = Instant::now() + EXCHANGE_DEADLINE;
+        loop {
+            let len = self.recv().context("reading the reply")?;
+            if collect_dump(&self.buf[..len], seq, transport, out)? == DumpProgress::Done {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "dump did not finish within {EXCHANGE_DEADLINE:?}"
+            );
+        }
+    }
+
+    /// Destroys one socket (found by a previous dump: family, protocol,
+    /// addresses, ports, interface and cookie must all match).
+    ///
+    /// `Ok(true)`: destroyed. `Ok(false)`: it was already gone – `ENOENT`
+    /// (nothing has that address tuple any more) or `ESTALE` (a different
+    /// socket, with another cookie, now has it; that one is left alone).
+    /// Needs `CAP_NET_ADMIN` (`EPERM` otherwise).
+    pub fn destroy(&mut self, socket: &SocketInfo) -> anyhow::Result<bool> {
+        self.destroy_inner(socket).with_context(|| {
+            format!(
+                "sock_diag destroy of {} socket {} -> {} (cookie {})",
+                socket.transport, socket.local, socket.peer, socket.cookie
+            )
+        })
+    }
+
+    fn destroy_inner(&mut self, socket: &SocketInfo) -> anyhow::Result<bool> {
+        let seq = self.next_seq();
+        let request = destroy_request(seq, socket)?;
+        self.send(&request).context("sending the request")?;
+        let deadline = Instant::now() + EXCHANGE_DEADLINE;
+        let error = loop {
+            let len = self.recv().context("reading the acknowledgement")?;
+            if let Some(error) = find_ack(&self.buf[..len], seq)? {
+                break error;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "no acknowledgement within {EXCHANGE_DEADLINE:?}"
+            );
+        };
+        match -error {
+            0 => Ok(true),
+            libc::ENOENT | libc::ESTALE => Ok(false),
+            errno @ libc::EPERM => {
+                Err(io::Error::from_raw_os_error(errno)).context("SOCK_DESTROY needs CAP_NET_ADMIN")
+            }
+            errno @ libc::EOPNOTSUPP => Err(io::Error::from_raw_os_error(errno))
+                .context("SOCK_DESTROY unsupported (kernel without CONFIG_INET_DIAG_DESTROY?)"),
+            errno => Err(io::Error::from_raw_os_error(errno)).context("SOCK_DESTROY failed"),
+        }
+    }
+
+    /// The connections of `transport` to any of `peers`: established TCP, or
+    /// connected UDP (state 1 with a non-zero peer port), whose peer is in
+    /// `peers`. A v4-mapped peer (`[::ffff:a.b.c.d]:p`) of a dual-stack socket
+    /// matches `a.b.c.d:p` in `peers` and the other way round.
+    ///
+    /// Every process's sockets in the namespace are included, also this
+    /// process's own (e.g. health probes).
+    pub fn established_to(
+        &mut self,
+        transport: Transport,
+        peers: &HashSet<SocketAddr, impl BuildHasher>,
+    ) -> anyhow::Result<Vec<SocketInfo>> {
+        let mut sockets = self.dump(transport, ESTABLISHED_ONLY)?;
+        sockets.retain(|s| s.is_connected() && peer_matches(s.peer, peers));
+        Ok(sockets)
+    }
+}
+
+/// Whether `peer` is in `peers`, also comparing a v4-mapped IPv6 address
+/// with its IPv4 form.
+pub fn peer_matches(peer: SocketAddr, peers: &HashSet<SocketAddr, impl BuildHasher>) -> bool {
+    peers.contains(&peer) || peers.contains(&unmapped(peer)) || peers.contains(&v4_mapped(peer))
+}
+
+#[cfg(test)]
+mod tests {
+    //! Expected bytes are written out by hand from the uapi structs:
+    //!
+    //! ```text
+    //! struct nlmsghdr         { u32 len; u16 type; u16 flags; u32 seq; u32 pid; }        16 bytes
+    //! struct inet_diag_sockid { be16 sport, dport; be32 src[4], dst[4]; u32 if; u32 cookie[2]; } 48
+    //! struct inet_diag_req_v2 { u8 family, protocol, ext, pad; u32 states; sockid id; }  56
+    //! struct inet_diag_msg    { u8 family, state, timer, retrans; sockid id;
+    //!                           u32 expires, rqueue, wqueue, uid, inode; }               72
+    //! ```
+    //!
+    //! Host-order fields are written as little-endian literals, so these tests
+    //! only run on little-endian targets.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn v4(a: u8, b: u8, c: u8, d: u8, port: u16) -> SocketAddr {
+        SocketAddr::new(Ipv4Addr::new(a, b, c, d).into(), port)
+    }
+
+    fn v6(ip: &str, port: u16) -> SocketAddr {
+        SocketAddr::new(ip.parse::<Ipv6Addr>().unwrap().into(), port)
+    }
+
+    #[test]
+    fn sizes_match_the_uapi_structs() {
+        assert_eq!(SOCKID_LEN, 48);
+        assert_eq!(REQ_V2_LEN, 56);
+        assert_eq!(DIAG_MSG_LEN, 72);
+        assert_eq!(REQUEST_LEN, 72);
+        assert_eq!(NLM_F_DUMP, 0x300);
+        assert_eq!(ESTABLISHED_ONLY, 0b10);
+        assert_eq!(state_mask(STATE_LISTEN), 0x400);
+    }
+
+    #[cfg(target_endian = "little")]
+    #[test]
+    fn dump_request_bytes() {
+        let bytes = dump_request(7, AF_INET6, Transport::Tcp, ESTABLISHED_ONLY);
+        #[rustfmt::skip]
+        let expected: [u8; 72] = [
+            // nlmsghdr: len 72, type 20 (SOCK_DIAG_BY_FAMILY), flags 0x301, seq 7, pid 0
+            72, 0, 0, 0,  20, 0,  0x01, 0x03,  7, 0, 0, 0,  0, 0, 0, 0,
+            // family 10 (AF_INET6), protocol 6 (TCP), ext 0, pad 0, states 1 << 1
+            10, 6, 0, 0,  2, 0, 0, 0,
+            // sockid: sport 0, dport 0
+            0, 0,  0, 0,
+            // src
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            // dst
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            // if 0
+            0, 0, 0, 0,
+            // cookie: INET_DIAG_NOCOOKIE in both words
+            0xff, 0xff, 0xff, 0xff,  0xff, 0xff, 0xff, 0xff,
+        ];
+        assert_eq!(bytes, expected);
+
+        let udp = dump_request(0x0102_0304, AF_INET, Transport::Udp, ALL_STATES);
+        assert_eq!(&udp[8..12], &[4, 3, 2, 1]);
+        assert_eq!(&udp[16..24], &[2, 17, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+    }
+
+    #[cfg(target_endian = "little")]
+    #[test]
+    fn destroy_request_v4_bytes() {
+        let socket = SocketInfo {
+            transport: Transport::Tcp,
+            family: AF_INET,
+            state: STATE_ESTABLISHED,
+            local: v4(10, 1, 2, 3, 8080),
+            peer: v4(192, 168, 0, 9, 443),
+            interface: 3,
+            cookie: 0x0000_0001_0000_0002,
+        };
+        let bytes = destroy_request(9, &socket).unwrap();
+        #[rustfmt::skip]
+        let expected: [u8; 72] = [
+            // nlmsghdr: len 72, type 21 (SOCK_DESTROY), flags 0x5 (REQUEST|ACK), seq 9, pid 0
+            72, 0, 0, 0,  21, 0,  0x05, 0x00,  9, 0, 0, 0,  0, 0, 0, 0,
+            // family 2 (AF_INET), protocol 6, ext 0, pad 0, states 0
+            2, 6, 0, 0,  0, 0, 0, 0,
+            // sport 8080 = 0x1f90, dport 443 = 0x01bb, big-endian
+            0x1f, 0x90,  0x01, 0xbb,
+            // src 10.1.2.3 in word 0
+            10, 1, 2, 3,  0, 0, 0, 0,  0, 0, 0, 0,  0, 0, 0, 0,
+            // dst 192.168.0.9
+            192, 168, 0, 9,  0, 0, 0, 0,  0, 0, 0, 0,  0, 0, 0, 0,
+            // if 3
+            3, 0, 0, 0,
+            // cookie: word 0 = low half (2), word 1 = high half (1)
+            2, 0, 0, 0,  1, 0, 0, 0,
+        ];
+        assert_eq!(bytes, expected);
+    }
+
+    #[test]
+    fn destroy_request_v6_and_v4_mapped() {
+        let mapped = SocketInfo {
+            transport: Transport::Udp,
+            family: AF_INET6,
+            state: STATE_ESTABLISHED,
+            local: v6("::ffff:127.0.0.1", 1),
+            // An IPv4 address given for an IPv6 socket is mapped.
+            peer: v4(127, 0, 0, 2, 2),
+            interface: 0,
+            cookie: u64::from(u32::MAX) + 1,
+        };
+        let bytes = destroy_request(1, &mapped).unwrap();
+        assert_eq!(&bytes[16..18], &[10, 17]);
+        assert_eq!(&bytes[24..28], &[0, 1, 0, 2]);
+        let mut src = [0u8; 16];
+        src[10] = 0xff;
+        src[11] = 0xff;
+        src[12..].copy_from_slice(&[127, 0, 0, 1]);
+        assert_eq!(&bytes[28..44], &src);
+        src[15] = 2;
+        assert_eq!(&bytes[44..60], &src);
+        // low word 0, high word 1
+        assert_eq!(&bytes[64..72], &[0, 0, 0, 0, 1, 0, 0, 0]);
+
+        let plain = SocketInfo {
+            family: AF_INET6,
+            local: v6("2001:db8::1", 5),
+            peer: v6("fe80::2", 6),
+            ..mapped
+        };
+        let bytes = destroy_request(1, &plain).unwrap();
+        assert_eq!(
+            &bytes[28..44],
+            &[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]
+        );
+        assert_eq!(
+            &bytes[44..60],
+            &[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]
+        );
+    }
+
+    #[test]
+    fn destroy_request_rejects_impossible_addresses() {
+        let socket = SocketInfo {
+            transport: Transport::Tcp,
+            family: AF_INET,
+            state: STATE_ESTABLISHED,
+            local: v6("2001:db8::1", 1),
+            peer: v4(1, 2, 3, 4, 5),
+            interface: 0,
+            cookie: 1,
+        };
+        assert!(destroy_request(1, &socket).is_err());
+        // A v4-mapped address on an AF_INET socket is fine (taken as IPv4).
+        let mapped = SocketInfo {
+            local: v6("::ffff:1.2.3.4", 1),
+            ..socket
+        };
+        let bytes = destroy_request(1, &mapped).unwrap();
+        assert_eq!(&bytes[28..32], &[1, 2, 3, 4]);
+        assert_eq!(&bytes[32..44], &[0; 12]);
+        let unknown = SocketInfo {
+            family: 1,
+            local: v4(1, 2, 3, 4, 1),
+            ..socket
+        };
+        assert!(destroy_request(1, &unknown).is_err());
+    }
+
+    #[test]
+    fn address_conversion() {
+        let mut bytes = [0u8; 16];
+        bytes[..4].copy_from_slice(&[127, 0, 0, 1]);
+        assert_eq!(
+            address_bytes(AF_INET, Ipv4Addr::LOCALHOST.into()).unwrap(),
+            bytes
+        );
+        assert_eq!(
+            socket_addr(AF_INET, bytes, 80).unwrap(),
+            v4(127, 0, 0, 1, 80)
+        );
+        // For AF_INET only the first word counts.
+        bytes[4] = 9;
+        assert_eq!(
+            socket_addr(AF_INET, bytes, 80).unwrap(),
+            v4(127, 0, 0, 1, 80)
+        );
+        let mut loopback6 = [0u8; 16];
+        loopback6[15] = 1;
+        assert_eq!(
+            address_bytes(AF_INET6, Ipv6Addr::LOCALHOST.into()).unwrap(),
+            loopback6
+        );
+        assert_eq!(socket_addr(AF_INET6, loopback6, 1).unwrap(), v6("::1", 1));
+        assert!(socket_addr(0, loopback6, 1).is_err());
+        assert!(address_bytes(0, Ipv6Addr::LOCALHOST.into()).is_err());
+
+        assert_eq!(unmapped(v6("::ffff:10.0.0.1", 9)), v4(10, 0, 0, 1, 9));
+        assert_eq!(unmapped(v6("::1", 9)), v6("::1", 9));
+        assert_eq!(unmapped(v4(10, 0, 0, 1, 9)), v4(10, 0, 0, 1, 9));
+        assert_eq!(v4_mapped(v4(10, 0, 0, 1, 9)), v6("::ffff:10.0.0.1", 9));
+        assert_eq!(v4_mapped(v6("::1", 9)), v6("::1", 9));
+    }
+
+    #[test]
+    fn peer_matching() {
+        let peers: HashSet<SocketAddr> = [v4(10, 0, 0, 1, 6443), v6("::ffff:10.0.0.2", 6443)]
+            .into_iter()
+            .collect();
+        assert!(peer_matches(v4(10, 0, 0, 1, 6443), &peers));
+        assert!(peer_matches(v6("::ffff:10.0.0.1", 6443), &peers));
+        assert!(peer_matches(v4(10, 0, 0, 2, 6443), &peers));
+        assert!(peer_matches(v6("::ffff:10.0.0.2", 6443), &peers));
+        assert!(!peer_matches(v4(10, 0, 0, 1, 6444), &peers));
+        assert!(!peer_matches(v6("::10.0.0.1", 6443), &peers));
+    }
+
+    #[test]
+    fn connected_means_state_1_and_a_peer_port() {
+        let mut s = SocketInfo {
+            transport: Transport::Udp,
+            family: AF_INET,
+            state: STATE_ESTABLISHED,
+            local: v4(127, 0, 0, 1, 5000),
+            peer: v4(127, 0, 0, 1, 53),
+            interface: 0,
+            cookie: 1,
+        };
+        assert!(s.is_connected());
+        s.peer = v4(0, 0, 0, 0, 0);
+        assert!(!s.is_connected());
+        s.peer = v4(127, 0, 0, 1, 53);
+        s.state = STATE_CLOSE;
+        assert!(!s.is_connected());
+    }
+
+    /// A netlink message: header (len, type, flags, seq, pid 0) + payload,
+    /// padded to 4 bytes when `pad`.
+    #[cfg(target_endian = "little")]
+    fn message(msg_type: u16, flags: u16, seq: u32, payload: &[u8], pad: bool) -> Vec<u8> {
+        let len = 16 + payload.len();
+        let mut out = Vec::new();
+        out.extend_from_slice(&[len as u8, (len >> 8) as u8, 0, 0]);
+        out.extend_from_slice(&[msg_type as u8, (msg_type >> 8) as u8]);
+        out.extend_from_slice(&[flags as u8, (flags >> 8) as u8]);
+        out.extend_from_slice(&[
+            seq as u8,
+            (seq >> 8) as u8,
+            (seq >> 16) as u8,
+            (seq >> 24) as u8,
+        ]);
+        out.extend_from_slice(&[0, 0, 0, 0]);
+        out.extend_from_slice(payload);
+        while pad && out.len() % 4 != 0 {
+            out.push(0);
+        }
+        out
+    }
+
+    /// `inet_diag_msg` of 127.0.0.1:40000 -> 127.0.0.1:6443, established,
+    /// if 2, cookie 0x1122334455667788, followed by a 5-byte attribute.
+    #[cfg(target_endian = "little")]
+    #[rustfmt::skip]
+    fn diag_msg_v4() -> Vec<u8> {
+        let mut msg = vec![
+            2, 1, 0, 0,                       // AF_INET, ESTABLISHED, timer, retrans
+            0x9c, 0x40,  0x19, 0x2b,          // sport 40000, dport 6443
+            127, 0, 0, 1,  0, 0, 0, 0,  0, 0, 0, 0,  0, 0, 0, 0,
+            127, 0, 0, 1,  0, 0, 0, 0,  0, 0, 0, 0,  0, 0, 0, 0,
+            2, 0, 0, 0,                       // if 2
+            0x88, 0x77, 0x66, 0x55,  0x44, 0x33, 0x22, 0x11, // cookie low, high
+            0, 0, 0, 0,  0, 0, 0, 0,  0, 0, 0, 0,  0, 0, 0, 0,  0, 0, 0, 0, // expires..inode
+        ];
+        // rtattr { len 5, type 8 (INET_DIAG_SHUTDOWN) } + 1 byte: ignored.
+        msg.extend_from_slice(&[5, 0, 8, 0, 0]);
+        msg
+    }
+
+    /// `inet_diag_msg` of a dual-stack socket `[::ffff:127.0.0.1]:50000` ->
+    /// `[::ffff:127.0.0.1]:6443` (UDP, connected), cookie 5.
+    #[cfg(target_endian = "little")]
+    #[rustfmt::skip]
+    fn diag_msg_v6_mapped() -> Vec<u8> {
+        vec![
+            10, 1, 0, 0,
+            0xc3, 0x50,  0x19, 0x2b,          // sport 50000, dport 6443
+            0, 0, 0, 0,  0, 0, 0, 0,  0, 0, 0xff, 0xff,  127, 0, 0, 1,
+            0, 0, 0, 0,  0, 0, 0, 0,  0, 0, 0xff, 0xff,  127, 0, 0, 1,
+            0, 0, 0, 0,
+            5, 0, 0, 0,  0, 0, 0, 0,
+            0, 0, 0, 0,  0, 0, 0, 0,  0, 0, 0, 0,  0, 0, 0, 0,  0, 0, 0, 0,
+        ]
+    }
+
+    #[cfg(target_endian = "little")]
+    #[test]
+    fn parses_diag_messages() {
+        let info = parse_diag_msg(Transport::Tcp, &diag_msg_v4()).unwrap();
+        assert_eq!(
+            info,
+            SocketInfo {
+                transport: Transport::Tcp,
+                family: AF_INET,
+                state: 1,
+                local: v4(127, 0, 0, 1, 40000),
+                peer: v4(127, 0, 0, 1, 6443),
+                interface: 2,
+                cookie: 0x1122_3344_5566_7788,
+            }
+        );
+        let info = parse_diag_msg(Transport::Udp, &diag_msg_v6_mapped()).unwrap();
+        assert_eq!(info.family, AF_INET6);
+        assert_eq!(info.local, v6("::ffff:127.0.0.1", 50000));
+        assert_eq!(info.peer, v6("::ffff:127.0.0.1", 6443));
+        assert_eq!(info.peer_unmapped(), v4(127, 0, 0, 1, 6443));
+        assert_eq!(info.cookie, 5);
+        assert!(info.is_connected());
+
+        assert!(parse_diag_msg(Transport::Tcp, &diag_msg_v4()[..71]).is_err());
+        let mut bad_family = diag_msg_v4();
+        bad_family[0] = 1;
+        assert!(parse_diag_msg(Transport::Tcp, &bad_family).is_err());
+    }
+
+    #[cfg(target_endian = "little")]
+    #[test]
+    fn parses_several_messages_with_alignment() {
+        let mut buf = message(20, 2, 3, &diag_msg_v4(), true);
+        // 16 + 77 = 93 bytes, padded to 96
+        assert_eq!(buf.len(), 96);
+        buf.extend(message(NLMSG_NOOP, 0, 3, &[], true));
+        buf.extend(message(20, 2, 3, &diag_msg_v6_mapped(), true));
+        // NLMSG_DONE carrying int 0
+        buf.extend(message(NLMSG_DONE, 2, 3, &[0, 0, 0, 0], true));
+        let messages = parse_messages(&buf).unwrap();
+        assert_eq!(messages.len(), 3);
+        assert_eq!(
+            messages[0],
+            Message::Data {
+                msg_type: 20,
+                flags: 2,
+                seq: 3,
+                payload: &diag_msg_v4(),
+            }
+        );
+        assert!(matches!(messages[1], Message::Data { payload, .. } if payload.len() == 72));
+        assert_eq!(messages[2], Message::Done { seq: 3, error: 0 });
+
+        // An unpadded last message is accepted.
+        let unpadded = message(20, 0, 1, &[1, 2, 3], false);
+        assert_eq!(unpadded.len(), 19);
+        assert_eq!(parse_messages(&unpadded).unwrap().len(), 1);
+        // NLMSG_DONE without the int counts as success.
+        assert_eq!(
+            parse_messages(&message(NLMSG_DONE, 0, 1, &[], true)).unwrap(),
+            vec![Message::Done { seq: 1, error: 0 }]
+        );
+        assert!(parse_messages(&[]).unwrap().is_empty());
+    }
+
+    #[cfg(target_endian = "little")]
+    #[test]
+    fn truncated_or_malformed_buffers_are_errors() {
+        let good = message(20, 2, 3, &diag_msg_v4(), true);
+        // Header cut off.
+        assert!(parse_messages(&good[..10]).is_err());
+        // Length says 93, only 50 bytes there.
+        assert!(parse_messages(&good[..50]).is_err());
+        // Length below the header size.
+        let mut short = good.clone();
+        short[0] = 8;
+        assert!(parse_messages(&short).is_err());
+        // A good message followed by half a header.
+        let mut tail = good.clone();
+        tail.extend_from_slice(&[1, 2, 3]);
+        assert!(parse_messages(&tail).is_err());
+        // NLMSG_ERROR without its int.
+        assert!(parse_messages(&message(NLMSG_ERROR, 0, 1, &[1, 2], true)).is_err());
+        // Overrun.
+        assert!(parse_messages(&message(NLMSG_OVERRUN, 0, 1, &[], true)).is_err());
+        // A data message too short for inet_diag_msg fails in collect_dump.
+        let mut out = Vec::new();
+        assert!(
+            collect_dump(
+                &message(20, 2, 3, &[0; 40], true),
+                3,
+                Transport::Tcp,
+                &mut out
+            )
+            .is_err()
+        );
+    }
+
+    #[cfg(target_endian = "little")]
+    #[test]
+    fn parses_nlmsg_error() {
+        // struct nlmsgerr: int error = -2 (ENOENT), then the request's header.
+        let mut payload = vec![0xfe, 0xff, 0xff, 0xff];
+        payload.extend_from_slice(&[72, 0, 0, 0, 21, 0, 5, 0, 9, 0, 0, 0, 0, 0, 0, 0]);
+        let buf = message(NLMSG_ERROR, 0x100, 9, &payload, true);
+        assert_eq!(
+            parse_messages(&buf).unwrap(),
+            vec![Message::Error { seq: 9, error: -2 }]
+        );
+        assert_eq!(find_ack(&buf, 9).unwrap(), Some(-libc::ENOENT));
+        assert_eq!(find_ack(&buf, 8).unwrap(), None);
+        // Success ack.
+        let ack = message(NLMSG_ERROR, 0x100, 4, &[0; 20], true);
+        assert_eq!(find_ack(&ack, 4).unwrap(), Some(0));
+    }
+
+    #[cfg(target_endian = "little")]
+    #[test]
+    fn collect_dump_follows_sequence_and_done() {
+        let mut out = Vec::new();
+        // A stale message of an earlier exchange (seq 2) is skipped.
+        let mut buf = message(20, 2, 2, &diag_msg_v6_mapped(), true);
+        buf.extend(message(20, 2, 3, &diag_msg_v4(), true));
+        assert_eq!(
+            collect_dump(&buf, 3, Transport::Tcp, &mut out).unwrap(),
+            DumpProgress::More
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].local, v4(127, 0, 0, 1, 40000));
+
+        let mut buf = message(20, 2, 3, &diag_msg_v6_mapped(), true);
+        buf.extend(message(NLMSG_DONE, 2, 2, &[0; 4], true));
+        assert_eq!(
+            collect_dump(&buf, 3, Transport::Udp, &mut out).unwrap(),
+            DumpProgress::More
+        );
+        assert_eq!(out.len(), 2);
+        let done = message(NLMSG_DONE, 2, 3, &[0; 4], true);
+        assert_eq!(
+            collect_dump(&done, 3, Transport::Udp, &mut out).unwrap(),
+            DumpProgress::Done
+        );
+
+        // DONE carrying -EINVAL, NLMSG_ERROR carrying -EPERM.
+        let failed = message(NLMSG_DONE, 2, 3, &(-libc::EINVAL).to_le_bytes(), true);
+        let error = collect_dump(&failed, 3, Transport::Tcp, &mut out).unwrap_err();
+        assert_eq!(
+            error.root_cause().to_string(),
+            io::Error::from_raw_os_error(libc::EINVAL).to_string()
+        );
+        let mut payload = (-libc::EPERM).to_le_bytes().to_vec();
+        payload.extend_from_slice(&[0; 16]);
+        let refused = message(NLMSG_ERROR, 0, 3, &payload, true);
+        let error = collect_dump(&refused, 3, Transport::Tcp, &mut out).unwrap_err();
+        assert!(format!("{error:#}").contains("refused"), "{error:#}");
+        // The same error for another seq is not ours.
+        assert_eq!(
+            collect_dump(&refused, 4, Transport::Tcp, &mut out).unwrap(),
+            DumpProgress::More
+        );
+        // A data message of an unexpected type is an error.
+        let other = message(99, 2, 3, &diag_msg_v4(), true);
+        assert!(collect_dump(&other, 3, Transport::Tcp, &mut out).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn parsing_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = parse_messages(&bytes);
+            let _ = find_ack(&bytes, 1);
+            let _ = collect_dump(&bytes, 1, Transport::Tcp, &mut Vec::new());
+            let _ = parse_diag_msg(Transport::Udp, &bytes);
+        }
+
+        #[test]
+        fn address_bytes_round_trip(ip in any::<IpAddr>(), port in any::<u16>()) {
+            let family = if ip.is_ipv4() { AF_INET } else { AF_INET6 };
+            let bytes = address_bytes(family, ip).unwrap();
+            prop_assert_eq!(socket_addr(family, bytes, port).unwrap(), SocketAddr::new(ip, port));
+        }
+    }
+}

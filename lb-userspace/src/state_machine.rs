@@ -1,34 +1,97 @@
-//! The K3s server state machine (placeholder; filled in by the controller-brain work).
+//! The K3s agent load balancer's server state machine, for one service.
+//!
+//! A pure module: no I/O, no clock of its own. Every method that depends on
+//! time takes `now`, so tests drive it with a paused clock. The controller
+//! feeds it events (health-check results, dial outcomes, connection counts,
+//! server-list changes) and carries out what it returns in [`Effects`]:
+//! closing connections, logging and counting transitions. [`ServiceMachine::select`]
+//! says which server new connections go to.
+//!
+//! # States and transitions (K3s semantics)
+//!
+//! In increasing preference: invalid < failed < standby < unchecked <
+//! recovering < healthy < preferred < active.
+//!
+//! - A new server is *unchecked*. The default server, while it is not in the
+//!   server list, is *standby* (checks and dials do not change that). A
+//!   removed server becomes *invalid* and its connections are closed; then it
+//!   is forgotten. A default server removed from the list returns to
+//!   *standby* and its connections are closed.
+//! - Success: failed/unchecked → recovering (check or dial); recovering +
+//!   passing check → active if it has connections, else preferred;
+//!   healthy/preferred + dial → active; preferred for more than
+//!   [`PREFERRED_DECAY`] without a dial → healthy.
+//! - Failure: unchecked/recovering → failed only on a *dial* failure (a
+//!   failing check alone does not demote them); healthy/preferred/active →
+//!   failed on either, and their connections are closed.
+//! - At most one active server: when one becomes active, another active
+//!   server with fewer connections yields to preferred and its connections are
+//!   closed (on a tie the older one yields); connections to failed, standby,
+//!   recovering and healthy servers are closed.
+//! - Fail-back: when a listed server reaches preferred, connections to the
+//!   standby default and to failed servers are closed, so long-lived clients
+//!   leave the fallback at once (K3s #11311) instead of when they next dial.
+//!
+//! # Selection
+//!
+//! Servers are ranked by state (descending), then score (descending, only
+//! when performance ranking is on), then connections (descending), then list
+//! order. New connections go to the best server above *failed*, excluding the
+//! standby default. If there is none, they go to the default server unless its
+//! last check failed; then, failing open, to the best-ranked failed server
+//! (ignoring health), and finally to the default even if it fails. A service
+//! with any server or a default therefore always has a backend (K3s #10240).
 
-use std::fmt;
+use std::{
+    cmp::Ordering,
+    fmt,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use serde::{Deserialize, Serialize};
+
+/// How long a server may stay preferred without a dial before it decays to
+/// healthy.
+pub const PREFERRED_DECAY: Duration = Duration::from_secs(60);
 
 /// Server states, numbered like the K3s agent load balancer's (the number is
 /// the value of `k3s_loadbalancer_server_health`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ServerState {
-    /// Removed from the config; never selected.
+    /// Removed from the server list; never selected.
     Invalid = 0,
-    /// Its last check failed.
+    /// Failed a dial (or, when it was in use, a check); its connections were closed.
     Failed = 1,
-    /// The default server while it is not in the server list and not in use.
+    /// The default server while it is not in the server list: a last resort.
     Standby = 2,
-    /// Not checked yet.
+    /// Added but not checked yet.
     Unchecked = 3,
-    /// Recovering after a failure (used by the full state machine).
+    /// Passed one check or dial after being failed or unchecked.
     Recovering = 4,
-    /// Its last check passed; not selected.
+    /// Passing, but not dialed for a while.
     Healthy = 5,
-    /// Preferred after recovery (used by the full state machine).
+    /// Passed its checks after recovering; waiting for a dial.
     Preferred = 6,
-    /// The selected server: new connections go here.
+    /// Dialed successfully: the server in use.
     Active = 7,
 }
 
 impl ServerState {
-    /// The lowercase word used in status output.
+    /// Every state, in increasing preference.
+    pub const ALL: [Self; 8] = [
+        Self::Invalid,
+        Self::Failed,
+        Self::Standby,
+        Self::Unchecked,
+        Self::Recovering,
+        Self::Healthy,
+        Self::Preferred,
+        Self::Active,
+    ];
+
+    /// The lowercase word used in status output and metric labels.
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Invalid => "invalid",
@@ -49,3 +112,559 @@ impl fmt::Display for ServerState {
     }
 }
 
+/// What made a server change state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cause {
+    /// Added to the server list (or became the default).
+    Added,
+    /// Removed from the server list (or stopped being the default).
+    Removed,
+    /// A health check passed.
+    CheckPassed,
+    /// A health check failed.
+    CheckFailed,
+    /// A connection to it was made.
+    DialSucceeded,
+    /// A connection to it failed.
+    DialFailed,
+    /// Preferred for too long without a dial.
+    Decayed,
+    /// Another server became active and had at least as many connections.
+    Yielded,
+}
+
+impl Cause {
+    /// Words for logs.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Added => "added",
+            Self::Removed => "removed",
+            Self::CheckPassed => "check passed",
+            Self::CheckFailed => "check failed",
+            Self::DialSucceeded => "dial succeeded",
+            Self::DialFailed => "dial failed",
+            Self::Decayed => "preferred without a dial for 1m",
+            Self::Yielded => "another server became active",
+        }
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One state change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    /// The server.
+    pub server: SocketAddr,
+    /// Its state before.
+    pub from: ServerState,
+    /// Its state after.
+    pub to: ServerState,
+    /// Why.
+    pub cause: Cause,
+}
+
+/// What the caller must do after an event.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Effects {
+    /// State changes, in order (for logs and metrics).
+    pub transitions: Vec<Transition>,
+    /// Servers whose connections must be closed now (each at most once).
+    pub close: Vec<SocketAddr>,
+}
+
+impl Effects {
+    fn close(&mut self, server: SocketAddr) {
+        if !self.close.contains(&server) {
+            self.close.push(server);
+        }
+    }
+
+    /// Appends `other`.
+    pub fn merge(&mut self, other: Self) {
+        self.transitions.extend(other.transitions);
+        for server in other.close {
+            self.close(server);
+        }
+    }
+}
+
+/// One server of a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerEntry {
+    /// Its address.
+    pub address: SocketAddr,
+    /// Its state.
+    pub state: ServerState,
+    /// When it entered that state.
+    pub since: Instant,
+    /// Current connections through the VIP (counted by the caller from the kernel).
+    pub connections: u32,
+    /// Ranking score, higher is better (used only when ranking is on).
+    pub score: Option<u64>,
+    /// Whether it is in the server list (false: only the default server).
+    pub listed: bool,
+    /// Result of its last health check, if any.
+    pub last_check_ok: Option<bool>,
+}
+
+/// Which server new connections go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Selection {
+    /// The server, or `None` when the service has no server at all.
+    pub server: Option<SocketAddr>,
+    /// The server is known to fail: every other option failed too.
+    pub fail_open: bool,
+}
+
+/// The servers of one service and their states.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceMachine {
+    /// Listed servers in list order, then the default server if not listed.
+    servers: Vec<ServerEntry>,
+    default: Option<SocketAddr>,
+    ranking: bool,
+}
+
+impl ServiceMachine {
+    /// A service with `servers` (all unchecked) and `default` (standby unless listed).
+    pub fn new(servers: &[SocketAddr], default: Option<SocketAddr>, now: Instant) -> Self {
+        let mut machine = Self {
+            servers: Vec::new(),
+            default: None,
+            ranking: false,
+        };
+        // The initial additions are not transitions anyone needs to hear about.
+        let _ = machine.set_servers(servers, now);
+        let _ = machine.set_default(default, now);
+        machine
+    }
+
+    /// Turns score-based ranking on or off (the performance-ranking hook).
+    pub const fn set_ranking(&mut self, on: bool) {
+        self.ranking = on;
+    }
+
+    /// Every server: listed ones in list order, then the unlisted default.
+    pub fn servers(&self) -> &[ServerEntry] {
+        &self.servers
+    }
+
+    /// The server `address`, if known.
+    pub fn server(&self, address: SocketAddr) -> Option<&ServerEntry> {
+        self.servers.iter().find(|s| s.address == address)
+    }
+
+    /// The default server.
+    pub const fn default_server(&self) -> Option<SocketAddr> {
+        self.default
+    }
+
+    /// The listed servers, in list order.
+    pub fn listed(&self) -> Vec<SocketAddr> {
+        self.servers
+            .iter()
+            .filter(|s| s.listed)
+            .map(|s| s.address)
+            .collect()
+    }
+
+    fn index(&self, address: SocketAddr) -> Option<usize> {
+        self.servers.iter().position(|s| s.address == address)
+    }
+
+    /// Moves server `i` to `to`, recording the transition.
+    fn transition(
+        &mut self,
+        i: usize,
+        to: ServerState,
+        cause: Cause,
+        now: Instant,
+        effects: &mut Effects,
+    ) {
+        let server = &mut self.servers[i];
+        if server.state == to {
+            return;
+        }
+        effects.transitions.push(Transition {
+            server: server.address,
+            from: server.state,
+            to,
+            cause,
+        });
+        server.state = to;
+        server.since = now;
+    }
+
+    /// Replaces the server list. New servers start unchecked; removed ones
+    /// become invalid, have their connections closed and are forgotten (the
+    /// default server returns to standby instead).
+    pub fn set_servers(&mut self, servers: &[SocketAddr], now: Instant) -> Effects {
+        let mut effects = Effects::default();
+        let mut kept = Vec::with_capacity(servers.len() + 1);
+        for &address in servers {
+            if kept.iter().any(|s: &ServerEntry| s.address == address) {
+                continue;
+            }
+            match self.index(address) {
+                Some(i) => {
+                    let mut entry = self.servers.remove(i);
+                    if !entry.listed {
+                        // The default server joins the list: checked like any other.
+                        effects.transitions.push(Transition {
+                            server: address,
+                            from: entry.state,
+                            to: ServerState::Unchecked,
+                            cause: Cause::Added,
+                        });
+                        entry.state = ServerState::Unchecked;
+                        entry.since = now;
+                        entry.listed = true;
+                    }
+                    kept.push(entry);
+                }
+                None => {
+                    effects.transitions.push(Transition {
+                        server: address,
+                        from: ServerState::Invalid,
+                        to: ServerState::Unchecked,
+                        cause: Cause::Added,
+                    });
+                    kept.push(ServerEntry {
+                        address,
+                        state: ServerState::Unchecked,
+                        since: now,
+                        connections: 0,
+                        score: None,
+                        listed: true,
+                        last_check_ok: None,
+                    });
+                }
+            }
+        }
+        // What is left was removed from the list.
+        for mut entry in std::mem::take(&mut self.servers) {
+            if !entry.listed {
+                // The unlisted default stays as it is.
+                kept.push(entry);
+                continue;
+            }
+            effects.close(entry.address);
+            if Some(entry.address) == self.default {
+                if entry.state != ServerState::Standby {
+                    effects.transitions.push(Transition {
+                        server: entry.address,
+                        from: entry.state,
+                        to: ServerState::Standby,
+                        cause: Cause::Removed,
+                    });
+                    entry.state = ServerState::Standby;
+                    entry.since = now;
+                }
+                entry.listed = false;
+                kept.push(entry);
+            } else {
+                effects.transitions.push(Transition {
+                    server: entry.address,
+                    from: entry.state,
+                    to: ServerState::Invalid,
+                    cause: Cause::Removed,
+                });
+            }
+        }
+        self.servers = kept;
+        effects
+    }
+
+    /// Sets (or clears) the default server. A new unlisted default is
+    /// standby; an old unlisted default becomes invalid, has its connections
+    /// closed and is forgotten.
+    pub fn set_default(&mut self, default: Option<SocketAddr>, now: Instant) -> Effects {
+        let mut effects = Effects::default();
+        if default == self.default {
+            return effects;
+        }
+        if let Some(old) = self.default
+            && let Some(i) = self.index(old)
+            && !self.servers[i].listed
+        {
+            let entry = self.servers.remove(i);
+            effects.close(old);
+            effects.transitions.push(Transition {
+                server: old,
+                from: entry.state,
+                to: ServerState::Invalid,
+                cause: Cause::Removed,
+            });
+        }
+        self.default = default;
+        if let Some(new) = default
+            && self.index(new).is_none()
+        {
+            effects.transitions.push(Transition {
+                server: new,
+                from: ServerState::Invalid,
+                to: ServerState::Standby,
+                cause: Cause::Added,
+            });
+            self.servers.push(ServerEntry {
+                address: new,
+                state: ServerState::Standby,
+                since: now,
+                connections: 0,
+                score: None,
+                listed: false,
+                last_check_ok: None,
+            });
+        }
+        effects
+    }
+
+    /// Records a health-check result.
+    pub fn check(&mut self, server: SocketAddr, ok: bool, now: Instant) -> Effects {
+        let mut effects = Effects::default();
+        let Some(i) = self.index(server) else {
+            return effects;
+        };
+        self.servers[i].last_check_ok = Some(ok);
+        let state = self.servers[i].state;
+        if ok {
+            match state {
+                ServerState::Failed | ServerState::Unchecked => {
+                    self.transition(
+                        i,
+                        ServerState::Recovering,
+                        Cause::CheckPassed,
+                        now,
+                        &mut effects,
+                    );
+                }
+                ServerState::Recovering => {
+                    let to = if self.servers[i].connections > 0 {
+                        ServerState::Active
+                    } else {
+                        ServerState::Preferred
+                    };
+                    self.transition(i, to, Cause::CheckPassed, now, &mut effects);
+                    self.after_promotion(i, now, &mut effects);
+                }
+                ServerState::Preferred => self.decay(i, now, &mut effects),
+                ServerState::Invalid
+                | ServerState::Standby
+                | ServerState::Healthy
+                | ServerState::Active => {}
+            }
+        } else if matches!(
+            state,
+            ServerState::Healthy | ServerState::Preferred | ServerState::Active
+        ) {
+            self.transition(
+                i,
+                ServerState::Failed,
+                Cause::CheckFailed,
+                now,
+                &mut effects,
+            );
+            effects.close(server);
+        }
+        effects
+    }
+
+    /// Records the outcome of a connection attempt to `server`.
+    pub fn dial(&mut self, server: SocketAddr, ok: bool, now: Instant) -> Effects {
+        let mut effects = Effects::default();
+        let Some(i) = self.index(server) else {
+            return effects;
+        };
+        let state = self.servers[i].state;
+        if ok {
+            match state {
+                ServerState::Failed | ServerState::Unchecked => {
+                    self.transition(
+                        i,
+                        ServerState::Recovering,
+                        Cause::DialSucceeded,
+                        now,
+                        &mut effects,
+                    );
+                }
+                ServerState::Healthy | ServerState::Preferred => {
+                    self.transition(
+                        i,
+                        ServerState::Active,
+                        Cause::DialSucceeded,
+                        now,
+                        &mut effects,
+                    );
+                    self.after_promotion(i, now, &mut effects);
+                }
+                ServerState::Invalid
+                | ServerState::Standby
+                | ServerState::Recovering
+                | ServerState::Active => {}
+            }
+        } else if matches!(
+            state,
+            ServerState::Unchecked
+                | ServerState::Recovering
+                | ServerState::Healthy
+                | ServerState::Preferred
+                | ServerState::Active
+        ) {
+            self.transition(i, ServerState::Failed, Cause::DialFailed, now, &mut effects);
+            effects.close(server);
+        }
+        effects
+    }
+
+    /// Sets the number of connections `server` has now.
+    pub fn set_connections(&mut self, server: SocketAddr, connections: u32) {
+        if let Some(i) = self.index(server) {
+            self.servers[i].connections = connections;
+        }
+    }
+
+    /// Sets the ranking score of `server`.
+    pub fn set_score(&mut self, server: SocketAddr, score: Option<u64>) {
+        if let Some(i) = self.index(server) {
+            self.servers[i].score = score;
+        }
+    }
+
+    /// Applies time-based transitions (preferred → healthy).
+    pub fn tick(&mut self, now: Instant) -> Effects {
+        let mut effects = Effects::default();
+        for i in 0..self.servers.len() {
+            if self.servers[i].state == ServerState::Preferred {
+                self.decay(i, now, &mut effects);
+            }
+        }
+        effects
+    }
+
+    fn decay(&mut self, i: usize, now: Instant, effects: &mut Effects) {
+        if now.saturating_duration_since(self.servers[i].since) > PREFERRED_DECAY {
+            self.transition(i, ServerState::Healthy, Cause::Decayed, now, effects);
+        }
+    }
+
+    /// Enforces the one-active rule and fail-back after server `i` became
+    /// preferred or active.
+    fn after_promotion(&mut self, i: usize, now: Instant, effects: &mut Effects) {
+        match self.servers[i].state {
+            ServerState::Active => {
+                for j in 0..self.servers.len() {
+                    if j == i {
+                        continue;
+                    }
+                    match self.servers[j].state {
+                        ServerState::Active => {
+                            let loser = if self.servers[j].connections > self.servers[i].connections
+                            {
+                                i
+                            } else {
+                                j
+                            };
+                            self.transition(
+                                loser,
+                                ServerState::Preferred,
+                                Cause::Yielded,
+                                now,
+                                effects,
+                            );
+                            effects.close(self.servers[loser].address);
+                        }
+                        ServerState::Failed
+                        | ServerState::Standby
+                        | ServerState::Recovering
+                        | ServerState::Healthy => effects.close(self.servers[j].address),
+                        ServerState::Invalid | ServerState::Unchecked | ServerState::Preferred => {}
+                    }
+                }
+            }
+            ServerState::Preferred if self.servers[i].listed => {
+                for j in 0..self.servers.len() {
+                    if matches!(
+                        self.servers[j].state,
+                        ServerState::Failed | ServerState::Standby
+                    ) && self.servers[j].connections > 0
+                    {
+                        effects.close(self.servers[j].address);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Orders two servers: better first.
+    fn rank(&self, a: &ServerEntry, b: &ServerEntry) -> Ordering {
+        b.state
+            .cmp(&a.state)
+            .then_with(|| {
+                if self.ranking {
+                    b.score.cmp(&a.score)
+                } else {
+                    Ordering::Equal
+                }
+            })
+            .then_with(|| b.connections.cmp(&a.connections))
+    }
+
+    /// Every server, best first (the order K3s dials them in).
+    pub fn ranked(&self) -> Vec<&ServerEntry> {
+        let mut all: Vec<&ServerEntry> = self.servers.iter().collect();
+        // Stable: equal servers keep list order.
+        all.sort_by(|a, b| self.rank(a, b));
+        all
+    }
+
+    /// Where new connections go; see the module documentation.
+    pub fn select(&self) -> Selection {
+        let ranked = self.ranked();
+        if let Some(best) = ranked
+            .iter()
+            .find(|s| s.listed && s.state > ServerState::Failed)
+        {
+            return Selection {
+                server: Some(best.address),
+                fail_open: false,
+            };
+        }
+        let default = self
+            .default
+            .and_then(|d| self.server(d))
+            .filter(|d| d.state != ServerState::Invalid);
+        if let Some(default) = default
+            && default.last_check_ok != Some(false)
+            && default.state != ServerState::Failed
+        {
+            return Selection {
+                server: Some(default.address),
+                fail_open: false,
+            };
+        }
+        // Fail open: every server fails. Prefer a failed listed server by
+        // rank, then the default even though it fails.
+        if let Some(best) = ranked
+            .iter()
+            .find(|s| s.listed && s.state == ServerState::Failed)
+        {
+            return Selection {
+                server: Some(best.address),
+                fail_open: true,
+            };
+        }
+        Selection {
+            server: default.map(|d| d.address),
+            fail_open: default.is_some(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::selection::ServerState;
+use crate::state_machine::ServerState;
 
 /// The whole status document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,6 +33,9 @@ pub struct ServiceStatus {
     pub protocol: String,
     /// The backend new connections go to, or null when connects are refused.
     pub selected: Option<String>,
+    /// True when every server fails and the selected one is used anyway.
+    #[serde(default)]
+    pub fail_open: bool,
     /// Connects and sends refused because the service had no backend.
     pub refused: u64,
     /// Servers in config order, then the default server if it is not among them.
@@ -46,6 +49,12 @@ pub struct ServerStatus {
     pub address: String,
     /// State, serialized as a lowercase word (`active`, `healthy`, `failed`, ...).
     pub state: ServerState,
+    /// When it entered that state, RFC 3339 UTC.
+    pub state_since: String,
+    /// Connections through the VIP open now.
+    pub connections: u32,
+    /// Why its last check passed or failed (null before the first check).
+    pub reason: Option<String>,
     /// Whether the last health check passed.
     pub healthy: bool,
     /// Whether this is the service's default server.
@@ -78,10 +87,11 @@ impl Status {
         if self.services.is_empty() {
             out.push_str("no services configured\n");
         }
+        let now = std::time::SystemTime::now();
         for service in &self.services {
             let _ = writeln!(
                 out,
-                "{} {}/{} -> {} (refused: {})",
+                "{} {}/{} -> {}{} (refused: {})",
                 service.name,
                 service.vip,
                 service.protocol,
@@ -89,12 +99,13 @@ impl Status {
                     .selected
                     .as_deref()
                     .unwrap_or("none (connects refused)"),
+                if service.fail_open { " FAIL-OPEN" } else { "" },
                 service.refused
             );
             let _ = writeln!(
                 out,
-                "  {:<42} {:<10} {:<7} {:>9} {:>9}  LAST CHECK",
-                "SERVER", "STATE", "HEALTHY", "CONNECTS", "SENDMSGS"
+                "  {:<42} {:<10} {:>8} {:>5} {:>9}  LAST CHECK",
+                "SERVER", "STATE", "FOR", "CONNS", "CONNECTS"
             );
             for server in &service.servers {
                 let address = if server.default {
@@ -106,27 +117,45 @@ impl Status {
                     || "-".to_owned(),
                     |c| {
                         format!(
-                            "{} at {}: {}",
+                            "{} {}: {}",
                             if c.ok { "ok" } else { "FAIL" },
-                            c.at,
+                            ago(&c.at, now),
                             c.reason
                         )
                     },
                 );
                 let _ = writeln!(
                     out,
-                    "  {:<42} {:<10} {:<7} {:>9} {:>9}  {}",
+                    "  {:<42} {:<10} {:>8} {:>5} {:>9}  {}",
                     address,
                     server.state.as_str(),
-                    if server.healthy { "yes" } else { "no" },
+                    age(&server.state_since, now),
+                    server.connections,
                     server.connects,
-                    server.sendmsgs,
                     check
                 );
             }
         }
         out
     }
+}
+
+/// How long ago an RFC 3339 time was, rounded to a short form ("4s", "2m13s").
+fn age(at: &str, now: std::time::SystemTime) -> String {
+    let Ok(then) = humantime::parse_rfc3339(at) else {
+        return "?".to_owned();
+    };
+    let secs = now.duration_since(then).unwrap_or_default().as_secs();
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{}s", secs / 60, secs % 60),
+        _ => format!("{}h{}m", secs / 3600, secs % 3600 / 60),
+    }
+}
+
+/// "4s ago".
+fn ago(at: &str, now: std::time::SystemTime) -> String {
+    format!("{} ago", age(at, now))
 }
 
 /// Fetches `GET /status` from a running controller.
@@ -194,10 +223,14 @@ mod tests {
                 vip: "127.0.0.1:6444".into(),
                 protocol: "tcp".into(),
                 selected: Some("10.0.0.1:9345".into()),
+                fail_open: false,
                 refused: 0,
                 servers: vec![ServerStatus {
                     address: "10.0.0.1:9345".into(),
                     state: ServerState::Active,
+                    state_since: "2026-11-22T04:58:00.000Z".into(),
+                    connections: 2,
+                    reason: Some("tcp connect ok in 0.2ms".into()),
                     healthy: true,
                     default: false,
                     connects: 3,
@@ -221,7 +254,16 @@ mod tests {
             assert!(service.get(field).is_some(), "missing {field}");
         }
         let server = &service["servers"][0];
-        for field in ["address", "state", "healthy", "connects", "last_check"] {
+        for field in [
+            "address",
+            "state",
+            "state_since",
+            "connections",
+            "reason",
+            "healthy",
+            "connects",
+            "last_check",
+        ] {
             assert!(server.get(field).is_some(), "missing {field}");
         }
         assert_eq!(server["state"], "active");
@@ -235,6 +277,11 @@ mod tests {
             "{table}"
         );
         assert!(table.contains("active"), "{table}");
+        assert!(table.contains("CONNS"), "{table}");
+        let now = humantime::parse_rfc3339("2026-11-22T05:00:10Z").unwrap();
+        assert_eq!(age("2026-11-22T04:58:00.000Z", now), "2m10s");
+        assert_eq!(age("2026-11-22T05:00:06Z", now), "4s");
+        assert_eq!(age("garbage", now), "?");
     }
 
     #[test]

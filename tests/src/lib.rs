@@ -11,9 +11,10 @@
 //! skip with a message, unless `CI=true`, where that is a failure.
 
 use std::{
+    fmt::Write as _,
     fs::{self, File, OpenOptions},
-    io::{self, Read as _, Write as _},
-    net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    io::{self, BufRead as _, BufReader, Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::{
         fd::{AsRawFd as _, OwnedFd},
         unix::process::CommandExt as _,
@@ -22,10 +23,11 @@ use std::{
     process::{Child, Command, ExitStatus, Output, Stdio},
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU32, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering},
+        mpsc,
     },
     thread::{self, JoinHandle},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use lb_userspace::status::{ServiceStatus, Status};
@@ -377,38 +379,35 @@ impl Drop for TempDir {
 
 /// A TCP backend on a thread: answers each connection's first message with
 /// `<name>:<message>` (or an HTTP response whose body is `<name>` when the
-/// message is an HTTP request). Stops listening on [`TcpBackend::stop`] or drop.
+/// message is an HTTP request). A first message starting with `HOLD` keeps
+/// the connection open: it is answered the same way, then every further
+/// message is echoed as `<name>:<message>` until the client closes.
+/// Stops listening on [`TcpBackend::stop`] or drop; held connections are
+/// closed on drop.
 pub struct TcpBackend {
     /// Its name, echoed in replies.
     pub name: String,
     /// Where it listens.
     pub addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    listener: AcceptLoop,
+    conns: Arc<ConnState>,
 }
 
 impl TcpBackend {
     /// Listens on `ip:0`.
-    pub fn start(name: &str, ip: std::net::IpAddr) -> Self {
-        let listener = TcpListener::bind((ip, 0)).expect("bind backend");
-        let addr = listener.local_addr().expect("local addr");
-        let stop = Arc::new(AtomicBool::new(false));
-        let (name_owned, stop_flag) = (name.to_owned(), Arc::clone(&stop));
-        let thread = thread::spawn(move || {
-            for stream in listener.incoming() {
-                if stop_flag.load(Ordering::SeqCst) {
-                    return;
-                }
-                let Ok(stream) = stream else { continue };
-                let name = name_owned.clone();
-                thread::spawn(move || serve_tcp(stream, &name));
-            }
-        });
+    pub fn start(name: &str, ip: IpAddr) -> Self {
+        Self::bind(name, SocketAddr::new(ip, 0))
+    }
+
+    /// Listens on `addr` (port 0: any free port).
+    pub fn bind(name: &str, addr: SocketAddr) -> Self {
+        let conns = Arc::new(ConnState::default());
+        let listener = serve_echo(name, addr, &conns);
         Self {
             name: name.to_owned(),
-            addr,
-            stop,
-            thread: Some(thread),
+            addr: listener.addr,
+            listener,
+            conns,
         }
     }
 
@@ -422,8 +421,68 @@ impl TcpBackend {
         Self::start(name, Ipv6Addr::LOCALHOST.into())
     }
 
-    /// Closes the listening socket (new connects are refused from now on).
+    /// Closes the listening socket (new connects are refused from now on;
+    /// held connections stay open).
     pub fn stop(&mut self) {
+        self.listener.stop();
+    }
+
+    /// Connections held open (`HOLD`) right now.
+    pub fn held(&self) -> usize {
+        self.conns.held.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for TcpBackend {
+    fn drop(&mut self) {
+        self.listener.stop();
+        self.conns.closing.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Shared by a backend's connection threads.
+#[derive(Default)]
+struct ConnState {
+    /// Set on drop: held connections close.
+    closing: AtomicBool,
+    /// Connections held open now.
+    held: AtomicUsize,
+}
+
+/// How often connection threads look at [`ConnState::closing`].
+const CONN_POLL: Duration = Duration::from_millis(50);
+
+/// A listening socket whose connections are handled on threads; closed on
+/// [`AcceptLoop::stop`] or drop.
+struct AcceptLoop {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl AcceptLoop {
+    fn spawn(listener: TcpListener, handler: impl Fn(TcpStream) + Clone + Send + 'static) -> Self {
+        let addr = listener.local_addr().expect("local addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = Arc::clone(&stop);
+        let thread = thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stop_flag.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(stream) = stream else { continue };
+                let handler = handler.clone();
+                thread::spawn(move || handler(stream));
+            }
+        });
+        Self {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(&mut self) {
         if let Some(thread) = self.thread.take() {
             self.stop.store(true, Ordering::SeqCst);
             // Wake the accept loop so it sees the flag and drops the listener.
@@ -433,17 +492,49 @@ impl TcpBackend {
     }
 }
 
-impl Drop for TcpBackend {
+impl Drop for AcceptLoop {
     fn drop(&mut self) {
         self.stop();
     }
 }
 
-fn serve_tcp(mut stream: TcpStream, name: &str) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+/// Binds `addr` and serves the echo protocol of [`TcpBackend`] on it.
+fn serve_echo(name: &str, addr: SocketAddr, conns: &Arc<ConnState>) -> AcceptLoop {
+    let listener =
+        TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind backend {name} on {addr}: {e}"));
+    let (name, conns) = (name.to_owned(), Arc::clone(conns));
+    AcceptLoop::spawn(listener, move |stream| serve_tcp(stream, &name, &conns))
+}
+
+fn is_timeout(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+fn serve_tcp(mut stream: TcpStream, name: &str, conns: &ConnState) {
+    let _ = stream.set_read_timeout(Some(CONN_POLL));
     let mut buf = [0u8; 4096];
-    let Ok(n) = stream.read(&mut buf) else { return };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let n = loop {
+        match stream.read(&mut buf) {
+            Ok(n) => break n,
+            Err(e) if is_timeout(&e) => {
+                if conns.closing.load(Ordering::SeqCst) || Instant::now() > deadline {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+    };
     let request = &buf[..n];
+    if request.starts_with(b"HOLD") {
+        conns.held.fetch_add(1, Ordering::SeqCst);
+        hold(stream, name, request, conns);
+        conns.held.fetch_sub(1, Ordering::SeqCst);
+        return;
+    }
     let reply = if request.starts_with(b"GET ") || request.starts_with(b"HEAD ") {
         format!(
             "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{name}",
@@ -452,6 +543,176 @@ fn serve_tcp(mut stream: TcpStream, name: &str) {
     } else {
         format!("{name}:{}", String::from_utf8_lossy(request))
     };
+    let _ = stream.write_all(reply.as_bytes());
+    let _ = stream.shutdown(Shutdown::Write);
+}
+
+/// A held connection: echo every message until the client closes (or the
+/// backend is dropped).
+fn hold(mut stream: TcpStream, name: &str, first: &[u8], conns: &ConnState) {
+    let mut message = first.to_vec();
+    let mut buf = [0u8; 4096];
+    loop {
+        let reply = format!("{name}:{}", String::from_utf8_lossy(&message));
+        if stream.write_all(reply.as_bytes()).is_err() {
+            return;
+        }
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    message = buf[..n].to_vec();
+                    break;
+                }
+                Err(e) if is_timeout(&e) => {
+                    if conns.closing.load(Ordering::SeqCst) {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// The port of every [`Node`]'s HTTP health endpoint.
+pub const HEALTH_PORT: u16 = 8080;
+
+/// A K3s server stand-in on its own loopback address (`127.0.0.X`; all of
+/// 127/8 is on `lo`): the service listener of a [`TcpBackend`] on `ip:port`
+/// (echo, `HOLD` for long-lived connections) and an HTTP health endpoint on
+/// `ip:8080` that answers `GET /healthz` with 200 `ok` or 503 `down`
+/// ([`Node::set_healthy`]). Everything closes on drop.
+pub struct Node {
+    /// Its name, echoed in replies (`<name>:<payload>`).
+    pub name: String,
+    /// The service address (`ip:port`), as listed in the config.
+    pub addr: SocketAddr,
+    /// The health endpoint (`ip:8080`).
+    pub health_addr: SocketAddr,
+    healthy: Arc<AtomicBool>,
+    health_requests: Arc<AtomicUsize>,
+    conns: Arc<ConnState>,
+    service: Option<AcceptLoop>,
+    health: AcceptLoop,
+}
+
+impl Node {
+    /// Starts a healthy node with its service on `ip:port` and its health
+    /// endpoint on `ip:8080`.
+    pub fn start(name: &str, ip: Ipv4Addr, port: u16) -> Self {
+        let addr = SocketAddr::new(ip.into(), port);
+        let health_addr = SocketAddr::new(ip.into(), HEALTH_PORT);
+        let healthy = Arc::new(AtomicBool::new(true));
+        let health_requests = Arc::new(AtomicUsize::new(0));
+        let listener = TcpListener::bind(health_addr)
+            .unwrap_or_else(|e| panic!("bind health endpoint of {name} on {health_addr}: {e}"));
+        let health = {
+            let (healthy, requests) = (Arc::clone(&healthy), Arc::clone(&health_requests));
+            AcceptLoop::spawn(listener, move |stream| {
+                serve_health(stream, &healthy, &requests);
+            })
+        };
+        let conns = Arc::new(ConnState::default());
+        let service = Some(serve_echo(name, addr, &conns));
+        Self {
+            name: name.to_owned(),
+            addr,
+            health_addr,
+            healthy,
+            health_requests,
+            conns,
+            service,
+            health,
+        }
+    }
+
+    /// Makes `/healthz` answer 200 `ok` (true) or 503 `down` (false).
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::SeqCst);
+    }
+
+    /// What `/healthz` answers now.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::SeqCst)
+    }
+
+    /// Closes the service listener: connects to [`Node::addr`] are refused
+    /// from now on. Established connections and the health endpoint stay.
+    pub fn stop_service(&mut self) {
+        if let Some(mut service) = self.service.take() {
+            service.stop();
+        }
+    }
+
+    /// Listens on the service address again (after [`Node::stop_service`]).
+    pub fn start_service(&mut self) {
+        if self.service.is_none() {
+            self.service = Some(serve_echo(&self.name, self.addr, &self.conns));
+        }
+    }
+
+    /// Whether the service listener is open.
+    pub fn service_running(&self) -> bool {
+        self.service.is_some()
+    }
+
+    /// A whole-node outage: health 503 and the service listener closed.
+    pub fn down(&mut self) {
+        self.set_healthy(false);
+        self.stop_service();
+    }
+
+    /// The node is back: service listening and health 200.
+    pub fn up(&mut self) {
+        self.start_service();
+        self.set_healthy(true);
+    }
+
+    /// Connections held open (`HOLD`) to its service right now.
+    pub fn held(&self) -> usize {
+        self.conns.held.load(Ordering::SeqCst)
+    }
+
+    /// Requests its health endpoint has answered so far.
+    pub fn health_requests(&self) -> usize {
+        self.health_requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop_service();
+        self.health.stop();
+        self.conns.closing.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Answers one HTTP request on the health endpoint.
+fn serve_health(mut stream: TcpStream, healthy: &AtomicBool, requests: &AtomicUsize) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut request = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024 {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+        }
+    }
+    requests.fetch_add(1, Ordering::SeqCst);
+    let text = String::from_utf8_lossy(&request);
+    let path = text.split_whitespace().nth(1).unwrap_or_default();
+    let (status, body) = if path != "/healthz" {
+        ("404 Not Found", "not found")
+    } else if healthy.load(Ordering::SeqCst) {
+        ("200 OK", "ok")
+    } else {
+        ("503 Service Unavailable", "down")
+    };
+    let reply = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
     let _ = stream.write_all(reply.as_bytes());
     let _ = stream.shutdown(Shutdown::Write);
 }
@@ -469,7 +730,7 @@ pub struct UdpBackend {
 
 impl UdpBackend {
     /// Listens on `ip:0`.
-    pub fn start(name: &str, ip: std::net::IpAddr) -> Self {
+    pub fn start(name: &str, ip: IpAddr) -> Self {
         let socket = UdpSocket::bind((ip, 0)).expect("bind udp backend");
         socket
             .set_read_timeout(Some(Duration::from_millis(50)))
@@ -512,13 +773,27 @@ impl Drop for UdpBackend {
 pub struct Daemon {
     child: Option<Child>,
     log: PathBuf,
+    args: Vec<String>,
+    log_dir: PathBuf,
     /// Where its status API listens.
     pub api: SocketAddr,
 }
 
 impl Daemon {
-    /// Starts `daas-lb run` with `args`, logging to `log_dir/daemon.log`.
+    /// Starts `daas-lb run` with `args`, logging to `log_dir/daemon-<unique>.log`.
     pub fn spawn(args: &[&str], log_dir: &Path, api: SocketAddr) -> Self {
+        let args: Vec<String> = args.iter().map(|&a| a.to_owned()).collect();
+        let (child, log) = Self::launch(&args, log_dir);
+        Self {
+            child: Some(child),
+            log,
+            args,
+            log_dir: log_dir.to_path_buf(),
+            api,
+        }
+    }
+
+    fn launch(args: &[String], log_dir: &Path) -> (Child, PathBuf) {
         let log = log_dir.join(unique("daemon")).with_extension("log");
         let log_file = File::create(&log).expect("create daemon log");
         let child = Command::new(daas_lb_bin())
@@ -529,11 +804,89 @@ impl Daemon {
             .stderr(log_file)
             .spawn()
             .expect("spawn daas-lb");
-        Self {
-            child: Some(child),
-            log,
-            api,
+        (child, log)
+    }
+
+    /// Stops it with SIGTERM; it must exit 0 within 10 s. Returns its log.
+    pub fn stop(&mut self) -> String {
+        self.signal(libc::SIGTERM);
+        let exit = self.wait_exit(Duration::from_secs(10));
+        let log = self.log();
+        assert!(
+            exit.success(),
+            "daas-lb exited with {exit} on SIGTERM:\n{log}"
+        );
+        log
+    }
+
+    /// Starts it again, after [`Daemon::stop`], with the same arguments.
+    /// [`Daemon::log`] shows the new run's log from then on.
+    pub fn relaunch(&mut self) {
+        assert!(self.child.is_none(), "daas-lb is still running");
+        let (child, log) = Self::launch(&self.args, &self.log_dir);
+        self.child = Some(child);
+        self.log = log;
+    }
+
+    /// [`Daemon::stop`], then [`Daemon::relaunch`]; returns the previous run's log.
+    pub fn restart(&mut self) -> String {
+        let previous = self.stop();
+        self.relaunch();
+        previous
+    }
+
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The status document now (panics if the API does not answer).
+    pub fn status(&self) -> Status {
+        lb_userspace::status::fetch(self.api)
+            .unwrap_or_else(|e| panic!("GET /status: {e:#}\nlog:\n{}", self.log()))
+    }
+
+    /// `GET /metrics` on its API address.
+    pub fn metrics(&self) -> String {
+        lb_userspace::status::http_get(self.api, "/metrics")
+            .unwrap_or_else(|e| panic!("GET /metrics: {e:#}\nlog:\n{}", self.log()))
+    }
+
+    /// How many lines of its log contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Polls the log until at least `count` lines contain `needle` (or
+    /// panics after `within`); returns those lines.
+    pub fn wait_log(&mut self, within: Duration, needle: &str, count: usize) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let log = self.log();
+            let lines: Vec<String> = log
+                .lines()
+                .filter(|l| l.contains(needle))
+                .map(str::to_owned)
+                .collect();
+            if lines.len() >= count {
+                return lines;
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(code)) = child.try_wait()
+            {
+                panic!("daas-lb exited early ({code}) waiting for {needle:?} in its log:\n{log}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {within:?} waiting for {count} log lines with {needle:?}; log:\n{log}"
+            );
+            thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The `closed connections` lines of its log so far.
+    pub fn closed_connections(&self) -> Vec<ClosedLog> {
+        closed_connection_logs(&self.log())
     }
 
     /// Its log so far.
@@ -705,13 +1058,40 @@ impl TestEnv {
 
     /// Writes `config.yaml` with `services` (see [`config_yaml`]) and returns its path.
     pub fn config(&self, services: &str) -> String {
-        self.tmp
-            .file(
-                "config.yaml",
-                &config_yaml(&self.pins, &self.cgroup, services),
-            )
-            .display()
-            .to_string()
+        self.config_with("", services)
+    }
+
+    /// Like [`TestEnv::config`], with `top` (whole top-level YAML lines,
+    /// e.g. `"connection_poll_interval: 100ms\n"`) in front. Overwrites
+    /// `config.yaml` (e.g. before a SIGHUP) and returns its path.
+    pub fn config_with(&self, top: &str, services: &str) -> String {
+        let yaml = format!(
+            "{top}{}",
+            config_yaml(&self.pins, &self.cgroup, &self.data_dir(), services)
+        );
+        self.tmp.file("config.yaml", &yaml).display().to_string()
+    }
+
+    /// The daemon's `data_dir` in this environment (`<tmp>/data`, created
+    /// by the daemon when it first saves state).
+    pub fn data_dir(&self) -> PathBuf {
+        self.tmp.path().join("data")
+    }
+
+    /// The state file the daemon keeps for `service` (`<data_dir>/<service>.json`).
+    pub fn state_file(&self, service: &str) -> PathBuf {
+        self.data_dir().join(format!("{service}.json"))
+    }
+
+    /// Writes the config (see [`TestEnv::config_with`]) and starts `daas-lb run` on it.
+    pub fn start_with(&self, top: &str, services: &str) -> Daemon {
+        let config = self.config_with(top, services);
+        self.spawn(&["--config", &config])
+    }
+
+    /// A long-lived connection to `addr` from a client in the test cgroup.
+    pub fn hold(&self, addr: &str) -> HeldConnection {
+        HeldConnection::open(&self.cgroup, addr)
     }
 
     /// Starts `daas-lb run ARGS...` logging into the temp directory.
@@ -726,14 +1106,456 @@ impl TestEnv {
     }
 }
 
-/// A config file for one test: pins, cgroup and API addresses filled in.
-pub fn config_yaml(pins: &PinDir, cgroup: &TestCgroup, services: &str) -> String {
+/// A config file for one test: pins, cgroup, data dir and API addresses filled in.
+pub fn config_yaml(pins: &PinDir, cgroup: &TestCgroup, data_dir: &Path, services: &str) -> String {
     format!(
-        "bpffs_dir: {}\ncgroup: {}\ndata_dir: /tmp/daas-lb-test-data\nmetrics_addr: 127.0.0.1:9464\napi_addr: 127.0.0.1:9465\nservices:\n{services}",
+        "bpffs_dir: {}\ncgroup: {}\ndata_dir: {}\nmetrics_addr: 127.0.0.1:9464\napi_addr: 127.0.0.1:9465\nservices:\n{services}",
         pins.path().display(),
-        cgroup.path().display()
+        cgroup.path().display(),
+        data_dir.display()
     )
 }
 
 /// The status API address used by [`config_yaml`].
-pub const API: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 9465);
+pub const API: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9465);
+
+/// One line `lb-test-client hold` printed.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HoldEvent {
+    /// `connected`, `closed`, `timeout`, or `failed` (no connection made).
+    pub event: String,
+    /// `getpeername()` of the socket (`connected`).
+    pub peer: Option<String>,
+    /// `getsockname()` of the socket (`connected`).
+    pub local: Option<String>,
+    /// The backend's answer to `HOLD` (`connected`).
+    pub reply: Option<String>,
+    /// `connect()` duration in microseconds (`connected`).
+    pub connect_us: Option<u64>,
+    /// Error text (`closed` by an error, `failed`).
+    pub error: Option<String>,
+    /// errno (`closed` by an error, `failed`).
+    pub errno: Option<i32>,
+    /// The peer closed the connection in order (`closed`).
+    pub eof: Option<bool>,
+}
+
+/// A [`HoldEvent`] and when the test process read it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// When the line was read (monotonic).
+    pub at: Instant,
+    /// When the line was read (wall clock, comparable with the daemon's
+    /// RFC 3339 times).
+    pub wall: SystemTime,
+    /// What the client printed.
+    pub event: HoldEvent,
+}
+
+/// A long-lived TCP connection made through a VIP by `lb-test-client hold`
+/// running in a test cgroup: it connects, sends `HOLD`, and reports when
+/// the connection is closed under it. The client is killed on drop.
+pub struct HeldConnection {
+    child: Child,
+    events: mpsc::Receiver<Received>,
+    connected: Received,
+    closed: Option<Received>,
+}
+
+impl HeldConnection {
+    /// How long the client keeps the connection before it gives up on its own.
+    pub const SECONDS: u64 = 300;
+
+    /// Connects to `addr` from `cgroup`; panics unless the connection is
+    /// made and the backend answered `HOLD` within 5 s.
+    pub fn open(cgroup: &TestCgroup, addr: &str) -> Self {
+        Self::try_open(cgroup, addr).unwrap_or_else(|event| {
+            panic!("hold {addr}: no connection: {event:?}");
+        })
+    }
+
+    /// Connects to `addr` from `cgroup`; the client's `failed` event if no
+    /// connection was made.
+    pub fn try_open(cgroup: &TestCgroup, addr: &str) -> Result<Self, Box<HoldEvent>> {
+        let mut child = cgroup.spawn(
+            Command::new(client_bin())
+                .args(["hold", addr, &Self::SECONDS.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit()),
+        );
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (sender, events) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                let (at, wall) = (Instant::now(), SystemTime::now());
+                let event: HoldEvent = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("lb-test-client hold printed {line:?}: {e}"));
+                if sender.send(Received { at, wall, event }).is_err() {
+                    return;
+                }
+            }
+        });
+        let first = match events.recv_timeout(Duration::from_secs(5)) {
+            Ok(first) => first,
+            Err(err) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("hold {addr}: no first line from lb-test-client within 5 s: {err}");
+            }
+        };
+        if first.event.event != "connected" {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(Box::new(first.event));
+        }
+        Ok(Self {
+            child,
+            events,
+            connected: first,
+            closed: None,
+        })
+    }
+
+    /// The `connected` event.
+    pub fn connected(&self) -> &Received {
+        &self.connected
+    }
+
+    /// The backend's reply to `HOLD` (e.g. `node1:HOLD\n`).
+    pub fn reply(&self) -> &str {
+        self.connected.event.reply.as_deref().unwrap_or_default()
+    }
+
+    /// The name of the backend that answered (the reply up to `:`).
+    pub fn backend(&self) -> &str {
+        self.reply().split(':').next().unwrap_or_default()
+    }
+
+    /// Takes the next event, waiting at most `within`.
+    fn next(&mut self, within: Duration) -> Option<&Received> {
+        if self.closed.is_none() {
+            match self.events.recv_timeout(within) {
+                Ok(received) => {
+                    assert!(
+                        received.event.event == "closed",
+                        "held connection to {}: unexpected event {:?}",
+                        self.backend(),
+                        received.event
+                    );
+                    self.closed = Some(received);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let exit = self.child.try_wait();
+                    panic!(
+                        "held connection to {}: lb-test-client exited without reporting ({exit:?})",
+                        self.backend()
+                    );
+                }
+            }
+        }
+        self.closed.as_ref()
+    }
+
+    /// Waits at most `within` for the connection to be closed under the
+    /// client; when (as read by the test) and the errno of the failed read
+    /// (`None` for an orderly EOF).
+    pub fn wait_closed(&mut self, within: Duration) -> Option<(Instant, Option<i32>)> {
+        self.next(within).map(|r| (r.at, r.event.errno))
+    }
+
+    /// The `closed` event, once seen.
+    pub fn closed_event(&self) -> Option<&Received> {
+        self.closed.as_ref()
+    }
+
+    /// Whether it was closed (does not wait).
+    pub fn is_closed(&mut self) -> bool {
+        self.next(Duration::ZERO).is_some()
+    }
+
+    /// Panics if the connection is closed within `duration` (or was before).
+    pub fn assert_open_for(&mut self, duration: Duration) {
+        let backend = self.backend().to_owned();
+        let opened = self.connected.at;
+        if let Some(closed) = self.next(duration) {
+            panic!(
+                "held connection to {backend} was closed {:?} after it was opened: {:?}",
+                closed.at.duration_since(opened),
+                closed.event
+            );
+        }
+    }
+}
+
+impl Drop for HeldConnection {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One `closed connections` line of the daemon's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClosedLog {
+    /// `destroyed=N`.
+    pub destroyed: u64,
+    /// `micros=M`: from the state change to the last socket destroyed.
+    pub micros: u64,
+    /// The whole line.
+    pub line: String,
+}
+
+/// The `closed connections` lines of a daemon log (fields `destroyed=N`
+/// and `micros=M`; lines without them are skipped).
+pub fn closed_connection_logs(log: &str) -> Vec<ClosedLog> {
+    log.lines()
+        .filter(|l| l.contains("closed connections"))
+        .filter_map(|line| {
+            let field = |name: &str| {
+                line.split_whitespace()
+                    .find_map(|token| token.strip_prefix(name))
+                    .and_then(|v| v.trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
+            };
+            Some(ClosedLog {
+                destroyed: field("destroyed=")?,
+                micros: field("micros=")?,
+                line: line.to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// A minimal HTTP/1.1 request (`Connection: close`) over a plain TCP
+/// stream; returns the status code and the body.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> io::Result<(u16, String)> {
+    let timeout = Duration::from_secs(5);
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(body) = body {
+        let _ = write!(
+            request,
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+    } else {
+        request.push_str("\r\n");
+    }
+    stream.write_all(request.as_bytes())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let bad = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("bad response {response:?}"),
+        )
+    };
+    let (head, body) = response.split_once("\r\n\r\n").ok_or_else(bad)?;
+    let code = head
+        .lines()
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(bad)?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Ok((code, body))
+}
+
+/// `PUT path` with a JSON body; the status code and the body.
+pub fn http_put(addr: SocketAddr, path: &str, body: &str) -> io::Result<(u16, String)> {
+    http_request(addr, "PUT", path, Some(body))
+}
+
+/// `PUT /services/{service}/servers` with `servers` as a JSON list; the
+/// status code and the body parsed as JSON (`null` if it is not JSON).
+pub fn put_servers(api: SocketAddr, service: &str, servers: &[&str]) -> (u16, serde_json::Value) {
+    let body = serde_json::to_string(servers).expect("encode server list");
+    let (code, text) = http_put(api, &format!("/services/{service}/servers"), &body)
+        .unwrap_or_else(|e| panic!("PUT /services/{service}/servers: {e}"));
+    (
+        code,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// One sample of a Prometheus text exposition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Metric name (with `_bucket`, `_sum`, `_count` suffixes as written).
+    pub name: String,
+    /// Labels in written order.
+    pub labels: Vec<(String, String)>,
+    /// The value.
+    pub value: f64,
+}
+
+/// Parses the samples of a Prometheus text exposition (comments skipped).
+pub fn parse_metrics(text: &str) -> Vec<Sample> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(parse_sample)
+        .collect()
+}
+
+fn parse_sample(line: &str) -> Option<Sample> {
+    let Some(open) = line.find('{') else {
+        let (name, value) = line.split_once(char::is_whitespace)?;
+        return Some(Sample {
+            name: name.to_owned(),
+            labels: Vec::new(),
+            value: parse_value(value)?,
+        });
+    };
+    let (name, rest) = (&line[..open], &line[open + 1..]);
+    let mut labels = Vec::new();
+    let mut chars = rest.char_indices();
+    let mut key = String::new();
+    let end = loop {
+        let (i, c) = chars.next()?;
+        match c {
+            '}' => break i,
+            ',' | ' ' => {}
+            '=' => {
+                // Quoted value with \\, \" and \n escapes.
+                let (_, quote) = chars.next()?;
+                if quote != '"' {
+                    return None;
+                }
+                let mut value = String::new();
+                loop {
+                    let (_, c) = chars.next()?;
+                    match c {
+                        '"' => break,
+                        '\\' => match chars.next()?.1 {
+                            'n' => value.push('\n'),
+                            other => value.push(other),
+                        },
+                        other => value.push(other),
+                    }
+                }
+                labels.push((std::mem::take(&mut key), value));
+            }
+            other => key.push(other),
+        }
+    };
+    Some(Sample {
+        name: name.to_owned(),
+        labels,
+        value: parse_value(&rest[end + 1..])?,
+    })
+}
+
+fn parse_value(text: &str) -> Option<f64> {
+    match text.split_whitespace().next()? {
+        "+Inf" => Some(f64::INFINITY),
+        "-Inf" => Some(f64::NEG_INFINITY),
+        value => value.parse().ok(),
+    }
+}
+
+/// The samples of metric `name` that carry all of `labels`.
+pub fn samples<'a>(all: &'a [Sample], name: &str, labels: &[(&str, &str)]) -> Vec<&'a Sample> {
+    all.iter()
+        .filter(|s| s.name == name)
+        .filter(|s| {
+            labels
+                .iter()
+                .all(|(k, v)| s.labels.iter().any(|(sk, sv)| sk == k && sv == v))
+        })
+        .collect()
+}
+
+/// The sum of the samples of metric `name` that carry all of `labels`, or
+/// `None` when there is no such sample.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let all = parse_metrics(text);
+    let found = samples(&all, name, labels);
+    (!found.is_empty()).then(|| found.iter().map(|s| s.value).sum())
+}
+
+/// Parses the RFC 3339 UTC times the daemon writes
+/// (`2026-11-22T05:00:00.123Z`, also without fraction or with `+00:00`).
+pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
+    let text = text
+        .strip_suffix('Z')
+        .or_else(|| text.strip_suffix("+00:00"))?;
+    let (date, time) = text.split_once(['T', 't', ' '])?;
+    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (year, month, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, fraction) = time.split_once('.').unwrap_or((time, ""));
+    let mut t = hms.splitn(3, ':').map(|p| p.parse::<u64>().ok());
+    let (hour, minute, second) = (t.next()??, t.next()??, t.next()??);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
+        return None;
+    }
+    // Days from 1970-01-01 to the date (Howard Hinnant's days_from_civil).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = u64::try_from(era * 146_097 + doe - 719_468).ok()?;
+    let nanos = if fraction.is_empty() {
+        0
+    } else {
+        let digits: String = fraction.chars().take(9).collect();
+        let value: u64 = digits.parse().ok()?;
+        value * 10u64.pow(9 - digits.len() as u32)
+    };
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_nanos(nanos))
+}
+
+/// One `services:` entry in the config's YAML: a TCP service `name` on
+/// `vip` with `servers`, an optional `default_server` and `health_check`
+/// given as an inline YAML mapping (e.g. `"{ kind: tcp, interval: 200ms }"`).
+pub fn service_yaml(
+    name: &str,
+    vip: &str,
+    servers: &[SocketAddr],
+    default_server: Option<SocketAddr>,
+    health_check: &str,
+) -> String {
+    let servers: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
+    let mut yaml = format!(
+        "  - name: {name}\n    vip: \"{vip}\"\n    protocol: tcp\n    servers: [{}]\n",
+        servers.join(", ")
+    );
+    if let Some(default) = default_server {
+        let _ = writeln!(yaml, "    default_server: \"{default}\"");
+    }
+    let _ = writeln!(yaml, "    health_check: {health_check}");
+    yaml
+}

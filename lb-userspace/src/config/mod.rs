@@ -37,10 +37,11 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer, ser::SerializeMap as _};
 use serde_saphyr::Location;
 
 use self::{raw::parse_raw, validate::Checker};
+use crate::state_machine::ServerState;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -58,6 +59,13 @@ pub struct Config {
     pub api_addr: SocketAddr,
     /// The balanced services; may be empty.
     pub services: Vec<ServiceConfig>,
+    /// Most health probes running at once across all services
+    /// (`max_concurrent_checks`, default 64, 1 to 4096).
+    pub max_concurrent_checks: usize,
+    /// How often connections per server are counted from the kernel
+    /// (`connection_poll_interval`, default 200ms, 10ms to 10s).
+    #[serde(serialize_with = "serialize_duration")]
+    pub connection_poll_interval: Duration,
 }
 
 /// One virtual address (VIP) and the servers connections to it are sent to.
@@ -89,27 +97,121 @@ pub enum Protocol {
     Udp,
 }
 
-/// Health checking of a service's servers.
+/// Health checking of a service's servers: the `health_check` block.
+///
+/// ```yaml
+/// health_check:
+///   profile: k3s        # optional; the only profile: every interval 1s
+///   kind: http          # tcp | udp | http | https | all
+///   interval: 2s        # optional: every state's interval
+///   intervals: { recovering: 1s, failed: 10s }   # optional, any subset
+///   timeout: 1s
+///   jitter: 10%         # or a plain number
+///   path: /healthz      # http and https only, like port, host,
+///   port: 8080          # expected_status and body_contains
+///   host: api.example
+///   expected_status: [200, 204]
+///   body_contains: ok
+///   ca_file: /etc/daas-lb/ca.pem   # https only
+///   insecure: false                # https only
+/// ```
+///
+/// Intervals are taken from the profile (or [`Intervals::DEFAULT`]), then
+/// `interval`, then each `intervals.<state>`. With `kind: all`, `checks`
+/// lists the checks that must all pass, each with its `kind` (not `all`)
+/// and that kind's fields.
+///
+/// Serialized (for `check-config` and tests) in the same shape as it is
+/// written, with the check's fields next to `timeout`, `intervals` and
+/// `jitter`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HealthCheckConfig {
-    /// How a server is probed.
-    pub kind: HealthCheckKind,
-    /// Time between two probes of one server.
-    #[serde(serialize_with = "serialize_duration")]
-    pub interval: Duration,
-    /// How long one probe may take.
+    /// What a check does (`kind` and the kind's fields).
+    #[serde(flatten)]
+    pub check: CheckSpec,
+    /// Per-probe timeout (`timeout`, default 1s, shortened to the shortest
+    /// interval if that is shorter); bounds the whole check.
     #[serde(serialize_with = "serialize_duration")]
     pub timeout: Duration,
+    /// Time between checks of one server, by its state.
+    pub intervals: Intervals,
+    /// Each wait is stretched or shortened by a random amount up to this
+    /// percentage (`jitter`, default 10, 0 to 50).
+    #[serde(rename = "jitter", serialize_with = "serialize_percent")]
+    pub jitter_percent: u8,
 }
 
-/// How a server is probed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HealthCheckKind {
-    /// A TCP connect must succeed.
+/// What one health check of a server does (`health_check.kind`).
+///
+/// Serialized as a mapping with `kind` (`tcp`, `udp`, `http`, `https` or
+/// `all`) and the kind's fields, like the file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CheckSpec {
+    /// `tcp`: a TCP connect to the server must succeed within the timeout.
     Tcp,
-    /// A UDP probe must not be refused.
+    /// `udp`: an empty datagram is sent; the server passes unless an ICMP
+    /// error comes back within the timeout.
     Udp,
+    /// `http` or `https` (when [`HttpCheck::tls`] is set): a GET request
+    /// must be answered with an expected status (and body).
+    Http(HttpCheck),
+    /// `all`: every listed check must pass; never nested.
+    All(Vec<CheckSpec>),
+}
+
+/// An `http` or `https` check.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HttpCheck {
+    /// `Some(..)` for kind `https`.
+    pub tls: Option<TlsOptions>,
+    /// Request path (`path`), default `/`, must start with `/`. May include
+    /// a query.
+    pub path: String,
+    /// Port to probe (`port`); `None` = the server's own port.
+    pub port: Option<u16>,
+    /// `Host` header and TLS server name (`host`); `None` = the server's IP.
+    /// The connection always goes to the server's IP.
+    pub host: Option<String>,
+    /// Accepted status codes (`expected_status`), default `[200]`; each 100
+    /// to 599. Redirects are not followed: a 3xx is judged like any status.
+    pub expected_status: Vec<u16>,
+    /// The body must contain this substring (`body_contains`); only the
+    /// first [`HttpCheck::BODY_LIMIT`] bytes of the body are read.
+    pub body_contains: Option<String>,
+}
+
+/// TLS settings of an `https` check.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct TlsOptions {
+    /// PEM file with the CA certificate(s) to trust instead of the built-in
+    /// web PKI roots (`ca_file`, an absolute path).
+    pub ca_file: Option<PathBuf>,
+    /// Accept any server certificate (`insecure`, default false); not
+    /// allowed together with `ca_file`.
+    pub insecure: bool,
+}
+
+/// Time between checks of one server, by its state (`health_check.intervals`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Intervals {
+    /// The selected server.
+    #[serde(serialize_with = "serialize_duration")]
+    pub active: Duration,
+    /// A preferred server (after recovery).
+    #[serde(serialize_with = "serialize_duration")]
+    pub preferred: Duration,
+    /// A passing server that is not selected.
+    #[serde(serialize_with = "serialize_duration")]
+    pub healthy: Duration,
+    /// A server recovering after a failure.
+    #[serde(serialize_with = "serialize_duration")]
+    pub recovering: Duration,
+    /// A failed server.
+    #[serde(serialize_with = "serialize_duration")]
+    pub failed: Duration,
+    /// Every other state: invalid, standby and unchecked.
+    #[serde(serialize_with = "serialize_duration")]
+    pub other: Duration,
 }
 
 impl Config {
@@ -128,6 +230,16 @@ impl Config {
     /// Most distinct (service, server) pairs in total, `default_server`
     /// included (backend id 0 means "no backend").
     pub const MAX_BACKENDS: usize = lb_common::MAX_BACKENDS as usize - 1;
+    /// Default for `max_concurrent_checks`.
+    pub const DEFAULT_MAX_CONCURRENT_CHECKS: usize = 64;
+    /// Largest accepted `max_concurrent_checks`.
+    pub const MAX_CONCURRENT_CHECKS: usize = 4096;
+    /// Default for `connection_poll_interval`.
+    pub const DEFAULT_CONNECTION_POLL_INTERVAL: Duration = Duration::from_millis(200);
+    /// Shortest accepted `connection_poll_interval`.
+    pub const MIN_CONNECTION_POLL_INTERVAL: Duration = Duration::from_millis(10);
+    /// Longest accepted `connection_poll_interval`.
+    pub const MAX_CONNECTION_POLL_INTERVAL: Duration = Duration::from_secs(10);
 
     /// Reads and validates the configuration file at `path`.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
@@ -195,24 +307,29 @@ impl FromStr for Protocol {
 }
 
 impl HealthCheckConfig {
-    /// Default `interval`.
-    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
-    /// Default `timeout` (or `interval`, if that is shorter).
+    /// Default `timeout` (or the shortest interval, if that is shorter).
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
-    /// Shortest accepted `interval`.
+    /// Shortest accepted interval.
     pub const MIN_INTERVAL: Duration = Duration::from_millis(10);
+    /// Default `jitter`, in percent.
+    pub const DEFAULT_JITTER_PERCENT: u8 = 10;
+    /// Largest accepted `jitter`, in percent.
+    pub const MAX_JITTER_PERCENT: u8 = 50;
 
-    /// The health check used when a service has no `health_check` block.
+    /// The health check used when a service has no `health_check` block:
+    /// `tcp` for tcp services, `udp` for udp ones, default intervals, 1s
+    /// timeout, 10% jitter.
     pub const fn default_for(protocol: Protocol) -> Self {
         Self {
-            kind: HealthCheckKind::default_for(protocol),
-            interval: Self::DEFAULT_INTERVAL,
+            check: CheckSpec::default_for(protocol),
             timeout: Self::DEFAULT_TIMEOUT,
+            intervals: Intervals::DEFAULT,
+            jitter_percent: Self::DEFAULT_JITTER_PERCENT,
         }
     }
 }
 
-impl HealthCheckKind {
+impl CheckSpec {
     /// The kind used when `health_check.kind` is not given.
     pub const fn default_for(protocol: Protocol) -> Self {
         match protocol {
@@ -221,32 +338,150 @@ impl HealthCheckKind {
         }
     }
 
-    /// The name used in the configuration file.
-    pub const fn as_str(self) -> &'static str {
+    /// The `kind` word used in the configuration file.
+    pub const fn kind(&self) -> &'static str {
         match self {
             Self::Tcp => "tcp",
             Self::Udp => "udp",
+            Self::Http(HttpCheck { tls: None, .. }) => "http",
+            Self::Http(HttpCheck { tls: Some(_), .. }) => "https",
+            Self::All(_) => "all",
         }
     }
 }
 
-impl fmt::Display for HealthCheckKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+impl Serialize for CheckSpec {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("kind", self.kind())?;
+        match self {
+            Self::Tcp | Self::Udp => {}
+            Self::Http(http) => {
+                map.serialize_entry("path", &http.path)?;
+                if let Some(port) = http.port {
+                    map.serialize_entry("port", &port)?;
+                }
+                if let Some(host) = &http.host {
+                    map.serialize_entry("host", host)?;
+                }
+                map.serialize_entry("expected_status", &http.expected_status)?;
+                if let Some(body) = &http.body_contains {
+                    map.serialize_entry("body_contains", body)?;
+                }
+                if let Some(tls) = &http.tls {
+                    if let Some(ca_file) = &tls.ca_file {
+                        map.serialize_entry("ca_file", ca_file)?;
+                    }
+                    map.serialize_entry("insecure", &tls.insecure)?;
+                }
+            }
+            Self::All(checks) => map.serialize_entry("checks", checks)?,
+        }
+        map.end()
     }
 }
 
-impl FromStr for HealthCheckKind {
-    type Err = String;
+impl HttpCheck {
+    /// Default `path`.
+    pub const DEFAULT_PATH: &str = "/";
+    /// Default `expected_status`.
+    pub const DEFAULT_STATUS: u16 = 200;
+    /// How much of the body is searched for `body_contains`.
+    pub const BODY_LIMIT: usize = 64 * 1024;
 
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text {
-            "tcp" => Ok(Self::Tcp),
-            "udp" => Ok(Self::Udp),
-            _ => Err(format!(
-                "unknown health check kind {text:?}; expected tcp or udp"
-            )),
+    /// An `http` check of `/` on the server's own port, expecting 200.
+    pub fn new() -> Self {
+        Self {
+            tls: None,
+            path: Self::DEFAULT_PATH.to_owned(),
+            port: None,
+            host: None,
+            expected_status: vec![Self::DEFAULT_STATUS],
+            body_contains: None,
         }
+    }
+}
+
+impl Default for HttpCheck {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Intervals {
+    /// The intervals used without profile and overrides: active 5s,
+    /// preferred 10s, healthy 10s, recovering 3s, failed 30s, other 15s.
+    pub const DEFAULT: Self = Self {
+        active: Duration::from_secs(5),
+        preferred: Duration::from_secs(10),
+        healthy: Duration::from_secs(10),
+        recovering: Duration::from_secs(3),
+        failed: Duration::from_secs(30),
+        other: Duration::from_secs(15),
+    };
+    /// `profile: k3s`: 1s in every state, like the K3s agent load balancer.
+    pub const K3S: Self = Self::uniform(Duration::from_secs(1));
+    /// The names of the states in `intervals`, in field order.
+    pub const STATE_NAMES: [&str; 6] = [
+        "active",
+        "preferred",
+        "healthy",
+        "recovering",
+        "failed",
+        "other",
+    ];
+
+    /// The same interval in every state.
+    pub const fn uniform(interval: Duration) -> Self {
+        Self {
+            active: interval,
+            preferred: interval,
+            healthy: interval,
+            recovering: interval,
+            failed: interval,
+            other: interval,
+        }
+    }
+
+    /// The interval for a server in `state`; `other` covers invalid,
+    /// standby and unchecked.
+    pub const fn for_state(&self, state: ServerState) -> Duration {
+        match state {
+            ServerState::Active => self.active,
+            ServerState::Preferred => self.preferred,
+            ServerState::Healthy => self.healthy,
+            ServerState::Recovering => self.recovering,
+            ServerState::Failed => self.failed,
+            ServerState::Invalid | ServerState::Standby | ServerState::Unchecked => self.other,
+        }
+    }
+
+    /// The shortest interval of all states.
+    pub fn shortest(&self) -> Duration {
+        self.entries()
+            .into_iter()
+            .map(|(_, interval)| interval)
+            .min()
+            .unwrap_or(self.other)
+    }
+
+    /// Every state name of [`Intervals::STATE_NAMES`] with its interval.
+    pub const fn entries(&self) -> [(&'static str, Duration); 6] {
+        let names = Self::STATE_NAMES;
+        [
+            (names[0], self.active),
+            (names[1], self.preferred),
+            (names[2], self.healthy),
+            (names[3], self.recovering),
+            (names[4], self.failed),
+            (names[5], self.other),
+        ]
+    }
+}
+
+impl Default for Intervals {
+    fn default() -> Self {
+        Self::DEFAULT
     }
 }
 
@@ -256,6 +491,15 @@ fn serialize_duration<S: Serializer>(
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
     serializer.collect_str(&humantime::format_duration(*duration))
+}
+
+/// Shows a percentage the way it is written in the file ("10%").
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's serialize_with passes a reference"
+)]
+fn serialize_percent<S: Serializer>(percent: &u8, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(&format_args!("{percent}%"))
 }
 
 /// Logs services that accept connects only to refuse them.

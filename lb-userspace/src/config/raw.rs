@@ -23,6 +23,8 @@ pub(super) struct RawConfig {
     pub(super) metrics_addr: Option<Spanned<String>>,
     pub(super) api_addr: Option<Spanned<String>>,
     pub(super) services: Option<Spanned<Vec<Spanned<RawService>>>>,
+    pub(super) max_concurrent_checks: Option<Spanned<String>>,
+    pub(super) connection_poll_interval: Option<Spanned<String>>,
 }
 
 /// One entry of `services`.
@@ -37,13 +39,117 @@ pub(super) struct RawService {
     pub(super) health_check: Option<Spanned<RawHealthCheck>>,
 }
 
-/// A service's `health_check` block.
+/// A service's `health_check` block. The fields of `http`/`https` checks
+/// are repeated in [`RawCheckPart`] because serde cannot flatten a struct
+/// that denies unknown fields.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawHealthCheck {
+    pub(super) profile: Option<Spanned<String>>,
     pub(super) kind: Option<Spanned<String>>,
     pub(super) interval: Option<Spanned<String>>,
+    pub(super) intervals: Option<Spanned<RawIntervals>>,
     pub(super) timeout: Option<Spanned<String>>,
+    pub(super) jitter: Option<Spanned<String>>,
+    pub(super) path: Option<Spanned<String>>,
+    pub(super) port: Option<Spanned<String>>,
+    pub(super) host: Option<Spanned<String>>,
+    pub(super) expected_status: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) body_contains: Option<Spanned<String>>,
+    pub(super) ca_file: Option<Spanned<String>>,
+    pub(super) insecure: Option<Spanned<String>>,
+    pub(super) checks: Option<Spanned<Vec<Spanned<RawCheckPart>>>>,
+}
+
+/// `health_check.intervals`: any subset of the states.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIntervals {
+    pub(super) active: Option<Spanned<String>>,
+    pub(super) preferred: Option<Spanned<String>>,
+    pub(super) healthy: Option<Spanned<String>>,
+    pub(super) recovering: Option<Spanned<String>>,
+    pub(super) failed: Option<Spanned<String>>,
+    pub(super) other: Option<Spanned<String>>,
+}
+
+/// One entry of `health_check.checks` (with `kind: all`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCheckPart {
+    pub(super) kind: Option<Spanned<String>>,
+    pub(super) path: Option<Spanned<String>>,
+    pub(super) port: Option<Spanned<String>>,
+    pub(super) host: Option<Spanned<String>>,
+    pub(super) expected_status: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) body_contains: Option<Spanned<String>>,
+    pub(super) ca_file: Option<Spanned<String>>,
+    pub(super) insecure: Option<Spanned<String>>,
+}
+
+/// The fields of an `http`/`https` check, borrowed from a
+/// [`RawHealthCheck`] or a [`RawCheckPart`].
+pub(super) struct RawHttpFields<'a> {
+    pub(super) path: Option<&'a Spanned<String>>,
+    pub(super) port: Option<&'a Spanned<String>>,
+    pub(super) host: Option<&'a Spanned<String>>,
+    pub(super) expected_status: Option<&'a Spanned<Vec<Spanned<String>>>>,
+    pub(super) body_contains: Option<&'a Spanned<String>>,
+    pub(super) ca_file: Option<&'a Spanned<String>>,
+    pub(super) insecure: Option<&'a Spanned<String>>,
+}
+
+impl RawHealthCheck {
+    pub(super) fn http_fields(&self) -> RawHttpFields<'_> {
+        RawHttpFields {
+            path: self.path.as_ref(),
+            port: self.port.as_ref(),
+            host: self.host.as_ref(),
+            expected_status: self.expected_status.as_ref(),
+            body_contains: self.body_contains.as_ref(),
+            ca_file: self.ca_file.as_ref(),
+            insecure: self.insecure.as_ref(),
+        }
+    }
+}
+
+impl RawCheckPart {
+    pub(super) fn http_fields(&self) -> RawHttpFields<'_> {
+        RawHttpFields {
+            path: self.path.as_ref(),
+            port: self.port.as_ref(),
+            host: self.host.as_ref(),
+            expected_status: self.expected_status.as_ref(),
+            body_contains: self.body_contains.as_ref(),
+            ca_file: self.ca_file.as_ref(),
+            insecure: self.insecure.as_ref(),
+        }
+    }
+}
+
+impl RawHttpFields<'_> {
+    /// The fields that were written, each with its name and position, in
+    /// file order of declaration.
+    pub(super) fn present(&self) -> Vec<(&'static str, Location)> {
+        [
+            ("path", self.path.map(|raw| raw.referenced)),
+            ("port", self.port.map(|raw| raw.referenced)),
+            ("host", self.host.map(|raw| raw.referenced)),
+            (
+                "expected_status",
+                self.expected_status.map(|raw| raw.referenced),
+            ),
+            (
+                "body_contains",
+                self.body_contains.map(|raw| raw.referenced),
+            ),
+            ("ca_file", self.ca_file.map(|raw| raw.referenced)),
+            ("insecure", self.insecure.map(|raw| raw.referenced)),
+        ]
+        .into_iter()
+        .filter_map(|(name, location)| Some((name, location?)))
+        .collect()
+    }
 }
 
 /// Turns a parser error into an [`Issue`] with the path of the node it

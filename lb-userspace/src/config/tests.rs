@@ -75,11 +75,14 @@ fn full_example() {
                 servers: vec![addr("10.0.0.1:9345"), addr("10.0.0.2:9345")],
                 default_server: Some(addr("10.0.0.1:9345")),
                 health_check: HealthCheckConfig {
-                    kind: HealthCheckKind::Tcp,
-                    interval: Duration::from_secs(1),
+                    check: CheckSpec::Tcp,
                     timeout: Duration::from_millis(500),
+                    intervals: Intervals::uniform(Duration::from_secs(1)),
+                    jitter_percent: 10,
                 },
             }],
+            max_concurrent_checks: 64,
+            connection_poll_interval: Duration::from_millis(200),
         }
     );
 }
@@ -94,6 +97,8 @@ fn defaults() {
     assert_eq!(config.data_dir, Path::new(Config::DEFAULT_DATA_DIR));
     assert_eq!(config.metrics_addr, addr("127.0.0.1:9464"));
     assert_eq!(config.api_addr, addr("127.0.0.1:9465"));
+    assert_eq!(config.max_concurrent_checks, 64);
+    assert_eq!(config.connection_poll_interval, Duration::from_millis(200));
     let service = &config.services[0];
     assert_eq!(service.protocol, Protocol::Udp);
     assert!(service.servers.is_empty());
@@ -101,9 +106,10 @@ fn defaults() {
     assert_eq!(
         service.health_check,
         HealthCheckConfig {
-            kind: HealthCheckKind::Udp,
-            interval: Duration::from_secs(5),
+            check: CheckSpec::Udp,
             timeout: Duration::from_secs(1),
+            intervals: Intervals::DEFAULT,
+            jitter_percent: 10,
         }
     );
 
@@ -113,22 +119,26 @@ fn defaults() {
         config.services[0].health_check,
         HealthCheckConfig::default_for(Protocol::Tcp)
     );
-    assert_eq!(config.services[0].health_check.kind, HealthCheckKind::Tcp);
+    assert_eq!(config.services[0].health_check.check, CheckSpec::Tcp);
 }
 
 #[test]
 fn partial_health_check_block() {
     let config = parse(&with_service("    health_check: { interval: 200ms }\n"));
     let check = &config.services[0].health_check;
-    assert_eq!(check.kind, HealthCheckKind::Tcp);
-    assert_eq!(check.interval, Duration::from_millis(200));
+    assert_eq!(check.check, CheckSpec::Tcp);
+    assert_eq!(
+        check.intervals,
+        Intervals::uniform(Duration::from_millis(200))
+    );
     // The default timeout (1s) is shortened to the interval.
     assert_eq!(check.timeout, Duration::from_millis(200));
+    assert_eq!(check.jitter_percent, 10);
 
     let config = parse(&with_service("    health_check: { timeout: 3s }\n"));
     assert_eq!(
-        config.services[0].health_check.interval,
-        Duration::from_secs(5)
+        config.services[0].health_check.intervals,
+        Intervals::DEFAULT
     );
     assert_eq!(
         config.services[0].health_check.timeout,
@@ -139,7 +149,7 @@ fn partial_health_check_block() {
     let config = parse(
         "services:\n  - name: a\n    vip: 127.0.0.1:53\n    protocol: udp\n    servers: []\n    health_check: { kind: tcp }\n",
     );
-    assert_eq!(config.services[0].health_check.kind, HealthCheckKind::Tcp);
+    assert_eq!(config.services[0].health_check.check, CheckSpec::Tcp);
 }
 
 #[test]
@@ -174,8 +184,17 @@ fn protocol_and_kind_strings() {
     assert_eq!(Protocol::Udp.number(), 17);
     assert_eq!("udp".parse::<Protocol>(), Ok(Protocol::Udp));
     assert!("sctp".parse::<Protocol>().is_err());
-    assert_eq!(HealthCheckKind::Udp.to_string(), "udp");
-    assert_eq!("tcp".parse::<HealthCheckKind>(), Ok(HealthCheckKind::Tcp));
+    assert_eq!(CheckSpec::Udp.kind(), "udp");
+    assert_eq!(CheckSpec::Http(HttpCheck::new()).kind(), "http");
+    let https = HttpCheck {
+        tls: Some(TlsOptions {
+            ca_file: None,
+            insecure: true,
+        }),
+        ..HttpCheck::new()
+    };
+    assert_eq!(CheckSpec::Http(https).kind(), "https");
+    assert_eq!(CheckSpec::All(vec![CheckSpec::Tcp]).kind(), "all");
 }
 
 #[test]
@@ -185,8 +204,12 @@ fn serializes_for_status() {
     assert_eq!(service["protocol"], "tcp");
     assert_eq!(service["vip"], "127.0.0.1:6444");
     assert_eq!(service["health_check"]["kind"], "tcp");
-    assert_eq!(service["health_check"]["interval"], "1s");
+    assert_eq!(service["health_check"]["intervals"]["active"], "1s");
+    assert_eq!(service["health_check"]["intervals"]["other"], "1s");
     assert_eq!(service["health_check"]["timeout"], "500ms");
+    assert_eq!(service["health_check"]["jitter"], "10%");
+    assert_eq!(json["max_concurrent_checks"], 64);
+    assert_eq!(json["connection_poll_interval"], "200ms");
 }
 
 #[test]
@@ -229,7 +252,7 @@ fn unknown_fields() {
         &with_service("    health_check:\n      kind: tcp\n      retries: 3\n"),
         "services[0].health_check.retries",
         7,
-        "expected one of kind, interval, timeout",
+        "expected one of profile, kind, interval, intervals, timeout, jitter, path",
     );
 }
 
@@ -473,10 +496,10 @@ fn bad_protocol_and_kind() {
         "expected tcp or udp",
     );
     assert_error(
-        &with_service("    health_check:\n      kind: http\n"),
+        &with_service("    health_check:\n      kind: grpc\n"),
         "services[0].health_check.kind",
         6,
-        "expected tcp or udp",
+        "expected tcp, udp, http, https or all",
     );
     assert_error(
         &with_service("    health_check: { kind: udp }\n"),
@@ -529,7 +552,7 @@ fn bad_durations() {
         &check("      timeout: 6s\n"),
         "services[0].health_check.timeout",
         6,
-        "longer than interval 5s",
+        "timeout 6s is longer than the recovering interval 3s, the shortest",
     );
     parse(&check("      interval: 10ms\n      timeout: 10ms\n"));
     parse(&check("      interval: 1m\n      timeout: 1m\n"));
@@ -630,4 +653,683 @@ services:
         lines[4].starts_with("test.yaml:9:31: services[1].health_check.interval: "),
         "{error}"
     );
+}
+
+/// A self-signed CA certificate (no key needed: it is only read).
+const CA_PEM: &str = "\
+-----BEGIN CERTIFICATE-----
+MIIBizCCATGgAwIBAgIUZmoS6u87cpDKqnOf6+F2m/r2Z1gwCgYIKoZIzj0EAwIw
+GjEYMBYGA1UEAwwPZGFhcy1sYi10ZXN0LWNhMCAXDTI2MTEyMjA1Mzc0NVoYDzIx
+MjYxMDI5MDUzNzQ1WjAaMRgwFgYDVQQDDA9kYWFzLWxiLXRlc3QtY2EwWTATBgcq
+hkjOPQIBBggqhkjOPQMBBwNCAAR5padUOUFxwfKtCAVlET1+gcqbyihCh1bKgbNt
+vSFReE+zTQLSzzDZnQE0Nwd8hwVL+rkv+5h8Z2HuEkZyp8mdo1MwUTAdBgNVHQ4E
+FgQU4SqV/ojZHftIw49QTi3h29uYyYswHwYDVR0jBBgwFoAU4SqV/ojZHftIw49Q
+Ti3h29uYyYswDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNIADBFAiEAmSHj
+AYvOgugUEXMc5ojRs0BR+cUCpc3iXUvfQh3uKiwCIE9byJh8ysKLbLjWzkPzpgdN
+UHWh590HCnB5QLujMpdG
+-----END CERTIFICATE-----
+";
+
+/// A directory removed when dropped.
+struct TestDir(PathBuf);
+
+impl TestDir {
+    fn new(name: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("daas-lb-config-{name}-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn file(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.0.join(name);
+        fs::write(&path, contents).unwrap();
+        path
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `with_service` with a `health_check:` block of `lines` (line 5 is
+/// `health_check:`, the block starts at line 6).
+fn with_check(lines: &str) -> String {
+    with_service(&format!("    health_check:\n{lines}"))
+}
+
+fn check_of(yaml: &str) -> HealthCheckConfig {
+    parse(yaml).services[0].health_check.clone()
+}
+
+#[test]
+fn top_level_check_settings() {
+    let config =
+        parse("services: []\nmax_concurrent_checks: 4096\nconnection_poll_interval: 10s\n");
+    assert_eq!(config.max_concurrent_checks, 4096);
+    assert_eq!(config.connection_poll_interval, Duration::from_secs(10));
+    let config = parse("services: []\nmax_concurrent_checks: 1\nconnection_poll_interval: 10ms\n");
+    assert_eq!(config.max_concurrent_checks, 1);
+    assert_eq!(config.connection_poll_interval, Duration::from_millis(10));
+
+    let top = |line: &str| format!("services: []\n{line}\n");
+    assert_error(
+        &top("max_concurrent_checks: 0"),
+        "max_concurrent_checks",
+        2,
+        "0 is out of range; expected 1 to 4096",
+    );
+    assert_error(
+        &top("max_concurrent_checks: 4097"),
+        "max_concurrent_checks",
+        2,
+        "out of range",
+    );
+    assert_error(
+        &top("max_concurrent_checks: lots"),
+        "max_concurrent_checks",
+        2,
+        "invalid number \"lots\"",
+    );
+    assert_error(
+        &top("connection_poll_interval: 5ms"),
+        "connection_poll_interval",
+        2,
+        "5ms is too short; expected at least 10ms",
+    );
+    assert_error(
+        &top("connection_poll_interval: 11s"),
+        "connection_poll_interval",
+        2,
+        "11s is too long; expected at most 10s",
+    );
+    assert_error(
+        &top("connection_poll_interval: 0s"),
+        "connection_poll_interval",
+        2,
+        "must not be zero",
+    );
+}
+
+#[test]
+fn http_check_defaults() {
+    let check = check_of(&with_check("      kind: http\n"));
+    assert_eq!(check.check, CheckSpec::Http(HttpCheck::new()));
+    assert_eq!(
+        HttpCheck::new(),
+        HttpCheck {
+            tls: None,
+            path: "/".to_owned(),
+            port: None,
+            host: None,
+            expected_status: vec![200],
+            body_contains: None,
+        }
+    );
+    assert_eq!(check.timeout, Duration::from_secs(1));
+    assert_eq!(check.intervals, Intervals::DEFAULT);
+    assert_eq!(check.jitter_percent, 10);
+}
+
+#[test]
+fn http_check_with_every_field() {
+    let check = check_of(&with_check(
+        "      kind: http\n      path: /healthz?full=1\n      port: 8080\n      host: api.example\n      expected_status: [200, 204]\n      body_contains: ok\n",
+    ));
+    assert_eq!(
+        check.check,
+        CheckSpec::Http(HttpCheck {
+            tls: None,
+            path: "/healthz?full=1".to_owned(),
+            port: Some(8080),
+            host: Some("api.example".to_owned()),
+            expected_status: vec![200, 204],
+            body_contains: Some("ok".to_owned()),
+        })
+    );
+}
+
+#[test]
+fn https_check_options() {
+    let dir = TestDir::new("https");
+    let ca = dir.file("ca.pem", CA_PEM);
+    let check = check_of(&with_check(&format!(
+        "      kind: https\n      ca_file: {}\n      insecure: false\n",
+        ca.display()
+    )));
+    assert_eq!(
+        check.check,
+        CheckSpec::Http(HttpCheck {
+            tls: Some(TlsOptions {
+                ca_file: Some(ca.clone()),
+                insecure: false,
+            }),
+            ..HttpCheck::new()
+        })
+    );
+    let check = check_of(&with_check("      kind: https\n      insecure: true\n"));
+    assert_eq!(
+        check.check,
+        CheckSpec::Http(HttpCheck {
+            tls: Some(TlsOptions {
+                ca_file: None,
+                insecure: true,
+            }),
+            ..HttpCheck::new()
+        })
+    );
+    let check = check_of(&with_check("      kind: https\n"));
+    assert_eq!(
+        check.check,
+        CheckSpec::Http(HttpCheck {
+            tls: Some(TlsOptions {
+                ca_file: None,
+                insecure: false,
+            }),
+            ..HttpCheck::new()
+        })
+    );
+}
+
+#[test]
+fn ca_file_must_be_a_readable_certificate() {
+    let dir = TestDir::new("ca-file");
+    let missing = dir.0.join("missing.pem");
+    assert_error(
+        &with_check(&format!(
+            "      kind: https\n      ca_file: {}\n",
+            missing.display()
+        )),
+        "services[0].health_check.ca_file",
+        7,
+        &format!("cannot read CA file {}", missing.display()),
+    );
+    let junk = dir.file("junk.pem", "not a certificate\n");
+    assert_error(
+        &with_check(&format!(
+            "      kind: https\n      ca_file: {}\n",
+            junk.display()
+        )),
+        "services[0].health_check.ca_file",
+        7,
+        &format!("CA file {} holds no certificate", junk.display()),
+    );
+    let broken = dir.file(
+        "broken.pem",
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    );
+    assert_error(
+        &with_check(&format!(
+            "      kind: https\n      ca_file: {}\n",
+            broken.display()
+        )),
+        "services[0].health_check.ca_file",
+        7,
+        &broken.display().to_string(),
+    );
+    assert_error(
+        &with_check("      kind: https\n      ca_file: ca.pem\n"),
+        "services[0].health_check.ca_file",
+        7,
+        "not an absolute path",
+    );
+}
+
+#[test]
+fn insecure_with_ca_file_is_rejected() {
+    let dir = TestDir::new("insecure");
+    let ca = dir.file("ca.pem", CA_PEM);
+    assert_error(
+        &with_check(&format!(
+            "      kind: https\n      ca_file: {}\n      insecure: true\n",
+            ca.display()
+        )),
+        "services[0].health_check.insecure",
+        8,
+        "use one or the other",
+    );
+    assert_error(
+        &with_check("      kind: https\n      insecure: maybe\n"),
+        "services[0].health_check.insecure",
+        7,
+        "expected true or false",
+    );
+}
+
+#[test]
+fn http_fields_need_an_http_kind() {
+    for field in [
+        "path: /x",
+        "port: 80",
+        "host: a.example",
+        "expected_status: [200]",
+        "body_contains: ok",
+    ] {
+        let name = field.split(':').next().unwrap();
+        assert_error(
+            &with_check(&format!("      kind: tcp\n      {field}\n")),
+            &format!("services[0].health_check.{name}"),
+            7,
+            "only valid with kind http or https, not with kind tcp",
+        );
+    }
+    // Without a kind, a tcp service is checked with tcp.
+    assert_error(
+        &with_check("      path: /x\n"),
+        "services[0].health_check.path",
+        6,
+        "only valid with kind http or https",
+    );
+    assert_error(
+        "services:\n  - name: a\n    vip: 127.0.0.1:53\n    protocol: udp\n    servers: []\n    health_check: { kind: udp, port: 53 }\n",
+        "services[0].health_check.port",
+        6,
+        "only valid with kind http or https, not with kind udp",
+    );
+    assert_error(
+        &with_check("      kind: tcp\n      insecure: true\n"),
+        "services[0].health_check.insecure",
+        7,
+        "only valid with kind https, not with kind tcp",
+    );
+    assert_error(
+        &with_check("      kind: http\n      insecure: true\n"),
+        "services[0].health_check.insecure",
+        7,
+        "only valid with kind https, not with kind http",
+    );
+    assert_error(
+        &with_check("      kind: http\n      ca_file: /etc/ca.pem\n"),
+        "services[0].health_check.ca_file",
+        7,
+        "only valid with kind https",
+    );
+}
+
+#[test]
+fn bad_http_values() {
+    let http = |line: &str| with_check(&format!("      kind: http\n      {line}\n"));
+    assert_error(
+        &http("path: healthz"),
+        "services[0].health_check.path",
+        7,
+        "does not start with /",
+    );
+    assert_error(
+        &http("path: \"/a b\""),
+        "services[0].health_check.path",
+        7,
+        "percent-encode",
+    );
+    assert_error(
+        &http("port: 0"),
+        "services[0].health_check.port",
+        7,
+        "port 0 is not allowed",
+    );
+    assert_error(
+        &http("port: 70000"),
+        "services[0].health_check.port",
+        7,
+        "not a port number",
+    );
+    assert_error(
+        &http("host: \"api example\""),
+        "services[0].health_check.host",
+        7,
+        "invalid host name",
+    );
+    assert_error(
+        &http("host: api.example:8080"),
+        "services[0].health_check.host",
+        7,
+        "the port goes in `port`",
+    );
+    assert_error(
+        &http("host: 10.0.0.1"),
+        "services[0].health_check.host",
+        7,
+        "is an IP address",
+    );
+    assert_error(
+        &http("expected_status: [200, 99]"),
+        "services[0].health_check.expected_status[1]",
+        7,
+        "status 99 is out of range; expected 100 to 599",
+    );
+    assert_error(
+        &http("expected_status: [600]"),
+        "services[0].health_check.expected_status[0]",
+        7,
+        "out of range",
+    );
+    assert_error(
+        &http("expected_status: [ok]"),
+        "services[0].health_check.expected_status[0]",
+        7,
+        "invalid status code",
+    );
+    assert_error(
+        &http("expected_status: []"),
+        "services[0].health_check.expected_status",
+        7,
+        "must not be empty",
+    );
+    assert_error(
+        &http("body_contains: \"\""),
+        "services[0].health_check.body_contains",
+        7,
+        "must not be empty",
+    );
+    let check = check_of(&http("expected_status: [100, 599, 301]"));
+    let CheckSpec::Http(http) = check.check else {
+        panic!("{check:?}");
+    };
+    assert_eq!(http.expected_status, vec![100, 599, 301]);
+}
+
+#[test]
+fn kind_all() {
+    let check = check_of(&with_check(
+        "      kind: all\n      checks:\n        - { kind: tcp }\n        - { kind: http, path: /readyz, port: 8080 }\n        - kind: https\n          insecure: true\n",
+    ));
+    assert_eq!(
+        check.check,
+        CheckSpec::All(vec![
+            CheckSpec::Tcp,
+            CheckSpec::Http(HttpCheck {
+                path: "/readyz".to_owned(),
+                port: Some(8080),
+                ..HttpCheck::new()
+            }),
+            CheckSpec::Http(HttpCheck {
+                tls: Some(TlsOptions {
+                    ca_file: None,
+                    insecure: true,
+                }),
+                ..HttpCheck::new()
+            }),
+        ])
+    );
+
+    assert_error(
+        &with_check("      kind: all\n"),
+        "services[0].health_check.kind",
+        6,
+        "kind all needs `checks`",
+    );
+    assert_error(
+        &with_check("      kind: all\n      checks: []\n"),
+        "services[0].health_check.checks",
+        7,
+        "must not be empty with kind all",
+    );
+    assert_error(
+        &with_check("      kind: tcp\n      checks:\n        - { kind: tcp }\n"),
+        "services[0].health_check.checks",
+        8,
+        "`checks` is only valid with kind all, not with kind tcp",
+    );
+    assert_error(
+        &with_check("      checks:\n        - { kind: tcp }\n"),
+        "services[0].health_check.checks",
+        7,
+        "only valid with kind all",
+    );
+    assert_error(
+        &with_check("      kind: all\n      checks:\n        - { kind: all, checks: [] }\n"),
+        "services[0].health_check.checks[0].checks",
+        8,
+        "unknown field `checks`",
+    );
+    assert_error(
+        &with_check(
+            "      kind: all\n      checks:\n        - { kind: tcp }\n        - { kind: all }\n",
+        ),
+        "services[0].health_check.checks[1].kind",
+        9,
+        "kind all cannot be nested",
+    );
+    assert_error(
+        &with_check("      kind: all\n      checks:\n        - { port: 80 }\n"),
+        "services[0].health_check.checks[0]",
+        8,
+        "missing required field `kind`",
+    );
+    assert_error(
+        &with_check("      kind: all\n      checks:\n        - { kind: udp }\n"),
+        "services[0].health_check.checks[0].kind",
+        8,
+        "kind udp cannot check a tcp service",
+    );
+    assert_error(
+        &with_check("      kind: all\n      checks:\n        - { kind: tcp, timeout: 1s }\n"),
+        "services[0].health_check.checks[0].timeout",
+        8,
+        "unknown field `timeout`",
+    );
+    assert_error(
+        &with_check("      kind: all\n      checks:\n        - { kind: tcp, path: /x }\n"),
+        "services[0].health_check.checks[0].path",
+        8,
+        "only valid with kind http or https, not with kind tcp",
+    );
+    assert_error(
+        &with_check("      kind: all\n      path: /x\n      checks:\n        - { kind: http }\n"),
+        "services[0].health_check.path",
+        7,
+        "with kind all, write it in an entry of `checks`",
+    );
+    // Parts of a udp service may use tcp and http.
+    let config = parse(
+        "services:\n  - name: a\n    vip: 127.0.0.1:53\n    protocol: udp\n    servers: []\n    health_check:\n      kind: all\n      checks: [{ kind: udp }, { kind: http, port: 8080 }]\n",
+    );
+    assert!(matches!(
+        &config.services[0].health_check.check,
+        CheckSpec::All(parts) if parts.len() == 2
+    ));
+}
+
+#[test]
+fn jitter() {
+    let jitter = |value: &str| with_check(&format!("      jitter: {value}\n"));
+    assert_eq!(check_of(&jitter("20%")).jitter_percent, 20);
+    assert_eq!(check_of(&jitter("20")).jitter_percent, 20);
+    assert_eq!(check_of(&jitter("0%")).jitter_percent, 0);
+    assert_eq!(check_of(&jitter("50%")).jitter_percent, 50);
+    assert_error(
+        &jitter("51%"),
+        "services[0].health_check.jitter",
+        6,
+        "jitter 51% is out of range; expected 0% to 50%",
+    );
+    assert_error(
+        &jitter("300"),
+        "services[0].health_check.jitter",
+        6,
+        "out of range",
+    );
+    assert_error(
+        &jitter("lots"),
+        "services[0].health_check.jitter",
+        6,
+        "invalid jitter \"lots\"",
+    );
+    assert_error(
+        &jitter("-5%"),
+        "services[0].health_check.jitter",
+        6,
+        "invalid jitter",
+    );
+}
+
+#[test]
+fn interval_precedence() {
+    // profile alone.
+    let check = check_of(&with_check("      profile: k3s\n"));
+    assert_eq!(check.intervals, Intervals::K3S);
+    assert_eq!(check.timeout, Duration::from_secs(1));
+    // interval overrides the profile.
+    let check = check_of(&with_check("      profile: k3s\n      interval: 2s\n"));
+    assert_eq!(check.intervals, Intervals::uniform(Duration::from_secs(2)));
+    // intervals.<state> overrides interval and profile.
+    let check = check_of(&with_check(
+        "      profile: k3s\n      interval: 2s\n      intervals: { failed: 30s, recovering: 500ms }\n",
+    ));
+    assert_eq!(
+        check.intervals,
+        Intervals {
+            recovering: Duration::from_millis(500),
+            failed: Duration::from_secs(30),
+            ..Intervals::uniform(Duration::from_secs(2))
+        }
+    );
+    // The default timeout is shortened to the shortest interval.
+    assert_eq!(check.timeout, Duration::from_millis(500));
+    // intervals alone change the defaults.
+    let check = check_of(&with_check(
+        "      intervals:\n        active: 1s\n        preferred: 2s\n        healthy: 3s\n        recovering: 4s\n        failed: 5s\n        other: 6s\n",
+    ));
+    assert_eq!(
+        check.intervals,
+        Intervals {
+            active: Duration::from_secs(1),
+            preferred: Duration::from_secs(2),
+            healthy: Duration::from_secs(3),
+            recovering: Duration::from_secs(4),
+            failed: Duration::from_secs(5),
+            other: Duration::from_secs(6),
+        }
+    );
+    let check = check_of(&with_check("      intervals: { failed: 1m }\n"));
+    assert_eq!(
+        check.intervals,
+        Intervals {
+            failed: Duration::from_mins(1),
+            ..Intervals::DEFAULT
+        }
+    );
+}
+
+#[test]
+fn bad_intervals_and_profiles() {
+    assert_error(
+        &with_check("      intervals: { recovering: 5ms }\n"),
+        "services[0].health_check.intervals.recovering",
+        6,
+        "interval 5ms is too short; expected at least 10ms",
+    );
+    assert_error(
+        &with_check("      intervals:\n        failed: soon\n"),
+        "services[0].health_check.intervals.failed",
+        7,
+        "invalid duration",
+    );
+    assert_error(
+        &with_check("      intervals:\n        standby: 1s\n"),
+        "services[0].health_check.intervals.standby",
+        7,
+        "unknown field `standby`, expected one of active, preferred, healthy, recovering, failed, other",
+    );
+    assert_error(
+        &with_check("      profile: k8s\n"),
+        "services[0].health_check.profile",
+        6,
+        "unknown profile \"k8s\"; expected k3s",
+    );
+    assert_error(
+        &with_check("      intervals: { recovering: 1s }\n      timeout: 2s\n"),
+        "services[0].health_check.timeout",
+        7,
+        "timeout 2s is longer than the recovering interval 1s, the shortest",
+    );
+    assert_error(
+        &with_check("      profile: k3s\n      timeout: 2s\n"),
+        "services[0].health_check.timeout",
+        7,
+        "timeout 2s is longer than interval 1s",
+    );
+}
+
+#[test]
+fn intervals_by_state() {
+    use crate::state_machine::ServerState;
+
+    let intervals = Intervals::DEFAULT;
+    assert_eq!(
+        intervals.for_state(ServerState::Active),
+        Duration::from_secs(5)
+    );
+    assert_eq!(
+        intervals.for_state(ServerState::Preferred),
+        Duration::from_secs(10)
+    );
+    assert_eq!(
+        intervals.for_state(ServerState::Healthy),
+        Duration::from_secs(10)
+    );
+    assert_eq!(
+        intervals.for_state(ServerState::Recovering),
+        Duration::from_secs(3)
+    );
+    assert_eq!(
+        intervals.for_state(ServerState::Failed),
+        Duration::from_secs(30)
+    );
+    for state in [
+        ServerState::Invalid,
+        ServerState::Standby,
+        ServerState::Unchecked,
+    ] {
+        assert_eq!(intervals.for_state(state), Duration::from_secs(15));
+    }
+    assert_eq!(intervals.shortest(), Duration::from_secs(3));
+    assert_eq!(Intervals::K3S, Intervals::uniform(Duration::from_secs(1)));
+    assert_eq!(Intervals::K3S.shortest(), Duration::from_secs(1));
+    assert_eq!(Intervals::default(), Intervals::DEFAULT);
+}
+
+#[test]
+fn serialized_config_reads_back() {
+    let dir = TestDir::new("round-trip");
+    let ca = dir.file("ca.pem", CA_PEM);
+    let yaml = format!(
+        "\
+max_concurrent_checks: 8
+connection_poll_interval: 1s
+services:
+  - name: a
+    vip: 127.0.0.1:80
+    servers: [\"10.0.0.1:80\"]
+    health_check:
+      kind: all
+      profile: k3s
+      intervals: {{ failed: 20s }}
+      jitter: 5%
+      checks:
+        - {{ kind: tcp }}
+        - {{ kind: http, path: /readyz, port: 8080, host: api.example, expected_status: [200, 204], body_contains: ok }}
+        - {{ kind: https, ca_file: {} }}
+  - name: b
+    vip: 127.0.0.1:53
+    protocol: udp
+    servers: []
+",
+        ca.display()
+    );
+    let config = parse(&yaml);
+    let json = serde_json::to_string(&config).unwrap();
+    // JSON is YAML: the serialized form is a valid config file.
+    assert_eq!(parse(&json), config, "{json}");
+    let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let check = &value["services"][0]["health_check"];
+    assert_eq!(check["kind"], "all");
+    assert_eq!(check["checks"][1]["kind"], "http");
+    assert_eq!(check["checks"][1]["path"], "/readyz");
+    assert_eq!(check["checks"][2]["kind"], "https");
+    assert_eq!(check["checks"][2]["insecure"], false);
+    assert_eq!(check["intervals"]["failed"], "20s");
+    assert_eq!(check["jitter"], "5%");
 }

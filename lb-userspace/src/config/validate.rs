@@ -3,6 +3,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    fmt,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     str::FromStr,
@@ -12,12 +13,60 @@ use std::{
 use serde_saphyr::{Location, Spanned};
 
 use super::{
-    Config, HealthCheckConfig, HealthCheckKind, Issue, Protocol, ServiceConfig,
-    raw::{RawConfig, RawService},
+    CheckSpec, Config, HealthCheckConfig, HttpCheck, Intervals, Issue, Protocol, ServiceConfig,
+    TlsOptions,
+    raw::{RawConfig, RawHealthCheck, RawHttpFields, RawIntervals, RawService},
 };
 
 /// Longest service name.
 const MAX_NAME_LEN: usize = 63;
+/// Longest DNS name accepted as `health_check.host`.
+const MAX_HOST_LEN: usize = 253;
+
+/// A `health_check.kind` word.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Tcp,
+    Udp,
+    Http,
+    Https,
+    All,
+}
+
+impl Kind {
+    const fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+            Self::Http => "http",
+            Self::Https => "https",
+            Self::All => "all",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Kind {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "tcp" => Ok(Self::Tcp),
+            "udp" => Ok(Self::Udp),
+            "http" => Ok(Self::Http),
+            "https" => Ok(Self::Https),
+            "all" => Ok(Self::All),
+            _ => Err(format!(
+                "unknown health check kind {text:?}; expected tcp, udp, http, https or all"
+            )),
+        }
+    }
+}
 
 /// Collects every problem found while turning the raw file into a
 /// [`Config`].
@@ -159,6 +208,15 @@ impl Checker {
             );
         }
 
+        let max_concurrent_checks = match &top.max_concurrent_checks {
+            None => Some(Config::DEFAULT_MAX_CONCURRENT_CHECKS),
+            Some(raw) => self.max_concurrent_checks(raw),
+        };
+        let connection_poll_interval = match &top.connection_poll_interval {
+            None => Some(Config::DEFAULT_CONNECTION_POLL_INTERVAL),
+            Some(raw) => self.connection_poll_interval(raw),
+        };
+
         let Some(services) = &top.services else {
             self.report(
                 raw.referenced,
@@ -187,7 +245,64 @@ impl Checker {
             metrics_addr: metrics_addr?.value,
             api_addr: api_addr?.value,
             services: services?,
+            max_concurrent_checks: max_concurrent_checks?,
+            connection_poll_interval: connection_poll_interval?,
         })
+    }
+
+    fn max_concurrent_checks(&mut self, raw: &Spanned<String>) -> Option<usize> {
+        let path = "max_concurrent_checks";
+        let max = Config::MAX_CONCURRENT_CHECKS;
+        match raw.value.trim().parse::<u64>() {
+            Ok(count) if (1..=max as u64).contains(&count) => usize::try_from(count).ok(),
+            Ok(count) => {
+                self.report(
+                    raw.referenced,
+                    path,
+                    format!("{count} is out of range; expected 1 to {max}"),
+                );
+                None
+            }
+            Err(_) => {
+                self.report(
+                    raw.referenced,
+                    path,
+                    format!(
+                        "invalid number {:?}; expected a whole number from 1 to {max}",
+                        raw.value
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn connection_poll_interval(&mut self, raw: &Spanned<String>) -> Option<Duration> {
+        let path = "connection_poll_interval";
+        let interval = self.duration(raw, path)?.value;
+        let (min, max) = (
+            Config::MIN_CONNECTION_POLL_INTERVAL,
+            Config::MAX_CONNECTION_POLL_INTERVAL,
+        );
+        let problem = if interval < min {
+            format!(
+                "is too short; expected at least {}",
+                humantime::format_duration(min)
+            )
+        } else if interval > max {
+            format!(
+                "is too long; expected at most {}",
+                humantime::format_duration(max)
+            )
+        } else {
+            return Some(interval);
+        };
+        self.report(
+            raw.referenced,
+            path,
+            format!("{} {problem}", humantime::format_duration(interval)),
+        );
+        None
     }
 
     /// A directory with a default; must be absolute.
@@ -397,52 +512,418 @@ impl Checker {
         path: &str,
         protocol: Option<Protocol>,
     ) -> Option<HealthCheckConfig> {
-        let default = HealthCheckConfig::default_for(protocol.unwrap_or(Protocol::Tcp));
         let Some(raw) = &service.value.health_check else {
-            return Some(default);
+            return Some(HealthCheckConfig::default_for(
+                protocol.unwrap_or(Protocol::Tcp),
+            ));
         };
         let path = format!("{path}.health_check");
         let check = &raw.value;
 
+        let spec = self.check_spec(check, &path, protocol);
+        let intervals = self.intervals(check, &path);
+        let timeout = match &check.timeout {
+            // Intervals shorter than the default timeout shorten it.
+            None => intervals
+                .as_ref()
+                .map(|intervals| HealthCheckConfig::DEFAULT_TIMEOUT.min(intervals.shortest())),
+            Some(timeout) => self.timeout(timeout, &format!("{path}.timeout"), intervals.as_ref()),
+        };
+        let jitter_percent = match &check.jitter {
+            None => Some(HealthCheckConfig::DEFAULT_JITTER_PERCENT),
+            Some(jitter) => self.jitter(jitter, &format!("{path}.jitter")),
+        };
+        Some(HealthCheckConfig {
+            check: spec?,
+            timeout: timeout?,
+            intervals: intervals?,
+            jitter_percent: jitter_percent?,
+        })
+    }
+
+    /// `kind` and its fields, `checks` for kind all.
+    fn check_spec(
+        &mut self,
+        check: &RawHealthCheck,
+        path: &str,
+        protocol: Option<Protocol>,
+    ) -> Option<CheckSpec> {
         let kind = match &check.kind {
-            None => Some(default.kind),
-            Some(kind_raw) => {
-                let kind_path = format!("{path}.kind");
-                let kind = self.parse::<HealthCheckKind>(kind_raw, &kind_path);
-                if kind == Some(HealthCheckKind::Udp) && protocol == Some(Protocol::Tcp) {
+            None => match protocol.unwrap_or(Protocol::Tcp) {
+                Protocol::Tcp => Kind::Tcp,
+                Protocol::Udp => Kind::Udp,
+            },
+            Some(raw) => self.kind(raw, &format!("{path}.kind"), protocol, false)?,
+        };
+        if kind != Kind::All {
+            if let Some(checks) = &check.checks {
+                self.report(
+                    checks.referenced,
+                    &format!("{path}.checks"),
+                    format!("`checks` is only valid with kind all, not with kind {kind}"),
+                );
+            }
+            return self.single_check(kind, &check.http_fields(), path);
+        }
+
+        for (name, location) in check.http_fields().present() {
+            self.report(
+                location,
+                &format!("{path}.{name}"),
+                format!(
+                    "`{name}` is only valid with kind {}; with kind all, write it in an entry of `checks`",
+                    if is_tls_field(name) { "https" } else { "http or https" }
+                ),
+            );
+        }
+        let Some(checks) = &check.checks else {
+            let location = check
+                .kind
+                .as_ref()
+                .map_or(Location::UNKNOWN, |kind| kind.referenced);
+            self.report(
+                location,
+                &format!("{path}.kind"),
+                "kind all needs `checks`: a list of the checks that must all pass".to_owned(),
+            );
+            return None;
+        };
+        if checks.value.is_empty() {
+            self.report(
+                checks.referenced,
+                &format!("{path}.checks"),
+                "must not be empty with kind all; list the checks that must all pass".to_owned(),
+            );
+            return None;
+        }
+        let mut parts = Vec::with_capacity(checks.value.len());
+        for (index, part) in checks.value.iter().enumerate() {
+            let part_path = format!("{path}.checks[{index}]");
+            let kind = match &part.value.kind {
+                None => {
                     self.report(
-                        kind_raw.referenced,
-                        &kind_path,
-                        "kind udp cannot check a tcp service; use kind tcp (or leave it out)"
+                        part.referenced,
+                        &part_path,
+                        "missing required field `kind`".to_owned(),
+                    );
+                    None
+                }
+                Some(raw) => self.kind(raw, &format!("{part_path}.kind"), protocol, true),
+            };
+            parts.push(
+                kind.and_then(|kind| {
+                    self.single_check(kind, &part.value.http_fields(), &part_path)
+                }),
+            );
+        }
+        parts
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .map(CheckSpec::All)
+    }
+
+    /// A `kind` word; `nested` for an entry of `checks`.
+    fn kind(
+        &mut self,
+        raw: &Spanned<String>,
+        path: &str,
+        protocol: Option<Protocol>,
+        nested: bool,
+    ) -> Option<Kind> {
+        let kind = self.parse::<Kind>(raw, path)?;
+        let problem = match kind {
+            Kind::All if nested => {
+                "kind all cannot be nested; list its checks in this `checks` directly"
+            }
+            Kind::Udp if protocol == Some(Protocol::Tcp) => {
+                "kind udp cannot check a tcp service; use kind tcp (or leave it out)"
+            }
+            _ => return Some(kind),
+        };
+        self.report(raw.referenced, path, problem.to_owned());
+        None
+    }
+
+    /// A check of one kind other than all, with that kind's fields.
+    fn single_check(
+        &mut self,
+        kind: Kind,
+        fields: &RawHttpFields<'_>,
+        path: &str,
+    ) -> Option<CheckSpec> {
+        match kind {
+            Kind::Tcp | Kind::Udp => {
+                for (name, location) in fields.present() {
+                    self.report(
+                        location,
+                        &format!("{path}.{name}"),
+                        format!(
+                            "`{name}` is only valid with kind {}, not with kind {kind}",
+                            if is_tls_field(name) {
+                                "https"
+                            } else {
+                                "http or https"
+                            }
+                        ),
+                    );
+                }
+                Some(if kind == Kind::Tcp {
+                    CheckSpec::Tcp
+                } else {
+                    CheckSpec::Udp
+                })
+            }
+            Kind::Http | Kind::Https => self
+                .http_check(fields, path, kind == Kind::Https)
+                .map(CheckSpec::Http),
+            // Reported by `kind`.
+            Kind::All => None,
+        }
+    }
+
+    fn http_check(
+        &mut self,
+        fields: &RawHttpFields<'_>,
+        path: &str,
+        https: bool,
+    ) -> Option<HttpCheck> {
+        let http_path = match fields.path {
+            None => Some(HttpCheck::DEFAULT_PATH.to_owned()),
+            Some(raw) => self.http_path(raw, &format!("{path}.path")),
+        };
+        let port = match fields.port {
+            None => Some(None),
+            Some(raw) => self.port(raw, &format!("{path}.port")).map(Some),
+        };
+        let host = match fields.host {
+            None => Some(None),
+            Some(raw) => self.host(raw, &format!("{path}.host")).map(Some),
+        };
+        let expected_status = match fields.expected_status {
+            None => Some(vec![HttpCheck::DEFAULT_STATUS]),
+            Some(raw) => self.expected_status(raw, &format!("{path}.expected_status")),
+        };
+        let body_contains = match fields.body_contains {
+            None => Some(None),
+            Some(raw) => self
+                .body_contains(raw, &format!("{path}.body_contains"))
+                .map(Some),
+        };
+        let tls = if https {
+            self.tls(fields, path).map(Some)
+        } else {
+            for (name, location) in fields.present() {
+                if is_tls_field(name) {
+                    self.report(
+                        location,
+                        &format!("{path}.{name}"),
+                        format!("`{name}` is only valid with kind https, not with kind http"),
+                    );
+                }
+            }
+            Some(None)
+        };
+        Some(HttpCheck {
+            tls: tls?,
+            path: http_path?,
+            port: port?,
+            host: host?,
+            expected_status: expected_status?,
+            body_contains: body_contains?,
+        })
+    }
+
+    fn http_path(&mut self, raw: &Spanned<String>, path: &str) -> Option<String> {
+        let value = &raw.value;
+        let problem = if !value.starts_with('/') {
+            format!("{value:?} does not start with /; expected a path such as /healthz")
+        } else if value
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '#')
+        {
+            format!(
+                "{value:?} contains a space, control character or #; percent-encode it (e.g. %20)"
+            )
+        } else {
+            return Some(value.clone());
+        };
+        self.report(raw.referenced, path, problem);
+        None
+    }
+
+    fn port(&mut self, raw: &Spanned<String>, path: &str) -> Option<u16> {
+        let problem = match raw.value.trim().parse::<u16>() {
+            Ok(0) => "port 0 is not allowed; expected a port from 1 to 65535".to_owned(),
+            Ok(port) => return Some(port),
+            Err(_) => format!(
+                "{:?} is not a port number; expected a port from 1 to 65535",
+                raw.value
+            ),
+        };
+        self.report(raw.referenced, path, problem);
+        None
+    }
+
+    fn host(&mut self, raw: &Spanned<String>, path: &str) -> Option<String> {
+        let host = raw.value.trim();
+        let problem = if host.parse::<IpAddr>().is_ok() || host.starts_with('[') {
+            format!(
+                "{host:?} is an IP address; leave `host` out to use the server's IP, or give a DNS name"
+            )
+        } else if !is_dns_name(host) {
+            format!(
+                "invalid host name {host:?}; expected a DNS name such as api.example (the port goes in `port`)"
+            )
+        } else {
+            return Some(host.to_owned());
+        };
+        self.report(raw.referenced, path, problem);
+        None
+    }
+
+    fn expected_status(
+        &mut self,
+        raw: &Spanned<Vec<Spanned<String>>>,
+        path: &str,
+    ) -> Option<Vec<u16>> {
+        if raw.value.is_empty() {
+            self.report(
+                raw.referenced,
+                path,
+                "must not be empty; list the accepted status codes, e.g. [200]".to_owned(),
+            );
+            return None;
+        }
+        let mut codes = Vec::with_capacity(raw.value.len());
+        let mut valid = true;
+        for (index, status) in raw.value.iter().enumerate() {
+            let problem = match status.value.trim().parse::<u64>() {
+                Ok(code @ 100..=599) => {
+                    codes.push(code as u16);
+                    continue;
+                }
+                Ok(code) => format!("status {code} is out of range; expected 100 to 599"),
+                Err(_) => format!(
+                    "invalid status code {:?}; expected a number from 100 to 599",
+                    status.value
+                ),
+            };
+            self.report(status.referenced, &format!("{path}[{index}]"), problem);
+            valid = false;
+        }
+        valid.then_some(codes)
+    }
+
+    fn body_contains(&mut self, raw: &Spanned<String>, path: &str) -> Option<String> {
+        let problem = if raw.value.is_empty() {
+            "must not be empty; leave `body_contains` out to accept any body".to_owned()
+        } else if raw.value.len() > HttpCheck::BODY_LIMIT {
+            format!(
+                "is {} bytes long; only the first {} bytes of a body are read",
+                raw.value.len(),
+                HttpCheck::BODY_LIMIT
+            )
+        } else {
+            return Some(raw.value.clone());
+        };
+        self.report(raw.referenced, path, problem);
+        None
+    }
+
+    /// `ca_file` and `insecure` of an https check.
+    fn tls(&mut self, fields: &RawHttpFields<'_>, path: &str) -> Option<TlsOptions> {
+        let ca_file = match fields.ca_file {
+            None => Some(None),
+            Some(raw) => self.ca_file(raw, &format!("{path}.ca_file")).map(Some),
+        };
+        let insecure = match fields.insecure {
+            None => Some(false),
+            Some(raw) => {
+                let insecure_path = format!("{path}.insecure");
+                let insecure = self.boolean(raw, &insecure_path);
+                if insecure == Some(true) && fields.ca_file.is_some() {
+                    self.report(
+                        raw.referenced,
+                        &insecure_path,
+                        "`insecure: true` accepts any certificate, so `ca_file` would be ignored; use one or the other"
                             .to_owned(),
                     );
                     None
                 } else {
-                    kind
+                    insecure
                 }
             }
         };
-
-        let interval = match &check.interval {
-            None => Some(Spanned::new(default.interval, raw.referenced, raw.defined)),
-            Some(interval) => self.interval(interval, &format!("{path}.interval")),
-        };
-        let timeout = match &check.timeout {
-            // An explicit interval shorter than the default timeout shortens it.
-            None => interval.as_ref().map(|interval| {
-                Spanned::new(
-                    default.timeout.min(interval.value),
-                    raw.referenced,
-                    raw.defined,
-                )
-            }),
-            Some(timeout) => self.timeout(timeout, &format!("{path}.timeout"), interval.as_ref()),
-        };
-        Some(HealthCheckConfig {
-            kind: kind?,
-            interval: interval?.value,
-            timeout: timeout?.value,
+        Some(TlsOptions {
+            ca_file: ca_file?,
+            insecure: insecure?,
         })
+    }
+
+    /// An absolute path to a readable PEM file with at least one CA
+    /// certificate.
+    fn ca_file(&mut self, raw: &Spanned<String>, path: &str) -> Option<PathBuf> {
+        let file = self.absolute_path(raw, path)?;
+        match crate::health::read_ca_file(&file) {
+            Ok(_) => Some(file),
+            Err(error) => {
+                self.report(raw.referenced, path, format!("{error:#}"));
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, raw: &Spanned<String>, path: &str) -> Option<bool> {
+        match raw.value.trim() {
+            "true" => Some(true),
+            "false" => Some(false),
+            other => {
+                self.report(
+                    raw.referenced,
+                    path,
+                    format!("invalid value {other:?}; expected true or false"),
+                );
+                None
+            }
+        }
+    }
+
+    /// The intervals: the profile's (or the defaults), then `interval` for
+    /// every state, then each `intervals.<state>`.
+    fn intervals(&mut self, check: &RawHealthCheck, path: &str) -> Option<Intervals> {
+        let mut valid = true;
+        let mut intervals = Intervals::DEFAULT;
+        if let Some(profile) = &check.profile {
+            match profile.value.trim() {
+                "k3s" => intervals = Intervals::K3S,
+                other => {
+                    self.report(
+                        profile.referenced,
+                        &format!("{path}.profile"),
+                        format!("unknown profile {other:?}; expected k3s (every interval 1s)"),
+                    );
+                    valid = false;
+                }
+            }
+        }
+        if let Some(interval) = &check.interval {
+            match self.interval(interval, &format!("{path}.interval")) {
+                Some(interval) => intervals = Intervals::uniform(interval.value),
+                None => valid = false,
+            }
+        }
+        if let Some(by_state) = &check.intervals {
+            for (name, raw, field) in interval_fields(&by_state.value) {
+                let Some(raw) = raw else {
+                    continue;
+                };
+                match self.interval(raw, &format!("{path}.intervals.{name}")) {
+                    Some(interval) => *field(&mut intervals) = interval.value,
+                    None => valid = false,
+                }
+            }
+        }
+        valid.then_some(intervals)
     }
 
     fn interval(&mut self, raw: &Spanned<String>, path: &str) -> Option<Spanned<Duration>> {
@@ -466,24 +947,55 @@ impl Checker {
         &mut self,
         raw: &Spanned<String>,
         path: &str,
-        interval: Option<&Spanned<Duration>>,
-    ) -> Option<Spanned<Duration>> {
-        let timeout = self.duration(raw, path)?;
-        if let Some(interval) = interval
-            && timeout.value > interval.value
-        {
-            self.report(
-                raw.referenced,
-                path,
-                format!(
-                    "timeout {} is longer than interval {}; expected at most the interval",
-                    humantime::format_duration(timeout.value),
-                    humantime::format_duration(interval.value)
-                ),
-            );
-            return None;
+        intervals: Option<&Intervals>,
+    ) -> Option<Duration> {
+        let timeout = self.duration(raw, path)?.value;
+        let Some(intervals) = intervals else {
+            return Some(timeout);
+        };
+        let shortest = intervals.shortest();
+        if timeout <= shortest {
+            return Some(timeout);
         }
-        Some(timeout)
+        let entries = intervals.entries();
+        let interval = if entries.iter().all(|(_, interval)| *interval == shortest) {
+            format!("interval {}", humantime::format_duration(shortest))
+        } else {
+            let state = entries
+                .iter()
+                .find(|(_, interval)| *interval == shortest)
+                .map_or("", |(state, _)| state);
+            format!(
+                "the {state} interval {}, the shortest",
+                humantime::format_duration(shortest)
+            )
+        };
+        self.report(
+            raw.referenced,
+            path,
+            format!(
+                "timeout {} is longer than {interval}; expected at most the shortest interval",
+                humantime::format_duration(timeout)
+            ),
+        );
+        None
+    }
+
+    /// `N%` or a plain `N`, 0 to 50.
+    fn jitter(&mut self, raw: &Spanned<String>, path: &str) -> Option<u8> {
+        let text = raw.value.trim();
+        let number = text.strip_suffix('%').unwrap_or(text).trim();
+        let max = HealthCheckConfig::MAX_JITTER_PERCENT;
+        let problem = match number.parse::<u64>() {
+            Ok(percent) if percent <= u64::from(max) => return u8::try_from(percent).ok(),
+            Ok(percent) => format!("jitter {percent}% is out of range; expected 0% to {max}%"),
+            Err(_) => format!(
+                "invalid jitter {:?}; expected a percentage from 0% to {max}%, e.g. 10%",
+                raw.value
+            ),
+        };
+        self.report(raw.referenced, path, problem);
+        None
     }
 
     /// A non-zero humantime duration.
@@ -606,6 +1118,44 @@ impl Checker {
             );
         }
     }
+}
+
+/// Whether `name` is a field of https checks only.
+fn is_tls_field(name: &str) -> bool {
+    matches!(name, "ca_file" | "insecure")
+}
+
+/// Which field of [`Intervals`] an `intervals.<state>` entry sets.
+type IntervalField = fn(&mut Intervals) -> &mut Duration;
+
+/// The entries of `intervals` with their names and the field each sets.
+fn interval_fields(
+    raw: &RawIntervals,
+) -> [(&'static str, Option<&Spanned<String>>, IntervalField); 6] {
+    [
+        ("active", raw.active.as_ref(), |i| &mut i.active),
+        ("preferred", raw.preferred.as_ref(), |i| &mut i.preferred),
+        ("healthy", raw.healthy.as_ref(), |i| &mut i.healthy),
+        ("recovering", raw.recovering.as_ref(), |i| &mut i.recovering),
+        ("failed", raw.failed.as_ref(), |i| &mut i.failed),
+        ("other", raw.other.as_ref(), |i| &mut i.other),
+    ]
+}
+
+/// A DNS name: dot-separated labels of letters, digits and `-` (not at a
+/// label's start or end), optionally with a final dot.
+fn is_dns_name(host: &str) -> bool {
+    let name = host.strip_suffix('.').unwrap_or(host);
+    !name.is_empty()
+        && name.len() <= MAX_HOST_LEN
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
+        })
 }
 
 const fn family_name(addr: SocketAddr) -> &'static str {

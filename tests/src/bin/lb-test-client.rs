@@ -9,10 +9,19 @@
 //! lb-test-client tcp-mapped ADDR [PAYLOAD]  same over an AF_INET6 socket to ::ffff:a.b.c.d
 //! lb-test-client udp ADDR PAYLOAD           unconnected sendto + recvfrom
 //! lb-test-client udp-connected ADDR PAYLOAD connect, getpeername, send, recv
+//! lb-test-client hold ADDR SECONDS          long-lived TCP connection, see below
 //! ```
+//!
+//! `hold` prints several lines: it connects, sends `HOLD\n`, reads the reply
+//! and prints `{"event":"connected","peer":…,"local":…,"reply":…,"connect_us":…}`;
+//! then it blocks reading. When the read fails or hits EOF it prints
+//! `{"event":"closed","error":…,"errno":…,"eof":bool}`; if nothing happens
+//! for SECONDS it prints `{"event":"timeout"}`. If no connection is made it
+//! prints `{"event":"failed","error":…,"errno":…}`. It always exits 0 after
+//! its last line.
 
 use std::{
-    io::{Read as _, Write as _},
+    io::{ErrorKind, Read as _, Write as _},
     net::{SocketAddr, TcpStream, UdpSocket},
     process::ExitCode,
     time::{Duration, Instant},
@@ -99,16 +108,122 @@ fn udp(addr: SocketAddr, payload: &str, connected: bool, outcome: &mut Outcome) 
     }
 }
 
+/// One line of `hold` output.
+#[derive(Serialize, Default)]
+struct HoldEvent {
+    event: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    local: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reply: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    connect_us: Option<u128>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errno: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eof: Option<bool>,
+}
+
+/// Prints one event line and flushes it (the test reads it as it comes).
+fn emit(event: &HoldEvent) {
+    let line = serde_json::to_string(event).unwrap_or_else(|e| format!("{{\"event\":\"{e}\"}}"));
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn failed(err: &std::io::Error) -> HoldEvent {
+    HoldEvent {
+        event: "failed",
+        error: Some(err.to_string()),
+        errno: err.raw_os_error(),
+        ..HoldEvent::default()
+    }
+}
+
+/// `hold ADDR SECONDS`: see the module documentation.
+fn hold(addr: SocketAddr, seconds: u64) {
+    let start = Instant::now();
+    let mut stream = match TcpStream::connect_timeout(&addr, TIMEOUT) {
+        Ok(stream) => stream,
+        Err(err) => return emit(&failed(&err)),
+    };
+    let connect_us = start.elapsed().as_micros();
+    let _ = stream.set_read_timeout(Some(TIMEOUT));
+    if let Err(err) = stream.write_all(b"HOLD\n") {
+        return emit(&failed(&err));
+    }
+    let mut buf = vec![0u8; 4096];
+    let reply = match stream.read(&mut buf) {
+        Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+        Err(err) => return emit(&failed(&err)),
+    };
+    emit(&HoldEvent {
+        event: "connected",
+        peer: stream.peer_addr().ok().map(|p| p.to_string()),
+        local: stream.local_addr().ok().map(|p| p.to_string()),
+        reply: Some(reply),
+        connect_us: Some(connect_us),
+        ..HoldEvent::default()
+    });
+    let until = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return emit(&HoldEvent {
+                event: "timeout",
+                ..HoldEvent::default()
+            });
+        }
+        let _ = stream.set_read_timeout(Some(left));
+        match stream.read(&mut buf) {
+            Ok(0) => {
+                return emit(&HoldEvent {
+                    event: "closed",
+                    eof: Some(true),
+                    ..HoldEvent::default()
+                });
+            }
+            Ok(_) => {}
+            Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(err) if err.kind() == ErrorKind::Interrupted => {}
+            Err(err) => {
+                return emit(&HoldEvent {
+                    event: "closed",
+                    error: Some(err.to_string()),
+                    errno: err.raw_os_error(),
+                    eof: Some(false),
+                    ..HoldEvent::default()
+                });
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(mode), Some(addr)) = (args.first(), args.get(1)) else {
-        eprintln!("usage: lb-test-client tcp|tcp-mapped|udp|udp-connected ADDR [PAYLOAD]");
+        eprintln!(
+            "usage: lb-test-client tcp|tcp-mapped|udp|udp-connected ADDR [PAYLOAD]\n       lb-test-client hold ADDR SECONDS"
+        );
         return ExitCode::from(2);
     };
     let Ok(mut addr) = addr.parse::<SocketAddr>() else {
         eprintln!("bad address {addr}");
         return ExitCode::from(2);
     };
+    if mode == "hold" {
+        let Some(Ok(seconds)) = args.get(2).map(|s| s.parse::<u64>()) else {
+            eprintln!("usage: lb-test-client hold ADDR SECONDS");
+            return ExitCode::from(2);
+        };
+        hold(addr, seconds);
+        return ExitCode::SUCCESS;
+    }
     let payload = args.get(2).map_or("hello\n", String::as_str);
     let mut outcome = Outcome::default();
     match mode.as_str() {

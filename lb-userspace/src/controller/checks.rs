@@ -1,0 +1,142 @@
+//! Health-check scheduling: one task per (service, server). The wait before
+//! each probe depends on the server's state (adaptive intervals) and is
+//! jittered so that many servers do not probe in lockstep; probes across all
+//! services share a bound on how many run at once.
+
+use std::{
+    hash::{BuildHasher as _, RandomState},
+    net::SocketAddr,
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio::task::AbortHandle;
+
+use super::{Controller, dial_probe};
+use crate::{health::Prober, state_machine::ServerState};
+
+/// The first check of a new server waits at most this long (plus jitter).
+const FIRST_CHECK_SPREAD: Duration = Duration::from_secs(1);
+
+/// `interval` stretched or shortened by `percent` % × `random` (a uniform
+/// number in `[-1, 1]` scaled from `bits`). Pure, for tests.
+pub(super) fn jittered(interval: Duration, percent: u8, bits: u64) -> Duration {
+    // Map 53 random bits onto [-1, 1].
+    let unit = (bits >> 11) as f64 / (1u64 << 53) as f64;
+    let factor = 1.0 + f64::from(percent) / 100.0 * (2.0 * unit - 1.0);
+    interval.mul_f64(factor.max(0.0))
+}
+
+/// The wait before a server's first check: spread over up to
+/// [`FIRST_CHECK_SPREAD`] (or the jitter share of the interval, if smaller).
+pub(super) fn first_wait(interval: Duration, percent: u8, bits: u64) -> Duration {
+    let spread = interval
+        .mul_f64(f64::from(percent) / 100.0)
+        .min(FIRST_CHECK_SPREAD);
+    let unit = (bits >> 11) as f64 / (1u64 << 53) as f64;
+    spread.mul_f64(unit)
+}
+
+/// What the next probe of a server needs.
+struct Plan {
+    wait: Duration,
+    prober: Arc<Prober>,
+    timeout: Duration,
+    dial_probe: bool,
+}
+
+impl Controller {
+    /// Starts the check task of one server.
+    pub(super) fn spawn_check(&self, service: &str, server: SocketAddr) -> AbortHandle {
+        let controller = self.clone();
+        let service = service.to_owned();
+        self.inner
+            .runtime
+            .spawn(async move { controller.check_loop(service, server).await })
+            .abort_handle()
+    }
+
+    async fn check_loop(self, service: String, server: SocketAddr) {
+        let random = RandomState::new();
+        let mut round = 0u64;
+        loop {
+            let bits = random.hash_one((&service, server, round));
+            let Some(plan) = self.plan_check(&service, server, round == 0, bits) else {
+                return;
+            };
+            round += 1;
+            tokio::time::sleep(plan.wait).await;
+            let Ok(permit) = Arc::clone(&self.inner.probe_slots).acquire_owned().await else {
+                return;
+            };
+            let outcome = plan
+                .prober
+                .probe(server, plan.timeout, plan.dial_probe)
+                .await;
+            drop(permit);
+            self.record_check(&service, server, outcome);
+        }
+    }
+
+    /// The next probe of `server`, or `None` when it is no longer configured.
+    fn plan_check(
+        &self,
+        service: &str,
+        server: SocketAddr,
+        first: bool,
+        bits: u64,
+    ) -> Option<Plan> {
+        let state = self.lock();
+        let service = state.services.iter().find(|s| s.config.name == service)?;
+        let entry = service.machine.server(server)?;
+        let check = &service.config.health_check;
+        let interval = check.intervals.for_state(entry.state);
+        let wait = if first {
+            first_wait(interval, check.jitter_percent, bits)
+        } else {
+            jittered(interval, check.jitter_percent, bits)
+        };
+        Some(Plan {
+            wait,
+            prober: Arc::clone(&service.prober),
+            timeout: check.timeout,
+            dial_probe: dial_probe(service.config.protocol) && entry.state != ServerState::Invalid,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_the_percentage() {
+        let interval = Duration::from_secs(10);
+        assert_eq!(jittered(interval, 0, u64::MAX), interval);
+        assert_eq!(jittered(interval, 10, 0), Duration::from_secs(9));
+        let max = jittered(interval, 10, u64::MAX);
+        assert!(max > Duration::from_millis(10_999) && max <= Duration::from_secs(11));
+        let random = RandomState::new();
+        let waits: Vec<_> = (0..1000u64)
+            .map(|i| jittered(interval, 20, random.hash_one(i)))
+            .collect();
+        assert!(
+            waits
+                .iter()
+                .all(|w| *w >= Duration::from_secs(8) && *w <= Duration::from_secs(12))
+        );
+        // Spread out, not in lockstep: both halves of the range are used.
+        assert!(waits.iter().any(|w| *w < Duration::from_secs(9)));
+        assert!(waits.iter().any(|w| *w > Duration::from_secs(11)));
+    }
+
+    #[test]
+    fn first_checks_are_spread_over_at_most_a_second() {
+        let interval = Duration::from_secs(30);
+        assert_eq!(first_wait(interval, 10, 0), Duration::ZERO);
+        assert!(first_wait(interval, 50, u64::MAX) <= FIRST_CHECK_SPREAD);
+        let short = Duration::from_millis(100);
+        assert!(first_wait(short, 10, u64::MAX) <= Duration::from_millis(10));
+        assert_eq!(first_wait(short, 0, u64::MAX), Duration::ZERO);
+    }
+}
