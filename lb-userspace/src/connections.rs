@@ -7,7 +7,7 @@
 //! Sockets that reach a backend directly — the controller's own probes,
 //! other programs — have no such entry and are neither counted nor closed.
 //!
-//! The sock_diag dump sees the controller's network namespace only; the
+//! The `sock_diag` dump sees the controller's network namespace only; the
 //! socket programs see every process in the cgroup, so clients in other
 //! namespaces are load balanced but not counted or closed.
 
@@ -98,7 +98,7 @@ pub struct Connections {
 }
 
 impl Connections {
-    /// Opens the sock_diag socket.
+    /// Opens the `sock_diag` socket.
     pub fn open() -> anyhow::Result<Self> {
         Ok(Self {
             diag: SockDiag::open()?,

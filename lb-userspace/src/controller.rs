@@ -211,9 +211,17 @@ impl Controller {
                 let connects = dataplane
                     .backend_stats(server.backend_id)
                     .map_or(0, |s| s.connects);
-                // A connect that left an established connection behind is a
-                // successful dial (failed connects are seen by the probes).
-                if server.last_connects.is_some_and(|last| connects > last) && connections > 0 {
+                // New connects are successful dials when one is still open
+                // or the last probe could connect too (failed connects are
+                // reported by the probes).
+                let probe_dial_ok = server
+                    .last_check
+                    .as_ref()
+                    .and_then(|(o, _)| o.dial)
+                    .is_some_and(|d| d.ok);
+                if server.last_connects.is_some_and(|last| connects > last)
+                    && (connections > 0 || probe_dial_ok)
+                {
                     effects.merge(service.machine.dial(address, true, now));
                 }
                 server.last_connects = Some(connects);
@@ -387,7 +395,7 @@ fn settle(
 
 /// Writes the service entry when the state machine's selection changed.
 fn reselect(dataplane: &mut Dataplane, counters: &mut Counters, service: &mut ServiceRuntime) {
-    let selection = service.machine.select();
+    let selection = service.machine.select(service.selection.server);
     if selection == service.selection {
         return;
     }

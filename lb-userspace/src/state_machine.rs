@@ -53,7 +53,7 @@ use serde::{Deserialize, Serialize};
 
 /// How long a server may stay preferred without a dial before it decays to
 /// healthy.
-pub const PREFERRED_DECAY: Duration = Duration::from_secs(60);
+pub const PREFERRED_DECAY: Duration = Duration::from_mins(1);
 
 /// Server states, numbered like the K3s agent load balancer's (the number is
 /// the value of `k3s_loadbalancer_server_health`).
@@ -310,40 +310,37 @@ impl ServiceMachine {
             if kept.iter().any(|s: &ServerEntry| s.address == address) {
                 continue;
             }
-            match self.index(address) {
-                Some(i) => {
-                    let mut entry = self.servers.remove(i);
-                    if !entry.listed {
-                        // The default server joins the list: checked like any other.
-                        effects.transitions.push(Transition {
-                            server: address,
-                            from: entry.state,
-                            to: ServerState::Unchecked,
-                            cause: Cause::Added,
-                        });
-                        entry.state = ServerState::Unchecked;
-                        entry.since = now;
-                        entry.listed = true;
-                    }
-                    kept.push(entry);
-                }
-                None => {
+            if let Some(i) = self.index(address) {
+                let mut entry = self.servers.remove(i);
+                if !entry.listed {
+                    // The default server joins the list: checked like any other.
                     effects.transitions.push(Transition {
                         server: address,
-                        from: ServerState::Invalid,
+                        from: entry.state,
                         to: ServerState::Unchecked,
                         cause: Cause::Added,
                     });
-                    kept.push(ServerEntry {
-                        address,
-                        state: ServerState::Unchecked,
-                        since: now,
-                        connections: 0,
-                        score: None,
-                        listed: true,
-                        last_check_ok: None,
-                    });
+                    entry.state = ServerState::Unchecked;
+                    entry.since = now;
+                    entry.listed = true;
                 }
+                kept.push(entry);
+            } else {
+                effects.transitions.push(Transition {
+                    server: address,
+                    from: ServerState::Invalid,
+                    to: ServerState::Unchecked,
+                    cause: Cause::Added,
+                });
+                kept.push(ServerEntry {
+                    address,
+                    state: ServerState::Unchecked,
+                    since: now,
+                    connections: 0,
+                    score: None,
+                    listed: true,
+                    last_check_ok: None,
+                });
             }
         }
         // What is left was removed from the list.
@@ -623,13 +620,31 @@ impl ServiceMachine {
         all
     }
 
-    /// Where new connections go; see the module documentation.
-    pub fn select(&self) -> Selection {
+    /// The best of `candidates` (ranked best first); `current` wins a tie,
+    /// so equal servers do not take turns.
+    fn best<'a>(
+        &self,
+        mut candidates: impl Iterator<Item = &'a ServerEntry>,
+        current: Option<SocketAddr>,
+    ) -> Option<&'a ServerEntry> {
+        let best = candidates.next()?;
+        let tied_current = std::iter::once(best)
+            .chain(candidates.take_while(|s| self.rank(s, best) == Ordering::Equal))
+            .find(|s| Some(s.address) == current);
+        Some(tied_current.unwrap_or(best))
+    }
+
+    /// Where new connections go; see the module documentation. `current`
+    /// (the server in use now) is kept when it ranks equal to the best.
+    pub fn select(&self, current: Option<SocketAddr>) -> Selection {
         let ranked = self.ranked();
-        if let Some(best) = ranked
-            .iter()
-            .find(|s| s.listed && s.state > ServerState::Failed)
-        {
+        if let Some(best) = self.best(
+            ranked
+                .iter()
+                .copied()
+                .filter(|s| s.listed && s.state > ServerState::Failed),
+            current,
+        ) {
             return Selection {
                 server: Some(best.address),
                 fail_open: false,
@@ -650,10 +665,13 @@ impl ServiceMachine {
         }
         // Fail open: every server fails. Prefer a failed listed server by
         // rank, then the default even though it fails.
-        if let Some(best) = ranked
-            .iter()
-            .find(|s| s.listed && s.state == ServerState::Failed)
-        {
+        if let Some(best) = self.best(
+            ranked
+                .iter()
+                .copied()
+                .filter(|s| s.listed && s.state == ServerState::Failed),
+            current,
+        ) {
             return Selection {
                 server: Some(best.address),
                 fail_open: true,

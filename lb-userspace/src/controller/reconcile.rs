@@ -216,25 +216,22 @@ impl Controller {
                 None => None,
             };
             let fresh = previous.is_none();
-            let (mut machine, mut servers, selection, effects) = match previous {
-                Some(p) => {
-                    let mut machine = p.machine;
-                    let mut effects = machine.set_servers(&service_config.servers, now);
-                    effects.merge(machine.set_default(service_config.default_server, now));
-                    (machine, p.servers, p.selection, effects)
-                }
-                None => {
-                    let machine = ServiceMachine::new(
-                        &service_config.servers,
-                        service_config.default_server,
-                        now,
-                    );
-                    let selection = Selection {
-                        server: plan.adopted_selection[index],
-                        fail_open: false,
-                    };
-                    (machine, HashMap::new(), selection, Effects::default())
-                }
+            let (mut machine, mut servers, selection, effects) = if let Some(p) = previous {
+                let mut machine = p.machine;
+                let mut effects = machine.set_servers(&service_config.servers, now);
+                effects.merge(machine.set_default(service_config.default_server, now));
+                (machine, p.servers, p.selection, effects)
+            } else {
+                let machine = ServiceMachine::new(
+                    &service_config.servers,
+                    service_config.default_server,
+                    now,
+                );
+                let selection = Selection {
+                    server: plan.adopted_selection[index],
+                    fail_open: false,
+                };
+                (machine, HashMap::new(), selection, Effects::default())
             };
             // Server runtimes: keep the known ones, start checks for new ones.
             let mut kept = HashMap::with_capacity(spec.backends.len());
@@ -278,7 +275,7 @@ impl Controller {
         for (service, (effects, fresh)) in runtimes.iter_mut().zip(pending) {
             if fresh {
                 // Make sure the entry exists and points where the machine says.
-                let selection = service.machine.select();
+                let selection = service.machine.select(service.selection.server);
                 let backend_id = selection
                     .server
                     .and_then(|a| service.servers.get(&a))
