@@ -25,6 +25,10 @@ pub const DEMO_PORT: u16 = 6444;
 /// First port tried for the demo backends (then +1, +2).
 const FIRST_BACKEND_PORT: u16 = 16441;
 
+/// Where the demo keeps its state files: emptied at every start, because the
+/// demo backends' ports may differ from one run to the next.
+pub const DATA_DIR: &str = "/run/daas-lb-demo";
+
 /// Starts the demo backends and returns the config that fronts them.
 pub async fn start(base: Config, tasks: &mut JoinSet<()>) -> anyhow::Result<Config> {
     let check = |check| HealthCheckConfig {
@@ -69,7 +73,16 @@ pub async fn start(base: Config, tasks: &mut JoinSet<()>) -> anyhow::Result<Conf
             "no IPv6 loopback: demo runs IPv4 only"
         ),
     }
-    Ok(Config { services, ..base })
+    match std::fs::remove_dir_all(DATA_DIR) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err).with_context(|| format!("emptying {DATA_DIR}")),
+    }
+    Ok(Config {
+        services,
+        data_dir: DATA_DIR.into(),
+        ..base
+    })
 }
 
 /// Binds a port near `FIRST_BACKEND_PORT + index`, or any free port.
@@ -194,6 +207,11 @@ pub fn instructions(config: &Config, pin_dir: &Path, cgroup: &Path, binary: &str
     }
     let api = config.api_addr;
     let metrics = config.metrics_addr;
+    let second = config
+        .services
+        .first()
+        .and_then(|s| s.servers.get(1))
+        .map_or_else(|| "127.0.0.1:16442".to_owned(), ToString::to_string);
     let dir = pin_dir.display();
     let _ = writeln!(
         out,
@@ -202,7 +220,8 @@ pub fn instructions(config: &Config, pin_dir: &Path, cgroup: &Path, binary: &str
          \x20 nc 127.0.0.1 {DEMO_PORT}                          # type a line, the backend echoes it\n\
          \x20 echo hi | nc -u -w1 127.0.0.1 {DEMO_PORT}         # UDP: the reply comes from the VIP\n\
          \x20 curl -s -g 'http://[::1]:{DEMO_PORT}/'            # IPv6 VIP\n\
-         \x20 {binary} status --api {api}\n\
+         \x20 {binary} status --api {api}               # states, time in state, connections, last check\n\
+         \x20 {binary} set-servers --api {api} demo-tcp {second}   # replace the list at runtime\n\
          \x20 curl -s http://{api}/status\n\
          \x20 curl -s http://{metrics}/metrics\n\
          \x20 bpftool map dump pinned {dir}/services\n\

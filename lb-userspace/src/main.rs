@@ -47,6 +47,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Replace a service's server list on a running controller (saved in its
+    /// state file; SIGHUP goes back to the config file's list).
+    SetServers {
+        /// Address of the controller's API (`api_addr` in the config).
+        #[arg(long, default_value = "127.0.0.1:9465")]
+        api: SocketAddr,
+        /// The service's name.
+        service: String,
+        /// The new servers, `IP:port` each (none = an empty list).
+        servers: Vec<String>,
+    },
     /// Detach and unpin what a crashed run left behind.
     Cleanup {
         /// bpffs directory of that run.
@@ -108,6 +119,21 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             } else {
                 print!("{}", status.to_table());
             }
+            Ok(())
+        }
+        Command::SetServers {
+            api,
+            service,
+            servers,
+        } => {
+            let service = status::put_servers(api, &service, &servers)?;
+            print!(
+                "{}",
+                status::Status {
+                    services: vec![service]
+                }
+                .to_table()
+            );
             Ok(())
         }
         Command::Cleanup { bpffs_dir } => dataplane::cleanup(&bpffs_dir),

@@ -166,14 +166,51 @@ pub fn fetch(api: SocketAddr) -> anyhow::Result<Status> {
 
 /// A minimal HTTP/1.1 GET (`Connection: close`); returns the body of a 200.
 pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    let (code, body) = http_request(addr, "GET", path, None)?;
+    if code != 200 {
+        bail!("{addr}{path} answered {code}: {body}");
+    }
+    Ok(body)
+}
+
+/// Replaces a service's servers on a running controller
+/// (`PUT /services/{name}/servers`) and returns the service's new status.
+pub fn put_servers(
+    api: SocketAddr,
+    service: &str,
+    servers: &[String],
+) -> anyhow::Result<ServiceStatus> {
+    let path = format!("/services/{service}/servers");
+    let body = serde_json::to_string(servers)?;
+    let (code, reply) = http_request(api, "PUT", &path, Some(&body))?;
+    if code != 200 {
+        let message = serde_json::from_str::<serde_json::Value>(&reply)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .unwrap_or(reply);
+        bail!("{api}{path} answered {code}: {message}");
+    }
+    serde_json::from_str(&reply).with_context(|| format!("parsing the reply from {api}{path}"))
+}
+
+/// A minimal HTTP/1.1 request (`Connection: close`) with an optional JSON
+/// body; returns the status code and the (de-chunked) body.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
     let timeout = Duration::from_secs(5);
     let mut stream = TcpStream::connect_timeout(&addr, timeout).with_context(|| {
         format!("connecting to the daas-lb API at {addr} (is `daas-lb run` running?)")
     })?;
     stream.set_read_timeout(Some(timeout))?;
+    let body = body.unwrap_or_default();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: application/json\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: application/json\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
     )
     .with_context(|| format!("sending the request to {addr}"))?;
     let mut response = String::new();
@@ -184,16 +221,20 @@ pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
         .split_once("\r\n\r\n")
         .with_context(|| format!("malformed HTTP response from {addr}"))?;
     let status_line = head.lines().next().unwrap_or_default();
-    if !status_line.contains(" 200 ") {
-        bail!("{addr}{path} answered {status_line:?}");
-    }
-    if head
+    let code = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("malformed status line from {addr}: {status_line:?}"))?;
+    let body = if head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
     {
-        return Ok(dechunk(body));
-    }
-    Ok(body.to_owned())
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Ok((code, body))
 }
 
 /// Decodes a chunked body (enough for our own server's responses).
