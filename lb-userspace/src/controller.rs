@@ -395,7 +395,7 @@ fn settle(
 
 /// Writes the service entry when the state machine's selection changed.
 fn reselect(dataplane: &mut Dataplane, counters: &mut Counters, service: &mut ServiceRuntime) {
-    let selection = service.machine.select(service.selection.server);
+    let selection = service.machine.select();
     if selection == service.selection {
         return;
     }

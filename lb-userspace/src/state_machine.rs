@@ -620,31 +620,13 @@ impl ServiceMachine {
         all
     }
 
-    /// The best of `candidates` (ranked best first); `current` wins a tie,
-    /// so equal servers do not take turns.
-    fn best<'a>(
-        &self,
-        mut candidates: impl Iterator<Item = &'a ServerEntry>,
-        current: Option<SocketAddr>,
-    ) -> Option<&'a ServerEntry> {
-        let best = candidates.next()?;
-        let tied_current = std::iter::once(best)
-            .chain(candidates.take_while(|s| self.rank(s, best) == Ordering::Equal))
-            .find(|s| Some(s.address) == current);
-        Some(tied_current.unwrap_or(best))
-    }
-
-    /// Where new connections go; see the module documentation. `current`
-    /// (the server in use now) is kept when it ranks equal to the best.
-    pub fn select(&self, current: Option<SocketAddr>) -> Selection {
+    /// Where new connections go; see the module documentation.
+    pub fn select(&self) -> Selection {
         let ranked = self.ranked();
-        if let Some(best) = self.best(
-            ranked
-                .iter()
-                .copied()
-                .filter(|s| s.listed && s.state > ServerState::Failed),
-            current,
-        ) {
+        if let Some(best) = ranked
+            .iter()
+            .find(|s| s.listed && s.state > ServerState::Failed)
+        {
             return Selection {
                 server: Some(best.address),
                 fail_open: false,
@@ -665,13 +647,10 @@ impl ServiceMachine {
         }
         // Fail open: every server fails. Prefer a failed listed server by
         // rank, then the default even though it fails.
-        if let Some(best) = self.best(
-            ranked
-                .iter()
-                .copied()
-                .filter(|s| s.listed && s.state == ServerState::Failed),
-            current,
-        ) {
+        if let Some(best) = ranked
+            .iter()
+            .find(|s| s.listed && s.state == ServerState::Failed)
+        {
             return Selection {
                 server: Some(best.address),
                 fail_open: true,

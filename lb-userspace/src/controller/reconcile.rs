@@ -275,7 +275,7 @@ impl Controller {
         for (service, (effects, fresh)) in runtimes.iter_mut().zip(pending) {
             if fresh {
                 // Make sure the entry exists and points where the machine says.
-                let selection = service.machine.select(service.selection.server);
+                let selection = service.machine.select();
                 let backend_id = selection
                     .server
                     .and_then(|a| service.servers.get(&a))

@@ -35,7 +35,7 @@ fn state(m: &ServiceMachine, n: u8) -> ServerState {
 }
 
 fn selected(m: &ServiceMachine) -> Option<SocketAddr> {
-    m.select(None).server
+    m.select().server
 }
 
 /// Servers 1..=n listed, 9 as default.
@@ -364,7 +364,7 @@ fn fallback_goes_to_the_default_then_fails_open() {
     drive(&mut m, 1, Failed, clock.now());
     drive(&mut m, 2, Failed, clock.now());
     assert_eq!(
-        m.select(None),
+        m.select(),
         Selection {
             server: Some(addr(DEFAULT)),
             fail_open: false
@@ -374,7 +374,7 @@ fn fallback_goes_to_the_default_then_fails_open() {
     assert_eq!(state(&m, DEFAULT), Standby, "checks do not move standby");
     m.set_connections(addr(2), 1);
     assert_eq!(
-        m.select(None),
+        m.select(),
         Selection {
             server: Some(addr(2)),
             fail_open: true
@@ -385,7 +385,7 @@ fn fallback_goes_to_the_default_then_fails_open() {
     let mut m = ServiceMachine::new(&[], Some(addr(DEFAULT)), clock.now());
     let _ = m.check(addr(DEFAULT), false, clock.now());
     assert_eq!(
-        m.select(None),
+        m.select(),
         Selection {
             server: Some(addr(DEFAULT)),
             fail_open: true
@@ -395,7 +395,7 @@ fn fallback_goes_to_the_default_then_fails_open() {
     let mut m = ServiceMachine::new(&[addr(1)], None, clock.now());
     drive(&mut m, 1, Failed, clock.now());
     assert_eq!(
-        m.select(None),
+        m.select(),
         Selection {
             server: Some(addr(1)),
             fail_open: true
@@ -403,7 +403,7 @@ fn fallback_goes_to_the_default_then_fails_open() {
     );
     let empty = ServiceMachine::new(&[], None, clock.now());
     assert_eq!(
-        empty.select(None),
+        empty.select(),
         Selection {
             server: None,
             fail_open: false
@@ -443,7 +443,7 @@ fn selection_order_is_state_then_score_then_connections_then_list_order() {
     assert_eq!(selected(&m), Some(addr(2)), "score beats connections");
     let _ = m.dial(addr(1), true, clock.now());
     assert_eq!(selected(&m), Some(addr(1)), "state beats score");
-    // The server in use stays while it ranks equal to the best.
+    // A second dial elsewhere: the other active server yields.
     let _ = m.dial(addr(2), true, clock.now());
     assert_eq!(
         state(&m, 1),
@@ -519,7 +519,6 @@ proptest! {
         let initial: Vec<_> = initial.into_iter().map(addr).collect();
         let mut m = ServiceMachine::new(&initial, default.map(addr), now);
         m.set_ranking(ranking);
-        let mut current = None;
         for event in &events {
             let effects = apply(&mut m, event, &mut now);
             for t in &effects.transitions {
@@ -530,8 +529,7 @@ proptest! {
             prop_assert!(active <= 1, "{} active after {:?}: {:?}", active, event, m);
             // Never zero candidates while any server is configured.
             let configured = !m.servers().is_empty();
-            let selection = m.select(current);
-            current = selection.server;
+            let selection = m.select();
             prop_assert_eq!(selection.server.is_some(), configured, "{:?}", m);
             if let Some(chosen) = selection.server {
                 let chosen = m.server(chosen).expect("selected server is known");
@@ -549,8 +547,7 @@ proptest! {
                 }
                 // The best listed server above failed is the one selected.
                 if let Some(best) = m.ranked().into_iter().find(|s| s.listed && s.state > Failed) {
-                    prop_assert!(chosen.listed && m.rank(chosen, best) == Ordering::Equal,
-                        "{} chosen, {} is better: {:?}", chosen.address, best.address, m);
+                    prop_assert_eq!(chosen.address, best.address);
                 }
             }
             // Invalid servers are forgotten, never kept.
