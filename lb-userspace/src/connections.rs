@@ -105,14 +105,21 @@ impl Connections {
         })
     }
 
+    /// Established TCP and connected UDP sockets (any peer): the input of
+    /// [`count`] after [`via_vip`]. Needs no controller state, so the poller
+    /// runs it without holding the controller's lock.
+    pub fn established(&mut self) -> anyhow::Result<Vec<SocketInfo>> {
+        let mut sockets = self.diag.dump(Transport::Tcp, TCP_COUNTED)?;
+        sockets.extend(self.diag.dump(Transport::Udp, UDP_CONNECTED)?);
+        Ok(sockets)
+    }
+
     /// Established connections through any VIP, per (service id, server).
     pub fn count(
         &mut self,
         lookup: impl Fn(&RevNatKey) -> Option<RevNatValue>,
     ) -> anyhow::Result<HashMap<(u32, SocketAddr), u32>> {
-        let mut sockets = self.diag.dump(Transport::Tcp, TCP_COUNTED)?;
-        sockets.extend(self.diag.dump(Transport::Udp, UDP_CONNECTED)?);
-        Ok(count(&via_vip(&sockets, lookup)))
+        Ok(count(&via_vip(&self.established()?, lookup)))
     }
 
     /// Destroys every connection of `service_id` to each of `servers`

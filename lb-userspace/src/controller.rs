@@ -74,6 +74,8 @@ struct State {
 
 struct Inner {
     state: Mutex<State>,
+    /// The poller's own `sock_diag` socket: dumps run without the state lock.
+    poller: Mutex<Connections>,
     /// Bounds the probes running at once across all services.
     probe_slots: Arc<Semaphore>,
     runtime: Handle,
@@ -102,6 +104,7 @@ impl Controller {
     /// inside the tokio runtime.
     pub fn new(config: Config, dataplane: Dataplane) -> anyhow::Result<Self> {
         let connections = Connections::open()?;
+        let poller = Connections::open()?;
         let probe_slots = Arc::new(Semaphore::new(config.max_concurrent_checks));
         let empty = Config {
             services: Vec::new(),
@@ -116,6 +119,7 @@ impl Controller {
                     services: Vec::new(),
                     counters: Counters::default(),
                 }),
+                poller: Mutex::new(poller),
                 probe_slots,
                 runtime: Handle::current(),
             }),
@@ -184,6 +188,23 @@ impl Controller {
     /// Counts connections per server from the kernel, turns new connects
     /// into dial successes and applies time-based transitions.
     pub fn poll(&self) {
+        let sockets = {
+            let mut poller = self
+                .inner
+                .poller
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match poller.established() {
+                Ok(sockets) => sockets,
+                Err(err) => {
+                    warn!(
+                        error = format!("{err:#}"),
+                        "could not count connections (sock_diag)"
+                    );
+                    return;
+                }
+            }
+        };
         let mut guard = self.lock();
         let State {
             dataplane,
@@ -192,16 +213,9 @@ impl Controller {
             counters,
             ..
         } = &mut *guard;
-        let counts = match connections.count(|key| dataplane.rev_nat(key)) {
-            Ok(counts) => counts,
-            Err(err) => {
-                warn!(
-                    error = format!("{err:#}"),
-                    "could not count connections (sock_diag)"
-                );
-                return;
-            }
-        };
+        let counts = crate::connections::count(&crate::connections::via_vip(&sockets, |key| {
+            dataplane.rev_nat(key)
+        }));
         let now = Instant::now();
         for service in services.iter_mut() {
             let mut effects = Effects::default();
