@@ -34,7 +34,7 @@ use tracing::{info, warn};
 pub use self::reconcile::ServersError;
 use crate::{
     config::{Config, Protocol, ServiceConfig},
-    connections::Connections,
+    connections::{self, Connections},
     dataplane::Dataplane,
     health::{CheckOutcome, Prober},
     metrics::{Counters, DialStatus},
@@ -213,7 +213,7 @@ impl Controller {
             counters,
             ..
         } = &mut *guard;
-        let counts = crate::connections::count(&crate::connections::via_vip(&sockets, |key| {
+        let counts = connections::count(&connections::via_vip(&sockets, |key| {
             dataplane.rev_nat(key)
         }));
         let now = Instant::now();
