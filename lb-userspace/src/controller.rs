@@ -172,6 +172,9 @@ impl Controller {
                 .counters
                 .observe_dial(service_name, status, dial.duration);
             if !dial.ok {
+                if outcome.ok {
+                    warn!(service = service_name, server = %address, reason = %outcome.reason, "check passes but connects to the server fail");
+                }
                 effects.merge(service.machine.dial(address, false, now));
             }
         }
@@ -383,6 +386,11 @@ fn settle(
     match connections.close(service.id, &effects.close, |key| dataplane.rev_nat(key)) {
         Ok(closed) => {
             counters.closed(name, closed.destroyed as u64);
+            if closed.failed == 0 {
+                for &server in &effects.close {
+                    service.machine.set_connections(server, 0);
+                }
+            }
             if closed.destroyed + closed.failed > 0 {
                 let servers: Vec<String> = effects.close.iter().map(ToString::to_string).collect();
                 info!(

@@ -270,11 +270,14 @@ impl Prober {
         let reuses_dial = inner.parts.iter().any(|part| part.dials(server));
         let extra_dial = async {
             if dial_probe && !reuses_dial {
-                let (ok, _) = probe_tcp(server, budget).await;
-                Some(DialOutcome {
-                    ok,
-                    duration: start.elapsed(),
-                })
+                let (ok, why) = probe_tcp(server, budget).await;
+                Some((
+                    DialOutcome {
+                        ok,
+                        duration: start.elapsed(),
+                    },
+                    why,
+                ))
             } else {
                 None
             }
@@ -289,7 +292,7 @@ impl Prober {
         let (outcomes, extra_dial) = tokio::join!(parts, extra_dial);
 
         let ok = outcomes.iter().all(|outcome| outcome.ok);
-        let reason = if inner.combined {
+        let mut reason = if inner.combined {
             let reasons: Vec<&str> = outcomes
                 .iter()
                 .filter(|outcome| ok || !outcome.ok)
@@ -307,7 +310,16 @@ impl Prober {
         } else {
             Transport::Udp
         };
-        let mut dial = extra_dial.or_else(|| pick_dial(&outcomes, transport));
+        // The check passed but the service port does not connect (K3s
+        // #13149): say so, the state machine demotes the server for it.
+        if let Some((extra, why)) = &extra_dial
+            && !extra.ok
+        {
+            reason = format!("{reason}; but the service port {server}: {why}");
+        }
+        let mut dial = extra_dial
+            .map(|(d, _)| d)
+            .or_else(|| pick_dial(&outcomes, transport));
         if dial_probe && dial.is_none() {
             // Only when the HTTP client could not even be set up.
             tracing::warn!(%server, %reason, "health check made no connection; counting it as a failed dial");

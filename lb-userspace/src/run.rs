@@ -5,7 +5,7 @@ use std::{fs, path::PathBuf};
 
 use anyhow::{Context as _, bail};
 use tokio::{
-    signal::unix::{SignalKind, signal},
+    signal::unix::{Signal, SignalKind, signal},
     task::JoinSet,
 };
 use tracing::{error, info, warn};
@@ -49,6 +49,9 @@ fn first_cgroup2_mount(mounts: &str) -> Option<PathBuf> {
 
 /// Runs until SIGINT/SIGTERM; returns after detaching everything.
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
+    // Handlers first: a signal must never hit the default action (exit
+    // without detaching) once anything is attached.
+    let mut signals = Signals::install()?;
     let mut tasks = JoinSet::new();
     let (mut config, is_demo) = match &options.source {
         ConfigSource::File(path) => (Config::load(path)?, false),
@@ -145,7 +148,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         println!("{text}");
     }
 
-    wait_for_stop_signal(&controller, &options).await?;
+    signals.wait_for_stop(&controller, &options).await;
     tasks.shutdown().await;
     controller.shutdown()?;
     info!(pin_dir = %config.bpffs_dir.display(), "detached and unpinned; bye");
@@ -161,15 +164,30 @@ fn is_permission_error(err: &anyhow::Error) -> bool {
     })
 }
 
-async fn wait_for_stop_signal(controller: &Controller, options: &RunOptions) -> anyhow::Result<()> {
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => { info!("SIGTERM: shutting down"); return Ok(()); }
-            _ = int.recv() => { info!("SIGINT: shutting down"); return Ok(()); }
-            _ = hup.recv() => reload(controller, options),
+/// The signals `run` handles.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        })
+    }
+
+    /// Handles SIGHUP (reload) until SIGINT or SIGTERM arrives.
+    async fn wait_for_stop(&mut self, controller: &Controller, options: &RunOptions) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => { info!("SIGTERM: shutting down"); return; }
+                _ = self.int.recv() => { info!("SIGINT: shutting down"); return; }
+                _ = self.hup.recv() => reload(controller, options),
+            }
         }
     }
 }

@@ -9,6 +9,13 @@
 //!
 //! Privileged tests call [`privileged`] first: without root/bpffs/cgroup2 they
 //! skip with a message, unless `CI=true`, where that is a failure.
+//!
+//! For the K3s scenarios: [`Node`] stands in for a K3s server (service
+//! listener + HTTP health endpoint on its own `127.0.0.X`),
+//! [`HeldConnection`] is a long-lived client connection through a VIP that
+//! reports when it is closed under it, [`put_servers`] drives the server-list
+//! API, [`metric`] reads Prometheus samples and [`closed_connection_logs`]
+//! the daemon's `closed connections` log lines.
 
 use std::{
     fmt::Write as _,
@@ -463,14 +470,22 @@ struct AcceptLoop {
 impl AcceptLoop {
     fn spawn(listener: TcpListener, handler: impl Fn(TcpStream) + Clone + Send + 'static) -> Self {
         let addr = listener.local_addr().expect("local addr");
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
         let stop = Arc::new(AtomicBool::new(false));
         let stop_flag = Arc::clone(&stop);
         let thread = thread::spawn(move || {
-            for stream in listener.incoming() {
-                if stop_flag.load(Ordering::SeqCst) {
-                    return;
+            while !stop_flag.load(Ordering::SeqCst) {
+                if !readable(&listener, CONN_POLL) {
+                    continue;
                 }
-                let Ok(stream) = stream else { continue };
+                let Ok((stream, _)) = listener.accept() else {
+                    continue;
+                };
+                if stream.set_nonblocking(false).is_err() {
+                    continue;
+                }
                 let handler = handler.clone();
                 thread::spawn(move || handler(stream));
             }
@@ -482,14 +497,25 @@ impl AcceptLoop {
         }
     }
 
+    /// Closes the listening socket; when it returns, connects are refused.
     fn stop(&mut self) {
         if let Some(thread) = self.thread.take() {
             self.stop.store(true, Ordering::SeqCst);
-            // Wake the accept loop so it sees the flag and drops the listener.
-            let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
             let _ = thread.join();
         }
     }
+}
+
+/// Waits up to `timeout` for `listener` to have a connection to accept.
+fn readable(listener: &TcpListener, timeout: Duration) -> bool {
+    let mut fd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `fd` is one live pollfd for a socket that outlives the call.
+    let rc = unsafe { libc::poll(&raw mut fd, 1, timeout.as_millis() as libc::c_int) };
+    rc > 0 && fd.revents & libc::POLLIN != 0
 }
 
 impl Drop for AcceptLoop {
@@ -1558,4 +1584,58 @@ pub fn service_yaml(
     }
     let _ = writeln!(yaml, "    health_check: {health_check}");
     yaml
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_samples_are_parsed_with_their_labels() {
+        let text = "# TYPE x counter\n\
+                    daas_lb_fail_open_total{name=\"a\\\"b\"} 2\n\
+                    k3s_loadbalancer_dial_duration_seconds_bucket{name=\"api\",status=\"success\",le=\"+Inf\"} 3\n\
+                    k3s_loadbalancer_dial_duration_seconds_sum{name=\"api\",status=\"success\"} 0.0125\n\
+                    up 1\n";
+        assert_eq!(
+            metric(text, "daas_lb_fail_open_total", &[("name", "a\"b")]),
+            Some(2.0)
+        );
+        assert_eq!(
+            metric(
+                text,
+                "k3s_loadbalancer_dial_duration_seconds_bucket",
+                &[("le", "+Inf")]
+            ),
+            Some(3.0)
+        );
+        assert_eq!(
+            metric(text, "k3s_loadbalancer_dial_duration_seconds_sum", &[]),
+            Some(0.0125)
+        );
+        assert_eq!(metric(text, "up", &[]), Some(1.0));
+        assert_eq!(metric(text, "up", &[("name", "x")]), None);
+    }
+
+    #[test]
+    fn rfc3339_times_are_parsed() {
+        let t = parse_rfc3339("2026-11-22T05:00:00.123Z").unwrap();
+        let secs = t.duration_since(SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(secs, Duration::from_millis(1_795_323_600_123));
+        assert_eq!(
+            parse_rfc3339("1970-01-01T00:00:01Z"),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1))
+        );
+        assert_eq!(parse_rfc3339("garbage"), None);
+    }
+
+    #[test]
+    fn closed_connection_lines_are_found() {
+        let log = "2026-11-22T05:47:29.554939Z  INFO lb_userspace::controller: closed connections \
+                   service=\"api\" servers=\"127.0.0.11:6443\" destroyed=1 already_gone=0 failed=0 \
+                   micros=1880 destroy_micros=1705\nother line\n";
+        let found = closed_connection_logs(log);
+        assert_eq!(found.len(), 1);
+        assert_eq!((found[0].destroyed, found[0].micros), (1, 1880));
+    }
 }

@@ -200,6 +200,14 @@ fn wait_state_file(
     }
 }
 
+/// Stops the daemon once it is fully up. The status API answers before the
+/// daemon installs its SIGTERM handler (logged as "daas-lb running"); a
+/// SIGTERM in between kills it without cleanup, so wait for that line.
+fn stop_when_running(daemon: &mut Daemon) {
+    daemon.wait_log(Duration::from_secs(10), "daas-lb running", 1);
+    daemon.stop();
+}
+
 /// A K3s state file with exactly `url` and `servers`.
 fn k3s_shape(value: &serde_json::Value, url: &str, servers: &[String]) -> bool {
     value.as_object().is_some_and(|o| o.len() == 2)
@@ -221,16 +229,22 @@ fn put_server_lists_survive_a_restart_and_bad_state_files_are_replaced() {
     let put = names(&[&node2, &node1]);
     let (code, body) = put_servers(API, SVC, &[&put[0], &put[1]]);
     assert_eq!(code, 200, "{body}");
-    let saved = wait_state_file(&env, &daemon, "the PUT list", |v| k3s_shape(v, &url, &put));
-    eprintln!("state file after PUT: {saved}");
+    wait_state_file(&env, &daemon, "the PUT list", |v| k3s_shape(v, &url, &put));
+    let saved = fs::read_to_string(env.state_file(SVC)).unwrap();
+    eprintln!("state file after PUT:\n{saved}");
+    assert!(
+        saved.find("\"ServerURL\"") < saved.find("\"ServerAddresses\""),
+        "fields in K3s order: {saved}"
+    );
 
     // Restart: the saved list wins over the config's.
-    daemon.restart();
+    stop_when_running(&mut daemon);
+    daemon.relaunch();
     wait_listed(&mut daemon, &[&node2, &node1, &node0]);
     assert!(daemon.log().contains("api.json"), "{}", daemon.log());
 
     // A K3s-written file (ServerURL as a URL) is used too.
-    daemon.stop();
+    stop_when_running(&mut daemon);
     let state_file = env.state_file(SVC);
     fs::write(
         &state_file,
@@ -244,7 +258,7 @@ fn put_server_lists_survive_a_restart_and_bad_state_files_are_replaced() {
     wait_listed(&mut daemon, &[&node2, &node0]);
 
     // A corrupt file is logged and replaced; the config's list is used.
-    daemon.stop();
+    stop_when_running(&mut daemon);
     fs::write(&state_file, "{ this is not json").unwrap();
     daemon.relaunch();
     wait_listed(&mut daemon, &[&node1, &node0]);
@@ -261,7 +275,7 @@ fn put_server_lists_survive_a_restart_and_bad_state_files_are_replaced() {
     eprintln!("corrupt state file logged as:\n{}", mentions.join("\n"));
 
     // A file for another default server is ignored (and replaced).
-    daemon.stop();
+    stop_when_running(&mut daemon);
     fs::write(
         &state_file,
         format!(
