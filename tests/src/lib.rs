@@ -1203,9 +1203,21 @@ impl HeldConnection {
     /// Connects to `addr` from `cgroup`; the client's `failed` event if no
     /// connection was made.
     pub fn try_open(cgroup: &TestCgroup, addr: &str) -> Result<Self, Box<HoldEvent>> {
+        Self::try_open_mode(cgroup, "hold", addr)
+    }
+
+    /// A connected UDP socket to `addr` from `cgroup` that sent `HOLD` and
+    /// got the backend's reply; "closed" when a receive fails.
+    pub fn open_udp(cgroup: &TestCgroup, addr: &str) -> Self {
+        Self::try_open_mode(cgroup, "udp-hold", addr).unwrap_or_else(|event| {
+            panic!("udp-hold {addr}: no reply: {event:?}");
+        })
+    }
+
+    fn try_open_mode(cgroup: &TestCgroup, mode: &str, addr: &str) -> Result<Self, Box<HoldEvent>> {
         let mut child = cgroup.spawn(
             Command::new(client_bin())
-                .args(["hold", addr, &Self::SECONDS.to_string()])
+                .args([mode, addr, &Self::SECONDS.to_string()])
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit()),

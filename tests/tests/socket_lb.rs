@@ -4,7 +4,7 @@
 //! and fail-fast work.
 
 use std::{
-    net::SocketAddr,
+    net::{Ipv4Addr, SocketAddr},
     process::Command,
     thread,
     time::{Duration, Instant},
@@ -360,4 +360,51 @@ fn a_corrupt_backend_slot_is_refused_never_mis_forwarded() {
         service(s, "web").refused >= 1
     });
     assert_eq!(service(&status, "web").refused, 1);
+}
+
+#[test]
+fn a_failed_udp_server_s_connected_sockets_are_closed_and_new_ones_move() {
+    let Some(env) = TestEnv::new("udp_close") else {
+        return;
+    };
+    let b1 = UdpBackend::start("u1", Ipv4Addr::LOCALHOST.into());
+    let b2 = UdpBackend::start("u2", Ipv4Addr::LOCALHOST.into());
+    let mut daemon = env.start(&format!(
+        "  - name: dns\n    vip: 127.0.0.1:5353\n    protocol: udp\n    servers: [\"{}\", \"{}\"]\n    health_check: {{ kind: udp, interval: 200ms, timeout: 100ms, jitter: 0% }}\n",
+        b1.addr, b2.addr
+    ));
+    daemon.wait_for(Duration::from_secs(5), "both servers preferred", |s| {
+        service(s, "dns")
+            .servers
+            .iter()
+            .all(|srv| srv.state == ServerState::Preferred)
+    });
+    let mut held = lb_tests::HeldConnection::open_udp(&env.cgroup, "127.0.0.1:5353");
+    assert_eq!(held.backend(), "u1", "{}", held.reply());
+    daemon.wait_for(
+        Duration::from_secs(3),
+        "u1 counts the connected socket",
+        |s| service(s, "dns").servers[0].connections == 1,
+    );
+
+    // u1 goes away: its port answers ICMP unreachable, the probe's dial
+    // fails, u1 is demoted and the client's connected socket destroyed.
+    let stopped = Instant::now();
+    drop(b1);
+    let (closed_at, errno) = held
+        .wait_closed(Duration::from_secs(3))
+        .unwrap_or_else(|| panic!("UDP socket not closed\n{}", daemon.log()));
+    eprintln!(
+        "udp: connected socket closed {:?} after the server stopped (errno {errno:?})",
+        closed_at.duration_since(stopped)
+    );
+    assert_eq!(errno, Some(libc::ECONNABORTED));
+    let out = env.cgroup.client(&["udp-connected", "127.0.0.1:5353", "q"]);
+    assert_eq!(out.reply.as_deref(), Some("u2:q"), "{out:?}");
+    let status = daemon.status();
+    assert_eq!(
+        service(&status, "dns").servers[0].state,
+        ServerState::Failed
+    );
+    assert_eq!(service(&status, "dns").servers[0].connections, 0);
 }

@@ -10,6 +10,7 @@
 //! lb-test-client udp ADDR PAYLOAD           unconnected sendto + recvfrom
 //! lb-test-client udp-connected ADDR PAYLOAD connect, getpeername, send, recv
 //! lb-test-client hold ADDR SECONDS          long-lived TCP connection, see below
+//! lb-test-client udp-hold ADDR SECONDS      the same with a connected UDP socket
 //! ```
 //!
 //! `hold` prints several lines: it connects, sends `HOLD\n`, reads the reply
@@ -204,11 +205,63 @@ fn hold(addr: SocketAddr, seconds: u64) {
     }
 }
 
+/// `udp-hold`: a connected UDP socket that sends `HOLD`, prints the reply,
+/// then waits in `recv` until the socket fails (the daemon destroyed it).
+fn hold_udp(addr: SocketAddr, seconds: u64) {
+    let local: SocketAddr = if addr.is_ipv4() {
+        "0.0.0.0:0".parse().expect("literal")
+    } else {
+        "[::]:0".parse().expect("literal")
+    };
+    let socket = match UdpSocket::bind(local).and_then(|s| s.connect(addr).map(|()| s)) {
+        Ok(socket) => socket,
+        Err(err) => return emit(&failed(&err)),
+    };
+    let _ = socket.set_read_timeout(Some(TIMEOUT));
+    let mut buf = vec![0u8; 4096];
+    let reply = match socket.send(b"HOLD").and_then(|_| socket.recv(&mut buf)) {
+        Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+        Err(err) => return emit(&failed(&err)),
+    };
+    emit(&HoldEvent {
+        event: "connected",
+        peer: socket.peer_addr().ok().map(|p| p.to_string()),
+        local: socket.local_addr().ok().map(|p| p.to_string()),
+        reply: Some(reply),
+        ..HoldEvent::default()
+    });
+    let until = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return emit(&HoldEvent {
+                event: "timeout",
+                ..HoldEvent::default()
+            });
+        }
+        let _ = socket.set_read_timeout(Some(left));
+        match socket.recv(&mut buf) {
+            Ok(_) => {}
+            Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(err) if err.kind() == ErrorKind::Interrupted => {}
+            Err(err) => {
+                return emit(&HoldEvent {
+                    event: "closed",
+                    error: Some(err.to_string()),
+                    errno: err.raw_os_error(),
+                    eof: Some(false),
+                    ..HoldEvent::default()
+                });
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(mode), Some(addr)) = (args.first(), args.get(1)) else {
         eprintln!(
-            "usage: lb-test-client tcp|tcp-mapped|udp|udp-connected ADDR [PAYLOAD]\n       lb-test-client hold ADDR SECONDS"
+            "usage: lb-test-client tcp|tcp-mapped|udp|udp-connected ADDR [PAYLOAD]\n       lb-test-client hold|udp-hold ADDR SECONDS"
         );
         return ExitCode::from(2);
     };
@@ -216,12 +269,16 @@ fn main() -> ExitCode {
         eprintln!("bad address {addr}");
         return ExitCode::from(2);
     };
-    if mode == "hold" {
+    if mode == "hold" || mode == "udp-hold" {
         let Some(Ok(seconds)) = args.get(2).map(|s| s.parse::<u64>()) else {
-            eprintln!("usage: lb-test-client hold ADDR SECONDS");
+            eprintln!("usage: lb-test-client hold|udp-hold ADDR SECONDS");
             return ExitCode::from(2);
         };
-        hold(addr, seconds);
+        if mode == "hold" {
+            hold(addr, seconds);
+        } else {
+            hold_udp(addr, seconds);
+        }
         return ExitCode::SUCCESS;
     }
     let payload = args.get(2).map_or("hello\n", String::as_str);
