@@ -212,6 +212,37 @@ pub struct ServerEntry {
     pub last_check_ok: Option<bool>,
 }
 
+impl ServerEntry {
+    /// A server the machine does not know yet: invalid and unlisted until
+    /// it [enters](Self::enter) its first state.
+    const fn unknown(address: SocketAddr, now: Instant) -> Self {
+        Self {
+            address,
+            state: ServerState::Invalid,
+            since: now,
+            connections: 0,
+            score: None,
+            listed: false,
+            last_check_ok: None,
+        }
+    }
+
+    /// Moves to `to` (if not there already), recording the transition.
+    fn enter(&mut self, to: ServerState, cause: Cause, now: Instant, effects: &mut Effects) {
+        if self.state == to {
+            return;
+        }
+        effects.transitions.push(Transition {
+            server: self.address,
+            from: self.state,
+            to,
+            cause,
+        });
+        self.state = to;
+        self.since = now;
+    }
+}
+
 /// Which server new connections go to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Selection {
@@ -286,18 +317,7 @@ impl ServiceMachine {
         now: Instant,
         effects: &mut Effects,
     ) {
-        let server = &mut self.servers[i];
-        if server.state == to {
-            return;
-        }
-        effects.transitions.push(Transition {
-            server: server.address,
-            from: server.state,
-            to,
-            cause,
-        });
-        server.state = to;
-        server.since = now;
+        self.servers[i].enter(to, cause, now, effects);
     }
 
     /// Replaces the server list. New servers start unchecked; removed ones
@@ -310,67 +330,31 @@ impl ServiceMachine {
             if kept.iter().any(|s: &ServerEntry| s.address == address) {
                 continue;
             }
-            if let Some(i) = self.index(address) {
-                let mut entry = self.servers.remove(i);
-                if !entry.listed {
-                    // The default server joins the list: checked like any other.
-                    effects.transitions.push(Transition {
-                        server: address,
-                        from: entry.state,
-                        to: ServerState::Unchecked,
-                        cause: Cause::Added,
-                    });
-                    entry.state = ServerState::Unchecked;
-                    entry.since = now;
-                    entry.listed = true;
-                }
-                kept.push(entry);
-            } else {
-                effects.transitions.push(Transition {
-                    server: address,
-                    from: ServerState::Invalid,
-                    to: ServerState::Unchecked,
-                    cause: Cause::Added,
-                });
-                kept.push(ServerEntry {
-                    address,
-                    state: ServerState::Unchecked,
-                    since: now,
-                    connections: 0,
-                    score: None,
-                    listed: true,
-                    last_check_ok: None,
-                });
+            // A known server keeps its state; the unlisted default joins the
+            // list and is checked like any other.
+            let mut entry = match self.index(address) {
+                Some(i) => self.servers.remove(i),
+                None => ServerEntry::unknown(address, now),
+            };
+            if !entry.listed {
+                entry.listed = true;
+                entry.enter(ServerState::Unchecked, Cause::Added, now, &mut effects);
             }
+            kept.push(entry);
         }
-        // What is left was removed from the list.
+        // What is left was removed from the list (or is the unlisted default).
         for mut entry in std::mem::take(&mut self.servers) {
             if !entry.listed {
-                // The unlisted default stays as it is.
                 kept.push(entry);
                 continue;
             }
             effects.close(entry.address);
             if Some(entry.address) == self.default {
-                if entry.state != ServerState::Standby {
-                    effects.transitions.push(Transition {
-                        server: entry.address,
-                        from: entry.state,
-                        to: ServerState::Standby,
-                        cause: Cause::Removed,
-                    });
-                    entry.state = ServerState::Standby;
-                    entry.since = now;
-                }
                 entry.listed = false;
+                entry.enter(ServerState::Standby, Cause::Removed, now, &mut effects);
                 kept.push(entry);
             } else {
-                effects.transitions.push(Transition {
-                    server: entry.address,
-                    from: entry.state,
-                    to: ServerState::Invalid,
-                    cause: Cause::Removed,
-                });
+                entry.enter(ServerState::Invalid, Cause::Removed, now, &mut effects);
             }
         }
         self.servers = kept;
@@ -389,34 +373,17 @@ impl ServiceMachine {
             && let Some(i) = self.index(old)
             && !self.servers[i].listed
         {
-            let entry = self.servers.remove(i);
+            let mut entry = self.servers.remove(i);
             effects.close(old);
-            effects.transitions.push(Transition {
-                server: old,
-                from: entry.state,
-                to: ServerState::Invalid,
-                cause: Cause::Removed,
-            });
+            entry.enter(ServerState::Invalid, Cause::Removed, now, &mut effects);
         }
         self.default = default;
         if let Some(new) = default
             && self.index(new).is_none()
         {
-            effects.transitions.push(Transition {
-                server: new,
-                from: ServerState::Invalid,
-                to: ServerState::Standby,
-                cause: Cause::Added,
-            });
-            self.servers.push(ServerEntry {
-                address: new,
-                state: ServerState::Standby,
-                since: now,
-                connections: 0,
-                score: None,
-                listed: false,
-                last_check_ok: None,
-            });
+            let mut entry = ServerEntry::unknown(new, now);
+            entry.enter(ServerState::Standby, Cause::Added, now, &mut effects);
+            self.servers.push(entry);
         }
         effects
     }

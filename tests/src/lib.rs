@@ -1007,6 +1007,15 @@ pub fn service<'a>(status: &'a Status, name: &str) -> &'a ServiceStatus {
         .unwrap_or_else(|| panic!("service {name} not in status {status:?}"))
 }
 
+/// The server addresses of service `name`, in status order.
+pub fn server_addresses(status: &Status, name: &str) -> Vec<String> {
+    service(status, name)
+        .servers
+        .iter()
+        .map(|s| s.address.clone())
+        .collect()
+}
+
 /// `bpftool -j ARGS` parsed as JSON.
 pub fn bpftool(args: &[&str]) -> serde_json::Value {
     let mut all = vec!["-j"];
@@ -1366,57 +1375,9 @@ pub fn closed_connection_logs(log: &str) -> Vec<ClosedLog> {
         .collect()
 }
 
-/// A minimal HTTP/1.1 request (`Connection: close`) over a plain TCP
-/// stream; returns the status code and the body.
-pub fn http_request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    body: Option<&str>,
-) -> io::Result<(u16, String)> {
-    let timeout = Duration::from_secs(5);
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
-    stream.set_read_timeout(Some(timeout))?;
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(body) = body {
-        let _ = write!(
-            request,
-            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-    } else {
-        request.push_str("\r\n");
-    }
-    stream.write_all(request.as_bytes())?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let bad = || {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("bad response {response:?}"),
-        )
-    };
-    let (head, body) = response.split_once("\r\n\r\n").ok_or_else(bad)?;
-    let code = head
-        .lines()
-        .next()
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(bad)?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    Ok((code, body))
-}
-
 /// `PUT path` with a JSON body; the status code and the body.
-pub fn http_put(addr: SocketAddr, path: &str, body: &str) -> io::Result<(u16, String)> {
-    http_request(addr, "PUT", path, Some(body))
+pub fn http_put(addr: SocketAddr, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
+    lb_userspace::status::http_request(addr, "PUT", path, Some(body))
 }
 
 /// `PUT /services/{service}/servers` with `servers` as a JSON list; the
@@ -1424,26 +1385,11 @@ pub fn http_put(addr: SocketAddr, path: &str, body: &str) -> io::Result<(u16, St
 pub fn put_servers(api: SocketAddr, service: &str, servers: &[&str]) -> (u16, serde_json::Value) {
     let body = serde_json::to_string(servers).expect("encode server list");
     let (code, text) = http_put(api, &format!("/services/{service}/servers"), &body)
-        .unwrap_or_else(|e| panic!("PUT /services/{service}/servers: {e}"));
+        .unwrap_or_else(|e| panic!("PUT /services/{service}/servers: {e:#}"));
     (
         code,
         serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
     )
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if size == 0 || rest.len() < size {
-            break;
-        }
-        out.push_str(&rest[..size]);
-        body = rest[size..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 /// One sample of a Prometheus text exposition.

@@ -65,11 +65,7 @@ fn server(status: &Status, addr: SocketAddr) -> &ServerStatus {
 }
 
 fn addresses(status: &Status) -> Vec<String> {
-    service(status, SVC)
-        .servers
-        .iter()
-        .map(|s| s.address.clone())
-        .collect()
+    lb_tests::server_addresses(status, SVC)
 }
 
 /// Waits until `node` is in one of `states`.

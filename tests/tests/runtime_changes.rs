@@ -27,11 +27,7 @@ fn api(servers: &[&Node], default: &Node) -> String {
 }
 
 fn addresses(status: &Status) -> Vec<String> {
-    service(status, SVC)
-        .servers
-        .iter()
-        .map(|s| s.address.clone())
-        .collect()
+    lb_tests::server_addresses(status, SVC)
 }
 
 fn names(nodes: &[&Node]) -> Vec<String> {

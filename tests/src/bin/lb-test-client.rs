@@ -171,38 +171,10 @@ fn hold(addr: SocketAddr, seconds: u64) {
         connect_us: Some(connect_us),
         ..HoldEvent::default()
     });
-    let until = Instant::now() + Duration::from_secs(seconds);
-    loop {
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return emit(&HoldEvent {
-                event: "timeout",
-                ..HoldEvent::default()
-            });
-        }
-        let _ = stream.set_read_timeout(Some(left));
-        match stream.read(&mut buf) {
-            Ok(0) => {
-                return emit(&HoldEvent {
-                    event: "closed",
-                    eof: Some(true),
-                    ..HoldEvent::default()
-                });
-            }
-            Ok(_) => {}
-            Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(err) if err.kind() == ErrorKind::Interrupted => {}
-            Err(err) => {
-                return emit(&HoldEvent {
-                    event: "closed",
-                    error: Some(err.to_string()),
-                    errno: err.raw_os_error(),
-                    eof: Some(false),
-                    ..HoldEvent::default()
-                });
-            }
-        }
-    }
+    wait_until_closed(seconds, |timeout, buf| {
+        stream.set_read_timeout(Some(timeout))?;
+        stream.read(buf)
+    });
 }
 
 /// `udp-hold`: a connected UDP socket that sends `HOLD`, prints the reply,
@@ -230,6 +202,19 @@ fn hold_udp(addr: SocketAddr, seconds: u64) {
         reply: Some(reply),
         ..HoldEvent::default()
     });
+    wait_until_closed(seconds, |timeout, buf| {
+        socket.set_read_timeout(Some(timeout))?;
+        socket.recv(buf)
+    });
+}
+
+/// Reads until the socket fails or hits EOF (prints `closed`) or `seconds`
+/// pass (prints `timeout`).
+fn wait_until_closed(
+    seconds: u64,
+    mut read: impl FnMut(Duration, &mut [u8]) -> std::io::Result<usize>,
+) {
+    let mut buf = vec![0u8; 4096];
     let until = Instant::now() + Duration::from_secs(seconds);
     loop {
         let left = until.saturating_duration_since(Instant::now());
@@ -239,8 +224,14 @@ fn hold_udp(addr: SocketAddr, seconds: u64) {
                 ..HoldEvent::default()
             });
         }
-        let _ = socket.set_read_timeout(Some(left));
-        match socket.recv(&mut buf) {
+        match read(left, &mut buf) {
+            Ok(0) => {
+                return emit(&HoldEvent {
+                    event: "closed",
+                    eof: Some(true),
+                    ..HoldEvent::default()
+                });
+            }
             Ok(_) => {}
             Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
             Err(err) if err.kind() == ErrorKind::Interrupted => {}
