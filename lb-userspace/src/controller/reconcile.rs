@@ -272,6 +272,9 @@ impl Controller {
         for (_, gone) in old {
             retire(state, gone);
         }
+        // From here on nothing returns early: the new runtimes are installed
+        // whatever happens, and map errors are reported at the end.
+        let mut problems: Vec<String> = Vec::new();
         for (service, (effects, fresh)) in runtimes.iter_mut().zip(pending) {
             if fresh {
                 // Make sure the entry exists and points where the machine says.
@@ -280,18 +283,25 @@ impl Controller {
                     .server
                     .and_then(|a| service.servers.get(&a))
                     .map_or(NO_BACKEND, |s| s.backend_id);
-                state
-                    .dataplane
-                    .set_service(
-                        service.key,
-                        Service {
-                            id: service.id,
-                            backend_id,
-                            flags: 0,
-                            pad: 0,
-                        },
-                    )
-                    .with_context(|| format!("service {}", service.config.name))?;
+                let written = state.dataplane.set_service(
+                    service.key,
+                    Service {
+                        id: service.id,
+                        backend_id,
+                        flags: 0,
+                        pad: 0,
+                    },
+                );
+                if let Err(err) = written {
+                    problems.push(format!("service {}: {err:#}", service.config.name));
+                    // A selection `select()` never returns: the next event
+                    // sees a change and writes the entry again.
+                    service.selection = Selection {
+                        server: None,
+                        fail_open: true,
+                    };
+                    continue;
+                }
                 if selection.server != service.selection.server
                     && let Some(adopted) = service.selection.server
                 {
@@ -311,10 +321,14 @@ impl Controller {
             }
         }
         for key in &plan.stale_services {
-            state.dataplane.remove_service(key)?;
+            if let Err(err) = state.dataplane.remove_service(key) {
+                problems.push(format!("removing a stale service entry: {err:#}"));
+            }
         }
         for &id in &plan.stale_backends {
-            state.dataplane.clear_backend(id)?;
+            if let Err(err) = state.dataplane.clear_backend(id) {
+                problems.push(format!("clearing backend slot {id}: {err:#}"));
+            }
         }
         for service in &runtimes {
             if let Err(err) = persist::store(
@@ -328,7 +342,14 @@ impl Controller {
         }
         state.services = runtimes;
         state.config = config;
-        Ok(())
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!(
+                "applied, but the maps could not be fully updated: {}",
+                problems.join("; ")
+            )
+        }
     }
 }
 
