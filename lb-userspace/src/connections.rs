@@ -11,7 +11,12 @@
 //! socket programs see every process in the cgroup, so clients in other
 //! namespaces are load balanced but not counted or closed.
 
-use std::{collections::HashMap, net::SocketAddr, time::Instant};
+use std::{
+    collections::{HashMap, HashSet},
+    hash::BuildHasher,
+    net::SocketAddr,
+    time::Instant,
+};
 
 use lb_common::{RevNatKey, RevNatValue, ip_to_bytes};
 
@@ -50,15 +55,16 @@ pub struct ViaVip {
     pub socket: SocketInfo,
 }
 
-/// Keeps the sockets that went through a VIP (pure: the map lookup is
-/// passed in).
-pub fn via_vip(
+/// Keeps the sockets to one of `servers` that went through a VIP (pure:
+/// the map lookup is passed in; only sockets to a server cost a lookup).
+pub fn via_vip<S: BuildHasher>(
     sockets: &[SocketInfo],
+    servers: &HashSet<SocketAddr, S>,
     lookup: impl Fn(&RevNatKey) -> Option<RevNatValue>,
 ) -> Vec<ViaVip> {
     sockets
         .iter()
-        .filter(|s| s.peer.port() != 0)
+        .filter(|s| s.peer.port() != 0 && servers.contains(&s.peer_unmapped()))
         .filter_map(|socket| {
             let entry = lookup(&rev_nat_key(socket))?;
             Some(ViaVip {
@@ -114,12 +120,14 @@ impl Connections {
         Ok(sockets)
     }
 
-    /// Established connections through any VIP, per (service id, server).
-    pub fn count(
+    /// Established connections through any VIP to one of `servers`, per
+    /// (service id, server).
+    pub fn count<S: BuildHasher>(
         &mut self,
+        servers: &HashSet<SocketAddr, S>,
         lookup: impl Fn(&RevNatKey) -> Option<RevNatValue>,
     ) -> anyhow::Result<HashMap<(u32, SocketAddr), u32>> {
-        Ok(count(&via_vip(&self.established()?, lookup)))
+        Ok(count(&via_vip(&self.established()?, servers, lookup)))
     }
 
     /// Destroys every connection of `service_id` to each of `servers`
@@ -135,8 +143,9 @@ impl Connections {
         let mut sockets = self.diag.dump(Transport::Tcp, TCP_CLOSED)?;
         sockets.extend(self.diag.dump(Transport::Udp, UDP_CONNECTED)?);
         let mut closed = Closed::default();
-        for found in via_vip(&sockets, lookup) {
-            if found.service_id != service_id || !servers.contains(&found.server) {
+        let wanted: HashSet<SocketAddr> = servers.iter().copied().collect();
+        for found in via_vip(&sockets, &wanted, lookup) {
+            if found.service_id != service_id {
                 continue;
             }
             match self.diag.destroy(&found.socket) {
@@ -212,8 +221,12 @@ mod tests {
             }),
             _ => None,
         };
-        let found = via_vip(&sockets, lookup);
+        let servers: HashSet<SocketAddr> = [server, other].into_iter().collect();
+        let found = via_vip(&sockets, &servers, lookup);
         assert_eq!(found.len(), 3);
+        // Sockets to other peers are not even looked up.
+        let only: HashSet<SocketAddr> = [other].into_iter().collect();
+        assert_eq!(via_vip(&sockets, &only, lookup).len(), 1);
         assert_eq!(found[1].server, server, "v4-mapped peer shown as IPv4");
         let counts = count(&found);
         assert_eq!(counts.get(&(4, server)), Some(&2));

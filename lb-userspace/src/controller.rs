@@ -20,7 +20,7 @@ mod checks;
 mod reconcile;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::SocketAddr,
     path::PathBuf,
     sync::{Arc, Mutex, MutexGuard},
@@ -191,6 +191,7 @@ impl Controller {
     /// Counts connections per server from the kernel, turns new connects
     /// into dial successes and applies time-based transitions.
     pub fn poll(&self) {
+        let start = Instant::now();
         let sockets = {
             let mut poller = self
                 .inner
@@ -216,7 +217,11 @@ impl Controller {
             counters,
             ..
         } = &mut *guard;
-        let counts = connections::count(&connections::via_vip(&sockets, |key| {
+        let servers: HashSet<SocketAddr> = services
+            .iter()
+            .flat_map(|s| s.servers.keys().copied())
+            .collect();
+        let counts = connections::count(&connections::via_vip(&sockets, &servers, |key| {
             dataplane.rev_nat(key)
         }));
         let now = Instant::now();
@@ -246,6 +251,8 @@ impl Controller {
             effects.merge(service.machine.tick(now));
             settle(dataplane, connections, counters, service, effects);
         }
+        counters.last_poll = start.elapsed();
+        counters.last_poll_sockets = sockets.len();
     }
 
     /// Reloads the configuration (SIGHUP). A config that cannot be applied

@@ -126,6 +126,10 @@ pub struct Counters {
     pub selection_changes: BTreeMap<String, u64>,
     /// Dial durations per (service, outcome).
     pub dials: BTreeMap<(String, DialStatus), Histogram>,
+    /// How long the last connection count took (dump, lookups, events).
+    pub last_poll: Duration,
+    /// Sockets the last dump returned.
+    pub last_poll_sockets: usize,
 }
 
 impl Counters {
@@ -272,6 +276,28 @@ pub fn render(status: &Status, counters: &Counters) -> String {
         );
     }
 
+    family(
+        &mut out,
+        "daas_lb_connection_poll_seconds",
+        "gauge",
+        "How long the last count of connections from the kernel took (sock_diag dump, rev_nat lookups, state machine).",
+    );
+    let _ = writeln!(
+        out,
+        "daas_lb_connection_poll_seconds {}",
+        counters.last_poll.as_secs_f64()
+    );
+    family(
+        &mut out,
+        "daas_lb_connection_poll_sockets",
+        "gauge",
+        "Established TCP and connected UDP sockets the last count looked at.",
+    );
+    let _ = writeln!(
+        out,
+        "daas_lb_connection_poll_sockets {}",
+        counters.last_poll_sockets
+    );
     let get = |map: &BTreeMap<String, u64>, name: &str| map.get(name).copied().unwrap_or(0);
     per_service(
         &mut out,
@@ -370,6 +396,7 @@ mod tests {
             "daas_lb_selection_changes_total{name=\"sup\\\"er\"} 2",
             "daas_lb_fail_open_total{name=\"sup\\\"er\"} 1",
             "daas_lb_connections_closed_total{name=\"sup\\\"er\"} 5",
+            "daas_lb_connection_poll_sockets 0",
             "# TYPE daas_lb_backend_connects_total counter",
         ] {
             assert!(

@@ -6,7 +6,13 @@
 //! untouched. Servers that stay keep their state; removed ones go through
 //! the state machine's removal path (invalid, connections closed).
 
-use std::{collections::HashMap, fmt, net::SocketAddr, sync::Arc, time::Instant};
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    net::SocketAddr,
+    sync::Arc,
+    time::Instant,
+};
 
 use anyhow::Context as _;
 use lb_common::{NO_BACKEND, Service};
@@ -193,9 +199,13 @@ impl Controller {
         }
         // Connections that exist now (after a restart: through the old
         // controller's entries) rank servers before the first check.
+        let all_servers: HashSet<SocketAddr> = specs
+            .iter()
+            .flat_map(|s| s.backends.iter().copied())
+            .collect();
         let counts = state
             .connections
-            .count(|key| state.dataplane.rev_nat(key))
+            .count(&all_servers, |key| state.dataplane.rev_nat(key))
             .unwrap_or_default();
 
         let mut old: HashMap<String, ServiceRuntime> = std::mem::take(&mut state.services)
