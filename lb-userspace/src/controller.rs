@@ -230,9 +230,10 @@ impl Controller {
             for (&address, server) in &mut service.servers {
                 let connections = counts.get(&(service.id, address)).copied().unwrap_or(0);
                 service.machine.set_connections(address, connections);
+                // Connects, and unconnected UDP datagrams, the kernel sent here.
                 let connects = dataplane
                     .backend_stats(server.backend_id)
-                    .map_or(0, |s| s.connects);
+                    .map_or(0, |s| s.connects + s.sendmsgs);
                 // New connects are successful dials when one is still open
                 // or the last probe could connect too (failed connects are
                 // reported by the probes).
