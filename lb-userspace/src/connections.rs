@@ -6,6 +6,8 @@
 //! program when it redirected the socket from the VIP) naming that service.
 //! Sockets that reach a backend directly — the controller's own probes,
 //! other programs — have no such entry and are neither counted nor closed.
+//! The dumps ask the kernel for sockets to the given servers only, so the
+//! namespace's other sockets are never read.
 //!
 //! The `sock_diag` dump sees the controller's network namespace only; the
 //! socket programs see every process in the cgroup, so clients in other
@@ -111,12 +113,25 @@ impl Connections {
         })
     }
 
-    /// Established TCP and connected UDP sockets (any peer): the input of
-    /// [`count`] after [`via_vip`]. Needs no controller state, so the poller
-    /// runs it without holding the controller's lock.
-    pub fn established(&mut self) -> anyhow::Result<Vec<SocketInfo>> {
-        let mut sockets = self.diag.dump(Transport::Tcp, TCP_COUNTED)?;
-        sockets.extend(self.diag.dump(Transport::Udp, UDP_CONNECTED)?);
+    /// Established TCP and connected UDP sockets to one of `servers` (the
+    /// kernel filters, so other sockets of the namespace cost nothing): the
+    /// input of [`count`] after [`via_vip`]. Needs no controller state but
+    /// the server addresses, so the poller runs it without holding the
+    /// controller's lock.
+    pub fn established<S: BuildHasher>(
+        &mut self,
+        servers: &HashSet<SocketAddr, S>,
+    ) -> anyhow::Result<Vec<SocketInfo>> {
+        let mut servers: Vec<SocketAddr> = servers.iter().copied().collect();
+        // A stable order, so the same servers make the same filter program.
+        servers.sort_unstable();
+        let mut sockets = self
+            .diag
+            .dump_to_peers(Transport::Tcp, TCP_COUNTED, &servers)?;
+        sockets.extend(
+            self.diag
+                .dump_to_peers(Transport::Udp, UDP_CONNECTED, &servers)?,
+        );
         Ok(sockets)
     }
 
@@ -127,7 +142,11 @@ impl Connections {
         servers: &HashSet<SocketAddr, S>,
         lookup: impl Fn(&RevNatKey) -> Option<RevNatValue>,
     ) -> anyhow::Result<HashMap<(u32, SocketAddr), u32>> {
-        Ok(count(&via_vip(&self.established()?, servers, lookup)))
+        Ok(count(&via_vip(
+            &self.established(servers)?,
+            servers,
+            lookup,
+        )))
     }
 
     /// Destroys every connection of `service_id` to each of `servers`
@@ -140,8 +159,13 @@ impl Connections {
         lookup: impl Fn(&RevNatKey) -> Option<RevNatValue>,
     ) -> anyhow::Result<Closed> {
         let start = Instant::now();
-        let mut sockets = self.diag.dump(Transport::Tcp, TCP_CLOSED)?;
-        sockets.extend(self.diag.dump(Transport::Udp, UDP_CONNECTED)?);
+        let mut sockets = self
+            .diag
+            .dump_to_peers(Transport::Tcp, TCP_CLOSED, servers)?;
+        sockets.extend(
+            self.diag
+                .dump_to_peers(Transport::Udp, UDP_CONNECTED, servers)?,
+        );
         let mut closed = Closed::default();
         let wanted: HashSet<SocketAddr> = servers.iter().copied().collect();
         for found in via_vip(&sockets, &wanted, lookup) {

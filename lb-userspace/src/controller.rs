@@ -192,13 +192,21 @@ impl Controller {
     /// into dial successes and applies time-based transitions.
     pub fn poll(&self) {
         let start = Instant::now();
+        // The dump asks the kernel for sockets to these servers only; the
+        // state lock is not held during the dump.
+        let servers: HashSet<SocketAddr> = self
+            .lock()
+            .services
+            .iter()
+            .flat_map(|s| s.servers.keys().copied())
+            .collect();
         let sockets = {
             let mut poller = self
                 .inner
                 .poller
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            match poller.established() {
+            match poller.established(&servers) {
                 Ok(sockets) => sockets,
                 Err(err) => {
                     warn!(
@@ -217,10 +225,6 @@ impl Controller {
             counters,
             ..
         } = &mut *guard;
-        let servers: HashSet<SocketAddr> = services
-            .iter()
-            .flat_map(|s| s.servers.keys().copied())
-            .collect();
         let counts = connections::count(&connections::via_vip(&sockets, &servers, |key| {
             dataplane.rev_nat(key)
         }));
@@ -228,6 +232,11 @@ impl Controller {
         for service in services.iter_mut() {
             let mut effects = Effects::default();
             for (&address, server) in &mut service.servers {
+                if !servers.contains(&address) {
+                    // Added since the dump started (not in its filter):
+                    // counted from the next poll on.
+                    continue;
+                }
                 let connections = counts.get(&(service.id, address)).copied().unwrap_or(0);
                 service.machine.set_connections(address, connections);
                 // Connects, and unconnected UDP datagrams, the kernel sent here.

@@ -128,7 +128,7 @@ pub struct Counters {
     pub dials: BTreeMap<(String, DialStatus), Histogram>,
     /// How long the last connection count took (dump, lookups, events).
     pub last_poll: Duration,
-    /// Sockets the last dump returned.
+    /// Sockets to configured servers the last dump returned.
     pub last_poll_sockets: usize,
 }
 
@@ -291,7 +291,7 @@ pub fn render(status: &Status, counters: &Counters) -> String {
         &mut out,
         "daas_lb_connection_poll_sockets",
         "gauge",
-        "Established TCP and connected UDP sockets the last count looked at.",
+        "Established TCP and connected UDP sockets to configured servers the last count saw.",
     );
     let _ = writeln!(
         out,

@@ -1,8 +1,9 @@
 //! `lb_userspace::sock_diag` on the real kernel: dumps find TCP and UDP
 //! connections (IPv4, IPv6 and dual-stack IPv6 sockets with v4-mapped
-//! addresses) with the right addresses and cookies, and `SOCK_DESTROY` aborts
-//! them at once. Every test runs in its own network namespace, so only its own
-//! sockets are visible.
+//! addresses) with the right addresses and cookies, dumps filtered by peer
+//! (the kernel runs our bytecode) return exactly the sockets to those peers,
+//! and `SOCK_DESTROY` aborts them at once. Every test runs in its own network
+//! namespace, so only its own sockets are visible.
 
 use std::{
     collections::HashSet,
@@ -15,8 +16,9 @@ use std::{
 
 use lb_tests::{NetNs, privileged};
 use lb_userspace::sock_diag::{
-    AF_INET, AF_INET6, ALL_STATES, ESTABLISHED_ONLY, STATE_CLOSE, STATE_ESTABLISHED, STATE_LISTEN,
-    SockDiag, SocketInfo, Transport, state_mask, v4_mapped,
+    AF_INET, AF_INET6, ALL_STATES, ESTABLISHED_ONLY, MAX_FILTER_PEERS, PeerFilter, STATE_CLOSE,
+    STATE_ESTABLISHED, STATE_LISTEN, SockDiag, SocketInfo, Transport, peer_bytecode, state_mask,
+    unmapped, v4_mapped,
 };
 
 /// The socket cookie of `fd` (`getsockopt(SO_COOKIE)`).
@@ -527,4 +529,364 @@ fn destroy_of_a_gone_socket_returns_false() {
     );
     drop(udp);
     assert!(!diag.destroy(&entry).expect("destroy dropped udp"));
+}
+
+/// The sockets of an unfiltered dump whose peer is one of `peers` (v4-mapped
+/// peers compared as IPv4): what `dump_to_peers` must return.
+fn expected_to_peers(
+    diag: &mut SockDiag,
+    transport: Transport,
+    states: u32,
+    peers: &[SocketAddr],
+) -> HashSet<SocketInfo> {
+    let wanted: HashSet<SocketAddr> = peers.iter().map(|&p| unmapped(p)).collect();
+    diag.dump(transport, states)
+        .expect("dump")
+        .into_iter()
+        .filter(|s| wanted.contains(&s.peer_unmapped()))
+        .collect()
+}
+
+/// `dump_to_peers(peers)` as a set, checked against [`expected_to_peers`];
+/// also checks that it holds no duplicates.
+fn filtered(
+    diag: &mut SockDiag,
+    transport: Transport,
+    states: u32,
+    peers: &[SocketAddr],
+) -> HashSet<SocketInfo> {
+    let list = diag
+        .dump_to_peers(transport, states, peers)
+        .expect("dump_to_peers");
+    let set: HashSet<SocketInfo> = list.iter().copied().collect();
+    assert_eq!(set.len(), list.len(), "duplicates in {list:#?}");
+    let expected = expected_to_peers(diag, transport, states, peers);
+    assert_eq!(
+        set,
+        expected,
+        "{transport} dump_to_peers({} peers) differs from a filtered full dump",
+        peers.len()
+    );
+    set
+}
+
+/// `count` IPv4 addresses in 10.0.0.0/8 with port 1: peers nothing here is
+/// connected to, to make long peer lists.
+fn bogus_peers(count: u32) -> Vec<SocketAddr> {
+    (0..count)
+        .map(|i| SocketAddr::new(Ipv4Addr::from(0x0a00_0000 + i).into(), 1))
+        .collect()
+}
+
+#[test]
+fn dump_to_peers_returns_exactly_the_tcp_sockets_to_the_backends() {
+    const UNRELATED: usize = 50;
+    if !privileged("dump_to_peers_returns_exactly_the_tcp_sockets_to_the_backends") {
+        return;
+    }
+    let _ns = NetNs::new();
+    let backend4 = TcpListener::bind((Ipv4Addr::new(127, 0, 0, 2), 0)).expect("bind backend4");
+    let addr4 = backend4.local_addr().unwrap();
+    let backend6 = TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).expect("bind backend6");
+    let addr6 = backend6.local_addr().unwrap();
+    // Decoys: the backend's address with another port, its port on another
+    // address, and plain IPv6.
+    let same_ip = TcpListener::bind((Ipv4Addr::new(127, 0, 0, 2), 0)).expect("bind same ip");
+    let same_port = TcpListener::bind((Ipv4Addr::LOCALHOST, addr4.port())).expect("bind same port");
+    let other6 = TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).expect("bind other6");
+    let decoys = [&same_ip, &same_port, &other6];
+    let unrelated: Vec<Conn> = (0..UNRELATED)
+        .map(|i| {
+            let listener = decoys[i % decoys.len()];
+            Conn::open(listener, listener.local_addr().unwrap())
+        })
+        .collect();
+    // Dual-stack decoy: an IPv6 socket to the backend's address, other port.
+    let unrelated_mapped = Conn::open(&same_ip, v4_mapped(same_ip.local_addr().unwrap()));
+
+    let to4: Vec<Conn> = (0..3).map(|_| Conn::open(&backend4, addr4)).collect();
+    let to6: Vec<Conn> = (0..2).map(|_| Conn::open(&backend6, addr6)).collect();
+    let mapped: Vec<Conn> = (0..2)
+        .map(|_| Conn::open(&backend4, v4_mapped(addr4)))
+        .collect();
+
+    let mut diag = SockDiag::open().expect("open sock_diag");
+    let all = diag.dump(Transport::Tcp, ESTABLISHED_ONLY).expect("dump");
+    assert_eq!(all.len(), 2 * (UNRELATED + 1 + 3 + 2 + 2), "{all:#?}");
+
+    let peers = [addr4, addr6];
+    let found = filtered(&mut diag, Transport::Tcp, ESTABLISHED_ONLY, &peers);
+    let cookies: HashSet<u64> = found.iter().map(|s| s.cookie).collect();
+    let clients: HashSet<u64> = to4
+        .iter()
+        .chain(&to6)
+        .chain(&mapped)
+        .map(|c| cookie(c.client.as_fd()))
+        .collect();
+    assert_eq!(cookies, clients, "{found:#?}");
+    for conn in &mapped {
+        let entry = conn.client_entry(&all);
+        assert_eq!(entry.family, AF_INET6);
+        assert!(
+            found.contains(&entry),
+            "dual-stack {entry:?} not in {found:#?}"
+        );
+    }
+    assert!(
+        !found
+            .iter()
+            .any(|s| s.cookie == cookie(unrelated_mapped.client.as_fd()))
+    );
+    assert!(!found.iter().any(|s| {
+        unrelated
+            .iter()
+            .any(|c| s.cookie == cookie(c.client.as_fd()))
+    }));
+
+    // Subsets, the v4-mapped spelling, other state masks.
+    assert_eq!(
+        filtered(&mut diag, Transport::Tcp, ESTABLISHED_ONLY, &[addr6]).len(),
+        2
+    );
+    assert_eq!(
+        filtered(
+            &mut diag,
+            Transport::Tcp,
+            ESTABLISHED_ONLY,
+            &[v4_mapped(addr4)]
+        )
+        .len(),
+        5
+    );
+    assert_eq!(
+        filtered(&mut diag, Transport::Tcp, ALL_STATES, &peers).len(),
+        7
+    );
+    let closing = state_mask(1) | state_mask(2) | state_mask(8);
+    assert_eq!(
+        filtered(&mut diag, Transport::Tcp, closing, &peers).len(),
+        7
+    );
+    assert!(
+        diag.dump_to_peers(Transport::Tcp, ESTABLISHED_ONLY, &[])
+            .expect("no peers")
+            .is_empty()
+    );
+    assert!(filtered(&mut diag, Transport::Udp, ALL_STATES, &peers).is_empty());
+
+    // Peer lists at the limit (filtered by the kernel), one past it for the
+    // IPv6 dump only, and far past it (unfiltered dumps, filtered here): the
+    // same sockets.
+    let with_bogus = |count: usize| {
+        let mut list = bogus_peers(count as u32);
+        list.insert(count / 2, addr4);
+        list.push(addr6);
+        list
+    };
+    let at_limit = with_bogus(MAX_FILTER_PEERS - 2);
+    let past_limit_v6 = with_bogus(MAX_FILTER_PEERS - 1);
+    let far_past = with_bogus(4 * MAX_FILTER_PEERS);
+    let filters = |list: &[SocketAddr]| {
+        [AF_INET, AF_INET6].map(|family| match peer_bytecode(family, list) {
+            PeerFilter::Bytecode(_) => "filtered",
+            PeerFilter::TooMany { .. } => "unfiltered",
+            PeerFilter::Nothing => "skipped",
+        })
+    };
+    assert_eq!(filters(&at_limit), ["filtered", "filtered"]);
+    assert_eq!(filters(&past_limit_v6), ["filtered", "unfiltered"]);
+    assert_eq!(filters(&far_past), ["unfiltered", "unfiltered"]);
+    assert_eq!(filters(&[addr6]), ["skipped", "filtered"]);
+    for list in [&at_limit, &past_limit_v6, &far_past] {
+        let started = Instant::now();
+        let long = filtered(&mut diag, Transport::Tcp, ESTABLISHED_ONLY, list);
+        eprintln!(
+            "dump_to_peers with {} peers ({:?}), and a full dump to check it: {:?}",
+            list.len(),
+            filters(list),
+            started.elapsed()
+        );
+        assert_eq!(long, found);
+    }
+}
+
+#[test]
+fn dump_to_peers_returns_exactly_the_connected_udp_sockets_to_the_backends() {
+    const UNRELATED: usize = 50;
+    if !privileged("dump_to_peers_returns_exactly_the_connected_udp_sockets_to_the_backends") {
+        return;
+    }
+    let _ns = NetNs::new();
+    let backend4 = UdpSocket::bind((Ipv4Addr::new(127, 0, 0, 2), 0)).expect("bind backend4");
+    let addr4 = backend4.local_addr().unwrap();
+    let backend6 = UdpSocket::bind((Ipv6Addr::LOCALHOST, 0)).expect("bind backend6");
+    let addr6 = backend6.local_addr().unwrap();
+    let other4 = UdpSocket::bind((Ipv4Addr::new(127, 0, 0, 2), 0)).expect("bind other4");
+    let other6 = UdpSocket::bind((Ipv6Addr::LOCALHOST, 0)).expect("bind other6");
+
+    let connected = |bind: SocketAddr, target: SocketAddr| {
+        let socket = UdpSocket::bind(bind).expect("bind client");
+        socket.connect(target).expect("connect");
+        socket
+    };
+    let any4 = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    let any6 = SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0));
+    let unrelated: Vec<UdpSocket> = (0..UNRELATED)
+        .map(|i| match i % 3 {
+            0 => connected(any4, other4.local_addr().unwrap()),
+            1 => connected(any6, other6.local_addr().unwrap()),
+            _ => connected(any6, v4_mapped(other4.local_addr().unwrap())),
+        })
+        .collect();
+    let clients = [
+        connected(any4, addr4),
+        connected(any4, addr4),
+        connected(any6, addr6),
+        connected(any6, v4_mapped(addr4)),
+    ];
+
+    let mut diag = SockDiag::open().expect("open sock_diag");
+    let peers = [addr4, addr6];
+    let found = filtered(&mut diag, Transport::Udp, ESTABLISHED_ONLY, &peers);
+    let cookies: HashSet<u64> = found.iter().map(|s| s.cookie).collect();
+    let expected: HashSet<u64> = clients.iter().map(|c| cookie(c.as_fd())).collect();
+    assert_eq!(cookies, expected, "{found:#?}");
+    assert_eq!(
+        found.iter().filter(|s| s.family == AF_INET6).count(),
+        2,
+        "{found:#?}"
+    );
+    assert_eq!(
+        diag.dump(Transport::Udp, ESTABLISHED_ONLY).unwrap().len(),
+        UNRELATED + 4
+    );
+    // Unconnected sockets (the backends themselves) are no match either.
+    assert_eq!(
+        filtered(&mut diag, Transport::Udp, ALL_STATES, &peers).len(),
+        4
+    );
+    assert_eq!(
+        filtered(&mut diag, Transport::Udp, ESTABLISHED_ONLY, &[addr6]).len(),
+        1
+    );
+    assert!(filtered(&mut diag, Transport::Tcp, ALL_STATES, &peers).is_empty());
+
+    let mut too_long = bogus_peers(4 * MAX_FILTER_PEERS as u32);
+    too_long.extend(peers);
+    assert_eq!(
+        filtered(&mut diag, Transport::Udp, ESTABLISHED_ONLY, &too_long),
+        found
+    );
+    drop(unrelated);
+}
+
+/// The soft open-files limit, raised to `wanted` if the hard limit (or
+/// `CAP_SYS_RESOURCE`) allows.
+fn open_files_limit(wanted: u64) -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a live rlimit the kernel writes.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) };
+    assert_eq!(rc, 0, "getrlimit: {}", io::Error::last_os_error());
+    if limit.rlim_cur >= wanted {
+        return limit.rlim_cur;
+    }
+    for raised in [
+        libc::rlimit {
+            rlim_cur: wanted,
+            rlim_max: limit.rlim_max.max(wanted),
+        },
+        libc::rlimit {
+            rlim_cur: wanted.min(limit.rlim_max),
+            rlim_max: limit.rlim_max,
+        },
+    ] {
+        // SAFETY: `raised` is a live rlimit the kernel only reads.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const raised) } == 0 {
+            return raised.rlim_cur;
+        }
+    }
+    limit.rlim_cur
+}
+
+/// The median of `runs` timings of `f`.
+fn median(runs: usize, mut f: impl FnMut() -> usize) -> (Duration, usize) {
+    let mut times = Vec::with_capacity(runs);
+    let mut found = 0;
+    for _ in 0..runs {
+        let started = Instant::now();
+        found = f();
+        times.push(started.elapsed());
+    }
+    times.sort();
+    (times[runs / 2], found)
+}
+
+#[test]
+fn filtered_dump_timing() {
+    const UNRELATED: u64 = 10_000;
+    const TO_BACKEND: u64 = 1_000;
+    /// Open files left for the rest of the test process.
+    const RESERVE: u64 = 2_000;
+    if !privileged("filtered_dump_timing") {
+        return;
+    }
+    // Two descriptors per connection; scale down to stay below the limit.
+    let limit = open_files_limit(2 * (UNRELATED + TO_BACKEND) + RESERVE);
+    let room = (limit.saturating_sub(RESERVE) / 2).min(UNRELATED + TO_BACKEND);
+    let unrelated_count = (UNRELATED * room / (UNRELATED + TO_BACKEND)) as usize;
+    let backend_count = (TO_BACKEND * room / (UNRELATED + TO_BACKEND)) as usize;
+    let _ns = NetNs::new();
+    let (other, other_addr) = localhost_listener();
+    let backend = TcpListener::bind((Ipv4Addr::new(127, 0, 0, 2), 0)).expect("bind backend");
+    let backend_addr = backend.local_addr().unwrap();
+    let started = Instant::now();
+    let unrelated: Vec<Conn> = (0..unrelated_count)
+        .map(|_| Conn::open(&other, other_addr))
+        .collect();
+    let to_backend: Vec<Conn> = (0..backend_count)
+        .map(|_| Conn::open(&backend, backend_addr))
+        .collect();
+    let setup = started.elapsed();
+
+    let mut diag = SockDiag::open().expect("open sock_diag");
+    let (full, all) = median(5, || {
+        diag.dump(Transport::Tcp, ESTABLISHED_ONLY)
+            .expect("dump")
+            .len()
+    });
+    assert_eq!(all, 2 * (unrelated_count + backend_count));
+    let mut lines = Vec::new();
+    for extra in [0, 99, MAX_FILTER_PEERS - 1, MAX_FILTER_PEERS, 999] {
+        let mut peers = bogus_peers(extra as u32);
+        peers.insert(peers.len() / 2, backend_addr);
+        let how = match peer_bytecode(AF_INET, &peers) {
+            PeerFilter::Bytecode(_) => "filtered",
+            _ => "unfiltered + filtered here",
+        };
+        let (took, found) = median(5, || {
+            diag.dump_to_peers(Transport::Tcp, ESTABLISHED_ONLY, &peers)
+                .expect("dump_to_peers")
+                .len()
+        });
+        assert_eq!(found, backend_count);
+        lines.push(format!("{} peer(s) {took:?} ({how})", peers.len()));
+    }
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    eprintln!(
+        "sock_diag timing ({profile}; open-files limit {limit}; setup {setup:?}): \
+         {} TCP sockets established, {} of them to the backend; median of 5: \
+         unfiltered dump {full:?}; dump_to_peers with {}",
+        all,
+        backend_count,
+        lines.join(", "),
+    );
+    drop(to_backend);
+    drop(unrelated);
 }
