@@ -3,7 +3,7 @@
 #
 # Usage: sudo scripts/inspect-maps.sh [BPFFS_DIR]   (default /sys/fs/bpf/daas-lb)
 #
-# Hash maps (services, rev_nat) are dumped whole; for the arrays (backends and
+# Hash maps (services, rev_nat) are dumped whole, maglev is summarised; for the arrays (backends and
 # the per-CPU stats) only non-zero slots are shown (per-CPU values summed),
 # which needs python3; without it every slot is dumped.
 set -euo pipefail
@@ -29,11 +29,27 @@ for e in kept: print("[%s] %s" % (e.get("formatted", e)["key"], json.dumps(shown
 print(f"({len(kept)} of {len(entries)} slots non-zero)")
 '
 
-for map in services backends backend_stats service_stats rev_nat; do
+# Reads the maglev map: slots per service and backend (the whole table would
+# be tens of thousands of lines).
+maglev_summary='
+import json, sys, collections
+entries = json.load(sys.stdin)
+owned = collections.Counter()
+for e in entries:
+    f = e.get("formatted", e)
+    owned[(f["key"]["service_id"], f["value"])] += 1
+for (service, backend), n in sorted(owned.items()):
+    print(f"service {service}: backend {backend} owns {n} slots")
+print(f"({len(entries)} slots in use)")
+'
+
+for map in services backends backend_stats service_stats rev_nat maglev; do
   echo "== $map ($dir/$map)"
   if [[ ! -e $dir/$map ]]; then
     echo "(not pinned)"
-  elif [[ $map == services || $map == rev_nat ]] || ! command -v python3 >/dev/null; then
+  elif [[ $map == maglev ]] && command -v python3 >/dev/null; then
+    bpftool -j map dump pinned "$dir/$map" | python3 -c "$maglev_summary"
+  elif [[ $map == services || $map == rev_nat || $map == maglev ]] || ! command -v python3 >/dev/null; then
     bpftool map dump pinned "$dir/$map"
   else
     bpftool -j map dump pinned "$dir/$map" | python3 -c "$nonzero_slots"

@@ -30,6 +30,12 @@ pub const MAX_BACKENDS: u32 = 4096;
 pub const MAX_SERVICES: u32 = 1024;
 /// Capacity of the `rev_nat` LRU map (one entry per socket and backend).
 pub const MAX_REV_NAT: u32 = 65536;
+/// Capacity of the `maglev` map: the slots of every `spread` service's
+/// table together.
+pub const MAX_MAGLEV_SLOTS: u32 = 262_144;
+/// [`Service::flags`] bit: pick the backend from the service's Maglev table
+/// (`policy: spread`) instead of using [`Service::backend_id`].
+pub const SERVICE_SPREAD: u32 = 1;
 
 /// Names of the maps, which are also their pin file names under the bpffs
 /// directory (kernel object names are at most 15 bytes).
@@ -44,8 +50,17 @@ pub mod map_names {
     pub const SERVICE_STATS: &str = "service_stats";
     /// [`crate::RevNatKey`] → [`crate::RevNatValue`].
     pub const REV_NAT: &str = "rev_nat";
+    /// [`crate::MaglevKey`] → backend id.
+    pub const MAGLEV: &str = "maglev";
     /// Every map, in the order the README documents them.
-    pub const ALL: [&str; 5] = [SERVICES, BACKENDS, BACKEND_STATS, SERVICE_STATS, REV_NAT];
+    pub const ALL: [&str; 6] = [
+        SERVICES,
+        BACKENDS,
+        BACKEND_STATS,
+        SERVICE_STATS,
+        REV_NAT,
+        MAGLEV,
+    ];
 }
 
 /// Names of the kernel programs (function names in `lb-ebpf`).
@@ -125,12 +140,13 @@ const _: () = assert!(size_of::<VipKey>() == 20);
 pub struct Service {
     /// Index into `service_stats` (`0..MAX_SERVICES`).
     pub id: u32,
-    /// Selected backend (index into `backends`), or [`NO_BACKEND`].
+    /// Selected backend (index into `backends`), or [`NO_BACKEND`]. With
+    /// [`SERVICE_SPREAD`] the fallback when the table slot is empty.
     pub backend_id: u32,
-    /// Reserved for later policies (Maglev spread); 0 for now.
+    /// [`SERVICE_SPREAD`] or 0.
     pub flags: u32,
-    /// Explicit padding, always 0.
-    pub pad: u32,
+    /// Slots of the service's Maglev table (a prime; 0 without [`SERVICE_SPREAD`]).
+    pub table_size: u32,
 }
 
 const _: () = assert!(size_of::<Service>() == 16);
@@ -213,9 +229,24 @@ pub struct RevNatValue {
 
 const _: () = assert!(size_of::<RevNatValue>() == 24);
 
+/// Key of the `maglev` map: one slot of a service's Maglev table. The value
+/// is a backend id ([`NO_BACKEND`] for an empty slot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MaglevKey {
+    /// The service id.
+    pub service_id: u32,
+    /// The slot, `0..table_size`.
+    pub slot: u32,
+}
+
+const _: () = assert!(size_of::<MaglevKey>() == 8);
+
 #[cfg(feature = "user")]
 mod pod {
-    use super::{Backend, BackendStats, RevNatKey, RevNatValue, Service, ServiceStats, VipKey};
+    use super::{
+        Backend, BackendStats, MaglevKey, RevNatKey, RevNatValue, Service, ServiceStats, VipKey,
+    };
 
     // SAFETY (for each impl below): the type is `#[repr(C)]`, `Copy`, made only
     // of integers and integer arrays, and has no implicit padding (sizes are
@@ -233,7 +264,8 @@ mod pod {
         BackendStats,
         ServiceStats,
         RevNatKey,
-        RevNatValue
+        RevNatValue,
+        MaglevKey
     );
 }
 

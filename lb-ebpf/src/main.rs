@@ -13,9 +13,10 @@ mod maps;
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 use ctx::SockAddr;
 use lb_common::{
-    AF_INET, AF_INET6, NO_BACKEND, PROTO_TCP, PROTO_UDP, RevNatKey, RevNatValue, VipKey,
+    AF_INET, AF_INET6, MaglevKey, NO_BACKEND, PROTO_TCP, PROTO_UDP, RevNatKey, RevNatValue,
+    SERVICE_SPREAD, Service, VipKey,
 };
-use maps::{BACKEND_STATS, BACKENDS, REV_NAT, SERVICE_STATS, SERVICES};
+use maps::{BACKEND_STATS, BACKENDS, MAGLEV, REV_NAT, SERVICE_STATS, SERVICES};
 
 /// Let the socket call go ahead.
 const ALLOW: i32 = 1;
@@ -108,10 +109,12 @@ fn forward(ctx: &SockAddrContext, family: u8, call: Call) -> i32 {
     // SAFETY: the pointer came from a successful lookup; the value is copied
     // at once (the controller may replace it concurrently, which is atomic).
     let service = unsafe { service.read() };
-    let backend = if service.backend_id == NO_BACKEND {
+    let cookie = ctx::cookie(ctx);
+    let backend_id = pick_backend(&service, cookie);
+    let backend = if backend_id == NO_BACKEND {
         None
     } else {
-        BACKENDS.get(service.backend_id).copied()
+        BACKENDS.get(backend_id).copied()
     };
     // An unused slot or a family that cannot be written into this socket is
     // treated like an empty backend table: refuse, never mis-forward.
@@ -131,7 +134,7 @@ fn forward(ctx: &SockAddrContext, family: u8, call: Call) -> i32 {
     ctx::write(ctx, &rewritten);
 
     let rev_key = RevNatKey {
-        cookie: ctx::cookie(ctx),
+        cookie,
         addr: rewritten.bytes(),
         port: rewritten.port,
         family,
@@ -152,7 +155,7 @@ fn forward(ctx: &SockAddrContext, family: u8, call: Call) -> i32 {
             unsafe { (*stats).rev_nat_failed += 1 };
         }
     }
-    if let Some(stats) = BACKEND_STATS.get_ptr_mut(service.backend_id) {
+    if let Some(stats) = BACKEND_STATS.get_ptr_mut(backend_id) {
         // SAFETY: per-CPU slot of this CPU.
         unsafe {
             match call {
@@ -162,6 +165,50 @@ fn forward(ctx: &SockAddrContext, family: u8, call: Call) -> i32 {
         }
     }
     ALLOW
+}
+
+/// The backend of a new socket: the selected one, or with `policy: spread`
+/// the Maglev table slot of the socket's cookie (falling back to the
+/// selected one while the slot is empty).
+#[expect(
+    clippy::inline_always,
+    reason = "one flat program per hook keeps verifier state small and avoids BPF-to-BPF calls"
+)]
+#[inline(always)]
+fn pick_backend(service: &Service, cookie: u64) -> u32 {
+    if service.flags & SERVICE_SPREAD == 0 {
+        return service.backend_id;
+    }
+    let Some(slot) = mix(cookie).checked_rem(u64::from(service.table_size)) else {
+        return service.backend_id;
+    };
+    let key = MaglevKey {
+        service_id: service.id,
+        slot: slot as u32,
+    };
+    match MAGLEV.get_ptr(key) {
+        // SAFETY: pointer from a successful lookup, copied at once.
+        Some(id) => match unsafe { id.read() } {
+            NO_BACKEND => service.backend_id,
+            id => id,
+        },
+        None => service.backend_id,
+    }
+}
+
+/// Spreads socket cookies (consecutive numbers) over the whole `u64` range
+/// (the `splitmix64` finaliser), so `cookie % table_size` is uniform.
+#[expect(
+    clippy::inline_always,
+    reason = "one flat program per hook keeps verifier state small and avoids BPF-to-BPF calls"
+)]
+#[inline(always)]
+const fn mix(mut x: u64) -> u64 {
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 /// getpeername/recvmsg: show the VIP instead of the backend the socket talks to.

@@ -6,9 +6,13 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    Backend, BackendStats, MAX_BACKENDS, MAX_REV_NAT, MAX_SERVICES, RevNatKey, RevNatValue,
-    Service, ServiceStats, VipKey,
+    Backend, BackendStats, MAX_BACKENDS, MAX_MAGLEV_SLOTS, MAX_REV_NAT, MAX_SERVICES, MaglevKey,
+    RevNatKey, RevNatValue, Service, ServiceStats, VipKey,
 };
+
+/// `BPF_F_NO_PREALLOC`: the `maglev` map takes memory only for the slots of
+/// the tables that exist.
+const NO_PREALLOC: usize = 1;
 
 /// VIP (address, port, protocol) → service and its selected backend.
 #[btf_map(name = "services")]
@@ -32,3 +36,8 @@ pub(crate) static SERVICE_STATS: PerCpuArray<ServiceStats, { MAX_SERVICES as usi
 #[btf_map(name = "rev_nat")]
 pub(crate) static REV_NAT: LruHashMap<RevNatKey, RevNatValue, { MAX_REV_NAT as usize }> =
     LruHashMap::new();
+
+/// (service id, slot) → backend id: the Maglev tables of `spread` services.
+#[btf_map(name = "maglev")]
+pub(crate) static MAGLEV: HashMap<MaglevKey, u32, { MAX_MAGLEV_SLOTS as usize }, NO_PREALLOC> =
+    HashMap::new();

@@ -18,6 +18,7 @@
 
 mod checks;
 mod reconcile;
+mod spread;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -27,13 +28,13 @@ use std::{
     time::{Instant, SystemTime},
 };
 
-use lb_common::{NO_BACKEND, Service, VipKey, ip_to_bytes};
+use lb_common::{NO_BACKEND, VipKey, ip_to_bytes};
 use tokio::{runtime::Handle, sync::Semaphore, task::AbortHandle};
 use tracing::{info, warn};
 
 pub use self::reconcile::ServersError;
 use crate::{
-    config::{Config, Protocol, ServiceConfig},
+    config::{Config, Policy, Protocol, ServiceConfig},
     connections::{self, Connections},
     dataplane::Dataplane,
     health::{CheckOutcome, Prober},
@@ -61,6 +62,11 @@ struct ServiceRuntime {
     servers: HashMap<SocketAddr, ServerRuntime>,
     prober: Arc<Prober>,
     selection: Selection,
+    /// The Maglev table the kernel holds for this service (`policy: spread`;
+    /// empty when none or unknown).
+    table: Vec<u32>,
+    /// The (backend id, address) pairs `table` was built from.
+    table_members: Vec<(u32, SocketAddr)>,
 }
 
 struct State {
@@ -310,8 +316,12 @@ impl Controller {
                         let since = wall
                             .checked_sub(now.saturating_duration_since(entry.since))
                             .unwrap_or(wall);
+                        let slots = runtime
+                            .filter(|_| service.config.policy == Policy::Spread)
+                            .map(|r| spread::slots_of(&service.table, r.backend_id));
                         ServerStatus {
                             address: entry.address.to_string(),
+                            slots,
                             state: entry.state,
                             state_since: humantime::format_rfc3339_millis(since).to_string(),
                             connections: entry.connections,
@@ -334,6 +344,7 @@ impl Controller {
                     vip: service.config.vip.to_string(),
                     protocol: service.config.protocol.to_string(),
                     selected: service.selection.server.map(|a| a.to_string()),
+                    policy: service.config.policy.to_string(),
                     fail_open: service.selection.fail_open,
                     refused,
                     servers,
@@ -397,6 +408,7 @@ fn settle(
         }
     }
     reselect(dataplane, counters, service);
+    spread::sync(dataplane, service);
     if effects.close.is_empty() {
         return;
     }
@@ -442,12 +454,7 @@ fn reselect(dataplane: &mut Dataplane, counters: &mut Counters, service: &mut Se
         .server
         .and_then(|a| service.servers.get(&a))
         .map_or(NO_BACKEND, |s| s.backend_id);
-    let entry = Service {
-        id: service.id,
-        backend_id,
-        flags: 0,
-        pad: 0,
-    };
+    let entry = spread::entry(service, backend_id);
     if let Err(err) = dataplane.set_service(service.key, entry) {
         warn!(service = %service.config.name, error = format!("{err:#}"), "could not update the services map; will retry on the next event");
         return;

@@ -26,8 +26,8 @@ use aya::{
     util::nr_cpus,
 };
 use lb_common::{
-    Backend, BackendStats, MAX_BACKENDS, MAX_REV_NAT, MAX_SERVICES, RevNatKey, RevNatValue,
-    Service, ServiceStats, VipKey, map_names, program_names,
+    Backend, BackendStats, MAX_BACKENDS, MAX_MAGLEV_SLOTS, MAX_REV_NAT, MAX_SERVICES, MaglevKey,
+    RevNatKey, RevNatValue, Service, ServiceStats, VipKey, map_names, program_names,
 };
 use tracing::{info, warn};
 
@@ -51,7 +51,7 @@ struct MapShape {
     max_entries: u32,
 }
 
-const MAP_SHAPES: [MapShape; 5] = [
+const MAP_SHAPES: [MapShape; 6] = [
     MapShape {
         name: map_names::SERVICES,
         map_type: MapType::Hash,
@@ -87,6 +87,13 @@ const MAP_SHAPES: [MapShape; 5] = [
         value_size: size_of::<RevNatValue>() as u32,
         max_entries: MAX_REV_NAT,
     },
+    MapShape {
+        name: map_names::MAGLEV,
+        map_type: MapType::Hash,
+        key_size: size_of::<MaglevKey>() as u32,
+        value_size: 4,
+        max_entries: MAX_MAGLEV_SLOTS,
+    },
 ];
 
 /// How each program got attached in this run.
@@ -110,6 +117,7 @@ pub struct Dataplane {
     backend_stats: PerCpuArray<MapData, BackendStats>,
     service_stats: PerCpuArray<MapData, ServiceStats>,
     rev_nat: HashMap<MapData, RevNatKey, RevNatValue>,
+    maglev: HashMap<MapData, MaglevKey, u32>,
     nr_cpus: usize,
     // Keeps the program fds open for the lifetime of the controller.
     _ebpf: Ebpf,
@@ -253,6 +261,10 @@ impl Dataplane {
             ebpf.take_map(map_names::REV_NAT)
                 .context("rev_nat map missing")?,
         )?;
+        let maglev = HashMap::try_from(
+            ebpf.take_map(map_names::MAGLEV)
+                .context("maglev map missing")?,
+        )?;
         let nr_cpus = nr_cpus().map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))?;
         Ok(Self {
             pin_dir: pin_dir.to_path_buf(),
@@ -261,6 +273,7 @@ impl Dataplane {
             backend_stats,
             service_stats,
             rev_nat,
+            maglev,
             nr_cpus,
             _ebpf: ebpf,
             _lock: lock,
@@ -369,6 +382,40 @@ impl Dataplane {
     /// connected through, if the kernel recorded one.
     pub fn rev_nat(&self, key: &RevNatKey) -> Option<RevNatValue> {
         self.rev_nat.get(key, 0).ok()
+    }
+
+    /// Writes one slot of a service's Maglev table.
+    pub fn set_maglev_slot(
+        &mut self,
+        service_id: u32,
+        slot: u32,
+        backend_id: u32,
+    ) -> anyhow::Result<()> {
+        self.maglev
+            .insert(MaglevKey { service_id, slot }, backend_id, 0)
+            .with_context(|| format!("writing maglev[service {service_id}, slot {slot}]"))
+    }
+
+    /// Removes one slot of a Maglev table.
+    pub fn remove_maglev_slot(&mut self, key: &MaglevKey) -> anyhow::Result<()> {
+        match self.maglev.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(err) => Err(err).with_context(|| {
+                format!(
+                    "removing maglev[service {}, slot {}]",
+                    key.service_id, key.slot
+                )
+            }),
+        }
+    }
+
+    /// Every slot in the `maglev` map (to find what a crashed or earlier
+    /// run left).
+    pub fn maglev_slots(&self) -> anyhow::Result<Vec<(MaglevKey, u32)>> {
+        self.maglev
+            .iter()
+            .map(|entry| entry.context("reading the maglev map"))
+            .collect()
     }
 
     /// Detaches the programs and removes every pin (graceful shutdown).

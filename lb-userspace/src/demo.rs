@@ -18,7 +18,9 @@ use tokio::{
 };
 use tracing::debug;
 
-use crate::config::{CheckSpec, Config, HealthCheckConfig, Intervals, Protocol, ServiceConfig};
+use crate::config::{
+    CheckSpec, Config, HealthCheckConfig, Intervals, Policy, Protocol, ServiceConfig,
+};
 
 /// The demo's VIP port.
 pub const DEMO_PORT: u16 = 6444;
@@ -47,6 +49,8 @@ pub async fn start(base: Config, tasks: &mut JoinSet<()>) -> anyhow::Result<Conf
         protocol: Protocol::Tcp,
         servers: tcp,
         default_server: None,
+        policy: Policy::Failover,
+        maglev_table_size: ServiceConfig::DEFAULT_MAGLEV_TABLE_SIZE,
         health_check: check(CheckSpec::Tcp),
     });
     let udp = spawn_udp_backends(v4, tasks).await?;
@@ -56,6 +60,8 @@ pub async fn start(base: Config, tasks: &mut JoinSet<()>) -> anyhow::Result<Conf
         protocol: Protocol::Udp,
         servers: udp,
         default_server: None,
+        policy: Policy::Failover,
+        maglev_table_size: ServiceConfig::DEFAULT_MAGLEV_TABLE_SIZE,
         health_check: check(CheckSpec::Udp),
     });
     let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
@@ -66,6 +72,8 @@ pub async fn start(base: Config, tasks: &mut JoinSet<()>) -> anyhow::Result<Conf
             protocol: Protocol::Tcp,
             servers: tcp6,
             default_server: None,
+            policy: Policy::Failover,
+            maglev_table_size: ServiceConfig::DEFAULT_MAGLEV_TABLE_SIZE,
             health_check: check(CheckSpec::Tcp),
         }),
         Err(err) => tracing::warn!(

@@ -4,6 +4,7 @@
 //! - [`config`]: the YAML config and its validation.
 //! - [`dataplane`]: loading, pinning, attaching/adopting and detaching the kernel programs.
 //! - [`map_ids`]: which map slot holds which service and backend (pure).
+//! - [`maglev`]: the weighted Maglev backend table of `policy: spread` (pure).
 //! - [`state_machine`]: the K3s server states and which server a service uses (pure).
 //! - [`health`]: active probes (tcp, udp, http, https, all).
 //! - [`sock_diag`], [`connections`]: counting and closing connections through a VIP.
@@ -21,6 +22,7 @@ pub mod dataplane;
 pub mod demo;
 pub mod ebpf_object;
 pub mod health;
+pub mod maglev;
 pub mod map_ids;
 pub mod metrics;
 pub mod persist;

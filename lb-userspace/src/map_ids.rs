@@ -194,7 +194,7 @@ mod tests {
                 id: 7,
                 backend_id: 12,
                 flags: 0,
-                pad: 0,
+                table_size: 0,
             },
         )];
         let backends = [
@@ -225,7 +225,7 @@ mod tests {
                     id: 0,
                     backend_id: 1,
                     flags: 0,
-                    pad: 0,
+                    table_size: 0,
                 },
             ),
             (
@@ -234,7 +234,7 @@ mod tests {
                     id: 1,
                     backend_id: NO_BACKEND,
                     flags: 0,
-                    pad: 0,
+                    table_size: 0,
                 },
             ),
         ];

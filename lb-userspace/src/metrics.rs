@@ -228,6 +228,24 @@ pub fn render(status: &Status, counters: &Counters) -> String {
 
     family(
         &mut out,
+        "daas_lb_maglev_slots",
+        "gauge",
+        "Slots a server owns in its service's Maglev table (policy spread).",
+    );
+    for service in &status.services {
+        for server in &service.servers {
+            if let Some(slots) = server.slots {
+                let _ = writeln!(
+                    out,
+                    "daas_lb_maglev_slots{{name=\"{}\",server=\"{}\"}} {slots}",
+                    label(&service.name),
+                    label(&server.address)
+                );
+            }
+        }
+    }
+    family(
+        &mut out,
         "k3s_loadbalancer_dial_duration_seconds",
         "histogram",
         "Duration of connects to servers, by outcome (observed by the health probes).",
@@ -354,6 +372,7 @@ mod tests {
             state_since: "2026-11-22T05:00:00.000Z".into(),
             connections,
             reason: None,
+            slots: None,
             healthy: true,
             default: false,
             connects: 9,
@@ -369,6 +388,7 @@ mod tests {
                 vip: "127.0.0.1:6444".into(),
                 protocol: "tcp".into(),
                 selected: Some("10.0.0.1:1".into()),
+                policy: "failover".into(),
                 fail_open: false,
                 refused: 4,
                 servers: vec![

@@ -259,6 +259,10 @@ pub struct ServiceMachine {
     servers: Vec<ServerEntry>,
     default: Option<SocketAddr>,
     ranking: bool,
+    /// One server takes every new connection (`policy: failover`): the
+    /// one-active rule and fail-back close connections elsewhere. Off for
+    /// `policy: spread`, where several servers are in use at once.
+    exclusive: bool,
 }
 
 impl ServiceMachine {
@@ -268,6 +272,7 @@ impl ServiceMachine {
             servers: Vec::new(),
             default: None,
             ranking: false,
+            exclusive: true,
         };
         // The initial additions are not transitions anyone needs to hear about.
         let _ = machine.set_servers(servers, now);
@@ -278,6 +283,13 @@ impl ServiceMachine {
     /// Turns score-based ranking on or off (the performance-ranking hook).
     pub const fn set_ranking(&mut self, on: bool) {
         self.ranking = on;
+    }
+
+    /// Whether one server takes every new connection (the default). With
+    /// `false` (`policy: spread`) several servers may be active and
+    /// promotions close no connections; failures and removals still do.
+    pub const fn set_exclusive(&mut self, exclusive: bool) {
+        self.exclusive = exclusive;
     }
 
     /// Every server: listed ones in list order, then the unlisted default.
@@ -519,6 +531,9 @@ impl ServiceMachine {
     /// Enforces the one-active rule and fail-back after server `i` became
     /// preferred or active.
     fn after_promotion(&mut self, i: usize, now: Instant, effects: &mut Effects) {
+        if !self.exclusive {
+            return;
+        }
         match self.servers[i].state {
             ServerState::Active => {
                 for j in 0..self.servers.len() {

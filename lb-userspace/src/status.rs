@@ -33,6 +33,9 @@ pub struct ServiceStatus {
     pub protocol: String,
     /// The backend new connections go to, or null when connects are refused.
     pub selected: Option<String>,
+    /// `failover` or `spread`.
+    #[serde(default = "failover")]
+    pub policy: String,
     /// True when every server fails and the selected one is used anyway.
     #[serde(default)]
     pub fail_open: bool,
@@ -40,6 +43,10 @@ pub struct ServiceStatus {
     pub refused: u64,
     /// Servers in config order, then the default server if it is not among them.
     pub servers: Vec<ServerStatus>,
+}
+
+fn failover() -> String {
+    "failover".to_owned()
 }
 
 /// One server of a service.
@@ -55,6 +62,9 @@ pub struct ServerStatus {
     pub connections: u32,
     /// Why its last check passed or failed (null before the first check).
     pub reason: Option<String>,
+    /// Slots it owns in the service's Maglev table (`policy: spread` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots: Option<u32>,
     /// Whether the last health check passed.
     pub healthy: bool,
     /// Whether this is the service's default server.
@@ -91,10 +101,11 @@ impl Status {
         for service in &self.services {
             let _ = writeln!(
                 out,
-                "{} {}/{} -> {}{} (refused: {})",
+                "{} {}/{} {} -> {}{} (refused: {})",
                 service.name,
                 service.vip,
                 service.protocol,
+                service.policy,
                 service
                     .selected
                     .as_deref()
@@ -104,8 +115,8 @@ impl Status {
             );
             let _ = writeln!(
                 out,
-                "  {:<42} {:<10} {:>8} {:>5} {:>9}  LAST CHECK",
-                "SERVER", "STATE", "FOR", "CONNS", "CONNECTS"
+                "  {:<42} {:<10} {:>8} {:>5} {:>9} {:>6}  LAST CHECK",
+                "SERVER", "STATE", "FOR", "CONNS", "CONNECTS", "SLOTS"
             );
             for server in &service.servers {
                 let address = if server.default {
@@ -126,12 +137,15 @@ impl Status {
                 );
                 let _ = writeln!(
                     out,
-                    "  {:<42} {:<10} {:>8} {:>5} {:>9}  {}",
+                    "  {:<42} {:<10} {:>8} {:>5} {:>9} {:>6}  {}",
                     address,
                     server.state.as_str(),
                     age(&server.state_since, now),
                     server.connections,
                     server.connects,
+                    server
+                        .slots
+                        .map_or_else(|| "-".to_owned(), |n| n.to_string()),
                     check
                 );
             }
@@ -264,6 +278,7 @@ mod tests {
                 vip: "127.0.0.1:6444".into(),
                 protocol: "tcp".into(),
                 selected: Some("10.0.0.1:9345".into()),
+                policy: "failover".into(),
                 fail_open: false,
                 refused: 0,
                 servers: vec![ServerStatus {
@@ -272,6 +287,7 @@ mod tests {
                     state_since: "2026-11-22T04:58:00.000Z".into(),
                     connections: 2,
                     reason: Some("tcp connect ok in 0.2ms".into()),
+                    slots: None,
                     healthy: true,
                     default: false,
                     connects: 3,
@@ -314,7 +330,7 @@ mod tests {
     fn table_shows_selection_and_servers() {
         let table = sample().to_table();
         assert!(
-            table.contains("supervisor 127.0.0.1:6444/tcp -> 10.0.0.1:9345"),
+            table.contains("supervisor 127.0.0.1:6444/tcp failover -> 10.0.0.1:9345"),
             "{table}"
         );
         assert!(table.contains("active"), "{table}");

@@ -37,7 +37,10 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow};
-use serde::{Deserialize, Serialize, Serializer, ser::SerializeMap as _};
+use serde::{
+    Deserialize, Serialize, Serializer,
+    ser::{SerializeMap as _, SerializeStruct as _},
+};
 use serde_saphyr::Location;
 
 use self::{raw::parse_raw, validate::Checker};
@@ -69,7 +72,11 @@ pub struct Config {
 }
 
 /// One virtual address (VIP) and the servers connections to it are sent to.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+///
+/// Serialized (for `check-config` and tests) like the file;
+/// `maglev_table_size` only with `policy: spread`, so that the output of a
+/// failover service reads back.
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServiceConfig {
     /// Unique name, `[A-Za-z0-9._-]{1,63}`; used as Prometheus label value
     /// and on the command line.
@@ -83,6 +90,12 @@ pub struct ServiceConfig {
     pub servers: Vec<SocketAddr>,
     /// Server used as a last resort when no server is healthy.
     pub default_server: Option<SocketAddr>,
+    /// How a new connection's server is picked (`policy`, default failover).
+    pub policy: Policy,
+    /// Maglev table slots (a prime); only used with [`Policy::Spread`]
+    /// (`maglev_table_size`, default
+    /// [`ServiceConfig::DEFAULT_MAGLEV_TABLE_SIZE`]).
+    pub maglev_table_size: u32,
     /// How servers are checked.
     pub health_check: HealthCheckConfig,
 }
@@ -95,6 +108,18 @@ pub enum Protocol {
     Tcp,
     /// UDP.
     Udp,
+}
+
+/// How a service picks the backend of a new connection (`policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// K3s semantics: every new connection goes to the selected server
+    /// (the default).
+    Failover,
+    /// Maglev consistent hashing over the servers in healthy, preferred or
+    /// active state.
+    Spread,
 }
 
 /// Health checking of a service's servers: the `health_check` block.
@@ -240,6 +265,9 @@ impl Config {
     pub const MIN_CONNECTION_POLL_INTERVAL: Duration = Duration::from_millis(10);
     /// Longest accepted `connection_poll_interval`.
     pub const MAX_CONNECTION_POLL_INTERVAL: Duration = Duration::from_secs(10);
+    /// All spread services' tables together must fit the kernel's `maglev`
+    /// map: the sum of their `maglev_table_size` is at most this.
+    pub const MAX_MAGLEV_SLOTS: u32 = lb_common::MAX_MAGLEV_SLOTS;
 
     /// Reads and validates the configuration file at `path`.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
@@ -302,6 +330,78 @@ impl FromStr for Protocol {
             "tcp" => Ok(Self::Tcp),
             "udp" => Ok(Self::Udp),
             _ => Err(format!("unknown protocol {text:?}; expected tcp or udp")),
+        }
+    }
+}
+
+impl ServiceConfig {
+    /// Default `maglev_table_size`: a prime, enough for 163 servers at 100
+    /// slots each.
+    pub const DEFAULT_MAGLEV_TABLE_SIZE: u32 = 16381;
+    /// Largest accepted `maglev_table_size` (a prime).
+    pub const MAX_MAGLEV_TABLE_SIZE: u32 = 65537;
+    /// Maglev spreads connections evenly only with at least this many table
+    /// slots per server.
+    pub const MIN_MAGLEV_SLOTS_PER_SERVER: u32 = 100;
+}
+
+impl Serialize for ServiceConfig {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // Destructured so that a new field cannot be forgotten here.
+        let Self {
+            name,
+            vip,
+            protocol,
+            servers,
+            default_server,
+            policy,
+            maglev_table_size,
+            health_check,
+        } = self;
+        let spread = *policy == Policy::Spread;
+        let mut service = serializer.serialize_struct("ServiceConfig", 7 + usize::from(spread))?;
+        service.serialize_field("name", name)?;
+        service.serialize_field("vip", vip)?;
+        service.serialize_field("protocol", protocol)?;
+        service.serialize_field("servers", servers)?;
+        service.serialize_field("default_server", default_server)?;
+        service.serialize_field("policy", policy)?;
+        if spread {
+            service.serialize_field("maglev_table_size", maglev_table_size)?;
+        } else {
+            service.skip_field("maglev_table_size")?;
+        }
+        service.serialize_field("health_check", health_check)?;
+        service.end()
+    }
+}
+
+impl Policy {
+    /// The name used in the configuration file.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Failover => "failover",
+            Self::Spread => "spread",
+        }
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Policy {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "failover" => Ok(Self::Failover),
+            "spread" => Ok(Self::Spread),
+            _ => Err(format!(
+                "unknown policy {text:?}; expected failover or spread"
+            )),
         }
     }
 }

@@ -36,6 +36,8 @@ pub(super) struct RawService {
     pub(super) protocol: Option<Spanned<String>>,
     pub(super) servers: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) default_server: Option<Spanned<String>>,
+    pub(super) policy: Option<Spanned<String>>,
+    pub(super) maglev_table_size: Option<Spanned<String>>,
     pub(super) health_check: Option<Spanned<RawHealthCheck>>,
 }
 

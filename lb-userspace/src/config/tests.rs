@@ -74,6 +74,8 @@ fn full_example() {
                 protocol: Protocol::Tcp,
                 servers: vec![addr("10.0.0.1:9345"), addr("10.0.0.2:9345")],
                 default_server: Some(addr("10.0.0.1:9345")),
+                policy: Policy::Failover,
+                maglev_table_size: ServiceConfig::DEFAULT_MAGLEV_TABLE_SIZE,
                 health_check: HealthCheckConfig {
                     check: CheckSpec::Tcp,
                     timeout: Duration::from_millis(500),
@@ -103,6 +105,8 @@ fn defaults() {
     assert_eq!(service.protocol, Protocol::Udp);
     assert!(service.servers.is_empty());
     assert_eq!(service.default_server, None);
+    assert_eq!(service.policy, Policy::Failover);
+    assert_eq!(service.maglev_table_size, 16381);
     assert_eq!(
         service.health_check,
         HealthCheckConfig {
@@ -208,6 +212,9 @@ fn serializes_for_status() {
     assert_eq!(service["health_check"]["intervals"]["other"], "1s");
     assert_eq!(service["health_check"]["timeout"], "500ms");
     assert_eq!(service["health_check"]["jitter"], "10%");
+    assert_eq!(service["policy"], "failover");
+    // Only spread services show their table size.
+    assert!(service.get("maglev_table_size").is_none(), "{service}");
     assert_eq!(json["max_concurrent_checks"], 64);
     assert_eq!(json["connection_poll_interval"], "200ms");
 }
@@ -506,6 +513,304 @@ fn bad_protocol_and_kind() {
         "services[0].health_check.kind",
         5,
         "kind udp cannot check a tcp service",
+    );
+}
+
+#[test]
+fn policy_strings() {
+    assert_eq!(Policy::Failover.to_string(), "failover");
+    assert_eq!(Policy::Spread.as_str(), "spread");
+    assert_eq!("spread".parse::<Policy>(), Ok(Policy::Spread));
+    assert_eq!("failover".parse::<Policy>(), Ok(Policy::Failover));
+    assert_eq!(
+        "maglev".parse::<Policy>(),
+        Err("unknown policy \"maglev\"; expected failover or spread".to_owned())
+    );
+    assert_eq!(serde_json::to_value(Policy::Spread).unwrap(), "spread");
+}
+
+#[test]
+fn spread_policy() {
+    let config = parse(&with_service(
+        "    policy: spread\n    maglev_table_size: 65537\n",
+    ));
+    assert_eq!(config.services[0].policy, Policy::Spread);
+    assert_eq!(config.services[0].maglev_table_size, 65537);
+    // The default table size; udp services may spread too.
+    let config = parse(
+        "services:\n  - name: dns\n    vip: 10.96.0.10:53\n    protocol: udp\n    policy: spread\n    servers: [\"10.0.0.1:53\", \"10.0.0.2:53\"]\n",
+    );
+    let service = &config.services[0];
+    assert_eq!(
+        (service.protocol, service.policy, service.maglev_table_size),
+        (Protocol::Udp, Policy::Spread, 16381)
+    );
+    // Explicit failover; small primes are fine for few servers.
+    let config = parse(&with_service("    policy: failover\n"));
+    assert_eq!(config.services[0].policy, Policy::Failover);
+    assert_eq!(config.services[0].maglev_table_size, 16381);
+    let config = parse(&with_service(
+        "    policy: spread\n    maglev_table_size: 101\n",
+    ));
+    assert_eq!(config.services[0].maglev_table_size, 101);
+    let config = parse(
+        "services:\n  - name: a\n    vip: 127.0.0.1:80\n    servers: []\n    policy: spread\n    maglev_table_size: 2\n",
+    );
+    assert_eq!(config.services[0].maglev_table_size, 2);
+}
+
+#[test]
+fn bad_policy() {
+    assert_error(
+        &with_service("    policy: random\n"),
+        "services[0].policy",
+        5,
+        "unknown policy \"random\"; expected failover or spread",
+    );
+    assert_error(
+        &with_service("    policy: Spread\n"),
+        "services[0].policy",
+        5,
+        "expected failover or spread",
+    );
+    assert_error(
+        &with_service("    policy: [spread]\n"),
+        "services[0].policy",
+        5,
+        "expected a single value",
+    );
+}
+
+#[test]
+fn maglev_table_size_needs_spread() {
+    let message = error(&with_service("    maglev_table_size: 16381\n"));
+    assert_eq!(
+        message,
+        "test.yaml:5:24: services[0].maglev_table_size: `maglev_table_size` is only valid with policy spread, not with policy failover (the default)"
+    );
+    assert_error(
+        &with_service("    policy: failover\n    maglev_table_size: 16381\n"),
+        "services[0].maglev_table_size",
+        6,
+        "`maglev_table_size` is only valid with policy spread, not with policy failover",
+    );
+}
+
+/// A spread service with `servers` servers (10.0.x.y:80), `rest` and a
+/// table size, if given; the table size is on line `5 + rest's lines`.
+fn spread_service(servers: usize, rest: &str, size: Option<&str>) -> String {
+    let mut yaml =
+        String::from("services:\n  - name: a\n    vip: 127.0.0.1:80\n    policy: spread\n");
+    yaml.push_str(rest);
+    if let Some(size) = size {
+        writeln!(yaml, "    maglev_table_size: {size}").unwrap();
+    }
+    yaml.push_str("    servers: [");
+    for server in 0..servers {
+        write!(yaml, "\"10.0.{}.{}:80\",", server / 256, server % 256).unwrap();
+    }
+    yaml.push_str("]\n");
+    yaml
+}
+
+#[test]
+fn bad_maglev_table_sizes() {
+    let size = |size: &str| spread_service(1, "", Some(size));
+    let message = error(&size("16384"));
+    assert_eq!(
+        message,
+        "test.yaml:5:24: services[0].maglev_table_size: 16384 is not a prime; try 16381 or 16411"
+    );
+    assert_error(
+        &size("16380"),
+        "services[0].maglev_table_size",
+        5,
+        "16380 is not a prime; try 16369 or 16381",
+    );
+    assert_error(
+        &size("65536"),
+        "services[0].maglev_table_size",
+        5,
+        "65536 is not a prime; try 65521 or 65537",
+    );
+    assert_error(
+        &size("65538"),
+        "services[0].maglev_table_size",
+        5,
+        "65538 is too large; at most 65537 Maglev table slots are supported",
+    );
+    assert_error(
+        &size("4294967296"),
+        "services[0].maglev_table_size",
+        5,
+        "invalid number \"4294967296\"; expected a prime number of table slots, at most 65537",
+    );
+    assert_error(
+        &size("big"),
+        "services[0].maglev_table_size",
+        5,
+        "invalid number \"big\"",
+    );
+    assert_error(
+        &size("-7"),
+        "services[0].maglev_table_size",
+        5,
+        "invalid number",
+    );
+    // Only primes of at least 100 slots per server are suggested.
+    assert_error(
+        &size("100"),
+        "services[0].maglev_table_size",
+        5,
+        "100 is not a prime; try 101",
+    );
+    assert_error(
+        &size("97"),
+        "services[0].maglev_table_size",
+        5,
+        "97 is too small for 1 servers: Maglev needs at least 100 slots per server for an even spread; use a prime of at least 100, such as 101",
+    );
+    assert_error(
+        &spread_service(200, "", Some("16381")),
+        "services[0].maglev_table_size",
+        5,
+        "16381 is too small for 200 servers: Maglev needs at least 100 slots per server for an even spread; use a prime of at least 20000, such as 20011",
+    );
+    parse(&spread_service(200, "", Some("20011")));
+    // Beyond 655 servers, 100 slots each do not fit: the largest table.
+    assert_error(
+        &spread_service(700, "", Some("65521")),
+        "services[0].maglev_table_size",
+        5,
+        "65521 is too small for 700 servers: Maglev needs at least 100 slots per server for an even spread, and 65537 is the most supported; use 65537",
+    );
+    parse(&spread_service(700, "", Some("65537")));
+    // No servers: any prime.
+    assert_error(
+        &spread_service(0, "", Some("0")),
+        "services[0].maglev_table_size",
+        5,
+        "0 is not a prime; try 2",
+    );
+    assert_error(
+        &spread_service(0, "", Some("1")),
+        "services[0].maglev_table_size",
+        5,
+        "1 is not a prime; try 2",
+    );
+}
+
+#[test]
+fn default_maglev_table_size_must_fit_the_servers() {
+    // 163 servers fit the default 16381 slots, 164 do not.
+    parse(&spread_service(163, "", None));
+    assert_error(
+        &spread_service(164, "", None),
+        "services[0].policy",
+        4,
+        "spread over 164 servers needs at least 16400 Maglev table slots (100 per server for an even spread, at most 65537), more than the default maglev_table_size 16381; set `maglev_table_size` to a prime such as 16411",
+    );
+    // The default server counts unless it is also listed.
+    assert_error(
+        &spread_service(163, "    default_server: 10.9.9.9:80\n", None),
+        "services[0].policy",
+        4,
+        "spread over 164 servers",
+    );
+    parse(&spread_service(
+        163,
+        "    default_server: 10.0.0.5:80\n",
+        None,
+    ));
+    assert_error(
+        &spread_service(1000, "", None),
+        "services[0].policy",
+        4,
+        "spread over 1000 servers needs at least 65537 Maglev table slots",
+    );
+    // With failover, the table size does not matter.
+    parse(&many_services(1, 1000));
+}
+
+/// `sizes.len()` spread services with one server each, and the given
+/// `maglev_table_size` (or none); service `i` starts on line `2 + 5 * i`.
+fn spread_services(sizes: &[Option<u32>]) -> String {
+    let mut yaml = String::from("services:\n");
+    for (index, size) in sizes.iter().enumerate() {
+        write!(
+            yaml,
+            "  - name: s{index}\n    vip: 10.1.0.{index}:80\n    servers: [\"10.2.0.{index}:80\"]\n    policy: spread\n"
+        )
+        .unwrap();
+        match size {
+            Some(size) => writeln!(yaml, "    maglev_table_size: {size}").unwrap(),
+            None => yaml.push_str("    # default table size\n"),
+        }
+    }
+    yaml
+}
+
+#[test]
+fn maglev_slots_in_total() {
+    // 16 default tables (262096 slots) fit, a 17th does not.
+    assert_eq!(parse(&spread_services(&[None; 16])).services.len(), 16);
+    let message = error(&spread_services(&[None; 17]));
+    assert_eq!(
+        message,
+        "test.yaml:85:13: services[16].policy: too many Maglev table slots: the spread services up to this one (this one with the default maglev_table_size 16381) need 278477, all spread services 278477; at most 262144 are supported in total, use smaller maglev_table_size values"
+    );
+    // Reported once, on the service that crosses the limit, with the total
+    // of all; failover services do not count.
+    let mut yaml = spread_services(&[Some(65537), Some(65537), None, Some(65537), Some(65537)]);
+    yaml.push_str("  - name: f\n    vip: 10.1.1.1:80\n    servers: []\n");
+    let message = error(&yaml);
+    assert_eq!(
+        message,
+        "test.yaml:26:24: services[4].maglev_table_size: too many Maglev table slots: the spread services up to this one need 278529, all spread services 278529; at most 262144 are supported in total, use smaller maglev_table_size values"
+    );
+    // The total names every spread service, also those after the crossing.
+    let message = error(&spread_services(&[
+        Some(65537),
+        Some(65537),
+        Some(65537),
+        Some(65537),
+        Some(101),
+    ]));
+    assert!(
+        message.starts_with("test.yaml:21:24: services[3].maglev_table_size: too many Maglev table slots: the spread services up to this one need 262148, all spread services 262249;"),
+        "{message}"
+    );
+}
+
+#[test]
+fn policy_errors_are_reported_together() {
+    let yaml = "\
+services:
+  - name: a
+    vip: 127.0.0.1:80
+    policy: random
+    maglev_table_size: 16384
+    servers: []
+  - name: b
+    vip: 127.0.0.1:81
+    maglev_table_size: 101
+    servers: []
+  - name: c
+    vip: 127.0.0.1:82
+    policy: spread
+    maglev_table_size: 16384
+    servers: [\"10.0.0.1:80\", \"[::1]:80\"]
+";
+    assert_eq!(
+        error(yaml).lines().collect::<Vec<_>>(),
+        [
+            "test.yaml:4:13: services[0].policy: unknown policy \"random\"; expected failover or spread",
+            // An invalid policy still lets the size itself be checked.
+            "test.yaml:5:24: services[0].maglev_table_size: 16384 is not a prime; try 16381 or 16411",
+            "test.yaml:9:24: services[1].maglev_table_size: `maglev_table_size` is only valid with policy spread, not with policy failover (the default)",
+            "test.yaml:14:24: services[2].maglev_table_size: 16384 is not a prime; try 16381 or 16411",
+            "test.yaml:15:30: services[2].servers[1]: address family mismatch: VIP is IPv4, server is IPv6 ([::1]:80); a service's servers must use the VIP's family",
+        ]
     );
 }
 
@@ -1316,6 +1621,15 @@ services:
     vip: 127.0.0.1:53
     protocol: udp
     servers: []
+  - name: c
+    vip: 127.0.0.1:81
+    policy: spread
+    maglev_table_size: 101
+    servers: [\"10.0.0.1:80\"]
+  - name: d
+    vip: 127.0.0.1:82
+    policy: spread
+    servers: []
 ",
         ca.display()
     );
@@ -1332,4 +1646,10 @@ services:
     assert_eq!(check["checks"][2]["insecure"], false);
     assert_eq!(check["intervals"]["failed"], "20s");
     assert_eq!(check["jitter"], "5%");
+    let services = &value["services"];
+    assert_eq!(services[0]["policy"], "failover");
+    assert!(services[0].get("maglev_table_size").is_none(), "{json}");
+    assert_eq!(services[2]["policy"], "spread");
+    assert_eq!(services[2]["maglev_table_size"], 101);
+    assert_eq!(services[3]["maglev_table_size"], 16381);
 }

@@ -13,8 +13,8 @@ use std::{
 use serde_saphyr::{Location, Spanned};
 
 use super::{
-    CheckSpec, Config, HealthCheckConfig, HttpCheck, Intervals, Issue, Protocol, ServiceConfig,
-    TlsOptions,
+    CheckSpec, Config, HealthCheckConfig, HttpCheck, Intervals, Issue, Policy, Protocol,
+    ServiceConfig, TlsOptions,
     raw::{RawConfig, RawHealthCheck, RawHttpFields, RawIntervals, RawService},
 };
 
@@ -105,6 +105,10 @@ struct ServiceDraft {
     protocol: Option<Protocol>,
     servers: Vec<(String, Spanned<SocketAddr>)>,
     default_server: Option<Spanned<SocketAddr>>,
+    /// Without a position when not written (the default).
+    policy: Option<Spanned<Policy>>,
+    /// Without a position when not written (the default).
+    maglev_table_size: Option<Spanned<u32>>,
     health_check: Option<HealthCheckConfig>,
 }
 
@@ -121,8 +125,19 @@ impl ServiceDraft {
                 .map(|(_, server)| server.value)
                 .collect(),
             default_server: self.default_server.map(|server| server.value),
+            policy: self.policy?.value,
+            maglev_table_size: self.maglev_table_size?.value,
             health_check: self.health_check?,
         })
+    }
+
+    /// The Maglev table size of a valid spread service.
+    fn maglev_slots(&self) -> Option<&Spanned<u32>> {
+        if self.policy.as_ref()?.value == Policy::Spread {
+            self.maglev_table_size.as_ref()
+        } else {
+            None
+        }
     }
 
     /// The VIP and protocol, when both are valid.
@@ -427,6 +442,28 @@ impl Checker {
                 "default_server",
             )
         });
+        let policy = match &service.policy {
+            None => Some(Spanned::new(
+                Policy::Failover,
+                Location::UNKNOWN,
+                Location::UNKNOWN,
+            )),
+            Some(raw) => self
+                .parse(raw, &format!("{path}.policy"))
+                .map(|policy| Spanned::new(policy, raw.referenced, raw.defined)),
+        };
+        let default_is_listed = default_server.as_ref().is_none_or(|default| {
+            servers
+                .iter()
+                .any(|(_, server)| server.value == default.value)
+        });
+        let server_count = servers.len() + usize::from(!default_is_listed);
+        let maglev_table_size = self.maglev_table_size(
+            service.maglev_table_size.as_ref(),
+            &path,
+            policy.as_ref(),
+            server_count,
+        );
         let health_check = self.health_check(raw, &path, protocol);
 
         ServiceDraft {
@@ -436,8 +473,104 @@ impl Checker {
             protocol,
             servers,
             default_server,
+            policy,
+            maglev_table_size,
             health_check,
         }
+    }
+
+    /// `maglev_table_size`: only with policy spread; a prime of at most
+    /// [`ServiceConfig::MAX_MAGLEV_TABLE_SIZE`] with at least
+    /// [`ServiceConfig::MIN_MAGLEV_SLOTS_PER_SERVER`] slots per server (or
+    /// the largest size, when that is more than it). The default is checked
+    /// too with policy spread; an invalid policy skips the checks that
+    /// depend on it.
+    fn maglev_table_size(
+        &mut self,
+        raw: Option<&Spanned<String>>,
+        path: &str,
+        policy: Option<&Spanned<Policy>>,
+        servers: usize,
+    ) -> Option<Spanned<u32>> {
+        let default = ServiceConfig::DEFAULT_MAGLEV_TABLE_SIZE;
+        let max = ServiceConfig::MAX_MAGLEV_TABLE_SIZE;
+        let per_server = ServiceConfig::MIN_MAGLEV_SLOTS_PER_SERVER;
+        let size_path = format!("{path}.maglev_table_size");
+        let Some(raw) = raw else {
+            let size = Spanned::new(default, Location::UNKNOWN, Location::UNKNOWN);
+            let Some(policy) = policy.filter(|policy| policy.value == Policy::Spread) else {
+                return Some(size);
+            };
+            let needed = min_maglev_table_size(servers);
+            if default >= needed {
+                return Some(size);
+            }
+            self.report(
+                policy.referenced,
+                &format!("{path}.policy"),
+                format!(
+                    "spread over {servers} servers needs at least {needed} Maglev table slots ({per_server} per server for an even spread, at most {max}), more than the default maglev_table_size {default}; set `maglev_table_size` to a prime such as {}",
+                    next_prime(needed).unwrap_or(max)
+                ),
+            );
+            return None;
+        };
+        if let Some(policy) = policy
+            && policy.value != Policy::Spread
+        {
+            let default_note = if policy.referenced.line() == 0 {
+                " (the default)"
+            } else {
+                ""
+            };
+            self.report(
+                raw.referenced,
+                &size_path,
+                format!(
+                    "`maglev_table_size` is only valid with policy spread, not with policy {}{default_note}",
+                    policy.value
+                ),
+            );
+            return None;
+        }
+        let Ok(size) = raw.value.trim().parse::<u32>() else {
+            self.report(
+                raw.referenced,
+                &size_path,
+                format!(
+                    "invalid number {:?}; expected a prime number of table slots, at most {max} (default {default})",
+                    raw.value
+                ),
+            );
+            return None;
+        };
+        let needed = min_maglev_table_size(servers);
+        let problem = if size > max {
+            format!("{size} is too large; at most {max} Maglev table slots are supported")
+        } else if size < needed && needed == max {
+            format!(
+                "{size} is too small for {servers} servers: Maglev needs at least {per_server} slots per server for an even spread, and {max} is the most supported; use {max}"
+            )
+        } else if size < needed {
+            format!(
+                "{size} is too small for {servers} servers: Maglev needs at least {per_server} slots per server for an even spread; use a prime of at least {needed}, such as {}",
+                next_prime(needed).unwrap_or(max)
+            )
+        } else if !is_prime(size) {
+            let below = prev_prime(size).filter(|below| *below >= needed);
+            match (below, next_prime(size)) {
+                (Some(below), Some(above)) => {
+                    format!("{size} is not a prime; try {below} or {above}")
+                }
+                (None, Some(above)) => format!("{size} is not a prime; try {above}"),
+                // Unreachable: the largest size is a prime.
+                (_, None) => format!("{size} is not a prime"),
+            }
+        } else {
+            return Some(Spanned::new(size, raw.referenced, raw.defined));
+        };
+        self.report(raw.referenced, &size_path, problem);
+        None
     }
 
     fn service_name(&mut self, raw: &Spanned<String>, path: &str) -> Option<Spanned<String>> {
@@ -1117,7 +1250,99 @@ impl Checker {
                 ),
             );
         }
+        self.check_maglev_slots(drafts);
     }
+
+    /// The Maglev tables of all spread services must fit the kernel map
+    /// together; reported once, on the service that crosses the limit.
+    fn check_maglev_slots(&mut self, drafts: &[ServiceDraft]) {
+        let max = u64::from(Config::MAX_MAGLEV_SLOTS);
+        let total: u64 = drafts
+            .iter()
+            .filter_map(ServiceDraft::maglev_slots)
+            .map(|size| u64::from(size.value))
+            .sum();
+        if total <= max {
+            return;
+        }
+        let mut slots = 0;
+        for draft in drafts {
+            let Some(size) = draft.maglev_slots() else {
+                continue;
+            };
+            slots += u64::from(size.value);
+            if slots <= max {
+                continue;
+            }
+            let (location, path, what) = if size.referenced.line() == 0 {
+                let policy = draft
+                    .policy
+                    .as_ref()
+                    .map_or(Location::UNKNOWN, |policy| policy.referenced);
+                (
+                    policy,
+                    format!("{}.policy", draft.path),
+                    format!(
+                        " (this one with the default maglev_table_size {})",
+                        size.value
+                    ),
+                )
+            } else {
+                (
+                    size.referenced,
+                    format!("{}.maglev_table_size", draft.path),
+                    String::new(),
+                )
+            };
+            self.report(
+                location,
+                &path,
+                format!(
+                    "too many Maglev table slots: the spread services up to this one{what} need {slots}, all spread services {total}; at most {max} are supported in total, use smaller maglev_table_size values"
+                ),
+            );
+            return;
+        }
+    }
+}
+
+/// The smallest `maglev_table_size` for a service with `servers` servers:
+/// [`ServiceConfig::MIN_MAGLEV_SLOTS_PER_SERVER`] each, but at most
+/// [`ServiceConfig::MAX_MAGLEV_TABLE_SIZE`].
+fn min_maglev_table_size(servers: usize) -> u32 {
+    let max = ServiceConfig::MAX_MAGLEV_TABLE_SIZE;
+    u32::try_from(servers)
+        .ok()
+        .and_then(|servers| servers.checked_mul(ServiceConfig::MIN_MAGLEV_SLOTS_PER_SERVER))
+        .map_or(max, |needed| needed.min(max))
+}
+
+/// Whether `number` is a prime (trial division; table sizes are small).
+const fn is_prime(number: u32) -> bool {
+    if number < 4 {
+        return number >= 2;
+    }
+    if number.is_multiple_of(2) {
+        return false;
+    }
+    let mut divisor = 3;
+    while divisor <= number / divisor {
+        if number.is_multiple_of(divisor) {
+            return false;
+        }
+        divisor += 2;
+    }
+    true
+}
+
+/// The largest prime below `number`, if any.
+fn prev_prime(number: u32) -> Option<u32> {
+    (2..number).rev().find(|candidate| is_prime(*candidate))
+}
+
+/// The smallest prime of at least `number` that is a valid table size.
+fn next_prime(number: u32) -> Option<u32> {
+    (number..=ServiceConfig::MAX_MAGLEV_TABLE_SIZE).find(|candidate| is_prime(*candidate))
 }
 
 /// Whether `name` is a field of https checks only.

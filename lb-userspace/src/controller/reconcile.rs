@@ -15,12 +15,13 @@ use std::{
 };
 
 use anyhow::Context as _;
-use lb_common::{NO_BACKEND, Service};
+use lb_common::{MaglevKey, NO_BACKEND};
 use tracing::{info, warn};
 
-use super::{Controller, ServerRuntime, ServiceRuntime, settle, vip_key};
+use super::{Controller, ServerRuntime, ServiceRuntime, settle, spread, vip_key};
 use crate::{
-    config::{Config, ServiceConfig},
+    config::{Config, Policy, ServiceConfig},
+    dataplane::Dataplane,
     health::Prober,
     map_ids::{ServiceSpec, backend_entry, plan_ids},
     persist,
@@ -226,10 +227,12 @@ impl Controller {
                 None => None,
             };
             let fresh = previous.is_none();
+            let mut table = (Vec::new(), Vec::new());
             let (mut machine, mut servers, selection, effects) = if let Some(p) = previous {
                 let mut machine = p.machine;
                 let mut effects = machine.set_servers(&service_config.servers, now);
                 effects.merge(machine.set_default(service_config.default_server, now));
+                table = (p.table, p.table_members);
                 (machine, p.servers, p.selection, effects)
             } else {
                 let machine = ServiceMachine::new(
@@ -243,6 +246,7 @@ impl Controller {
                 };
                 (machine, HashMap::new(), selection, Effects::default())
             };
+            machine.set_exclusive(service_config.policy == Policy::Failover);
             // Server runtimes: keep the known ones, start checks for new ones.
             let mut kept = HashMap::with_capacity(spec.backends.len());
             for (&address, &backend_id) in spec.backends.iter().zip(&plan.backend_ids[index]) {
@@ -275,8 +279,13 @@ impl Controller {
                 servers: kept,
                 prober: Arc::clone(&probers[index]),
                 selection,
+                table: table.0,
+                table_members: table.1,
             });
             pending.push((effects, fresh));
+        }
+        if pending.iter().any(|(_, fresh)| *fresh) {
+            adopt_tables(&mut state.dataplane, &mut runtimes, &pending);
         }
         // Services that are gone: refuse their VIP first, then close.
         for (_, gone) in old {
@@ -293,15 +302,9 @@ impl Controller {
                     .server
                     .and_then(|a| service.servers.get(&a))
                     .map_or(NO_BACKEND, |s| s.backend_id);
-                let written = state.dataplane.set_service(
-                    service.key,
-                    Service {
-                        id: service.id,
-                        backend_id,
-                        flags: 0,
-                        pad: 0,
-                    },
-                );
+                let written = state
+                    .dataplane
+                    .set_service(service.key, spread::entry(service, backend_id));
                 if let Err(err) = written {
                     problems.push(format!("service {}: {err:#}", service.config.name));
                     // A selection `select()` never returns: the next event
@@ -363,6 +366,65 @@ impl Controller {
     }
 }
 
+/// Takes over the Maglev tables the kernel holds for fresh spread services
+/// (after a restart: the previous run's tables, so the first rebuild moves
+/// only what must move) and removes slots nobody owns any more.
+fn adopt_tables(
+    dataplane: &mut Dataplane,
+    runtimes: &mut [ServiceRuntime],
+    pending: &[(Effects, bool)],
+) {
+    let slots = match dataplane.maglev_slots() {
+        Ok(slots) => slots,
+        Err(err) => {
+            warn!(
+                error = format!("{err:#}"),
+                "could not read the maglev map; tables are written in full"
+            );
+            return;
+        }
+    };
+    let mut found: HashMap<u32, Vec<(u32, u32)>> = HashMap::new();
+    for (key, backend_id) in slots {
+        found
+            .entry(key.service_id)
+            .or_default()
+            .push((key.slot, backend_id));
+    }
+    for (service, (_, fresh)) in runtimes.iter_mut().zip(pending) {
+        let owned = found.remove(&service.id).unwrap_or_default();
+        let spread = service.config.policy == Policy::Spread;
+        let size = if spread {
+            service.config.maglev_table_size
+        } else {
+            0
+        };
+        let mut table = vec![NO_BACKEND; size as usize];
+        for (slot, backend_id) in owned {
+            if slot < size {
+                table[slot as usize] = backend_id;
+            } else if let Err(err) = dataplane.remove_maglev_slot(&MaglevKey {
+                service_id: service.id,
+                slot,
+            }) {
+                warn!(
+                    error = format!("{err:#}"),
+                    "could not remove a stale Maglev slot"
+                );
+            }
+        }
+        if *fresh && spread {
+            service.table = table;
+        }
+    }
+    // Tables of service ids no service uses.
+    for (service_id, owned) in found {
+        for (slot, _) in owned {
+            let _ = dataplane.remove_maglev_slot(&MaglevKey { service_id, slot });
+        }
+    }
+}
+
 /// Removes a service that is no longer configured (or whose VIP changed):
 /// its entry goes first so new connects are no longer redirected, then its
 /// checks stop and its connections are closed.
@@ -380,6 +442,13 @@ fn retire(state: &mut super::State, mut service: ServiceRuntime) {
             .counters
             .transition(&service.config.name, t.server, t.from, ServerState::Invalid);
     }
+    let name = service.config.name.clone();
+    spread::remove_slots(
+        &mut state.dataplane,
+        service.id,
+        0..service.table.len(),
+        &name,
+    );
     let servers: Vec<SocketAddr> = service.servers.keys().copied().collect();
     match state
         .connections

@@ -269,6 +269,24 @@ fn of_two_active_servers_the_one_with_fewer_connections_yields() {
 }
 
 #[test]
+fn without_exclusivity_several_servers_are_active_and_promotions_close_nothing() {
+    let clock = Clock::new();
+    let mut m = machine(3, &clock);
+    m.set_exclusive(false);
+    drive(&mut m, 3, Failed, clock.now());
+    m.set_connections(addr(3), 2);
+    drive(&mut m, 1, Active, clock.now());
+    m.set_connections(addr(1), 5);
+    drive(&mut m, 2, Preferred, clock.now());
+    let e = m.dial(addr(2), true, clock.now());
+    assert_eq!((state(&m, 1), state(&m, 2)), (Active, Active));
+    assert!(e.close.is_empty(), "{e:?}");
+    // Failures still close.
+    let e = m.check(addr(1), false, clock.now());
+    assert_eq!(e.close, vec![addr(1)]);
+}
+
+#[test]
 fn reaching_preferred_closes_connections_to_the_default_and_failed_servers() {
     let clock = Clock::new();
     let mut m = machine(2, &clock);
@@ -513,12 +531,14 @@ proptest! {
         initial in proptest::collection::vec(1u8..=6, 0..4),
         default in proptest::option::of(1u8..=6),
         ranking in any::<bool>(),
+        exclusive in any::<bool>(),
         events in proptest::collection::vec(event(), 0..60),
     ) {
         let mut now = Instant::now();
         let initial: Vec<_> = initial.into_iter().map(addr).collect();
         let mut m = ServiceMachine::new(&initial, default.map(addr), now);
         m.set_ranking(ranking);
+        m.set_exclusive(exclusive);
         for event in &events {
             let effects = apply(&mut m, event, &mut now);
             for t in &effects.transitions {
@@ -526,7 +546,7 @@ proptest! {
             }
             // At most one active server.
             let active = m.servers().iter().filter(|s| s.state == Active).count();
-            prop_assert!(active <= 1, "{} active after {:?}: {:?}", active, event, m);
+            prop_assert!(!exclusive || active <= 1, "{} active after {:?}: {:?}", active, event, m);
             // Never zero candidates while any server is configured.
             let configured = !m.servers().is_empty();
             let selection = m.select();

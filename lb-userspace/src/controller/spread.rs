@@ -1,0 +1,169 @@
+//! `policy: spread`: keeps each spread service's Maglev table in the kernel's
+//! `maglev` map in line with the servers that may take new connections
+//! (listed and healthy, preferred or active; weight 1 until performance
+//! ranking supplies weights).
+//!
+//! The table is rebuilt only when that set changes, from the table the
+//! kernel holds (so a removed server's slots are the only ones that move),
+//! and only changed slots are written. While no server qualifies every slot
+//! is empty and the kernel uses the service's selected server instead (the
+//! failover selection, including fail-open).
+
+use std::net::SocketAddr;
+
+use lb_common::{MaglevKey, NO_BACKEND, SERVICE_SPREAD, Service};
+use tracing::{info, warn};
+
+use super::ServiceRuntime;
+use crate::{
+    config::Policy,
+    dataplane::Dataplane,
+    maglev::{self, MaglevBackend},
+    state_machine::ServerState,
+};
+
+/// The servers that get slots, as `(backend id, address)`, sorted.
+fn members(service: &ServiceRuntime) -> Vec<(u32, SocketAddr)> {
+    let mut members: Vec<(u32, SocketAddr)> = service
+        .machine
+        .servers()
+        .iter()
+        .filter(|s| {
+            s.listed
+                && matches!(
+                    s.state,
+                    ServerState::Healthy | ServerState::Preferred | ServerState::Active
+                )
+        })
+        .filter_map(|s| {
+            service
+                .servers
+                .get(&s.address)
+                .map(|r| (r.backend_id, s.address))
+        })
+        .collect();
+    members.sort_unstable();
+    members
+}
+
+/// The `services` entry of a service whose new connections go to
+/// `backend_id` (for spread: when the table slot is empty).
+pub(super) fn entry(service: &ServiceRuntime, backend_id: u32) -> Service {
+    let spread = service.config.policy == Policy::Spread;
+    Service {
+        id: service.id,
+        backend_id,
+        flags: if spread { SERVICE_SPREAD } else { 0 },
+        table_size: if spread {
+            service.config.maglev_table_size
+        } else {
+            0
+        },
+    }
+}
+
+/// Brings the service's table in the kernel up to date; returns whether
+/// anything was written.
+pub(super) fn sync(dataplane: &mut Dataplane, service: &mut ServiceRuntime) -> bool {
+    let name = service.config.name.clone();
+    if service.config.policy != Policy::Spread {
+        if service.table.is_empty() {
+            return false;
+        }
+        let old = std::mem::take(&mut service.table);
+        remove_slots(dataplane, service.id, 0..old.len(), &name);
+        service.table_members.clear();
+        return true;
+    }
+    let size = service.config.maglev_table_size as usize;
+    let members = members(service);
+    if members == service.table_members && service.table.len() == size {
+        return false;
+    }
+    let table = if members.is_empty() {
+        vec![NO_BACKEND; size]
+    } else {
+        let backends: Vec<MaglevBackend> = members
+            .iter()
+            .map(|&(id, address)| MaglevBackend {
+                id,
+                key: address.to_string().into_bytes(),
+                weight: 1,
+            })
+            .collect();
+        let previous = (service.table.len() == size).then_some(service.table.as_slice());
+        match maglev::build(&backends, service.config.maglev_table_size, previous) {
+            Ok(table) => table,
+            Err(err) => {
+                warn!(service = %name, error = %err, "could not build the Maglev table; keeping the old one");
+                return false;
+            }
+        }
+    };
+    let mut written = 0usize;
+    let mut failed = 0usize;
+    for (slot, &backend_id) in table.iter().enumerate() {
+        if service.table.get(slot) == Some(&backend_id) {
+            continue;
+        }
+        let result = if backend_id == NO_BACKEND {
+            dataplane.remove_maglev_slot(&MaglevKey {
+                service_id: service.id,
+                slot: slot as u32,
+            })
+        } else {
+            dataplane.set_maglev_slot(service.id, slot as u32, backend_id)
+        };
+        match result {
+            Ok(()) => written += 1,
+            Err(err) => {
+                failed += 1;
+                if failed == 1 {
+                    warn!(service = %name, error = format!("{err:#}"), "could not write the Maglev table");
+                }
+            }
+        }
+    }
+    if service.table.len() > size {
+        remove_slots(dataplane, service.id, size..service.table.len(), &name);
+    }
+    if failed > 0 {
+        // Unknown kernel content: write everything on the next change.
+        service.table.clear();
+        service.table_members.clear();
+        return written > 0;
+    }
+    let servers: Vec<String> = members.iter().map(|(_, a)| a.to_string()).collect();
+    info!(service = %name, servers = servers.join(","), slots_written = written, "Maglev table updated");
+    service.table = table;
+    service.table_members = members;
+    written > 0
+}
+
+/// Removes `slots` of service `service_id`'s table.
+pub(super) fn remove_slots(
+    dataplane: &mut Dataplane,
+    service_id: u32,
+    slots: std::ops::Range<usize>,
+    name: &str,
+) {
+    for slot in slots {
+        let key = MaglevKey {
+            service_id,
+            slot: slot as u32,
+        };
+        if let Err(err) = dataplane.remove_maglev_slot(&key) {
+            warn!(
+                service = name,
+                error = format!("{err:#}"),
+                "could not remove a Maglev slot"
+            );
+            return;
+        }
+    }
+}
+
+/// How many slots each backend id owns in `table`.
+pub(super) fn slots_of(table: &[u32], backend_id: u32) -> u32 {
+    table.iter().filter(|&&id| id == backend_id).count() as u32
+}
