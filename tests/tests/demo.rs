@@ -74,7 +74,10 @@ fn demo_commands_work() {
         .output()
         .unwrap();
     let table = String::from_utf8_lossy(&table.stdout);
-    assert!(table.contains("demo-tcp 127.0.0.1:6444/tcp ->"), "{table}");
+    assert!(
+        table.contains("demo-tcp 127.0.0.1:6444/tcp failover ->"),
+        "{table}"
+    );
 
     let dump = Command::new("bpftool")
         .args(["map", "dump", "pinned", &format!("{pin_path}/services")])
