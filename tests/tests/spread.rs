@@ -133,6 +133,36 @@ fn spread_balances_local_connects_and_a_removed_server_loses_only_its_slots() {
     let entries = lb_tests::bpftool(&["map", "dump", "pinned", &maglev]);
     assert_eq!(entries.as_array().map(Vec::len), Some(TABLE as usize));
 
+    // A crash keeps the table in the kernel; the next run adopts it and
+    // moves nothing.
+    let table_before = lb_tests::bpftool(&["map", "dump", "pinned", &maglev]);
+    daemon.signal(libc::SIGKILL);
+    daemon.wait_exit(Duration::from_secs(5));
+    let counts = spread_connects(&env, 20);
+    assert_eq!(
+        counts.get("b3"),
+        None,
+        "kernel keeps spreading while the controller is down: {counts:?}"
+    );
+    daemon.relaunch();
+    let status = daemon.wait_for(Duration::from_secs(5), "the table adopted", |s| {
+        slots(s).values().sum::<u32>() == TABLE
+    });
+    assert_eq!(slots(&status), after, "slots after the restart");
+    let table_after = lb_tests::bpftool(&["map", "dump", "pinned", &maglev]);
+    let sorted = |v: &serde_json::Value| {
+        let mut entries: Vec<String> = v
+            .as_array()
+            .map(|a| a.iter().map(ToString::to_string).collect())
+            .unwrap_or_default();
+        entries.sort();
+        entries
+    };
+    assert!(
+        sorted(&table_before) == sorted(&table_after),
+        "the restart moved Maglev slots"
+    );
+
     // Back to failover (SIGHUP): the table leaves the kernel and every
     // connect goes to the selected server.
     let failover = spread_service(&[b1.addr, b2.addr]).replace("    policy: spread\n", "");

@@ -77,7 +77,11 @@ pub(super) fn sync(dataplane: &mut Dataplane, service: &mut ServiceRuntime) -> b
     }
     let size = service.config.maglev_table_size as usize;
     let members = members(service);
-    if members == service.table_members && service.table.len() == size {
+    // Unchanged, unless a table adopted after a restart (whose servers are
+    // still unchecked, so `members` is empty) names a server that failed or
+    // is gone: stop using it.
+    let unchanged = members == service.table_members && service.table.len() == size;
+    if unchanged && (!members.is_empty() || !has_unusable(service)) {
         return false;
     }
     let table = if members.is_empty() {
@@ -138,6 +142,22 @@ pub(super) fn sync(dataplane: &mut Dataplane, service: &mut ServiceRuntime) -> b
     service.table = table;
     service.table_members = members;
     written > 0
+}
+
+/// Whether the kernel's table names a backend that is failed or no longer
+/// configured.
+fn has_unusable(service: &ServiceRuntime) -> bool {
+    let usable: Vec<u32> = service
+        .machine
+        .servers()
+        .iter()
+        .filter(|s| s.listed && s.state != ServerState::Failed)
+        .filter_map(|s| service.servers.get(&s.address).map(|r| r.backend_id))
+        .collect();
+    service
+        .table
+        .iter()
+        .any(|&id| id != NO_BACKEND && !usable.contains(&id))
 }
 
 /// Removes `slots` of service `service_id`'s table.
