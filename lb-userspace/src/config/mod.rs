@@ -44,6 +44,52 @@ use serde::{
 use serde_saphyr::Location;
 
 use self::{raw::parse_raw, validate::Checker};
+
+/// `as_str`, `Display` and `FromStr` for an enum of words used in the file;
+/// the parse error names the field and lists every accepted word.
+macro_rules! config_words {
+    ($vis:vis $ty:ident, $what:literal, { $($variant:ident => $word:literal),+ $(,)? }) => {
+        impl $ty {
+            /// The word used in the configuration file.
+            $vis const fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $word,)+
+                }
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = String;
+
+            fn from_str(text: &str) -> Result<Self, Self::Err> {
+                match text {
+                    $($word => Ok(Self::$variant),)+
+                    _ => Err(format!(
+                        "unknown {} {text:?}; expected {}",
+                        $what,
+                        $crate::config::one_of(&[$($word),+])
+                    )),
+                }
+            }
+        }
+    };
+}
+pub(crate) use config_words;
+
+/// `a`, `a or b`, `a, b or c`.
+pub(crate) fn one_of(words: &[&str]) -> String {
+    match words {
+        [] => String::new(),
+        [only] => (*only).to_owned(),
+        [init @ .., last] => format!("{} or {last}", init.join(", ")),
+    }
+}
 use crate::state_machine::ServerState;
 
 /// The whole configuration file.
@@ -306,33 +352,9 @@ impl Protocol {
             Self::Udp => lb_common::PROTO_UDP,
         }
     }
-
-    /// The name used in the configuration file.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Tcp => "tcp",
-            Self::Udp => "udp",
-        }
-    }
 }
 
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Protocol {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text {
-            "tcp" => Ok(Self::Tcp),
-            "udp" => Ok(Self::Udp),
-            _ => Err(format!("unknown protocol {text:?}; expected tcp or udp")),
-        }
-    }
-}
+config_words!(pub Protocol, "protocol", { Tcp => "tcp", Udp => "udp" });
 
 impl ServiceConfig {
     /// Default `maglev_table_size`: a prime, enough for 163 servers at 100
@@ -376,35 +398,7 @@ impl Serialize for ServiceConfig {
     }
 }
 
-impl Policy {
-    /// The name used in the configuration file.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Failover => "failover",
-            Self::Spread => "spread",
-        }
-    }
-}
-
-impl fmt::Display for Policy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Policy {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text {
-            "failover" => Ok(Self::Failover),
-            "spread" => Ok(Self::Spread),
-            _ => Err(format!(
-                "unknown policy {text:?}; expected failover or spread"
-            )),
-        }
-    }
-}
+config_words!(pub Policy, "policy", { Failover => "failover", Spread => "spread" });
 
 impl HealthCheckConfig {
     /// Default `timeout` (or the shortest interval, if that is shorter).

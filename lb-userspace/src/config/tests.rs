@@ -1653,3 +1653,18 @@ services:
     assert_eq!(services[2]["maglev_table_size"], 101);
     assert_eq!(services[3]["maglev_table_size"], 16381);
 }
+
+#[test]
+fn word_lists_read_like_prose() {
+    assert_eq!(one_of(&["tcp"]), "tcp");
+    assert_eq!(one_of(&["tcp", "udp"]), "tcp or udp");
+    assert_eq!(one_of(&["a", "b", "c"]), "a, b or c");
+    assert_eq!(
+        "sctp".parse::<Protocol>(),
+        Err("unknown protocol \"sctp\"; expected tcp or udp".to_owned())
+    );
+    assert_eq!(
+        "random".parse::<Policy>(),
+        Err("unknown policy \"random\"; expected failover or spread".to_owned())
+    );
+}

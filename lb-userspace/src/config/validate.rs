@@ -33,40 +33,13 @@ enum Kind {
     All,
 }
 
-impl Kind {
-    const fn as_str(self) -> &'static str {
-        match self {
-            Self::Tcp => "tcp",
-            Self::Udp => "udp",
-            Self::Http => "http",
-            Self::Https => "https",
-            Self::All => "all",
-        }
-    }
-}
-
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Kind {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text {
-            "tcp" => Ok(Self::Tcp),
-            "udp" => Ok(Self::Udp),
-            "http" => Ok(Self::Http),
-            "https" => Ok(Self::Https),
-            "all" => Ok(Self::All),
-            _ => Err(format!(
-                "unknown health check kind {text:?}; expected tcp, udp, http, https or all"
-            )),
-        }
-    }
-}
+super::config_words!(Kind, "health check kind", {
+    Tcp => "tcp",
+    Udp => "udp",
+    Http => "http",
+    Https => "https",
+    All => "all",
+});
 
 /// Collects every problem found while turning the raw file into a
 /// [`Config`].
