@@ -24,8 +24,6 @@ use lb_common::{RevNatKey, RevNatValue, ip_to_bytes};
 
 use crate::sock_diag::{SockDiag, SocketInfo, Transport, state_mask};
 
-/// TCP states counted as connections.
-const TCP_COUNTED: u32 = state_mask(1);
 /// TCP states closed on demand: established, SYN sent (a connect still
 /// waiting on a dead server), close-wait.
 const TCP_CLOSED: u32 = state_mask(1) | state_mask(2) | state_mask(8);
@@ -122,16 +120,8 @@ impl Connections {
         &mut self,
         servers: &HashSet<SocketAddr, S>,
     ) -> anyhow::Result<Vec<SocketInfo>> {
-        let mut servers: Vec<SocketAddr> = servers.iter().copied().collect();
-        // A stable order, so the same servers make the same filter program.
-        servers.sort_unstable();
-        let mut sockets = self
-            .diag
-            .dump_to_peers(Transport::Tcp, TCP_COUNTED, &servers)?;
-        sockets.extend(
-            self.diag
-                .dump_to_peers(Transport::Udp, UDP_CONNECTED, &servers)?,
-        );
+        let mut sockets = self.diag.established_to(Transport::Tcp, servers)?;
+        sockets.extend(self.diag.established_to(Transport::Udp, servers)?);
         Ok(sockets)
     }
 

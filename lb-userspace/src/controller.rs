@@ -23,7 +23,6 @@ mod spread;
 use std::{
     collections::{HashMap, HashSet},
     net::SocketAddr,
-    path::PathBuf,
     sync::{Arc, Mutex, MutexGuard},
     time::{Instant, SystemTime},
 };
@@ -303,6 +302,7 @@ impl Controller {
                     .dataplane
                     .service_stats(service.id)
                     .map_or(0, |s| s.refused);
+                let slot_counts = spread::slot_counts(&service.table);
                 let servers = service
                     .machine
                     .servers()
@@ -318,7 +318,7 @@ impl Controller {
                             .unwrap_or(wall);
                         let slots = runtime
                             .filter(|_| service.config.policy == Policy::Spread)
-                            .map(|r| spread::slots_of(&service.table, r.backend_id));
+                            .map(|r| slot_counts.get(&r.backend_id).copied().unwrap_or(0));
                         ServerStatus {
                             address: entry.address.to_string(),
                             slots,
@@ -359,11 +359,6 @@ impl Controller {
         self.lock().counters.clone()
     }
 
-    /// The effective configuration (servers as currently used).
-    pub fn config(&self) -> Config {
-        self.lock().config.clone()
-    }
-
     /// Stops the checks, detaches the programs and removes every pin
     /// (graceful shutdown). Map handles stay open until the process exits,
     /// which is harmless.
@@ -378,11 +373,6 @@ impl Controller {
             state.dataplane.pin_dir().to_path_buf()
         };
         crate::dataplane::cleanup(&pin_dir)
-    }
-
-    /// Where the service state files live.
-    pub fn data_dir(&self) -> PathBuf {
-        self.lock().config.data_dir.clone()
     }
 }
 

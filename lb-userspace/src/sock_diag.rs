@@ -1108,12 +1108,6 @@ impl SockDiag {
     }
 }
 
-/// Whether `peer` is in `peers`, also comparing a v4-mapped IPv6 address
-/// with its IPv4 form.
-pub fn peer_matches(peer: SocketAddr, peers: &HashSet<SocketAddr, impl BuildHasher>) -> bool {
-    peers.contains(&peer) || peers.contains(&unmapped(peer)) || peers.contains(&v4_mapped(peer))
-}
-
 #[cfg(test)]
 mod tests {
     //! Expected bytes are written out by hand from the uapi structs:
@@ -1320,19 +1314,6 @@ mod tests {
         assert_eq!(unmapped(v4(10, 0, 0, 1, 9)), v4(10, 0, 0, 1, 9));
         assert_eq!(v4_mapped(v4(10, 0, 0, 1, 9)), v6("::ffff:10.0.0.1", 9));
         assert_eq!(v4_mapped(v6("::1", 9)), v6("::1", 9));
-    }
-
-    #[test]
-    fn peer_matching() {
-        let peers: HashSet<SocketAddr> = [v4(10, 0, 0, 1, 6443), v6("::ffff:10.0.0.2", 6443)]
-            .into_iter()
-            .collect();
-        assert!(peer_matches(v4(10, 0, 0, 1, 6443), &peers));
-        assert!(peer_matches(v6("::ffff:10.0.0.1", 6443), &peers));
-        assert!(peer_matches(v4(10, 0, 0, 2, 6443), &peers));
-        assert!(peer_matches(v6("::ffff:10.0.0.2", 6443), &peers));
-        assert!(!peer_matches(v4(10, 0, 0, 1, 6444), &peers));
-        assert!(!peer_matches(v6("::10.0.0.1", 6443), &peers));
     }
 
     #[test]

@@ -617,7 +617,6 @@ pub struct Node {
     /// The health endpoint (`ip:8080`).
     pub health_addr: SocketAddr,
     healthy: Arc<AtomicBool>,
-    health_requests: Arc<AtomicUsize>,
     conns: Arc<ConnState>,
     service: Option<AcceptLoop>,
     health: AcceptLoop,
@@ -630,14 +629,11 @@ impl Node {
         let addr = SocketAddr::new(ip.into(), port);
         let health_addr = SocketAddr::new(ip.into(), HEALTH_PORT);
         let healthy = Arc::new(AtomicBool::new(true));
-        let health_requests = Arc::new(AtomicUsize::new(0));
         let listener = TcpListener::bind(health_addr)
             .unwrap_or_else(|e| panic!("bind health endpoint of {name} on {health_addr}: {e}"));
         let health = {
-            let (healthy, requests) = (Arc::clone(&healthy), Arc::clone(&health_requests));
-            AcceptLoop::spawn(listener, move |stream| {
-                serve_health(stream, &healthy, &requests);
-            })
+            let healthy = Arc::clone(&healthy);
+            AcceptLoop::spawn(listener, move |stream| serve_health(stream, &healthy))
         };
         let conns = Arc::new(ConnState::default());
         let service = Some(serve_echo(name, addr, &conns));
@@ -646,7 +642,6 @@ impl Node {
             addr,
             health_addr,
             healthy,
-            health_requests,
             conns,
             service,
             health,
@@ -699,11 +694,6 @@ impl Node {
     pub fn held(&self) -> usize {
         self.conns.held.load(Ordering::SeqCst)
     }
-
-    /// Requests its health endpoint has answered so far.
-    pub fn health_requests(&self) -> usize {
-        self.health_requests.load(Ordering::SeqCst)
-    }
 }
 
 impl Drop for Node {
@@ -715,7 +705,7 @@ impl Drop for Node {
 }
 
 /// Answers one HTTP request on the health endpoint.
-fn serve_health(mut stream: TcpStream, healthy: &AtomicBool, requests: &AtomicUsize) {
+fn serve_health(mut stream: TcpStream, healthy: &AtomicBool) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
     let mut request = Vec::new();
     let mut buf = [0u8; 1024];
@@ -725,7 +715,6 @@ fn serve_health(mut stream: TcpStream, healthy: &AtomicBool, requests: &AtomicUs
             Ok(n) => request.extend_from_slice(&buf[..n]),
         }
     }
-    requests.fetch_add(1, Ordering::SeqCst);
     let text = String::from_utf8_lossy(&request);
     let path = text.split_whitespace().nth(1).unwrap_or_default();
     let (status, body) = if path != "/healthz" {
@@ -859,11 +848,6 @@ impl Daemon {
         let previous = self.stop();
         self.relaunch();
         previous
-    }
-
-    /// Its process id, while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
     }
 
     /// The status document now (panics if the API does not answer).
@@ -1316,11 +1300,6 @@ impl HeldConnection {
     /// The `closed` event, once seen.
     pub fn closed_event(&self) -> Option<&Received> {
         self.closed.as_ref()
-    }
-
-    /// Whether it was closed (does not wait).
-    pub fn is_closed(&mut self) -> bool {
-        self.next(Duration::ZERO).is_some()
     }
 
     /// Panics if the connection is closed within `duration` (or was before).

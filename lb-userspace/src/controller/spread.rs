@@ -9,7 +9,10 @@
 //! is empty and the kernel uses the service's selected server instead (the
 //! failover selection, including fail-open).
 
-use std::net::SocketAddr;
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+};
 
 use lb_common::{MaglevKey, NO_BACKEND, SERVICE_SPREAD, Service};
 use tracing::{info, warn};
@@ -147,7 +150,7 @@ pub(super) fn sync(dataplane: &mut Dataplane, service: &mut ServiceRuntime) -> b
 /// Whether the kernel's table names a backend that is failed or no longer
 /// configured.
 fn has_unusable(service: &ServiceRuntime) -> bool {
-    let usable: Vec<u32> = service
+    let usable: HashSet<u32> = service
         .machine
         .servers()
         .iter()
@@ -183,7 +186,11 @@ pub(super) fn remove_slots(
     }
 }
 
-/// How many slots each backend id owns in `table`.
-pub(super) fn slots_of(table: &[u32], backend_id: u32) -> u32 {
-    table.iter().filter(|&&id| id == backend_id).count() as u32
+/// How many slots each backend id owns in `table` (one pass).
+pub(super) fn slot_counts(table: &[u32]) -> HashMap<u32, u32> {
+    let mut counts = HashMap::new();
+    for &id in table {
+        *counts.entry(id).or_insert(0) += 1;
+    }
+    counts
 }
