@@ -36,6 +36,99 @@ pub const MAX_MAGLEV_SLOTS: u32 = 262_144;
 /// [`Service::flags`] bit: pick the backend from the service's Maglev table
 /// (`policy: spread`) instead of using [`Service::backend_id`].
 pub const SERVICE_SPREAD: u32 = 1;
+/// [`Service::flags`] bit: the XDP program serves this VIP to remote clients
+/// (`remote: true`); without it XDP passes the VIP's packets untouched.
+pub const SERVICE_REMOTE: u32 = 2;
+/// [`Backend::flags`] bit: the server is failed or invalid. XDP flows pinned
+/// to it are re-hashed to a usable backend on their next packet.
+pub const BACKEND_DOWN: u8 = 1;
+/// Capacity of the `flows` LRU map. Every forwarded flow takes two entries
+/// (client→VIP and backend→SNAT address).
+pub const MAX_FLOWS: u32 = 262_144;
+/// Capacity of the `if_addrs` map (interfaces whose primary addresses the
+/// XDP program may use as SNAT source).
+pub const MAX_INTERFACES: u32 = 256;
+/// How many SNAT ports a new XDP flow tries before it is dropped
+/// (`snat_ports_exhausted`).
+pub const SNAT_PORT_ATTEMPTS: u32 = 8;
+/// [`FlowValue::flags`] bit: the entry translates a reply (backend → client).
+pub const FLOW_REPLY: u32 = 1;
+/// [`XdpConfig::flags`] bit: [`XdpConfig::snat_v4`] is set.
+pub const XDP_SNAT_V4: u32 = 1;
+/// [`XdpConfig::flags`] bit: [`XdpConfig::snat_v6`] is set.
+pub const XDP_SNAT_V6: u32 = 2;
+/// [`IfAddrs::flags`] bit: [`IfAddrs::v4`] is set.
+pub const IF_HAS_V4: u32 = 1;
+/// [`IfAddrs::flags`] bit: [`IfAddrs::v6`] is set.
+pub const IF_HAS_V6: u32 = 2;
+
+/// Indexes of the per-CPU `xdp_stats` array: what the XDP program did with
+/// each packet, and why. Every packet is counted exactly once.
+pub mod xdp_counter {
+    /// Forwarded out of another interface (`bpf_redirect`).
+    pub const REDIRECT: u32 = 0;
+    /// Forwarded back out of the interface it came in on (`XDP_TX`).
+    pub const TX: u32 = 1;
+    /// Passed: not IPv4/IPv6 (ARP, VLAN-tagged, ...).
+    pub const PASS_NOT_IP: u32 = 2;
+    /// Passed: a header ends beyond the packet.
+    pub const PASS_TRUNCATED: u32 = 3;
+    /// Passed: IPv4 with options (IHL > 5).
+    pub const PASS_IP_OPTIONS: u32 = 4;
+    /// Passed: an IPv4 fragment (MF set or offset > 0).
+    pub const PASS_FRAGMENT: u32 = 5;
+    /// Passed: IPv6 with an extension header (next header not TCP/UDP).
+    pub const PASS_IPV6_EXT: u32 = 6;
+    /// Passed: not TCP or UDP (ICMP, ...).
+    pub const PASS_NOT_TCP_UDP: u32 = 7;
+    /// Passed: no flow and no `remote` service for the destination.
+    pub const PASS_NOT_VIP: u32 = 8;
+    /// Passed: TTL / hop limit would expire (the stack sends the ICMP error).
+    pub const PASS_TTL: u32 = 9;
+    /// Passed: the FIB knows the route but not the neighbour's MAC yet.
+    pub const PASS_NO_NEIGH: u32 = 10;
+    /// Passed: the packet needs fragmenting on the way out.
+    pub const PASS_FRAG_NEEDED: u32 = 11;
+    /// Passed: forwarding is disabled on the ingress interface, or another
+    /// FIB answer the stack should handle.
+    pub const PASS_FIB_OTHER: u32 = 12;
+    /// Passed: no SNAT address for the egress interface and family.
+    pub const PASS_NO_SNAT_ADDR: u32 = 13;
+    /// Passed: UDP over IPv6 with checksum 0 (invalid; the stack drops it).
+    pub const PASS_UDP6_ZERO_CSUM: u32 = 14;
+    /// Dropped: the service has no usable backend.
+    pub const DROP_NO_BACKEND: u32 = 15;
+    /// Dropped: no free SNAT port after [`crate::SNAT_PORT_ATTEMPTS`] tries.
+    pub const DROP_SNAT_PORTS: u32 = 16;
+    /// Dropped: the flow could not be stored in the `flows` map.
+    pub const DROP_FLOW_TABLE: u32 = 17;
+    /// Dropped: the FIB says the destination is unreachable/blackholed/prohibited.
+    pub const DROP_UNREACHABLE: u32 = 18;
+    /// Number of counters.
+    pub const COUNT: u32 = 19;
+    /// Counter names, by index (the `reason` label in `/metrics`).
+    pub const NAMES: [&str; COUNT as usize] = [
+        "redirect",
+        "tx",
+        "pass_not_ip",
+        "pass_truncated",
+        "pass_ip_options",
+        "pass_fragment",
+        "pass_ipv6_ext",
+        "pass_not_tcp_udp",
+        "pass_not_vip",
+        "pass_ttl",
+        "pass_no_neigh",
+        "pass_frag_needed",
+        "pass_fib_other",
+        "pass_no_snat_addr",
+        "pass_udp6_zero_csum",
+        "drop_no_backend",
+        "drop_snat_ports",
+        "drop_flow_table",
+        "drop_unreachable",
+    ];
+}
 
 /// Names of the maps, which are also their pin file names under the bpffs
 /// directory (kernel object names are at most 15 bytes).
@@ -52,14 +145,26 @@ pub mod map_names {
     pub const REV_NAT: &str = "rev_nat";
     /// [`crate::MaglevKey`] → backend id.
     pub const MAGLEV: &str = "maglev";
+    /// [`crate::FlowKey`] → [`crate::FlowValue`]: XDP's connection table.
+    pub const FLOWS: &str = "flows";
+    /// Index 0 → [`crate::XdpConfig`].
+    pub const XDP_CONFIG: &str = "xdp_config";
+    /// Interface index → [`crate::IfAddrs`].
+    pub const IF_ADDRS: &str = "if_addrs";
+    /// [`crate::xdp_counter`] index → per-CPU packet count.
+    pub const XDP_STATS: &str = "xdp_stats";
     /// Every map, in the order the README documents them.
-    pub const ALL: [&str; 6] = [
+    pub const ALL: [&str; 10] = [
         SERVICES,
         BACKENDS,
         BACKEND_STATS,
         SERVICE_STATS,
         REV_NAT,
         MAGLEV,
+        FLOWS,
+        XDP_CONFIG,
+        IF_ADDRS,
+        XDP_STATS,
     ];
 }
 
@@ -81,7 +186,12 @@ pub mod program_names {
     pub const RECVMSG4: &str = "lb_recvmsg4";
     /// UDP `recvmsg()` over IPv6.
     pub const RECVMSG6: &str = "lb_recvmsg6";
-    /// Every program.
+    /// The XDP forwarder for remote clients (attached to `xdp.interfaces`).
+    pub const XDP: &str = "lb_xdp";
+    /// An XDP program that only returns `XDP_PASS`: the baseline of
+    /// `cargo xtask bench xdp`. Never attached by the controller.
+    pub const XDP_EMPTY: &str = "lb_xdp_empty";
+    /// Every cgroup program (the XDP programs are handled separately).
     pub const ALL: [&str; 8] = [
         CONNECT4,
         CONNECT6,
@@ -161,8 +271,8 @@ pub struct Backend {
     pub port: u16,
     /// [`AF_INET`] or [`AF_INET6`]; 0 marks an unused slot.
     pub family: u8,
-    /// Explicit padding, always 0.
-    pub pad: u8,
+    /// [`BACKEND_DOWN`] or 0.
+    pub flags: u8,
     /// The service this backend belongs to (lets a restarted controller adopt ids).
     pub service_id: u32,
 }
@@ -177,9 +287,15 @@ pub struct BackendStats {
     pub connects: u64,
     /// Unconnected UDP `sendmsg()` calls rewritten to this backend.
     pub sendmsgs: u64,
+    /// Packets XDP forwarded to or from this backend (both directions).
+    pub xdp_packets: u64,
+    /// Bytes of those packets (from the Ethernet header on).
+    pub xdp_bytes: u64,
+    /// New XDP flows pinned to this backend.
+    pub xdp_flows: u64,
 }
 
-const _: () = assert!(size_of::<BackendStats>() == 16);
+const _: () = assert!(size_of::<BackendStats>() == 40);
 
 /// Per-CPU counters of one service (`service_stats`).
 #[repr(C)]
@@ -190,9 +306,23 @@ pub struct ServiceStats {
     /// Reverse-NAT entries that could not be stored (the socket still works,
     /// but `getpeername`/`recvmsg` show the backend instead of the VIP).
     pub rev_nat_failed: u64,
+    /// Packets XDP forwarded for this service (both directions).
+    pub xdp_packets: u64,
+    /// Bytes of those packets.
+    pub xdp_bytes: u64,
+    /// New XDP flows.
+    pub xdp_flows: u64,
+    /// XDP packets dropped: no usable backend.
+    pub xdp_drop_no_backend: u64,
+    /// XDP packets dropped: no free SNAT port.
+    pub xdp_drop_snat_ports: u64,
+    /// XDP packets dropped: the flow table refused the entry.
+    pub xdp_drop_flow_table: u64,
+    /// XDP packets dropped: the FIB says the backend is unreachable.
+    pub xdp_drop_unreachable: u64,
 }
 
-const _: () = assert!(size_of::<ServiceStats>() == 16);
+const _: () = assert!(size_of::<ServiceStats>() == 72);
 
 /// Key of the `rev_nat` map: a socket and the backend it was sent to, as the
 /// kernel shows it to the socket hooks (a v4-mapped IPv6 address stays v6).
@@ -242,10 +372,150 @@ pub struct MaglevKey {
 
 const _: () = assert!(size_of::<MaglevKey>() == 8);
 
+/// Key of the `flows` map: a packet's addresses and ports as they arrive.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Source address, see [`AddrBytes`].
+    pub src: AddrBytes,
+    /// Destination address.
+    pub dst: AddrBytes,
+    /// Source port (host order).
+    pub src_port: u16,
+    /// Destination port (host order).
+    pub dst_port: u16,
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub proto: u8,
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u8,
+    /// Explicit padding, always 0.
+    pub pad: [u8; 2],
+}
+
+const _: () = assert!(size_of::<FlowKey>() == 40);
+
+/// Value of the `flows` map: what a packet of the flow is rewritten to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    /// New source address (the SNAT address, or the VIP for a reply).
+    pub src: AddrBytes,
+    /// New destination address (the backend, or the client for a reply).
+    pub dst: AddrBytes,
+    /// New source port (host order).
+    pub src_port: u16,
+    /// New destination port (host order).
+    pub dst_port: u16,
+    /// The backend the flow is pinned to.
+    pub backend_id: u32,
+    /// The service (index into `service_stats`).
+    pub service_id: u32,
+    /// [`FLOW_REPLY`] or 0.
+    pub flags: u32,
+}
+
+const _: () = assert!(size_of::<FlowValue>() == 48);
+
+/// Value of the one-entry `xdp_config` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XdpConfig {
+    /// Configured IPv4 SNAT source (first 4 bytes), valid with [`XDP_SNAT_V4`].
+    pub snat_v4: AddrBytes,
+    /// Configured IPv6 SNAT source, valid with [`XDP_SNAT_V6`].
+    pub snat_v6: AddrBytes,
+    /// First SNAT source port (host order).
+    pub port_min: u16,
+    /// Last SNAT source port (host order, inclusive). Both 0 = not configured:
+    /// the program passes everything until the controller writes this entry.
+    pub port_max: u16,
+    /// [`XDP_SNAT_V4`] | [`XDP_SNAT_V6`].
+    pub flags: u32,
+}
+
+const _: () = assert!(size_of::<XdpConfig>() == 40);
+
+/// Value of the `if_addrs` map: an interface's primary addresses, the SNAT
+/// source for flows leaving through it when none is configured.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfAddrs {
+    /// Primary IPv4 address (first 4 bytes), valid with [`IF_HAS_V4`].
+    pub v4: AddrBytes,
+    /// Primary global IPv6 address, valid with [`IF_HAS_V6`].
+    pub v6: AddrBytes,
+    /// [`IF_HAS_V4`] | [`IF_HAS_V6`].
+    pub flags: u32,
+    /// Explicit padding, always 0.
+    pub pad: u32,
+}
+
+const _: () = assert!(size_of::<IfAddrs>() == 40);
+
+/// The hash that places a new XDP flow in a Maglev table and chooses its
+/// SNAT port: source address and port, destination port and protocol
+/// (the destination address is the VIP, the same for every flow).
+/// Shared by the kernel program and the tests that predict its choices.
+#[expect(
+    clippy::inline_always,
+    reason = "the kernel program must not make a BPF-to-BPF call per packet"
+)]
+#[inline(always)]
+pub const fn flow_hash(key: &FlowKey) -> u64 {
+    let mut h: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut i = 0;
+    while i < 16 {
+        h = mix64(
+            h ^ u64::from_le_bytes([
+                key.src[i],
+                key.src[i + 1],
+                key.src[i + 2],
+                key.src[i + 3],
+                key.src[i + 4],
+                key.src[i + 5],
+                key.src[i + 6],
+                key.src[i + 7],
+            ]),
+        );
+        i += 8;
+    }
+    let ports = ((key.src_port as u64) << 32) | ((key.dst_port as u64) << 16) | key.proto as u64;
+    mix64(h ^ ports)
+}
+
+/// The `splitmix64` finaliser: spreads nearby inputs over the whole range.
+#[expect(
+    clippy::inline_always,
+    reason = "the kernel program must not make a BPF-to-BPF call per packet"
+)]
+#[inline(always)]
+pub const fn mix64(mut x: u64) -> u64 {
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// The SNAT port a new flow tries on attempt `attempt`
+/// (`0..SNAT_PORT_ATTEMPTS`): consecutive ports from a hash-chosen start
+/// within `port_min..=port_max`.
+#[expect(
+    clippy::inline_always,
+    reason = "the kernel program must not make a BPF-to-BPF call per packet"
+)]
+#[inline(always)]
+pub const fn snat_port(hash: u64, attempt: u32, port_min: u16, port_max: u16) -> u16 {
+    let span = (port_max as u64).saturating_sub(port_min as u64) + 1;
+    let offset = ((hash >> 16).wrapping_add(attempt as u64)) % span;
+    port_min + offset as u16
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        Backend, BackendStats, MaglevKey, RevNatKey, RevNatValue, Service, ServiceStats, VipKey,
+        Backend, BackendStats, FlowKey, FlowValue, IfAddrs, MaglevKey, RevNatKey, RevNatValue,
+        Service, ServiceStats, VipKey, XdpConfig,
     };
 
     // SAFETY (for each impl below): the type is `#[repr(C)]`, `Copy`, made only
@@ -265,7 +535,11 @@ mod pod {
         ServiceStats,
         RevNatKey,
         RevNatValue,
-        MaglevKey
+        MaglevKey,
+        FlowKey,
+        FlowValue,
+        XdpConfig,
+        IfAddrs
     );
 }
 

@@ -58,7 +58,7 @@ pub fn backend_entry(address: SocketAddr, service_id: u32) -> Backend {
         addr,
         port: address.port(),
         family,
-        pad: 0,
+        flags: 0,
         service_id,
     }
 }
