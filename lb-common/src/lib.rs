@@ -9,6 +9,8 @@
 //! the kernel programs convert when they read or write a socket address.
 #![no_std]
 
+pub mod csum;
+
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Linux `AF_INET`.
@@ -547,7 +549,52 @@ mod pod {
 mod tests {
     use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-    use super::{AF_INET, AF_INET6, ip_from_bytes, ip_to_bytes};
+    use super::{
+        AF_INET, AF_INET6, FlowKey, PROTO_TCP, SNAT_PORT_ATTEMPTS, flow_hash, ip_from_bytes,
+        ip_to_bytes, snat_port,
+    };
+
+    /// Every attempt stays in the range, including the full range and a
+    /// range of one port, and the attempts of one flow are distinct ports.
+    #[test]
+    fn snat_ports_stay_in_range() {
+        for (min, max) in [(61000, 65535), (1, 65535), (0, 65535), (5000, 5000), (7, 9)] {
+            for hash in [0, 1, u64::MAX, 0xdead_beef_0000_ffff, 1 << 40] {
+                let ports: [u16; SNAT_PORT_ATTEMPTS as usize] =
+                    core::array::from_fn(|attempt| snat_port(hash, attempt as u32, min, max));
+                assert!(ports.iter().all(|p| (min..=max).contains(p)), "{ports:?}");
+                let span = usize::from(max - min) + 1;
+                let distinct = ports
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, p)| !ports[..*i].contains(p))
+                    .count();
+                assert_eq!(distinct, span.min(ports.len()), "{ports:?}");
+            }
+        }
+    }
+
+    /// Consecutive client ports (what a busy client produces) spread evenly
+    /// over a prime-sized table.
+    #[test]
+    fn flow_hash_spreads_client_ports() {
+        const TABLE: u64 = 251;
+        let mut buckets = [0u32; TABLE as usize];
+        let mut key = FlowKey {
+            src: ip_to_bytes(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2))).0,
+            dst: ip_to_bytes(IpAddr::V4(Ipv4Addr::new(10, 96, 0, 1))).0,
+            dst_port: 80,
+            proto: PROTO_TCP,
+            family: AF_INET,
+            ..FlowKey::default()
+        };
+        for port in 32768..(32768 + 251 * 100) {
+            key.src_port = port;
+            buckets[(flow_hash(&key) % TABLE) as usize] += 1;
+        }
+        let (min, max) = (buckets.iter().min().unwrap(), buckets.iter().max().unwrap());
+        assert!(*min > 50 && *max < 150, "uneven: {min}..{max}");
+    }
 
     #[test]
     fn address_round_trip() {

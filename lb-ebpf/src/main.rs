@@ -1,5 +1,6 @@
 //! daas-lb kernel programs: cgroup `sock_addr` hooks that connect a socket aimed
-//! at a service VIP straight to the service's selected backend.
+//! at a service VIP straight to the service's selected backend, and an XDP
+//! forwarder (`xdp.rs`) that serves the VIPs to remote clients with full NAT.
 //!
 //! Each hook is parse → look up → rewrite; every decision (which backend) is
 //! made by the controller and stored in the maps. Non-VIP traffic is never
@@ -9,8 +10,13 @@
 
 mod ctx;
 mod maps;
+mod xdp;
 
-use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{cgroup_sock_addr, xdp},
+    programs::{SockAddrContext, XdpContext},
+};
 use ctx::SockAddr;
 use lb_common::{
     AF_INET, AF_INET6, MaglevKey, NO_BACKEND, PROTO_TCP, PROTO_UDP, RevNatKey, RevNatValue,
@@ -30,6 +36,17 @@ const ECONNREFUSED: i32 = 111;
 enum Call {
     Connect,
     SendMsg,
+}
+
+#[xdp]
+fn lb_xdp(ctx: XdpContext) -> u32 {
+    xdp::run(&ctx)
+}
+
+/// The baseline of `cargo xtask bench xdp`: the cheapest possible XDP program.
+#[xdp]
+fn lb_xdp_empty(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
 }
 
 #[cgroup_sock_addr(connect4)]

@@ -6,8 +6,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    Backend, BackendStats, MAX_BACKENDS, MAX_MAGLEV_SLOTS, MAX_REV_NAT, MAX_SERVICES, MaglevKey,
-    RevNatKey, RevNatValue, Service, ServiceStats, VipKey,
+    Backend, BackendStats, FlowKey, FlowValue, IfAddrs, MAX_BACKENDS, MAX_FLOWS, MAX_INTERFACES,
+    MAX_MAGLEV_SLOTS, MAX_REV_NAT, MAX_SERVICES, MaglevKey, RevNatKey, RevNatValue, Service,
+    ServiceStats, VipKey, XdpConfig, xdp_counter,
 };
 
 /// `BPF_F_NO_PREALLOC`: the `maglev` map takes memory only for the slots of
@@ -41,3 +42,21 @@ pub(crate) static REV_NAT: LruHashMap<RevNatKey, RevNatValue, { MAX_REV_NAT as u
 #[btf_map(name = "maglev")]
 pub(crate) static MAGLEV: HashMap<MaglevKey, u32, { MAX_MAGLEV_SLOTS as usize }, NO_PREALLOC> =
     HashMap::new();
+
+/// XDP's connection table: each forwarded flow has a client→VIP entry and a
+/// backend→SNAT-address entry, each holding the rewrite for its direction.
+#[btf_map(name = "flows")]
+pub(crate) static FLOWS: LruHashMap<FlowKey, FlowValue, { MAX_FLOWS as usize }> = LruHashMap::new();
+
+/// Index 0: SNAT addresses and port range (all zero until the controller
+/// configures XDP; the program then passes everything).
+#[btf_map(name = "xdp_config")]
+pub(crate) static XDP_CONFIG: Array<XdpConfig, 1> = Array::new();
+
+/// Interface index → its primary addresses (SNAT source when none is configured).
+#[btf_map(name = "if_addrs")]
+pub(crate) static IF_ADDRS: HashMap<u32, IfAddrs, { MAX_INTERFACES as usize }> = HashMap::new();
+
+/// [`lb_common::xdp_counter`] index → per-CPU packet count.
+#[btf_map(name = "xdp_stats")]
+pub(crate) static XDP_STATS: PerCpuArray<u64, { xdp_counter::COUNT as usize }> = PerCpuArray::new();
