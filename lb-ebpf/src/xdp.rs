@@ -26,8 +26,8 @@ use aya_ebpf::{
 use lb_common::{
     AF_INET, AF_INET6, AddrBytes, BACKEND_DOWN, FLOW_REPLY, FlowKey, FlowValue, IF_HAS_V4,
     IF_HAS_V6, MaglevKey, NO_BACKEND, PROTO_TCP, PROTO_UDP, SERVICE_REMOTE, SERVICE_SPREAD,
-    SNAT_PORT_ATTEMPTS, Service, VipKey, XDP_SNAT_V4, XDP_SNAT_V6, XdpConfig, flow_hash, snat_port,
-    xdp_counter,
+    SNAT_PORT_ATTEMPTS, Service, VipKey, XDP_SNAT_V4, XDP_SNAT_V6, XdpConfig, csum, flow_hash,
+    snat_port, xdp_counter,
 };
 
 use crate::maps::{
