@@ -258,18 +258,20 @@ const fn is_ipv6_extension(next: u8) -> bool {
     )
 }
 
-/// Whether backend `id` can take packets of `family`: a used slot of that
-/// family that is not failed or invalid.
+/// Whether backend `id` can take packets of `family` for service
+/// `service_id`: a used slot of that family and service (a slot freed and
+/// reused for another service does not inherit old flows) that is not
+/// failed or invalid.
 #[expect(
     clippy::inline_always,
     reason = "one flat program keeps verifier state small and avoids BPF-to-BPF calls"
 )]
 #[inline(always)]
-fn usable(id: u32, family: u8) -> bool {
+fn usable(id: u32, family: u8, service_id: u32) -> bool {
     id != NO_BACKEND
-        && BACKENDS
-            .get(id)
-            .is_some_and(|b| b.family == family && b.flags & BACKEND_DOWN == 0)
+        && BACKENDS.get(id).is_some_and(|b| {
+            b.family == family && b.service_id == service_id && b.flags & BACKEND_DOWN == 0
+        })
 }
 
 /// The backend for a new flow of `service`.
@@ -415,8 +417,9 @@ fn forward(ctx: &XdpContext, packet: &Packet) -> Verdict {
         // SAFETY: pointer from a successful lookup, copied at once.
         unsafe { value.read() }
     });
-    let existing =
-        existing.filter(|flow| flow.flags & FLOW_REPLY != 0 || usable(flow.backend_id, key.family));
+    let existing = existing.filter(|flow| {
+        flow.flags & FLOW_REPLY != 0 || usable(flow.backend_id, key.family, flow.service_id)
+    });
     let (flow, new_service) = if let Some(flow) = existing {
         (flow, None)
     } else {
@@ -435,7 +438,7 @@ fn forward(ctx: &XdpContext, packet: &Packet) -> Verdict {
             return pass(xdp_counter::PASS_NOT_VIP);
         }
         let backend_id = pick(&service, flow_hash(key));
-        let backend = if usable(backend_id, key.family) {
+        let backend = if usable(backend_id, key.family, service.id) {
             BACKENDS.get(backend_id).copied()
         } else {
             None
