@@ -24,7 +24,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    AF_INET, AF_INET6, AddrBytes, BACKEND_DOWN, FLOW_REPLY, FlowKey, FlowValue, IF_HAS_V4,
+    AF_INET, AF_INET6, AddrBytes, BACKEND_DOWN, Backend, FLOW_REPLY, FlowKey, FlowValue, IF_HAS_V4,
     IF_HAS_V6, MaglevKey, NO_BACKEND, PROTO_TCP, PROTO_UDP, SERVICE_REMOTE, SERVICE_SPREAD,
     SNAT_PORT_ATTEMPTS, Service, VipKey, XDP_SNAT_V4, XDP_SNAT_V6, XdpConfig, csum, flow_hash,
     snat_port, xdp_counter,
@@ -258,20 +258,38 @@ const fn is_ipv6_extension(next: u8) -> bool {
     )
 }
 
-/// Whether backend `id` can take packets of `family` for service
+/// Backend `id` if it can take packets of `family` for service
 /// `service_id`: a used slot of that family and service (a slot freed and
-/// reused for another service does not inherit old flows) that is not
-/// failed or invalid.
+/// reused for another service does not inherit old flows). Whether it is
+/// failed does not matter here: the controller only selects a failed server
+/// when nothing better exists (K3s fail-open).
 #[expect(
     clippy::inline_always,
     reason = "one flat program keeps verifier state small and avoids BPF-to-BPF calls"
 )]
 #[inline(always)]
-fn usable(id: u32, family: u8, service_id: u32) -> bool {
-    id != NO_BACKEND
-        && BACKENDS.get(id).is_some_and(|b| {
-            b.family == family && b.service_id == service_id && b.flags & BACKEND_DOWN == 0
-        })
+fn backend(id: u32, family: u8, service_id: u32) -> Option<Backend> {
+    if id == NO_BACKEND {
+        return None;
+    }
+    BACKENDS
+        .get(id)
+        .copied()
+        .filter(|b| b.family == family && b.service_id == service_id)
+}
+
+/// Whether an existing flow may stay on its backend: a reply entry always,
+/// a forward entry while its backend is a valid slot that is not failed or
+/// invalid.
+#[expect(
+    clippy::inline_always,
+    reason = "one flat program keeps verifier state small and avoids BPF-to-BPF calls"
+)]
+#[inline(always)]
+fn keeps_backend(flow: &FlowValue, family: u8) -> bool {
+    flow.flags & FLOW_REPLY != 0
+        || backend(flow.backend_id, family, flow.service_id)
+            .is_some_and(|b| b.flags & BACKEND_DOWN == 0)
 }
 
 /// The backend for a new flow of `service`.
@@ -417,47 +435,49 @@ fn forward(ctx: &XdpContext, packet: &Packet) -> Verdict {
         // SAFETY: pointer from a successful lookup, copied at once.
         unsafe { value.read() }
     });
-    let existing = existing.filter(|flow| {
-        flow.flags & FLOW_REPLY != 0 || usable(flow.backend_id, key.family, flow.service_id)
-    });
-    let (flow, new_service) = if let Some(flow) = existing {
-        (flow, None)
-    } else {
-        let vip = VipKey {
-            addr: key.dst,
-            port: key.dst_port,
-            proto: key.proto,
-            family: key.family,
-        };
-        let Some(service) = SERVICES.get_ptr(vip) else {
-            return pass(xdp_counter::PASS_NOT_VIP);
-        };
-        // SAFETY: pointer from a successful lookup, copied at once.
-        let service = unsafe { service.read() };
-        if service.flags & SERVICE_REMOTE == 0 {
-            return pass(xdp_counter::PASS_NOT_VIP);
+    let (flow, new_service) = match existing {
+        Some(flow) if keeps_backend(&flow, key.family) => (flow, None),
+        stale => {
+            let vip = VipKey {
+                addr: key.dst,
+                port: key.dst_port,
+                proto: key.proto,
+                family: key.family,
+            };
+            let Some(service) = SERVICES.get_ptr(vip) else {
+                return pass(xdp_counter::PASS_NOT_VIP);
+            };
+            // SAFETY: pointer from a successful lookup, copied at once.
+            let service = unsafe { service.read() };
+            if service.flags & SERVICE_REMOTE == 0 {
+                return pass(xdp_counter::PASS_NOT_VIP);
+            }
+            let backend_id = pick(&service, flow_hash(key));
+            match stale {
+                // A failed backend that is still the one to use (fail-open):
+                // the flow keeps its SNAT port instead of being rebuilt.
+                Some(flow) if flow.backend_id == backend_id && flow.service_id == service.id => {
+                    (flow, None)
+                }
+                _ => {
+                    let Some(backend) = backend(backend_id, key.family, service.id) else {
+                        count_drop(service.id, ServiceDrop::NoBackend);
+                        return drop(xdp_counter::DROP_NO_BACKEND);
+                    };
+                    // The source is filled in once the egress interface is known.
+                    let flow = FlowValue {
+                        src: [0; 16],
+                        dst: backend.addr,
+                        src_port: 0,
+                        dst_port: backend.port,
+                        backend_id,
+                        service_id: service.id,
+                        flags: 0,
+                    };
+                    (flow, Some(service.id))
+                }
+            }
         }
-        let backend_id = pick(&service, flow_hash(key));
-        let backend = if usable(backend_id, key.family, service.id) {
-            BACKENDS.get(backend_id).copied()
-        } else {
-            None
-        };
-        let Some(backend) = backend else {
-            count_drop(service.id, ServiceDrop::NoBackend);
-            return drop(xdp_counter::DROP_NO_BACKEND);
-        };
-        // The source is filled in once the egress interface is known.
-        let flow = FlowValue {
-            src: [0; 16],
-            dst: backend.addr,
-            src_port: 0,
-            dst_port: backend.port,
-            backend_id,
-            service_id: service.id,
-            flags: 0,
-        };
-        (flow, Some(service.id))
     };
     if packet.ttl <= 1 {
         return pass(xdp_counter::PASS_TTL);
