@@ -3,9 +3,10 @@
 #
 # Usage: sudo scripts/inspect-maps.sh [BPFFS_DIR]   (default /sys/fs/bpf/daas-lb)
 #
-# Hash maps (services, rev_nat) are dumped whole, maglev is summarised; for the arrays (backends and
-# the per-CPU stats) only non-zero slots are shown (per-CPU values summed),
-# which needs python3; without it every slot is dumped.
+# Hash maps (services, rev_nat, if_addrs, xdp_config) are dumped whole, maglev, flows and xdp_stats
+# are summarised; for the arrays (backends and the per-CPU stats) only non-zero
+# slots are shown (per-CPU values summed), which needs python3; without it
+# every slot is dumped.
 set -euo pipefail
 
 dir=${1:-/sys/fs/bpf/daas-lb}
@@ -43,13 +44,48 @@ for (service, backend), n in sorted(owned.items()):
 print(f"({len(entries)} slots in use)")
 '
 
-for map in services backends backend_stats service_stats rev_nat maglev; do
+# Reads the flows map: how many flows (two entries each) per service.
+flows_summary='
+import json, sys, collections
+entries = json.load(sys.stdin)
+forward = collections.Counter()
+replies = 0
+for e in entries:
+    v = e.get("formatted", e)["value"]
+    if v["flags"] & 1: replies += 1
+    else: forward[v["service_id"]] += 1
+for service, n in sorted(forward.items()):
+    print(f"service {service}: {n} client->VIP entries")
+print(f"({len(entries)} entries: {sum(forward.values())} client->VIP, {replies} reply)")
+'
+
+# Reads xdp_stats: per-CPU packet counts summed, by verdict name.
+xdp_stats_summary='
+import json, sys
+names = ["redirect", "tx", "pass_not_ip", "pass_truncated", "pass_ip_options",
+         "pass_fragment", "pass_ipv6_ext", "pass_not_tcp_udp", "pass_not_vip", "pass_ttl",
+         "pass_no_neigh", "pass_frag_needed", "pass_fib_other", "pass_no_snat_addr",
+         "pass_udp6_zero_csum", "drop_no_backend", "drop_snat_ports", "drop_flow_table",
+         "drop_unreachable"]
+for e in json.load(sys.stdin):
+    f = e.get("formatted", e)
+    total = sum(v["value"] for v in f["values"])
+    if total:
+        key = f["key"]
+        print(f"{names[key] if key < len(names) else key}: {total}")
+'
+
+for map in services backends backend_stats service_stats rev_nat maglev xdp_config if_addrs xdp_stats flows; do
   echo "== $map ($dir/$map)"
   if [[ ! -e $dir/$map ]]; then
     echo "(not pinned)"
   elif [[ $map == maglev ]] && command -v python3 >/dev/null; then
     bpftool -j map dump pinned "$dir/$map" | python3 -c "$maglev_summary"
-  elif [[ $map == services || $map == rev_nat || $map == maglev ]] || ! command -v python3 >/dev/null; then
+  elif [[ $map == flows ]] && command -v python3 >/dev/null; then
+    bpftool -j map dump pinned "$dir/$map" | python3 -c "$flows_summary"
+  elif [[ $map == xdp_stats ]] && command -v python3 >/dev/null; then
+    bpftool -j map dump pinned "$dir/$map" | python3 -c "$xdp_stats_summary"
+  elif [[ $map == services || $map == rev_nat || $map == maglev || $map == flows || $map == xdp_config || $map == if_addrs ]] || ! command -v python3 >/dev/null; then
     bpftool map dump pinned "$dir/$map"
   else
     bpftool -j map dump pinned "$dir/$map" | python3 -c "$nonzero_slots"
@@ -60,6 +96,10 @@ echo "== cgroup attachments of lb_* programs"
 # Keeps each cgroup path line that has lb_* programs under it.
 bpftool cgroup tree | awk 'NR <= 2 { print; next } /^\// { path = $0; next }
   $NF ~ /^lb_/ { if (path != "") { print path; path = "" } print }'
+
+echo "== XDP attachments (this network namespace)"
+# The xdp section of `bpftool net show`: "<interface>(<ifindex>) driver|generic id <prog id>".
+bpftool net show | awk '/^xdp:/ { on = 1; next } /^$/ || /^[a-z_]+:$/ { on = 0 } on'
 
 echo "== links of lb_* programs"
 lb_prog_ids=" $(bpftool prog show | awk '$3 == "name" && $4 ~ /^lb_/ { sub(":", "", $1); printf "%s ", $1 }')"

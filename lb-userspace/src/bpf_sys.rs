@@ -1,5 +1,5 @@
 //! The few `bpf(2)` commands aya 0.14 does not expose for links: open a
-//! pinned link, read which cgroup it is attached to, and swap its program
+//! pinned link, read which cgroup or interface it is attached to, and swap its program
 //! atomically (`BPF_LINK_UPDATE`), which is how a restarted controller adopts
 //! the attachments of a crashed one without a moment of unbalanced traffic.
 
@@ -61,28 +61,33 @@ pub(crate) fn obj_get(path: &Path) -> anyhow::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// What the kernel says about a cgroup link.
+/// What the kernel says about a cgroup or XDP link.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct CgroupLinkInfo {
+pub(crate) struct LinkInfo {
     /// Link id (`bpftool link show` lists it).
     pub(crate) id: u32,
     /// Id of the program the link runs.
     pub(crate) prog_id: u32,
-    /// `BPF_LINK_TYPE_*`; 3 is a cgroup link.
+    /// `BPF_LINK_TYPE_*`: [`LINK_TYPE_CGROUP`] or [`LINK_TYPE_XDP`].
     pub(crate) link_type: u32,
-    /// Id of the cgroup (its inode number on cgroup2).
+    /// Cgroup links: id of the cgroup (its inode number on cgroup2).
     pub(crate) cgroup_id: u64,
-    /// `BPF_CGROUP_*` attach type.
+    /// Cgroup links: `BPF_CGROUP_*` attach type.
     pub(crate) attach_type: u32,
+    /// XDP links: the interface index (0 once the interface is gone).
+    pub(crate) ifindex: u32,
 }
 
 /// `BPF_LINK_TYPE_CGROUP`.
 pub(crate) const LINK_TYPE_CGROUP: u32 = 3;
+/// `BPF_LINK_TYPE_XDP`.
+pub(crate) const LINK_TYPE_XDP: u32 = 6;
 
 /// Reads `struct bpf_link_info` of a link.
-pub(crate) fn link_info(link: BorrowedFd<'_>) -> anyhow::Result<CgroupLinkInfo> {
+pub(crate) fn link_info(link: BorrowedFd<'_>) -> anyhow::Result<LinkInfo> {
     // struct bpf_link_info { __u32 type; __u32 id; __u32 prog_id; union {
-    //   struct { __u64 cgroup_id; __u32 attach_type; } cgroup; ... } } (8-aligned union at 16)
+    //   struct { __u64 cgroup_id; __u32 attach_type; } cgroup;
+    //   struct { __u32 ifindex; } xdp; ... } } (8-aligned union at 16)
     #[repr(C, align(8))]
     struct Info([u8; 256]);
     let mut info = Info([0; 256]);
@@ -96,12 +101,13 @@ pub(crate) fn link_info(link: BorrowedFd<'_>) -> anyhow::Result<CgroupLinkInfo> 
         |o: usize| u32::from_ne_bytes([info.0[o], info.0[o + 1], info.0[o + 2], info.0[o + 3]]);
     let mut cgroup_id = [0u8; 8];
     cgroup_id.copy_from_slice(&info.0[16..24]);
-    Ok(CgroupLinkInfo {
+    Ok(LinkInfo {
         link_type: u32_at(0),
         id: u32_at(4),
         prog_id: u32_at(8),
         cgroup_id: u64::from_ne_bytes(cgroup_id),
         attach_type: u32_at(24),
+        ifindex: u32_at(16),
     })
 }
 

@@ -11,11 +11,17 @@
 //!
 //! Every event goes through the pure [`ServiceMachine`]; its [`Effects`] are
 //! carried out here: transitions logged and counted, the service entry
-//! rewritten when the selection changes, and connections closed with
-//! `SOCK_DESTROY` after that (so reconnecting clients land on the new server).
+//! rewritten when the selection changes, the backends' `BACKEND_DOWN` flags
+//! (for XDP flows) updated, and connections closed with `SOCK_DESTROY` after
+//! that (so reconnecting clients land on the new server).
+//!
+//! With an `xdp` block, the poller also keeps the `if_addrs` map (the
+//! interfaces' primary addresses, XDP's default SNAT sources) up to date
+//! ([`Controller::refresh_if_addrs`]).
 //!
 //! All mutable state sits behind one mutex; probes run without it.
 
+mod backend_flags;
 mod checks;
 mod reconcile;
 mod spread;
@@ -37,14 +43,17 @@ use crate::{
     connections::{self, Connections},
     dataplane::Dataplane,
     health::{CheckOutcome, Prober},
+    if_addrs,
     metrics::{Counters, DialStatus},
     state_machine::{Effects, Selection, ServerState, ServiceMachine},
-    status::{CheckStatus, ServerStatus, ServiceStatus, Status},
+    status::{CheckStatus, ServerStatus, ServiceStatus, Status, XdpDrops, XdpStatus},
 };
 
 /// One server as the controller tracks it (besides its state-machine entry).
 struct ServerRuntime {
     backend_id: u32,
+    /// The [`lb_common::Backend::flags`] last written to its slot.
+    backend_flags: u8,
     last_check: Option<(CheckOutcome, SystemTime)>,
     /// The kernel's connect counter at the last poll.
     last_connects: Option<u64>,
@@ -75,6 +84,10 @@ struct State {
     config: Config,
     services: Vec<ServiceRuntime>,
     counters: Counters,
+    /// Whether the last read of the interfaces' addresses failed (logged once).
+    if_addrs_failing: bool,
+    /// Whether more interfaces have addresses than `if_addrs` holds (logged once).
+    if_addrs_overflow: bool,
 }
 
 struct Inner {
@@ -123,6 +136,8 @@ impl Controller {
                     config: empty,
                     services: Vec::new(),
                     counters: Counters::default(),
+                    if_addrs_failing: false,
+                    if_addrs_overflow: false,
                 }),
                 poller: Mutex::new(poller),
                 probe_slots,
@@ -270,6 +285,57 @@ impl Controller {
         counters.last_poll_sockets = sockets.len();
     }
 
+    /// Brings the `if_addrs` map (XDP's default SNAT source per interface)
+    /// up to date with the interfaces' addresses; nothing without `xdp`.
+    /// The dump runs without the state lock.
+    pub fn refresh_if_addrs(&self) {
+        if self.lock().config.xdp.is_none() {
+            return;
+        }
+        let wanted = if_addrs::read();
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let result = wanted.and_then(|wanted| {
+            let overflow = wanted.len() > lb_common::MAX_INTERFACES as usize;
+            if overflow && !state.if_addrs_overflow {
+                warn!(
+                    interfaces = wanted.len(),
+                    max = lb_common::MAX_INTERFACES,
+                    "more interfaces with addresses than the if_addrs map holds; the highest indexes get no SNAT address"
+                );
+            }
+            state.if_addrs_overflow = overflow;
+            state.dataplane.sync_if_addrs(&wanted)
+        });
+        match result {
+            Ok(changes) => {
+                if state.if_addrs_failing {
+                    info!("interface addresses readable again");
+                    state.if_addrs_failing = false;
+                }
+                for (ifindex, entry) in &changes.set {
+                    info!(
+                        ifindex,
+                        addresses = %if_addrs::describe(entry),
+                        "SNAT addresses of an interface (if_addrs)"
+                    );
+                }
+                if !changes.remove.is_empty() {
+                    info!(ifindexes = ?changes.remove, "interfaces without SNAT addresses now (if_addrs)");
+                }
+            }
+            Err(err) => {
+                if !state.if_addrs_failing {
+                    warn!(
+                        error = format!("{err:#}"),
+                        "could not refresh the interfaces' addresses (if_addrs); retrying every poll"
+                    );
+                }
+                state.if_addrs_failing = true;
+            }
+        }
+    }
+
     /// Reloads the configuration (SIGHUP). A config that cannot be applied
     /// leaves everything as it was.
     pub fn reload(&self, mut config: Config) -> anyhow::Result<()> {
@@ -298,10 +364,10 @@ impl Controller {
             .services
             .iter()
             .map(|service| {
-                let refused = state
+                let kernel = state
                     .dataplane
                     .service_stats(service.id)
-                    .map_or(0, |s| s.refused);
+                    .unwrap_or_default();
                 let slot_counts = spread::slot_counts(&service.table);
                 let servers = service
                     .machine
@@ -330,6 +396,9 @@ impl Controller {
                             default: service.machine.default_server() == Some(entry.address),
                             connects: counters.connects,
                             sendmsgs: counters.sendmsgs,
+                            xdp_packets: counters.xdp_packets,
+                            xdp_bytes: counters.xdp_bytes,
+                            xdp_flows: counters.xdp_flows,
                             last_check: last_check.map(|(o, at)| CheckStatus {
                                 ok: o.ok,
                                 reason: o.reason.clone(),
@@ -346,12 +415,42 @@ impl Controller {
                     selected: service.selection.server.map(|a| a.to_string()),
                     policy: service.config.policy.to_string(),
                     fail_open: service.selection.fail_open,
-                    refused,
+                    refused: kernel.refused,
+                    remote: service.config.remote,
+                    xdp_packets: kernel.xdp_packets,
+                    xdp_flows: kernel.xdp_flows,
+                    xdp_drops: XdpDrops {
+                        no_backend: kernel.xdp_drop_no_backend,
+                        snat_ports: kernel.xdp_drop_snat_ports,
+                        flow_table: kernel.xdp_drop_flow_table,
+                        unreachable: kernel.xdp_drop_unreachable,
+                    },
                     servers,
                 }
             })
             .collect();
-        Status { services }
+        let xdp = state.config.xdp.as_ref().map(|xdp| {
+            let counts = state.dataplane.xdp_verdicts().unwrap_or_else(|err| {
+                warn!(
+                    error = format!("{err:#}"),
+                    "could not read the xdp_stats map"
+                );
+                Vec::new()
+            });
+            XdpStatus {
+                interfaces: xdp.interfaces.clone(),
+                mode: xdp.mode.to_string(),
+                snat_ports: xdp.snat_ports.to_string(),
+                verdicts: lb_common::xdp_counter::NAMES
+                    .iter()
+                    .enumerate()
+                    .map(|(index, name)| {
+                        ((*name).to_owned(), counts.get(index).copied().unwrap_or(0))
+                    })
+                    .collect(),
+            }
+        });
+        Status { services, xdp }
     }
 
     /// The metric counters kept by the controller.
@@ -399,6 +498,9 @@ fn settle(
     }
     reselect(dataplane, counters, service);
     spread::sync(dataplane, service);
+    // After the new selection and table: flows moved off a down backend
+    // land on the new choice.
+    backend_flags::sync(dataplane, service);
     if effects.close.is_empty() {
         return;
     }

@@ -3,8 +3,9 @@
 //! everything again.
 //!
 //! Layout under the pin directory (default `/sys/fs/bpf/daas-lb`):
-//! `<map name>` for each map of `lb_common::map_names` and
-//! `links/<program name>` for each cgroup link. A pinned link keeps its
+//! `<map name>` for each map of `lb_common::map_names`,
+//! `links/<program name>` for each cgroup link and `links/xdp@<interface>`
+//! for each XDP link ([`crate::xdp_attach`]). A pinned link keeps its
 //! program attached after the controller exits; the pinned maps keep the
 //! selected backends. A new `run` finds both: it reuses the maps (their
 //! contents included) and swaps the new programs into the existing links with
@@ -12,6 +13,7 @@
 //! without one.
 
 use std::{
+    collections::BTreeMap,
     fs::{self, File},
     io,
     os::fd::AsFd as _,
@@ -22,16 +24,24 @@ use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, MapType, PerCpuArray, PerCpuValues},
-    programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink},
+    programs::{CgroupAttachMode, CgroupSockAddr, Xdp, links::FdLink},
     util::nr_cpus,
 };
 use lb_common::{
-    Backend, BackendStats, MAX_BACKENDS, MAX_MAGLEV_SLOTS, MAX_REV_NAT, MAX_SERVICES, MaglevKey,
-    RevNatKey, RevNatValue, Service, ServiceStats, VipKey, map_names, program_names,
+    Backend, BackendStats, FlowKey, FlowValue, IfAddrs, MAX_BACKENDS, MAX_FLOWS, MAX_INTERFACES,
+    MAX_MAGLEV_SLOTS, MAX_REV_NAT, MAX_SERVICES, MaglevKey, RevNatKey, RevNatValue, Service,
+    ServiceStats, VipKey, XdpConfig, map_names, program_names, xdp_counter,
 };
 use tracing::{info, warn};
 
-use crate::{bpf_sys, ebpf_object::ebpf_object};
+use crate::{
+    bpf_sys,
+    config::XdpSettings,
+    ebpf_object::ebpf_object,
+    if_addrs,
+    xdp_attach::{self, Interface},
+    xdp_settings::xdp_config_entry,
+};
 
 /// `statfs` magic of bpffs.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -51,7 +61,7 @@ struct MapShape {
     max_entries: u32,
 }
 
-const MAP_SHAPES: [MapShape; 6] = [
+const MAP_SHAPES: [MapShape; 10] = [
     MapShape {
         name: map_names::SERVICES,
         map_type: MapType::Hash,
@@ -94,6 +104,34 @@ const MAP_SHAPES: [MapShape; 6] = [
         value_size: 4,
         max_entries: MAX_MAGLEV_SLOTS,
     },
+    MapShape {
+        name: map_names::FLOWS,
+        map_type: MapType::LruHash,
+        key_size: size_of::<FlowKey>() as u32,
+        value_size: size_of::<FlowValue>() as u32,
+        max_entries: MAX_FLOWS,
+    },
+    MapShape {
+        name: map_names::XDP_CONFIG,
+        map_type: MapType::Array,
+        key_size: 4,
+        value_size: size_of::<XdpConfig>() as u32,
+        max_entries: 1,
+    },
+    MapShape {
+        name: map_names::IF_ADDRS,
+        map_type: MapType::Hash,
+        key_size: 4,
+        value_size: size_of::<IfAddrs>() as u32,
+        max_entries: MAX_INTERFACES,
+    },
+    MapShape {
+        name: map_names::XDP_STATS,
+        map_type: MapType::PerCpuArray,
+        key_size: 4,
+        value_size: 8,
+        max_entries: xdp_counter::COUNT,
+    },
 ];
 
 /// How each program got attached in this run.
@@ -107,6 +145,14 @@ pub struct AttachReport {
     pub replaced: Vec<&'static str>,
     /// Maps reused with their contents.
     pub reused_maps: Vec<&'static str>,
+    /// Interfaces whose XDP link left by an earlier run got the new program.
+    pub xdp_adopted: Vec<String>,
+    /// Interfaces the XDP program was attached to with a new link.
+    pub xdp_attached: Vec<String>,
+    /// Interfaces whose pinned XDP link was stale (interface recreated) and replaced.
+    pub xdp_replaced: Vec<String>,
+    /// Interfaces no longer configured whose XDP link was detached.
+    pub xdp_detached: Vec<String>,
 }
 
 /// The loaded programs and their maps.
@@ -118,18 +164,28 @@ pub struct Dataplane {
     service_stats: PerCpuArray<MapData, ServiceStats>,
     rev_nat: HashMap<MapData, RevNatKey, RevNatValue>,
     maglev: HashMap<MapData, MaglevKey, u32>,
+    xdp_config: Array<MapData, XdpConfig>,
+    if_addrs: HashMap<MapData, u32, IfAddrs>,
+    xdp_stats: PerCpuArray<MapData, u64>,
     nr_cpus: usize,
     // Keeps the program fds open for the lifetime of the controller.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     // flock on the pin directory: one controller per directory.
     _lock: File,
 }
 
 impl Dataplane {
     /// Loads the programs, pins/reuses the maps and attaches (or adopts) the
-    /// links on `cgroup`.
-    pub fn start(pin_dir: &Path, cgroup: &Path) -> anyhow::Result<(Self, AttachReport)> {
+    /// links on `cgroup`, and, with an `xdp` block, the XDP links on its
+    /// interfaces (without one, XDP links of an earlier run are detached).
+    /// Then fills `if_addrs` and writes `xdp_config`.
+    pub fn start(
+        pin_dir: &Path,
+        cgroup: &Path,
+        xdp: Option<&XdpSettings>,
+    ) -> anyhow::Result<(Self, AttachReport)> {
         let object = ebpf_object()?;
+        let interfaces = xdp.map(xdp_attach::resolve).transpose()?;
         // The pin directory may not exist yet: check where it would be created.
         let existing = pin_dir.ancestors().find(|p| p.exists()).unwrap_or(pin_dir);
         check_fs_magic(
@@ -148,11 +204,16 @@ impl Dataplane {
         let lock = lock_pin_dir(pin_dir)?;
         let had_links = program_names::ALL
             .iter()
-            .any(|name| links_dir.join(name).exists());
+            .any(|name| links_dir.join(name).exists())
+            || !xdp_attach::pinned_links(&links_dir)?.is_empty();
 
         let mut report = AttachReport::default();
         let result =
-            Self::load_and_attach(pin_dir, &cgroup_dir, cgroup_id, object, lock, &mut report);
+            Self::load_and_attach(pin_dir, &cgroup_dir, cgroup_id, object, lock, &mut report)
+                .and_then(|mut dataplane| {
+                    dataplane.start_xdp(xdp, interfaces.as_deref(), &mut report)?;
+                    Ok(dataplane)
+                });
         match result {
             Ok(dataplane) => Ok((dataplane, report)),
             Err(err) => {
@@ -265,6 +326,18 @@ impl Dataplane {
             ebpf.take_map(map_names::MAGLEV)
                 .context("maglev map missing")?,
         )?;
+        let xdp_config = Array::try_from(
+            ebpf.take_map(map_names::XDP_CONFIG)
+                .context("xdp_config map missing")?,
+        )?;
+        let if_addrs = HashMap::try_from(
+            ebpf.take_map(map_names::IF_ADDRS)
+                .context("if_addrs map missing")?,
+        )?;
+        let xdp_stats = PerCpuArray::try_from(
+            ebpf.take_map(map_names::XDP_STATS)
+                .context("xdp_stats map missing")?,
+        )?;
         let nr_cpus = nr_cpus().map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))?;
         Ok(Self {
             pin_dir: pin_dir.to_path_buf(),
@@ -274,10 +347,100 @@ impl Dataplane {
             service_stats,
             rev_nat,
             maglev,
+            xdp_config,
+            if_addrs,
+            xdp_stats,
             nr_cpus,
-            _ebpf: ebpf,
+            ebpf,
             _lock: lock,
         })
+    }
+
+    /// Loads `lb_xdp` (always, so that a kernel that cannot verify it fails
+    /// the start), attaches it to `interfaces` (or detaches every XDP link
+    /// when XDP is not configured), fills `if_addrs` and writes `xdp_config`
+    /// last, which is what makes the program start forwarding.
+    fn start_xdp(
+        &mut self,
+        xdp: Option<&XdpSettings>,
+        interfaces: Option<&[Interface]>,
+        report: &mut AttachReport,
+    ) -> anyhow::Result<()> {
+        let name = program_names::XDP;
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the eBPF object"))?
+            .try_into()
+            .with_context(|| format!("program {name} is not an XDP program"))?;
+        program
+            .load()
+            .with_context(|| format!("loading program {name} (verifier)"))?;
+        let links_dir = self.pin_dir.join(LINKS_DIR);
+        if let (Some(settings), Some(interfaces)) = (xdp, interfaces) {
+            xdp_attach::attach_all(program, &links_dir, interfaces, settings.mode, report)?;
+            let wanted = if_addrs::read().context("reading the interfaces' addresses")?;
+            self.sync_if_addrs(&wanted)?;
+        } else {
+            report.xdp_detached = xdp_attach::detach_except(&links_dir, &[])?;
+            if !report.xdp_detached.is_empty() {
+                info!(
+                    interfaces = ?report.xdp_detached,
+                    "no xdp block: detached the XDP links of an earlier run"
+                );
+            }
+            self.sync_if_addrs(&BTreeMap::new())?;
+        }
+        self.set_xdp_config(xdp_config_entry(xdp))
+    }
+
+    /// Writes the `xdp_config` entry.
+    pub fn set_xdp_config(&mut self, entry: XdpConfig) -> anyhow::Result<()> {
+        self.xdp_config
+            .set(0, entry, 0)
+            .context("writing xdp_config[0]")
+    }
+
+    /// Brings the `if_addrs` map to `wanted` (writing only what differs);
+    /// returns what changed.
+    pub fn sync_if_addrs(
+        &mut self,
+        wanted: &BTreeMap<u32, IfAddrs>,
+    ) -> anyhow::Result<if_addrs::Changes> {
+        let current = self
+            .if_addrs
+            .iter()
+            .map(|entry| entry.context("reading the if_addrs map"))
+            .collect::<anyhow::Result<BTreeMap<u32, IfAddrs>>>()?;
+        let changes = if_addrs::changes(&current, wanted);
+        for ifindex in &changes.remove {
+            match self.if_addrs.remove(ifindex) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(err) => {
+                    return Err(err).with_context(|| format!("removing if_addrs[{ifindex}]"));
+                }
+            }
+        }
+        for (ifindex, entry) in &changes.set {
+            self.if_addrs
+                .insert(ifindex, entry, 0)
+                .with_context(|| format!("writing if_addrs[{ifindex}]"))?;
+        }
+        Ok(changes)
+    }
+
+    /// The XDP program's verdict counters ([`xdp_counter`] order), summed
+    /// over CPUs.
+    pub fn xdp_verdicts(&self) -> anyhow::Result<Vec<u64>> {
+        (0..xdp_counter::COUNT)
+            .map(|index| {
+                let per_cpu = self
+                    .xdp_stats
+                    .get(&index, 0)
+                    .with_context(|| format!("reading xdp_stats[{index}]"))?;
+                Ok(per_cpu.iter().sum())
+            })
+            .collect()
     }
 
     /// The bpffs directory this data plane is pinned under.
@@ -361,6 +524,9 @@ impl Dataplane {
             .fold(BackendStats::default(), |sum, s| BackendStats {
                 connects: sum.connects + s.connects,
                 sendmsgs: sum.sendmsgs + s.sendmsgs,
+                xdp_packets: sum.xdp_packets + s.xdp_packets,
+                xdp_bytes: sum.xdp_bytes + s.xdp_bytes,
+                xdp_flows: sum.xdp_flows + s.xdp_flows,
             }))
     }
 
@@ -375,6 +541,13 @@ impl Dataplane {
             .fold(ServiceStats::default(), |sum, s| ServiceStats {
                 refused: sum.refused + s.refused,
                 rev_nat_failed: sum.rev_nat_failed + s.rev_nat_failed,
+                xdp_packets: sum.xdp_packets + s.xdp_packets,
+                xdp_bytes: sum.xdp_bytes + s.xdp_bytes,
+                xdp_flows: sum.xdp_flows + s.xdp_flows,
+                xdp_drop_no_backend: sum.xdp_drop_no_backend + s.xdp_drop_no_backend,
+                xdp_drop_snat_ports: sum.xdp_drop_snat_ports + s.xdp_drop_snat_ports,
+                xdp_drop_flow_table: sum.xdp_drop_flow_table + s.xdp_drop_flow_table,
+                xdp_drop_unreachable: sum.xdp_drop_unreachable + s.xdp_drop_unreachable,
             }))
     }
 
@@ -503,6 +676,7 @@ pub fn cleanup(pin_dir: &Path) -> anyhow::Result<()> {
     for name in program_names::ALL {
         removed += usize::from(remove_if_exists(&links_dir.join(name))?);
     }
+    removed += xdp_attach::detach_except(&links_dir, &[])?.len();
     remove_dir_if_exists(&links_dir)?;
     for name in map_names::ALL {
         removed += usize::from(remove_if_exists(&pin_dir.join(name))?);

@@ -52,6 +52,7 @@ pub async fn start(base: Config, tasks: &mut JoinSet<()>) -> anyhow::Result<Conf
         policy: Policy::Failover,
         maglev_table_size: ServiceConfig::DEFAULT_MAGLEV_TABLE_SIZE,
         health_check: check(CheckSpec::Tcp),
+        remote: false,
     });
     let udp = spawn_udp_backends(v4, tasks).await?;
     services.push(ServiceConfig {
@@ -63,6 +64,7 @@ pub async fn start(base: Config, tasks: &mut JoinSet<()>) -> anyhow::Result<Conf
         policy: Policy::Failover,
         maglev_table_size: ServiceConfig::DEFAULT_MAGLEV_TABLE_SIZE,
         health_check: check(CheckSpec::Udp),
+        remote: false,
     });
     let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
     match spawn_tcp_backends(v6, tasks).await {
@@ -75,6 +77,7 @@ pub async fn start(base: Config, tasks: &mut JoinSet<()>) -> anyhow::Result<Conf
             policy: Policy::Failover,
             maglev_table_size: ServiceConfig::DEFAULT_MAGLEV_TABLE_SIZE,
             health_check: check(CheckSpec::Tcp),
+            remote: false,
         }),
         Err(err) => tracing::warn!(
             error = format!("{err:#}"),

@@ -2,7 +2,10 @@
 //! tests and the binary share one implementation.
 //!
 //! - [`config`]: the YAML config and its validation.
-//! - [`dataplane`]: loading, pinning, attaching/adopting and detaching the kernel programs.
+//! - [`dataplane`]: loading, pinning, attaching/adopting and detaching the kernel programs
+//!   (`xdp_attach`: the XDP links on the `xdp` interfaces).
+//! - [`xdp_settings`], [`if_addrs`]: the `xdp_config` entry, the SNAT port check, and the
+//!   interfaces' primary addresses (the `if_addrs` map).
 //! - [`map_ids`]: which map slot holds which service and backend (pure).
 //! - [`maglev`]: the weighted Maglev backend table of `policy: spread` (pure).
 //! - [`state_machine`]: the K3s server states and which server a service uses (pure).
@@ -22,6 +25,7 @@ pub mod dataplane;
 pub mod demo;
 pub mod ebpf_object;
 pub mod health;
+pub mod if_addrs;
 pub mod maglev;
 pub mod map_ids;
 pub mod metrics;
@@ -30,3 +34,5 @@ pub mod run;
 pub mod sock_diag;
 pub mod state_machine;
 pub mod status;
+mod xdp_attach;
+pub mod xdp_settings;

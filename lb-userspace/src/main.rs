@@ -130,7 +130,8 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             print!(
                 "{}",
                 status::Status {
-                    services: vec![service]
+                    services: vec![service],
+                    xdp: None,
                 }
                 .to_table()
             );

@@ -13,8 +13,11 @@ use std::{
 
 use anyhow::bail;
 use lb_common::{
-    Backend, MAX_BACKENDS, MAX_SERVICES, NO_BACKEND, Service, VipKey, ip_from_bytes, ip_to_bytes,
+    BACKEND_DOWN, Backend, MAX_BACKENDS, MAX_SERVICES, NO_BACKEND, Service, VipKey, ip_from_bytes,
+    ip_to_bytes,
 };
+
+use crate::state_machine::ServerState;
 
 /// One service as the controller wants it in the maps.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +63,20 @@ pub fn backend_entry(address: SocketAddr, service_id: u32) -> Backend {
         family,
         flags: 0,
         service_id,
+    }
+}
+
+/// [`Backend::flags`] for a server in `state`: [`BACKEND_DOWN`] when it is
+/// failed or invalid, so the XDP program moves its flows to a usable backend.
+pub const fn backend_flags(state: ServerState) -> u8 {
+    match state {
+        ServerState::Failed | ServerState::Invalid => BACKEND_DOWN,
+        ServerState::Standby
+        | ServerState::Unchecked
+        | ServerState::Recovering
+        | ServerState::Healthy
+        | ServerState::Preferred
+        | ServerState::Active => 0,
     }
 }
 
@@ -261,6 +278,19 @@ mod tests {
         }];
         let err = plan_ids(&[], &[], &specs).unwrap_err();
         assert!(err.to_string().contains("backends"), "{err}");
+    }
+
+    #[test]
+    fn only_failed_and_invalid_servers_are_down() {
+        for state in ServerState::ALL {
+            let down = matches!(state, ServerState::Failed | ServerState::Invalid);
+            assert_eq!(
+                backend_flags(state),
+                if down { BACKEND_DOWN } else { 0 },
+                "{state}"
+            );
+        }
+        assert_eq!(backend_entry(addr("10.0.0.1:1"), 0).flags, 0);
     }
 
     #[test]

@@ -225,6 +225,63 @@ pub fn render(status: &Status, counters: &Counters) -> String {
         ),
         |server| server.sendmsgs,
     );
+    per_server(
+        &mut out,
+        status,
+        (
+            "daas_lb_xdp_packets_total",
+            "counter",
+            "Packets of remote clients' flows the XDP program forwarded to or from this server (both directions).",
+        ),
+        |server| server.xdp_packets,
+    );
+    per_server(
+        &mut out,
+        status,
+        (
+            "daas_lb_xdp_bytes_total",
+            "counter",
+            "Bytes (from the Ethernet header on) of the packets in daas_lb_xdp_packets_total.",
+        ),
+        |server| server.xdp_bytes,
+    );
+    per_server(
+        &mut out,
+        status,
+        (
+            "daas_lb_xdp_flows_total",
+            "counter",
+            "New XDP flows (remote clients) pinned to this server.",
+        ),
+        |server| server.xdp_flows,
+    );
+    family(
+        &mut out,
+        "daas_lb_xdp_drops_total",
+        "counter",
+        "Packets to a remote service's VIP the XDP program dropped, by reason: no_backend, snat_ports (no free SNAT port), flow_table (flow table full), unreachable (FIB).",
+    );
+    for service in &status.services {
+        for (reason, n) in service.xdp_drops.by_reason() {
+            let _ = writeln!(
+                out,
+                "daas_lb_xdp_drops_total{{name=\"{}\",reason=\"{reason}\"}} {n}",
+                label(&service.name)
+            );
+        }
+    }
+    if let Some(xdp) = &status.xdp {
+        family(
+            &mut out,
+            "daas_lb_xdp_verdicts_total",
+            "counter",
+            "Every packet the XDP program saw, by what it did and why (redirect, tx, pass_*, drop_*; see the README).",
+        );
+        for reason in lb_common::xdp_counter::NAMES {
+            let n = xdp.verdicts.get(reason).copied().unwrap_or(0);
+            let _ = writeln!(out, "daas_lb_xdp_verdicts_total{{reason=\"{reason}\"}} {n}");
+        }
+    }
 
     family(
         &mut out,
@@ -363,7 +420,7 @@ pub fn render(status: &Status, counters: &Counters) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{ServerStatus, ServiceStatus};
+    use crate::status::{ServerStatus, ServiceStatus, XdpDrops, XdpStatus};
 
     fn server(address: &str, state: ServerState, connections: u32) -> ServerStatus {
         ServerStatus {
@@ -377,6 +434,9 @@ mod tests {
             default: false,
             connects: 9,
             sendmsgs: 0,
+            xdp_packets: 5,
+            xdp_bytes: 700,
+            xdp_flows: 1,
             last_check: None,
         }
     }
@@ -391,11 +451,26 @@ mod tests {
                 policy: "failover".into(),
                 fail_open: false,
                 refused: 4,
+                remote: true,
+                xdp_packets: 10,
+                xdp_flows: 2,
+                xdp_drops: XdpDrops {
+                    snat_ports: 3,
+                    ..XdpDrops::default()
+                },
                 servers: vec![
                     server("10.0.0.1:1", ServerState::Active, 3),
                     server("10.0.0.2:1", ServerState::Failed, 0),
                 ],
             }],
+            xdp: Some(XdpStatus {
+                interfaces: vec!["eth0".into()],
+                mode: "auto".into(),
+                snat_ports: "61000-65535".into(),
+                verdicts: [("redirect".to_owned(), 8), ("pass_ttl".to_owned(), 1)]
+                    .into_iter()
+                    .collect(),
+            }),
         }
     }
 
@@ -424,6 +499,41 @@ mod tests {
                 "missing {line:?} in\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn renders_xdp_counters() {
+        let text = render(&sample(), &Counters::default());
+        for line in [
+            "daas_lb_xdp_packets_total{name=\"sup\\\"er\",server=\"10.0.0.1:1\"} 5",
+            "daas_lb_xdp_bytes_total{name=\"sup\\\"er\",server=\"10.0.0.2:1\"} 700",
+            "daas_lb_xdp_flows_total{name=\"sup\\\"er\",server=\"10.0.0.1:1\"} 1",
+            "daas_lb_xdp_drops_total{name=\"sup\\\"er\",reason=\"snat_ports\"} 3",
+            "daas_lb_xdp_drops_total{name=\"sup\\\"er\",reason=\"no_backend\"} 0",
+            "daas_lb_xdp_drops_total{name=\"sup\\\"er\",reason=\"unreachable\"} 0",
+            "daas_lb_xdp_verdicts_total{reason=\"redirect\"} 8",
+            "daas_lb_xdp_verdicts_total{reason=\"pass_ttl\"} 1",
+            "daas_lb_xdp_verdicts_total{reason=\"drop_flow_table\"} 0",
+            "# TYPE daas_lb_xdp_verdicts_total counter",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        let verdicts = text
+            .lines()
+            .filter(|l| l.starts_with("daas_lb_xdp_verdicts_total{"))
+            .count();
+        assert_eq!(verdicts, lb_common::xdp_counter::COUNT as usize);
+
+        // Without an xdp block there are no verdicts, but the per-service
+        // and per-server families are there (with zeros).
+        let mut status = sample();
+        status.xdp = None;
+        let text = render(&status, &Counters::default());
+        assert!(!text.contains("daas_lb_xdp_verdicts_total"), "{text}");
+        assert!(text.contains("daas_lb_xdp_drops_total{"), "{text}");
     }
 
     #[test]

@@ -10,7 +10,9 @@ use tokio::{
 };
 use tracing::{error, info, warn};
 
-use crate::{api, config::Config, controller::Controller, dataplane::Dataplane, demo};
+use crate::{
+    api, config::Config, controller::Controller, dataplane::Dataplane, demo, xdp_settings,
+};
 
 /// Where the config comes from.
 #[derive(Debug, Clone)]
@@ -85,13 +87,22 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         Some(api::bind(config.metrics_addr, "the metrics endpoint").await?)
     };
 
-    let (dataplane, report) = Dataplane::start(&config.bpffs_dir, &cgroup).map_err(|err| {
-        if is_permission_error(&err) {
-            err.context("loading eBPF programs needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)")
-        } else {
-            err
-        }
-    })?;
+    if let Some(xdp) = &config.xdp {
+        xdp_settings::warn_if_snat_ports_overlap(
+            xdp,
+            std::path::Path::new(xdp_settings::LOCAL_PORT_RANGE_FILE),
+        );
+    }
+    let (dataplane, report) = Dataplane::start(&config.bpffs_dir, &cgroup, config.xdp.as_ref())
+        .map_err(|err| {
+            if is_permission_error(&err) {
+                err.context(
+                    "loading eBPF programs needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)",
+                )
+            } else {
+                err
+            }
+        })?;
     info!(
         cgroup = %cgroup.display(),
         pin_dir = %config.bpffs_dir.display(),
@@ -101,6 +112,18 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         reused_maps = ?report.reused_maps,
         "programs attached"
     );
+    if let Some(xdp) = &config.xdp {
+        info!(
+            interfaces = ?xdp.interfaces,
+            mode = %xdp.mode,
+            attached = ?report.xdp_attached,
+            adopted = ?report.xdp_adopted,
+            replaced = ?report.xdp_replaced,
+            detached = ?report.xdp_detached,
+            snat_ports = %xdp.snat_ports,
+            "XDP forwarding for remote clients attached"
+        );
+    }
     let controller = match Controller::new(config.clone(), dataplane) {
         Ok(c) => c,
         Err(err) => {
@@ -118,7 +141,11 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticker.tick().await;
-                tokio::task::block_in_place(|| c.poll());
+                tokio::task::block_in_place(|| {
+                    c.poll();
+                    // XDP's SNAT sources follow address changes (no-op without `xdp`).
+                    c.refresh_if_addrs();
+                });
             }
         });
     }

@@ -4,6 +4,7 @@
 //! Field names are a stable interface: scripts and tests parse them.
 
 use std::{
+    collections::BTreeMap,
     fmt::Write as _,
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
@@ -20,6 +21,53 @@ use crate::state_machine::ServerState;
 pub struct Status {
     /// One entry per configured service, in config order.
     pub services: Vec<ServiceStatus>,
+    /// The XDP forwarder for remote clients; absent without an `xdp` block.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xdp: Option<XdpStatus>,
+}
+
+/// The XDP forwarder as configured, and what it did with packets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct XdpStatus {
+    /// Interfaces the program is attached to.
+    pub interfaces: Vec<String>,
+    /// `auto`, `driver` or `skb`.
+    pub mode: String,
+    /// SNAT source ports, `first-last`.
+    pub snat_ports: String,
+    /// Packets per verdict (`lb_common::xdp_counter::NAMES`: `redirect`,
+    /// `tx`, `pass_*`, `drop_*`), summed over CPUs.
+    pub verdicts: BTreeMap<String, u64>,
+}
+
+/// Packets the XDP program dropped for one service, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct XdpDrops {
+    /// The service had no usable backend.
+    pub no_backend: u64,
+    /// No free SNAT port.
+    pub snat_ports: u64,
+    /// The flow table refused the entry.
+    pub flow_table: u64,
+    /// The FIB says the backend is unreachable.
+    pub unreachable: u64,
+}
+
+impl XdpDrops {
+    /// `(reason label, count)` in a fixed order.
+    pub const fn by_reason(&self) -> [(&'static str, u64); 4] {
+        [
+            ("no_backend", self.no_backend),
+            ("snat_ports", self.snat_ports),
+            ("flow_table", self.flow_table),
+            ("unreachable", self.unreachable),
+        ]
+    }
+
+    /// All drops together.
+    pub const fn total(&self) -> u64 {
+        self.no_backend + self.snat_ports + self.flow_table + self.unreachable
+    }
 }
 
 /// One service.
@@ -41,6 +89,18 @@ pub struct ServiceStatus {
     pub fail_open: bool,
     /// Connects and sends refused because the service had no backend.
     pub refused: u64,
+    /// Whether the XDP program serves this VIP to remote clients (`remote: true`).
+    #[serde(default)]
+    pub remote: bool,
+    /// Packets XDP forwarded for this service (both directions).
+    #[serde(default)]
+    pub xdp_packets: u64,
+    /// New XDP flows of this service.
+    #[serde(default)]
+    pub xdp_flows: u64,
+    /// Packets XDP dropped for this service, by reason.
+    #[serde(default)]
+    pub xdp_drops: XdpDrops,
     /// Servers in config order, then the default server if it is not among them.
     pub servers: Vec<ServerStatus>,
 }
@@ -73,6 +133,15 @@ pub struct ServerStatus {
     pub connects: u64,
     /// Unconnected UDP datagrams the kernel sent to this server.
     pub sendmsgs: u64,
+    /// Packets XDP forwarded to or from this server (both directions).
+    #[serde(default)]
+    pub xdp_packets: u64,
+    /// Bytes of those packets.
+    #[serde(default)]
+    pub xdp_bytes: u64,
+    /// New XDP flows pinned to this server.
+    #[serde(default)]
+    pub xdp_flows: u64,
     /// The most recent health check, if any finished.
     pub last_check: Option<CheckStatus>,
 }
@@ -98,14 +167,35 @@ impl Status {
             out.push_str("no services configured\n");
         }
         let now = std::time::SystemTime::now();
-        for service in &self.services {
+        if let Some(xdp) = &self.xdp {
             let _ = writeln!(
                 out,
-                "{} {}/{} {} -> {}{} (refused: {})",
+                "xdp on {} ({}, SNAT ports {}): {}",
+                xdp.interfaces.join(","),
+                xdp.mode,
+                xdp.snat_ports,
+                verdict_summary(&xdp.verdicts)
+            );
+        }
+        for service in &self.services {
+            let remote = if service.remote {
+                format!(
+                    ", xdp: {} packets, {} flows, {} dropped",
+                    service.xdp_packets,
+                    service.xdp_flows,
+                    service.xdp_drops.total()
+                )
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                out,
+                "{} {}/{} {}{} -> {}{} (refused: {}{remote})",
                 service.name,
                 service.vip,
                 service.protocol,
                 service.policy,
+                if service.remote { " remote" } else { "" },
                 service
                     .selected
                     .as_deref()
@@ -152,6 +242,20 @@ impl Status {
         }
         out
     }
+}
+
+/// The non-zero verdicts, largest first: `redirect 12, pass_not_vip 3`.
+fn verdict_summary(verdicts: &BTreeMap<String, u64>) -> String {
+    let mut counted: Vec<(&String, &u64)> = verdicts.iter().filter(|(_, n)| **n > 0).collect();
+    if counted.is_empty() {
+        return "no packets yet".to_owned();
+    }
+    counted.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let parts: Vec<String> = counted
+        .iter()
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect();
+    parts.join(", ")
 }
 
 /// How long ago an RFC 3339 time was, rounded to a short form ("4s", "2m13s").
@@ -281,6 +385,10 @@ mod tests {
                 policy: "failover".into(),
                 fail_open: false,
                 refused: 0,
+                remote: false,
+                xdp_packets: 0,
+                xdp_flows: 0,
+                xdp_drops: XdpDrops::default(),
                 servers: vec![ServerStatus {
                     address: "10.0.0.1:9345".into(),
                     state: ServerState::Active,
@@ -292,6 +400,9 @@ mod tests {
                     default: false,
                     connects: 3,
                     sendmsgs: 0,
+                    xdp_packets: 0,
+                    xdp_bytes: 0,
+                    xdp_flows: 0,
                     last_check: Some(CheckStatus {
                         ok: true,
                         reason: "tcp connect ok in 0.2ms".into(),
@@ -300,6 +411,7 @@ mod tests {
                     }),
                 }],
             }],
+            xdp: None,
         }
     }
 
@@ -339,6 +451,58 @@ mod tests {
         assert_eq!(age("2026-11-22T04:58:00.000Z", now), "2m10s");
         assert_eq!(age("2026-11-22T05:00:06Z", now), "4s");
         assert_eq!(age("garbage", now), "?");
+    }
+
+    #[test]
+    fn xdp_fields_are_additions() {
+        let json = serde_json::to_value(sample()).unwrap();
+        assert!(json.get("xdp").is_none(), "{json}");
+        assert_eq!(json["services"][0]["remote"], false);
+        assert_eq!(json["services"][0]["xdp_drops"]["no_backend"], 0);
+        assert_eq!(json["services"][0]["servers"][0]["xdp_packets"], 0);
+        // A document without the XDP fields (an older controller) still parses.
+        let mut old = json.clone();
+        let service = old["services"][0].as_object_mut().unwrap();
+        for field in ["remote", "xdp_packets", "xdp_flows", "xdp_drops"] {
+            service.remove(field);
+        }
+        let server = old["services"][0]["servers"][0].as_object_mut().unwrap();
+        for field in ["xdp_packets", "xdp_bytes", "xdp_flows"] {
+            server.remove(field);
+        }
+        assert_eq!(serde_json::from_value::<Status>(old).unwrap(), sample());
+
+        let mut status = sample();
+        status.services[0].remote = true;
+        status.services[0].xdp_packets = 10;
+        status.services[0].xdp_flows = 2;
+        status.services[0].xdp_drops.snat_ports = 1;
+        status.xdp = Some(XdpStatus {
+            interfaces: vec!["eth0".into(), "eth1".into()],
+            mode: "skb".into(),
+            snat_ports: "61000-65535".into(),
+            verdicts: BTreeMap::from([
+                ("redirect".to_owned(), 7),
+                ("pass_not_vip".to_owned(), 30),
+                ("tx".to_owned(), 0),
+            ]),
+        });
+        let table = status.to_table();
+        assert!(
+            table.starts_with(
+                "xdp on eth0,eth1 (skb, SNAT ports 61000-65535): pass_not_vip 30, redirect 7\n"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "supervisor 127.0.0.1:6444/tcp failover remote -> 10.0.0.1:9345 (refused: 0, xdp: 10 packets, 2 flows, 1 dropped)"
+            ),
+            "{table}"
+        );
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["xdp"]["verdicts"]["redirect"], 7);
+        assert_eq!(serde_json::from_value::<Status>(json).unwrap(), status);
     }
 
     #[test]

@@ -30,7 +30,7 @@ mod validate;
 
 use std::{
     fmt, fs,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
     str::FromStr,
     time::Duration,
@@ -115,6 +115,61 @@ pub struct Config {
     /// (`connection_poll_interval`, default 200ms, 10ms to 10s).
     #[serde(serialize_with = "serialize_duration")]
     pub connection_poll_interval: Duration,
+    /// XDP forwarding for remote clients (`xdp`); `None` = no XDP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xdp: Option<XdpSettings>,
+}
+
+/// The `xdp` block: where the XDP forwarder for remote clients runs and how
+/// it translates their packets.
+///
+/// ```yaml
+/// xdp:
+///   interfaces: [eth0]       # required, non-empty, no duplicates
+///   mode: auto               # auto | driver | skb
+///   snat_ipv4: 192.0.2.10    # optional; default: the egress interface's primary address
+///   snat_ipv6: 2001:db8::10  # optional; default: its first global IPv6 address
+///   snat_ports: 61000-65535  # SNAT source ports (default)
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct XdpSettings {
+    /// Interfaces the program is attached to (`interfaces`). Their
+    /// existence is checked at start, not when the file is read.
+    pub interfaces: Vec<String>,
+    /// Attach mode (`mode`, default auto).
+    pub mode: XdpAttachMode,
+    /// IPv4 source of translated packets (`snat_ipv4`); `None` = the egress
+    /// interface's primary IPv4 address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snat_ipv4: Option<Ipv4Addr>,
+    /// IPv6 source of translated packets (`snat_ipv6`); `None` = the egress
+    /// interface's first global IPv6 address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snat_ipv6: Option<Ipv6Addr>,
+    /// Source ports of translated packets (`snat_ports`, default
+    /// [`PortRange::DEFAULT_SNAT`]).
+    pub snat_ports: PortRange,
+}
+
+/// How the XDP program is attached (`xdp.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpAttachMode {
+    /// Native if the driver supports it, generic otherwise (the default).
+    Auto,
+    /// Native (driver) XDP only; attaching fails if the driver lacks it.
+    Driver,
+    /// Generic (skb) XDP, in the network stack: works on every interface.
+    Skb,
+}
+
+/// An inclusive port range, written `first-last` in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PortRange {
+    /// First port (at least 1).
+    pub first: u16,
+    /// Last port (at least `first`).
+    pub last: u16,
 }
 
 /// One virtual address (VIP) and the servers connections to it are sent to.
@@ -144,6 +199,9 @@ pub struct ServiceConfig {
     pub maglev_table_size: u32,
     /// How servers are checked.
     pub health_check: HealthCheckConfig,
+    /// Whether the XDP program forwards remote clients' packets to this VIP
+    /// (`remote`, default false; needs the `xdp` block).
+    pub remote: bool,
 }
 
 /// Transport protocol of a service.
@@ -379,9 +437,10 @@ impl Serialize for ServiceConfig {
             policy,
             maglev_table_size,
             health_check,
+            remote,
         } = self;
         let spread = *policy == Policy::Spread;
-        let mut service = serializer.serialize_struct("ServiceConfig", 7 + usize::from(spread))?;
+        let mut service = serializer.serialize_struct("ServiceConfig", 8 + usize::from(spread))?;
         service.serialize_field("name", name)?;
         service.serialize_field("vip", vip)?;
         service.serialize_field("protocol", protocol)?;
@@ -394,11 +453,41 @@ impl Serialize for ServiceConfig {
             service.skip_field("maglev_table_size")?;
         }
         service.serialize_field("health_check", health_check)?;
+        service.serialize_field("remote", remote)?;
         service.end()
     }
 }
 
 config_words!(pub Policy, "policy", { Failover => "failover", Spread => "spread" });
+
+config_words!(pub XdpAttachMode, "xdp mode", { Auto => "auto", Driver => "driver", Skb => "skb" });
+
+impl PortRange {
+    /// Default `xdp.snat_ports`: above Linux's default ephemeral range
+    /// (32768-60999), so replies to the node's own connections are never
+    /// taken for XDP flows.
+    pub const DEFAULT_SNAT: Self = Self {
+        first: 61000,
+        last: 65535,
+    };
+
+    /// Whether the two ranges share a port.
+    pub const fn overlaps(self, other: Self) -> bool {
+        self.first <= other.last && other.first <= self.last
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+impl Serialize for PortRange {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
 
 impl HealthCheckConfig {
     /// Default `timeout` (or the shortest interval, if that is shorter).
@@ -604,6 +693,13 @@ fn warn_about_unreachable_services(config: &Config) {
                 service = %service.name,
                 vip = %service.vip,
                 "service has no servers and no default_server: every connect will be refused"
+            );
+        }
+        if service.remote && service.vip.ip().is_loopback() {
+            tracing::warn!(
+                service = %service.name,
+                vip = %service.vip,
+                "remote: true on a loopback VIP: packets from remote clients never carry it"
             );
         }
     }

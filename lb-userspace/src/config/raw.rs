@@ -25,6 +25,18 @@ pub(super) struct RawConfig {
     pub(super) services: Option<Spanned<Vec<Spanned<RawService>>>>,
     pub(super) max_concurrent_checks: Option<Spanned<String>>,
     pub(super) connection_poll_interval: Option<Spanned<String>>,
+    pub(super) xdp: Option<Spanned<RawXdp>>,
+}
+
+/// The `xdp` block.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawXdp {
+    pub(super) interfaces: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) mode: Option<Spanned<String>>,
+    pub(super) snat_ipv4: Option<Spanned<String>>,
+    pub(super) snat_ipv6: Option<Spanned<String>>,
+    pub(super) snat_ports: Option<Spanned<String>>,
 }
 
 /// One entry of `services`.
@@ -39,6 +51,7 @@ pub(super) struct RawService {
     pub(super) policy: Option<Spanned<String>>,
     pub(super) maglev_table_size: Option<Spanned<String>>,
     pub(super) health_check: Option<Spanned<RawHealthCheck>>,
+    pub(super) remote: Option<Spanned<String>>,
 }
 
 /// A service's `health_check` block. The fields of `http`/`https` checks

@@ -82,9 +82,11 @@ fn full_example() {
                     intervals: Intervals::uniform(Duration::from_secs(1)),
                     jitter_percent: 10,
                 },
+                remote: false,
             }],
             max_concurrent_checks: 64,
             connection_poll_interval: Duration::from_millis(200),
+            xdp: None,
         }
     );
 }
@@ -1667,4 +1669,217 @@ fn word_lists_read_like_prose() {
         "random".parse::<Policy>(),
         Err("unknown policy \"random\"; expected failover or spread".to_owned())
     );
+}
+
+/// An `xdp` block (lines 1..) made of `lines`, then one service.
+fn with_xdp(lines: &str) -> String {
+    format!("xdp:\n{lines}{}", with_service(""))
+}
+
+#[test]
+fn xdp_block_with_every_field() {
+    let config = parse(&with_xdp(
+        "  interfaces: [eth0, \"eth1\"]\n  mode: driver\n  snat_ipv4: 192.0.2.10\n  snat_ipv6: \"2001:db8::10\"\n  snat_ports: 40000-40999\n",
+    ));
+    assert_eq!(
+        config.xdp,
+        Some(XdpSettings {
+            interfaces: vec!["eth0".to_owned(), "eth1".to_owned()],
+            mode: XdpAttachMode::Driver,
+            snat_ipv4: Some(Ipv4Addr::new(192, 0, 2, 10)),
+            snat_ipv6: Some("2001:db8::10".parse().unwrap()),
+            snat_ports: PortRange {
+                first: 40000,
+                last: 40999
+            },
+        })
+    );
+}
+
+#[test]
+fn xdp_defaults_and_absence() {
+    assert_eq!(parse(&with_service("")).xdp, None);
+    let xdp = parse(&with_xdp("  interfaces: [eth0]\n")).xdp.unwrap();
+    assert_eq!(xdp.mode, XdpAttachMode::Auto);
+    assert_eq!(xdp.snat_ipv4, None);
+    assert_eq!(xdp.snat_ipv6, None);
+    assert_eq!(xdp.snat_ports, PortRange::DEFAULT_SNAT);
+    assert_eq!(xdp.snat_ports.to_string(), "61000-65535");
+    for (word, mode) in [
+        ("auto", XdpAttachMode::Auto),
+        ("driver", XdpAttachMode::Driver),
+        ("skb", XdpAttachMode::Skb),
+    ] {
+        let yaml = with_xdp(&format!("  interfaces: [eth0]\n  mode: {word}\n"));
+        assert_eq!(parse(&yaml).xdp.unwrap().mode, mode);
+        assert_eq!(mode.to_string(), word);
+    }
+    // One-port range.
+    let yaml = with_xdp("  interfaces: [eth0]\n  snat_ports: 7-7\n");
+    assert_eq!(
+        parse(&yaml).xdp.unwrap().snat_ports,
+        PortRange { first: 7, last: 7 }
+    );
+}
+
+#[test]
+fn xdp_interfaces_rules() {
+    assert_error(
+        &with_xdp("  mode: skb\n"),
+        "xdp",
+        2,
+        "missing required field `interfaces`",
+    );
+    assert_error(
+        &with_xdp("  interfaces: []\n"),
+        "xdp.interfaces",
+        2,
+        "must not be empty",
+    );
+    assert_error(
+        &with_xdp("  interfaces: [eth0, eth1, eth0]\n"),
+        "xdp.interfaces[2]",
+        2,
+        "duplicate interface eth0, already listed as xdp.interfaces[0]",
+    );
+    assert_error(
+        &with_xdp("  interfaces: [averyveryverylongname]\n"),
+        "xdp.interfaces[0]",
+        2,
+        "at most 15",
+    );
+    assert_error(
+        &with_xdp("  interfaces: [\"a/b\"]\n"),
+        "xdp.interfaces[0]",
+        2,
+        "invalid interface name",
+    );
+    assert_error(
+        &with_xdp("  interfaces: [\"\"]\n"),
+        "xdp.interfaces[0]",
+        2,
+        "must not be empty",
+    );
+    // Existence is checked at start, not here.
+    assert!(
+        parse(&with_xdp("  interfaces: [no-such-if0]\n"))
+            .xdp
+            .is_some()
+    );
+}
+
+#[test]
+fn xdp_mode_and_unknown_fields() {
+    assert_error(
+        &with_xdp("  interfaces: [eth0]\n  mode: native\n"),
+        "xdp.mode",
+        3,
+        "unknown xdp mode \"native\"; expected auto, driver or skb",
+    );
+    assert_error(
+        &with_xdp("  interfaces: [eth0]\n  snat: 1.2.3.4\n"),
+        "xdp.snat",
+        3,
+        "unknown field `snat`",
+    );
+}
+
+#[test]
+fn xdp_snat_addresses() {
+    let snat = |field: &str, value: &str| {
+        with_xdp(&format!("  interfaces: [eth0]\n  {field}: \"{value}\"\n"))
+    };
+    for (field, value, text) in [
+        (
+            "snat_ipv4",
+            "2001:db8::1",
+            "is not an IPv4 address; write it in `snat_ipv6`",
+        ),
+        ("snat_ipv4", "0.0.0.0", "unspecified"),
+        ("snat_ipv4", "224.0.0.1", "multicast"),
+        ("snat_ipv4", "255.255.255.255", "broadcast"),
+        ("snat_ipv4", "192.0.2.1:80", "invalid address"),
+        ("snat_ipv4", "node.example", "host names are not resolved"),
+        (
+            "snat_ipv6",
+            "192.0.2.1",
+            "is not an IPv6 address; write it in `snat_ipv4`",
+        ),
+        ("snat_ipv6", "::", "unspecified"),
+        ("snat_ipv6", "ff02::1", "multicast"),
+    ] {
+        assert_error(&snat(field, value), &format!("xdp.{field}"), 3, text);
+    }
+}
+
+#[test]
+fn xdp_snat_ports() {
+    let ports = |value: &str| with_xdp(&format!("  interfaces: [eth0]\n  snat_ports: {value}\n"));
+    for (value, text) in [
+        ("61000", "expected first-last"),
+        ("a-b", "expected first-last"),
+        ("0-100", "port 0 is not allowed"),
+        ("1000-70000", "ports go up to 65535"),
+        ("2000-1000", "is empty"),
+    ] {
+        assert_error(&ports(value), "xdp.snat_ports", 3, text);
+    }
+}
+
+#[test]
+fn remote_services() {
+    assert!(!parse(&with_service("")).services[0].remote);
+    assert!(!parse(&with_service("    remote: false\n")).services[0].remote);
+    let yaml = format!(
+        "xdp:\n  interfaces: [eth0]\n{}",
+        with_service("    remote: true\n")
+    );
+    assert!(parse(&yaml).services[0].remote);
+    assert_error(
+        &with_service("    remote: true\n"),
+        "services[0].remote",
+        5,
+        "needs the top-level `xdp` block",
+    );
+    assert_error(
+        &with_service("    remote: yes please\n"),
+        "services[0].remote",
+        5,
+        "expected true or false",
+    );
+    // An invalid xdp block is reported once, not again for `remote`.
+    let yaml = format!(
+        "xdp:\n  interfaces: []\n{}",
+        with_service("    remote: true\n")
+    );
+    let message = error(&yaml);
+    assert!(!message.contains("services[0].remote"), "{message}");
+}
+
+#[test]
+fn xdp_and_remote_read_back() {
+    let yaml = format!(
+        "xdp:\n  interfaces: [eth0, eth1]\n  mode: skb\n  snat_ipv4: 192.0.2.10\n  snat_ports: 50000-50100\n{}",
+        with_service("    remote: true\n")
+    );
+    let config = parse(&yaml);
+    let json = serde_json::to_string(&config).unwrap();
+    assert_eq!(parse(&json), config, "{json}");
+    let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(value["xdp"]["mode"], "skb");
+    assert_eq!(value["xdp"]["snat_ports"], "50000-50100");
+    assert!(value["xdp"].get("snat_ipv6").is_none(), "{json}");
+    assert_eq!(value["services"][0]["remote"], true);
+    // Without the block, nothing is written.
+    let json = serde_json::to_value(parse(&with_service(""))).unwrap();
+    assert!(json.get("xdp").is_none(), "{json}");
+}
+
+#[test]
+fn port_ranges_overlap() {
+    let range = |first, last| PortRange { first, last };
+    assert!(range(32768, 60999).overlaps(range(60999, 65535)));
+    assert!(range(61000, 65535).overlaps(range(1, 61000)));
+    assert!(!range(32768, 60999).overlaps(PortRange::DEFAULT_SNAT));
+    assert!(range(5, 5).overlaps(range(1, 10)));
 }

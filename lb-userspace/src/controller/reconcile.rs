@@ -15,7 +15,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use lb_common::{MaglevKey, NO_BACKEND};
+use lb_common::{Backend, MaglevKey, NO_BACKEND};
 use tracing::{info, warn};
 
 use super::{Controller, ServerRuntime, ServiceRuntime, settle, spread, vip_key};
@@ -101,7 +101,8 @@ pub(super) fn keep_restart_only_fields(running: &Config, new: &mut Config) {
         metrics_addr,
         api_addr,
         max_concurrent_checks,
-        connection_poll_interval
+        connection_poll_interval,
+        xdp
     );
 }
 
@@ -190,11 +191,29 @@ impl Controller {
         for &id in &plan.fresh_services {
             state.dataplane.reset_service_stats(id)?;
         }
+        // Servers keep their BACKEND_DOWN flag through a reload.
+        let flags: HashMap<(u32, SocketAddr), u8> = state
+            .services
+            .iter()
+            .flat_map(|s| {
+                s.servers
+                    .iter()
+                    .map(move |(address, r)| ((s.id, *address), r.backend_flags))
+            })
+            .collect();
+        let flags_of = |service_id: u32, address: SocketAddr| {
+            flags.get(&(service_id, address)).copied().unwrap_or(0)
+        };
         for (index, (service, spec)) in config.services.iter().zip(&specs).enumerate() {
+            let service_id = plan.service_ids[index];
             for (&address, &backend_id) in spec.backends.iter().zip(&plan.backend_ids[index]) {
+                let backend = Backend {
+                    flags: flags_of(service_id, address),
+                    ..backend_entry(address, service_id)
+                };
                 state
                     .dataplane
-                    .set_backend(backend_id, backend_entry(address, plan.service_ids[index]))
+                    .set_backend(backend_id, backend)
                     .with_context(|| format!("service {}: backend {address}", service.name))?;
             }
         }
@@ -227,6 +246,15 @@ impl Controller {
                 None => None,
             };
             let fresh = previous.is_none();
+            // The entry's flags come from these: rewrite it when one changed.
+            let entry_changed = previous.as_ref().is_some_and(|p| {
+                (p.config.policy, p.config.maglev_table_size, p.config.remote)
+                    != (
+                        service_config.policy,
+                        service_config.maglev_table_size,
+                        service_config.remote,
+                    )
+            });
             let mut table = (Vec::new(), Vec::new());
             let (mut machine, mut servers, selection, effects) = if let Some(p) = previous {
                 let mut machine = p.machine;
@@ -257,10 +285,12 @@ impl Controller {
                 let runtime = match servers.remove(&address) {
                     Some(mut r) => {
                         r.backend_id = backend_id;
+                        r.backend_flags = flags_of(service_id, address);
                         r
                     }
                     None => ServerRuntime {
                         backend_id,
+                        backend_flags: flags_of(service_id, address),
                         last_check: None,
                         last_connects: None,
                         check_task: self.spawn_check(&service_config.name, address),
@@ -282,9 +312,9 @@ impl Controller {
                 table: table.0,
                 table_members: table.1,
             });
-            pending.push((effects, fresh));
+            pending.push((effects, fresh, entry_changed));
         }
-        if pending.iter().any(|(_, fresh)| *fresh) {
+        if pending.iter().any(|(_, fresh, _)| *fresh) {
             adopt_tables(&mut state.dataplane, &mut runtimes, &pending);
         }
         // Services that are gone: refuse their VIP first, then close.
@@ -294,7 +324,23 @@ impl Controller {
         // From here on nothing returns early: the new runtimes are installed
         // whatever happens, and map errors are reported at the end.
         let mut problems: Vec<String> = Vec::new();
-        for (service, (effects, fresh)) in runtimes.iter_mut().zip(pending) {
+        for (service, (effects, fresh, entry_changed)) in runtimes.iter_mut().zip(pending) {
+            if entry_changed {
+                // `remote`, `policy` or the table size changed: same
+                // selection, new flags (settle writes a new selection).
+                let backend_id = service
+                    .selection
+                    .server
+                    .and_then(|a| service.servers.get(&a))
+                    .map_or(NO_BACKEND, |s| s.backend_id);
+                let entry = spread::entry(service, backend_id);
+                match state.dataplane.set_service(service.key, entry) {
+                    Ok(()) => {
+                        info!(service = %service.config.name, remote = service.config.remote, policy = %service.config.policy, "service entry rewritten");
+                    }
+                    Err(err) => problems.push(format!("service {}: {err:#}", service.config.name)),
+                }
+            }
             if fresh {
                 // Make sure the entry exists and points where the machine says.
                 let selection = service.machine.select();
@@ -372,7 +418,7 @@ impl Controller {
 fn adopt_tables(
     dataplane: &mut Dataplane,
     runtimes: &mut [ServiceRuntime],
-    pending: &[(Effects, bool)],
+    pending: &[(Effects, bool, bool)],
 ) {
     let slots = match dataplane.maglev_slots() {
         Ok(slots) => slots,
@@ -391,7 +437,7 @@ fn adopt_tables(
             .or_default()
             .push((key.slot, backend_id));
     }
-    for (service, (_, fresh)) in runtimes.iter_mut().zip(pending) {
+    for (service, (_, fresh, _)) in runtimes.iter_mut().zip(pending) {
         let owned = found.remove(&service.id).unwrap_or_default();
         let spread = service.config.policy == Policy::Spread;
         let size = if spread {
@@ -517,9 +563,17 @@ mod tests {
         new.api_addr = "127.0.0.1:1".parse().unwrap();
         new.data_dir = "/elsewhere".into();
         new.services.clear();
+        new.xdp = Some(crate::config::XdpSettings {
+            interfaces: vec!["eth0".to_owned()],
+            mode: crate::config::XdpAttachMode::Skb,
+            snat_ipv4: None,
+            snat_ipv6: None,
+            snat_ports: crate::config::PortRange::DEFAULT_SNAT,
+        });
         keep_restart_only_fields(&running, &mut new);
         assert_eq!(new.api_addr, running.api_addr);
         assert_eq!(new.data_dir, running.data_dir);
+        assert_eq!(new.xdp, None, "xdp changes only on restart");
         assert!(new.services.is_empty(), "services do change");
     }
 }

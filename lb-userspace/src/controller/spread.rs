@@ -14,7 +14,7 @@ use std::{
     net::SocketAddr,
 };
 
-use lb_common::{MaglevKey, NO_BACKEND, SERVICE_SPREAD, Service};
+use lb_common::{MaglevKey, NO_BACKEND, SERVICE_REMOTE, SERVICE_SPREAD, Service};
 use tracing::{info, warn};
 
 use super::ServiceRuntime;
@@ -50,13 +50,19 @@ fn members(service: &ServiceRuntime) -> Vec<(u32, SocketAddr)> {
 }
 
 /// The `services` entry of a service whose new connections go to
-/// `backend_id` (for spread: when the table slot is empty).
+/// `backend_id` (for spread: when the table slot is empty); `remote: true`
+/// adds [`SERVICE_REMOTE`].
 pub(super) fn entry(service: &ServiceRuntime, backend_id: u32) -> Service {
     let spread = service.config.policy == Policy::Spread;
+    let remote = if service.config.remote {
+        SERVICE_REMOTE
+    } else {
+        0
+    };
     Service {
         id: service.id,
         backend_id,
-        flags: if spread { SERVICE_SPREAD } else { 0 },
+        flags: remote | if spread { SERVICE_SPREAD } else { 0 },
         table_size: if spread {
             service.config.maglev_table_size
         } else {
