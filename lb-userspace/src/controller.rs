@@ -504,6 +504,9 @@ fn settle(
     if effects.close.is_empty() {
         return;
     }
+    if service.config.remote {
+        forget_xdp_flows(dataplane, service, &effects.close);
+    }
     match connections.close(service.id, &effects.close, |key| dataplane.rev_nat(key)) {
         Ok(closed) => {
             counters.closed(name, closed.destroyed as u64);
@@ -533,6 +536,37 @@ fn settle(
                 "could not close connections (sock_diag)"
             );
         }
+    }
+}
+
+/// The XDP side of "close the connections of these servers": their flows
+/// are forgotten, so the next packet of each is hashed to a backend again
+/// (for TCP the new backend answers with a reset, as after a close).
+fn forget_xdp_flows(dataplane: &mut Dataplane, service: &ServiceRuntime, servers: &[SocketAddr]) {
+    let ids: Vec<u32> = servers
+        .iter()
+        .filter_map(|server| service.servers.get(server))
+        .map(|server| server.backend_id)
+        .collect();
+    if ids.is_empty() {
+        return;
+    }
+    let start = Instant::now();
+    match dataplane
+        .forget_flows(|flow| flow.service_id == service.id && ids.contains(&flow.backend_id))
+    {
+        Ok(0) => {}
+        Ok(removed) => info!(
+            service = %service.config.name,
+            entries = removed,
+            micros = start.elapsed().as_micros(),
+            "forgot XDP flows of closed servers"
+        ),
+        Err(err) => warn!(
+            service = %service.config.name,
+            error = format!("{err:#}"),
+            "could not forget XDP flows"
+        ),
     }
 }
 

@@ -48,6 +48,28 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// `statfs` magic of cgroup v2.
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
+/// `BPF_PROG_LOAD` attempts: the verifier gives up with `EAGAIN` when a
+/// signal (e.g. `SIGCHLD`) arrives while it works, which a busy process sees
+/// now and then.
+const LOAD_ATTEMPTS: u32 = 20;
+
+/// Runs a program load, again while it fails with `EAGAIN`.
+fn load_retrying(
+    mut load: impl FnMut() -> Result<(), aya::programs::ProgramError>,
+) -> Result<(), aya::programs::ProgramError> {
+    let mut attempt = 1;
+    loop {
+        match load() {
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < LOAD_ATTEMPTS =>
+            {
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Sub-directory of the pin directory that holds the links.
 const LINKS_DIR: &str = "links";
 
@@ -167,6 +189,7 @@ pub struct Dataplane {
     xdp_config: Array<MapData, XdpConfig>,
     if_addrs: HashMap<MapData, u32, IfAddrs>,
     xdp_stats: PerCpuArray<MapData, u64>,
+    flows: HashMap<MapData, FlowKey, FlowValue>,
     nr_cpus: usize,
     // Keeps the program fds open for the lifetime of the controller.
     ebpf: Ebpf,
@@ -260,8 +283,7 @@ impl Dataplane {
                 .with_context(|| format!("program {name} missing from the eBPF object"))?
                 .try_into()
                 .with_context(|| format!("program {name} is not a cgroup sock_addr program"))?;
-            program
-                .load()
+            load_retrying(|| program.load())
                 .with_context(|| format!("loading program {name} (verifier)"))?;
             let link_pin = pin_dir.join(LINKS_DIR).join(name);
             if link_pin.exists() {
@@ -338,6 +360,10 @@ impl Dataplane {
             ebpf.take_map(map_names::XDP_STATS)
                 .context("xdp_stats map missing")?,
         )?;
+        let flows = HashMap::try_from(
+            ebpf.take_map(map_names::FLOWS)
+                .context("flows map missing")?,
+        )?;
         let nr_cpus = nr_cpus().map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))?;
         Ok(Self {
             pin_dir: pin_dir.to_path_buf(),
@@ -350,6 +376,7 @@ impl Dataplane {
             xdp_config,
             if_addrs,
             xdp_stats,
+            flows,
             nr_cpus,
             ebpf,
             _lock: lock,
@@ -373,8 +400,7 @@ impl Dataplane {
             .with_context(|| format!("program {name} missing from the eBPF object"))?
             .try_into()
             .with_context(|| format!("program {name} is not an XDP program"))?;
-        program
-            .load()
+        load_retrying(|| program.load())
             .with_context(|| format!("loading program {name} (verifier)"))?;
         let links_dir = self.pin_dir.join(LINKS_DIR);
         if let (Some(settings), Some(interfaces)) = (xdp, interfaces) {
@@ -441,6 +467,32 @@ impl Dataplane {
                 Ok(per_cpu.iter().sum())
             })
             .collect()
+    }
+
+    /// Removes the XDP flows (both directions) whose value `matches`, so
+    /// their next packet picks a backend again. Returns how many entries
+    /// went. Walks the whole `flows` map: call it on rare events only
+    /// (a server whose connections must be closed, a service that stops
+    /// being `remote`).
+    pub fn forget_flows(&mut self, matches: impl Fn(&FlowValue) -> bool) -> anyhow::Result<usize> {
+        let mut doomed = Vec::new();
+        for entry in &self.flows {
+            match entry {
+                Ok((key, value)) if matches(&value) => doomed.push(key),
+                // Another flow, or one evicted by the kernel while we walk.
+                Ok(_) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(err) => return Err(err).context("reading the flows map"),
+            }
+        }
+        let mut removed = 0;
+        for key in &doomed {
+            match self.flows.remove(key) {
+                Ok(()) => removed += 1,
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(err) => return Err(err).context("removing a flow"),
+            }
+        }
+        Ok(removed)
     }
 
     /// The bpffs directory this data plane is pinned under.

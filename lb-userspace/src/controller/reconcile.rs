@@ -340,6 +340,14 @@ impl Controller {
                     }
                     Err(err) => problems.push(format!("service {}: {err:#}", service.config.name)),
                 }
+                if !service.config.remote {
+                    // Flows XDP forwarded while the VIP was remote stop now:
+                    // their next packet finds a service without `remote`.
+                    let id = service.id;
+                    if let Err(err) = state.dataplane.forget_flows(|flow| flow.service_id == id) {
+                        problems.push(format!("service {}: {err:#}", service.config.name));
+                    }
+                }
             }
             if fresh {
                 // Make sure the entry exists and points where the machine says.
