@@ -40,6 +40,10 @@ use std::{
 use lb_userspace::status::{ServiceStatus, Status};
 use serde::Deserialize;
 
+pub mod topology;
+
+pub mod xdp_fixture;
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A name unique to this process and call, for cgroups, pins and files.
@@ -790,6 +794,8 @@ pub struct Daemon {
     log: PathBuf,
     args: Vec<String>,
     log_dir: PathBuf,
+    /// The network namespace it runs in (`None`: the caller's).
+    netns: Option<PathBuf>,
     /// Where its status API listens.
     pub api: SocketAddr,
 }
@@ -797,21 +803,37 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `daas-lb run` with `args`, logging to `log_dir/daemon-<unique>.log`.
     pub fn spawn(args: &[&str], log_dir: &Path, api: SocketAddr) -> Self {
+        Self::spawn_with(args, log_dir, api, None)
+    }
+
+    /// Like [`Daemon::spawn`], in the network namespace at `netns` (e.g.
+    /// `/run/netns/NAME`, see [`topology::enter_netns_on_exec`]); so is
+    /// every [`Daemon::relaunch`].
+    pub fn spawn_in_netns(args: &[&str], log_dir: &Path, api: SocketAddr, netns: &Path) -> Self {
+        Self::spawn_with(args, log_dir, api, Some(netns.to_path_buf()))
+    }
+
+    fn spawn_with(args: &[&str], log_dir: &Path, api: SocketAddr, netns: Option<PathBuf>) -> Self {
         let args: Vec<String> = args.iter().map(|&a| a.to_owned()).collect();
-        let (child, log) = Self::launch(&args, log_dir);
+        let (child, log) = Self::launch(&args, log_dir, netns.as_deref());
         Self {
             child: Some(child),
             log,
             args,
             log_dir: log_dir.to_path_buf(),
+            netns,
             api,
         }
     }
 
-    fn launch(args: &[String], log_dir: &Path) -> (Child, PathBuf) {
+    fn launch(args: &[String], log_dir: &Path, netns: Option<&Path>) -> (Child, PathBuf) {
         let log = log_dir.join(unique("daemon")).with_extension("log");
         let log_file = File::create(&log).expect("create daemon log");
-        let child = Command::new(daas_lb_bin())
+        let mut command = Command::new(daas_lb_bin());
+        if let Some(netns) = netns {
+            topology::enter_netns_on_exec(&mut command, netns);
+        }
+        let child = command
             .arg("run")
             .args(args)
             .env("RUST_LOG", "info")
@@ -838,7 +860,7 @@ impl Daemon {
     /// [`Daemon::log`] shows the new run's log from then on.
     pub fn relaunch(&mut self) {
         assert!(self.child.is_none(), "daas-lb is still running");
-        let (child, log) = Self::launch(&self.args, &self.log_dir);
+        let (child, log) = Self::launch(&self.args, &self.log_dir, self.netns.as_deref());
         self.child = Some(child);
         self.log = log;
     }

@@ -3,6 +3,7 @@
 //! Every subcommand that needs the toolchain runs `setup` first; it is
 //! idempotent and takes well under two seconds when everything is present.
 
+mod bench;
 mod cargo;
 mod lint;
 mod process;
@@ -26,7 +27,7 @@ struct Cli {
 enum Command {
     /// Check and install what building and running daas-lb needs (idempotent):
     /// the nightly toolchain with rust-src, bpf-linker 0.13.0 built against the
-    /// nightly's LLVM, bpftool/ip/nc/curl (apt) and the bpffs mount.
+    /// nightly's LLVM, bpftool/ip/nc/curl/ethtool/iptables (apt) and the bpffs mount.
     Setup,
     /// Set up, then build daas-lb (lb-userspace's build.rs builds and embeds
     /// the eBPF object).
@@ -42,6 +43,9 @@ enum Command {
     Lint,
     /// Format the workspace with nightly rustfmt (rustfmt.toml needs it).
     Fmt,
+    /// Set up, build release binaries, then (as root) run benchmarks and
+    /// print their markdown tables. Not part of `test`.
+    Bench(BenchArgs),
 }
 
 #[derive(Args)]
@@ -57,6 +61,16 @@ struct RunArgs {
     #[arg(long)]
     release: bool,
     /// Arguments for `daas-lb run` (after `--`).
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// What to benchmark: `xdp` (per-packet cost of `lb_xdp`, forwarding rate
+    /// over veth vs iptables DNAT, Maglev table build and map write).
+    target: bench::Target,
+    /// Arguments for lb-rate-bench (after `--`), e.g. `--duration 3 --runs 1`.
     #[arg(last = true)]
     args: Vec<String>,
 }
@@ -78,6 +92,7 @@ fn main() -> ExitCode {
         Command::Test(args) => test::test(&args.args),
         Command::Lint => lint::lint(),
         Command::Fmt => lint::fmt(),
+        Command::Bench(args) => bench::bench(args.target, &args.args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,5 @@
 //! System prerequisites: command-line tools from Debian packages (bpftool,
-//! ip, nc, curl) and the bpffs mount. Installing and mounting need root;
+//! ip, nc, curl, ethtool, iptables) and the bpffs mount. Installing and mounting need root;
 //! without it these steps only warn (`run` and `test` check root themselves).
 
 use std::{fs, path::Path, process::Command};
@@ -10,18 +10,22 @@ use super::{Progress, doing, ok};
 use crate::process::{find_program, is_root, run};
 
 /// (command, Debian package that provides it)
-const TOOLS: [(&str, &str); 4] = [
+/// ethtool: GRO and checksum offload on the XDP tests' veths; iptables: the
+/// DNAT baseline of `cargo xtask bench xdp`.
+const TOOLS: [(&str, &str); 6] = [
     ("bpftool", "bpftool"),
     ("ip", "iproute2"),
     ("nc", "netcat-openbsd"),
     ("curl", "curl"),
+    ("ethtool", "ethtool"),
+    ("iptables", "iptables"),
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";
 
 /// Installs the packages of the missing tools with apt (as root).
 pub(super) fn ensure_tools(progress: &mut Progress) -> Result<()> {
-    const ITEM: &str = "bpftool, ip, nc, curl";
+    const ITEM: &str = "bpftool, ip, nc, curl, ethtool, iptables";
     let missing = missing_tools();
     if missing.is_empty() {
         ok(ITEM, "present");

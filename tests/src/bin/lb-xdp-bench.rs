@@ -1,0 +1,404 @@
+//! `lb-xdp-bench`: nanoseconds per packet of the XDP program `lb_xdp`
+//! through `BPF_PROG_TEST_RUN`, next to `lb_xdp_empty` (returns `XDP_PASS`
+//! and nothing else) measured in the same run the same way.
+//!
+//! Runs as root in its own network namespace (unshared for the main thread,
+//! gone at exit) with the fixture network of `lb_tests::xdp_fixture`, so the
+//! FIB lookups answer like on a router. Cases, all IPv4 TCP arriving on the
+//! client-side interface:
+//!
+//! - established: the second and later packets of one flow (`flows` hit,
+//!   FIB lookup, rewrite, `XDP_REDIRECT`);
+//! - new flow: a fresh source address/port per packet to a `spread`
+//!   service (4 backends, Maglev table of 16381 slots): hash, Maglev slot,
+//!   FIB lookup, SNAT port, two `flows` inserts, rewrite;
+//! - non-VIP: a packet to an address that is no VIP (`XDP_PASS`).
+//!
+//! The time is the kernel's own `duration` of each test run (no syscall
+//! overhead). A test run with `repeat > 1` reruns the program on the buffer
+//! the previous run rewrote, so the main table uses `repeat = 1` calls in a
+//! loop, alternating `lb_xdp` and `lb_xdp_empty` call by call; there the
+//! empty program's time is mostly the kernel timer's overhead of one run.
+//! A second table amortises that overhead with `repeat = 200` where a rerun
+//! is meaningful: the non-VIP frame (passed unchanged) and an established
+//! flow made to ping-pong (an extra `flows` entry keyed by the rewritten
+//! packet rewrites it back; the VIP gets a route and neighbour on the
+//! client side, so every second run is an `XDP_TX`).
+//!
+//! Usage: `lb-xdp-bench [--packets N]` (default 20000 per case and program,
+//! at most 200000; about 3 s by default, 6 s at the maximum).
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    process::ExitCode,
+    time::Instant,
+};
+
+use anyhow::{Context as _, bail};
+use lb_common::{
+    AF_INET, FLOW_REPLY, FlowValue, PROTO_TCP, SERVICE_REMOTE, SERVICE_SPREAD, Service,
+    XDP_SNAT_V4, XdpConfig, ip_from_bytes, ip_to_bytes, program_names,
+};
+use lb_tests::{
+    NetNs, sh,
+    xdp_fixture::{
+        CLIENT_IF, CLIENT_IF_MAC, CLIENT_MAC, Network, Packet, V4, XDP_PASS, XDP_REDIRECT, XDP_TX,
+        XdpFixture, backend, flow_key, mac_string, verdict_name,
+    },
+};
+use lb_userspace::maglev::{self, MaglevBackend};
+
+const DEFAULT_PACKETS: u32 = 20_000;
+const MAX_PACKETS: u32 = 200_000;
+const WARMUP: u32 = 1_000;
+const TABLE_SIZE: u32 = 16381;
+/// Runs per test-run call in the amortised variants (the ping-pong frame
+/// starts with TTL 255).
+const REPEAT: u32 = 200;
+/// At most this many calls per program in the amortised variants.
+const MAX_REPEAT_CALLS: u32 = 25;
+/// MAC of the VIP's neighbour entry on the client side (ping-pong case).
+const VIP_NEIGH_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xc1, 0x99];
+/// New flows between two clean-ups of the `flows` map (two entries each; the
+/// map holds 262144), so SNAT ports and the LRU never run short.
+const FLOWS_PER_BATCH: u32 = 16_384;
+
+/// Per-packet times of one program in one case, in nanoseconds.
+#[derive(Default)]
+struct Samples(Vec<u64>);
+
+impl Samples {
+    fn push(&mut self, ns: u64) {
+        self.0.push(ns);
+    }
+
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "nanosecond sums and sample counts stay far below 2^52"
+    )]
+    fn mean(&self) -> f64 {
+        let sum: u64 = self.0.iter().sum();
+        sum as f64 / self.0.len().max(1) as f64
+    }
+
+    fn median(&mut self) -> u64 {
+        self.0.sort_unstable();
+        self.0.get(self.0.len() / 2).copied().unwrap_or(0)
+    }
+}
+
+struct Case {
+    name: &'static str,
+    lb: Samples,
+    empty: Samples,
+    unexpected: u32,
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lb-xdp-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse_args() -> anyhow::Result<u32> {
+    let mut packets = DEFAULT_PACKETS;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--packets" => {
+                let value = args.next().context("--packets needs a value")?;
+                packets = value
+                    .parse()
+                    .with_context(|| format!("--packets {value}: not a number"))?;
+                if !(1..=MAX_PACKETS).contains(&packets) {
+                    bail!("--packets must be 1..={MAX_PACKETS}");
+                }
+            }
+            "-h" | "--help" => {
+                println!("usage: lb-xdp-bench [--packets N]   (default {DEFAULT_PACKETS})");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other} (usage: lb-xdp-bench [--packets N])"),
+        }
+    }
+    Ok(packets)
+}
+
+/// Keeps this thread on the CPU it runs on now (less noise, and the
+/// per-CPU counters stay on one CPU).
+fn pin_to_current_cpu() {
+    // SAFETY: sched_getcpu has no preconditions; the cpu_set_t is a plain
+    // bit array zeroed here and only touched through the libc macros, and
+    // sched_setaffinity(0, ...) only affects the calling thread.
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        if cpu < 0 {
+            return;
+        }
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set);
+    }
+}
+
+fn print_table(cases: &mut [&mut Case]) {
+    println!(
+        "| case | lb_xdp mean ns/pkt | lb_xdp_empty mean ns/pkt | ratio | lb_xdp median | empty median | unexpected verdicts |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for case in cases {
+        let (lb, empty) = (case.lb.mean(), case.empty.mean());
+        println!(
+            "| {} | {lb:.1} | {empty:.1} | {:.2} | {} | {} | {} |",
+            case.name,
+            lb / empty.max(1.0),
+            case.lb.median(),
+            case.empty.median(),
+            case.unexpected
+        );
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let packets = parse_args()?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("needs root (BPF_PROG_TEST_RUN and a network namespace)");
+    }
+    let started = Instant::now();
+    pin_to_current_cpu();
+    let _netns = NetNs::new();
+    let net = Network::setup();
+    let mut fx = XdpFixture::load()?;
+
+    let (snat, _) = ip_to_bytes(V4.node_backend_side);
+    fx.configure(XdpConfig {
+        snat_v4: snat,
+        port_min: 1024,
+        port_max: 65535,
+        flags: XDP_SNAT_V4,
+        ..XdpConfig::default()
+    });
+    // Service 1: one backend (established flows). Service 2: spread over
+    // backends 2..=5 with a real Maglev table.
+    let vip_single = SocketAddr::new(V4.vip, 80);
+    let vip_spread = SocketAddr::new(V4.vip, 443);
+    fx.set_backend(1, backend(SocketAddr::new(V4.backends[0], 8080), 1, 0));
+    fx.set_service(
+        vip_single,
+        PROTO_TCP,
+        Service {
+            id: 1,
+            backend_id: 1,
+            flags: SERVICE_REMOTE,
+            table_size: 0,
+        },
+    );
+    let mut members = Vec::new();
+    for (i, addr) in V4.backends.iter().enumerate() {
+        let id = 2 + u32::try_from(i)?;
+        let server = SocketAddr::new(*addr, 8443);
+        fx.set_backend(id, backend(server, 2, 0));
+        members.push(MaglevBackend {
+            id,
+            key: server.to_string().into_bytes(),
+            weight: 1,
+        });
+    }
+    let table = maglev::build(&members, TABLE_SIZE, None)?;
+    for (slot, id) in table.iter().enumerate() {
+        fx.set_maglev(2, u32::try_from(slot)?, *id);
+    }
+    fx.set_service(
+        vip_spread,
+        PROTO_TCP,
+        Service {
+            id: 2,
+            backend_id: 2,
+            flags: SERVICE_REMOTE | SERVICE_SPREAD,
+            table_size: TABLE_SIZE,
+        },
+    );
+    let ingress = Some(net.client_if);
+    let measure = |fx: &XdpFixture, frame: &[u8], case: &mut Case, expect: u32, repeat: u32| {
+        let lb = fx
+            .run_program(program_names::XDP, frame, ingress, repeat)
+            .expect("test run of lb_xdp");
+        let empty = fx
+            .run_program(program_names::XDP_EMPTY, frame, ingress, repeat)
+            .expect("test run of lb_xdp_empty");
+        if lb.verdict != expect {
+            case.unexpected += 1;
+        }
+        case.lb.push(lb.duration.as_nanos() as u64);
+        case.empty.push(empty.duration.as_nanos() as u64);
+    };
+    let new_case = |name| Case {
+        name,
+        lb: Samples::default(),
+        empty: Samples::default(),
+        unexpected: 0,
+    };
+
+    // (a) Established flow: the first packet creates it.
+    let client = SocketAddr::new(V4.client, 40000);
+    let established = Packet::tcp(client, vip_single)
+        .macs(CLIENT_MAC, CLIENT_IF_MAC)
+        .payload(&[0x42; 64])
+        .bytes();
+    let first = fx.run(&established, ingress);
+    if first.verdict != XDP_REDIRECT {
+        bail!(
+            "the first packet of the established case got {} instead of XDP_REDIRECT: \
+             the fixture network or the program is broken",
+            verdict_name(first.verdict)
+        );
+    }
+    let mut warm = new_case("warm-up");
+    for _ in 0..WARMUP {
+        measure(&fx, &established, &mut warm, XDP_REDIRECT, 1);
+    }
+    let mut case_a = new_case("established flow");
+    for _ in 0..packets {
+        measure(&fx, &established, &mut case_a, XDP_REDIRECT, 1);
+    }
+
+    // (b) A new flow per packet: source address 10.2.x.y, port 1024.. .
+    let mut case_b = new_case("new flow, Maglev (16381 slots, 4 backends)");
+    let IpAddr::V4(base) = V4.client else {
+        bail!("V4.client is not IPv4");
+    };
+    let base = u32::from(base);
+    for i in 0..packets {
+        if i > 0 && i % FLOWS_PER_BATCH == 0 {
+            fx.clear_flows();
+        }
+        let host = base + (i / 60_000) * 256;
+        let port = 1024 + (i % 60_000) as u16;
+        let src = SocketAddr::new(std::net::Ipv4Addr::from(host).into(), port);
+        let frame = Packet::tcp(src, vip_spread)
+            .macs(CLIENT_MAC, CLIENT_IF_MAC)
+            .payload(&[0x42; 64])
+            .bytes();
+        measure(&fx, &frame, &mut case_b, XDP_REDIRECT, 1);
+    }
+
+    // (c) Not a VIP.
+    let not_vip = Packet::tcp(client, SocketAddr::new(V4.not_vip, 80))
+        .macs(CLIENT_MAC, CLIENT_IF_MAC)
+        .payload(&[0x42; 64])
+        .bytes();
+    let mut case_c = new_case("non-VIP (XDP_PASS)");
+    for _ in 0..packets {
+        measure(&fx, &not_vip, &mut case_c, XDP_PASS, 1);
+    }
+
+    // Amortised variants: `repeat` runs on one buffer, which only works
+    // when running the program again on its own output is meaningful. The
+    // non-VIP frame is passed unchanged; the established flow is made to
+    // ping-pong: an extra (reply-flagged) entry keyed by the rewritten
+    // packet (SNAT address:port -> backend) rewrites it back to
+    // client -> VIP, routed back out of the client-side veth (XDP_TX). TTL
+    // 255 leaves room for REPEAT decrements.
+    let IpAddr::V4(vip_v4) = V4.vip else {
+        bail!("V4.vip is not IPv4");
+    };
+    sh(
+        "ip",
+        &["route", "add", &format!("{vip_v4}/32"), "dev", CLIENT_IF],
+    );
+    sh(
+        "ip",
+        &[
+            "neigh",
+            "add",
+            &vip_v4.to_string(),
+            "lladdr",
+            &mac_string(VIP_NEIGH_MAC),
+            "nud",
+            "permanent",
+            "dev",
+            CLIENT_IF,
+        ],
+    );
+    // (b) may have cleared `flows`: this packet re-creates the flow if so.
+    let again = fx.run(&established, ingress);
+    if again.verdict != XDP_REDIRECT {
+        bail!(
+            "the established flow got {} instead of XDP_REDIRECT",
+            verdict_name(again.verdict)
+        );
+    }
+    let forward = fx
+        .flow(&flow_key(client, vip_single, PROTO_TCP))
+        .context("the established flow is missing from flows")?;
+    let rewritten_src = SocketAddr::new(ip_from_bytes(forward.src, AF_INET), forward.src_port);
+    let rewritten_dst = SocketAddr::new(ip_from_bytes(forward.dst, AF_INET), forward.dst_port);
+    let (client_bytes, _) = ip_to_bytes(client.ip());
+    let (vip_bytes, _) = ip_to_bytes(vip_single.ip());
+    fx.flows.insert(
+        flow_key(rewritten_src, rewritten_dst, PROTO_TCP),
+        FlowValue {
+            src: client_bytes,
+            dst: vip_bytes,
+            src_port: client.port(),
+            dst_port: vip_single.port(),
+            backend_id: 1,
+            service_id: 1,
+            flags: FLOW_REPLY,
+        },
+        0,
+    )?;
+    let mut ping_pong = Packet::tcp(client, vip_single)
+        .macs(CLIENT_MAC, CLIENT_IF_MAC)
+        .payload(&[0x42; 64]);
+    ping_pong.ttl = 255;
+    let ping_pong = ping_pong.bytes();
+    // Each call with repeat > 1 also swaps the program into the kernel's
+    // XDP dispatcher and back (tens of ms of wall time, outside the
+    // measured duration): a few calls keep the run short.
+    let calls = (packets / REPEAT).clamp(1, MAX_REPEAT_CALLS);
+    let mut ping_pong_case = new_case("established flow, ping-pong");
+    let mut pass_repeat_case = new_case("non-VIP (XDP_PASS)");
+    for _ in 0..calls {
+        measure(&fx, &ping_pong, &mut ping_pong_case, XDP_TX, REPEAT);
+        measure(&fx, &not_vip, &mut pass_repeat_case, XDP_PASS, REPEAT);
+    }
+
+    let mut backends_hit = 0;
+    for id in 2..=5 {
+        if fx.backend_counters(id).xdp_flows > 0 {
+            backends_hit += 1;
+        }
+    }
+
+    println!(
+        "lb_xdp vs lb_xdp_empty, BPF_PROG_TEST_RUN kernel duration, repeat=1 per call, \
+         {packets} packets per case and program, IPv4 TCP 118-byte frames, one CPU\n"
+    );
+    print_table(&mut [&mut case_a, &mut case_b, &mut case_c]);
+    println!(
+        "\nAmortised: repeat={REPEAT} runs on one buffer per call ({calls} calls; the \
+         kernel divides its time by {REPEAT}, so the timer overhead mostly vanishes)\n"
+    );
+    print_table(&mut [&mut ping_pong_case, &mut pass_repeat_case]);
+    println!(
+        "\nnew flows reached {backends_hit} of 4 backends; total time {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let cases = [
+        &case_a,
+        &case_b,
+        &case_c,
+        &ping_pong_case,
+        &pass_repeat_case,
+    ];
+    if cases.iter().any(|case| case.unexpected > 0) {
+        bail!("some packets got an unexpected verdict (see the table)");
+    }
+    Ok(())
+}

@@ -1,0 +1,1206 @@
+//! Packet fixtures for the XDP forwarder `lb_xdp`, run through
+//! `BPF_PROG_TEST_RUN` (Katran style): each test hands the program a frame
+//! built from scratch and compares the verdict and every byte of the frame
+//! it leaves with a second frame built from scratch with the expected
+//! addresses, ports, MACs and TTL, all checksums recomputed over the whole
+//! packet (so the program's incremental checksum updates are checked
+//! against an independent computation). Each fixture also checks the one
+//! `xdp_stats` counter it must move, and for forwarded packets the service
+//! and backend counters and the `flows` entries.
+//!
+//! Every test runs in its own network namespace (only loopback plus the
+//! fixture veths, see `lb_tests::xdp_fixture::Network`) and loads the
+//! object standalone: nothing is pinned or attached, nothing is left behind.
+//! Frames arrive on the client-side veth (or the backend-side veth for
+//! replies) through an `xdp_md` context with `ingress_ifindex`.
+
+use std::net::{IpAddr, SocketAddr};
+
+use lb_common::{
+    BACKEND_DOWN, FLOW_REPLY, FlowKey, FlowValue, IF_HAS_V4, IF_HAS_V6, IfAddrs, NO_BACKEND,
+    PROTO_TCP, PROTO_UDP, SERVICE_REMOTE, SERVICE_SPREAD, SNAT_PORT_ATTEMPTS, Service, XDP_SNAT_V4,
+    XDP_SNAT_V6, XdpConfig, flow_hash, ip_to_bytes, snat_port,
+    xdp_counter::{self, COUNT, NAMES},
+};
+use lb_tests::{
+    NetNs, privileged,
+    xdp_fixture::{
+        Addrs, BACKEND_IF_MAC, BACKEND_MACS, CLIENT_IF_MAC, CLIENT_MAC, IPV4_MF, L4,
+        NEAR_CLIENT_MAC, Network, PROTO_ICMP, Packet, Run, V4, V6, XDP_DROP, XDP_PASS, XdpFixture,
+        arp_request, assert_frame_eq, backend, flow_key, tcp_flags, verdict_name, vlan_tagged,
+    },
+};
+
+const PORT_MIN: u16 = 20000;
+const PORT_MAX: u16 = 29999;
+const VIP_PORT: u16 = 80;
+const BACKEND_PORT: u16 = 8080;
+const CLIENT_PORT: u16 = 43210;
+const SERVICE_ID: u32 = 7;
+
+/// One test's namespace, fixture network and loaded object.
+struct World {
+    fx: XdpFixture,
+    net: Network,
+    _netns: NetNs,
+}
+
+/// A fresh world, or `None` when privileged tests are skipped here.
+fn world(test: &str) -> Option<World> {
+    if !privileged(test) {
+        return None;
+    }
+    let netns = NetNs::new();
+    let net = Network::setup();
+    let fx = XdpFixture::load().unwrap_or_else(|e| panic!("{e:#}"));
+    Some(World {
+        fx,
+        net,
+        _netns: netns,
+    })
+}
+
+fn vip(a: &Addrs) -> SocketAddr {
+    SocketAddr::new(a.vip, VIP_PORT)
+}
+
+fn client(a: &Addrs) -> SocketAddr {
+    SocketAddr::new(a.client, CLIENT_PORT)
+}
+
+fn backend_at(a: &Addrs, i: usize) -> SocketAddr {
+    SocketAddr::new(a.backends[i], BACKEND_PORT)
+}
+
+/// The `Packet` constructor for `proto`.
+fn packet(proto: u8, src: SocketAddr, dst: SocketAddr) -> Packet {
+    if proto == PROTO_TCP {
+        Packet::tcp(src, dst)
+    } else {
+        Packet::udp(src, dst)
+    }
+}
+
+/// A client frame to the VIP as it arrives on the client-side interface.
+fn client_frame(a: &Addrs, proto: u8) -> Packet {
+    packet(proto, client(a), vip(a))
+        .macs(CLIENT_MAC, CLIENT_IF_MAC)
+        .payload(b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n")
+}
+
+/// `input` as the program must leave it after rewriting it to `src → dst`
+/// and handing it to the next hop: new MACs, TTL one less, everything else
+/// (IP id, flags, TCP fields, payload) as it was; checksums from scratch.
+fn rewritten(
+    input: &Packet,
+    src: SocketAddr,
+    dst: SocketAddr,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+) -> Packet {
+    Packet {
+        eth_src: smac,
+        eth_dst: dmac,
+        src: src.ip(),
+        dst: dst.ip(),
+        src_port: src.port(),
+        dst_port: dst.port(),
+        ttl: input.ttl - 1,
+        ..input.clone()
+    }
+}
+
+fn flow_value(
+    src: SocketAddr,
+    dst: SocketAddr,
+    backend_id: u32,
+    service_id: u32,
+    flags: u32,
+) -> FlowValue {
+    let (src_bytes, _) = ip_to_bytes(src.ip());
+    let (dst_bytes, _) = ip_to_bytes(dst.ip());
+    FlowValue {
+        src: src_bytes,
+        dst: dst_bytes,
+        src_port: src.port(),
+        dst_port: dst.port(),
+        backend_id,
+        service_id,
+        flags,
+    }
+}
+
+/// The nonzero entries of `after - before`, by counter name.
+fn delta(
+    before: &[u64; COUNT as usize],
+    after: &[u64; COUNT as usize],
+) -> Vec<(&'static str, u64)> {
+    (0..COUNT as usize)
+        .filter(|&i| after[i] != before[i])
+        .map(|i| (NAMES[i], after[i].wrapping_sub(before[i])))
+        .collect()
+}
+
+impl World {
+    /// `xdp_config`: SNAT source = the node's backend-side address of each
+    /// family, ports `PORT_MIN..=PORT_MAX`.
+    fn configure(&mut self) {
+        let (snat_v4, _) = ip_to_bytes(V4.node_backend_side);
+        let (snat_v6, _) = ip_to_bytes(V6.node_backend_side);
+        self.fx.configure(XdpConfig {
+            snat_v4,
+            snat_v6,
+            port_min: PORT_MIN,
+            port_max: PORT_MAX,
+            flags: XDP_SNAT_V4 | XDP_SNAT_V6,
+        });
+    }
+
+    /// Service `SERVICE_ID` on the VIP (`flags`) with backend 1 =
+    /// `a.backends[0]`, backends 2..=4 = `a.backends[1..4]` (unused by it).
+    fn service(&mut self, a: &Addrs, proto: u8, flags: u32) {
+        for i in 0..4 {
+            let id = i as u32 + 1;
+            self.fx
+                .set_backend(id, backend(backend_at(a, i), SERVICE_ID, 0));
+        }
+        self.fx.set_service(
+            vip(a),
+            proto,
+            Service {
+                id: SERVICE_ID,
+                backend_id: 1,
+                flags,
+                table_size: 0,
+            },
+        );
+    }
+
+    /// Runs `lb_xdp` on `frame` arriving on `ingress`, and returns the run
+    /// and what it did to the counters.
+    fn run(&self, frame: &[u8], ingress: Option<u32>) -> (Run, Vec<(&'static str, u64)>) {
+        let before = self.fx.xdp_counters();
+        let run = self.fx.run(frame, ingress);
+        let after = self.fx.xdp_counters();
+        (run, delta(&before, &after))
+    }
+
+    /// The SNAT port the program picks for a new flow `key` to `backend`
+    /// from `snat`: the first of its attempts whose reply entry is free in
+    /// `flows` right now.
+    fn predict_snat_port(&self, key: &FlowKey, snat: IpAddr, backend: SocketAddr) -> u16 {
+        let hash = flow_hash(key);
+        (0..SNAT_PORT_ATTEMPTS)
+            .map(|attempt| snat_port(hash, attempt, PORT_MIN, PORT_MAX))
+            .find(|port| {
+                let reply = flow_key(backend, SocketAddr::new(snat, *port), key.proto);
+                self.fx.flow(&reply).is_none()
+            })
+            .expect("a free SNAT port")
+    }
+
+    /// Asserts that `frame` (arriving on the client side) is passed
+    /// unchanged, counted once under `counter`, with no flow stored.
+    fn assert_pass(&self, what: &str, frame: &[u8], counter: u32) {
+        self.assert_untouched(what, frame, XDP_PASS, counter);
+    }
+
+    /// Asserts verdict `verdict`, the frame unchanged, one count under
+    /// `counter` and no new `flows` entry.
+    fn assert_untouched(&self, what: &str, frame: &[u8], verdict: u32, counter: u32) {
+        let entries = self.fx.flow_count();
+        let (run, moved) = self.run(frame, Some(self.net.client_if));
+        assert_eq!(
+            verdict_name(run.verdict),
+            verdict_name(verdict),
+            "{what}: verdict"
+        );
+        assert_frame_eq(what, &run.frame, frame);
+        assert_eq!(
+            moved,
+            vec![(NAMES[counter as usize], 1)],
+            "{what}: xdp_stats"
+        );
+        assert_eq!(self.fx.flow_count(), entries, "{what}: flows entries");
+    }
+
+    /// Sends a new flow of `input` (client side) expecting it forwarded to
+    /// `backend_id` at `backend` (MAC `backend_mac`) from `snat`; checks the
+    /// frame, both `flows` entries and the counter; returns the SNAT port.
+    fn expect_new_flow(
+        &self,
+        what: &str,
+        input: &Packet,
+        backend_id: u32,
+        backend: SocketAddr,
+        backend_mac: [u8; 6],
+        snat: IpAddr,
+    ) -> u16 {
+        let key = input.flow_key();
+        let port = self.predict_snat_port(&key, snat, backend);
+        let snat_addr = SocketAddr::new(snat, port);
+        let expected = rewritten(input, snat_addr, backend, BACKEND_IF_MAC, backend_mac);
+        let (run, counted) = self.run(&input.bytes(), Some(self.net.client_if));
+        assert_eq!(verdict_name(run.verdict), "XDP_REDIRECT", "{what}: verdict");
+        assert_frame_eq(what, &run.frame, &expected.bytes());
+        assert_eq!(counted, vec![("redirect", 1)], "{what}: xdp_stats");
+        assert_eq!(
+            self.fx.flow(&key),
+            Some(flow_value(snat_addr, backend, backend_id, SERVICE_ID, 0)),
+            "{what}: forward flow entry"
+        );
+        assert_eq!(
+            self.fx.flow(&flow_key(backend, snat_addr, input.proto())),
+            Some(flow_value(
+                input.destination(),
+                input.source(),
+                backend_id,
+                SERVICE_ID,
+                FLOW_REPLY
+            )),
+            "{what}: reply flow entry"
+        );
+        port
+    }
+}
+
+/// New flow, established flow and reply for one family and protocol: the
+/// first packet picks the service's backend and a SNAT port (predicted with
+/// `lb_common::snat_port`), stores both `flows` entries and leaves through
+/// the backend-side veth with the backend's MAC; the second packet of the
+/// flow (other TCP flags, other payload) is rewritten the same way from the
+/// table; the backend's reply to the SNAT address:port becomes VIP →
+/// client and leaves through the client-side veth. Three `redirect`
+/// counts, one flow, packets and bytes on the service and backend.
+fn forward_round_trip(test: &str, a: &Addrs, proto: u8) {
+    let Some(mut w) = world(test) else { return };
+    w.configure();
+    w.service(a, proto, SERVICE_REMOTE);
+    let first = client_frame(a, proto);
+    let snat = a.node_backend_side;
+    let port = w.expect_new_flow(
+        "new flow",
+        &first,
+        1,
+        backend_at(a, 0),
+        BACKEND_MACS[0],
+        snat,
+    );
+    let snat_addr = SocketAddr::new(snat, port);
+
+    // Second packet of the same flow.
+    let mut second = client_frame(a, proto).payload(b"second segment, other length");
+    if let L4::Tcp { seq, flags, .. } = &mut second.l4 {
+        *seq += 31;
+        *flags = tcp_flags::ACK | tcp_flags::FIN;
+    }
+    second.ttl = 17;
+    let expected = rewritten(
+        &second,
+        snat_addr,
+        backend_at(a, 0),
+        BACKEND_IF_MAC,
+        BACKEND_MACS[0],
+    );
+    let (run, counted) = w.run(&second.bytes(), Some(w.net.client_if));
+    assert_eq!(verdict_name(run.verdict), "XDP_REDIRECT", "established");
+    assert_frame_eq("established flow", &run.frame, &expected.bytes());
+    assert_eq!(counted, vec![("redirect", 1)], "established: xdp_stats");
+
+    // The backend's reply.
+    let reply = packet(proto, backend_at(a, 0), snat_addr)
+        .macs(BACKEND_MACS[0], BACKEND_IF_MAC)
+        .payload(b"HTTP/1.1 200 OK\r\n\r\nhello");
+    let expected = rewritten(&reply, vip(a), client(a), CLIENT_IF_MAC, CLIENT_MAC);
+    let (run, counted) = w.run(&reply.bytes(), Some(w.net.backend_if));
+    assert_eq!(verdict_name(run.verdict), "XDP_REDIRECT", "reply");
+    assert_frame_eq("reply", &run.frame, &expected.bytes());
+    assert_eq!(counted, vec![("redirect", 1)], "reply: xdp_stats");
+
+    let bytes = (first.bytes().len() + second.bytes().len() + reply.bytes().len()) as u64;
+    let service = w.fx.service_counters(SERVICE_ID);
+    assert_eq!(
+        (service.xdp_packets, service.xdp_bytes, service.xdp_flows),
+        (3, bytes, 1),
+        "service counters (packets, bytes, flows)"
+    );
+    let backend = w.fx.backend_counters(1);
+    assert_eq!(
+        (backend.xdp_packets, backend.xdp_bytes, backend.xdp_flows),
+        (3, bytes, 1),
+        "backend counters (packets, bytes, flows)"
+    );
+    assert_eq!(w.fx.flow_count(), 2, "two flows entries for one flow");
+}
+
+/// TCP over IPv4: new flow, established flow, reply (see `forward_round_trip`).
+#[test]
+fn tcp4_new_established_reply() {
+    forward_round_trip("tcp4_new_established_reply", &V4, PROTO_TCP);
+}
+
+/// TCP over IPv6: new flow, established flow, reply.
+#[test]
+fn tcp6_new_established_reply() {
+    forward_round_trip("tcp6_new_established_reply", &V6, PROTO_TCP);
+}
+
+/// UDP over IPv4 (with checksum): new flow, established flow, reply.
+#[test]
+fn udp4_new_established_reply() {
+    forward_round_trip("udp4_new_established_reply", &V4, PROTO_UDP);
+}
+
+/// UDP over IPv6: new flow, established flow, reply.
+#[test]
+fn udp6_new_established_reply() {
+    forward_round_trip("udp6_new_established_reply", &V6, PROTO_UDP);
+}
+
+/// A client on the backend subnet: its packet arrives on the backend-side
+/// veth and the FIB sends it out of the same one, so the verdict is
+/// `XDP_TX` (counted as `tx`), for the request and for the reply back to it.
+#[test]
+fn same_interface_is_xdp_tx() {
+    let Some(mut w) = world("same_interface_is_xdp_tx") else {
+        return;
+    };
+    w.configure();
+    for a in [V4, V6] {
+        w.service(&a, PROTO_TCP, SERVICE_REMOTE);
+        let near = SocketAddr::new(a.near_client, CLIENT_PORT);
+        let input = Packet::tcp(near, vip(&a))
+            .macs(NEAR_CLIENT_MAC, BACKEND_IF_MAC)
+            .payload(b"near");
+        let key = input.flow_key();
+        let port = w.predict_snat_port(&key, a.node_backend_side, backend_at(&a, 0));
+        let snat_addr = SocketAddr::new(a.node_backend_side, port);
+        let expected = rewritten(
+            &input,
+            snat_addr,
+            backend_at(&a, 0),
+            BACKEND_IF_MAC,
+            BACKEND_MACS[0],
+        );
+        let (run, counted) = w.run(&input.bytes(), Some(w.net.backend_if));
+        assert_eq!(verdict_name(run.verdict), "XDP_TX", "{}: request", a.vip);
+        assert_frame_eq("request via XDP_TX", &run.frame, &expected.bytes());
+        assert_eq!(counted, vec![("tx", 1)]);
+
+        let reply = Packet::tcp(backend_at(&a, 0), snat_addr)
+            .macs(BACKEND_MACS[0], BACKEND_IF_MAC)
+            .payload(b"back");
+        let expected = rewritten(&reply, vip(&a), near, BACKEND_IF_MAC, NEAR_CLIENT_MAC);
+        let (run, counted) = w.run(&reply.bytes(), Some(w.net.backend_if));
+        assert_eq!(verdict_name(run.verdict), "XDP_TX", "{}: reply", a.vip);
+        assert_frame_eq("reply via XDP_TX", &run.frame, &expected.bytes());
+        assert_eq!(counted, vec![("tx", 1)]);
+    }
+}
+
+/// Without an `xdp_md` context the test run's ingress device is the
+/// namespace's loopback: the FIB still routes to the backend-side veth, so
+/// the packet is redirected there.
+#[test]
+fn loopback_ingress_redirects() {
+    let Some(mut w) = world("loopback_ingress_redirects") else {
+        return;
+    };
+    w.configure();
+    w.service(&V4, PROTO_TCP, SERVICE_REMOTE);
+    let input = client_frame(&V4, PROTO_TCP);
+    let port = w.predict_snat_port(&input.flow_key(), V4.node_backend_side, backend_at(&V4, 0));
+    let expected = rewritten(
+        &input,
+        SocketAddr::new(V4.node_backend_side, port),
+        backend_at(&V4, 0),
+        BACKEND_IF_MAC,
+        BACKEND_MACS[0],
+    );
+    let (run, counted) = w.run(&input.bytes(), None);
+    assert_eq!(verdict_name(run.verdict), "XDP_REDIRECT");
+    assert_frame_eq("loopback ingress", &run.frame, &expected.bytes());
+    assert_eq!(counted, vec![("redirect", 1)]);
+}
+
+/// A `spread` service: each new flow goes to the backend in Maglev slot
+/// `flow_hash(key) % table_size` of its service; a missing slot and a
+/// slot holding `NO_BACKEND` fall back to the service's `backend_id`.
+/// At least 60 flows (until every slot is hit) over IPv4 TCP and IPv6 UDP,
+/// each compared byte for byte, every backend reached, `xdp_flows` per
+/// backend as predicted.
+#[test]
+fn spread_picks_maglev_slot() {
+    const TABLE: u32 = 13;
+    const MISSING_SLOT: u32 = 5;
+    const EMPTY_SLOT: u32 = 9;
+    let Some(mut w) = world("spread_picks_maglev_slot") else {
+        return;
+    };
+    w.configure();
+    for (a, proto) in [(V4, PROTO_TCP), (V6, PROTO_UDP)] {
+        w.fx.clear_flows();
+        w.service(&a, proto, SERVICE_REMOTE | SERVICE_SPREAD);
+        w.fx.set_service(
+            vip(&a),
+            proto,
+            Service {
+                id: SERVICE_ID,
+                backend_id: 4,
+                flags: SERVICE_REMOTE | SERVICE_SPREAD,
+                table_size: TABLE,
+            },
+        );
+        let slot_owner = |slot: u32| match slot {
+            MISSING_SLOT => None,
+            EMPTY_SLOT => Some(NO_BACKEND),
+            _ => Some(1 + slot % 3),
+        };
+        for slot in 0..TABLE {
+            if let Some(id) = slot_owner(slot) {
+                w.fx.set_maglev(SERVICE_ID, slot, id);
+            }
+        }
+        let before: Vec<u64> = (1..=4)
+            .map(|id| w.fx.backend_counters(id).xdp_flows)
+            .collect();
+        let mut flows_to = [0_u64; 4];
+        let mut slots_seen = [false; TABLE as usize];
+        // At least 60 flows, and on until every slot (the missing and the
+        // empty one included) has been hit; the hash is fixed, so this
+        // always takes the same flows.
+        for n in 0..2000_u16 {
+            if n >= 60 && slots_seen.iter().all(|seen| *seen) {
+                break;
+            }
+            let input = packet(proto, SocketAddr::new(a.client, 30000 + n * 7), vip(&a))
+                .macs(CLIENT_MAC, CLIENT_IF_MAC)
+                .payload(&n.to_be_bytes());
+            let slot = (flow_hash(&input.flow_key()) % u64::from(TABLE)) as u32;
+            slots_seen[slot as usize] = true;
+            let id = match slot_owner(slot) {
+                None | Some(NO_BACKEND) => 4,
+                Some(id) => id,
+            };
+            let index = id as usize - 1;
+            w.expect_new_flow(
+                &format!("{} flow {n} (slot {slot})", a.vip),
+                &input,
+                id,
+                backend_at(&a, index),
+                BACKEND_MACS[index],
+                a.node_backend_side,
+            );
+            flows_to[index] += 1;
+        }
+        assert!(
+            slots_seen[MISSING_SLOT as usize] && slots_seen[EMPTY_SLOT as usize],
+            "2000 flows did not reach the missing and the empty slot: {slots_seen:?}"
+        );
+        for id in 1..=4_u32 {
+            let got = w.fx.backend_counters(id).xdp_flows - before[id as usize - 1];
+            assert_eq!(
+                got,
+                flows_to[id as usize - 1],
+                "{}: xdp_flows of backend {id}",
+                a.vip
+            );
+            assert!(got > 0, "{}: backend {id} reached by no flow", a.vip);
+        }
+    }
+}
+
+/// An established flow whose backend became unusable for it (marked
+/// `BACKEND_DOWN`, or its slot reused by another service) while the
+/// service now selects backend 2 is handled as a new flow on its next
+/// packet: re-hashed to backend 2, with a fresh reply entry and the flow
+/// entry replaced.
+#[test]
+fn invalid_backend_rehashes_established_flow() {
+    let Some(mut w) = world("invalid_backend_rehashes_established_flow") else {
+        return;
+    };
+    w.configure();
+    for (a, proto) in [(V4, PROTO_TCP), (V6, PROTO_UDP)] {
+        for (what, invalidated) in [
+            ("down", backend(backend_at(&a, 0), SERVICE_ID, BACKEND_DOWN)),
+            ("slot reused", backend(backend_at(&a, 0), SERVICE_ID + 1, 0)),
+        ] {
+            w.fx.clear_flows();
+            w.service(&a, proto, SERVICE_REMOTE);
+            let input = client_frame(&a, proto);
+            let snat = a.node_backend_side;
+            let flows = w.fx.service_counters(SERVICE_ID).xdp_flows;
+            w.expect_new_flow(
+                &format!("{}: before {what}", a.vip),
+                &input,
+                1,
+                backend_at(&a, 0),
+                BACKEND_MACS[0],
+                snat,
+            );
+            w.fx.set_backend(1, invalidated);
+            w.fx.set_service(
+                vip(&a),
+                proto,
+                Service {
+                    id: SERVICE_ID,
+                    backend_id: 2,
+                    flags: SERVICE_REMOTE,
+                    table_size: 0,
+                },
+            );
+            w.expect_new_flow(
+                &format!("{}: after {what}", a.vip),
+                &input,
+                2,
+                backend_at(&a, 1),
+                BACKEND_MACS[1],
+                snat,
+            );
+            assert_eq!(
+                w.fx.service_counters(SERVICE_ID).xdp_flows,
+                flows + 2,
+                "{what}: both packets counted as new flows"
+            );
+        }
+    }
+}
+
+/// Fail-open: a `BACKEND_DOWN` backend that the service still selects
+/// (the controller picks a failed server when nothing better exists) keeps
+/// its established flow as it is (same SNAT port, no new flow counted) and
+/// takes new flows.
+#[test]
+fn down_backend_still_selected_keeps_flows() {
+    let Some(mut w) = world("down_backend_still_selected_keeps_flows") else {
+        return;
+    };
+    w.configure();
+    for (a, proto) in [(V4, PROTO_UDP), (V6, PROTO_TCP)] {
+        w.service(&a, proto, SERVICE_REMOTE);
+        let input = client_frame(&a, proto);
+        let snat = a.node_backend_side;
+        let port = w.expect_new_flow(
+            &format!("{}: established", a.vip),
+            &input,
+            1,
+            backend_at(&a, 0),
+            BACKEND_MACS[0],
+            snat,
+        );
+        w.fx.set_backend(1, backend(backend_at(&a, 0), SERVICE_ID, BACKEND_DOWN));
+        let entry = w.fx.flow(&input.flow_key());
+        let flows = w.fx.service_counters(SERVICE_ID).xdp_flows;
+        let expected = rewritten(
+            &input,
+            SocketAddr::new(snat, port),
+            backend_at(&a, 0),
+            BACKEND_IF_MAC,
+            BACKEND_MACS[0],
+        );
+        let (run, counted) = w.run(&input.bytes(), Some(w.net.client_if));
+        assert_eq!(
+            verdict_name(run.verdict),
+            "XDP_REDIRECT",
+            "{}: kept flow",
+            a.vip
+        );
+        assert_frame_eq("kept flow", &run.frame, &expected.bytes());
+        assert_eq!(counted, vec![("redirect", 1)]);
+        assert_eq!(w.fx.flow(&input.flow_key()), entry, "flow entry kept as is");
+        assert_eq!(
+            w.fx.service_counters(SERVICE_ID).xdp_flows,
+            flows,
+            "no new flow"
+        );
+
+        let mut other = client_frame(&a, proto);
+        other.src_port += 1;
+        w.expect_new_flow(
+            &format!("{}: new flow to the failed selection", a.vip),
+            &other,
+            1,
+            backend_at(&a, 0),
+            BACKEND_MACS[0],
+            snat,
+        );
+    }
+}
+
+/// UDP over IPv4 without a checksum (0) is forwarded with the checksum
+/// still 0, both ways.
+#[test]
+fn udp4_zero_checksum_stays_zero() {
+    let Some(mut w) = world("udp4_zero_checksum_stays_zero") else {
+        return;
+    };
+    w.configure();
+    w.service(&V4, PROTO_UDP, SERVICE_REMOTE);
+    let mut input = client_frame(&V4, PROTO_UDP);
+    input.l4 = L4::Udp {
+        zero_checksum: true,
+    };
+    assert_eq!(input.bytes()[40..42], [0, 0], "fixture has checksum 0");
+    let port = w.expect_new_flow(
+        "zero checksum",
+        &input,
+        1,
+        backend_at(&V4, 0),
+        BACKEND_MACS[0],
+        V4.node_backend_side,
+    );
+    let mut reply = Packet::udp(
+        backend_at(&V4, 0),
+        SocketAddr::new(V4.node_backend_side, port),
+    )
+    .macs(BACKEND_MACS[0], BACKEND_IF_MAC)
+    .payload(b"pong");
+    reply.l4 = L4::Udp {
+        zero_checksum: true,
+    };
+    let expected = rewritten(&reply, vip(&V4), client(&V4), CLIENT_IF_MAC, CLIENT_MAC);
+    let (run, counted) = w.run(&reply.bytes(), Some(w.net.backend_if));
+    assert_eq!(verdict_name(run.verdict), "XDP_REDIRECT");
+    assert_frame_eq("zero-checksum reply", &run.frame, &expected.bytes());
+    assert_eq!(counted, vec![("redirect", 1)]);
+}
+
+/// A UDP rewrite whose new checksum computes to 0 is written as 0xffff
+/// (RFC 768; 0 would mean "no checksum"): the payload is chosen so that the
+/// rewritten packet's one's-complement sum is exactly 0xffff.
+#[test]
+fn udp_checksum_computing_to_zero_is_ffff() {
+    let Some(mut w) = world("udp_checksum_computing_to_zero_is_ffff") else {
+        return;
+    };
+    w.configure();
+    for a in [V4, V6] {
+        w.service(&a, PROTO_UDP, SERVICE_REMOTE);
+        let mut input = client_frame(&a, PROTO_UDP).payload(&[0, 0, 1, 2, 3]);
+        let key = input.flow_key();
+        let port = w.predict_snat_port(&key, a.node_backend_side, backend_at(&a, 0));
+        let snat_addr = SocketAddr::new(a.node_backend_side, port);
+        let probe = rewritten(
+            &input,
+            snat_addr,
+            backend_at(&a, 0),
+            BACKEND_IF_MAC,
+            BACKEND_MACS[0],
+        );
+        let udp = if a.vip.is_ipv4() { 14 + 20 } else { 14 + 40 };
+        // With payload word 0 the checksum is !sum; putting that word in
+        // the payload makes the sum 0xffff, i.e. a computed checksum of 0.
+        let check = probe.bytes()[udp + 6..udp + 8].to_vec();
+        input.payload[..2].copy_from_slice(&check);
+        let expected = rewritten(
+            &input,
+            snat_addr,
+            backend_at(&a, 0),
+            BACKEND_IF_MAC,
+            BACKEND_MACS[0],
+        );
+        let expected = expected.bytes();
+        assert_eq!(
+            expected[udp + 6..udp + 8],
+            [0xff, 0xff],
+            "fixture: computed 0"
+        );
+        let (run, counted) = w.run(&input.bytes(), Some(w.net.client_if));
+        assert_eq!(verdict_name(run.verdict), "XDP_REDIRECT", "{}", a.vip);
+        assert_frame_eq("UDP checksum computing to 0", &run.frame, &expected);
+        assert_eq!(counted, vec![("redirect", 1)]);
+    }
+}
+
+/// UDP over IPv6 with checksum 0 is invalid: passed unchanged to the stack
+/// (which drops it), counted `pass_udp6_zero_csum`, no flow.
+#[test]
+fn udp6_zero_checksum_passes() {
+    let Some(mut w) = world("udp6_zero_checksum_passes") else {
+        return;
+    };
+    w.configure();
+    w.service(&V6, PROTO_UDP, SERVICE_REMOTE);
+    let mut input = client_frame(&V6, PROTO_UDP);
+    input.l4 = L4::Udp {
+        zero_checksum: true,
+    };
+    w.assert_pass(
+        "udp6 zero checksum",
+        &input.bytes(),
+        xdp_counter::PASS_UDP6_ZERO_CSUM,
+    );
+}
+
+/// Without a configured SNAT address (`xdp_config.flags` 0) the source is
+/// the egress interface's address from `if_addrs`; an interface without an
+/// address of the packet's family passes it (`pass_no_snat_addr`).
+#[test]
+fn snat_from_if_addrs() {
+    let Some(mut w) = world("snat_from_if_addrs") else {
+        return;
+    };
+    w.fx.configure(XdpConfig {
+        port_min: PORT_MIN,
+        port_max: PORT_MAX,
+        ..XdpConfig::default()
+    });
+    let (v4, _) = ip_to_bytes(V4.node_backend_side2);
+    let (v6, _) = ip_to_bytes(V6.node_backend_side2);
+    w.fx.set_if_addrs(
+        w.net.backend_if,
+        IfAddrs {
+            v4,
+            v6: [0; 16],
+            flags: IF_HAS_V4,
+            pad: 0,
+        },
+    );
+    w.service(&V4, PROTO_TCP, SERVICE_REMOTE);
+    w.expect_new_flow(
+        "v4 from if_addrs",
+        &client_frame(&V4, PROTO_TCP),
+        1,
+        backend_at(&V4, 0),
+        BACKEND_MACS[0],
+        V4.node_backend_side2,
+    );
+    w.service(&V6, PROTO_TCP, SERVICE_REMOTE);
+    w.assert_pass(
+        "v6 without a v6 address in if_addrs",
+        &client_frame(&V6, PROTO_TCP).bytes(),
+        xdp_counter::PASS_NO_SNAT_ADDR,
+    );
+    w.fx.set_if_addrs(
+        w.net.backend_if,
+        IfAddrs {
+            v4,
+            v6,
+            flags: IF_HAS_V4 | IF_HAS_V6,
+            pad: 0,
+        },
+    );
+    w.expect_new_flow(
+        "v6 from if_addrs",
+        &client_frame(&V6, PROTO_TCP),
+        1,
+        backend_at(&V6, 0),
+        BACKEND_MACS[0],
+        V6.node_backend_side2,
+    );
+}
+
+/// A backend the FIB routes to but whose MAC is unknown: passed unchanged
+/// (`pass_no_neigh`, the stack resolves it), nothing stored.
+#[test]
+fn no_neighbour_passes() {
+    let Some(mut w) = world("no_neighbour_passes") else {
+        return;
+    };
+    w.configure();
+    for a in [V4, V6] {
+        w.service(&a, PROTO_TCP, SERVICE_REMOTE);
+        w.fx.set_backend(
+            1,
+            backend(SocketAddr::new(a.no_neigh, BACKEND_PORT), SERVICE_ID, 0),
+        );
+        w.assert_pass(
+            "no neighbour",
+            &client_frame(&a, PROTO_TCP).bytes(),
+            xdp_counter::PASS_NO_NEIGH,
+        );
+    }
+}
+
+/// A backend in a blackhole route: dropped (`drop_unreachable`, and the
+/// service's `xdp_drop_unreachable`), frame untouched, nothing stored.
+#[test]
+fn blackholed_backend_drops() {
+    let Some(mut w) = world("blackholed_backend_drops") else {
+        return;
+    };
+    w.configure();
+    for a in [V4, V6] {
+        w.service(&a, PROTO_TCP, SERVICE_REMOTE);
+        w.fx.set_backend(
+            1,
+            backend(SocketAddr::new(a.blackholed, BACKEND_PORT), SERVICE_ID, 0),
+        );
+        w.assert_untouched(
+            "blackhole",
+            &client_frame(&a, PROTO_TCP).bytes(),
+            XDP_DROP,
+            xdp_counter::DROP_UNREACHABLE,
+        );
+    }
+    assert_eq!(w.fx.service_counters(SERVICE_ID).xdp_drop_unreachable, 2);
+}
+
+/// TTL / hop limit 1 would expire here: passed unchanged (`pass_ttl`, the
+/// stack sends the ICMP error), before anything is stored.
+#[test]
+fn ttl_one_passes() {
+    let Some(mut w) = world("ttl_one_passes") else {
+        return;
+    };
+    w.configure();
+    for a in [V4, V6] {
+        w.service(&a, PROTO_TCP, SERVICE_REMOTE);
+        let mut input = client_frame(&a, PROTO_TCP);
+        input.ttl = 1;
+        w.assert_pass("ttl 1", &input.bytes(), xdp_counter::PASS_TTL);
+        input.ttl = 0;
+        w.assert_pass("ttl 0", &input.bytes(), xdp_counter::PASS_TTL);
+    }
+}
+
+/// No usable backend: `backend_id` 0, an unused backend slot, a backend of
+/// the other family, a backend slot of another service: dropped (`drop_no_backend`
+/// and the service's `xdp_drop_no_backend`), frame untouched, nothing stored.
+#[test]
+fn no_backend_drops() {
+    let Some(mut w) = world("no_backend_drops") else {
+        return;
+    };
+    w.configure();
+    let mut drops = 0;
+    for (a, other) in [(V4, V6), (V6, V4)] {
+        w.service(&a, PROTO_TCP, SERVICE_REMOTE);
+        let frame = client_frame(&a, PROTO_TCP).bytes();
+        let cases = [
+            ("backend id 0", NO_BACKEND, None),
+            ("unused backend slot", 100, None),
+            (
+                "backend of the other family",
+                1,
+                Some(backend(backend_at(&other, 0), SERVICE_ID, 0)),
+            ),
+            (
+                "backend of another service",
+                1,
+                Some(backend(backend_at(&a, 0), SERVICE_ID + 1, 0)),
+            ),
+        ];
+        for (what, id, slot) in cases {
+            if let Some(slot) = slot {
+                w.fx.set_backend(id, slot);
+            }
+            w.fx.set_service(
+                vip(&a),
+                PROTO_TCP,
+                Service {
+                    id: SERVICE_ID,
+                    backend_id: id,
+                    flags: SERVICE_REMOTE,
+                    table_size: 0,
+                },
+            );
+            w.assert_untouched(what, &frame, XDP_DROP, xdp_counter::DROP_NO_BACKEND);
+            drops += 1;
+        }
+    }
+    assert_eq!(w.fx.service_counters(SERVICE_ID).xdp_drop_no_backend, drops);
+}
+
+/// Frames cut short are passed unchanged (`pass_truncated`): Ethernet
+/// header only, IPv4/IPv6 header cut, IPv4 IHL < 5, IPv4 total length
+/// beyond the frame, TCP header < 20 and UDP header < 8 bytes with the IP
+/// length matching. Frames shorter than an Ethernet header never reach the
+/// program: the kernel's test run refuses them (as drivers never deliver them).
+#[test]
+fn truncated_frames_pass() {
+    let Some(mut w) = world("truncated_frames_pass") else {
+        return;
+    };
+    w.configure();
+    w.service(&V4, PROTO_TCP, SERVICE_REMOTE);
+    w.service(&V6, PROTO_TCP, SERVICE_REMOTE);
+    let counter = xdp_counter::PASS_TRUNCATED;
+    let v4 = client_frame(&V4, PROTO_TCP).bytes();
+    let v6 = client_frame(&V6, PROTO_TCP).bytes();
+    assert!(
+        w.fx.run_program(
+            lb_common::program_names::XDP,
+            &v4[..13],
+            Some(w.net.client_if),
+            1
+        )
+        .is_err(),
+        "a 13-byte frame should be refused by BPF_PROG_TEST_RUN"
+    );
+    w.assert_pass("ethernet header only (IPv4)", &v4[..14], counter);
+    w.assert_pass("ethernet header only (IPv6)", &v6[..14], counter);
+    w.assert_pass("IPv4 header cut at 19 bytes", &v4[..14 + 19], counter);
+    w.assert_pass("IPv6 header cut at 39 bytes", &v6[..14 + 39], counter);
+    w.assert_pass(
+        "IPv4 total length beyond the frame",
+        &v4[..v4.len() - 1],
+        counter,
+    );
+    let mut ihl4 = v4.clone();
+    ihl4[14] = 0x44;
+    w.assert_pass("IPv4 IHL 4", &ihl4, counter);
+    for a in [V4, V6] {
+        for (proto, len) in [(PROTO_TCP, 19), (PROTO_UDP, 7)] {
+            let short = Packet::new(
+                client(&a),
+                vip(&a),
+                L4::Raw {
+                    proto,
+                    bytes: vec![0xab; len],
+                },
+            )
+            .macs(CLIENT_MAC, CLIENT_IF_MAC);
+            w.assert_pass(
+                &format!("{} proto {proto}: {len}-byte header", a.vip),
+                &short.bytes(),
+                counter,
+            );
+        }
+    }
+}
+
+/// IPv4 with options (IHL 6) to the VIP: passed unchanged (`pass_ip_options`).
+#[test]
+fn ipv4_options_pass() {
+    let Some(mut w) = world("ipv4_options_pass") else {
+        return;
+    };
+    w.configure();
+    w.service(&V4, PROTO_TCP, SERVICE_REMOTE);
+    let mut input = client_frame(&V4, PROTO_TCP);
+    input.ipv4_options = vec![1, 1, 1, 0]; // NOP NOP NOP EOL
+    w.assert_pass("IPv4 options", &input.bytes(), xdp_counter::PASS_IP_OPTIONS);
+}
+
+/// IPv4 fragments to the VIP (first fragment with MF, a later fragment with
+/// an offset, the last fragment with an offset and no MF): passed unchanged
+/// (`pass_fragment`).
+#[test]
+fn ipv4_fragments_pass() {
+    let Some(mut w) = world("ipv4_fragments_pass") else {
+        return;
+    };
+    w.configure();
+    w.service(&V4, PROTO_TCP, SERVICE_REMOTE);
+    for (what, frag) in [
+        ("first fragment (MF)", IPV4_MF),
+        ("middle fragment (MF, offset 185)", IPV4_MF | 0x00b9),
+        ("last fragment (offset 185)", 0x00b9),
+    ] {
+        let mut input = client_frame(&V4, PROTO_TCP);
+        input.ipv4_frag = frag;
+        w.assert_pass(what, &input.bytes(), xdp_counter::PASS_FRAGMENT);
+    }
+}
+
+/// IPv6 with an extension header before TCP (hop-by-hop, and the same
+/// 8-byte header relabelled routing, fragment, destination options): passed
+/// unchanged (`pass_ipv6_ext`).
+#[test]
+fn ipv6_extension_header_passes() {
+    let Some(mut w) = world("ipv6_extension_header_passes") else {
+        return;
+    };
+    w.configure();
+    w.service(&V6, PROTO_TCP, SERVICE_REMOTE);
+    let mut input = client_frame(&V6, PROTO_TCP);
+    input.ipv6_hop_by_hop = true;
+    let frame = input.bytes();
+    assert_eq!(frame[14 + 6], 0, "next header: hop-by-hop");
+    for next_header in [0_u8, 43, 44, 60] {
+        let mut frame = frame.clone();
+        frame[14 + 6] = next_header;
+        w.assert_pass(
+            &format!("next header {next_header}"),
+            &frame,
+            xdp_counter::PASS_IPV6_EXT,
+        );
+    }
+}
+
+/// Traffic that is no VIP flow: another destination, the VIP on another
+/// port, the VIP with the other protocol, a packet to the SNAT address on a
+/// port no flow uses; all passed unchanged (`pass_not_vip`).
+#[test]
+fn non_vip_passes() {
+    let Some(mut w) = world("non_vip_passes") else {
+        return;
+    };
+    w.configure();
+    for a in [V4, V6] {
+        w.service(&a, PROTO_TCP, SERVICE_REMOTE);
+        let frames = [
+            (
+                "other destination",
+                Packet::tcp(client(&a), SocketAddr::new(a.not_vip, VIP_PORT)),
+            ),
+            (
+                "VIP, other port",
+                Packet::tcp(client(&a), SocketAddr::new(a.vip, VIP_PORT + 1)),
+            ),
+            ("VIP, UDP", Packet::udp(client(&a), vip(&a))),
+            (
+                "SNAT address, no flow",
+                Packet::tcp(
+                    backend_at(&a, 0),
+                    SocketAddr::new(a.node_backend_side, PORT_MIN),
+                ),
+            ),
+        ];
+        for (what, frame) in frames {
+            let frame = frame.macs(CLIENT_MAC, CLIENT_IF_MAC).payload(b"x");
+            w.assert_pass(
+                &format!("{}: {what}", a.vip),
+                &frame.bytes(),
+                xdp_counter::PASS_NOT_VIP,
+            );
+        }
+    }
+}
+
+/// A service without `SERVICE_REMOTE` (local clients only): its VIP's
+/// packets from the wire are passed unchanged (`pass_not_vip`).
+#[test]
+fn service_without_remote_passes() {
+    let Some(mut w) = world("service_without_remote_passes") else {
+        return;
+    };
+    w.configure();
+    for a in [V4, V6] {
+        w.service(&a, PROTO_TCP, 0);
+        w.assert_pass(
+            "not remote",
+            &client_frame(&a, PROTO_TCP).bytes(),
+            xdp_counter::PASS_NOT_VIP,
+        );
+        w.service(&a, PROTO_TCP, SERVICE_SPREAD);
+        w.fx.set_maglev(SERVICE_ID, 0, 1);
+        w.assert_pass(
+            "spread, not remote",
+            &client_frame(&a, PROTO_TCP).bytes(),
+            xdp_counter::PASS_NOT_VIP,
+        );
+    }
+}
+
+/// ICMP echo to the VIP, `ICMPv6` echo to the VIP, and IPv6 "no next header":
+/// passed unchanged (`pass_not_tcp_udp`).
+#[test]
+fn icmp_to_vip_passes() {
+    let Some(mut w) = world("icmp_to_vip_passes") else {
+        return;
+    };
+    w.configure();
+    for a in [V4, V6] {
+        w.service(&a, PROTO_TCP, SERVICE_REMOTE);
+        let echo = Packet::icmp_echo(a.client, a.vip)
+            .macs(CLIENT_MAC, CLIENT_IF_MAC)
+            .payload(b"ping");
+        assert_eq!(echo.proto() == PROTO_ICMP, a.vip.is_ipv4());
+        w.assert_pass("echo request", &echo.bytes(), xdp_counter::PASS_NOT_TCP_UDP);
+    }
+    let no_next = Packet::new(
+        client(&V6),
+        vip(&V6),
+        L4::Raw {
+            proto: 59,
+            bytes: Vec::new(),
+        },
+    )
+    .macs(CLIENT_MAC, CLIENT_IF_MAC);
+    w.assert_pass(
+        "IPv6 no next header",
+        &no_next.bytes(),
+        xdp_counter::PASS_NOT_TCP_UDP,
+    );
+}
+
+/// Not IP: an ARP request for the VIP and a VLAN-tagged TCP packet to the
+/// VIP are passed unchanged (`pass_not_ip`).
+#[test]
+fn arp_and_vlan_pass() {
+    let Some(mut w) = world("arp_and_vlan_pass") else {
+        return;
+    };
+    w.configure();
+    w.service(&V4, PROTO_TCP, SERVICE_REMOTE);
+    let (IpAddr::V4(client_ip), IpAddr::V4(vip_ip)) = (V4.client, V4.vip) else {
+        unreachable!("V4 holds IPv4 addresses");
+    };
+    w.assert_pass(
+        "ARP",
+        &arp_request(CLIENT_MAC, client_ip, vip_ip),
+        xdp_counter::PASS_NOT_IP,
+    );
+    let tagged = vlan_tagged(&client_frame(&V4, PROTO_TCP).bytes(), 42);
+    w.assert_pass("VLAN-tagged TCP", &tagged, xdp_counter::PASS_NOT_IP);
+}
+
+/// Before the controller writes `xdp_config` (port range 0) everything is
+/// passed unchanged (`pass_not_vip`), even to a configured remote service.
+#[test]
+fn unconfigured_passes_everything() {
+    let Some(mut w) = world("unconfigured_passes_everything") else {
+        return;
+    };
+    for (a, proto) in [(V4, PROTO_TCP), (V6, PROTO_UDP)] {
+        w.service(&a, proto, SERVICE_REMOTE);
+        w.assert_pass(
+            "unconfigured",
+            &client_frame(&a, proto).bytes(),
+            xdp_counter::PASS_NOT_VIP,
+        );
+    }
+}
+
+/// The fixture builder itself: checksums computed from scratch verify
+/// (sum over header / pseudo-header and segment is 0xffff), so a mismatch
+/// in the tests above is the program's, not the builder's. Needs no root.
+#[test]
+fn builder_checksums_verify() {
+    fn sum(bytes: &[u8]) -> u32 {
+        let mut s: u32 = bytes
+            .chunks(2)
+            .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+            .sum();
+        while s > 0xffff {
+            s = (s & 0xffff) + (s >> 16);
+        }
+        s
+    }
+    for a in [V4, V6] {
+        for proto in [PROTO_TCP, PROTO_UDP] {
+            let frame = client_frame(&a, proto).bytes();
+            let (l4, pseudo) = if a.vip.is_ipv4() {
+                assert_eq!(sum(&frame[14..34]), 0xffff, "IPv4 header checksum");
+                let l4 = &frame[34..];
+                let mut pseudo = frame[26..34].to_vec();
+                pseudo.extend_from_slice(&[0, proto]);
+                pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+                (l4, pseudo)
+            } else {
+                let l4 = &frame[54..];
+                let mut pseudo = frame[22..54].to_vec();
+                pseudo.extend_from_slice(&(l4.len() as u32).to_be_bytes());
+                pseudo.extend_from_slice(&[0, 0, 0, proto]);
+                (l4, pseudo)
+            };
+            let mut all = pseudo;
+            all.extend_from_slice(l4);
+            assert_eq!(sum(&all), 0xffff, "{} proto {proto}: L4 checksum", a.vip);
+        }
+    }
+    // An independent known value: the IPv4 header 4500 0073 0000 4000 4011
+    // xxxx c0a8 0001 c0a8 00c7 has the checksum 0xb861.
+    let mut known = Packet::udp(
+        "192.168.0.1:1000".parse().unwrap(),
+        "192.168.0.199:2000".parse().unwrap(),
+    )
+    .payload(&[0; 0x73 - 28]);
+    known.ipv4_id = 0;
+    let frame = known.bytes();
+    assert_eq!(frame[14..18], [0x45, 0x00, 0x00, 0x73]);
+    assert_eq!(frame[24..26], [0xb8, 0x61], "IPv4 header checksum");
+}

@@ -1,0 +1,105 @@
+//! `cargo xtask bench xdp`: the XDP benchmarks, as root, on release builds.
+//!
+//! 1. `lb-xdp-bench`: nanoseconds per packet of `lb_xdp` (and the empty
+//!    baseline program) with `BPF_PROG_TEST_RUN`.
+//! 2. `lb-rate-bench`: UDP forwarding rate over veth through a node running
+//!    daas-lb's XDP path, iptables DNAT, and plain routing (reference).
+//! 3. `lb-maglev-bench`: building a 1000-backend, 65537-slot Maglev table
+//!    and writing it into the kernel map.
+//!
+//! Each prints a markdown table on stdout (collected and printed together at
+//! the end) and its progress on stderr (streamed). Not part of `cargo xtask
+//! test`: the numbers depend on the machine and take a minute to measure.
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, ensure};
+use clap::ValueEnum;
+
+use crate::{
+    cargo::{Workspace, build_daas_lb},
+    process::{is_root, log},
+    setup,
+};
+
+const TAG: &str = "bench";
+
+/// What to benchmark.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub(crate) enum Target {
+    /// XDP: per-packet cost, forwarding rate vs iptables, Maglev build/write.
+    Xdp,
+}
+
+/// The benchmark binaries of lb-tests, in the order they run.
+const BENCHES: [&str; 3] = ["lb-xdp-bench", "lb-rate-bench", "lb-maglev-bench"];
+
+pub(crate) fn bench(target: Target, rate_args: &[String]) -> Result<()> {
+    let Target::Xdp = target;
+    ensure!(
+        is_root(),
+        "`cargo xtask bench xdp` needs root (it loads XDP programs and builds network \
+         namespaces); run `sudo -E cargo xtask bench xdp`"
+    );
+    let start = Instant::now();
+    setup::run()?;
+    let workspace = Workspace::locate()?;
+    // Builds every binary of the selection, the benches of lb-tests included.
+    let daas_lb = build_daas_lb(&workspace, true)?;
+    let bin_dir = daas_lb
+        .parent()
+        .context("daas-lb has no parent directory")?;
+
+    let mut tables = Vec::new();
+    for bench in BENCHES {
+        let path = bin_dir.join(bench);
+        ensure!(
+            path.is_file(),
+            "{} was not built (is it a [[bin]] of lb-tests?)",
+            path.display()
+        );
+        let args: &[String] = if bench == "lb-rate-bench" {
+            rate_args
+        } else {
+            &[]
+        };
+        tables.push(run_bench(&path, args, &daas_lb, bin_dir)?);
+    }
+    println!("{}", tables.join("\n"));
+    log(
+        TAG,
+        format_args!("done in {:.1}s", start.elapsed().as_secs_f64()),
+    );
+    Ok(())
+}
+
+/// Runs one bench binary; returns what it printed on stdout.
+fn run_bench(path: &Path, args: &[String], daas_lb: &Path, bin_dir: &Path) -> Result<String> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    log(TAG, format_args!("{name} {}", args.join(" ")));
+    let start = Instant::now();
+    let output = Command::new(path)
+        .args(args)
+        .env("DAAS_LB_BIN", daas_lb)
+        .env("LB_LOADGEN", bin_dir.join("lb-loadgen"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", path.display()))?;
+    ensure!(
+        output.status.success(),
+        "{name} failed ({}); its stdout:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout)
+    );
+    log(
+        TAG,
+        format_args!("{name} took {:.1}s", start.elapsed().as_secs_f64()),
+    );
+    String::from_utf8(output.stdout).with_context(|| format!("{name}: stdout is not UTF-8"))
+}
