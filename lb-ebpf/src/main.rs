@@ -259,7 +259,9 @@ fn reverse(ctx: &SockAddrContext, family: u8) -> i32 {
     ALLOW
 }
 
-#[cfg(not(test))]
+// Only for the bpf target: a host check of the whole workspace links std in
+// (through lb-common's `user` feature), which has its own handler.
+#[cfg(all(not(test), target_arch = "bpf"))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
     loop {}
