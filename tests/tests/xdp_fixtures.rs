@@ -628,6 +628,78 @@ fn down_backend_still_selected_keeps_flows() {
     }
 }
 
+/// Drain (weight 0): a backend that leaves a `spread` service's Maglev
+/// table but stays up keeps its established flows (same entry, same SNAT
+/// port, no new flow counted) while every new flow goes to the backends
+/// still in the table.
+#[test]
+fn drained_backend_keeps_its_flows() {
+    const TABLE: u32 = 7;
+    let Some(mut w) = world("drained_backend_keeps_its_flows") else {
+        return;
+    };
+    w.configure();
+    for (a, proto) in [(V4, PROTO_TCP), (V6, PROTO_UDP)] {
+        w.fx.clear_flows();
+        w.service(&a, proto, SERVICE_REMOTE | SERVICE_SPREAD);
+        w.fx.set_service(
+            vip(&a),
+            proto,
+            Service {
+                id: SERVICE_ID,
+                backend_id: 1,
+                flags: SERVICE_REMOTE | SERVICE_SPREAD,
+                table_size: TABLE,
+            },
+        );
+        for slot in 0..TABLE {
+            w.fx.set_maglev(SERVICE_ID, slot, 1);
+        }
+        let input = client_frame(&a, proto);
+        let snat = a.node_backend_side;
+        let port = w.expect_new_flow(
+            &format!("{}: before the drain", a.vip),
+            &input,
+            1,
+            backend_at(&a, 0),
+            BACKEND_MACS[0],
+            snat,
+        );
+        // Backend 1 drained: the table now holds only backend 2; the
+        // service's fallback stays backend 1, as the controller leaves it.
+        for slot in 0..TABLE {
+            w.fx.set_maglev(SERVICE_ID, slot, 2);
+        }
+        let entry = w.fx.flow(&input.flow_key());
+        let flows = w.fx.service_counters(SERVICE_ID).xdp_flows;
+        let expected = rewritten(
+            &input,
+            SocketAddr::new(snat, port),
+            backend_at(&a, 0),
+            BACKEND_IF_MAC,
+            BACKEND_MACS[0],
+        );
+        let (run, counted) = w.run(&input.bytes(), Some(w.net.client_if));
+        assert_eq!(verdict_name(run.verdict), "XDP_REDIRECT", "{}", a.vip);
+        assert_frame_eq("drained backend's flow", &run.frame, &expected.bytes());
+        assert_eq!(counted, vec![("redirect", 1)]);
+        assert_eq!(w.fx.flow(&input.flow_key()), entry, "flow entry kept");
+        assert_eq!(w.fx.service_counters(SERVICE_ID).xdp_flows, flows);
+        for offset in 1..=5 {
+            let mut other = client_frame(&a, proto);
+            other.src_port += offset;
+            w.expect_new_flow(
+                &format!("{}: new flow {offset} after the drain", a.vip),
+                &other,
+                2,
+                backend_at(&a, 1),
+                BACKEND_MACS[1],
+                snat,
+            );
+        }
+    }
+}
+
 /// UDP over IPv4 without a checksum (0) is forwarded with the checksum
 /// still 0, both ways.
 #[test]
