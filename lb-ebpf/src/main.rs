@@ -8,6 +8,7 @@
 #![no_std]
 #![no_main]
 
+mod choice;
 mod ctx;
 mod maps;
 mod xdp;
@@ -19,10 +20,9 @@ use aya_ebpf::{
 };
 use ctx::SockAddr;
 use lb_common::{
-    AF_INET, AF_INET6, MaglevKey, NO_BACKEND, PROTO_TCP, PROTO_UDP, RevNatKey, RevNatValue,
-    SERVICE_SPREAD, Service, VipKey,
+    AF_INET, AF_INET6, NO_BACKEND, PROTO_TCP, PROTO_UDP, RevNatKey, RevNatValue, VipKey, mix64,
 };
-use maps::{BACKEND_STATS, BACKENDS, MAGLEV, REV_NAT, SERVICE_STATS, SERVICES};
+use maps::{BACKEND_STATS, BACKENDS, REV_NAT, SERVICE_STATS, SERVICES};
 
 /// Let the socket call go ahead.
 const ALLOW: i32 = 1;
@@ -127,7 +127,8 @@ fn forward(ctx: &SockAddrContext, family: u8, call: Call) -> i32 {
     // at once (the controller may replace it concurrently, which is atomic).
     let service = unsafe { service.read() };
     let cookie = ctx::cookie(ctx);
-    let backend_id = pick_backend(&service, cookie);
+    // The cookie is a counter: `mix64` spreads it over the table.
+    let backend_id = choice::pick(&service, mix64(cookie));
     let backend = if backend_id == NO_BACKEND {
         None
     } else {
@@ -182,50 +183,6 @@ fn forward(ctx: &SockAddrContext, family: u8, call: Call) -> i32 {
         }
     }
     ALLOW
-}
-
-/// The backend of a new socket: the selected one, or with `policy: spread`
-/// the Maglev table slot of the socket's cookie (falling back to the
-/// selected one while the slot is empty).
-#[expect(
-    clippy::inline_always,
-    reason = "one flat program per hook keeps verifier state small and avoids BPF-to-BPF calls"
-)]
-#[inline(always)]
-fn pick_backend(service: &Service, cookie: u64) -> u32 {
-    if service.flags & SERVICE_SPREAD == 0 {
-        return service.backend_id;
-    }
-    let Some(slot) = mix(cookie).checked_rem(u64::from(service.table_size)) else {
-        return service.backend_id;
-    };
-    let key = MaglevKey {
-        service_id: service.id,
-        slot: slot as u32,
-    };
-    match MAGLEV.get_ptr(key) {
-        // SAFETY: pointer from a successful lookup, copied at once.
-        Some(id) => match unsafe { id.read() } {
-            NO_BACKEND => service.backend_id,
-            id => id,
-        },
-        None => service.backend_id,
-    }
-}
-
-/// Spreads socket cookies (consecutive numbers) over the whole `u64` range
-/// (the `splitmix64` finaliser), so `cookie % table_size` is uniform.
-#[expect(
-    clippy::inline_always,
-    reason = "one flat program per hook keeps verifier state small and avoids BPF-to-BPF calls"
-)]
-#[inline(always)]
-const fn mix(mut x: u64) -> u64 {
-    x ^= x >> 30;
-    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x ^= x >> 27;
-    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
 }
 
 /// getpeername/recvmsg: show the VIP instead of the backend the socket talks to.

@@ -25,14 +25,15 @@ use aya_ebpf::{
 };
 use lb_common::{
     AF_INET, AF_INET6, AddrBytes, BACKEND_DOWN, Backend, FLOW_REPLY, FlowKey, FlowValue, IF_HAS_V4,
-    IF_HAS_V6, MaglevKey, NO_BACKEND, PROTO_TCP, PROTO_UDP, SERVICE_REMOTE, SERVICE_SPREAD,
-    SNAT_PORT_ATTEMPTS, Service, VipKey, XDP_SNAT_V4, XDP_SNAT_V6, XdpConfig, csum, flow_hash,
-    snat_port, xdp_counter,
+    IF_HAS_V6, NO_BACKEND, PROTO_TCP, PROTO_UDP, SERVICE_REMOTE, SNAT_PORT_ATTEMPTS, VipKey,
+    XDP_SNAT_V4, XDP_SNAT_V6, XdpConfig, csum, flow_hash, snat_port, xdp_counter,
 };
 
-use crate::maps::{
-    BACKEND_STATS, BACKENDS, FLOWS, IF_ADDRS, MAGLEV, SERVICE_STATS, SERVICES, XDP_CONFIG,
-    XDP_STATS,
+use crate::{
+    choice,
+    maps::{
+        BACKEND_STATS, BACKENDS, FLOWS, IF_ADDRS, SERVICE_STATS, SERVICES, XDP_CONFIG, XDP_STATS,
+    },
 };
 
 /// Ethernet header length (no VLAN tags: tagged frames are passed).
@@ -292,33 +293,6 @@ fn keeps_backend(flow: &FlowValue, family: u8) -> bool {
             .is_some_and(|b| b.flags & BACKEND_DOWN == 0)
 }
 
-/// The backend for a new flow of `service`.
-#[expect(
-    clippy::inline_always,
-    reason = "one flat program keeps verifier state small and avoids BPF-to-BPF calls"
-)]
-#[inline(always)]
-fn pick(service: &Service, hash: u64) -> u32 {
-    if service.flags & SERVICE_SPREAD == 0 {
-        return service.backend_id;
-    }
-    let Some(slot) = hash.checked_rem(u64::from(service.table_size)) else {
-        return service.backend_id;
-    };
-    let key = MaglevKey {
-        service_id: service.id,
-        slot: slot as u32,
-    };
-    match MAGLEV.get_ptr(key) {
-        // SAFETY: pointer from a successful lookup, copied at once.
-        Some(id) => match unsafe { id.read() } {
-            NO_BACKEND => service.backend_id,
-            id => id,
-        },
-        None => service.backend_id,
-    }
-}
-
 /// The next hop of a rewritten packet.
 struct Hop {
     ifindex: u32,
@@ -452,7 +426,7 @@ fn forward(ctx: &XdpContext, packet: &Packet) -> Verdict {
             if service.flags & SERVICE_REMOTE == 0 {
                 return pass(xdp_counter::PASS_NOT_VIP);
             }
-            let backend_id = pick(&service, flow_hash(key));
+            let backend_id = choice::pick(&service, flow_hash(key));
             match stale {
                 // A failed backend that is still the one to use (fail-open):
                 // the flow keeps its SNAT port instead of being rebuilt.
