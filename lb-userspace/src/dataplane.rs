@@ -571,15 +571,7 @@ impl Dataplane {
             .backend_stats
             .get(&id, 0)
             .with_context(|| format!("reading backend_stats[{id}]"))?;
-        Ok(per_cpu
-            .iter()
-            .fold(BackendStats::default(), |sum, s| BackendStats {
-                connects: sum.connects + s.connects,
-                sendmsgs: sum.sendmsgs + s.sendmsgs,
-                xdp_packets: sum.xdp_packets + s.xdp_packets,
-                xdp_bytes: sum.xdp_bytes + s.xdp_bytes,
-                xdp_flows: sum.xdp_flows + s.xdp_flows,
-            }))
+        Ok(sum_backend_stats(&per_cpu))
     }
 
     /// A service's counters, summed over CPUs.
@@ -588,19 +580,7 @@ impl Dataplane {
             .service_stats
             .get(&id, 0)
             .with_context(|| format!("reading service_stats[{id}]"))?;
-        Ok(per_cpu
-            .iter()
-            .fold(ServiceStats::default(), |sum, s| ServiceStats {
-                refused: sum.refused + s.refused,
-                rev_nat_failed: sum.rev_nat_failed + s.rev_nat_failed,
-                xdp_packets: sum.xdp_packets + s.xdp_packets,
-                xdp_bytes: sum.xdp_bytes + s.xdp_bytes,
-                xdp_flows: sum.xdp_flows + s.xdp_flows,
-                xdp_drop_no_backend: sum.xdp_drop_no_backend + s.xdp_drop_no_backend,
-                xdp_drop_snat_ports: sum.xdp_drop_snat_ports + s.xdp_drop_snat_ports,
-                xdp_drop_flow_table: sum.xdp_drop_flow_table + s.xdp_drop_flow_table,
-                xdp_drop_unreachable: sum.xdp_drop_unreachable + s.xdp_drop_unreachable,
-            }))
+        Ok(sum_service_stats(&per_cpu))
     }
 
     /// The VIP a socket (by cookie and the backend address it holds) was
@@ -649,6 +629,36 @@ impl Dataplane {
         drop(self);
         cleanup(&pin_dir)
     }
+}
+
+/// The sum of a backend's per-CPU `backend_stats` values.
+pub fn sum_backend_stats(per_cpu: &[BackendStats]) -> BackendStats {
+    per_cpu
+        .iter()
+        .fold(BackendStats::default(), |sum, s| BackendStats {
+            connects: sum.connects + s.connects,
+            sendmsgs: sum.sendmsgs + s.sendmsgs,
+            xdp_packets: sum.xdp_packets + s.xdp_packets,
+            xdp_bytes: sum.xdp_bytes + s.xdp_bytes,
+            xdp_flows: sum.xdp_flows + s.xdp_flows,
+        })
+}
+
+/// The sum of a service's per-CPU `service_stats` values.
+pub fn sum_service_stats(per_cpu: &[ServiceStats]) -> ServiceStats {
+    per_cpu
+        .iter()
+        .fold(ServiceStats::default(), |sum, s| ServiceStats {
+            refused: sum.refused + s.refused,
+            rev_nat_failed: sum.rev_nat_failed + s.rev_nat_failed,
+            xdp_packets: sum.xdp_packets + s.xdp_packets,
+            xdp_bytes: sum.xdp_bytes + s.xdp_bytes,
+            xdp_flows: sum.xdp_flows + s.xdp_flows,
+            xdp_drop_no_backend: sum.xdp_drop_no_backend + s.xdp_drop_no_backend,
+            xdp_drop_snat_ports: sum.xdp_drop_snat_ports + s.xdp_drop_snat_ports,
+            xdp_drop_flow_table: sum.xdp_drop_flow_table + s.xdp_drop_flow_table,
+            xdp_drop_unreachable: sum.xdp_drop_unreachable + s.xdp_drop_unreachable,
+        })
 }
 
 /// Takes an exclusive `flock` on the pin directory, so a second controller
@@ -755,5 +765,38 @@ fn remove_dir_if_exists(path: &Path) -> anyhow::Result<()> {
             Ok(())
         }
         Err(err) => Err(err).with_context(|| format!("removing {}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_cpu_sums_add_every_field() {
+        let backend = |n: u64| BackendStats {
+            connects: n,
+            sendmsgs: 2 * n,
+            xdp_packets: 3 * n,
+            xdp_bytes: 4 * n,
+            xdp_flows: 5 * n,
+        };
+        assert_eq!(sum_backend_stats(&[backend(1), backend(10)]), backend(11));
+        assert_eq!(sum_backend_stats(&[]), BackendStats::default());
+        let service = |n: u64| ServiceStats {
+            refused: n,
+            rev_nat_failed: 2 * n,
+            xdp_packets: 3 * n,
+            xdp_bytes: 4 * n,
+            xdp_flows: 5 * n,
+            xdp_drop_no_backend: 6 * n,
+            xdp_drop_snat_ports: 7 * n,
+            xdp_drop_flow_table: 8 * n,
+            xdp_drop_unreachable: 9 * n,
+        };
+        assert_eq!(
+            sum_service_stats(&[service(1), service(2), service(4)]),
+            service(7)
+        );
     }
 }

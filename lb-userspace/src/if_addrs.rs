@@ -14,29 +14,21 @@
 
 use std::{
     collections::BTreeMap,
-    io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-    time::Duration,
 };
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 use lb_common::{IF_HAS_V4, IF_HAS_V6, IfAddrs, MAX_INTERFACES, ip_from_bytes, ip_to_bytes};
 
-use crate::sock_diag::{Message, parse_messages};
+use crate::netlink::{
+    self, DumpProgress, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NLMSG_HDRLEN, RECV_BUFFER_LEN,
+    put_header, walk_dump,
+};
 
 /// `RTM_NEWADDR`: one address in a dump.
 const RTM_NEWADDR: u16 = 20;
 /// `RTM_GETADDR`: the dump request.
 const RTM_GETADDR: u16 = 22;
-/// `NLM_F_REQUEST`.
-const NLM_F_REQUEST: u16 = 0x01;
-/// `NLM_F_DUMP` (`NLM_F_ROOT | NLM_F_MATCH`).
-const NLM_F_DUMP: u16 = 0x300;
-/// `NLM_F_DUMP_INTR`: the address lists changed during the dump.
-const NLM_F_DUMP_INTR: u16 = 0x10;
-/// `struct nlmsghdr`.
-const NLMSG_HDRLEN: usize = 16;
 /// `struct ifaddrmsg`: family, prefix length, flags, scope (u8 each), index (u32).
 const IFADDRMSG_LEN: usize = 8;
 /// Length of the dump request.
@@ -63,10 +55,6 @@ pub const IFA_F_TENTATIVE: u32 = 0x40;
 pub const RT_SCOPE_UNIVERSE: u8 = 0;
 /// `RT_SCOPE_HOST`: usable on this host only (loopback).
 pub const RT_SCOPE_HOST: u8 = 254;
-/// Largest netlink dump datagram the kernel sends (see `netlink_dump`).
-const RECV_BUFFER_LEN: usize = 32 * 1024;
-/// How long one reply may take.
-const RECV_TIMEOUT: Duration = Duration::from_secs(5);
 /// Dumps interrupted by an address change are repeated this often.
 const DUMP_ATTEMPTS: usize = 3;
 
@@ -86,11 +74,14 @@ pub struct InterfaceAddress {
 /// The `RTM_GETADDR` dump request of both families.
 pub fn dump_request(seq: u32) -> [u8; REQUEST_LEN] {
     let mut out = [0u8; REQUEST_LEN];
-    out[0..4].copy_from_slice(&(REQUEST_LEN as u32).to_ne_bytes());
-    out[4..6].copy_from_slice(&RTM_GETADDR.to_ne_bytes());
-    out[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    out[8..12].copy_from_slice(&seq.to_ne_bytes());
-    // Port id 0 (the kernel fills it in); ifaddrmsg all zero: AF_UNSPEC = every family.
+    put_header(
+        &mut out,
+        REQUEST_LEN,
+        RTM_GETADDR,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        seq,
+    );
+    // ifaddrmsg all zero: AF_UNSPEC = every family.
     out
 }
 
@@ -251,10 +242,12 @@ pub fn changes(current: &BTreeMap<u32, IfAddrs>, wanted: &BTreeMap<u32, IfAddrs>
 /// The addresses of every interface in the calling thread's network
 /// namespace, from the kernel, in kernel order.
 pub fn dump() -> anyhow::Result<Vec<InterfaceAddress>> {
-    let socket = RouteSocket::open()?;
+    let socket = netlink::Socket::open(libc::NETLINK_ROUTE, "NETLINK_ROUTE")?;
+    let mut buf = vec![0u8; RECV_BUFFER_LEN];
     let mut attempt = 1;
     loop {
-        let (addresses, interrupted) = socket.dump(attempt as u32).context("RTM_GETADDR dump")?;
+        let (addresses, interrupted) =
+            dump_once(&socket, &mut buf, attempt as u32).context("RTM_GETADDR dump")?;
         if !interrupted || attempt >= DUMP_ATTEMPTS {
             return Ok(addresses);
         }
@@ -267,142 +260,31 @@ pub fn read() -> anyhow::Result<BTreeMap<u32, IfAddrs>> {
     Ok(primary_addresses(&dump()?))
 }
 
-/// A `NETLINK_ROUTE` socket connected to the kernel.
-struct RouteSocket {
-    fd: OwnedFd,
-}
-
-impl RouteSocket {
-    fn open() -> anyhow::Result<Self> {
-        // SAFETY: socket(2) takes no pointers; the result is checked below.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error()).context("socket(AF_NETLINK, NETLINK_ROUTE)");
-        }
-        // SAFETY: `raw` is a new, valid file descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: all-zero bytes are a valid `sockaddr_nl` (a C struct of integers).
-        let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        // SAFETY: `kernel` is a live sockaddr_nl and the length passed is its size.
-        let rc = unsafe {
-            libc::connect(
-                fd.as_raw_fd(),
-                (&raw const kernel).cast::<libc::sockaddr>(),
-                size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error()).context("connect(NETLINK_ROUTE) to the kernel");
-        }
-        let timeout = libc::timeval {
-            tv_sec: RECV_TIMEOUT.as_secs() as libc::time_t,
-            tv_usec: 0,
-        };
-        // SAFETY: `timeout` is a live timeval and the length passed is its size.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&raw const timeout).cast::<libc::c_void>(),
-                size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error())
-                .context("setsockopt(SO_RCVTIMEO) on the rtnetlink socket");
-        }
-        Ok(Self { fd })
-    }
-
-    /// One dump; also says whether the kernel flagged it as interrupted.
-    fn dump(&self, seq: u32) -> anyhow::Result<(Vec<InterfaceAddress>, bool)> {
-        let request = dump_request(seq);
-        // SAFETY: `request` is a live buffer of `request.len()` bytes the kernel only reads.
-        let sent = unsafe {
-            libc::send(
-                self.fd.as_raw_fd(),
-                request.as_ptr().cast::<libc::c_void>(),
-                request.len(),
-                0,
-            )
-        };
-        if sent < 0 {
-            return Err(io::Error::last_os_error()).context("sending the request");
-        }
-        let mut buf = vec![0u8; RECV_BUFFER_LEN];
-        let mut addresses = Vec::new();
-        let mut interrupted = false;
-        loop {
-            let len = self.recv(&mut buf)?;
-            for message in parse_messages(&buf[..len])? {
-                match message {
-                    Message::Data { seq: s, .. }
-                    | Message::Done { seq: s, .. }
-                    | Message::Error { seq: s, .. }
-                        if s != seq => {}
-                    Message::Data {
-                        msg_type,
-                        flags,
-                        payload,
-                        ..
-                    } => {
-                        interrupted |= flags & NLM_F_DUMP_INTR != 0;
-                        if msg_type == RTM_NEWADDR
-                            && let Some(address) = parse_address(payload)?
-                        {
-                            addresses.push(address);
-                        }
-                    }
-                    Message::Done { error, .. } | Message::Error { error, .. } if error < 0 => {
-                        return Err(io::Error::from_raw_os_error(-error))
-                            .context("the kernel refused the dump");
-                    }
-                    Message::Done { .. } => return Ok((addresses, interrupted)),
-                    Message::Error { .. } => bail!("unexpected acknowledgement in a dump"),
-                }
+/// One dump through `socket` (replies read into `buf`); also says whether
+/// the kernel flagged it as interrupted.
+fn dump_once(
+    socket: &netlink::Socket,
+    buf: &mut [u8],
+    seq: u32,
+) -> anyhow::Result<(Vec<InterfaceAddress>, bool)> {
+    socket
+        .send(&dump_request(seq))
+        .context("sending the request")?;
+    let mut addresses = Vec::new();
+    let mut interrupted = false;
+    loop {
+        let len = socket.recv(buf).context("receiving the dump")?;
+        let progress = walk_dump(&buf[..len], seq, |msg_type, flags, payload| {
+            interrupted |= flags & NLM_F_DUMP_INTR != 0;
+            if msg_type == RTM_NEWADDR
+                && let Some(address) = parse_address(payload)?
+            {
+                addresses.push(address);
             }
-        }
-    }
-
-    /// Reads one datagram into `buf`; returns its length.
-    fn recv(&self, buf: &mut [u8]) -> anyhow::Result<usize> {
-        loop {
-            // MSG_TRUNC makes netlink return the datagram's real length, so a
-            // datagram larger than the buffer is detected instead of cut.
-            // SAFETY: `buf` is a live, writable buffer of `buf.len()` bytes.
-            let received = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast::<libc::c_void>(),
-                    buf.len(),
-                    libc::MSG_TRUNC,
-                )
-            };
-            if received >= 0 {
-                let received = received as usize;
-                ensure!(
-                    received <= buf.len(),
-                    "netlink datagram of {received} bytes does not fit the {}-byte buffer",
-                    buf.len()
-                );
-                return Ok(received);
-            }
-            let error = io::Error::last_os_error();
-            match error.kind() {
-                io::ErrorKind::Interrupted => {}
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-                    bail!("no reply from the kernel within {RECV_TIMEOUT:?}")
-                }
-                _ => return Err(error).context("receiving the dump"),
-            }
+            Ok(())
+        })?;
+        if progress == DumpProgress::Done {
+            return Ok((addresses, interrupted));
         }
     }
 }

@@ -29,6 +29,7 @@ pub mod if_addrs;
 pub mod maglev;
 pub mod map_ids;
 pub mod metrics;
+mod netlink;
 pub mod persist;
 pub mod run;
 pub mod sock_diag;

@@ -17,8 +17,9 @@
 //!
 //! Wire formats come from the kernel's uapi headers `linux/netlink.h`,
 //! `linux/sock_diag.h` and `linux/inet_diag.h`. Encoding and decoding are pure
-//! functions ([`encode_request`], [`parse_messages`], [`parse_diag_msg`], …);
-//! [`SockDiag`] only adds the socket and the read loops.
+//! functions ([`encode_request`], [`parse_diag_msg`], …); [`SockDiag`] only
+//! adds the socket and the read loops (both netlink's generic parts shared
+//! with [`if_addrs`](crate::if_addrs)).
 //!
 //! The netlink socket belongs to the network namespace of the thread that
 //! called [`SockDiag::open`]; dumps and destroys see only that namespace.
@@ -29,32 +30,15 @@ use std::{
     hash::BuildHasher,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail, ensure};
 
-// --- linux/netlink.h ---------------------------------------------------------
-
-/// `sizeof(struct nlmsghdr)`: `__u32 len; __u16 type; __u16 flags; __u32 seq; __u32 pid`.
-const NLMSG_HDRLEN: usize = 16;
-/// `NLMSG_ALIGNTO`: every message starts on a 4-byte boundary.
-const NLMSG_ALIGNTO: usize = 4;
-/// `NLMSG_NOOP`: to be ignored.
-const NLMSG_NOOP: u16 = 1;
-/// `NLMSG_ERROR`: payload `struct nlmsgerr { int error; struct nlmsghdr msg; … }`.
-const NLMSG_ERROR: u16 = 2;
-/// `NLMSG_DONE`: end of a dump; payload is the dump's `int` result.
-const NLMSG_DONE: u16 = 3;
-/// `NLMSG_OVERRUN`: data lost.
-const NLMSG_OVERRUN: u16 = 4;
-/// `NLM_F_REQUEST`.
-const NLM_F_REQUEST: u16 = 0x01;
-/// `NLM_F_ACK`: reply with an `NLMSG_ERROR` carrying 0 or `-errno`.
-const NLM_F_ACK: u16 = 0x04;
-/// `NLM_F_DUMP` = `NLM_F_ROOT | NLM_F_MATCH`.
-const NLM_F_DUMP: u16 = 0x100 | 0x200;
+use crate::netlink::{
+    self, DumpProgress, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_HDRLEN, RECV_BUFFER_LEN,
+    find_ack, put_header, u32_at, walk_dump,
+};
 
 // --- linux/sock_diag.h -------------------------------------------------------
 
@@ -118,12 +102,6 @@ pub const fn state_mask(state: u8) -> u32 {
     1 << state
 }
 
-/// Size of the receive buffer. The kernel sizes dump messages after the
-/// largest read it has seen, capped at 32 KiB, so a 32 KiB read always takes
-/// a whole datagram.
-const RECV_BUFFER_LEN: usize = 32 * 1024;
-/// How long one read waits for the kernel (`SO_RCVTIMEO`).
-const RECV_TIMEOUT: Duration = Duration::from_secs(5);
 /// Upper bound for a whole dump or destroy exchange.
 const EXCHANGE_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -299,11 +277,7 @@ pub fn encode_request(
     request: &DiagRequest,
 ) -> [u8; REQUEST_LEN] {
     let mut out = [0u8; REQUEST_LEN];
-    // nlmsghdr; nlmsg_pid stays 0 (the kernel fills in the sender).
-    out[0..4].copy_from_slice(&(REQUEST_LEN as u32).to_ne_bytes());
-    out[4..6].copy_from_slice(&msg_type.to_ne_bytes());
-    out[6..8].copy_from_slice(&flags.to_ne_bytes());
-    out[8..12].copy_from_slice(&seq.to_ne_bytes());
+    put_header(&mut out, REQUEST_LEN, msg_type, flags, seq);
     // inet_diag_req_v2; idiag_ext and pad stay 0.
     out[16] = request.family;
     out[17] = request.protocol;
@@ -579,119 +553,6 @@ pub fn socket_addr(family: u8, address: [u8; 16], port: u16) -> anyhow::Result<S
     }
 }
 
-/// One netlink message of a receive buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Message<'a> {
-    /// Any other message type (for `sock_diag`: an `inet_diag_msg` with attributes).
-    Data {
-        /// `nlmsg_type`.
-        msg_type: u16,
-        /// `nlmsg_flags`.
-        flags: u16,
-        /// `nlmsg_seq`.
-        seq: u32,
-        /// The bytes after the header, up to `nlmsg_len`.
-        payload: &'a [u8],
-    },
-    /// `NLMSG_DONE` with the dump's result (0 or `-errno`; 0 if absent).
-    Done {
-        /// `nlmsg_seq`.
-        seq: u32,
-        /// 0 or a negative errno.
-        error: i32,
-    },
-    /// `NLMSG_ERROR`: 0 is an acknowledgement, otherwise `-errno`.
-    Error {
-        /// `nlmsg_seq`.
-        seq: u32,
-        /// 0 or a negative errno.
-        error: i32,
-    },
-}
-
-const fn nlmsg_align(len: usize) -> usize {
-    (len + NLMSG_ALIGNTO - 1) & !(NLMSG_ALIGNTO - 1)
-}
-
-fn u16_at(buf: &[u8], offset: usize) -> u16 {
-    u16::from_ne_bytes([buf[offset], buf[offset + 1]])
-}
-
-fn u32_at(buf: &[u8], offset: usize) -> u32 {
-    u32::from_ne_bytes([
-        buf[offset],
-        buf[offset + 1],
-        buf[offset + 2],
-        buf[offset + 3],
-    ])
-}
-
-fn i32_at(buf: &[u8], offset: usize) -> i32 {
-    u32_at(buf, offset) as i32
-}
-
-/// Splits one datagram into netlink messages (`NLMSG_NOOP` skipped). A
-/// truncated header or a length that is too small or runs past the buffer is
-/// an error; `NLMSG_OVERRUN` too.
-pub fn parse_messages(buf: &[u8]) -> anyhow::Result<Vec<Message<'_>>> {
-    let mut messages = Vec::new();
-    let mut offset = 0;
-    while offset < buf.len() {
-        let rest = &buf[offset..];
-        ensure!(
-            rest.len() >= NLMSG_HDRLEN,
-            "truncated netlink header at offset {offset}: {} bytes left",
-            rest.len()
-        );
-        let len = u32_at(rest, 0) as usize;
-        let msg_type = u16_at(rest, 4);
-        let flags = u16_at(rest, 6);
-        let seq = u32_at(rest, 8);
-        ensure!(
-            len >= NLMSG_HDRLEN,
-            "netlink message at offset {offset} has length {len} < {NLMSG_HDRLEN}"
-        );
-        ensure!(
-            len <= rest.len(),
-            "truncated netlink message at offset {offset}: length {len}, {} bytes left",
-            rest.len()
-        );
-        let payload = &rest[NLMSG_HDRLEN..len];
-        match msg_type {
-            NLMSG_NOOP => {}
-            NLMSG_OVERRUN => bail!("netlink overrun (data lost)"),
-            NLMSG_ERROR => {
-                ensure!(
-                    payload.len() >= 4,
-                    "NLMSG_ERROR at offset {offset} too short: {} payload bytes",
-                    payload.len()
-                );
-                messages.push(Message::Error {
-                    seq,
-                    error: i32_at(payload, 0),
-                });
-            }
-            NLMSG_DONE => {
-                let error = if payload.len() >= 4 {
-                    i32_at(payload, 0)
-                } else {
-                    0
-                };
-                messages.push(Message::Done { seq, error });
-            }
-            _ => messages.push(Message::Data {
-                msg_type,
-                flags,
-                seq,
-                payload,
-            }),
-        }
-        // The last message may lack its padding; never step past the end.
-        offset = offset.saturating_add(nlmsg_align(len)).min(buf.len());
-    }
-    Ok(messages)
-}
-
 /// Decodes a `struct inet_diag_msg` (attributes after it are ignored).
 pub fn parse_diag_msg(transport: Transport, payload: &[u8]) -> anyhow::Result<SocketInfo> {
     ensure!(
@@ -721,19 +582,10 @@ pub fn parse_diag_msg(transport: Transport, payload: &[u8]) -> anyhow::Result<So
     })
 }
 
-/// Where a dump stands after one datagram.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DumpProgress {
-    /// `NLMSG_DONE` not seen yet.
-    More,
-    /// `NLMSG_DONE` seen.
-    Done,
-}
-
 /// Adds the sockets of one dump datagram to `out`. Messages with another
 /// sequence number (left over from an earlier, abandoned exchange) are
 /// skipped; an `NLMSG_ERROR` or a negative `NLMSG_DONE` for `seq` is an error.
-pub fn collect_dump(
+pub(crate) fn collect_dump(
     buf: &[u8],
     seq: u32,
     transport: Transport,
@@ -742,56 +594,19 @@ pub fn collect_dump(
     // inet_diag dumps walk the hash tables without a generation count, so they
     // never set NLM_F_DUMP_INTR: a socket opened or closed during the dump may
     // or may not be in it.
-    for message in parse_messages(buf)? {
-        match message {
-            Message::Data { seq: s, .. }
-            | Message::Done { seq: s, .. }
-            | Message::Error { seq: s, .. }
-                if s != seq => {}
-            Message::Data {
-                msg_type, payload, ..
-            } => {
-                ensure!(
-                    msg_type == SOCK_DIAG_BY_FAMILY,
-                    "unexpected netlink message type {msg_type} in a dump"
-                );
-                out.push(parse_diag_msg(transport, payload)?);
-            }
-            Message::Done { error, .. } => {
-                if error < 0 {
-                    return Err(io::Error::from_raw_os_error(-error))
-                        .context("the kernel ended the dump with an error");
-                }
-                return Ok(DumpProgress::Done);
-            }
-            Message::Error { error, .. } => {
-                if error < 0 {
-                    return Err(io::Error::from_raw_os_error(-error))
-                        .context("the kernel refused the dump request");
-                }
-                bail!("unexpected acknowledgement in a dump");
-            }
-        }
-    }
-    Ok(DumpProgress::More)
-}
-
-/// The acknowledgement for request `seq` in one datagram: `Some(0)` for
-/// success, `Some(-errno)` for failure, `None` if this datagram has none.
-pub fn find_ack(buf: &[u8], seq: u32) -> anyhow::Result<Option<i32>> {
-    for message in parse_messages(buf)? {
-        if let Message::Error { seq: s, error } = message
-            && s == seq
-        {
-            return Ok(Some(error));
-        }
-    }
-    Ok(None)
+    walk_dump(buf, seq, |msg_type, _flags, payload| {
+        ensure!(
+            msg_type == SOCK_DIAG_BY_FAMILY,
+            "unexpected netlink message type {msg_type} in a dump"
+        );
+        out.push(parse_diag_msg(transport, payload)?);
+        Ok(())
+    })
 }
 
 /// A `NETLINK_SOCK_DIAG` socket.
 pub struct SockDiag {
-    fd: OwnedFd,
+    socket: netlink::Socket,
     buf: Vec<u8>,
     seq: u32,
 }
@@ -799,7 +614,7 @@ pub struct SockDiag {
 impl fmt::Debug for SockDiag {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SockDiag")
-            .field("fd", &self.fd)
+            .field("socket", &self.socket)
             .field("seq", &self.seq)
             .finish_non_exhaustive()
     }
@@ -809,59 +624,8 @@ impl SockDiag {
     /// Opens a `NETLINK_SOCK_DIAG` socket (close-on-exec) connected to the
     /// kernel, in the calling thread's network namespace.
     pub fn open() -> anyhow::Result<Self> {
-        // SAFETY: socket(2) takes no pointers; the result is checked below.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_SOCK_DIAG,
-            )
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error())
-                .context("socket(AF_NETLINK, NETLINK_SOCK_DIAG)");
-        }
-        // SAFETY: `raw` is a new, valid file descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-
-        // Connecting to the kernel (port id 0) makes the socket refuse
-        // messages from other user-space netlink sockets.
-        // SAFETY: all-zero bytes are a valid `sockaddr_nl` (a C struct of integers).
-        let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        // SAFETY: `kernel` is a live sockaddr_nl and the length passed is its size.
-        let rc = unsafe {
-            libc::connect(
-                fd.as_raw_fd(),
-                (&raw const kernel).cast::<libc::sockaddr>(),
-                size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error())
-                .context("connect(NETLINK_SOCK_DIAG) to the kernel");
-        }
-
-        let timeout = libc::timeval {
-            tv_sec: RECV_TIMEOUT.as_secs() as libc::time_t,
-            tv_usec: 0,
-        };
-        // SAFETY: `timeout` is a live timeval and the length passed is its size.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&raw const timeout).cast::<libc::c_void>(),
-                size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error())
-                .context("setsockopt(SO_RCVTIMEO) on the sock_diag socket");
-        }
         Ok(Self {
-            fd,
+            socket: netlink::Socket::open(libc::NETLINK_SOCK_DIAG, "NETLINK_SOCK_DIAG")?,
             buf: vec![0; RECV_BUFFER_LEN],
             seq: 0,
         })
@@ -873,72 +637,6 @@ impl SockDiag {
             self.seq = 1;
         }
         self.seq
-    }
-
-    fn send(&self, request: &[u8]) -> io::Result<()> {
-        loop {
-            // SAFETY: `request` is a live buffer of `request.len()` bytes the kernel only reads.
-            let sent = unsafe {
-                libc::send(
-                    self.fd.as_raw_fd(),
-                    request.as_ptr().cast::<libc::c_void>(),
-                    request.len(),
-                    0,
-                )
-            };
-            if sent >= 0 {
-                return if sent as usize == request.len() {
-                    Ok(())
-                } else {
-                    Err(io::Error::other(format!(
-                        "short netlink send: {sent} of {} bytes",
-                        request.len()
-                    )))
-                };
-            }
-            let error = io::Error::last_os_error();
-            if error.kind() != io::ErrorKind::Interrupted {
-                return Err(error);
-            }
-        }
-    }
-
-    /// Reads one datagram into `self.buf`; returns its length.
-    fn recv(&mut self) -> io::Result<usize> {
-        loop {
-            // MSG_TRUNC makes netlink return the datagram's real length, so a
-            // datagram larger than the buffer is detected instead of cut.
-            // SAFETY: `self.buf` is a live, writable buffer of `self.buf.len()` bytes.
-            let received = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    self.buf.as_mut_ptr().cast::<libc::c_void>(),
-                    self.buf.len(),
-                    libc::MSG_TRUNC,
-                )
-            };
-            if received >= 0 {
-                let received = received as usize;
-                if received > self.buf.len() {
-                    return Err(io::Error::other(format!(
-                        "netlink datagram of {received} bytes does not fit the {}-byte buffer",
-                        self.buf.len()
-                    )));
-                }
-                return Ok(received);
-            }
-            let error = io::Error::last_os_error();
-            match error.kind() {
-                io::ErrorKind::Interrupted => {}
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("no reply from the kernel within {RECV_TIMEOUT:?}"),
-                    ));
-                }
-                _ => return Err(error),
-            }
-        }
     }
 
     /// Every socket of `transport` in both families whose state is in
@@ -1032,10 +730,13 @@ impl SockDiag {
             Some(bytecode) => filtered_dump_request(seq, family, transport, states, bytecode)?,
             None => dump_request(seq, family, transport, states).to_vec(),
         };
-        self.send(&request).context("sending the request")?;
+        self.socket.send(&request).context("sending the request")?;
         let deadline = Instant::now() + EXCHANGE_DEADLINE;
         loop {
-            let len = self.recv().context("reading the reply")?;
+            let len = self
+                .socket
+                .recv(&mut self.buf)
+                .context("reading the reply")?;
             if collect_dump(&self.buf[..len], seq, transport, out)? == DumpProgress::Done {
                 return Ok(());
             }
@@ -1065,10 +766,13 @@ impl SockDiag {
     fn destroy_inner(&mut self, socket: &SocketInfo) -> anyhow::Result<bool> {
         let seq = self.next_seq();
         let request = destroy_request(seq, socket)?;
-        self.send(&request).context("sending the request")?;
+        self.socket.send(&request).context("sending the request")?;
         let deadline = Instant::now() + EXCHANGE_DEADLINE;
         let error = loop {
-            let len = self.recv().context("reading the acknowledgement")?;
+            let len = self
+                .socket
+                .recv(&mut self.buf)
+                .context("reading the acknowledgement")?;
             if let Some(error) = find_ack(&self.buf[..len], seq)? {
                 break error;
             }
@@ -1126,6 +830,9 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::netlink::{
+        Message, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, NLMSG_OVERRUN, parse_messages, u16_at,
+    };
 
     fn v4(a: u8, b: u8, c: u8, d: u8, port: u16) -> SocketAddr {
         SocketAddr::new(Ipv4Addr::new(a, b, c, d).into(), port)

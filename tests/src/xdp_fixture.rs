@@ -34,6 +34,7 @@ use lb_common::{
     PROTO_UDP, Service, ServiceStats, VipKey, XdpConfig, ip_to_bytes, map_names, program_names,
     xdp_counter,
 };
+use lb_userspace::dataplane::{sum_backend_stats, sum_service_stats};
 
 use crate::sh;
 
@@ -749,33 +750,13 @@ impl XdpFixture {
     /// The counters of service `id`, summed over CPUs.
     pub fn service_counters(&self, id: u32) -> ServiceStats {
         let per_cpu = self.service_stats.get(&id, 0).expect("read service_stats");
-        per_cpu
-            .iter()
-            .fold(ServiceStats::default(), |acc, s| ServiceStats {
-                refused: acc.refused + s.refused,
-                rev_nat_failed: acc.rev_nat_failed + s.rev_nat_failed,
-                xdp_packets: acc.xdp_packets + s.xdp_packets,
-                xdp_bytes: acc.xdp_bytes + s.xdp_bytes,
-                xdp_flows: acc.xdp_flows + s.xdp_flows,
-                xdp_drop_no_backend: acc.xdp_drop_no_backend + s.xdp_drop_no_backend,
-                xdp_drop_snat_ports: acc.xdp_drop_snat_ports + s.xdp_drop_snat_ports,
-                xdp_drop_flow_table: acc.xdp_drop_flow_table + s.xdp_drop_flow_table,
-                xdp_drop_unreachable: acc.xdp_drop_unreachable + s.xdp_drop_unreachable,
-            })
+        sum_service_stats(&per_cpu)
     }
 
     /// The counters of backend `id`, summed over CPUs.
     pub fn backend_counters(&self, id: u32) -> BackendStats {
         let per_cpu = self.backend_stats.get(&id, 0).expect("read backend_stats");
-        per_cpu
-            .iter()
-            .fold(BackendStats::default(), |acc, s| BackendStats {
-                connects: acc.connects + s.connects,
-                sendmsgs: acc.sendmsgs + s.sendmsgs,
-                xdp_packets: acc.xdp_packets + s.xdp_packets,
-                xdp_bytes: acc.xdp_bytes + s.xdp_bytes,
-                xdp_flows: acc.xdp_flows + s.xdp_flows,
-            })
+        sum_backend_stats(&per_cpu)
     }
 }
 

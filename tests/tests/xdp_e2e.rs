@@ -98,6 +98,33 @@ impl World {
         self.daemon.as_mut().expect("daemon started")
     }
 
+    /// A TCP backend on the IPv4 address of each of `names`, and service
+    /// `web` on [`VIP`] spreading over the first `in_table` of them, started
+    /// and ready. Returns the backends.
+    fn start_web_spread(&mut self, names: &[&str], in_table: usize) -> Vec<TcpBackend> {
+        let v4 = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        let backends: Vec<TcpBackend> = names.iter().map(|n| self.tcp_backend(n, v4)).collect();
+        let servers: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+        self.start(&remote_service(
+            "web",
+            VIP,
+            "tcp",
+            "spread",
+            &servers[..in_table],
+        ));
+        self.wait_web_spread(in_table);
+        backends
+    }
+
+    /// Waits until service `web`'s Maglev table holds `servers` servers.
+    fn wait_web_spread(&mut self, servers: usize) {
+        self.daemon().wait_for(
+            Duration::from_secs(10),
+            &format!("{servers} server(s) in web's table"),
+            |s| spread_ready(s, "web", servers),
+        );
+    }
+
     /// A TCP backend in backend `name`'s namespace on its address of the
     /// family of `like`, port [`SERVICE_PORT`].
     fn tcp_backend(&self, name: &str, like: IpAddr) -> TcpBackend {
@@ -374,18 +401,7 @@ fn xdp_spread_balances_remote_tcp_flows_with_full_nat() {
     else {
         return;
     };
-    let v4 = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
-    let backends: Vec<TcpBackend> = ["b1", "b2", "b3"]
-        .iter()
-        .map(|n| world.tcp_backend(n, v4))
-        .collect();
-    let servers: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
-    world.start(&remote_service("web", VIP, "tcp", "spread", &servers));
-    world
-        .daemon()
-        .wait_for(Duration::from_secs(10), "three servers in the table", |s| {
-            spread_ready(s, "web", 3)
-        });
+    let _backends = world.start_web_spread(&["b1", "b2", "b3"], 3);
 
     // The test client, as a process in the client namespace.
     let client = world.topo.sh(
@@ -469,18 +485,7 @@ fn xdp_failed_backend_moves_only_its_flows() {
     let Some(mut world) = World::new("xdp_failed_backend_moves_only_its_flows", 3) else {
         return;
     };
-    let v4 = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
-    let mut backends: Vec<TcpBackend> = ["b1", "b2", "b3"]
-        .iter()
-        .map(|n| world.tcp_backend(n, v4))
-        .collect();
-    let servers: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
-    world.start(&remote_service("web", VIP, "tcp", "spread", &servers));
-    world
-        .daemon()
-        .wait_for(Duration::from_secs(10), "three servers in the table", |s| {
-            spread_ready(s, "web", 3)
-        });
+    let mut backends = world.start_web_spread(&["b1", "b2", "b3"], 3);
 
     // Held connections until every backend has at least two.
     let mut held = Vec::new();
@@ -573,30 +578,15 @@ fn xdp_established_flows_survive_a_maglev_rebuild() {
     let Some(mut world) = World::new("xdp_established_flows_survive_a_maglev_rebuild", 4) else {
         return;
     };
-    let v4 = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
-    let backends: Vec<TcpBackend> = ["b1", "b2", "b3", "b4"]
-        .iter()
-        .map(|n| world.tcp_backend(n, v4))
-        .collect();
-    let servers: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
-    world.start(&remote_service("web", VIP, "tcp", "spread", &servers[..3]));
-    world
-        .daemon()
-        .wait_for(Duration::from_secs(10), "three servers in the table", |s| {
-            spread_ready(s, "web", 3)
-        });
+    let backends = world.start_web_spread(&["b1", "b2", "b3", "b4"], 3);
     let mut held: Vec<Held> = (0..30).map(|_| world.hold(VIP)).collect();
 
     // Add b4 at runtime: about a quarter of the slots move to it.
-    let all: Vec<String> = servers.iter().map(ToString::to_string).collect();
+    let all: Vec<String> = backends.iter().map(|b| b.addr.to_string()).collect();
     let refs: Vec<&str> = all.iter().map(String::as_str).collect();
     let (code, body) = put_servers(API, "web", &refs);
     assert_eq!(code, 200, "{body}");
-    world
-        .daemon()
-        .wait_for(Duration::from_secs(10), "four servers in the table", |s| {
-            spread_ready(s, "web", 4)
-        });
+    world.wait_web_spread(4);
     for (i, h) in held.iter_mut().enumerate() {
         let reply = h.ping(&format!("rebuilt{i}")).unwrap_or_else(|e| {
             panic!(
@@ -624,11 +614,7 @@ fn xdp_established_flows_survive_a_maglev_rebuild() {
     // A SIGHUP that reloads the same file (three servers) rebuilds again,
     // dropping b4: connections to b1..b3 still stay where they are.
     world.daemon().signal(libc::SIGHUP);
-    world
-        .daemon()
-        .wait_for(Duration::from_secs(10), "back to three servers", |s| {
-            spread_ready(s, "web", 3)
-        });
+    world.wait_web_spread(3);
     for (i, h) in held.iter_mut().enumerate() {
         let reply = h.ping(&format!("reloaded{i}")).unwrap_or_else(|e| {
             panic!("held connection {i} to {} broke on SIGHUP: {e}", h.backend)
@@ -684,6 +670,10 @@ fn xdp_udp_echo_and_failover_and_ipv6() {
     let mut seen = BTreeMap::new();
     {
         let _inside = world.topo.enter(&world.topo.client.ns);
+        // Every socket stays open until the end, so the 60 source ports
+        // (and thus flows) are distinct: a closed socket's port may be
+        // handed out again.
+        let mut open = Vec::new();
         for i in 0..60 {
             let socket = UdpSocket::bind("0.0.0.0:0").expect("bind");
             socket.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
@@ -697,6 +687,7 @@ fn xdp_udp_echo_and_failover_and_ipv6() {
             let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
             assert!(reply.ends_with(&format!(":{payload}")), "{reply}");
             *seen.entry(backend_of(&reply)).or_insert(0) += 1;
+            open.push(socket);
         }
     }
     eprintln!("60 UDP flows: {seen:?}");
@@ -717,11 +708,7 @@ fn xdp_is_attached_natively_to_the_configured_devices_and_detached_on_stop() {
     };
     let b1 = world.tcp_backend("b1", IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     world.start(&remote_service("web", VIP, "tcp", "spread", &[b1.addr]));
-    world
-        .daemon()
-        .wait_for(Duration::from_secs(10), "one server", |s| {
-            spread_ready(s, "web", 1)
-        });
+    world.wait_web_spread(1);
     for dev in world.topo.node_interfaces() {
         assert_eq!(
             xdp_mode(&world.topo, &dev).as_deref(),

@@ -224,6 +224,43 @@ impl World {
         assert_eq!(self.fx.flow_count(), entries, "{what}: flows entries");
     }
 
+    /// Runs `input` arriving on `ingress` and asserts it is redirected as
+    /// `expected`, counted once under `redirect`.
+    fn expect_redirect(&self, what: &str, input: &Packet, ingress: u32, expected: &Packet) {
+        let (run, counted) = self.run(&input.bytes(), Some(ingress));
+        assert_eq!(verdict_name(run.verdict), "XDP_REDIRECT", "{what}: verdict");
+        assert_frame_eq(what, &run.frame, &expected.bytes());
+        assert_eq!(counted, vec![("redirect", 1)], "{what}: xdp_stats");
+    }
+
+    /// Sends `input` (client side) of a flow established to `backend` (MAC
+    /// `backend_mac`) from `snat`:`port`, expecting it forwarded as before:
+    /// the same frame rewrite, its `flows` entry unchanged and no new flow
+    /// counted on the service.
+    fn expect_kept_flow(
+        &self,
+        what: &str,
+        input: &Packet,
+        backend: SocketAddr,
+        backend_mac: [u8; 6],
+        snat: SocketAddr,
+    ) {
+        let entry = self.fx.flow(&input.flow_key());
+        let flows = self.fx.service_counters(SERVICE_ID).xdp_flows;
+        let expected = rewritten(input, snat, backend, BACKEND_IF_MAC, backend_mac);
+        self.expect_redirect(what, input, self.net.client_if, &expected);
+        assert_eq!(
+            self.fx.flow(&input.flow_key()),
+            entry,
+            "{what}: flow entry kept as is"
+        );
+        assert_eq!(
+            self.fx.service_counters(SERVICE_ID).xdp_flows,
+            flows,
+            "{what}: no new flow"
+        );
+    }
+
     /// Sends a new flow of `input` (client side) expecting it forwarded to
     /// `backend_id` at `backend` (MAC `backend_mac`) from `snat`; checks the
     /// frame, both `flows` entries and the counter; returns the SNAT port.
@@ -240,10 +277,7 @@ impl World {
         let port = self.predict_snat_port(&key, snat, backend);
         let snat_addr = SocketAddr::new(snat, port);
         let expected = rewritten(input, snat_addr, backend, BACKEND_IF_MAC, backend_mac);
-        let (run, counted) = self.run(&input.bytes(), Some(self.net.client_if));
-        assert_eq!(verdict_name(run.verdict), "XDP_REDIRECT", "{what}: verdict");
-        assert_frame_eq(what, &run.frame, &expected.bytes());
-        assert_eq!(counted, vec![("redirect", 1)], "{what}: xdp_stats");
+        self.expect_redirect(what, input, self.net.client_if, &expected);
         assert_eq!(
             self.fx.flow(&key),
             Some(flow_value(snat_addr, backend, backend_id, SERVICE_ID, 0)),
@@ -302,20 +336,14 @@ fn forward_round_trip(test: &str, a: &Addrs, proto: u8) {
         BACKEND_IF_MAC,
         BACKEND_MACS[0],
     );
-    let (run, counted) = w.run(&second.bytes(), Some(w.net.client_if));
-    assert_eq!(verdict_name(run.verdict), "XDP_REDIRECT", "established");
-    assert_frame_eq("established flow", &run.frame, &expected.bytes());
-    assert_eq!(counted, vec![("redirect", 1)], "established: xdp_stats");
+    w.expect_redirect("established flow", &second, w.net.client_if, &expected);
 
     // The backend's reply.
     let reply = packet(proto, backend_at(a, 0), snat_addr)
         .macs(BACKEND_MACS[0], BACKEND_IF_MAC)
         .payload(b"HTTP/1.1 200 OK\r\n\r\nhello");
     let expected = rewritten(&reply, vip(a), client(a), CLIENT_IF_MAC, CLIENT_MAC);
-    let (run, counted) = w.run(&reply.bytes(), Some(w.net.backend_if));
-    assert_eq!(verdict_name(run.verdict), "XDP_REDIRECT", "reply");
-    assert_frame_eq("reply", &run.frame, &expected.bytes());
-    assert_eq!(counted, vec![("redirect", 1)], "reply: xdp_stats");
+    w.expect_redirect("reply", &reply, w.net.backend_if, &expected);
 
     let bytes = (first.bytes().len() + second.bytes().len() + reply.bytes().len()) as u64;
     let service = w.fx.service_counters(SERVICE_ID);
@@ -590,29 +618,12 @@ fn down_backend_still_selected_keeps_flows() {
             snat,
         );
         w.fx.set_backend(1, backend(backend_at(&a, 0), SERVICE_ID, BACKEND_DOWN));
-        let entry = w.fx.flow(&input.flow_key());
-        let flows = w.fx.service_counters(SERVICE_ID).xdp_flows;
-        let expected = rewritten(
+        w.expect_kept_flow(
+            &format!("{}: kept flow", a.vip),
             &input,
-            SocketAddr::new(snat, port),
             backend_at(&a, 0),
-            BACKEND_IF_MAC,
             BACKEND_MACS[0],
-        );
-        let (run, counted) = w.run(&input.bytes(), Some(w.net.client_if));
-        assert_eq!(
-            verdict_name(run.verdict),
-            "XDP_REDIRECT",
-            "{}: kept flow",
-            a.vip
-        );
-        assert_frame_eq("kept flow", &run.frame, &expected.bytes());
-        assert_eq!(counted, vec![("redirect", 1)]);
-        assert_eq!(w.fx.flow(&input.flow_key()), entry, "flow entry kept as is");
-        assert_eq!(
-            w.fx.service_counters(SERVICE_ID).xdp_flows,
-            flows,
-            "no new flow"
+            SocketAddr::new(snat, port),
         );
 
         let mut other = client_frame(&a, proto);
@@ -670,21 +681,13 @@ fn drained_backend_keeps_its_flows() {
         for slot in 0..TABLE {
             w.fx.set_maglev(SERVICE_ID, slot, 2);
         }
-        let entry = w.fx.flow(&input.flow_key());
-        let flows = w.fx.service_counters(SERVICE_ID).xdp_flows;
-        let expected = rewritten(
+        w.expect_kept_flow(
+            &format!("{}: drained backend's flow", a.vip),
             &input,
-            SocketAddr::new(snat, port),
             backend_at(&a, 0),
-            BACKEND_IF_MAC,
             BACKEND_MACS[0],
+            SocketAddr::new(snat, port),
         );
-        let (run, counted) = w.run(&input.bytes(), Some(w.net.client_if));
-        assert_eq!(verdict_name(run.verdict), "XDP_REDIRECT", "{}", a.vip);
-        assert_frame_eq("drained backend's flow", &run.frame, &expected.bytes());
-        assert_eq!(counted, vec![("redirect", 1)]);
-        assert_eq!(w.fx.flow(&input.flow_key()), entry, "flow entry kept");
-        assert_eq!(w.fx.service_counters(SERVICE_ID).xdp_flows, flows);
         for offset in 1..=5 {
             let mut other = client_frame(&a, proto);
             other.src_port += offset;
@@ -732,10 +735,7 @@ fn udp4_zero_checksum_stays_zero() {
         zero_checksum: true,
     };
     let expected = rewritten(&reply, vip(&V4), client(&V4), CLIENT_IF_MAC, CLIENT_MAC);
-    let (run, counted) = w.run(&reply.bytes(), Some(w.net.backend_if));
-    assert_eq!(verdict_name(run.verdict), "XDP_REDIRECT");
-    assert_frame_eq("zero-checksum reply", &run.frame, &expected.bytes());
-    assert_eq!(counted, vec![("redirect", 1)]);
+    w.expect_redirect("zero-checksum reply", &reply, w.net.backend_if, &expected);
 }
 
 /// A UDP rewrite whose new checksum computes to 0 is written as 0xffff
@@ -772,16 +772,17 @@ fn udp_checksum_computing_to_zero_is_ffff() {
             BACKEND_IF_MAC,
             BACKEND_MACS[0],
         );
-        let expected = expected.bytes();
         assert_eq!(
-            expected[udp + 6..udp + 8],
+            expected.bytes()[udp + 6..udp + 8],
             [0xff, 0xff],
             "fixture: computed 0"
         );
-        let (run, counted) = w.run(&input.bytes(), Some(w.net.client_if));
-        assert_eq!(verdict_name(run.verdict), "XDP_REDIRECT", "{}", a.vip);
-        assert_frame_eq("UDP checksum computing to 0", &run.frame, &expected);
-        assert_eq!(counted, vec![("redirect", 1)]);
+        w.expect_redirect(
+            &format!("{}: UDP checksum computing to 0", a.vip),
+            &input,
+            w.net.client_if,
+            &expected,
+        );
     }
 }
 
