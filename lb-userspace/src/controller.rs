@@ -23,13 +23,14 @@
 
 mod backend_flags;
 mod checks;
+mod discovery;
 mod reconcile;
 mod spread;
 
 use std::{
     collections::{HashMap, HashSet},
     net::SocketAddr,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard, atomic::Ordering},
     time::{Instant, SystemTime},
 };
 
@@ -46,7 +47,9 @@ use crate::{
     if_addrs,
     metrics::{Counters, DialStatus},
     state_machine::{Effects, Selection, ServerState, ServiceMachine},
-    status::{CheckStatus, ServerStatus, ServiceStatus, Status, XdpDrops, XdpStatus},
+    status::{
+        CheckStatus, RegistryStatus, ServerStatus, ServiceStatus, Status, XdpDrops, XdpStatus,
+    },
 };
 
 /// One server as the controller tracks it (besides its state-machine entry).
@@ -88,6 +91,8 @@ struct State {
     if_addrs_failing: bool,
     /// Whether more interfaces have addresses than `if_addrs` holds (logged once).
     if_addrs_overflow: bool,
+    /// Sui discovery: static and discovered servers, the last view.
+    discovery: discovery::DiscoveryState,
 }
 
 struct Inner {
@@ -138,14 +143,22 @@ impl Controller {
                     counters: Counters::default(),
                     if_addrs_failing: false,
                     if_addrs_overflow: false,
+                    discovery: discovery::DiscoveryState::default(),
                 }),
                 poller: Mutex::new(poller),
                 probe_slots,
                 runtime: Handle::current(),
             }),
         };
+        controller.lock().discovery.set_static(&config);
+        let chain = config.chain.clone();
         let config = reconcile::with_saved_servers(config);
         controller.apply(config)?;
+        // After the first apply: static (or saved) servers are served
+        // whether or not the registry can be read.
+        if let Some(chain) = &chain {
+            controller.start_discovery(chain);
+        }
         Ok(controller)
     }
 
@@ -340,17 +353,38 @@ impl Controller {
     /// leaves everything as it was.
     pub fn reload(&self, mut config: Config) -> anyhow::Result<()> {
         {
-            let state = self.lock();
+            let mut state = self.lock();
             reconcile::keep_restart_only_fields(&state.config, &mut config);
+            state.discovery.set_static(&config);
+            state.discovery.merge_into(&mut config);
         }
-        self.apply(config)
+        self.apply(config)?;
+        self.refresh_discovery();
+        Ok(())
     }
 
     /// Replaces the server list of one service (`PUT /services/{name}/servers`).
     pub fn set_servers(&self, service: &str, servers: &[String]) -> Result<(), ServersError> {
         let config = {
-            let state = self.lock();
-            reconcile::config_with_servers(&state.config, service, servers)?
+            let mut state = self.lock();
+            let mut config = reconcile::config_with_servers(&state.config, service, servers)?;
+            // A discovery service: the list replaces its static servers;
+            // the discovered ones stay.
+            if config
+                .services
+                .iter()
+                .any(|s| s.name == service && s.discovery.is_some())
+            {
+                let mut statics = state.discovery.static_servers.clone();
+                for s in &config.services {
+                    if s.name == service {
+                        statics.insert(s.name.clone(), s.servers.clone());
+                    }
+                }
+                state.discovery.static_servers = statics;
+                state.discovery.merge_into(&mut config);
+            }
+            config
         };
         self.apply(config).map_err(ServersError::Apply)
     }
@@ -385,6 +419,7 @@ impl Controller {
                         let slots = runtime
                             .filter(|_| service.config.policy == Policy::Spread)
                             .map(|r| slot_counts.get(&r.backend_id).copied().unwrap_or(0));
+                        let node = state.discovery.server(&service.config.name, entry.address);
                         ServerStatus {
                             address: entry.address.to_string(),
                             slots,
@@ -405,6 +440,10 @@ impl Controller {
                                 at: humantime::format_rfc3339_millis(*at).to_string(),
                                 duration_ms: o.duration.as_secs_f64() * 1000.0,
                             }),
+                            node: node.map(|n| n.node.to_string()),
+                            stake_mist: node.map(|n| n.stake),
+                            sui_rpc: node.map(|n| n.sui_rpc.clone()),
+                            sync_lag_blocks: last_check.and_then(|(o, _)| o.sync_lag_blocks),
                         }
                     })
                     .collect();
@@ -450,7 +489,27 @@ impl Controller {
                     .collect(),
             }
         });
-        Status { services, xdp }
+        let registry = state.discovery.stats.as_ref().map(|stats| {
+            let view = state.discovery.view.as_ref();
+            RegistryStatus {
+                synced: view.is_some_and(|v| v.synced),
+                nodes: view.map_or(0, |v| v.nodes.len()),
+                cursor: view.and_then(|v| v.cursor),
+                last_error: view.and_then(|v| v.last_error.clone()),
+                events: stats
+                    .events()
+                    .into_iter()
+                    .map(|(kind, n)| (kind.to_owned(), n))
+                    .collect(),
+                resyncs: stats.resyncs_total.load(Ordering::Relaxed),
+                reconnects: stats.reconnects_total.load(Ordering::Relaxed),
+            }
+        });
+        Status {
+            services,
+            xdp,
+            registry,
+        }
     }
 
     /// The metric counters kept by the controller.
@@ -463,7 +522,8 @@ impl Controller {
     /// which is harmless.
     pub fn shutdown(&self) -> anyhow::Result<()> {
         let pin_dir = {
-            let state = self.lock();
+            let mut state = self.lock();
+            state.discovery.stop();
             for service in &state.services {
                 for server in service.servers.values() {
                     server.check_task.abort();

@@ -53,6 +53,7 @@ pub async fn start(base: Config, tasks: &mut JoinSet<()>) -> anyhow::Result<Conf
         maglev_table_size: ServiceConfig::DEFAULT_MAGLEV_TABLE_SIZE,
         health_check: check(CheckSpec::Tcp),
         remote: false,
+        discovery: None,
     });
     let udp = spawn_udp_backends(v4, tasks).await?;
     services.push(ServiceConfig {
@@ -65,6 +66,7 @@ pub async fn start(base: Config, tasks: &mut JoinSet<()>) -> anyhow::Result<Conf
         maglev_table_size: ServiceConfig::DEFAULT_MAGLEV_TABLE_SIZE,
         health_check: check(CheckSpec::Udp),
         remote: false,
+        discovery: None,
     });
     let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
     match spawn_tcp_backends(v6, tasks).await {
@@ -78,6 +80,7 @@ pub async fn start(base: Config, tasks: &mut JoinSet<()>) -> anyhow::Result<Conf
             maglev_table_size: ServiceConfig::DEFAULT_MAGLEV_TABLE_SIZE,
             health_check: check(CheckSpec::Tcp),
             remote: false,
+            discovery: None,
         }),
         Err(err) => tracing::warn!(
             error = format!("{err:#}"),

@@ -39,7 +39,10 @@ use tokio::{
     time::timeout_at,
 };
 
-use crate::config::{CheckSpec, HttpCheck, TlsOptions};
+use crate::{
+    chain::sync_check::{self, SyncBounds},
+    config::{CheckSpec, HttpCheck, TlsOptions},
+};
 
 /// What one check found.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,6 +60,9 @@ pub struct CheckOutcome {
     /// The outcome of connecting to the server's own address, when this
     /// check made such an attempt (see [`Prober::probe`]).
     pub dial: Option<DialOutcome>,
+    /// Checkpoints the server's own Sui full node is behind the reference,
+    /// when a `sui_sync` part could judge it.
+    pub sync_lag_blocks: Option<u64>,
 }
 
 /// The outcome of connecting to a server's own address.
@@ -81,6 +87,8 @@ pub struct Prober {
 struct Inner {
     /// The leaves of the check: one, or the parts of `all`.
     parts: Vec<Part>,
+    /// The reference full nodes of `sui_sync` parts.
+    references: Vec<String>,
     /// Kind all: reasons name their part.
     combined: bool,
     /// The distinct TLS settings of the http parts; [`HttpPart::tls`]
@@ -94,6 +102,7 @@ enum Part {
     Tcp,
     Udp,
     Http(HttpPart),
+    SuiSync(SyncBounds),
 }
 
 #[derive(Debug)]
@@ -140,6 +149,8 @@ struct PartOutcome {
     reason: String,
     /// Set when the part connected to exactly the server's address.
     dial: Option<(Transport, DialOutcome)>,
+    /// A `sui_sync` part's lag, when it could judge it.
+    lag: Option<u64>,
 }
 
 /// How an HTTP request that got no response failed.
@@ -156,6 +167,12 @@ impl Prober {
     /// Prepares `check`. Fails if a CA file cannot be read or parsed (the
     /// error names the file), or for an `all` without checks.
     pub fn new(check: &CheckSpec) -> anyhow::Result<Self> {
+        Self::with_references(check, Vec::new())
+    }
+
+    /// Like [`Prober::new`], with the reference full nodes `sui_sync`
+    /// parts compare a server's own full node against.
+    pub fn with_references(check: &CheckSpec, references: Vec<String>) -> anyhow::Result<Self> {
         let mut leaves = Vec::new();
         flatten(check, &mut leaves);
         if leaves.is_empty() {
@@ -172,6 +189,14 @@ impl Prober {
                 }
                 CheckSpec::Udp => {
                     parts.push(Part::Udp);
+                    continue;
+                }
+                CheckSpec::SuiSync(sui) => {
+                    parts.push(Part::SuiSync(SyncBounds {
+                        max_checkpoint_lag: sui.max_checkpoint_lag,
+                        max_sync_age: sui.max_sync_age,
+                        max_response_time: sui.max_response_time,
+                    }));
                     continue;
                 }
                 CheckSpec::Http(http) => http,
@@ -235,6 +260,7 @@ impl Prober {
         Ok(Self {
             inner: Arc::new(Inner {
                 parts,
+                references,
                 combined,
                 tls,
                 clients: Mutex::new(clients),
@@ -261,6 +287,19 @@ impl Prober {
         timeout: Duration,
         dial_probe: bool,
     ) -> CheckOutcome {
+        self.probe_node(server, timeout, dial_probe, None).await
+    }
+
+    /// [`Prober::probe`] of a server discovered on chain: `sui_rpc` is the
+    /// URL of the node's own Sui full node, which `sui_sync` parts check
+    /// (without it they fail).
+    pub async fn probe_node(
+        &self,
+        server: SocketAddr,
+        timeout: Duration,
+        dial_probe: bool,
+        sui_rpc: Option<&str>,
+    ) -> CheckOutcome {
         let start = Instant::now();
         let budget = Budget {
             timeout,
@@ -286,7 +325,7 @@ impl Prober {
             inner
                 .parts
                 .iter()
-                .map(|part| self.probe_part(part, server, budget))
+                .map(|part| self.probe_part(part, server, budget, sui_rpc))
                 .collect(),
         );
         let (outcomes, extra_dial) = tokio::join!(parts, extra_dial);
@@ -328,22 +367,31 @@ impl Prober {
                 duration: start.elapsed(),
             });
         }
+        let sync_lag_blocks = outcomes.iter().find_map(|outcome| outcome.lag);
         let outcome = CheckOutcome {
             ok,
             reason,
             duration: start.elapsed(),
             dial,
+            sync_lag_blocks,
         };
         tracing::trace!(%server, ?outcome, "health check done");
         outcome
     }
 
-    async fn probe_part(&self, part: &Part, server: SocketAddr, budget: Budget) -> PartOutcome {
+    async fn probe_part(
+        &self,
+        part: &Part,
+        server: SocketAddr,
+        budget: Budget,
+        sui_rpc: Option<&str>,
+    ) -> PartOutcome {
         let start = Instant::now();
         match part {
             Part::Tcp => {
                 let (ok, reason) = probe_tcp(server, budget).await;
                 PartOutcome {
+                    lag: None,
                     ok,
                     reason,
                     dial: Some((
@@ -358,6 +406,7 @@ impl Prober {
             Part::Udp => {
                 let (ok, reason) = probe_udp(server, budget).await;
                 PartOutcome {
+                    lag: None,
                     ok,
                     reason,
                     dial: Some((
@@ -370,6 +419,34 @@ impl Prober {
                 }
             }
             Part::Http(http) => self.probe_http(http, server, budget).await,
+            Part::SuiSync(bounds) => {
+                let Some(url) = sui_rpc else {
+                    return PartOutcome {
+                        ok: false,
+                        reason: "sui_sync: not a discovered node (no sui_rpc known)".to_owned(),
+                        dial: None,
+                        lag: None,
+                    };
+                };
+                let probe = sync_check::probe(url, &self.inner.references, bounds);
+                match timeout_at(budget.deadline, probe).await {
+                    Ok(verdict) => PartOutcome {
+                        ok: verdict.ok,
+                        reason: format!("sui_sync: {}", verdict.reason),
+                        dial: None,
+                        lag: verdict.lag_blocks,
+                    },
+                    Err(_) => PartOutcome {
+                        ok: false,
+                        reason: format!(
+                            "sui_sync: no verdict within the timeout {}",
+                            millis(budget.timeout)
+                        ),
+                        dial: None,
+                        lag: None,
+                    },
+                }
+            }
         }
     }
 
@@ -386,6 +463,7 @@ impl Prober {
             ok: false,
             reason,
             dial: None,
+            lag: None,
         };
 
         let client = match self.client(part, server.ip()) {
@@ -450,6 +528,7 @@ impl Prober {
 
         match timeout_at(budget.deadline, exchange).await {
             Ok(Ok((ok, reason, answered))) => PartOutcome {
+                lag: None,
                 ok,
                 reason,
                 dial: dial(true, answered),
@@ -458,16 +537,19 @@ impl Prober {
                 let elapsed = start.elapsed();
                 match classify(&error) {
                     RequestFailure::Connect(what) => PartOutcome {
+                        lag: None,
                         ok: false,
                         reason: format!("{label}: connect {what}"),
                         dial: dial(false, elapsed),
                     },
                     RequestFailure::Tls(what) => PartOutcome {
+                        lag: None,
                         ok: false,
                         reason: format!("{label}: tls: {what}"),
                         dial: dial(true, elapsed),
                     },
                     RequestFailure::Other(what) => PartOutcome {
+                        lag: None,
                         ok: false,
                         reason: format!("{label}: {what}"),
                         dial: dial(true, elapsed),
@@ -475,6 +557,7 @@ impl Prober {
                 }
             }
             Err(_) => PartOutcome {
+                lag: None,
                 ok: false,
                 reason: format!("{label}: no answer within {}", millis(budget.timeout)),
                 dial: dial(false, start.elapsed()),
@@ -508,7 +591,7 @@ impl Part {
     fn dials(&self, server: SocketAddr) -> bool {
         match self {
             Self::Tcp => true,
-            Self::Udp => false,
+            Self::Udp | Self::SuiSync(_) => false,
             Self::Http(http) => http.check.port.is_none_or(|port| port == server.port()),
         }
     }

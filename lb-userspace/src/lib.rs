@@ -2,6 +2,7 @@
 //! tests and the binary share one implementation.
 //!
 //! - [`config`]: the YAML config and its validation.
+//! - [`chain`]: Sui on-chain discovery (registry sync over gRPC, the `sui_sync` check, a fake full node).
 //! - [`dataplane`]: loading, pinning, attaching/adopting and detaching the kernel programs
 //!   (`xdp_attach`: the XDP links on the `xdp` interfaces).
 //! - [`xdp_settings`], [`if_addrs`]: the `xdp_config` entry, the SNAT port check, and the
@@ -18,6 +19,7 @@
 
 pub mod api;
 mod bpf_sys;
+pub mod chain;
 pub mod config;
 pub mod connections;
 pub mod controller;

@@ -132,6 +132,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 status::Status {
                     services: vec![service],
                     xdp: None,
+                    registry: None,
                 }
                 .to_table()
             );

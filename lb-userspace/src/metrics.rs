@@ -414,7 +414,82 @@ pub fn render(status: &Status, counters: &Counters) -> String {
         ),
         |service| get(&counters.selection_changes, &service.name),
     );
+    render_chain(&mut out, status);
     out
+}
+
+/// The Sui discovery metrics (only with a `chain` block).
+fn render_chain(out: &mut String, status: &Status) {
+    let Some(registry) = &status.registry else {
+        return;
+    };
+    let discovered = |value: fn(&ServerStatus) -> Option<u64>| {
+        status.services.iter().flat_map(move |service| {
+            service
+                .servers
+                .iter()
+                .filter_map(move |server| Some((service, server, value(server)?)))
+        })
+    };
+    family(
+        out,
+        "k3s_server_stake_amount",
+        "gauge",
+        "Stake (MIST) the registry lists for a discovered server's node.",
+    );
+    for (service, server, stake) in discovered(|server| server.stake_mist) {
+        let _ = writeln!(
+            out,
+            "k3s_server_stake_amount{{service=\"{}\",server=\"{}\"}} {stake}",
+            label(&service.name),
+            label(&server.address)
+        );
+    }
+    family(
+        out,
+        "k3s_blockchain_sync_lag_blocks",
+        "gauge",
+        "Checkpoints a discovered server's own Sui full node was behind the reference at its last sui_sync check.",
+    );
+    for (service, server, lag) in discovered(|server| server.sync_lag_blocks) {
+        let _ = writeln!(
+            out,
+            "k3s_blockchain_sync_lag_blocks{{service=\"{}\",server=\"{}\"}} {lag}",
+            label(&service.name),
+            label(&server.address)
+        );
+    }
+    family(
+        out,
+        "daas_lb_registry_events_total",
+        "counter",
+        "Events seen in checkpoints by the Sui discovery: registered, updated, removed (applied), ignored (not the registry's), malformed (skipped).",
+    );
+    for (kind, n) in &registry.events {
+        let _ = writeln!(
+            out,
+            "daas_lb_registry_events_total{{kind=\"{}\"}} {n}",
+            label(kind)
+        );
+    }
+    family(
+        out,
+        "daas_lb_registry_cursor",
+        "gauge",
+        "Sequence number of the last checkpoint the Sui discovery applied.",
+    );
+    let _ = writeln!(
+        out,
+        "daas_lb_registry_cursor {}",
+        registry.cursor.unwrap_or(0)
+    );
+    family(
+        out,
+        "daas_lb_registry_resyncs_total",
+        "counter",
+        "Full syncs of the Sui registry (the first one included).",
+    );
+    let _ = writeln!(out, "daas_lb_registry_resyncs_total {}", registry.resyncs);
 }
 
 #[cfg(test)]
@@ -438,6 +513,10 @@ mod tests {
             xdp_bytes: 700,
             xdp_flows: 1,
             last_check: None,
+            node: None,
+            stake_mist: None,
+            sui_rpc: None,
+            sync_lag_blocks: None,
         }
     }
 
@@ -471,6 +550,7 @@ mod tests {
                     .into_iter()
                     .collect(),
             }),
+            registry: None,
         }
     }
 
@@ -536,6 +616,50 @@ mod tests {
         assert!(text.contains("daas_lb_xdp_drops_total{"), "{text}");
     }
 
+    fn with_registry() -> Status {
+        let mut status = sample();
+        let server = &mut status.services[0].servers[0];
+        server.node = Some(format!("0x{:0>64}", "1"));
+        server.stake_mist = Some(u64::MAX);
+        server.sync_lag_blocks = Some(3);
+        status.services[0].servers[1].stake_mist = Some(5);
+        status.registry = Some(crate::status::RegistryStatus {
+            synced: true,
+            nodes: 2,
+            cursor: Some(42),
+            last_error: None,
+            events: [("registered".to_owned(), 2), ("malformed".to_owned(), 1)]
+                .into_iter()
+                .collect(),
+            resyncs: 1,
+            reconnects: 0,
+        });
+        status
+    }
+
+    #[test]
+    fn renders_chain_metrics() {
+        let text = render(&with_registry(), &Counters::default());
+        for line in [
+            "k3s_server_stake_amount{service=\"sup\\\"er\",server=\"10.0.0.1:1\"} 18446744073709551615",
+            "k3s_server_stake_amount{service=\"sup\\\"er\",server=\"10.0.0.2:1\"} 5",
+            "k3s_blockchain_sync_lag_blocks{service=\"sup\\\"er\",server=\"10.0.0.1:1\"} 3",
+            "daas_lb_registry_events_total{kind=\"registered\"} 2",
+            "daas_lb_registry_events_total{kind=\"malformed\"} 1",
+            "daas_lb_registry_cursor 42",
+            "daas_lb_registry_resyncs_total 1",
+            "# TYPE daas_lb_registry_resyncs_total counter",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        assert!(!text.contains("sync_lag_blocks{service=\"sup\\\"er\",server=\"10.0.0.2:1\"}"));
+        let text = render(&sample(), &Counters::default());
+        assert!(!text.contains("registry"), "{text}");
+    }
+
     #[test]
     fn each_family_is_one_contiguous_group() {
         let mut counters = Counters::default();
@@ -546,7 +670,7 @@ mod tests {
             ServerState::Unchecked,
             ServerState::Recovering,
         );
-        let text = render(&sample(), &counters);
+        let text = render(&with_registry(), &counters);
         let mut seen = Vec::new();
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();

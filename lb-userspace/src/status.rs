@@ -24,6 +24,30 @@ pub struct Status {
     /// The XDP forwarder for remote clients; absent without an `xdp` block.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xdp: Option<XdpStatus>,
+    /// Sui discovery; absent without a `chain` block.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<RegistryStatus>,
+}
+
+/// The Sui registry as discovery last read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryStatus {
+    /// Whether a full sync succeeded (false while the full node cannot be
+    /// read at start).
+    pub synced: bool,
+    /// Registered nodes (all, before the stake filter).
+    pub nodes: usize,
+    /// The last checkpoint applied.
+    pub cursor: Option<u64>,
+    /// The last error talking to the full node, if it still fails.
+    pub last_error: Option<String>,
+    /// Registry events seen, by kind (`registered`, `updated`, `removed`,
+    /// `ignored`, `malformed`).
+    pub events: BTreeMap<String, u64>,
+    /// Full syncs done.
+    pub resyncs: u64,
+    /// Subscriptions lost or not established.
+    pub reconnects: u64,
 }
 
 /// The XDP forwarder as configured, and what it did with packets.
@@ -144,6 +168,18 @@ pub struct ServerStatus {
     pub xdp_flows: u64,
     /// The most recent health check, if any finished.
     pub last_check: Option<CheckStatus>,
+    /// The registry node this server was discovered from (`0x` + 64 hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Its stake, in MIST.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stake_mist: Option<u64>,
+    /// Its own Sui full node (`""` when it registered none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sui_rpc: Option<String>,
+    /// Checkpoints its full node was behind at the last `sui_sync` check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_lag_blocks: Option<u64>,
 }
 
 /// One finished health check.
@@ -409,9 +445,14 @@ mod tests {
                         at: "2026-11-22T05:00:00Z".into(),
                         duration_ms: 0.2,
                     }),
+                    node: None,
+                    stake_mist: None,
+                    sui_rpc: None,
+                    sync_lag_blocks: None,
                 }],
             }],
             xdp: None,
+            registry: None,
         }
     }
 

@@ -32,7 +32,6 @@ use std::{
     fmt, fs,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
-    str::FromStr,
     time::Duration,
 };
 
@@ -58,13 +57,13 @@ macro_rules! config_words {
             }
         }
 
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 f.write_str(self.as_str())
             }
         }
 
-        impl FromStr for $ty {
+        impl ::std::str::FromStr for $ty {
             type Err = String;
 
             fn from_str(text: &str) -> Result<Self, Self::Err> {
@@ -90,6 +89,7 @@ pub(crate) fn one_of(words: &[&str]) -> String {
         [init @ .., last] => format!("{} or {last}", init.join(", ")),
     }
 }
+pub use crate::chain::ports::{ChainPort, ChainPortKind};
 use crate::state_machine::ServerState;
 
 /// The whole configuration file.
@@ -118,6 +118,97 @@ pub struct Config {
     /// XDP forwarding for remote clients (`xdp`); `None` = no XDP.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub xdp: Option<XdpSettings>,
+    /// Sui on-chain discovery (`chain`); `None` = no discovery.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chain: Option<ChainSettings>,
+}
+
+/// The `chain` block: where the Sui registry of nodes is read from.
+///
+/// ```yaml
+/// chain:
+///   sui_rpc_url: http://127.0.0.1:9000          # required: gRPC of a full node (http or https)
+///   reference_rpc_urls: [https://fullnode.mainnet.sui.io]   # optional, for sui_sync checks
+///   registry: { package: "0x…", module: registry, object: "0x…" }   # required
+///   min_stake_mist: 1000000000                   # default 0
+///   discovery_interval: 5m                       # full resync safety net, default 5m
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChainSettings {
+    /// The full node the registry is read from and subscribed to
+    /// (`sui_rpc_url`, sui-rpc gRPC; never JSON-RPC).
+    pub sui_rpc_url: String,
+    /// Full nodes whose height and chain id `sui_sync` checks compare
+    /// against (`reference_rpc_urls`, default none: `sui_rpc_url` alone).
+    pub reference_rpc_urls: Vec<String>,
+    /// The registry's package, module and shared object (`registry`).
+    pub registry: RegistrySettings,
+    /// Nodes with less stake are never servers (`min_stake_mist`, MIST,
+    /// default 0).
+    pub min_stake_mist: u64,
+    /// Time between full resyncs (`discovery_interval`, default 5m, 1s to
+    /// 24h); events apply in between.
+    #[serde(serialize_with = "serialize_duration")]
+    pub discovery_interval: Duration,
+}
+
+/// `chain.registry`: the Move module that defines the registry's events and
+/// the shared `Registry` object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RegistrySettings {
+    /// The package that defines the event types (`package`).
+    #[serde(serialize_with = "serialize_display")]
+    pub package: sui_sdk_types::Address,
+    /// The module name (`module`, default `registry`).
+    pub module: String,
+    /// The shared `Registry` object (`object`).
+    #[serde(serialize_with = "serialize_display")]
+    pub object: sui_sdk_types::Address,
+}
+
+/// A service's `discovery` block: servers come from the chain too.
+///
+/// ```yaml
+/// discovery: { source: sui, port: 6443 }
+/// discovery: { source: sui, port: { from_chain_id: "35834a8a", kind: grpc } }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DiscoveryConfig {
+    /// Where nodes come from (`source`; only `sui`).
+    pub source: DiscoverySource,
+    /// The port of every discovered server (`port`): a number, or derived
+    /// from a chain id.
+    pub port: DiscoveryPort,
+}
+
+/// `discovery.source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiscoverySource {
+    /// The Sui registry of the `chain` block.
+    Sui,
+}
+
+config_words!(pub DiscoverySource, "discovery source", { Sui => "sui" });
+
+/// `discovery.port`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum DiscoveryPort {
+    /// A port number.
+    Fixed(u16),
+    /// `{ from_chain_id, kind }`: see [`crate::chain::ports`].
+    Chain(ChainPort),
+}
+
+impl DiscoveryPort {
+    /// The port number.
+    pub fn port(&self) -> u16 {
+        match self {
+            Self::Fixed(port) => *port,
+            Self::Chain(chain) => chain.port(),
+        }
+    }
 }
 
 /// The `xdp` block: where the XDP forwarder for remote clients runs and how
@@ -202,6 +293,9 @@ pub struct ServiceConfig {
     /// Whether the XDP program forwards remote clients' packets to this VIP
     /// (`remote`, default false; needs the `xdp` block).
     pub remote: bool,
+    /// Servers discovered on chain besides `servers` (`discovery`; needs
+    /// the `chain` block).
+    pub discovery: Option<DiscoveryConfig>,
 }
 
 /// Transport protocol of a service.
@@ -284,8 +378,48 @@ pub enum CheckSpec {
     /// `http` or `https` (when [`HttpCheck::tls`] is set): a GET request
     /// must be answered with an expected status (and body).
     Http(HttpCheck),
+    /// `sui_sync`: the server's own Sui full node (its registry `sui_rpc`)
+    /// must be on the reference chain and in sync with it.
+    SuiSync(SuiSyncCheck),
     /// `all`: every listed check must pass; never nested.
     All(Vec<CheckSpec>),
+}
+
+/// A `sui_sync` check: `GetServiceInfo` on the node's `sui_rpc` against the
+/// `chain` block's reference full nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SuiSyncCheck {
+    /// Most checkpoints the node may be behind the highest reference
+    /// (`max_checkpoint_lag`, default 10).
+    pub max_checkpoint_lag: u64,
+    /// Oldest its latest checkpoint may be (`max_sync_age`, default 30s).
+    #[serde(serialize_with = "serialize_duration")]
+    pub max_sync_age: Duration,
+    /// Longest its answer may take (`max_response_time`, default 2s; the
+    /// check's `timeout` bounds it too).
+    #[serde(serialize_with = "serialize_duration")]
+    pub max_response_time: Duration,
+}
+
+impl SuiSyncCheck {
+    /// Default `max_checkpoint_lag`.
+    pub const DEFAULT_MAX_CHECKPOINT_LAG: u64 = 10;
+    /// Default `max_sync_age`.
+    pub const DEFAULT_MAX_SYNC_AGE: Duration = Duration::from_secs(30);
+    /// Default `max_response_time`.
+    pub const DEFAULT_MAX_RESPONSE_TIME: Duration = Duration::from_secs(2);
+    /// The check with every default.
+    pub const DEFAULT: Self = Self {
+        max_checkpoint_lag: Self::DEFAULT_MAX_CHECKPOINT_LAG,
+        max_sync_age: Self::DEFAULT_MAX_SYNC_AGE,
+        max_response_time: Self::DEFAULT_MAX_RESPONSE_TIME,
+    };
+}
+
+impl Default for SuiSyncCheck {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
 }
 
 /// An `http` or `https` check.
@@ -402,6 +536,16 @@ impl Config {
     }
 }
 
+impl ChainSettings {
+    /// Default `discovery_interval`.
+    pub const DEFAULT_DISCOVERY_INTERVAL: Duration = Duration::from_mins(5);
+}
+
+impl RegistrySettings {
+    /// Default `module`.
+    pub const DEFAULT_MODULE: &str = "registry";
+}
+
 impl Protocol {
     /// The IP protocol number (`IPPROTO_TCP` or `IPPROTO_UDP`).
     pub const fn number(self) -> u8 {
@@ -438,9 +582,11 @@ impl Serialize for ServiceConfig {
             maglev_table_size,
             health_check,
             remote,
+            discovery,
         } = self;
         let spread = *policy == Policy::Spread;
-        let mut service = serializer.serialize_struct("ServiceConfig", 8 + usize::from(spread))?;
+        let fields = 8 + usize::from(spread) + usize::from(discovery.is_some());
+        let mut service = serializer.serialize_struct("ServiceConfig", fields)?;
         service.serialize_field("name", name)?;
         service.serialize_field("vip", vip)?;
         service.serialize_field("protocol", protocol)?;
@@ -454,6 +600,11 @@ impl Serialize for ServiceConfig {
         }
         service.serialize_field("health_check", health_check)?;
         service.serialize_field("remote", remote)?;
+        if let Some(discovery) = discovery {
+            service.serialize_field("discovery", discovery)?;
+        } else {
+            service.skip_field("discovery")?;
+        }
         service.end()
     }
 }
@@ -528,6 +679,7 @@ impl CheckSpec {
             Self::Udp => "udp",
             Self::Http(HttpCheck { tls: None, .. }) => "http",
             Self::Http(HttpCheck { tls: Some(_), .. }) => "https",
+            Self::SuiSync(_) => "sui_sync",
             Self::All(_) => "all",
         }
     }
@@ -557,6 +709,17 @@ impl Serialize for CheckSpec {
                     }
                     map.serialize_entry("insecure", &tls.insecure)?;
                 }
+            }
+            Self::SuiSync(sui) => {
+                map.serialize_entry("max_checkpoint_lag", &sui.max_checkpoint_lag)?;
+                map.serialize_entry(
+                    "max_sync_age",
+                    &humantime::format_duration(sui.max_sync_age).to_string(),
+                )?;
+                map.serialize_entry(
+                    "max_response_time",
+                    &humantime::format_duration(sui.max_response_time).to_string(),
+                )?;
             }
             Self::All(checks) => map.serialize_entry("checks", checks)?,
         }
@@ -674,6 +837,14 @@ fn serialize_duration<S: Serializer>(
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
     serializer.collect_str(&humantime::format_duration(*duration))
+}
+
+/// Shows a value with its `Display` (addresses as `0x` + 64 hex digits).
+fn serialize_display<S: Serializer, T: fmt::Display>(
+    value: &T,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(value)
 }
 
 /// Shows a percentage the way it is written in the file ("10%").

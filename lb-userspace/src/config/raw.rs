@@ -2,9 +2,9 @@
 //! position, and the parse step that turns serde-saphyr's errors into an
 //! [`Issue`].
 
-use std::borrow::Cow;
+use std::{borrow::Cow, fmt};
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer, de};
 use serde_saphyr::{
     Localizer, Location, MessageFormatter, SnippetMode, Spanned, UserMessageFormatter,
 };
@@ -26,6 +26,92 @@ pub(super) struct RawConfig {
     pub(super) max_concurrent_checks: Option<Spanned<String>>,
     pub(super) connection_poll_interval: Option<Spanned<String>>,
     pub(super) xdp: Option<Spanned<RawXdp>>,
+    pub(super) chain: Option<Spanned<RawChain>>,
+}
+
+/// The `chain` block.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawChain {
+    pub(super) sui_rpc_url: Option<Spanned<String>>,
+    pub(super) reference_rpc_urls: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) registry: Option<Spanned<RawRegistry>>,
+    pub(super) min_stake_mist: Option<Spanned<String>>,
+    pub(super) discovery_interval: Option<Spanned<String>>,
+}
+
+/// `chain.registry`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRegistry {
+    pub(super) package: Option<Spanned<String>>,
+    pub(super) module: Option<Spanned<String>>,
+    pub(super) object: Option<Spanned<String>>,
+}
+
+/// A service's `discovery` block.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDiscovery {
+    pub(super) source: Option<Spanned<String>>,
+    pub(super) port: Option<Spanned<RawDiscoveryPort>>,
+}
+
+/// `discovery.port`: a number, or `{ from_chain_id, kind }`.
+pub(super) enum RawDiscoveryPort {
+    Number(String),
+    Chain(RawChainPort),
+}
+
+/// `discovery.port` as a mapping.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawChainPort {
+    pub(super) from_chain_id: Option<Spanned<String>>,
+    pub(super) kind: Option<Spanned<String>>,
+}
+
+impl<'de> Deserialize<'de> for RawDiscoveryPort {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(DiscoveryPortVisitor)
+    }
+}
+
+/// Reads a scalar as [`RawDiscoveryPort::Number`] (checked later) and a
+/// mapping as [`RawChainPort`].
+struct DiscoveryPortVisitor;
+
+impl<'de> de::Visitor<'de> for DiscoveryPortVisitor {
+    type Value = RawDiscoveryPort;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a port number or a mapping { from_chain_id, kind }")
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<Self::Value, E> {
+        Ok(RawDiscoveryPort::Number(value.to_string()))
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<Self::Value, E> {
+        Ok(RawDiscoveryPort::Number(value.to_string()))
+    }
+
+    fn visit_f64<E: de::Error>(self, value: f64) -> Result<Self::Value, E> {
+        Ok(RawDiscoveryPort::Number(value.to_string()))
+    }
+
+    fn visit_bool<E: de::Error>(self, value: bool) -> Result<Self::Value, E> {
+        Ok(RawDiscoveryPort::Number(value.to_string()))
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+        Ok(RawDiscoveryPort::Number(value.to_owned()))
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        RawChainPort::deserialize(de::value::MapAccessDeserializer::new(map))
+            .map(RawDiscoveryPort::Chain)
+    }
 }
 
 /// The `xdp` block.
@@ -52,6 +138,7 @@ pub(super) struct RawService {
     pub(super) maglev_table_size: Option<Spanned<String>>,
     pub(super) health_check: Option<Spanned<RawHealthCheck>>,
     pub(super) remote: Option<Spanned<String>>,
+    pub(super) discovery: Option<Spanned<RawDiscovery>>,
 }
 
 /// A service's `health_check` block. The fields of `http`/`https` checks
@@ -73,6 +160,9 @@ pub(super) struct RawHealthCheck {
     pub(super) body_contains: Option<Spanned<String>>,
     pub(super) ca_file: Option<Spanned<String>>,
     pub(super) insecure: Option<Spanned<String>>,
+    pub(super) max_checkpoint_lag: Option<Spanned<String>>,
+    pub(super) max_sync_age: Option<Spanned<String>>,
+    pub(super) max_response_time: Option<Spanned<String>>,
     pub(super) checks: Option<Spanned<Vec<Spanned<RawCheckPart>>>>,
 }
 
@@ -100,6 +190,41 @@ pub(super) struct RawCheckPart {
     pub(super) body_contains: Option<Spanned<String>>,
     pub(super) ca_file: Option<Spanned<String>>,
     pub(super) insecure: Option<Spanned<String>>,
+    pub(super) max_checkpoint_lag: Option<Spanned<String>>,
+    pub(super) max_sync_age: Option<Spanned<String>>,
+    pub(super) max_response_time: Option<Spanned<String>>,
+}
+
+/// The fields of a `sui_sync` check, borrowed from a [`RawHealthCheck`] or
+/// a [`RawCheckPart`].
+#[expect(
+    clippy::struct_field_names,
+    reason = "named like the fields in the file"
+)]
+pub(super) struct RawSuiFields<'a> {
+    pub(super) max_checkpoint_lag: Option<&'a Spanned<String>>,
+    pub(super) max_sync_age: Option<&'a Spanned<String>>,
+    pub(super) max_response_time: Option<&'a Spanned<String>>,
+}
+
+impl RawSuiFields<'_> {
+    /// The fields that were written, each with its name and position.
+    pub(super) fn present(&self) -> Vec<(&'static str, Location)> {
+        [
+            (
+                "max_checkpoint_lag",
+                self.max_checkpoint_lag.map(|raw| raw.referenced),
+            ),
+            ("max_sync_age", self.max_sync_age.map(|raw| raw.referenced)),
+            (
+                "max_response_time",
+                self.max_response_time.map(|raw| raw.referenced),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(name, location)| Some((name, location?)))
+        .collect()
+    }
 }
 
 /// The fields of an `http`/`https` check, borrowed from a
@@ -115,6 +240,14 @@ pub(super) struct RawHttpFields<'a> {
 }
 
 impl RawHealthCheck {
+    pub(super) const fn sui_fields(&self) -> RawSuiFields<'_> {
+        RawSuiFields {
+            max_checkpoint_lag: self.max_checkpoint_lag.as_ref(),
+            max_sync_age: self.max_sync_age.as_ref(),
+            max_response_time: self.max_response_time.as_ref(),
+        }
+    }
+
     pub(super) fn http_fields(&self) -> RawHttpFields<'_> {
         RawHttpFields {
             path: self.path.as_ref(),
@@ -129,6 +262,14 @@ impl RawHealthCheck {
 }
 
 impl RawCheckPart {
+    pub(super) const fn sui_fields(&self) -> RawSuiFields<'_> {
+        RawSuiFields {
+            max_checkpoint_lag: self.max_checkpoint_lag.as_ref(),
+            max_sync_age: self.max_sync_age.as_ref(),
+            max_response_time: self.max_response_time.as_ref(),
+        }
+    }
+
     pub(super) fn http_fields(&self) -> RawHttpFields<'_> {
         RawHttpFields {
             path: self.path.as_ref(),

@@ -83,10 +83,12 @@ fn full_example() {
                     jitter_percent: 10,
                 },
                 remote: false,
+                discovery: None,
             }],
             max_concurrent_checks: 64,
             connection_poll_interval: Duration::from_millis(200),
             xdp: None,
+            chain: None,
         }
     );
 }
@@ -508,7 +510,7 @@ fn bad_protocol_and_kind() {
         &with_service("    health_check:\n      kind: grpc\n"),
         "services[0].health_check.kind",
         6,
-        "expected tcp, udp, http, https or all",
+        "expected tcp, udp, http, https, sui_sync or all",
     );
     assert_error(
         &with_service("    health_check: { kind: udp }\n"),
@@ -1882,4 +1884,316 @@ fn port_ranges_overlap() {
     assert!(range(61000, 65535).overlaps(range(1, 61000)));
     assert!(!range(32768, 60999).overlaps(PortRange::DEFAULT_SNAT));
     assert!(range(5, 5).overlaps(range(1, 10)));
+}
+
+const PACKAGE: &str = "0x00000000000000000000000000000000000000000000000000000000000000ab";
+
+/// A valid `chain` block (lines 1-3) followed by `rest`.
+fn with_chain(rest: &str) -> String {
+    format!(
+        "chain:\n  sui_rpc_url: http://127.0.0.1:9000\n  registry: {{ package: \"{PACKAGE}\", object: \"0xcd\" }}\n{rest}"
+    )
+}
+
+#[test]
+fn chain_block_and_discovery() {
+    let config = parse(&with_chain(
+        "\
+services:
+  - name: api
+    vip: 10.43.0.1:6443
+    discovery: { source: sui, port: 6443 }
+    health_check: { kind: sui_sync }
+  - name: rpc
+    vip: 10.43.0.2:80
+    servers: [\"10.0.0.1:80\"]
+    discovery: { source: sui, port: { from_chain_id: \"35834a8a\", kind: grpc } }
+    health_check:
+      kind: all
+      checks:
+        - { kind: tcp }
+        - { kind: sui_sync, max_checkpoint_lag: 0, max_sync_age: 1m, max_response_time: 500ms }
+",
+    ));
+    let chain = config.chain.as_ref().unwrap();
+    assert_eq!(chain.sui_rpc_url, "http://127.0.0.1:9000");
+    assert!(chain.reference_rpc_urls.is_empty());
+    assert_eq!(chain.registry.package.to_string(), PACKAGE);
+    assert_eq!(
+        chain.registry.object.to_string(),
+        format!("0x{:0>64}", "cd")
+    );
+    assert_eq!(chain.registry.module, "registry");
+    assert_eq!(chain.min_stake_mist, 0);
+    assert_eq!(chain.discovery_interval, Duration::from_mins(5));
+    let api = &config.services[0];
+    assert!(
+        api.servers.is_empty(),
+        "servers are optional with discovery"
+    );
+    let discovery = api.discovery.as_ref().unwrap();
+    assert_eq!(discovery.source, DiscoverySource::Sui);
+    assert_eq!(discovery.port, DiscoveryPort::Fixed(6443));
+    assert_eq!(
+        api.health_check.check,
+        CheckSpec::SuiSync(SuiSyncCheck::DEFAULT)
+    );
+    // The default timeout grows to max_response_time (2s).
+    assert_eq!(api.health_check.timeout, Duration::from_secs(2));
+    let rpc = &config.services[1];
+    assert_eq!(rpc.discovery.as_ref().unwrap().port.port(), 31157);
+    assert_eq!(
+        rpc.health_check.check,
+        CheckSpec::All(vec![
+            CheckSpec::Tcp,
+            CheckSpec::SuiSync(SuiSyncCheck {
+                max_checkpoint_lag: 0,
+                max_sync_age: Duration::from_mins(1),
+                max_response_time: Duration::from_millis(500),
+            })
+        ])
+    );
+    assert_eq!(rpc.health_check.timeout, Duration::from_secs(1));
+
+    // The serialized form reads back.
+    let json = serde_json::to_string(&config).unwrap();
+    assert_eq!(parse(&json), config);
+    let value = serde_json::to_value(&config).unwrap();
+    assert_eq!(value["services"][1]["discovery"]["port"]["kind"], "grpc");
+    assert_eq!(value["services"][0]["health_check"]["kind"], "sui_sync");
+    assert_eq!(value["chain"]["discovery_interval"], "5m");
+}
+
+#[test]
+fn chain_block_full() {
+    let config = parse(
+        "\
+chain:
+  sui_rpc_url: https://fullnode.testnet.sui.io:443
+  reference_rpc_urls: [https://fullnode.mainnet.sui.io, http://10.0.0.9:9000]
+  registry: { package: \"0x2\", module: nodes, object: \"0x6\" }
+  min_stake_mist: 1_000_000_000
+  discovery_interval: 30s
+services: []
+",
+    );
+    let chain = config.chain.unwrap();
+    assert_eq!(chain.reference_rpc_urls.len(), 2);
+    assert_eq!(chain.registry.module, "nodes");
+    assert_eq!(chain.min_stake_mist, 1_000_000_000);
+    assert_eq!(chain.discovery_interval, Duration::from_secs(30));
+}
+
+#[test]
+fn chain_errors_name_the_field() {
+    assert_error(
+        "chain:\n  registry: { package: \"0x1\", object: \"0x2\" }\nservices: []\n",
+        "chain",
+        2,
+        "missing required field `sui_rpc_url`",
+    );
+    assert_error(
+        "chain:\n  sui_rpc_url: http://a:1\nservices: []\n",
+        "chain",
+        2,
+        "missing required field `registry`",
+    );
+    let bad = |field: &str| {
+        format!(
+            "chain:\n  sui_rpc_url: http://a:1\n  registry: {{ package: \"0x1\", object: \"0x2\" }}\n  {field}\nservices: []\n"
+        )
+    };
+    assert_error(
+        &bad("min_stake_mist: -1"),
+        "chain.min_stake_mist",
+        4,
+        "whole number of MIST",
+    );
+    assert_error(
+        &bad("discovery_interval: 10ms"),
+        "chain.discovery_interval",
+        4,
+        "too short",
+    );
+    assert_error(
+        &bad("discovery_interval: 0s"),
+        "chain.discovery_interval",
+        4,
+        "must not be zero",
+    );
+    assert_error(
+        &bad("reference_rpc_urls: [\"http://b:1\", \"ftp://c\", \"http://b:1\"]"),
+        "chain.reference_rpc_urls[1]",
+        4,
+        "not an http or https URL",
+    );
+    assert_error(
+        &bad("reference_rpc_urls: [\"http://b:1\", \"ftp://c\", \"http://b:1\"]"),
+        "chain.reference_rpc_urls[2]",
+        4,
+        "duplicate URL",
+    );
+    assert_error(
+        "chain:\n  sui_rpc_url: 127.0.0.1:9000\n  registry: { package: \"0x1\", object: \"0x2\" }\nservices: []\n",
+        "chain.sui_rpc_url",
+        2,
+        "",
+    );
+    assert_error(
+        "chain:\n  sui_rpc_url: http://a:1\n  registry: { package: \"0xzz\", module: \"9x\" }\nservices: []\n",
+        "chain.registry.package",
+        3,
+        "invalid Sui address",
+    );
+    assert_error(
+        "chain:\n  sui_rpc_url: http://a:1\n  registry: { package: \"0xzz\", module: \"9x\" }\nservices: []\n",
+        "chain.registry.module",
+        3,
+        "invalid Move module name",
+    );
+    assert_error(
+        "chain:\n  sui_rpc_url: http://a:1\n  registry: { package: \"0xzz\", module: \"9x\" }\nservices: []\n",
+        "chain.registry",
+        3,
+        "missing required field `object`",
+    );
+    assert_error(&bad("bogus: 1"), "chain.bogus", 4, "");
+}
+
+#[test]
+fn discovery_errors_name_the_field() {
+    assert_error(
+        "services:\n  - name: a\n    vip: 127.0.0.1:80\n    discovery: { source: sui, port: 80 }\n",
+        "services[0].discovery",
+        4,
+        "needs the top-level `chain` block",
+    );
+    assert_error(
+        &with_chain(
+            "services:\n  - name: a\n    vip: 127.0.0.1:80\n    discovery: { source: eth, port: 0 }\n",
+        ),
+        "services[0].discovery.source",
+        7,
+        "unknown discovery source \"eth\"; expected sui",
+    );
+    assert_error(
+        &with_chain(
+            "services:\n  - name: a\n    vip: 127.0.0.1:80\n    discovery: { source: sui, port: 0 }\n",
+        ),
+        "services[0].discovery.port",
+        7,
+        "port 0",
+    );
+    assert_error(
+        &with_chain(
+            "services:\n  - name: a\n    vip: 127.0.0.1:80\n    discovery: { source: sui }\n",
+        ),
+        "services[0].discovery",
+        7,
+        "missing required field `port`",
+    );
+    assert_error(
+        &with_chain(
+            "services:\n  - name: a\n    vip: 127.0.0.1:80\n    discovery: { source: sui, port: { from_chain_id: \"\", kind: web } }\n",
+        ),
+        "services[0].discovery.port.kind",
+        7,
+        "expected p2p, rpc or grpc",
+    );
+    assert_error(
+        &with_chain(
+            "services:\n  - name: a\n    vip: 127.0.0.1:80\n    discovery: { source: sui, port: { from_chain_id: \"\", kind: web } }\n",
+        ),
+        "services[0].discovery.port.from_chain_id",
+        7,
+        "must not be empty",
+    );
+    assert_error(
+        &with_chain(
+            "services:\n  - name: a\n    vip: 127.0.0.1:80\n    discovery: { source: sui, port: { kind: rpc, chain: x } }\n",
+        ),
+        "services[0].discovery.port.chain",
+        7,
+        "unknown field `chain`",
+    );
+    // Without discovery, servers stay required.
+    assert_error(
+        &with_chain("services:\n  - name: a\n    vip: 127.0.0.1:80\n"),
+        "services[0]",
+        5,
+        "missing required field `servers`",
+    );
+}
+
+#[test]
+fn sui_sync_errors_name_the_field() {
+    assert_error(
+        &with_service("    health_check: { kind: sui_sync }\n"),
+        "services[0].health_check.kind",
+        5,
+        "needs the top-level `chain` block",
+    );
+    assert_error(
+        &with_chain(&with_service("    health_check: { kind: sui_sync }\n")),
+        "services[0].health_check.kind",
+        8,
+        "needs the service's `discovery` block",
+    );
+    let discovered = |check: &str| {
+        with_chain(&format!(
+            "services:\n  - name: a\n    vip: 127.0.0.1:80\n    discovery: {{ source: sui, port: 80 }}\n    health_check: {check}\n"
+        ))
+    };
+    assert_error(
+        &discovered("{ kind: sui_sync, max_checkpoint_lag: ten }"),
+        "services[0].health_check.max_checkpoint_lag",
+        8,
+        "invalid number",
+    );
+    assert_error(
+        &discovered("{ kind: sui_sync, max_sync_age: 0s }"),
+        "services[0].health_check.max_sync_age",
+        8,
+        "must not be zero",
+    );
+    assert_error(
+        &discovered("{ kind: sui_sync, max_response_time: 5s, timeout: 1s }"),
+        "services[0].health_check.max_response_time",
+        8,
+        "longer than the check's timeout 1s",
+    );
+    assert_error(
+        &discovered("{ kind: sui_sync, path: /x }"),
+        "services[0].health_check.path",
+        8,
+        "not with kind sui_sync",
+    );
+    assert_error(
+        &discovered("{ kind: tcp, max_sync_age: 1s }"),
+        "services[0].health_check.max_sync_age",
+        8,
+        "only valid with kind sui_sync, not with kind tcp",
+    );
+    assert_error(
+        &discovered("{ kind: all, max_sync_age: 1s, checks: [{ kind: tcp }] }"),
+        "services[0].health_check.max_sync_age",
+        8,
+        "write it in an entry of `checks`",
+    );
+    assert_error(
+        &discovered(
+            "{ kind: all, timeout: 1s, checks: [{ kind: sui_sync, max_response_time: 3s }] }",
+        ),
+        "services[0].health_check.checks[0].max_response_time",
+        8,
+        "longer than the check's timeout",
+    );
+    // Fine with discovery and a chain.
+    let config = parse(&discovered(
+        "{ kind: sui_sync, max_checkpoint_lag: 5, timeout: 3s }",
+    ));
+    assert_eq!(
+        config.services[0].health_check.timeout,
+        Duration::from_secs(3)
+    );
 }

@@ -3,7 +3,6 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    fmt,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
     str::FromStr,
@@ -13,9 +12,13 @@ use std::{
 use serde_saphyr::{Location, Spanned};
 
 use super::{
-    CheckSpec, Config, HealthCheckConfig, HttpCheck, Intervals, Issue, Policy, PortRange, Protocol,
-    ServiceConfig, TlsOptions, XdpAttachMode, XdpSettings,
-    raw::{RawConfig, RawHealthCheck, RawHttpFields, RawIntervals, RawService, RawXdp},
+    ChainPort, ChainPortKind, ChainSettings, CheckSpec, Config, DiscoveryConfig, DiscoveryPort,
+    HealthCheckConfig, HttpCheck, Intervals, Issue, Policy, PortRange, Protocol, RegistrySettings,
+    ServiceConfig, SuiSyncCheck, TlsOptions, XdpAttachMode, XdpSettings,
+    raw::{
+        RawChain, RawConfig, RawDiscovery, RawDiscoveryPort, RawHealthCheck, RawHttpFields,
+        RawIntervals, RawRegistry, RawService, RawSuiFields, RawXdp,
+    },
 };
 
 /// Longest service name.
@@ -32,6 +35,7 @@ enum Kind {
     Udp,
     Http,
     Https,
+    SuiSync,
     All,
 }
 
@@ -40,14 +44,22 @@ super::config_words!(Kind, "health check kind", {
     Udp => "udp",
     Http => "http",
     Https => "https",
+    SuiSync => "sui_sync",
     All => "all",
 });
+
+/// Shortest accepted `chain.discovery_interval`.
+const MIN_DISCOVERY_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest accepted `chain.discovery_interval`.
+const MAX_DISCOVERY_INTERVAL: Duration = Duration::from_hours(24);
 
 /// Collects every problem found while turning the raw file into a
 /// [`Config`].
 #[derive(Default)]
 pub(super) struct Checker {
     pub(super) issues: Vec<Issue>,
+    /// Every `kind: sui_sync` seen so far: its path and position.
+    sui_sync_kinds: Vec<(String, Location)>,
 }
 
 /// What an address is used for, which decides the checks applied to it.
@@ -87,6 +99,16 @@ struct ServiceDraft {
     health_check: Option<HealthCheckConfig>,
     /// Without a position when not written (the default).
     remote: Option<Spanned<bool>>,
+    /// `Some(None)` without `discovery`; `None` when invalid.
+    #[expect(
+        clippy::option_option,
+        reason = "like the other fields: None = invalid, then the value"
+    )]
+    discovery: Option<Option<DiscoveryConfig>>,
+    /// The `discovery` block's position, when written.
+    discovery_at: Option<Location>,
+    /// The `kind: sui_sync` of its health check (path and position).
+    sui_sync_kinds: Vec<(String, Location)>,
 }
 
 impl ServiceDraft {
@@ -106,6 +128,7 @@ impl ServiceDraft {
             maglev_table_size: self.maglev_table_size?.value,
             health_check: self.health_check?,
             remote: self.remote?.value,
+            discovery: self.discovery?,
         })
     }
 
@@ -213,6 +236,10 @@ impl Checker {
             None => Some(None),
             Some(raw) => self.xdp(raw).map(Some),
         };
+        let chain = match &top.chain {
+            None => Some(None),
+            Some(raw) => self.chain(raw).map(Some),
+        };
 
         let Some(services) = &top.services else {
             self.report(
@@ -233,6 +260,7 @@ impl Checker {
         if top.xdp.is_none() {
             self.check_remote_needs_xdp(&drafts);
         }
+        self.check_discovery_needs(&drafts, top.chain.is_some());
 
         let services = drafts
             .into_iter()
@@ -248,7 +276,326 @@ impl Checker {
             max_concurrent_checks: max_concurrent_checks?,
             connection_poll_interval: connection_poll_interval?,
             xdp: xdp?,
+            chain: chain?,
         })
+    }
+
+    /// The `chain` block.
+    fn chain(&mut self, raw: &Spanned<RawChain>) -> Option<ChainSettings> {
+        let chain = &raw.value;
+        let sui_rpc_url = match &chain.sui_rpc_url {
+            None => {
+                self.report(
+                    raw.referenced,
+                    "chain",
+                    "missing required field `sui_rpc_url`: the gRPC URL of the Sui full node the registry is read from, e.g. http://127.0.0.1:9000"
+                        .to_owned(),
+                );
+                None
+            }
+            Some(url) => self.rpc_url(url, "chain.sui_rpc_url"),
+        };
+        let reference_rpc_urls = match &chain.reference_rpc_urls {
+            None => Some(Vec::new()),
+            Some(list) => self.reference_rpc_urls(list),
+        };
+        let registry = match &chain.registry {
+            None => {
+                self.report(
+                    raw.referenced,
+                    "chain",
+                    "missing required field `registry`: { package, module, object } of the on-chain node registry"
+                        .to_owned(),
+                );
+                None
+            }
+            Some(registry) => self.registry(registry),
+        };
+        let min_stake_mist = match &chain.min_stake_mist {
+            None => Some(0),
+            Some(raw) => {
+                let text = raw.value.trim().replace('_', "");
+                let mist = text.parse::<u64>().ok();
+                if mist.is_none() {
+                    self.report(
+                        raw.referenced,
+                        "chain.min_stake_mist",
+                        format!(
+                            "invalid stake {:?}; expected a whole number of MIST from 0 to {} (1 SUI = 1000000000 MIST)",
+                            raw.value,
+                            u64::MAX
+                        ),
+                    );
+                }
+                mist
+            }
+        };
+        let discovery_interval = match &chain.discovery_interval {
+            None => Some(ChainSettings::DEFAULT_DISCOVERY_INTERVAL),
+            Some(raw) => self.discovery_interval(raw),
+        };
+        Some(ChainSettings {
+            sui_rpc_url: sui_rpc_url?,
+            reference_rpc_urls: reference_rpc_urls?,
+            registry: registry?,
+            min_stake_mist: min_stake_mist?,
+            discovery_interval: discovery_interval?,
+        })
+    }
+
+    /// An `http://` or `https://` URL with a host (a Sui full node's gRPC).
+    fn rpc_url(&mut self, raw: &Spanned<String>, path: &str) -> Option<String> {
+        let text = raw.value.trim();
+        let problem = match reqwest::Url::parse(text) {
+            Err(error) => format!(
+                "invalid URL {text:?}: {error}; expected the gRPC URL of a Sui full node, e.g. http://127.0.0.1:9000 or https://fullnode.mainnet.sui.io"
+            ),
+            Ok(url) if !matches!(url.scheme(), "http" | "https") => format!(
+                "{text:?} is not an http or https URL; Sui full nodes serve gRPC over http(s) (JSON-RPC is not used)"
+            ),
+            Ok(url) if url.host_str().is_none_or(str::is_empty) => {
+                format!("{text:?} has no host")
+            }
+            Ok(url) if url.query().is_some() || url.fragment().is_some() => {
+                format!("{text:?} has a query or fragment; gRPC URLs have neither")
+            }
+            Ok(_) => return Some(text.to_owned()),
+        };
+        self.report(raw.referenced, path, problem);
+        None
+    }
+
+    /// `chain.reference_rpc_urls`: distinct URLs.
+    fn reference_rpc_urls(&mut self, list: &Spanned<Vec<Spanned<String>>>) -> Option<Vec<String>> {
+        let path = "chain.reference_rpc_urls";
+        let mut urls: Vec<(String, Location)> = Vec::with_capacity(list.value.len());
+        let mut valid = true;
+        for (index, raw) in list.value.iter().enumerate() {
+            let entry_path = format!("{path}[{index}]");
+            let Some(url) = self.rpc_url(raw, &entry_path) else {
+                valid = false;
+                continue;
+            };
+            if let Some(first) = urls.iter().position(|(other, _)| *other == url) {
+                self.report(
+                    raw.referenced,
+                    &entry_path,
+                    format!(
+                        "duplicate URL {url}, already listed as {path}[{first}] (line {})",
+                        urls[first].1.line()
+                    ),
+                );
+                valid = false;
+            }
+            urls.push((url, raw.referenced));
+        }
+        valid.then(|| urls.into_iter().map(|(url, _)| url).collect())
+    }
+
+    /// `chain.registry`.
+    fn registry(&mut self, raw: &Spanned<RawRegistry>) -> Option<RegistrySettings> {
+        let registry = &raw.value;
+        let mut address = |field: Option<&Spanned<String>>, name: &str, what: &str| match field {
+            None => {
+                self.report(
+                    raw.referenced,
+                    "chain.registry",
+                    format!("missing required field `{name}`: {what}"),
+                );
+                None
+            }
+            Some(raw) => self.sui_address(raw, &format!("chain.registry.{name}")),
+        };
+        let package = address(
+            registry.package.as_ref(),
+            "package",
+            "the package that defines the registry's event types",
+        );
+        let object = address(
+            registry.object.as_ref(),
+            "object",
+            "the id of the shared Registry object",
+        );
+        let module = match &registry.module {
+            None => Some(RegistrySettings::DEFAULT_MODULE.to_owned()),
+            Some(raw) => {
+                let name = raw.value.trim();
+                if name.parse::<sui_sdk_types::Identifier>().is_ok() {
+                    Some(name.to_owned())
+                } else {
+                    self.report(
+                        raw.referenced,
+                        "chain.registry.module",
+                        format!(
+                            "invalid Move module name {name:?}; expected an identifier such as registry"
+                        ),
+                    );
+                    None
+                }
+            }
+        };
+        Some(RegistrySettings {
+            package: package?,
+            module: module?,
+            object: object?,
+        })
+    }
+
+    /// A Sui address: `0x` and up to 64 hex digits.
+    fn sui_address(&mut self, raw: &Spanned<String>, path: &str) -> Option<sui_sdk_types::Address> {
+        let text = raw.value.trim();
+        let hex = text.strip_prefix("0x").unwrap_or("");
+        if !hex.is_empty() && hex.len() <= 64 && hex.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+            // Short forms (`0x2`) mean leading zeros.
+            let full = format!("0x{hex:0>64}");
+            if let Ok(address) = full.parse::<sui_sdk_types::Address>() {
+                return Some(address);
+            }
+        }
+        self.report(
+            raw.referenced,
+            path,
+            format!("invalid Sui address {text:?}; expected 0x followed by up to 64 hex digits"),
+        );
+        None
+    }
+
+    fn discovery_interval(&mut self, raw: &Spanned<String>) -> Option<Duration> {
+        let path = "chain.discovery_interval";
+        let interval = self.duration(raw, path)?.value;
+        let problem = if interval < MIN_DISCOVERY_INTERVAL {
+            format!(
+                "is too short; expected at least {}",
+                humantime::format_duration(MIN_DISCOVERY_INTERVAL)
+            )
+        } else if interval > MAX_DISCOVERY_INTERVAL {
+            format!(
+                "is too long; expected at most {}",
+                humantime::format_duration(MAX_DISCOVERY_INTERVAL)
+            )
+        } else {
+            return Some(interval);
+        };
+        self.report(
+            raw.referenced,
+            path,
+            format!("{} {problem}", humantime::format_duration(interval)),
+        );
+        None
+    }
+
+    /// A service's `discovery` block.
+    fn discovery(&mut self, raw: &Spanned<RawDiscovery>, path: &str) -> Option<DiscoveryConfig> {
+        let discovery = &raw.value;
+        let source = match &discovery.source {
+            None => {
+                self.report(
+                    raw.referenced,
+                    path,
+                    "missing required field `source`; the only source is sui".to_owned(),
+                );
+                None
+            }
+            Some(source) => self.parse(source, &format!("{path}.source")),
+        };
+        let port = match &discovery.port {
+            None => {
+                self.report(
+                    raw.referenced,
+                    path,
+                    "missing required field `port`: the port of every discovered server, a number or { from_chain_id, kind }"
+                        .to_owned(),
+                );
+                None
+            }
+            Some(port) => self.discovery_port(port, &format!("{path}.port")),
+        };
+        Some(DiscoveryConfig {
+            source: source?,
+            port: port?,
+        })
+    }
+
+    fn discovery_port(
+        &mut self,
+        raw: &Spanned<RawDiscoveryPort>,
+        path: &str,
+    ) -> Option<DiscoveryPort> {
+        match &raw.value {
+            RawDiscoveryPort::Number(text) => {
+                let spanned = Spanned::new(text.clone(), raw.referenced, raw.defined);
+                self.port(&spanned, path).map(DiscoveryPort::Fixed)
+            }
+            RawDiscoveryPort::Chain(chain) => {
+                let chain_id = match &chain.from_chain_id {
+                    None => {
+                        self.report(
+                            raw.referenced,
+                            path,
+                            "missing required field `from_chain_id`: the chain id the port is derived from"
+                                .to_owned(),
+                        );
+                        None
+                    }
+                    Some(id) if id.value.trim().is_empty() => {
+                        self.report(
+                            id.referenced,
+                            &format!("{path}.from_chain_id"),
+                            "must not be empty".to_owned(),
+                        );
+                        None
+                    }
+                    Some(id) => Some(id.value.trim().to_owned()),
+                };
+                let kind = match &chain.kind {
+                    None => {
+                        self.report(
+                            raw.referenced,
+                            path,
+                            "missing required field `kind`: p2p, rpc or grpc".to_owned(),
+                        );
+                        None
+                    }
+                    Some(kind) => self.parse::<ChainPortKind>(kind, &format!("{path}.kind")),
+                };
+                Some(DiscoveryPort::Chain(ChainPort {
+                    chain_id: chain_id?,
+                    kind: kind?,
+                }))
+            }
+        }
+    }
+
+    /// `discovery` and `kind: sui_sync` need the `chain` block; `sui_sync`
+    /// needs `discovery` (it checks each discovered node's own full node).
+    fn check_discovery_needs(&mut self, drafts: &[ServiceDraft], chain: bool) {
+        for draft in drafts {
+            if !chain && let Some(location) = draft.discovery_at {
+                self.report(
+                    location,
+                    &format!("{}.discovery", draft.path),
+                    "`discovery` needs the top-level `chain` block (the Sui full node and registry to read)"
+                        .to_owned(),
+                );
+            }
+            for (path, location) in &draft.sui_sync_kinds {
+                if !chain {
+                    self.report(
+                        *location,
+                        path,
+                        "kind sui_sync needs the top-level `chain` block (the reference full nodes)"
+                            .to_owned(),
+                    );
+                } else if draft.discovery_at.is_none() {
+                    self.report(
+                        *location,
+                        path,
+                        "kind sui_sync needs the service's `discovery` block: it checks the full node each discovered server registered"
+                            .to_owned(),
+                    );
+                }
+            }
+        }
     }
 
     /// The `xdp` block.
@@ -559,7 +906,13 @@ impl Checker {
 
         let family = vip.as_ref().map(|vip| vip.value);
         let mut servers: Vec<(String, Spanned<SocketAddr>)> = Vec::new();
-        if let Some(list) = self.required(service.servers.as_ref(), raw, &path, "servers") {
+        // With `discovery`, static servers are optional.
+        let servers_list = if service.discovery.is_some() {
+            service.servers.as_ref()
+        } else {
+            self.required(service.servers.as_ref(), raw, &path, "servers")
+        };
+        if let Some(list) = servers_list {
             for (server_index, server) in list.value.iter().enumerate() {
                 let server_path = format!("{path}.servers[{server_index}]");
                 let Some(addr) = self.server(server, &server_path, family, "server") else {
@@ -612,7 +965,13 @@ impl Checker {
             policy.as_ref(),
             server_count,
         );
+        let kinds_before = self.sui_sync_kinds.len();
         let health_check = self.health_check(raw, &path, protocol);
+        let sui_sync_kinds = self.sui_sync_kinds.split_off(kinds_before);
+        let discovery = match &service.discovery {
+            None => Some(None),
+            Some(raw) => self.discovery(raw, &format!("{path}.discovery")).map(Some),
+        };
         let remote = match &service.remote {
             None => Some(Spanned::new(false, Location::UNKNOWN, Location::UNKNOWN)),
             Some(raw) => self
@@ -631,6 +990,9 @@ impl Checker {
             maglev_table_size,
             health_check,
             remote,
+            discovery,
+            discovery_at: service.discovery.as_ref().map(|raw| raw.referenced),
+            sui_sync_kinds,
         }
     }
 
@@ -810,13 +1172,23 @@ impl Checker {
 
         let spec = self.check_spec(check, &path, protocol);
         let intervals = self.intervals(check, &path);
+        // A sui_sync check may take its max_response_time by default.
+        let default_timeout = spec
+            .as_ref()
+            .and_then(longest_response_time)
+            .map_or(HealthCheckConfig::DEFAULT_TIMEOUT, |response| {
+                response.max(HealthCheckConfig::DEFAULT_TIMEOUT)
+            });
         let timeout = match &check.timeout {
             // Intervals shorter than the default timeout shorten it.
             None => intervals
                 .as_ref()
-                .map(|intervals| HealthCheckConfig::DEFAULT_TIMEOUT.min(intervals.shortest())),
+                .map(|intervals| default_timeout.min(intervals.shortest())),
             Some(timeout) => self.timeout(timeout, &format!("{path}.timeout"), intervals.as_ref()),
         };
+        if let Some(timeout) = timeout {
+            self.check_response_times(check, &path, timeout);
+        }
         let jitter_percent = match &check.jitter {
             None => Some(HealthCheckConfig::DEFAULT_JITTER_PERCENT),
             Some(jitter) => self.jitter(jitter, &format!("{path}.jitter")),
@@ -851,7 +1223,17 @@ impl Checker {
                     format!("`checks` is only valid with kind all, not with kind {kind}"),
                 );
             }
-            return self.single_check(kind, &check.http_fields(), path);
+            return self.single_check(kind, &check.http_fields(), &check.sui_fields(), path);
+        }
+
+        for (name, location) in check.sui_fields().present() {
+            self.report(
+                location,
+                &format!("{path}.{name}"),
+                format!(
+                    "`{name}` is only valid with kind sui_sync; with kind all, write it in an entry of `checks`"
+                ),
+            );
         }
 
         for (name, location) in check.http_fields().present() {
@@ -898,11 +1280,14 @@ impl Checker {
                 }
                 Some(raw) => self.kind(raw, &format!("{part_path}.kind"), protocol, true),
             };
-            parts.push(
-                kind.and_then(|kind| {
-                    self.single_check(kind, &part.value.http_fields(), &part_path)
-                }),
-            );
+            parts.push(kind.and_then(|kind| {
+                self.single_check(
+                    kind,
+                    &part.value.http_fields(),
+                    &part.value.sui_fields(),
+                    &part_path,
+                )
+            }));
         }
         parts
             .into_iter()
@@ -919,6 +1304,9 @@ impl Checker {
         nested: bool,
     ) -> Option<Kind> {
         let kind = self.parse::<Kind>(raw, path)?;
+        if kind == Kind::SuiSync {
+            self.sui_sync_kinds.push((path.to_owned(), raw.referenced));
+        }
         let problem = match kind {
             Kind::All if nested => {
                 "kind all cannot be nested; list its checks in this `checks` directly"
@@ -937,8 +1325,18 @@ impl Checker {
         &mut self,
         kind: Kind,
         fields: &RawHttpFields<'_>,
+        sui: &RawSuiFields<'_>,
         path: &str,
     ) -> Option<CheckSpec> {
+        if kind != Kind::SuiSync {
+            for (name, location) in sui.present() {
+                self.report(
+                    location,
+                    &format!("{path}.{name}"),
+                    format!("`{name}` is only valid with kind sui_sync, not with kind {kind}"),
+                );
+            }
+        }
         match kind {
             Kind::Tcp | Kind::Udp => {
                 for (name, location) in fields.present() {
@@ -964,6 +1362,23 @@ impl Checker {
             Kind::Http | Kind::Https => self
                 .http_check(fields, path, kind == Kind::Https)
                 .map(CheckSpec::Http),
+            Kind::SuiSync => {
+                for (name, location) in fields.present() {
+                    self.report(
+                        location,
+                        &format!("{path}.{name}"),
+                        format!(
+                            "`{name}` is only valid with kind {}, not with kind sui_sync",
+                            if is_tls_field(name) {
+                                "https"
+                            } else {
+                                "http or https"
+                            }
+                        ),
+                    );
+                }
+                self.sui_sync_check(sui, path).map(CheckSpec::SuiSync)
+            }
             // Reported by `kind`.
             Kind::All => None,
         }
@@ -1019,6 +1434,76 @@ impl Checker {
             expected_status: expected_status?,
             body_contains: body_contains?,
         })
+    }
+
+    fn sui_sync_check(&mut self, sui: &RawSuiFields<'_>, path: &str) -> Option<SuiSyncCheck> {
+        let max_checkpoint_lag = match sui.max_checkpoint_lag {
+            None => Some(SuiSyncCheck::DEFAULT_MAX_CHECKPOINT_LAG),
+            Some(raw) => {
+                let lag = raw.value.trim().replace('_', "").parse::<u64>().ok();
+                if lag.is_none() {
+                    self.report(
+                        raw.referenced,
+                        &format!("{path}.max_checkpoint_lag"),
+                        format!(
+                            "invalid number {:?}; expected a whole number of checkpoints (0 = at the reference's tip)",
+                            raw.value
+                        ),
+                    );
+                }
+                lag
+            }
+        };
+        let max_sync_age = match sui.max_sync_age {
+            None => Some(SuiSyncCheck::DEFAULT_MAX_SYNC_AGE),
+            Some(raw) => self
+                .duration(raw, &format!("{path}.max_sync_age"))
+                .map(|age| age.value),
+        };
+        let max_response_time = match sui.max_response_time {
+            None => Some(SuiSyncCheck::DEFAULT_MAX_RESPONSE_TIME),
+            Some(raw) => self
+                .duration(raw, &format!("{path}.max_response_time"))
+                .map(|time| time.value),
+        };
+        Some(SuiSyncCheck {
+            max_checkpoint_lag: max_checkpoint_lag?,
+            max_sync_age: max_sync_age?,
+            max_response_time: max_response_time?,
+        })
+    }
+
+    /// A written `max_response_time` longer than the check's timeout could
+    /// never be reached.
+    fn check_response_times(&mut self, check: &RawHealthCheck, path: &str, timeout: Duration) {
+        let mut written = vec![(path.to_owned(), check.max_response_time.as_ref())];
+        if let Some(checks) = &check.checks {
+            for (index, part) in checks.value.iter().enumerate() {
+                written.push((
+                    format!("{path}.checks[{index}]"),
+                    part.value.max_response_time.as_ref(),
+                ));
+            }
+        }
+        for (part_path, raw) in written {
+            let Some(raw) = raw else {
+                continue;
+            };
+            let Ok(response) = humantime::parse_duration(raw.value.trim()) else {
+                continue;
+            };
+            if response > timeout {
+                self.report(
+                    raw.referenced,
+                    &format!("{part_path}.max_response_time"),
+                    format!(
+                        "{} is longer than the check's timeout {}; raise `timeout` or lower `max_response_time`",
+                        humantime::format_duration(response),
+                        humantime::format_duration(timeout)
+                    ),
+                );
+            }
+        }
     }
 
     fn http_path(&mut self, raw: &Spanned<String>, path: &str) -> Option<String> {
@@ -1498,6 +1983,15 @@ fn prev_prime(number: u32) -> Option<u32> {
 /// The smallest prime of at least `number` that is a valid table size.
 fn next_prime(number: u32) -> Option<u32> {
     (number..=ServiceConfig::MAX_MAGLEV_TABLE_SIZE).find(|candidate| is_prime(*candidate))
+}
+
+/// The longest `max_response_time` of the `sui_sync` checks in `spec`.
+fn longest_response_time(spec: &CheckSpec) -> Option<Duration> {
+    match spec {
+        CheckSpec::SuiSync(sui) => Some(sui.max_response_time),
+        CheckSpec::All(parts) => parts.iter().filter_map(longest_response_time).max(),
+        _ => None,
+    }
 }
 
 /// Whether `name` is a field of https checks only.

@@ -46,6 +46,8 @@ struct Plan {
     prober: Arc<Prober>,
     timeout: Duration,
     dial_probe: bool,
+    /// The node's own full node, for `sui_sync` checks.
+    sui_rpc: Option<String>,
 }
 
 impl Controller {
@@ -74,7 +76,12 @@ impl Controller {
             };
             let outcome = plan
                 .prober
-                .probe(server, plan.timeout, plan.dial_probe)
+                .probe_node(
+                    server,
+                    plan.timeout,
+                    plan.dial_probe,
+                    plan.sui_rpc.as_deref(),
+                )
                 .await;
             drop(permit);
             self.record_check(&service, server, outcome);
@@ -104,6 +111,10 @@ impl Controller {
             prober: Arc::clone(&service.prober),
             timeout: check.timeout,
             dial_probe: dial_probe(service.config.protocol) && entry.state != ServerState::Invalid,
+            sui_rpc: state
+                .discovery
+                .server(&service.config.name, server)
+                .map(|node| node.sui_rpc.clone()),
         })
     }
 }

@@ -102,7 +102,8 @@ pub(super) fn keep_restart_only_fields(running: &Config, new: &mut Config) {
         api_addr,
         max_concurrent_checks,
         connection_poll_interval,
-        xdp
+        xdp,
+        chain
     );
 }
 
@@ -165,7 +166,8 @@ impl Controller {
         // Probers first: a bad CA file must fail before anything changes.
         let mut probers = Vec::with_capacity(config.services.len());
         for service in &config.services {
-            let prober = Prober::new(&service.health_check.check)
+            let references = super::discovery::reference_urls(config.chain.as_ref());
+            let prober = Prober::with_references(&service.health_check.check, references)
                 .with_context(|| format!("services {}: health_check", service.name))?;
             probers.push(Arc::new(prober));
         }

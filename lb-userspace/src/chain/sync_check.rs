@@ -1,0 +1,774 @@
+//! The `sui_sync` health check: is a node's own Sui full node on the right
+//! chain and in sync with the network?
+//!
+//! [`probe`] asks the node's `sui_rpc` URL and every reference full node
+//! (`chain.reference_rpc_urls`) for `GetServiceInfo`, all at once, each
+//! under [`SyncBounds::max_response_time`]; [`evaluate`] (pure) then judges
+//! the node's answer against the references' answers:
+//!
+//! - chain id: the node's must equal the references' (the references that
+//!   answered must agree among themselves, or the check fails saying so,
+//!   since it cannot tell which chain is right);
+//! - checkpoint lag: the highest reference checkpoint height minus the
+//!   node's must be at most `max_checkpoint_lag` (a node ahead of the
+//!   references has lag 0);
+//! - sync age: now minus the timestamp of the node's latest executed
+//!   checkpoint must be at most `max_sync_age` (a timestamp in the future
+//!   counts as age 0);
+//! - response time: the node's `GetServiceInfo` must answer within
+//!   `max_response_time`.
+//!
+//! A value equal to its bound passes. Every failed bound is named in the
+//! reason with its numbers, joined with `; `.
+//!
+//! When no reference answered (or none is configured) the chain id and the
+//! lag cannot be judged: the check then decides on the sync age and the
+//! response time alone and says so in the reason (`no reference answered
+//! (…); chain id and lag unchecked`). A node that checks its own clock
+//! freshness is still caught when it stalls, and an outage of the
+//! references (often public full nodes) does not take every server down.
+
+use std::{
+    fmt::Write as _,
+    time::{Duration, Instant, SystemTime},
+};
+
+use futures::future::join_all;
+use sui_rpc::{Client, proto::sui::rpc::v2::GetServiceInfoRequest};
+
+/// The bounds of the `sui_sync` check (`health_check.max_checkpoint_lag`,
+/// `max_sync_age`, `max_response_time`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncBounds {
+    /// Most checkpoints the node may be behind the highest reference.
+    pub max_checkpoint_lag: u64,
+    /// Oldest the node's latest executed checkpoint may be.
+    pub max_sync_age: Duration,
+    /// Longest the node's `GetServiceInfo` may take; also the time each
+    /// reference gets to answer.
+    pub max_response_time: Duration,
+}
+
+/// What one full node's `GetServiceInfo` said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceInfoSample {
+    /// The chain id (digest of the genesis checkpoint).
+    pub chain_id: String,
+    /// The sequence number of its latest executed checkpoint.
+    pub checkpoint_height: u64,
+    /// The timestamp of that checkpoint.
+    pub timestamp: SystemTime,
+    /// How long the call took.
+    pub response_time: Duration,
+}
+
+/// One reference full node's answer, or why there is none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReferenceAnswer {
+    /// The reference's URL, as configured.
+    pub url: String,
+    /// Its answer, or why it gave none (e.g. `no answer within 2 s`).
+    pub result: Result<ServiceInfoSample, String>,
+}
+
+/// The `sui_sync` check's verdict on one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncVerdict {
+    /// Whether the node passed.
+    pub ok: bool,
+    /// Why: every failed bound with its numbers, or what was checked.
+    pub reason: String,
+    /// Checkpoints the node is behind the highest reference (0 when it is
+    /// ahead); `None` when no reference answered, the node did not answer,
+    /// or the chain ids differ (a lag across chains means nothing). For
+    /// `k3s_blockchain_sync_lag_blocks`.
+    pub lag_blocks: Option<u64>,
+}
+
+impl SyncVerdict {
+    fn failed(reason: String) -> Self {
+        Self {
+            ok: false,
+            reason,
+            lag_blocks: None,
+        }
+    }
+}
+
+/// Judges `node`'s answer against the `references`' answers at time `now`
+/// (see the module docs for the rules).
+pub fn evaluate(
+    node: &ServiceInfoSample,
+    references: &[ReferenceAnswer],
+    bounds: &SyncBounds,
+    now: SystemTime,
+) -> SyncVerdict {
+    let mut failures: Vec<String> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+    let mut lag_blocks = None;
+
+    let answered: Vec<(&str, &ServiceInfoSample)> = references
+        .iter()
+        .filter_map(|answer| {
+            answer
+                .result
+                .as_ref()
+                .ok()
+                .map(|sample| (answer.url.as_str(), sample))
+        })
+        .collect();
+    let silent: Vec<String> = references
+        .iter()
+        .filter_map(|answer| {
+            answer
+                .result
+                .as_ref()
+                .err()
+                .map(|why| format!("{}: {why}", answer.url))
+        })
+        .collect();
+
+    if let Some(&(first_url, first)) = answered.first() {
+        if let Some(&(other_url, other)) = answered
+            .iter()
+            .find(|(_, sample)| sample.chain_id != first.chain_id)
+        {
+            failures.push(format!(
+                "references disagree on the chain id: {} ({first_url}) ≠ {} ({other_url})",
+                first.chain_id, other.chain_id
+            ));
+        } else if node.chain_id != first.chain_id {
+            failures.push(format!(
+                "chain id {} ≠ reference {} ({first_url})",
+                node.chain_id, first.chain_id
+            ));
+        } else {
+            // `answered` is not empty here.
+            let (top_url, top) = answered
+                .iter()
+                .max_by_key(|(_, sample)| sample.checkpoint_height)
+                .copied()
+                .unwrap_or((first_url, first));
+            let lag = top.checkpoint_height.saturating_sub(node.checkpoint_height);
+            lag_blocks = Some(lag);
+            if lag > bounds.max_checkpoint_lag {
+                failures.push(format!(
+                    "checkpoint lag {lag} > {} behind the highest reference ({top_url}: {})",
+                    bounds.max_checkpoint_lag, top.checkpoint_height
+                ));
+            } else {
+                notes.push(format!(
+                    "checkpoint {} (lag {lag} ≤ {} behind {top_url}: {})",
+                    node.checkpoint_height, bounds.max_checkpoint_lag, top.checkpoint_height
+                ));
+            }
+        }
+        if !silent.is_empty() {
+            notes.push(format!(
+                "{} of {} references did not answer ({})",
+                silent.len(),
+                references.len(),
+                silent.join(", ")
+            ));
+        }
+    } else if references.is_empty() {
+        notes.push("no reference configured; chain id and lag unchecked".to_owned());
+    } else {
+        notes.push(format!(
+            "no reference answered ({}); chain id and lag unchecked",
+            silent.join(", ")
+        ));
+    }
+
+    // A timestamp in the future (clock skew) counts as fresh.
+    let age = now.duration_since(node.timestamp).unwrap_or_default();
+    if age > bounds.max_sync_age {
+        failures.push(format!(
+            "latest checkpoint {} old > {}",
+            secs(age),
+            secs(bounds.max_sync_age)
+        ));
+    } else {
+        notes.push(format!("latest checkpoint {} old", secs(age)));
+    }
+
+    if node.response_time > bounds.max_response_time {
+        failures.push(format!(
+            "GetServiceInfo took {} > {}",
+            secs(node.response_time),
+            secs(bounds.max_response_time)
+        ));
+    } else {
+        notes.push(format!("answered in {}", secs(node.response_time)));
+    }
+
+    let ok = failures.is_empty();
+    let reason = if ok {
+        notes.join("; ")
+    } else {
+        failures.join("; ")
+    };
+    SyncVerdict {
+        ok,
+        reason,
+        lag_blocks,
+    }
+}
+
+/// Runs the check: `GetServiceInfo` on `node_rpc_url` and on every one of
+/// `reference_urls`, all at once, each under `bounds.max_response_time`
+/// (so the whole probe takes about that long at most), then
+/// [`evaluate`]s the answers. A node that gives no usable answer fails with
+/// `unreachable: …`; an empty `node_rpc_url` (a node that registered no
+/// `sui_rpc`) fails too.
+pub async fn probe(
+    node_rpc_url: &str,
+    reference_urls: &[String],
+    bounds: &SyncBounds,
+) -> SyncVerdict {
+    if node_rpc_url.is_empty() {
+        return SyncVerdict::failed("the node registered no sui_rpc URL".to_owned());
+    }
+    let limit = bounds.max_response_time;
+    let references = join_all(reference_urls.iter().map(|url| async move {
+        ReferenceAnswer {
+            url: url.clone(),
+            result: service_info(url, limit).await,
+        }
+    }));
+    let (node, references) = tokio::join!(service_info(node_rpc_url, limit), references);
+    let verdict = match node {
+        Ok(node) => evaluate(&node, &references, bounds, SystemTime::now()),
+        Err(why) => SyncVerdict::failed(format!("unreachable: {node_rpc_url}: {why}")),
+    };
+    tracing::debug!(node = node_rpc_url, ?verdict, "sui_sync check done");
+    verdict
+}
+
+/// Calls `GetServiceInfo` on `url` (a fresh connection) and waits at most
+/// `limit` for the answer.
+async fn service_info(url: &str, limit: Duration) -> Result<ServiceInfoSample, String> {
+    let start = Instant::now();
+    let mut client = Client::new(url).map_err(|status| format!("bad URL: {}", status.message()))?;
+    let call = async {
+        client
+            .ledger_client()
+            .get_service_info(GetServiceInfoRequest::default())
+            .await
+    };
+    let response = match tokio::time::timeout(limit, call).await {
+        Err(_) => {
+            return Err(format!(
+                "GetServiceInfo gave no answer within {}",
+                secs(limit)
+            ));
+        }
+        Ok(Err(status)) => return Err(describe_status(&status)),
+        Ok(Ok(response)) => response.into_inner(),
+    };
+    let response_time = start.elapsed();
+    let chain_id = response
+        .chain_id
+        .ok_or("GetServiceInfo answer lacks chain_id")?;
+    let checkpoint_height = response
+        .checkpoint_height
+        .ok_or("GetServiceInfo answer lacks checkpoint_height")?;
+    let timestamp = response
+        .timestamp
+        .ok_or("GetServiceInfo answer lacks timestamp")?;
+    let timestamp = SystemTime::try_from(timestamp)
+        .map_err(|error| format!("GetServiceInfo answer has a bad timestamp: {error}"))?;
+    Ok(ServiceInfoSample {
+        chain_id,
+        checkpoint_height,
+        timestamp,
+        response_time,
+    })
+}
+
+/// `GetServiceInfo: Unavailable: tcp connect error: transport error:
+/// Connection refused (os error 111)`: the code, the message and the
+/// source chain, each text once (tonic repeats them).
+fn describe_status(status: &tonic::Status) -> String {
+    let mut text = format!("GetServiceInfo: {:?}", status.code());
+    if !status.message().is_empty() {
+        let _ = write!(text, ": {}", status.message());
+    }
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        let part = error.to_string();
+        if !text.contains(&part) {
+            let _ = write!(text, ": {part}");
+        }
+        source = error.source();
+    }
+    text
+}
+
+/// `95 s`, `2.4 s`, `0.05 s`: whole seconds from 10 s on, otherwise up to
+/// millisecond precision without trailing zeros.
+fn secs(duration: Duration) -> String {
+    let value = duration.as_secs_f64();
+    let text = if value >= 10.0 {
+        format!("{value:.0}")
+    } else {
+        let fixed = format!("{value:.3}");
+        fixed.trim_end_matches('0').trim_end_matches('.').to_owned()
+    };
+    format!("{text} s")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::fake_node::FakeChain;
+
+    /// The config's defaults: lag 10, age 30 s, response 2 s.
+    const BOUNDS: SyncBounds = SyncBounds {
+        max_checkpoint_lag: 10,
+        max_sync_age: Duration::from_secs(30),
+        max_response_time: Duration::from_secs(2),
+    };
+    const MAINNET: &str = "35834a8a";
+    const TESTNET: &str = "4c78adac";
+
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+    }
+
+    fn sample(chain_id: &str, height: u64, age: Duration, response: Duration) -> ServiceInfoSample {
+        ServiceInfoSample {
+            chain_id: chain_id.to_owned(),
+            checkpoint_height: height,
+            timestamp: now() - age,
+            response_time: response,
+        }
+    }
+
+    fn fresh(chain_id: &str, height: u64) -> ServiceInfoSample {
+        sample(
+            chain_id,
+            height,
+            Duration::from_secs(1),
+            Duration::from_millis(50),
+        )
+    }
+
+    fn answer(url: &str, sample: ServiceInfoSample) -> ReferenceAnswer {
+        ReferenceAnswer {
+            url: url.to_owned(),
+            result: Ok(sample),
+        }
+    }
+
+    fn silent(url: &str, why: &str) -> ReferenceAnswer {
+        ReferenceAnswer {
+            url: url.to_owned(),
+            result: Err(why.to_owned()),
+        }
+    }
+
+    #[test]
+    fn in_sync_node_passes() {
+        let refs = [answer("https://ref", fresh(MAINNET, 1000))];
+        let verdict = evaluate(&fresh(MAINNET, 995), &refs, &BOUNDS, now());
+        assert!(verdict.ok, "{verdict:?}");
+        assert_eq!(verdict.lag_blocks, Some(5));
+        assert_eq!(
+            verdict.reason,
+            "checkpoint 995 (lag 5 ≤ 10 behind https://ref: 1000); latest checkpoint 1 s old; \
+             answered in 0.05 s"
+        );
+    }
+
+    #[test]
+    fn lag_is_measured_against_the_highest_reference() {
+        let refs = [
+            answer("https://low", fresh(MAINNET, 900)),
+            answer("https://high", fresh(MAINNET, 1057)),
+            answer("https://mid", fresh(MAINNET, 1000)),
+        ];
+        let verdict = evaluate(&fresh(MAINNET, 1000), &refs, &BOUNDS, now());
+        assert!(!verdict.ok);
+        assert_eq!(verdict.lag_blocks, Some(57));
+        assert_eq!(
+            verdict.reason,
+            "checkpoint lag 57 > 10 behind the highest reference (https://high: 1057)"
+        );
+    }
+
+    #[test]
+    fn lag_equal_to_the_bound_passes_one_more_fails() {
+        let refs = [answer("https://ref", fresh(MAINNET, 1010))];
+        let at = evaluate(&fresh(MAINNET, 1000), &refs, &BOUNDS, now());
+        assert!(at.ok, "{at:?}");
+        assert_eq!(at.lag_blocks, Some(10));
+        let over = evaluate(&fresh(MAINNET, 999), &refs, &BOUNDS, now());
+        assert!(!over.ok);
+        assert_eq!(over.lag_blocks, Some(11));
+    }
+
+    #[test]
+    fn node_ahead_of_the_references_has_lag_zero() {
+        let refs = [answer("https://ref", fresh(MAINNET, 1000))];
+        let verdict = evaluate(&fresh(MAINNET, 1003), &refs, &BOUNDS, now());
+        assert!(verdict.ok, "{verdict:?}");
+        assert_eq!(verdict.lag_blocks, Some(0));
+    }
+
+    #[test]
+    fn wrong_chain_id_fails_without_a_lag() {
+        let refs = [answer("https://ref", fresh(MAINNET, 1000))];
+        let verdict = evaluate(&fresh(TESTNET, 1000), &refs, &BOUNDS, now());
+        assert!(!verdict.ok);
+        assert_eq!(verdict.lag_blocks, None);
+        assert_eq!(
+            verdict.reason,
+            "chain id 4c78adac ≠ reference 35834a8a (https://ref)"
+        );
+    }
+
+    #[test]
+    fn references_that_disagree_fail_the_check() {
+        let refs = [
+            answer("https://a", fresh(MAINNET, 1000)),
+            answer("https://b", fresh(TESTNET, 1000)),
+        ];
+        let verdict = evaluate(&fresh(MAINNET, 1000), &refs, &BOUNDS, now());
+        assert!(!verdict.ok);
+        assert_eq!(verdict.lag_blocks, None);
+        assert_eq!(
+            verdict.reason,
+            "references disagree on the chain id: 35834a8a (https://a) ≠ 4c78adac (https://b)"
+        );
+    }
+
+    #[test]
+    fn old_checkpoint_fails_equal_age_passes() {
+        let refs = [answer("https://ref", fresh(MAINNET, 1000))];
+        let old = sample(
+            MAINNET,
+            1000,
+            Duration::from_secs(95),
+            Duration::from_millis(5),
+        );
+        let verdict = evaluate(&old, &refs, &BOUNDS, now());
+        assert!(!verdict.ok);
+        assert_eq!(verdict.lag_blocks, Some(0));
+        assert_eq!(verdict.reason, "latest checkpoint 95 s old > 30 s");
+
+        let edge = sample(
+            MAINNET,
+            1000,
+            Duration::from_secs(30),
+            Duration::from_millis(5),
+        );
+        assert!(evaluate(&edge, &refs, &BOUNDS, now()).ok);
+    }
+
+    #[test]
+    fn checkpoint_from_the_future_counts_as_fresh() {
+        let mut node = fresh(MAINNET, 1000);
+        node.timestamp = now() + Duration::from_secs(5);
+        let refs = [answer("https://ref", fresh(MAINNET, 1000))];
+        let verdict = evaluate(&node, &refs, &BOUNDS, now());
+        assert!(verdict.ok, "{verdict:?}");
+        assert!(verdict.reason.contains("latest checkpoint 0 s old"));
+    }
+
+    #[test]
+    fn slow_answer_fails_equal_time_passes() {
+        let refs = [answer("https://ref", fresh(MAINNET, 1000))];
+        let slow = sample(
+            MAINNET,
+            1000,
+            Duration::from_secs(1),
+            Duration::from_millis(2400),
+        );
+        let verdict = evaluate(&slow, &refs, &BOUNDS, now());
+        assert!(!verdict.ok);
+        assert_eq!(verdict.reason, "GetServiceInfo took 2.4 s > 2 s");
+
+        let edge = sample(
+            MAINNET,
+            1000,
+            Duration::from_secs(1),
+            Duration::from_secs(2),
+        );
+        assert!(evaluate(&edge, &refs, &BOUNDS, now()).ok);
+    }
+
+    #[test]
+    fn every_failed_bound_is_named() {
+        let refs = [answer("https://ref", fresh(MAINNET, 2000))];
+        let bad = sample(
+            MAINNET,
+            1000,
+            Duration::from_secs(61),
+            Duration::from_secs(3),
+        );
+        let verdict = evaluate(&bad, &refs, &BOUNDS, now());
+        assert!(!verdict.ok);
+        assert_eq!(
+            verdict.reason,
+            "checkpoint lag 1000 > 10 behind the highest reference (https://ref: 2000); \
+             latest checkpoint 61 s old > 30 s; GetServiceInfo took 3 s > 2 s"
+        );
+    }
+
+    #[test]
+    fn silent_references_are_skipped_and_mentioned() {
+        let refs = [
+            silent("https://down", "GetServiceInfo gave no answer within 2 s"),
+            answer("https://up", fresh(MAINNET, 1000)),
+        ];
+        let verdict = evaluate(&fresh(MAINNET, 998), &refs, &BOUNDS, now());
+        assert!(verdict.ok, "{verdict:?}");
+        assert_eq!(verdict.lag_blocks, Some(2));
+        assert!(
+            verdict.reason.contains(
+                "1 of 2 references did not answer (https://down: GetServiceInfo gave no answer \
+                 within 2 s)"
+            ),
+            "{}",
+            verdict.reason
+        );
+    }
+
+    #[test]
+    fn no_reference_answered_judges_age_and_response_only() {
+        let refs = [silent("https://down", "unreachable")];
+        let node = fresh(TESTNET, 1);
+        let verdict = evaluate(&node, &refs, &BOUNDS, now());
+        assert!(verdict.ok, "{verdict:?}");
+        assert_eq!(verdict.lag_blocks, None);
+        assert_eq!(
+            verdict.reason,
+            "no reference answered (https://down: unreachable); chain id and lag unchecked; \
+             latest checkpoint 1 s old; answered in 0.05 s"
+        );
+
+        let stale = sample(TESTNET, 1, Duration::from_secs(31), Duration::ZERO);
+        let verdict = evaluate(&stale, &refs, &BOUNDS, now());
+        assert!(!verdict.ok);
+        assert_eq!(verdict.reason, "latest checkpoint 31 s old > 30 s");
+    }
+
+    #[test]
+    fn no_reference_configured_says_so() {
+        let verdict = evaluate(&fresh(MAINNET, 1), &[], &BOUNDS, now());
+        assert!(verdict.ok);
+        assert!(
+            verdict
+                .reason
+                .starts_with("no reference configured; chain id and lag unchecked"),
+            "{}",
+            verdict.reason
+        );
+    }
+
+    #[test]
+    fn secs_formats_readably() {
+        assert_eq!(secs(Duration::from_secs(95)), "95 s");
+        assert_eq!(secs(Duration::from_millis(95_400)), "95 s");
+        assert_eq!(secs(Duration::from_millis(2400)), "2.4 s");
+        assert_eq!(secs(Duration::from_secs(2)), "2 s");
+        assert_eq!(secs(Duration::from_millis(50)), "0.05 s");
+        assert_eq!(secs(Duration::ZERO), "0 s");
+    }
+
+    /// A node and a reference on the same chain, both current.
+    async fn pair() -> (FakeChain, FakeChain) {
+        let node = FakeChain::start(MAINNET).await.expect("node");
+        let reference = FakeChain::start(MAINNET).await.expect("reference");
+        for _ in 0..100 {
+            node.tick();
+            reference.tick();
+        }
+        (node, reference)
+    }
+
+    /// Bounds with a short response time, for the slow cases.
+    const QUICK: SyncBounds = SyncBounds {
+        max_response_time: Duration::from_millis(300),
+        ..BOUNDS
+    };
+
+    #[tokio::test]
+    async fn probe_passes_a_node_in_sync() {
+        let (node, reference) = pair().await;
+        let verdict = probe(&node.url(), &[reference.url()], &BOUNDS).await;
+        assert!(verdict.ok, "{verdict:?}");
+        assert_eq!(verdict.lag_blocks, Some(0));
+        assert!(
+            verdict.reason.starts_with(&format!(
+                "checkpoint 100 (lag 0 ≤ 10 behind {}: 100); latest checkpoint ",
+                reference.url()
+            )),
+            "{}",
+            verdict.reason
+        );
+    }
+
+    #[tokio::test]
+    async fn probe_fails_a_lagging_node() {
+        let (node, reference) = pair().await;
+        node.set_lag(57, Duration::ZERO);
+        let verdict = probe(&node.url(), &[reference.url()], &BOUNDS).await;
+        assert!(!verdict.ok);
+        assert_eq!(verdict.lag_blocks, Some(57));
+        assert_eq!(
+            verdict.reason,
+            format!(
+                "checkpoint lag 57 > 10 behind the highest reference ({}: 100)",
+                reference.url()
+            )
+        );
+
+        node.set_lag(10, Duration::ZERO);
+        let verdict = probe(&node.url(), &[reference.url()], &BOUNDS).await;
+        assert!(verdict.ok, "{verdict:?}");
+        assert_eq!(verdict.lag_blocks, Some(10));
+    }
+
+    #[tokio::test]
+    async fn probe_uses_the_highest_of_several_references() {
+        let (node, low) = pair().await;
+        let high = FakeChain::start(MAINNET).await.expect("high reference");
+        for _ in 0..120 {
+            high.tick();
+        }
+        let verdict = probe(&node.url(), &[low.url(), high.url()], &BOUNDS).await;
+        assert!(!verdict.ok);
+        assert_eq!(verdict.lag_blocks, Some(20));
+        assert!(verdict.reason.contains(&format!("({}: 120)", high.url())));
+    }
+
+    #[tokio::test]
+    async fn probe_fails_a_node_on_another_chain() {
+        let (node, reference) = pair().await;
+        node.set_chain_id("4btiuiMP".to_owned());
+        let verdict = probe(&node.url(), &[reference.url()], &BOUNDS).await;
+        assert!(!verdict.ok);
+        assert_eq!(verdict.lag_blocks, None);
+        assert_eq!(
+            verdict.reason,
+            format!(
+                "chain id 4btiuiMP ≠ reference 35834a8a ({})",
+                reference.url()
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn probe_fails_a_stalled_node() {
+        let (node, reference) = pair().await;
+        node.set_lag(0, Duration::from_secs(95));
+        let verdict = probe(&node.url(), &[reference.url()], &BOUNDS).await;
+        assert!(!verdict.ok);
+        assert_eq!(verdict.reason, "latest checkpoint 95 s old > 30 s");
+    }
+
+    #[tokio::test]
+    async fn probe_fails_a_slow_node_within_the_bound() {
+        let (node, reference) = pair().await;
+        node.set_delay(Duration::from_secs(5));
+        let start = Instant::now();
+        let verdict = probe(&node.url(), &[reference.url()], &QUICK).await;
+        let took = start.elapsed();
+        assert!(!verdict.ok);
+        assert_eq!(
+            verdict.reason,
+            format!(
+                "unreachable: {}: GetServiceInfo gave no answer within 0.3 s",
+                node.url()
+            )
+        );
+        assert!(took < Duration::from_secs(2), "took {took:?}");
+    }
+
+    #[tokio::test]
+    async fn probe_fails_an_unavailable_node() {
+        let (node, reference) = pair().await;
+        node.set_unavailable(true);
+        let verdict = probe(&node.url(), &[reference.url()], &BOUNDS).await;
+        assert!(!verdict.ok);
+        assert!(
+            verdict.reason.starts_with(&format!(
+                "unreachable: {}: GetServiceInfo: Unavailable",
+                node.url()
+            )),
+            "{}",
+            verdict.reason
+        );
+    }
+
+    #[tokio::test]
+    async fn probe_without_an_answering_reference_judges_age_only() {
+        let (node, reference) = pair().await;
+        reference.set_unavailable(true);
+        node.set_lag(50, Duration::ZERO);
+        let verdict = probe(&node.url(), &[reference.url()], &BOUNDS).await;
+        assert!(verdict.ok, "{verdict:?}");
+        assert_eq!(verdict.lag_blocks, None);
+        assert!(
+            verdict.reason.starts_with(&format!(
+                "no reference answered ({}: GetServiceInfo: Unavailable",
+                reference.url()
+            )),
+            "{}",
+            verdict.reason
+        );
+        assert!(verdict.reason.contains("chain id and lag unchecked"));
+
+        node.set_lag(50, Duration::from_secs(40));
+        let verdict = probe(&node.url(), &[reference.url()], &BOUNDS).await;
+        assert!(!verdict.ok);
+        assert_eq!(verdict.reason, "latest checkpoint 40 s old > 30 s");
+    }
+
+    #[tokio::test]
+    async fn probe_does_not_wait_for_a_slow_reference() {
+        let (node, slow) = pair().await;
+        let (_, fast) = pair().await;
+        slow.set_delay(Duration::from_secs(5));
+        let start = Instant::now();
+        let verdict = probe(&node.url(), &[slow.url(), fast.url()], &QUICK).await;
+        let took = start.elapsed();
+        assert!(verdict.ok, "{verdict:?}");
+        assert_eq!(verdict.lag_blocks, Some(0));
+        assert!(
+            verdict.reason.contains(&format!(
+                "1 of 2 references did not answer ({}: GetServiceInfo gave no answer within 0.3 \
+                 s)",
+                slow.url()
+            )),
+            "{}",
+            verdict.reason
+        );
+        assert!(took < Duration::from_secs(2), "took {took:?}");
+    }
+
+    #[tokio::test]
+    async fn empty_node_url_fails() {
+        let verdict = probe("", &[], &BOUNDS).await;
+        assert!(!verdict.ok);
+        assert_eq!(verdict.reason, "the node registered no sui_rpc URL");
+    }
+
+    #[tokio::test]
+    async fn unreachable_node_fails() {
+        // A port nothing listens on: bind, note it, close.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        drop(listener);
+        let verdict = probe(&url, &[], &BOUNDS).await;
+        assert!(!verdict.ok);
+        assert!(
+            verdict.reason.starts_with(&format!("unreachable: {url}: ")),
+            "{}",
+            verdict.reason
+        );
+        assert_eq!(verdict.lag_blocks, None);
+    }
+}
