@@ -494,7 +494,11 @@ impl Controller {
             RegistryStatus {
                 synced: view.is_some_and(|v| v.synced),
                 nodes: view.map_or(0, |v| v.nodes.len()),
-                cursor: view.and_then(|v| v.cursor),
+                // The view is republished on node changes only; the task's
+                // counter follows every checkpoint applied.
+                cursor: view
+                    .and_then(|v| v.cursor)
+                    .map(|_| stats.cursor.load(Ordering::Relaxed)),
                 last_error: view.and_then(|v| v.last_error.clone()),
                 events: stats
                     .events()

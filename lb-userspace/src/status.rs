@@ -213,6 +213,9 @@ impl Status {
                 verdict_summary(&xdp.verdicts)
             );
         }
+        if let Some(registry) = &self.registry {
+            let _ = writeln!(out, "{}", registry_line(registry));
+        }
         for service in &self.services {
             let remote = if service.remote {
                 format!(
@@ -245,11 +248,17 @@ impl Status {
                 "SERVER", "STATE", "FOR", "CONNS", "CONNECTS", "SLOTS"
             );
             for server in &service.servers {
-                let address = if server.default {
+                let mut address = if server.default {
                     format!("{} (default)", server.address)
                 } else {
                     server.address.clone()
                 };
+                if let Some(stake) = server.stake_mist {
+                    let _ = write!(address, " stake {}", sui_amount(stake));
+                }
+                if let Some(lag) = server.sync_lag_blocks {
+                    let _ = write!(address, " lag {lag}");
+                }
                 let check = server.last_check.as_ref().map_or_else(
                     || "-".to_owned(),
                     |c| {
@@ -277,6 +286,53 @@ impl Status {
             }
         }
         out
+    }
+}
+
+/// `registry: synced, 4 nodes, cursor 12, events registered 4 updated 1,
+/// resyncs 1, reconnects 0` (and the last error while it fails).
+fn registry_line(registry: &RegistryStatus) -> String {
+    let events: Vec<String> = registry
+        .events
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(kind, n)| format!("{kind} {n}"))
+        .collect();
+    let mut line = format!(
+        "registry: {}, {} nodes, cursor {}, events {}, resyncs {}, reconnects {}",
+        if registry.synced {
+            "synced"
+        } else {
+            "NOT synced"
+        },
+        registry.nodes,
+        registry
+            .cursor
+            .map_or_else(|| "-".to_owned(), |c| c.to_string()),
+        if events.is_empty() {
+            "none".to_owned()
+        } else {
+            events.join(" ")
+        },
+        registry.resyncs,
+        registry.reconnects
+    );
+    if let Some(error) = &registry.last_error {
+        let _ = write!(line, ", error: {error}");
+    }
+    line
+}
+
+/// MIST as SUI without trailing zeros: `3 SUI`, `1.5 SUI`, `0.000000001 SUI`.
+fn sui_amount(mist: u64) -> String {
+    const MIST_PER_SUI: u64 = 1_000_000_000;
+    let whole = mist / MIST_PER_SUI;
+    let fraction = mist % MIST_PER_SUI;
+    if fraction == 0 {
+        format!("{whole} SUI")
+    } else {
+        let digits = format!("{fraction:09}");
+        format!("{whole}.{} SUI", digits.trim_end_matches('0'))
     }
 }
 
@@ -492,6 +548,36 @@ mod tests {
         assert_eq!(age("2026-11-22T04:58:00.000Z", now), "2m10s");
         assert_eq!(age("2026-11-22T05:00:06Z", now), "4s");
         assert_eq!(age("garbage", now), "?");
+    }
+
+    #[test]
+    fn table_shows_registry_and_stakes() {
+        let mut status = sample();
+        status.registry = Some(RegistryStatus {
+            synced: true,
+            nodes: 4,
+            cursor: Some(12),
+            last_error: None,
+            events: BTreeMap::from([("registered".to_owned(), 4), ("removed".to_owned(), 0)]),
+            resyncs: 1,
+            reconnects: 0,
+        });
+        status.services[0].servers[0].stake_mist = Some(1_500_000_000);
+        status.services[0].servers[0].sync_lag_blocks = Some(2);
+        let table = status.to_table();
+        assert!(
+            table.contains(
+                "registry: synced, 4 nodes, cursor 12, events registered 4, resyncs 1, reconnects 0\n"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains("10.0.0.1:9345 stake 1.5 SUI lag 2 "),
+            "{table}"
+        );
+        assert_eq!(sui_amount(3_000_000_000), "3 SUI");
+        assert_eq!(sui_amount(1), "0.000000001 SUI");
+        assert_eq!(sui_amount(0), "0 SUI");
     }
 
     #[test]

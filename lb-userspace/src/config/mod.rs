@@ -859,7 +859,11 @@ fn serialize_percent<S: Serializer>(percent: &u8, serializer: S) -> Result<S::Ok
 /// Logs services that accept connects only to refuse them.
 fn warn_about_unreachable_services(config: &Config) {
     for service in &config.services {
-        if service.servers.is_empty() && service.default_server.is_none() {
+        // A discovery service's servers come from the chain after the start.
+        if service.servers.is_empty()
+            && service.default_server.is_none()
+            && service.discovery.is_none()
+        {
             tracing::warn!(
                 service = %service.name,
                 vip = %service.vip,

@@ -385,7 +385,11 @@ impl Controller {
                 service,
                 effects,
             );
-            if service.config.servers.is_empty() && service.config.default_server.is_none() {
+            // A discovery service has none until the registry is read.
+            if service.config.servers.is_empty()
+                && service.config.default_server.is_none()
+                && service.config.discovery.is_none()
+            {
                 warn!(service = %service.config.name, "service has no servers: connects to its VIP are refused");
             }
         }
