@@ -70,25 +70,11 @@ pub fn endpoint_host(endpoint: &str) -> Option<Endpoint> {
         Some(_) => return None,
         None => text,
     };
-    is_dns_name(host).then(|| Endpoint::Name(host.trim_end_matches('.').to_owned()))
+    crate::config::is_dns_name(host).then(|| Endpoint::Name(host.trim_end_matches('.').to_owned()))
 }
 
 fn is_port(text: &str) -> bool {
     text.parse::<u16>().is_ok()
-}
-
-fn is_dns_name(host: &str) -> bool {
-    let name = host.strip_suffix('.').unwrap_or(host);
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            (1..=63).contains(&label.len())
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
-        })
 }
 
 /// The nodes of `view` with at least `min_stake_mist`, with their parsed

@@ -461,17 +461,33 @@ impl Checker {
     }
 
     fn discovery_interval(&mut self, raw: &Spanned<String>) -> Option<Duration> {
-        let path = "chain.discovery_interval";
+        self.duration_in_range(
+            raw,
+            "chain.discovery_interval",
+            MIN_DISCOVERY_INTERVAL,
+            MAX_DISCOVERY_INTERVAL,
+        )
+    }
+
+    /// A duration within `min..=max`, or an error at `path` saying which
+    /// bound it crosses.
+    fn duration_in_range(
+        &mut self,
+        raw: &Spanned<String>,
+        path: &str,
+        min: Duration,
+        max: Duration,
+    ) -> Option<Duration> {
         let interval = self.duration(raw, path)?.value;
-        let problem = if interval < MIN_DISCOVERY_INTERVAL {
+        let problem = if interval < min {
             format!(
                 "is too short; expected at least {}",
-                humantime::format_duration(MIN_DISCOVERY_INTERVAL)
+                humantime::format_duration(min)
             )
-        } else if interval > MAX_DISCOVERY_INTERVAL {
+        } else if interval > max {
             format!(
                 "is too long; expected at most {}",
-                humantime::format_duration(MAX_DISCOVERY_INTERVAL)
+                humantime::format_duration(max)
             )
         } else {
             return Some(interval);
@@ -788,31 +804,12 @@ impl Checker {
     }
 
     fn connection_poll_interval(&mut self, raw: &Spanned<String>) -> Option<Duration> {
-        let path = "connection_poll_interval";
-        let interval = self.duration(raw, path)?.value;
-        let (min, max) = (
+        self.duration_in_range(
+            raw,
+            "connection_poll_interval",
             Config::MIN_CONNECTION_POLL_INTERVAL,
             Config::MAX_CONNECTION_POLL_INTERVAL,
-        );
-        let problem = if interval < min {
-            format!(
-                "is too short; expected at least {}",
-                humantime::format_duration(min)
-            )
-        } else if interval > max {
-            format!(
-                "is too long; expected at most {}",
-                humantime::format_duration(max)
-            )
-        } else {
-            return Some(interval);
-        };
-        self.report(
-            raw.referenced,
-            path,
-            format!("{} {problem}", humantime::format_duration(interval)),
-        );
-        None
+        )
     }
 
     /// A directory with a default; must be absolute.
@@ -2018,7 +2015,7 @@ fn interval_fields(
 
 /// A DNS name: dot-separated labels of letters, digits and `-` (not at a
 /// label's start or end), optionally with a final dot.
-fn is_dns_name(host: &str) -> bool {
+pub(crate) fn is_dns_name(host: &str) -> bool {
     let name = host.strip_suffix('.').unwrap_or(host);
     !name.is_empty()
         && name.len() <= MAX_HOST_LEN
