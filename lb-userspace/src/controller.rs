@@ -78,6 +78,8 @@ struct ServiceRuntime {
     table: Vec<u32>,
     /// The (backend id, address) pairs `table` was built from.
     table_members: Vec<(u32, SocketAddr)>,
+    /// The Maglev weights of `table_members` (same order).
+    table_weights: Vec<u32>,
 }
 
 struct State {

@@ -28,7 +28,9 @@ use tracing::{debug, info};
 
 use crate::{
     chain::{fake_node::FakeChain, registry::Node},
-    config::{CheckSpec, Config, HealthCheckConfig, Intervals, Policy, Protocol, ServiceConfig},
+    config::{
+        CheckSpec, Config, Features, HealthCheckConfig, Intervals, Policy, Protocol, ServiceConfig,
+    },
 };
 
 /// The demo's VIP port.
@@ -157,6 +159,11 @@ pub async fn start(base: Config, tasks: &mut JoinSet<()>) -> anyhow::Result<Conf
         services,
         data_dir: DATA_DIR.into(),
         chain: chain_part.chain,
+        // The demo's discovery service needs the gate its `chain` block implies.
+        features: Features {
+            blockchain_discovery: true,
+            ..base.features
+        },
         ..base
     })
 }

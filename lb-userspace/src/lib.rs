@@ -3,6 +3,7 @@
 //!
 //! - [`config`]: the YAML config and its validation.
 //! - [`chain`]: Sui on-chain discovery (registry sync over gRPC, the `sui_sync` check, a fake full node).
+//! - [`nautilus`]: Nautilus enclave attestations (signed performance scores, on-chain enclaves, the Nitro document).
 //! - [`dataplane`]: loading, pinning, attaching/adopting and detaching the kernel programs
 //!   (`xdp_attach`: the XDP links on the `xdp` interfaces).
 //! - [`xdp_settings`], [`if_addrs`]: the `xdp_config` entry, the SNAT port check, and the
@@ -10,6 +11,7 @@
 //! - [`map_ids`]: which map slot holds which service and backend (pure).
 //! - [`maglev`]: the weighted Maglev backend table of `policy: spread` (pure).
 //! - [`state_machine`]: the K3s server states and which server a service uses (pure).
+//! - [`ranking`]: performance ranking scores and the Maglev weights they give (pure).
 //! - [`health`]: active probes (tcp, udp, http, https, all).
 //! - [`sock_diag`], [`connections`]: counting and closing connections through a VIP.
 //! - [`persist`]: the per-service state files (K3s format).
@@ -31,8 +33,10 @@ pub mod if_addrs;
 pub mod maglev;
 pub mod map_ids;
 pub mod metrics;
+pub mod nautilus;
 mod netlink;
 pub mod persist;
+pub mod ranking;
 pub mod run;
 pub mod sock_diag;
 pub mod state_machine;

@@ -285,6 +285,11 @@ impl ServiceMachine {
         self.ranking = on;
     }
 
+    /// Whether score-based ranking is on.
+    pub const fn ranking(&self) -> bool {
+        self.ranking
+    }
+
     /// Whether one server takes every new connection (the default). With
     /// `false` (`policy: spread`) several servers may be active and
     /// promotions close no connections; failures and removals still do.

@@ -4,7 +4,8 @@
 //! generated in `sui-rpc`) on `127.0.0.1:<ephemeral>` over plain HTTP/2:
 //!
 //! - `LedgerService`: `GetServiceInfo`, `GetCheckpoint` (latest, by sequence
-//!   number or digest), `GetObject` (the registry object);
+//!   number or digest), `GetObject` (the registry object and objects put
+//!   with [`FakeChain::put_object`]);
 //! - `StateService`: `ListDynamicFields` (the registry table's entries,
 //!   paged by field ID like the real node);
 //! - `SubscriptionService`: `SubscribeCheckpoints` (new checkpoints only,
@@ -119,6 +120,8 @@ struct State {
     delay: Duration,
     max_page_size: u32,
     registry_version: u64,
+    /// Objects put with [`FakeChain::put_object`]: type string, BCS contents.
+    objects: BTreeMap<Address, (String, Vec<u8>)>,
 }
 
 impl FakeChain {
@@ -151,6 +154,7 @@ impl FakeChain {
                 delay: Duration::ZERO,
                 max_page_size: MAX_PAGE_SIZE,
                 registry_version: 1,
+                objects: BTreeMap::new(),
             }),
             calls: FakeCalls::default(),
         });
@@ -274,6 +278,16 @@ impl FakeChain {
                     .with_value(contents),
             );
         self.shared.append(vec![event], |_| ())
+    }
+
+    /// Puts (or replaces) a shared object `id` of type `object_type` (full
+    /// type string) with BCS `contents`, which `GetObject` then serves (at
+    /// version 1), e.g. a Nautilus `Enclave<T>` or `EnclaveConfig<T>`.
+    pub fn put_object(&self, id: Address, object_type: String, contents: Vec<u8>) {
+        self.shared
+            .lock()
+            .objects
+            .insert(id, (object_type, contents));
     }
 
     /// Appends a checkpoint without events (the chain moving on).
@@ -550,6 +564,20 @@ impl State {
     }
 }
 
+/// An object put with [`FakeChain::put_object`], as `GetObject` returns it.
+fn put_object(id: Address, object_type: &str, contents: &[u8]) -> proto::Object {
+    proto::Object::default()
+        .with_object_id(id.to_string())
+        .with_version(1)
+        .with_digest(Address::new(Sha256::digest(contents).into()).to_string())
+        .with_object_type(object_type)
+        .with_contents(
+            proto::Bcs::default()
+                .with_name(object_type)
+                .with_value(contents.to_vec()),
+        )
+}
+
 /// Applies a `DynamicField` read mask (top-level fields, and the
 /// `field_object` subtree through `Merge`).
 fn mask_dynamic_field(field: &proto::DynamicField, mask: &FieldMaskTree) -> proto::DynamicField {
@@ -676,11 +704,18 @@ impl LedgerService for Service {
             .unwrap_or_default()
             .parse()
             .map_err(|e| Status::invalid_argument(format!("invalid object_id: {e}")))?;
-        if id != self.0.registry.object {
-            return Err(Status::not_found(format!("object {id} not found")));
-        }
+        let full = {
+            let state = self.0.lock();
+            if id == self.0.registry.object {
+                self.0.registry_object(&state)
+            } else if let Some((object_type, contents)) = state.objects.get(&id) {
+                put_object(id, object_type, contents)
+            } else {
+                return Err(Status::not_found(format!("object {id} not found")));
+            }
+        };
         let mask = mask_or(request.read_mask, "object_id,version,digest");
-        let object = proto::Object::merge_from(&self.0.registry_object(&self.0.lock()), &mask);
+        let object = proto::Object::merge_from(&full, &mask);
         Ok(self
             .0
             .reply(proto::GetObjectResponse::default().with_object(object)))

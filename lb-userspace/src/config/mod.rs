@@ -91,7 +91,7 @@ pub(crate) fn one_of(words: &[&str]) -> String {
     }
 }
 pub use crate::chain::ports::{ChainPort, ChainPortKind};
-use crate::state_machine::ServerState;
+use crate::{ranking::StakeWeight, state_machine::ServerState};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -122,6 +122,44 @@ pub struct Config {
     /// Sui on-chain discovery (`chain`); `None` = no discovery.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chain: Option<ChainSettings>,
+    /// Feature gates (`features`).
+    pub features: Features,
+}
+
+/// The `features` block: what the load balancer does besides the plain K3s
+/// agent load balancer (everything off).
+///
+/// ```yaml
+/// features:
+///   blockchain_discovery: true     # default: true with a `chain` block, else false
+///   performance_ranking: false     # default false
+///   stake_weight: sqrt             # linear, sqrt (default) or log
+///   nautilus_health_checks: false  # only false: not available yet
+///   stake_validation: false        # only false: not available yet
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent on/off switches, named as in the file"
+)]
+pub struct Features {
+    /// Nautilus attestation checks (`nautilus_health_checks`); not
+    /// available yet, always false.
+    pub nautilus_health_checks: bool,
+    /// Services may take servers from the chain (`blockchain_discovery`,
+    /// needs the `chain` block; default: whether there is one). Off,
+    /// `discovery` blocks are refused.
+    pub blockchain_discovery: bool,
+    /// Attested stake checked against the chain (`stake_validation`); not
+    /// available yet, always false.
+    pub stake_validation: bool,
+    /// Scores rank servers of equal state, and weight spread services'
+    /// Maglev slots (`performance_ranking`, default false; see
+    /// [`crate::ranking`]).
+    pub performance_ranking: bool,
+    /// How stake counts in a score (`stake_weight`, default `sqrt`).
+    #[serde(serialize_with = "serialize_display")]
+    pub stake_weight: StakeWeight,
 }
 
 /// The `chain` block: where the Sui registry of nodes is read from.

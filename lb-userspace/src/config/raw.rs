@@ -27,6 +27,18 @@ pub(super) struct RawConfig {
     pub(super) connection_poll_interval: Option<Spanned<String>>,
     pub(super) xdp: Option<Spanned<RawXdp>>,
     pub(super) chain: Option<Spanned<RawChain>>,
+    pub(super) features: Option<Spanned<RawFeatures>>,
+}
+
+/// The `features` block.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFeatures {
+    pub(super) nautilus_health_checks: Option<Spanned<String>>,
+    pub(super) blockchain_discovery: Option<Spanned<String>>,
+    pub(super) stake_validation: Option<Spanned<String>>,
+    pub(super) performance_ranking: Option<Spanned<String>>,
+    pub(super) stake_weight: Option<Spanned<String>>,
 }
 
 /// The `chain` block.

@@ -89,6 +89,7 @@ fn full_example() {
             connection_poll_interval: Duration::from_millis(200),
             xdp: None,
             chain: None,
+            features: Features::default(),
         }
     );
 }
@@ -2196,4 +2197,84 @@ fn sui_sync_errors_name_the_field() {
         config.services[0].health_check.timeout,
         Duration::from_secs(3)
     );
+}
+
+const DISCOVERED: &str =
+    "services:\n  - name: a\n    vip: 127.0.0.1:80\n    discovery: { source: sui, port: 80 }\n";
+
+#[test]
+fn features_default_to_plain_k3s_and_discovery_with_a_chain() {
+    let plain = parse(&with_service(""));
+    assert_eq!(plain.features, Features::default());
+    assert!(!plain.features.blockchain_discovery && !plain.features.performance_ranking);
+    assert_eq!(plain.features.stake_weight, StakeWeight::Sqrt);
+    let chain = parse(&with_chain(DISCOVERED));
+    assert_eq!(
+        chain.features,
+        Features {
+            blockchain_discovery: true,
+            ..Features::default()
+        }
+    );
+}
+
+#[test]
+fn features_block_is_read() {
+    let config = parse(&with_service(
+        "features:\n  performance_ranking: true\n  stake_weight: log\n  nautilus_health_checks: false\n  stake_validation: false\n",
+    ));
+    assert!(config.features.performance_ranking);
+    assert_eq!(config.features.stake_weight, StakeWeight::Log);
+    let json = serde_json::to_value(&config).unwrap();
+    assert_eq!(json["features"]["stake_weight"], "log");
+    assert_eq!(json["features"]["performance_ranking"], true);
+    // A chain block with discovery switched off and no discovery service.
+    let config = parse(&with_chain(&format!(
+        "features: {{ blockchain_discovery: false }}\n{}",
+        with_service("")
+    )));
+    assert!(!config.features.blockchain_discovery);
+}
+
+#[test]
+fn features_errors() {
+    assert_error(
+        &with_service("features:\n  performance_ranking: yes\n"),
+        "features.performance_ranking",
+        6,
+        "expected true or false",
+    );
+    assert_error(
+        &with_service("features:\n  stake_weight: cubic\n"),
+        "features.stake_weight",
+        6,
+        "expected linear, sqrt or log",
+    );
+    assert_error(
+        &with_service("features:\n  nautilus_health_checks: true\n"),
+        "features.nautilus_health_checks",
+        6,
+        "not available yet",
+    );
+    assert_error(
+        &with_service("features:\n  stake_validation: true\n"),
+        "features.stake_validation",
+        6,
+        "not available yet",
+    );
+    assert_error(
+        &with_service("features:\n  blockchain_discovery: true\n"),
+        "features.blockchain_discovery",
+        6,
+        "needs the top-level `chain` block",
+    );
+    assert_error(
+        &with_chain(&format!(
+            "features: {{ blockchain_discovery: false }}\n{DISCOVERED}"
+        )),
+        "services[0].discovery",
+        8,
+        "needs features.blockchain_discovery",
+    );
+    assert!(error(&with_service("features:\n  ranking: true\n")).contains("unknown field"));
 }

@@ -13,13 +13,14 @@ use serde_saphyr::{Location, Spanned};
 
 use super::{
     ChainPort, ChainPortKind, ChainSettings, CheckSpec, Config, DiscoveryConfig, DiscoveryPort,
-    HealthCheckConfig, HttpCheck, Intervals, Issue, Policy, PortRange, Protocol, RegistrySettings,
-    ServiceConfig, SuiSyncCheck, TlsOptions, XdpAttachMode, XdpSettings,
+    Features, HealthCheckConfig, HttpCheck, Intervals, Issue, Policy, PortRange, Protocol,
+    RegistrySettings, ServiceConfig, SuiSyncCheck, TlsOptions, XdpAttachMode, XdpSettings,
     raw::{
-        RawChain, RawConfig, RawDiscovery, RawDiscoveryPort, RawHealthCheck, RawHttpFields,
-        RawIntervals, RawRegistry, RawService, RawSuiFields, RawXdp,
+        RawChain, RawConfig, RawDiscovery, RawDiscoveryPort, RawFeatures, RawHealthCheck,
+        RawHttpFields, RawIntervals, RawRegistry, RawService, RawSuiFields, RawXdp,
     },
 };
+use crate::ranking::StakeWeight;
 
 /// Longest service name.
 const MAX_NAME_LEN: usize = 63;
@@ -241,6 +242,14 @@ impl Checker {
             Some(raw) => self.chain(raw).map(Some),
         };
 
+        let features = match &top.features {
+            None => Some(Features {
+                blockchain_discovery: top.chain.is_some(),
+                ..Features::default()
+            }),
+            Some(raw) => self.features(raw, top.chain.is_some()),
+        };
+
         let Some(services) = &top.services else {
             self.report(
                 raw.referenced,
@@ -260,7 +269,8 @@ impl Checker {
         if top.xdp.is_none() {
             self.check_remote_needs_xdp(&drafts);
         }
-        self.check_discovery_needs(&drafts, top.chain.is_some());
+        let discovery_off = features.as_ref().is_some_and(|f| !f.blockchain_discovery);
+        self.check_discovery_needs(&drafts, top.chain.is_some(), discovery_off);
 
         let services = drafts
             .into_iter()
@@ -277,6 +287,84 @@ impl Checker {
             connection_poll_interval: connection_poll_interval?,
             xdp: xdp?,
             chain: chain?,
+            features: features?,
+        })
+    }
+
+    /// The `features` block; `chain`: whether there is a `chain` block.
+    fn features(&mut self, raw: &Spanned<RawFeatures>, chain: bool) -> Option<Features> {
+        let features = &raw.value;
+        let mut ok = true;
+        let mut flag = |this: &mut Self, field: &Option<Spanned<String>>, name: &str, default| {
+            let path = format!("features.{name}");
+            match field {
+                None => Some((default, None)),
+                Some(value) => this
+                    .boolean(value, &path)
+                    .map(|on| (on, Some(value.referenced))),
+            }
+            .or_else(|| {
+                ok = false;
+                None
+            })
+        };
+        let nautilus = flag(
+            self,
+            &features.nautilus_health_checks,
+            "nautilus_health_checks",
+            false,
+        );
+        let discovery = flag(
+            self,
+            &features.blockchain_discovery,
+            "blockchain_discovery",
+            chain,
+        );
+        let stake = flag(self, &features.stake_validation, "stake_validation", false);
+        let ranking = flag(
+            self,
+            &features.performance_ranking,
+            "performance_ranking",
+            false,
+        );
+        let stake_weight = match &features.stake_weight {
+            None => Some(StakeWeight::default()),
+            Some(raw) => self.parse(raw, "features.stake_weight"),
+        };
+        for (flag, name) in [
+            (nautilus, "nautilus_health_checks"),
+            (stake, "stake_validation"),
+        ] {
+            if let Some((true, Some(location))) = flag {
+                self.report(
+                    location,
+                    &format!("features.{name}"),
+                    "not available yet: this build has no Nautilus attestation check; write false or leave it out"
+                        .to_owned(),
+                );
+                ok = false;
+            }
+        }
+        if let Some((true, Some(location))) = discovery
+            && !chain
+        {
+            self.report(
+                location,
+                "features.blockchain_discovery",
+                "needs the top-level `chain` block (the Sui full node and registry to read)"
+                    .to_owned(),
+            );
+            ok = false;
+        }
+        if !ok {
+            return None;
+        }
+        Some(Features {
+            nautilus_health_checks: false,
+            blockchain_discovery: discovery?.0,
+            stake_validation: false,
+            performance_ranking: ranking?.0,
+            stake_weight: stake_weight?,
         })
     }
 
@@ -584,15 +672,24 @@ impl Checker {
 
     /// `discovery` and `kind: sui_sync` need the `chain` block; `sui_sync`
     /// needs `discovery` (it checks each discovered node's own full node).
-    fn check_discovery_needs(&mut self, drafts: &[ServiceDraft], chain: bool) {
+    fn check_discovery_needs(&mut self, drafts: &[ServiceDraft], chain: bool, off: bool) {
         for draft in drafts {
-            if !chain && let Some(location) = draft.discovery_at {
-                self.report(
-                    location,
-                    &format!("{}.discovery", draft.path),
-                    "`discovery` needs the top-level `chain` block (the Sui full node and registry to read)"
-                        .to_owned(),
-                );
+            if let Some(location) = draft.discovery_at {
+                if !chain {
+                    self.report(
+                        location,
+                        &format!("{}.discovery", draft.path),
+                        "`discovery` needs the top-level `chain` block (the Sui full node and registry to read)"
+                            .to_owned(),
+                    );
+                } else if off {
+                    self.report(
+                        location,
+                        &format!("{}.discovery", draft.path),
+                        "`discovery` needs features.blockchain_discovery, which is false"
+                            .to_owned(),
+                    );
+                }
             }
             for (path, location) in &draft.sui_sync_kinds {
                 if !chain {

@@ -257,12 +257,12 @@ impl Controller {
                         service_config.remote,
                     )
             });
-            let mut table = (Vec::new(), Vec::new());
+            let mut table = (Vec::new(), Vec::new(), Vec::new());
             let (mut machine, mut servers, selection, effects) = if let Some(p) = previous {
                 let mut machine = p.machine;
                 let mut effects = machine.set_servers(&service_config.servers, now);
                 effects.merge(machine.set_default(service_config.default_server, now));
-                table = (p.table, p.table_members);
+                table = (p.table, p.table_members, p.table_weights);
                 (machine, p.servers, p.selection, effects)
             } else {
                 let machine = ServiceMachine::new(
@@ -277,6 +277,7 @@ impl Controller {
                 (machine, HashMap::new(), selection, Effects::default())
             };
             machine.set_exclusive(service_config.policy == Policy::Failover);
+            machine.set_ranking(config.features.performance_ranking);
             // Server runtimes: keep the known ones, start checks for new ones.
             let mut kept = HashMap::with_capacity(spec.backends.len());
             for (&address, &backend_id) in spec.backends.iter().zip(&plan.backend_ids[index]) {
@@ -313,6 +314,7 @@ impl Controller {
                 selection,
                 table: table.0,
                 table_members: table.1,
+                table_weights: table.2,
             });
             pending.push((effects, fresh, entry_changed));
         }

@@ -1,7 +1,8 @@
 //! `policy: spread`: keeps each spread service's Maglev table in the kernel's
 //! `maglev` map in line with the servers that may take new connections
-//! (listed and healthy, preferred or active; weight 1 until performance
-//! ranking supplies weights).
+//! (listed and healthy, preferred or active). Each has weight 1, or with
+//! `features.performance_ranking` its score's share of the best
+//! ([`ranking::maglev_weights`]).
 //!
 //! The table is rebuilt only when that set changes, from the table the
 //! kernel holds (so a removed server's slots are the only ones that move),
@@ -22,7 +23,8 @@ use crate::{
     config::Policy,
     dataplane::Dataplane,
     maglev::{self, MaglevBackend},
-    state_machine::ServerState,
+    ranking,
+    state_machine::{ServerState, ServiceMachine},
 };
 
 /// The servers that get slots, as `(backend id, address)`, sorted.
@@ -47,6 +49,19 @@ fn members(service: &ServiceRuntime) -> Vec<(u32, SocketAddr)> {
         .collect();
     members.sort_unstable();
     members
+}
+
+/// The Maglev weights of `members` (same order): 1 each, or from their
+/// scores while ranking is on.
+fn weights(machine: &ServiceMachine, members: &[(u32, SocketAddr)]) -> Vec<u32> {
+    if !machine.ranking() {
+        return vec![1; members.len()];
+    }
+    let scores: Vec<Option<u64>> = members
+        .iter()
+        .map(|&(_, address)| machine.server(address).and_then(|s| s.score))
+        .collect();
+    ranking::maglev_weights(&scores)
 }
 
 /// The `services` entry of a service whose new connections go to
@@ -82,14 +97,18 @@ pub(super) fn sync(dataplane: &mut Dataplane, service: &mut ServiceRuntime) -> b
         let old = std::mem::take(&mut service.table);
         remove_slots(dataplane, service.id, 0..old.len(), &name);
         service.table_members.clear();
+        service.table_weights.clear();
         return true;
     }
     let size = service.config.maglev_table_size as usize;
     let members = members(service);
+    let weights = weights(&service.machine, &members);
     // Unchanged, unless a table adopted after a restart (whose servers are
     // still unchecked, so `members` is empty) names a server that failed or
     // is gone: stop using it.
-    let unchanged = members == service.table_members && service.table.len() == size;
+    let unchanged = members == service.table_members
+        && weights == service.table_weights
+        && service.table.len() == size;
     if unchanged && (!members.is_empty() || !has_unusable(service)) {
         return false;
     }
@@ -98,10 +117,11 @@ pub(super) fn sync(dataplane: &mut Dataplane, service: &mut ServiceRuntime) -> b
     } else {
         let backends: Vec<MaglevBackend> = members
             .iter()
-            .map(|&(id, address)| MaglevBackend {
+            .zip(&weights)
+            .map(|(&(id, address), &weight)| MaglevBackend {
                 id,
                 key: address.to_string().into_bytes(),
-                weight: 1,
+                weight,
             })
             .collect();
         let previous = (service.table.len() == size).then_some(service.table.as_slice());
@@ -144,12 +164,24 @@ pub(super) fn sync(dataplane: &mut Dataplane, service: &mut ServiceRuntime) -> b
         // Unknown kernel content: write everything on the next change.
         service.table.clear();
         service.table_members.clear();
+        service.table_weights.clear();
         return written > 0;
     }
-    let servers: Vec<String> = members.iter().map(|(_, a)| a.to_string()).collect();
+    let servers: Vec<String> = members
+        .iter()
+        .zip(&weights)
+        .map(|((_, a), w)| {
+            if service.machine.ranking() {
+                format!("{a}*{w}")
+            } else {
+                a.to_string()
+            }
+        })
+        .collect();
     info!(service = %name, servers = servers.join(","), slots_written = written, "Maglev table updated");
     service.table = table;
     service.table_members = members;
+    service.table_weights = weights;
     written > 0
 }
 
@@ -199,4 +231,29 @@ pub(super) fn slot_counts(table: &[u32]) -> HashMap<u32, u32> {
         *counts.entry(id).or_insert(0) += 1;
     }
     counts
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    fn addr(last: u8) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, last], 443))
+    }
+
+    #[test]
+    fn weights_follow_scores_only_while_ranking_is_on() {
+        let servers = [addr(1), addr(2), addr(3)];
+        let members: Vec<(u32, SocketAddr)> = (1..).zip(servers).collect();
+        let mut machine = ServiceMachine::new(&servers, None, Instant::now());
+        machine.set_score(addr(1), Some(800));
+        machine.set_score(addr(2), Some(200));
+        assert_eq!(weights(&machine, &members), [1, 1, 1]);
+        machine.set_ranking(true);
+        assert_eq!(weights(&machine, &members), [100, 25, 1]);
+        machine.set_score(addr(3), Some(1_600));
+        assert_eq!(weights(&machine, &members), [50, 13, 100]);
+    }
 }

@@ -1,0 +1,292 @@
+//! A fake Nautilus enclave for tests and the demo: an HTTP/1.1 JSON server
+//! on `127.0.0.1:<ephemeral>` with a freshly generated Ed25519 key, serving
+//! the two routes the controller uses like the Nautilus reference server:
+//!
+//! - `GET /health_check` → `{"pk":"<64 hex>","endpoints_status":{}}`;
+//! - `POST /process_data` with `{"payload":{"node":"0x…"}}` → a
+//!   [`SignedResponse`](super::attestation::SignedResponse) of a
+//!   [`PerformanceAttestation`] about that node.
+//!
+//! Switches simulate what the verifier must refuse: another key (restarted
+//! enclave, or signatures that do not match the reported key), an old
+//! timestamp, another intent scope, another node, an HTTP 400
+//! `{"error":…}`, slow answers. Scores and stake can change at any time.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use anyhow::Context as _;
+use axum::{
+    Json, Router,
+    extract::State as AxumState,
+    http::StatusCode,
+    response::{IntoResponse as _, Response},
+    routing::{get, post},
+};
+use ed25519_dalek::SigningKey;
+use serde::Serialize;
+use sui_sdk_types::Address;
+use tokio::{sync::oneshot, task::JoinHandle};
+
+use super::attestation::{
+    IntentMessage, NodeQuery, PROCESS_DATA_INTENT, PerformanceAttestation, ProcessDataRequest, sign,
+};
+
+/// What the fake attests (besides the node and times).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FakeScores {
+    /// Performance, basis points.
+    pub performance_score: u64,
+    /// Reputation, basis points.
+    pub reputation_score: u64,
+    /// The attested stake, MIST.
+    pub stake_amount: u64,
+    /// `valid_until_ms` = signing time + this.
+    pub valid_for: Duration,
+}
+
+impl Default for FakeScores {
+    fn default() -> Self {
+        Self {
+            performance_score: 9_000,
+            reputation_score: 9_000,
+            stake_amount: 0,
+            valid_for: Duration::from_mins(1),
+        }
+    }
+}
+
+/// Requests the fake has served.
+#[derive(Debug, Default)]
+pub struct FakeEnclaveCalls {
+    /// `GET /health_check`.
+    pub health_check: AtomicU64,
+    /// `POST /process_data`.
+    pub process_data: AtomicU64,
+}
+
+struct Knobs {
+    scores: FakeScores,
+    /// Reports and signs with this key instead (a re-keyed enclave).
+    other_key: Option<SigningKey>,
+    /// Reports the real key but signs with this one.
+    bad_signing_key: Option<SigningKey>,
+    age: Duration,
+    intent: u8,
+    node: Option<Address>,
+    error: Option<String>,
+    delay: Duration,
+}
+
+struct Shared {
+    key: SigningKey,
+    knobs: Mutex<Knobs>,
+    calls: FakeEnclaveCalls,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Knobs> {
+        self.knobs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A running fake enclave; stops when dropped.
+pub struct FakeEnclave {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: JoinHandle<()>,
+}
+
+/// A new random Ed25519 key (OS randomness).
+pub fn generate_key() -> anyhow::Result<SigningKey> {
+    let mut seed = [0; 32];
+    getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("OS randomness: {e}"))?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+impl FakeEnclave {
+    /// Starts a fake enclave with a generated key on `127.0.0.1:0`.
+    pub async fn start() -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("fake enclave: binding 127.0.0.1:0")?;
+        let addr = listener
+            .local_addr()
+            .context("fake enclave: local address")?;
+        let shared = Arc::new(Shared {
+            key: generate_key()?,
+            knobs: Mutex::new(Knobs {
+                scores: FakeScores::default(),
+                other_key: None,
+                bad_signing_key: None,
+                age: Duration::ZERO,
+                intent: PROCESS_DATA_INTENT,
+                node: None,
+                error: None,
+                delay: Duration::ZERO,
+            }),
+            calls: FakeEnclaveCalls::default(),
+        });
+        let app = Router::new()
+            .route("/health_check", get(health_check))
+            .route("/process_data", post(process_data))
+            .with_state(Arc::clone(&shared));
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stop.await;
+                })
+                .await
+            {
+                tracing::warn!(error = %e, "fake enclave stopped");
+            }
+        });
+        Ok(Self {
+            shared,
+            addr,
+            shutdown: Some(shutdown),
+            server,
+        })
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The enclave's (registered) public key, to publish in `Enclave<T>.pk`.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.shared.key.verifying_key().to_bytes()
+    }
+
+    /// The requests served so far.
+    pub fn calls(&self) -> &FakeEnclaveCalls {
+        &self.shared.calls
+    }
+
+    /// What it attests from now on.
+    pub fn set_scores(&self, scores: FakeScores) {
+        self.shared.lock().scores = scores;
+    }
+
+    /// While on, reports and signs with another generated key (an enclave
+    /// restarted with a key that is not registered).
+    pub fn set_wrong_key(&self, on: bool) -> anyhow::Result<()> {
+        self.shared.lock().other_key = if on { Some(generate_key()?) } else { None };
+        Ok(())
+    }
+
+    /// While on, reports the registered key but signs with another one.
+    pub fn set_bad_signature(&self, on: bool) -> anyhow::Result<()> {
+        self.shared.lock().bad_signing_key = if on { Some(generate_key()?) } else { None };
+        Ok(())
+    }
+
+    /// Timestamps are `age` in the past (0: now).
+    pub fn set_age(&self, age: Duration) {
+        self.shared.lock().age = age;
+    }
+
+    /// The intent scope of the responses (0 by default).
+    pub fn set_intent(&self, intent: u8) {
+        self.shared.lock().intent = intent;
+    }
+
+    /// Attests `node` whatever was asked (`None`: the node asked about).
+    pub fn set_node(&self, node: Option<Address>) {
+        self.shared.lock().node = node;
+    }
+
+    /// While set, `/process_data` answers HTTP 400 `{"error": message}`.
+    pub fn set_error(&self, message: Option<String>) {
+        self.shared.lock().error = message;
+    }
+
+    /// Every answer is delayed by `delay`.
+    pub fn set_delay(&self, delay: Duration) {
+        self.shared.lock().delay = delay;
+    }
+}
+
+impl Drop for FakeEnclave {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        self.server.abort();
+    }
+}
+
+#[derive(Serialize)]
+struct HealthCheck {
+    pk: String,
+    endpoints_status: HashMap<String, bool>,
+}
+
+async fn health_check(AxumState(shared): AxumState<Arc<Shared>>) -> Json<HealthCheck> {
+    shared.calls.health_check.fetch_add(1, Ordering::Relaxed);
+    let (delay, pk) = {
+        let knobs = shared.lock();
+        let key = knobs.other_key.as_ref().unwrap_or(&shared.key);
+        (knobs.delay, hex::encode(key.verifying_key().to_bytes()))
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    Json(HealthCheck {
+        pk,
+        endpoints_status: HashMap::new(),
+    })
+}
+
+fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+async fn process_data(
+    AxumState(shared): AxumState<Arc<Shared>>,
+    Json(request): Json<ProcessDataRequest<NodeQuery>>,
+) -> Response {
+    shared.calls.process_data.fetch_add(1, Ordering::Relaxed);
+    let delay = shared.lock().delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let knobs = shared.lock();
+    if let Some(error) = &knobs.error {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({ "error": error })),
+        )
+            .into_response();
+    }
+    let now = SystemTime::now();
+    let signed_at = now.checked_sub(knobs.age).unwrap_or(SystemTime::UNIX_EPOCH);
+    let message = IntentMessage {
+        intent: knobs.intent,
+        timestamp_ms: unix_ms(signed_at),
+        data: PerformanceAttestation {
+            node: knobs.node.unwrap_or(request.payload.node),
+            performance_score: knobs.scores.performance_score,
+            reputation_score: knobs.scores.reputation_score,
+            stake_amount: knobs.scores.stake_amount,
+            valid_until_ms: unix_ms(now + knobs.scores.valid_for),
+        },
+    };
+    let key = knobs
+        .bad_signing_key
+        .as_ref()
+        .or(knobs.other_key.as_ref())
+        .unwrap_or(&shared.key);
+    Json(sign(message, key)).into_response()
+}
