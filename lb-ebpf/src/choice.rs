@@ -7,19 +7,20 @@ use lb_common::{MaglevKey, NO_BACKEND, SERVICE_SPREAD, Service};
 
 use crate::maps::MAGLEV;
 
-/// The backend for `hash`: with [`SERVICE_SPREAD`] the slot
-/// `hash % table_size` of the service's table (the selected backend while
-/// that slot is empty), otherwise the selected backend.
+/// The backend for a new connection: with [`SERVICE_SPREAD`] the slot
+/// `hash() % table_size` of the service's table (the selected backend while
+/// that slot is empty), otherwise the selected backend (and `hash` is never
+/// computed).
 #[expect(
     clippy::inline_always,
     reason = "one flat program per hook keeps verifier state small and avoids BPF-to-BPF calls"
 )]
 #[inline(always)]
-pub(crate) fn pick(service: &Service, hash: u64) -> u32 {
+pub(crate) fn pick(service: &Service, hash: impl FnOnce() -> u64) -> u32 {
     if service.flags & SERVICE_SPREAD == 0 {
         return service.backend_id;
     }
-    let Some(slot) = hash.checked_rem(u64::from(service.table_size)) else {
+    let Some(slot) = hash().checked_rem(u64::from(service.table_size)) else {
         return service.backend_id;
     };
     let key = MaglevKey {

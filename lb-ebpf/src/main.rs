@@ -128,7 +128,7 @@ fn forward(ctx: &SockAddrContext, family: u8, call: Call) -> i32 {
     let service = unsafe { service.read() };
     let cookie = ctx::cookie(ctx);
     // The cookie is a counter: `mix64` spreads it over the table.
-    let backend_id = choice::pick(&service, mix64(cookie));
+    let backend_id = choice::pick(&service, || mix64(cookie));
     let backend = if backend_id == NO_BACKEND {
         None
     } else {

@@ -409,7 +409,7 @@ fn forward(ctx: &XdpContext, packet: &Packet) -> Verdict {
         // SAFETY: pointer from a successful lookup, copied at once.
         unsafe { value.read() }
     });
-    let (flow, new_service) = match existing {
+    let (flow, new_flow_hash) = match existing {
         Some(flow) if keeps_backend(&flow, key.family) => (flow, None),
         stale => {
             let vip = VipKey {
@@ -426,7 +426,8 @@ fn forward(ctx: &XdpContext, packet: &Packet) -> Verdict {
             if service.flags & SERVICE_REMOTE == 0 {
                 return pass(xdp_counter::PASS_NOT_VIP);
             }
-            let backend_id = choice::pick(&service, flow_hash(key));
+            let hash = flow_hash(key);
+            let backend_id = choice::pick(&service, || hash);
             match stale {
                 // A failed backend that is still the one to use (fail-open):
                 // the flow keeps its SNAT port instead of being rebuilt.
@@ -448,7 +449,7 @@ fn forward(ctx: &XdpContext, packet: &Packet) -> Verdict {
                         service_id: service.id,
                         flags: 0,
                     };
-                    (flow, Some(service.id))
+                    (flow, Some(hash))
                 }
             }
         }
@@ -465,14 +466,18 @@ fn forward(ctx: &XdpContext, packet: &Packet) -> Verdict {
             return verdict;
         }
     };
-    let flow = match new_service {
+    let flow = match new_flow_hash {
         None => flow,
-        Some(service_id) => match new_flow(key, flow, &config, hop.ifindex) {
+        Some(hash) => match new_flow(key, hash, flow, &config, hop.ifindex) {
             Ok(flow) => flow,
             Err(verdict) => {
                 match verdict.counter {
-                    xdp_counter::DROP_SNAT_PORTS => count_drop(service_id, ServiceDrop::SnatPorts),
-                    xdp_counter::DROP_FLOW_TABLE => count_drop(service_id, ServiceDrop::FlowTable),
+                    xdp_counter::DROP_SNAT_PORTS => {
+                        count_drop(flow.service_id, ServiceDrop::SnatPorts);
+                    }
+                    xdp_counter::DROP_FLOW_TABLE => {
+                        count_drop(flow.service_id, ServiceDrop::FlowTable);
+                    }
                     _ => {}
                 }
                 return verdict;
@@ -480,7 +485,7 @@ fn forward(ctx: &XdpContext, packet: &Packet) -> Verdict {
         },
     };
     rewrite(ctx, packet, &flow, &hop);
-    count_forwarded(&flow, packet.frame_len, new_service.is_some());
+    count_forwarded(&flow, packet.frame_len, new_flow_hash.is_some());
     let ingress = ctx.ingress_ifindex() as u32;
     if hop.ifindex == ingress {
         return Verdict {
@@ -497,7 +502,8 @@ fn forward(ctx: &XdpContext, packet: &Packet) -> Verdict {
     }
 }
 
-/// Chooses the SNAT address and port of a new flow and stores both
+/// Chooses the SNAT address and port of a new flow (`hash` is its
+/// [`flow_hash`], which also picked the backend) and stores both
 /// directions in `flows`.
 #[expect(
     clippy::inline_always,
@@ -506,6 +512,7 @@ fn forward(ctx: &XdpContext, packet: &Packet) -> Verdict {
 #[inline(always)]
 fn new_flow(
     key: &FlowKey,
+    hash: u64,
     mut flow: FlowValue,
     config: &XdpConfig,
     egress: u32,
@@ -543,7 +550,6 @@ fn new_flow(
         service_id: flow.service_id,
         flags: FLOW_REPLY,
     };
-    let hash = flow_hash(key);
     let mut reply_key = FlowKey {
         src: flow.dst,
         dst: flow.src,
@@ -585,20 +591,8 @@ fn new_flow(
 #[inline(always)]
 fn rewrite(ctx: &XdpContext, packet: &Packet, flow: &FlowValue, hop: &Hop) {
     let key = &packet.key;
-    let old_ports = [key.src_port.to_be_bytes(), key.dst_port.to_be_bytes()];
-    let new_ports = [flow.src_port.to_be_bytes(), flow.dst_port.to_be_bytes()];
-    let old_ports = [
-        old_ports[0][0],
-        old_ports[0][1],
-        old_ports[1][0],
-        old_ports[1][1],
-    ];
-    let new_ports = [
-        new_ports[0][0],
-        new_ports[0][1],
-        new_ports[1][0],
-        new_ports[1][1],
-    ];
+    let old_ports = port_bytes(key.src_port, key.dst_port);
+    let new_ports = port_bytes(flow.src_port, flow.dst_port);
     let (l4, check_at) = match (key.family, key.proto) {
         (AF_INET, PROTO_TCP) => (L4_V4, L4_V4 + TCP_CHECK),
         (AF_INET, _) => (L4_V4, L4_V4 + UDP_CHECK),
@@ -649,6 +643,15 @@ fn rewrite(ctx: &XdpContext, packet: &Packet, flow: &FlowValue, hop: &Hop) {
     macs[..6].copy_from_slice(&hop.dmac);
     macs[6..].copy_from_slice(&hop.smac);
     write(ctx, 0, macs);
+}
+
+/// Source and destination port as the 4 bytes they occupy in the header.
+#[expect(clippy::inline_always, reason = "no BPF-to-BPF calls per packet")]
+#[inline(always)]
+const fn port_bytes(src: u16, dst: u16) -> [u8; 4] {
+    let [a, b] = src.to_be_bytes();
+    let [c, d] = dst.to_be_bytes();
+    [a, b, c, d]
 }
 
 /// An IPv4 source and destination as the 8 bytes they occupy in the header.
