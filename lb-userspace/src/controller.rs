@@ -46,9 +46,15 @@ use crate::{
     health::{CheckOutcome, Prober},
     if_addrs,
     metrics::{Counters, DialStatus},
+    nautilus::{
+        attestation::Verified,
+        check::{Attester, system_clock},
+    },
+    ranking::Score,
     state_machine::{Effects, Selection, ServerState, ServiceMachine},
     status::{
-        CheckStatus, RegistryStatus, ServerStatus, ServiceStatus, Status, XdpDrops, XdpStatus,
+        AttestationStatus, CheckStatus, RegistryStatus, ServerStatus, ServiceStatus, Status,
+        XdpDrops, XdpStatus,
     },
 };
 
@@ -58,6 +64,10 @@ struct ServerRuntime {
     /// The [`lb_common::Backend::flags`] last written to its slot.
     backend_flags: u8,
     last_check: Option<(CheckOutcome, SystemTime)>,
+    /// The last attestation a `nautilus` check verified.
+    attestation: Option<Verified>,
+    /// The label of the latest `nautilus` rejection, while it stands.
+    attestation_failure: Option<&'static str>,
     /// The kernel's connect counter at the last poll.
     last_connects: Option<u64>,
     check_task: AbortHandle,
@@ -103,6 +113,9 @@ struct Inner {
     poller: Mutex<Connections>,
     /// Bounds the probes running at once across all services.
     probe_slots: Arc<Semaphore>,
+    /// Runs `nautilus` checks (with `chain.enclave_config` and
+    /// `features.nautilus_health_checks`).
+    attester: Option<Arc<Attester>>,
     runtime: Handle,
 }
 
@@ -131,6 +144,19 @@ impl Controller {
         let connections = Connections::open()?;
         let poller = Connections::open()?;
         let probe_slots = Arc::new(Semaphore::new(config.max_concurrent_checks));
+        let attester = config
+            .chain
+            .as_ref()
+            .filter(|_| config.features.nautilus_health_checks)
+            .and_then(|chain| {
+                let enclave_config = chain.enclave_config?;
+                Some(Arc::new(Attester::new(
+                    &chain.sui_rpc_url,
+                    enclave_config,
+                    config.features.stake_validation,
+                    system_clock(),
+                )))
+            });
         let empty = Config {
             services: Vec::new(),
             ..config.clone()
@@ -149,6 +175,7 @@ impl Controller {
                 }),
                 poller: Mutex::new(poller),
                 probe_slots,
+                attester,
                 runtime: Handle::current(),
             }),
         };
@@ -195,8 +222,50 @@ impl Controller {
                 warn!(service = service_name, server = %address, reason = %outcome.reason, "server fails its checks");
             }
         }
+        if let Some(verdict) = &outcome.attestation {
+            let stake_mist = state
+                .discovery
+                .server(service_name, address)
+                .map_or(0, |node| node.stake);
+            match &verdict.result {
+                Ok(verified) => {
+                    if server.attestation_failure.take().is_some() {
+                        info!(service = service_name, server = %address, "attestation verified again");
+                    }
+                    let score = Score {
+                        performance: verified.attestation.performance_score,
+                        reputation: verified.attestation.reputation_score,
+                        stake_mist,
+                    };
+                    service.machine.set_score(
+                        address,
+                        Some(score.value(state.config.features.stake_weight)),
+                    );
+                    server.attestation = Some(verified.clone());
+                }
+                Err(rejection) => {
+                    let label = rejection.label();
+                    if !verdict.cached {
+                        state
+                            .counters
+                            .attestation_failed(service_name, address, label);
+                        if server.attestation_failure != Some(label) {
+                            warn!(service = service_name, server = %address, reason = label, detail = %rejection, "attestation rejected; the server fails its nautilus check");
+                        }
+                    }
+                    server.attestation_failure = Some(label);
+                    service.machine.set_score(address, None);
+                }
+            }
+        }
         let now = Instant::now();
         let mut effects = service.machine.check(address, outcome.ok, now);
+        // Proof of a forgery fails the server even while it is unchecked.
+        if let Some(Err(rejection)) = outcome.attestation.as_ref().map(|v| &v.result)
+            && rejection.is_forgery()
+        {
+            effects.merge(service.machine.distrust(address, now));
+        }
         if let Some(dial) = outcome.dial {
             let status = if dial.ok {
                 DialStatus::Success
@@ -446,6 +515,13 @@ impl Controller {
                             stake_mist: node.map(|n| n.stake),
                             sui_rpc: node.map(|n| n.sui_rpc.clone()),
                             sync_lag_blocks: last_check.and_then(|(o, _)| o.sync_lag_blocks),
+                            score: entry.score.filter(|_| service.machine.ranking()),
+                            attestation: runtime
+                                .and_then(|r| r.attestation.as_ref())
+                                .map(|v| attestation_status(v, wall)),
+                            attestation_failure: runtime
+                                .and_then(|r| r.attestation_failure)
+                                .map(str::to_owned),
                         }
                     })
                     .collect();
@@ -538,6 +614,26 @@ impl Controller {
             state.dataplane.pin_dir().to_path_buf()
         };
         crate::dataplane::cleanup(&pin_dir)
+    }
+}
+
+/// How status shows a verified attestation at `now`.
+fn attestation_status(verified: &Verified, now: SystemTime) -> AttestationStatus {
+    let now_ms = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let attestation = &verified.attestation;
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "an age in ms shown as fractional seconds"
+    )]
+    let age_seconds = now_ms.saturating_sub(verified.timestamp_ms) as f64 / 1000.0;
+    AttestationStatus {
+        performance_score: attestation.performance_score,
+        reputation_score: attestation.reputation_score,
+        stake_mist: attestation.stake_amount,
+        timestamp_ms: verified.timestamp_ms,
+        age_seconds,
     }
 }
 

@@ -9,6 +9,16 @@
 //! come from that registry: three nodes at start, a fourth registered by an
 //! event [`NEWCOMER_AFTER`] later, the chain advancing one checkpoint a
 //! second so `sui_sync` sees a live full node.
+//!
+//! Every demo node has its own fake Nautilus enclave ([`FakeEnclave`] on
+//! `127.0.0.1:<ephemeral>`), registered on the fake chain as an `Enclave`
+//! object current under the demo's `EnclaveConfig` (`chain.enclave_config`),
+//! and named in the node's registry entry (`nautilus_url`, `enclave_id`).
+//! `demo-sui` checks `tcp`, `sui_sync` and `nautilus`, with
+//! `features.performance_ranking`: the enclaves attest different scores, so
+//! `daas-lb status` shows each server's attestation and score, and node-1's
+//! performance drops to [`DRIFT_PERFORMANCE`] every other [`DRIFT_EVERY`]
+//! so the best-ranked node changes while the demo runs.
 
 use std::{
     fmt::Write as _,
@@ -27,9 +37,14 @@ use tokio::{
 use tracing::{debug, info};
 
 use crate::{
-    chain::{fake_node::FakeChain, registry::Node},
-    config::{
-        CheckSpec, Config, Features, HealthCheckConfig, Intervals, Policy, Protocol, ServiceConfig,
+    chain::{
+        fake_node::FakeChain,
+        registry::{Node, Uid},
+    },
+    config::{CheckSpec, Config, HealthCheckConfig, Intervals, Policy, Protocol, ServiceConfig},
+    nautilus::{
+        enclave::{Enclave, EnclaveConfig, Pcrs, enclave_config_type, enclave_type},
+        fake_enclave::{FakeEnclave, FakeScores},
     },
 };
 
@@ -49,14 +64,26 @@ const SUI: u64 = 1_000_000_000;
 const MIN_STAKE_MIST: u64 = SUI;
 /// How long after the start the fourth node registers.
 pub const NEWCOMER_AFTER: Duration = Duration::from_secs(5);
+/// The Move app (`module::OTW`) of the demo's enclaves, in the demo's
+/// enclave package.
+const DEMO_APP: &str = "perf::PERF";
+/// node-1's enclave switches between its performance score and
+/// [`DRIFT_PERFORMANCE`] this often.
+pub const DRIFT_EVERY: Duration = Duration::from_secs(10);
+/// node-1's performance score (basis points) every other [`DRIFT_EVERY`]:
+/// low enough for node-2 to outrank it.
+pub const DRIFT_PERFORMANCE: u64 = 4_000;
 
-/// One node of the demo registry: its loopback address, its stake, and
-/// whether it registers at start or [`NEWCOMER_AFTER`] later.
+/// One node of the demo registry: its loopback address, its stake, whether
+/// it registers at start or [`NEWCOMER_AFTER`] later, and what its enclave
+/// attests (basis points).
 struct DemoNode {
     name: &'static str,
     ip: Ipv4Addr,
     stake: u64,
     at_start: bool,
+    performance: u64,
+    reputation: u64,
 }
 
 /// The demo registry: three nodes above the minimum stake at start, one
@@ -67,24 +94,32 @@ const DEMO_NODES: [DemoNode; 4] = [
         ip: Ipv4Addr::new(127, 0, 0, 2),
         stake: 3 * SUI,
         at_start: true,
+        performance: 9_500,
+        reputation: 9_000,
     },
     DemoNode {
         name: "node-2",
         ip: Ipv4Addr::new(127, 0, 0, 3),
         stake: 2 * SUI,
         at_start: true,
+        performance: 7_000,
+        reputation: 8_000,
     },
     DemoNode {
         name: "node-low-stake",
         ip: Ipv4Addr::new(127, 0, 0, 5),
         stake: SUI / 2,
         at_start: true,
+        performance: 6_000,
+        reputation: 6_000,
     },
     DemoNode {
         name: "node-3",
         ip: Ipv4Addr::new(127, 0, 0, 4),
         stake: 3 * SUI / 2,
         at_start: false,
+        performance: 5_000,
+        reputation: 9_000,
     },
 ];
 
@@ -159,54 +194,149 @@ pub async fn start(base: Config, tasks: &mut JoinSet<()>) -> anyhow::Result<Conf
         services,
         data_dir: DATA_DIR.into(),
         chain: chain_part.chain,
-        // The demo's discovery service needs the gate its `chain` block implies.
-        features: Features {
-            blockchain_discovery: true,
-            ..base.features
-        },
+        // The features parsed with the `chain` block: the gates it implies
+        // (discovery, Nautilus checks, stake validation) and the ranking.
+        features: chain_part.features,
         ..base
     })
 }
 
-/// Starts the nodes' backends and the fake full node (on this runtime,
-/// `127.0.0.1:0`), registers the nodes due at start, and spawns the task
-/// that advances the chain every second and registers the newcomer.
-/// Returns the `chain` block and the `demo-sui` service, parsed from YAML
-/// like a config file.
+/// Starts the nodes' backends, the fake full node (on this runtime,
+/// `127.0.0.1:0`) and the nodes' fake enclaves ([`publish_nodes`]), and
+/// spawns the task that advances the chain every second, registers the
+/// newcomer and makes node-1's score drift (it owns the fake enclaves).
+/// Returns the `chain` block, the features and the `demo-sui` service,
+/// parsed from YAML like a config file.
 async fn start_chain(tasks: &mut JoinSet<()>) -> anyhow::Result<Config> {
     let port = spawn_node_backends(tasks).await?;
     let chain = FakeChain::start(DEMO_CHAIN_ID)
         .await
         .context("starting the demo's fake Sui full node")?;
-    let url = chain.url();
-    let registry = chain.registry();
-    let node = |index: usize, spec: &DemoNode| {
-        let key = demo_address(0xd0, index);
-        let info = Node {
-            operator: demo_address(0x0e, index),
-            endpoint: spec.ip.to_string(),
-            stake: spec.stake,
-            sui_rpc: url.clone(),
-            nautilus_url: String::new(),
-            enclave_id: Address::ZERO,
-        };
-        (key, info)
-    };
+    let DemoNodes {
+        enclave_config,
+        enclaves,
+        mut newcomers,
+    } = publish_nodes(&chain).await?;
+    let config = Config::from_yaml(&chain_yaml(&chain, enclave_config, port), "<demo>")?;
+    tasks.spawn(async move {
+        let started = tokio::time::Instant::now();
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut drifted = false;
+        loop {
+            ticker.tick().await;
+            let elapsed = started.elapsed();
+            if elapsed >= NEWCOMER_AFTER {
+                for (name, key, info) in newcomers.drain(..) {
+                    let checkpoint = chain.register(key, info);
+                    info!(node = name, %key, checkpoint, "demo chain: NodeRegistered");
+                }
+            }
+            let drift = (elapsed.as_secs() / DRIFT_EVERY.as_secs()) % 2 == 1;
+            if drift != drifted {
+                drifted = drift;
+                let (spec, enclave) = (&DEMO_NODES[0], &enclaves[0]);
+                let performance = if drift {
+                    DRIFT_PERFORMANCE
+                } else {
+                    spec.performance
+                };
+                enclave.set_scores(scores(spec, performance));
+                info!(
+                    node = spec.name,
+                    performance, "demo enclave: performance score changed"
+                );
+            }
+            chain.tick();
+        }
+    });
+    Ok(config)
+}
+
+/// What [`publish_nodes`] set up.
+struct DemoNodes {
+    /// The `EnclaveConfig` object the nodes' enclaves are registered under.
+    enclave_config: Address,
+    /// One per [`DEMO_NODES`] entry, in order; they stop when dropped.
+    enclaves: Vec<FakeEnclave>,
+    /// The nodes to register [`NEWCOMER_AFTER`] the start: name, registry
+    /// key, entry.
+    newcomers: Vec<(&'static str, Address, Node)>,
+}
+
+/// Starts one fake enclave per demo node, publishes the demo's
+/// `EnclaveConfig` (version 0, zero PCRs) and every node's `Enclave`
+/// (the fake's key, current under that config) on `chain`, and registers
+/// the nodes due at start with their `nautilus_url` and `enclave_id`.
+async fn publish_nodes(chain: &FakeChain) -> anyhow::Result<DemoNodes> {
+    let enclave_package = demo_address(0xe0, 0);
+    let enclave_config = demo_address(0xec, 0);
+    chain.put_object(
+        enclave_config,
+        enclave_config_type(enclave_package, DEMO_APP),
+        bcs::to_bytes(&EnclaveConfig {
+            id: Uid(enclave_config),
+            name: "daas-lb demo".to_owned(),
+            pcrs: Pcrs(vec![0; 48], vec![0; 48], vec![0; 48]),
+            capability_id: demo_address(0xca, 0),
+            version: 0,
+        })?,
+    );
+    let mut enclaves = Vec::new();
     let mut newcomers = Vec::new();
     for (index, spec) in DEMO_NODES.iter().enumerate() {
-        let (key, info) = node(index, spec);
+        let enclave = FakeEnclave::start()
+            .await
+            .with_context(|| format!("starting the fake enclave of {}", spec.name))?;
+        enclave.set_scores(scores(spec, spec.performance));
+        let operator = demo_address(0x0e, index);
+        let enclave_id = demo_address(0xe1, index);
+        chain.put_object(
+            enclave_id,
+            enclave_type(enclave_package, DEMO_APP),
+            bcs::to_bytes(&Enclave {
+                id: Uid(enclave_id),
+                pk: enclave.public_key().to_vec(),
+                config_version: 0,
+                owner: operator,
+            })?,
+        );
+        let key = demo_address(0xd0, index);
+        let info = Node {
+            operator,
+            endpoint: spec.ip.to_string(),
+            stake: spec.stake,
+            sui_rpc: chain.url(),
+            nautilus_url: enclave.url(),
+            enclave_id,
+        };
         if spec.at_start {
             chain.register(key, info);
         } else {
             newcomers.push((spec.name, key, info));
         }
+        enclaves.push(enclave);
     }
-    let yaml = format!(
+    Ok(DemoNodes {
+        enclave_config,
+        enclaves,
+        newcomers,
+    })
+}
+
+/// The demo's `chain` block, features and `demo-sui` service (servers from
+/// `chain`'s registry at `port`) as a config file.
+fn chain_yaml(chain: &FakeChain, enclave_config: Address, port: u16) -> String {
+    let registry = chain.registry();
+    format!(
         "chain:
   sui_rpc_url: \"{url}\"
   registry: {{ package: \"{package}\", module: {module}, object: \"{object}\" }}
   min_stake_mist: {MIN_STAKE_MIST}
   discovery_interval: 1m
+  enclave_config: \"{enclave_config}\"
+features:
+  performance_ranking: true
 services:
   - name: demo-sui
     vip: 127.0.0.1:{SUI_DEMO_PORT}
@@ -214,31 +344,29 @@ services:
     discovery: {{ source: sui, port: {port} }}
     health_check:
       kind: all
-      checks: [{{ kind: tcp }}, {{ kind: sui_sync, max_response_time: 500ms }}]
+      checks:
+        - {{ kind: tcp }}
+        - {{ kind: sui_sync, max_response_time: 500ms }}
+        - {{ kind: nautilus, cache_ttl: 2s, max_age: 1m }}
       interval: 1s
       timeout: 1s
 ",
+        url = chain.url(),
         package = registry.package,
         module = registry.module,
         object = registry.object,
-    );
-    let config = Config::from_yaml(&yaml, "<demo>")?;
-    tasks.spawn(async move {
-        let started = tokio::time::Instant::now();
-        let mut ticker = tokio::time::interval(Duration::from_secs(1));
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
-            if started.elapsed() >= NEWCOMER_AFTER {
-                for (name, key, info) in newcomers.drain(..) {
-                    let checkpoint = chain.register(key, info);
-                    info!(node = name, %key, checkpoint, "demo chain: NodeRegistered");
-                }
-            }
-            chain.tick();
-        }
-    });
-    Ok(config)
+    )
+}
+
+/// What `spec`'s enclave attests: `performance`, its reputation, and its
+/// registry stake (never more than the chain holds).
+fn scores(spec: &DemoNode, performance: u64) -> FakeScores {
+    FakeScores {
+        performance_score: performance,
+        reputation_score: spec.reputation,
+        stake_amount: spec.stake,
+        ..FakeScores::default()
+    }
 }
 
 /// A demo registry address: `prefix` repeated, the node's index last.
@@ -423,6 +551,22 @@ pub fn instructions(config: &Config, pin_dir: &Path, cgroup: &Path, binary: &str
             chain.registry.object,
             NEWCOMER_AFTER.as_secs()
         );
+        let attested = DEMO_NODES
+            .iter()
+            .map(|n| format!("{} {}/{}", n.name, n.performance, n.reputation))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = writeln!(
+            out,
+            "Each node has a fake Nautilus enclave registered under EnclaveConfig {}; they attest\n\
+             \x20 performance/reputation {attested} (basis points); node-1's performance\n\
+             \x20 drops to {DRIFT_PERFORMANCE} every other {}s. demo-sui checks the attestations and ranks its\n\
+             \x20 servers by score (features.performance_ranking): watch `status` follow the drift.",
+            chain
+                .enclave_config
+                .map_or_else(|| "-".to_owned(), |id| id.to_string()),
+            DRIFT_EVERY.as_secs()
+        );
     }
     let api = config.api_addr;
     let metrics = config.metrics_addr;
@@ -440,9 +584,11 @@ pub fn instructions(config: &Config, pin_dir: &Path, cgroup: &Path, binary: &str
          \x20 echo hi | nc -u -w1 127.0.0.1 {DEMO_PORT}         # UDP: the reply comes from the VIP\n\
          \x20 curl -s -g 'http://[::1]:{DEMO_PORT}/'            # IPv6 VIP\n\
          \x20 {binary} status --api {api}               # states, time in state, connections, last check;\n\
-         \x20                                              # the registry line, demo-sui's nodes with their stake\n\
+         \x20                                              # the registry line, demo-sui's nodes with their stake,\n\
+         \x20                                              # attested perf/rep and ranking score\n\
          \x20 curl -s http://127.0.0.1:{SUI_DEMO_PORT}/            # demo-sui: answered by a node from the registry\n\
          \x20 curl -s http://{metrics}/metrics | grep -E 'registry|stake|sync_lag'   # discovery metrics\n\
+         \x20 curl -s http://{metrics}/metrics | grep -E 'nautilus|attestation|score' # attestation metrics\n\
          \x20 {binary} set-servers --api {api} demo-tcp {second}   # replace the list at runtime\n\
          \x20 curl -s http://{api}/status\n\
          \x20 curl -s http://{metrics}/metrics\n\
@@ -455,4 +601,107 @@ pub fn instructions(config: &Config, pin_dir: &Path, cgroup: &Path, binary: &str
         cgroup.display()
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nautilus::check::{Attester, NodeEnclave, system_clock};
+
+    #[tokio::test]
+    async fn demo_nodes_attest_through_their_on_chain_enclaves() {
+        let chain = FakeChain::start("demo-test").await.unwrap();
+        let demo = publish_nodes(&chain).await.unwrap();
+        assert_eq!(demo.enclaves.len(), DEMO_NODES.len());
+        assert_eq!(demo.newcomers.len(), 1);
+        let (_, key, info) = demo.newcomers[0].clone();
+        chain.register(key, info);
+        let registered = chain.nodes();
+        assert_eq!(registered.len(), DEMO_NODES.len());
+        let attester = Attester::new(&chain.url(), demo.enclave_config, true, system_clock());
+        let check = crate::config::NautilusCheck {
+            cache_ttl: Duration::ZERO,
+            ..crate::config::NautilusCheck::DEFAULT
+        };
+        let node_enclave = |node: &Address, info: &Node| NodeEnclave {
+            node: *node,
+            nautilus_url: info.nautilus_url.clone(),
+            enclave_id: info.enclave_id,
+            stake_mist: info.stake,
+        };
+        for (node, info) in &registered {
+            let spec = DEMO_NODES
+                .iter()
+                .find(|spec| spec.ip.to_string() == info.endpoint)
+                .unwrap();
+            let verdict = attester
+                .check(&check, &node_enclave(node, info), Duration::from_secs(5))
+                .await;
+            let verified = verdict
+                .result
+                .unwrap_or_else(|e| panic!("{}: {e}", spec.name));
+            assert_eq!(verified.attestation.node, *node);
+            assert_eq!(verified.attestation.performance_score, spec.performance);
+            assert_eq!(verified.attestation.reputation_score, spec.reputation);
+            assert!(verified.attestation.stake_amount <= info.stake);
+        }
+
+        // The drift: node-1's enclave attests less, and node-2 outranks it.
+        demo.enclaves[0].set_scores(scores(&DEMO_NODES[0], DRIFT_PERFORMANCE));
+        let (node_1, info_1) = registered
+            .iter()
+            .find(|(_, info)| info.endpoint == "127.0.0.2")
+            .unwrap();
+        let verified = attester
+            .check(
+                &check,
+                &node_enclave(node_1, info_1),
+                Duration::from_secs(5),
+            )
+            .await
+            .result
+            .unwrap();
+        assert_eq!(verified.attestation.performance_score, DRIFT_PERFORMANCE);
+        let value = |spec: &DemoNode, performance| {
+            crate::ranking::Score {
+                performance,
+                reputation: spec.reputation,
+                stake_mist: spec.stake,
+            }
+            .value(crate::ranking::StakeWeight::default())
+        };
+        let [node_1, node_2, _, node_3] = &DEMO_NODES;
+        assert!(value(node_1, node_1.performance) > value(node_2, node_2.performance));
+        assert!(value(node_2, node_2.performance) > value(node_3, node_3.performance));
+        assert!(value(node_1, DRIFT_PERFORMANCE) < value(node_2, node_2.performance));
+    }
+
+    #[tokio::test]
+    async fn demo_chain_config_ranks_and_checks_attestations() {
+        let chain = FakeChain::start("demo-test").await.unwrap();
+        let enclave_config = demo_address(0xec, 0);
+        let config = Config::from_yaml(&chain_yaml(&chain, enclave_config, 7000), "<demo>")
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        assert!(config.features.performance_ranking);
+        assert!(config.features.blockchain_discovery);
+        assert!(config.features.nautilus_health_checks);
+        assert!(config.features.stake_validation);
+        assert_eq!(
+            config.chain.as_ref().and_then(|c| c.enclave_config),
+            Some(enclave_config)
+        );
+        let [service] = config.services.as_slice() else {
+            panic!("{:?}", config.services);
+        };
+        let CheckSpec::All(checks) = &service.health_check.check else {
+            panic!("{:?}", service.health_check);
+        };
+        let kinds: Vec<_> = checks.iter().map(CheckSpec::kind).collect();
+        assert_eq!(kinds, ["tcp", "sui_sync", "nautilus"]);
+        assert!(checks.iter().any(|c| matches!(
+            c,
+            CheckSpec::Nautilus(n) if n.cache_ttl == Duration::from_secs(2)
+                && n.max_age == Duration::from_mins(1)
+        )));
+    }
 }

@@ -40,8 +40,12 @@ use tokio::{
 };
 
 use crate::{
-    chain::sync_check::{self, SyncBounds},
-    config::{CheckSpec, HttpCheck, TlsOptions},
+    chain::{
+        servers::DiscoveredServer,
+        sync_check::{self, SyncBounds},
+    },
+    config::{CheckSpec, HttpCheck, NautilusCheck, TlsOptions},
+    nautilus::check::{Attester, NodeEnclave, Verdict},
 };
 
 /// What one check found.
@@ -63,6 +67,8 @@ pub struct CheckOutcome {
     /// Checkpoints the server's own Sui full node is behind the reference,
     /// when a `sui_sync` part could judge it.
     pub sync_lag_blocks: Option<u64>,
+    /// A `nautilus` part's verdict (the verified attestation or why not).
+    pub attestation: Option<Verdict>,
 }
 
 /// The outcome of connecting to a server's own address.
@@ -89,6 +95,8 @@ struct Inner {
     parts: Vec<Part>,
     /// The reference full nodes of `sui_sync` parts.
     references: Vec<String>,
+    /// Runs `nautilus` parts.
+    attester: Option<Arc<Attester>>,
     /// Kind all: reasons name their part.
     combined: bool,
     /// The distinct TLS settings of the http parts; [`HttpPart::tls`]
@@ -103,6 +111,7 @@ enum Part {
     Udp,
     Http(HttpPart),
     SuiSync(SyncBounds),
+    Nautilus(NautilusCheck),
 }
 
 #[derive(Debug)]
@@ -149,8 +158,17 @@ struct PartOutcome {
     reason: String,
     /// Set when the part connected to exactly the server's address.
     dial: Option<(Transport, DialOutcome)>,
+    /// What a chain-aware part learned besides pass/fail.
+    found: Found,
+}
+
+/// What `sui_sync` and `nautilus` parts learn about a node.
+#[derive(Default)]
+struct Found {
     /// A `sui_sync` part's lag, when it could judge it.
     lag: Option<u64>,
+    /// A `nautilus` part's verdict.
+    attestation: Option<Verdict>,
 }
 
 /// How an HTTP request that got no response failed.
@@ -167,12 +185,17 @@ impl Prober {
     /// Prepares `check`. Fails if a CA file cannot be read or parsed (the
     /// error names the file), or for an `all` without checks.
     pub fn new(check: &CheckSpec) -> anyhow::Result<Self> {
-        Self::with_references(check, Vec::new())
+        Self::with_chain(check, Vec::new(), None)
     }
 
     /// Like [`Prober::new`], with the reference full nodes `sui_sync`
-    /// parts compare a server's own full node against.
-    pub fn with_references(check: &CheckSpec, references: Vec<String>) -> anyhow::Result<Self> {
+    /// parts compare a server's own full node against, and the attester
+    /// that runs `nautilus` parts (they need one).
+    pub fn with_chain(
+        check: &CheckSpec,
+        references: Vec<String>,
+        attester: Option<Arc<Attester>>,
+    ) -> anyhow::Result<Self> {
         let mut leaves = Vec::new();
         flatten(check, &mut leaves);
         if leaves.is_empty() {
@@ -197,6 +220,15 @@ impl Prober {
                         max_sync_age: sui.max_sync_age,
                         max_response_time: sui.max_response_time,
                     }));
+                    continue;
+                }
+                CheckSpec::Nautilus(nautilus) => {
+                    if attester.is_none() {
+                        bail!(
+                            "kind nautilus needs chain.enclave_config and features.nautilus_health_checks when the daemon starts (both change only on restart)"
+                        );
+                    }
+                    parts.push(Part::Nautilus(*nautilus));
                     continue;
                 }
                 CheckSpec::Http(http) => http,
@@ -261,6 +293,7 @@ impl Prober {
             inner: Arc::new(Inner {
                 parts,
                 references,
+                attester,
                 combined,
                 tls,
                 clients: Mutex::new(clients),
@@ -290,15 +323,15 @@ impl Prober {
         self.probe_node(server, timeout, dial_probe, None).await
     }
 
-    /// [`Prober::probe`] of a server discovered on chain: `sui_rpc` is the
-    /// URL of the node's own Sui full node, which `sui_sync` parts check
-    /// (without it they fail).
+    /// [`Prober::probe`] of a server discovered on chain: `node` is its
+    /// registry entry, whose own Sui full node `sui_sync` parts check and
+    /// whose enclave `nautilus` parts ask (without it both fail).
     pub async fn probe_node(
         &self,
         server: SocketAddr,
         timeout: Duration,
         dial_probe: bool,
-        sui_rpc: Option<&str>,
+        node: Option<&DiscoveredServer>,
     ) -> CheckOutcome {
         let start = Instant::now();
         let budget = Budget {
@@ -325,10 +358,10 @@ impl Prober {
             inner
                 .parts
                 .iter()
-                .map(|part| self.probe_part(part, server, budget, sui_rpc))
+                .map(|part| self.probe_part(part, server, budget, node))
                 .collect(),
         );
-        let (outcomes, extra_dial) = tokio::join!(parts, extra_dial);
+        let (mut outcomes, extra_dial) = tokio::join!(parts, extra_dial);
 
         let ok = outcomes.iter().all(|outcome| outcome.ok);
         let mut reason = if inner.combined {
@@ -367,13 +400,17 @@ impl Prober {
                 duration: start.elapsed(),
             });
         }
-        let sync_lag_blocks = outcomes.iter().find_map(|outcome| outcome.lag);
+        let sync_lag_blocks = outcomes.iter().find_map(|outcome| outcome.found.lag);
+        let attestation = outcomes
+            .iter_mut()
+            .find_map(|outcome| outcome.found.attestation.take());
         let outcome = CheckOutcome {
             ok,
             reason,
             duration: start.elapsed(),
             dial,
             sync_lag_blocks,
+            attestation,
         };
         tracing::trace!(%server, ?outcome, "health check done");
         outcome
@@ -384,14 +421,14 @@ impl Prober {
         part: &Part,
         server: SocketAddr,
         budget: Budget,
-        sui_rpc: Option<&str>,
+        node: Option<&DiscoveredServer>,
     ) -> PartOutcome {
         let start = Instant::now();
         match part {
             Part::Tcp => {
                 let (ok, reason) = probe_tcp(server, budget).await;
                 PartOutcome {
-                    lag: None,
+                    found: Found::default(),
                     ok,
                     reason,
                     dial: Some((
@@ -406,7 +443,7 @@ impl Prober {
             Part::Udp => {
                 let (ok, reason) = probe_udp(server, budget).await;
                 PartOutcome {
-                    lag: None,
+                    found: Found::default(),
                     ok,
                     reason,
                     dial: Some((
@@ -420,12 +457,12 @@ impl Prober {
             }
             Part::Http(http) => self.probe_http(http, server, budget).await,
             Part::SuiSync(bounds) => {
-                let Some(url) = sui_rpc else {
+                let Some(url) = node.map(|node| node.sui_rpc.as_str()) else {
                     return PartOutcome {
                         ok: false,
                         reason: "sui_sync: not a discovered node (no sui_rpc known)".to_owned(),
                         dial: None,
-                        lag: None,
+                        found: Found::default(),
                     };
                 };
                 let probe = sync_check::probe(url, &self.inner.references, bounds);
@@ -434,7 +471,10 @@ impl Prober {
                         ok: verdict.ok,
                         reason: format!("sui_sync: {}", verdict.reason),
                         dial: None,
-                        lag: verdict.lag_blocks,
+                        found: Found {
+                            lag: verdict.lag_blocks,
+                            ..Found::default()
+                        },
                     },
                     Err(_) => PartOutcome {
                         ok: false,
@@ -443,10 +483,46 @@ impl Prober {
                             millis(budget.timeout)
                         ),
                         dial: None,
-                        lag: None,
+                        found: Found::default(),
                     },
                 }
             }
+            Part::Nautilus(check) => self.probe_nautilus(check, budget, node).await,
+        }
+    }
+
+    async fn probe_nautilus(
+        &self,
+        check: &NautilusCheck,
+        budget: Budget,
+        node: Option<&DiscoveredServer>,
+    ) -> PartOutcome {
+        let (Some(attester), Some(node)) = (&self.inner.attester, node) else {
+            return PartOutcome {
+                ok: false,
+                reason: "nautilus: not a discovered node (no enclave known)".to_owned(),
+                dial: None,
+                found: Found::default(),
+            };
+        };
+        let node = NodeEnclave {
+            node: node.node,
+            nautilus_url: node.nautilus_url.clone(),
+            enclave_id: node.enclave_id,
+            stake_mist: node.stake,
+        };
+        let left = budget
+            .deadline
+            .saturating_duration_since(tokio::time::Instant::now());
+        let verdict = attester.check(check, &node, left).await;
+        PartOutcome {
+            ok: verdict.result.is_ok(),
+            reason: format!("nautilus: {}", verdict.reason(attester.now_ms())),
+            dial: None,
+            found: Found {
+                lag: None,
+                attestation: Some(verdict),
+            },
         }
     }
 
@@ -463,7 +539,7 @@ impl Prober {
             ok: false,
             reason,
             dial: None,
-            lag: None,
+            found: Found::default(),
         };
 
         let client = match self.client(part, server.ip()) {
@@ -528,7 +604,7 @@ impl Prober {
 
         match timeout_at(budget.deadline, exchange).await {
             Ok(Ok((ok, reason, answered))) => PartOutcome {
-                lag: None,
+                found: Found::default(),
                 ok,
                 reason,
                 dial: dial(true, answered),
@@ -537,19 +613,19 @@ impl Prober {
                 let elapsed = start.elapsed();
                 match classify(&error) {
                     RequestFailure::Connect(what) => PartOutcome {
-                        lag: None,
+                        found: Found::default(),
                         ok: false,
                         reason: format!("{label}: connect {what}"),
                         dial: dial(false, elapsed),
                     },
                     RequestFailure::Tls(what) => PartOutcome {
-                        lag: None,
+                        found: Found::default(),
                         ok: false,
                         reason: format!("{label}: tls: {what}"),
                         dial: dial(true, elapsed),
                     },
                     RequestFailure::Other(what) => PartOutcome {
-                        lag: None,
+                        found: Found::default(),
                         ok: false,
                         reason: format!("{label}: {what}"),
                         dial: dial(true, elapsed),
@@ -557,7 +633,7 @@ impl Prober {
                 }
             }
             Err(_) => PartOutcome {
-                lag: None,
+                found: Found::default(),
                 ok: false,
                 reason: format!("{label}: no answer within {}", millis(budget.timeout)),
                 dial: dial(false, start.elapsed()),
@@ -591,7 +667,7 @@ impl Part {
     fn dials(&self, server: SocketAddr) -> bool {
         match self {
             Self::Tcp => true,
-            Self::Udp | Self::SuiSync(_) => false,
+            Self::Udp | Self::SuiSync(_) | Self::Nautilus(_) => false,
             Self::Http(http) => http.check.port.is_none_or(|port| port == server.port()),
         }
     }

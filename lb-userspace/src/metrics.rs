@@ -130,6 +130,8 @@ pub struct Counters {
     pub last_poll: Duration,
     /// Sockets to configured servers the last dump returned.
     pub last_poll_sockets: usize,
+    /// Rejected attestations per (service, server, reason label).
+    pub attestation_failures: BTreeMap<(String, String, &'static str), u64>,
 }
 
 impl Counters {
@@ -165,6 +167,14 @@ impl Counters {
         *self
             .selection_changes
             .entry(service.to_owned())
+            .or_default() += 1;
+    }
+
+    /// Counts a rejected attestation.
+    pub fn attestation_failed(&mut self, service: &str, server: SocketAddr, reason: &'static str) {
+        *self
+            .attestation_failures
+            .entry((service.to_owned(), server.to_string(), reason))
             .or_default() += 1;
     }
 
@@ -415,7 +425,91 @@ pub fn render(status: &Status, counters: &Counters) -> String {
         |service| get(&counters.selection_changes, &service.name),
     );
     render_chain(&mut out, status);
+    render_attestations(&mut out, status, counters);
     out
+}
+
+/// The Nautilus attestation and ranking metrics (only with a `chain`
+/// block).
+fn render_attestations(out: &mut String, status: &Status, counters: &Counters) {
+    if status.registry.is_none() {
+        return;
+    }
+    per_node(
+        out,
+        status,
+        (
+            "k3s_nautilus_performance_score",
+            "gauge",
+            "Performance score (basis points, 0-10000) of the server's last verified attestation, while its latest one verifies.",
+        ),
+        |server| match (&server.attestation, &server.attestation_failure) {
+            (Some(attestation), None) => Some(attestation.performance_score.to_string()),
+            _ => None,
+        },
+    );
+    per_node(
+        out,
+        status,
+        (
+            "k3s_attestation_age_seconds",
+            "gauge",
+            "Seconds since the enclave signed the server's last verified attestation.",
+        ),
+        |server| {
+            server
+                .attestation
+                .as_ref()
+                .map(|attestation| format!("{:.3}", attestation.age_seconds))
+        },
+    );
+    family(
+        out,
+        "daas_lb_attestation_failures_total",
+        "counter",
+        "Attestations rejected by nautilus checks, by reason (bad_signature, wrong_key, stale, not_current, unreachable, ...).",
+    );
+    for ((service, server, reason), n) in &counters.attestation_failures {
+        let _ = writeln!(
+            out,
+            "daas_lb_attestation_failures_total{{service=\"{}\",server=\"{}\",reason=\"{reason}\"}} {n}",
+            label(service),
+            label(server)
+        );
+    }
+    per_node(
+        out,
+        status,
+        (
+            "daas_lb_server_score",
+            "gauge",
+            "Ranking score (performance x reputation x stake weight) of a server, with features.performance_ranking.",
+        ),
+        |server| server.score.map(|score| score.to_string()),
+    );
+}
+
+/// One family with labels `service` and `server`, a sample for each server
+/// `value` has a value for.
+fn per_node(
+    out: &mut String,
+    status: &Status,
+    (name, kind, help): (&str, &str, &str),
+    value: impl Fn(&ServerStatus) -> Option<String>,
+) {
+    family(out, name, kind, help);
+    for service in &status.services {
+        for server in &service.servers {
+            if let Some(value) = value(server) {
+                let _ = writeln!(
+                    out,
+                    "{name}{{service=\"{}\",server=\"{}\"}} {value}",
+                    label(&service.name),
+                    label(&server.address)
+                );
+            }
+        }
+    }
 }
 
 /// The Sui discovery metrics (only with a `chain` block).
@@ -423,42 +517,26 @@ fn render_chain(out: &mut String, status: &Status) {
     let Some(registry) = &status.registry else {
         return;
     };
-    let discovered = |value: fn(&ServerStatus) -> Option<u64>| {
-        status.services.iter().flat_map(move |service| {
-            service
-                .servers
-                .iter()
-                .filter_map(move |server| Some((service, server, value(server)?)))
-        })
-    };
-    family(
+    per_node(
         out,
-        "k3s_server_stake_amount",
-        "gauge",
-        "Stake (MIST) the registry lists for a discovered server's node.",
+        status,
+        (
+            "k3s_server_stake_amount",
+            "gauge",
+            "Stake (MIST) the registry lists for a discovered server's node.",
+        ),
+        |server| server.stake_mist.map(|stake| stake.to_string()),
     );
-    for (service, server, stake) in discovered(|server| server.stake_mist) {
-        let _ = writeln!(
-            out,
-            "k3s_server_stake_amount{{service=\"{}\",server=\"{}\"}} {stake}",
-            label(&service.name),
-            label(&server.address)
-        );
-    }
-    family(
+    per_node(
         out,
-        "k3s_blockchain_sync_lag_blocks",
-        "gauge",
-        "Checkpoints a discovered server's own Sui full node was behind the reference at its last sui_sync check.",
+        status,
+        (
+            "k3s_blockchain_sync_lag_blocks",
+            "gauge",
+            "Checkpoints a discovered server's own Sui full node was behind the reference at its last sui_sync check.",
+        ),
+        |server| server.sync_lag_blocks.map(|lag| lag.to_string()),
     );
-    for (service, server, lag) in discovered(|server| server.sync_lag_blocks) {
-        let _ = writeln!(
-            out,
-            "k3s_blockchain_sync_lag_blocks{{service=\"{}\",server=\"{}\"}} {lag}",
-            label(&service.name),
-            label(&server.address)
-        );
-    }
     family(
         out,
         "daas_lb_registry_events_total",
@@ -517,6 +595,9 @@ mod tests {
             stake_mist: None,
             sui_rpc: None,
             sync_lag_blocks: None,
+            score: None,
+            attestation: None,
+            attestation_failure: None,
         }
     }
 
@@ -661,6 +742,53 @@ mod tests {
     }
 
     #[test]
+    fn renders_attestation_metrics() {
+        let mut status = with_registry();
+        let servers = &mut status.services[0].servers;
+        servers[0].attestation = Some(crate::status::AttestationStatus {
+            performance_score: 9_000,
+            reputation_score: 8_000,
+            stake_mist: 5,
+            timestamp_ms: 1,
+            age_seconds: 2.5,
+        });
+        servers[0].score = Some(720);
+        // A server whose latest attestation was rejected keeps its age but
+        // loses its score gauge.
+        servers[1].attestation = servers[0].attestation.clone();
+        servers[1].attestation_failure = Some("stale".to_owned());
+        let mut counters = Counters::default();
+        let second = "10.0.0.2:1".parse().unwrap();
+        counters.attestation_failed("sup\"er", second, "stale");
+        counters.attestation_failed("sup\"er", second, "stale");
+        counters.attestation_failed("sup\"er", second, "bad_signature");
+        let text = render(&status, &counters);
+        for line in [
+            "k3s_nautilus_performance_score{service=\"sup\\\"er\",server=\"10.0.0.1:1\"} 9000",
+            "k3s_attestation_age_seconds{service=\"sup\\\"er\",server=\"10.0.0.1:1\"} 2.500",
+            "k3s_attestation_age_seconds{service=\"sup\\\"er\",server=\"10.0.0.2:1\"} 2.500",
+            "daas_lb_attestation_failures_total{service=\"sup\\\"er\",server=\"10.0.0.2:1\",reason=\"stale\"} 2",
+            "daas_lb_attestation_failures_total{service=\"sup\\\"er\",server=\"10.0.0.2:1\",reason=\"bad_signature\"} 1",
+            "daas_lb_server_score{service=\"sup\\\"er\",server=\"10.0.0.1:1\"} 720",
+            "# TYPE daas_lb_attestation_failures_total counter",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        assert!(
+            !text.contains(
+                "k3s_nautilus_performance_score{service=\"sup\\\"er\",server=\"10.0.0.2:1\"}"
+            ),
+            "{text}"
+        );
+        // Without a chain block: none of these families.
+        let text = render(&sample(), &counters);
+        assert!(!text.contains("attestation"), "{text}");
+    }
+
+    #[test]
     fn each_family_is_one_contiguous_group() {
         let mut counters = Counters::default();
         counters.observe_dial("a", DialStatus::Success, Duration::from_millis(1));
@@ -670,6 +798,7 @@ mod tests {
             ServerState::Unchecked,
             ServerState::Recovering,
         );
+        counters.attestation_failed("a", "10.0.0.1:1".parse().unwrap(), "stale");
         let text = render(&with_registry(), &counters);
         let mut seen = Vec::new();
         for line in text.lines().filter(|l| !l.starts_with('#')) {

@@ -131,6 +131,8 @@ pub enum Cause {
     Decayed,
     /// Another server became active and had at least as many connections.
     Yielded,
+    /// Its enclave or the chain contradicts it (a forged attestation).
+    Untrusted,
 }
 
 impl Cause {
@@ -145,6 +147,7 @@ impl Cause {
             Self::DialFailed => "dial failed",
             Self::Decayed => "preferred without a dial for 1m",
             Self::Yielded => "another server became active",
+            Self::Untrusted => "attestation forged or not current",
         }
     }
 }
@@ -450,6 +453,31 @@ impl ServiceMachine {
                 now,
                 &mut effects,
             );
+            effects.close(server);
+        }
+        effects
+    }
+
+    /// Records proof that `server` cannot be trusted (a forged or outdated
+    /// attestation): failed from any usable state, unchecked included, like
+    /// a failed dial. K3s spares an unchecked server on a failed health
+    /// check because the check may not be up yet; a bad signature is not a
+    /// slow start.
+    pub fn distrust(&mut self, server: SocketAddr, now: Instant) -> Effects {
+        let mut effects = Effects::default();
+        let Some(i) = self.index(server) else {
+            return effects;
+        };
+        self.servers[i].last_check_ok = Some(false);
+        if matches!(
+            self.servers[i].state,
+            ServerState::Unchecked
+                | ServerState::Recovering
+                | ServerState::Healthy
+                | ServerState::Preferred
+                | ServerState::Active
+        ) {
+            self.transition(i, ServerState::Failed, Cause::Untrusted, now, &mut effects);
             effects.close(server);
         }
         effects

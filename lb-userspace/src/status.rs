@@ -180,6 +180,32 @@ pub struct ServerStatus {
     /// Checkpoints its full node was behind at the last `sui_sync` check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync_lag_blocks: Option<u64>,
+    /// Its ranking score (`features.performance_ranking`), once a
+    /// `nautilus` check verified an attestation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<u64>,
+    /// The last attestation a `nautilus` check verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attestation: Option<AttestationStatus>,
+    /// While the latest `nautilus` verdict is a rejection: its label
+    /// (`bad_signature`, `stale`, `wrong_key`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attestation_failure: Option<String>,
+}
+
+/// A verified performance attestation, as status shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttestationStatus {
+    /// Performance, basis points.
+    pub performance_score: u64,
+    /// Reputation, basis points.
+    pub reputation_score: u64,
+    /// The attested stake, MIST.
+    pub stake_mist: u64,
+    /// When the enclave signed it (Unix ms).
+    pub timestamp_ms: u64,
+    /// How old it is now, seconds.
+    pub age_seconds: f64,
 }
 
 /// One finished health check.
@@ -258,6 +284,19 @@ impl Status {
                 }
                 if let Some(lag) = server.sync_lag_blocks {
                     let _ = write!(address, " lag {lag}");
+                }
+                if let Some(attestation) = &server.attestation {
+                    let _ = write!(
+                        address,
+                        " perf {} rep {}",
+                        attestation.performance_score, attestation.reputation_score
+                    );
+                }
+                if let Some(score) = server.score {
+                    let _ = write!(address, " score {score}");
+                }
+                if let Some(failure) = &server.attestation_failure {
+                    let _ = write!(address, " ATTESTATION {failure}");
                 }
                 let check = server.last_check.as_ref().map_or_else(
                     || "-".to_owned(),
@@ -505,6 +544,9 @@ mod tests {
                     stake_mist: None,
                     sui_rpc: None,
                     sync_lag_blocks: None,
+                    score: None,
+                    attestation: None,
+                    attestation_failure: None,
                 }],
             }],
             xdp: None,
@@ -574,6 +616,32 @@ mod tests {
         assert!(
             table.contains("10.0.0.1:9345 stake 1.5 SUI lag 2 "),
             "{table}"
+        );
+        let server = &mut status.services[0].servers[0];
+        server.attestation = Some(AttestationStatus {
+            performance_score: 9_000,
+            reputation_score: 8_000,
+            stake_mist: 1,
+            timestamp_ms: 1,
+            age_seconds: 1.0,
+        });
+        server.score = Some(72);
+        let table = status.to_table();
+        assert!(
+            table.contains("10.0.0.1:9345 stake 1.5 SUI lag 2 perf 9000 rep 8000 score 72 "),
+            "{table}"
+        );
+        status.services[0].servers[0].attestation_failure = Some("stale".to_owned());
+        let table = status.to_table();
+        assert!(table.contains("score 72 ATTESTATION stale "), "{table}");
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(
+            json["services"][0]["servers"][0]["attestation"]["performance_score"],
+            9_000
+        );
+        assert_eq!(
+            json["services"][0]["servers"][0]["attestation_failure"],
+            "stale"
         );
         assert_eq!(sui_amount(3_000_000_000), "3 SUI");
         assert_eq!(sui_amount(1), "0.000000001 SUI");

@@ -1,10 +1,24 @@
 //! The embedded demo (`cargo xtask run` without a config): the commands it
 //! prints work, and `demo-sui` gets its servers from the demo's fake Sui
-//! registry (the under-stake node never, the newcomer by event).
+//! registry (the under-stake node never, the newcomer by event), checks
+//! their fake Nautilus enclaves' attestations and ranks them by score, one
+//! node's score drifting.
 
 use std::{process::Command, time::Duration};
 
 use lb_tests::{TestEnv, daas_lb_bin};
+use lb_userspace::status::{ServerStatus, Status};
+
+/// demo-sui's server on `ip` (`"127.0.0.2:"`), if listed.
+fn sui_server<'a>(status: &'a Status, ip: &str) -> Option<&'a ServerStatus> {
+    status
+        .services
+        .iter()
+        .find(|s| s.name == "demo-sui")?
+        .servers
+        .iter()
+        .find(|server| server.address.starts_with(ip))
+}
 
 #[test]
 fn demo_commands_work() {
@@ -23,6 +37,8 @@ fn demo_commands_work() {
         "status --api",
         "curl -s http://127.0.0.1:6445/",
         "grep -E 'registry|stake|sync_lag'",
+        "grep -E 'nautilus|attestation|score'",
+        "Each node has a fake Nautilus enclave registered under EnclaveConfig 0x",
         "Fake Sui full node http://127.0.0.1:",
         "bpftool map dump pinned",
     ] {
@@ -124,6 +140,47 @@ fn demo_commands_work() {
     assert_eq!(registry.events.get("registered"), Some(&1), "{registry:?}");
     assert_eq!(demo.log_count("demo chain: NodeRegistered"), 1);
 
+    // Every demo-sui server's enclave attested (tcp + sui_sync + nautilus
+    // passed), and ranking gives each a score: node-2 7000/8000 with 2 SUI
+    // above node-3 5000/9000 with 1.5 SUI; node-1 9500/9000 (or 4000/9000
+    // while its score drifts) with 3 SUI.
+    let status = demo.wait_for(
+        Duration::from_secs(10),
+        "demo-sui's servers attested and scored",
+        |status| {
+            ["127.0.0.2:", "127.0.0.3:", "127.0.0.4:"].iter().all(|ip| {
+                sui_server(status, ip).is_some_and(|s| s.attestation.is_some() && s.score.is_some())
+            })
+        },
+    );
+    for (ip, performance, reputation, stake) in [
+        (
+            "127.0.0.2:",
+            [9_500, 4_000].as_slice(),
+            9_000,
+            3_000_000_000,
+        ),
+        ("127.0.0.3:", &[7_000], 8_000, 2_000_000_000),
+        ("127.0.0.4:", &[5_000], 9_000, 1_500_000_000),
+    ] {
+        let server = sui_server(&status, ip).unwrap();
+        let attestation = server.attestation.as_ref().unwrap();
+        assert!(
+            performance.contains(&attestation.performance_score),
+            "{server:?}"
+        );
+        assert_eq!(attestation.reputation_score, reputation, "{server:?}");
+        assert!(attestation.stake_mist <= stake, "{server:?}");
+        assert!(attestation.timestamp_ms > 0, "{server:?}");
+        assert!((0.0..60.0).contains(&attestation.age_seconds), "{server:?}");
+        assert!(server.score.unwrap() > 0, "{server:?}");
+        assert_eq!(server.attestation_failure, None, "{server:?}");
+        let check = server.last_check.as_ref().unwrap();
+        assert!(check.ok, "{server:?}");
+    }
+    let score = |ip| sui_server(&status, ip).and_then(|s| s.score).unwrap();
+    assert!(score("127.0.0.3:") > score("127.0.0.4:"), "{status:?}");
+
     let curl_sui = env.cgroup.output(Command::new("curl").args([
         "-s",
         "--max-time",
@@ -139,6 +196,13 @@ fn demo_commands_work() {
         metrics.contains("k3s_server_stake_amount{service=\"demo-sui\",server=\"127.0.0.2:"),
         "{metrics}"
     );
+    for metric in [
+        "k3s_nautilus_performance_score{service=\"demo-sui\",server=\"127.0.0.3:",
+        "k3s_attestation_age_seconds{service=\"demo-sui\",server=\"127.0.0.3:",
+        "daas_lb_server_score{service=\"demo-sui\",server=\"127.0.0.3:",
+    ] {
+        assert!(metrics.contains(metric), "no {metric} in\n{metrics}");
+    }
     assert!(
         metrics.contains("daas_lb_registry_events_total{kind=\"registered\"} 1"),
         "{metrics}"
@@ -170,7 +234,29 @@ fn demo_commands_work() {
         assert!(line.contains(" stake "), "{table}");
     }
     assert!(table.contains(" stake 1.5 SUI lag 0 "), "{table}");
+    assert!(table.contains(" perf 7000 rep 8000 score "), "{table}");
+    assert!(table.contains(" perf 5000 rep 9000 score "), "{table}");
     assert!(!table.contains("127.0.0.5:"), "{table}");
+
+    // node-1's score drifts every 10 s: both of its values show up, and
+    // while it attests 4000 node-2 outranks it.
+    for (performance, what) in [
+        (4_000, "node-1 attesting its drifted score"),
+        (9_500, "node-1 attesting its usual score"),
+    ] {
+        let status = demo.wait_for(Duration::from_secs(25), what, |status| {
+            sui_server(status, "127.0.0.2:")
+                .and_then(|s| s.attestation.as_ref())
+                .is_some_and(|a| a.performance_score == performance)
+        });
+        let node_1 = sui_server(&status, "127.0.0.2:").and_then(|s| s.score);
+        let node_2 = sui_server(&status, "127.0.0.3:").and_then(|s| s.score);
+        if performance == 4_000 {
+            assert!(node_1 < node_2, "{status:?}");
+        } else {
+            assert!(node_1 > node_2, "{status:?}");
+        }
+    }
 
     let dump = Command::new("bpftool")
         .args(["map", "dump", "pinned", &format!("{pin_path}/services")])

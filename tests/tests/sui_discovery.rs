@@ -22,17 +22,15 @@ use std::{
 
 use aya::maps::{Array, Map, MapData};
 use lb_common::{BACKEND_DOWN, Backend, ip_from_bytes};
-use lb_tests::{Daemon, HeldConnection, Node, TestEnv, metric, service, service_yaml};
+use lb_tests::{
+    Daemon, HeldConnection, Node, SuiChain as Chain, TestEnv, metric, service, service_yaml,
+};
 use lb_userspace::{
-    chain::{
-        fake_node::FakeChain,
-        registry::{self, NodeRegistered, NodeRemoved},
-    },
+    chain::registry::{self, NodeRegistered, NodeRemoved},
     state_machine::ServerState,
     status::{ServerStatus, Status},
 };
 use sui_sdk_types::Address;
-use tokio::runtime::Runtime;
 
 /// The service every test uses.
 const SVC: &str = "api";
@@ -76,69 +74,6 @@ fn info(endpoint: &str, stake: u64, sui_rpc: &str) -> registry::Node {
         sui_rpc: sui_rpc.to_owned(),
         nautilus_url: String::new(),
         enclave_id: Address::ZERO,
-    }
-}
-
-/// The fake full node and the runtime it runs on (dropped in that order).
-struct Chain {
-    fake: FakeChain,
-    runtime: Runtime,
-}
-
-impl Chain {
-    /// Starts a fake full node of chain `chain_id`; call it after the test
-    /// environment exists so it listens in the test's network namespace.
-    fn start(chain_id: &str) -> Self {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        let fake = runtime
-            .block_on(FakeChain::start(chain_id))
-            .expect("start the fake Sui full node");
-        Self { fake, runtime }
-    }
-
-    /// Another fake full node (a node's own `sui_rpc`) on the same runtime.
-    fn another(&self, chain_id: &str) -> FakeChain {
-        self.runtime
-            .block_on(FakeChain::start(chain_id))
-            .expect("start a second fake Sui full node")
-    }
-
-    /// The `chain:` block for this registry, with `extra` lines (indented
-    /// by two spaces) appended.
-    fn yaml(&self, extra: &str) -> String {
-        let r = self.fake.registry();
-        format!(
-            "chain:\n  sui_rpc_url: {}\n  registry: {{ package: \"{}\", module: {}, object: \"{}\" }}\n{extra}",
-            self.fake.url(),
-            r.package,
-            r.module,
-            r.object
-        )
-    }
-
-    /// Waits until the daemon subscribed to checkpoints (and a little more,
-    /// so the subscription is registered with the fake).
-    fn wait_subscribed(&self, daemon: &Daemon) {
-        let deadline = Instant::now() + REACT;
-        while self
-            .fake
-            .calls()
-            .subscribe
-            .load(std::sync::atomic::Ordering::Relaxed)
-            == 0
-        {
-            assert!(
-                Instant::now() < deadline,
-                "the daemon never subscribed to checkpoints; log:\n{}",
-                daemon.log()
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
-        thread::sleep(Duration::from_millis(200));
     }
 }
 

@@ -24,6 +24,11 @@ pub struct DiscoveredServer {
     pub stake: u64,
     /// Its own Sui full node (`""` when none), for the `sui_sync` check.
     pub sui_rpc: String,
+    /// Its Nautilus enclave's URL (`""` when none), for the `nautilus`
+    /// check.
+    pub nautilus_url: String,
+    /// Its `Enclave` object (`0x0` when none).
+    pub enclave_id: Address,
 }
 
 /// The host part of a node's endpoint.
@@ -46,6 +51,10 @@ pub struct Candidate {
     pub stake: u64,
     /// Its `sui_rpc` URL.
     pub sui_rpc: String,
+    /// Its `nautilus_url`.
+    pub nautilus_url: String,
+    /// Its `enclave_id`.
+    pub enclave_id: Address,
 }
 
 /// The host of `endpoint` (`host`, `host:port`, `[v6]` or `[v6]:port`,
@@ -104,6 +113,8 @@ fn candidate(node: Address, info: &Node, host: Endpoint) -> Candidate {
         host,
         stake: info.stake,
         sui_rpc: info.sui_rpc.clone(),
+        nautilus_url: info.nautilus_url.clone(),
+        enclave_id: info.enclave_id,
     }
 }
 
@@ -145,6 +156,8 @@ pub fn discovered_servers(
             node: candidate.node,
             stake: candidate.stake,
             sui_rpc: candidate.sui_rpc,
+            nautilus_url: candidate.nautilus_url,
+            enclave_id: candidate.enclave_id,
         });
     }
     servers

@@ -132,26 +132,32 @@ pub struct Config {
 /// ```yaml
 /// features:
 ///   blockchain_discovery: true     # default: true with a `chain` block, else false
+///   nautilus_health_checks: true   # default: true with a `chain` block, else false
+///   stake_validation: true         # default: true with a `chain` block, else false
 ///   performance_ranking: false     # default false
 ///   stake_weight: sqrt             # linear, sqrt (default) or log
-///   nautilus_health_checks: false  # only false: not available yet
-///   stake_validation: false        # only false: not available yet
 /// ```
+///
+/// `true` for a chain feature without a `chain` block is an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[expect(
     clippy::struct_excessive_bools,
     reason = "independent on/off switches, named as in the file"
 )]
 pub struct Features {
-    /// Nautilus attestation checks (`nautilus_health_checks`); not
-    /// available yet, always false.
+    /// Services may use `kind: nautilus` health checks
+    /// (`nautilus_health_checks`, needs the `chain` block; default: whether
+    /// there is one). Off, `kind: nautilus` is refused.
     pub nautilus_health_checks: bool,
     /// Services may take servers from the chain (`blockchain_discovery`,
     /// needs the `chain` block; default: whether there is one). Off,
     /// `discovery` blocks are refused.
     pub blockchain_discovery: bool,
-    /// Attested stake checked against the chain (`stake_validation`); not
-    /// available yet, always false.
+    /// Stake is enforced: `chain.min_stake_mist`, and a nautilus
+    /// attestation's stake may not exceed the node's on-chain stake
+    /// (`stake_validation`, needs the `chain` block; default: whether there
+    /// is one). Off, nothing about stake is checked and
+    /// `chain.min_stake_mist` must be 0.
     pub stake_validation: bool,
     /// Scores rank servers of equal state, and weight spread services'
     /// Maglev slots (`performance_ranking`, default false; see
@@ -169,8 +175,9 @@ pub struct Features {
 ///   sui_rpc_url: http://127.0.0.1:9000          # required: gRPC of a full node (http or https)
 ///   reference_rpc_urls: [https://fullnode.mainnet.sui.io]   # optional, for sui_sync checks
 ///   registry: { package: "0x…", module: registry, object: "0x…" }   # required
-///   min_stake_mist: 1000000000                   # default 0
+///   min_stake_mist: 1000000000                   # default 0; needs features.stake_validation
 ///   discovery_interval: 5m                       # full resync safety net, default 5m
+///   enclave_config: "0x…"                        # for nautilus checks: the trusted EnclaveConfig
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ChainSettings {
@@ -183,12 +190,19 @@ pub struct ChainSettings {
     /// The registry's package, module and shared object (`registry`).
     pub registry: RegistrySettings,
     /// Nodes with less stake are never servers (`min_stake_mist`, MIST,
-    /// default 0).
+    /// default 0; above 0 needs `features.stake_validation`).
     pub min_stake_mist: u64,
     /// Time between full resyncs (`discovery_interval`, default 5m, 1s to
     /// 24h); events apply in between.
     #[serde(serialize_with = "serialize_duration")]
     pub discovery_interval: Duration,
+    /// The `EnclaveConfig<T>` object whose enclaves are trusted
+    /// (`enclave_config`, `0x` + hex); `kind: nautilus` needs it.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_option_display"
+    )]
+    pub enclave_config: Option<sui_sdk_types::Address>,
 }
 
 /// `chain.registry`: the Move module that defines the registry's events and
@@ -420,8 +434,59 @@ pub enum CheckSpec {
     /// `sui_sync`: the server's own Sui full node (its registry `sui_rpc`)
     /// must be on the reference chain and in sync with it.
     SuiSync(SuiSyncCheck),
+    /// `nautilus`: the server's node must hold a verified, fresh
+    /// performance attestation signed by its current on-chain enclave.
+    Nautilus(NautilusCheck),
     /// `all`: every listed check must pass; never nested.
     All(Vec<CheckSpec>),
+}
+
+/// A `nautilus` check: the node's Nautilus enclave (its registry
+/// `nautilus_url` and `enclave_id`) must be registered under the `chain`
+/// block's `enclave_config`, report its on-chain key, and sign a fresh
+/// performance attestation of the node (see [`crate::nautilus`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct NautilusCheck {
+    /// How long a verdict is reused before the enclave and the chain are
+    /// asked again (`cache_ttl`, default 30s or `max_age` when shorter, 0s
+    /// = never reused, at most `max_age`).
+    #[serde(serialize_with = "serialize_duration")]
+    pub cache_ttl: Duration,
+    /// How far the signed timestamp may be from now (`max_age`, default 1m,
+    /// 1s to 24h).
+    #[serde(serialize_with = "serialize_duration")]
+    pub max_age: Duration,
+    /// The lowest accepted performance score in basis points
+    /// (`min_performance_score`, default 0, 0 to 10000).
+    pub min_performance_score: u64,
+    /// The intent scope the signed message must carry (`intent`, default
+    /// 0, 0 to 255).
+    pub intent: u8,
+    /// Also fetch `/get_attestation` and verify the Nitro attestation
+    /// document against the AWS root, the config's PCRs and the on-chain
+    /// key (`verify_attestation_document`, default false).
+    pub verify_attestation_document: bool,
+}
+
+impl NautilusCheck {
+    /// Default `cache_ttl`.
+    pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(30);
+    /// Default `max_age`.
+    pub const DEFAULT_MAX_AGE: Duration = Duration::from_mins(1);
+    /// The check with every default.
+    pub const DEFAULT: Self = Self {
+        cache_ttl: Self::DEFAULT_CACHE_TTL,
+        max_age: Self::DEFAULT_MAX_AGE,
+        min_performance_score: 0,
+        intent: 0,
+        verify_attestation_document: false,
+    };
+}
+
+impl Default for NautilusCheck {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
 }
 
 /// A `sui_sync` check: `GetServiceInfo` on the node's `sui_rpc` against the
@@ -719,6 +784,7 @@ impl CheckSpec {
             Self::Http(HttpCheck { tls: None, .. }) => "http",
             Self::Http(HttpCheck { tls: Some(_), .. }) => "https",
             Self::SuiSync(_) => "sui_sync",
+            Self::Nautilus(_) => "nautilus",
             Self::All(_) => "all",
         }
     }
@@ -758,6 +824,22 @@ impl Serialize for CheckSpec {
                 map.serialize_entry(
                     "max_response_time",
                     &humantime::format_duration(sui.max_response_time).to_string(),
+                )?;
+            }
+            Self::Nautilus(nautilus) => {
+                map.serialize_entry(
+                    "cache_ttl",
+                    &humantime::format_duration(nautilus.cache_ttl).to_string(),
+                )?;
+                map.serialize_entry(
+                    "max_age",
+                    &humantime::format_duration(nautilus.max_age).to_string(),
+                )?;
+                map.serialize_entry("min_performance_score", &nautilus.min_performance_score)?;
+                map.serialize_entry("intent", &nautilus.intent)?;
+                map.serialize_entry(
+                    "verify_attestation_document",
+                    &nautilus.verify_attestation_document,
                 )?;
             }
             Self::All(checks) => map.serialize_entry("checks", checks)?,
@@ -884,6 +966,21 @@ fn serialize_display<S: Serializer, T: fmt::Display>(
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
     serializer.collect_str(value)
+}
+
+/// Shows an optional value with its `Display` (`None` is skipped).
+#[expect(
+    clippy::ref_option,
+    reason = "serde's serialize_with passes a reference to the field"
+)]
+fn serialize_option_display<S: Serializer, T: fmt::Display>(
+    value: &Option<T>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(value) => serializer.collect_str(value),
+        None => serializer.serialize_none(),
+    }
 }
 
 /// Shows a percentage the way it is written in the file ("10%").

@@ -50,6 +50,7 @@ pub(super) struct RawChain {
     pub(super) registry: Option<Spanned<RawRegistry>>,
     pub(super) min_stake_mist: Option<Spanned<String>>,
     pub(super) discovery_interval: Option<Spanned<String>>,
+    pub(super) enclave_config: Option<Spanned<String>>,
 }
 
 /// `chain.registry`.
@@ -175,6 +176,11 @@ pub(super) struct RawHealthCheck {
     pub(super) max_checkpoint_lag: Option<Spanned<String>>,
     pub(super) max_sync_age: Option<Spanned<String>>,
     pub(super) max_response_time: Option<Spanned<String>>,
+    pub(super) cache_ttl: Option<Spanned<String>>,
+    pub(super) max_age: Option<Spanned<String>>,
+    pub(super) min_performance_score: Option<Spanned<String>>,
+    pub(super) intent: Option<Spanned<String>>,
+    pub(super) verify_attestation_document: Option<Spanned<String>>,
     pub(super) checks: Option<Spanned<Vec<Spanned<RawCheckPart>>>>,
 }
 
@@ -205,6 +211,11 @@ pub(super) struct RawCheckPart {
     pub(super) max_checkpoint_lag: Option<Spanned<String>>,
     pub(super) max_sync_age: Option<Spanned<String>>,
     pub(super) max_response_time: Option<Spanned<String>>,
+    pub(super) cache_ttl: Option<Spanned<String>>,
+    pub(super) max_age: Option<Spanned<String>>,
+    pub(super) min_performance_score: Option<Spanned<String>>,
+    pub(super) intent: Option<Spanned<String>>,
+    pub(super) verify_attestation_document: Option<Spanned<String>>,
 }
 
 /// The fields of a `sui_sync` check, borrowed from a [`RawHealthCheck`] or
@@ -239,6 +250,35 @@ impl RawSuiFields<'_> {
     }
 }
 
+/// The fields of a `nautilus` check, borrowed from a [`RawHealthCheck`] or
+/// a [`RawCheckPart`].
+pub(super) struct RawNautilusFields<'a> {
+    pub(super) cache_ttl: Option<&'a Spanned<String>>,
+    pub(super) max_age: Option<&'a Spanned<String>>,
+    pub(super) min_performance_score: Option<&'a Spanned<String>>,
+    pub(super) intent: Option<&'a Spanned<String>>,
+    pub(super) verify_attestation_document: Option<&'a Spanned<String>>,
+}
+
+impl RawNautilusFields<'_> {
+    /// The fields that were written, each with its name and position.
+    pub(super) fn present(&self) -> Vec<(&'static str, Location)> {
+        [
+            ("cache_ttl", self.cache_ttl),
+            ("max_age", self.max_age),
+            ("min_performance_score", self.min_performance_score),
+            ("intent", self.intent),
+            (
+                "verify_attestation_document",
+                self.verify_attestation_document,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(name, raw)| Some((name, raw?.referenced)))
+        .collect()
+    }
+}
+
 /// The fields of an `http`/`https` check, borrowed from a
 /// [`RawHealthCheck`] or a [`RawCheckPart`].
 pub(super) struct RawHttpFields<'a> {
@@ -252,6 +292,16 @@ pub(super) struct RawHttpFields<'a> {
 }
 
 impl RawHealthCheck {
+    pub(super) const fn nautilus_fields(&self) -> RawNautilusFields<'_> {
+        RawNautilusFields {
+            cache_ttl: self.cache_ttl.as_ref(),
+            max_age: self.max_age.as_ref(),
+            min_performance_score: self.min_performance_score.as_ref(),
+            intent: self.intent.as_ref(),
+            verify_attestation_document: self.verify_attestation_document.as_ref(),
+        }
+    }
+
     pub(super) const fn sui_fields(&self) -> RawSuiFields<'_> {
         RawSuiFields {
             max_checkpoint_lag: self.max_checkpoint_lag.as_ref(),
@@ -274,6 +324,16 @@ impl RawHealthCheck {
 }
 
 impl RawCheckPart {
+    pub(super) const fn nautilus_fields(&self) -> RawNautilusFields<'_> {
+        RawNautilusFields {
+            cache_ttl: self.cache_ttl.as_ref(),
+            max_age: self.max_age.as_ref(),
+            min_performance_score: self.min_performance_score.as_ref(),
+            intent: self.intent.as_ref(),
+            verify_attestation_document: self.verify_attestation_document.as_ref(),
+        }
+    }
+
     pub(super) const fn sui_fields(&self) -> RawSuiFields<'_> {
         RawSuiFields {
             max_checkpoint_lag: self.max_checkpoint_lag.as_ref(),

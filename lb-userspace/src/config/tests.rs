@@ -511,7 +511,7 @@ fn bad_protocol_and_kind() {
         &with_service("    health_check:\n      kind: grpc\n"),
         "services[0].health_check.kind",
         6,
-        "expected tcp, udp, http, https, sui_sync or all",
+        "expected tcp, udp, http, https, sui_sync, nautilus or all",
     );
     assert_error(
         &with_service("    health_check: { kind: udp }\n"),
@@ -2213,9 +2213,27 @@ fn features_default_to_plain_k3s_and_discovery_with_a_chain() {
         chain.features,
         Features {
             blockchain_discovery: true,
+            nautilus_health_checks: true,
+            stake_validation: true,
             ..Features::default()
         }
     );
+    // A partial block keeps the other defaults.
+    let partial = parse(&with_chain(&format!(
+        "features: {{ performance_ranking: true }}\n{DISCOVERED}"
+    )));
+    assert_eq!(
+        partial.features,
+        Features {
+            blockchain_discovery: true,
+            nautilus_health_checks: true,
+            stake_validation: true,
+            performance_ranking: true,
+            ..Features::default()
+        }
+    );
+    let partial = parse(&with_service("features: { performance_ranking: true }\n"));
+    assert!(!partial.features.nautilus_health_checks && !partial.features.stake_validation);
 }
 
 #[test]
@@ -2254,13 +2272,19 @@ fn features_errors() {
         &with_service("features:\n  nautilus_health_checks: true\n"),
         "features.nautilus_health_checks",
         6,
-        "not available yet",
+        "needs the top-level `chain` block",
     );
     assert_error(
         &with_service("features:\n  stake_validation: true\n"),
         "features.stake_validation",
         6,
-        "not available yet",
+        "needs the top-level `chain` block",
+    );
+    assert_error(
+        &with_service("features:\n  stake_validation: on\n"),
+        "features.stake_validation",
+        6,
+        "expected true or false",
     );
     assert_error(
         &with_service("features:\n  blockchain_discovery: true\n"),
@@ -2277,4 +2301,384 @@ fn features_errors() {
         "needs features.blockchain_discovery",
     );
     assert!(error(&with_service("features:\n  ranking: true\n")).contains("unknown field"));
+}
+
+/// A valid `chain` block with `enclave_config` (lines 1-4) followed by
+/// `rest`.
+fn with_enclave_chain(rest: &str) -> String {
+    format!(
+        "chain:\n  sui_rpc_url: http://127.0.0.1:9000\n  registry: {{ package: \"{PACKAGE}\", object: \"0xcd\" }}\n  enclave_config: \"0xe1\"\n{rest}"
+    )
+}
+
+/// `with_enclave_chain` and one discovered service whose `health_check`
+/// (line 9) is `check`.
+fn nautilus_service(check: &str) -> String {
+    with_enclave_chain(&format!("{DISCOVERED}    health_check: {check}\n"))
+}
+
+#[test]
+fn nautilus_check_defaults() {
+    let config = parse(&nautilus_service("{ kind: nautilus }"));
+    let chain = config.chain.as_ref().unwrap();
+    assert_eq!(
+        chain.enclave_config.unwrap().to_string(),
+        format!("0x{:0>64}", "e1")
+    );
+    assert!(config.features.nautilus_health_checks && config.features.stake_validation);
+    let check = &config.services[0].health_check;
+    assert_eq!(check.check, CheckSpec::Nautilus(NautilusCheck::DEFAULT));
+    assert_eq!(check.check.kind(), "nautilus");
+    assert_eq!(NautilusCheck::default().cache_ttl, Duration::from_secs(30));
+    assert_eq!(NautilusCheck::DEFAULT.max_age, Duration::from_mins(1));
+    // No max_response_time: the timeout keeps its default.
+    assert_eq!(check.timeout, HealthCheckConfig::DEFAULT_TIMEOUT);
+    // A shorter max_age shortens the default cache_ttl; 0s never reuses.
+    let short = parse(&nautilus_service("{ kind: nautilus, max_age: 10s }"));
+    let CheckSpec::Nautilus(short) = short.services[0].health_check.check else {
+        panic!("not a nautilus check");
+    };
+    assert_eq!(short.cache_ttl, Duration::from_secs(10));
+    let uncached = parse(&nautilus_service("{ kind: nautilus, cache_ttl: 0s }"));
+    let CheckSpec::Nautilus(uncached) = uncached.services[0].health_check.check else {
+        panic!("not a nautilus check");
+    };
+    assert_eq!(uncached.cache_ttl, Duration::ZERO);
+    // cache_ttl may equal max_age; the bounds of the ranges are accepted.
+    parse(&nautilus_service(
+        "{ kind: nautilus, cache_ttl: 24h, max_age: 24h, min_performance_score: 10000, intent: 255 }",
+    ));
+    parse(&nautilus_service(
+        "{ kind: nautilus, cache_ttl: 1s, max_age: 1s }",
+    ));
+}
+
+#[test]
+fn nautilus_check_with_every_field_and_in_all() {
+    let config = parse(&nautilus_service(
+        "
+      kind: all
+      interval: 2s
+      timeout: 2s
+      checks:
+        - { kind: tcp }
+        - kind: nautilus
+          cache_ttl: 10s
+          max_age: 5m
+          min_performance_score: 7_500
+          intent: 3
+          verify_attestation_document: true
+",
+    ));
+    let check = &config.services[0].health_check;
+    assert_eq!(
+        check.check,
+        CheckSpec::All(vec![
+            CheckSpec::Tcp,
+            CheckSpec::Nautilus(NautilusCheck {
+                cache_ttl: Duration::from_secs(10),
+                max_age: Duration::from_mins(5),
+                min_performance_score: 7500,
+                intent: 3,
+                verify_attestation_document: true,
+            }),
+        ])
+    );
+    assert_eq!(check.timeout, Duration::from_secs(2));
+}
+
+#[test]
+fn nautilus_config_reads_back() {
+    let config = parse(&with_enclave_chain(
+        "  min_stake_mist: 1000
+features:
+  nautilus_health_checks: true
+  stake_validation: true
+  performance_ranking: true
+  stake_weight: linear
+services:
+  - name: a
+    vip: 127.0.0.1:80
+    discovery: { source: sui, port: 80 }
+    health_check: { kind: nautilus, cache_ttl: 0s, max_age: 90s, intent: 1 }
+  - name: b
+    vip: 127.0.0.1:81
+    discovery: { source: sui, port: 81 }
+    health_check:
+      kind: all
+      checks:
+        - { kind: sui_sync }
+        - { kind: nautilus, min_performance_score: 5000, verify_attestation_document: true }
+",
+    ));
+    let json = serde_json::to_string(&config).unwrap();
+    // JSON is YAML: the serialized form is a valid config file.
+    assert_eq!(parse(&json), config, "{json}");
+    let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(value["chain"]["enclave_config"], format!("0x{:0>64}", "e1"));
+    assert_eq!(value["chain"]["min_stake_mist"], 1000);
+    assert_eq!(value["features"]["nautilus_health_checks"], true);
+    assert_eq!(value["features"]["stake_validation"], true);
+    let check = &value["services"][0]["health_check"];
+    assert_eq!(check["kind"], "nautilus");
+    assert_eq!(check["cache_ttl"], "0s");
+    assert_eq!(check["max_age"], "1m 30s");
+    assert_eq!(check["min_performance_score"], 0);
+    assert_eq!(check["intent"], 1);
+    assert_eq!(check["verify_attestation_document"], false);
+    let part = &value["services"][1]["health_check"]["checks"][1];
+    assert_eq!(part["kind"], "nautilus");
+    assert_eq!(part["cache_ttl"], "30s");
+    assert_eq!(part["min_performance_score"], 5000);
+    assert_eq!(part["verify_attestation_document"], true);
+    // Without enclave_config the chain block serializes without it.
+    let plain = parse(&with_chain(DISCOVERED));
+    let value = serde_json::to_value(&plain).unwrap();
+    assert!(value["chain"].get("enclave_config").is_none(), "{value}");
+    assert_eq!(parse(&value.to_string()), plain);
+}
+
+#[test]
+fn nautilus_needs_chain_enclave_config_discovery_and_the_feature() {
+    assert_error(
+        &with_service("    health_check: { kind: nautilus }\n"),
+        "services[0].health_check.kind",
+        5,
+        "kind nautilus needs the top-level `chain` block",
+    );
+    assert_error(
+        &with_chain(&format!(
+            "{DISCOVERED}    health_check: {{ kind: nautilus }}\n"
+        )),
+        "services[0].health_check.kind",
+        8,
+        "kind nautilus needs chain.enclave_config",
+    );
+    assert_error(
+        &with_enclave_chain(&with_service("    health_check: { kind: nautilus }\n")),
+        "services[0].health_check.kind",
+        9,
+        "kind nautilus needs the service's `discovery` block",
+    );
+    assert_error(
+        &with_enclave_chain(&format!(
+            "features: {{ nautilus_health_checks: false }}\n{DISCOVERED}    health_check: {{ kind: nautilus }}\n"
+        )),
+        "services[0].health_check.kind",
+        10,
+        "kind nautilus needs features.nautilus_health_checks, which is false",
+    );
+    // Inside kind all, at the entry's kind.
+    assert_error(
+        &with_enclave_chain(&format!(
+            "features: {{ nautilus_health_checks: false }}\n{DISCOVERED}    health_check: {{ kind: all, checks: [{{ kind: tcp }}, {{ kind: nautilus }}] }}\n"
+        )),
+        "services[0].health_check.checks[1].kind",
+        10,
+        "needs features.nautilus_health_checks",
+    );
+    assert_error(
+        &with_chain(&format!(
+            "{DISCOVERED}    health_check: {{ kind: all, checks: [{{ kind: nautilus }}] }}\n"
+        )),
+        "services[0].health_check.checks[0].kind",
+        8,
+        "needs chain.enclave_config",
+    );
+    // Every missing piece is named at once.
+    let error = error(&with_chain(&format!(
+        "features: {{ nautilus_health_checks: false }}\n{}",
+        with_service("    health_check: { kind: nautilus }\n")
+    )));
+    for needed in [
+        "chain.enclave_config",
+        "`discovery` block",
+        "features.nautilus_health_checks",
+    ] {
+        assert!(error.contains(needed), "{needed} not in:\n{error}");
+    }
+}
+
+#[test]
+fn nautilus_field_errors_name_the_field() {
+    let path = "services[0].health_check";
+    for (check, field, text) in [
+        (
+            "{ kind: nautilus, cache_ttl: 2m }",
+            "cache_ttl",
+            "2m is longer than max_age 1m: a cached verdict would outlive max_age",
+        ),
+        (
+            "{ kind: nautilus, cache_ttl: 20s, max_age: 10s }",
+            "cache_ttl",
+            "would outlive max_age",
+        ),
+        (
+            "{ kind: nautilus, cache_ttl: soon }",
+            "cache_ttl",
+            "invalid duration",
+        ),
+        (
+            "{ kind: nautilus, max_age: 0s }",
+            "max_age",
+            "must not be zero",
+        ),
+        ("{ kind: nautilus, max_age: 500ms }", "max_age", "too short"),
+        ("{ kind: nautilus, max_age: 25h }", "max_age", "too long"),
+        (
+            "{ kind: nautilus, min_performance_score: 10001 }",
+            "min_performance_score",
+            "from 0 to 10000",
+        ),
+        (
+            "{ kind: nautilus, min_performance_score: -1 }",
+            "min_performance_score",
+            "invalid score",
+        ),
+        ("{ kind: nautilus, intent: 256 }", "intent", "from 0 to 255"),
+        ("{ kind: nautilus, intent: x }", "intent", "invalid intent"),
+        (
+            "{ kind: nautilus, verify_attestation_document: yes }",
+            "verify_attestation_document",
+            "expected true or false",
+        ),
+        (
+            "{ kind: nautilus, path: /healthz }",
+            "path",
+            "only valid with kind http or https, not with kind nautilus",
+        ),
+        (
+            "{ kind: nautilus, insecure: true }",
+            "insecure",
+            "only valid with kind https, not with kind nautilus",
+        ),
+        (
+            "{ kind: nautilus, max_sync_age: 1s }",
+            "max_sync_age",
+            "only valid with kind sui_sync, not with kind nautilus",
+        ),
+        (
+            "{ kind: tcp, cache_ttl: 1s }",
+            "cache_ttl",
+            "only valid with kind nautilus, not with kind tcp",
+        ),
+        (
+            "{ kind: sui_sync, intent: 1 }",
+            "intent",
+            "only valid with kind nautilus, not with kind sui_sync",
+        ),
+        (
+            "{ kind: all, max_age: 1m, checks: [{ kind: nautilus }] }",
+            "max_age",
+            "only valid with kind nautilus; with kind all, write it in an entry of `checks`",
+        ),
+        (
+            "{ kind: all, checks: [{ kind: tcp }, { kind: nautilus, cache_ttl: 5m }] }",
+            "checks[1].cache_ttl",
+            "would outlive max_age",
+        ),
+        (
+            "{ kind: all, checks: [{ kind: http, min_performance_score: 1 }] }",
+            "checks[0].min_performance_score",
+            "only valid with kind nautilus, not with kind http",
+        ),
+    ] {
+        assert_error(
+            &nautilus_service(check),
+            &format!("{path}.{field}"),
+            9,
+            text,
+        );
+    }
+    assert_error(
+        &nautilus_service("{ kind: nautilus, bogus: 1 }"),
+        "services[0].health_check.bogus",
+        9,
+        "unknown field",
+    );
+}
+
+#[test]
+fn enclave_config_is_a_sui_address() {
+    let chain = |value: &str| {
+        format!(
+            "chain:\n  sui_rpc_url: http://a:1\n  registry: {{ package: \"0x1\", object: \"0x2\" }}\n  enclave_config: {value}\nservices: []\n"
+        )
+    };
+    let config = parse(&chain("\"0x5\""));
+    assert_eq!(
+        config.chain.unwrap().enclave_config.unwrap().to_string(),
+        format!("0x{:0>64}", "5")
+    );
+    for bad in [
+        "\"5\"",
+        "\"0x\"",
+        "\"0xg1\"",
+        &format!("\"0x{}\"", "1".repeat(65)),
+    ] {
+        assert_error(
+            &chain(bad),
+            "chain.enclave_config",
+            4,
+            "invalid Sui address",
+        );
+    }
+    // Optional: no nautilus check, no enclave_config.
+    assert_eq!(
+        parse(&with_chain(DISCOVERED)).chain.unwrap().enclave_config,
+        None
+    );
+}
+
+#[test]
+fn min_stake_needs_stake_validation() {
+    let chain = |features: &str, stake: &str| {
+        format!(
+            "chain:\n  sui_rpc_url: http://a:1\n  registry: {{ package: \"0x1\", object: \"0x2\" }}\n  min_stake_mist: {stake}\nfeatures: {{ {features} }}\nservices: []\n"
+        )
+    };
+    assert_error(
+        &chain("stake_validation: false", "1_000"),
+        "chain.min_stake_mist",
+        4,
+        "1000 needs features.stake_validation, which is false",
+    );
+    // 0 enforces nothing: fine with stake validation off.
+    let off = parse(&chain("stake_validation: false", "0"));
+    assert!(!off.features.stake_validation);
+    assert_eq!(off.chain.unwrap().min_stake_mist, 0);
+    // On by default with a chain block, or written.
+    let on = parse(&chain("", "1_000"));
+    assert!(on.features.stake_validation);
+    assert_eq!(on.chain.unwrap().min_stake_mist, 1000);
+    assert!(
+        parse(&chain("stake_validation: true", "5"))
+            .features
+            .stake_validation
+    );
+}
+
+#[test]
+fn everything_off_is_plain_k3s() {
+    let off = parse(&format!(
+        "features:\n  nautilus_health_checks: false\n  blockchain_discovery: false\n  stake_validation: false\n  performance_ranking: false\n{EXAMPLE}"
+    ));
+    assert_eq!(off.features, Features::default());
+    assert!(
+        !off.features.nautilus_health_checks
+            && !off.features.blockchain_discovery
+            && !off.features.stake_validation
+            && !off.features.performance_ranking
+    );
+    assert_eq!(off, parse(EXAMPLE));
+    assert_eq!(off.chain, None);
+    let json = serde_json::to_string(&off).unwrap();
+    assert_eq!(parse(&json), off, "{json}");
+    // With the chain features off, a chain block reads but nothing uses it.
+    let chain_off = parse(&with_chain(&format!(
+        "features: {{ nautilus_health_checks: false, blockchain_discovery: false, stake_validation: false }}\n{}",
+        with_service("    health_check: { kind: tcp }\n")
+    )));
+    assert_eq!(chain_off.features, Features::default());
+    assert_eq!(chain_off.services[0].health_check.check, CheckSpec::Tcp);
 }

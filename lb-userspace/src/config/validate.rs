@@ -13,11 +13,13 @@ use serde_saphyr::{Location, Spanned};
 
 use super::{
     ChainPort, ChainPortKind, ChainSettings, CheckSpec, Config, DiscoveryConfig, DiscoveryPort,
-    Features, HealthCheckConfig, HttpCheck, Intervals, Issue, Policy, PortRange, Protocol,
-    RegistrySettings, ServiceConfig, SuiSyncCheck, TlsOptions, XdpAttachMode, XdpSettings,
+    Features, HealthCheckConfig, HttpCheck, Intervals, Issue, NautilusCheck, Policy, PortRange,
+    Protocol, RegistrySettings, ServiceConfig, SuiSyncCheck, TlsOptions, XdpAttachMode,
+    XdpSettings,
     raw::{
         RawChain, RawConfig, RawDiscovery, RawDiscoveryPort, RawFeatures, RawHealthCheck,
-        RawHttpFields, RawIntervals, RawRegistry, RawService, RawSuiFields, RawXdp,
+        RawHttpFields, RawIntervals, RawNautilusFields, RawRegistry, RawService, RawSuiFields,
+        RawXdp,
     },
 };
 use crate::ranking::StakeWeight;
@@ -37,6 +39,7 @@ enum Kind {
     Http,
     Https,
     SuiSync,
+    Nautilus,
     All,
 }
 
@@ -46,6 +49,7 @@ super::config_words!(Kind, "health check kind", {
     Http => "http",
     Https => "https",
     SuiSync => "sui_sync",
+    Nautilus => "nautilus",
     All => "all",
 });
 
@@ -53,6 +57,12 @@ super::config_words!(Kind, "health check kind", {
 const MIN_DISCOVERY_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest accepted `chain.discovery_interval`.
 const MAX_DISCOVERY_INTERVAL: Duration = Duration::from_hours(24);
+/// Shortest accepted nautilus `max_age`.
+const MIN_ATTESTATION_MAX_AGE: Duration = Duration::from_secs(1);
+/// Longest accepted nautilus `max_age`.
+const MAX_ATTESTATION_MAX_AGE: Duration = Duration::from_hours(24);
+/// Highest score in basis points (100%).
+const MAX_SCORE: u64 = 10_000;
 
 /// Collects every problem found while turning the raw file into a
 /// [`Config`].
@@ -61,6 +71,25 @@ pub(super) struct Checker {
     pub(super) issues: Vec<Issue>,
     /// Every `kind: sui_sync` seen so far: its path and position.
     sui_sync_kinds: Vec<(String, Location)>,
+    /// Every `kind: nautilus` seen so far: its path and position.
+    nautilus_kinds: Vec<(String, Location)>,
+}
+
+/// What the checks that need the chain look at besides the service.
+#[derive(Clone, Copy)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent facts about the file"
+)]
+struct ChainContext {
+    /// There is a `chain` block.
+    chain: bool,
+    /// `features.blockchain_discovery` is false.
+    discovery_off: bool,
+    /// `features.nautilus_health_checks` is false.
+    nautilus_off: bool,
+    /// `chain.enclave_config` is written.
+    enclave_config: bool,
 }
 
 /// What an address is used for, which decides the checks applied to it.
@@ -110,6 +139,8 @@ struct ServiceDraft {
     discovery_at: Option<Location>,
     /// The `kind: sui_sync` of its health check (path and position).
     sui_sync_kinds: Vec<(String, Location)>,
+    /// The `kind: nautilus` of its health check (path and position).
+    nautilus_kinds: Vec<(String, Location)>,
 }
 
 impl ServiceDraft {
@@ -237,17 +268,14 @@ impl Checker {
             None => Some(None),
             Some(raw) => self.xdp(raw).map(Some),
         };
+        let features = match &top.features {
+            None => Some(default_features(top.chain.is_some())),
+            Some(raw) => self.features(raw, top.chain.is_some()),
+        };
+        let stake_off = features.as_ref().is_some_and(|f| !f.stake_validation);
         let chain = match &top.chain {
             None => Some(None),
-            Some(raw) => self.chain(raw).map(Some),
-        };
-
-        let features = match &top.features {
-            None => Some(Features {
-                blockchain_discovery: top.chain.is_some(),
-                ..Features::default()
-            }),
-            Some(raw) => self.features(raw, top.chain.is_some()),
+            Some(raw) => self.chain(raw, stake_off).map(Some),
         };
 
         let Some(services) = &top.services else {
@@ -269,8 +297,16 @@ impl Checker {
         if top.xdp.is_none() {
             self.check_remote_needs_xdp(&drafts);
         }
-        let discovery_off = features.as_ref().is_some_and(|f| !f.blockchain_discovery);
-        self.check_discovery_needs(&drafts, top.chain.is_some(), discovery_off);
+        let context = ChainContext {
+            chain: top.chain.is_some(),
+            discovery_off: features.as_ref().is_some_and(|f| !f.blockchain_discovery),
+            nautilus_off: features.as_ref().is_some_and(|f| !f.nautilus_health_checks),
+            enclave_config: top
+                .chain
+                .as_ref()
+                .is_some_and(|chain| chain.value.enclave_config.is_some()),
+        };
+        self.check_discovery_needs(&drafts, context);
 
         let services = drafts
             .into_iter()
@@ -312,7 +348,7 @@ impl Checker {
             self,
             &features.nautilus_health_checks,
             "nautilus_health_checks",
-            false,
+            chain,
         );
         let discovery = flag(
             self,
@@ -320,7 +356,7 @@ impl Checker {
             "blockchain_discovery",
             chain,
         );
-        let stake = flag(self, &features.stake_validation, "stake_validation", false);
+        let stake = flag(self, &features.stake_validation, "stake_validation", chain);
         let ranking = flag(
             self,
             &features.performance_ranking,
@@ -331,45 +367,49 @@ impl Checker {
             None => Some(StakeWeight::default()),
             Some(raw) => self.parse(raw, "features.stake_weight"),
         };
-        for (flag, name) in [
-            (nautilus, "nautilus_health_checks"),
-            (stake, "stake_validation"),
+        for (flag, name, what) in [
+            (
+                discovery,
+                "blockchain_discovery",
+                "the Sui full node and registry to read",
+            ),
+            (
+                nautilus,
+                "nautilus_health_checks",
+                "the full node the enclave objects are read from",
+            ),
+            (
+                stake,
+                "stake_validation",
+                "the full node the on-chain stake is read from",
+            ),
         ] {
-            if let Some((true, Some(location))) = flag {
+            if let Some((true, Some(location))) = flag
+                && !chain
+            {
                 self.report(
                     location,
                     &format!("features.{name}"),
-                    "not available yet: this build has no Nautilus attestation check; write false or leave it out"
-                        .to_owned(),
+                    format!("needs the top-level `chain` block ({what})"),
                 );
                 ok = false;
             }
-        }
-        if let Some((true, Some(location))) = discovery
-            && !chain
-        {
-            self.report(
-                location,
-                "features.blockchain_discovery",
-                "needs the top-level `chain` block (the Sui full node and registry to read)"
-                    .to_owned(),
-            );
-            ok = false;
         }
         if !ok {
             return None;
         }
         Some(Features {
-            nautilus_health_checks: false,
+            nautilus_health_checks: nautilus?.0,
             blockchain_discovery: discovery?.0,
-            stake_validation: false,
+            stake_validation: stake?.0,
             performance_ranking: ranking?.0,
             stake_weight: stake_weight?,
         })
     }
 
-    /// The `chain` block.
-    fn chain(&mut self, raw: &Spanned<RawChain>) -> Option<ChainSettings> {
+    /// The `chain` block; `stake_off`: `features.stake_validation` is
+    /// false.
+    fn chain(&mut self, raw: &Spanned<RawChain>, stake_off: bool) -> Option<ChainSettings> {
         let chain = &raw.value;
         let sui_rpc_url = match &chain.sui_rpc_url {
             None => {
@@ -415,12 +455,28 @@ impl Checker {
                         ),
                     );
                 }
-                mist
+                match mist {
+                    Some(mist) if mist > 0 && stake_off => {
+                        self.report(
+                            raw.referenced,
+                            "chain.min_stake_mist",
+                            format!(
+                                "{mist} needs features.stake_validation, which is false; with it off no stake is enforced, so write 0 (or leave it out) or switch stake_validation on"
+                            ),
+                        );
+                        None
+                    }
+                    mist => mist,
+                }
             }
         };
         let discovery_interval = match &chain.discovery_interval {
             None => Some(ChainSettings::DEFAULT_DISCOVERY_INTERVAL),
             Some(raw) => self.discovery_interval(raw),
+        };
+        let enclave_config = match &chain.enclave_config {
+            None => Some(None),
+            Some(raw) => self.sui_address(raw, "chain.enclave_config").map(Some),
         };
         Some(ChainSettings {
             sui_rpc_url: sui_rpc_url?,
@@ -428,6 +484,7 @@ impl Checker {
             registry: registry?,
             min_stake_mist: min_stake_mist?,
             discovery_interval: discovery_interval?,
+            enclave_config: enclave_config?,
         })
     }
 
@@ -670,9 +727,16 @@ impl Checker {
         }
     }
 
-    /// `discovery` and `kind: sui_sync` need the `chain` block; `sui_sync`
-    /// needs `discovery` (it checks each discovered node's own full node).
-    fn check_discovery_needs(&mut self, drafts: &[ServiceDraft], chain: bool, off: bool) {
+    /// `discovery`, `kind: sui_sync` and `kind: nautilus` need the `chain`
+    /// block; `sui_sync` and `nautilus` need `discovery` (they check what
+    /// each discovered node registered); `nautilus` needs
+    /// `chain.enclave_config` and `features.nautilus_health_checks`.
+    fn check_discovery_needs(&mut self, drafts: &[ServiceDraft], context: ChainContext) {
+        let ChainContext {
+            chain,
+            discovery_off: off,
+            ..
+        } = context;
         for draft in drafts {
             if let Some(location) = draft.discovery_at {
                 if !chain {
@@ -708,6 +772,51 @@ impl Checker {
                     );
                 }
             }
+            for (path, location) in &draft.nautilus_kinds {
+                self.check_nautilus_needs(path, *location, draft, context);
+            }
+        }
+    }
+
+    /// What a `kind: nautilus` at `path` needs besides its own fields.
+    fn check_nautilus_needs(
+        &mut self,
+        path: &str,
+        location: Location,
+        draft: &ServiceDraft,
+        context: ChainContext,
+    ) {
+        if !context.chain {
+            self.report(
+                location,
+                path,
+                "kind nautilus needs the top-level `chain` block (the full node the enclave objects are read from, and chain.enclave_config)"
+                    .to_owned(),
+            );
+            return;
+        }
+        if !context.enclave_config {
+            self.report(
+                location,
+                path,
+                "kind nautilus needs chain.enclave_config: the EnclaveConfig object whose enclaves are trusted"
+                    .to_owned(),
+            );
+        }
+        if draft.discovery_at.is_none() {
+            self.report(
+                location,
+                path,
+                "kind nautilus needs the service's `discovery` block: it checks the enclave each discovered server registered (nautilus_url, enclave_id)"
+                    .to_owned(),
+            );
+        }
+        if context.nautilus_off {
+            self.report(
+                location,
+                path,
+                "kind nautilus needs features.nautilus_health_checks, which is false".to_owned(),
+            );
         }
     }
 
@@ -1060,8 +1169,10 @@ impl Checker {
             server_count,
         );
         let kinds_before = self.sui_sync_kinds.len();
+        let nautilus_before = self.nautilus_kinds.len();
         let health_check = self.health_check(raw, &path, protocol);
         let sui_sync_kinds = self.sui_sync_kinds.split_off(kinds_before);
+        let nautilus_kinds = self.nautilus_kinds.split_off(nautilus_before);
         let discovery = match &service.discovery {
             None => Some(None),
             Some(raw) => self.discovery(raw, &format!("{path}.discovery")).map(Some),
@@ -1087,6 +1198,7 @@ impl Checker {
             discovery,
             discovery_at: service.discovery.as_ref().map(|raw| raw.referenced),
             sui_sync_kinds,
+            nautilus_kinds,
         }
     }
 
@@ -1317,15 +1429,31 @@ impl Checker {
                     format!("`checks` is only valid with kind all, not with kind {kind}"),
                 );
             }
-            return self.single_check(kind, &check.http_fields(), &check.sui_fields(), path);
+            return self.single_check(
+                kind,
+                &check.http_fields(),
+                &check.sui_fields(),
+                &check.nautilus_fields(),
+                path,
+            );
         }
 
-        for (name, location) in check.sui_fields().present() {
+        let sui = check
+            .sui_fields()
+            .present()
+            .into_iter()
+            .map(|field| (field, "sui_sync"));
+        let nautilus = check
+            .nautilus_fields()
+            .present()
+            .into_iter()
+            .map(|field| (field, "nautilus"));
+        for ((name, location), kind) in sui.chain(nautilus) {
             self.report(
                 location,
                 &format!("{path}.{name}"),
                 format!(
-                    "`{name}` is only valid with kind sui_sync; with kind all, write it in an entry of `checks`"
+                    "`{name}` is only valid with kind {kind}; with kind all, write it in an entry of `checks`"
                 ),
             );
         }
@@ -1379,6 +1507,7 @@ impl Checker {
                     kind,
                     &part.value.http_fields(),
                     &part.value.sui_fields(),
+                    &part.value.nautilus_fields(),
                     &part_path,
                 )
             }));
@@ -1398,8 +1527,10 @@ impl Checker {
         nested: bool,
     ) -> Option<Kind> {
         let kind = self.parse::<Kind>(raw, path)?;
-        if kind == Kind::SuiSync {
-            self.sui_sync_kinds.push((path.to_owned(), raw.referenced));
+        match kind {
+            Kind::SuiSync => self.sui_sync_kinds.push((path.to_owned(), raw.referenced)),
+            Kind::Nautilus => self.nautilus_kinds.push((path.to_owned(), raw.referenced)),
+            _ => {}
         }
         let problem = match kind {
             Kind::All if nested => {
@@ -1420,6 +1551,7 @@ impl Checker {
         kind: Kind,
         fields: &RawHttpFields<'_>,
         sui: &RawSuiFields<'_>,
+        nautilus: &RawNautilusFields<'_>,
         path: &str,
     ) -> Option<CheckSpec> {
         if kind != Kind::SuiSync {
@@ -1428,6 +1560,15 @@ impl Checker {
                     location,
                     &format!("{path}.{name}"),
                     format!("`{name}` is only valid with kind sui_sync, not with kind {kind}"),
+                );
+            }
+        }
+        if kind != Kind::Nautilus {
+            for (name, location) in nautilus.present() {
+                self.report(
+                    location,
+                    &format!("{path}.{name}"),
+                    format!("`{name}` is only valid with kind nautilus, not with kind {kind}"),
                 );
             }
         }
@@ -1456,13 +1597,13 @@ impl Checker {
             Kind::Http | Kind::Https => self
                 .http_check(fields, path, kind == Kind::Https)
                 .map(CheckSpec::Http),
-            Kind::SuiSync => {
+            Kind::SuiSync | Kind::Nautilus => {
                 for (name, location) in fields.present() {
                     self.report(
                         location,
                         &format!("{path}.{name}"),
                         format!(
-                            "`{name}` is only valid with kind {}, not with kind sui_sync",
+                            "`{name}` is only valid with kind {}, not with kind {kind}",
                             if is_tls_field(name) {
                                 "https"
                             } else {
@@ -1471,7 +1612,11 @@ impl Checker {
                         ),
                     );
                 }
-                self.sui_sync_check(sui, path).map(CheckSpec::SuiSync)
+                if kind == Kind::SuiSync {
+                    self.sui_sync_check(sui, path).map(CheckSpec::SuiSync)
+                } else {
+                    self.nautilus_check(nautilus, path).map(CheckSpec::Nautilus)
+                }
             }
             // Reported by `kind`.
             Kind::All => None,
@@ -1565,6 +1710,113 @@ impl Checker {
             max_sync_age: max_sync_age?,
             max_response_time: max_response_time?,
         })
+    }
+
+    /// A `nautilus` check's fields; a `cache_ttl` left out is at most
+    /// `max_age`.
+    fn nautilus_check(
+        &mut self,
+        fields: &RawNautilusFields<'_>,
+        path: &str,
+    ) -> Option<NautilusCheck> {
+        let max_age = match fields.max_age {
+            None => Some(NautilusCheck::DEFAULT_MAX_AGE),
+            Some(raw) => self.duration_in_range(
+                raw,
+                &format!("{path}.max_age"),
+                MIN_ATTESTATION_MAX_AGE,
+                MAX_ATTESTATION_MAX_AGE,
+            ),
+        };
+        let cache_ttl = match fields.cache_ttl {
+            None => Some(NautilusCheck::DEFAULT_CACHE_TTL.min(max_age.unwrap_or(Duration::MAX))),
+            Some(raw) => self.cache_ttl(raw, &format!("{path}.cache_ttl"), max_age),
+        };
+        let min_performance_score = match fields.min_performance_score {
+            None => Some(0),
+            Some(raw) => {
+                let text = raw.value.trim().replace('_', "");
+                let score = text.parse::<u64>().ok().filter(|score| *score <= MAX_SCORE);
+                if score.is_none() {
+                    self.report(
+                        raw.referenced,
+                        &format!("{path}.min_performance_score"),
+                        format!(
+                            "invalid score {:?}; expected a whole number of basis points from 0 to {MAX_SCORE} (10000 = 100%)",
+                            raw.value
+                        ),
+                    );
+                }
+                score
+            }
+        };
+        let intent = match fields.intent {
+            None => Some(0),
+            Some(raw) => {
+                let intent = raw.value.trim().parse::<u8>().ok();
+                if intent.is_none() {
+                    self.report(
+                        raw.referenced,
+                        &format!("{path}.intent"),
+                        format!(
+                            "invalid intent scope {:?}; expected a whole number from 0 to 255, the app's intent scope (0 = ProcessData in the Nautilus examples)",
+                            raw.value
+                        ),
+                    );
+                }
+                intent
+            }
+        };
+        let verify_attestation_document = match fields.verify_attestation_document {
+            None => Some(false),
+            Some(raw) => self.boolean(raw, &format!("{path}.verify_attestation_document")),
+        };
+        Some(NautilusCheck {
+            cache_ttl: cache_ttl?,
+            max_age: max_age?,
+            min_performance_score: min_performance_score?,
+            intent: intent?,
+            verify_attestation_document: verify_attestation_document?,
+        })
+    }
+
+    /// A nautilus `cache_ttl`: 0s (no reuse) up to `max_age`, when that is
+    /// valid.
+    fn cache_ttl(
+        &mut self,
+        raw: &Spanned<String>,
+        path: &str,
+        max_age: Option<Duration>,
+    ) -> Option<Duration> {
+        let ttl = match humantime::parse_duration(raw.value.trim()) {
+            Ok(ttl) => ttl,
+            Err(error) => {
+                self.report(
+                    raw.referenced,
+                    path,
+                    format!(
+                        "invalid duration {:?}: {error}; expected e.g. 30s, 0s (no reuse) or 1m",
+                        raw.value
+                    ),
+                );
+                return None;
+            }
+        };
+        if let Some(max_age) = max_age
+            && ttl > max_age
+        {
+            self.report(
+                raw.referenced,
+                path,
+                format!(
+                    "{} is longer than max_age {}: a cached verdict would outlive max_age; expected at most max_age",
+                    humantime::format_duration(ttl),
+                    humantime::format_duration(max_age)
+                ),
+            );
+            return None;
+        }
+        Some(ttl)
     }
 
     /// A written `max_response_time` longer than the check's timeout could
@@ -2077,6 +2329,17 @@ fn prev_prime(number: u32) -> Option<u32> {
 /// The smallest prime of at least `number` that is a valid table size.
 fn next_prime(number: u32) -> Option<u32> {
     (number..=ServiceConfig::MAX_MAGLEV_TABLE_SIZE).find(|candidate| is_prime(*candidate))
+}
+
+/// The features without a `features` block: the plain K3s load balancer,
+/// and everything the chain serves when there is a `chain` block.
+fn default_features(chain: bool) -> Features {
+    Features {
+        nautilus_health_checks: chain,
+        blockchain_discovery: chain,
+        stake_validation: chain,
+        ..Features::default()
+    }
 }
 
 /// The longest `max_response_time` of the `sui_sync` checks in `spec`.

@@ -13,7 +13,7 @@ use std::{
 use tokio::task::AbortHandle;
 
 use super::{Controller, dial_probe};
-use crate::{health::Prober, state_machine::ServerState};
+use crate::{chain::servers::DiscoveredServer, health::Prober, state_machine::ServerState};
 
 /// The first check of a new server waits at most this long (plus jitter).
 const FIRST_CHECK_SPREAD: Duration = Duration::from_secs(1);
@@ -46,8 +46,8 @@ struct Plan {
     prober: Arc<Prober>,
     timeout: Duration,
     dial_probe: bool,
-    /// The node's own full node, for `sui_sync` checks.
-    sui_rpc: Option<String>,
+    /// The node's registry entry, for `sui_sync` and `nautilus` checks.
+    node: Option<DiscoveredServer>,
 }
 
 impl Controller {
@@ -76,12 +76,7 @@ impl Controller {
             };
             let outcome = plan
                 .prober
-                .probe_node(
-                    server,
-                    plan.timeout,
-                    plan.dial_probe,
-                    plan.sui_rpc.as_deref(),
-                )
+                .probe_node(server, plan.timeout, plan.dial_probe, plan.node.as_ref())
                 .await;
             drop(permit);
             self.record_check(&service, server, outcome);
@@ -111,10 +106,10 @@ impl Controller {
             prober: Arc::clone(&service.prober),
             timeout: check.timeout,
             dial_probe: dial_probe(service.config.protocol) && entry.state != ServerState::Invalid,
-            sui_rpc: state
+            node: state
                 .discovery
                 .server(&service.config.name, server)
-                .map(|node| node.sui_rpc.clone()),
+                .cloned(),
         })
     }
 }

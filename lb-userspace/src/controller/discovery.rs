@@ -334,6 +334,8 @@ mod tests {
             node: sui_sdk_types::Address::ZERO,
             stake: 7,
             sui_rpc: String::new(),
+            nautilus_url: String::new(),
+            enclave_id: sui_sdk_types::Address::ZERO,
         };
         state.discovered.insert(
             "a".to_owned(),

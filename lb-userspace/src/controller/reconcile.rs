@@ -105,6 +105,29 @@ pub(super) fn keep_restart_only_fields(running: &Config, new: &mut Config) {
         xdp,
         chain
     );
+    // The attester (nautilus checks) is built at start.
+    for (name, running, new) in [
+        (
+            "features.nautilus_health_checks",
+            running.features.nautilus_health_checks,
+            &mut new.features.nautilus_health_checks,
+        ),
+        (
+            "features.stake_validation",
+            running.features.stake_validation,
+            &mut new.features.stake_validation,
+        ),
+    ] {
+        if *new != running {
+            warn!(
+                field = name,
+                running,
+                new = *new,
+                "this setting changes only on restart; keeping the running value"
+            );
+            *new = running;
+        }
+    }
 }
 
 /// The running config with one service's servers replaced; checks the list
@@ -167,8 +190,12 @@ impl Controller {
         let mut probers = Vec::with_capacity(config.services.len());
         for service in &config.services {
             let references = super::discovery::reference_urls(config.chain.as_ref());
-            let prober = Prober::with_references(&service.health_check.check, references)
-                .with_context(|| format!("services {}: health_check", service.name))?;
+            let prober = Prober::with_chain(
+                &service.health_check.check,
+                references,
+                self.inner.attester.clone(),
+            )
+            .with_context(|| format!("services {}: health_check", service.name))?;
             probers.push(Arc::new(prober));
         }
         let specs: Vec<ServiceSpec> = config
@@ -295,6 +322,8 @@ impl Controller {
                         backend_id,
                         backend_flags: flags_of(service_id, address),
                         last_check: None,
+                        attestation: None,
+                        attestation_failure: None,
                         last_connects: None,
                         check_task: self.spawn_check(&service_config.name, address),
                     },

@@ -181,6 +181,20 @@ pub enum Rejection {
         /// `EnclaveConfig.version`.
         config_version: u64,
     },
+    /// The node registered no enclave, or its `Enclave` object is not on
+    /// chain.
+    NoEnclave(String),
+    /// The node's `Enclave<T>` is of another app than the trusted
+    /// `EnclaveConfig<T>` (another package or another `T`).
+    WrongApp {
+        /// The enclave's type.
+        enclave: String,
+        /// The trusted config's type.
+        config: String,
+    },
+    /// The Nitro attestation document (`/get_attestation`) does not verify,
+    /// or does not match the config's PCRs and the on-chain key.
+    BadDocument(String),
     /// The enclave or the chain could not be reached in time (or the chain
     /// answered an error).
     Unreachable(String),
@@ -245,12 +259,34 @@ impl Rejection {
             } => format!(
                 "the enclave was registered for config version {enclave_version}, the config is at version {config_version}"
             ),
+            Self::NoEnclave(why) => format!("no enclave: {why}"),
+            Self::WrongApp { enclave, config } => {
+                format!("the enclave is a {enclave}, not of the trusted config's app ({config})")
+            }
+            Self::BadDocument(why) => format!("attestation document: {why}"),
             Self::Unreachable(why) => format!("unreachable: {why}"),
             Self::EnclaveError { status, message } => {
                 format!("the enclave answered HTTP {status}: {message}")
             }
             Self::Malformed(why) => format!("malformed: {why}"),
         }
+    }
+
+    /// Whether the enclave or the chain contradicts the node (a forged,
+    /// misdirected or outdated attestation or enclave), as opposed to a
+    /// node that is slow, unreachable, stale or below the threshold.
+    pub const fn is_forgery(&self) -> bool {
+        matches!(
+            self,
+            Self::BadSignature
+                | Self::WrongKey { .. }
+                | Self::WrongNode { .. }
+                | Self::WrongIntent { .. }
+                | Self::WrongApp { .. }
+                | Self::NotCurrent { .. }
+                | Self::StakeAboveChain { .. }
+                | Self::BadDocument(_)
+        )
     }
 
     /// A short, fixed label for metrics.
@@ -265,6 +301,9 @@ impl Rejection {
             Self::BelowThreshold { .. } => "below_threshold",
             Self::StakeAboveChain { .. } => "stake_above_chain",
             Self::NotCurrent { .. } => "not_current",
+            Self::NoEnclave(_) => "no_enclave",
+            Self::WrongApp { .. } => "wrong_app",
+            Self::BadDocument(_) => "bad_document",
             Self::Unreachable(_) => "unreachable",
             Self::EnclaveError { .. } => "enclave_error",
             Self::Malformed(_) => "malformed",
@@ -396,6 +435,39 @@ mod tests {
     use ed25519_dalek::SigningKey;
 
     use super::*;
+
+    #[test]
+    fn forgeries_are_told_apart_from_failures_to_answer() {
+        let forged = [
+            Rejection::BadSignature,
+            Rejection::WrongKey {
+                reported: String::new(),
+                on_chain: String::new(),
+            },
+            Rejection::WrongIntent { got: 1, want: 0 },
+            Rejection::NotCurrent {
+                enclave_version: 0,
+                config_version: 1,
+            },
+            Rejection::BadDocument(String::new()),
+        ];
+        assert!(forged.iter().all(Rejection::is_forgery));
+        let failures = [
+            Rejection::Unreachable(String::new()),
+            Rejection::Stale {
+                timestamp_ms: 0,
+                now_ms: 1,
+                max_age_ms: 0,
+            },
+            Rejection::BelowThreshold { score: 1, min: 2 },
+            Rejection::EnclaveError {
+                status: 400,
+                message: String::new(),
+            },
+            Rejection::NoEnclave(String::new()),
+        ];
+        assert!(!failures.iter().any(Rejection::is_forgery));
+    }
 
     /// The weather example's payload (MystenLabs/nautilus).
     #[derive(Serialize)]

@@ -1,7 +1,8 @@
 //! Asking a node's Nautilus enclave over HTTP: `GET /health_check` (the key
-//! it reports must be the one registered on chain) and `POST /process_data`
-//! (a signed [`PerformanceAttestation`], checked with [`verify`]). Every
-//! request has its own timeout.
+//! it reports must be the one registered on chain), `POST /process_data`
+//! (a signed [`PerformanceAttestation`], checked with [`verify`]) and
+//! `GET /get_attestation` (its Nitro attestation document, for
+//! [`super::document::verify_enclave`]). Every request has its own timeout.
 
 use std::time::Duration;
 
@@ -24,6 +25,11 @@ pub struct EnclaveClient {
 #[derive(Deserialize)]
 struct HealthCheck {
     pk: String,
+}
+
+#[derive(Deserialize)]
+struct GetAttestation {
+    attestation: String,
 }
 
 #[derive(Deserialize)]
@@ -87,6 +93,23 @@ impl EnclaveClient {
         verify(&response, expected, policy, now_ms())
     }
 
+    /// `GET /get_attestation`: the enclave's attestation document (raw
+    /// CBOR bytes, hex-decoded, not verified here).
+    pub async fn get_attestation(&self) -> Result<Vec<u8>, Rejection> {
+        let answer: GetAttestation = self
+            .call(
+                self.http.get(format!("{}/get_attestation", self.url)),
+                "/get_attestation",
+            )
+            .await?;
+        hex::decode(answer.attestation.trim()).map_err(|e| {
+            Rejection::Malformed(format!(
+                "{}/get_attestation: attestation is not hex: {e}",
+                self.url
+            ))
+        })
+    }
+
     async fn call<T: DeserializeOwned>(
         &self,
         request: reqwest::RequestBuilder,
@@ -125,7 +148,12 @@ mod tests {
     use sui_sdk_types::Address;
 
     use super::*;
-    use crate::nautilus::fake_enclave::{FakeEnclave, FakeScores};
+    use crate::nautilus::{
+        document::{self, DocumentError},
+        fake_enclave::{
+            FakeEnclave, FakeScores, WEATHER_ATTESTATION_VALID_AT_MS, weather_attestation,
+        },
+    };
 
     fn now_ms() -> u64 {
         u64::try_from(
@@ -306,5 +334,86 @@ mod tests {
             label(gone.process_data(&expected, &policy(), now_ms).await),
             "unreachable"
         );
+    }
+
+    #[tokio::test]
+    async fn attestation_document_is_fetched_and_verified() {
+        let (fake, client, _) = setup().await;
+        let bytes = client.get_attestation().await.unwrap();
+        assert_eq!(bytes, weather_attestation());
+
+        // The document's own PCR0..2 and key, as the chain would hold them.
+        let doc = document::verify_document(&bytes, WEATHER_ATTESTATION_VALID_AT_MS).unwrap();
+        let mut pcrs: Vec<Vec<u8>> = (0..3).map(|i| doc.pcr(i).unwrap().to_vec()).collect();
+        let pk = doc.public_key.clone().unwrap();
+        assert_eq!(pk.len(), 32);
+        let expected = |pcrs: &[Vec<u8>]| {
+            document::verify_enclave(
+                &bytes,
+                WEATHER_ATTESTATION_VALID_AT_MS,
+                &document::Expected {
+                    pcrs: [&pcrs[0], &pcrs[1], &pcrs[2]],
+                    public_key: &pk,
+                },
+            )
+        };
+        assert_eq!(expected(&pcrs), Ok(doc));
+
+        // Today the recorded certificates have expired.
+        let err = document::verify_enclave(
+            &bytes,
+            now_ms(),
+            &document::Expected {
+                pcrs: [&pcrs[0], &pcrs[1], &pcrs[2]],
+                public_key: &pk,
+            },
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, DocumentError::CertificateNotValid { .. }),
+            "{err}"
+        );
+
+        // One PCR byte off.
+        pcrs[1][0] ^= 1;
+        let err = expected(&pcrs).unwrap_err();
+        assert!(
+            matches!(err, DocumentError::PcrMismatch { index: 1, .. }),
+            "{err}"
+        );
+
+        // Another document, none, not hex.
+        fake.set_attestation_document(Some(vec![0xd2, 0x84]));
+        assert_eq!(client.get_attestation().await.unwrap(), vec![0xd2, 0x84]);
+        fake.set_attestation_document(None);
+        assert_eq!(
+            client.get_attestation().await.unwrap_err(),
+            Rejection::EnclaveError {
+                status: 400,
+                message: "no attestation document".to_owned()
+            }
+        );
+        assert_eq!(
+            fake.calls()
+                .get_attestation
+                .load(std::sync::atomic::Ordering::Relaxed),
+            3
+        );
+    }
+
+    #[tokio::test]
+    async fn attestation_that_is_not_hex_is_malformed() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().route(
+            "/get_attestation",
+            axum::routing::get(|| async { axum::Json(serde_json::json!({"attestation": "zz"})) }),
+        );
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = EnclaveClient::new(&format!("http://{addr}"), Duration::from_secs(2)).unwrap();
+        let err = client.get_attestation().await.unwrap_err();
+        assert_eq!(err.label(), "malformed");
+        assert!(err.reason().contains("not hex"), "{}", err.reason());
+        server.abort();
     }
 }

@@ -89,7 +89,9 @@ pub async fn fetch_enclave(
     id: Address,
     timeout: Duration,
 ) -> Result<Enclave, Rejection> {
-    fetch_object(client, id, "Enclave", timeout).await
+    fetch_object(client, id, "Enclave", timeout)
+        .await
+        .map(|(value, _)| value)
 }
 
 /// Reads the `EnclaveConfig<T>` object `id` (type checked: module `enclave`,
@@ -99,48 +101,124 @@ pub async fn fetch_config(
     id: Address,
     timeout: Duration,
 ) -> Result<EnclaveConfig, Rejection> {
-    fetch_object(client, id, "EnclaveConfig", timeout).await
+    fetch_object(client, id, "EnclaveConfig", timeout)
+        .await
+        .map(|(value, _)| value)
+}
+
+/// An enclave whose key may be trusted: current under the trusted config,
+/// and of the same app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustedEnclave {
+    /// The node's `Enclave<T>`.
+    pub enclave: Enclave,
+    /// The trusted `EnclaveConfig<T>`.
+    pub config: EnclaveConfig,
+    /// `enclave.pk`.
+    pub key: [u8; 32],
+}
+
+/// Reads the node's `Enclave<T>` (`enclave_id`) and the trusted
+/// `EnclaveConfig<T>` (`config_id`) and checks that the enclave is of the
+/// config's app (same defining package, same `T`) and current under it.
+pub async fn fetch_trusted(
+    client: &mut Client,
+    enclave_id: Address,
+    config_id: Address,
+    timeout: Duration,
+) -> Result<TrustedEnclave, Rejection> {
+    let (config, config_type): (EnclaveConfig, _) =
+        fetch_object(client, config_id, "EnclaveConfig", timeout).await?;
+    let (enclave, enclave_type): (Enclave, _) =
+        fetch_object(client, enclave_id, "Enclave", timeout).await?;
+    if enclave_type.address() != config_type.address()
+        || enclave_type.type_params() != config_type.type_params()
+    {
+        return Err(Rejection::WrongApp {
+            enclave: enclave_type.to_string(),
+            config: config_type.to_string(),
+        });
+    }
+    let key = enclave.current_key(&config)?;
+    Ok(TrustedEnclave {
+        enclave,
+        config,
+        key,
+    })
 }
 
 /// `GetObject(id)` with read mask `object_type,contents`, then the type check
-/// and the BCS decoding of the contents (trailing bytes rejected).
+/// and the BCS decoding of the contents (trailing bytes rejected). Returns
+/// the value and its full type.
 async fn fetch_object<T: DeserializeOwned>(
     client: &mut Client,
     id: Address,
     name: &str,
     timeout: Duration,
-) -> Result<T, Rejection> {
+) -> Result<(T, StructTag), Rejection> {
     let request = proto::GetObjectRequest::new(&id)
         .with_read_mask(FieldMask::from_paths(["object_type", "contents"]));
     let object = tokio::time::timeout(timeout, client.ledger_client().get_object(request))
         .await
         .map_err(|_| Rejection::Unreachable(format!("GetObject({id}): no answer in {timeout:?}")))?
         .map_err(|status| {
-            Rejection::Unreachable(format!(
-                "GetObject({id}): {:?}: {}",
-                status.code(),
-                status.message()
-            ))
+            if status.code() == tonic::Code::NotFound {
+                Rejection::NoEnclave(format!("no {name} object {id} on chain"))
+            } else {
+                Rejection::Unreachable(format!(
+                    "GetObject({id}): {:?}: {}",
+                    status.code(),
+                    status.message()
+                ))
+            }
         })?
         .into_inner()
         .object
         .ok_or_else(|| Rejection::Malformed(format!("GetObject({id}): no object")))?;
     let object_type = object.object_type.as_deref().unwrap_or_default();
-    let ours = object_type
+    let tag = object_type
         .parse::<StructTag>()
-        .is_ok_and(|tag| tag.module().as_str() == "enclave" && tag.name().as_str() == name);
-    if !ours {
-        return Err(Rejection::Malformed(format!(
-            "object {id} has type {object_type:?}, expected <package>::enclave::{name}<…>"
-        )));
-    }
+        .ok()
+        .filter(|tag| tag.module().as_str() == "enclave" && tag.name().as_str() == name)
+        .ok_or_else(|| {
+            Rejection::Malformed(format!(
+                "object {id} has type {object_type:?}, expected <package>::enclave::{name}<…>"
+            ))
+        })?;
     let contents = object
         .contents
         .as_ref()
         .and_then(|c| c.value.as_deref())
         .ok_or_else(|| Rejection::Malformed(format!("GetObject({id}): no contents")))?;
-    bcs::from_bytes(contents)
-        .map_err(|e| Rejection::Malformed(format!("object {id} ({name}): bad BCS: {e}")))
+    let value = bcs::from_bytes(contents)
+        .map_err(|e| Rejection::Malformed(format!("object {id} ({name}): bad BCS: {e}")))?;
+    Ok((value, tag))
+}
+
+/// The full type of an `Enclave<T>` whose `enclave` module is in `package`:
+/// `0x<package>::enclave::Enclave<T>` with `T` = `app` (`module::OTW`, e.g.
+/// `perf::PERF`, taken to be in `package` too; or a fully qualified
+/// `0x…::module::OTW` when the app lives in another package, as Nautilus
+/// apps do). What [`fetch_enclave`] accepts.
+#[must_use]
+pub fn enclave_type(package: Address, app: &str) -> String {
+    enclave_module_type(package, "Enclave", app)
+}
+
+/// The full type of an `EnclaveConfig<T>`:
+/// `0x<package>::enclave::EnclaveConfig<T>`, `app` as in [`enclave_type`].
+/// What [`fetch_config`] accepts.
+#[must_use]
+pub fn enclave_config_type(package: Address, app: &str) -> String {
+    enclave_module_type(package, "EnclaveConfig", app)
+}
+
+fn enclave_module_type(package: Address, name: &str, app: &str) -> String {
+    if app.starts_with("0x") {
+        format!("{package}::enclave::{name}<{app}>")
+    } else {
+        format!("{package}::enclave::{name}<{package}::{app}>")
+    }
 }
 
 #[cfg(test)]
@@ -174,12 +252,35 @@ mod tests {
         }
     }
 
-    fn type_string(name: &str) -> String {
-        format!(
-            "{}::enclave::{name}<{}::perf::PERF>",
-            address(0xee),
-            address(0xef)
-        )
+    #[test]
+    fn type_strings_are_struct_tags() {
+        let package = address(0xee);
+        let pkg = format!("0x80{}ee", "0".repeat(60));
+        assert_eq!(package.to_string(), pkg);
+        assert_eq!(
+            enclave_type(package, "perf::PERF"),
+            format!("{pkg}::enclave::Enclave<{pkg}::perf::PERF>")
+        );
+        assert_eq!(
+            enclave_config_type(package, "perf::PERF"),
+            format!("{pkg}::enclave::EnclaveConfig<{pkg}::perf::PERF>")
+        );
+        let app = format!("{}::weather::WEATHER", address(0xef));
+        assert_eq!(
+            enclave_type(package, &app),
+            format!("{pkg}::enclave::Enclave<{app}>")
+        );
+        for (ty, name) in [
+            (enclave_type(package, "perf::PERF"), "Enclave"),
+            (enclave_config_type(package, &app), "EnclaveConfig"),
+        ] {
+            let tag: StructTag = ty.parse().unwrap();
+            assert_eq!(*tag.address(), package);
+            assert_eq!(tag.module().as_str(), "enclave");
+            assert_eq!(tag.name().as_str(), name);
+            assert_eq!(tag.type_params().len(), 1);
+            assert_eq!(tag.to_string(), ty);
+        }
     }
 
     #[test]
@@ -232,14 +333,16 @@ mod tests {
     #[tokio::test]
     async fn fetches_both_objects_from_the_chain() {
         let chain = FakeChain::start("test-chain").await.unwrap();
+        // The app in another package, as Nautilus apps are.
+        let app = format!("{}::perf::PERF", address(0xef));
         chain.put_object(
             address(1),
-            type_string("Enclave"),
+            enclave_type(address(0xee), &app),
             bcs::to_bytes(&enclave(3)).unwrap(),
         );
         chain.put_object(
             address(3),
-            type_string("EnclaveConfig"),
+            enclave_config_type(address(0xee), &app),
             bcs::to_bytes(&config(3)).unwrap(),
         );
         let mut client = Client::new(chain.url()).unwrap();
@@ -253,6 +356,28 @@ mod tests {
         assert_eq!(e, enclave(3));
         assert_eq!(c, config(3));
         assert!(e.is_current(&c));
+        // Republished (a bump), with the app in the enclave's package.
+        chain.put_object(
+            address(1),
+            enclave_type(address(0xee), "perf::PERF"),
+            bcs::to_bytes(&enclave(4)).unwrap(),
+        );
+        chain.put_object(
+            address(3),
+            enclave_config_type(address(0xee), "perf::PERF"),
+            bcs::to_bytes(&config(4)).unwrap(),
+        );
+        let e = fetch_enclave(&mut client, address(1), timeout)
+            .await
+            .unwrap();
+        assert_eq!(e, enclave(4));
+        assert!(
+            e.is_current(
+                &fetch_config(&mut client, address(3), timeout)
+                    .await
+                    .unwrap()
+            )
+        );
 
         // Wrong type: the config asked for as an enclave.
         let wrong = fetch_enclave(&mut client, address(3), timeout)
@@ -267,7 +392,7 @@ mod tests {
         // Bad BCS (trailing byte).
         let mut bytes = bcs::to_bytes(&enclave(3)).unwrap();
         bytes.push(0);
-        chain.put_object(address(5), type_string("Enclave"), bytes);
+        chain.put_object(address(5), enclave_type(address(0xee), &app), bytes);
         assert_eq!(
             fetch_enclave(&mut client, address(5), timeout)
                 .await
@@ -281,7 +406,7 @@ mod tests {
                 .await
                 .unwrap_err()
                 .label(),
-            "unreachable"
+            "no_enclave"
         );
         chain.set_unavailable(true);
         assert_eq!(

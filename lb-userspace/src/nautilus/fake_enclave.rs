@@ -1,16 +1,21 @@
 //! A fake Nautilus enclave for tests and the demo: an HTTP/1.1 JSON server
 //! on `127.0.0.1:<ephemeral>` with a freshly generated Ed25519 key, serving
-//! the two routes the controller uses like the Nautilus reference server:
+//! the routes the controller uses like the Nautilus reference server:
 //!
 //! - `GET /health_check` → `{"pk":"<64 hex>","endpoints_status":{}}`;
 //! - `POST /process_data` with `{"payload":{"node":"0x…"}}` → a
 //!   [`SignedResponse`](super::attestation::SignedResponse) of a
-//!   [`PerformanceAttestation`] about that node.
+//!   [`PerformanceAttestation`] about that node;
+//! - `GET /get_attestation` → `{"attestation":"<hex>"}`, a Nitro attestation
+//!   document: by default the one recorded from the Nautilus weather enclave
+//!   ([`weather_attestation`], valid at [`WEATHER_ATTESTATION_VALID_AT_MS`]
+//!   only, and attesting its own key and PCRs, not this fake's).
 //!
 //! Switches simulate what the verifier must refuse: another key (restarted
 //! enclave, or signatures that do not match the reported key), an old
 //! timestamp, another intent scope, another node, an HTTP 400
-//! `{"error":…}`, slow answers. Scores and stake can change at any time.
+//! `{"error":…}`, slow answers, another or no attestation document. Scores
+//! and stake can change at any time.
 
 use std::{
     collections::HashMap,
@@ -38,6 +43,22 @@ use tokio::{sync::oneshot, task::JoinHandle};
 use super::attestation::{
     IntentMessage, NodeQuery, PROCESS_DATA_INTENT, PerformanceAttestation, ProcessDataRequest, sign,
 };
+
+/// Hex of the attestation document recorded from a Nautilus weather enclave
+/// (MystenLabs/nautilus, Apache-2.0; see `testdata/README.md`).
+const WEATHER_ATTESTATION_HEX: &str = include_str!("testdata/nautilus_weather_attestation.hex");
+
+/// A clock (ms since the epoch, 2025-04-15 02:26:47 UTC) at which every
+/// certificate of [`weather_attestation`] is valid; it has expired since.
+pub const WEATHER_ATTESTATION_VALID_AT_MS: u64 = 1_744_684_007_462;
+
+/// The raw CBOR bytes of the recorded weather enclave's attestation
+/// document, what a fake enclave serves at `/get_attestation` by default.
+#[must_use]
+pub fn weather_attestation() -> Vec<u8> {
+    // A constant checked by the tests: it always decodes.
+    hex::decode(WEATHER_ATTESTATION_HEX.trim()).unwrap_or_default()
+}
 
 /// What the fake attests (besides the node and times).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +91,8 @@ pub struct FakeEnclaveCalls {
     pub health_check: AtomicU64,
     /// `POST /process_data`.
     pub process_data: AtomicU64,
+    /// `GET /get_attestation`.
+    pub get_attestation: AtomicU64,
 }
 
 struct Knobs {
@@ -83,6 +106,8 @@ struct Knobs {
     node: Option<Address>,
     error: Option<String>,
     delay: Duration,
+    /// Served at `/get_attestation` (`None`: HTTP 400).
+    attestation_document: Option<Vec<u8>>,
 }
 
 struct Shared {
@@ -132,12 +157,14 @@ impl FakeEnclave {
                 node: None,
                 error: None,
                 delay: Duration::ZERO,
+                attestation_document: Some(weather_attestation()),
             }),
             calls: FakeEnclaveCalls::default(),
         });
         let app = Router::new()
             .route("/health_check", get(health_check))
             .route("/process_data", post(process_data))
+            .route("/get_attestation", get(get_attestation))
             .with_state(Arc::clone(&shared));
         let (shutdown, stop) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
@@ -215,6 +242,13 @@ impl FakeEnclave {
     pub fn set_delay(&self, delay: Duration) {
         self.shared.lock().delay = delay;
     }
+
+    /// The document `/get_attestation` serves from now on (raw bytes, sent
+    /// hex-encoded); `None`: HTTP 400 `{"error":"no attestation document"}`.
+    /// By default [`weather_attestation`].
+    pub fn set_attestation_document(&self, document: Option<Vec<u8>>) {
+        self.shared.lock().attestation_document = document;
+    }
 }
 
 impl Drop for FakeEnclave {
@@ -289,4 +323,28 @@ async fn process_data(
         .or(knobs.other_key.as_ref())
         .unwrap_or(&shared.key);
     Json(sign(message, key)).into_response()
+}
+
+async fn get_attestation(AxumState(shared): AxumState<Arc<Shared>>) -> Response {
+    shared.calls.get_attestation.fetch_add(1, Ordering::Relaxed);
+    let (delay, document) = {
+        let knobs = shared.lock();
+        (
+            knobs.delay,
+            knobs.attestation_document.as_ref().map(hex::encode),
+        )
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    match document {
+        Some(attestation) => {
+            Json(serde_json::json!({ "attestation": attestation })).into_response()
+        }
+        None => (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({ "error": "no attestation document" })),
+        )
+            .into_response(),
+    }
 }

@@ -175,6 +175,31 @@ fn check_failure_alone_does_not_demote_unchecked_or_recovering() {
 }
 
 #[test]
+fn distrust_fails_any_usable_server_unchecked_included() {
+    let clock = Clock::new();
+    for target in [Unchecked, Recovering, Preferred, Active] {
+        let mut m = machine(2, &clock);
+        if target != Unchecked {
+            drive(&mut m, 1, target, clock.now());
+        }
+        m.set_connections(addr(1), 2);
+        let e = m.distrust(addr(1), clock.now());
+        assert_eq!(state(&m, 1), Failed, "from {target}");
+        assert_eq!(e.close, vec![addr(1)]);
+        assert_eq!(e.transitions[0].cause, Cause::Untrusted);
+        // Already failed: nothing more happens.
+        assert_eq!(m.distrust(addr(1), clock.now()), Effects::default());
+        // The other server takes the traffic.
+        assert_eq!(selected(&m), Some(addr(2)));
+    }
+    // Standby (the unlisted default) and invalid servers are not usable
+    // anyway.
+    let mut m = machine(1, &clock);
+    assert_eq!(m.distrust(addr(DEFAULT), clock.now()), Effects::default());
+    assert_eq!(state(&m, DEFAULT), Standby);
+}
+
+#[test]
 fn in_use_servers_fail_on_a_check_or_dial_and_lose_their_connections() {
     let clock = Clock::new();
     for (target, by_dial) in [
