@@ -18,6 +18,10 @@
 //!   connected to the server's IP, no proxy, no redirects followed, a fresh
 //!   connection every time; the status must be expected and the body (first
 //!   64 KiB) must contain `body_contains` when set;
+//! - `sui_sync`: the discovered node's own Sui full node is on the reference
+//!   chain and in sync with it ([`crate::chain::sync_check`]);
+//! - `nautilus`: the discovered node's enclave signs a fresh performance
+//!   attestation with its current on-chain key ([`crate::nautilus::check`]);
 //! - `all`: every part runs at once; all must pass.
 
 use std::{
@@ -511,10 +515,8 @@ impl Prober {
             enclave_id: node.enclave_id,
             stake_mist: node.stake,
         };
-        let left = budget
-            .deadline
-            .saturating_duration_since(tokio::time::Instant::now());
-        let verdict = attester.check(check, &node, left).await;
+        // Parts start together with the probe: the whole timeout is left.
+        let verdict = attester.check(check, &node, budget.timeout).await;
         PartOutcome {
             ok: verdict.result.is_ok(),
             reason: format!("nautilus: {}", verdict.reason(attester.now_ms())),

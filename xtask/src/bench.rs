@@ -1,4 +1,6 @@
-//! `cargo xtask bench xdp`: the XDP benchmarks, as root, on release builds.
+//! `cargo xtask bench xdp|nautilus`: benchmarks on release builds.
+//!
+//! `xdp`, as root:
 //!
 //! 1. `lb-xdp-bench`: nanoseconds per packet of `lb_xdp` (and the empty
 //!    baseline program) with `BPF_PROG_TEST_RUN`.
@@ -7,9 +9,16 @@
 //! 3. `lb-maglev-bench`: building a 1000-backend, 65537-slot Maglev table
 //!    and writing it into the kernel map.
 //!
+//! `nautilus`, no root needed (loopback only):
+//!
+//! 1. `lb-attest-bench`: what a `nautilus` health check costs (signed
+//!    attestation and Nitro document verification, fresh and cached checks
+//!    against an in-process fake full node and fake enclave) next to a plain
+//!    HTTP `GET` and gRPC round trips.
+//!
 //! Each prints a markdown table on stdout (collected and printed together at
 //! the end) and its progress on stderr (streamed). Not part of `cargo xtask
-//! test`: the numbers depend on the machine and take a minute to measure.
+//! test`: the numbers depend on the machine and take a while to measure.
 
 use std::{
     path::Path,
@@ -29,19 +38,38 @@ use crate::{
 const TAG: &str = "bench";
 
 /// What to benchmark.
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Target {
-    /// XDP: per-packet cost, forwarding rate vs iptables, Maglev build/write.
+    /// XDP (as root): per-packet cost, forwarding rate vs iptables, Maglev
+    /// build/write.
     Xdp,
+    /// Nautilus checks (no root): attestation and document verification,
+    /// fresh and cached checks, next to a plain HTTP GET and gRPC calls.
+    Nautilus,
 }
 
-/// The benchmark binaries of lb-tests, in the order they run.
-const BENCHES: [&str; 3] = ["lb-xdp-bench", "lb-rate-bench", "lb-maglev-bench"];
+impl Target {
+    /// The benchmark binaries of lb-tests, in the order they run.
+    const fn benches(self) -> &'static [&'static str] {
+        match self {
+            Self::Xdp => &["lb-xdp-bench", "lb-rate-bench", "lb-maglev-bench"],
+            Self::Nautilus => &["lb-attest-bench"],
+        }
+    }
 
-pub(crate) fn bench(target: Target, rate_args: &[String]) -> Result<()> {
-    let Target::Xdp = target;
+    /// The bench that gets the arguments after `--`.
+    const fn takes_args(self) -> &'static str {
+        match self {
+            Self::Xdp => "lb-rate-bench",
+            Self::Nautilus => "lb-attest-bench",
+        }
+    }
+}
+
+/// Runs `target`'s benches; `args` go to [`Target::takes_args`].
+pub(crate) fn bench(target: Target, args: &[String]) -> Result<()> {
     ensure!(
-        is_root(),
+        target != Target::Xdp || is_root(),
         "`cargo xtask bench xdp` needs root (it loads XDP programs and builds network \
          namespaces); run `sudo -E cargo xtask bench xdp`"
     );
@@ -55,15 +83,15 @@ pub(crate) fn bench(target: Target, rate_args: &[String]) -> Result<()> {
         .context("daas-lb has no parent directory")?;
 
     let mut tables = Vec::new();
-    for bench in BENCHES {
+    for &bench in target.benches() {
         let path = bin_dir.join(bench);
         ensure!(
             path.is_file(),
             "{} was not built (is it a [[bin]] of lb-tests?)",
             path.display()
         );
-        let args: &[String] = if bench == "lb-rate-bench" {
-            rate_args
+        let args: &[String] = if bench == target.takes_args() {
+            args
         } else {
             &[]
         };

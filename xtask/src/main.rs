@@ -43,8 +43,8 @@ enum Command {
     Lint,
     /// Format the workspace with nightly rustfmt (rustfmt.toml needs it).
     Fmt,
-    /// Set up, build release binaries, then (as root) run benchmarks and
-    /// print their markdown tables. Not part of `test`.
+    /// Set up, build release binaries, then run benchmarks (`xdp` as root)
+    /// and print their markdown tables. Not part of `test`.
     Bench(BenchArgs),
 }
 
@@ -67,10 +67,13 @@ struct RunArgs {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// What to benchmark: `xdp` (per-packet cost of `lb_xdp`, forwarding rate
-    /// over veth vs iptables DNAT, Maglev table build and map write).
+    /// What to benchmark: `xdp` (as root: per-packet cost of `lb_xdp`,
+    /// forwarding rate over veth vs iptables DNAT, Maglev table build and map
+    /// write) or `nautilus` (no root: the cost of a `nautilus` check, fresh
+    /// and cached, next to a plain HTTP GET and gRPC calls, on loopback).
     target: bench::Target,
-    /// Arguments for lb-rate-bench (after `--`), e.g. `--duration 3 --runs 1`.
+    /// Arguments (after `--`) for lb-rate-bench with `xdp`, e.g. `--duration
+    /// 3 --runs 1`, or for lb-attest-bench with `nautilus`, e.g. `--reps 20`.
     #[arg(last = true)]
     args: Vec<String>,
 }

@@ -166,7 +166,10 @@ impl FakeChain {
             .add_service(StateServiceServer::new(service.clone()))
             .add_service(SubscriptionServiceServer::new(service));
         let server = tokio::spawn(async move {
-            let incoming = tonic::transport::server::TcpIncoming::from(listener);
+            // Without TCP_NODELAY the small trailers frame after each
+            // answer waits ~40 ms for the client's delayed ACK (Nagle).
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             if let Err(e) = router
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stop.await;

@@ -615,10 +615,26 @@ mod tests {
             snat_ipv6: None,
             snat_ports: crate::config::PortRange::DEFAULT_SNAT,
         });
+        new.features.nautilus_health_checks = !running.features.nautilus_health_checks;
+        new.features.stake_validation = !running.features.stake_validation;
+        new.features.performance_ranking = !running.features.performance_ranking;
         keep_restart_only_fields(&running, &mut new);
         assert_eq!(new.api_addr, running.api_addr);
         assert_eq!(new.data_dir, running.data_dir);
         assert_eq!(new.xdp, None, "xdp changes only on restart");
         assert!(new.services.is_empty(), "services do change");
+        // The attester is built at start; ranking changes on reload.
+        assert_eq!(
+            new.features.nautilus_health_checks,
+            running.features.nautilus_health_checks
+        );
+        assert_eq!(
+            new.features.stake_validation,
+            running.features.stake_validation
+        );
+        assert_ne!(
+            new.features.performance_ranking,
+            running.features.performance_ranking
+        );
     }
 }

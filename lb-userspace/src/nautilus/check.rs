@@ -40,6 +40,10 @@ use super::{
 };
 use crate::config::NautilusCheck;
 
+/// At most this many enclave HTTP clients are kept (one per URL and
+/// timeout).
+const MAX_CLIENTS: usize = 4096;
+
 /// Cached verdicts older than this are dropped when a new one is stored.
 const CACHE_PRUNE_AFTER: Duration = Duration::from_mins(10);
 
@@ -138,7 +142,8 @@ impl Attester {
         (self.clock)()
     }
 
-    /// Checks `node` with `check`'s policy, within `timeout`.
+    /// Checks `node` with `check`'s policy, within `timeout` (the check's
+    /// configured timeout: it also keys the reused HTTP clients).
     pub async fn check(
         &self,
         check: &NautilusCheck,
@@ -263,6 +268,11 @@ impl Attester {
         }
         let client = EnclaveClient::new(url, timeout)
             .map_err(|e| Rejection::Unreachable(format!("enclave {url}: {e:#}")))?;
+        // Enclaves of removed nodes are not tracked: start over now and
+        // then rather than grow without bound.
+        if clients.len() >= MAX_CLIENTS {
+            clients.clear();
+        }
         clients.insert(key, client.clone());
         Ok(client)
     }
@@ -312,67 +322,15 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use super::*;
-    use crate::{
-        chain::{fake_node::FakeChain, registry::Uid},
-        nautilus::{
-            enclave::{Enclave, EnclaveConfig, Pcrs, enclave_config_type, enclave_type},
-            fake_enclave::{FakeEnclave, FakeScores},
+    use crate::nautilus::{
+        fake_deployment::{
+            APP, FakeDeployment, config_id, default_pcrs, enclave_id, fake_address, node_key,
+            publish_config, publish_enclave,
         },
+        fake_enclave::FakeScores,
     };
 
     const TIMEOUT: Duration = Duration::from_secs(5);
-    const APP: &str = "perf::PERF";
-
-    fn address(tag: u8, byte: u8) -> Address {
-        let mut bytes = [tag; Address::LENGTH];
-        bytes[Address::LENGTH - 1] = byte;
-        Address::new(bytes)
-    }
-
-    fn package() -> Address {
-        address(0x11, 1)
-    }
-
-    fn config_id() -> Address {
-        address(0x22, 1)
-    }
-
-    fn enclave_id() -> Address {
-        address(0x33, 1)
-    }
-
-    fn node_key() -> Address {
-        address(0x44, 1)
-    }
-
-    fn publish_config(chain: &FakeChain, version: u64) {
-        let config = EnclaveConfig {
-            id: Uid(config_id()),
-            name: "perf".to_owned(),
-            pcrs: Pcrs(vec![1; 48], vec![2; 48], vec![3; 48]),
-            capability_id: address(0x55, 1),
-            version,
-        };
-        chain.put_object(
-            config_id(),
-            enclave_config_type(package(), APP),
-            bcs::to_bytes(&config).unwrap(),
-        );
-    }
-
-    fn publish_enclave(chain: &FakeChain, key: [u8; 32], config_version: u64, app: &str) {
-        let enclave = Enclave {
-            id: Uid(enclave_id()),
-            pk: key.to_vec(),
-            config_version,
-            owner: address(0x66, 1),
-        };
-        chain.put_object(
-            enclave_id(),
-            enclave_type(package(), app),
-            bcs::to_bytes(&enclave).unwrap(),
-        );
-    }
 
     /// The system clock shifted by an adjustable number of ms.
     fn shifted_clock() -> (Clock, Arc<AtomicU64>) {
@@ -385,33 +343,12 @@ mod tests {
         )
     }
 
-    struct Setup {
-        chain: FakeChain,
-        enclave: FakeEnclave,
-        node: NodeEnclave,
+    async fn setup() -> FakeDeployment {
+        FakeDeployment::start("check-test").await.unwrap()
     }
 
-    async fn setup() -> Setup {
-        let chain = FakeChain::start("check-test").await.unwrap();
-        let enclave = FakeEnclave::start().await.unwrap();
-        publish_config(&chain, 0);
-        publish_enclave(&chain, enclave.public_key(), 0, APP);
-        enclave.set_node(Some(node_key()));
-        let node = NodeEnclave {
-            node: node_key(),
-            nautilus_url: enclave.url(),
-            enclave_id: enclave_id(),
-            stake_mist: 5_000,
-        };
-        Setup {
-            chain,
-            enclave,
-            node,
-        }
-    }
-
-    fn attester(setup: &Setup, stake_validation: bool, clock: Clock) -> Attester {
-        Attester::new(&setup.chain.url(), config_id(), stake_validation, clock)
+    fn attester(setup: &FakeDeployment, stake_validation: bool, clock: Clock) -> Attester {
+        setup.attester(stake_validation, clock)
     }
 
     fn label(verdict: &Verdict) -> &'static str {
@@ -465,6 +402,15 @@ mod tests {
             assert!(!attester.check(&uncached, &setup.node, TIMEOUT).await.cached);
         }
         assert_eq!(calls.process_data.load(Ordering::Relaxed), 3);
+        // One HTTP client for the enclave, reused by every check.
+        assert_eq!(
+            attester
+                .clients
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len(),
+            1
+        );
     }
 
     #[tokio::test]
@@ -524,25 +470,43 @@ mod tests {
             v.reason(0)
         );
         let missing = NodeEnclave {
-            enclave_id: address(0x77, 1),
+            enclave_id: fake_address(0x77, 1),
             ..setup.node.clone()
         };
         assert_eq!(label(&verdict(missing).await), "no_enclave");
 
         // An enclave of another app.
-        publish_enclave(&setup.chain, setup.enclave.public_key(), 0, "other::OTHER");
+        publish_enclave(
+            &setup.chain,
+            enclave_id(),
+            setup.enclave.public_key(),
+            0,
+            "other::OTHER",
+        );
         let v = verdict(setup.node.clone()).await;
         assert_eq!(label(&v), "wrong_app");
         assert!(v.reason(0).contains("other::OTHER"), "{}", v.reason(0));
-        publish_enclave(&setup.chain, setup.enclave.public_key(), 0, APP);
+        publish_enclave(
+            &setup.chain,
+            enclave_id(),
+            setup.enclave.public_key(),
+            0,
+            APP,
+        );
         assert_eq!(label(&verdict(setup.node.clone()).await), "ok");
 
         // The config moved on (PCR update): the old enclave is not current.
-        publish_config(&setup.chain, 1);
+        publish_config(&setup.chain, config_id(), default_pcrs(), 1);
         let v = verdict(setup.node.clone()).await;
         assert_eq!(label(&v), "not_current");
         assert!(v.reason(0).contains("version 0") && v.reason(0).contains("version 1"));
-        publish_enclave(&setup.chain, setup.enclave.public_key(), 1, APP);
+        publish_enclave(
+            &setup.chain,
+            enclave_id(),
+            setup.enclave.public_key(),
+            1,
+            APP,
+        );
         assert_eq!(label(&verdict(setup.node.clone()).await), "ok");
 
         // The enclave runs with another key than the registered one.
@@ -560,7 +524,7 @@ mod tests {
             "stake_above_chain"
         );
         // Without stake validation it is not compared.
-        let lenient = Attester::new(&setup.chain.url(), config_id(), false, system_clock());
+        let lenient = setup.attester(false, system_clock());
         assert_eq!(
             label(&lenient.check(&check, &setup.node, TIMEOUT).await),
             "ok"

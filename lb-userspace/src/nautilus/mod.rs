@@ -10,4 +10,5 @@ pub mod check;
 pub mod client;
 pub mod document;
 pub mod enclave;
+pub mod fake_deployment;
 pub mod fake_enclave;
