@@ -430,7 +430,8 @@ fn forward(ctx: &XdpContext, packet: &Packet) -> Verdict {
             let backend_id = choice::pick(&service, || hash);
             match stale {
                 // A failed backend that is still the one to use (fail-open):
-                // the flow keeps its SNAT port instead of being rebuilt.
+                // the flow keeps its SNAT port and reply entry instead of
+                // being rebuilt.
                 Some(flow) if flow.backend_id == backend_id && flow.service_id == service.id => {
                     (flow, None)
                 }
@@ -541,6 +542,7 @@ fn new_flow(
             None => return Err(pass(xdp_counter::PASS_NO_SNAT_ADDR)),
         }
     };
+    remove_stale_reply(key);
     let reply = FlowValue {
         src: key.dst,
         dst: key.src,
@@ -581,6 +583,69 @@ fn new_flow(
         return Err(drop(xdp_counter::DROP_FLOW_TABLE));
     }
     Ok(flow)
+}
+
+/// Removes the reply entry of the forward entry that flow `key` has now,
+/// if any (one whose backend it may no longer use: the caller is about to
+/// rebuild it): left behind, it would keep its SNAT port claimed and keep
+/// turning the old backend's packets into replies to the client until the
+/// LRU evicts it. Its key is the reverse of the old rewrite (old backend →
+/// SNAT address and port); it is removed only while it still translates
+/// for this flow (after an LRU eviction the same backend, address and port
+/// may serve another one). Called before the new SNAT port is claimed,
+/// which may be this very one again. If the rebuild then fails (SNAT ports
+/// or table full) the old forward entry stays and the next packet tries
+/// again; the old backend's packets are no longer translated meanwhile.
+///
+/// The entry is looked up again rather than handed over by the caller: the
+/// program's stack is nearly full, and a copy kept alive until here does
+/// not fit.
+#[expect(
+    clippy::inline_always,
+    reason = "one flat program keeps verifier state small and avoids BPF-to-BPF calls"
+)]
+#[inline(always)]
+fn remove_stale_reply(key: &FlowKey) {
+    let Some(stale) = FLOWS.get_ptr(key) else {
+        return;
+    };
+    // SAFETY: pointer from a successful lookup; only its fields are read.
+    let stale = unsafe { &*stale };
+    if stale.flags & FLOW_REPLY != 0 {
+        return;
+    }
+    let reply_key = FlowKey {
+        src: stale.dst,
+        dst: stale.src,
+        src_port: stale.dst_port,
+        dst_port: stale.src_port,
+        proto: key.proto,
+        family: key.family,
+        pad: [0; 2],
+    };
+    let Some(reply) = FLOWS.get_ptr(reply_key) else {
+        return;
+    };
+    // SAFETY: pointer from a successful lookup; only its fields are read
+    // (no copy of the whole value on the small BPF stack).
+    let reply = unsafe { &*reply };
+    if reply.flags & FLOW_REPLY != 0
+        && reply.src_port == key.dst_port
+        && reply.dst_port == key.src_port
+        && same_addr(&reply.src, &key.dst)
+        && same_addr(&reply.dst, &key.src)
+    {
+        let _ = FLOWS.remove(reply_key);
+    }
+}
+
+/// Whether two addresses are equal, compared word by word (a byte array
+/// comparison may become a `memcmp` call, which BPF does not have).
+#[expect(clippy::inline_always, reason = "no BPF-to-BPF calls per packet")]
+#[inline(always)]
+const fn same_addr(a: &AddrBytes, b: &AddrBytes) -> bool {
+    let (a, b) = (words(a), words(b));
+    a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3]
 }
 
 /// Rewrites addresses, ports, TTL, checksums and MACs in place.

@@ -47,10 +47,10 @@ use crate::{
     if_addrs,
     metrics::{Counters, DialStatus},
     nautilus::{
-        attestation::Verified,
-        check::{Attester, system_clock},
+        attestation::{Rejection, Verified},
+        check::{Attester, system_clock, unix_ms},
     },
-    ranking::Score,
+    ranking::{Score, StakeWeight},
     state_machine::{Effects, Selection, ServerState, ServiceMachine},
     status::{
         AttestationStatus, CheckStatus, RegistryStatus, ServerStatus, ServiceStatus, Status,
@@ -66,8 +66,6 @@ struct ServerRuntime {
     last_check: Option<(CheckOutcome, SystemTime)>,
     /// The last attestation a `nautilus` check verified.
     attestation: Option<Verified>,
-    /// The label of the latest `nautilus` rejection, while it stands.
-    attestation_failure: Option<&'static str>,
     /// The kernel's connect counter at the last poll.
     last_connects: Option<u64>,
     check_task: AbortHandle,
@@ -222,50 +220,24 @@ impl Controller {
                 warn!(service = service_name, server = %address, reason = %outcome.reason, "server fails its checks");
             }
         }
-        if let Some(verdict) = &outcome.attestation {
-            let stake_mist = state
-                .discovery
-                .server(service_name, address)
-                .map_or(0, |node| node.stake);
-            match &verdict.result {
-                Ok(verified) => {
-                    if server.attestation_failure.take().is_some() {
-                        info!(service = service_name, server = %address, "attestation verified again");
-                    }
-                    let score = Score {
-                        performance: verified.attestation.performance_score,
-                        reputation: verified.attestation.reputation_score,
-                        stake_mist,
-                    };
-                    service.machine.set_score(
-                        address,
-                        Some(score.value(state.config.features.stake_weight)),
-                    );
-                    server.attestation = Some(verified.clone());
-                }
-                Err(rejection) => {
-                    let label = rejection.label();
-                    if !verdict.cached {
-                        state
-                            .counters
-                            .attestation_failed(service_name, address, label);
-                        if server.attestation_failure != Some(label) {
-                            warn!(service = service_name, server = %address, reason = label, detail = %rejection, "attestation rejected; the server fails its nautilus check");
-                        }
-                    }
-                    server.attestation_failure = Some(label);
-                    service.machine.set_score(address, None);
-                }
-            }
-        }
         let now = Instant::now();
-        let mut effects = service.machine.check(address, outcome.ok, now);
-        // Proof of a forgery fails the server even while it is unchecked.
-        if let Some(Err(rejection)) = outcome.attestation.as_ref().map(|v| &v.result)
-            && rejection.is_forgery()
-        {
-            effects.merge(service.machine.distrust(address, now));
-        }
+        let mut effects = record_attestation(
+            service_name,
+            address,
+            server,
+            &mut service.machine,
+            &outcome,
+            AttestationContext {
+                stake_mist: state
+                    .discovery
+                    .server(service_name, address)
+                    .map_or(0, |node| node.stake),
+                stake_weight: state.config.features.stake_weight,
+                counters: &mut state.counters,
+                now,
+            },
+        );
+        effects.merge(service.machine.check(address, outcome.ok, now));
         if let Some(dial) = outcome.dial {
             let status = if dial.ok {
                 DialStatus::Success
@@ -519,8 +491,8 @@ impl Controller {
                             attestation: runtime
                                 .and_then(|r| r.attestation.as_ref())
                                 .map(|v| attestation_status(v, wall)),
-                            attestation_failure: runtime
-                                .and_then(|r| r.attestation_failure)
+                            attestation_failure: last_check
+                                .and_then(|(o, _)| attestation_failure(o))
                                 .map(str::to_owned),
                         }
                     })
@@ -569,14 +541,13 @@ impl Controller {
         });
         let registry = state.discovery.stats.as_ref().map(|stats| {
             let view = state.discovery.view.as_ref();
+            let synced = view.is_some_and(|v| v.synced);
             RegistryStatus {
-                synced: view.is_some_and(|v| v.synced),
+                synced,
                 nodes: view.map_or(0, |v| v.nodes.len()),
-                // The view is republished on node changes only; the task's
-                // counter follows every checkpoint applied.
-                cursor: view
-                    .and_then(|v| v.cursor)
-                    .map(|_| stats.cursor.load(Ordering::Relaxed)),
+                // The task's counter follows every checkpoint applied, from
+                // the first full sync on.
+                cursor: synced.then(|| stats.cursor.load(Ordering::Relaxed)),
                 last_error: view.and_then(|v| v.last_error.clone()),
                 events: stats
                     .events()
@@ -617,23 +588,88 @@ impl Controller {
     }
 }
 
+/// The label of the rejection in a check's `nautilus` verdict, if any.
+fn attestation_failure(outcome: &CheckOutcome) -> Option<&'static str> {
+    outcome
+        .attestation
+        .as_ref()
+        .and_then(|verdict| verdict.result.as_ref().err())
+        .map(Rejection::label)
+}
+
+/// What [`record_attestation`] needs besides the server.
+struct AttestationContext<'a> {
+    /// The node's stake in the registry, MIST.
+    stake_mist: u64,
+    stake_weight: StakeWeight,
+    counters: &'a mut Counters,
+    now: Instant,
+}
+
+/// Takes a check's `nautilus` verdict into account: a verified attestation
+/// sets the server's score, a rejection clears it and is counted (when
+/// fresh) and logged (when its reason changes), and a forgery fails the
+/// server at once, unchecked included ([`ServiceMachine::distrust`]). A
+/// check without a `nautilus` part clears what an earlier one set. Runs
+/// before the outcome replaces `server.last_check`.
+fn record_attestation(
+    service: &str,
+    address: SocketAddr,
+    server: &mut ServerRuntime,
+    machine: &mut ServiceMachine,
+    outcome: &CheckOutcome,
+    context: AttestationContext<'_>,
+) -> Effects {
+    let before = server
+        .last_check
+        .as_ref()
+        .and_then(|(o, _)| attestation_failure(o));
+    let Some(verdict) = &outcome.attestation else {
+        server.attestation = None;
+        machine.set_score(address, None);
+        return Effects::default();
+    };
+    match &verdict.result {
+        Ok(verified) => {
+            if before.is_some() {
+                info!(service, server = %address, "attestation verified again");
+            }
+            let score = Score {
+                performance: verified.attestation.performance_score,
+                reputation: verified.attestation.reputation_score,
+                stake_mist: context.stake_mist,
+            };
+            machine.set_score(address, Some(score.value(context.stake_weight)));
+            server.attestation = Some(verified.clone());
+            Effects::default()
+        }
+        Err(rejection) => {
+            let label = rejection.label();
+            if !verdict.cached {
+                context.counters.attestation_failed(service, address, label);
+                if before != Some(label) {
+                    warn!(service, server = %address, reason = label, detail = %rejection, "attestation rejected; the server fails its nautilus check");
+                }
+            }
+            machine.set_score(address, None);
+            if rejection.is_forgery() {
+                machine.distrust(address, context.now)
+            } else {
+                Effects::default()
+            }
+        }
+    }
+}
+
 /// How status shows a verified attestation at `now`.
 fn attestation_status(verified: &Verified, now: SystemTime) -> AttestationStatus {
-    let now_ms = now
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let attestation = &verified.attestation;
-    #[expect(
-        clippy::cast_precision_loss,
-        reason = "an age in ms shown as fractional seconds"
-    )]
-    let age_seconds = now_ms.saturating_sub(verified.timestamp_ms) as f64 / 1000.0;
     AttestationStatus {
         performance_score: attestation.performance_score,
         reputation_score: attestation.reputation_score,
         stake_mist: attestation.stake_amount,
         timestamp_ms: verified.timestamp_ms,
-        age_seconds,
+        age_seconds: verified.age_seconds(unix_ms(now)),
     }
 }
 

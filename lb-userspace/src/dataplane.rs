@@ -53,8 +53,16 @@ const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 /// now and then.
 const LOAD_ATTEMPTS: u32 = 20;
 
-/// Runs a program load, again while it fails with `EAGAIN`.
-fn load_retrying(
+/// Runs a program load (`load`, e.g. `|| program.load()`), again while it
+/// fails with `EAGAIN` (`LOAD_ATTEMPTS` attempts in all): the verifier
+/// gives up that way whenever a signal is pending, e.g. a `SIGCHLD` from a
+/// child of another thread delivered to the loading one. libbpf retries the
+/// same way; aya does not. Any other outcome is returned as it is.
+///
+/// # Errors
+///
+/// The load's error, when it is not `EAGAIN` or the attempts ran out.
+pub fn load_retrying(
     mut load: impl FnMut() -> Result<(), aya::programs::ProgramError>,
 ) -> Result<(), aya::programs::ProgramError> {
     let mut attempt = 1;

@@ -37,13 +37,11 @@ use tokio::{
 use tracing::{debug, info};
 
 use crate::{
-    chain::{
-        fake_node::FakeChain,
-        registry::{Node, Uid},
-    },
+    chain::{fake_node::FakeChain, registry::Node},
     config::{CheckSpec, Config, HealthCheckConfig, Intervals, Policy, Protocol, ServiceConfig},
     nautilus::{
-        enclave::{Enclave, EnclaveConfig, Pcrs, enclave_config_type, enclave_type},
+        enclave::Pcrs,
+        fake_deployment::{APP, publish_config, publish_enclave},
         fake_enclave::{FakeEnclave, FakeScores},
     },
 };
@@ -64,9 +62,6 @@ const SUI: u64 = 1_000_000_000;
 const MIN_STAKE_MIST: u64 = SUI;
 /// How long after the start the fourth node registers.
 pub const NEWCOMER_AFTER: Duration = Duration::from_secs(5);
-/// The Move app (`module::OTW`) of the demo's enclaves, in the demo's
-/// enclave package.
-const DEMO_APP: &str = "perf::PERF";
 /// node-1's enclave switches between its performance score and
 /// [`DRIFT_PERFORMANCE`] this often.
 pub const DRIFT_EVERY: Duration = Duration::from_secs(10);
@@ -269,19 +264,9 @@ struct DemoNodes {
 /// (the fake's key, current under that config) on `chain`, and registers
 /// the nodes due at start with their `nautilus_url` and `enclave_id`.
 async fn publish_nodes(chain: &FakeChain) -> anyhow::Result<DemoNodes> {
-    let enclave_package = demo_address(0xe0, 0);
     let enclave_config = demo_address(0xec, 0);
-    chain.put_object(
-        enclave_config,
-        enclave_config_type(enclave_package, DEMO_APP),
-        bcs::to_bytes(&EnclaveConfig {
-            id: Uid(enclave_config),
-            name: "daas-lb demo".to_owned(),
-            pcrs: Pcrs(vec![0; 48], vec![0; 48], vec![0; 48]),
-            capability_id: demo_address(0xca, 0),
-            version: 0,
-        })?,
-    );
+    let zero_pcrs = Pcrs(vec![0; 48], vec![0; 48], vec![0; 48]);
+    publish_config(chain, enclave_config, zero_pcrs, 0);
     let mut enclaves = Vec::new();
     let mut newcomers = Vec::new();
     for (index, spec) in DEMO_NODES.iter().enumerate() {
@@ -291,16 +276,7 @@ async fn publish_nodes(chain: &FakeChain) -> anyhow::Result<DemoNodes> {
         enclave.set_scores(scores(spec, spec.performance));
         let operator = demo_address(0x0e, index);
         let enclave_id = demo_address(0xe1, index);
-        chain.put_object(
-            enclave_id,
-            enclave_type(enclave_package, DEMO_APP),
-            bcs::to_bytes(&Enclave {
-                id: Uid(enclave_id),
-                pk: enclave.public_key().to_vec(),
-                config_version: 0,
-                owner: operator,
-            })?,
-        );
+        publish_enclave(chain, enclave_id, enclave.public_key(), 0, APP);
         let key = demo_address(0xd0, index);
         let info = Node {
             operator,

@@ -46,9 +46,9 @@ use tokio::{
 use crate::{
     chain::{
         servers::DiscoveredServer,
-        sync_check::{self, SyncBounds},
+        sync_check::{self, References},
     },
-    config::{CheckSpec, HttpCheck, NautilusCheck, TlsOptions},
+    config::{CheckSpec, HttpCheck, NautilusCheck, SuiSyncCheck, TlsOptions},
     nautilus::check::{Attester, NodeEnclave, Verdict},
 };
 
@@ -97,8 +97,9 @@ pub struct Prober {
 struct Inner {
     /// The leaves of the check: one, or the parts of `all`.
     parts: Vec<Part>,
-    /// The reference full nodes of `sui_sync` parts.
-    references: Vec<String>,
+    /// The reference full nodes of `sui_sync` parts (their answers shared
+    /// by the servers checked about the same time).
+    references: References,
     /// Runs `nautilus` parts.
     attester: Option<Arc<Attester>>,
     /// Kind all: reasons name their part.
@@ -114,7 +115,7 @@ enum Part {
     Tcp,
     Udp,
     Http(HttpPart),
-    SuiSync(SyncBounds),
+    SuiSync(SuiSyncCheck),
     Nautilus(NautilusCheck),
 }
 
@@ -164,6 +165,18 @@ struct PartOutcome {
     dial: Option<(Transport, DialOutcome)>,
     /// What a chain-aware part learned besides pass/fail.
     found: Found,
+}
+
+impl PartOutcome {
+    /// An outcome that learned nothing besides pass/fail and the dial.
+    fn plain(ok: bool, reason: String, dial: Option<(Transport, DialOutcome)>) -> Self {
+        Self {
+            ok,
+            reason,
+            dial,
+            found: Found::default(),
+        }
+    }
 }
 
 /// What `sui_sync` and `nautilus` parts learn about a node.
@@ -219,11 +232,7 @@ impl Prober {
                     continue;
                 }
                 CheckSpec::SuiSync(sui) => {
-                    parts.push(Part::SuiSync(SyncBounds {
-                        max_checkpoint_lag: sui.max_checkpoint_lag,
-                        max_sync_age: sui.max_sync_age,
-                        max_response_time: sui.max_response_time,
-                    }));
+                    parts.push(Part::SuiSync(*sui));
                     continue;
                 }
                 CheckSpec::Nautilus(nautilus) => {
@@ -296,7 +305,7 @@ impl Prober {
         Ok(Self {
             inner: Arc::new(Inner {
                 parts,
-                references,
+                references: References::new(references),
                 attester,
                 combined,
                 tls,
@@ -431,43 +440,28 @@ impl Prober {
         match part {
             Part::Tcp => {
                 let (ok, reason) = probe_tcp(server, budget).await;
-                PartOutcome {
-                    found: Found::default(),
+                let dial = DialOutcome {
                     ok,
-                    reason,
-                    dial: Some((
-                        Transport::Tcp,
-                        DialOutcome {
-                            ok,
-                            duration: start.elapsed(),
-                        },
-                    )),
-                }
+                    duration: start.elapsed(),
+                };
+                PartOutcome::plain(ok, reason, Some((Transport::Tcp, dial)))
             }
             Part::Udp => {
                 let (ok, reason) = probe_udp(server, budget).await;
-                PartOutcome {
-                    found: Found::default(),
+                let dial = DialOutcome {
                     ok,
-                    reason,
-                    dial: Some((
-                        Transport::Udp,
-                        DialOutcome {
-                            ok,
-                            duration: start.elapsed(),
-                        },
-                    )),
-                }
+                    duration: start.elapsed(),
+                };
+                PartOutcome::plain(ok, reason, Some((Transport::Udp, dial)))
             }
             Part::Http(http) => self.probe_http(http, server, budget).await,
             Part::SuiSync(bounds) => {
                 let Some(url) = node.map(|node| node.sui_rpc.as_str()) else {
-                    return PartOutcome {
-                        ok: false,
-                        reason: "sui_sync: not a discovered node (no sui_rpc known)".to_owned(),
-                        dial: None,
-                        found: Found::default(),
-                    };
+                    return PartOutcome::plain(
+                        false,
+                        "sui_sync: not a discovered node (no sui_rpc known)".to_owned(),
+                        None,
+                    );
                 };
                 let probe = sync_check::probe(url, &self.inner.references, bounds);
                 match timeout_at(budget.deadline, probe).await {
@@ -480,15 +474,14 @@ impl Prober {
                             ..Found::default()
                         },
                     },
-                    Err(_) => PartOutcome {
-                        ok: false,
-                        reason: format!(
+                    Err(_) => PartOutcome::plain(
+                        false,
+                        format!(
                             "sui_sync: no verdict within the timeout {}",
                             millis(budget.timeout)
                         ),
-                        dial: None,
-                        found: Found::default(),
-                    },
+                        None,
+                    ),
                 }
             }
             Part::Nautilus(check) => self.probe_nautilus(check, budget, node).await,
@@ -502,19 +495,13 @@ impl Prober {
         node: Option<&DiscoveredServer>,
     ) -> PartOutcome {
         let (Some(attester), Some(node)) = (&self.inner.attester, node) else {
-            return PartOutcome {
-                ok: false,
-                reason: "nautilus: not a discovered node (no enclave known)".to_owned(),
-                dial: None,
-                found: Found::default(),
-            };
+            return PartOutcome::plain(
+                false,
+                "nautilus: not a discovered node (no enclave known)".to_owned(),
+                None,
+            );
         };
-        let node = NodeEnclave {
-            node: node.node,
-            nautilus_url: node.nautilus_url.clone(),
-            enclave_id: node.enclave_id,
-            stake_mist: node.stake,
-        };
+        let node = NodeEnclave::from(node);
         // Parts start together with the probe: the whole timeout is left.
         let verdict = attester.check(check, &node, budget.timeout).await;
         PartOutcome {
@@ -537,12 +524,7 @@ impl Prober {
         let dial = |ok: bool, duration: Duration| {
             (target_port == server.port()).then_some((Transport::Tcp, DialOutcome { ok, duration }))
         };
-        let no_connection = |reason: String| PartOutcome {
-            ok: false,
-            reason,
-            dial: None,
-            found: Found::default(),
-        };
+        let no_connection = |reason: String| PartOutcome::plain(false, reason, None);
 
         let client = match self.client(part, server.ip()) {
             Ok(client) => client,
@@ -605,41 +587,30 @@ impl Prober {
         };
 
         match timeout_at(budget.deadline, exchange).await {
-            Ok(Ok((ok, reason, answered))) => PartOutcome {
-                found: Found::default(),
-                ok,
-                reason,
-                dial: dial(true, answered),
-            },
+            Ok(Ok((ok, reason, answered))) => PartOutcome::plain(ok, reason, dial(true, answered)),
             Ok(Err(error)) => {
                 let elapsed = start.elapsed();
                 match classify(&error) {
-                    RequestFailure::Connect(what) => PartOutcome {
-                        found: Found::default(),
-                        ok: false,
-                        reason: format!("{label}: connect {what}"),
-                        dial: dial(false, elapsed),
-                    },
-                    RequestFailure::Tls(what) => PartOutcome {
-                        found: Found::default(),
-                        ok: false,
-                        reason: format!("{label}: tls: {what}"),
-                        dial: dial(true, elapsed),
-                    },
-                    RequestFailure::Other(what) => PartOutcome {
-                        found: Found::default(),
-                        ok: false,
-                        reason: format!("{label}: {what}"),
-                        dial: dial(true, elapsed),
-                    },
+                    RequestFailure::Connect(what) => PartOutcome::plain(
+                        false,
+                        format!("{label}: connect {what}"),
+                        dial(false, elapsed),
+                    ),
+                    RequestFailure::Tls(what) => PartOutcome::plain(
+                        false,
+                        format!("{label}: tls: {what}"),
+                        dial(true, elapsed),
+                    ),
+                    RequestFailure::Other(what) => {
+                        PartOutcome::plain(false, format!("{label}: {what}"), dial(true, elapsed))
+                    }
                 }
             }
-            Err(_) => PartOutcome {
-                found: Found::default(),
-                ok: false,
-                reason: format!("{label}: no answer within {}", millis(budget.timeout)),
-                dial: dial(false, start.elapsed()),
-            },
+            Err(_) => PartOutcome::plain(
+                false,
+                format!("{label}: no answer within {}", millis(budget.timeout)),
+                dial(false, start.elapsed()),
+            ),
         }
     }
 

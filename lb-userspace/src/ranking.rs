@@ -40,7 +40,7 @@ pub const MAX_BASIS_POINTS: u64 = 10_000;
 pub const MAX_MAGLEV_WEIGHT: u32 = 100;
 
 /// MIST per SUI.
-const MIST_PER_SUI: u64 = 1_000_000_000;
+pub const MIST_PER_SUI: u64 = 1_000_000_000;
 
 /// How stake counts in the score (`features.stake_weight`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]

@@ -465,10 +465,16 @@ impl ServiceMachine {
     /// slow start.
     pub fn distrust(&mut self, server: SocketAddr, now: Instant) -> Effects {
         let mut effects = Effects::default();
-        let Some(i) = self.index(server) else {
-            return effects;
-        };
-        self.servers[i].last_check_ok = Some(false);
+        if let Some(i) = self.index(server) {
+            self.servers[i].last_check_ok = Some(false);
+            self.fail_usable(i, Cause::Untrusted, now, &mut effects);
+        }
+        effects
+    }
+
+    /// Fails server `i` and closes its connections if it is usable
+    /// (unchecked, recovering, healthy, preferred or active).
+    fn fail_usable(&mut self, i: usize, cause: Cause, now: Instant, effects: &mut Effects) {
         if matches!(
             self.servers[i].state,
             ServerState::Unchecked
@@ -477,10 +483,9 @@ impl ServiceMachine {
                 | ServerState::Preferred
                 | ServerState::Active
         ) {
-            self.transition(i, ServerState::Failed, Cause::Untrusted, now, &mut effects);
-            effects.close(server);
+            self.transition(i, ServerState::Failed, cause, now, effects);
+            effects.close(self.servers[i].address);
         }
-        effects
     }
 
     /// Records the outcome of a connection attempt to `server`.
@@ -516,16 +521,8 @@ impl ServiceMachine {
                 | ServerState::Recovering
                 | ServerState::Active => {}
             }
-        } else if matches!(
-            state,
-            ServerState::Unchecked
-                | ServerState::Recovering
-                | ServerState::Healthy
-                | ServerState::Preferred
-                | ServerState::Active
-        ) {
-            self.transition(i, ServerState::Failed, Cause::DialFailed, now, &mut effects);
-            effects.close(server);
+        } else {
+            self.fail_usable(i, Cause::DialFailed, now, &mut effects);
         }
         effects
     }

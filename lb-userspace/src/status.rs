@@ -364,7 +364,7 @@ fn registry_line(registry: &RegistryStatus) -> String {
 
 /// MIST as SUI without trailing zeros: `3 SUI`, `1.5 SUI`, `0.000000001 SUI`.
 fn sui_amount(mist: u64) -> String {
-    const MIST_PER_SUI: u64 = 1_000_000_000;
+    use crate::ranking::MIST_PER_SUI;
     let whole = mist / MIST_PER_SUI;
     let fraction = mist % MIST_PER_SUI;
     if fraction == 0 {

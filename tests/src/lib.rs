@@ -1597,8 +1597,8 @@ impl SuiChain {
         )
     }
 
-    /// Waits until the daemon subscribed to checkpoints (and a little more,
-    /// so the subscription is registered with the fake).
+    /// Waits until the daemon subscribed to checkpoints (the fake counts a
+    /// subscription once later checkpoints reach it).
     pub fn wait_subscribed(&self, daemon: &Daemon) {
         let deadline = Instant::now() + Duration::from_secs(5);
         while self.fake.calls().subscribe.load(Ordering::Relaxed) == 0 {
@@ -1609,7 +1609,6 @@ impl SuiChain {
             );
             thread::sleep(Duration::from_millis(10));
         }
-        thread::sleep(Duration::from_millis(200));
     }
 }
 

@@ -27,14 +27,14 @@ use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf, EbpfLoader, TestRunOptions,
     maps::{Array, HashMap, MapData, PerCpuArray},
-    programs::{ProgramError, TestRun as _, Xdp},
+    programs::{TestRun as _, Xdp},
 };
 use lb_common::{
     AF_INET, AF_INET6, Backend, BackendStats, FlowKey, FlowValue, IfAddrs, MaglevKey, PROTO_TCP,
     PROTO_UDP, Service, ServiceStats, VipKey, XdpConfig, ip_to_bytes, map_names, program_names,
     xdp_counter,
 };
-use lb_userspace::dataplane::{sum_backend_stats, sum_service_stats};
+use lb_userspace::dataplane::{load_retrying, sum_backend_stats, sum_service_stats};
 
 use crate::sh;
 
@@ -580,24 +580,6 @@ where
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
 }
 
-/// Loads `program`, again when the verifier gave up with `EAGAIN`: it
-/// does so whenever a signal is pending, e.g. a `SIGCHLD` from an `ip`
-/// child of another test thread delivered to this thread (libbpf retries
-/// the same way; aya does not).
-fn load_retrying(program: &mut Xdp) -> Result<(), ProgramError> {
-    let mut attempts = 0;
-    loop {
-        match program.load() {
-            Err(ProgramError::LoadError { io_error, .. })
-                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempts < 20 =>
-            {
-                attempts += 1;
-            }
-            other => return other,
-        }
-    }
-}
-
 impl XdpFixture {
     /// Loads the embedded object (needs a real eBPF build and root).
     pub fn load() -> anyhow::Result<Self> {
@@ -611,7 +593,8 @@ impl XdpFixture {
                 .with_context(|| format!("program {name} missing from the eBPF object"))?
                 .try_into()
                 .with_context(|| format!("program {name} is not an XDP program"))?;
-            load_retrying(program).with_context(|| format!("loading program {name} (verifier)"))?;
+            load_retrying(|| program.load())
+                .with_context(|| format!("loading program {name} (verifier)"))?;
         }
         Ok(Self {
             services: take(&mut ebpf, map_names::SERVICES)?,

@@ -96,14 +96,10 @@ fn demo_commands_work() {
         Duration::from_secs(20),
         "demo-sui's three registry nodes checked ok",
         |status| {
-            let Some(service) = status.services.iter().find(|s| s.name == "demo-sui") else {
-                return false;
-            };
             ["127.0.0.2:", "127.0.0.3:", "127.0.0.4:"].iter().all(|ip| {
-                service.servers.iter().any(|server| {
-                    server.address.starts_with(ip)
-                        && server.last_check.as_ref().is_some_and(|c| c.ok)
-                })
+                sui_server(status, ip)
+                    .and_then(|server| server.last_check.as_ref())
+                    .is_some_and(|c| c.ok)
             })
         },
     );
@@ -118,11 +114,7 @@ fn demo_commands_work() {
         ("127.0.0.3:", 2_000_000_000),
         ("127.0.0.4:", 1_500_000_000),
     ] {
-        let server = service
-            .servers
-            .iter()
-            .find(|s| s.address.starts_with(ip))
-            .unwrap();
+        let server = sui_server(&status, ip).unwrap();
         assert_eq!(server.stake_mist, Some(stake), "{server:?}");
         assert!(server.node.is_some(), "{server:?}");
         assert_eq!(server.sync_lag_blocks, Some(0), "{server:?}");
@@ -240,6 +232,7 @@ fn demo_commands_work() {
 
     // node-1's score drifts every 10 s: both of its values show up, and
     // while it attests 4000 node-2 outranks it.
+    let score = |status: &Status, ip| sui_server(status, ip).and_then(|s| s.score);
     for (performance, what) in [
         (4_000, "node-1 attesting its drifted score"),
         (9_500, "node-1 attesting its usual score"),
@@ -248,9 +241,11 @@ fn demo_commands_work() {
             sui_server(status, "127.0.0.2:")
                 .and_then(|s| s.attestation.as_ref())
                 .is_some_and(|a| a.performance_score == performance)
+                && score(status, "127.0.0.2:").is_some()
+                && score(status, "127.0.0.3:").is_some()
         });
-        let node_1 = sui_server(&status, "127.0.0.2:").and_then(|s| s.score);
-        let node_2 = sui_server(&status, "127.0.0.3:").and_then(|s| s.score);
+        let node_1 = score(&status, "127.0.0.2:").expect("node-1 has a score");
+        let node_2 = score(&status, "127.0.0.3:").expect("node-2 has a score");
         if performance == 4_000 {
             assert!(node_1 < node_2, "{status:?}");
         } else {

@@ -26,9 +26,10 @@ use std::{
 
 use lb_tests::{Daemon, Node, SuiChain, TestEnv, metric, parse_metrics, samples, service_yaml};
 use lb_userspace::{
-    chain::registry::{self, Uid},
+    chain::registry,
     nautilus::{
-        enclave::{Enclave, EnclaveConfig, Pcrs, enclave_config_type, enclave_type},
+        check::unix_ms,
+        fake_deployment::{APP, default_pcrs, fake_address, publish_config, publish_enclave},
         fake_enclave::{FakeEnclave, FakeScores},
     },
     ranking::{Score, StakeWeight},
@@ -56,21 +57,9 @@ const START: Duration = Duration::from_secs(10);
 /// The default Maglev table size of a spread service.
 const TABLE: u32 = 16381;
 
-/// The Move package of the enclave app (`<pkg>::enclave::Enclave<<pkg>::daas::DAAS>`).
-fn package() -> Address {
-    Address::new([0x5a; Address::LENGTH])
-}
-
-/// An address filled with `fill`, ending in `last`.
-fn address(fill: u8, last: u8) -> Address {
-    let mut bytes = [fill; Address::LENGTH];
-    bytes[Address::LENGTH - 1] = last;
-    Address::new(bytes)
-}
-
 /// A registry key (node address) ending in `byte`.
 fn key(byte: u8) -> Address {
-    address(0x3c, byte)
+    fake_address(0x3c, byte)
 }
 
 /// Node `i`'s registry key (`0x3c…0{i+1}`).
@@ -80,16 +69,13 @@ fn node_key(i: usize) -> Address {
 
 /// The `EnclaveConfig<T>` object's id.
 fn config_id() -> Address {
-    address(0xc0, 1)
+    fake_address(0xc0, 1)
 }
 
 /// Node `i`'s `Enclave<T>` object id.
 fn enclave_id(i: usize) -> Address {
-    address(0xe0, u8::try_from(i).expect("few nodes"))
+    fake_address(0xe0, u8::try_from(i).expect("few nodes"))
 }
-
-/// The enclave app's one-time witness `T`, in [`package`].
-const APP: &str = "daas::DAAS";
 
 /// A metric value as Prometheus shows it.
 #[expect(
@@ -183,35 +169,20 @@ impl Fleet {
         self.nodes[i].addr.to_string()
     }
 
-    /// Puts the `EnclaveConfig` at `version`.
+    /// Puts the `EnclaveConfig` (the fake deployment's PCRs) at `version`.
     fn publish_config(&self, version: u64) {
-        let config = EnclaveConfig {
-            id: Uid(config_id()),
-            name: "daas".to_owned(),
-            pcrs: Pcrs(vec![0xa0; 48], vec![0xa1; 48], vec![0xa2; 48]),
-            capability_id: address(0xca, 1),
-            version,
-        };
-        self.chain.fake.put_object(
-            config_id(),
-            enclave_config_type(package(), APP),
-            bcs::to_bytes(&config).expect("BCS"),
-        );
+        publish_config(&self.chain.fake, config_id(), default_pcrs(), version);
     }
 
     /// Puts node `i`'s `Enclave` (its fake's key), registered under
     /// config `version`.
     fn publish_enclave(&self, i: usize, config_version: u64) {
-        let enclave = Enclave {
-            id: Uid(enclave_id(i)),
-            pk: self.enclaves[i].public_key().to_vec(),
-            config_version,
-            owner: key(0xee),
-        };
-        self.chain.fake.put_object(
+        publish_enclave(
+            &self.chain.fake,
             enclave_id(i),
-            enclave_type(package(), APP),
-            bcs::to_bytes(&enclave).expect("BCS"),
+            self.enclaves[i].public_key(),
+            config_version,
+            APP,
         );
     }
 
@@ -369,14 +340,6 @@ fn rejections(metrics: &str, addr: &str) -> Vec<(String, f64)> {
     .collect()
 }
 
-/// Now, in Unix ms.
-fn now_ms() -> u64 {
-    let since = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .expect("clock after 1970");
-    u64::try_from(since.as_millis()).expect("ms fit u64")
-}
-
 /// The name of the node a fresh connect through the VIP reaches, or what
 /// the client saw instead.
 fn connect_backend(env: &TestEnv) -> Result<String, String> {
@@ -404,7 +367,7 @@ fn verified_attestations_show_in_status_and_metrics() {
         scores(5_000, 9_500, 0),
     ];
     let fleet = Fleet::start(&attested);
-    let before_ms = now_ms();
+    let before_ms = unix_ms(SystemTime::now());
     let daemon = fleet.daemon(
         &env,
         "features:\n  performance_ranking: true\n",
@@ -412,7 +375,7 @@ fn verified_attestations_show_in_status_and_metrics() {
         "",
     );
     let status = wait_all_verified(&daemon, &fleet, START);
-    let after_ms = now_ms();
+    let after_ms = unix_ms(SystemTime::now());
     let metrics = daemon.metrics();
     for (i, want) in attested.iter().enumerate() {
         let addr = fleet.addr(i);

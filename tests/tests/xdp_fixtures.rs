@@ -72,6 +72,11 @@ fn backend_at(a: &Addrs, i: usize) -> SocketAddr {
     SocketAddr::new(a.backends[i], BACKEND_PORT)
 }
 
+/// The addresses of `input`'s family.
+fn addrs_of(input: &Packet) -> &'static Addrs {
+    if input.src.is_ipv4() { &V4 } else { &V6 }
+}
+
 /// The `Packet` constructor for `proto`.
 fn packet(proto: u8, src: SocketAddr, dst: SocketAddr) -> Packet {
     if proto == PROTO_TCP {
@@ -156,14 +161,22 @@ impl World {
         });
     }
 
-    /// Service `SERVICE_ID` on the VIP (`flags`) with backend 1 =
-    /// `a.backends[0]`, backends 2..=4 = `a.backends[1..4]` (unused by it).
-    fn service(&mut self, a: &Addrs, proto: u8, flags: u32) {
+    /// Backend slots 1..=4 of service `SERVICE_ID`: `a.backends[0..4]` on
+    /// `BACKEND_PORT`.
+    fn backends(&mut self, a: &Addrs) {
         for i in 0..4 {
             let id = i as u32 + 1;
             self.fx
                 .set_backend(id, backend(backend_at(a, i), SERVICE_ID, 0));
         }
+    }
+
+    /// Service `SERVICE_ID` on the VIP (`flags`) with backend 1 =
+    /// `a.backends[0]`, backends 2..=4 = `a.backends[1..4]` (unused by it).
+    /// Tests that need another service entry call [`World::backends`] and
+    /// write it themselves.
+    fn service(&mut self, a: &Addrs, proto: u8, flags: u32) {
+        self.backends(a);
         self.fx.set_service(
             vip(a),
             proto,
@@ -233,26 +246,29 @@ impl World {
         assert_eq!(counted, vec![("redirect", 1)], "{what}: xdp_stats");
     }
 
-    /// Sends `input` (client side) of a flow established to `backend` (MAC
-    /// `backend_mac`) from `snat`:`port`, expecting it forwarded as before:
-    /// the same frame rewrite, its `flows` entry unchanged and no new flow
-    /// counted on the service.
-    fn expect_kept_flow(
-        &self,
-        what: &str,
-        input: &Packet,
-        backend: SocketAddr,
-        backend_mac: [u8; 6],
-        snat: SocketAddr,
-    ) {
+    /// Sends `input` (client side) of a flow established to backend
+    /// `index` of its family (slot `index + 1`, see [`World::service`])
+    /// from `snat`, expecting it forwarded as before: the same frame
+    /// rewrite, both its `flows` entries unchanged and no new flow counted
+    /// on the service.
+    fn expect_kept_flow(&self, what: &str, input: &Packet, index: usize, snat: SocketAddr) {
+        let backend = backend_at(addrs_of(input), index);
+        let reply_key = flow_key(backend, snat, input.proto());
         let entry = self.fx.flow(&input.flow_key());
+        let reply = self.fx.flow(&reply_key);
+        assert!(reply.is_some(), "{what}: no reply entry before");
         let flows = self.fx.service_counters(SERVICE_ID).xdp_flows;
-        let expected = rewritten(input, snat, backend, BACKEND_IF_MAC, backend_mac);
+        let expected = rewritten(input, snat, backend, BACKEND_IF_MAC, BACKEND_MACS[index]);
         self.expect_redirect(what, input, self.net.client_if, &expected);
         assert_eq!(
             self.fx.flow(&input.flow_key()),
             entry,
             "{what}: flow entry kept as is"
+        );
+        assert_eq!(
+            self.fx.flow(&reply_key),
+            reply,
+            "{what}: reply entry kept as is"
         );
         assert_eq!(
             self.fx.service_counters(SERVICE_ID).xdp_flows,
@@ -262,17 +278,13 @@ impl World {
     }
 
     /// Sends a new flow of `input` (client side) expecting it forwarded to
-    /// `backend_id` at `backend` (MAC `backend_mac`) from `snat`; checks the
-    /// frame, both `flows` entries and the counter; returns the SNAT port.
-    fn expect_new_flow(
-        &self,
-        what: &str,
-        input: &Packet,
-        backend_id: u32,
-        backend: SocketAddr,
-        backend_mac: [u8; 6],
-        snat: IpAddr,
-    ) -> u16 {
+    /// backend `index` of its family (slot `index + 1`, see
+    /// [`World::service`]) from `snat`; checks the frame, both `flows`
+    /// entries and the counter; returns the SNAT port.
+    fn expect_new_flow(&self, what: &str, input: &Packet, index: usize, snat: IpAddr) -> u16 {
+        let backend = backend_at(addrs_of(input), index);
+        let backend_mac = BACKEND_MACS[index];
+        let backend_id = index as u32 + 1;
         let key = input.flow_key();
         let port = self.predict_snat_port(&key, snat, backend);
         let snat_addr = SocketAddr::new(snat, port);
@@ -312,14 +324,7 @@ fn forward_round_trip(test: &str, a: &Addrs, proto: u8) {
     w.service(a, proto, SERVICE_REMOTE);
     let first = client_frame(a, proto);
     let snat = a.node_backend_side;
-    let port = w.expect_new_flow(
-        "new flow",
-        &first,
-        1,
-        backend_at(a, 0),
-        BACKEND_MACS[0],
-        snat,
-    );
+    let port = w.expect_new_flow("new flow", &first, 0, snat);
     let snat_addr = SocketAddr::new(snat, port);
 
     // Second packet of the same flow.
@@ -468,7 +473,7 @@ fn spread_picks_maglev_slot() {
     w.configure();
     for (a, proto) in [(V4, PROTO_TCP), (V6, PROTO_UDP)] {
         w.fx.clear_flows();
-        w.service(&a, proto, SERVICE_REMOTE | SERVICE_SPREAD);
+        w.backends(&a);
         w.fx.set_service(
             vip(&a),
             proto,
@@ -514,9 +519,7 @@ fn spread_picks_maglev_slot() {
             w.expect_new_flow(
                 &format!("{} flow {n} (slot {slot})", a.vip),
                 &input,
-                id,
-                backend_at(&a, index),
-                BACKEND_MACS[index],
+                index,
                 a.node_backend_side,
             );
             flows_to[index] += 1;
@@ -542,7 +545,8 @@ fn spread_picks_maglev_slot() {
 /// `BACKEND_DOWN`, or its slot reused by another service) while the
 /// service now selects backend 2 is handled as a new flow on its next
 /// packet: re-hashed to backend 2, with a fresh reply entry and the flow
-/// entry replaced.
+/// entry replaced; the old reply entry is removed (it would keep its SNAT
+/// port claimed), so the table still holds two entries.
 #[test]
 fn invalid_backend_rehashes_established_flow() {
     let Some(mut w) = world("invalid_backend_rehashes_established_flow") else {
@@ -559,14 +563,8 @@ fn invalid_backend_rehashes_established_flow() {
             let input = client_frame(&a, proto);
             let snat = a.node_backend_side;
             let flows = w.fx.service_counters(SERVICE_ID).xdp_flows;
-            w.expect_new_flow(
-                &format!("{}: before {what}", a.vip),
-                &input,
-                1,
-                backend_at(&a, 0),
-                BACKEND_MACS[0],
-                snat,
-            );
+            let port = w.expect_new_flow(&format!("{}: before {what}", a.vip), &input, 0, snat);
+            let old_reply = flow_key(backend_at(&a, 0), SocketAddr::new(snat, port), proto);
             w.fx.set_backend(1, invalidated);
             w.fx.set_service(
                 vip(&a),
@@ -578,20 +576,114 @@ fn invalid_backend_rehashes_established_flow() {
                     table_size: 0,
                 },
             );
-            w.expect_new_flow(
-                &format!("{}: after {what}", a.vip),
-                &input,
-                2,
-                backend_at(&a, 1),
-                BACKEND_MACS[1],
-                snat,
-            );
+            w.expect_new_flow(&format!("{}: after {what}", a.vip), &input, 1, snat);
             assert_eq!(
                 w.fx.service_counters(SERVICE_ID).xdp_flows,
                 flows + 2,
                 "{what}: both packets counted as new flows"
             );
+            assert_eq!(
+                w.fx.flow(&old_reply),
+                None,
+                "{}: {what}: old reply entry removed",
+                a.vip
+            );
+            assert_eq!(
+                w.fx.flow_count(),
+                2,
+                "{}: {what}: one forward and one reply entry",
+                a.vip
+            );
         }
+    }
+}
+
+/// The old reply entry goes before the rebuilt flow claims its SNAT port:
+/// re-hashed to a slot holding the same address and port (the server
+/// re-added under a new slot), the flow gets its old SNAT port back. And
+/// an old reply entry that by now translates for another flow (after an
+/// LRU eviction the port was claimed again) is left alone.
+#[test]
+fn rehash_frees_old_reply_entry() {
+    let Some(mut w) = world("rehash_frees_old_reply_entry") else {
+        return;
+    };
+    w.configure();
+    for (a, proto) in [(V4, PROTO_UDP), (V6, PROTO_TCP)] {
+        let snat = a.node_backend_side;
+        let select = |w: &mut World, backend_id| {
+            w.fx.set_service(
+                vip(&a),
+                proto,
+                Service {
+                    id: SERVICE_ID,
+                    backend_id,
+                    flags: SERVICE_REMOTE,
+                    table_size: 0,
+                },
+            );
+        };
+
+        // Same address and port under slot 2: the same SNAT port again.
+        w.fx.clear_flows();
+        w.service(&a, proto, SERVICE_REMOTE);
+        let input = client_frame(&a, proto);
+        let port = w.expect_new_flow(&format!("{}: first", a.vip), &input, 0, snat);
+        let snat_addr = SocketAddr::new(snat, port);
+        let old_reply = flow_key(backend_at(&a, 0), snat_addr, proto);
+        let reply_value = w.fx.flow(&old_reply);
+        w.fx.set_backend(1, backend(backend_at(&a, 0), SERVICE_ID, BACKEND_DOWN));
+        w.fx.set_backend(2, backend(backend_at(&a, 0), SERVICE_ID, 0));
+        select(&mut w, 2);
+        let expected = rewritten(
+            &input,
+            snat_addr,
+            backend_at(&a, 0),
+            BACKEND_IF_MAC,
+            BACKEND_MACS[0],
+        );
+        w.expect_redirect(
+            &format!("{}: moved to slot 2", a.vip),
+            &input,
+            w.net.client_if,
+            &expected,
+        );
+        assert_eq!(
+            w.fx.flow(&input.flow_key()),
+            Some(flow_value(snat_addr, backend_at(&a, 0), 2, SERVICE_ID, 0)),
+            "{}: forward entry on slot 2, same SNAT port",
+            a.vip
+        );
+        assert_eq!(
+            w.fx.flow(&old_reply),
+            reply_value.map(|r| FlowValue { backend_id: 2, ..r }),
+            "{}: reply entry rewritten for slot 2",
+            a.vip
+        );
+        assert_eq!(w.fx.flow_count(), 2, "{}: two entries", a.vip);
+
+        // The old reply entry now serves another flow: kept as it is.
+        w.fx.clear_flows();
+        w.service(&a, proto, SERVICE_REMOTE);
+        let port = w.expect_new_flow(&format!("{}: second", a.vip), &input, 0, snat);
+        let old_reply = flow_key(backend_at(&a, 0), SocketAddr::new(snat, port), proto);
+        let other = w.fx.flow(&old_reply).map(|r| FlowValue {
+            dst_port: r.dst_port + 1,
+            ..r
+        });
+        w.fx.flows
+            .insert(old_reply, other.expect("reply entry"), 0)
+            .expect("rewrite the reply entry");
+        w.fx.set_backend(1, backend(backend_at(&a, 0), SERVICE_ID, BACKEND_DOWN));
+        select(&mut w, 2);
+        w.expect_new_flow(&format!("{}: re-hashed", a.vip), &input, 1, snat);
+        assert_eq!(
+            w.fx.flow(&old_reply),
+            other,
+            "{}: another flow's reply entry kept",
+            a.vip
+        );
+        assert_eq!(w.fx.flow_count(), 3, "{}: three entries", a.vip);
     }
 }
 
@@ -609,20 +701,12 @@ fn down_backend_still_selected_keeps_flows() {
         w.service(&a, proto, SERVICE_REMOTE);
         let input = client_frame(&a, proto);
         let snat = a.node_backend_side;
-        let port = w.expect_new_flow(
-            &format!("{}: established", a.vip),
-            &input,
-            1,
-            backend_at(&a, 0),
-            BACKEND_MACS[0],
-            snat,
-        );
+        let port = w.expect_new_flow(&format!("{}: established", a.vip), &input, 0, snat);
         w.fx.set_backend(1, backend(backend_at(&a, 0), SERVICE_ID, BACKEND_DOWN));
         w.expect_kept_flow(
             &format!("{}: kept flow", a.vip),
             &input,
-            backend_at(&a, 0),
-            BACKEND_MACS[0],
+            0,
             SocketAddr::new(snat, port),
         );
 
@@ -631,9 +715,7 @@ fn down_backend_still_selected_keeps_flows() {
         w.expect_new_flow(
             &format!("{}: new flow to the failed selection", a.vip),
             &other,
-            1,
-            backend_at(&a, 0),
-            BACKEND_MACS[0],
+            0,
             snat,
         );
     }
@@ -652,7 +734,7 @@ fn drained_backend_keeps_its_flows() {
     w.configure();
     for (a, proto) in [(V4, PROTO_TCP), (V6, PROTO_UDP)] {
         w.fx.clear_flows();
-        w.service(&a, proto, SERVICE_REMOTE | SERVICE_SPREAD);
+        w.backends(&a);
         w.fx.set_service(
             vip(&a),
             proto,
@@ -668,14 +750,7 @@ fn drained_backend_keeps_its_flows() {
         }
         let input = client_frame(&a, proto);
         let snat = a.node_backend_side;
-        let port = w.expect_new_flow(
-            &format!("{}: before the drain", a.vip),
-            &input,
-            1,
-            backend_at(&a, 0),
-            BACKEND_MACS[0],
-            snat,
-        );
+        let port = w.expect_new_flow(&format!("{}: before the drain", a.vip), &input, 0, snat);
         // Backend 1 drained: the table now holds only backend 2; the
         // service's fallback stays backend 1, as the controller leaves it.
         for slot in 0..TABLE {
@@ -684,8 +759,7 @@ fn drained_backend_keeps_its_flows() {
         w.expect_kept_flow(
             &format!("{}: drained backend's flow", a.vip),
             &input,
-            backend_at(&a, 0),
-            BACKEND_MACS[0],
+            0,
             SocketAddr::new(snat, port),
         );
         for offset in 1..=5 {
@@ -694,9 +768,7 @@ fn drained_backend_keeps_its_flows() {
             w.expect_new_flow(
                 &format!("{}: new flow {offset} after the drain", a.vip),
                 &other,
-                2,
-                backend_at(&a, 1),
-                BACKEND_MACS[1],
+                1,
                 snat,
             );
         }
@@ -717,14 +789,7 @@ fn udp4_zero_checksum_stays_zero() {
         zero_checksum: true,
     };
     assert_eq!(input.bytes()[40..42], [0, 0], "fixture has checksum 0");
-    let port = w.expect_new_flow(
-        "zero checksum",
-        &input,
-        1,
-        backend_at(&V4, 0),
-        BACKEND_MACS[0],
-        V4.node_backend_side,
-    );
+    let port = w.expect_new_flow("zero checksum", &input, 0, V4.node_backend_side);
     let mut reply = Packet::udp(
         backend_at(&V4, 0),
         SocketAddr::new(V4.node_backend_side, port),
@@ -834,9 +899,7 @@ fn snat_from_if_addrs() {
     w.expect_new_flow(
         "v4 from if_addrs",
         &client_frame(&V4, PROTO_TCP),
-        1,
-        backend_at(&V4, 0),
-        BACKEND_MACS[0],
+        0,
         V4.node_backend_side2,
     );
     w.service(&V6, PROTO_TCP, SERVICE_REMOTE);
@@ -857,9 +920,7 @@ fn snat_from_if_addrs() {
     w.expect_new_flow(
         "v6 from if_addrs",
         &client_frame(&V6, PROTO_TCP),
-        1,
-        backend_at(&V6, 0),
-        BACKEND_MACS[0],
+        0,
         V6.node_backend_side2,
     );
 }
@@ -939,7 +1000,7 @@ fn no_backend_drops() {
     w.configure();
     let mut drops = 0;
     for (a, other) in [(V4, V6), (V6, V4)] {
-        w.service(&a, PROTO_TCP, SERVICE_REMOTE);
+        w.backends(&a);
         let frame = client_frame(&a, PROTO_TCP).bytes();
         let cases = [
             ("backend id 0", NO_BACKEND, None),

@@ -23,8 +23,9 @@
 //!   `last_error` says why, and consumers keep their static servers.
 //!
 //! The view is published (receivers notified) when its nodes, `synced` or
-//! `last_error` change; the cursor is updated in place without a
-//! notification, since it moves with every checkpoint.
+//! `last_error` change. The cursor moves with every checkpoint and is not
+//! part of the view: the task keeps it, and [`DiscoveryStats::cursor`]
+//! shows it.
 
 use std::{
     sync::{
@@ -51,7 +52,7 @@ use tonic::{Code, Status};
 use tracing::{debug, error, info, warn};
 
 use super::{
-    registry::{Node, Registry, RegistryRef, classify, decode},
+    registry::{Node, Registry, RegistryRef, classify},
     view::RegistryView,
 };
 
@@ -114,7 +115,8 @@ pub struct DiscoveryStats {
     pub ignored: AtomicU64,
     /// Registry events skipped because their BCS contents did not decode.
     pub malformed: AtomicU64,
-    /// The last checkpoint applied (0 before the first full sync).
+    /// The last checkpoint applied (0 before the first full sync, i.e.
+    /// while the view is not `synced`).
     pub cursor: AtomicU64,
     /// Full syncs completed (the first one included).
     pub resyncs_total: AtomicU64,
@@ -175,6 +177,7 @@ impl Discovery {
             stats,
             tx,
             client: None,
+            cursor: 0,
         };
         (rx, tokio::spawn(runner.run()))
     }
@@ -213,6 +216,9 @@ struct Runner {
     stats: Arc<DiscoveryStats>,
     tx: watch::Sender<RegistryView>,
     client: Option<Client>,
+    /// The sequence number of the last checkpoint whose events are in the
+    /// view (0 before the first full sync).
+    cursor: u64,
 }
 
 /// A status as `CODE: message`, the code spelled like gRPC's (`NOT_FOUND`).
@@ -373,11 +379,9 @@ impl Runner {
             .object
             .ok_or_else(|| anyhow!("GetObject({}) at {url}: no object", registry.object))?;
         if let Some(object_type) = object.object_type.as_deref() {
-            let ours = object_type.parse::<StructTag>().is_ok_and(|tag| {
-                *tag.address() == registry.package
-                    && tag.module().as_str() == registry.module
-                    && tag.name().as_str() == "Registry"
-            });
+            let ours = object_type
+                .parse::<StructTag>()
+                .is_ok_and(|tag| registry.is_ours(&tag, "Registry"));
             if !ours {
                 bail!(
                     "object {} at {url} is a {object_type}, not a {}",
@@ -391,7 +395,7 @@ impl Runner {
             .as_ref()
             .and_then(|b| b.value.as_deref())
             .ok_or_else(|| anyhow!("GetObject({}) at {url}: no contents", registry.object))?;
-        let root: Registry = decode(contents)
+        let root: Registry = bcs::from_bytes(contents)
             .with_context(|| format!("decoding the registry object {} (BCS)", registry.object))?;
         let table = root.nodes.id.0;
 
@@ -430,7 +434,7 @@ impl Runner {
                 }
             };
             let field_id = field.field_id.clone().unwrap_or_default();
-            let key: Address = decode(
+            let key: Address = bcs::from_bytes(
                 field
                     .name
                     .as_ref()
@@ -440,7 +444,7 @@ impl Runner {
             .with_context(|| {
                 format!("registry table entry {field_id}: decoding the key (BCS address)")
             })?;
-            let node: Node = decode(
+            let node: Node = bcs::from_bytes(
                 field
                     .value
                     .as_ref()
@@ -462,22 +466,19 @@ impl Runner {
         }
 
         let count = nodes.len();
+        // Set before the view says `synced`.
+        self.cursor = cursor;
+        self.stats.cursor.store(cursor, Ordering::Relaxed);
         self.tx.send_if_modified(|view| {
             let changed = view.nodes != nodes || !view.synced || view.last_error.is_some();
             view.nodes = nodes;
-            view.cursor = Some(cursor);
             view.synced = true;
             view.last_error = None;
             changed
         });
-        self.stats.cursor.store(cursor, Ordering::Relaxed);
         self.stats.resyncs_total.fetch_add(1, Ordering::Relaxed);
         info!(url, nodes = count, cursor, "registry: full sync done");
         Ok(())
-    }
-
-    fn cursor(&self) -> u64 {
-        self.tx.borrow().cursor.unwrap_or_default()
     }
 
     /// Subscribes, catches up to the node's latest checkpoint, then applies
@@ -509,7 +510,7 @@ impl Runner {
             return end;
         }
         self.clear_error();
-        debug!(url = %self.settings.sui_rpc_url, cursor = self.cursor(), "registry: following checkpoints");
+        debug!(url = %self.settings.sui_rpc_url, cursor = self.cursor, "registry: following checkpoints");
         loop {
             tokio::select! {
                 frame = stream.next() => {
@@ -522,7 +523,7 @@ impl Runner {
                     let Some(sequence) = frame.cursor.or_else(|| frame.checkpoint.as_ref().and_then(|c| c.sequence_number)) else {
                         continue;
                     };
-                    if sequence <= self.cursor() {
+                    if sequence <= self.cursor {
                         continue;
                     }
                     if let Some(end) = self.repair(sequence - 1).await {
@@ -552,7 +553,7 @@ impl Runner {
     /// Fetches and applies the checkpoints after the cursor up to `end`
     /// (none when the cursor is already there).
     async fn repair(&mut self, end: u64) -> Option<FollowEnd> {
-        let start = self.cursor() + 1;
+        let start = self.cursor + 1;
         if end < start {
             return None;
         }
@@ -613,7 +614,7 @@ impl Runner {
 
     /// Applies the registry events of checkpoint `sequence` in order and
     /// moves the cursor to it.
-    fn apply(&self, sequence: u64, checkpoint: &proto::Checkpoint) {
+    fn apply(&mut self, sequence: u64, checkpoint: &proto::Checkpoint) {
         let registry = &self.settings.registry;
         let stats = &self.stats;
         self.tx.send_if_modified(|view| {
@@ -640,9 +641,9 @@ impl Runner {
                     }
                 }
             }
-            view.cursor = Some(sequence);
             changed
         });
+        self.cursor = sequence;
         stats.cursor.store(sequence, Ordering::Relaxed);
     }
 }
@@ -746,12 +747,10 @@ mod tests {
     async fn synced(chain: &FakeChain, interval: Duration) -> Running {
         let mut running = start(settings(chain, interval));
         running.view("the first full sync", |v| v.synced).await;
-        // Following the stream: subscribed, and caught up (the second
-        // latest-checkpoint call, after the full sync's, is the catch-up's).
+        // Following the stream: later checkpoints reach the subscription.
         running
             .until("the subscription", |_| {
                 chain.calls().subscribe.load(Ordering::Relaxed) >= 1
-                    && chain.calls().latest_checkpoint.load(Ordering::Relaxed) >= 2
             })
             .await;
         running
@@ -770,7 +769,6 @@ mod tests {
         assert_eq!(view.nodes, chain.nodes());
         assert_eq!(view.nodes.len(), 7);
         assert_eq!(view.nodes[&address(8)], node(8, 8_000_000_000));
-        assert_eq!(view.cursor, Some(chain.latest()));
         assert_eq!(view.last_error, None);
         // 7 entries, 3 a page.
         assert_eq!(chain.calls().list_dynamic_fields.load(Ordering::Relaxed), 3);
@@ -803,9 +801,8 @@ mod tests {
 
         let t0 = Instant::now();
         let last = chain.remove(address(1));
-        let view = running.view("the removal", |v| v.nodes.is_empty()).await;
+        running.view("the removal", |v| v.nodes.is_empty()).await;
         assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
-        assert_eq!(view.cursor, Some(last));
         assert_eq!(running.stats.cursor.load(Ordering::Relaxed), last);
         assert_eq!(
             [
@@ -932,7 +929,7 @@ mod tests {
             0,
             "read from the table, not the event"
         );
-        assert_eq!(running.rx.borrow().cursor, Some(chain.latest()));
+        assert_eq!(running.stats.cursor.load(Ordering::Relaxed), chain.latest());
     }
 
     #[tokio::test]

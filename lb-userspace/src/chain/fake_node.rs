@@ -88,7 +88,8 @@ pub struct FakeCalls {
     pub get_object: AtomicU64,
     /// `ListDynamicFields` (one per page).
     pub list_dynamic_fields: AtomicU64,
-    /// `SubscribeCheckpoints`.
+    /// `SubscribeCheckpoints` (counted once the subscription is registered:
+    /// every later checkpoint reaches it).
     pub subscribe: AtomicU64,
     /// `GetServiceInfo`.
     pub service_info: AtomicU64,
@@ -363,16 +364,6 @@ fn derived_address(seed: &[u8]) -> Address {
     Address::new(bytes)
 }
 
-fn timestamp(at: SystemTime) -> Timestamp {
-    let since = at
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    Timestamp {
-        seconds: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
-        nanos: i32::try_from(since.subsec_nanos()).unwrap_or(0),
-    }
-}
-
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -400,7 +391,7 @@ impl Shared {
         let mut state = self.lock();
         change(&mut state);
         let sequence = state.checkpoints.len() as u64;
-        let now = timestamp(SystemTime::now());
+        let now = Timestamp::from(SystemTime::now());
         let digest = Address::new(Sha256::digest(sequence.to_le_bytes()).into()).to_string();
         let mut transactions = Vec::new();
         if !events.is_empty() {
@@ -643,7 +634,7 @@ impl LedgerService for Service {
                 .with_chain("fake")
                 .with_epoch(0)
                 .with_checkpoint_height(state.latest().saturating_sub(state.lag_checkpoints))
-                .with_timestamp(timestamp(at))
+                .with_timestamp(Timestamp::from(at))
                 .with_lowest_available_checkpoint(0)
                 .with_lowest_available_checkpoint_objects(0)
                 .with_server("daas-lb fake Sui full node")
@@ -792,7 +783,6 @@ impl SubscriptionService for Service {
         request: Request<proto::SubscribeCheckpointsRequest>,
     ) -> Result<Response<BoxStream<proto::SubscribeCheckpointsResponse>>, Status> {
         self.0.enter().await?;
-        self.0.calls.subscribe.fetch_add(1, Ordering::Relaxed);
         // Like the real node: no mask matches nothing, frames carry only the
         // cursor.
         let mask = request
@@ -802,6 +792,7 @@ impl SubscriptionService for Service {
             .unwrap_or_default();
         let (tx, rx) = mpsc::unbounded_channel();
         self.0.lock().subscribers.push(Subscriber { mask, tx });
+        self.0.calls.subscribe.fetch_add(1, Ordering::Relaxed);
         let stream = futures::stream::unfold(rx, |mut rx| async move {
             let item = rx.recv().await?;
             Some((item, rx))

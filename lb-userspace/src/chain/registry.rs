@@ -17,6 +17,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use sui_sdk_types::{Address, StructTag};
 
+use crate::config::RegistrySettings;
+
 /// `Node`: one registered node, the value type of the registry's table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
@@ -117,11 +119,21 @@ impl RegistryRef {
     }
 
     /// Whether `tag` is the module's struct `name` (no type parameters).
-    fn is_ours(&self, tag: &StructTag, name: &str) -> bool {
+    pub fn is_ours(&self, tag: &StructTag, name: &str) -> bool {
         *tag.address() == self.package
             && tag.module().as_str() == self.module
             && tag.name().as_str() == name
             && tag.type_params().is_empty()
+    }
+}
+
+impl From<&RegistrySettings> for RegistryRef {
+    fn from(settings: &RegistrySettings) -> Self {
+        Self {
+            package: settings.package,
+            module: settings.module.clone(),
+            object: settings.object,
+        }
     }
 }
 
@@ -199,17 +211,17 @@ pub fn classify(
         return Ok(None);
     };
     let decoded = if registry.is_ours(&tag, REGISTERED) {
-        decode::<NodeRegistered>(contents).map(|e| RegistryEvent::Registered {
+        bcs::from_bytes::<NodeRegistered>(contents).map(|e| RegistryEvent::Registered {
             node: e.node,
             info: e.info,
         })
     } else if registry.is_ours(&tag, UPDATED) {
-        decode::<NodeUpdated>(contents).map(|e| RegistryEvent::Updated {
+        bcs::from_bytes::<NodeUpdated>(contents).map(|e| RegistryEvent::Updated {
             node: e.node,
             info: e.info,
         })
     } else if registry.is_ours(&tag, REMOVED) {
-        decode::<NodeRemoved>(contents).map(|e| RegistryEvent::Removed { node: e.node })
+        bcs::from_bytes::<NodeRemoved>(contents).map(|e| RegistryEvent::Removed { node: e.node })
     } else {
         return Ok(None);
     };
@@ -220,12 +232,6 @@ pub fn classify(
             contents.len()
         )
     })
-}
-
-/// Decodes BCS that must be exactly one `T` (trailing bytes are an error,
-/// which `bcs::from_bytes` already enforces).
-pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, bcs::Error> {
-    bcs::from_bytes(bytes)
 }
 
 #[cfg(test)]
@@ -279,7 +285,7 @@ mod tests {
         expected.push(0);
         expected.extend_from_slice(&[0; 32]);
         assert_eq!(bytes, expected);
-        assert_eq!(decode::<Node>(&bytes).unwrap(), n);
+        assert_eq!(bcs::from_bytes::<Node>(&bytes).unwrap(), n);
     }
 
     #[test]
@@ -293,14 +299,17 @@ mod tests {
         };
         let bytes = bcs::to_bytes(&reg).unwrap();
         assert_eq!(bytes.len(), 32 + 32 + 8);
-        assert_eq!(decode::<Registry>(&bytes).unwrap(), reg);
+        assert_eq!(bcs::from_bytes::<Registry>(&bytes).unwrap(), reg);
         let field = Field {
             id: Uid(address(4)),
             name: address(5),
             value: node(3),
         };
         let bytes = bcs::to_bytes(&field).unwrap();
-        assert_eq!(decode::<Field<Address, Node>>(&bytes).unwrap(), field);
+        assert_eq!(
+            bcs::from_bytes::<Field<Address, Node>>(&bytes).unwrap(),
+            field
+        );
     }
 
     #[test]

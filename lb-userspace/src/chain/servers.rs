@@ -203,7 +203,6 @@ mod tests {
                 .iter()
                 .map(|(k, endpoint, stake)| (key(*k), node(endpoint, *stake)))
                 .collect::<BTreeMap<_, _>>(),
-            cursor: Some(1),
             synced: true,
             last_error: None,
         }

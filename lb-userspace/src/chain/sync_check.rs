@@ -1,10 +1,11 @@
 //! The `sui_sync` health check: is a node's own Sui full node on the right
 //! chain and in sync with the network?
 //!
-//! [`probe`] asks the node's `sui_rpc` URL and every reference full node
-//! (`chain.reference_rpc_urls`) for `GetServiceInfo`, all at once, each
-//! under [`SyncBounds::max_response_time`]; [`evaluate`] (pure) then judges
-//! the node's answer against the references' answers:
+//! [`probe`] asks the node's `sui_rpc` URL for `GetServiceInfo` and, at the
+//! same time, gets the reference full nodes' (`chain.reference_rpc_urls`)
+//! answers from [`References`], each under
+//! [`SuiSyncCheck::max_response_time`]; [`evaluate`] (pure) then judges the
+//! node's answer against the references' answers:
 //!
 //! - chain id: the node's must equal the references' (the references that
 //!   answered must agree among themselves, or the check fails saying so,
@@ -21,6 +22,11 @@
 //! A value equal to its bound passes. Every failed bound is named in the
 //! reason with its numbers, joined with `; `.
 //!
+//! The references are asked once for all the servers checked about the same
+//! time: [`References`] keeps one connection per reference and reuses their
+//! answers for [`REFERENCE_REUSE`] (and probes that start while the
+//! answers are being fetched wait for them).
+//!
 //! When no reference answered (or none is configured) the chain id and the
 //! lag cannot be judged: the check then decides on the sync age and the
 //! response time alone and says so in the reason (`no reference answered
@@ -29,24 +35,100 @@
 //! references (often public full nodes) does not take every server down.
 
 use std::{
-    fmt::Write as _,
+    fmt::{self, Write as _},
+    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
 use futures::future::join_all;
 use sui_rpc::{Client, proto::sui::rpc::v2::GetServiceInfoRequest};
 
-/// The bounds of the `sui_sync` check (`health_check.max_checkpoint_lag`,
-/// `max_sync_age`, `max_response_time`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SyncBounds {
-    /// Most checkpoints the node may be behind the highest reference.
-    pub max_checkpoint_lag: u64,
-    /// Oldest the node's latest executed checkpoint may be.
-    pub max_sync_age: Duration,
-    /// Longest the node's `GetServiceInfo` may take; also the time each
-    /// reference gets to answer.
-    pub max_response_time: Duration,
+use crate::config::SuiSyncCheck;
+
+/// How long the references' answers are reused for further probes, counted
+/// from when they arrived. Reference heights this old make a node look at
+/// most a few checkpoints less behind than it is.
+pub const REFERENCE_REUSE: Duration = Duration::from_secs(1);
+
+/// The reference full nodes of `sui_sync` checks: one client per URL
+/// (created on first use, its connection kept) and their last answers,
+/// shared by every probe within [`REFERENCE_REUSE`].
+pub struct References {
+    urls: Vec<String>,
+    /// Held while the answers are fetched, so concurrent probes share them.
+    state: tokio::sync::Mutex<ReferenceState>,
+}
+
+#[derive(Default)]
+struct ReferenceState {
+    /// By index into [`References::urls`]; `None` until first used (or
+    /// while the URL is unusable).
+    clients: Vec<Option<Client>>,
+    /// The last answers and when they arrived.
+    last: Option<(Instant, Arc<[ReferenceAnswer]>)>,
+}
+
+impl fmt::Debug for References {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("References")
+            .field("urls", &self.urls)
+            .finish_non_exhaustive()
+    }
+}
+
+impl References {
+    /// The reference full nodes at `urls` (none: lag and chain id are not
+    /// checked).
+    pub fn new(urls: Vec<String>) -> Self {
+        Self {
+            state: tokio::sync::Mutex::new(ReferenceState {
+                clients: urls.iter().map(|_| None).collect(),
+                last: None,
+            }),
+            urls,
+        }
+    }
+
+    /// Every reference's answer (or why there is none), each asked within
+    /// `limit`: the last answers when they are younger than
+    /// [`REFERENCE_REUSE`], otherwise fresh ones.
+    pub async fn answers(&self, limit: Duration) -> Arc<[ReferenceAnswer]> {
+        let mut state = self.state.lock().await;
+        if let Some((at, answers)) = &state.last
+            && at.elapsed() < REFERENCE_REUSE
+        {
+            return Arc::clone(answers);
+        }
+        let clients: Vec<Result<Client, String>> = self
+            .urls
+            .iter()
+            .zip(state.clients.iter_mut())
+            .map(|(url, slot)| {
+                if let Some(client) = slot {
+                    return Ok(client.clone());
+                }
+                let client = Client::new(url.as_str()).map_err(|status| bad_url(&status))?;
+                *slot = Some(client.clone());
+                Ok(client)
+            })
+            .collect();
+        let answers: Arc<[ReferenceAnswer]> = join_all(self.urls.iter().zip(clients).map(
+            |(url, client)| async move {
+                let result = match client {
+                    Ok(mut client) => ask(&mut client, Instant::now(), limit).await,
+                    Err(why) => Err(why),
+                };
+                ReferenceAnswer {
+                    url: url.clone(),
+                    result,
+                }
+            },
+        ))
+        .await
+        .into();
+        state.last = Some((Instant::now(), Arc::clone(&answers)));
+        answers
+    }
 }
 
 /// What one full node's `GetServiceInfo` said.
@@ -100,7 +182,7 @@ impl SyncVerdict {
 pub fn evaluate(
     node: &ServiceInfoSample,
     references: &[ReferenceAnswer],
-    bounds: &SyncBounds,
+    bounds: &SuiSyncCheck,
     now: SystemTime,
 ) -> SyncVerdict {
     let mut failures: Vec<String> = Vec::new();
@@ -215,28 +297,23 @@ pub fn evaluate(
     }
 }
 
-/// Runs the check: `GetServiceInfo` on `node_rpc_url` and on every one of
-/// `reference_urls`, all at once, each under `bounds.max_response_time`
-/// (so the whole probe takes about that long at most), then
-/// [`evaluate`]s the answers. A node that gives no usable answer fails with
-/// `unreachable: …`; an empty `node_rpc_url` (a node that registered no
-/// `sui_rpc`) fails too.
+/// Runs the check: `GetServiceInfo` on `node_rpc_url` (a fresh connection)
+/// and the `references`' answers, at once, each under
+/// `bounds.max_response_time` (so the whole probe takes about that long at
+/// most), then [`evaluate`]s the answers. A node that gives no usable answer
+/// fails with `unreachable: …`; an empty `node_rpc_url` (a node that
+/// registered no `sui_rpc`) fails too.
 pub async fn probe(
     node_rpc_url: &str,
-    reference_urls: &[String],
-    bounds: &SyncBounds,
+    references: &References,
+    bounds: &SuiSyncCheck,
 ) -> SyncVerdict {
     if node_rpc_url.is_empty() {
         return SyncVerdict::failed("the node registered no sui_rpc URL".to_owned());
     }
     let limit = bounds.max_response_time;
-    let references = join_all(reference_urls.iter().map(|url| async move {
-        ReferenceAnswer {
-            url: url.clone(),
-            result: service_info(url, limit).await,
-        }
-    }));
-    let (node, references) = tokio::join!(service_info(node_rpc_url, limit), references);
+    let (node, references) =
+        tokio::join!(service_info(node_rpc_url, limit), references.answers(limit));
     let verdict = match node {
         Ok(node) => evaluate(&node, &references, bounds, SystemTime::now()),
         Err(why) => SyncVerdict::failed(format!("unreachable: {node_rpc_url}: {why}")),
@@ -245,11 +322,26 @@ pub async fn probe(
     verdict
 }
 
-/// Calls `GetServiceInfo` on `url` (a fresh connection) and waits at most
-/// `limit` for the answer.
+/// Calls `GetServiceInfo` on `url` over a fresh connection and waits at
+/// most `limit` for the answer.
 async fn service_info(url: &str, limit: Duration) -> Result<ServiceInfoSample, String> {
     let start = Instant::now();
-    let mut client = Client::new(url).map_err(|status| format!("bad URL: {}", status.message()))?;
+    let mut client = Client::new(url).map_err(|status| bad_url(&status))?;
+    ask(&mut client, start, limit).await
+}
+
+/// Why a URL gives no client.
+fn bad_url(status: &tonic::Status) -> String {
+    format!("bad URL: {}", status.message())
+}
+
+/// Calls `GetServiceInfo` on `client` and waits at most `limit` for the
+/// answer; the response time counts from `start`.
+async fn ask(
+    client: &mut Client,
+    start: Instant,
+    limit: Duration,
+) -> Result<ServiceInfoSample, String> {
     let call = async {
         client
             .ledger_client()
@@ -320,11 +412,13 @@ fn secs(duration: Duration) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
+
     use super::*;
     use crate::chain::fake_node::FakeChain;
 
     /// The config's defaults: lag 10, age 30 s, response 2 s.
-    const BOUNDS: SyncBounds = SyncBounds {
+    const BOUNDS: SuiSyncCheck = SuiSyncCheck {
         max_checkpoint_lag: 10,
         max_sync_age: Duration::from_secs(30),
         max_response_time: Duration::from_secs(2),
@@ -577,6 +671,16 @@ mod tests {
         assert_eq!(secs(Duration::ZERO), "0 s");
     }
 
+    /// [`super::probe`] with fresh [`References`] (nothing reused between
+    /// calls).
+    async fn probe(
+        node_rpc_url: &str,
+        references: &[String],
+        bounds: &SuiSyncCheck,
+    ) -> SyncVerdict {
+        super::probe(node_rpc_url, &References::new(references.to_vec()), bounds).await
+    }
+
     /// A node and a reference on the same chain, both current.
     async fn pair() -> (FakeChain, FakeChain) {
         let node = FakeChain::start(MAINNET).await.expect("node");
@@ -589,7 +693,7 @@ mod tests {
     }
 
     /// Bounds with a short response time, for the slow cases.
-    const QUICK: SyncBounds = SyncBounds {
+    const QUICK: SuiSyncCheck = SuiSyncCheck {
         max_response_time: Duration::from_millis(300),
         ..BOUNDS
     };
@@ -770,5 +874,36 @@ mod tests {
             verdict.reason
         );
         assert_eq!(verdict.lag_blocks, None);
+    }
+
+    #[tokio::test]
+    async fn servers_probed_within_the_reuse_window_share_one_reference_call() {
+        let (node, reference) = pair().await;
+        let (other, _) = pair().await;
+        let references = References::new(vec![reference.url()]);
+        let start = Instant::now();
+        // One after another...
+        for _ in 0..3 {
+            let verdict = super::probe(&node.url(), &references, &BOUNDS).await;
+            assert!(verdict.ok, "{verdict:?}");
+        }
+        // ...and at once.
+        let (node_url, other_url) = (node.url(), other.url());
+        let verdicts = join_all(
+            [&node_url, &other_url, &other_url].map(|url| super::probe(url, &references, &BOUNDS)),
+        )
+        .await;
+        assert!(verdicts.iter().all(|v| v.ok), "{verdicts:?}");
+        assert!(start.elapsed() < REFERENCE_REUSE, "the test was too slow");
+        let calls = |chain: &FakeChain| chain.calls().service_info.load(Ordering::Relaxed);
+        assert_eq!(calls(&reference), 1, "the reference is asked once");
+        assert_eq!((calls(&node), calls(&other)), (4, 2), "every node is asked");
+
+        // Later answers are fresh: the reference is asked again.
+        tokio::time::sleep(REFERENCE_REUSE).await;
+        reference.tick();
+        let verdict = super::probe(&node.url(), &references, &BOUNDS).await;
+        assert_eq!(verdict.lag_blocks, Some(1), "{verdict:?}");
+        assert_eq!(calls(&reference), 2);
     }
 }

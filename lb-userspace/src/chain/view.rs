@@ -1,5 +1,5 @@
-//! What discovery knows about the registry: the nodes by key, the last
-//! checkpoint applied, and whether the view is current.
+//! What discovery knows about the registry: the nodes by key and whether
+//! the view is current.
 
 use std::collections::BTreeMap;
 
@@ -14,9 +14,6 @@ pub struct RegistryView {
     /// The registered nodes by node address (all of them: the stake filter
     /// is applied by the consumer).
     pub nodes: BTreeMap<Address, Node>,
-    /// The sequence number of the last checkpoint whose events are in
-    /// `nodes`; `None` before the first full sync.
-    pub cursor: Option<u64>,
     /// Whether `nodes` was read from the chain (a full sync succeeded); false
     /// until then, and `nodes` is empty.
     pub synced: bool,
@@ -89,9 +86,6 @@ mod tests {
         }));
         assert_eq!(view.nodes.len(), 2);
         // apply leaves the bookkeeping fields alone.
-        assert_eq!(
-            (view.cursor, view.synced, view.last_error),
-            (None, false, None)
-        );
+        assert_eq!((view.synced, view.last_error), (false, None));
     }
 }

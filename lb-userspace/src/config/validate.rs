@@ -278,15 +278,13 @@ impl Checker {
             Some(raw) => self.chain(raw, stake_off).map(Some),
         };
 
-        let Some(services) = &top.services else {
-            self.report(
-                raw.referenced,
-                "services",
-                "missing required field `services`; write `services: []` to balance nothing"
-                    .to_owned(),
-            );
-            return None;
-        };
+        let services = self.required(
+            top.services.as_ref(),
+            raw.referenced,
+            "services",
+            "services",
+            "; write `services: []` to balance nothing",
+        )?;
         let drafts: Vec<ServiceDraft> = services
             .value
             .iter()
@@ -411,50 +409,37 @@ impl Checker {
     /// false.
     fn chain(&mut self, raw: &Spanned<RawChain>, stake_off: bool) -> Option<ChainSettings> {
         let chain = &raw.value;
-        let sui_rpc_url = match &chain.sui_rpc_url {
-            None => {
-                self.report(
-                    raw.referenced,
-                    "chain",
-                    "missing required field `sui_rpc_url`: the gRPC URL of the Sui full node the registry is read from, e.g. http://127.0.0.1:9000"
-                        .to_owned(),
-                );
-                None
-            }
-            Some(url) => self.rpc_url(url, "chain.sui_rpc_url"),
-        };
+        let sui_rpc_url = self
+            .required(
+                chain.sui_rpc_url.as_ref(),
+                raw.referenced,
+                "chain",
+                "sui_rpc_url",
+                ": the gRPC URL of the Sui full node the registry is read from, e.g. http://127.0.0.1:9000",
+            )
+            .and_then(|url| self.rpc_url(url, "chain.sui_rpc_url"));
         let reference_rpc_urls = match &chain.reference_rpc_urls {
             None => Some(Vec::new()),
             Some(list) => self.reference_rpc_urls(list),
         };
-        let registry = match &chain.registry {
-            None => {
-                self.report(
-                    raw.referenced,
-                    "chain",
-                    "missing required field `registry`: { package, module, object } of the on-chain node registry"
-                        .to_owned(),
-                );
-                None
-            }
-            Some(registry) => self.registry(registry),
-        };
+        let registry = self
+            .required(
+                chain.registry.as_ref(),
+                raw.referenced,
+                "chain",
+                "registry",
+                ": { package, module, object } of the on-chain node registry",
+            )
+            .and_then(|registry| self.registry(registry));
         let min_stake_mist = match &chain.min_stake_mist {
             None => Some(0),
             Some(raw) => {
-                let text = raw.value.trim().replace('_', "");
-                let mist = text.parse::<u64>().ok();
-                if mist.is_none() {
-                    self.report(
-                        raw.referenced,
-                        "chain.min_stake_mist",
-                        format!(
-                            "invalid stake {:?}; expected a whole number of MIST from 0 to {} (1 SUI = 1000000000 MIST)",
-                            raw.value,
-                            u64::MAX
-                        ),
-                    );
-                }
+                let mist = self.whole_number(raw, "chain.min_stake_mist", u64::MAX, |text| {
+                    format!(
+                        "invalid stake {text:?}; expected a whole number of MIST from 0 to {} (1 SUI = 1000000000 MIST)",
+                        u64::MAX
+                    )
+                });
                 match mist {
                     Some(mist) if mist > 0 && stake_off => {
                         self.report(
@@ -540,16 +525,15 @@ impl Checker {
     /// `chain.registry`.
     fn registry(&mut self, raw: &Spanned<RawRegistry>) -> Option<RegistrySettings> {
         let registry = &raw.value;
-        let mut address = |field: Option<&Spanned<String>>, name: &str, what: &str| match field {
-            None => {
-                self.report(
-                    raw.referenced,
-                    "chain.registry",
-                    format!("missing required field `{name}`: {what}"),
-                );
-                None
-            }
-            Some(raw) => self.sui_address(raw, &format!("chain.registry.{name}")),
+        let mut address = |field: Option<&Spanned<String>>, name: &str, what: &str| {
+            self.required(
+                field,
+                raw.referenced,
+                "chain.registry",
+                name,
+                &format!(": {what}"),
+            )
+            .and_then(|raw| self.sui_address(raw, &format!("chain.registry.{name}")))
         };
         let package = address(
             registry.package.as_ref(),
@@ -589,13 +573,11 @@ impl Checker {
     /// A Sui address: `0x` and up to 64 hex digits.
     fn sui_address(&mut self, raw: &Spanned<String>, path: &str) -> Option<sui_sdk_types::Address> {
         let text = raw.value.trim();
-        let hex = text.strip_prefix("0x").unwrap_or("");
-        if !hex.is_empty() && hex.len() <= 64 && hex.bytes().all(|byte| byte.is_ascii_hexdigit()) {
-            // Short forms (`0x2`) mean leading zeros.
-            let full = format!("0x{hex:0>64}");
-            if let Ok(address) = full.parse::<sui_sdk_types::Address>() {
-                return Some(address);
-            }
+        // Short forms (`0x2`) mean leading zeros.
+        if text.starts_with("0x")
+            && let Ok(address) = text.parse::<sui_sdk_types::Address>()
+        {
+            return Some(address);
         }
         self.report(
             raw.referenced,
@@ -648,29 +630,24 @@ impl Checker {
     /// A service's `discovery` block.
     fn discovery(&mut self, raw: &Spanned<RawDiscovery>, path: &str) -> Option<DiscoveryConfig> {
         let discovery = &raw.value;
-        let source = match &discovery.source {
-            None => {
-                self.report(
-                    raw.referenced,
-                    path,
-                    "missing required field `source`; the only source is sui".to_owned(),
-                );
-                None
-            }
-            Some(source) => self.parse(source, &format!("{path}.source")),
-        };
-        let port = match &discovery.port {
-            None => {
-                self.report(
-                    raw.referenced,
-                    path,
-                    "missing required field `port`: the port of every discovered server, a number or { from_chain_id, kind }"
-                        .to_owned(),
-                );
-                None
-            }
-            Some(port) => self.discovery_port(port, &format!("{path}.port")),
-        };
+        let source = self
+            .required(
+                discovery.source.as_ref(),
+                raw.referenced,
+                path,
+                "source",
+                "; the only source is sui",
+            )
+            .and_then(|source| self.parse(source, &format!("{path}.source")));
+        let port = self
+            .required(
+                discovery.port.as_ref(),
+                raw.referenced,
+                path,
+                "port",
+                ": the port of every discovered server, a number or { from_chain_id, kind }",
+            )
+            .and_then(|port| self.discovery_port(port, &format!("{path}.port")));
         Some(DiscoveryConfig {
             source: source?,
             port: port?,
@@ -688,16 +665,14 @@ impl Checker {
                 self.port(&spanned, path).map(DiscoveryPort::Fixed)
             }
             RawDiscoveryPort::Chain(chain) => {
-                let chain_id = match &chain.from_chain_id {
-                    None => {
-                        self.report(
-                            raw.referenced,
-                            path,
-                            "missing required field `from_chain_id`: the chain id the port is derived from"
-                                .to_owned(),
-                        );
-                        None
-                    }
+                let chain_id = match self.required(
+                    chain.from_chain_id.as_ref(),
+                    raw.referenced,
+                    path,
+                    "from_chain_id",
+                    ": the chain id the port is derived from",
+                ) {
+                    None => None,
                     Some(id) if id.value.trim().is_empty() => {
                         self.report(
                             id.referenced,
@@ -708,17 +683,15 @@ impl Checker {
                     }
                     Some(id) => Some(id.value.trim().to_owned()),
                 };
-                let kind = match &chain.kind {
-                    None => {
-                        self.report(
-                            raw.referenced,
-                            path,
-                            "missing required field `kind`: p2p, rpc or grpc".to_owned(),
-                        );
-                        None
-                    }
-                    Some(kind) => self.parse::<ChainPortKind>(kind, &format!("{path}.kind")),
-                };
+                let kind = self
+                    .required(
+                        chain.kind.as_ref(),
+                        raw.referenced,
+                        path,
+                        "kind",
+                        ": p2p, rpc or grpc",
+                    )
+                    .and_then(|kind| self.parse::<ChainPortKind>(kind, &format!("{path}.kind")));
                 Some(DiscoveryPort::Chain(ChainPort {
                     chain_id: chain_id?,
                     kind: kind?,
@@ -823,18 +796,15 @@ impl Checker {
     /// The `xdp` block.
     fn xdp(&mut self, raw: &Spanned<RawXdp>) -> Option<XdpSettings> {
         let xdp = &raw.value;
-        let interfaces = match &xdp.interfaces {
-            None => {
-                self.report(
-                    raw.referenced,
-                    "xdp",
-                    "missing required field `interfaces`: the interfaces remote clients' packets arrive on, e.g. [eth0]"
-                        .to_owned(),
-                );
-                None
-            }
-            Some(list) => self.interfaces(list),
-        };
+        let interfaces = self
+            .required(
+                xdp.interfaces.as_ref(),
+                raw.referenced,
+                "xdp",
+                "interfaces",
+                ": the interfaces remote clients' packets arrive on, e.g. [eth0]",
+            )
+            .and_then(|list| self.interfaces(list));
         let mode = match &xdp.mode {
             None => Some(XdpAttachMode::Auto),
             Some(raw) => self.parse(raw, "xdp.mode"),
@@ -1073,22 +1043,42 @@ impl Checker {
         None
     }
 
-    /// A required field of a service; reports it when missing.
+    /// A required field `name` of the block at `path` (written at `at`);
+    /// reports it when missing, with `hint` (e.g. `: what it is`) appended.
     fn required<'a, T>(
         &mut self,
         field: Option<&'a T>,
-        service: &Spanned<RawService>,
+        at: Location,
         path: &str,
         name: &str,
+        hint: &str,
     ) -> Option<&'a T> {
         if field.is_none() {
-            self.report(
-                service.referenced,
-                path,
-                format!("missing required field `{name}`"),
-            );
+            self.report(at, path, format!("missing required field `{name}`{hint}"));
         }
         field
+    }
+
+    /// A whole number up to `max` (underscores allowed as separators);
+    /// reports `problem(written text)` otherwise.
+    fn whole_number(
+        &mut self,
+        raw: &Spanned<String>,
+        path: &str,
+        max: u64,
+        problem: impl FnOnce(&str) -> String,
+    ) -> Option<u64> {
+        let number = raw
+            .value
+            .trim()
+            .replace('_', "")
+            .parse::<u64>()
+            .ok()
+            .filter(|number| *number <= max);
+        if number.is_none() {
+            self.report(raw.referenced, path, problem(&raw.value));
+        }
+        number
     }
 
     /// Checks one service's own fields.
@@ -1097,10 +1087,10 @@ impl Checker {
         let service = &raw.value;
 
         let name = self
-            .required(service.name.as_ref(), raw, &path, "name")
+            .required(service.name.as_ref(), raw.referenced, &path, "name", "")
             .and_then(|name| self.service_name(name, &format!("{path}.name")));
         let vip = self
-            .required(service.vip.as_ref(), raw, &path, "vip")
+            .required(service.vip.as_ref(), raw.referenced, &path, "vip", "")
             .and_then(|vip| self.vip(vip, &format!("{path}.vip")));
         let protocol = match &service.protocol {
             None => Some(Protocol::Tcp),
@@ -1113,7 +1103,13 @@ impl Checker {
         let servers_list = if service.discovery.is_some() {
             service.servers.as_ref()
         } else {
-            self.required(service.servers.as_ref(), raw, &path, "servers")
+            self.required(
+                service.servers.as_ref(),
+                raw.referenced,
+                &path,
+                "servers",
+                "",
+            )
         };
         if let Some(list) = servers_list {
             for (server_index, server) in list.value.iter().enumerate() {
@@ -1491,17 +1487,15 @@ impl Checker {
         let mut parts = Vec::with_capacity(checks.value.len());
         for (index, part) in checks.value.iter().enumerate() {
             let part_path = format!("{path}.checks[{index}]");
-            let kind = match &part.value.kind {
-                None => {
-                    self.report(
-                        part.referenced,
-                        &part_path,
-                        "missing required field `kind`".to_owned(),
-                    );
-                    None
-                }
-                Some(raw) => self.kind(raw, &format!("{part_path}.kind"), protocol, true),
-            };
+            let kind = self
+                .required(
+                    part.value.kind.as_ref(),
+                    part.referenced,
+                    &part_path,
+                    "kind",
+                    "",
+                )
+                .and_then(|raw| self.kind(raw, &format!("{part_path}.kind"), protocol, true));
             parts.push(kind.and_then(|kind| {
                 self.single_check(
                     kind,
@@ -1678,20 +1672,16 @@ impl Checker {
     fn sui_sync_check(&mut self, sui: &RawSuiFields<'_>, path: &str) -> Option<SuiSyncCheck> {
         let max_checkpoint_lag = match sui.max_checkpoint_lag {
             None => Some(SuiSyncCheck::DEFAULT_MAX_CHECKPOINT_LAG),
-            Some(raw) => {
-                let lag = raw.value.trim().replace('_', "").parse::<u64>().ok();
-                if lag.is_none() {
-                    self.report(
-                        raw.referenced,
-                        &format!("{path}.max_checkpoint_lag"),
-                        format!(
-                            "invalid number {:?}; expected a whole number of checkpoints (0 = at the reference's tip)",
-                            raw.value
-                        ),
-                    );
-                }
-                lag
-            }
+            Some(raw) => self.whole_number(
+                raw,
+                &format!("{path}.max_checkpoint_lag"),
+                u64::MAX,
+                |text| {
+                    format!(
+                        "invalid number {text:?}; expected a whole number of checkpoints (0 = at the reference's tip)"
+                    )
+                },
+            ),
         };
         let max_sync_age = match sui.max_sync_age {
             None => Some(SuiSyncCheck::DEFAULT_MAX_SYNC_AGE),
@@ -1733,25 +1723,20 @@ impl Checker {
             Some(raw) => self.cache_ttl(raw, &format!("{path}.cache_ttl"), max_age),
         };
         let min_performance_score = match fields.min_performance_score {
-            None => Some(0),
-            Some(raw) => {
-                let text = raw.value.trim().replace('_', "");
-                let score = text.parse::<u64>().ok().filter(|score| *score <= MAX_SCORE);
-                if score.is_none() {
-                    self.report(
-                        raw.referenced,
-                        &format!("{path}.min_performance_score"),
-                        format!(
-                            "invalid score {:?}; expected a whole number of basis points from 0 to {MAX_SCORE} (10000 = 100%)",
-                            raw.value
-                        ),
-                    );
-                }
-                score
-            }
+            None => Some(NautilusCheck::DEFAULT.min_performance_score),
+            Some(raw) => self.whole_number(
+                raw,
+                &format!("{path}.min_performance_score"),
+                MAX_SCORE,
+                |text| {
+                    format!(
+                        "invalid score {text:?}; expected a whole number of basis points from 0 to {MAX_SCORE} (10000 = 100%)"
+                    )
+                },
+            ),
         };
         let intent = match fields.intent {
-            None => Some(0),
+            None => Some(NautilusCheck::DEFAULT.intent),
             Some(raw) => {
                 let intent = raw.value.trim().parse::<u8>().ok();
                 if intent.is_none() {
@@ -1768,7 +1753,7 @@ impl Checker {
             }
         };
         let verify_attestation_document = match fields.verify_attestation_document {
-            None => Some(false),
+            None => Some(NautilusCheck::DEFAULT.verify_attestation_document),
             Some(raw) => self.boolean(raw, &format!("{path}.verify_attestation_document")),
         };
         Some(NautilusCheck {

@@ -1,9 +1,11 @@
 //! Sui discovery in the controller: the discovery task publishes a
-//! [`RegistryView`]; on each new view every service with `discovery` gets
+//! [`RegistryView`]; on each view with new nodes (and on a refresh after a
+//! reload or a server list change) every service with `discovery` gets
 //! its static servers plus the registry's nodes (stake filter, endpoint
 //! host resolved, the service's port), applied like
 //! `PUT /services/{name}/servers`, so removed and under-stake nodes take the
-//! removal path (invalid, connections closed).
+//! removal path (invalid, connections closed). One task (the watcher) does
+//! every apply, in order, so an older view never overwrites a newer one.
 //!
 //! A registry that cannot be read leaves the servers as they are (at start:
 //! the static and default servers); the discovery task logs the error and
@@ -12,18 +14,18 @@
 use std::{
     collections::{BTreeSet, HashMap},
     net::{IpAddr, SocketAddr},
-    sync::Arc,
+    sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
-use tokio::task::JoinHandle;
+use futures::future::join_all;
+use tokio::{sync::Notify, task::JoinHandle};
 use tracing::{info, warn};
 
 use super::{Controller, reconcile};
 use crate::{
     chain::{
         discovery::{Discovery, DiscoverySettings, DiscoveryStats},
-        registry::RegistryRef,
         servers::{self, DiscoveredServer, Endpoint},
         view::RegistryView,
     },
@@ -45,6 +47,9 @@ pub(super) struct DiscoveryState {
     pub(super) view: Option<RegistryView>,
     /// The task's counters (`None` without a `chain` block).
     pub(super) stats: Option<Arc<DiscoveryStats>>,
+    /// Asks the watcher to apply the current view again (`None` without a
+    /// `chain` block).
+    refresh: Option<Arc<Notify>>,
     /// The discovery task and the task applying its views.
     tasks: Vec<JoinHandle<()>>,
 }
@@ -124,56 +129,70 @@ impl Controller {
         let stats = Arc::new(DiscoveryStats::default());
         let settings = DiscoverySettings::new(
             chain.sui_rpc_url.clone(),
-            RegistryRef {
-                package: chain.registry.package,
-                module: chain.registry.module.clone(),
-                object: chain.registry.object,
-            },
+            (&chain.registry).into(),
             chain.discovery_interval,
         );
         let _guard = self.inner.runtime.enter();
         let (mut views, task) = Discovery::spawn(settings, Arc::clone(&stats));
         info!(url = %chain.sui_rpc_url, package = %chain.registry.package, module = %chain.registry.module, object = %chain.registry.object, "Sui discovery started");
         let controller = self.clone();
+        let refresh = Arc::new(Notify::new());
+        let refreshed = Arc::clone(&refresh);
         let watcher = self.inner.runtime.spawn(async move {
-            let mut last_error: Option<String> = None;
+            // The last view seen; its nodes are the ones applied.
+            let mut last: Option<RegistryView> = None;
+            let mut again = false;
             loop {
                 let view = views.borrow_and_update().clone();
-                if view.last_error != last_error {
+                let last_error = last.as_ref().and_then(|v| v.last_error.as_ref());
+                if view.last_error.as_ref() != last_error {
                     if let Some(error) = &view.last_error {
                         warn!(error = %error, synced = view.synced, "Sui registry: the full node cannot be read; servers stay as they are");
                     } else if last_error.is_some() {
                         info!(nodes = view.nodes.len(), "Sui registry readable again");
                     }
-                    last_error.clone_from(&view.last_error);
                 }
-                controller.apply_view(view).await;
-                if views.changed().await.is_err() {
-                    return;
+                let new_nodes = last
+                    .as_ref()
+                    .is_none_or(|v| v.synced != view.synced || v.nodes != view.nodes);
+                last = Some(view.clone());
+                if new_nodes || again {
+                    controller.apply_view(view).await;
+                } else {
+                    // Only the error changed: status shows it.
+                    controller.lock().discovery.view = Some(view);
+                }
+                tokio::select! {
+                    changed = views.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        again = false;
+                    }
+                    () = refreshed.notified() => again = true,
                 }
             }
         });
         let mut guard = self.lock();
         guard.discovery.stats = Some(stats);
+        guard.discovery.refresh = Some(refresh);
         guard.discovery.tasks.push(task);
         guard.discovery.tasks.push(watcher);
     }
 
-    /// Applies the last view again (after a reload or a server list change).
+    /// Has the watcher apply the current view again (after a reload or a
+    /// server list change).
     pub(super) fn refresh_discovery(&self) {
-        let view = self.lock().discovery.view.clone();
-        if let Some(view) = view {
-            let controller = self.clone();
-            self.inner
-                .runtime
-                .spawn(async move { controller.apply_view(view).await });
+        if let Some(refresh) = &self.lock().discovery.refresh {
+            // A refresh asked for during an apply runs after it.
+            refresh.notify_one();
         }
     }
 
     /// Recomputes every discovery service's servers from `view` and applies
     /// the changed lists.
     async fn apply_view(&self, view: RegistryView) {
-        let (targets, min_stake) = {
+        let (targets, min_stake, cursor) = {
             let mut state = self.lock();
             state.discovery.view = Some(view.clone());
             let Some(chain) = &state.config.chain else {
@@ -188,7 +207,12 @@ impl Controller {
                     Some((service.name.clone(), service.vip, discovery.port.port()))
                 })
                 .collect();
-            (targets, chain.min_stake_mist)
+            let cursor = state
+                .discovery
+                .stats
+                .as_ref()
+                .map(|stats| stats.cursor.load(Ordering::Relaxed));
+            (targets, chain.min_stake_mist, cursor)
         };
         if !view.synced || targets.is_empty() {
             return;
@@ -231,7 +255,7 @@ impl Controller {
                 let list: Vec<String> = wanted.iter().map(ToString::to_string).collect();
                 match reconcile::config_with_servers(&config, name, &list) {
                     Ok(next) => {
-                        info!(service = %name, servers = ?wanted, cursor = ?view.cursor, "servers from the Sui registry");
+                        info!(service = %name, servers = ?wanted, cursor = ?cursor, "servers from the Sui registry");
                         config = next;
                         changed = true;
                     }
@@ -253,8 +277,9 @@ impl Controller {
     }
 }
 
-/// Resolves the DNS names among `candidates` (each once, at most
-/// [`RESOLVE_TIMEOUT`]); a name that does not resolve maps to nothing.
+/// Resolves the DNS names among `candidates` (each once, all at once, each
+/// within [`RESOLVE_TIMEOUT`]); a name that does not resolve maps to
+/// nothing.
 async fn resolve_names(candidates: &[servers::Candidate]) -> HashMap<String, Vec<IpAddr>> {
     let names: BTreeSet<&str> = candidates
         .iter()
@@ -263,8 +288,7 @@ async fn resolve_names(candidates: &[servers::Candidate]) -> HashMap<String, Vec
             Endpoint::Ip(_) => None,
         })
         .collect();
-    let mut resolved = HashMap::with_capacity(names.len());
-    for name in names {
+    join_all(names.into_iter().map(|name| async move {
         let lookup =
             tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((name, 0))).await;
         let addresses: Vec<IpAddr> = match lookup {
@@ -281,9 +305,11 @@ async fn resolve_names(candidates: &[servers::Candidate]) -> HashMap<String, Vec
                 Vec::new()
             }
         };
-        resolved.insert(name.to_owned(), addresses);
-    }
-    resolved
+        (name.to_owned(), addresses)
+    }))
+    .await
+    .into_iter()
+    .collect()
 }
 
 #[cfg(test)]

@@ -84,13 +84,25 @@ pub(super) fn with_saved_servers(mut config: Config) -> Config {
     config
 }
 
+/// What applying one service left to do once every runtime is installed.
+struct Pending {
+    /// The state machine's effects to settle.
+    effects: Effects,
+    /// A new service: its entry (and table) must be written.
+    fresh: bool,
+    /// `remote`, `policy` or the table size changed: rewrite the entry.
+    entry_changed: bool,
+    /// `remote` was switched off: forget the service's XDP flows.
+    remote_off: bool,
+}
+
 /// Fields that only take effect at start: keep the running values and say so.
 pub(super) fn keep_restart_only_fields(running: &Config, new: &mut Config) {
     macro_rules! keep {
-        ($($field:ident),*) => {$(
-            if new.$field != running.$field {
-                warn!(field = stringify!($field), running = ?running.$field, new = ?new.$field, "this setting changes only on restart; keeping the running value");
-                new.$field = running.$field.clone();
+        ($($($field:ident).+),*) => {$(
+            if new.$($field).+ != running.$($field).+ {
+                warn!(field = stringify!($($field).+), running = ?running.$($field).+, new = ?new.$($field).+, "this setting changes only on restart; keeping the running value");
+                new.$($field).+ = running.$($field).+.clone();
             }
         )*};
     }
@@ -103,31 +115,11 @@ pub(super) fn keep_restart_only_fields(running: &Config, new: &mut Config) {
         max_concurrent_checks,
         connection_poll_interval,
         xdp,
-        chain
+        chain,
+        // The attester (nautilus checks) is built at start.
+        features.nautilus_health_checks,
+        features.stake_validation
     );
-    // The attester (nautilus checks) is built at start.
-    for (name, running, new) in [
-        (
-            "features.nautilus_health_checks",
-            running.features.nautilus_health_checks,
-            &mut new.features.nautilus_health_checks,
-        ),
-        (
-            "features.stake_validation",
-            running.features.stake_validation,
-            &mut new.features.stake_validation,
-        ),
-    ] {
-        if *new != running {
-            warn!(
-                field = name,
-                running,
-                new = *new,
-                "this setting changes only on restart; keeping the running value"
-            );
-            *new = running;
-        }
-    }
 }
 
 /// The running config with one service's servers replaced; checks the list
@@ -276,6 +268,10 @@ impl Controller {
             };
             let fresh = previous.is_none();
             // The entry's flags come from these: rewrite it when one changed.
+            // Flows XDP forwarded while the VIP was remote must stop.
+            let remote_off = previous
+                .as_ref()
+                .is_some_and(|p| p.config.remote && !service_config.remote);
             let entry_changed = previous.as_ref().is_some_and(|p| {
                 (p.config.policy, p.config.maglev_table_size, p.config.remote)
                     != (
@@ -323,7 +319,6 @@ impl Controller {
                         backend_flags: flags_of(service_id, address),
                         last_check: None,
                         attestation: None,
-                        attestation_failure: None,
                         last_connects: None,
                         check_task: self.spawn_check(&service_config.name, address),
                     },
@@ -345,9 +340,14 @@ impl Controller {
                 table_members: table.1,
                 table_weights: table.2,
             });
-            pending.push((effects, fresh, entry_changed));
+            pending.push(Pending {
+                effects,
+                fresh,
+                entry_changed,
+                remote_off,
+            });
         }
-        if pending.iter().any(|(_, fresh, _)| *fresh) {
+        if pending.iter().any(|p| p.fresh) {
             adopt_tables(&mut state.dataplane, &mut runtimes, &pending);
         }
         // Services that are gone: refuse their VIP first, then close.
@@ -357,7 +357,13 @@ impl Controller {
         // From here on nothing returns early: the new runtimes are installed
         // whatever happens, and map errors are reported at the end.
         let mut problems: Vec<String> = Vec::new();
-        for (service, (effects, fresh, entry_changed)) in runtimes.iter_mut().zip(pending) {
+        for (service, pending) in runtimes.iter_mut().zip(pending) {
+            let Pending {
+                effects,
+                fresh,
+                entry_changed,
+                remote_off,
+            } = pending;
             if entry_changed {
                 // `remote`, `policy` or the table size changed: same
                 // selection, new flags (settle writes a new selection).
@@ -373,7 +379,7 @@ impl Controller {
                     }
                     Err(err) => problems.push(format!("service {}: {err:#}", service.config.name)),
                 }
-                if !service.config.remote {
+                if remote_off {
                     // Flows XDP forwarded while the VIP was remote stop now:
                     // their next packet finds a service without `remote`.
                     let id = service.id;
@@ -460,11 +466,7 @@ impl Controller {
 /// Takes over the Maglev tables the kernel holds for fresh spread services
 /// (after a restart: the previous run's tables, so the first rebuild moves
 /// only what must move) and removes slots nobody owns any more.
-fn adopt_tables(
-    dataplane: &mut Dataplane,
-    runtimes: &mut [ServiceRuntime],
-    pending: &[(Effects, bool, bool)],
-) {
+fn adopt_tables(dataplane: &mut Dataplane, runtimes: &mut [ServiceRuntime], pending: &[Pending]) {
     let slots = match dataplane.maglev_slots() {
         Ok(slots) => slots,
         Err(err) => {
@@ -482,7 +484,7 @@ fn adopt_tables(
             .or_default()
             .push((key.slot, backend_id));
     }
-    for (service, (_, fresh, _)) in runtimes.iter_mut().zip(pending) {
+    for (service, Pending { fresh, .. }) in runtimes.iter_mut().zip(pending) {
         let owned = found.remove(&service.id).unwrap_or_default();
         let spread = service.config.policy == Policy::Spread;
         let size = if spread {

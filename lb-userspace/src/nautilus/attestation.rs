@@ -20,12 +20,11 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sui_sdk_types::Address;
 
+use crate::ranking::MAX_BASIS_POINTS;
+
 /// The intent scope of `process_data` responses (`IntentScope::ProcessData`
 /// in the Nautilus examples).
 pub const PROCESS_DATA_INTENT: u8 = 0;
-
-/// The highest score: scores are basis points, `0..=10000`.
-pub const MAX_SCORE: u64 = 10_000;
 
 /// What a node's enclave attests about the node (the `data` of its
 /// [`IntentMessage`]). Field order is the BCS layout.
@@ -116,6 +115,18 @@ pub struct Verified {
     pub attestation: PerformanceAttestation,
     /// When the enclave signed it (Unix ms).
     pub timestamp_ms: u64,
+}
+
+impl Verified {
+    /// Seconds since the enclave signed it, at `now_ms` (0 if ahead).
+    pub fn age_seconds(&self, now_ms: u64) -> f64 {
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "an age in ms shown as fractional seconds"
+        )]
+        let ms = now_ms.saturating_sub(self.timestamp_ms) as f64;
+        ms / 1000.0
+    }
 }
 
 /// Why a node's attestation (or its enclave) was not accepted.
@@ -392,9 +403,9 @@ pub fn verify(
         ("performance_score", attestation.performance_score),
         ("reputation_score", attestation.reputation_score),
     ] {
-        if score > MAX_SCORE {
+        if score > MAX_BASIS_POINTS {
             return Err(Rejection::Malformed(format!(
-                "{name} {score} is above {MAX_SCORE}"
+                "{name} {score} is above {MAX_BASIS_POINTS}"
             )));
         }
     }
@@ -611,7 +622,7 @@ mod tests {
         m.timestamp_ms = NOW - 30_000;
         m.data.valid_until_ms = NOW;
         m.data.performance_score = 5_000;
-        m.data.reputation_score = MAX_SCORE;
+        m.data.reputation_score = MAX_BASIS_POINTS;
         check(m.clone()).unwrap();
         m.timestamp_ms = NOW + 30_000;
         check(m).unwrap();

@@ -38,11 +38,7 @@ use super::{
     document,
     enclave::{self, TrustedEnclave},
 };
-use crate::config::NautilusCheck;
-
-/// At most this many enclave HTTP clients are kept (one per URL and
-/// timeout).
-const MAX_CLIENTS: usize = 4096;
+use crate::{chain::servers::DiscoveredServer, config::NautilusCheck};
 
 /// Cached verdicts older than this are dropped when a new one is stored.
 const CACHE_PRUNE_AFTER: Duration = Duration::from_mins(10);
@@ -60,6 +56,17 @@ pub struct NodeEnclave {
     pub stake_mist: u64,
 }
 
+impl From<&DiscoveredServer> for NodeEnclave {
+    fn from(server: &DiscoveredServer) -> Self {
+        Self {
+            node: server.node,
+            nautilus_url: server.nautilus_url.clone(),
+            enclave_id: server.enclave_id,
+            stake_mist: server.stake,
+        }
+    }
+}
+
 /// The verdict of one check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
@@ -73,24 +80,27 @@ pub struct Verdict {
 /// The Unix time in ms, injected so tests can move it.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
-/// The system clock as a [`Clock`].
-pub fn system_clock() -> Clock {
-    Arc::new(|| {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-    })
+/// `at` in ms since the Unix epoch (0 before it).
+pub fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Runs `nautilus` checks for every service: the chain client, one HTTP
-/// client per enclave and the verdict cache are shared.
+/// The system clock as a [`Clock`].
+pub fn system_clock() -> Clock {
+    Arc::new(|| unix_ms(SystemTime::now()))
+}
+
+/// Runs `nautilus` checks for every service: the chain client, the HTTP
+/// client (one connection pool for every enclave) and the verdict cache are
+/// shared.
 pub struct Attester {
     chain_url: String,
     enclave_config: Address,
     stake_validation: bool,
     clock: Clock,
     chain: Mutex<Option<sui_rpc::Client>>,
-    clients: Mutex<HashMap<(String, Duration), EnclaveClient>>,
+    http: Mutex<Option<reqwest::Client>>,
     cache: Mutex<HashMap<CacheKey, Cached>>,
 }
 
@@ -132,7 +142,7 @@ impl Attester {
             stake_validation,
             clock,
             chain: Mutex::new(None),
-            clients: Mutex::new(HashMap::new()),
+            http: Mutex::new(None),
             cache: Mutex::new(HashMap::new()),
         }
     }
@@ -223,8 +233,7 @@ impl Attester {
         let trusted =
             enclave::fetch_trusted(&mut chain, node.enclave_id, self.enclave_config, timeout)
                 .await?;
-        let client = self.enclave_client(&node.nautilus_url, timeout)?;
-        client.health_check(&trusted.key).await?;
+        let client = EnclaveClient::with_http(self.http_client()?, &node.nautilus_url, timeout);
         let expected = Expected {
             public_key: trusted.key,
             node: node.node,
@@ -239,9 +248,14 @@ impl Attester {
             max_age: check.max_age,
             min_performance_score: check.min_performance_score,
         };
-        let verified = client
-            .process_data(&expected, &policy, || (self.clock)())
-            .await?;
+        // Independent requests: at once. A wrong key is the clearer reason,
+        // so it wins over what the signature check says.
+        let (health, verified) = tokio::join!(
+            client.health_check(&trusted.key),
+            client.process_data(&expected, &policy, || (self.clock)()),
+        );
+        health?;
+        let verified = verified?;
         if check.verify_attestation_document {
             let document = client.get_attestation().await?;
             verify_document(&document, &trusted, (self.clock)())?;
@@ -250,32 +264,34 @@ impl Attester {
     }
 
     fn chain_client(&self) -> Result<sui_rpc::Client, Rejection> {
-        let mut chain = self.chain.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(client) = chain.as_ref() {
-            return Ok(client.clone());
-        }
-        let client = sui_rpc::Client::new(self.chain_url.clone())
-            .map_err(|e| Rejection::Unreachable(format!("full node {}: {e}", self.chain_url)))?;
-        *chain = Some(client.clone());
-        Ok(client)
+        shared(&self.chain, || {
+            sui_rpc::Client::new(self.chain_url.clone())
+                .map_err(|e| Rejection::Unreachable(format!("full node {}: {e}", self.chain_url)))
+        })
     }
 
-    fn enclave_client(&self, url: &str, timeout: Duration) -> Result<EnclaveClient, Rejection> {
-        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
-        let key = (url.to_owned(), timeout);
-        if let Some(client) = clients.get(&key) {
-            return Ok(client.clone());
-        }
-        let client = EnclaveClient::new(url, timeout)
-            .map_err(|e| Rejection::Unreachable(format!("enclave {url}: {e:#}")))?;
-        // Enclaves of removed nodes are not tracked: start over now and
-        // then rather than grow without bound.
-        if clients.len() >= MAX_CLIENTS {
-            clients.clear();
-        }
-        clients.insert(key, client.clone());
-        Ok(client)
+    fn http_client(&self) -> Result<reqwest::Client, Rejection> {
+        shared(&self.http, || {
+            reqwest::Client::builder()
+                .build()
+                .map_err(|e| Rejection::Unreachable(format!("HTTP client: {e}")))
+        })
     }
+}
+
+/// The client in `slot`, made by `make` on first use (clients share their
+/// connections across clones).
+fn shared<T: Clone>(
+    slot: &Mutex<Option<T>>,
+    make: impl FnOnce() -> Result<T, Rejection>,
+) -> Result<T, Rejection> {
+    let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(client) = slot.as_ref() {
+        return Ok(client.clone());
+    }
+    let client = make()?;
+    *slot = Some(client.clone());
+    Ok(client)
 }
 
 /// Checks the Nitro attestation document against the trusted config's PCRs
@@ -301,12 +317,7 @@ impl Verdict {
         let cached = if self.cached { " (cached)" } else { "" };
         match &self.result {
             Ok(verified) => {
-                let age = now_ms.saturating_sub(verified.timestamp_ms);
-                #[expect(
-                    clippy::cast_precision_loss,
-                    reason = "an age in ms shown with one decimal of seconds"
-                )]
-                let age = age as f64 / 1000.0;
+                let age = verified.age_seconds(now_ms);
                 format!(
                     "performance {}, reputation {}, signed {age:.1}s ago{cached}",
                     verified.attestation.performance_score, verified.attestation.reputation_score,
@@ -347,10 +358,6 @@ mod tests {
         FakeDeployment::start("check-test").await.unwrap()
     }
 
-    fn attester(setup: &FakeDeployment, stake_validation: bool, clock: Clock) -> Attester {
-        setup.attester(stake_validation, clock)
-    }
-
     fn label(verdict: &Verdict) -> &'static str {
         verdict
             .result
@@ -367,7 +374,7 @@ mod tests {
             stake_amount: 5_000,
             ..FakeScores::default()
         });
-        let attester = attester(&setup, true, system_clock());
+        let attester = setup.attester(true, system_clock());
         let check = NautilusCheck {
             cache_ttl: Duration::from_secs(30),
             ..NautilusCheck::DEFAULT
@@ -402,15 +409,6 @@ mod tests {
             assert!(!attester.check(&uncached, &setup.node, TIMEOUT).await.cached);
         }
         assert_eq!(calls.process_data.load(Ordering::Relaxed), 3);
-        // One HTTP client for the enclave, reused by every check.
-        assert_eq!(
-            attester
-                .clients
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .len(),
-            1
-        );
     }
 
     #[tokio::test]
@@ -421,7 +419,7 @@ mod tests {
             ..FakeScores::default()
         });
         let (clock, shift) = shifted_clock();
-        let attester = attester(&setup, true, clock);
+        let attester = setup.attester(true, clock);
         let check = NautilusCheck {
             cache_ttl: Duration::from_mins(1),
             max_age: Duration::from_mins(1),
@@ -442,6 +440,30 @@ mod tests {
             setup.enclave.calls().process_data.load(Ordering::Relaxed),
             2
         );
+
+        // Valid for long, but signed 50 s before the check: 20 s later the
+        // signature is older than max_age (60 s) while cache_ttl (60 s)
+        // still runs: asked again.
+        setup.enclave.set_scores(FakeScores {
+            valid_for: Duration::from_hours(1),
+            ..FakeScores::default()
+        });
+        setup.enclave.set_age(Duration::from_secs(50));
+        let (clock, shift) = shifted_clock();
+        let attester = setup.attester(true, clock);
+        assert_eq!(
+            label(&attester.check(&check, &setup.node, TIMEOUT).await),
+            "ok"
+        );
+        assert!(attester.check(&check, &setup.node, TIMEOUT).await.cached);
+        shift.store(20_000, Ordering::Relaxed);
+        let later = attester.check(&check, &setup.node, TIMEOUT).await;
+        assert!(!later.cached);
+        assert_eq!(label(&later), "stale");
+        assert_eq!(
+            setup.enclave.calls().process_data.load(Ordering::Relaxed),
+            4
+        );
     }
 
     #[tokio::test]
@@ -451,7 +473,7 @@ mod tests {
             cache_ttl: Duration::ZERO,
             ..NautilusCheck::DEFAULT
         };
-        let attester = attester(&setup, true, system_clock());
+        let attester = setup.attester(true, system_clock());
         let verdict = |node: NodeEnclave| {
             let attester = &attester;
             async move { attester.check(&check, &node, TIMEOUT).await }
@@ -548,7 +570,7 @@ mod tests {
     #[tokio::test]
     async fn the_attestation_document_is_verified_when_asked_for() {
         let setup = setup().await;
-        let attester = attester(&setup, true, system_clock());
+        let attester = setup.attester(true, system_clock());
         let check = NautilusCheck {
             cache_ttl: Duration::ZERO,
             verify_attestation_document: true,

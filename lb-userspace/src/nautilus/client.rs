@@ -41,11 +41,21 @@ impl EnclaveClient {
     /// A client of the enclave at `url` (`http(s)://host:port`, no trailing
     /// path), each request limited to `timeout`.
     pub fn new(url: &str, timeout: Duration) -> anyhow::Result<Self> {
-        Ok(Self {
-            http: reqwest::Client::builder().timeout(timeout).build()?,
+        Ok(Self::with_http(
+            reqwest::Client::builder().build()?,
+            url,
+            timeout,
+        ))
+    }
+
+    /// Like [`EnclaveClient::new`], on a shared `http` client (its
+    /// connection pool serves every enclave).
+    pub fn with_http(http: reqwest::Client, url: &str, timeout: Duration) -> Self {
+        Self {
+            http,
             url: url.trim_end_matches('/').to_owned(),
             timeout,
-        })
+        }
     }
 
     /// `GET /health_check`: the reported key must be `on_chain_pk`.
@@ -125,7 +135,11 @@ impl EnclaveClient {
                 Rejection::Unreachable(format!("{}{path}: {e}", self.url))
             }
         };
-        let response = request.send().await.map_err(unreachable)?;
+        let response = request
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(unreachable)?;
         let status = response.status();
         let body = response.bytes().await.map_err(unreachable)?;
         if !status.is_success() {
@@ -149,6 +163,7 @@ mod tests {
 
     use super::*;
     use crate::nautilus::{
+        check::unix_ms,
         document::{self, DocumentError},
         fake_enclave::{
             FakeEnclave, FakeScores, WEATHER_ATTESTATION_VALID_AT_MS, weather_attestation,
@@ -156,13 +171,7 @@ mod tests {
     };
 
     fn now_ms() -> u64 {
-        u64::try_from(
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap()
-                .as_millis(),
-        )
-        .unwrap()
+        unix_ms(SystemTime::now())
     }
 
     fn node(byte: u8) -> Address {

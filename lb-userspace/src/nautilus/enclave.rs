@@ -127,10 +127,12 @@ pub async fn fetch_trusted(
     config_id: Address,
     timeout: Duration,
 ) -> Result<TrustedEnclave, Rejection> {
-    let (config, config_type): (EnclaveConfig, _) =
-        fetch_object(client, config_id, "EnclaveConfig", timeout).await?;
-    let (enclave, enclave_type): (Enclave, _) =
-        fetch_object(client, enclave_id, "Enclave", timeout).await?;
+    let mut other = client.clone();
+    let (config, enclave) = tokio::join!(
+        fetch_object::<EnclaveConfig>(client, config_id, "EnclaveConfig", timeout),
+        fetch_object::<Enclave>(&mut other, enclave_id, "Enclave", timeout),
+    );
+    let ((config, config_type), (enclave, enclave_type)) = (config?, enclave?);
     if enclave_type.address() != config_type.address()
         || enclave_type.type_params() != config_type.type_params()
     {

@@ -40,8 +40,12 @@ use serde::Serialize;
 use sui_sdk_types::Address;
 use tokio::{sync::oneshot, task::JoinHandle};
 
-use super::attestation::{
-    IntentMessage, NodeQuery, PROCESS_DATA_INTENT, PerformanceAttestation, ProcessDataRequest, sign,
+use super::{
+    attestation::{
+        IntentMessage, NodeQuery, PROCESS_DATA_INTENT, PerformanceAttestation, ProcessDataRequest,
+        sign,
+    },
+    check::unix_ms,
 };
 
 /// Hex of the attestation document recorded from a Nautilus weather enclave
@@ -280,11 +284,6 @@ async fn health_check(AxumState(shared): AxumState<Arc<Shared>>) -> Json<HealthC
         pk,
         endpoints_status: HashMap::new(),
     })
-}
-
-fn unix_ms(at: SystemTime) -> u64 {
-    at.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 async fn process_data(

@@ -149,10 +149,6 @@ async fn run(reps: usize, fast_reps: usize) -> Result<String> {
         cached,
     ]);
 
-    let stalled = rows
-        .iter()
-        .find(|row| row.step == GET_OBJECT)
-        .is_some_and(|row| row.min() >= NAGLE_STALL);
     let base = rows
         .iter()
         .find(|row| row.step == HTTP_GET)
@@ -174,15 +170,6 @@ async fn run(reps: usize, fast_reps: usize) -> Result<String> {
             human(row.median()),
             ratio_text(ratio),
             row.notes
-        );
-    }
-    if stalled {
-        let _ = writeln!(
-            out,
-            "\n`GetObject` takes ≥ {} ms: the fake full node's accepted sockets lack \
-             `TCP_NODELAY`, so its small trailers frame waits for the client's delayed ACK \
-             (~40 ms per call, Nagle). A wait of the fake, not a cost of the check.",
-            NAGLE_STALL.as_millis()
         );
     }
     Ok(out)
@@ -336,9 +323,6 @@ async fn bench_service_info(setup: &FakeDeployment, reps: usize) -> Result<Row> 
 }
 
 const GET_OBJECT: &str = "gRPC `GetObject` of the `EnclaveConfig` + BCS decode";
-/// A `GetObject` at least this slow on loopback is a Nagle / delayed-ACK
-/// stall, not work.
-const NAGLE_STALL: Duration = Duration::from_millis(35);
 
 async fn bench_get_object(setup: &FakeDeployment, reps: usize) -> Result<Row> {
     progress(format_args!("baseline: gRPC GetObject(EnclaveConfig)"));

@@ -17,8 +17,13 @@
 //!
 //! ```text
 //! lb-rate-bench [--duration SECS (5, at most 10)] [--runs N (3)] [--flows N (256)]
-//!               [--size BYTES (64)] [--threads N (1)] [--only direct,xdp,xdp-skb,iptables]
+//!               [--size BYTES (64)] [--threads N (1)] [--only xdp,xdp-skb (both)]
 //! ```
+//!
+//! `--only` picks which XDP scenarios to measure; the baselines `direct`
+//! and `iptables` always run, so no rate is ever reported without the two
+//! it is compared with (naming them in `--only` is allowed and changes
+//! nothing).
 
 use std::{
     fmt::Write as _,
@@ -38,6 +43,8 @@ use serde_json::Value;
 const VIP: &str = "10.96.0.10";
 /// Every scenario, in the order each round runs them.
 const SCENARIOS: [&str; 4] = ["direct", "xdp", "xdp-skb", "iptables"];
+/// The scenarios every other one is compared with: they always run.
+const BASELINES: [&str; 2] = ["direct", "iptables"];
 const PORT: u16 = 9000;
 
 struct Options {
@@ -46,6 +53,7 @@ struct Options {
     flows: usize,
     size: usize,
     threads: usize,
+    /// The scenarios to run: the baselines and those `--only` names.
     only: Vec<String>,
 }
 
@@ -70,7 +78,18 @@ impl Options {
                 "--flows" => o.flows = value.parse().map_err(|e| bad(&e))?,
                 "--size" => o.size = value.parse().map_err(|e| bad(&e))?,
                 "--threads" => o.threads = value.parse().map_err(|e| bad(&e))?,
-                "--only" => o.only = value.split(',').map(str::to_owned).collect(),
+                "--only" => {
+                    o.only = BASELINES.iter().map(|&s| s.to_owned()).collect();
+                    for name in value.split(',') {
+                        if !SCENARIOS.contains(&name) {
+                            return Err(format!(
+                                "--only {value}: unknown scenario {name} (one of {})",
+                                SCENARIOS.join(", ")
+                            ));
+                        }
+                        o.only.push(name.to_owned());
+                    }
+                }
                 other => return Err(format!("unknown option {other}")),
             }
         }
@@ -207,6 +226,7 @@ fn with_daemon(topo: &Topology, generic: bool, f: impl FnOnce(&Topology) -> Run)
 /// The kube-proxy-like DNAT rules in the node.
 fn iptables_dnat(topo: &Topology) {
     let n = topo.backends.len();
+    let port = PORT.to_string();
     for (i, b) in topo.backends.iter().enumerate() {
         let to = format!("{}:{PORT}", b.v4);
         let every = (n - i).to_string();
@@ -220,7 +240,7 @@ fn iptables_dnat(topo: &Topology) {
             "-p",
             "udp",
             "--dport",
-            "9000",
+            &port,
         ];
         if n - i > 1 {
             args.extend([
