@@ -552,6 +552,12 @@ pub fn instructions(config: &Config, pin_dir: &Path, cgroup: &Path, binary: &str
         .and_then(|s| s.servers.get(1))
         .map_or_else(|| "127.0.0.1:16442".to_owned(), ToString::to_string);
     let dir = pin_dir.display();
+    // `--socket` only where the socket is not where the command looks by default.
+    let socket = if config.control_socket == Path::new(Config::DEFAULT_CONTROL_SOCKET) {
+        String::new()
+    } else {
+        format!(" --socket {}", config.control_socket.display())
+    };
     let _ = writeln!(
         out,
         "\nTry these in another shell (as root for bpftool):\n\
@@ -565,7 +571,7 @@ pub fn instructions(config: &Config, pin_dir: &Path, cgroup: &Path, binary: &str
          \x20 curl -s http://127.0.0.1:{SUI_DEMO_PORT}/            # demo-sui: answered by a node from the registry\n\
          \x20 curl -s http://{metrics}/metrics | grep -E 'registry|stake|sync_lag'   # discovery metrics\n\
          \x20 curl -s http://{metrics}/metrics | grep -E 'nautilus|attestation|score' # attestation metrics\n\
-         \x20 {binary} set-servers --api {api} demo-tcp {second}   # replace the list at runtime\n\
+         \x20 {binary} set-servers{socket} demo-tcp {second}   # replace the list at runtime (root: control socket)\n\
          \x20 curl -s http://{api}/status\n\
          \x20 curl -s http://{metrics}/metrics\n\
          \x20 bpftool map dump pinned {dir}/services\n\

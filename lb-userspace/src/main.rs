@@ -4,6 +4,7 @@ use std::{io::IsTerminal as _, net::SocketAddr, path::PathBuf, process::ExitCode
 
 use clap::{Parser, Subcommand};
 use lb_userspace::{
+    api::client::{self, Endpoint},
     config::Config,
     dataplane,
     run::{self, ConfigSource, RunOptions},
@@ -37,6 +38,9 @@ enum Command {
         /// bpffs directory for pins (default: config, then /sys/fs/bpf/daas-lb).
         #[arg(long)]
         bpffs_dir: Option<PathBuf>,
+        /// Control socket (default: config, then /run/daas-lb/control.sock).
+        #[arg(long)]
+        control_socket: Option<PathBuf>,
     },
     /// Show services, servers, states, selection and counters of a running controller.
     Status {
@@ -48,15 +52,22 @@ enum Command {
         json: bool,
     },
     /// Replace a service's server list on a running controller (saved in its
-    /// state file; SIGHUP goes back to the config file's list).
+    /// state file; a reload goes back to the config file's list). Needs root
+    /// (or `control_group`): it talks to the control socket.
     SetServers {
-        /// Address of the controller's API (`api_addr` in the config).
-        #[arg(long, default_value = "127.0.0.1:9465")]
-        api: SocketAddr,
+        #[command(flatten)]
+        target: ControlTarget,
         /// The service's name.
         service: String,
         /// The new servers, `IP:port` each (none = an empty list).
         servers: Vec<String>,
+    },
+    /// Make a running controller re-read its config file (as SIGHUP does);
+    /// prints the config's errors and exits 1 if it does not load or apply,
+    /// in which case the running configuration stays.
+    Reload {
+        #[command(flatten)]
+        target: ControlTarget,
     },
     /// Detach and unpin what a crashed run left behind.
     Cleanup {
@@ -70,6 +81,30 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+}
+
+/// Where `set-servers` and `reload` send their change.
+#[derive(Debug, clap::Args)]
+struct ControlTarget {
+    /// The daemon's control socket (`control_socket` in its config).
+    #[arg(long, default_value = Config::DEFAULT_CONTROL_SOCKET, conflicts_with = "api")]
+    socket: PathBuf,
+    /// Send the change over TCP to `api_addr` instead; the daemon must have
+    /// `api_token_file`, and `--token-file` must hold the same token.
+    #[arg(long, requires = "token_file")]
+    api: Option<SocketAddr>,
+    /// File with the bearer token for `--api`.
+    #[arg(long, requires = "api")]
+    token_file: Option<PathBuf>,
+}
+
+impl ControlTarget {
+    fn endpoint(&self) -> anyhow::Result<Endpoint> {
+        match (&self.api, &self.token_file) {
+            (Some(addr), Some(file)) => Endpoint::tcp_with_token_file(*addr, file),
+            _ => Ok(Endpoint::Socket(self.socket.clone())),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -96,6 +131,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             demo,
             cgroup,
             bpffs_dir,
+            control_socket,
         } => {
             let source = match (config, demo) {
                 (Some(path), _) => ConfigSource::File(path),
@@ -105,6 +141,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 source,
                 cgroup,
                 bpffs_dir,
+                control_socket,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -113,7 +150,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 .block_on(run::run(options))
         }
         Command::Status { api, json } => {
-            let status = status::fetch(api)?;
+            let status = client::fetch_status(api)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
@@ -122,11 +159,11 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::SetServers {
-            api,
+            target,
             service,
             servers,
         } => {
-            let service = status::put_servers(api, &service, &servers)?;
+            let service = client::put_servers(&target.endpoint()?, &service, &servers)?;
             print!(
                 "{}",
                 status::Status {
@@ -136,6 +173,11 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 }
                 .to_table()
             );
+            Ok(())
+        }
+        Command::Reload { target } => {
+            let path = client::reload(&target.endpoint()?)?;
+            println!("reloaded {path}");
             Ok(())
         }
         Command::Cleanup { bpffs_dir } => dataplane::cleanup(&bpffs_dir),

@@ -192,6 +192,25 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// `daas_lb_api_refused_total`: refused requests and connections closed
+/// early, per (listener, reason), appended to `out`.
+pub fn render_api_refusals(out: &mut String, refusals: &[((&str, &str), u64)]) {
+    family(
+        out,
+        "daas_lb_api_refused_total",
+        "counter",
+        "HTTP requests refused (read_only, no_token, bad_token, not_authorized) and connections closed early (head_timeout, timeout, evicted, over_capacity), per listener (metrics, api, control).",
+    );
+    for ((listener, reason), n) in refusals {
+        let _ = writeln!(
+            out,
+            "daas_lb_api_refused_total{{listener=\"{}\",reason=\"{}\"}} {n}",
+            label(listener),
+            label(reason)
+        );
+    }
+}
+
 /// Renders every metric.
 pub fn render(status: &Status, counters: &Counters) -> String {
     let mut out = String::new();

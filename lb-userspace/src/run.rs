@@ -1,17 +1,22 @@
-//! `daas-lb run`: wires config, data plane, controller, health checks and
-//! the HTTP endpoints together, and tears everything down on SIGINT/SIGTERM.
+//! `daas-lb run`: wires config, data plane, controller, health checks, the
+//! HTTP endpoints and the control socket together, reloads on SIGHUP (or
+//! `daas-lb reload`), and tears everything down on SIGINT/SIGTERM.
 
-use std::{fs, path::PathBuf};
+use std::{fs, path::PathBuf, sync::Arc};
 
 use anyhow::{Context as _, bail};
 use tokio::{
     signal::unix::{Signal, SignalKind, signal},
     task::JoinSet,
 };
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::{
-    api, config::Config, controller::Controller, dataplane::Dataplane, demo, xdp_settings,
+    api::{self, Api, LoadConfig},
+    config::Config,
+    controller::Controller,
+    dataplane::Dataplane,
+    demo, xdp_settings,
 };
 
 /// Where the config comes from.
@@ -32,6 +37,36 @@ pub struct RunOptions {
     pub cgroup: Option<PathBuf>,
     /// Overrides `bpffs_dir` from the config.
     pub bpffs_dir: Option<PathBuf>,
+    /// Overrides `control_socket` from the config.
+    pub control_socket: Option<PathBuf>,
+}
+
+impl RunOptions {
+    /// The command line's overrides applied to `config`.
+    fn apply_overrides(&self, config: &mut Config) {
+        if let Some(cgroup) = &self.cgroup {
+            config.cgroup = Some(cgroup.clone());
+        }
+        if let Some(dir) = &self.bpffs_dir {
+            config.bpffs_dir.clone_from(dir);
+        }
+        if let Some(socket) = &self.control_socket {
+            config.control_socket.clone_from(socket);
+        }
+    }
+
+    /// How a reload reads the configuration again.
+    fn config_loader(&self) -> LoadConfig {
+        let options = self.clone();
+        Arc::new(move || {
+            let ConfigSource::File(path) = &options.source else {
+                anyhow::bail!("the demo configuration is built in and cannot be reloaded");
+            };
+            let mut config = Config::load(path)?;
+            options.apply_overrides(&mut config);
+            Ok((config, path.display().to_string()))
+        })
+    }
 }
 
 /// The first cgroup2 mount point in `/proc/mounts`.
@@ -62,12 +97,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             (demo::start(base, &mut tasks).await?, true)
         }
     };
-    if let Some(cgroup) = &options.cgroup {
-        config.cgroup = Some(cgroup.clone());
-    }
-    if let Some(dir) = &options.bpffs_dir {
-        config.bpffs_dir.clone_from(dir);
-    }
+    options.apply_overrides(&mut config);
     let cgroup = match &config.cgroup {
         Some(c) => c.clone(),
         None => default_cgroup()?,
@@ -86,6 +116,12 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     } else {
         Some(api::bind(config.metrics_addr, "the metrics endpoint").await?)
     };
+    // So is a second daemon on the same control socket. The guard removes
+    // the socket file when `run` returns, also on an error.
+    let (control_listener, control_socket) =
+        api::control::bind(&config.control_socket, config.control_group.as_ref())?;
+    // And a token file that does not load.
+    let token = api::load_token(&config)?;
 
     if let Some(xdp) = &config.xdp {
         xdp_settings::warn_if_snat_ports_overlap(
@@ -149,23 +185,41 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             }
         });
     }
-    {
-        let c = controller.clone();
+    let api = Api::new(controller.clone(), &config, token, options.config_loader());
+    let listeners = [
+        ("api", api.api_router(), Listener::Tcp(api_listener)),
+        (
+            "control",
+            api.control_router(),
+            Listener::Unix(control_listener),
+        ),
+    ]
+    .into_iter()
+    .chain(metrics_listener.map(|l| ("metrics", api.metrics_router(), Listener::Tcp(l))));
+    for (name, router, listener) in listeners {
+        let refusals = Arc::clone(api.refusals());
         tasks.spawn(async move {
-            if let Err(err) = api::serve(api_listener, c).await {
-                error!(error = format!("{err:#}"), "status API stopped");
+            let served = match listener {
+                Listener::Tcp(l) => api::serve(l, name, router, refusals).await,
+                Listener::Unix(l) => api::serve(l, name, router, refusals).await,
+            };
+            if let Err(err) = served {
+                error!(
+                    listener = name,
+                    error = format!("{err:#}"),
+                    "HTTP listener stopped"
+                );
             }
         });
     }
-    if let Some(listener) = metrics_listener {
-        let c = controller.clone();
-        tasks.spawn(async move {
-            if let Err(err) = api::serve(listener, c).await {
-                error!(error = format!("{err:#}"), "metrics endpoint stopped");
-            }
-        });
-    }
-    info!(api = %config.api_addr, metrics = %config.metrics_addr, services = config.services.len(), "daas-lb running");
+    info!(
+        api = %config.api_addr,
+        metrics = %config.metrics_addr,
+        control_socket = %control_socket.path().display(),
+        changes_over_tcp = config.api_token_file.is_some(),
+        services = config.services.len(),
+        "daas-lb running"
+    );
     if is_demo {
         let binary = std::env::current_exe()
             .ok()
@@ -175,11 +229,18 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         println!("{text}");
     }
 
-    signals.wait_for_stop(&controller, &options).await;
+    signals.wait_for_stop(&api).await;
     tasks.shutdown().await;
+    drop(control_socket);
     controller.shutdown()?;
     info!(pin_dir = %config.bpffs_dir.display(), "detached and unpinned; bye");
     Ok(())
+}
+
+/// A bound listener, before it is served.
+enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
 }
 
 fn is_permission_error(err: &anyhow::Error) -> bool {
@@ -208,12 +269,12 @@ impl Signals {
     }
 
     /// Handles SIGHUP (reload) until SIGINT or SIGTERM arrives.
-    async fn wait_for_stop(&mut self, controller: &Controller, options: &RunOptions) {
+    async fn wait_for_stop(&mut self, api: &Api) {
         loop {
             tokio::select! {
                 _ = self.term.recv() => { info!("SIGTERM: shutting down"); return; }
                 _ = self.int.recv() => { info!("SIGINT: shutting down"); return; }
-                _ = self.hup.recv() => reload(controller, options),
+                _ = self.hup.recv() => reload(api),
             }
         }
     }
@@ -221,25 +282,15 @@ impl Signals {
 
 /// SIGHUP: re-reads the config file; a file that does not load or apply
 /// leaves the running configuration as it was.
-fn reload(controller: &Controller, options: &RunOptions) {
-    let ConfigSource::File(path) = &options.source else {
-        warn!("SIGHUP: the demo configuration is built in and cannot be reloaded");
-        return;
-    };
-    info!(path = %path.display(), "SIGHUP: reloading the configuration");
-    let result = Config::load(path).and_then(|mut config| {
-        if let Some(cgroup) = &options.cgroup {
-            config.cgroup = Some(cgroup.clone());
-        }
-        if let Some(dir) = &options.bpffs_dir {
-            config.bpffs_dir.clone_from(dir);
-        }
-        tokio::task::block_in_place(|| controller.reload(config))
-    });
-    match result {
-        Ok(()) => info!(path = %path.display(), "configuration reloaded"),
+fn reload(api: &Api) {
+    info!("SIGHUP: reloading the configuration");
+    match api.reload() {
+        Ok(path) => info!(path = %path, "configuration reloaded"),
         Err(err) => {
-            error!(path = %path.display(), error = format!("{err:#}"), "configuration NOT reloaded; keeping the running one");
+            error!(
+                error = format!("{err:#}"),
+                "configuration NOT reloaded; keeping the running one"
+            );
         }
     }
 }

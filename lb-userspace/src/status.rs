@@ -1,17 +1,10 @@
-//! The status document served at `GET /status`, its table rendering, and the
-//! small HTTP client behind `daas-lb status`.
+//! The status document served at `GET /status` and its table rendering
+//! (the client that fetches it is [`crate::api::client`]).
 //!
 //! Field names are a stable interface: scripts and tests parse them.
 
-use std::{
-    collections::BTreeMap,
-    fmt::Write as _,
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
-    time::Duration,
-};
+use std::{collections::BTreeMap, fmt::Write as _};
 
-use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::state_machine::ServerState;
@@ -407,101 +400,6 @@ fn ago(at: &str, now: std::time::SystemTime) -> String {
     format!("{} ago", age(at, now))
 }
 
-/// Fetches `GET /status` from a running controller.
-pub fn fetch(api: SocketAddr) -> anyhow::Result<Status> {
-    let body = http_get(api, "/status")?;
-    serde_json::from_str(&body).with_context(|| format!("parsing the status JSON from {api}"))
-}
-
-/// A minimal HTTP/1.1 GET (`Connection: close`); returns the body of a 200.
-pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
-    let (code, body) = http_request(addr, "GET", path, None)?;
-    if code != 200 {
-        bail!("{addr}{path} answered {code}: {body}");
-    }
-    Ok(body)
-}
-
-/// Replaces a service's servers on a running controller
-/// (`PUT /services/{name}/servers`) and returns the service's new status.
-pub fn put_servers(
-    api: SocketAddr,
-    service: &str,
-    servers: &[String],
-) -> anyhow::Result<ServiceStatus> {
-    let path = format!("/services/{service}/servers");
-    let body = serde_json::to_string(servers)?;
-    let (code, reply) = http_request(api, "PUT", &path, Some(&body))?;
-    if code != 200 {
-        let message = serde_json::from_str::<serde_json::Value>(&reply)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_owned))
-            .unwrap_or(reply);
-        bail!("{api}{path} answered {code}: {message}");
-    }
-    serde_json::from_str(&reply).with_context(|| format!("parsing the reply from {api}{path}"))
-}
-
-/// A minimal HTTP/1.1 request (`Connection: close`) with an optional JSON
-/// body; returns the status code and the (de-chunked) body.
-pub fn http_request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    body: Option<&str>,
-) -> anyhow::Result<(u16, String)> {
-    let timeout = Duration::from_secs(5);
-    let mut stream = TcpStream::connect_timeout(&addr, timeout).with_context(|| {
-        format!("connecting to the daas-lb API at {addr} (is `daas-lb run` running?)")
-    })?;
-    stream.set_read_timeout(Some(timeout))?;
-    let body = body.unwrap_or_default();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: application/json\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .with_context(|| format!("sending the request to {addr}"))?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .with_context(|| format!("reading the response from {addr}"))?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("malformed HTTP response from {addr}"))?;
-    let status_line = head.lines().next().unwrap_or_default();
-    let code = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("malformed status line from {addr}: {status_line:?}"))?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    Ok((code, body))
-}
-
-/// Decodes a chunked body (enough for our own server's responses).
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if size == 0 || rest.len() < size {
-            break;
-        }
-        out.push_str(&rest[..size]);
-        body = rest[size..].trim_start_matches("\r\n");
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -698,13 +596,5 @@ mod tests {
         let json = serde_json::to_value(&status).unwrap();
         assert_eq!(json["xdp"]["verdicts"]["redirect"], 7);
         assert_eq!(serde_json::from_value::<Status>(json).unwrap(), status);
-    }
-
-    #[test]
-    fn chunked_bodies_are_decoded() {
-        assert_eq!(
-            dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
-            "hello world"
-        );
     }
 }

@@ -14,7 +14,7 @@
 //! listener + HTTP health endpoint on its own `127.0.0.X`),
 //! [`HeldConnection`] is a long-lived client connection through a VIP that
 //! reports when it is closed under it, [`put_servers`] drives the server-list
-//! API, [`metric`] reads Prometheus samples and [`closed_connection_logs`]
+//! API (on the control socket), [`metric`] reads Prometheus samples and [`closed_connection_logs`]
 //! the daemon's `closed connections` log lines.
 
 use std::{
@@ -798,6 +798,11 @@ pub struct Daemon {
     netns: Option<PathBuf>,
     /// Where its status API listens.
     pub api: SocketAddr,
+    /// Its metrics endpoint ([`METRICS`]).
+    pub metrics: SocketAddr,
+    /// Its control socket: `<log_dir>/run/control.sock`, where
+    /// [`config_yaml`] puts it.
+    pub control: PathBuf,
 }
 
 impl Daemon {
@@ -823,6 +828,8 @@ impl Daemon {
             log_dir: log_dir.to_path_buf(),
             netns,
             api,
+            metrics: METRICS,
+            control: control_socket_in(log_dir),
         }
     }
 
@@ -874,13 +881,13 @@ impl Daemon {
 
     /// The status document now (panics if the API does not answer).
     pub fn status(&self) -> Status {
-        lb_userspace::status::fetch(self.api)
+        lb_userspace::api::client::fetch_status(self.api)
             .unwrap_or_else(|e| panic!("GET /status: {e:#}\nlog:\n{}", self.log()))
     }
 
-    /// `GET /metrics` on its API address.
+    /// `GET /metrics` on its metrics address.
     pub fn metrics(&self) -> String {
-        lb_userspace::status::http_get(self.api, "/metrics")
+        lb_userspace::api::client::get(self.metrics, "/metrics")
             .unwrap_or_else(|e| panic!("GET /metrics: {e:#}\nlog:\n{}", self.log()))
     }
 
@@ -944,7 +951,7 @@ impl Daemon {
                     self.log()
                 );
             }
-            if let Ok(status) = lb_userspace::status::fetch(self.api) {
+            if let Ok(status) = lb_userspace::api::client::fetch_status(self.api) {
                 if ready(&status) {
                     return status;
                 }
@@ -965,6 +972,11 @@ impl Daemon {
                 .iter()
                 .all(|svc| svc.servers.iter().all(|srv| srv.last_check.is_some()))
         })
+    }
+
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Sends a signal.
@@ -1147,15 +1159,27 @@ impl TestEnv {
     }
 }
 
-/// A config file for one test: pins, cgroup, data dir and API addresses filled in.
+/// A config file for one test: pins, cgroup, data dir, API addresses and
+/// the control socket (`run/control.sock` beside `data_dir`, see
+/// [`control_socket_in`]) filled in.
 pub fn config_yaml(pins: &PinDir, cgroup: &TestCgroup, data_dir: &Path, services: &str) -> String {
+    let dir = data_dir.parent().expect("data_dir has a parent");
     format!(
-        "bpffs_dir: {}\ncgroup: {}\ndata_dir: {}\nmetrics_addr: 127.0.0.1:9464\napi_addr: 127.0.0.1:9465\nservices:\n{services}",
+        "bpffs_dir: {}\ncgroup: {}\ndata_dir: {}\nmetrics_addr: {METRICS}\napi_addr: {API}\ncontrol_socket: {}\nservices:\n{services}",
         pins.path().display(),
         cgroup.path().display(),
-        data_dir.display()
+        data_dir.display(),
+        control_socket_in(dir).display()
     )
 }
+
+/// The control socket of a daemon whose files are in `dir`.
+pub fn control_socket_in(dir: &Path) -> PathBuf {
+    dir.join("run").join("control.sock")
+}
+
+/// The metrics address used by [`config_yaml`].
+pub const METRICS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9464);
 
 /// The status API address used by [`config_yaml`].
 pub const API: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9465);
@@ -1376,16 +1400,17 @@ pub fn closed_connection_logs(log: &str) -> Vec<ClosedLog> {
         .collect()
 }
 
-/// `PUT path` with a JSON body; the status code and the body.
-pub fn http_put(addr: SocketAddr, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
-    lb_userspace::status::http_request(addr, "PUT", path, Some(body))
+/// `PUT path` with a JSON body on a control socket; the status code and the body.
+pub fn http_put(control: &Path, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
+    lb_userspace::api::client::request(&control.into(), "PUT", path, Some(body))
 }
 
-/// `PUT /services/{service}/servers` with `servers` as a JSON list; the
-/// status code and the body parsed as JSON (`null` if it is not JSON).
-pub fn put_servers(api: SocketAddr, service: &str, servers: &[&str]) -> (u16, serde_json::Value) {
+/// `PUT /services/{service}/servers` with `servers` as a JSON list, on the
+/// control socket `control`; the status code and the body parsed as JSON
+/// (`null` if it is not JSON).
+pub fn put_servers(control: &Path, service: &str, servers: &[&str]) -> (u16, serde_json::Value) {
     let body = serde_json::to_string(servers).expect("encode server list");
-    let (code, text) = http_put(api, &format!("/services/{service}/servers"), &body)
+    let (code, text) = http_put(control, &format!("/services/{service}/servers"), &body)
         .unwrap_or_else(|e| panic!("PUT /services/{service}/servers: {e:#}"));
     (
         code,

@@ -27,7 +27,17 @@ fn demo_commands_work() {
     };
     let cgroup_path = env.cgroup.path().display().to_string();
     let pin_path = env.pins.path().display().to_string();
-    let mut demo = env.spawn(&["--demo", "--cgroup", &cgroup_path, "--bpffs-dir", &pin_path]);
+    let socket = lb_tests::control_socket_in(env.tmp.path());
+    let socket_path = socket.display().to_string();
+    let mut demo = env.spawn(&[
+        "--demo",
+        "--cgroup",
+        &cgroup_path,
+        "--bpffs-dir",
+        &pin_path,
+        "--control-socket",
+        &socket_path,
+    ]);
     let status = demo.wait_checked();
     assert_eq!(status.services.len(), 4, "{status:?}");
     let log = demo.log();
@@ -41,6 +51,7 @@ fn demo_commands_work() {
         "Each node has a fake Nautilus enclave registered under EnclaveConfig 0x",
         "Fake Sui full node http://127.0.0.1:",
         "bpftool map dump pinned",
+        &format!("set-servers --socket {socket_path} demo-tcp 127.0.0.1:"),
     ] {
         assert!(
             log.contains(printed),
@@ -263,6 +274,45 @@ fn demo_commands_work() {
         "BTF-formatted dump expected: {dump:?}"
     );
 
+    // The printed set-servers line, as root, moves demo-tcp to backend-2.
+    let line = log
+        .lines()
+        .find(|l| l.contains(" set-servers --socket "))
+        .expect("set-servers line");
+    let args: Vec<&str> = line
+        .split('#')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .collect();
+    let set = Command::new(daas_lb_bin()).args(&args).output().unwrap();
+    assert!(set.status.success(), "{args:?}: {set:?}");
+    assert!(
+        String::from_utf8_lossy(&set.stdout).contains("demo-tcp 127.0.0.1:6444/tcp failover"),
+        "{set:?}"
+    );
+    let curl = env.cgroup.output(Command::new("curl").args([
+        "-s",
+        "--max-time",
+        "3",
+        "http://127.0.0.1:6444/",
+    ]));
+    assert!(
+        String::from_utf8_lossy(&curl.stdout).starts_with("hello from daas-lb demo backend-2"),
+        "{curl:?}"
+    );
+    // The demo's configuration is built in: a reload says so and changes nothing.
+    let reload = Command::new(daas_lb_bin())
+        .args(["reload", "--socket", &socket_path])
+        .output()
+        .unwrap();
+    assert!(!reload.status.success(), "{reload:?}");
+    assert!(
+        String::from_utf8_lossy(&reload.stderr).contains("built in and cannot be reloaded"),
+        "{reload:?}"
+    );
+
     demo.signal(libc::SIGINT);
     assert!(
         demo.wait_exit(Duration::from_secs(10)).success(),
@@ -270,4 +320,5 @@ fn demo_commands_work() {
         demo.log()
     );
     assert!(!env.pins.path().exists());
+    assert!(!socket.exists(), "the control socket is removed on exit");
 }

@@ -16,8 +16,8 @@ use std::{
 };
 
 use lb_tests::{
-    API, Daemon, HeldConnection, Node, TestEnv, metric, parse_metrics, parse_rfc3339, samples,
-    service, service_yaml,
+    Daemon, HeldConnection, Node, TestEnv, metric, parse_metrics, parse_rfc3339, samples, service,
+    service_yaml,
 };
 use lb_userspace::{
     state_machine::ServerState,
@@ -127,7 +127,7 @@ fn wait_connects_reach(env: &TestEnv, daemon: &Daemon, node: &Node, deadline: In
             Instant::now() < deadline,
             "new connects never reached {}; last {last:?}; status {:#?}\nlog:\n{}",
             node.name,
-            lb_userspace::status::fetch(daemon.api).ok(),
+            lb_userspace::api::client::fetch_status(daemon.api).ok(),
             daemon.log()
         );
         thread::sleep(Duration::from_millis(20));
@@ -147,7 +147,7 @@ fn expect_reset(
         panic!(
             "{what}: the held connection to {} is still open; status {:#?}\nlog:\n{}",
             held.backend(),
-            lb_userspace::status::fetch(daemon.api).ok(),
+            lb_userspace::api::client::fetch_status(daemon.api).ok(),
             daemon.log()
         );
     };
@@ -397,7 +397,7 @@ fn a_replacement_server_takes_over_and_the_defaults_connections_close() {
     wait_counted(&mut w.daemon, &w.node0);
 
     let put_at = Instant::now();
-    let (code, body) = lb_tests::put_servers(API, SVC, &[&node2.addr.to_string()]);
+    let (code, body) = lb_tests::put_servers(&w.daemon.control, SVC, &[&node2.addr.to_string()]);
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["name"], SVC, "{body}");
     let listed: Vec<&str> = body["servers"]
@@ -536,7 +536,7 @@ fn alternating_outages_always_move_new_connections_to_the_node_that_is_up() {
                 Ok(pair[up].name.as_str()),
                 "{what}, {:?} in; status {:#?}",
                 start.elapsed(),
-                lb_userspace::status::fetch(daemon.api).ok()
+                lb_userspace::api::client::fetch_status(daemon.api).ok()
             );
             thread::sleep(Duration::from_millis(200));
         }
@@ -815,11 +815,9 @@ fn metrics_count_transitions_closed_connections_and_dials() {
             "{status}: {sum} s for {count} dials"
         );
     }
-    // The metrics address serves the same families.
-    let other = lb_userspace::status::http_get("127.0.0.1:9464".parse().unwrap(), "/metrics")
-        .expect("GET /metrics on metrics_addr");
-    assert!(
-        other.contains("daas_lb_state_transitions_total{"),
-        "{other}"
-    );
+    // Metrics are served on metrics_addr only; api_addr serves the status.
+    let (code, _) =
+        lb_userspace::api::client::request(&w.daemon.api.into(), "GET", "/metrics", None)
+            .expect("GET /metrics on api_addr");
+    assert_eq!(code, 404, "api_addr serves GET /status only");
 }

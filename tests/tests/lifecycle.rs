@@ -151,7 +151,7 @@ fn after_sigkill_traffic_keeps_flowing_and_the_next_run_adopts_cleanly() {
         second.log()
     );
     assert_attached_once(&world.env.cgroup);
-    let status = lb_userspace::status::fetch(API).unwrap();
+    let status = lb_userspace::api::client::fetch_status(API).unwrap();
     let sup = service(&status, "sup");
     assert_eq!(sup.selected, Some(world.backends.0.addr.to_string()));
     // Counters survived the crash: two connects so far.
@@ -197,11 +197,13 @@ fn a_second_controller_on_the_same_pins_is_refused() {
     };
     let first = world.start(&[]);
 
-    // Same pins and cgroup, other HTTP ports (so the ports are not what stops it).
+    // Same pins and cgroup, other HTTP ports and control socket (so they
+    // are not what stops it).
     let other = std::fs::read_to_string(&world.config)
         .unwrap()
         .replace(":9464", ":9474")
-        .replace(":9465", ":9475");
+        .replace(":9465", ":9475")
+        .replace("/run/control.sock", "/run2/control.sock");
     let other_path = world.env.tmp.file("other.yaml", &other);
     let second = Command::new(daas_lb_bin())
         .args(["run", "--config"])

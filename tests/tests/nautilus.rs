@@ -215,7 +215,7 @@ fn nautilus_check(extra: &str) -> String {
 
 /// `GET /status` as JSON (the attestation fields are read from it).
 fn status_json(daemon: &Daemon) -> anyhow::Result<Value> {
-    let body = lb_userspace::status::http_get(daemon.api, "/status")?;
+    let body = lb_userspace::api::client::get(daemon.api, "/status")?;
     Ok(serde_json::from_str(&body)?)
 }
 

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_tests::{API, Daemon, Node, TestEnv, http_put, put_servers, service, service_yaml};
+use lb_tests::{Daemon, Node, TestEnv, http_put, put_servers, service, service_yaml};
 use lb_userspace::{state_machine::ServerState, status::Status};
 
 const SVC: &str = "api";
@@ -133,15 +133,16 @@ fn put_servers_validates_every_entry_and_names_the_bad_one() {
         ),
     ];
     for (servers, names_entry) in cases {
-        let (code, body) = put_servers(API, SVC, servers);
+        let (code, body) = put_servers(&daemon.control, SVC, servers);
         assert_eq!(code, 400, "{servers:?}: {body}");
         let error = body["error"].as_str().unwrap_or_default();
         assert!(error.contains(names_entry), "{servers:?}: {body}");
         eprintln!("PUT {servers:?} -> 400 {error}");
     }
-    let (code, body) = http_put(API, "/services/api/servers", "{\"servers\": 1}").unwrap();
+    let (code, body) =
+        http_put(&daemon.control, "/services/api/servers", "{\"servers\": 1}").unwrap();
     assert_eq!(code, 400, "{body}");
-    let (code, body) = put_servers(API, "nope", &["127.0.0.11:6443"]);
+    let (code, body) = put_servers(&daemon.control, "nope", &["127.0.0.11:6443"]);
     assert_eq!(code, 404, "{body}");
     // Nothing changed.
     assert_eq!(
@@ -150,7 +151,7 @@ fn put_servers_validates_every_entry_and_names_the_bad_one() {
         "bad requests must not change the list"
     );
 
-    let (code, body) = put_servers(API, SVC, &[&node2.addr.to_string()]);
+    let (code, body) = put_servers(&daemon.control, SVC, &[&node2.addr.to_string()]);
     assert_eq!(code, 200, "{body}");
     let returned: lb_userspace::status::ServiceStatus =
         serde_json::from_value(body.clone()).unwrap_or_else(|e| panic!("{e}: {body}"));
@@ -223,7 +224,7 @@ fn put_server_lists_survive_a_restart_and_bad_state_files_are_replaced() {
 
     // PUT, then the file has the K3s shape.
     let put = names(&[&node2, &node1]);
-    let (code, body) = put_servers(API, SVC, &[&put[0], &put[1]]);
+    let (code, body) = put_servers(&daemon.control, SVC, &[&put[0], &put[1]]);
     assert_eq!(code, 200, "{body}");
     wait_state_file(&env, &daemon, "the PUT list", |v| k3s_shape(v, &url, &put));
     let saved = fs::read_to_string(env.state_file(SVC)).unwrap();

@@ -91,8 +91,7 @@ fn tcp_vip_reaches_the_selected_backend_and_the_app_sees_only_the_vip() {
     assert_eq!(web.servers[0].state, ServerState::Active);
     assert_eq!(web.servers[1].state, ServerState::Preferred);
 
-    let metrics =
-        lb_userspace::status::http_get("127.0.0.1:9464".parse().unwrap(), "/metrics").unwrap();
+    let metrics = lb_userspace::api::client::get(lb_tests::METRICS, "/metrics").unwrap();
     assert!(
         metrics.contains(&format!(
             "k3s_loadbalancer_server_health{{name=\"web\",server=\"{}\"}} 7",

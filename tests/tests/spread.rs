@@ -5,7 +5,7 @@
 
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
-use lb_tests::{API, TcpBackend, TestEnv, put_servers, service};
+use lb_tests::{TcpBackend, TestEnv, put_servers, service};
 use lb_userspace::{state_machine::ServerState, status::Status};
 
 const VIP: &str = "127.0.0.1:6444";
@@ -84,7 +84,11 @@ fn spread_balances_local_connects_and_a_removed_server_loses_only_its_slots() {
     }
 
     // Remove b3: only its slots move.
-    let (code, body) = put_servers(API, "web", &[&b1.addr.to_string(), &b2.addr.to_string()]);
+    let (code, body) = put_servers(
+        &daemon.control,
+        "web",
+        &[&b1.addr.to_string(), &b2.addr.to_string()],
+    );
     assert_eq!(code, 200, "{body}");
     let status = daemon.wait_for(
         Duration::from_secs(5),
@@ -121,7 +125,7 @@ fn spread_balances_local_connects_and_a_removed_server_loses_only_its_slots() {
         assert!((60..=140).contains(&n), "{name} got {n} of 200: {counts:?}");
     }
 
-    let metrics = lb_userspace::status::http_get(API, "/metrics").expect("metrics");
+    let metrics = lb_userspace::api::client::get(lb_tests::METRICS, "/metrics").expect("metrics");
     assert!(
         metrics.contains(&format!(
             "daas_lb_maglev_slots{{name=\"web\",server=\"{}\"}}",

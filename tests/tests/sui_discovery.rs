@@ -142,7 +142,7 @@ fn measure(daemon: &Daemon, since: Instant, what: &str, ready: impl Fn() -> bool
         assert!(
             since.elapsed() < EVENT_PATIENCE,
             "{what}: not seen within {EVENT_PATIENCE:?}; status {:#?}\nlog:\n{}",
-            lb_userspace::status::fetch(daemon.api).ok(),
+            lb_userspace::api::client::fetch_status(daemon.api).ok(),
             daemon.log()
         );
         thread::sleep(Duration::from_millis(2));
@@ -171,7 +171,7 @@ fn wait_connects_reach(env: &TestEnv, daemon: &Daemon, node: &Node) {
             Instant::now() < deadline,
             "new connects never reached {}; last {last:?}; status {:#?}\nlog:\n{}",
             node.name,
-            lb_userspace::status::fetch(daemon.api).ok(),
+            lb_userspace::api::client::fetch_status(daemon.api).ok(),
             daemon.log()
         );
         thread::sleep(Duration::from_millis(20));
@@ -204,7 +204,7 @@ fn expect_reset(held: &mut HeldConnection, daemon: &Daemon, what: &str) {
         panic!(
             "{what}: the held connection to {} is still open; status {:#?}\nlog:\n{}",
             held.backend(),
-            lb_userspace::status::fetch(daemon.api).ok(),
+            lb_userspace::api::client::fetch_status(daemon.api).ok(),
             daemon.log()
         );
     };

@@ -199,7 +199,8 @@ impl World {
         let Some(daemon) = &self.daemon else {
             return String::new();
         };
-        let metrics = lb_userspace::status::http_get(API, "/metrics").unwrap_or_default();
+        let metrics =
+            lb_userspace::api::client::get(lb_tests::METRICS, "/metrics").unwrap_or_default();
         let xdp: Vec<&str> = metrics
             .lines()
             .filter(|l| l.starts_with("daas_lb_xdp"))
@@ -331,7 +332,7 @@ fn established_peers(topo: &Topology, ns: &str, port: u16) -> Vec<SocketAddr> {
 
 /// The XDP counters exported as metrics, summed over `labels`.
 fn xdp_metric(name: &str, labels: &[(&str, &str)]) -> f64 {
-    let text = lb_userspace::status::http_get(API, "/metrics").expect("GET /metrics");
+    let text = lb_userspace::api::client::get(lb_tests::METRICS, "/metrics").expect("GET /metrics");
     metric(&text, name, labels).unwrap_or(0.0)
 }
 
@@ -584,7 +585,7 @@ fn xdp_established_flows_survive_a_maglev_rebuild() {
     // Add b4 at runtime: about a quarter of the slots move to it.
     let all: Vec<String> = backends.iter().map(|b| b.addr.to_string()).collect();
     let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-    let (code, body) = put_servers(API, "web", &refs);
+    let (code, body) = put_servers(&world.daemon().control, "web", &refs);
     assert_eq!(code, 200, "{body}");
     world.wait_web_spread(4);
     for (i, h) in held.iter_mut().enumerate() {

@@ -105,8 +105,20 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Listen address of the Prometheus `/metrics` endpoint.
     pub metrics_addr: SocketAddr,
-    /// Listen address of the `GET /status` API.
+    /// Listen address of the `GET /status` API (read-only unless
+    /// `api_token_file` is set).
     pub api_addr: SocketAddr,
+    /// The Unix socket every change goes through (`control_socket`, default
+    /// `/run/daas-lb/control.sock`); only root, or `control_group`, may use it.
+    pub control_socket: PathBuf,
+    /// A group whose members may use the control socket besides root
+    /// (`control_group`, a group name or a numeric gid; default none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control_group: Option<ControlGroup>,
+    /// A root-owned 0600 file holding the bearer token that opens changes
+    /// on `api_addr` (`api_token_file`; default none: `api_addr` is read-only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_token_file: Option<PathBuf>,
     /// The balanced services; may be empty.
     pub services: Vec<ServiceConfig>,
     /// Most health probes running at once across all services
@@ -124,6 +136,15 @@ pub struct Config {
     pub chain: Option<ChainSettings>,
     /// Feature gates (`features`).
     pub features: Features,
+}
+
+/// `control_group`: a group, resolved to its gid when the file is read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ControlGroup {
+    /// As written in the file (a name, or the gid itself).
+    pub name: String,
+    /// The group's id.
+    pub gid: u32,
 }
 
 /// The `features` block: what the load balancer does besides the plain K3s
@@ -592,6 +613,10 @@ impl Config {
     /// Default for `api_addr`.
     pub const DEFAULT_API_ADDR: SocketAddr =
         SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9465));
+    /// Default for `control_socket`.
+    pub const DEFAULT_CONTROL_SOCKET: &str = "/run/daas-lb/control.sock";
+    /// Longest `control_socket` path: `sun_path` holds 108 bytes with the NUL.
+    pub const MAX_SOCKET_PATH: usize = 107;
     /// Most services one configuration may hold (the kernel map's capacity).
     pub const MAX_SERVICES: usize = lb_common::MAX_SERVICES as usize;
     /// Most distinct (service, server) pairs in total, `default_server`

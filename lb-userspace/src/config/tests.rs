@@ -68,6 +68,9 @@ fn full_example() {
             data_dir: PathBuf::from("/var/lib/daas-lb"),
             metrics_addr: addr("127.0.0.1:9464"),
             api_addr: addr("127.0.0.1:9465"),
+            control_socket: PathBuf::from("/run/daas-lb/control.sock"),
+            control_group: None,
+            api_token_file: None,
             services: vec![ServiceConfig {
                 name: "supervisor".to_owned(),
                 vip: addr("127.0.0.1:6444"),
@@ -104,6 +107,12 @@ fn defaults() {
     assert_eq!(config.data_dir, Path::new(Config::DEFAULT_DATA_DIR));
     assert_eq!(config.metrics_addr, addr("127.0.0.1:9464"));
     assert_eq!(config.api_addr, addr("127.0.0.1:9465"));
+    assert_eq!(
+        config.control_socket,
+        Path::new(Config::DEFAULT_CONTROL_SOCKET)
+    );
+    assert_eq!(config.control_group, None);
+    assert_eq!(config.api_token_file, None);
     assert_eq!(config.max_concurrent_checks, 64);
     assert_eq!(config.connection_poll_interval, Duration::from_millis(200));
     let service = &config.services[0];
@@ -2681,4 +2690,52 @@ fn everything_off_is_plain_k3s() {
     )));
     assert_eq!(chain_off.features, Features::default());
     assert_eq!(chain_off.services[0].health_check.check, CheckSpec::Tcp);
+}
+
+#[test]
+fn control_socket_group_and_token_file() {
+    let config = parse(
+        "control_socket: /run/lb/c.sock\ncontrol_group: \"0\"\napi_token_file: /etc/daas-lb/token\nservices: []\n",
+    );
+    assert_eq!(config.control_socket, Path::new("/run/lb/c.sock"));
+    assert_eq!(
+        config.control_group,
+        Some(ControlGroup {
+            name: "0".to_owned(),
+            gid: 0
+        })
+    );
+    assert_eq!(
+        config.api_token_file,
+        Some(PathBuf::from("/etc/daas-lb/token"))
+    );
+    // Every Linux host has a group called root with gid 0.
+    let config = parse("control_group: root\nservices: []\n");
+    assert_eq!(config.control_group.map(|g| g.gid), Some(0));
+
+    assert_error(
+        "control_socket: run/c.sock\nservices: []\n",
+        "control_socket",
+        1,
+        "not an absolute path",
+    );
+    let long = format!("/{}", "s".repeat(120));
+    assert_error(
+        &format!("control_socket: {long}\nservices: []\n"),
+        "control_socket",
+        1,
+        "121 bytes is too long for a Unix socket path; at most 107 allowed",
+    );
+    assert_error(
+        "services: []\ncontrol_group: no-such-group-here\n",
+        "control_group",
+        2,
+        "no group \"no-such-group-here\" on this host",
+    );
+    assert_error(
+        "services: []\napi_token_file: token\n",
+        "api_token_file",
+        2,
+        "not an absolute path",
+    );
 }

@@ -12,9 +12,9 @@ use std::{
 use serde_saphyr::{Location, Spanned};
 
 use super::{
-    ChainPort, ChainPortKind, ChainSettings, CheckSpec, Config, DiscoveryConfig, DiscoveryPort,
-    Features, HealthCheckConfig, HttpCheck, Intervals, Issue, NautilusCheck, Policy, PortRange,
-    Protocol, RegistrySettings, ServiceConfig, SuiSyncCheck, TlsOptions, XdpAttachMode,
+    ChainPort, ChainPortKind, ChainSettings, CheckSpec, Config, ControlGroup, DiscoveryConfig,
+    DiscoveryPort, Features, HealthCheckConfig, HttpCheck, Intervals, Issue, NautilusCheck, Policy,
+    PortRange, Protocol, RegistrySettings, ServiceConfig, SuiSyncCheck, TlsOptions, XdpAttachMode,
     XdpSettings,
     raw::{
         RawChain, RawConfig, RawDiscovery, RawDiscoveryPort, RawFeatures, RawHealthCheck,
@@ -255,6 +255,18 @@ impl Checker {
                 ),
             );
         }
+        let control_socket = match &top.control_socket {
+            None => Some(PathBuf::from(Config::DEFAULT_CONTROL_SOCKET)),
+            Some(raw) => self.socket_path(raw, "control_socket"),
+        };
+        let control_group = match &top.control_group {
+            None => Some(None),
+            Some(raw) => self.group(raw, "control_group").map(Some),
+        };
+        let api_token_file = match &top.api_token_file {
+            None => Some(None),
+            Some(raw) => self.absolute_path(raw, "api_token_file").map(Some),
+        };
 
         let max_concurrent_checks = match &top.max_concurrent_checks {
             None => Some(Config::DEFAULT_MAX_CONCURRENT_CHECKS),
@@ -316,6 +328,9 @@ impl Checker {
             data_dir: data_dir?,
             metrics_addr: metrics_addr?.value,
             api_addr: api_addr?.value,
+            control_socket: control_socket?,
+            control_group: control_group?,
+            api_token_file: api_token_file?,
             services: services?,
             max_concurrent_checks: max_concurrent_checks?,
             connection_poll_interval: connection_poll_interval?,
@@ -1008,6 +1023,58 @@ impl Checker {
                     "{:?} is not an absolute path; expected a path starting with /",
                     raw.value
                 ),
+            );
+            None
+        }
+    }
+
+    /// An absolute path that fits a Unix socket address.
+    fn socket_path(&mut self, raw: &Spanned<String>, path: &str) -> Option<PathBuf> {
+        let socket = self.absolute_path(raw, path)?;
+        let len = socket.as_os_str().len();
+        if len > Config::MAX_SOCKET_PATH {
+            self.report(
+                raw.referenced,
+                path,
+                format!(
+                    "{len} bytes is too long for a Unix socket path; at most {} allowed",
+                    Config::MAX_SOCKET_PATH
+                ),
+            );
+            return None;
+        }
+        if socket.file_name().is_none() {
+            self.report(
+                raw.referenced,
+                path,
+                format!(
+                    "{:?} names no file; expected e.g. /run/daas-lb/control.sock",
+                    raw.value
+                ),
+            );
+            return None;
+        }
+        Some(socket)
+    }
+
+    /// A group name or numeric gid that exists on this host.
+    fn group(&mut self, raw: &Spanned<String>, path: &str) -> Option<ControlGroup> {
+        let name = raw.value.trim();
+        let gid = if let Ok(gid) = name.parse::<u32>() {
+            Some(gid)
+        } else {
+            gid_of_group(name)
+        };
+        if let Some(gid) = gid {
+            Some(ControlGroup {
+                name: name.to_owned(),
+                gid,
+            })
+        } else {
+            self.report(
+                raw.referenced,
+                path,
+                format!("no group {name:?} on this host (see /etc/group); expected a group name or a numeric gid"),
             );
             None
         }
@@ -2456,4 +2523,25 @@ fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
     Err(format!(
         "invalid address {text:?}: {reason}; expected a literal IP:port such as 127.0.0.1:6444 or [::1]:6444"
     ))
+}
+
+/// The gid of the group called `name` (`getgrnam_r`), if there is one.
+fn gid_of_group(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    let mut buffer = vec![0_u8; 16 * 1024];
+    // SAFETY: an all-zero `group` is a valid value to be overwritten.
+    let mut group: libc::group = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call and `buffer.len()` is its
+    // size; on success `found` points at `group`, whose strings live in `buffer`.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            name.as_ptr(),
+            &raw mut group,
+            buffer.as_mut_ptr().cast(),
+            buffer.len(),
+            &raw mut found,
+        )
+    };
+    (rc == 0 && !found.is_null()).then_some(group.gr_gid)
 }

@@ -112,6 +112,9 @@ pub(super) fn keep_restart_only_fields(running: &Config, new: &mut Config) {
         data_dir,
         metrics_addr,
         api_addr,
+        // The control socket is bound, and its file's group set, at start.
+        control_socket,
+        control_group,
         max_concurrent_checks,
         connection_poll_interval,
         xdp,
