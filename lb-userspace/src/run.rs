@@ -111,11 +111,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
 
     // Bind the HTTP ports first: a busy port must fail before the kernel is touched.
     let api_listener = api::bind(config.api_addr, "the status API").await?;
-    let metrics_listener = if config.metrics_addr == config.api_addr {
-        None
-    } else {
-        Some(api::bind(config.metrics_addr, "the metrics endpoint").await?)
-    };
+    // Two listeners even when both ask for port 0: each serves its own routes.
+    let metrics_listener = api::bind(config.metrics_addr, "the metrics endpoint").await?;
     // So is a second daemon on the same control socket. The guard removes
     // the socket file when `run` returns, also on an error.
     let (control_listener, control_socket) =
@@ -189,13 +186,16 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let listeners = [
         ("api", api.api_router(), Listener::Tcp(api_listener)),
         (
+            "metrics",
+            api.metrics_router(),
+            Listener::Tcp(metrics_listener),
+        ),
+        (
             "control",
             api.control_router(),
             Listener::Unix(control_listener),
         ),
-    ]
-    .into_iter()
-    .chain(metrics_listener.map(|l| ("metrics", api.metrics_router(), Listener::Tcp(l))));
+    ];
     for (name, router, listener) in listeners {
         let refusals = Arc::clone(api.refusals());
         tasks.spawn(async move {

@@ -162,18 +162,21 @@ fn unprivileged_users_cannot_steer_traffic() {
 
     // The control socket: the kernel refuses nobody at connect().
     let socket = w.daemon.control.display().to_string();
-    let (code, out) = curl(
-        true,
-        &[
-            "--unix-socket",
-            &socket,
-            "-X",
-            "PUT",
-            "-d",
-            &body,
-            &format!("http://localhost{path}"),
-        ],
-    );
+    let put_over_socket = || {
+        curl(
+            true,
+            &[
+                "--unix-socket",
+                &socket,
+                "-X",
+                "PUT",
+                "-d",
+                &body,
+                &format!("http://localhost{path}"),
+            ],
+        )
+    };
+    let (code, out) = put_over_socket();
     assert_eq!(code, "000", "{out:?}");
     assert_eq!(
         out.status.code(),
@@ -215,18 +218,7 @@ fn unprivileged_users_cannot_steer_traffic() {
     let dir = w.daemon.control.parent().unwrap();
     fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
     fs::set_permissions(&w.daemon.control, fs::Permissions::from_mode(0o666)).unwrap();
-    let (code, out) = curl(
-        true,
-        &[
-            "--unix-socket",
-            &socket,
-            "-X",
-            "PUT",
-            "-d",
-            &body,
-            &format!("http://localhost{path}"),
-        ],
-    );
+    let (code, out) = put_over_socket();
     assert_eq!(code, "403", "{out:?}");
     let (code, out) = curl(true, &["--unix-socket", &socket, "http://localhost/status"]);
     assert_eq!(code, "403", "{out:?}");
