@@ -1,45 +1,38 @@
 //! daas-lb controller library: everything `daas-lb` does, so integration
-//! tests and the binary share one implementation.
+//! tests and the binary share one implementation. One place per concern,
+//! layered so that arrows only point down:
 //!
-//! - [`config`]: the YAML config and its validation.
-//! - [`chain`]: Sui on-chain discovery (registry sync over gRPC, the `sui_sync` check, a fake full node).
-//! - [`nautilus`]: Nautilus enclave attestations (signed performance scores, on-chain enclaves, the Nitro document).
-//! - [`dataplane`]: loading, pinning, attaching/adopting and detaching the kernel programs
-//!   (`xdp_attach`: the XDP links on the `xdp` interfaces).
-//! - [`xdp_settings`], [`if_addrs`]: the `xdp_config` entry, the SNAT port check, and the
-//!   interfaces' primary addresses (the `if_addrs` map).
-//! - [`map_ids`]: which map slot holds which service and backend (pure).
-//! - [`maglev`]: the weighted Maglev backend table of `policy: spread` (pure).
-//! - [`state_machine`]: the K3s server states and which server a service uses (pure).
-//! - [`ranking`]: performance ranking scores and the Maglev weights they give (pure).
-//! - [`health`]: active probes (tcp, udp, http, https, all).
-//! - [`sock_diag`], [`connections`]: counting and closing connections through a VIP.
-//! - [`persist`]: the per-service state files (K3s format).
-//! - [`controller`]: ties checks, connections, the state machines and the maps together.
-//! - [`status`], [`metrics`], [`api`]: what the controller shows.
-//! - [`run`], [`demo`]: the `daas-lb run` command and its embedded demo.
+//! - [`config`]: the YAML model and its validation, a leaf (it imports
+//!   nothing from the rest of the crate but the server states of
+//!   [`policy::state_machine`], shared vocabulary).
+//! - [`policy`]: pure decisions with no I/O, no tokio and no aya: the K3s
+//!   server state machine, performance ranking, Maglev tables, map id planning.
+//! - [`kernel`]: everything that talks to the kernel: loading, pinning and
+//!   attaching the programs, the maps, XDP links and settings, rtnetlink
+//!   addresses, `sock_diag` dumps and `SOCK_DESTROY`, connections per VIP.
+//! - [`health`]: active probes by kind (tcp, udp, http, https, all,
+//!   `sui_sync`, `nautilus`) behind one [`health::Prober`].
+//! - [`chain`], [`nautilus`]: the real Sui registry client and the real
+//!   attestation verification and enclave client.
+//! - [`controller`]: ties checks, connections, the state machines and the
+//!   maps together, and keeps the per-service state files
+//!   ([`controller::persist`]).
+//! - [`metrics`], [`api`]: what the controller shows and takes: the status
+//!   document, the three listeners, the command line's client.
+//! - [`run`]: the `daas-lb run` command.
+//! - [`demo`] (cargo feature `demo`, on by default): the embedded demo and
+//!   every test double (fake full node, fake enclaves); a build with
+//!   `--no-default-features` leaves them and tonic's server stack out.
 
 pub mod api;
-mod bpf_sys;
 pub mod chain;
 pub mod config;
-pub mod connections;
 pub mod controller;
-pub mod dataplane;
+#[cfg(any(test, feature = "demo"))]
 pub mod demo;
-pub mod ebpf_object;
 pub mod health;
-pub mod if_addrs;
-pub mod maglev;
-pub mod map_ids;
+pub mod kernel;
 pub mod metrics;
 pub mod nautilus;
-mod netlink;
-pub mod persist;
-pub mod ranking;
+pub mod policy;
 pub mod run;
-pub mod sock_diag;
-pub mod state_machine;
-pub mod status;
-mod xdp_attach;
-pub mod xdp_settings;

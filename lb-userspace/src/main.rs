@@ -4,11 +4,13 @@ use std::{io::IsTerminal as _, net::SocketAddr, path::PathBuf, process::ExitCode
 
 use clap::{Parser, Subcommand};
 use lb_userspace::{
-    api::client::{self, Endpoint},
+    api::{
+        client::{self, Endpoint},
+        status,
+    },
     config::Config,
-    dataplane,
+    kernel::dataplane,
     run::{self, ConfigSource, RunOptions},
-    status,
 };
 use tracing_subscriber::EnvFilter;
 

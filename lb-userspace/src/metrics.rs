@@ -3,8 +3,8 @@
 use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr, time::Duration};
 
 use crate::{
-    state_machine::ServerState,
-    status::{ServerStatus, ServiceStatus, Status},
+    api::status::{ServerStatus, ServiceStatus, Status},
+    policy::state_machine::ServerState,
 };
 /// Escapes a label value (backslash, quote, newline).
 fn label(value: &str) -> String {
@@ -592,7 +592,7 @@ fn render_chain(out: &mut String, status: &Status) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{ServerStatus, ServiceStatus, XdpDrops, XdpStatus};
+    use crate::api::status::{ServerStatus, ServiceStatus, XdpDrops, XdpStatus};
 
     fn server(address: &str, state: ServerState, connections: u32) -> ServerStatus {
         ServerStatus {
@@ -723,7 +723,7 @@ mod tests {
         server.stake_mist = Some(u64::MAX);
         server.sync_lag_blocks = Some(3);
         status.services[0].servers[1].stake_mist = Some(5);
-        status.registry = Some(crate::status::RegistryStatus {
+        status.registry = Some(crate::api::status::RegistryStatus {
             synced: true,
             nodes: 2,
             cursor: Some(42),
@@ -764,7 +764,7 @@ mod tests {
     fn renders_attestation_metrics() {
         let mut status = with_registry();
         let servers = &mut status.services[0].servers;
-        servers[0].attestation = Some(crate::status::AttestationStatus {
+        servers[0].attestation = Some(crate::api::status::AttestationStatus {
             performance_score: 9_000,
             reputation_score: 8_000,
             stake_mist: 5,

@@ -15,8 +15,7 @@ use crate::{
     api::{self, Api, LoadConfig},
     config::Config,
     controller::Controller,
-    dataplane::Dataplane,
-    demo, xdp_settings,
+    kernel::{dataplane::Dataplane, xdp_settings},
 };
 
 /// Where the config comes from.
@@ -92,10 +91,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let mut tasks = JoinSet::new();
     let (mut config, is_demo) = match &options.source {
         ConfigSource::File(path) => (Config::load(path)?, false),
-        ConfigSource::Demo => {
-            let base = Config::from_yaml("services: []\n", "<demo>")?;
-            (demo::start(base, &mut tasks).await?, true)
-        }
+        ConfigSource::Demo => (start_demo(&mut tasks).await?, true),
     };
     options.apply_overrides(&mut config);
     let cgroup = match &config.cgroup {
@@ -161,7 +157,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         Ok(c) => c,
         Err(err) => {
             if report.adopted.is_empty() {
-                let _ = crate::dataplane::cleanup(&config.bpffs_dir);
+                let _ = crate::kernel::dataplane::cleanup(&config.bpffs_dir);
             }
             return Err(err);
         }
@@ -220,12 +216,15 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         services = config.services.len(),
         "daas-lb running"
     );
+    #[cfg(not(feature = "demo"))]
+    let _ = is_demo;
+    #[cfg(feature = "demo")]
     if is_demo {
         let binary = std::env::current_exe()
             .ok()
             .and_then(|p| p.to_str().map(str::to_owned))
             .unwrap_or_else(|| "daas-lb".to_owned());
-        let text = demo::instructions(&config, &config.bpffs_dir, &cgroup, &binary);
+        let text = crate::demo::instructions(&config, &config.bpffs_dir, &cgroup, &binary);
         println!("{text}");
     }
 
@@ -241,6 +240,23 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
 enum Listener {
     Tcp(tokio::net::TcpListener),
     Unix(tokio::net::UnixListener),
+}
+
+/// The embedded demo's configuration, its backends and doubles started on `tasks`.
+#[cfg(feature = "demo")]
+async fn start_demo(tasks: &mut JoinSet<()>) -> anyhow::Result<Config> {
+    let base = Config::from_yaml("services: []\n", "<demo>")?;
+    crate::demo::start(base, tasks).await
+}
+
+/// Built without the `demo` feature: there is no demo to run.
+#[cfg(not(feature = "demo"))]
+#[expect(
+    clippy::unused_async,
+    reason = "the same signature as the demo build's start_demo"
+)]
+async fn start_demo(_tasks: &mut JoinSet<()>) -> anyhow::Result<Config> {
+    bail!("this daas-lb was built without the `demo` feature; run it with --config FILE")
 }
 
 fn is_permission_error(err: &anyhow::Error) -> bool {

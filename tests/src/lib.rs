@@ -37,7 +37,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use lb_userspace::status::{ServiceStatus, Status};
+use lb_userspace::api::status::{ServiceStatus, Status};
 use serde::Deserialize;
 
 pub mod topology;
@@ -345,7 +345,7 @@ impl Default for PinDir {
 impl Drop for PinDir {
     fn drop(&mut self) {
         if self.path.exists() {
-            let _ = lb_userspace::dataplane::cleanup(&self.path);
+            let _ = lb_userspace::kernel::dataplane::cleanup(&self.path);
         }
     }
 }
@@ -1571,12 +1571,12 @@ pub fn service_yaml(
 }
 
 /// An in-process fake Sui full node
-/// ([`lb_userspace::chain::fake_node::FakeChain`]) and the tokio runtime it
+/// ([`lb_userspace::demo::fake_node::FakeChain`]) and the tokio runtime it
 /// (and any fake enclave started with [`SuiChain::block_on`]) runs on;
 /// dropped in that order.
 pub struct SuiChain {
     /// The fake full node (registry, checkpoints, objects).
-    pub fake: lb_userspace::chain::fake_node::FakeChain,
+    pub fake: lb_userspace::demo::fake_node::FakeChain,
     /// The runtime its services run on.
     pub runtime: tokio::runtime::Runtime,
 }
@@ -1591,15 +1591,15 @@ impl SuiChain {
             .build()
             .expect("tokio runtime");
         let fake = runtime
-            .block_on(lb_userspace::chain::fake_node::FakeChain::start(chain_id))
+            .block_on(lb_userspace::demo::fake_node::FakeChain::start(chain_id))
             .expect("start the fake Sui full node");
         Self { fake, runtime }
     }
 
     /// Another fake full node (a node's own `sui_rpc`) on the same runtime.
-    pub fn another(&self, chain_id: &str) -> lb_userspace::chain::fake_node::FakeChain {
+    pub fn another(&self, chain_id: &str) -> lb_userspace::demo::fake_node::FakeChain {
         self.runtime
-            .block_on(lb_userspace::chain::fake_node::FakeChain::start(chain_id))
+            .block_on(lb_userspace::demo::fake_node::FakeChain::start(chain_id))
             .expect("start a second fake Sui full node")
     }
 

@@ -34,7 +34,7 @@ use lb_common::{
     PROTO_UDP, Service, ServiceStats, VipKey, XdpConfig, ip_to_bytes, map_names, program_names,
     xdp_counter,
 };
-use lb_userspace::dataplane::{load_retrying, sum_backend_stats, sum_service_stats};
+use lb_userspace::kernel::dataplane::{load_retrying, sum_backend_stats, sum_service_stats};
 
 use crate::sh;
 
@@ -583,7 +583,7 @@ where
 impl XdpFixture {
     /// Loads the embedded object (needs a real eBPF build and root).
     pub fn load() -> anyhow::Result<Self> {
-        let object = lb_userspace::ebpf_object::ebpf_object()?;
+        let object = lb_userspace::kernel::ebpf_object::ebpf_object()?;
         let mut ebpf = EbpfLoader::new()
             .load(object)
             .context("loading the eBPF object")?;

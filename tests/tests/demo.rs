@@ -7,7 +7,7 @@
 use std::{process::Command, time::Duration};
 
 use lb_tests::{TestEnv, daas_lb_bin};
-use lb_userspace::status::{ServerStatus, Status};
+use lb_userspace::api::status::{ServerStatus, Status};
 
 /// demo-sui's server on `ip` (`"127.0.0.2:"`), if listed.
 fn sui_server<'a>(status: &'a Status, ip: &str) -> Option<&'a ServerStatus> {

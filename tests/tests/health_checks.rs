@@ -15,7 +15,7 @@ use std::{
 };
 
 use lb_tests::{TestEnv, service, service_yaml};
-use lb_userspace::state_machine::ServerState;
+use lb_userspace::policy::state_machine::ServerState;
 
 /// How a [`Probed`] server answers.
 #[derive(Clone, Copy, PartialEq, Eq)]

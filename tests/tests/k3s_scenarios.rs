@@ -20,8 +20,8 @@ use lb_tests::{
     service_yaml,
 };
 use lb_userspace::{
-    state_machine::ServerState,
-    status::{ServerStatus, Status},
+    api::status::{ServerStatus, Status},
+    policy::state_machine::ServerState,
 };
 
 /// The service every test uses.

@@ -27,12 +27,12 @@ use std::{
 use lb_tests::{Daemon, Node, SuiChain, TestEnv, metric, parse_metrics, samples, service_yaml};
 use lb_userspace::{
     chain::registry,
-    nautilus::{
-        check::unix_ms,
+    demo::{
         fake_deployment::{APP, default_pcrs, fake_address, publish_config, publish_enclave},
         fake_enclave::{FakeEnclave, FakeScores},
     },
-    ranking::{Score, StakeWeight},
+    health::nautilus::unix_ms,
+    policy::ranking::{Score, StakeWeight},
 };
 use serde_json::Value;
 use sui_sdk_types::Address;

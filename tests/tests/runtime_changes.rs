@@ -9,7 +9,7 @@ use std::{
 };
 
 use lb_tests::{Daemon, Node, TestEnv, http_put, put_servers, service, service_yaml};
-use lb_userspace::{state_machine::ServerState, status::Status};
+use lb_userspace::{api::status::Status, policy::state_machine::ServerState};
 
 const SVC: &str = "api";
 const VIP: &str = "127.0.0.1:6444";
@@ -153,7 +153,7 @@ fn put_servers_validates_every_entry_and_names_the_bad_one() {
 
     let (code, body) = put_servers(&daemon.control, SVC, &[&node2.addr.to_string()]);
     assert_eq!(code, 200, "{body}");
-    let returned: lb_userspace::status::ServiceStatus =
+    let returned: lb_userspace::api::status::ServiceStatus =
         serde_json::from_value(body.clone()).unwrap_or_else(|e| panic!("{e}: {body}"));
     assert_eq!(returned.name, SVC);
     let listed: Vec<String> = returned.servers.iter().map(|s| s.address.clone()).collect();

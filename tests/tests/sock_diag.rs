@@ -1,4 +1,4 @@
-//! `lb_userspace::sock_diag` on the real kernel: dumps find TCP and UDP
+//! `lb_userspace::kernel::sock_diag` on the real kernel: dumps find TCP and UDP
 //! connections (IPv4, IPv6 and dual-stack IPv6 sockets with v4-mapped
 //! addresses) with the right addresses and cookies, dumps filtered by peer
 //! (the kernel runs our bytecode) return exactly the sockets to those peers,
@@ -15,7 +15,7 @@ use std::{
 };
 
 use lb_tests::{NetNs, privileged};
-use lb_userspace::sock_diag::{
+use lb_userspace::kernel::sock_diag::{
     AF_INET, AF_INET6, ALL_STATES, ESTABLISHED_ONLY, MAX_FILTER_PEERS, PeerFilter, STATE_CLOSE,
     STATE_ESTABLISHED, STATE_LISTEN, SockDiag, SocketInfo, Transport, peer_bytecode, state_mask,
     unmapped, v4_mapped,

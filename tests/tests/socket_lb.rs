@@ -11,7 +11,7 @@ use std::{
 };
 
 use lb_tests::{TcpBackend, TestEnv, UdpBackend, service};
-use lb_userspace::state_machine::ServerState;
+use lb_userspace::policy::state_machine::ServerState;
 
 fn tcp_service(name: &str, vip: &str, servers: &[SocketAddr], interval_ms: u64) -> String {
     let servers: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();

@@ -6,7 +6,7 @@
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use lb_tests::{TcpBackend, TestEnv, put_servers, service};
-use lb_userspace::{state_machine::ServerState, status::Status};
+use lb_userspace::{api::status::Status, policy::state_machine::ServerState};
 
 const VIP: &str = "127.0.0.1:6444";
 const TABLE: u32 = 16381;

@@ -1,6 +1,6 @@
 //! Sui discovery end to end: the real `daas-lb run` with a `chain:` block
 //! pointing at an in-process fake Sui full node
-//! ([`lb_userspace::chain::fake_node::FakeChain`], real `sui.rpc.v2` gRPC
+//! ([`lb_userspace::demo::fake_node::FakeChain`], real `sui.rpc.v2` gRPC
 //! services on `127.0.0.1:<ephemeral>` in the test's network namespace), and
 //! a service with `discovery: { source: sui, port: 6443 }`.
 //!
@@ -26,9 +26,9 @@ use lb_tests::{
     Daemon, HeldConnection, Node, SuiChain as Chain, TestEnv, metric, service, service_yaml,
 };
 use lb_userspace::{
+    api::status::{ServerStatus, Status},
     chain::registry::{self, NodeRegistered, NodeRemoved},
-    state_machine::ServerState,
-    status::{ServerStatus, Status},
+    policy::state_machine::ServerState,
 };
 use sui_sdk_types::Address;
 

@@ -24,7 +24,7 @@ use lb_tests::{
     privileged, put_servers, service,
     topology::{NsGuard, Topology, VIP_NET_V4},
 };
-use lb_userspace::{state_machine::ServerState, status::Status};
+use lb_userspace::{api::status::Status, policy::state_machine::ServerState};
 
 const VIP: &str = "10.96.0.10:80";
 const VIP6: &str = "[fd00:96::10]:80";

@@ -1,18 +1,21 @@
-//! The command line's client: one HTTP/1.1 request per connection to a
-//! running daemon, over the control socket (every change) or TCP
-//! (`api_addr`: status; changes only with the bearer token).
+//! The command line's client: one request per call to a running daemon,
+//! over the control socket (every change) or TCP (`api_addr`: status;
+//! changes only with the bearer token), through reqwest's blocking client.
 
 use std::{
-    io::{self, Read, Write},
-    net::{SocketAddr, TcpStream},
-    os::unix::net::UnixStream,
+    net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use anyhow::{Context as _, bail};
+use reqwest::{
+    Method,
+    blocking::Client,
+    header::{AUTHORIZATION, CONNECTION, CONTENT_TYPE},
+};
 
-use crate::status::{ServiceStatus, Status};
+use super::status::{ServiceStatus, Status};
 
 /// How long one request may take (connect, send, answer).
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -63,43 +66,53 @@ impl Endpoint {
         })
     }
 
-    fn connect(&self) -> anyhow::Result<Box<dyn ReadWrite>> {
-        match self {
+    /// A client for this endpoint and the URL of `path` on it.
+    fn client(&self, path: &str) -> anyhow::Result<(Client, String)> {
+        let builder = Client::builder().timeout(TIMEOUT).no_proxy();
+        let (builder, url) = match self {
+            // The host part is not used on a Unix socket.
+            Self::Socket(socket) => (
+                builder.unix_socket(socket.as_path()),
+                format!("http://localhost{path}"),
+            ),
+            Self::Tcp { addr, .. } => (builder, format!("http://{addr}{path}")),
+        };
+        let client = builder
+            .build()
+            .context("building the HTTP client of the command line")?;
+        Ok((client, url))
+    }
+
+    /// The error of a request that got no answer, with what to check.
+    fn unreachable(&self, err: reqwest::Error) -> anyhow::Error {
+        let hint = match self {
             Self::Socket(path) => {
-                let stream = UnixStream::connect(path).map_err(|err| socket_error(path, err))?;
-                stream.set_read_timeout(Some(TIMEOUT))?;
-                stream.set_write_timeout(Some(TIMEOUT))?;
-                Ok(Box::new(stream))
+                let cause = std::error::Error::source(&err).and_then(|mut e| {
+                    loop {
+                        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                            break Some(io.kind());
+                        }
+                        e = e.source()?;
+                    }
+                });
+                let why = match cause {
+                    Some(std::io::ErrorKind::PermissionDenied) => {
+                        " (Permission denied: only root, or members of the daemon's \
+                         control_group, may change the load balancer)"
+                    }
+                    Some(std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
+                        " (is `daas-lb run` running? its config's control_socket names the path)"
+                    }
+                    _ => "",
+                };
+                format!("connecting to the control socket {}{why}", path.display())
             }
             Self::Tcp { addr, .. } => {
-                let stream = TcpStream::connect_timeout(addr, TIMEOUT).with_context(|| {
-                    format!("connecting to the daas-lb API at {addr} (is `daas-lb run` running?)")
-                })?;
-                stream.set_read_timeout(Some(TIMEOUT))?;
-                stream.set_write_timeout(Some(TIMEOUT))?;
-                Ok(Box::new(stream))
+                format!("connecting to the daas-lb API at {addr} (is `daas-lb run` running?)")
             }
-        }
+        };
+        anyhow::Error::new(err).context(hint)
     }
-}
-
-trait ReadWrite: Read + Write {}
-impl<T: Read + Write> ReadWrite for T {}
-
-fn socket_error(path: &Path, err: io::Error) -> anyhow::Error {
-    let hint = match err.kind() {
-        io::ErrorKind::PermissionDenied => {
-            " (only root, or members of the daemon's control_group, may change the load balancer)"
-        }
-        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
-            " (is `daas-lb run` running? its config's control_socket names the path)"
-        }
-        _ => "",
-    };
-    anyhow::Error::new(err).context(format!(
-        "connecting to the control socket {}{hint}",
-        path.display()
-    ))
 }
 
 /// `GET /status`.
@@ -155,83 +168,40 @@ fn error_text(body: &str) -> String {
         .unwrap_or_else(|| body.to_owned())
 }
 
-/// One request (`Connection: close`) with an optional JSON body; the status
-/// code and the (de-chunked) body.
+/// One request with an optional JSON body; the status code and the body.
 pub fn request(
     endpoint: &Endpoint,
     method: &str,
     path: &str,
     body: Option<&str>,
 ) -> anyhow::Result<(u16, String)> {
-    let mut stream = endpoint.connect()?;
-    let body = body.unwrap_or_default();
-    let (host, auth) = match endpoint {
-        Endpoint::Socket(_) => ("localhost".to_owned(), String::new()),
-        Endpoint::Tcp { addr, token } => (
-            addr.to_string(),
-            token
-                .as_ref()
-                .map(|t| format!("Authorization: Bearer {t}\r\n"))
-                .unwrap_or_default(),
-        ),
-    };
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{auth}Accept: application/json\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .with_context(|| format!("sending the request to {endpoint}"))?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .with_context(|| format!("reading the response from {endpoint}"))?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("malformed HTTP response from {endpoint}"))?;
-    let status_line = head.lines().next().unwrap_or_default();
-    let code = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("malformed status line from {endpoint}: {status_line:?}"))?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
+    let method = Method::from_bytes(method.as_bytes())
+        .with_context(|| format!("{method:?} is not an HTTP method"))?;
+    let (client, url) = endpoint.client(path)?;
+    let mut request = client
+        .request(method, &url)
+        .header(CONNECTION, "close")
+        .header(CONTENT_TYPE, "application/json");
+    if let Endpoint::Tcp {
+        token: Some(token), ..
+    } = endpoint
     {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    Ok((code, body))
-}
-
-/// Decodes a chunked body (enough for our own server's responses).
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if size == 0 || rest.len() < size {
-            break;
-        }
-        out.push_str(&rest[..size]);
-        body = rest[size..].trim_start_matches("\r\n");
+        request = request.header(AUTHORIZATION, format!("Bearer {token}"));
     }
-    out
+    if let Some(body) = body {
+        request = request.body(body.to_owned());
+    }
+    let response = request.send().map_err(|err| endpoint.unreachable(err))?;
+    let code = response.status().as_u16();
+    let text = response
+        .text()
+        .with_context(|| format!("reading the response from {endpoint}{path}"))?;
+    Ok((code, text))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn chunked_bodies_are_decoded() {
-        assert_eq!(
-            dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
-            "hello world"
-        );
-    }
 
     #[test]
     fn a_missing_socket_says_what_to_check() {
@@ -246,7 +216,9 @@ mod tests {
             .unwrap_err()
         );
         assert!(
-            err.contains("connecting to the control socket /nonexistent/daas-lb/control.sock (is `daas-lb run` running?"),
+            err.contains(
+                "connecting to the control socket /nonexistent/daas-lb/control.sock (is `daas-lb run` running?"
+            ),
             "{err}"
         );
     }

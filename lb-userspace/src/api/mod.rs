@@ -24,6 +24,7 @@ pub mod auth;
 pub mod client;
 pub mod control;
 pub mod guard;
+pub mod status;
 
 use std::{
     collections::BTreeMap,
@@ -49,10 +50,10 @@ use self::{
     guard::{Conn, Guarded, MAX_BODY, Peer, PeerStream},
 };
 use crate::{
+    api::status::Status,
     config::Config,
     controller::{Controller, ServersError},
     metrics,
-    status::Status,
 };
 
 /// Loads the config file again with the command line's overrides (the

@@ -653,9 +653,9 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::chain::{
-        fake_node::FakeChain,
-        registry::{NodeRegistered, RegistryRef},
+    use crate::{
+        chain::registry::{NodeRegistered, RegistryRef},
+        demo::fake_node::FakeChain,
     };
 
     const CHAIN: &str = "4c78adac";

@@ -1,15 +1,12 @@
 //! Sui on-chain discovery: the registry's Move types and events
 //! ([`registry`]), the view of the registry ([`view`]), the task that keeps
-//! it current over gRPC ([`discovery`]), an in-process fake full node for
-//! tests and the demo ([`fake_node`]), the per-chain ports ([`ports`]), the
-//! servers a service gets from the registry ([`servers`]) and the `sui_sync`
-//! health check ([`sync_check`]). The on-chain layout is documented in
-//! docs/registry.md.
+//! it current over gRPC ([`discovery`]) and the servers a service gets from
+//! the registry ([`servers`]); the `sui_sync` check is
+//! [`crate::health::sui_sync`]. The on-chain layout is documented in docs/registry.md;
+//! the per-chain ports are config vocabulary ([`crate::config::ports`]) and
+//! the fake full node lives with the other doubles ([`crate::demo::fake_node`]).
 
 pub mod discovery;
-pub mod fake_node;
-pub mod ports;
 pub mod registry;
 pub mod servers;
-pub mod sync_check;
 pub mod view;

@@ -23,9 +23,11 @@
 //!   collecting every problem it finds.
 
 mod field_path;
+pub mod ports;
 mod raw;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 mod validate;
 
 use std::{
@@ -90,8 +92,8 @@ pub(crate) fn one_of(words: &[&str]) -> String {
         [init @ .., last] => format!("{} or {last}", init.join(", ")),
     }
 }
-pub use crate::chain::ports::{ChainPort, ChainPortKind};
-use crate::{ranking::StakeWeight, state_machine::ServerState};
+pub use self::ports::{ChainPort, ChainPortKind};
+use crate::policy::state_machine::ServerState;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -138,6 +140,52 @@ pub struct Config {
     pub features: Features,
 }
 
+/// The largest score in basis points (100 %): attested performance and
+/// reputation, and `min_performance_score`.
+pub const MAX_BASIS_POINTS: u64 = 10_000;
+
+/// MIST per SUI (stakes are in MIST).
+pub const MIST_PER_SUI: u64 = 1_000_000_000;
+
+/// Whether `number` is a prime (trial division; table sizes are small).
+/// Maglev table sizes must be prime.
+pub const fn is_prime(number: u32) -> bool {
+    if number < 4 {
+        return number >= 2;
+    }
+    if number.is_multiple_of(2) {
+        return false;
+    }
+    let mut divisor = 3;
+    while divisor <= number / divisor {
+        if number.is_multiple_of(divisor) {
+            return false;
+        }
+        divisor += 2;
+    }
+    true
+}
+
+/// How stake counts in a score (`features.stake_weight`; the formula is
+/// `StakeWeight::weight` in [`crate::policy::ranking`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StakeWeight {
+    /// Proportional to the stake (in whole SUI).
+    Linear,
+    /// The square root of the stake in MIST: big stakes count less.
+    #[default]
+    Sqrt,
+    /// The base-2 logarithm of the stake in MIST: stake barely counts.
+    Log,
+}
+
+config_words!(pub StakeWeight, "stake weight", {
+    Linear => "linear",
+    Sqrt => "sqrt",
+    Log => "log",
+});
+
 /// `control_group`: a group, resolved to its gid when the file is read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ControlGroup {
@@ -182,7 +230,7 @@ pub struct Features {
     pub stake_validation: bool,
     /// Scores rank servers of equal state, and weight spread services'
     /// Maglev slots (`performance_ranking`, default false; see
-    /// [`crate::ranking`]).
+    /// [`crate::policy::ranking`]).
     pub performance_ranking: bool,
     /// How stake counts in a score (`stake_weight`, default `sqrt`).
     #[serde(serialize_with = "serialize_display")]
@@ -271,7 +319,7 @@ config_words!(pub DiscoverySource, "discovery source", { Sui => "sui" });
 pub enum DiscoveryPort {
     /// A port number.
     Fixed(u16),
-    /// `{ from_chain_id, kind }`: see [`crate::chain::ports`].
+    /// `{ from_chain_id, kind }`: see [`crate::config::ports`].
     Chain(ChainPort),
 }
 
@@ -635,6 +683,16 @@ impl Config {
     /// All spread services' tables together must fit the kernel's `maglev`
     /// map: the sum of their `maglev_table_size` is at most this.
     pub const MAX_MAGLEV_SLOTS: u32 = lb_common::MAX_MAGLEV_SLOTS;
+
+    /// The reference full nodes of `sui_sync` checks: `reference_rpc_urls`,
+    /// or the registry's full node when none is listed (none without `chain`).
+    pub fn reference_urls(&self) -> Vec<String> {
+        match &self.chain {
+            None => Vec::new(),
+            Some(chain) if chain.reference_rpc_urls.is_empty() => vec![chain.sui_rpc_url.clone()],
+            Some(chain) => chain.reference_rpc_urls.clone(),
+        }
+    }
 
     /// Reads and validates the configuration file at `path`.
     pub fn load(path: &Path) -> anyhow::Result<Self> {

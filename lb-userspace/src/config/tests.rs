@@ -1574,7 +1574,7 @@ fn bad_intervals_and_profiles() {
 
 #[test]
 fn intervals_by_state() {
-    use crate::state_machine::ServerState;
+    use crate::policy::state_machine::ServerState;
 
     let intervals = Intervals::DEFAULT;
     assert_eq!(
@@ -2738,4 +2738,21 @@ fn control_socket_group_and_token_file() {
         2,
         "not an absolute path",
     );
+}
+
+#[test]
+fn references_default_to_the_registry_s_full_node() {
+    let config = Config::from_yaml(
+        "chain:\n  sui_rpc_url: http://a:1\n  registry: { package: \"0x1\", object: \"0x2\" }\nservices: []\n",
+        "t.yaml",
+    )
+    .unwrap();
+    assert_eq!(config.reference_urls(), ["http://a:1"]);
+    let mut config = config;
+    if let Some(chain) = config.chain.as_mut() {
+        chain.reference_rpc_urls = vec!["http://b:1".to_owned()];
+    }
+    assert_eq!(config.reference_urls(), ["http://b:1"]);
+    config.chain = None;
+    assert!(config.reference_urls().is_empty());
 }

@@ -13,16 +13,15 @@ use serde_saphyr::{Location, Spanned};
 
 use super::{
     ChainPort, ChainPortKind, ChainSettings, CheckSpec, Config, ControlGroup, DiscoveryConfig,
-    DiscoveryPort, Features, HealthCheckConfig, HttpCheck, Intervals, Issue, NautilusCheck, Policy,
-    PortRange, Protocol, RegistrySettings, ServiceConfig, SuiSyncCheck, TlsOptions, XdpAttachMode,
-    XdpSettings,
+    DiscoveryPort, Features, HealthCheckConfig, HttpCheck, Intervals, Issue, MAX_BASIS_POINTS,
+    MIST_PER_SUI, NautilusCheck, Policy, PortRange, Protocol, RegistrySettings, ServiceConfig,
+    StakeWeight, SuiSyncCheck, TlsOptions, XdpAttachMode, XdpSettings, is_prime,
     raw::{
         RawChain, RawConfig, RawDiscovery, RawDiscoveryPort, RawFeatures, RawHealthCheck,
         RawHttpFields, RawIntervals, RawNautilusFields, RawRegistry, RawService, RawSuiFields,
         RawXdp,
     },
 };
-use crate::ranking::StakeWeight;
 
 /// Longest service name.
 const MAX_NAME_LEN: usize = 63;
@@ -61,8 +60,6 @@ const MAX_DISCOVERY_INTERVAL: Duration = Duration::from_hours(24);
 const MIN_ATTESTATION_MAX_AGE: Duration = Duration::from_secs(1);
 /// Longest accepted nautilus `max_age`.
 const MAX_ATTESTATION_MAX_AGE: Duration = Duration::from_hours(24);
-/// Highest score in basis points (100%).
-const MAX_SCORE: u64 = 10_000;
 
 /// Collects every problem found while turning the raw file into a
 /// [`Config`].
@@ -451,7 +448,7 @@ impl Checker {
             Some(raw) => {
                 let mist = self.whole_number(raw, "chain.min_stake_mist", u64::MAX, |text| {
                     format!(
-                        "invalid stake {text:?}; expected a whole number of MIST from 0 to {} (1 SUI = 1000000000 MIST)",
+                        "invalid stake {text:?}; expected a whole number of MIST from 0 to {} (1 SUI = {MIST_PER_SUI} MIST)",
                         u64::MAX
                     )
                 });
@@ -1794,10 +1791,10 @@ impl Checker {
             Some(raw) => self.whole_number(
                 raw,
                 &format!("{path}.min_performance_score"),
-                MAX_SCORE,
+                MAX_BASIS_POINTS,
                 |text| {
                     format!(
-                        "invalid score {text:?}; expected a whole number of basis points from 0 to {MAX_SCORE} (10000 = 100%)"
+                        "invalid score {text:?}; expected a whole number of basis points from 0 to {MAX_BASIS_POINTS} (10000 = 100%)"
                     )
                 },
             ),
@@ -2035,7 +2032,7 @@ impl Checker {
     /// certificate.
     fn ca_file(&mut self, raw: &Spanned<String>, path: &str) -> Option<PathBuf> {
         let file = self.absolute_path(raw, path)?;
-        match crate::health::read_ca_file(&file) {
+        match super::tls::read_ca_file(&file) {
             Ok(_) => Some(file),
             Err(error) => {
                 self.report(raw.referenced, path, format!("{error:#}"));
@@ -2353,24 +2350,6 @@ fn min_maglev_table_size(servers: usize) -> u32 {
         .ok()
         .and_then(|servers| servers.checked_mul(ServiceConfig::MIN_MAGLEV_SLOTS_PER_SERVER))
         .map_or(max, |needed| needed.min(max))
-}
-
-/// Whether `number` is a prime (trial division; table sizes are small).
-const fn is_prime(number: u32) -> bool {
-    if number < 4 {
-        return number >= 2;
-    }
-    if number.is_multiple_of(2) {
-        return false;
-    }
-    let mut divisor = 3;
-    while divisor <= number / divisor {
-        if number.is_multiple_of(divisor) {
-            return false;
-        }
-        divisor += 2;
-    }
-    true
 }
 
 /// The largest prime below `number`, if any.

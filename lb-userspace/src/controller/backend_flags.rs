@@ -7,8 +7,8 @@ use tracing::{debug, warn};
 
 use super::ServiceRuntime;
 use crate::{
-    dataplane::Dataplane,
-    map_ids::{backend_entry, backend_flags},
+    kernel::dataplane::Dataplane,
+    policy::map_ids::{backend_entry, backend_flags},
 };
 
 /// Rewrites the backend slots whose flags no longer match their server's

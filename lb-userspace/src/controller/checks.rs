@@ -13,7 +13,7 @@ use std::{
 use tokio::task::AbortHandle;
 
 use super::{Controller, dial_probe};
-use crate::{chain::servers::DiscoveredServer, health::Prober, state_machine::ServerState};
+use crate::{chain::servers::DiscoveredServer, health::Prober, policy::state_machine::ServerState};
 
 /// The first check of a new server waits at most this long (plus jitter).
 const FIRST_CHECK_SPREAD: Duration = Duration::from_secs(1);

@@ -112,16 +112,6 @@ fn union(first: &[SocketAddr], more: Vec<SocketAddr>) -> Vec<SocketAddr> {
     all
 }
 
-/// The reference full nodes of `sui_sync` checks: `reference_rpc_urls`, or
-/// the registry's full node when none is listed.
-pub(super) fn reference_urls(chain: Option<&ChainSettings>) -> Vec<String> {
-    match chain {
-        None => Vec::new(),
-        Some(chain) if chain.reference_rpc_urls.is_empty() => vec![chain.sui_rpc_url.clone()],
-        Some(chain) => chain.reference_rpc_urls.clone(),
-    }
-}
-
 impl Controller {
     /// Starts the discovery task and the task that applies its views (with
     /// a `chain` block; nothing otherwise).
@@ -328,20 +318,6 @@ mod tests {
             all,
             [addr("10.0.0.1:1"), addr("10.0.0.2:1"), addr("10.0.0.3:1")]
         );
-    }
-
-    #[test]
-    fn references_default_to_the_registry_s_full_node() {
-        let config = Config::from_yaml(
-            "chain:\n  sui_rpc_url: http://a:1\n  registry: { package: \"0x1\", object: \"0x2\" }\nservices: []\n",
-            "t.yaml",
-        )
-        .unwrap();
-        assert_eq!(reference_urls(config.chain.as_ref()), ["http://a:1"]);
-        let mut chain = config.chain.unwrap();
-        chain.reference_rpc_urls = vec!["http://b:1".to_owned()];
-        assert_eq!(reference_urls(Some(&chain)), ["http://b:1"]);
-        assert!(reference_urls(None).is_empty());
     }
 
     #[test]

@@ -21,11 +21,13 @@ use tracing::{info, warn};
 use super::{Controller, ServerRuntime, ServiceRuntime, settle, spread, vip_key};
 use crate::{
     config::{Config, Policy, ServiceConfig},
-    dataplane::Dataplane,
+    controller::persist,
     health::Prober,
-    map_ids::{ServiceSpec, backend_entry, plan_ids},
-    persist,
-    state_machine::{Effects, Selection, ServerState, ServiceMachine},
+    kernel::dataplane::Dataplane,
+    policy::{
+        map_ids::{ServiceSpec, backend_entry, plan_ids},
+        state_machine::{Effects, Selection, ServerState, ServiceMachine},
+    },
 };
 
 /// Why `PUT /services/{name}/servers` was refused.
@@ -184,7 +186,7 @@ impl Controller {
         // Probers first: a bad CA file must fail before anything changes.
         let mut probers = Vec::with_capacity(config.services.len());
         for service in &config.services {
-            let references = super::discovery::reference_urls(config.chain.as_ref());
+            let references = config.reference_urls();
             let prober = Prober::with_chain(
                 &service.health_check.check,
                 references,

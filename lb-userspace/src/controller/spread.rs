@@ -21,10 +21,12 @@ use tracing::{info, warn};
 use super::ServiceRuntime;
 use crate::{
     config::Policy,
-    dataplane::Dataplane,
-    maglev::{self, MaglevBackend},
-    ranking,
-    state_machine::{ServerState, ServiceMachine},
+    kernel::dataplane::Dataplane,
+    policy::{
+        maglev::{self, MaglevBackend},
+        ranking,
+        state_machine::{ServerState, ServiceMachine},
+    },
 };
 
 /// The servers that get slots, as `(backend id, address)`, sorted.

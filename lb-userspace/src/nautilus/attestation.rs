@@ -20,7 +20,7 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sui_sdk_types::Address;
 
-use crate::ranking::MAX_BASIS_POINTS;
+use crate::policy::ranking::MAX_BASIS_POINTS;
 
 /// The intent scope of `process_data` responses (`IntentScope::ProcessData`
 /// in the Nautilus examples).

@@ -162,12 +162,12 @@ mod tests {
     use sui_sdk_types::Address;
 
     use super::*;
-    use crate::nautilus::{
-        check::unix_ms,
-        document::{self, DocumentError},
-        fake_enclave::{
+    use crate::{
+        demo::fake_enclave::{
             FakeEnclave, FakeScores, WEATHER_ATTESTATION_VALID_AT_MS, weather_attestation,
         },
+        health::nautilus::unix_ms,
+        nautilus::document::{self, DocumentError},
     };
 
     fn now_ms() -> u64 {

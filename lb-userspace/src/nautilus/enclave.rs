@@ -226,7 +226,7 @@ fn enclave_module_type(package: Address, name: &str, app: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chain::fake_node::FakeChain;
+    use crate::demo::fake_node::FakeChain;
 
     fn address(byte: u8) -> Address {
         let mut bytes = [0; Address::LENGTH];

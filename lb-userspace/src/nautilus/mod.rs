@@ -1,14 +1,11 @@
 //! Nautilus attestations: what a node's enclave signs about the node and
 //! its verification ([`attestation`]), the on-chain `Enclave`/`EnclaveConfig`
-//! objects ([`enclave`]), asking an enclave over HTTP ([`client`]) and a fake
-//! enclave for tests ([`fake_enclave`]), the Nitro attestation document
-//! check ([`document`]) and the `nautilus` health check that puts them
-//! together ([`check`]).
+//! objects ([`enclave`]), asking an enclave over HTTP ([`client`]), the
+//! Nitro attestation document check ([`document`]). The `nautilus` health
+//! check that puts them together is [`crate::health::nautilus`]. The fake enclave and
+//! deployment are in [`crate::demo`].
 
 pub mod attestation;
-pub mod check;
 pub mod client;
 pub mod document;
 pub mod enclave;
-pub mod fake_deployment;
-pub mod fake_enclave;

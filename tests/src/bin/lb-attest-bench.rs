@@ -27,18 +27,20 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use lb_userspace::{
     config::NautilusCheck,
+    demo::{
+        fake_deployment::{
+            APP, FakeDeployment, config_id, fake_address, node_key, publish_config, publish_enclave,
+        },
+        fake_enclave::{WEATHER_ATTESTATION_VALID_AT_MS, generate_key, weather_attestation},
+    },
+    health::nautilus::{Attester, Clock, NodeEnclave, Verdict, system_clock},
     nautilus::{
         attestation::{
             self, Expected, IntentMessage, PROCESS_DATA_INTENT, PerformanceAttestation, Policy,
             Rejection, sign,
         },
-        check::{Attester, Clock, NodeEnclave, Verdict, system_clock},
         document,
         enclave::{self, Pcrs},
-        fake_deployment::{
-            APP, FakeDeployment, config_id, fake_address, node_key, publish_config, publish_enclave,
-        },
-        fake_enclave::{WEATHER_ATTESTATION_VALID_AT_MS, generate_key, weather_attestation},
     },
 };
 use sui_rpc::proto::sui::rpc::v2::GetServiceInfoRequest;

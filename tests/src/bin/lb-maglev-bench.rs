@@ -1,5 +1,5 @@
 //! How long a `policy: spread` table takes: building it with
-//! `lb_userspace::maglev::build` (1000 backends, 65537 slots) and writing it
+//! `lb_userspace::policy::maglev::build` (1000 backends, 65537 slots) and writing it
 //! into a real `maglev` BPF map (the embedded object loaded standalone, no
 //! pins, nothing attached), slot by slot as the controller does, as a diff
 //! after one backend joined, and with one `BPF_MAP_UPDATE_BATCH` (which aya
@@ -26,8 +26,8 @@ use aya::{
 };
 use lb_common::{MaglevKey, map_names};
 use lb_userspace::{
-    ebpf_object::EBPF_OBJECT,
-    maglev::{MaglevBackend, build, is_prime},
+    kernel::ebpf_object::EBPF_OBJECT,
+    policy::maglev::{MaglevBackend, build, is_prime},
 };
 
 /// `BPF_MAP_UPDATE_BATCH`.

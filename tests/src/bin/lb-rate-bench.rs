@@ -37,7 +37,7 @@ use lb_tests::{
     API, Daemon, PinDir, TcpBackend, TempDir, TestCgroup, config_yaml, service,
     topology::{HOST_IF, NsChild, Topology, sibling_binary},
 };
-use lb_userspace::state_machine::ServerState;
+use lb_userspace::policy::state_machine::ServerState;
 use serde_json::Value;
 
 const VIP: &str = "10.96.0.10";

@@ -46,7 +46,7 @@ use lb_tests::{
         XdpFixture, backend, flow_key, mac_string, verdict_name,
     },
 };
-use lb_userspace::maglev::{self, MaglevBackend};
+use lb_userspace::policy::maglev::{self, MaglevBackend};
 
 const DEFAULT_PACKETS: u32 = 20_000;
 const MAX_PACKETS: u32 = 200_000;

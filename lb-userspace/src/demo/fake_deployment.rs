@@ -5,12 +5,12 @@
 
 use sui_sdk_types::Address;
 
-use super::{
-    check::{Attester, Clock, NodeEnclave},
-    enclave::{Enclave, EnclaveConfig, Pcrs, enclave_config_type, enclave_type},
-    fake_enclave::FakeEnclave,
+use super::{fake_enclave::FakeEnclave, fake_node::FakeChain};
+use crate::{
+    chain::registry::Uid,
+    health::nautilus::{Attester, Clock, NodeEnclave},
+    nautilus::enclave::{Enclave, EnclaveConfig, Pcrs, enclave_config_type, enclave_type},
 };
-use crate::chain::{fake_node::FakeChain, registry::Uid};
 
 /// The app (`module::WITNESS`, in the enclave package) of the fake objects.
 pub const APP: &str = "perf::PERF";

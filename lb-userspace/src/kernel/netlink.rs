@@ -1,5 +1,5 @@
-//! What [`sock_diag`](crate::sock_diag) (`NETLINK_SOCK_DIAG`) and
-//! [`if_addrs`](crate::if_addrs) (`NETLINK_ROUTE`) share of netlink: the
+//! What [`sock_diag`](crate::kernel::sock_diag) (`NETLINK_SOCK_DIAG`) and
+//! [`if_addrs`](crate::kernel::if_addrs) (`NETLINK_ROUTE`) share of netlink: the
 //! `nlmsghdr` of a request, a socket connected to the kernel with its send
 //! and receive loops, splitting a datagram into messages, and following a
 //! dump or an acknowledgement by sequence number.

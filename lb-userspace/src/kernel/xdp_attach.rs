@@ -23,9 +23,8 @@ use aya::{
 use tracing::{info, warn};
 
 use crate::{
-    bpf_sys,
     config::{XdpAttachMode, XdpSettings},
-    dataplane::AttachReport,
+    kernel::{bpf_sys, report::AttachReport},
 };
 
 /// Prefix of the pin file names of XDP links.

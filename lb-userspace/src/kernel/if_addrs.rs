@@ -20,7 +20,7 @@ use std::{
 use anyhow::{Context as _, ensure};
 use lb_common::{IF_HAS_V4, IF_HAS_V6, IfAddrs, MAX_INTERFACES, ip_from_bytes, ip_to_bytes};
 
-use crate::netlink::{
+use crate::kernel::netlink::{
     self, DumpProgress, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NLMSG_HDRLEN, RECV_BUFFER_LEN,
     put_header, walk_dump,
 };

@@ -17,7 +17,7 @@ use lb_common::{
     ip_to_bytes,
 };
 
-use crate::state_machine::ServerState;
+use crate::policy::state_machine::ServerState;
 
 /// One service as the controller wants it in the maps.
 #[derive(Debug, Clone, PartialEq, Eq)]

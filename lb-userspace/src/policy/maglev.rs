@@ -94,10 +94,13 @@ use std::{
 
 use lb_common::NO_BACKEND;
 
-/// The default table size (a prime).
-pub const DEFAULT_TABLE_SIZE: u32 = 16381;
+use crate::config::ServiceConfig;
+pub use crate::config::is_prime;
+
+/// The default table size (a prime; `maglev_table_size`'s default).
+pub const DEFAULT_TABLE_SIZE: u32 = ServiceConfig::DEFAULT_MAGLEV_TABLE_SIZE;
 /// The largest table size allowed (a prime).
-pub const MAX_TABLE_SIZE: u32 = 65537;
+pub const MAX_TABLE_SIZE: u32 = ServiceConfig::MAX_MAGLEV_TABLE_SIZE;
 
 /// FNV-1a 64's standard offset basis: the seed of `h1` (the offset).
 const H1_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
@@ -196,25 +199,6 @@ impl fmt::Display for MaglevError {
 }
 
 impl std::error::Error for MaglevError {}
-
-/// Whether `n` is a prime (trial division; at most 32768 steps).
-pub const fn is_prime(n: u32) -> bool {
-    if n < 4 {
-        return n >= 2;
-    }
-    if n.is_multiple_of(2) {
-        return false;
-    }
-    let n = n as u64;
-    let mut d = 3;
-    while d * d <= n {
-        if n.is_multiple_of(d) {
-            return false;
-        }
-        d += 2;
-    }
-    true
-}
 
 /// Builds the table: `size` slots, each holding the id of the backend that
 /// owns it, or [`NO_BACKEND`] everywhere when no backend has a weight.

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde::{Deserialize, Serialize};
 
-use crate::state_machine::ServerState;
+use crate::policy::state_machine::ServerState;
 
 /// The whole status document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -357,7 +357,7 @@ fn registry_line(registry: &RegistryStatus) -> String {
 
 /// MIST as SUI without trailing zeros: `3 SUI`, `1.5 SUI`, `0.000000001 SUI`.
 fn sui_amount(mist: u64) -> String {
-    use crate::ranking::MIST_PER_SUI;
+    use crate::config::MIST_PER_SUI;
     let whole = mist / MIST_PER_SUI;
     let fraction = mist % MIST_PER_SUI;
     if fraction == 0 {

@@ -40,17 +40,18 @@ use serde::Serialize;
 use sui_sdk_types::Address;
 use tokio::{sync::oneshot, task::JoinHandle};
 
-use super::{
-    attestation::{
+use crate::{
+    health::nautilus::unix_ms,
+    nautilus::attestation::{
         IntentMessage, NodeQuery, PROCESS_DATA_INTENT, PerformanceAttestation, ProcessDataRequest,
         sign,
     },
-    check::unix_ms,
 };
 
 /// Hex of the attestation document recorded from a Nautilus weather enclave
-/// (MystenLabs/nautilus, Apache-2.0; see `testdata/README.md`).
-const WEATHER_ATTESTATION_HEX: &str = include_str!("testdata/nautilus_weather_attestation.hex");
+/// (MystenLabs/nautilus, Apache-2.0; see `nautilus/testdata/README.md`).
+const WEATHER_ATTESTATION_HEX: &str =
+    include_str!("../nautilus/testdata/nautilus_weather_attestation.hex");
 
 /// A clock (ms since the epoch, 2025-04-15 02:26:47 UTC) at which every
 /// certificate of [`weather_attestation`] is valid; it has expired since.

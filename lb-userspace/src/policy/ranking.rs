@@ -24,42 +24,15 @@
 //! # Use
 //!
 //! The state machine ranks servers by state, then score, then connections
-//! ([`crate::state_machine`]); an unscored server ranks below every scored
+//! ([`crate::policy::state_machine`]); an unscored server ranks below every scored
 //! one. A spread service gives each server Maglev slots in proportion to
 //! its score ([`maglev_weights`]).
 
-use serde::Serialize;
-
-use crate::config::config_words;
-
-/// The largest score in basis points (100 %).
-pub const MAX_BASIS_POINTS: u64 = 10_000;
+pub use crate::config::{MAX_BASIS_POINTS, MIST_PER_SUI, StakeWeight};
 
 /// The Maglev weight of the best-scored server; the others get their score's
 /// share of it, in percent (at least 1).
 pub const MAX_MAGLEV_WEIGHT: u32 = 100;
-
-/// MIST per SUI.
-pub const MIST_PER_SUI: u64 = 1_000_000_000;
-
-/// How stake counts in the score (`features.stake_weight`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StakeWeight {
-    /// Proportional to the stake (in whole SUI).
-    Linear,
-    /// The square root of the stake in MIST: big stakes count less.
-    #[default]
-    Sqrt,
-    /// The base-2 logarithm of the stake in MIST: stake barely counts.
-    Log,
-}
-
-config_words!(pub StakeWeight, "stake weight", {
-    Linear => "linear",
-    Sqrt => "sqrt",
-    Log => "log",
-});
 
 impl StakeWeight {
     /// `W(stake)`; see the module documentation.
@@ -132,7 +105,7 @@ mod tests {
     use std::{net::SocketAddr, time::Instant};
 
     use super::*;
-    use crate::{
+    use crate::policy::{
         maglev::{self, MaglevBackend},
         state_machine::{ServerState, ServiceMachine},
     };

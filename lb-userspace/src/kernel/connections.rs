@@ -22,7 +22,7 @@ use std::{
 
 use lb_common::{RevNatKey, RevNatValue, ip_to_bytes};
 
-use crate::sock_diag::{SockDiag, SocketInfo, Transport, state_mask};
+use crate::kernel::sock_diag::{SockDiag, SocketInfo, Transport, state_mask};
 
 /// TCP states closed on demand: established, SYN sent (a connect still
 /// waiting on a dead server), close-wait.

@@ -19,6 +19,15 @@
 //! `daas-lb status` shows each server's attestation and score, and node-1's
 //! performance drops to [`DRIFT_PERFORMANCE`] every other [`DRIFT_EVERY`]
 //! so the best-ranked node changes while the demo runs.
+//!
+//! The test doubles live here too, so that a production build
+//! (`--no-default-features`) leaves them out: [`fake_node`] (a Sui full node
+//! on sui-rpc's own tonic server traits), [`fake_enclave`] and
+//! [`fake_deployment`] (Nautilus enclaves and their on-chain objects).
+
+pub mod fake_deployment;
+pub mod fake_enclave;
+pub mod fake_node;
 
 use std::{
     fmt::Write as _,
@@ -37,13 +46,14 @@ use tokio::{
 use tracing::{debug, info};
 
 use crate::{
-    chain::{fake_node::FakeChain, registry::Node},
+    chain::registry::Node,
     config::{CheckSpec, Config, HealthCheckConfig, Intervals, Policy, Protocol, ServiceConfig},
-    nautilus::{
-        enclave::Pcrs,
+    demo::{
         fake_deployment::{APP, publish_config, publish_enclave},
         fake_enclave::{FakeEnclave, FakeScores},
+        fake_node::FakeChain,
     },
+    nautilus::enclave::Pcrs,
 };
 
 /// The demo's VIP port.
@@ -588,7 +598,7 @@ pub fn instructions(config: &Config, pin_dir: &Path, cgroup: &Path, binary: &str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nautilus::check::{Attester, NodeEnclave, system_clock};
+    use crate::health::nautilus::{Attester, NodeEnclave, system_clock};
 
     #[tokio::test]
     async fn demo_nodes_attest_through_their_on_chain_enclaves() {
@@ -645,12 +655,12 @@ mod tests {
             .unwrap();
         assert_eq!(verified.attestation.performance_score, DRIFT_PERFORMANCE);
         let value = |spec: &DemoNode, performance| {
-            crate::ranking::Score {
+            crate::policy::ranking::Score {
                 performance,
                 reputation: spec.reputation,
                 stake_mist: spec.stake,
             }
-            .value(crate::ranking::StakeWeight::default())
+            .value(crate::policy::ranking::StakeWeight::default())
         };
         let [node_1, node_2, _, node_3] = &DEMO_NODES;
         assert!(value(node_1, node_1.performance) > value(node_2, node_2.performance));

@@ -5,7 +5,7 @@
 //! Layout under the pin directory (default `/sys/fs/bpf/daas-lb`):
 //! `<map name>` for each map of `lb_common::map_names`,
 //! `links/<program name>` for each cgroup link and `links/xdp@<interface>`
-//! for each XDP link ([`crate::xdp_attach`]). A pinned link keeps its
+//! for each XDP link ([`crate::kernel::xdp_attach`]). A pinned link keeps its
 //! program attached after the controller exits; the pinned maps keep the
 //! selected backends. A new `run` finds both: it reuses the maps (their
 //! contents included) and swaps the new programs into the existing links with
@@ -14,7 +14,7 @@
 
 use std::{
     collections::BTreeMap,
-    fs::{self, File},
+    fs::{self, File, TryLockError},
     io,
     os::fd::AsFd as _,
     path::{Path, PathBuf},
@@ -34,14 +34,14 @@ use lb_common::{
 };
 use tracing::{info, warn};
 
-use crate::{
-    bpf_sys,
-    config::XdpSettings,
+use super::{
+    AttachReport, bpf_sys,
     ebpf_object::ebpf_object,
     if_addrs,
     xdp_attach::{self, Interface},
     xdp_settings::xdp_config_entry,
 };
+use crate::config::XdpSettings;
 
 /// `statfs` magic of bpffs.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -163,27 +163,6 @@ const MAP_SHAPES: [MapShape; 10] = [
         max_entries: xdp_counter::COUNT,
     },
 ];
-
-/// How each program got attached in this run.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct AttachReport {
-    /// Programs swapped into links left by an earlier run (same cgroup).
-    pub adopted: Vec<&'static str>,
-    /// Programs attached with a new link.
-    pub attached: Vec<&'static str>,
-    /// Links of an earlier run on another cgroup, detached and replaced.
-    pub replaced: Vec<&'static str>,
-    /// Maps reused with their contents.
-    pub reused_maps: Vec<&'static str>,
-    /// Interfaces whose XDP link left by an earlier run got the new program.
-    pub xdp_adopted: Vec<String>,
-    /// Interfaces the XDP program was attached to with a new link.
-    pub xdp_attached: Vec<String>,
-    /// Interfaces whose pinned XDP link was stale (interface recreated) and replaced.
-    pub xdp_replaced: Vec<String>,
-    /// Interfaces no longer configured whose XDP link was detached.
-    pub xdp_detached: Vec<String>,
-}
 
 /// The loaded programs and their maps.
 pub struct Dataplane {
@@ -674,24 +653,16 @@ pub fn sum_service_stats(per_cpu: &[ServiceStats]) -> ServiceStats {
 /// goes away with the process, also after SIGKILL.
 fn lock_pin_dir(pin_dir: &Path) -> anyhow::Result<File> {
     let dir = File::open(pin_dir).with_context(|| format!("opening {}", pin_dir.display()))?;
-    // SAFETY: flock on a file descriptor we own; no memory is involved.
-    if unsafe {
-        libc::flock(
-            std::os::fd::AsRawFd::as_raw_fd(&dir),
-            libc::LOCK_EX | libc::LOCK_NB,
-        )
-    } != 0
-    {
-        let err = io::Error::last_os_error();
-        if err.kind() == io::ErrorKind::WouldBlock {
-            bail!(
-                "another daas-lb is running with bpffs_dir {} (stop it first, or use another --bpffs-dir)",
-                pin_dir.display()
-            );
+    match dir.try_lock() {
+        Ok(()) => Ok(dir),
+        Err(TryLockError::WouldBlock) => bail!(
+            "another daas-lb is running with bpffs_dir {} (stop it first, or use another --bpffs-dir)",
+            pin_dir.display()
+        ),
+        Err(TryLockError::Error(err)) => {
+            Err(err).with_context(|| format!("locking {}", pin_dir.display()))
         }
-        return Err(err).with_context(|| format!("locking {}", pin_dir.display()));
     }
-    Ok(dir)
 }
 
 /// Reuses a pinned map if it has the expected shape; removes it otherwise.

@@ -19,37 +19,40 @@
 //!   connection every time; the status must be expected and the body (first
 //!   64 KiB) must contain `body_contains` when set;
 //! - `sui_sync`: the discovered node's own Sui full node is on the reference
-//!   chain and in sync with it ([`crate::chain::sync_check`]);
+//!   chain and in sync with it ([`sui_sync`]);
 //! - `nautilus`: the discovered node's enclave signs a fresh performance
-//!   attestation with its current on-chain key ([`crate::nautilus::check`]);
+//!   attestation with its current on-chain key ([`nautilus`]);
 //! - `all`: every part runs at once; all must pass.
+//!
+//! One file per kind: [`net`] (tcp, udp), [`http`] (http, https),
+//! [`sui_sync`] and [`nautilus`]; this file holds the interface
+//! ([`Prober`], [`CheckOutcome`]) and the `all` composition.
+
+mod http;
+pub mod nautilus;
+mod net;
+pub mod sui_sync;
 
 use std::{
     collections::HashMap,
-    error::Error as StdError,
-    fs, io,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    path::Path,
-    pin::Pin,
-    sync::{Arc, Mutex, PoisonError},
-    task::Poll,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
-use reqwest::{Certificate, Client, Url};
-use tokio::{
-    net::{TcpStream, UdpSocket},
-    time::timeout_at,
-};
+use reqwest::{Certificate, Client};
+use tokio::time::timeout_at;
 
+use self::{
+    http::{build_client, describe_http, scheme},
+    nautilus::{Attester, NodeEnclave, Verdict},
+    net::{probe_tcp, probe_udp},
+    sui_sync::References,
+};
 use crate::{
-    chain::{
-        servers::DiscoveredServer,
-        sync_check::{self, References},
-    },
+    chain::servers::DiscoveredServer,
     config::{CheckSpec, HttpCheck, NautilusCheck, SuiSyncCheck, TlsOptions},
-    nautilus::check::{Attester, NodeEnclave, Verdict},
 };
 
 /// What one check found.
@@ -255,7 +258,7 @@ impl Prober {
                         Some(TlsOptions {
                             ca_file: Some(path),
                             ..
-                        }) => read_ca_file(path)?,
+                        }) => crate::config::tls::read_ca_file(path)?,
                         _ => Vec::new(),
                     };
                     tls.push(TlsSetting {
@@ -367,12 +370,11 @@ impl Prober {
                 None
             }
         };
-        let parts = join_all(
+        let parts = futures::future::join_all(
             inner
                 .parts
                 .iter()
-                .map(|part| self.probe_part(part, server, budget, node))
-                .collect(),
+                .map(|part| self.probe_part(part, server, budget, node)),
         );
         let (mut outcomes, extra_dial) = tokio::join!(parts, extra_dial);
 
@@ -463,7 +465,7 @@ impl Prober {
                         None,
                     );
                 };
-                let probe = sync_check::probe(url, &self.inner.references, bounds);
+                let probe = sui_sync::probe(url, &self.inner.references, bounds);
                 match timeout_at(budget.deadline, probe).await {
                     Ok(verdict) => PartOutcome {
                         ok: verdict.ok,
@@ -514,125 +516,6 @@ impl Prober {
             },
         }
     }
-
-    async fn probe_http(&self, part: &HttpPart, server: SocketAddr, budget: Budget) -> PartOutcome {
-        let start = Instant::now();
-        let check = &part.check;
-        let label = &part.label;
-        let target_port = check.port.unwrap_or(server.port());
-        // The request's own connection is the dial when it goes to the server's port.
-        let dial = |ok: bool, duration: Duration| {
-            (target_port == server.port()).then_some((Transport::Tcp, DialOutcome { ok, duration }))
-        };
-        let no_connection = |reason: String| PartOutcome::plain(false, reason, None);
-
-        let client = match self.client(part, server.ip()) {
-            Ok(client) => client,
-            Err(error) => return no_connection(format!("{label}: client: {}", root_cause(&error))),
-        };
-        let host = check.host.clone().unwrap_or_else(|| match server.ip() {
-            IpAddr::V4(ip) => ip.to_string(),
-            IpAddr::V6(ip) => format!("[{ip}]"),
-        });
-        let url = format!("{}://{host}:{target_port}{}", scheme(check), check.path);
-        let url = match Url::parse(&url) {
-            Ok(url) => url,
-            Err(error) => return no_connection(format!("{label}: bad URL {url}: {error}")),
-        };
-
-        let exchange = async {
-            let response = client.get(url).send().await?;
-            let answered = start.elapsed();
-            let status = response.status().as_u16();
-            if !check.expected_status.contains(&status) {
-                let expected = expected_list(&check.expected_status);
-                return Ok((
-                    false,
-                    format!("{label} {status} (expected {expected})"),
-                    answered,
-                ));
-            }
-            if let Some(needle) = &check.body_contains {
-                let (body, truncated) = match read_body(response, HttpCheck::BODY_LIMIT).await {
-                    Ok(body) => body,
-                    Err(error) => {
-                        return Ok((
-                            false,
-                            format!(
-                                "{label} {status}: reading the body failed: {}",
-                                root_cause(&error)
-                            ),
-                            answered,
-                        ));
-                    }
-                };
-                if !contains(&body, needle.as_bytes()) {
-                    let within = if truncated {
-                        " in its first 64 KiB"
-                    } else {
-                        ""
-                    };
-                    return Ok((
-                        false,
-                        format!("{label}: body lacks {needle:?}{within}"),
-                        answered,
-                    ));
-                }
-            }
-            Ok::<_, reqwest::Error>((
-                true,
-                format!("{label} {status} in {}", millis(start.elapsed())),
-                answered,
-            ))
-        };
-
-        match timeout_at(budget.deadline, exchange).await {
-            Ok(Ok((ok, reason, answered))) => PartOutcome::plain(ok, reason, dial(true, answered)),
-            Ok(Err(error)) => {
-                let elapsed = start.elapsed();
-                match classify(&error) {
-                    RequestFailure::Connect(what) => PartOutcome::plain(
-                        false,
-                        format!("{label}: connect {what}"),
-                        dial(false, elapsed),
-                    ),
-                    RequestFailure::Tls(what) => PartOutcome::plain(
-                        false,
-                        format!("{label}: tls: {what}"),
-                        dial(true, elapsed),
-                    ),
-                    RequestFailure::Other(what) => {
-                        PartOutcome::plain(false, format!("{label}: {what}"), dial(true, elapsed))
-                    }
-                }
-            }
-            Err(_) => PartOutcome::plain(
-                false,
-                format!("{label}: no answer within {}", millis(budget.timeout)),
-                dial(false, start.elapsed()),
-            ),
-        }
-    }
-
-    /// The client for `part` probing a server at `ip`.
-    fn client(&self, part: &HttpPart, ip: IpAddr) -> reqwest::Result<Client> {
-        let key = ClientKey {
-            tls: part.tls,
-            resolve: part.check.host.clone().map(|host| (host, ip)),
-        };
-        let mut clients = self
-            .inner
-            .clients
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(client) = clients.get(&key) {
-            return Ok(client.clone());
-        }
-        let client = build_client(&self.inner.tls[part.tls], key.resolve.as_ref())?;
-        tracing::debug!(host = ?key.resolve, "new HTTP client for health checks");
-        clients.insert(key, client.clone());
-        Ok(client)
-    }
 }
 
 impl Part {
@@ -646,31 +529,6 @@ impl Part {
     }
 }
 
-/// Reads the CA certificates of `path` (PEM) and checks that they can be
-/// trusted as roots. Errors name the file.
-pub fn read_ca_file(path: &Path) -> anyhow::Result<Vec<Certificate>> {
-    let pem = fs::read(path).with_context(|| format!("cannot read CA file {}", path.display()))?;
-    let certificates = Certificate::from_pem_bundle(&pem)
-        .with_context(|| format!("CA file {} is not valid PEM", path.display()))?;
-    if certificates.is_empty() {
-        bail!(
-            "CA file {} holds no certificate (expected PEM with -----BEGIN CERTIFICATE-----)",
-            path.display()
-        );
-    }
-    // rustls parses the certificates when a client is built.
-    let mut builder = Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false);
-    for certificate in &certificates {
-        builder = builder.add_root_certificate(certificate.clone());
-    }
-    builder
-        .build()
-        .with_context(|| format!("CA file {} holds an unusable certificate", path.display()))?;
-    Ok(certificates)
-}
-
 /// The leaves of `check` in order: `all` is replaced by its parts.
 fn flatten<'a>(check: &'a CheckSpec, leaves: &mut Vec<&'a CheckSpec>) {
     match check {
@@ -680,162 +538,6 @@ fn flatten<'a>(check: &'a CheckSpec, leaves: &mut Vec<&'a CheckSpec>) {
             }
         }
         leaf => leaves.push(leaf),
-    }
-}
-
-const fn scheme(check: &HttpCheck) -> &'static str {
-    if check.tls.is_some() { "https" } else { "http" }
-}
-
-/// Names an http part of kind all, e.g. `http :8080/readyz`.
-fn describe_http(check: &HttpCheck) -> String {
-    let host = check.host.as_deref().unwrap_or("");
-    let port = check
-        .port
-        .map(|port| format!(":{port}"))
-        .unwrap_or_default();
-    format!("{} {host}{port}{}", scheme(check), check.path)
-}
-
-/// `200`, `200 or 204`, `200, 204 or 301`.
-fn expected_list(codes: &[u16]) -> String {
-    match codes {
-        [] => String::new(),
-        [only] => only.to_string(),
-        [rest @ .., last] => {
-            let rest: Vec<String> = rest.iter().map(ToString::to_string).collect();
-            format!("{} or {last}", rest.join(", "))
-        }
-    }
-}
-
-/// A client that connects anew for every request (no pooled connections,
-/// so every check exercises the connect), follows no redirects and ignores
-/// proxy settings from the environment. `resolve` maps a `host` to the
-/// server's IP.
-fn build_client(
-    setting: &TlsSetting,
-    resolve: Option<&(String, IpAddr)>,
-) -> reqwest::Result<Client> {
-    let mut builder = Client::builder()
-        .use_rustls_tls()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .pool_max_idle_per_host(0)
-        .user_agent(concat!(
-            "daas-lb/",
-            env!("CARGO_PKG_VERSION"),
-            " health-check"
-        ));
-    if let Some(options) = &setting.options {
-        if !setting.roots.is_empty() {
-            builder = builder.tls_built_in_root_certs(false);
-            for root in &setting.roots {
-                builder = builder.add_root_certificate(root.clone());
-            }
-        }
-        if options.insecure {
-            builder = builder.danger_accept_invalid_certs(true);
-        }
-    }
-    if let Some((host, ip)) = resolve {
-        // The port comes from the URL.
-        builder = builder.resolve(host, SocketAddr::new(*ip, 0));
-    }
-    builder.build()
-}
-
-/// Reads at most `limit` bytes of the body; `true` when it stopped early.
-async fn read_body(
-    mut response: reqwest::Response,
-    limit: usize,
-) -> reqwest::Result<(Vec<u8>, bool)> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        let room = limit - body.len();
-        if chunk.len() >= room {
-            body.extend_from_slice(&chunk[..room]);
-            return Ok((body, true));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok((body, false))
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty()
-        || haystack
-            .windows(needle.len())
-            .any(|window| window == needle)
-}
-
-/// Sorts a failed request: the TCP connect (a failed dial), the TLS
-/// handshake, or later.
-fn classify(error: &reqwest::Error) -> RequestFailure {
-    let connecting = error.is_connect();
-    // hyper-util's connector wraps TCP connect errors in an error with this text.
-    let mut tcp_connect = false;
-    let mut last: Option<&(dyn StdError + 'static)> = None;
-    let mut source = error.source();
-    while let Some(cause) = source {
-        if connecting && cause.to_string() == "tcp connect error" {
-            tcp_connect = true;
-        }
-        if let Some(io_error) = cause.downcast_ref::<io::Error>().map(innermost_io) {
-            // rustls errors reach us as InvalidData I/O errors.
-            if connecting && io_error.kind() == io::ErrorKind::InvalidData && !tcp_connect {
-                return RequestFailure::Tls(io_error.to_string());
-            }
-            let connect_kind = matches!(
-                io_error.kind(),
-                io::ErrorKind::ConnectionRefused
-                    | io::ErrorKind::HostUnreachable
-                    | io::ErrorKind::NetworkUnreachable
-                    | io::ErrorKind::AddrNotAvailable
-            );
-            if tcp_connect || (connecting && connect_kind) {
-                return RequestFailure::Connect(describe_io(io_error));
-            }
-        }
-        last = Some(cause);
-        source = cause.source();
-    }
-    if tcp_connect {
-        return RequestFailure::Connect("failed".to_owned());
-    }
-    RequestFailure::Other(last.map_or_else(|| error.to_string(), ToString::to_string))
-}
-
-/// The innermost of I/O errors wrapped in each other (which
-/// [`StdError::source`] skips).
-fn innermost_io(mut error: &io::Error) -> &io::Error {
-    while let Some(inner) = error
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<io::Error>())
-    {
-        error = inner;
-    }
-    error
-}
-
-/// The innermost cause of `error`, which says what went wrong.
-fn root_cause(error: &(dyn StdError + 'static)) -> String {
-    let mut cause = error;
-    while let Some(inner) = cause.source() {
-        cause = inner;
-    }
-    cause.to_string()
-}
-
-/// `refused`, `host unreachable`, ... for connect errors.
-fn describe_io(error: &io::Error) -> String {
-    match error.kind() {
-        io::ErrorKind::ConnectionRefused => "refused".to_owned(),
-        io::ErrorKind::HostUnreachable => "host unreachable".to_owned(),
-        io::ErrorKind::NetworkUnreachable => "network unreachable".to_owned(),
-        io::ErrorKind::TimedOut => "timed out".to_owned(),
-        io::ErrorKind::ConnectionReset => "reset".to_owned(),
-        _ => format!("failed: {error}"),
     }
 }
 
@@ -852,82 +554,6 @@ fn pick_dial(outcomes: &[PartOutcome], transport: Transport) -> Option<DialOutco
     dials().find(|dial| !dial.ok).or_else(|| dials().next())
 }
 
-/// TCP: the server accepts a connection within the budget.
-async fn probe_tcp(address: SocketAddr, budget: Budget) -> (bool, String) {
-    let start = Instant::now();
-    match timeout_at(budget.deadline, TcpStream::connect(address)).await {
-        Ok(Ok(_stream)) => (
-            true,
-            format!("tcp connect ok in {}", millis(start.elapsed())),
-        ),
-        Ok(Err(error)) => (false, format!("tcp connect {}", describe_io(&error))),
-        Err(_) => (
-            false,
-            format!("tcp connect timed out after {}", millis(budget.timeout)),
-        ),
-    }
-}
-
-/// UDP: reachable unless the network says otherwise. An empty datagram is
-/// sent on a connected socket; an ICMP port/host unreachable comes back as
-/// `ECONNREFUSED`/`EHOSTUNREACH` on the next receive. A reply, or silence for
-/// the whole budget, counts as reachable.
-async fn probe_udp(address: SocketAddr, budget: Budget) -> (bool, String) {
-    let local: IpAddr = if address.is_ipv4() {
-        Ipv4Addr::UNSPECIFIED.into()
-    } else {
-        Ipv6Addr::UNSPECIFIED.into()
-    };
-    let socket = match UdpSocket::bind((local, 0)).await {
-        Ok(socket) => socket,
-        Err(error) => return (false, format!("udp socket: {error}")),
-    };
-    if let Err(error) = socket.connect(address).await {
-        return (false, format!("udp connect failed: {error}"));
-    }
-    if let Err(error) = socket.send(&[]).await {
-        return (false, format!("udp send failed: {error}"));
-    }
-    let mut buf = [0u8; 512];
-    match timeout_at(budget.deadline, socket.recv(&mut buf)).await {
-        Ok(Ok(n)) => (true, format!("udp reply of {n} bytes")),
-        Ok(Err(error)) if error.kind() == io::ErrorKind::ConnectionRefused => {
-            (false, "udp port unreachable (ICMP)".to_owned())
-        }
-        Ok(Err(error)) if error.kind() == io::ErrorKind::HostUnreachable => {
-            (false, "udp host unreachable (ICMP)".to_owned())
-        }
-        Ok(Err(error)) => (false, format!("udp error: {error}")),
-        Err(_) => (
-            true,
-            format!("no ICMP error within {}", millis(budget.timeout)),
-        ),
-    }
-}
-
-/// Runs `futures` at once and returns their outputs in order.
-async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut pending: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
-    let mut outputs: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut done = true;
-        for (future, output) in pending.iter_mut().zip(outputs.iter_mut()) {
-            if output.is_none() {
-                match future.as_mut().poll(cx) {
-                    Poll::Ready(value) => *output = Some(value),
-                    Poll::Pending => done = false,
-                }
-            }
-        }
-        if done { Poll::Ready(()) } else { Poll::Pending }
-    })
-    .await;
-    outputs
-        .into_iter()
-        .map(|output| output.expect("every future finished"))
-        .collect()
-}
-
 /// Formats a duration as milliseconds with one decimal.
 pub fn millis(d: Duration) -> String {
     format!("{:.1}ms", d.as_secs_f64() * 1000.0)
@@ -936,6 +562,7 @@ pub fn millis(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use std::{
+        fs,
         net::{Ipv4Addr, SocketAddr},
         path::PathBuf,
         process::{Child, Command, Stdio},
@@ -943,7 +570,7 @@ mod tests {
     };
 
     use axum::{Router, http::StatusCode, routing::get};
-    use tokio::net::{TcpListener, UdpSocket};
+    use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
     use super::*;
 

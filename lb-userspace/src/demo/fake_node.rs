@@ -58,7 +58,7 @@ use tokio::{
 use tonic::{Request, Response, Status, codegen::BoxStream, metadata::MetadataValue};
 use tracing::debug;
 
-use super::registry::{
+use crate::chain::registry::{
     Field, Node, NodeRegistered, NodeRemoved, NodeUpdated, Registry, RegistryRef, Table, Uid,
 };
 

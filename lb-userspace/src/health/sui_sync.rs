@@ -415,7 +415,7 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     use super::*;
-    use crate::chain::fake_node::FakeChain;
+    use crate::demo::fake_node::FakeChain;
 
     /// The config's defaults: lag 10, age 30 s, response 2 s.
     const BOUNDS: SuiSyncCheck = SuiSyncCheck {

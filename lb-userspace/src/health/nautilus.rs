@@ -22,7 +22,7 @@
 //! `valid_until_ms` nor past `max_age` after its timestamp, so probes every
 //! interval do not ask the enclave (and the chain) each time.
 //!
-//! [`attestation::verify`]: super::attestation::verify
+//! [`attestation::verify`]: crate::nautilus::attestation::verify
 
 use std::{
     collections::HashMap,
@@ -32,13 +32,16 @@ use std::{
 
 use sui_sdk_types::Address;
 
-use super::{
-    attestation::{Expected, Policy, Rejection, Verified},
-    client::EnclaveClient,
-    document,
-    enclave::{self, TrustedEnclave},
+use crate::{
+    chain::servers::DiscoveredServer,
+    config::NautilusCheck,
+    nautilus::{
+        attestation::{Expected, Policy, Rejection, Verified},
+        client::EnclaveClient,
+        document,
+        enclave::{self, TrustedEnclave},
+    },
 };
-use crate::{chain::servers::DiscoveredServer, config::NautilusCheck};
 
 /// Cached verdicts older than this are dropped when a new one is stored.
 const CACHE_PRUNE_AFTER: Duration = Duration::from_mins(10);
@@ -333,7 +336,7 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use super::*;
-    use crate::nautilus::{
+    use crate::demo::{
         fake_deployment::{
             APP, FakeDeployment, config_id, default_pcrs, enclave_id, fake_address, node_key,
             publish_config, publish_enclave,

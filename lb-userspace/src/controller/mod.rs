@@ -24,6 +24,7 @@
 mod backend_flags;
 mod checks;
 mod discovery;
+pub mod persist;
 mod reconcile;
 mod spread;
 
@@ -40,21 +41,25 @@ use tracing::{info, warn};
 
 pub use self::reconcile::ServersError;
 use crate::{
-    config::{Config, Policy, Protocol, ServiceConfig},
-    connections::{self, Connections},
-    dataplane::Dataplane,
-    health::{CheckOutcome, Prober},
-    if_addrs,
-    metrics::{Counters, DialStatus},
-    nautilus::{
-        attestation::{Rejection, Verified},
-        check::{Attester, system_clock, unix_ms},
-    },
-    ranking::{Score, StakeWeight},
-    state_machine::{Effects, Selection, ServerState, ServiceMachine},
-    status::{
+    api::status::{
         AttestationStatus, CheckStatus, RegistryStatus, ServerStatus, ServiceStatus, Status,
         XdpDrops, XdpStatus,
+    },
+    config::{Config, Policy, Protocol, ServiceConfig},
+    health::{
+        CheckOutcome, Prober,
+        nautilus::{Attester, system_clock, unix_ms},
+    },
+    kernel::{
+        connections::{self, Connections},
+        dataplane::Dataplane,
+        if_addrs,
+    },
+    metrics::{Counters, DialStatus},
+    nautilus::attestation::{Rejection, Verified},
+    policy::{
+        ranking::{Score, StakeWeight},
+        state_machine::{Effects, Selection, ServerState, ServiceMachine},
     },
 };
 
@@ -584,7 +589,7 @@ impl Controller {
             }
             state.dataplane.pin_dir().to_path_buf()
         };
-        crate::dataplane::cleanup(&pin_dir)
+        crate::kernel::dataplane::cleanup(&pin_dir)
     }
 }
 

@@ -19,7 +19,7 @@
 //! `linux/sock_diag.h` and `linux/inet_diag.h`. Encoding and decoding are pure
 //! functions ([`encode_request`], [`parse_diag_msg`], …); [`SockDiag`] only
 //! adds the socket and the read loops (both netlink's generic parts shared
-//! with [`if_addrs`](crate::if_addrs)).
+//! with [`if_addrs`](crate::kernel::if_addrs)).
 //!
 //! The netlink socket belongs to the network namespace of the thread that
 //! called [`SockDiag::open`]; dumps and destroys see only that namespace.
@@ -35,7 +35,7 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 
-use crate::netlink::{
+use crate::kernel::netlink::{
     self, DumpProgress, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_HDRLEN, RECV_BUFFER_LEN,
     find_ack, put_header, u32_at, walk_dump,
 };
@@ -830,7 +830,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::netlink::{
+    use crate::kernel::netlink::{
         Message, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, NLMSG_OVERRUN, parse_messages, u16_at,
     };
 

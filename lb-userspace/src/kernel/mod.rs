@@ -1,0 +1,24 @@
+//! Everything that talks to the kernel.
+//!
+//! - [`dataplane`]: loading the embedded object ([`ebpf_object`]), pinning,
+//!   attaching/adopting and detaching the programs, and the typed map writes.
+//! - [`xdp_attach`], [`xdp_settings`]: the XDP links on the `xdp`
+//!   interfaces, the `xdp_config` entry and the SNAT port check.
+//! - [`if_addrs`]: the interfaces' primary addresses (rtnetlink, the
+//!   `if_addrs` map).
+//! - [`sock_diag`], [`connections`]: counting and closing (`SOCK_DESTROY`)
+//!   connections through a VIP; [`netlink`] is the socket both use.
+//! - `bpf_sys`: the link syscalls aya 0.14 does not wrap.
+
+pub use self::report::AttachReport;
+
+mod bpf_sys;
+pub mod connections;
+pub mod dataplane;
+pub mod ebpf_object;
+pub mod if_addrs;
+mod netlink;
+mod report;
+pub mod sock_diag;
+mod xdp_attach;
+pub mod xdp_settings;

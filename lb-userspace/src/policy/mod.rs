@@ -1,0 +1,13 @@
+//! Pure decisions: no I/O, no tokio, no aya. Each takes its inputs (and a
+//! clock where time matters) and returns what to do; the controller carries
+//! it out.
+//!
+//! - [`state_machine`]: the K3s server states and which server a service uses.
+//! - [`ranking`]: performance ranking scores and the Maglev weights they give.
+//! - [`maglev`]: the weighted Maglev backend table of `policy: spread`.
+//! - [`map_ids`]: which map slot holds which service and backend.
+
+pub mod maglev;
+pub mod map_ids;
+pub mod ranking;
+pub mod state_machine;
