@@ -99,6 +99,12 @@ fn sighup_reloads_a_valid_file_and_keeps_running_on_a_bad_one() {
     assert_eq!(daemon.log_count("configuration reloaded"), 0);
     let out = env.cgroup.client(&["tcp", VIP, "still"]);
     assert_eq!(out.reply.as_deref(), Some("node1:still"), "{out:?}");
+    // That connect is a successful dial: node1 becomes active once the
+    // poller sees it. Wait for it, so the reload below is compared with a
+    // settled state rather than racing the poller.
+    let settled = daemon.wait_for(Duration::from_secs(5), "node1 active", |s| {
+        state_of(s, &node1).0 == ServerState::Active
+    });
 
     // A good file: node2 joins; node1 keeps its state (and since when).
     env.config_with(TOP, &api(&[&node1, &node2], &node0));
@@ -107,7 +113,7 @@ fn sighup_reloads_a_valid_file_and_keeps_running_on_a_bad_one() {
     let status = wait_listed(&mut daemon, &[&node1, &node2, &node0]);
     assert_eq!(
         state_of(&status, &node1),
-        state_of(&before, &node1),
+        state_of(&settled, &node1),
         "node1 kept its state"
     );
     daemon.wait_for(Duration::from_secs(5), "node2 preferred", |s| {
