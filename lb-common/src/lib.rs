@@ -7,9 +7,13 @@
 //! (IPv4 in the first four) and ports are in host order, so that
 //! `bpftool map dump` shows them readably (`[127,0,0,1,0,...]`, `6444`);
 //! the kernel programs convert when they read or write a socket address.
+//!
+//! The maps themselves (name, kind, key and value size, capacity, flags)
+//! are declared once, in [`maps`].
 #![no_std]
 
 pub mod csum;
+pub mod maps;
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -155,19 +159,17 @@ pub mod map_names {
     pub const IF_ADDRS: &str = "if_addrs";
     /// [`crate::xdp_counter`] index → per-CPU packet count.
     pub const XDP_STATS: &str = "xdp_stats";
-    /// Every map, in the order the README documents them.
-    pub const ALL: [&str; 10] = [
-        SERVICES,
-        BACKENDS,
-        BACKEND_STATS,
-        SERVICE_STATS,
-        REV_NAT,
-        MAGLEV,
-        FLOWS,
-        XDP_CONFIG,
-        IF_ADDRS,
-        XDP_STATS,
-    ];
+    /// Every map, in the order the README documents them: the names of
+    /// [`crate::maps::MAPS`].
+    pub const ALL: [&str; crate::maps::MAPS.len()] = {
+        let mut all = [""; crate::maps::MAPS.len()];
+        let mut i = 0;
+        while i < all.len() {
+            all[i] = crate::maps::MAPS[i].name;
+            i += 1;
+        }
+        all
+    };
 }
 
 /// Names of the kernel programs (function names in `lb-ebpf`).

@@ -1,16 +1,26 @@
-//! daas-lb kernel programs: cgroup `sock_addr` hooks that connect a socket aimed
-//! at a service VIP straight to the service's selected backend, and an XDP
-//! forwarder (`xdp.rs`) that serves the VIPs to remote clients with full NAT.
+//! daas-lb kernel programs: the entry points only. Each one delegates at
+//! once; the logic lives by concern:
+//!
+//! - `sock`: cgroup `sock_addr` hooks that connect a socket aimed at a
+//!   service VIP straight to the service's selected backend and show the VIP
+//!   again to getpeername/recvmsg;
+//! - `xdp`: the XDP forwarder that serves the VIPs to remote clients with
+//!   full NAT (`parse` → `nat` → `rewrite`);
+//! - `choice`: the backend for a new connection or flow (shared);
+//! - `ctx`: reading and writing the `sock_addr` context;
+//! - `maps`: every map (their shapes are declared in `lb_common::maps`).
 //!
 //! Each hook is parse → look up → rewrite; every decision (which backend) is
 //! made by the controller and stored in the maps. Non-VIP traffic is never
-//! touched.
+//! touched. The function names are the program names userspace loads
+//! (`lb_common::program_names`).
 #![no_std]
 #![no_main]
 
 mod choice;
 mod ctx;
 mod maps;
+mod sock;
 mod xdp;
 
 use aya_ebpf::{
@@ -18,25 +28,8 @@ use aya_ebpf::{
     macros::{cgroup_sock_addr, xdp},
     programs::{SockAddrContext, XdpContext},
 };
-use ctx::SockAddr;
-use lb_common::{
-    AF_INET, AF_INET6, NO_BACKEND, PROTO_TCP, PROTO_UDP, RevNatKey, RevNatValue, VipKey, mix64,
-};
-use maps::{BACKEND_STATS, BACKENDS, REV_NAT, SERVICE_STATS, SERVICES};
-
-/// Let the socket call go ahead.
-const ALLOW: i32 = 1;
-/// Reject the socket call (errno set with `bpf_set_retval`).
-const REJECT: i32 = 0;
-/// Linux `ECONNREFUSED`.
-const ECONNREFUSED: i32 = 111;
-
-/// Which kind of call is being translated (selects the counter).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Call {
-    Connect,
-    SendMsg,
-}
+use lb_common::{AF_INET, AF_INET6};
+use sock::{Call, forward, reverse};
 
 #[xdp]
 fn lb_xdp(ctx: XdpContext) -> u32 {
@@ -87,133 +80,6 @@ fn lb_recvmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(recvmsg6)]
 fn lb_recvmsg6(ctx: SockAddrContext) -> i32 {
     reverse(&ctx, AF_INET6)
-}
-
-/// The VIP key for an address; a v4-mapped IPv6 address is looked up as IPv4.
-fn vip_key(to: &SockAddr, proto: u8) -> VipKey {
-    VipKey {
-        addr: to.key_bytes(),
-        port: to.port,
-        proto,
-        family: if to.is_v4_mapped() {
-            AF_INET
-        } else {
-            to.family
-        },
-    }
-}
-
-/// connect/sendmsg: rewrite a VIP destination to the selected backend.
-#[expect(
-    clippy::inline_always,
-    reason = "one flat program per hook keeps verifier state small and avoids BPF-to-BPF calls"
-)]
-#[inline(always)]
-fn forward(ctx: &SockAddrContext, family: u8, call: Call) -> i32 {
-    let proto = ctx::protocol(ctx);
-    let proto = if proto == u32::from(PROTO_TCP) {
-        PROTO_TCP
-    } else if proto == u32::from(PROTO_UDP) {
-        PROTO_UDP
-    } else {
-        return ALLOW;
-    };
-    let requested = ctx::read(ctx, family);
-    let key = vip_key(&requested, proto);
-    let Some(service) = SERVICES.get_ptr(key) else {
-        return ALLOW;
-    };
-    // SAFETY: the pointer came from a successful lookup; the value is copied
-    // at once (the controller may replace it concurrently, which is atomic).
-    let service = unsafe { service.read() };
-    let cookie = ctx::cookie(ctx);
-    // The cookie is a counter: `mix64` spreads it over the table.
-    let backend_id = choice::pick(&service, || mix64(cookie));
-    let backend = if backend_id == NO_BACKEND {
-        None
-    } else {
-        BACKENDS.get(backend_id).copied()
-    };
-    // An unused slot or a family that cannot be written into this socket is
-    // treated like an empty backend table: refuse, never mis-forward.
-    let Some(backend) = backend.filter(|b| b.family == key.family) else {
-        if let Some(stats) = SERVICE_STATS.get_ptr_mut(service.id) {
-            // SAFETY: per-CPU slot of this CPU; no other writer runs here.
-            unsafe { (*stats).refused += 1 };
-        }
-        ctx::set_errno(ECONNREFUSED);
-        return REJECT;
-    };
-    let rewritten = SockAddr {
-        words: SockAddr::words_of(backend.addr, requested.is_v4_mapped()),
-        port: backend.port,
-        family,
-    };
-    ctx::write(ctx, &rewritten);
-
-    let rev_key = RevNatKey {
-        cookie,
-        addr: rewritten.bytes(),
-        port: rewritten.port,
-        family,
-        pad: [0; 5],
-    };
-    // Unconnected UDP sends repeat for every datagram: only write when missing.
-    if call == Call::Connect || REV_NAT.get_ptr(rev_key).is_none() {
-        let rev_value = RevNatValue {
-            addr: requested.bytes(),
-            port: requested.port,
-            pad: 0,
-            service_id: service.id,
-        };
-        if REV_NAT.insert(rev_key, rev_value, 0).is_err()
-            && let Some(stats) = SERVICE_STATS.get_ptr_mut(service.id)
-        {
-            // SAFETY: per-CPU slot of this CPU.
-            unsafe { (*stats).rev_nat_failed += 1 };
-        }
-    }
-    if let Some(stats) = BACKEND_STATS.get_ptr_mut(backend_id) {
-        // SAFETY: per-CPU slot of this CPU.
-        unsafe {
-            match call {
-                Call::Connect => (*stats).connects += 1,
-                Call::SendMsg => (*stats).sendmsgs += 1,
-            }
-        }
-    }
-    ALLOW
-}
-
-/// getpeername/recvmsg: show the VIP instead of the backend the socket talks to.
-#[expect(
-    clippy::inline_always,
-    reason = "one flat program per hook keeps verifier state small and avoids BPF-to-BPF calls"
-)]
-#[inline(always)]
-fn reverse(ctx: &SockAddrContext, family: u8) -> i32 {
-    let seen = ctx::read(ctx, family);
-    let key = RevNatKey {
-        cookie: ctx::cookie(ctx),
-        addr: seen.bytes(),
-        port: seen.port,
-        family,
-        pad: [0; 5],
-    };
-    if let Some(vip) = REV_NAT.get_ptr(key) {
-        // SAFETY: pointer from a successful lookup, copied at once.
-        let vip = unsafe { vip.read() };
-        ctx::write(
-            ctx,
-            &SockAddr {
-                words: SockAddr::words_of(vip.addr, false),
-                port: vip.port,
-                family,
-            },
-        );
-    }
-    // getpeername and recvmsg programs must always return 1.
-    ALLOW
 }
 
 // Only for the bpf target: a host check of the whole workspace links std in

@@ -1,62 +1,199 @@
-//! Every map of the kernel programs. Userspace pins them under the bpffs
-//! directory by these names (see `lb_common::map_names`).
+//! Every map of the kernel programs, as the `#[btf_map]` statics the
+//! programs use. Their shapes are declared once, in [`lb_common::maps`]:
+//! each static takes its capacity and flags from its entry there, and the
+//! assertions at the end of this file stop the build when a static's kind,
+//! key size or value size differs from its entry. The names given to
+//! `#[btf_map]` are the `lb_common::map_names` constants (the attribute
+//! takes only a literal); userspace pins the maps under the bpffs directory
+//! by these names, and a privileged test in `lb-userspace` checks the built
+//! object's maps, names included, against the table.
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LruHashMap, MapDef, PerCpuArray},
     macros::btf_map,
 };
 use lb_common::{
-    Backend, BackendStats, FlowKey, FlowValue, IfAddrs, MAX_BACKENDS, MAX_FLOWS, MAX_INTERFACES,
-    MAX_MAGLEV_SLOTS, MAX_REV_NAT, MAX_SERVICES, MaglevKey, RevNatKey, RevNatValue, Service,
-    ServiceStats, VipKey, XdpConfig, xdp_counter,
+    Backend, BackendStats, FlowKey, FlowValue, IfAddrs, MaglevKey, RevNatKey, RevNatValue, Service,
+    ServiceStats, VipKey, XdpConfig,
+    maps::{self as spec, MapKind, MapSpec},
 };
-
-/// `BPF_F_NO_PREALLOC`: the `maglev` map takes memory only for the slots of
-/// the tables that exist.
-const NO_PREALLOC: usize = 1;
 
 /// VIP (address, port, protocol) → service and its selected backend.
 #[btf_map(name = "services")]
-pub(crate) static SERVICES: HashMap<VipKey, Service, { MAX_SERVICES as usize }> = HashMap::new();
+pub(crate) static SERVICES: HashMap<
+    VipKey,
+    Service,
+    { spec::SERVICES.capacity() },
+    { spec::SERVICES.flag_bits() },
+> = HashMap::new();
 
 /// Backend id → backend address.
 #[btf_map(name = "backends")]
-pub(crate) static BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
+pub(crate) static BACKENDS: Array<
+    Backend,
+    { spec::BACKENDS.capacity() },
+    { spec::BACKENDS.flag_bits() },
+> = Array::new();
 
 /// Backend id → per-CPU counters.
 #[btf_map(name = "backend_stats")]
-pub(crate) static BACKEND_STATS: PerCpuArray<BackendStats, { MAX_BACKENDS as usize }> =
-    PerCpuArray::new();
+pub(crate) static BACKEND_STATS: PerCpuArray<
+    BackendStats,
+    { spec::BACKEND_STATS.capacity() },
+    { spec::BACKEND_STATS.flag_bits() },
+> = PerCpuArray::new();
 
 /// Service id → per-CPU counters.
 #[btf_map(name = "service_stats")]
-pub(crate) static SERVICE_STATS: PerCpuArray<ServiceStats, { MAX_SERVICES as usize }> =
-    PerCpuArray::new();
+pub(crate) static SERVICE_STATS: PerCpuArray<
+    ServiceStats,
+    { spec::SERVICE_STATS.capacity() },
+    { spec::SERVICE_STATS.flag_bits() },
+> = PerCpuArray::new();
 
 /// (socket cookie, backend address) → the VIP the application asked for.
 #[btf_map(name = "rev_nat")]
-pub(crate) static REV_NAT: LruHashMap<RevNatKey, RevNatValue, { MAX_REV_NAT as usize }> =
-    LruHashMap::new();
+pub(crate) static REV_NAT: LruHashMap<
+    RevNatKey,
+    RevNatValue,
+    { spec::REV_NAT.capacity() },
+    { spec::REV_NAT.flag_bits() },
+> = LruHashMap::new();
 
-/// (service id, slot) → backend id: the Maglev tables of `spread` services.
+/// (service id, slot) → backend id: the Maglev tables of `spread` services
+/// (not preallocated: memory only for the slots of the tables that exist).
 #[btf_map(name = "maglev")]
-pub(crate) static MAGLEV: HashMap<MaglevKey, u32, { MAX_MAGLEV_SLOTS as usize }, NO_PREALLOC> =
-    HashMap::new();
+pub(crate) static MAGLEV: HashMap<
+    MaglevKey,
+    u32,
+    { spec::MAGLEV.capacity() },
+    { spec::MAGLEV.flag_bits() },
+> = HashMap::new();
 
 /// XDP's connection table: each forwarded flow has a client→VIP entry and a
 /// backend→SNAT-address entry, each holding the rewrite for its direction.
 #[btf_map(name = "flows")]
-pub(crate) static FLOWS: LruHashMap<FlowKey, FlowValue, { MAX_FLOWS as usize }> = LruHashMap::new();
+pub(crate) static FLOWS: LruHashMap<
+    FlowKey,
+    FlowValue,
+    { spec::FLOWS.capacity() },
+    { spec::FLOWS.flag_bits() },
+> = LruHashMap::new();
 
 /// Index 0: SNAT addresses and port range (all zero until the controller
 /// configures XDP; the program then passes everything).
 #[btf_map(name = "xdp_config")]
-pub(crate) static XDP_CONFIG: Array<XdpConfig, 1> = Array::new();
+pub(crate) static XDP_CONFIG: Array<
+    XdpConfig,
+    { spec::XDP_CONFIG.capacity() },
+    { spec::XDP_CONFIG.flag_bits() },
+> = Array::new();
 
 /// Interface index → its primary addresses (SNAT source when none is configured).
 #[btf_map(name = "if_addrs")]
-pub(crate) static IF_ADDRS: HashMap<u32, IfAddrs, { MAX_INTERFACES as usize }> = HashMap::new();
+pub(crate) static IF_ADDRS: HashMap<
+    u32,
+    IfAddrs,
+    { spec::IF_ADDRS.capacity() },
+    { spec::IF_ADDRS.flag_bits() },
+> = HashMap::new();
 
 /// [`lb_common::xdp_counter`] index → per-CPU packet count.
 #[btf_map(name = "xdp_stats")]
-pub(crate) static XDP_STATS: PerCpuArray<u64, { xdp_counter::COUNT as usize }> = PerCpuArray::new();
+pub(crate) static XDP_STATS: PerCpuArray<
+    u64,
+    { spec::XDP_STATS.capacity() },
+    { spec::XDP_STATS.flag_bits() },
+> = PerCpuArray::new();
+
+/// What the type of a `#[btf_map]` static says about its map (key and value
+/// types come from aya's [`MapDef`]).
+trait Declared: MapDef {
+    const KIND: MapKind;
+    const MAX_ENTRIES: usize;
+    const FLAGS: usize;
+}
+
+impl<K, V, const M: usize, const F: usize> Declared for HashMap<K, V, M, F> {
+    const KIND: MapKind = MapKind::Hash;
+    const MAX_ENTRIES: usize = M;
+    const FLAGS: usize = F;
+}
+
+impl<K, V, const M: usize, const F: usize> Declared for LruHashMap<K, V, M, F> {
+    const KIND: MapKind = MapKind::LruHash;
+    const MAX_ENTRIES: usize = M;
+    const FLAGS: usize = F;
+}
+
+impl<T, const M: usize, const F: usize> Declared for Array<T, M, F> {
+    const KIND: MapKind = MapKind::Array;
+    const MAX_ENTRIES: usize = M;
+    const FLAGS: usize = F;
+}
+
+impl<T, const M: usize, const F: usize> Declared for PerCpuArray<T, M, F> {
+    const KIND: MapKind = MapKind::PerCpuArray;
+    const MAX_ENTRIES: usize = M;
+    const FLAGS: usize = F;
+}
+
+/// Stops the build unless `map` (a static, only its type is used) has the
+/// shape `spec` declares; returns `spec`.
+const fn declared_as<'a, M: Declared>(_map: &M, spec: &'a MapSpec) -> &'a MapSpec {
+    assert!(
+        M::KIND.same(spec.kind),
+        "map kind differs from lb_common::maps"
+    );
+    assert!(
+        size_of::<M::Key>() == spec.key_size as usize,
+        "key size differs from lb_common::maps"
+    );
+    assert!(
+        size_of::<M::Value>() == spec.value_size as usize,
+        "value size differs from lb_common::maps"
+    );
+    assert!(
+        M::MAX_ENTRIES == spec.capacity(),
+        "max_entries differs from lb_common::maps"
+    );
+    assert!(
+        M::FLAGS == spec.flag_bits(),
+        "flags differ from lb_common::maps"
+    );
+    spec
+}
+
+/// Every static above with its table entry. The array's length is the
+/// table's, so a map in the table without a static here (or one too many)
+/// stops the build, as does a static checked against the wrong entry twice.
+const DECLARED: [&MapSpec; spec::MAPS.len()] = [
+    declared_as(&SERVICES, &spec::SERVICES),
+    declared_as(&BACKENDS, &spec::BACKENDS),
+    declared_as(&BACKEND_STATS, &spec::BACKEND_STATS),
+    declared_as(&SERVICE_STATS, &spec::SERVICE_STATS),
+    declared_as(&REV_NAT, &spec::REV_NAT),
+    declared_as(&MAGLEV, &spec::MAGLEV),
+    declared_as(&FLOWS, &spec::FLOWS),
+    declared_as(&XDP_CONFIG, &spec::XDP_CONFIG),
+    declared_as(&IF_ADDRS, &spec::IF_ADDRS),
+    declared_as(&XDP_STATS, &spec::XDP_STATS),
+];
+
+const _: () = {
+    let mut i = 0;
+    while i < DECLARED.len() {
+        let Some(index) = spec::index_of(DECLARED[i].name) else {
+            panic!("a static is checked against a map that is not in lb_common::maps::MAPS");
+        };
+        let mut j = 0;
+        while j < i {
+            assert!(
+                !matches!(spec::index_of(DECLARED[j].name), Some(other) if other == index),
+                "two statics are checked against the same lb_common::maps entry"
+            );
+            j += 1;
+        }
+        i += 1;
+    }
+};

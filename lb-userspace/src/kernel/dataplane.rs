@@ -23,14 +23,15 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, MapType, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, MapData, MapInfo, MapType, PerCpuArray, PerCpuValues},
     programs::{CgroupAttachMode, CgroupSockAddr, Xdp, links::FdLink},
     util::nr_cpus,
 };
 use lb_common::{
-    Backend, BackendStats, FlowKey, FlowValue, IfAddrs, MAX_BACKENDS, MAX_FLOWS, MAX_INTERFACES,
-    MAX_MAGLEV_SLOTS, MAX_REV_NAT, MAX_SERVICES, MaglevKey, RevNatKey, RevNatValue, Service,
-    ServiceStats, VipKey, XdpConfig, map_names, program_names, xdp_counter,
+    Backend, BackendStats, FlowKey, FlowValue, IfAddrs, MaglevKey, RevNatKey, RevNatValue, Service,
+    ServiceStats, VipKey, XdpConfig, map_names,
+    maps::{self, MapKind, MapSpec},
+    program_names, xdp_counter,
 };
 use tracing::{info, warn};
 
@@ -81,88 +82,37 @@ pub fn load_retrying(
 /// Sub-directory of the pin directory that holds the links.
 const LINKS_DIR: &str = "links";
 
-/// What each map must look like; a pinned map that differs (left by another
-/// version of daas-lb) is replaced instead of reused.
-struct MapShape {
-    name: &'static str,
-    map_type: MapType,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
+/// The kernel's map type for a kind of `lb_common::maps`.
+const fn map_type(kind: MapKind) -> MapType {
+    match kind {
+        MapKind::Hash => MapType::Hash,
+        MapKind::LruHash => MapType::LruHash,
+        MapKind::Array => MapType::Array,
+        MapKind::PerCpuArray => MapType::PerCpuArray,
+    }
 }
 
-const MAP_SHAPES: [MapShape; 10] = [
-    MapShape {
-        name: map_names::SERVICES,
-        map_type: MapType::Hash,
-        key_size: size_of::<VipKey>() as u32,
-        value_size: size_of::<Service>() as u32,
-        max_entries: MAX_SERVICES,
-    },
-    MapShape {
-        name: map_names::BACKENDS,
-        map_type: MapType::Array,
-        key_size: 4,
-        value_size: size_of::<Backend>() as u32,
-        max_entries: MAX_BACKENDS,
-    },
-    MapShape {
-        name: map_names::BACKEND_STATS,
-        map_type: MapType::PerCpuArray,
-        key_size: 4,
-        value_size: size_of::<BackendStats>() as u32,
-        max_entries: MAX_BACKENDS,
-    },
-    MapShape {
-        name: map_names::SERVICE_STATS,
-        map_type: MapType::PerCpuArray,
-        key_size: 4,
-        value_size: size_of::<ServiceStats>() as u32,
-        max_entries: MAX_SERVICES,
-    },
-    MapShape {
-        name: map_names::REV_NAT,
-        map_type: MapType::LruHash,
-        key_size: size_of::<RevNatKey>() as u32,
-        value_size: size_of::<RevNatValue>() as u32,
-        max_entries: MAX_REV_NAT,
-    },
-    MapShape {
-        name: map_names::MAGLEV,
-        map_type: MapType::Hash,
-        key_size: size_of::<MaglevKey>() as u32,
-        value_size: 4,
-        max_entries: MAX_MAGLEV_SLOTS,
-    },
-    MapShape {
-        name: map_names::FLOWS,
-        map_type: MapType::LruHash,
-        key_size: size_of::<FlowKey>() as u32,
-        value_size: size_of::<FlowValue>() as u32,
-        max_entries: MAX_FLOWS,
-    },
-    MapShape {
-        name: map_names::XDP_CONFIG,
-        map_type: MapType::Array,
-        key_size: 4,
-        value_size: size_of::<XdpConfig>() as u32,
-        max_entries: 1,
-    },
-    MapShape {
-        name: map_names::IF_ADDRS,
-        map_type: MapType::Hash,
-        key_size: 4,
-        value_size: size_of::<IfAddrs>() as u32,
-        max_entries: MAX_INTERFACES,
-    },
-    MapShape {
-        name: map_names::XDP_STATS,
-        map_type: MapType::PerCpuArray,
-        key_size: 4,
-        value_size: 8,
-        max_entries: xdp_counter::COUNT,
-    },
-];
+/// How a map the kernel describes (`info`) differs from the shape `spec`
+/// declares in `lb_common::maps`, one line per difference (none: same shape).
+fn shape_differences(spec: &MapSpec, info: &MapInfo) -> Vec<String> {
+    let mut differences = Vec::new();
+    let expected = map_type(spec.kind);
+    match info.map_type() {
+        Ok(actual) if actual == expected => {}
+        actual => differences.push(format!("type {actual:?}, expected {expected:?}")),
+    }
+    for (what, actual, expected) in [
+        ("key size", info.key_size(), spec.key_size),
+        ("value size", info.value_size(), spec.value_size),
+        ("max_entries", info.max_entries(), spec.max_entries),
+        ("flags", info.map_flags(), spec.flags),
+    ] {
+        if actual != expected {
+            differences.push(format!("{what} {actual}, expected {expected}"));
+        }
+    }
+    differences
+}
 
 /// The loaded programs and their maps.
 pub struct Dataplane {
@@ -253,9 +203,9 @@ impl Dataplane {
             .iter()
             .map(|name| (*name, pin_dir.join(name)))
             .collect();
-        for shape in &MAP_SHAPES {
-            if reuse_or_drop_pinned_map(&pin_dir.join(shape.name), shape)? {
-                report.reused_maps.push(shape.name);
+        for spec in &maps::MAPS {
+            if reuse_or_drop_pinned_map(&pin_dir.join(spec.name), spec)? {
+                report.reused_maps.push(spec.name);
             }
         }
         let mut loader = EbpfLoader::new();
@@ -665,9 +615,9 @@ fn lock_pin_dir(pin_dir: &Path) -> anyhow::Result<File> {
     }
 }
 
-/// Reuses a pinned map if it has the expected shape; removes it otherwise.
-/// Returns whether it will be reused.
-fn reuse_or_drop_pinned_map(path: &Path, shape: &MapShape) -> anyhow::Result<bool> {
+/// Reuses a pinned map if it has the shape `lb_common::maps` declares;
+/// removes it otherwise. Returns whether it will be reused.
+fn reuse_or_drop_pinned_map(path: &Path, spec: &MapSpec) -> anyhow::Result<bool> {
     if !path.exists() {
         return Ok(false);
     }
@@ -675,15 +625,13 @@ fn reuse_or_drop_pinned_map(path: &Path, shape: &MapShape) -> anyhow::Result<boo
         .with_context(|| format!("opening pinned map {}", path.display()))?
         .info()
         .with_context(|| format!("reading info of {}", path.display()))?;
-    let same = info.map_type().ok() == Some(shape.map_type)
-        && info.key_size() == shape.key_size
-        && info.value_size() == shape.value_size
-        && info.max_entries() == shape.max_entries;
-    if same {
+    let differences = shape_differences(spec, &info);
+    if differences.is_empty() {
         return Ok(true);
     }
     warn!(
-        map = shape.name,
+        map = spec.name,
+        differences = differences.join("; "),
         "pinned map has another layout (left by a different daas-lb version); recreating it"
     );
     fs::remove_file(path).with_context(|| format!("removing stale pin {}", path.display()))?;
@@ -749,7 +697,86 @@ fn remove_dir_if_exists(path: &Path) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
+    use aya::maps::Map;
+
     use super::*;
+
+    /// Whether `test` can load the embedded eBPF object here: it needs root
+    /// and an object built with bpf-linker. Otherwise it is skipped with a
+    /// message, except under `CI=true`, where that is a failure: CI must
+    /// never skip silently.
+    fn can_load_object(test: &str) -> bool {
+        // SAFETY: geteuid has no preconditions.
+        let why = if unsafe { libc::geteuid() } != 0 {
+            "not running as root".to_owned()
+        } else if let Err(err) = ebpf_object() {
+            format!("{err:#}")
+        } else {
+            return true;
+        };
+        let ci = std::env::var("CI").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+        assert!(!ci, "{test}: cannot run under CI=true: {why}");
+        eprintln!("skipping {test}: {why} (set CI=true to make this a failure)");
+        false
+    }
+
+    /// The kernel's description of a map the loader created.
+    fn loaded_info(map: &Map) -> Option<MapInfo> {
+        match map {
+            Map::HashMap(data)
+            | Map::LruHashMap(data)
+            | Map::Array(data)
+            | Map::PerCpuArray(data) => Some(data.info().expect("BPF_OBJ_GET_INFO_BY_FD")),
+            _ => None,
+        }
+    }
+
+    /// The built object holds exactly the maps of `lb_common::maps::MAPS`
+    /// (names included, which the kernel crate cannot check at compile
+    /// time), and the kernel creates each with exactly the table's type,
+    /// key size, value size, `max_entries` and flags, i.e. a fresh run's pins
+    /// pass `reuse_or_drop_pinned_map`. Only the maps are created; no
+    /// program is loaded or attached.
+    #[test]
+    fn object_maps_match_the_map_table() {
+        if !can_load_object("object_maps_match_the_map_table") {
+            return;
+        }
+        let object = ebpf_object().expect("checked above");
+        let ebpf = EbpfLoader::new()
+            .load(object)
+            .unwrap_or_else(|err| panic!("loading the eBPF object: {err:#}"));
+
+        let in_object: BTreeSet<&str> = ebpf.maps().map(|(name, _)| name).collect();
+        let in_table: BTreeSet<&str> = maps::MAPS.iter().map(|spec| spec.name).collect();
+        assert_eq!(
+            in_object, in_table,
+            "the object's maps (left) and lb_common::maps::MAPS (right) differ"
+        );
+
+        let mut mismatches = Vec::new();
+        for spec in &maps::MAPS {
+            let map = ebpf.map(spec.name).expect("the sets are equal");
+            match loaded_info(map) {
+                Some(info) => {
+                    for difference in shape_differences(spec, &info) {
+                        mismatches.push(format!("{}: {difference}", spec.name));
+                    }
+                }
+                None => mismatches.push(format!(
+                    "{}: the object declares a map kind lb_common::maps::MapKind does not have",
+                    spec.name
+                )),
+            }
+        }
+        assert!(
+            mismatches.is_empty(),
+            "maps in the object differ from lb_common::maps:\n{}",
+            mismatches.join("\n")
+        );
+    }
 
     #[test]
     fn per_cpu_sums_add_every_field() {

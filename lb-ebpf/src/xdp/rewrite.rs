@@ -1,0 +1,102 @@
+//! Rewriting a forwarded packet in place: addresses and ports (the flow's
+//! rewrite), TTL or hop limit, the next hop's MACs, and the checksums.
+//!
+//! Invariants: called only for a packet [`super::parse::parse`] accepted
+//! (so every offset written lies within the frame; the accesses are still
+//! bounds-checked for the verifier) with a TTL above 1. Checksums are
+//! updated incrementally ([`lb_common::csum`], RFC 1624) over exactly the
+//! bytes that change: the IPv4 header checksum over addresses and TTL, the
+//! TCP/UDP checksum over ports and addresses (its pseudo-header). A UDP/IPv4
+//! packet without a checksum (0) keeps none; a computed UDP checksum of 0
+//! is sent as 0xffff (RFC 768).
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{AF_INET, AddrBytes, FlowValue, PROTO_TCP, PROTO_UDP, csum};
+
+use super::{
+    Hop, Packet,
+    parse::{
+        L4_V4, L4_V6, TCP_CHECK, UDP_CHECK, V4_CHECK, V4_SRC, V4_TTL, V6_HOP_LIMIT, V6_SRC, read,
+        write,
+    },
+};
+
+/// Rewrites addresses, ports, TTL, checksums and MACs in place.
+#[expect(
+    clippy::inline_always,
+    reason = "one flat program keeps verifier state small and avoids BPF-to-BPF calls"
+)]
+#[inline(always)]
+pub(super) fn rewrite(ctx: &XdpContext, packet: &Packet, flow: &FlowValue, hop: &Hop) {
+    let key = &packet.key;
+    let old_ports = port_bytes(key.src_port, key.dst_port);
+    let new_ports = port_bytes(flow.src_port, flow.dst_port);
+    let (l4, check_at) = match (key.family, key.proto) {
+        (AF_INET, PROTO_TCP) => (L4_V4, L4_V4 + TCP_CHECK),
+        (AF_INET, _) => (L4_V4, L4_V4 + UDP_CHECK),
+        (_, PROTO_TCP) => (L4_V6, L4_V6 + TCP_CHECK),
+        _ => (L4_V6, L4_V6 + UDP_CHECK),
+    };
+    let Some(old_check) = read::<2>(ctx, check_at) else {
+        return;
+    };
+    let old_check = u16::from_be_bytes(old_check);
+    let udp = key.proto == PROTO_UDP;
+    let mut l4_sum = csum::Update::new(old_check).replace(&old_ports, &new_ports);
+
+    if key.family == AF_INET {
+        let old_addrs = v4_pair(&key.src, &key.dst);
+        let new_addrs = v4_pair(&flow.src, &flow.dst);
+        write(ctx, V4_SRC, new_addrs);
+        let ttl_proto = u16::from_be_bytes([packet.ttl, key.proto]);
+        let new_ttl_proto = u16::from_be_bytes([packet.ttl - 1, key.proto]);
+        write(ctx, V4_TTL, [packet.ttl - 1]);
+        if let Some(check) = read::<2>(ctx, V4_CHECK) {
+            let check = csum::Update::new(u16::from_be_bytes(check))
+                .replace(&old_addrs, &new_addrs)
+                .replace_word(ttl_proto, new_ttl_proto)
+                .finish();
+            write(ctx, V4_CHECK, check.to_be_bytes());
+        }
+        l4_sum = l4_sum.replace(&old_addrs, &new_addrs);
+    } else {
+        write(ctx, V6_SRC, flow.src);
+        write(ctx, V6_SRC + 16, flow.dst);
+        write(ctx, V6_HOP_LIMIT, [packet.ttl - 1]);
+        l4_sum = l4_sum
+            .replace(&key.src, &flow.src)
+            .replace(&key.dst, &flow.dst);
+    }
+    write(ctx, l4, new_ports);
+    // UDP over IPv4 may carry no checksum (0): it stays 0. A computed UDP
+    // checksum of 0 is sent as 0xffff (RFC 768).
+    if !(udp && old_check == 0) {
+        let mut check = l4_sum.finish();
+        if udp && check == 0 {
+            check = 0xffff;
+        }
+        write(ctx, check_at, check.to_be_bytes());
+    }
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&hop.dmac);
+    macs[6..].copy_from_slice(&hop.smac);
+    write(ctx, 0, macs);
+}
+
+/// Source and destination port as the 4 bytes they occupy in the header.
+#[expect(clippy::inline_always, reason = "no BPF-to-BPF calls per packet")]
+#[inline(always)]
+const fn port_bytes(src: u16, dst: u16) -> [u8; 4] {
+    let [a, b] = src.to_be_bytes();
+    let [c, d] = dst.to_be_bytes();
+    [a, b, c, d]
+}
+
+/// An IPv4 source and destination as the 8 bytes they occupy in the header.
+#[expect(clippy::inline_always, reason = "no BPF-to-BPF calls per packet")]
+#[inline(always)]
+const fn v4_pair(src: &AddrBytes, dst: &AddrBytes) -> [u8; 8] {
+    [
+        src[0], src[1], src[2], src[3], dst[0], dst[1], dst[2], dst[3],
+    ]
+}
