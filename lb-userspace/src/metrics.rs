@@ -590,6 +590,9 @@ fn render_chain(out: &mut String, status: &Status) {
 }
 
 #[cfg(test)]
+mod golden;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::status::{ServerStatus, ServiceStatus, XdpDrops, XdpStatus};
