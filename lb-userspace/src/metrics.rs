@@ -1,58 +1,311 @@
-//! Prometheus text exposition (format 0.0.4) of the controller's state.
+//! The controller's Prometheus metrics, written in the text format 0.0.4 by
+//! the `prometheus` crate's `TextEncoder`.
+//!
+//! Nearly every metric is a snapshot: the kernel's counters and the state
+//! machines, read into a [`Status`] at scrape time. [`render`] turns one
+//! `Status` and the controller's [`Counters`] into metric families per scrape,
+//! so nothing is kept twice. `Counters` holds only what the controller itself
+//! counts, the dial durations as the library's `Histogram`s.
+//!
+//! Invariants: each family is declared once below, in the order it is
+//! written (its name, type, help and label names; the README's table lists
+//! them, `golden.rs` pins them); each sample carries its family's labels in
+//! that order. A family without samples is not written (the encoder refuses
+//! it, as every Prometheus client library drops it): a scrape carries no data
+//! for it either way.
 
-use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+
+use prometheus::{
+    HistogramOpts, TextEncoder,
+    core::Metric as _,
+    exponential_buckets,
+    proto::{self, MetricFamily, MetricType},
+};
 
 use crate::{
-    api::status::{ServerStatus, ServiceStatus, Status},
+    api::status::{RegistryStatus, ServerStatus, ServiceStatus, Status},
     policy::state_machine::ServerState,
 };
-/// Escapes a label value (backslash, quote, newline).
-fn label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+
+/// A metric family's declaration: what `# HELP` and `# TYPE` say and the
+/// names of its `N` labels.
+struct Family<const N: usize> {
+    name: &'static str,
+    kind: MetricType,
+    help: &'static str,
+    labels: [&'static str; N],
 }
 
-/// One metric family with a sample per (service, server).
-fn per_server(
-    out: &mut String,
-    status: &Status,
-    (name, kind, help): (&str, &str, &str),
-    value: impl Fn(&ServerStatus) -> u64,
-) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-    for service in &status.services {
-        for server in &service.servers {
-            let _ = writeln!(
-                out,
-                "{name}{{name=\"{}\",server=\"{}\"}} {}",
-                label(&service.name),
-                label(&server.address),
-                value(server)
-            );
+impl<const N: usize> Family<N> {
+    const fn counter(name: &'static str, help: &'static str, labels: [&'static str; N]) -> Self {
+        Self {
+            name,
+            kind: MetricType::COUNTER,
+            help,
+            labels,
         }
     }
-}
 
-/// One metric family with a sample per service.
-fn per_service(
-    out: &mut String,
-    status: &Status,
-    (name, kind, help): (&str, &str, &str),
-    value: impl Fn(&ServiceStatus) -> u64,
-) {
-    family(out, name, kind, help);
-    for service in &status.services {
-        let _ = writeln!(
-            out,
-            "{name}{{name=\"{}\"}} {}",
-            label(&service.name),
-            value(service)
-        );
+    const fn gauge(name: &'static str, help: &'static str, labels: [&'static str; N]) -> Self {
+        Self {
+            name,
+            kind: MetricType::GAUGE,
+            help,
+            labels,
+        }
+    }
+
+    /// The family with `metrics`, `None` without any.
+    fn with(&self, metrics: impl IntoIterator<Item = proto::Metric>) -> Option<MetricFamily> {
+        let metrics: Vec<_> = metrics.into_iter().collect();
+        if metrics.is_empty() {
+            return None;
+        }
+        let mut family = MetricFamily::default();
+        family.set_name(self.name.to_owned());
+        family.set_help(self.help.to_owned());
+        family.set_field_type(self.kind);
+        family.set_metric(metrics);
+        Some(family)
+    }
+
+    fn label_pairs(&self, values: [&str; N]) -> Vec<proto::LabelPair> {
+        self.labels
+            .iter()
+            .zip(values)
+            .map(|(name, value)| {
+                let mut pair = proto::LabelPair::default();
+                pair.set_name((*name).to_owned());
+                pair.set_value(value.to_owned());
+                pair
+            })
+            .collect()
+    }
+
+    /// A sample of this counter or gauge.
+    fn sample(&self, labels: [&str; N], value: f64) -> proto::Metric {
+        let mut metric = proto::Metric::from_label(self.label_pairs(labels));
+        if self.kind == MetricType::COUNTER {
+            let mut counter = proto::Counter::default();
+            counter.set_value(value);
+            metric.set_counter(counter);
+        } else {
+            let mut gauge = proto::Gauge::default();
+            gauge.set_value(value);
+            metric.set_gauge(gauge);
+        }
+        metric
     }
 }
+
+/// A count as a sample value (Prometheus values are float64: above 2^53 the
+/// text loses the digits Prometheus would lose when parsing it anyway).
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "Prometheus sample values are float64"
+)]
+const fn float(n: u64) -> f64 {
+    n as f64
+}
+
+// The families, in the order they are written.
+
+/// A family labelled by service (`name`) and server, with a sample per
+/// server, and the server's value.
+type PerServer = (Family<2>, fn(&ServerStatus) -> u64);
+
+const PER_SERVER: [PerServer; 7] = [
+    (
+        Family::gauge(
+            "k3s_loadbalancer_server_health",
+            "Server state as in the K3s agent load balancer: 0 invalid, 1 failed, 2 standby, 3 unchecked, 4 recovering, 5 healthy, 6 preferred, 7 active.",
+            ["name", "server"],
+        ),
+        |server| server.state as u64,
+    ),
+    (
+        Family::gauge(
+            "k3s_loadbalancer_server_connections",
+            "Connections made through the VIP to this server that are open now (counted from the kernel with sock_diag).",
+            ["name", "server"],
+        ),
+        |server| u64::from(server.connections),
+    ),
+    (
+        Family::counter(
+            "daas_lb_backend_connects_total",
+            "connect() calls the kernel redirected from the VIP to this server.",
+            ["name", "server"],
+        ),
+        |server| server.connects,
+    ),
+    (
+        Family::counter(
+            "daas_lb_backend_sendmsgs_total",
+            "Unconnected UDP datagrams the kernel redirected from the VIP to this server.",
+            ["name", "server"],
+        ),
+        |server| server.sendmsgs,
+    ),
+    (
+        Family::counter(
+            "daas_lb_xdp_packets_total",
+            "Packets of remote clients' flows the XDP program forwarded to or from this server (both directions).",
+            ["name", "server"],
+        ),
+        |server| server.xdp_packets,
+    ),
+    (
+        Family::counter(
+            "daas_lb_xdp_bytes_total",
+            "Bytes (from the Ethernet header on) of the packets in daas_lb_xdp_packets_total.",
+            ["name", "server"],
+        ),
+        |server| server.xdp_bytes,
+    ),
+    (
+        Family::counter(
+            "daas_lb_xdp_flows_total",
+            "New XDP flows (remote clients) pinned to this server.",
+            ["name", "server"],
+        ),
+        |server| server.xdp_flows,
+    ),
+];
+
+const XDP_DROPS: Family<2> = Family::counter(
+    "daas_lb_xdp_drops_total",
+    "Packets to a remote service's VIP the XDP program dropped, by reason: no_backend, snat_ports (no free SNAT port), flow_table (flow table full), unreachable (FIB).",
+    ["name", "reason"],
+);
+
+/// Only with an `xdp` block.
+const XDP_VERDICTS: Family<1> = Family::counter(
+    "daas_lb_xdp_verdicts_total",
+    "Every packet the XDP program saw, by what it did and why (redirect, tx, pass_*, drop_*; see the README).",
+    ["reason"],
+);
+
+const MAGLEV_SLOTS: Family<2> = Family::gauge(
+    "daas_lb_maglev_slots",
+    "Slots a server owns in its service's Maglev table (policy spread).",
+    ["name", "server"],
+);
+
+const DIAL_DURATION: Family<2> = Family {
+    name: "k3s_loadbalancer_dial_duration_seconds",
+    kind: MetricType::HISTOGRAM,
+    help: "Duration of connects to servers, by outcome (observed by the health probes).",
+    labels: ["name", "status"],
+};
+
+const STATE_TRANSITIONS: Family<4> = Family::counter(
+    "daas_lb_state_transitions_total",
+    "Server state changes, by service, server and states.",
+    ["name", "server", "from", "to"],
+);
+
+const POLL_SECONDS: Family<0> = Family::gauge(
+    "daas_lb_connection_poll_seconds",
+    "How long the last count of connections from the kernel took (sock_diag dump, rev_nat lookups, state machine).",
+    [],
+);
+
+const POLL_SOCKETS: Family<0> = Family::gauge(
+    "daas_lb_connection_poll_sockets",
+    "Established TCP and connected UDP sockets to configured servers the last count saw.",
+    [],
+);
+
+const FAIL_OPEN: Family<1> = Family::counter(
+    "daas_lb_fail_open_total",
+    "Times every server of the service failed and it failed open to the best-ranked one.",
+    ["name"],
+);
+
+const CONNECTIONS_CLOSED: Family<1> = Family::counter(
+    "daas_lb_connections_closed_total",
+    "Connections destroyed (SOCK_DESTROY) because their server failed, was removed or lost to another.",
+    ["name"],
+);
+
+const SERVICE_REFUSED: Family<1> = Family::counter(
+    "daas_lb_service_refused_total",
+    "Connects and sends to the VIP refused (ECONNREFUSED) because no server was usable.",
+    ["name"],
+);
+
+const SELECTION_CHANGES: Family<1> = Family::counter(
+    "daas_lb_selection_changes_total",
+    "Times the selected backend of the service changed.",
+    ["name"],
+);
+
+// Sui discovery, only with a `chain` block.
+
+const STAKE: Family<2> = Family::gauge(
+    "k3s_server_stake_amount",
+    "Stake (MIST) the registry lists for a discovered server's node.",
+    ["service", "server"],
+);
+
+const SYNC_LAG: Family<2> = Family::gauge(
+    "k3s_blockchain_sync_lag_blocks",
+    "Checkpoints a discovered server's own Sui full node was behind the reference at its last sui_sync check.",
+    ["service", "server"],
+);
+
+const REGISTRY_EVENTS: Family<1> = Family::counter(
+    "daas_lb_registry_events_total",
+    "Events seen in checkpoints by the Sui discovery: registered, updated, removed (applied), ignored (not the registry's), malformed (skipped).",
+    ["kind"],
+);
+
+const REGISTRY_CURSOR: Family<0> = Family::gauge(
+    "daas_lb_registry_cursor",
+    "Sequence number of the last checkpoint the Sui discovery applied.",
+    [],
+);
+
+const REGISTRY_RESYNCS: Family<0> = Family::counter(
+    "daas_lb_registry_resyncs_total",
+    "Full syncs of the Sui registry (the first one included).",
+    [],
+);
+
+// Nautilus attestations and ranking, only with a `chain` block.
+
+const PERFORMANCE_SCORE: Family<2> = Family::gauge(
+    "k3s_nautilus_performance_score",
+    "Performance score (basis points, 0-10000) of the server's last verified attestation, while its latest one verifies.",
+    ["service", "server"],
+);
+
+const ATTESTATION_AGE: Family<2> = Family::gauge(
+    "k3s_attestation_age_seconds",
+    "Seconds since the enclave signed the server's last verified attestation.",
+    ["service", "server"],
+);
+
+const ATTESTATION_FAILURES: Family<3> = Family::counter(
+    "daas_lb_attestation_failures_total",
+    "Attestations rejected by nautilus checks, by reason (bad_signature, wrong_key, stale, not_current, unreachable, ...).",
+    ["service", "server", "reason"],
+);
+
+const SERVER_SCORE: Family<2> = Family::gauge(
+    "daas_lb_server_score",
+    "Ranking score (performance x reputation x stake weight) of a server, with features.performance_ranking.",
+    ["service", "server"],
+);
+
+/// Appended by the API after the controller's families.
+const API_REFUSED: Family<2> = Family::counter(
+    "daas_lb_api_refused_total",
+    "HTTP requests refused (read_only, no_token, bad_token, not_authorized) and connections closed early (head_timeout, timeout, evicted, over_capacity), per listener (metrics, api, control).",
+    ["listener", "reason"],
+);
 
 /// Outcome label of `k3s_loadbalancer_dial_duration_seconds`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -72,49 +325,22 @@ impl DialStatus {
     }
 }
 
-/// Upper bounds of the dial-duration buckets: 1 ms × 2^k, 15 buckets (as K3s).
+/// Dial-duration buckets: upper bounds 1 ms × 2^k, k < 15 (as K3s), then
+/// `+Inf`.
 pub const DIAL_BUCKETS: usize = 15;
 
-/// A cumulative Prometheus histogram with the dial buckets.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Histogram {
-    /// Observations at or below each bucket's bound (not yet cumulative).
-    buckets: [u64; DIAL_BUCKETS],
-    count: u64,
-    sum: f64,
-}
-
-impl Histogram {
-    /// The upper bound of bucket `k`, in seconds.
-    pub fn bound(k: usize) -> f64 {
-        0.001 * f64::from(1u32 << k)
-    }
-
-    /// Records one observation.
-    pub fn observe(&mut self, duration: Duration) {
-        let seconds = duration.as_secs_f64();
-        if let Some(k) = (0..DIAL_BUCKETS).find(|&k| seconds <= Self::bound(k)) {
-            self.buckets[k] += 1;
-        }
-        self.count += 1;
-        self.sum += seconds;
-    }
-
-    /// Cumulative counts per bucket, then the total (the `+Inf` bucket).
-    pub fn cumulative(&self) -> ([u64; DIAL_BUCKETS], u64) {
-        let mut out = [0; DIAL_BUCKETS];
-        let mut running = 0;
-        for (k, n) in self.buckets.iter().enumerate() {
-            running += n;
-            out[k] = running;
-        }
-        (out, self.count)
-    }
+/// A dial-duration histogram with the [`DIAL_BUCKETS`] buckets.
+fn dial_histogram() -> prometheus::Result<prometheus::Histogram> {
+    let buckets = exponential_buckets(0.001, 2.0, DIAL_BUCKETS)?;
+    prometheus::Histogram::with_opts(
+        HistogramOpts::new(DIAL_DURATION.name, DIAL_DURATION.help).buckets(buckets),
+    )
 }
 
 /// Counters the controller keeps (the rest of the metrics is read from the
-/// status document, i.e. from the kernel and the state machines).
-#[derive(Debug, Clone, Default, PartialEq)]
+/// status document, i.e. from the kernel and the state machines). A clone
+/// shares the dial histograms.
+#[derive(Debug, Clone, Default)]
 pub struct Counters {
     /// State transitions per (service, server, from, to).
     pub transitions: BTreeMap<(String, String, ServerState, ServerState), u64>,
@@ -125,7 +351,7 @@ pub struct Counters {
     /// Times the selected backend changed, per service.
     pub selection_changes: BTreeMap<String, u64>,
     /// Dial durations per (service, outcome).
-    pub dials: BTreeMap<(String, DialStatus), Histogram>,
+    pub dials: BTreeMap<(String, DialStatus), prometheus::Histogram>,
     /// How long the last connection count took (dump, lookups, events).
     pub last_poll: Duration,
     /// Sockets to configured servers the last dump returned.
@@ -182,412 +408,176 @@ impl Counters {
     pub fn observe_dial(&mut self, service: &str, status: DialStatus, duration: Duration) {
         self.dials
             .entry((service.to_owned(), status))
-            .or_default()
-            .observe(duration);
+            .or_insert_with(|| {
+                dial_histogram().expect("constant, valid name and buckets (see the tests)")
+            })
+            .observe(duration.as_secs_f64());
     }
 }
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
+/// Writes `families` in the text format 0.0.4.
+fn encode(families: &[MetricFamily], out: &mut String) {
+    TextEncoder::new()
+        .encode_utf8(families, out)
+        .expect("every family has a name and samples, and a String takes any text");
 }
 
 /// `daas_lb_api_refused_total`: refused requests and connections closed
 /// early, per (listener, reason), appended to `out`.
 pub fn render_api_refusals(out: &mut String, refusals: &[((&str, &str), u64)]) {
-    family(
-        out,
-        "daas_lb_api_refused_total",
-        "counter",
-        "HTTP requests refused (read_only, no_token, bad_token, not_authorized) and connections closed early (head_timeout, timeout, evicted, over_capacity), per listener (metrics, api, control).",
+    let family = API_REFUSED.with(
+        refusals
+            .iter()
+            .map(|&((listener, reason), n)| API_REFUSED.sample([listener, reason], float(n))),
     );
-    for ((listener, reason), n) in refusals {
-        let _ = writeln!(
-            out,
-            "daas_lb_api_refused_total{{listener=\"{}\",reason=\"{}\"}} {n}",
-            label(listener),
-            label(reason)
-        );
-    }
+    encode(family.as_slice(), out);
 }
 
 /// Renders every metric.
 pub fn render(status: &Status, counters: &Counters) -> String {
-    let mut out = String::new();
-    per_server(
-        &mut out,
-        status,
-        (
-            "k3s_loadbalancer_server_health",
-            "gauge",
-            "Server state as in the K3s agent load balancer: 0 invalid, 1 failed, 2 standby, 3 unchecked, 4 recovering, 5 healthy, 6 preferred, 7 active.",
-        ),
-        |server| server.state as u64,
-    );
-    per_server(
-        &mut out,
-        status,
-        (
-            "k3s_loadbalancer_server_connections",
-            "gauge",
-            "Connections made through the VIP to this server that are open now (counted from the kernel with sock_diag).",
-        ),
-        |server| u64::from(server.connections),
-    );
-    per_server(
-        &mut out,
-        status,
-        (
-            "daas_lb_backend_connects_total",
-            "counter",
-            "connect() calls the kernel redirected from the VIP to this server.",
-        ),
-        |server| server.connects,
-    );
-    per_server(
-        &mut out,
-        status,
-        (
-            "daas_lb_backend_sendmsgs_total",
-            "counter",
-            "Unconnected UDP datagrams the kernel redirected from the VIP to this server.",
-        ),
-        |server| server.sendmsgs,
-    );
-    per_server(
-        &mut out,
-        status,
-        (
-            "daas_lb_xdp_packets_total",
-            "counter",
-            "Packets of remote clients' flows the XDP program forwarded to or from this server (both directions).",
-        ),
-        |server| server.xdp_packets,
-    );
-    per_server(
-        &mut out,
-        status,
-        (
-            "daas_lb_xdp_bytes_total",
-            "counter",
-            "Bytes (from the Ethernet header on) of the packets in daas_lb_xdp_packets_total.",
-        ),
-        |server| server.xdp_bytes,
-    );
-    per_server(
-        &mut out,
-        status,
-        (
-            "daas_lb_xdp_flows_total",
-            "counter",
-            "New XDP flows (remote clients) pinned to this server.",
-        ),
-        |server| server.xdp_flows,
-    );
-    family(
-        &mut out,
-        "daas_lb_xdp_drops_total",
-        "counter",
-        "Packets to a remote service's VIP the XDP program dropped, by reason: no_backend, snat_ports (no free SNAT port), flow_table (flow table full), unreachable (FIB).",
-    );
-    for service in &status.services {
-        for (reason, n) in service.xdp_drops.by_reason() {
-            let _ = writeln!(
-                out,
-                "daas_lb_xdp_drops_total{{name=\"{}\",reason=\"{reason}\"}} {n}",
-                label(&service.name)
-            );
-        }
+    let mut families = Vec::new();
+    for (family, value) in &PER_SERVER {
+        families.push(per_server(status, family, |server| {
+            Some(float(value(server)))
+        }));
     }
+    families.push(XDP_DROPS.with(status.services.iter().flat_map(|service| {
+        service
+            .xdp_drops
+            .by_reason()
+            .map(|(reason, n)| XDP_DROPS.sample([&service.name, reason], float(n)))
+    })));
     if let Some(xdp) = &status.xdp {
-        family(
-            &mut out,
-            "daas_lb_xdp_verdicts_total",
-            "counter",
-            "Every packet the XDP program saw, by what it did and why (redirect, tx, pass_*, drop_*; see the README).",
-        );
-        for reason in lb_common::xdp_counter::NAMES {
-            let n = xdp.verdicts.get(reason).copied().unwrap_or(0);
-            let _ = writeln!(out, "daas_lb_xdp_verdicts_total{{reason=\"{reason}\"}} {n}");
-        }
-    }
-
-    family(
-        &mut out,
-        "daas_lb_maglev_slots",
-        "gauge",
-        "Slots a server owns in its service's Maglev table (policy spread).",
-    );
-    for service in &status.services {
-        for server in &service.servers {
-            if let Some(slots) = server.slots {
-                let _ = writeln!(
-                    out,
-                    "daas_lb_maglev_slots{{name=\"{}\",server=\"{}\"}} {slots}",
-                    label(&service.name),
-                    label(&server.address)
-                );
-            }
-        }
-    }
-    family(
-        &mut out,
-        "k3s_loadbalancer_dial_duration_seconds",
-        "histogram",
-        "Duration of connects to servers, by outcome (observed by the health probes).",
-    );
-    for ((name, status_label), histogram) in &counters.dials {
-        let (buckets, count) = histogram.cumulative();
-        let labels = format!(
-            "name=\"{}\",status=\"{}\"",
-            label(name),
-            status_label.as_str()
-        );
-        for (k, n) in buckets.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "k3s_loadbalancer_dial_duration_seconds_bucket{{{labels},le=\"{}\"}} {n}",
-                Histogram::bound(k)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "k3s_loadbalancer_dial_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}"
-        );
-        let _ = writeln!(
-            out,
-            "k3s_loadbalancer_dial_duration_seconds_sum{{{labels}}} {}",
-            histogram.sum
-        );
-        let _ = writeln!(
-            out,
-            "k3s_loadbalancer_dial_duration_seconds_count{{{labels}}} {count}"
+        families.push(
+            XDP_VERDICTS.with(lb_common::xdp_counter::NAMES.map(|reason| {
+                let n = xdp.verdicts.get(reason).copied().unwrap_or(0);
+                XDP_VERDICTS.sample([reason], float(n))
+            })),
         );
     }
-
-    family(
-        &mut out,
-        "daas_lb_state_transitions_total",
-        "counter",
-        "Server state changes, by service, server and states.",
+    families.push(per_server(status, &MAGLEV_SLOTS, |server| {
+        server.slots.map(f64::from)
+    }));
+    families.push(
+        DIAL_DURATION.with(counters.dials.iter().map(|((name, outcome), histogram)| {
+            let mut metric = histogram.metric();
+            metric.set_label(DIAL_DURATION.label_pairs([name, outcome.as_str()]));
+            metric
+        })),
     );
-    for ((name, server, from, to), n) in &counters.transitions {
-        let _ = writeln!(
-            out,
-            "daas_lb_state_transitions_total{{name=\"{}\",server=\"{}\",from=\"{from}\",to=\"{to}\"}} {n}",
-            label(name),
-            label(server)
-        );
+    families.push(
+        STATE_TRANSITIONS.with(counters.transitions.iter().map(
+            |((name, server, from, to), &n)| {
+                STATE_TRANSITIONS.sample([name, server, from.as_str(), to.as_str()], float(n))
+            },
+        )),
+    );
+    families.push(POLL_SECONDS.with([POLL_SECONDS.sample([], counters.last_poll.as_secs_f64())]));
+    families.push(
+        POLL_SOCKETS.with([POLL_SOCKETS.sample([], float(counters.last_poll_sockets as u64))]),
+    );
+    let get = |map: &BTreeMap<String, u64>, service: &ServiceStatus| {
+        float(map.get(&service.name).copied().unwrap_or(0))
+    };
+    families.push(per_service(status, &FAIL_OPEN, |service| {
+        get(&counters.fail_open, service)
+    }));
+    families.push(per_service(status, &CONNECTIONS_CLOSED, |service| {
+        get(&counters.closed_connections, service)
+    }));
+    families.push(per_service(status, &SERVICE_REFUSED, |service| {
+        float(service.refused)
+    }));
+    families.push(per_service(status, &SELECTION_CHANGES, |service| {
+        get(&counters.selection_changes, service)
+    }));
+    if let Some(registry) = &status.registry {
+        chain(status, registry, &mut families);
+        attestations(status, counters, &mut families);
     }
-
-    family(
-        &mut out,
-        "daas_lb_connection_poll_seconds",
-        "gauge",
-        "How long the last count of connections from the kernel took (sock_diag dump, rev_nat lookups, state machine).",
-    );
-    let _ = writeln!(
-        out,
-        "daas_lb_connection_poll_seconds {}",
-        counters.last_poll.as_secs_f64()
-    );
-    family(
-        &mut out,
-        "daas_lb_connection_poll_sockets",
-        "gauge",
-        "Established TCP and connected UDP sockets to configured servers the last count saw.",
-    );
-    let _ = writeln!(
-        out,
-        "daas_lb_connection_poll_sockets {}",
-        counters.last_poll_sockets
-    );
-    let get = |map: &BTreeMap<String, u64>, name: &str| map.get(name).copied().unwrap_or(0);
-    per_service(
-        &mut out,
-        status,
-        (
-            "daas_lb_fail_open_total",
-            "counter",
-            "Times every server of the service failed and it failed open to the best-ranked one.",
-        ),
-        |service| get(&counters.fail_open, &service.name),
-    );
-    per_service(
-        &mut out,
-        status,
-        (
-            "daas_lb_connections_closed_total",
-            "counter",
-            "Connections destroyed (SOCK_DESTROY) because their server failed, was removed or lost to another.",
-        ),
-        |service| get(&counters.closed_connections, &service.name),
-    );
-    per_service(
-        &mut out,
-        status,
-        (
-            "daas_lb_service_refused_total",
-            "counter",
-            "Connects and sends to the VIP refused (ECONNREFUSED) because no server was usable.",
-        ),
-        |service| service.refused,
-    );
-    per_service(
-        &mut out,
-        status,
-        (
-            "daas_lb_selection_changes_total",
-            "counter",
-            "Times the selected backend of the service changed.",
-        ),
-        |service| get(&counters.selection_changes, &service.name),
-    );
-    render_chain(&mut out, status);
-    render_attestations(&mut out, status, counters);
+    let families: Vec<MetricFamily> = families.into_iter().flatten().collect();
+    let mut out = String::new();
+    encode(&families, &mut out);
     out
 }
 
-/// The Nautilus attestation and ranking metrics (only with a `chain`
-/// block).
-fn render_attestations(out: &mut String, status: &Status, counters: &Counters) {
-    if status.registry.is_none() {
-        return;
-    }
-    per_node(
-        out,
-        status,
-        (
-            "k3s_nautilus_performance_score",
-            "gauge",
-            "Performance score (basis points, 0-10000) of the server's last verified attestation, while its latest one verifies.",
-        ),
-        |server| match (&server.attestation, &server.attestation_failure) {
-            (Some(attestation), None) => Some(attestation.performance_score.to_string()),
-            _ => None,
-        },
-    );
-    per_node(
-        out,
-        status,
-        (
-            "k3s_attestation_age_seconds",
-            "gauge",
-            "Seconds since the enclave signed the server's last verified attestation.",
-        ),
-        |server| {
-            server
-                .attestation
-                .as_ref()
-                .map(|attestation| format!("{:.3}", attestation.age_seconds))
-        },
-    );
-    family(
-        out,
-        "daas_lb_attestation_failures_total",
-        "counter",
-        "Attestations rejected by nautilus checks, by reason (bad_signature, wrong_key, stale, not_current, unreachable, ...).",
-    );
-    for ((service, server, reason), n) in &counters.attestation_failures {
-        let _ = writeln!(
-            out,
-            "daas_lb_attestation_failures_total{{service=\"{}\",server=\"{}\",reason=\"{reason}\"}} {n}",
-            label(service),
-            label(server)
-        );
-    }
-    per_node(
-        out,
-        status,
-        (
-            "daas_lb_server_score",
-            "gauge",
-            "Ranking score (performance x reputation x stake weight) of a server, with features.performance_ranking.",
-        ),
-        |server| server.score.map(|score| score.to_string()),
-    );
-}
-
-/// One family with labels `service` and `server`, a sample for each server
-/// `value` has a value for.
-fn per_node(
-    out: &mut String,
+/// A sample per server `value` has a value for, labelled by service and
+/// server.
+fn per_server(
     status: &Status,
-    (name, kind, help): (&str, &str, &str),
-    value: impl Fn(&ServerStatus) -> Option<String>,
-) {
-    family(out, name, kind, help);
-    for service in &status.services {
-        for server in &service.servers {
-            if let Some(value) = value(server) {
-                let _ = writeln!(
-                    out,
-                    "{name}{{service=\"{}\",server=\"{}\"}} {value}",
-                    label(&service.name),
-                    label(&server.address)
-                );
-            }
-        }
-    }
+    family: &Family<2>,
+    value: impl Fn(&ServerStatus) -> Option<f64>,
+) -> Option<MetricFamily> {
+    family.with(status.services.iter().flat_map(|service| {
+        service.servers.iter().filter_map(|server| {
+            Some(family.sample([&service.name, &server.address], value(server)?))
+        })
+    }))
 }
 
-/// The Sui discovery metrics (only with a `chain` block).
-fn render_chain(out: &mut String, status: &Status) {
-    let Some(registry) = &status.registry else {
-        return;
-    };
-    per_node(
-        out,
-        status,
-        (
-            "k3s_server_stake_amount",
-            "gauge",
-            "Stake (MIST) the registry lists for a discovered server's node.",
-        ),
-        |server| server.stake_mist.map(|stake| stake.to_string()),
-    );
-    per_node(
-        out,
-        status,
-        (
-            "k3s_blockchain_sync_lag_blocks",
-            "gauge",
-            "Checkpoints a discovered server's own Sui full node was behind the reference at its last sui_sync check.",
-        ),
-        |server| server.sync_lag_blocks.map(|lag| lag.to_string()),
-    );
-    family(
-        out,
-        "daas_lb_registry_events_total",
-        "counter",
-        "Events seen in checkpoints by the Sui discovery: registered, updated, removed (applied), ignored (not the registry's), malformed (skipped).",
-    );
-    for (kind, n) in &registry.events {
-        let _ = writeln!(
-            out,
-            "daas_lb_registry_events_total{{kind=\"{}\"}} {n}",
-            label(kind)
-        );
-    }
-    family(
-        out,
-        "daas_lb_registry_cursor",
-        "gauge",
-        "Sequence number of the last checkpoint the Sui discovery applied.",
-    );
-    let _ = writeln!(
-        out,
-        "daas_lb_registry_cursor {}",
-        registry.cursor.unwrap_or(0)
-    );
-    family(
-        out,
-        "daas_lb_registry_resyncs_total",
-        "counter",
-        "Full syncs of the Sui registry (the first one included).",
-    );
-    let _ = writeln!(out, "daas_lb_registry_resyncs_total {}", registry.resyncs);
+/// A sample per service, labelled by its name.
+fn per_service(
+    status: &Status,
+    family: &Family<1>,
+    value: impl Fn(&ServiceStatus) -> f64,
+) -> Option<MetricFamily> {
+    family.with(
+        status
+            .services
+            .iter()
+            .map(|service| family.sample([&service.name], value(service))),
+    )
 }
+
+/// The Sui discovery metrics.
+fn chain(status: &Status, registry: &RegistryStatus, families: &mut Vec<Option<MetricFamily>>) {
+    families.push(per_server(status, &STAKE, |server| {
+        server.stake_mist.map(float)
+    }));
+    families.push(per_server(status, &SYNC_LAG, |server| {
+        server.sync_lag_blocks.map(float)
+    }));
+    families.push(
+        REGISTRY_EVENTS.with(
+            registry
+                .events
+                .iter()
+                .map(|(kind, &n)| REGISTRY_EVENTS.sample([kind], float(n))),
+        ),
+    );
+    families.push(
+        REGISTRY_CURSOR.with([REGISTRY_CURSOR.sample([], float(registry.cursor.unwrap_or(0)))]),
+    );
+    families.push(REGISTRY_RESYNCS.with([REGISTRY_RESYNCS.sample([], float(registry.resyncs))]));
+}
+
+/// The Nautilus attestation and ranking metrics.
+fn attestations(status: &Status, counters: &Counters, families: &mut Vec<Option<MetricFamily>>) {
+    families.push(per_server(status, &PERFORMANCE_SCORE, |server| {
+        match (&server.attestation, &server.attestation_failure) {
+            (Some(attestation), None) => Some(float(attestation.performance_score)),
+            _ => None,
+        }
+    }));
+    families.push(per_server(status, &ATTESTATION_AGE, |server| {
+        // Millisecond resolution (the age is whole milliseconds already).
+        let age = server.attestation.as_ref()?.age_seconds;
+        Some((age * 1000.0).round() / 1000.0)
+    }));
+    families.push(
+        ATTESTATION_FAILURES.with(counters.attestation_failures.iter().map(
+            |((service, server, reason), &n)| {
+                ATTESTATION_FAILURES.sample([service, server, reason], float(n))
+            },
+        )),
+    );
+    families.push(per_server(status, &SERVER_SCORE, |server| {
+        server.score.map(float)
+    }));
+}
+
+#[cfg(test)]
+mod golden;
 
 #[cfg(test)]
 mod tests {
@@ -723,7 +713,7 @@ mod tests {
         server.stake_mist = Some(u64::MAX);
         server.sync_lag_blocks = Some(3);
         status.services[0].servers[1].stake_mist = Some(5);
-        status.registry = Some(crate::api::status::RegistryStatus {
+        status.registry = Some(RegistryStatus {
             synced: true,
             nodes: 2,
             cursor: Some(42),
@@ -741,7 +731,8 @@ mod tests {
     fn renders_chain_metrics() {
         let text = render(&with_registry(), &Counters::default());
         for line in [
-            "k3s_server_stake_amount{service=\"sup\\\"er\",server=\"10.0.0.1:1\"} 18446744073709551615",
+            // u64::MAX as the float64 Prometheus stores (2^64).
+            "k3s_server_stake_amount{service=\"sup\\\"er\",server=\"10.0.0.1:1\"} 18446744073709552000",
             "k3s_server_stake_amount{service=\"sup\\\"er\",server=\"10.0.0.2:1\"} 5",
             "k3s_blockchain_sync_lag_blocks{service=\"sup\\\"er\",server=\"10.0.0.1:1\"} 3",
             "daas_lb_registry_events_total{kind=\"registered\"} 2",
@@ -784,8 +775,8 @@ mod tests {
         let text = render(&status, &counters);
         for line in [
             "k3s_nautilus_performance_score{service=\"sup\\\"er\",server=\"10.0.0.1:1\"} 9000",
-            "k3s_attestation_age_seconds{service=\"sup\\\"er\",server=\"10.0.0.1:1\"} 2.500",
-            "k3s_attestation_age_seconds{service=\"sup\\\"er\",server=\"10.0.0.2:1\"} 2.500",
+            "k3s_attestation_age_seconds{service=\"sup\\\"er\",server=\"10.0.0.1:1\"} 2.5",
+            "k3s_attestation_age_seconds{service=\"sup\\\"er\",server=\"10.0.0.2:1\"} 2.5",
             "daas_lb_attestation_failures_total{service=\"sup\\\"er\",server=\"10.0.0.2:1\",reason=\"stale\"} 2",
             "daas_lb_attestation_failures_total{service=\"sup\\\"er\",server=\"10.0.0.2:1\",reason=\"bad_signature\"} 1",
             "daas_lb_server_score{service=\"sup\\\"er\",server=\"10.0.0.1:1\"} 720",
@@ -838,8 +829,6 @@ mod tests {
 
     #[test]
     fn dial_histogram_has_fifteen_doubling_buckets_from_one_millisecond() {
-        assert!((Histogram::bound(0) - 0.001).abs() < 1e-12);
-        assert!((Histogram::bound(14) - 16.384).abs() < 1e-9);
         let mut counters = Counters::default();
         for ms in [0.5, 1.0, 1.5, 3.0, 20_000.0] {
             counters.observe_dial(
@@ -863,11 +852,24 @@ mod tests {
         assert_eq!(bucket("0.004"), "4");
         assert_eq!(bucket("16.384"), "4");
         assert_eq!(bucket("+Inf"), "5");
-        let buckets = text
+        let bounds: Vec<&str> = text
             .lines()
-            .filter(|l| l.starts_with("k3s_loadbalancer_dial_duration_seconds_bucket{name=\"a\""))
-            .count();
-        assert_eq!(buckets, DIAL_BUCKETS + 1);
+            .filter_map(|l| {
+                l.strip_prefix("k3s_loadbalancer_dial_duration_seconds_bucket{name=\"a\"")?
+                    .split("le=\"")
+                    .nth(1)?
+                    .split('"')
+                    .next()
+            })
+            .collect();
+        assert_eq!(
+            bounds,
+            [
+                "0.001", "0.002", "0.004", "0.008", "0.016", "0.032", "0.064", "0.128", "0.256",
+                "0.512", "1.024", "2.048", "4.096", "8.192", "16.384", "+Inf"
+            ]
+        );
+        assert_eq!(bounds.len(), DIAL_BUCKETS + 1);
         assert!(text.contains(
             "k3s_loadbalancer_dial_duration_seconds_count{name=\"a\",status=\"failure\"} 5"
         ));

@@ -1,13 +1,14 @@
 //! System prerequisites: command-line tools from Debian packages (bpftool,
-//! ip, nc, curl, ethtool, iptables) and the bpffs mount. Installing and mounting need root;
-//! without it these steps only warn (`run` and `test` check root themselves).
+//! ip, nc, curl, ethtool, iptables; promtool under `CI=true`) and the bpffs
+//! mount. Installing and mounting need root; without it these steps only
+//! warn (`run` and `test` check root themselves).
 
 use std::{fs, path::Path, process::Command};
 
 use anyhow::{Context as _, Result, bail, ensure};
 
 use super::{Progress, doing, ok};
-use crate::process::{find_program, is_root, run};
+use crate::process::{find_program, in_ci, is_root, run};
 
 /// (command, Debian package that provides it)
 /// ethtool: GRO and checksum offload on the XDP tests' veths; iptables: the
@@ -21,14 +22,23 @@ const TOOLS: [(&str, &str); 6] = [
     ("iptables", "iptables"),
 ];
 
+/// Only under `CI=true`: promtool checks the `/metrics` text in a unit test
+/// (lb-userspace `metrics/golden.rs`). Its package also brings a Prometheus
+/// server, which nothing else needs.
+const CI_TOOLS: [(&str, &str); 1] = [("promtool", "prometheus")];
+
 const BPFFS: &str = "/sys/fs/bpf";
 
 /// Installs the packages of the missing tools with apt (as root).
 pub(super) fn ensure_tools(progress: &mut Progress) -> Result<()> {
-    const ITEM: &str = "bpftool, ip, nc, curl, ethtool, iptables";
+    let item = if in_ci() {
+        "bpftool, ip, nc, curl, ethtool, iptables, promtool"
+    } else {
+        "bpftool, ip, nc, curl, ethtool, iptables"
+    };
     let missing = missing_tools();
     if missing.is_empty() {
-        ok(ITEM, "present");
+        ok(item, "present");
         return Ok(());
     }
     let commands = missing
@@ -51,7 +61,7 @@ pub(super) fn ensure_tools(progress: &mut Progress) -> Result<()> {
     if find_program("apt-get").is_none() {
         bail!("missing {commands} and no apt-get to install them; install: {packages:?}");
     }
-    doing(ITEM, format_args!("missing {commands}; {install}"));
+    doing(item, format_args!("missing {commands}; {install}"));
     run(Command::new("apt-get").arg("update"))?;
     run(Command::new("apt-get")
         .args(["install", "-y", "--no-install-recommends"])
@@ -62,13 +72,16 @@ pub(super) fn ensure_tools(progress: &mut Progress) -> Result<()> {
         still_missing.is_empty(),
         "installed {packages:?}, but {still_missing:?} are still not found"
     );
-    ok(ITEM, format_args!("installed {}", packages.join(" ")));
+    ok(item, format_args!("installed {}", packages.join(" ")));
     Ok(())
 }
 
 fn missing_tools() -> Vec<(&'static str, &'static str)> {
+    let ci_tools: &[_] = if in_ci() { &CI_TOOLS } else { &[] };
     TOOLS
-        .into_iter()
+        .iter()
+        .chain(ci_tools)
+        .copied()
         .filter(|&(cmd, _)| find_program(cmd).is_none())
         .collect()
 }
