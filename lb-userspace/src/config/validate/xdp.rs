@@ -1,0 +1,200 @@
+//! The `xdp` block: interfaces, attach mode, SNAT addresses and ports.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use serde_saphyr::Spanned;
+
+use super::{Checker, MAX_INTERFACE_NAME_LEN, ServiceDraft};
+use crate::config::{PortRange, XdpAttachMode, XdpSettings, raw::RawXdp};
+
+impl Checker {
+    /// The `xdp` block.
+    pub(super) fn xdp(&mut self, raw: &Spanned<RawXdp>) -> Option<XdpSettings> {
+        let xdp = &raw.value;
+        let interfaces = self
+            .required(
+                xdp.interfaces.as_ref(),
+                raw.referenced,
+                "xdp",
+                "interfaces",
+                ": the interfaces remote clients' packets arrive on, e.g. [eth0]",
+            )
+            .and_then(|list| self.interfaces(list));
+        let mode = match &xdp.mode {
+            None => Some(XdpAttachMode::Auto),
+            Some(raw) => self.parse(raw, "xdp.mode"),
+        };
+        let snat_ipv4 = match &xdp.snat_ipv4 {
+            None => Some(None),
+            Some(raw) => match self.snat_address(raw, "xdp.snat_ipv4", true)? {
+                IpAddr::V4(v4) => Some(Some(v4)),
+                IpAddr::V6(_) => None,
+            },
+        };
+        let snat_ipv6 = match &xdp.snat_ipv6 {
+            None => Some(None),
+            Some(raw) => match self.snat_address(raw, "xdp.snat_ipv6", false)? {
+                IpAddr::V6(v6) => Some(Some(v6)),
+                IpAddr::V4(_) => None,
+            },
+        };
+        let snat_ports = match &xdp.snat_ports {
+            None => Some(PortRange::DEFAULT_SNAT),
+            Some(raw) => self.port_range(raw, "xdp.snat_ports"),
+        };
+        Some(XdpSettings {
+            interfaces: interfaces?,
+            mode: mode?,
+            snat_ipv4: snat_ipv4?,
+            snat_ipv6: snat_ipv6?,
+            snat_ports: snat_ports?,
+        })
+    }
+
+    /// `xdp.interfaces`: a non-empty list of distinct, well-formed names.
+    pub(super) fn interfaces(
+        &mut self,
+        list: &Spanned<Vec<Spanned<String>>>,
+    ) -> Option<Vec<String>> {
+        let path = "xdp.interfaces";
+        if list.value.is_empty() {
+            self.report(
+                list.referenced,
+                path,
+                "must not be empty; list the interfaces remote clients' packets arrive on, e.g. [eth0]"
+                    .to_owned(),
+            );
+            return None;
+        }
+        let mut names: Vec<&Spanned<String>> = Vec::with_capacity(list.value.len());
+        let mut valid = true;
+        for (index, raw) in list.value.iter().enumerate() {
+            let entry_path = format!("{path}[{index}]");
+            let name = raw.value.trim();
+            if let Some(problem) = interface_name_problem(name) {
+                self.report(raw.referenced, &entry_path, problem);
+                valid = false;
+            } else if let Some(first) = names.iter().position(|other| other.value.trim() == name) {
+                self.report(
+                    raw.referenced,
+                    &entry_path,
+                    format!(
+                        "duplicate interface {name}, already listed as {path}[{first}] (line {})",
+                        names[first].referenced.line()
+                    ),
+                );
+                valid = false;
+            }
+            names.push(raw);
+        }
+        valid.then(|| {
+            names
+                .into_iter()
+                .map(|name| name.value.trim().to_owned())
+                .collect()
+        })
+    }
+
+    /// `xdp.snat_ipv4` (`v4`) or `xdp.snat_ipv6`: a unicast address literal
+    /// of that family.
+    pub(super) fn snat_address(
+        &mut self,
+        raw: &Spanned<String>,
+        path: &str,
+        v4: bool,
+    ) -> Option<IpAddr> {
+        let text = raw.value.trim();
+        let (family, other, example) = if v4 {
+            ("IPv4", "snat_ipv6", "192.0.2.10")
+        } else {
+            ("IPv6", "snat_ipv4", "2001:db8::10")
+        };
+        let problem = match text.parse::<IpAddr>() {
+            Err(_) => format!(
+                "invalid address {text:?}; expected an {family} address literal such as {example} (no port, host names are not resolved)"
+            ),
+            Ok(ip) if ip.is_ipv4() != v4 => {
+                format!("{ip} is not an {family} address; write it in `{other}`")
+            }
+            Ok(ip) if ip.is_unspecified() => format!(
+                "{ip} is the unspecified address; the SNAT source must be a unicast address of this node"
+            ),
+            Ok(ip) if ip.is_multicast() || ip == IpAddr::V4(Ipv4Addr::BROADCAST) => format!(
+                "{ip} is a multicast or broadcast address; the SNAT source must be a unicast address of this node"
+            ),
+            Ok(ip) => return Some(ip),
+        };
+        self.report(raw.referenced, path, problem);
+        None
+    }
+
+    /// `first-last`, 1 <= first <= last <= 65535.
+    pub(super) fn port_range(&mut self, raw: &Spanned<String>, path: &str) -> Option<PortRange> {
+        let text = raw.value.trim();
+        let parsed = text.split_once('-').and_then(|(first, last)| {
+            Some((
+                first.trim().parse::<u64>().ok()?,
+                last.trim().parse::<u64>().ok()?,
+            ))
+        });
+        let problem = match parsed {
+            None => format!("invalid port range {text:?}; expected first-last, e.g. 61000-65535"),
+            Some((first, last)) if first == 0 || last == 0 => {
+                format!("{first}-{last}: port 0 is not allowed; expected ports from 1 to 65535")
+            }
+            Some((first, last)) if first > 65535 || last > 65535 => {
+                format!("{first}-{last}: ports go up to 65535")
+            }
+            Some((first, last)) if first > last => {
+                format!("{first}-{last} is empty: the first port is above the last")
+            }
+            Some((first, last)) => {
+                return Some(PortRange {
+                    first: first as u16,
+                    last: last as u16,
+                });
+            }
+        };
+        self.report(raw.referenced, path, problem);
+        None
+    }
+
+    /// `remote: true` needs the `xdp` block (called when it is absent).
+    pub(super) fn check_remote_needs_xdp(&mut self, drafts: &[ServiceDraft]) {
+        for draft in drafts {
+            if let Some(remote) = &draft.remote
+                && remote.value
+            {
+                self.report(
+                    remote.referenced,
+                    &format!("{}.remote", draft.path),
+                    "`remote: true` needs the top-level `xdp` block (the interfaces remote clients' packets arrive on)"
+                        .to_owned(),
+                );
+            }
+        }
+    }
+}
+
+/// Why `name` cannot be a Linux network interface name, if it cannot
+/// (the kernel's `dev_valid_name`).
+pub(super) fn interface_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        Some("interface name must not be empty".to_owned())
+    } else if name.len() > MAX_INTERFACE_NAME_LEN {
+        Some(format!(
+            "interface name {name:?} is {} bytes long; Linux allows at most {MAX_INTERFACE_NAME_LEN}",
+            name.len()
+        ))
+    } else if name == "."
+        || name == ".."
+        || name.contains(['/', ':'])
+        || name.contains(char::is_whitespace)
+    {
+        Some(format!(
+            "invalid interface name {name:?}; it may not be . or .. nor contain /, : or spaces"
+        ))
+    } else {
+        None
+    }
+}
