@@ -114,6 +114,35 @@ pub(super) fn sync(dataplane: &mut Dataplane, service: &mut ServiceRuntime) -> b
     if unchanged && (!members.is_empty() || !has_unusable(service)) {
         return false;
     }
+    // A table adopted after a restart waits until every server it names has
+    // qualified or failed: rebuilding for the first one that qualifies would
+    // move the slots of the others, which are about to qualify too. A named
+    // server that failed or is gone ends the wait at once.
+    if service.table_members.is_empty() && awaits_first_checks(service) && !has_unusable(service) {
+        return false;
+    }
+    // Once they have: an adopted table that spreads over exactly the servers
+    // that qualify (with equal weights) is kept as it is, so a restart moves
+    // no slot.
+    if service.table_members.is_empty()
+        && service.table.len() == size
+        && !members.is_empty()
+        && weights.windows(2).all(|w| w[0] == w[1])
+    {
+        let named: HashSet<u32> = service
+            .table
+            .iter()
+            .copied()
+            .filter(|&id| id != NO_BACKEND)
+            .collect();
+        let qualifying: HashSet<u32> = members.iter().map(|&(id, _)| id).collect();
+        if named == qualifying {
+            info!(service = %name, servers = members.len(), "kept the Maglev table adopted from the previous run");
+            service.table_members = members;
+            service.table_weights = weights;
+            return false;
+        }
+    }
     let table = if members.is_empty() {
         vec![NO_BACKEND; size]
     } else {
@@ -185,6 +214,20 @@ pub(super) fn sync(dataplane: &mut Dataplane, service: &mut ServiceRuntime) -> b
     service.table_members = members;
     service.table_weights = weights;
     written > 0
+}
+
+/// Whether the kernel's table names a listed server that has not qualified
+/// for slots yet but is on its way (unchecked, or recovering after its first
+/// passed check): an adopted table before the first verdicts.
+fn awaits_first_checks(service: &ServiceRuntime) -> bool {
+    let unchecked: HashSet<u32> = service
+        .machine
+        .servers()
+        .iter()
+        .filter(|s| s.listed && matches!(s.state, ServerState::Unchecked | ServerState::Recovering))
+        .filter_map(|s| service.servers.get(&s.address).map(|r| r.backend_id))
+        .collect();
+    !unchecked.is_empty() && service.table.iter().any(|id| unchecked.contains(id))
 }
 
 /// Whether the kernel's table names a backend that is failed or no longer
