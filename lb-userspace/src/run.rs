@@ -153,7 +153,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             "XDP forwarding for remote clients attached"
         );
     }
-    let controller = match Controller::new(config.clone(), dataplane) {
+    let controller = match Controller::start(config.clone(), dataplane).await {
         Ok(c) => c,
         Err(err) => {
             if report.adopted.is_empty() {
@@ -162,22 +162,6 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             return Err(err);
         }
     };
-    {
-        let c = controller.clone();
-        let every = config.connection_poll_interval;
-        tasks.spawn(async move {
-            let mut ticker = tokio::time::interval(every);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticker.tick().await;
-                tokio::task::block_in_place(|| {
-                    c.poll();
-                    // XDP's SNAT sources follow address changes (no-op without `xdp`).
-                    c.refresh_if_addrs();
-                });
-            }
-        });
-    }
     let api = Api::new(controller.clone(), &config, token, options.config_loader());
     let listeners = [
         ("api", api.api_router(), Listener::Tcp(api_listener)),
@@ -231,7 +215,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     signals.wait_for_stop(&api).await;
     tasks.shutdown().await;
     drop(control_socket);
-    controller.shutdown()?;
+    controller.shutdown().await?;
     info!(pin_dir = %config.bpffs_dir.display(), "detached and unpinned; bye");
     Ok(())
 }
@@ -290,7 +274,7 @@ impl Signals {
             tokio::select! {
                 _ = self.term.recv() => { info!("SIGTERM: shutting down"); return; }
                 _ = self.int.recv() => { info!("SIGINT: shutting down"); return; }
-                _ = self.hup.recv() => reload(api),
+                _ = self.hup.recv() => reload(api).await,
             }
         }
     }
@@ -298,9 +282,9 @@ impl Signals {
 
 /// SIGHUP: re-reads the config file; a file that does not load or apply
 /// leaves the running configuration as it was.
-fn reload(api: &Api) {
+async fn reload(api: &Api) {
     info!("SIGHUP: reloading the configuration");
-    match api.reload() {
+    match api.reload().await {
         Ok(path) => info!(path = %path, "configuration reloaded"),
         Err(err) => {
             error!(

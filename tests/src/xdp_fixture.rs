@@ -34,7 +34,10 @@ use lb_common::{
     PROTO_UDP, Service, ServiceStats, VipKey, XdpConfig, ip_to_bytes, map_names, program_names,
     xdp_counter,
 };
-use lb_userspace::kernel::dataplane::{load_retrying, sum_backend_stats, sum_service_stats};
+use lb_userspace::kernel::{
+    dataplane::load_retrying,
+    maps::{sum_backend_stats, sum_service_stats},
+};
 
 use crate::sh;
 

@@ -38,7 +38,7 @@ use axum::{
     extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State, rejection::JsonRejection},
     http::{HeaderValue, Method, StatusCode, header},
     middleware::{self, Next},
-    response::{IntoResponse, Response},
+    response::{IntoResponse as _, Response},
     routing::{get, post, put},
     serve::Listener,
 };
@@ -50,7 +50,6 @@ use self::{
     guard::{Conn, Guarded, MAX_BODY, Peer, PeerStream},
 };
 use crate::{
-    api::status::Status,
     config::Config,
     controller::{Controller, ServersError},
     metrics,
@@ -156,10 +155,10 @@ impl Api {
     /// Reloads the config file (SIGHUP and `POST /reload`): the file and
     /// its `api_token_file` must load before anything changes; a config
     /// that does not apply leaves the running one. Returns the file's path.
-    pub fn reload(&self) -> anyhow::Result<String> {
+    pub async fn reload(&self) -> anyhow::Result<String> {
         let (config, origin) = (self.load_config)()?;
         let token = load_token(&config)?;
-        tokio::task::block_in_place(|| self.controller.reload(config))?;
+        self.controller.reload(config).await?;
         let had = std::mem::replace(
             &mut *self.token.write().unwrap_or_else(PoisonError::into_inner),
             token,
@@ -474,14 +473,19 @@ async fn not_found_on_control(method: Method, uri: axum::http::Uri) -> Response 
     )
 }
 
-async fn status(State(api): State<Api>) -> Json<Status> {
-    Json(tokio::task::block_in_place(|| api.controller.status()))
+async fn status(State(api): State<Api>) -> Response {
+    match api.controller.status().await {
+        Ok(status) => Json(status).into_response(),
+        Err(stopped) => error(StatusCode::SERVICE_UNAVAILABLE, stopped.to_string()),
+    }
 }
 
-async fn metrics_text(State(api): State<Api>) -> impl IntoResponse {
-    let mut body = tokio::task::block_in_place(|| {
-        metrics::render(&api.controller.status(), &api.controller.counters())
-    });
+async fn metrics_text(State(api): State<Api>) -> Response {
+    let (status, counters) = match api.controller.snapshot().await {
+        Ok(snapshot) => snapshot,
+        Err(stopped) => return error(StatusCode::SERVICE_UNAVAILABLE, stopped.to_string()),
+    };
+    let mut body = metrics::render(&status, &counters);
     metrics::render_api_refusals(&mut body, &api.refusals.snapshot());
     (
         [(
@@ -490,12 +494,15 @@ async fn metrics_text(State(api): State<Api>) -> impl IntoResponse {
         )],
         body,
     )
+        .into_response()
 }
 
-/// Liveness: answers once the controller's state can be read.
-async fn healthz(State(api): State<Api>) -> &'static str {
-    tokio::task::block_in_place(|| drop(api.controller.counters()));
-    "ok\n"
+/// Liveness: answers once the controller thread answers.
+async fn healthz(State(api): State<Api>) -> Response {
+    match api.controller.ping().await {
+        Ok(()) => "ok\n".into_response(),
+        Err(stopped) => error(StatusCode::SERVICE_UNAVAILABLE, stopped.to_string()),
+    }
 }
 
 async fn put_servers(
@@ -521,10 +528,7 @@ async fn put_servers(
             );
         }
     };
-    let result = tokio::task::block_in_place(|| {
-        api.controller.set_servers(&name, &servers)?;
-        Ok::<_, ServersError>(api.controller.status())
-    });
+    let result = api.controller.set_servers(&name, servers.clone()).await;
     match result {
         Ok(status) => {
             info!(service = %name, servers = ?servers, peer = %conn.peer, "server list replaced through the API");
@@ -541,7 +545,7 @@ async fn put_servers(
 
 async fn reload(State(api): State<Api>, ConnectInfo(conn): ConnectInfo<Conn>) -> Response {
     info!(peer = %conn.peer, "reload requested through the API");
-    match api.reload() {
+    match api.reload().await {
         Ok(origin) => {
             info!(path = %origin, "configuration reloaded");
             Json(serde_json::json!({ "reloaded": origin })).into_response()

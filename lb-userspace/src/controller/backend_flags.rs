@@ -5,7 +5,7 @@
 use lb_common::Backend;
 use tracing::{debug, warn};
 
-use super::ServiceRuntime;
+use super::state::ServiceRuntime;
 use crate::{
     kernel::dataplane::Dataplane,
     policy::map_ids::{backend_entry, backend_flags},
@@ -26,7 +26,7 @@ pub(super) fn sync(dataplane: &mut Dataplane, service: &mut ServiceRuntime) {
             flags,
             ..backend_entry(entry.address, service.id)
         };
-        match dataplane.set_backend(runtime.backend_id, backend) {
+        match dataplane.maps.backends.set(runtime.backend_id, backend) {
             Ok(()) => {
                 debug!(service = %service.config.name, server = %entry.address, state = %entry.state, flags, "backend flags updated");
                 runtime.backend_flags = flags;

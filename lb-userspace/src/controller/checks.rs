@@ -1,7 +1,9 @@
 //! Health-check scheduling: one task per (service, server). The wait before
 //! each probe depends on the server's state (adaptive intervals) and is
 //! jittered so that many servers do not probe in lockstep; probes across all
-//! services share a bound on how many run at once.
+//! services share a bound on how many run at once. A task asks the
+//! controller thread for its next probe and reports each result to it; the
+//! probe itself runs on the task, never on the controller thread.
 
 use std::{
     hash::{BuildHasher as _, RandomState},
@@ -10,10 +12,13 @@ use std::{
     time::Duration,
 };
 
-use tokio::task::AbortHandle;
+use tokio::{sync::Semaphore, task::AbortHandle};
 
-use super::{Controller, dial_probe};
-use crate::{chain::servers::DiscoveredServer, health::Prober, policy::state_machine::ServerState};
+use super::{Controller, Event, state::State};
+use crate::{
+    chain::servers::DiscoveredServer, config::Protocol, health::Prober,
+    policy::state_machine::ServerState,
+};
 
 /// The first check of a new server waits at most this long (plus jitter).
 const FIRST_CHECK_SPREAD: Duration = Duration::from_secs(1);
@@ -41,77 +46,105 @@ pub(super) fn first_wait(interval: Duration, percent: u8, bits: u64) -> Duration
 }
 
 /// What the next probe of a server needs.
-struct Plan {
+pub(super) struct Plan {
     wait: Duration,
     prober: Arc<Prober>,
+    /// Shared by every check task: bounds the probes running at once.
+    slots: Arc<Semaphore>,
     timeout: Duration,
     dial_probe: bool,
     /// The node's registry entry, for `sui_sync` and `nautilus` checks.
     node: Option<DiscoveredServer>,
 }
 
-impl Controller {
-    /// Starts the check task of one server.
-    pub(super) fn spawn_check(&self, service: &str, server: SocketAddr) -> AbortHandle {
-        let controller = self.clone();
-        let service = service.to_owned();
-        self.inner
-            .runtime
-            .spawn(async move { controller.check_loop(service, server).await })
-            .abort_handle()
-    }
-
-    async fn check_loop(self, service: String, server: SocketAddr) {
-        let random = RandomState::new();
-        let mut round = 0u64;
-        loop {
-            let bits = random.hash_one((&service, server, round));
-            let Some(plan) = self.plan_check(&service, server, round == 0, bits) else {
-                return;
-            };
-            round += 1;
-            tokio::time::sleep(plan.wait).await;
-            let Ok(permit) = Arc::clone(&self.inner.probe_slots).acquire_owned().await else {
-                return;
-            };
-            let outcome = plan
-                .prober
-                .probe_node(server, plan.timeout, plan.dial_probe, plan.node.as_ref())
-                .await;
-            drop(permit);
-            self.record_check(&service, server, outcome);
-        }
-    }
-
-    /// The next probe of `server`, or `None` when it is no longer configured.
-    fn plan_check(
-        &self,
-        service: &str,
-        server: SocketAddr,
-        first: bool,
-        bits: u64,
-    ) -> Option<Plan> {
-        let state = self.lock();
-        let service = state.services.iter().find(|s| s.config.name == service)?;
-        let entry = service.machine.server(server)?;
-        let check = &service.config.health_check;
-        let interval = check.intervals.for_state(entry.state);
-        let wait = if first {
-            first_wait(interval, check.jitter_percent, bits)
-        } else {
-            jittered(interval, check.jitter_percent, bits)
-        };
-        Some(Plan {
-            wait,
-            prober: Arc::clone(&service.prober),
-            timeout: check.timeout,
-            dial_probe: dial_probe(service.config.protocol) && entry.state != ServerState::Invalid,
-            node: state
-                .discovery
-                .server(&service.config.name, server)
-                .cloned(),
+/// Starts the check task of one server (it ends at once when the
+/// controller is ending).
+pub(super) fn spawn(state: &State, service: &str, server: SocketAddr) -> AbortHandle {
+    let controller = state.handle();
+    let service = service.to_owned();
+    state
+        .runtime
+        .spawn(async move {
+            if let Some(controller) = controller {
+                check_loop(controller, service, server).await;
+            }
         })
+        .abort_handle()
+}
+
+/// Asks the controller for the next probe, waits, probes (holding one of
+/// the shared slots) and reports, until the server is gone.
+async fn check_loop(controller: Controller, service: String, server: SocketAddr) {
+    let random = RandomState::new();
+    let mut round = 0u64;
+    loop {
+        let bits = random.hash_one((&service, server, round));
+        let next = controller
+            .ask(|reply| Event::NextCheck {
+                service: service.clone(),
+                server,
+                first: round == 0,
+                bits,
+                reply,
+            })
+            .await;
+        let Ok(Some(plan)) = next else {
+            return;
+        };
+        round += 1;
+        tokio::time::sleep(plan.wait).await;
+        let Ok(permit) = plan.slots.acquire_owned().await else {
+            return;
+        };
+        let outcome = plan
+            .prober
+            .probe_node(server, plan.timeout, plan.dial_probe, plan.node.as_ref())
+            .await;
+        drop(permit);
+        controller
+            .tell(Event::Checked {
+                service: service.clone(),
+                server,
+                outcome,
+            })
+            .await;
     }
+}
+
+/// The next probe of `server`, or `None` when it is no longer configured.
+pub(super) fn plan(
+    state: &State,
+    service: &str,
+    server: SocketAddr,
+    first: bool,
+    bits: u64,
+) -> Option<Plan> {
+    let service = state.services.iter().find(|s| s.config.name == service)?;
+    let entry = service.machine.server(server)?;
+    let check = &service.config.health_check;
+    let interval = check.intervals.for_state(entry.state);
+    let wait = if first {
+        first_wait(interval, check.jitter_percent, bits)
+    } else {
+        jittered(interval, check.jitter_percent, bits)
+    };
+    Some(Plan {
+        wait,
+        prober: Arc::clone(&service.prober),
+        slots: Arc::clone(&state.probe_slots),
+        timeout: check.timeout,
+        dial_probe: dial_probe(service.config.protocol) && entry.state != ServerState::Invalid,
+        node: state
+            .discovery
+            .server(&service.config.name, server)
+            .cloned(),
+    })
+}
+
+/// Whether probes of this service should also report the connect to the
+/// server's own address (TCP services).
+const fn dial_probe(protocol: Protocol) -> bool {
+    matches!(protocol, Protocol::Tcp)
 }
 
 #[cfg(test)]

@@ -4,8 +4,10 @@
 //! its static servers plus the registry's nodes (stake filter, endpoint
 //! host resolved, the service's port), applied like
 //! `PUT /services/{name}/servers`, so removed and under-stake nodes take the
-//! removal path (invalid, connections closed). One task (the watcher) does
-//! every apply, in order, so an older view never overwrites a newer one.
+//! removal path (invalid, connections closed). One task (the watcher) hands
+//! every view to the controller thread, in order, so an older view never
+//! overwrites a newer one; it resolves the nodes' endpoint names itself, so
+//! the controller thread only computes and applies the lists.
 //!
 //! A registry that cannot be read leaves the servers as they are (at start:
 //! the static and default servers); the discovery task logs the error and
@@ -19,10 +21,13 @@ use std::{
 };
 
 use futures::future::join_all;
-use tokio::{sync::Notify, task::JoinHandle};
+use tokio::{
+    sync::{Notify, watch},
+    task::JoinHandle,
+};
 use tracing::{info, warn};
 
-use super::{Controller, reconcile};
+use super::{Controller, Event, reconcile, state::State};
 use crate::{
     chain::{
         discovery::{Discovery, DiscoverySettings, DiscoveryStats},
@@ -112,158 +117,176 @@ fn union(first: &[SocketAddr], more: Vec<SocketAddr>) -> Vec<SocketAddr> {
     all
 }
 
-impl Controller {
-    /// Starts the discovery task and the task that applies its views (with
-    /// a `chain` block; nothing otherwise).
-    pub(super) fn start_discovery(&self, chain: &ChainSettings) {
-        let stats = Arc::new(DiscoveryStats::default());
-        let settings = DiscoverySettings::new(
-            chain.sui_rpc_url.clone(),
-            (&chain.registry).into(),
-            chain.discovery_interval,
-        );
-        let _guard = self.inner.runtime.enter();
-        let (mut views, task) = Discovery::spawn(settings, Arc::clone(&stats));
-        info!(url = %chain.sui_rpc_url, package = %chain.registry.package, module = %chain.registry.module, object = %chain.registry.object, "Sui discovery started");
-        let controller = self.clone();
-        let refresh = Arc::new(Notify::new());
-        let refreshed = Arc::clone(&refresh);
-        let watcher = self.inner.runtime.spawn(async move {
-            // The last view seen; its nodes are the ones applied.
-            let mut last: Option<RegistryView> = None;
-            let mut again = false;
-            loop {
-                let view = views.borrow_and_update().clone();
-                let last_error = last.as_ref().and_then(|v| v.last_error.as_ref());
-                if view.last_error.as_ref() != last_error {
-                    if let Some(error) = &view.last_error {
-                        warn!(error = %error, synced = view.synced, "Sui registry: the full node cannot be read; servers stay as they are");
-                    } else if last_error.is_some() {
-                        info!(nodes = view.nodes.len(), "Sui registry readable again");
-                    }
-                }
-                let new_nodes = last
-                    .as_ref()
-                    .is_none_or(|v| v.synced != view.synced || v.nodes != view.nodes);
-                last = Some(view.clone());
-                if new_nodes || again {
-                    controller.apply_view(view).await;
-                } else {
-                    // Only the error changed: status shows it.
-                    controller.lock().discovery.view = Some(view);
-                }
-                tokio::select! {
-                    changed = views.changed() => {
-                        if changed.is_err() {
-                            return;
-                        }
-                        again = false;
-                    }
-                    () = refreshed.notified() => again = true,
-                }
-            }
-        });
-        let mut guard = self.lock();
-        guard.discovery.stats = Some(stats);
-        guard.discovery.refresh = Some(refresh);
-        guard.discovery.tasks.push(task);
-        guard.discovery.tasks.push(watcher);
-    }
-
+impl DiscoveryState {
     /// Has the watcher apply the current view again (after a reload or a
     /// server list change).
-    pub(super) fn refresh_discovery(&self) {
-        if let Some(refresh) = &self.lock().discovery.refresh {
+    pub(super) fn refresh(&self) {
+        if let Some(refresh) = &self.refresh {
             // A refresh asked for during an apply runs after it.
             refresh.notify_one();
         }
     }
+}
 
-    /// Recomputes every discovery service's servers from `view` and applies
-    /// the changed lists.
-    async fn apply_view(&self, view: RegistryView) {
-        let (targets, min_stake, cursor) = {
-            let mut state = self.lock();
-            state.discovery.view = Some(view.clone());
-            let Some(chain) = &state.config.chain else {
+/// Starts the discovery task and the watcher that hands its views to the
+/// controller.
+pub(super) fn start(state: &mut State, controller: &Controller, chain: &ChainSettings) {
+    let registry_stats = Arc::new(DiscoveryStats::default());
+    let settings = DiscoverySettings::new(
+        chain.sui_rpc_url.clone(),
+        (&chain.registry).into(),
+        chain.discovery_interval,
+    );
+    let _guard = state.runtime.enter();
+    let (views, task) = Discovery::spawn(settings, Arc::clone(&registry_stats));
+    info!(url = %chain.sui_rpc_url, package = %chain.registry.package, module = %chain.registry.module, object = %chain.registry.object, "Sui discovery started");
+    let refresh = Arc::new(Notify::new());
+    let watcher = state.runtime.spawn(watch(
+        controller.clone(),
+        views,
+        Arc::clone(&refresh),
+        chain.min_stake_mist,
+    ));
+    state.discovery.stats = Some(registry_stats);
+    state.discovery.refresh = Some(refresh);
+    state.discovery.tasks.push(task);
+    state.discovery.tasks.push(watcher);
+}
+
+/// The watcher: logs the registry's errors as they change, resolves the
+/// endpoint names of each view with new nodes (off the controller thread)
+/// and hands every view to the controller, in order, so an older view never
+/// overwrites a newer one.
+async fn watch(
+    controller: Controller,
+    mut views: watch::Receiver<RegistryView>,
+    refreshed: Arc<Notify>,
+    min_stake: u64,
+) {
+    // The last view seen; its nodes are the ones applied.
+    let mut last: Option<RegistryView> = None;
+    let mut again = false;
+    loop {
+        let view = views.borrow_and_update().clone();
+        let last_error = last.as_ref().and_then(|v| v.last_error.as_ref());
+        if view.last_error.as_ref() != last_error {
+            if let Some(error) = &view.last_error {
+                warn!(error = %error, synced = view.synced, "Sui registry: the full node cannot be read; servers stay as they are");
+            } else if last_error.is_some() {
+                info!(nodes = view.nodes.len(), "Sui registry readable again");
+            }
+        }
+        let new_nodes = last
+            .as_ref()
+            .is_none_or(|v| v.synced != view.synced || v.nodes != view.nodes);
+        last = Some(view.clone());
+        // Only the error changed (status shows it), or nothing to apply.
+        let mut resolved = None;
+        if (new_nodes || again) && view.synced {
+            let Ok(wanted) = controller
+                .ask(|reply| Event::DiscoveryWanted { reply })
+                .await
+            else {
                 return;
             };
-            let targets: Vec<(String, SocketAddr, u16)> = state
-                .config
-                .services
-                .iter()
-                .filter_map(|service| {
-                    let discovery = service.discovery.as_ref()?;
-                    Some((service.name.clone(), service.vip, discovery.port.port()))
-                })
-                .collect();
-            let cursor = state
-                .discovery
-                .stats
-                .as_ref()
-                .map(|stats| stats.cursor.load(Ordering::Relaxed));
-            (targets, chain.min_stake_mist, cursor)
-        };
-        if !view.synced || targets.is_empty() {
-            return;
-        }
-        let (candidates, malformed) = servers::candidates(&view, min_stake);
-        for (node, endpoint) in &malformed {
-            warn!(%node, endpoint = %endpoint, "registry node with a malformed endpoint; skipped");
-        }
-        let resolved = resolve_names(&candidates).await;
-        let lookup = |name: &str| resolved.get(name).cloned().unwrap_or_default();
-
-        let config = {
-            let mut guard = self.lock();
-            let state = &mut *guard;
-            let mut config = state.config.clone();
-            let mut changed = false;
-            for (name, vip, port) in &targets {
-                let found: Vec<DiscoveredServer> =
-                    servers::discovered_servers(&view, min_stake, *port, vip.is_ipv4(), lookup)
-                        .into_iter()
-                        .filter(|server| server.address != *vip)
-                        .collect();
-                let statics = state
-                    .discovery
-                    .static_servers
-                    .get(name)
-                    .cloned()
-                    .unwrap_or_default();
-                let wanted = union(&statics, sorted(found.iter().map(|s| s.address)));
-                state.discovery.discovered.insert(
-                    name.clone(),
-                    found.into_iter().map(|s| (s.address, s)).collect(),
-                );
-                let Some(service) = config.services.iter().find(|s| s.name == *name) else {
-                    continue;
-                };
-                if service.servers == wanted {
-                    continue;
+            if wanted {
+                let (candidates, malformed) = servers::candidates(&view, min_stake);
+                for (node, endpoint) in &malformed {
+                    warn!(%node, endpoint = %endpoint, "registry node with a malformed endpoint; skipped");
                 }
-                let list: Vec<String> = wanted.iter().map(ToString::to_string).collect();
-                match reconcile::config_with_servers(&config, name, &list) {
-                    Ok(next) => {
-                        info!(service = %name, servers = ?wanted, cursor = ?cursor, "servers from the Sui registry");
-                        config = next;
-                        changed = true;
-                    }
-                    Err(err) => {
-                        warn!(service = %name, error = %err, "discovered servers not applied");
-                    }
-                }
+                resolved = Some(resolve_names(&candidates).await);
             }
-            changed.then_some(config)
-        };
-        if let Some(config) = config
-            && let Err(err) = self.apply(config)
-        {
-            warn!(
-                error = format!("{err:#}"),
-                "could not apply the servers discovered on chain"
-            );
         }
+        controller.tell(Event::View { view, resolved }).await;
+        tokio::select! {
+            changed = views.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                again = false;
+            }
+            () = refreshed.notified() => again = true,
+        }
+    }
+}
+
+/// Whether any service follows the registry.
+pub(super) fn wanted(state: &State) -> bool {
+    state.config.chain.is_some() && state.config.services.iter().any(|s| s.discovery.is_some())
+}
+
+/// Records `view`; with its endpoint names `resolved`, recomputes every
+/// discovery service's servers from it and applies the changed lists.
+pub(super) fn apply_view(
+    state: &mut State,
+    view: RegistryView,
+    resolved: Option<HashMap<String, Vec<IpAddr>>>,
+) {
+    state.discovery.view = Some(view.clone());
+    let Some(resolved) = resolved else {
+        return;
+    };
+    let Some(chain) = &state.config.chain else {
+        return;
+    };
+    let min_stake = chain.min_stake_mist;
+    let targets: Vec<(String, SocketAddr, u16)> = state
+        .config
+        .services
+        .iter()
+        .filter_map(|service| {
+            let discovery = service.discovery.as_ref()?;
+            Some((service.name.clone(), service.vip, discovery.port.port()))
+        })
+        .collect();
+    let cursor = state
+        .discovery
+        .stats
+        .as_ref()
+        .map(|stats| stats.cursor.load(Ordering::Relaxed));
+    let lookup = |name: &str| resolved.get(name).cloned().unwrap_or_default();
+    let mut config = state.config.clone();
+    let mut changed = false;
+    for (name, vip, port) in &targets {
+        let found: Vec<DiscoveredServer> =
+            servers::discovered_servers(&view, min_stake, *port, vip.is_ipv4(), lookup)
+                .into_iter()
+                .filter(|server| server.address != *vip)
+                .collect();
+        let statics = state
+            .discovery
+            .static_servers
+            .get(name)
+            .cloned()
+            .unwrap_or_default();
+        let wanted = union(&statics, sorted(found.iter().map(|s| s.address)));
+        state.discovery.discovered.insert(
+            name.clone(),
+            found.into_iter().map(|s| (s.address, s)).collect(),
+        );
+        let Some(service) = config.services.iter().find(|s| s.name == *name) else {
+            continue;
+        };
+        if service.servers == wanted {
+            continue;
+        }
+        let list: Vec<String> = wanted.iter().map(ToString::to_string).collect();
+        match reconcile::config_with_servers(&config, name, &list) {
+            Ok(next) => {
+                info!(service = %name, servers = ?wanted, cursor = ?cursor, "servers from the Sui registry");
+                config = next;
+                changed = true;
+            }
+            Err(err) => {
+                warn!(service = %name, error = %err, "discovered servers not applied");
+            }
+        }
+    }
+    if changed && let Err(err) = reconcile::apply(state, config) {
+        warn!(
+            error = format!("{err:#}"),
+            "could not apply the servers discovered on chain"
+        );
     }
 }
 

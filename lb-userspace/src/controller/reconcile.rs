@@ -1,5 +1,6 @@
-//! Applying a configuration to a running controller: at start, on SIGHUP
-//! and when a server list is replaced through the API.
+//! Applying a configuration to a running controller: at start, on SIGHUP,
+//! when a server list is replaced through the API and when discovery
+//! changes one. [`plan`] decides what changes; this module writes it.
 //!
 //! Everything that can fail is checked before the first map write (map ids,
 //! probers with their CA files), so a bad change leaves the running setup
@@ -15,17 +16,23 @@ use std::{
 };
 
 use anyhow::Context as _;
-use lb_common::{Backend, MaglevKey, NO_BACKEND};
+use lb_common::{MaglevKey, NO_BACKEND};
 use tracing::{info, warn};
 
-use super::{Controller, ServerRuntime, ServiceRuntime, settle, spread, vip_key};
+use super::{
+    checks, persist,
+    plan::{self, ApplyPlan, Previous, Running, ServicePlan},
+    settle::settle,
+    spread,
+    state::{ServerRuntime, ServiceRuntime, State},
+    vip_key,
+};
 use crate::{
     config::{Config, Policy, ServiceConfig},
-    controller::persist,
     health::Prober,
     kernel::dataplane::Dataplane,
     policy::{
-        map_ids::{ServiceSpec, backend_entry, plan_ids},
+        map_ids::{IdPlan, ServiceSpec, plan_ids},
         state_machine::{Effects, Selection, ServerState, ServiceMachine},
     },
 };
@@ -54,7 +61,7 @@ impl fmt::Display for ServersError {
 impl std::error::Error for ServersError {}
 
 /// Every address a service may select: servers, then the default server.
-fn backend_addresses(service: &ServiceConfig) -> Vec<SocketAddr> {
+pub(super) fn backend_addresses(service: &ServiceConfig) -> Vec<SocketAddr> {
     let mut all = service.servers.clone();
     if let Some(default) = service.default_server
         && !all.contains(&default)
@@ -84,18 +91,6 @@ pub(super) fn with_saved_servers(mut config: Config) -> Config {
         }
     }
     config
-}
-
-/// What applying one service left to do once every runtime is installed.
-struct Pending {
-    /// The state machine's effects to settle.
-    effects: Effects,
-    /// A new service: its entry (and table) must be written.
-    fresh: bool,
-    /// `remote`, `policy` or the table size changed: rewrite the entry.
-    entry_changed: bool,
-    /// `remote` was switched off: forget the service's XDP flows.
-    remote_off: bool,
 }
 
 /// Fields that only take effect at start: keep the running values and say so.
@@ -179,300 +174,301 @@ pub(super) fn config_with_servers(
     Ok(config)
 }
 
-impl Controller {
-    /// Makes `config` the running configuration.
-    pub(super) fn apply(&self, config: Config) -> anyhow::Result<()> {
-        let now = Instant::now();
-        // Probers first: a bad CA file must fail before anything changes.
-        let mut probers = Vec::with_capacity(config.services.len());
-        for service in &config.services {
-            let references = config.reference_urls();
-            let prober = Prober::with_chain(
-                &service.health_check.check,
-                references,
-                self.inner.attester.clone(),
-            )
-            .with_context(|| format!("services {}: health_check", service.name))?;
-            probers.push(Arc::new(prober));
-        }
-        let specs: Vec<ServiceSpec> = config
-            .services
-            .iter()
-            .map(|s| ServiceSpec {
-                key: vip_key(s),
-                backends: backend_addresses(s),
-            })
-            .collect();
+/// Makes `config` the running configuration: everything that can fail
+/// (probers, map ids) first, then the pure [`plan`], then the writes.
+pub(super) fn apply(state: &mut State, config: Config) -> anyhow::Result<()> {
+    let now = Instant::now();
+    // Probers first: a bad CA file must fail before anything changes.
+    let mut probers = Vec::with_capacity(config.services.len());
+    for service in &config.services {
+        let references = config.reference_urls();
+        let prober = Prober::with_chain(
+            &service.health_check.check,
+            references,
+            state.attester.clone(),
+        )
+        .with_context(|| format!("services {}: health_check", service.name))?;
+        probers.push(Arc::new(prober));
+    }
+    let specs: Vec<ServiceSpec> = config
+        .services
+        .iter()
+        .map(|s| ServiceSpec {
+            key: vip_key(s),
+            backends: backend_addresses(s),
+        })
+        .collect();
+    let ids = plan_ids(
+        &state.dataplane.maps.services.all()?,
+        &state.dataplane.maps.backends.used()?,
+        &specs,
+    )?;
+    let running: Vec<Running> = state
+        .services
+        .iter()
+        .map(|s| {
+            let servers = s
+                .servers
+                .iter()
+                .map(|(address, r)| (*address, r.backend_flags))
+                .collect();
+            Running::of(&s.config, s.key, s.id, servers)
+        })
+        .collect();
+    let plan = plan::plan(&running, &config, &specs, &ids);
+    write(state, config, &specs, &ids, plan, probers, now)
+}
 
-        let mut guard = self.lock();
-        let state = &mut *guard;
-        let plan = plan_ids(
-            &state.dataplane.services()?,
-            &state.dataplane.backends()?,
-            &specs,
-        )?;
-        for &id in &plan.fresh_backends {
-            state.dataplane.reset_backend_stats(id)?;
-        }
-        for &id in &plan.fresh_services {
-            state.dataplane.reset_service_stats(id)?;
-        }
-        // Servers keep their BACKEND_DOWN flag through a reload.
-        let flags: HashMap<(u32, SocketAddr), u8> = state
-            .services
-            .iter()
-            .flat_map(|s| {
-                s.servers
-                    .iter()
-                    .map(move |(address, r)| ((s.id, *address), r.backend_flags))
-            })
-            .collect();
-        let flags_of = |service_id: u32, address: SocketAddr| {
-            flags.get(&(service_id, address)).copied().unwrap_or(0)
+/// Carries out `plan`: counters of fresh slots reset, backend slots
+/// written, runtimes built (checks started and stopped), retired services
+/// removed, entries and tables written, stale slots cleared, server lists
+/// saved, and the new runtimes installed.
+fn write(
+    state: &mut State,
+    config: Config,
+    specs: &[ServiceSpec],
+    ids: &IdPlan,
+    plan: ApplyPlan,
+    probers: Vec<Arc<Prober>>,
+    now: Instant,
+) -> anyhow::Result<()> {
+    for &id in &ids.fresh_backends {
+        state.dataplane.maps.backend_stats.reset(id)?;
+    }
+    for &id in &ids.fresh_services {
+        state.dataplane.maps.service_stats.reset(id)?;
+    }
+    for (backend_id, backend, service, address) in &plan.backends {
+        state
+            .dataplane
+            .maps
+            .backends
+            .set(*backend_id, *backend)
+            .with_context(|| format!("service {service}: backend {address}"))?;
+    }
+    // Connections that exist now (after a restart: through the old
+    // controller's entries) rank servers before the first check.
+    let all_servers: HashSet<SocketAddr> = specs
+        .iter()
+        .flat_map(|s| s.backends.iter().copied())
+        .collect();
+    let counts = state
+        .connections
+        .count(&all_servers, |key| state.dataplane.maps.rev_nat.get(key))
+        .unwrap_or_default();
+    let flags: HashMap<(u32, SocketAddr), u8> = plan
+        .backends
+        .iter()
+        .map(|(_, backend, _, address)| ((backend.service_id, *address), backend.flags))
+        .collect();
+
+    let mut old: HashMap<String, ServiceRuntime> = std::mem::take(&mut state.services)
+        .into_iter()
+        .map(|s| (s.config.name.clone(), s))
+        .collect();
+    let mut runtimes = Vec::with_capacity(config.services.len());
+    let mut effects_of = Vec::with_capacity(config.services.len());
+    for (index, ((service_config, spec), service_plan)) in config
+        .services
+        .iter()
+        .zip(specs)
+        .zip(&plan.services)
+        .enumerate()
+    {
+        let service_id = service_plan.id;
+        // A replaced service stays in `old` until it retires below.
+        let previous = if service_plan.previous == Previous::Kept {
+            old.remove(&service_config.name)
+        } else {
+            None
         };
-        for (index, (service, spec)) in config.services.iter().zip(&specs).enumerate() {
-            let service_id = plan.service_ids[index];
-            for (&address, &backend_id) in spec.backends.iter().zip(&plan.backend_ids[index]) {
-                let backend = Backend {
-                    flags: flags_of(service_id, address),
-                    ..backend_entry(address, service_id)
-                };
-                state
-                    .dataplane
-                    .set_backend(backend_id, backend)
-                    .with_context(|| format!("service {}: backend {address}", service.name))?;
-            }
-        }
-        // Connections that exist now (after a restart: through the old
-        // controller's entries) rank servers before the first check.
-        let all_servers: HashSet<SocketAddr> = specs
-            .iter()
-            .flat_map(|s| s.backends.iter().copied())
-            .collect();
-        let counts = state
-            .connections
-            .count(&all_servers, |key| state.dataplane.rev_nat(key))
-            .unwrap_or_default();
-
-        let mut old: HashMap<String, ServiceRuntime> = std::mem::take(&mut state.services)
-            .into_iter()
-            .map(|s| (s.config.name.clone(), s))
-            .collect();
-        let mut runtimes = Vec::with_capacity(config.services.len());
-        let mut pending = Vec::with_capacity(config.services.len());
-        for (index, (service_config, spec)) in config.services.iter().zip(&specs).enumerate() {
-            let service_id = plan.service_ids[index];
-            let previous = match old.remove(&service_config.name) {
-                Some(p) if p.key == spec.key && p.id == service_id => Some(p),
-                Some(p) => {
-                    // Same name, another VIP: a different service.
-                    retire(state, p);
-                    None
-                }
-                None => None,
+        let mut table = (Vec::new(), Vec::new(), Vec::new());
+        let (mut machine, mut servers, selection, effects) = if let Some(p) = previous {
+            let mut machine = p.machine;
+            let mut effects = machine.set_servers(&service_config.servers, now);
+            effects.merge(machine.set_default(service_config.default_server, now));
+            table = (p.table, p.table_members, p.table_weights);
+            (machine, p.servers, p.selection, effects)
+        } else {
+            let machine =
+                ServiceMachine::new(&service_config.servers, service_config.default_server, now);
+            let selection = Selection {
+                server: ids.adopted_selection[index],
+                fail_open: false,
             };
-            let fresh = previous.is_none();
-            // The entry's flags come from these: rewrite it when one changed.
-            // Flows XDP forwarded while the VIP was remote must stop.
-            let remote_off = previous
-                .as_ref()
-                .is_some_and(|p| p.config.remote && !service_config.remote);
-            let entry_changed = previous.as_ref().is_some_and(|p| {
-                (p.config.policy, p.config.maglev_table_size, p.config.remote)
-                    != (
-                        service_config.policy,
-                        service_config.maglev_table_size,
-                        service_config.remote,
-                    )
-            });
-            let mut table = (Vec::new(), Vec::new(), Vec::new());
-            let (mut machine, mut servers, selection, effects) = if let Some(p) = previous {
-                let mut machine = p.machine;
-                let mut effects = machine.set_servers(&service_config.servers, now);
-                effects.merge(machine.set_default(service_config.default_server, now));
-                table = (p.table, p.table_members, p.table_weights);
-                (machine, p.servers, p.selection, effects)
-            } else {
-                let machine = ServiceMachine::new(
-                    &service_config.servers,
-                    service_config.default_server,
-                    now,
-                );
-                let selection = Selection {
-                    server: plan.adopted_selection[index],
-                    fail_open: false,
-                };
-                (machine, HashMap::new(), selection, Effects::default())
-            };
-            machine.set_exclusive(service_config.policy == Policy::Failover);
-            machine.set_ranking(config.features.performance_ranking);
-            // Server runtimes: keep the known ones, start checks for new ones.
-            let mut kept = HashMap::with_capacity(spec.backends.len());
-            for (&address, &backend_id) in spec.backends.iter().zip(&plan.backend_ids[index]) {
-                machine.set_connections(
-                    address,
-                    counts.get(&(service_id, address)).copied().unwrap_or(0),
-                );
-                let runtime = match servers.remove(&address) {
-                    Some(mut r) => {
-                        r.backend_id = backend_id;
-                        r.backend_flags = flags_of(service_id, address);
-                        r
-                    }
-                    None => ServerRuntime {
-                        backend_id,
-                        backend_flags: flags_of(service_id, address),
-                        last_check: None,
-                        attestation: None,
-                        last_connects: None,
-                        check_task: self.spawn_check(&service_config.name, address),
-                    },
-                };
-                kept.insert(address, runtime);
-            }
-            for (_, gone) in servers {
+            (machine, HashMap::new(), selection, Effects::default())
+        };
+        machine.set_exclusive(service_config.policy == Policy::Failover);
+        machine.set_ranking(config.features.performance_ranking);
+        for address in &service_plan.stop_checks {
+            if let Some(gone) = servers.remove(address) {
                 gone.check_task.abort();
             }
-            runtimes.push(ServiceRuntime {
-                config: service_config.clone(),
-                key: spec.key,
-                id: service_id,
-                machine,
-                servers: kept,
-                prober: Arc::clone(&probers[index]),
-                selection,
-                table: table.0,
-                table_members: table.1,
-                table_weights: table.2,
-            });
-            pending.push(Pending {
-                effects,
-                fresh,
-                entry_changed,
-                remote_off,
-            });
         }
-        if pending.iter().any(|p| p.fresh) {
-            adopt_tables(&mut state.dataplane, &mut runtimes, &pending);
+        let mut kept = HashMap::with_capacity(spec.backends.len());
+        for (&address, &backend_id) in spec.backends.iter().zip(&ids.backend_ids[index]) {
+            machine.set_connections(
+                address,
+                counts.get(&(service_id, address)).copied().unwrap_or(0),
+            );
+            let backend_flags = flags.get(&(service_id, address)).copied().unwrap_or(0);
+            let runtime = match servers.remove(&address) {
+                Some(r) => ServerRuntime {
+                    backend_id,
+                    backend_flags,
+                    ..r
+                },
+                None => ServerRuntime {
+                    backend_id,
+                    backend_flags,
+                    last_check: None,
+                    attestation: None,
+                    last_connects: None,
+                    check_task: checks::spawn(state, &service_config.name, address),
+                },
+            };
+            kept.insert(address, runtime);
         }
-        // Services that are gone: refuse their VIP first, then close.
-        for (_, gone) in old {
+        runtimes.push(ServiceRuntime {
+            config: service_config.clone(),
+            key: spec.key,
+            id: service_id,
+            machine,
+            servers: kept,
+            prober: Arc::clone(&probers[index]),
+            selection,
+            table: table.0,
+            table_members: table.1,
+            table_weights: table.2,
+        });
+        effects_of.push(effects);
+    }
+    if plan.services.iter().any(ServicePlan::fresh) {
+        adopt_tables(&mut state.dataplane, &mut runtimes, &plan.services);
+    }
+    // Services that are gone or replaced: refuse their VIP first, then close.
+    for name in &plan.retired {
+        if let Some(gone) = old.remove(name) {
             retire(state, gone);
         }
-        // From here on nothing returns early: the new runtimes are installed
-        // whatever happens, and map errors are reported at the end.
-        let mut problems: Vec<String> = Vec::new();
-        for (service, pending) in runtimes.iter_mut().zip(pending) {
-            let Pending {
-                effects,
-                fresh,
-                entry_changed,
-                remote_off,
-            } = pending;
-            if entry_changed {
-                // `remote`, `policy` or the table size changed: same
-                // selection, new flags (settle writes a new selection).
-                let backend_id = service
-                    .selection
-                    .server
-                    .and_then(|a| service.servers.get(&a))
-                    .map_or(NO_BACKEND, |s| s.backend_id);
-                let entry = spread::entry(service, backend_id);
-                match state.dataplane.set_service(service.key, entry) {
-                    Ok(()) => {
-                        info!(service = %service.config.name, remote = service.config.remote, policy = %service.config.policy, "service entry rewritten");
-                    }
-                    Err(err) => problems.push(format!("service {}: {err:#}", service.config.name)),
+    }
+    debug_assert!(old.is_empty(), "every running service is kept or retired");
+    // From here on nothing returns early: the new runtimes are installed
+    // whatever happens, and map errors are reported at the end.
+    let mut problems: Vec<String> = Vec::new();
+    for ((service, service_plan), effects) in
+        runtimes.iter_mut().zip(&plan.services).zip(effects_of)
+    {
+        if service_plan.entry_changed {
+            // `remote`, `policy` or the table size changed: same
+            // selection, new flags (settle writes a new selection).
+            let backend_id = service
+                .selection
+                .server
+                .and_then(|a| service.servers.get(&a))
+                .map_or(NO_BACKEND, |s| s.backend_id);
+            let entry = spread::entry(service, backend_id);
+            match state.dataplane.maps.services.set(service.key, entry) {
+                Ok(()) => {
+                    info!(service = %service.config.name, remote = service.config.remote, policy = %service.config.policy, "service entry rewritten");
                 }
-                if remote_off {
-                    // Flows XDP forwarded while the VIP was remote stop now:
-                    // their next packet finds a service without `remote`.
-                    let id = service.id;
-                    if let Err(err) = state.dataplane.forget_flows(|flow| flow.service_id == id) {
-                        problems.push(format!("service {}: {err:#}", service.config.name));
-                    }
-                }
+                Err(err) => problems.push(format!("service {}: {err:#}", service.config.name)),
             }
-            if fresh {
-                // Make sure the entry exists and points where the machine says.
-                let selection = service.machine.select();
-                let backend_id = selection
-                    .server
-                    .and_then(|a| service.servers.get(&a))
-                    .map_or(NO_BACKEND, |s| s.backend_id);
-                let written = state
-                    .dataplane
-                    .set_service(service.key, spread::entry(service, backend_id));
-                if let Err(err) = written {
-                    problems.push(format!("service {}: {err:#}", service.config.name));
-                    // A selection `select()` never returns: the next event
-                    // sees a change and writes the entry again.
-                    service.selection = Selection {
-                        server: None,
-                        fail_open: true,
-                    };
-                    continue;
-                }
-                if selection.server != service.selection.server
-                    && let Some(adopted) = service.selection.server
-                {
-                    info!(service = %service.config.name, before_restart = %adopted, now = ?selection.server, "selection after restart");
-                }
-                service.selection = selection;
-            }
-            settle(
-                &mut state.dataplane,
-                &mut state.connections,
-                &mut state.counters,
-                service,
-                effects,
-            );
-            // A discovery service has none until the registry is read.
-            if service.config.servers.is_empty()
-                && service.config.default_server.is_none()
-                && service.config.discovery.is_none()
+        }
+        if service_plan.remote_off {
+            // Flows XDP forwarded while the VIP was remote stop now: their
+            // next packet finds a service without `remote`.
+            let id = service.id;
+            if let Err(err) = state
+                .dataplane
+                .maps
+                .flows
+                .forget(|flow| flow.service_id == id)
             {
-                warn!(service = %service.config.name, "service has no servers: connects to its VIP are refused");
+                problems.push(format!("service {}: {err:#}", service.config.name));
             }
         }
-        for key in &plan.stale_services {
-            if let Err(err) = state.dataplane.remove_service(key) {
-                problems.push(format!("removing a stale service entry: {err:#}"));
+        if service_plan.fresh() {
+            // Make sure the entry exists and points where the machine says.
+            let selection = service.machine.select();
+            let backend_id = selection
+                .server
+                .and_then(|a| service.servers.get(&a))
+                .map_or(NO_BACKEND, |s| s.backend_id);
+            let written = state
+                .dataplane
+                .maps
+                .services
+                .set(service.key, spread::entry(service, backend_id));
+            if let Err(err) = written {
+                problems.push(format!("service {}: {err:#}", service.config.name));
+                // A selection `select()` never returns: the next event
+                // sees a change and writes the entry again.
+                service.selection = Selection {
+                    server: None,
+                    fail_open: true,
+                };
+                continue;
             }
-        }
-        for &id in &plan.stale_backends {
-            if let Err(err) = state.dataplane.clear_backend(id) {
-                problems.push(format!("clearing backend slot {id}: {err:#}"));
+            if selection.server != service.selection.server
+                && let Some(adopted) = service.selection.server
+            {
+                info!(service = %service.config.name, before_restart = %adopted, now = ?selection.server, "selection after restart");
             }
+            service.selection = selection;
         }
-        for service in &runtimes {
-            if let Err(err) = persist::store(
-                &config.data_dir,
-                &service.config.name,
-                service.config.default_server,
-                &service.config.servers,
-            ) {
-                warn!(service = %service.config.name, error = format!("{err:#}"), "could not save the server list");
-            }
+        settle(
+            &mut state.dataplane,
+            &mut state.connections,
+            &mut state.counters,
+            service,
+            effects,
+        );
+        // A discovery service has none until the registry is read.
+        if service.config.servers.is_empty()
+            && service.config.default_server.is_none()
+            && service.config.discovery.is_none()
+        {
+            warn!(service = %service.config.name, "service has no servers: connects to its VIP are refused");
         }
-        state.services = runtimes;
-        state.config = config;
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            anyhow::bail!(
-                "applied, but the maps could not be fully updated: {}",
-                problems.join("; ")
-            )
+    }
+    for key in &ids.stale_services {
+        if let Err(err) = state.dataplane.maps.services.remove(key) {
+            problems.push(format!("removing a stale service entry: {err:#}"));
         }
+    }
+    for &id in &ids.stale_backends {
+        if let Err(err) = state.dataplane.maps.backends.clear(id) {
+            problems.push(format!("clearing backend slot {id}: {err:#}"));
+        }
+    }
+    for service in &runtimes {
+        if let Err(err) = persist::store(
+            &config.data_dir,
+            &service.config.name,
+            service.config.default_server,
+            &service.config.servers,
+        ) {
+            warn!(service = %service.config.name, error = format!("{err:#}"), "could not save the server list");
+        }
+    }
+    state.services = runtimes;
+    state.config = config;
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "applied, but the maps could not be fully updated: {}",
+            problems.join("; ")
+        )
     }
 }
 
 /// Takes over the Maglev tables the kernel holds for fresh spread services
 /// (after a restart: the previous run's tables, so the first rebuild moves
 /// only what must move) and removes slots nobody owns any more.
-fn adopt_tables(dataplane: &mut Dataplane, runtimes: &mut [ServiceRuntime], pending: &[Pending]) {
-    let slots = match dataplane.maglev_slots() {
+fn adopt_tables(dataplane: &mut Dataplane, runtimes: &mut [ServiceRuntime], plans: &[ServicePlan]) {
+    let slots = match dataplane.maps.maglev.all() {
         Ok(slots) => slots,
         Err(err) => {
             warn!(
@@ -489,7 +485,7 @@ fn adopt_tables(dataplane: &mut Dataplane, runtimes: &mut [ServiceRuntime], pend
             .or_default()
             .push((key.slot, backend_id));
     }
-    for (service, Pending { fresh, .. }) in runtimes.iter_mut().zip(pending) {
+    for (service, plan) in runtimes.iter_mut().zip(plans) {
         let owned = found.remove(&service.id).unwrap_or_default();
         let spread = service.config.policy == Policy::Spread;
         let size = if spread {
@@ -501,7 +497,7 @@ fn adopt_tables(dataplane: &mut Dataplane, runtimes: &mut [ServiceRuntime], pend
         for (slot, backend_id) in owned {
             if slot < size {
                 table[slot as usize] = backend_id;
-            } else if let Err(err) = dataplane.remove_maglev_slot(&MaglevKey {
+            } else if let Err(err) = dataplane.maps.maglev.remove(&MaglevKey {
                 service_id: service.id,
                 slot,
             }) {
@@ -511,14 +507,17 @@ fn adopt_tables(dataplane: &mut Dataplane, runtimes: &mut [ServiceRuntime], pend
                 );
             }
         }
-        if *fresh && spread {
+        if plan.fresh() && spread {
             service.table = table;
         }
     }
     // Tables of service ids no service uses.
     for (service_id, owned) in found {
         for (slot, _) in owned {
-            let _ = dataplane.remove_maglev_slot(&MaglevKey { service_id, slot });
+            let _ = dataplane
+                .maps
+                .maglev
+                .remove(&MaglevKey { service_id, slot });
         }
     }
 }
@@ -526,8 +525,8 @@ fn adopt_tables(dataplane: &mut Dataplane, runtimes: &mut [ServiceRuntime], pend
 /// Removes a service that is no longer configured (or whose VIP changed):
 /// its entry goes first so new connects are no longer redirected, then its
 /// checks stop and its connections are closed.
-fn retire(state: &mut super::State, mut service: ServiceRuntime) {
-    if let Err(err) = state.dataplane.remove_service(&service.key) {
+fn retire(state: &mut State, mut service: ServiceRuntime) {
+    if let Err(err) = state.dataplane.maps.services.remove(&service.key) {
         warn!(service = %service.config.name, error = format!("{err:#}"), "could not remove the service entry");
     }
     for server in service.servers.values() {
@@ -548,10 +547,9 @@ fn retire(state: &mut super::State, mut service: ServiceRuntime) {
         &name,
     );
     let servers: Vec<SocketAddr> = service.servers.keys().copied().collect();
-    match state
-        .connections
-        .close(service.id, &servers, |key| state.dataplane.rev_nat(key))
-    {
+    match state.connections.close(service.id, &servers, |key| {
+        state.dataplane.maps.rev_nat.get(key)
+    }) {
         Ok(closed) => {
             info!(service = %service.config.name, destroyed = closed.destroyed, "service removed; its connections were closed");
         }

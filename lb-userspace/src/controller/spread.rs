@@ -18,7 +18,7 @@ use std::{
 use lb_common::{MaglevKey, NO_BACKEND, SERVICE_REMOTE, SERVICE_SPREAD, Service};
 use tracing::{info, warn};
 
-use super::ServiceRuntime;
+use super::state::ServiceRuntime;
 use crate::{
     config::Policy,
     kernel::dataplane::Dataplane,
@@ -171,12 +171,15 @@ pub(super) fn sync(dataplane: &mut Dataplane, service: &mut ServiceRuntime) -> b
             continue;
         }
         let result = if backend_id == NO_BACKEND {
-            dataplane.remove_maglev_slot(&MaglevKey {
+            dataplane.maps.maglev.remove(&MaglevKey {
                 service_id: service.id,
                 slot: slot as u32,
             })
         } else {
-            dataplane.set_maglev_slot(service.id, slot as u32, backend_id)
+            dataplane
+                .maps
+                .maglev
+                .set(service.id, slot as u32, backend_id)
         };
         match result {
             Ok(()) => written += 1,
@@ -258,7 +261,7 @@ pub(super) fn remove_slots(
             service_id,
             slot: slot as u32,
         };
-        if let Err(err) = dataplane.remove_maglev_slot(&key) {
+        if let Err(err) = dataplane.maps.maglev.remove(&key) {
             warn!(
                 service = name,
                 error = format!("{err:#}"),

@@ -23,15 +23,14 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, MapInfo, MapType, PerCpuArray, PerCpuValues},
+    maps::{MapData, MapInfo, MapType},
     programs::{CgroupAttachMode, CgroupSockAddr, Xdp, links::FdLink},
     util::nr_cpus,
 };
 use lb_common::{
-    Backend, BackendStats, FlowKey, FlowValue, IfAddrs, MaglevKey, RevNatKey, RevNatValue, Service,
-    ServiceStats, VipKey, XdpConfig, map_names,
+    map_names,
     maps::{self, MapKind, MapSpec},
-    program_names, xdp_counter,
+    program_names,
 };
 use tracing::{info, warn};
 
@@ -39,6 +38,7 @@ use super::{
     AttachReport, bpf_sys,
     ebpf_object::ebpf_object,
     if_addrs,
+    maps::Maps,
     xdp_attach::{self, Interface},
     xdp_settings::xdp_config_entry,
 };
@@ -117,17 +117,8 @@ fn shape_differences(spec: &MapSpec, info: &MapInfo) -> Vec<String> {
 /// The loaded programs and their maps.
 pub struct Dataplane {
     pin_dir: PathBuf,
-    services: HashMap<MapData, VipKey, Service>,
-    backends: Array<MapData, Backend>,
-    backend_stats: PerCpuArray<MapData, BackendStats>,
-    service_stats: PerCpuArray<MapData, ServiceStats>,
-    rev_nat: HashMap<MapData, RevNatKey, RevNatValue>,
-    maglev: HashMap<MapData, MaglevKey, u32>,
-    xdp_config: Array<MapData, XdpConfig>,
-    if_addrs: HashMap<MapData, u32, IfAddrs>,
-    xdp_stats: PerCpuArray<MapData, u64>,
-    flows: HashMap<MapData, FlowKey, FlowValue>,
-    nr_cpus: usize,
+    /// Every map, typed; only the controller writes them.
+    pub maps: Maps,
     // Keeps the program fds open for the lifetime of the controller.
     ebpf: Ebpf,
     // flock on the pin directory: one controller per directory.
@@ -261,60 +252,10 @@ impl Dataplane {
             report.attached.push(name);
         }
 
-        let services = HashMap::try_from(
-            ebpf.take_map(map_names::SERVICES)
-                .context("services map missing")?,
-        )?;
-        let backends = Array::try_from(
-            ebpf.take_map(map_names::BACKENDS)
-                .context("backends map missing")?,
-        )?;
-        let backend_stats = PerCpuArray::try_from(
-            ebpf.take_map(map_names::BACKEND_STATS)
-                .context("backend_stats map missing")?,
-        )?;
-        let service_stats = PerCpuArray::try_from(
-            ebpf.take_map(map_names::SERVICE_STATS)
-                .context("service_stats map missing")?,
-        )?;
-        let rev_nat = HashMap::try_from(
-            ebpf.take_map(map_names::REV_NAT)
-                .context("rev_nat map missing")?,
-        )?;
-        let maglev = HashMap::try_from(
-            ebpf.take_map(map_names::MAGLEV)
-                .context("maglev map missing")?,
-        )?;
-        let xdp_config = Array::try_from(
-            ebpf.take_map(map_names::XDP_CONFIG)
-                .context("xdp_config map missing")?,
-        )?;
-        let if_addrs = HashMap::try_from(
-            ebpf.take_map(map_names::IF_ADDRS)
-                .context("if_addrs map missing")?,
-        )?;
-        let xdp_stats = PerCpuArray::try_from(
-            ebpf.take_map(map_names::XDP_STATS)
-                .context("xdp_stats map missing")?,
-        )?;
-        let flows = HashMap::try_from(
-            ebpf.take_map(map_names::FLOWS)
-                .context("flows map missing")?,
-        )?;
         let nr_cpus = nr_cpus().map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))?;
         Ok(Self {
             pin_dir: pin_dir.to_path_buf(),
-            services,
-            backends,
-            backend_stats,
-            service_stats,
-            rev_nat,
-            maglev,
-            xdp_config,
-            if_addrs,
-            xdp_stats,
-            flows,
-            nr_cpus,
+            maps: Maps::take(&mut ebpf, nr_cpus)?,
             ebpf,
             _lock: lock,
         })
@@ -343,7 +284,7 @@ impl Dataplane {
         if let (Some(settings), Some(interfaces)) = (xdp, interfaces) {
             xdp_attach::attach_all(program, &links_dir, interfaces, settings.mode, report)?;
             let wanted = if_addrs::read().context("reading the interfaces' addresses")?;
-            self.sync_if_addrs(&wanted)?;
+            self.maps.if_addrs.sync(&wanted)?;
         } else {
             report.xdp_detached = xdp_attach::detach_except(&links_dir, &[])?;
             if !report.xdp_detached.is_empty() {
@@ -352,212 +293,14 @@ impl Dataplane {
                     "no xdp block: detached the XDP links of an earlier run"
                 );
             }
-            self.sync_if_addrs(&BTreeMap::new())?;
+            self.maps.if_addrs.sync(&BTreeMap::new())?;
         }
-        self.set_xdp_config(xdp_config_entry(xdp))
-    }
-
-    /// Writes the `xdp_config` entry.
-    pub fn set_xdp_config(&mut self, entry: XdpConfig) -> anyhow::Result<()> {
-        self.xdp_config
-            .set(0, entry, 0)
-            .context("writing xdp_config[0]")
-    }
-
-    /// Brings the `if_addrs` map to `wanted` (writing only what differs);
-    /// returns what changed.
-    pub fn sync_if_addrs(
-        &mut self,
-        wanted: &BTreeMap<u32, IfAddrs>,
-    ) -> anyhow::Result<if_addrs::Changes> {
-        let current = self
-            .if_addrs
-            .iter()
-            .map(|entry| entry.context("reading the if_addrs map"))
-            .collect::<anyhow::Result<BTreeMap<u32, IfAddrs>>>()?;
-        let changes = if_addrs::changes(&current, wanted);
-        for ifindex in &changes.remove {
-            match self.if_addrs.remove(ifindex) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(err) => {
-                    return Err(err).with_context(|| format!("removing if_addrs[{ifindex}]"));
-                }
-            }
-        }
-        for (ifindex, entry) in &changes.set {
-            self.if_addrs
-                .insert(ifindex, entry, 0)
-                .with_context(|| format!("writing if_addrs[{ifindex}]"))?;
-        }
-        Ok(changes)
-    }
-
-    /// The XDP program's verdict counters ([`xdp_counter`] order), summed
-    /// over CPUs.
-    pub fn xdp_verdicts(&self) -> anyhow::Result<Vec<u64>> {
-        (0..xdp_counter::COUNT)
-            .map(|index| {
-                let per_cpu = self
-                    .xdp_stats
-                    .get(&index, 0)
-                    .with_context(|| format!("reading xdp_stats[{index}]"))?;
-                Ok(per_cpu.iter().sum())
-            })
-            .collect()
-    }
-
-    /// Removes the XDP flows (both directions) whose value `matches`, so
-    /// their next packet picks a backend again. Returns how many entries
-    /// went. Walks the whole `flows` map: call it on rare events only
-    /// (a server whose connections must be closed, a service that stops
-    /// being `remote`).
-    pub fn forget_flows(&mut self, matches: impl Fn(&FlowValue) -> bool) -> anyhow::Result<usize> {
-        let mut doomed = Vec::new();
-        for entry in &self.flows {
-            match entry {
-                Ok((key, value)) if matches(&value) => doomed.push(key),
-                // Another flow, or one evicted by the kernel while we walk.
-                Ok(_) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(err) => return Err(err).context("reading the flows map"),
-            }
-        }
-        let mut removed = 0;
-        for key in &doomed {
-            match self.flows.remove(key) {
-                Ok(()) => removed += 1,
-                Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(err) => return Err(err).context("removing a flow"),
-            }
-        }
-        Ok(removed)
+        self.maps.xdp_config.set(xdp_config_entry(xdp))
     }
 
     /// The bpffs directory this data plane is pinned under.
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
-    }
-
-    /// Every entry of the `services` map.
-    pub fn services(&self) -> anyhow::Result<Vec<(VipKey, Service)>> {
-        self.services
-            .iter()
-            .map(|entry| entry.context("reading the services map"))
-            .collect()
-    }
-
-    /// Every used slot of the `backends` array.
-    pub fn backends(&self) -> anyhow::Result<Vec<(u32, Backend)>> {
-        let mut used = Vec::new();
-        for (id, backend) in self.backends.iter().enumerate() {
-            let backend = backend.context("reading the backends map")?;
-            if backend.family != 0 {
-                used.push((id as u32, backend));
-            }
-        }
-        Ok(used)
-    }
-
-    /// Writes a service entry (atomic for the kernel programs).
-    pub fn set_service(&mut self, key: VipKey, service: Service) -> anyhow::Result<()> {
-        self.services
-            .insert(key, service, 0)
-            .context("updating the services map")
-    }
-
-    /// Removes a service entry.
-    pub fn remove_service(&mut self, key: &VipKey) -> anyhow::Result<()> {
-        match self.services.remove(key) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(err) => Err(err).context("removing from the services map"),
-        }
-    }
-
-    /// Writes a backend slot.
-    pub fn set_backend(&mut self, id: u32, backend: Backend) -> anyhow::Result<()> {
-        self.backends
-            .set(id, backend, 0)
-            .with_context(|| format!("writing backends[{id}]"))
-    }
-
-    /// Marks a backend slot unused.
-    pub fn clear_backend(&mut self, id: u32) -> anyhow::Result<()> {
-        self.set_backend(id, Backend::default())
-    }
-
-    /// Resets the counters of a backend slot (before it is reused).
-    pub fn reset_backend_stats(&mut self, id: u32) -> anyhow::Result<()> {
-        let zero = PerCpuValues::try_from(vec![BackendStats::default(); self.nr_cpus])
-            .context("per-CPU values")?;
-        self.backend_stats
-            .set(id, zero, 0)
-            .with_context(|| format!("resetting backend_stats[{id}]"))
-    }
-
-    /// Resets the counters of a service slot.
-    pub fn reset_service_stats(&mut self, id: u32) -> anyhow::Result<()> {
-        let zero = PerCpuValues::try_from(vec![ServiceStats::default(); self.nr_cpus])
-            .context("per-CPU values")?;
-        self.service_stats
-            .set(id, zero, 0)
-            .with_context(|| format!("resetting service_stats[{id}]"))
-    }
-
-    /// A backend's counters, summed over CPUs.
-    pub fn backend_stats(&self, id: u32) -> anyhow::Result<BackendStats> {
-        let per_cpu = self
-            .backend_stats
-            .get(&id, 0)
-            .with_context(|| format!("reading backend_stats[{id}]"))?;
-        Ok(sum_backend_stats(&per_cpu))
-    }
-
-    /// A service's counters, summed over CPUs.
-    pub fn service_stats(&self, id: u32) -> anyhow::Result<ServiceStats> {
-        let per_cpu = self
-            .service_stats
-            .get(&id, 0)
-            .with_context(|| format!("reading service_stats[{id}]"))?;
-        Ok(sum_service_stats(&per_cpu))
-    }
-
-    /// The VIP a socket (by cookie and the backend address it holds) was
-    /// connected through, if the kernel recorded one.
-    pub fn rev_nat(&self, key: &RevNatKey) -> Option<RevNatValue> {
-        self.rev_nat.get(key, 0).ok()
-    }
-
-    /// Writes one slot of a service's Maglev table.
-    pub fn set_maglev_slot(
-        &mut self,
-        service_id: u32,
-        slot: u32,
-        backend_id: u32,
-    ) -> anyhow::Result<()> {
-        self.maglev
-            .insert(MaglevKey { service_id, slot }, backend_id, 0)
-            .with_context(|| format!("writing maglev[service {service_id}, slot {slot}]"))
-    }
-
-    /// Removes one slot of a Maglev table.
-    pub fn remove_maglev_slot(&mut self, key: &MaglevKey) -> anyhow::Result<()> {
-        match self.maglev.remove(key) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(err) => Err(err).with_context(|| {
-                format!(
-                    "removing maglev[service {}, slot {}]",
-                    key.service_id, key.slot
-                )
-            }),
-        }
-    }
-
-    /// Every slot in the `maglev` map (to find what a crashed or earlier
-    /// run left).
-    pub fn maglev_slots(&self) -> anyhow::Result<Vec<(MaglevKey, u32)>> {
-        self.maglev
-            .iter()
-            .map(|entry| entry.context("reading the maglev map"))
-            .collect()
     }
 
     /// Detaches the programs and removes every pin (graceful shutdown).
@@ -566,36 +309,6 @@ impl Dataplane {
         drop(self);
         cleanup(&pin_dir)
     }
-}
-
-/// The sum of a backend's per-CPU `backend_stats` values.
-pub fn sum_backend_stats(per_cpu: &[BackendStats]) -> BackendStats {
-    per_cpu
-        .iter()
-        .fold(BackendStats::default(), |sum, s| BackendStats {
-            connects: sum.connects + s.connects,
-            sendmsgs: sum.sendmsgs + s.sendmsgs,
-            xdp_packets: sum.xdp_packets + s.xdp_packets,
-            xdp_bytes: sum.xdp_bytes + s.xdp_bytes,
-            xdp_flows: sum.xdp_flows + s.xdp_flows,
-        })
-}
-
-/// The sum of a service's per-CPU `service_stats` values.
-pub fn sum_service_stats(per_cpu: &[ServiceStats]) -> ServiceStats {
-    per_cpu
-        .iter()
-        .fold(ServiceStats::default(), |sum, s| ServiceStats {
-            refused: sum.refused + s.refused,
-            rev_nat_failed: sum.rev_nat_failed + s.rev_nat_failed,
-            xdp_packets: sum.xdp_packets + s.xdp_packets,
-            xdp_bytes: sum.xdp_bytes + s.xdp_bytes,
-            xdp_flows: sum.xdp_flows + s.xdp_flows,
-            xdp_drop_no_backend: sum.xdp_drop_no_backend + s.xdp_drop_no_backend,
-            xdp_drop_snat_ports: sum.xdp_drop_snat_ports + s.xdp_drop_snat_ports,
-            xdp_drop_flow_table: sum.xdp_drop_flow_table + s.xdp_drop_flow_table,
-            xdp_drop_unreachable: sum.xdp_drop_unreachable + s.xdp_drop_unreachable,
-        })
 }
 
 /// Takes an exclusive `flock` on the pin directory, so a second controller
@@ -775,34 +488,6 @@ mod tests {
             mismatches.is_empty(),
             "maps in the object differ from lb_common::maps:\n{}",
             mismatches.join("\n")
-        );
-    }
-
-    #[test]
-    fn per_cpu_sums_add_every_field() {
-        let backend = |n: u64| BackendStats {
-            connects: n,
-            sendmsgs: 2 * n,
-            xdp_packets: 3 * n,
-            xdp_bytes: 4 * n,
-            xdp_flows: 5 * n,
-        };
-        assert_eq!(sum_backend_stats(&[backend(1), backend(10)]), backend(11));
-        assert_eq!(sum_backend_stats(&[]), BackendStats::default());
-        let service = |n: u64| ServiceStats {
-            refused: n,
-            rev_nat_failed: 2 * n,
-            xdp_packets: 3 * n,
-            xdp_bytes: 4 * n,
-            xdp_flows: 5 * n,
-            xdp_drop_no_backend: 6 * n,
-            xdp_drop_snat_ports: 7 * n,
-            xdp_drop_flow_table: 8 * n,
-            xdp_drop_unreachable: 9 * n,
-        };
-        assert_eq!(
-            sum_service_stats(&[service(1), service(2), service(4)]),
-            service(7)
         );
     }
 }

@@ -17,6 +17,7 @@ pub mod connections;
 pub mod dataplane;
 pub mod ebpf_object;
 pub mod if_addrs;
+pub mod maps;
 mod netlink;
 mod report;
 pub mod sock_diag;

@@ -1,0 +1,152 @@
+//! Carrying out a state machine's [`Effects`] for one service: transitions
+//! logged and counted, the service entry rewritten when the selection
+//! changes, the Maglev table and the backends' `BACKEND_DOWN` flags brought
+//! in line, then the connections of the servers to close destroyed with
+//! `SOCK_DESTROY` (and, for remote services, their XDP flows forgotten), so
+//! reconnecting clients land on the new server.
+
+use std::{net::SocketAddr, time::Instant};
+
+use lb_common::NO_BACKEND;
+use tracing::{info, warn};
+
+use super::{backend_flags, spread, state::ServiceRuntime};
+use crate::{
+    kernel::{connections::Connections, dataplane::Dataplane},
+    metrics::Counters,
+    policy::state_machine::{Effects, ServerState},
+};
+
+/// Carries out a state machine's effects for one service: log and count the
+/// transitions, rewrite the service entry if the selection changed, then
+/// close connections.
+pub(super) fn settle(
+    dataplane: &mut Dataplane,
+    connections: &mut Connections,
+    counters: &mut Counters,
+    service: &mut ServiceRuntime,
+    effects: Effects,
+) {
+    let start = Instant::now();
+    let name = service.config.name.clone();
+    let name = name.as_str();
+    for t in &effects.transitions {
+        counters.transition(name, t.server, t.from, t.to);
+        if t.to == ServerState::Failed || t.to == ServerState::Invalid {
+            warn!(service = name, server = %t.server, from = %t.from, to = %t.to, cause = %t.cause, "server state changed");
+        } else {
+            info!(service = name, server = %t.server, from = %t.from, to = %t.to, cause = %t.cause, "server state changed");
+        }
+    }
+    reselect(dataplane, counters, service);
+    spread::sync(dataplane, service);
+    // After the new selection and table: flows moved off a down backend
+    // land on the new choice.
+    backend_flags::sync(dataplane, service);
+    if effects.close.is_empty() {
+        return;
+    }
+    if service.config.remote {
+        forget_xdp_flows(dataplane, service, &effects.close);
+    }
+    match connections.close(service.id, &effects.close, |key| {
+        dataplane.maps.rev_nat.get(key)
+    }) {
+        Ok(closed) => {
+            counters.closed(name, closed.destroyed as u64);
+            if closed.failed == 0 {
+                for &server in &effects.close {
+                    service.machine.set_connections(server, 0);
+                }
+            }
+            if closed.destroyed + closed.failed > 0 {
+                let servers: Vec<String> = effects.close.iter().map(ToString::to_string).collect();
+                info!(
+                    service = name,
+                    servers = servers.join(","),
+                    destroyed = closed.destroyed,
+                    already_gone = closed.already_gone,
+                    failed = closed.failed,
+                    micros = start.elapsed().as_micros(),
+                    destroy_micros = closed.micros,
+                    "closed connections"
+                );
+            }
+        }
+        Err(err) => {
+            warn!(
+                service = name,
+                error = format!("{err:#}"),
+                "could not close connections (sock_diag)"
+            );
+        }
+    }
+}
+
+/// The XDP side of "close the connections of these servers": their flows
+/// are forgotten, so the next packet of each is hashed to a backend again
+/// (for TCP the new backend answers with a reset, as after a close).
+fn forget_xdp_flows(dataplane: &mut Dataplane, service: &ServiceRuntime, servers: &[SocketAddr]) {
+    let ids: Vec<u32> = servers
+        .iter()
+        .filter_map(|server| service.servers.get(server))
+        .map(|server| server.backend_id)
+        .collect();
+    if ids.is_empty() {
+        return;
+    }
+    let start = Instant::now();
+    match dataplane
+        .maps
+        .flows
+        .forget(|flow| flow.service_id == service.id && ids.contains(&flow.backend_id))
+    {
+        Ok(0) => {}
+        Ok(removed) => info!(
+            service = %service.config.name,
+            entries = removed,
+            micros = start.elapsed().as_micros(),
+            "forgot XDP flows of closed servers"
+        ),
+        Err(err) => warn!(
+            service = %service.config.name,
+            error = format!("{err:#}"),
+            "could not forget XDP flows"
+        ),
+    }
+}
+
+/// Writes the service entry when the state machine's selection changed.
+fn reselect(dataplane: &mut Dataplane, counters: &mut Counters, service: &mut ServiceRuntime) {
+    let selection = service.machine.select();
+    if selection == service.selection {
+        return;
+    }
+    let backend_id = selection
+        .server
+        .and_then(|a| service.servers.get(&a))
+        .map_or(NO_BACKEND, |s| s.backend_id);
+    let entry = spread::entry(service, backend_id);
+    if let Err(err) = dataplane.maps.services.set(service.key, entry) {
+        warn!(service = %service.config.name, error = format!("{err:#}"), "could not update the services map; will retry on the next event");
+        return;
+    }
+    let name = service.config.name.as_str();
+    let show = |a: Option<SocketAddr>| a.map_or_else(|| "none".to_owned(), |a| a.to_string());
+    if selection.server != service.selection.server {
+        counters.selection_changed(name);
+        match selection.server {
+            Some(_) => {
+                info!(service = name, from = %show(service.selection.server), to = %show(selection.server), "selected backend changed");
+            }
+            None => {
+                warn!(service = name, from = %show(service.selection.server), "no server: connects to the VIP are refused");
+            }
+        }
+    }
+    if selection.fail_open {
+        counters.failed_open(name);
+        warn!(service = name, server = %show(selection.server), "every server fails: failing open to the best-ranked one");
+    }
+    service.selection = selection;
+}

@@ -1,0 +1,461 @@
+//! The controller's state and its event handlers. Only the controller
+//! thread ([`super::run`]) holds a [`State`]; each handler runs to the end
+//! before the next event is taken, so handlers need no locks and may do
+//! kernel and file work (map writes, `sock_diag`, `SOCK_DESTROY`, state
+//! files) directly.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::SocketAddr,
+    sync::Arc,
+    time::{Instant, SystemTime},
+};
+
+use lb_common::{IfAddrs, VipKey};
+use tokio::{
+    runtime::Handle,
+    sync::{Semaphore, mpsc::WeakSender},
+    task::{AbortHandle, JoinHandle},
+};
+use tracing::{info, warn};
+
+use super::{
+    Controller, Event, ServersError, attestation, checks, discovery, reconcile, settle::settle,
+    status,
+};
+use crate::{
+    config::{Config, ServiceConfig},
+    health::{CheckOutcome, Prober, nautilus::Attester},
+    kernel::{
+        connections::{self, Connections},
+        dataplane::{self, Dataplane},
+        if_addrs,
+        sock_diag::SocketInfo,
+    },
+    metrics::{Counters, DialStatus},
+    nautilus::attestation::Verified,
+    policy::state_machine::{Effects, Selection, ServiceMachine},
+};
+
+/// One server as the controller tracks it (besides its state-machine entry).
+pub(super) struct ServerRuntime {
+    pub(super) backend_id: u32,
+    /// The [`lb_common::Backend::flags`] last written to its slot.
+    pub(super) backend_flags: u8,
+    pub(super) last_check: Option<(CheckOutcome, SystemTime)>,
+    /// The last attestation a `nautilus` check verified.
+    pub(super) attestation: Option<Verified>,
+    /// The kernel's connect counter at the last poll.
+    pub(super) last_connects: Option<u64>,
+    pub(super) check_task: AbortHandle,
+}
+
+/// One service as the controller tracks it.
+pub(super) struct ServiceRuntime {
+    /// The effective config: `servers` may come from a state file or the API.
+    pub(super) config: ServiceConfig,
+    pub(super) key: VipKey,
+    pub(super) id: u32,
+    pub(super) machine: ServiceMachine,
+    pub(super) servers: HashMap<SocketAddr, ServerRuntime>,
+    pub(super) prober: Arc<Prober>,
+    pub(super) selection: Selection,
+    /// The Maglev table the kernel holds for this service (`policy: spread`;
+    /// empty when none or unknown).
+    pub(super) table: Vec<u32>,
+    /// The (backend id, address) pairs `table` was built from.
+    pub(super) table_members: Vec<(u32, SocketAddr)>,
+    /// The Maglev weights of `table_members` (same order).
+    pub(super) table_weights: Vec<u32>,
+}
+
+/// What the controller thread does after an event.
+pub(super) enum Next {
+    Continue,
+    Stop,
+}
+
+/// Everything the controller owns.
+pub(super) struct State {
+    pub(super) dataplane: Dataplane,
+    /// The `sock_diag` socket that closes connections and counts them on a
+    /// configuration change (the poller has its own).
+    pub(super) connections: Connections,
+    /// The effective config (see [`ServiceRuntime::config`]).
+    pub(super) config: Config,
+    pub(super) services: Vec<ServiceRuntime>,
+    pub(super) counters: Counters,
+    /// Whether the last read of the interfaces' addresses failed (logged once).
+    if_addrs_failing: bool,
+    /// Whether more interfaces have addresses than `if_addrs` holds (logged once).
+    if_addrs_overflow: bool,
+    /// Sui discovery: static and discovered servers, the last view.
+    pub(super) discovery: discovery::DiscoveryState,
+    /// Bounds the probes running at once across all services.
+    pub(super) probe_slots: Arc<Semaphore>,
+    /// Runs `nautilus` checks (with `chain.enclave_config` and
+    /// `features.nautilus_health_checks`).
+    pub(super) attester: Option<Arc<Attester>>,
+    /// Where tasks (checks, poller, discovery) run.
+    pub(super) runtime: Handle,
+    /// The thread's own channel, for the tasks it starts; weak, so the
+    /// thread ends once every outside handle is gone.
+    events: WeakSender<Event>,
+    /// The poller task (`None` before the start).
+    poller: Option<JoinHandle<()>>,
+}
+
+impl State {
+    /// The state before the first configuration is applied.
+    pub(super) fn new(
+        config: &Config,
+        dataplane: Dataplane,
+        events: WeakSender<Event>,
+        runtime: Handle,
+    ) -> anyhow::Result<Self> {
+        let attester = config
+            .chain
+            .as_ref()
+            .filter(|_| config.features.nautilus_health_checks)
+            .and_then(|chain| {
+                let enclave_config = chain.enclave_config?;
+                Some(Arc::new(Attester::new(
+                    &chain.sui_rpc_url,
+                    enclave_config,
+                    config.features.stake_validation,
+                    crate::health::nautilus::system_clock(),
+                )))
+            });
+        Ok(Self {
+            dataplane,
+            connections: Connections::open()?,
+            config: Config {
+                services: Vec::new(),
+                ..config.clone()
+            },
+            services: Vec::new(),
+            counters: Counters::default(),
+            if_addrs_failing: false,
+            if_addrs_overflow: false,
+            discovery: discovery::DiscoveryState::default(),
+            probe_slots: Arc::new(Semaphore::new(config.max_concurrent_checks)),
+            attester,
+            runtime,
+            events,
+            poller: None,
+        })
+    }
+
+    /// A handle for a task this thread starts (`None` once every outside
+    /// handle is gone: the thread is about to end).
+    pub(super) fn handle(&self) -> Option<Controller> {
+        self.events.upgrade().map(|events| Controller { events })
+    }
+
+    /// Handles one event.
+    pub(super) fn handle_event(&mut self, event: Event) -> Next {
+        match event {
+            Event::Start { config, reply } => {
+                let started = self.start(*config);
+                let failed = started.is_err();
+                let _ = reply.send(started);
+                if failed {
+                    return Next::Stop;
+                }
+            }
+            Event::NextCheck {
+                service,
+                server,
+                first,
+                bits,
+                reply,
+            } => {
+                let _ = reply.send(checks::plan(self, &service, server, first, bits));
+            }
+            Event::Checked {
+                service,
+                server,
+                outcome,
+            } => self.record_check(&service, server, outcome),
+            Event::PollTargets { reply } => {
+                let _ = reply.send(self.poll_targets());
+            }
+            Event::Polled {
+                servers,
+                sockets,
+                started,
+            } => self.polled(&servers, &sockets, started),
+            Event::PollFailed { error } => {
+                warn!(
+                    error = format!("{error:#}"),
+                    "could not count connections (sock_diag)"
+                );
+            }
+            Event::IfAddrs(wanted) => self.sync_if_addrs(wanted),
+            Event::DiscoveryWanted { reply } => {
+                let _ = reply.send(discovery::wanted(self));
+            }
+            Event::View { view, resolved } => discovery::apply_view(self, view, resolved),
+            Event::Reload { config, reply } => {
+                let _ = reply.send(self.reload(*config));
+            }
+            Event::SetServers {
+                service,
+                servers,
+                reply,
+            } => {
+                let result = self
+                    .set_servers(&service, &servers)
+                    .map(|()| status::build(self));
+                let _ = reply.send(result);
+            }
+            Event::Snapshot { reply } => {
+                let _ = reply.send((status::build(self), self.counters.clone()));
+            }
+            Event::Ping { reply } => {
+                let _ = reply.send(());
+            }
+            Event::Shutdown { reply } => {
+                self.stop_tasks();
+                let _ = reply.send(dataplane::cleanup(self.dataplane.pin_dir()));
+                return Next::Stop;
+            }
+        }
+        Next::Continue
+    }
+
+    /// The first configuration: static (or saved) servers are served
+    /// whether or not the registry can be read, then discovery and the
+    /// poller start.
+    fn start(&mut self, config: Config) -> anyhow::Result<()> {
+        self.discovery.set_static(&config);
+        let chain = config.chain.clone();
+        let every = config.connection_poll_interval;
+        let xdp = config.xdp.is_some();
+        let config = reconcile::with_saved_servers(config);
+        if let Err(err) = reconcile::apply(self, config) {
+            self.stop_tasks();
+            return Err(err);
+        }
+        let Some(handle) = self.handle() else {
+            return Ok(());
+        };
+        if let Some(chain) = &chain {
+            discovery::start(self, &handle, chain);
+        }
+        self.poller = Some(super::poller::spawn(&self.runtime, handle, every, xdp)?);
+        Ok(())
+    }
+
+    /// Stops every task this thread started (checks, poller, discovery).
+    pub(super) fn stop_tasks(&mut self) {
+        self.discovery.stop();
+        if let Some(poller) = self.poller.take() {
+            poller.abort();
+        }
+        for service in &self.services {
+            for server in service.servers.values() {
+                server.check_task.abort();
+            }
+        }
+    }
+
+    /// Records a health-check result.
+    fn record_check(&mut self, service_name: &str, address: SocketAddr, outcome: CheckOutcome) {
+        let Some(service) = self
+            .services
+            .iter_mut()
+            .find(|s| s.config.name == service_name)
+        else {
+            return;
+        };
+        let Some(server) = service.servers.get_mut(&address) else {
+            return;
+        };
+        let was_ok = server.last_check.as_ref().map(|(o, _)| o.ok);
+        if was_ok != Some(outcome.ok) {
+            if outcome.ok {
+                info!(service = service_name, server = %address, reason = %outcome.reason, "server passes its checks");
+            } else {
+                warn!(service = service_name, server = %address, reason = %outcome.reason, "server fails its checks");
+            }
+        }
+        let now = Instant::now();
+        let mut effects = attestation::record(
+            service_name,
+            address,
+            server,
+            &mut service.machine,
+            &outcome,
+            attestation::Context {
+                stake_mist: self
+                    .discovery
+                    .server(service_name, address)
+                    .map_or(0, |node| node.stake),
+                stake_weight: self.config.features.stake_weight,
+                counters: &mut self.counters,
+                now,
+            },
+        );
+        effects.merge(service.machine.check(address, outcome.ok, now));
+        if let Some(dial) = outcome.dial {
+            let status = if dial.ok {
+                DialStatus::Success
+            } else {
+                DialStatus::Failure
+            };
+            self.counters
+                .observe_dial(service_name, status, dial.duration);
+            if !dial.ok {
+                if outcome.ok {
+                    warn!(service = service_name, server = %address, reason = %outcome.reason, "check passes but connects to the server fail");
+                }
+                effects.merge(service.machine.dial(address, false, now));
+            }
+        }
+        server.last_check = Some((outcome, SystemTime::now()));
+        settle(
+            &mut self.dataplane,
+            &mut self.connections,
+            &mut self.counters,
+            service,
+            effects,
+        );
+    }
+
+    /// Every server the poller should count connections to.
+    fn poll_targets(&self) -> HashSet<SocketAddr> {
+        self.services
+            .iter()
+            .flat_map(|s| s.servers.keys().copied())
+            .collect()
+    }
+
+    /// Takes the poller's dump: counts connections per server, turns new
+    /// connects into dial successes and applies time-based transitions.
+    fn polled(&mut self, servers: &HashSet<SocketAddr>, sockets: &[SocketInfo], started: Instant) {
+        let Self {
+            dataplane,
+            connections,
+            services,
+            counters,
+            ..
+        } = self;
+        let counts = connections::count(&connections::via_vip(sockets, servers, |key| {
+            dataplane.maps.rev_nat.get(key)
+        }));
+        let now = Instant::now();
+        for service in services.iter_mut() {
+            let mut effects = Effects::default();
+            for (&address, server) in &mut service.servers {
+                if !servers.contains(&address) {
+                    // Added since the dump started (not in its filter):
+                    // counted from the next poll on.
+                    continue;
+                }
+                let connections = counts.get(&(service.id, address)).copied().unwrap_or(0);
+                service.machine.set_connections(address, connections);
+                // Connects, and unconnected UDP datagrams, the kernel sent here.
+                let connects = dataplane
+                    .maps
+                    .backend_stats
+                    .get(server.backend_id)
+                    .map_or(0, |s| s.connects + s.sendmsgs);
+                // New connects are successful dials when one is still open
+                // or the last probe could connect too (failed connects are
+                // reported by the probes).
+                let probe_dial_ok = server
+                    .last_check
+                    .as_ref()
+                    .and_then(|(o, _)| o.dial)
+                    .is_some_and(|d| d.ok);
+                if server.last_connects.is_some_and(|last| connects > last)
+                    && (connections > 0 || probe_dial_ok)
+                {
+                    effects.merge(service.machine.dial(address, true, now));
+                }
+                server.last_connects = Some(connects);
+            }
+            effects.merge(service.machine.tick(now));
+            settle(dataplane, connections, counters, service, effects);
+        }
+        counters.last_poll = started.elapsed();
+        counters.last_poll_sockets = sockets.len();
+    }
+
+    /// Brings the `if_addrs` map (XDP's default SNAT source per interface)
+    /// up to date with the interfaces' addresses the poller read.
+    fn sync_if_addrs(&mut self, wanted: anyhow::Result<BTreeMap<u32, IfAddrs>>) {
+        if self.config.xdp.is_none() {
+            return;
+        }
+        let result = wanted.and_then(|wanted| {
+            let overflow = wanted.len() > lb_common::MAX_INTERFACES as usize;
+            if overflow && !self.if_addrs_overflow {
+                warn!(
+                    interfaces = wanted.len(),
+                    max = lb_common::MAX_INTERFACES,
+                    "more interfaces with addresses than the if_addrs map holds; the highest indexes get no SNAT address"
+                );
+            }
+            self.if_addrs_overflow = overflow;
+            self.dataplane.maps.if_addrs.sync(&wanted)
+        });
+        match result {
+            Ok(changes) => {
+                if self.if_addrs_failing {
+                    info!("interface addresses readable again");
+                    self.if_addrs_failing = false;
+                }
+                for (ifindex, entry) in &changes.set {
+                    info!(
+                        ifindex,
+                        addresses = %if_addrs::describe(entry),
+                        "SNAT addresses of an interface (if_addrs)"
+                    );
+                }
+                if !changes.remove.is_empty() {
+                    info!(ifindexes = ?changes.remove, "interfaces without SNAT addresses now (if_addrs)");
+                }
+            }
+            Err(err) => {
+                if !self.if_addrs_failing {
+                    warn!(
+                        error = format!("{err:#}"),
+                        "could not refresh the interfaces' addresses (if_addrs); retrying every poll"
+                    );
+                }
+                self.if_addrs_failing = true;
+            }
+        }
+    }
+
+    /// Reloads the configuration. A config that cannot be applied leaves
+    /// everything as it was.
+    fn reload(&mut self, mut config: Config) -> anyhow::Result<()> {
+        reconcile::keep_restart_only_fields(&self.config, &mut config);
+        self.discovery.set_static(&config);
+        self.discovery.merge_into(&mut config);
+        reconcile::apply(self, config)?;
+        self.discovery.refresh();
+        Ok(())
+    }
+
+    /// Replaces the server list of one service.
+    fn set_servers(&mut self, service: &str, servers: &[String]) -> Result<(), ServersError> {
+        let mut config = reconcile::config_with_servers(&self.config, service, servers)?;
+        // A discovery service: the list replaces its static servers; the
+        // discovered ones stay.
+        if let Some(changed) = config
+            .services
+            .iter()
+            .find(|s| s.name == service && s.discovery.is_some())
+        {
+            self.discovery
+                .static_servers
+                .insert(changed.name.clone(), changed.servers.clone());
+            self.discovery.merge_into(&mut config);
+        }
+        reconcile::apply(self, config).map_err(ServersError::Apply)
+    }
+}

@@ -1,0 +1,155 @@
+//! The status document (`GET /status`, `daas-lb status`, the source of
+//! most metrics): the services, their servers' states and the kernel's
+//! counters, read now.
+
+use std::{
+    sync::atomic::Ordering,
+    time::{Instant, SystemTime},
+};
+
+use tracing::warn;
+
+use super::{attestation, spread, state::State};
+use crate::{
+    api::status::{
+        CheckStatus, RegistryStatus, ServerStatus, ServiceStatus, Status, XdpDrops, XdpStatus,
+    },
+    config::Policy,
+};
+
+/// The status document, counters read from the kernel now.
+pub(super) fn build(state: &State) -> Status {
+    let now = Instant::now();
+    let wall = SystemTime::now();
+    let services = state
+        .services
+        .iter()
+        .map(|service| {
+            let kernel = state
+                .dataplane
+                .maps
+                .service_stats
+                .get(service.id)
+                .unwrap_or_default();
+            let slot_counts = spread::slot_counts(&service.table);
+            let servers = service
+                .machine
+                .servers()
+                .iter()
+                .map(|entry| {
+                    let runtime = service.servers.get(&entry.address);
+                    let counters = runtime
+                        .and_then(|r| state.dataplane.maps.backend_stats.get(r.backend_id).ok())
+                        .unwrap_or_default();
+                    let last_check = runtime.and_then(|r| r.last_check.as_ref());
+                    let since = wall
+                        .checked_sub(now.saturating_duration_since(entry.since))
+                        .unwrap_or(wall);
+                    let slots = runtime
+                        .filter(|_| service.config.policy == Policy::Spread)
+                        .map(|r| slot_counts.get(&r.backend_id).copied().unwrap_or(0));
+                    let node = state.discovery.server(&service.config.name, entry.address);
+                    ServerStatus {
+                        address: entry.address.to_string(),
+                        slots,
+                        state: entry.state,
+                        state_since: humantime::format_rfc3339_millis(since).to_string(),
+                        connections: entry.connections,
+                        reason: last_check.map(|(o, _)| o.reason.clone()),
+                        healthy: entry.last_check_ok == Some(true),
+                        default: service.machine.default_server() == Some(entry.address),
+                        connects: counters.connects,
+                        sendmsgs: counters.sendmsgs,
+                        xdp_packets: counters.xdp_packets,
+                        xdp_bytes: counters.xdp_bytes,
+                        xdp_flows: counters.xdp_flows,
+                        last_check: last_check.map(|(o, at)| CheckStatus {
+                            ok: o.ok,
+                            reason: o.reason.clone(),
+                            at: humantime::format_rfc3339_millis(*at).to_string(),
+                            duration_ms: o.duration.as_secs_f64() * 1000.0,
+                        }),
+                        node: node.map(|n| n.node.to_string()),
+                        stake_mist: node.map(|n| n.stake),
+                        sui_rpc: node.map(|n| n.sui_rpc.clone()),
+                        sync_lag_blocks: last_check.and_then(|(o, _)| o.sync_lag_blocks),
+                        score: entry.score.filter(|_| service.machine.ranking()),
+                        attestation: runtime
+                            .and_then(|r| r.attestation.as_ref())
+                            .map(|v| attestation::status(v, wall)),
+                        attestation_failure: last_check
+                            .and_then(|(o, _)| attestation::failure(o))
+                            .map(str::to_owned),
+                    }
+                })
+                .collect();
+            ServiceStatus {
+                name: service.config.name.clone(),
+                vip: service.config.vip.to_string(),
+                protocol: service.config.protocol.to_string(),
+                selected: service.selection.server.map(|a| a.to_string()),
+                policy: service.config.policy.to_string(),
+                fail_open: service.selection.fail_open,
+                refused: kernel.refused,
+                remote: service.config.remote,
+                xdp_packets: kernel.xdp_packets,
+                xdp_flows: kernel.xdp_flows,
+                xdp_drops: XdpDrops {
+                    no_backend: kernel.xdp_drop_no_backend,
+                    snat_ports: kernel.xdp_drop_snat_ports,
+                    flow_table: kernel.xdp_drop_flow_table,
+                    unreachable: kernel.xdp_drop_unreachable,
+                },
+                servers,
+            }
+        })
+        .collect();
+    let xdp = state.config.xdp.as_ref().map(|xdp| {
+        let counts = state
+            .dataplane
+            .maps
+            .xdp_stats
+            .verdicts()
+            .unwrap_or_else(|err| {
+                warn!(
+                    error = format!("{err:#}"),
+                    "could not read the xdp_stats map"
+                );
+                Vec::new()
+            });
+        XdpStatus {
+            interfaces: xdp.interfaces.clone(),
+            mode: xdp.mode.to_string(),
+            snat_ports: xdp.snat_ports.to_string(),
+            verdicts: lb_common::xdp_counter::NAMES
+                .iter()
+                .enumerate()
+                .map(|(index, name)| ((*name).to_owned(), counts.get(index).copied().unwrap_or(0)))
+                .collect(),
+        }
+    });
+    let registry = state.discovery.stats.as_ref().map(|stats| {
+        let view = state.discovery.view.as_ref();
+        let synced = view.is_some_and(|v| v.synced);
+        RegistryStatus {
+            synced,
+            nodes: view.map_or(0, |v| v.nodes.len()),
+            // The task's counter follows every checkpoint applied, from
+            // the first full sync on.
+            cursor: synced.then(|| stats.cursor.load(Ordering::Relaxed)),
+            last_error: view.and_then(|v| v.last_error.clone()),
+            events: stats
+                .events()
+                .into_iter()
+                .map(|(kind, n)| (kind.to_owned(), n))
+                .collect(),
+            resyncs: stats.resyncs_total.load(Ordering::Relaxed),
+            reconnects: stats.reconnects_total.load(Ordering::Relaxed),
+        }
+    });
+    Status {
+        services,
+        xdp,
+        registry,
+    }
+}

@@ -1,0 +1,93 @@
+//! One typed wrapper per BPF map the controller reads or writes. Each
+//! wrapper owns its aya map handle, speaks the map's key and value types
+//! from `lb_common`, names the map (and the key) in every error, and keeps
+//! the map's own rules in one place: a missing key on removal is not an
+//! error, per-CPU counters are summed, a slot is "unused" when its family
+//! is 0. The maps' shapes are declared once in `lb_common::maps::MAPS` and
+//! checked against the pins before loading ([`super::dataplane`]).
+
+mod backends;
+mod flows;
+mod maglev;
+mod rev_nat;
+mod services;
+mod stats;
+mod xdp;
+
+use anyhow::Context as _;
+use aya::{
+    Ebpf,
+    maps::{Map, MapError},
+};
+use lb_common::map_names;
+
+pub use self::{
+    backends::Backends,
+    flows::Flows,
+    maglev::Maglev,
+    rev_nat::RevNat,
+    services::Services,
+    stats::{BackendStatsMap, ServiceStatsMap, sum_backend_stats, sum_service_stats},
+    xdp::{IfAddrsMap, XdpConfigMap, XdpStats},
+};
+
+/// Every map of the loaded object, typed.
+pub struct Maps {
+    /// `services`: VIP → service entry (id, selected backend, flags).
+    pub services: Services,
+    /// `backends`: backend id → address, service and flags.
+    pub backends: Backends,
+    /// `backend_stats`: per-CPU counters per backend id.
+    pub backend_stats: BackendStatsMap,
+    /// `service_stats`: per-CPU counters per service id.
+    pub service_stats: ServiceStatsMap,
+    /// `rev_nat`: (socket cookie, backend) → the VIP it was connected through.
+    pub rev_nat: RevNat,
+    /// `maglev`: (service id, slot) → backend id.
+    pub maglev: Maglev,
+    /// `xdp_config`: the XDP program's settings (one entry).
+    pub xdp_config: XdpConfigMap,
+    /// `if_addrs`: interface index → its primary addresses (SNAT sources).
+    pub if_addrs: IfAddrsMap,
+    /// `xdp_stats`: per-CPU verdict counters.
+    pub xdp_stats: XdpStats,
+    /// `flows`: XDP's connection table.
+    pub flows: Flows,
+}
+
+impl Maps {
+    /// Takes every map out of the loaded object.
+    pub(super) fn take(ebpf: &mut Ebpf, nr_cpus: usize) -> anyhow::Result<Self> {
+        Ok(Self {
+            services: Services(take(ebpf, map_names::SERVICES)?),
+            backends: Backends(take(ebpf, map_names::BACKENDS)?),
+            backend_stats: BackendStatsMap::new(take(ebpf, map_names::BACKEND_STATS)?, nr_cpus),
+            service_stats: ServiceStatsMap::new(take(ebpf, map_names::SERVICE_STATS)?, nr_cpus),
+            rev_nat: RevNat(take(ebpf, map_names::REV_NAT)?),
+            maglev: Maglev(take(ebpf, map_names::MAGLEV)?),
+            xdp_config: XdpConfigMap(take(ebpf, map_names::XDP_CONFIG)?),
+            if_addrs: IfAddrsMap(take(ebpf, map_names::IF_ADDRS)?),
+            xdp_stats: XdpStats(take(ebpf, map_names::XDP_STATS)?),
+            flows: Flows(take(ebpf, map_names::FLOWS)?),
+        })
+    }
+}
+
+/// The map `name` of `ebpf` as aya's typed map `T`.
+fn take<T>(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<T>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .with_context(|| format!("the {name} map is missing from the eBPF object"))?;
+    T::try_from(map).with_context(|| format!("the {name} map has an unexpected type"))
+}
+
+/// A removal's result with "the key was not there" counted as done.
+fn removed(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(MapError::KeyNotFound) => Ok(()),
+        other => other,
+    }
+}
