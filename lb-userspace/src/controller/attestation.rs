@@ -9,7 +9,7 @@ use std::{
 
 use tracing::{info, warn};
 
-use super::state::ServerRuntime;
+use super::runtime::ServerRuntime;
 use crate::{
     api::status::AttestationStatus,
     health::{CheckOutcome, nautilus::unix_ms},

@@ -5,7 +5,7 @@
 use lb_common::Backend;
 use tracing::{debug, warn};
 
-use super::state::ServiceRuntime;
+use super::runtime::ServiceRuntime;
 use crate::{
     kernel::dataplane::Dataplane,
     policy::map_ids::{backend_entry, backend_flags},

@@ -12,13 +12,13 @@ use std::{
     time::Duration,
 };
 
-use tokio::{sync::Semaphore, task::AbortHandle};
+use tokio::task::AbortHandle;
 
-use super::{Controller, Event, state::State};
-use crate::{
-    chain::servers::DiscoveredServer, config::Protocol, health::Prober,
-    policy::state_machine::ServerState,
+use super::{
+    events::{CheckPlan, Controller, Event},
+    runtime::State,
 };
+use crate::{config::Protocol, policy::state_machine::ServerState};
 
 /// The first check of a new server waits at most this long (plus jitter).
 const FIRST_CHECK_SPREAD: Duration = Duration::from_secs(1);
@@ -43,18 +43,6 @@ pub(super) fn first_wait(interval: Duration, percent: u8, bits: u64) -> Duration
         .mul_f64(f64::from(percent) / 100.0)
         .min(FIRST_CHECK_SPREAD);
     spread.mul_f64(unit(bits))
-}
-
-/// What the next probe of a server needs.
-pub(super) struct Plan {
-    wait: Duration,
-    prober: Arc<Prober>,
-    /// Shared by every check task: bounds the probes running at once.
-    slots: Arc<Semaphore>,
-    timeout: Duration,
-    dial_probe: bool,
-    /// The node's registry entry, for `sui_sync` and `nautilus` checks.
-    node: Option<DiscoveredServer>,
 }
 
 /// Starts the check task of one server (it ends at once when the
@@ -118,7 +106,7 @@ pub(super) fn plan(
     server: SocketAddr,
     first: bool,
     bits: u64,
-) -> Option<Plan> {
+) -> Option<CheckPlan> {
     let service = state.services.iter().find(|s| s.config.name == service)?;
     let entry = service.machine.server(server)?;
     let check = &service.config.health_check;
@@ -128,7 +116,7 @@ pub(super) fn plan(
     } else {
         jittered(interval, check.jitter_percent, bits)
     };
-    Some(Plan {
+    Some(CheckPlan {
         wait,
         prober: Arc::clone(&service.prober),
         slots: Arc::clone(&state.probe_slots),

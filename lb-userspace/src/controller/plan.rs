@@ -7,12 +7,34 @@
 
 use std::{collections::HashMap, net::SocketAddr};
 
-use lb_common::{Backend, VipKey};
+use lb_common::{Backend, VipKey, ip_to_bytes};
 
 use crate::{
     config::{Config, Policy, ServiceConfig},
     policy::map_ids::{IdPlan, ServiceSpec, backend_entry},
 };
+
+/// The VIP key of a service.
+pub fn vip_key(service: &ServiceConfig) -> VipKey {
+    let (addr, family) = ip_to_bytes(service.vip.ip());
+    VipKey {
+        addr,
+        port: service.vip.port(),
+        proto: service.protocol.number(),
+        family,
+    }
+}
+
+/// Every address a service may select: servers, then the default server.
+pub(super) fn backend_addresses(service: &ServiceConfig) -> Vec<SocketAddr> {
+    let mut all = service.servers.clone();
+    if let Some(default) = service.default_server
+        && !all.contains(&default)
+    {
+        all.push(default);
+    }
+    all
+}
 
 /// A running service, as far as planning needs it.
 #[derive(Debug, Clone)]
@@ -175,10 +197,7 @@ mod tests {
     use lb_common::BACKEND_DOWN;
 
     use super::*;
-    use crate::{
-        controller::{reconcile::backend_addresses, vip_key},
-        policy::map_ids::plan_ids,
-    };
+    use crate::policy::map_ids::plan_ids;
 
     fn config(yaml: &str) -> Config {
         Config::from_yaml(yaml, "test.yaml").unwrap()

@@ -14,7 +14,7 @@ use tokio::{
     time::MissedTickBehavior,
 };
 
-use super::{Controller, Event};
+use super::events::{Controller, Event};
 use crate::kernel::{connections::Connections, if_addrs};
 
 /// Starts the poller task.

@@ -9,7 +9,6 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    fmt,
     net::SocketAddr,
     sync::Arc,
     time::Instant,
@@ -20,15 +19,16 @@ use lb_common::{MaglevKey, NO_BACKEND};
 use tracing::{info, warn};
 
 use super::{
-    checks, persist,
-    plan::{self, ApplyPlan, Previous, Running, ServicePlan},
+    checks,
+    events::ServersError,
+    persist,
+    plan::{self, ApplyPlan, Previous, Running, ServicePlan, backend_addresses, vip_key},
+    runtime::{ServerRuntime, ServiceRuntime, State},
     settle::settle,
     spread,
-    state::{ServerRuntime, ServiceRuntime, State},
-    vip_key,
 };
 use crate::{
-    config::{Config, Policy, ServiceConfig},
+    config::{Config, Policy},
     health::Prober,
     kernel::dataplane::Dataplane,
     policy::{
@@ -36,40 +36,6 @@ use crate::{
         state_machine::{Effects, Selection, ServerState, ServiceMachine},
     },
 };
-
-/// Why `PUT /services/{name}/servers` was refused.
-#[derive(Debug)]
-pub enum ServersError {
-    /// No service has that name.
-    UnknownService(String),
-    /// The list is invalid; the message names the entry.
-    Invalid(String),
-    /// The change could not be applied.
-    Apply(anyhow::Error),
-}
-
-impl fmt::Display for ServersError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::UnknownService(name) => write!(f, "no service named {name:?}"),
-            Self::Invalid(message) => f.write_str(message),
-            Self::Apply(err) => write!(f, "{err:#}"),
-        }
-    }
-}
-
-impl std::error::Error for ServersError {}
-
-/// Every address a service may select: servers, then the default server.
-pub(super) fn backend_addresses(service: &ServiceConfig) -> Vec<SocketAddr> {
-    let mut all = service.servers.clone();
-    if let Some(default) = service.default_server
-        && !all.contains(&default)
-    {
-        all.push(default);
-    }
-    all
-}
 
 /// `config` with each service's servers replaced by those saved in its state
 /// file, when that file belongs to the configured default server (K3s

@@ -10,7 +10,7 @@ use std::{net::SocketAddr, time::Instant};
 use lb_common::NO_BACKEND;
 use tracing::{info, warn};
 
-use super::{backend_flags, spread, state::ServiceRuntime};
+use super::{backend_flags, runtime::ServiceRuntime, spread};
 use crate::{
     kernel::{connections::Connections, dataplane::Dataplane},
     metrics::Counters,

@@ -18,7 +18,7 @@ use std::{
 use lb_common::{MaglevKey, NO_BACKEND, SERVICE_REMOTE, SERVICE_SPREAD, Service};
 use tracing::{info, warn};
 
-use super::state::ServiceRuntime;
+use super::runtime::ServiceRuntime;
 use crate::{
     config::Policy,
     kernel::dataplane::Dataplane,

@@ -9,7 +9,7 @@ use std::{
 
 use tracing::warn;
 
-use super::{attestation, spread, state::State};
+use super::{attestation, runtime::State, spread};
 use crate::{
     api::status::{
         CheckStatus, RegistryStatus, ServerStatus, ServiceStatus, Status, XdpDrops, XdpStatus,

@@ -1,73 +1,31 @@
-//! The controller's state and its event handlers. Only the controller
-//! thread ([`super::run`]) holds a [`State`]; each handler runs to the end
-//! before the next event is taken, so handlers need no locks and may do
-//! kernel and file work (map writes, `sock_diag`, `SOCK_DESTROY`, state
-//! files) directly.
+//! The controller thread's event handlers: each runs to the end before the
+//! next event is taken, so they need no locks and may do kernel and file
+//! work (map writes, `sock_diag`, `SOCK_DESTROY`, state files) directly.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashSet},
     net::SocketAddr,
-    sync::Arc,
     time::{Instant, SystemTime},
 };
 
-use lb_common::{IfAddrs, VipKey};
-use tokio::{
-    runtime::Handle,
-    sync::{Semaphore, mpsc::WeakSender},
-    task::{AbortHandle, JoinHandle},
-};
+use lb_common::IfAddrs;
 use tracing::{info, warn};
 
 use super::{
-    Controller, Event, ServersError, attestation, checks, discovery, reconcile, settle::settle,
+    attestation, checks, discovery,
+    events::{Event, ServersError},
+    poller, reconcile,
+    runtime::State,
+    settle::settle,
     status,
 };
 use crate::{
-    config::{Config, ServiceConfig},
-    health::{CheckOutcome, Prober, nautilus::Attester},
-    kernel::{
-        connections::{self, Connections},
-        dataplane::{self, Dataplane},
-        if_addrs,
-        sock_diag::SocketInfo,
-    },
-    metrics::{Counters, DialStatus},
-    nautilus::attestation::Verified,
-    policy::state_machine::{Effects, Selection, ServiceMachine},
+    config::Config,
+    health::CheckOutcome,
+    kernel::{connections, dataplane, if_addrs, sock_diag::SocketInfo},
+    metrics::DialStatus,
+    policy::state_machine::Effects,
 };
-
-/// One server as the controller tracks it (besides its state-machine entry).
-pub(super) struct ServerRuntime {
-    pub(super) backend_id: u32,
-    /// The [`lb_common::Backend::flags`] last written to its slot.
-    pub(super) backend_flags: u8,
-    pub(super) last_check: Option<(CheckOutcome, SystemTime)>,
-    /// The last attestation a `nautilus` check verified.
-    pub(super) attestation: Option<Verified>,
-    /// The kernel's connect counter at the last poll.
-    pub(super) last_connects: Option<u64>,
-    pub(super) check_task: AbortHandle,
-}
-
-/// One service as the controller tracks it.
-pub(super) struct ServiceRuntime {
-    /// The effective config: `servers` may come from a state file or the API.
-    pub(super) config: ServiceConfig,
-    pub(super) key: VipKey,
-    pub(super) id: u32,
-    pub(super) machine: ServiceMachine,
-    pub(super) servers: HashMap<SocketAddr, ServerRuntime>,
-    pub(super) prober: Arc<Prober>,
-    pub(super) selection: Selection,
-    /// The Maglev table the kernel holds for this service (`policy: spread`;
-    /// empty when none or unknown).
-    pub(super) table: Vec<u32>,
-    /// The (backend id, address) pairs `table` was built from.
-    pub(super) table_members: Vec<(u32, SocketAddr)>,
-    /// The Maglev weights of `table_members` (same order).
-    pub(super) table_weights: Vec<u32>,
-}
 
 /// What the controller thread does after an event.
 pub(super) enum Next {
@@ -75,83 +33,7 @@ pub(super) enum Next {
     Stop,
 }
 
-/// Everything the controller owns.
-pub(super) struct State {
-    pub(super) dataplane: Dataplane,
-    /// The `sock_diag` socket that closes connections and counts them on a
-    /// configuration change (the poller has its own).
-    pub(super) connections: Connections,
-    /// The effective config (see [`ServiceRuntime::config`]).
-    pub(super) config: Config,
-    pub(super) services: Vec<ServiceRuntime>,
-    pub(super) counters: Counters,
-    /// Whether the last read of the interfaces' addresses failed (logged once).
-    if_addrs_failing: bool,
-    /// Whether more interfaces have addresses than `if_addrs` holds (logged once).
-    if_addrs_overflow: bool,
-    /// Sui discovery: static and discovered servers, the last view.
-    pub(super) discovery: discovery::DiscoveryState,
-    /// Bounds the probes running at once across all services.
-    pub(super) probe_slots: Arc<Semaphore>,
-    /// Runs `nautilus` checks (with `chain.enclave_config` and
-    /// `features.nautilus_health_checks`).
-    pub(super) attester: Option<Arc<Attester>>,
-    /// Where tasks (checks, poller, discovery) run.
-    pub(super) runtime: Handle,
-    /// The thread's own channel, for the tasks it starts; weak, so the
-    /// thread ends once every outside handle is gone.
-    events: WeakSender<Event>,
-    /// The poller task (`None` before the start).
-    poller: Option<JoinHandle<()>>,
-}
-
 impl State {
-    /// The state before the first configuration is applied.
-    pub(super) fn new(
-        config: &Config,
-        dataplane: Dataplane,
-        events: WeakSender<Event>,
-        runtime: Handle,
-    ) -> anyhow::Result<Self> {
-        let attester = config
-            .chain
-            .as_ref()
-            .filter(|_| config.features.nautilus_health_checks)
-            .and_then(|chain| {
-                let enclave_config = chain.enclave_config?;
-                Some(Arc::new(Attester::new(
-                    &chain.sui_rpc_url,
-                    enclave_config,
-                    config.features.stake_validation,
-                    crate::health::nautilus::system_clock(),
-                )))
-            });
-        Ok(Self {
-            dataplane,
-            connections: Connections::open()?,
-            config: Config {
-                services: Vec::new(),
-                ..config.clone()
-            },
-            services: Vec::new(),
-            counters: Counters::default(),
-            if_addrs_failing: false,
-            if_addrs_overflow: false,
-            discovery: discovery::DiscoveryState::default(),
-            probe_slots: Arc::new(Semaphore::new(config.max_concurrent_checks)),
-            attester,
-            runtime,
-            events,
-            poller: None,
-        })
-    }
-
-    /// A handle for a task this thread starts (`None` once every outside
-    /// handle is gone: the thread is about to end).
-    pub(super) fn handle(&self) -> Option<Controller> {
-        self.events.upgrade().map(|events| Controller { events })
-    }
-
     /// Handles one event.
     pub(super) fn handle_event(&mut self, event: Event) -> Next {
         match event {
@@ -243,7 +125,7 @@ impl State {
         if let Some(chain) = &chain {
             discovery::start(self, &handle, chain);
         }
-        self.poller = Some(super::poller::spawn(&self.runtime, handle, every, xdp)?);
+        self.poller = Some(poller::spawn(&self.runtime, handle, every, xdp)?);
         Ok(())
     }
 

@@ -1,0 +1,136 @@
+//! What the controller owns: [`State`] (held only by the controller
+//! thread) and, per service and server, what it tracks besides the state
+//! machine ([`ServiceRuntime`], [`ServerRuntime`]). The handlers that change
+//! it live in [`handlers`](super::handlers).
+
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::SystemTime};
+
+use lb_common::VipKey;
+use tokio::{
+    runtime::Handle,
+    sync::{Semaphore, mpsc::WeakSender},
+    task::{AbortHandle, JoinHandle},
+};
+
+use super::{
+    events::{Controller, Event},
+    registry::DiscoveryState,
+};
+use crate::{
+    config::{Config, ServiceConfig},
+    health::{CheckOutcome, Prober, nautilus::Attester},
+    kernel::{connections::Connections, dataplane::Dataplane},
+    metrics::Counters,
+    nautilus::attestation::Verified,
+    policy::state_machine::{Selection, ServiceMachine},
+};
+
+/// One server as the controller tracks it (besides its state-machine entry).
+pub(super) struct ServerRuntime {
+    pub(super) backend_id: u32,
+    /// The [`lb_common::Backend::flags`] last written to its slot.
+    pub(super) backend_flags: u8,
+    pub(super) last_check: Option<(CheckOutcome, SystemTime)>,
+    /// The last attestation a `nautilus` check verified.
+    pub(super) attestation: Option<Verified>,
+    /// The kernel's connect counter at the last poll.
+    pub(super) last_connects: Option<u64>,
+    pub(super) check_task: AbortHandle,
+}
+
+/// One service as the controller tracks it.
+pub(super) struct ServiceRuntime {
+    /// The effective config: `servers` may come from a state file or the API.
+    pub(super) config: ServiceConfig,
+    pub(super) key: VipKey,
+    pub(super) id: u32,
+    pub(super) machine: ServiceMachine,
+    pub(super) servers: HashMap<SocketAddr, ServerRuntime>,
+    pub(super) prober: Arc<Prober>,
+    pub(super) selection: Selection,
+    /// The Maglev table the kernel holds for this service (`policy: spread`;
+    /// empty when none or unknown).
+    pub(super) table: Vec<u32>,
+    /// The (backend id, address) pairs `table` was built from.
+    pub(super) table_members: Vec<(u32, SocketAddr)>,
+    /// The Maglev weights of `table_members` (same order).
+    pub(super) table_weights: Vec<u32>,
+}
+
+/// Everything the controller owns.
+pub(super) struct State {
+    pub(super) dataplane: Dataplane,
+    /// The `sock_diag` socket that closes connections and counts them on a
+    /// configuration change (the poller has its own).
+    pub(super) connections: Connections,
+    /// The effective config (see [`ServiceRuntime::config`]).
+    pub(super) config: Config,
+    pub(super) services: Vec<ServiceRuntime>,
+    pub(super) counters: Counters,
+    /// Whether the last read of the interfaces' addresses failed (logged once).
+    pub(super) if_addrs_failing: bool,
+    /// Whether more interfaces have addresses than `if_addrs` holds (logged once).
+    pub(super) if_addrs_overflow: bool,
+    /// Sui discovery: static and discovered servers, the last view.
+    pub(super) discovery: DiscoveryState,
+    /// Bounds the probes running at once across all services.
+    pub(super) probe_slots: Arc<Semaphore>,
+    /// Runs `nautilus` checks (with `chain.enclave_config` and
+    /// `features.nautilus_health_checks`).
+    pub(super) attester: Option<Arc<Attester>>,
+    /// Where tasks (checks, poller, discovery) run.
+    pub(super) runtime: Handle,
+    /// The thread's own channel, for the tasks it starts; weak, so the
+    /// thread ends once every outside handle is gone.
+    pub(super) events: WeakSender<Event>,
+    /// The poller task (`None` before the start).
+    pub(super) poller: Option<JoinHandle<()>>,
+}
+
+impl State {
+    /// The state before the first configuration is applied.
+    pub(super) fn new(
+        config: &Config,
+        dataplane: Dataplane,
+        events: WeakSender<Event>,
+        runtime: Handle,
+    ) -> anyhow::Result<Self> {
+        let attester = config
+            .chain
+            .as_ref()
+            .filter(|_| config.features.nautilus_health_checks)
+            .and_then(|chain| {
+                let enclave_config = chain.enclave_config?;
+                Some(Arc::new(Attester::new(
+                    &chain.sui_rpc_url,
+                    enclave_config,
+                    config.features.stake_validation,
+                    crate::health::nautilus::system_clock(),
+                )))
+            });
+        Ok(Self {
+            dataplane,
+            connections: Connections::open()?,
+            config: Config {
+                services: Vec::new(),
+                ..config.clone()
+            },
+            services: Vec::new(),
+            counters: Counters::default(),
+            if_addrs_failing: false,
+            if_addrs_overflow: false,
+            discovery: DiscoveryState::default(),
+            probe_slots: Arc::new(Semaphore::new(config.max_concurrent_checks)),
+            attester,
+            runtime,
+            events,
+            poller: None,
+        })
+    }
+
+    /// A handle for a task this thread starts (`None` once every outside
+    /// handle is gone: the thread is about to end).
+    pub(super) fn handle(&self) -> Option<Controller> {
+        self.events.upgrade().map(|events| Controller { events })
+    }
+}
