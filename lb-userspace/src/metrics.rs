@@ -5,7 +5,10 @@
 //! machines, read into a [`Status`] at scrape time. [`render`] turns one
 //! `Status` and the controller's [`Counters`] into metric families per scrape,
 //! so nothing is kept twice. `Counters` holds only what the controller itself
-//! counts, the dial durations as the library's `Histogram`s.
+//! counts, the dial durations as the library's `Histogram`s. The API layer
+//! keeps its own counts (refused requests, reloads, server-list changes) and
+//! appends their families after the controller's ([`render_api_refusals`],
+//! [`render_api_changes`]).
 //!
 //! Invariants: each family is declared once below, in the order it is
 //! written (its name, type, help and label names; the README's table lists
@@ -307,6 +310,22 @@ const API_REFUSED: Family<2> = Family::counter(
     ["listener", "reason"],
 );
 
+/// Appended by the API after [`API_REFUSED`]; both `result`s always have a
+/// sample.
+const CONFIG_RELOADS: Family<1> = Family::counter(
+    "daas_lb_config_reloads_total",
+    "Configuration reloads (SIGHUP or POST /reload), by result: applied, or rejected (the running configuration stays).",
+    ["result"],
+);
+
+/// Appended by the API after [`CONFIG_RELOADS`]: every configured service
+/// has both `result`s; a name no service has is never a label value.
+const SERVER_LIST_CHANGES: Family<2> = Family::counter(
+    "daas_lb_server_list_changes_total",
+    "Server lists replaced with PUT /services/{name}/servers, by service and result: applied, or rejected (the list stays); requests for unknown services are not counted.",
+    ["service", "result"],
+);
+
 /// Outcome label of `k3s_loadbalancer_dial_duration_seconds`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum DialStatus {
@@ -321,6 +340,38 @@ impl DialStatus {
         match self {
             Self::Success => "success",
             Self::Failure => "failure",
+        }
+    }
+}
+
+/// Result label of `daas_lb_config_reloads_total` and
+/// `daas_lb_server_list_changes_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ChangeResult {
+    /// The change took effect.
+    Applied,
+    /// The change was refused or could not be applied; what ran before
+    /// stays.
+    Rejected,
+}
+
+impl ChangeResult {
+    /// Both, in the order their samples are written.
+    pub const ALL: [Self; 2] = [Self::Applied, Self::Rejected];
+
+    /// `Applied` for `Ok`, `Rejected` for `Err`.
+    pub const fn of<T, E>(result: &Result<T, E>) -> Self {
+        match result {
+            Ok(_) => Self::Applied,
+            Err(_) => Self::Rejected,
+        }
+    }
+
+    /// The label value: `applied` or `rejected`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Rejected => "rejected",
         }
     }
 }
@@ -431,6 +482,30 @@ pub fn render_api_refusals(out: &mut String, refusals: &[((&str, &str), u64)]) {
             .map(|&((listener, reason), n)| API_REFUSED.sample([listener, reason], float(n))),
     );
     encode(family.as_slice(), out);
+}
+
+/// `daas_lb_config_reloads_total` per result and
+/// `daas_lb_server_list_changes_total` per (service, result): the changes
+/// made through the API, appended to `out` after [`render_api_refusals`].
+/// Written as given: the API supplies the zeros that make both families
+/// appear from the first scrape.
+pub fn render_api_changes(
+    out: &mut String,
+    reloads: &[(ChangeResult, u64)],
+    server_lists: &[((String, ChangeResult), u64)],
+) {
+    let families = [
+        CONFIG_RELOADS.with(
+            reloads
+                .iter()
+                .map(|&(result, n)| CONFIG_RELOADS.sample([result.as_str()], float(n))),
+        ),
+        SERVER_LIST_CHANGES.with(server_lists.iter().map(|((service, result), n)| {
+            SERVER_LIST_CHANGES.sample([service, result.as_str()], float(*n))
+        })),
+    ];
+    let families: Vec<MetricFamily> = families.into_iter().flatten().collect();
+    encode(&families, out);
 }
 
 /// Renders every metric.

@@ -1,5 +1,6 @@
 //! The `daas-lb run` child process under test: start, stop, restart, its
-//! status document, metrics and log, and bounded waits on them.
+//! status document, metrics (and the counters in them) and log, and bounded
+//! waits on them.
 //!
 //! Every wait has a deadline and panics with the daemon's log when it runs
 //! out or the daemon exits early; the child is killed on drop.
@@ -18,7 +19,7 @@ use lb_userspace::api::status::Status;
 
 use crate::{
     env::{METRICS, control_socket_in, daas_lb_bin, unique},
-    inspect::{ClosedLog, closed_connection_logs},
+    inspect::{ClosedLog, closed_connection_logs, metric},
     topology,
 };
 
@@ -123,6 +124,55 @@ impl Daemon {
     pub fn metrics(&self) -> String {
         lb_userspace::api::client::get(self.metrics, "/metrics")
             .unwrap_or_else(|e| panic!("GET /metrics: {e:#}\nlog:\n{}", self.log()))
+    }
+
+    /// Counter `name` now: the sum of its samples that carry all of `labels`
+    /// (see [`metric`]). Panics, with the scrape, if there is no such sample.
+    pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        let text = self.metrics();
+        metric(&text, name, labels).map_or_else(
+            || panic!("no sample {name}{labels:?} in GET /metrics:\n{text}"),
+            |value| value as u64,
+        )
+    }
+
+    /// Polls `GET /metrics` until [counter](Daemon::counter) `name` with
+    /// `labels` is at least `at_least` (or panics after `within`, or when
+    /// the daemon exits); returns its value then.
+    pub fn wait_counter(
+        &mut self,
+        within: Duration,
+        name: &str,
+        labels: &[(&str, &str)],
+        at_least: u64,
+    ) -> u64 {
+        let deadline = Instant::now() + within;
+        loop {
+            let value = lb_userspace::api::client::get(self.metrics, "/metrics")
+                .ok()
+                .and_then(|text| metric(&text, name, labels))
+                .map(|value| value as u64);
+            if let Some(value) = value
+                && value >= at_least
+            {
+                return value;
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(code)) = child.try_wait()
+            {
+                panic!(
+                    "daas-lb exited early ({code}) waiting for {name}{labels:?} >= {at_least}:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {within:?} waiting for {name}{labels:?} >= {at_least} (last \
+                 {value:?}); log:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// How many lines of its log contain `needle`.

@@ -447,7 +447,12 @@ fn switching_the_default_server_at_runtime_closes_the_old_defaults_connections()
     env.config_with(TOP, &api(&[&node1], Some(&node3), HTTP_CHECK));
     let reload_at = Instant::now();
     daemon.signal(libc::SIGHUP);
-    daemon.wait_log(REACT, "configuration reloaded", 1);
+    daemon.wait_counter(
+        REACT,
+        "daas_lb_config_reloads_total",
+        &[("result", "applied")],
+        1,
+    );
     let reset = expect_reset(&mut held, reload_at + REACT, &daemon, "default switched");
     let status = daemon.wait_for(REACT, "node3 listed as the default", |s| {
         find_server(s, node3.addr).is_some() && find_server(s, node0.addr).is_none()

@@ -1,6 +1,11 @@
 //! Changing a running daemon: SIGHUP reloads (a bad file changes nothing),
 //! `PUT /services/{name}/servers`, and the server lists persisted in
 //! `<data_dir>/<service>.json` (K3s's format) across restarts.
+//!
+//! Reloads and server-list changes are observed through their counters
+//! (`daas_lb_config_reloads_total`, `daas_lb_server_list_changes_total`),
+//! not log lines; the log is read only where a test is about what is
+//! logged (the state files named in it).
 
 use std::{
     fs,
@@ -8,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_tests::{Daemon, Node, TestEnv, http_put, put_servers, service, service_yaml};
+use lb_tests::{Daemon, Node, TestEnv, http_put, metric, put_servers, service, service_yaml};
 use lb_userspace::{api::status::Status, policy::state_machine::ServerState};
 
 const SVC: &str = "api";
@@ -16,6 +21,10 @@ const VIP: &str = "127.0.0.1:6444";
 const TOP: &str = "connection_poll_interval: 100ms\n";
 const CHECK: &str =
     "{ kind: http, path: /healthz, port: 8080, interval: 250ms, timeout: 200ms, jitter: 0% }";
+/// Reloads by `result` (`applied`, `rejected`).
+const RELOADS: &str = "daas_lb_config_reloads_total";
+/// Server-list changes by `service` and `result`.
+const LIST_CHANGES: &str = "daas_lb_server_list_changes_total";
 
 fn node(name: &str, octet: u8) -> Node {
     Node::start(name, Ipv4Addr::new(127, 0, 0, octet), 6443)
@@ -42,6 +51,16 @@ fn wait_listed(daemon: &mut Daemon, nodes: &[&Node]) -> Status {
     })
 }
 
+/// `daas_lb_config_reloads_total{result}` now.
+fn reloads(daemon: &Daemon, result: &str) -> u64 {
+    daemon.counter(RELOADS, &[("result", result)])
+}
+
+/// `daas_lb_server_list_changes_total{service="api",result}` now.
+fn list_changes(daemon: &Daemon, result: &str) -> u64 {
+    daemon.counter(LIST_CHANGES, &[("service", SVC), ("result", result)])
+}
+
 /// The state of `node` and since when.
 fn state_of(status: &Status, node: &Node) -> (ServerState, String) {
     let server = service(status, SVC)
@@ -66,11 +85,21 @@ fn sighup_reloads_a_valid_file_and_keeps_running_on_a_bad_one() {
             .any(|srv| srv.address == node1.addr.to_string() && srv.state == ServerState::Preferred)
     });
     let config = env.config_with(TOP, &api(&[&node1], &node0));
+    // Both results are in the first scrape, at zero.
+    assert_eq!(
+        (reloads(&daemon, "applied"), reloads(&daemon, "rejected")),
+        (0, 0)
+    );
 
     // A file that is not even YAML.
     fs::write(&config, "services:\n  - name: api\n    vip: [oops\n").unwrap();
     daemon.signal(libc::SIGHUP);
-    daemon.wait_log(Duration::from_secs(5), "NOT reloaded", 1);
+    daemon.wait_counter(
+        Duration::from_secs(5),
+        RELOADS,
+        &[("result", "rejected")],
+        1,
+    );
     // Valid YAML, invalid config (a server that is the VIP).
     env.config_with(
         TOP,
@@ -83,8 +112,12 @@ fn sighup_reloads_a_valid_file_and_keeps_running_on_a_bad_one() {
         ),
     );
     daemon.signal(libc::SIGHUP);
-    let lines = daemon.wait_log(Duration::from_secs(5), "NOT reloaded", 2);
-    eprintln!("rejected reloads:\n{}", lines.join("\n"));
+    daemon.wait_counter(
+        Duration::from_secs(5),
+        RELOADS,
+        &[("result", "rejected")],
+        2,
+    );
     let after = daemon.status();
     assert_eq!(addresses(&after), addresses(&before));
     assert_eq!(
@@ -96,7 +129,7 @@ fn sighup_reloads_a_valid_file_and_keeps_running_on_a_bad_one() {
         state_of(&before, &node1),
         "node1 untouched"
     );
-    assert_eq!(daemon.log_count("configuration reloaded"), 0);
+    assert_eq!(reloads(&daemon, "applied"), 0, "no reload applied");
     let out = env.cgroup.client(&["tcp", VIP, "still"]);
     assert_eq!(out.reply.as_deref(), Some("node1:still"), "{out:?}");
     // That connect is a successful dial: node1 becomes active once the
@@ -109,7 +142,12 @@ fn sighup_reloads_a_valid_file_and_keeps_running_on_a_bad_one() {
     // A good file: node2 joins; node1 keeps its state (and since when).
     env.config_with(TOP, &api(&[&node1, &node2], &node0));
     daemon.signal(libc::SIGHUP);
-    daemon.wait_log(Duration::from_secs(5), "configuration reloaded", 1);
+    daemon.wait_counter(Duration::from_secs(5), RELOADS, &[("result", "applied")], 1);
+    assert_eq!(
+        reloads(&daemon, "rejected"),
+        2,
+        "the good file is no rejection"
+    );
     let status = wait_listed(&mut daemon, &[&node1, &node2, &node0]);
     assert_eq!(
         state_of(&status, &node1),
@@ -129,6 +167,14 @@ fn put_servers_validates_every_entry_and_names_the_bad_one() {
     let (node0, node1, node2) = (node("node0", 10), node("node1", 11), node("node2", 12));
     let mut daemon = env.start_with(TOP, &api(&[&node1], &node0));
     wait_listed(&mut daemon, &[&node1, &node0]);
+    // Both results of the configured service are in the first scrape.
+    assert_eq!(
+        (
+            list_changes(&daemon, "applied"),
+            list_changes(&daemon, "rejected")
+        ),
+        (0, 0)
+    );
 
     let cases: [(&[&str], &str); 3] = [
         (&["127.0.0.11:6443", "not-an-address"], "servers[1]"),
@@ -148,8 +194,21 @@ fn put_servers_validates_every_entry_and_names_the_bad_one() {
     let (code, body) =
         http_put(&daemon.control, "/services/api/servers", "{\"servers\": 1}").unwrap();
     assert_eq!(code, 400, "{body}");
+    assert_eq!(
+        list_changes(&daemon, "rejected"),
+        4,
+        "three invalid lists and a body that is no list"
+    );
     let (code, body) = put_servers(&daemon.control, "nope", &["127.0.0.11:6443"]);
     assert_eq!(code, 404, "{body}");
+    // An unknown name is not counted, so it never becomes a label value.
+    let text = daemon.metrics();
+    assert_eq!(
+        metric(&text, LIST_CHANGES, &[("service", "nope")]),
+        None,
+        "{text}"
+    );
+    assert_eq!(metric(&text, LIST_CHANGES, &[]), Some(4.0), "{text}");
     // Nothing changed.
     assert_eq!(
         addresses(&daemon.status()),
@@ -165,10 +224,12 @@ fn put_servers_validates_every_entry_and_names_the_bad_one() {
     let listed: Vec<String> = returned.servers.iter().map(|s| s.address.clone()).collect();
     assert_eq!(listed, names(&[&node2, &node0]));
     wait_listed(&mut daemon, &[&node2, &node0]);
-    assert!(
-        daemon.log_count("server list replaced") >= 1,
-        "{}",
-        daemon.log()
+    assert_eq!(
+        (
+            list_changes(&daemon, "applied"),
+            list_changes(&daemon, "rejected")
+        ),
+        (1, 4)
     );
     daemon.wait_for(Duration::from_secs(5), "node2 preferred", |s| {
         state_of(s, &node2).0 == ServerState::Preferred

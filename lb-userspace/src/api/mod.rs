@@ -19,6 +19,11 @@
 //! the request belongs, logged at warn with the method, path and peer
 //! (address, or uid/gid/pid), and counted in `daas_lb_api_refused_total`.
 //! Every listener has the limits of [`guard`].
+//!
+//! Reloads (SIGHUP, `POST /reload` on either listener) and server-list
+//! replacements are counted by result in `daas_lb_config_reloads_total` and
+//! `daas_lb_server_list_changes_total` ([`Changes`]); both families are in
+//! the first scrape, with zeros.
 
 pub mod auth;
 pub mod client;
@@ -52,7 +57,7 @@ use self::{
 use crate::{
     config::Config,
     controller::{Controller, ServersError},
-    metrics,
+    metrics::{self, ChangeResult},
 };
 
 /// Loads the config file again with the command line's overrides (the
@@ -95,6 +100,68 @@ impl Refusals {
     }
 }
 
+/// Configuration reloads and server-list replacements, by result.
+#[derive(Debug, Default)]
+pub struct Changes {
+    reloads: Mutex<BTreeMap<ChangeResult, u64>>,
+    /// Per (service, result). Only configured services are counted: each
+    /// name becomes a label value, and a client must not be able to add
+    /// series by making names up.
+    server_lists: Mutex<BTreeMap<(String, ChangeResult), u64>>,
+}
+
+impl Changes {
+    /// Counts a reload.
+    pub fn reloaded(&self, result: ChangeResult) {
+        *self
+            .reloads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(result)
+            .or_default() += 1;
+    }
+
+    /// Counts a server-list change of `service`, a configured service.
+    pub fn server_list_changed(&self, service: &str, result: ChangeResult) {
+        *self
+            .server_lists
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry((service.to_owned(), result))
+            .or_default() += 1;
+    }
+
+    /// Reloads per result: both results, zero until counted.
+    pub fn reloads(&self) -> Vec<(ChangeResult, u64)> {
+        let counts = self.reloads.lock().unwrap_or_else(PoisonError::into_inner);
+        ChangeResult::ALL
+            .iter()
+            .map(|result| (*result, counts.get(result).copied().unwrap_or(0)))
+            .collect()
+    }
+
+    /// Server-list changes per (service, result), sorted: every count so
+    /// far (also of a service a reload has removed since), and zero for
+    /// both results of each of `services` not counted yet.
+    pub fn server_lists(
+        &self,
+        services: impl IntoIterator<Item = impl AsRef<str>>,
+    ) -> Vec<((String, ChangeResult), u64)> {
+        let mut all = self
+            .server_lists
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for service in services {
+            for result in ChangeResult::ALL {
+                all.entry((service.as_ref().to_owned(), result))
+                    .or_default();
+            }
+        }
+        all.into_iter().collect()
+    }
+}
+
 /// Which listener a request came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Surface {
@@ -124,6 +191,7 @@ pub struct Api {
     control_gid: Option<u32>,
     own_uid: u32,
     refusals: Arc<Refusals>,
+    changes: Arc<Changes>,
 }
 
 impl Api {
@@ -144,6 +212,7 @@ impl Api {
             // SAFETY: geteuid has no preconditions.
             own_uid: unsafe { libc::geteuid() },
             refusals: Arc::new(Refusals::default()),
+            changes: Arc::new(Changes::default()),
         }
     }
 
@@ -155,7 +224,15 @@ impl Api {
     /// Reloads the config file (SIGHUP and `POST /reload`): the file and
     /// its `api_token_file` must load before anything changes; a config
     /// that does not apply leaves the running one. Returns the file's path.
+    /// Counted in `daas_lb_config_reloads_total`.
     pub async fn reload(&self) -> anyhow::Result<String> {
+        let reloaded = self.load_and_apply().await;
+        self.changes.reloaded(ChangeResult::of(&reloaded));
+        reloaded
+    }
+
+    /// [`Api::reload`] without the count.
+    async fn load_and_apply(&self) -> anyhow::Result<String> {
         let (config, origin) = (self.load_config)()?;
         let token = load_token(&config)?;
         self.controller.reload(config).await?;
@@ -486,7 +563,13 @@ async fn metrics_text(State(api): State<Api>) -> Response {
         Err(stopped) => return error(StatusCode::SERVICE_UNAVAILABLE, stopped.to_string()),
     };
     let mut body = metrics::render(&status, &counters);
+    let services: Vec<String> = status.services.into_iter().map(|s| s.name).collect();
     metrics::render_api_refusals(&mut body, &api.refusals.snapshot());
+    metrics::render_api_changes(
+        &mut body,
+        &api.changes.reloads(),
+        &api.changes.server_lists(&services),
+    );
     (
         [(
             header::CONTENT_TYPE,
@@ -514,6 +597,7 @@ async fn put_servers(
     let Json(servers) = match body {
         Ok(body) => body,
         Err(rejection) => {
+            count_rejected_if_configured(&api, &name).await;
             let status = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 StatusCode::PAYLOAD_TOO_LARGE
             } else {
@@ -529,6 +613,12 @@ async fn put_servers(
         }
     };
     let result = api.controller.set_servers(&name, servers.clone()).await;
+    // An unknown name is not counted (see `Changes::server_lists`); every
+    // other error means a configured service kept its list.
+    if !matches!(result, Err(ServersError::UnknownService(_))) {
+        api.changes
+            .server_list_changed(&name, ChangeResult::of(&result));
+    }
     match result {
         Ok(status) => {
             info!(service = %name, servers = ?servers, peer = %conn.peer, "server list replaced through the API");
@@ -540,6 +630,18 @@ async fn put_servers(
         Err(err @ ServersError::Apply(_)) => {
             error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())
         }
+    }
+}
+
+/// Counts a refused server list for `name` if a service has that name (an
+/// unknown name is not counted, see `Changes::server_lists`).
+async fn count_rejected_if_configured(api: &Api, name: &str) {
+    let Ok(status) = api.controller.status().await else {
+        return;
+    };
+    if status.services.iter().any(|s| s.name == name) {
+        api.changes
+            .server_list_changed(name, ChangeResult::Rejected);
     }
 }
 
@@ -558,5 +660,52 @@ async fn reload(State(api): State<Api>, ConnectInfo(conn): ConnectInfo<Conn>) ->
                 format!("configuration NOT reloaded; keeping the running one: {message}"),
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reloads_have_both_results_from_the_start() {
+        let changes = Changes::default();
+        assert_eq!(
+            changes.reloads(),
+            [(ChangeResult::Applied, 0), (ChangeResult::Rejected, 0)]
+        );
+        changes.reloaded(ChangeResult::Rejected);
+        changes.reloaded(ChangeResult::Rejected);
+        changes.reloaded(ChangeResult::Applied);
+        assert_eq!(
+            changes.reloads(),
+            [(ChangeResult::Applied, 1), (ChangeResult::Rejected, 2)]
+        );
+    }
+
+    #[test]
+    fn server_lists_are_zero_for_configured_services_and_keep_removed_ones() {
+        let changes = Changes::default();
+        let key = |service: &str, result| (service.to_owned(), result);
+        assert_eq!(
+            changes.server_lists(["b", "a"]),
+            [
+                (key("a", ChangeResult::Applied), 0),
+                (key("a", ChangeResult::Rejected), 0),
+                (key("b", ChangeResult::Applied), 0),
+                (key("b", ChangeResult::Rejected), 0),
+            ]
+        );
+        changes.server_list_changed("a", ChangeResult::Applied);
+        changes.server_list_changed("gone", ChangeResult::Rejected);
+        assert_eq!(
+            changes.server_lists(["a"]),
+            [
+                (key("a", ChangeResult::Applied), 1),
+                (key("a", ChangeResult::Rejected), 0),
+                (key("gone", ChangeResult::Rejected), 1),
+            ]
+        );
+        assert_eq!(changes.server_lists(Vec::<String>::new()).len(), 2);
     }
 }
