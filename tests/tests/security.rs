@@ -379,10 +379,20 @@ fn root_steers_through_the_control_socket_and_reloads() {
     assert_eq!(w.answering(), "configured");
     assert_eq!(w.daemon.status().services.len(), 1);
 
-    // SIGHUP still reloads (the same path).
+    // SIGHUP still reloads (the same path), and is refused the same way.
+    let rejected = [("result", "rejected")];
+    assert_eq!(
+        w.daemon.counter("daas_lb_config_reloads_total", &rejected),
+        1
+    );
     w.daemon.signal(libc::SIGHUP);
     let mut daemon = w.daemon;
-    daemon.wait_log(Duration::from_secs(5), "NOT reloaded", 2);
+    daemon.wait_counter(
+        Duration::from_secs(5),
+        "daas_lb_config_reloads_total",
+        &rejected,
+        2,
+    );
 
     // The socket is gone after a clean stop.
     daemon.stop();
