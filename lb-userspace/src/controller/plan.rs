@@ -36,6 +36,18 @@ pub(super) fn backend_addresses(service: &ServiceConfig) -> Vec<SocketAddr> {
     all
 }
 
+/// What the map id planning needs of each configured service.
+pub(super) fn specs(config: &Config) -> Vec<ServiceSpec> {
+    config
+        .services
+        .iter()
+        .map(|s| ServiceSpec {
+            key: vip_key(s),
+            backends: backend_addresses(s),
+        })
+        .collect()
+}
+
 /// A running service, as far as planning needs it.
 #[derive(Debug, Clone)]
 pub(super) struct Running {
@@ -225,17 +237,7 @@ services:
     fn replan(before: &str, next: &str, down: &[&str]) -> ApplyPlan {
         let before = config(before);
         let next = config(next);
-        let specs_of = |config: &Config| -> Vec<ServiceSpec> {
-            config
-                .services
-                .iter()
-                .map(|s| ServiceSpec {
-                    key: vip_key(s),
-                    backends: backend_addresses(s),
-                })
-                .collect()
-        };
-        let first_specs = specs_of(&before);
+        let first_specs = specs(&before);
         let first_ids = plan_ids(&[], &[], &first_specs).unwrap();
         let first = plan(&[], &before, &first_specs, &first_ids);
         // The maps and the running services after the first apply.
@@ -277,7 +279,7 @@ services:
                 Running::of(s, vip_key(s), p.id, servers)
             })
             .collect();
-        let specs = specs_of(&next);
+        let specs = specs(&next);
         let ids = plan_ids(&maps_services, &maps_backends, &specs).unwrap();
         plan(&running, &next, &specs, &ids)
     }
@@ -296,14 +298,7 @@ services:
     #[test]
     fn a_first_apply_starts_every_service_fresh() {
         let next = config(TWO);
-        let specs: Vec<ServiceSpec> = next
-            .services
-            .iter()
-            .map(|s| ServiceSpec {
-                key: vip_key(s),
-                backends: backend_addresses(s),
-            })
-            .collect();
+        let specs = specs(&next);
         let ids = plan_ids(&[], &[], &specs).unwrap();
         let plan = plan(&[], &next, &specs, &ids);
         assert!(plan.services.iter().all(ServicePlan::fresh));

@@ -22,7 +22,7 @@ use super::{
     checks,
     events::ServersError,
     persist,
-    plan::{self, ApplyPlan, Previous, Running, ServicePlan, backend_addresses, vip_key},
+    plan::{self, ApplyPlan, Previous, Running, ServicePlan},
     runtime::{ServerRuntime, ServiceRuntime, State},
     settle::settle,
     spread,
@@ -156,14 +156,7 @@ pub(super) fn apply(state: &mut State, config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("services {}: health_check", service.name))?;
         probers.push(Arc::new(prober));
     }
-    let specs: Vec<ServiceSpec> = config
-        .services
-        .iter()
-        .map(|s| ServiceSpec {
-            key: vip_key(s),
-            backends: backend_addresses(s),
-        })
-        .collect();
+    let specs = plan::specs(&config);
     let ids = plan_ids(
         &state.dataplane.maps.services.all()?,
         &state.dataplane.maps.backends.used()?,
