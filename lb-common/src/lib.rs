@@ -13,9 +13,12 @@
 #![no_std]
 
 pub mod csum;
+pub mod dial;
 pub mod maps;
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+pub use dial::{BackendDial, DialEvent, DialStart, Failover, MAX_DIALS, MAX_FAILOVER, dial_kind};
 
 /// Linux `AF_INET`.
 pub const AF_INET: u8 = 2;
@@ -159,6 +162,14 @@ pub mod map_names {
     pub const IF_ADDRS: &str = "if_addrs";
     /// [`crate::xdp_counter`] index → per-CPU packet count.
     pub const XDP_STATS: &str = "xdp_stats";
+    /// Socket cookie → [`crate::DialStart`]: TCP connects not answered yet.
+    pub const DIALS: &str = "dials";
+    /// Backend id → [`crate::BackendDial`]: suspect marks.
+    pub const BACKEND_DIAL: &str = "backend_dial";
+    /// Service id → [`crate::Failover`]: where connects go past a suspect backend.
+    pub const FAILOVER: &str = "failover";
+    /// Ring buffer of [`crate::DialEvent`]s for the controller.
+    pub const DIAL_EVENTS: &str = "dial_events";
     /// Every map, in the order the README documents them: the names of
     /// [`crate::maps::MAPS`].
     pub const ALL: [&str; crate::maps::MAPS.len()] = {
@@ -195,7 +206,11 @@ pub mod program_names {
     /// An XDP program that only returns `XDP_PASS`: the baseline of
     /// `cargo xtask bench xdp`. Never attached by the controller.
     pub const XDP_EMPTY: &str = "lb_xdp_empty";
-    /// Every cgroup program (the XDP programs are handled separately).
+    /// The `sock_ops` program on the same cgroup: sees each redirected TCP
+    /// connect succeed or fail.
+    pub const SOCK_OPS: &str = "lb_sock_ops";
+    /// Every cgroup `sock_addr` program (`sock_ops` and the XDP programs
+    /// are handled separately).
     pub const ALL: [&str; 8] = [
         CONNECT4,
         CONNECT6,
@@ -518,8 +533,8 @@ pub const fn snat_port(hash: u64, attempt: u32, port_min: u16, port_max: u16) ->
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        Backend, BackendStats, FlowKey, FlowValue, IfAddrs, MaglevKey, RevNatKey, RevNatValue,
-        Service, ServiceStats, VipKey, XdpConfig,
+        Backend, BackendDial, BackendStats, DialEvent, DialStart, Failover, FlowKey, FlowValue,
+        IfAddrs, MaglevKey, RevNatKey, RevNatValue, Service, ServiceStats, VipKey, XdpConfig,
     };
 
     // SAFETY (for each impl below): the type is `#[repr(C)]`, `Copy`, made only
@@ -543,7 +558,11 @@ mod pod {
         FlowKey,
         FlowValue,
         XdpConfig,
-        IfAddrs
+        IfAddrs,
+        DialStart,
+        BackendDial,
+        Failover,
+        DialEvent
     );
 }
 

@@ -11,12 +11,13 @@
 //! Invariants (asserted below at compile time): [`MAPS`] holds each map
 //! once; names are the [`crate::map_names`] constants and fit a kernel
 //! object name (at most 15 bytes); array keys are `u32` indexes; no size or
-//! capacity is 0.
+//! capacity is 0 (a ring buffer has no key or value).
 
 use crate::{
-    Backend, BackendStats, FlowKey, FlowValue, IfAddrs, MAX_BACKENDS, MAX_FLOWS, MAX_INTERFACES,
-    MAX_MAGLEV_SLOTS, MAX_REV_NAT, MAX_SERVICES, MaglevKey, RevNatKey, RevNatValue, Service,
-    ServiceStats, VipKey, XdpConfig, map_names, xdp_counter,
+    Backend, BackendDial, BackendStats, DialStart, Failover, FlowKey, FlowValue, IfAddrs,
+    MAX_BACKENDS, MAX_DIALS, MAX_FLOWS, MAX_INTERFACES, MAX_MAGLEV_SLOTS, MAX_REV_NAT,
+    MAX_SERVICES, MaglevKey, RevNatKey, RevNatValue, Service, ServiceStats, VipKey, XdpConfig,
+    dial::DIAL_EVENTS_BYTES, map_names, xdp_counter,
 };
 
 /// The kernel's `BPF_F_NO_PREALLOC` map flag: a hash map takes memory only
@@ -35,12 +36,20 @@ pub enum MapKind {
     Array,
     /// `BPF_MAP_TYPE_PERCPU_ARRAY`, indexed by `u32`, one value per CPU.
     PerCpuArray,
+    /// `BPF_MAP_TYPE_RINGBUF`: records from the kernel to userspace; no
+    /// key or value, `max_entries` is its size in bytes.
+    RingBuf,
 }
 
 impl MapKind {
     /// Whether the map is an array (keys are `u32` indexes).
     pub const fn is_array(self) -> bool {
         matches!(self, Self::Array | Self::PerCpuArray)
+    }
+
+    /// Whether the map is a ring buffer (no key, no value).
+    pub const fn is_ring(self) -> bool {
+        matches!(self, Self::RingBuf)
     }
 
     /// Equality usable in constant expressions.
@@ -147,8 +156,30 @@ pub const XDP_STATS: MapSpec = MapSpec::of::<u32, u64>(
     0,
 );
 
+/// Socket cookie → [`DialStart`]: redirected TCP connects not answered yet.
+pub const DIALS: MapSpec =
+    MapSpec::of::<u64, DialStart>(map_names::DIALS, MapKind::LruHash, MAX_DIALS, 0);
+
+/// Backend id → [`BackendDial`]: suspect marks and outstanding SYNs.
+pub const BACKEND_DIAL: MapSpec =
+    MapSpec::of::<u32, BackendDial>(map_names::BACKEND_DIAL, MapKind::Array, MAX_BACKENDS, 0);
+
+/// Service id → [`Failover`]: the candidates past a suspect backend.
+pub const FAILOVER: MapSpec =
+    MapSpec::of::<u32, Failover>(map_names::FAILOVER, MapKind::Array, MAX_SERVICES, 0);
+
+/// The ring buffer of [`crate::DialEvent`]s (no key or value; its size in bytes).
+pub const DIAL_EVENTS: MapSpec = MapSpec {
+    name: map_names::DIAL_EVENTS,
+    kind: MapKind::RingBuf,
+    key_size: 0,
+    value_size: 0,
+    max_entries: DIAL_EVENTS_BYTES,
+    flags: 0,
+};
+
 /// Every map, in the order the README documents them.
-pub const MAPS: [MapSpec; 10] = [
+pub const MAPS: [MapSpec; 14] = [
     SERVICES,
     BACKENDS,
     BACKEND_STATS,
@@ -159,6 +190,10 @@ pub const MAPS: [MapSpec; 10] = [
     XDP_CONFIG,
     IF_ADDRS,
     XDP_STATS,
+    DIALS,
+    BACKEND_DIAL,
+    FAILOVER,
+    DIAL_EVENTS,
 ];
 
 /// The index in [`MAPS`] of the map named `name`.
@@ -198,8 +233,9 @@ const _: () = {
             "a map name must fit a kernel object name (1 to 15 bytes)"
         );
         assert!(
-            spec.key_size > 0 && spec.value_size > 0 && spec.max_entries > 0,
-            "a map needs a key, a value and a capacity"
+            spec.max_entries > 0
+                && (spec.kind.is_ring() || (spec.key_size > 0 && spec.value_size > 0)),
+            "a map needs a key, a value (but a ring buffer) and a capacity"
         );
         assert!(
             !spec.kind.is_array() || spec.key_size == size_of::<u32>() as u32,

@@ -7,6 +7,8 @@
 //! - `xdp`: the XDP forwarder that serves the VIPs to remote clients with
 //!   full NAT (`parse` → `nat` → `rewrite`);
 //! - `choice`: the backend for a new connection or flow (shared);
+//! - `dial`: kernel-observed TCP dials (the `sock_ops` program, and the
+//!   connect hooks skipping a backend that just failed one);
 //! - `ctx`: reading and writing the `sock_addr` context;
 //! - `maps`: every map (their shapes are declared in `lb_common::maps`).
 //!
@@ -19,14 +21,15 @@
 
 mod choice;
 mod ctx;
+mod dial;
 mod maps;
 mod sock;
 mod xdp;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    macros::{cgroup_sock_addr, xdp},
-    programs::{SockAddrContext, XdpContext},
+    macros::{cgroup_sock_addr, sock_ops, xdp},
+    programs::{SockAddrContext, SockOpsContext, XdpContext},
 };
 use lb_common::{AF_INET, AF_INET6};
 use sock::{Call, forward, reverse};
@@ -60,6 +63,13 @@ fn lb_sendmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(sendmsg6)]
 fn lb_sendmsg6(ctx: SockAddrContext) -> i32 {
     forward(&ctx, AF_INET6, Call::SendMsg)
+}
+
+/// Sees each TCP connect the socket hooks redirected succeed or fail.
+#[sock_ops]
+fn lb_sock_ops(ctx: SockOpsContext) -> u32 {
+    dial::sock_ops(&ctx);
+    1
 }
 
 #[cgroup_sock_addr(getpeername4)]

@@ -9,12 +9,12 @@
 //! object's maps, names included, against the table.
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LruHashMap, MapDef, PerCpuArray},
+    btf_maps::{Array, HashMap, LruHashMap, MapDef, PerCpuArray, RingBuf},
     macros::btf_map,
 };
 use lb_common::{
-    Backend, BackendStats, FlowKey, FlowValue, IfAddrs, MaglevKey, RevNatKey, RevNatValue, Service,
-    ServiceStats, VipKey, XdpConfig,
+    Backend, BackendDial, BackendStats, DialEvent, DialStart, Failover, FlowKey, FlowValue,
+    IfAddrs, MaglevKey, RevNatKey, RevNatValue, Service, ServiceStats, VipKey, XdpConfig,
     maps::{self as spec, MapKind, MapSpec},
 };
 
@@ -106,6 +106,40 @@ pub(crate) static XDP_STATS: PerCpuArray<
     { spec::XDP_STATS.flag_bits() },
 > = PerCpuArray::new();
 
+/// Socket cookie → the TCP connect the socket hooks redirected, until
+/// `sock_ops` sees its outcome.
+#[btf_map(name = "dials")]
+pub(crate) static DIALS: LruHashMap<
+    u64,
+    DialStart,
+    { spec::DIALS.capacity() },
+    { spec::DIALS.flag_bits() },
+> = LruHashMap::new();
+
+/// Backend id → its suspect mark and oldest outstanding SYN.
+#[btf_map(name = "backend_dial")]
+pub(crate) static BACKEND_DIAL: Array<
+    BackendDial,
+    { spec::BACKEND_DIAL.capacity() },
+    { spec::BACKEND_DIAL.flag_bits() },
+> = Array::new();
+
+/// Service id → the backends a connect may take past a suspect one.
+#[btf_map(name = "failover")]
+pub(crate) static FAILOVER: Array<
+    Failover,
+    { spec::FAILOVER.capacity() },
+    { spec::FAILOVER.flag_bits() },
+> = Array::new();
+
+/// Dial outcomes for the controller.
+#[btf_map(name = "dial_events")]
+pub(crate) static DIAL_EVENTS: RingBuf<
+    DialEvent,
+    { spec::DIAL_EVENTS.capacity() },
+    { spec::DIAL_EVENTS.flag_bits() },
+> = RingBuf::new();
+
 /// What the type of a `#[btf_map]` static says about its map (key and value
 /// types come from aya's [`MapDef`]).
 trait Declared: MapDef {
@@ -132,6 +166,12 @@ impl<T, const M: usize, const F: usize> Declared for Array<T, M, F> {
     const FLAGS: usize = F;
 }
 
+impl<T, const M: usize, const F: usize> Declared for RingBuf<T, M, F> {
+    const KIND: MapKind = MapKind::RingBuf;
+    const MAX_ENTRIES: usize = M;
+    const FLAGS: usize = F;
+}
+
 impl<T, const M: usize, const F: usize> Declared for PerCpuArray<T, M, F> {
     const KIND: MapKind = MapKind::PerCpuArray;
     const MAX_ENTRIES: usize = M;
@@ -149,8 +189,10 @@ const fn declared_as<'a, M: Declared>(_map: &M, spec: &'a MapSpec) -> &'a MapSpe
         size_of::<M::Key>() == spec.key_size as usize,
         "key size differs from lb_common::maps"
     );
+    // A ring buffer's BTF value type is its record type; the map itself
+    // has no value size.
     assert!(
-        size_of::<M::Value>() == spec.value_size as usize,
+        spec.kind.is_ring() || size_of::<M::Value>() == spec.value_size as usize,
         "value size differs from lb_common::maps"
     );
     assert!(
@@ -178,6 +220,10 @@ const DECLARED: [&MapSpec; spec::MAPS.len()] = [
     declared_as(&XDP_CONFIG, &spec::XDP_CONFIG),
     declared_as(&IF_ADDRS, &spec::IF_ADDRS),
     declared_as(&XDP_STATS, &spec::XDP_STATS),
+    declared_as(&DIALS, &spec::DIALS),
+    declared_as(&BACKEND_DIAL, &spec::BACKEND_DIAL),
+    declared_as(&FAILOVER, &spec::FAILOVER),
+    declared_as(&DIAL_EVENTS, &spec::DIAL_EVENTS),
 ];
 
 const _: () = {

@@ -9,7 +9,8 @@
 //! `rev_nat` under (socket cookie, backend address) so that the reverse
 //! hooks can restore it; getpeername and recvmsg always allow (the kernel
 //! requires them to return 1). Which backend a VIP gets is decided by the
-//! controller (or the Maglev table, see `choice`), never here.
+//! controller (or the Maglev table, see `choice`), never here; a TCP
+//! connect only skips a backend the kernel saw fail a dial (see `dial`).
 
 use aya_ebpf::programs::SockAddrContext;
 use lb_common::{AF_INET, NO_BACKEND, PROTO_TCP, PROTO_UDP, RevNatKey, RevNatValue, VipKey, mix64};
@@ -17,6 +18,7 @@ use lb_common::{AF_INET, NO_BACKEND, PROTO_TCP, PROTO_UDP, RevNatKey, RevNatValu
 use crate::{
     choice,
     ctx::{self, SockAddr},
+    dial,
     maps::{BACKEND_STATS, BACKENDS, REV_NAT, SERVICE_STATS, SERVICES},
 };
 
@@ -75,7 +77,14 @@ pub(crate) fn forward(ctx: &SockAddrContext, family: u8, call: Call) -> i32 {
     let service = unsafe { service.read() };
     let cookie = ctx::cookie(ctx);
     // The cookie is a counter: `mix64` spreads it over the table.
-    let backend_id = choice::pick(&service, || mix64(cookie));
+    let mut backend_id = choice::pick(&service, || mix64(cookie));
+    // TCP connects are dials: they skip a backend that just failed one, and
+    // `sock_ops` sees how they end (see `dial`).
+    let dial = call == Call::Connect && proto == PROTO_TCP;
+    let now = if dial { dial::now() } else { 0 };
+    if dial && backend_id != NO_BACKEND {
+        backend_id = dial::avoid_suspect(service.id, backend_id, now);
+    }
     let backend = if backend_id == NO_BACKEND {
         None
     } else {
@@ -128,6 +137,9 @@ pub(crate) fn forward(ctx: &SockAddrContext, family: u8, call: Call) -> i32 {
                 Call::SendMsg => (*stats).sendmsgs += 1,
             }
         }
+    }
+    if dial {
+        dial::record(cookie, backend_id, service.id, now);
     }
     ALLOW
 }

@@ -199,9 +199,22 @@ const MAGLEV_SLOTS: Family<2> = Family::gauge(
 const DIAL_DURATION: Family<2> = Family {
     name: "k3s_loadbalancer_dial_duration_seconds",
     kind: MetricType::HISTOGRAM,
-    help: "Duration of connects to servers, by outcome (observed by the health probes).",
+    help: "Duration of client connects through the VIP to servers, by outcome (TCP, seen by the kernel).",
     labels: ["name", "status"],
 };
+
+const PROBE_DIAL_DURATION: Family<2> = Family {
+    name: "daas_lb_probe_dial_duration_seconds",
+    kind: MetricType::HISTOGRAM,
+    help: "Duration of the health probes' connects to servers, by outcome.",
+    labels: ["name", "status"],
+};
+
+const DIAL_FAILURES: Family<3> = Family::counter(
+    "daas_lb_dial_failures_total",
+    "Client connects through the VIP the kernel saw fail or stall, by service, server and reason (reset, timeout, stalled).",
+    ["name", "server", "reason"],
+);
 
 const STATE_TRANSITIONS: Family<4> = Family::counter(
     "daas_lb_state_transitions_total",
@@ -380,12 +393,10 @@ impl ChangeResult {
 /// `+Inf`.
 pub const DIAL_BUCKETS: usize = 15;
 
-/// A dial-duration histogram with the [`DIAL_BUCKETS`] buckets.
-fn dial_histogram() -> prometheus::Result<prometheus::Histogram> {
+/// A dial-duration histogram of `family` with the [`DIAL_BUCKETS`] buckets.
+fn dial_histogram(family: &Family<2>) -> prometheus::Result<prometheus::Histogram> {
     let buckets = exponential_buckets(0.001, 2.0, DIAL_BUCKETS)?;
-    prometheus::Histogram::with_opts(
-        HistogramOpts::new(DIAL_DURATION.name, DIAL_DURATION.help).buckets(buckets),
-    )
+    prometheus::Histogram::with_opts(HistogramOpts::new(family.name, family.help).buckets(buckets))
 }
 
 /// Counters the controller keeps (the rest of the metrics is read from the
@@ -401,8 +412,12 @@ pub struct Counters {
     pub closed_connections: BTreeMap<String, u64>,
     /// Times the selected backend changed, per service.
     pub selection_changes: BTreeMap<String, u64>,
-    /// Dial durations per (service, outcome).
+    /// Client dial durations per (service, outcome), from the kernel.
     pub dials: BTreeMap<(String, DialStatus), prometheus::Histogram>,
+    /// Probe dial durations per (service, outcome).
+    pub probe_dials: BTreeMap<(String, DialStatus), prometheus::Histogram>,
+    /// Client dials the kernel saw fail, per (service, server, reason).
+    pub dial_failures: BTreeMap<(String, String, &'static str), u64>,
     /// How long the last connection count took (dump, lookups, events).
     pub last_poll: Duration,
     /// Sockets to configured servers the last dump returned.
@@ -455,14 +470,34 @@ impl Counters {
             .or_default() += 1;
     }
 
-    /// Records a dial duration.
+    /// Records a client dial's duration (seen by the kernel).
     pub fn observe_dial(&mut self, service: &str, status: DialStatus, duration: Duration) {
         self.dials
             .entry((service.to_owned(), status))
             .or_insert_with(|| {
-                dial_histogram().expect("constant, valid name and buckets (see the tests)")
+                dial_histogram(&DIAL_DURATION)
+                    .expect("constant, valid name and buckets (see the tests)")
             })
             .observe(duration.as_secs_f64());
+    }
+
+    /// Records a probe's dial duration.
+    pub fn observe_probe_dial(&mut self, service: &str, status: DialStatus, duration: Duration) {
+        self.probe_dials
+            .entry((service.to_owned(), status))
+            .or_insert_with(|| {
+                dial_histogram(&PROBE_DIAL_DURATION)
+                    .expect("constant, valid name and buckets (see the tests)")
+            })
+            .observe(duration.as_secs_f64());
+    }
+
+    /// Counts a client dial the kernel saw fail or stall.
+    pub fn dial_failed(&mut self, service: &str, server: SocketAddr, reason: &'static str) {
+        *self
+            .dial_failures
+            .entry((service.to_owned(), server.to_string(), reason))
+            .or_default() += 1;
     }
 }
 
@@ -533,12 +568,27 @@ pub fn render(status: &Status, counters: &Counters) -> String {
     families.push(per_server(status, &MAGLEV_SLOTS, |server| {
         server.slots.map(f64::from)
     }));
+    for (family, dials) in [
+        (&DIAL_DURATION, &counters.dials),
+        (&PROBE_DIAL_DURATION, &counters.probe_dials),
+    ] {
+        families.push(
+            family.with(dials.iter().map(|((name, outcome), histogram)| {
+                let mut metric = histogram.metric();
+                metric.set_label(family.label_pairs([name, outcome.as_str()]));
+                metric
+            })),
+        );
+    }
     families.push(
-        DIAL_DURATION.with(counters.dials.iter().map(|((name, outcome), histogram)| {
-            let mut metric = histogram.metric();
-            metric.set_label(DIAL_DURATION.label_pairs([name, outcome.as_str()]));
-            metric
-        })),
+        DIAL_FAILURES.with(
+            counters
+                .dial_failures
+                .iter()
+                .map(|((name, server, reason), &n)| {
+                    DIAL_FAILURES.sample([name, server, reason], float(n))
+                }),
+        ),
     );
     families.push(
         STATE_TRANSITIONS.with(counters.transitions.iter().map(

@@ -8,7 +8,7 @@ use lb_tests::{
 };
 
 /// (attach type as bpftool 7 names it, our program on it).
-const ATTACHMENTS: [(&str, &str); 8] = [
+const ATTACHMENTS: [(&str, &str); 9] = [
     ("cgroup_inet4_connect", "lb_connect4"),
     ("cgroup_inet6_connect", "lb_connect6"),
     ("cgroup_inet4_getpeername", "lb_getpeername4"),
@@ -17,6 +17,7 @@ const ATTACHMENTS: [(&str, &str); 8] = [
     ("cgroup_udp6_sendmsg", "lb_sendmsg6"),
     ("cgroup_udp4_recvmsg", "lb_recvmsg4"),
     ("cgroup_udp6_recvmsg", "lb_recvmsg6"),
+    ("sock_ops", "lb_sock_ops"),
 ];
 
 /// One test's environment with two backends and a config file for service
@@ -80,7 +81,11 @@ fn assert_attached_once(cgroup: &TestCgroup) {
         .collect();
     expected.sort();
     assert_eq!(programs, expected, "programs on the cgroup");
-    assert_eq!(cgroup_links(cgroup.id()).len(), 8, "links on the cgroup");
+    assert_eq!(
+        cgroup_links(cgroup.id()).len(),
+        ATTACHMENTS.len(),
+        "links on the cgroup"
+    );
 }
 
 fn assert_nothing_left(cgroup: &TestCgroup, pins: &Path) {

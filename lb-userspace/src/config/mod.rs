@@ -415,6 +415,11 @@ pub struct ServiceConfig {
     /// Whether the XDP program forwards remote clients' packets to this VIP
     /// (`remote`, default false; needs the `xdp` block).
     pub remote: bool,
+    /// How long a SYN to a server may wait with no dial to it completing
+    /// before the kernel stops sending new connects there
+    /// (`dial_stall_timeout`, default
+    /// [`ServiceConfig::DEFAULT_DIAL_STALL_TIMEOUT`]; 0 turns it off; TCP).
+    pub dial_stall_timeout: Duration,
     /// Servers discovered on chain besides `servers` (`discovery`; needs
     /// the `chain` block).
     pub discovery: Option<DiscoveryConfig>,
@@ -751,6 +756,11 @@ impl ServiceConfig {
     pub const DEFAULT_MAGLEV_TABLE_SIZE: u32 = 16381;
     /// Largest accepted `maglev_table_size` (a prime).
     pub const MAX_MAGLEV_TABLE_SIZE: u32 = 65537;
+    /// Default `dial_stall_timeout`: far above a dial on a LAN or loopback
+    /// (well under 10 ms), well below TCP's first SYN retransmission (1 s).
+    pub const DEFAULT_DIAL_STALL_TIMEOUT: Duration = Duration::from_millis(250);
+    /// Largest accepted `dial_stall_timeout`.
+    pub const MAX_DIAL_STALL_TIMEOUT: Duration = Duration::from_secs(10);
     /// Maglev spreads connections evenly only with at least this many table
     /// slots per server.
     pub const MIN_MAGLEV_SLOTS_PER_SERVER: u32 = 100;
@@ -769,10 +779,11 @@ impl Serialize for ServiceConfig {
             maglev_table_size,
             health_check,
             remote,
+            dial_stall_timeout,
             discovery,
         } = self;
         let spread = *policy == Policy::Spread;
-        let fields = 8 + usize::from(spread) + usize::from(discovery.is_some());
+        let fields = 9 + usize::from(spread) + usize::from(discovery.is_some());
         let mut service = serializer.serialize_struct("ServiceConfig", fields)?;
         service.serialize_field("name", name)?;
         service.serialize_field("vip", vip)?;
@@ -787,6 +798,10 @@ impl Serialize for ServiceConfig {
         }
         service.serialize_field("health_check", health_check)?;
         service.serialize_field("remote", remote)?;
+        service.serialize_field(
+            "dial_stall_timeout",
+            &humantime::format_duration(*dial_stall_timeout).to_string(),
+        )?;
         if let Some(discovery) = discovery {
             service.serialize_field("discovery", discovery)?;
         } else {

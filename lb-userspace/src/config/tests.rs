@@ -86,6 +86,7 @@ fn full_example() {
                     jitter_percent: 10,
                 },
                 remote: false,
+                dial_stall_timeout: ServiceConfig::DEFAULT_DIAL_STALL_TIMEOUT,
                 discovery: None,
             }],
             max_concurrent_checks: 64,

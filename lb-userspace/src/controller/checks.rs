@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::task::AbortHandle;
+use tokio::{sync::Notify, task::AbortHandle};
 
 use super::{
     events::{CheckPlan, Controller, Event},
@@ -47,14 +47,19 @@ pub(super) fn first_wait(interval: Duration, percent: u8, bits: u64) -> Duration
 
 /// Starts the check task of one server (it ends at once when the
 /// controller is ending).
-pub(super) fn spawn(state: &State, service: &str, server: SocketAddr) -> AbortHandle {
+pub(super) fn spawn(
+    state: &State,
+    service: &str,
+    server: SocketAddr,
+    wake: Arc<Notify>,
+) -> AbortHandle {
     let controller = state.handle();
     let service = service.to_owned();
     state
         .runtime
         .spawn(async move {
             if let Some(controller) = controller {
-                check_loop(controller, service, server).await;
+                check_loop(controller, service, server, wake).await;
             }
         })
         .abort_handle()
@@ -62,7 +67,12 @@ pub(super) fn spawn(state: &State, service: &str, server: SocketAddr) -> AbortHa
 
 /// Asks the controller for the next probe, waits, probes (holding one of
 /// the shared slots) and reports, until the server is gone.
-async fn check_loop(controller: Controller, service: String, server: SocketAddr) {
+async fn check_loop(
+    controller: Controller,
+    service: String,
+    server: SocketAddr,
+    wake: Arc<Notify>,
+) {
     let random = RandomState::new();
     let mut round = 0u64;
     loop {
@@ -80,7 +90,11 @@ async fn check_loop(controller: Controller, service: String, server: SocketAddr)
             return;
         };
         round += 1;
-        tokio::time::sleep(plan.wait).await;
+        // A failed client dial wakes the task: the probe confirms or clears it.
+        tokio::select! {
+            () = tokio::time::sleep(plan.wait) => {}
+            () = wake.notified() => {}
+        }
         let Ok(permit) = plan.slots.acquire_owned().await else {
             return;
         };

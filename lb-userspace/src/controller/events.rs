@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_common::IfAddrs;
+use lb_common::{DialEvent, IfAddrs};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::{
@@ -62,6 +62,8 @@ pub(super) enum Event {
     },
     /// The poller could not dump the connections.
     PollFailed { error: anyhow::Error },
+    /// Dial outcomes the kernel reported (`dial_events`), in order.
+    Dials(Vec<DialEvent>),
     /// The interfaces' primary addresses, read by the poller (`xdp` only).
     IfAddrs(anyhow::Result<BTreeMap<u32, IfAddrs>>),
     /// The discovery watcher asks whether any service follows the registry.
@@ -106,6 +108,7 @@ impl Event {
             Self::Polled { .. } => "poll result",
             Self::PollFailed { .. } => "poll failure",
             Self::IfAddrs(_) => "interface addresses",
+            Self::Dials(_) => "dial events",
             Self::DiscoveryWanted { .. } => "discovery wanted",
             Self::View { .. } => "registry view",
             Self::Reload { .. } => "reload",

@@ -5,14 +5,14 @@
 use std::{
     collections::{BTreeMap, HashSet},
     net::SocketAddr,
-    time::{Instant, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
-use lb_common::IfAddrs;
+use lb_common::{DialEvent, IfAddrs, dial_kind};
 use tracing::{info, warn};
 
 use super::{
-    attestation, checks, discovery,
+    attestation, checks, dials, discovery,
     events::{Event, ServersError},
     poller, reconcile,
     runtime::State,
@@ -20,7 +20,7 @@ use super::{
     status,
 };
 use crate::{
-    config::Config,
+    config::{Config, Protocol},
     health::CheckOutcome,
     kernel::{connections, dataplane, if_addrs, sock_diag::SocketInfo},
     metrics::DialStatus,
@@ -74,6 +74,7 @@ impl State {
                 );
             }
             Event::IfAddrs(wanted) => self.sync_if_addrs(wanted),
+            Event::Dials(events) => self.dials(&events),
             Event::DiscoveryWanted { reply } => {
                 let _ = reply.send(discovery::wanted(self));
             }
@@ -125,6 +126,9 @@ impl State {
         if let Some(chain) = &chain {
             discovery::start(self, &handle, chain);
         }
+        if let Some(ring) = self.dataplane.maps.dial_events.take() {
+            self.dial_task = Some(dials::spawn(&self.runtime, handle.clone(), ring)?);
+        }
         self.poller = Some(poller::spawn(&self.runtime, handle, every, xdp)?);
         Ok(())
     }
@@ -134,6 +138,9 @@ impl State {
         self.discovery.stop();
         if let Some(poller) = self.poller.take() {
             poller.abort();
+        }
+        if let Some(task) = self.dial_task.take() {
+            task.abort();
         }
         for service in &self.services {
             for server in service.servers.values() {
@@ -187,12 +194,30 @@ impl State {
                 DialStatus::Failure
             };
             self.counters
-                .observe_dial(service_name, status, dial.duration);
+                .observe_probe_dial(service_name, status, dial.duration);
             if !dial.ok {
                 if outcome.ok {
                     warn!(service = service_name, server = %address, reason = %outcome.reason, "check passes but connects to the server fail");
                 }
                 effects.merge(service.machine.dial(address, false, now));
+            }
+        }
+        if outcome.ok {
+            // The server answers: a suspect mark the kernel set on a failed
+            // client dial was a false alarm, or the server is back.
+            match self
+                .dataplane
+                .maps
+                .backend_dial
+                .clear_suspect(server.backend_id)
+            {
+                Ok(true) => {
+                    info!(service = service_name, server = %address, "probe passes: the kernel's suspect mark is cleared");
+                }
+                Ok(false) => {}
+                Err(err) => {
+                    warn!(service = service_name, server = %address, error = format!("{err:#}"), "could not clear the kernel's suspect mark");
+                }
             }
         }
         server.last_check = Some((outcome, SystemTime::now()));
@@ -203,6 +228,57 @@ impl State {
             service,
             effects,
         );
+    }
+
+    /// Takes the kernel's dial outcomes: each is a K3s dial success or
+    /// failure of its server; a failure also counts, logs and wakes the
+    /// server's check task (a probe at once confirms or clears it).
+    fn dials(&mut self, events: &[DialEvent]) {
+        let now = Instant::now();
+        let mut touched: Vec<(usize, Effects)> = Vec::new();
+        for event in events {
+            let Some(index) = self.services.iter().position(|s| s.id == event.service_id) else {
+                continue;
+            };
+            let service = &mut self.services[index];
+            let Some((&address, server)) = service
+                .servers
+                .iter()
+                .find(|(_, r)| r.backend_id == event.backend_id)
+            else {
+                continue;
+            };
+            let name = service.config.name.as_str();
+            let duration = Duration::from_nanos(event.duration_ns);
+            let effects = if event.kind == dial_kind::SUCCESS {
+                self.counters
+                    .observe_dial(name, DialStatus::Success, duration);
+                service.machine.dial(address, true, now)
+            } else {
+                let reason = dial_kind::label(event.kind);
+                if event.kind != dial_kind::STALLED {
+                    self.counters
+                        .observe_dial(name, DialStatus::Failure, duration);
+                }
+                self.counters.dial_failed(name, address, reason);
+                server.wake.notify_one();
+                warn!(service = name, server = %address, reason, millis = duration.as_secs_f64() * 1000.0, "client connect failed; the kernel sends new connects to the next server");
+                service.machine.dial(address, false, now)
+            };
+            match touched.iter_mut().find(|(i, _)| *i == index) {
+                Some((_, all)) => all.merge(effects),
+                None => touched.push((index, effects)),
+            }
+        }
+        for (index, effects) in touched {
+            settle(
+                &mut self.dataplane,
+                &mut self.connections,
+                &mut self.counters,
+                &mut self.services[index],
+                effects,
+            );
+        }
     }
 
     /// Every server the poller should count connections to.
@@ -251,7 +327,9 @@ impl State {
                     .as_ref()
                     .and_then(|(o, _)| o.dial)
                     .is_some_and(|d| d.ok);
-                if server.last_connects.is_some_and(|last| connects > last)
+                // TCP dials are reported by the kernel (`dials`).
+                if service.config.protocol != Protocol::Tcp
+                    && server.last_connects.is_some_and(|last| connects > last)
                     && (connections > 0 || probe_dial_ok)
                 {
                     effects.merge(service.machine.dial(address, true, now));

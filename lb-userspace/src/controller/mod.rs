@@ -27,8 +27,10 @@
 mod attestation;
 mod backend_flags;
 mod checks;
+mod dials;
 mod discovery;
 mod events;
+mod failover;
 mod handlers;
 pub mod persist;
 mod plan;

@@ -16,6 +16,7 @@ use std::{
 
 use anyhow::Context as _;
 use lb_common::{MaglevKey, NO_BACKEND};
+use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use super::{
@@ -193,6 +194,8 @@ fn write(
 ) -> anyhow::Result<()> {
     for &id in &ids.fresh_backends {
         state.dataplane.maps.backend_stats.reset(id)?;
+        // A reused slot must not carry its last owner's suspect mark.
+        state.dataplane.maps.backend_dial.reset(id)?;
     }
     for &id in &ids.fresh_services {
         state.dataplane.maps.service_stats.reset(id)?;
@@ -271,20 +274,28 @@ fn write(
                 counts.get(&(service_id, address)).copied().unwrap_or(0),
             );
             let backend_flags = flags.get(&(service_id, address)).copied().unwrap_or(0);
-            let runtime = match servers.remove(&address) {
-                Some(r) => ServerRuntime {
+            let runtime = if let Some(r) = servers.remove(&address) {
+                ServerRuntime {
                     backend_id,
                     backend_flags,
                     ..r
-                },
-                None => ServerRuntime {
+                }
+            } else {
+                let wake = Arc::new(Notify::new());
+                ServerRuntime {
                     backend_id,
                     backend_flags,
                     last_check: None,
                     attestation: None,
                     last_connects: None,
-                    check_task: checks::spawn(state, &service_config.name, address),
-                },
+                    check_task: checks::spawn(
+                        state,
+                        &service_config.name,
+                        address,
+                        Arc::clone(&wake),
+                    ),
+                    wake,
+                }
             };
             kept.insert(address, runtime);
         }
@@ -299,6 +310,7 @@ fn write(
             table: table.0,
             table_members: table.1,
             table_weights: table.2,
+            failover: None,
         });
         effects_of.push(effects);
     }

@@ -8,7 +8,7 @@ use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::SystemTime};
 use lb_common::VipKey;
 use tokio::{
     runtime::Handle,
-    sync::{Semaphore, mpsc::WeakSender},
+    sync::{Notify, Semaphore, mpsc::WeakSender},
     task::{AbortHandle, JoinHandle},
 };
 
@@ -36,6 +36,8 @@ pub(super) struct ServerRuntime {
     /// The kernel's connect counter at the last poll.
     pub(super) last_connects: Option<u64>,
     pub(super) check_task: AbortHandle,
+    /// Wakes the check task for a probe at once (after a failed client dial).
+    pub(super) wake: Arc<Notify>,
 }
 
 /// One service as the controller tracks it.
@@ -55,6 +57,9 @@ pub(super) struct ServiceRuntime {
     pub(super) table_members: Vec<(u32, SocketAddr)>,
     /// The Maglev weights of `table_members` (same order).
     pub(super) table_weights: Vec<u32>,
+    /// The `failover` entry last written for this service (backend ids,
+    /// stall bound in ns); `None` before the first write.
+    pub(super) failover: Option<(Vec<u32>, u64)>,
 }
 
 /// Everything the controller owns.
@@ -85,6 +90,8 @@ pub(super) struct State {
     pub(super) events: WeakSender<Event>,
     /// The poller task (`None` before the start).
     pub(super) poller: Option<JoinHandle<()>>,
+    /// The task reading the kernel's dial events (`None` before the start).
+    pub(super) dial_task: Option<JoinHandle<()>>,
 }
 
 impl State {
@@ -125,6 +132,7 @@ impl State {
             runtime,
             events,
             poller: None,
+            dial_task: None,
         })
     }
 

@@ -10,7 +10,7 @@ use std::{net::SocketAddr, time::Instant};
 use lb_common::NO_BACKEND;
 use tracing::{info, warn};
 
-use super::{backend_flags, runtime::ServiceRuntime, spread};
+use super::{backend_flags, failover, runtime::ServiceRuntime, spread};
 use crate::{
     kernel::{connections::Connections, dataplane::Dataplane},
     metrics::Counters,
@@ -43,6 +43,7 @@ pub(super) fn settle(
     // After the new selection and table: flows moved off a down backend
     // land on the new choice.
     backend_flags::sync(dataplane, service);
+    failover::sync(dataplane, service);
     if effects.close.is_empty() {
         return;
     }

@@ -154,6 +154,7 @@ pub async fn start(base: Config, tasks: &mut JoinSet<()>) -> anyhow::Result<Conf
         maglev_table_size: ServiceConfig::DEFAULT_MAGLEV_TABLE_SIZE,
         health_check: check(CheckSpec::Tcp),
         remote: false,
+        dial_stall_timeout: ServiceConfig::DEFAULT_DIAL_STALL_TIMEOUT,
         discovery: None,
     });
     let udp = spawn_udp_backends(v4, tasks).await?;
@@ -167,6 +168,7 @@ pub async fn start(base: Config, tasks: &mut JoinSet<()>) -> anyhow::Result<Conf
         maglev_table_size: ServiceConfig::DEFAULT_MAGLEV_TABLE_SIZE,
         health_check: check(CheckSpec::Udp),
         remote: false,
+        dial_stall_timeout: ServiceConfig::DEFAULT_DIAL_STALL_TIMEOUT,
         discovery: None,
     });
     let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
@@ -181,6 +183,7 @@ pub async fn start(base: Config, tasks: &mut JoinSet<()>) -> anyhow::Result<Conf
             maglev_table_size: ServiceConfig::DEFAULT_MAGLEV_TABLE_SIZE,
             health_check: check(CheckSpec::Tcp),
             remote: false,
+            dial_stall_timeout: ServiceConfig::DEFAULT_DIAL_STALL_TIMEOUT,
             discovery: None,
         }),
         Err(err) => tracing::warn!(

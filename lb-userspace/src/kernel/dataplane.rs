@@ -16,7 +16,7 @@ use std::{
     collections::BTreeMap,
     fs::{self, File, TryLockError},
     io,
-    os::fd::AsFd as _,
+    os::fd::{AsFd as _, BorrowedFd},
     path::{Path, PathBuf},
 };
 
@@ -24,7 +24,7 @@ use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, MapInfo, MapType},
-    programs::{CgroupAttachMode, CgroupSockAddr, Xdp, links::FdLink},
+    programs::{CgroupAttachMode, CgroupSockAddr, SockOps, Xdp, links::FdLink},
     util::nr_cpus,
 };
 use lb_common::{
@@ -89,6 +89,7 @@ const fn map_type(kind: MapKind) -> MapType {
         MapKind::LruHash => MapType::LruHash,
         MapKind::Array => MapType::Array,
         MapKind::PerCpuArray => MapType::PerCpuArray,
+        MapKind::RingBuf => MapType::RingBuf,
     }
 }
 
@@ -123,6 +124,61 @@ pub struct Dataplane {
     ebpf: Ebpf,
     // flock on the pin directory: one controller per directory.
     _lock: File,
+}
+
+/// Where the cgroup programs' links are pinned, and the cgroup they attach to.
+struct CgroupLinks<'a> {
+    dir: PathBuf,
+    cgroup_dir: &'a File,
+    cgroup_id: u64,
+}
+
+impl CgroupLinks<'_> {
+    /// Attaches the loaded program `name` (`prog_fd`) to the cgroup through
+    /// the link pinned under its name: an earlier run's link on the same
+    /// cgroup gets the new program swapped in (`BPF_LINK_UPDATE`: never a
+    /// moment without it, never a second attachment); a link on another
+    /// cgroup is replaced; otherwise `attach` makes a new link, which is
+    /// pinned.
+    fn attach(
+        &self,
+        name: &'static str,
+        prog_fd: BorrowedFd<'_>,
+        report: &mut AttachReport,
+        attach: impl FnOnce(&File) -> anyhow::Result<FdLink>,
+    ) -> anyhow::Result<()> {
+        let link_pin = self.dir.join(name);
+        if link_pin.exists() {
+            let link = bpf_sys::obj_get(&link_pin)?;
+            let info = bpf_sys::link_info(link.as_fd())
+                .with_context(|| format!("reading link {}", link_pin.display()))?;
+            if info.link_type == bpf_sys::LINK_TYPE_CGROUP && info.cgroup_id == self.cgroup_id {
+                bpf_sys::link_update(link.as_fd(), prog_fd)
+                    .with_context(|| format!("swapping {name} into link {}", link_pin.display()))?;
+                info!(program = name, link_id = info.id, "adopted existing link");
+                report.adopted.push(name);
+                return Ok(());
+            }
+            warn!(
+                program = name,
+                link_id = info.id,
+                "pinned link is attached to another cgroup; replacing it"
+            );
+            fs::remove_file(&link_pin)
+                .with_context(|| format!("unpinning {}", link_pin.display()))?;
+            drop(link);
+            report.replaced.push(name);
+        }
+        // With a bpf_link the kernel always allows other programs next to
+        // ours (link attach flags must be 0, i.e. `Single`).
+        let link = attach(self.cgroup_dir).with_context(|| {
+            format!("attaching {name} to the cgroup (a bpf_link needs kernel >= 5.7)")
+        })?;
+        link.pin(&link_pin)
+            .with_context(|| format!("pinning link {}", link_pin.display()))?;
+        report.attached.push(name);
+        Ok(())
+    }
 }
 
 impl Dataplane {
@@ -205,6 +261,11 @@ impl Dataplane {
         }
         let mut ebpf = loader.load(object).context("loading the eBPF object")?;
 
+        let links = CgroupLinks {
+            dir: pin_dir.join(LINKS_DIR),
+            cgroup_dir,
+            cgroup_id,
+        };
         for name in program_names::ALL {
             let program: &mut CgroupSockAddr = ebpf
                 .program_mut(name)
@@ -213,44 +274,25 @@ impl Dataplane {
                 .with_context(|| format!("program {name} is not a cgroup sock_addr program"))?;
             load_retrying(|| program.load())
                 .with_context(|| format!("loading program {name} (verifier)"))?;
-            let link_pin = pin_dir.join(LINKS_DIR).join(name);
-            if link_pin.exists() {
-                let link = bpf_sys::obj_get(&link_pin)?;
-                let info = bpf_sys::link_info(link.as_fd())
-                    .with_context(|| format!("reading link {}", link_pin.display()))?;
-                if info.link_type == bpf_sys::LINK_TYPE_CGROUP && info.cgroup_id == cgroup_id {
-                    let prog_fd = program.fd().context("program fd")?;
-                    bpf_sys::link_update(link.as_fd(), prog_fd.as_fd()).with_context(|| {
-                        format!("swapping {name} into link {}", link_pin.display())
-                    })?;
-                    info!(program = name, link_id = info.id, "adopted existing link");
-                    report.adopted.push(name);
-                    continue;
-                }
-                warn!(
-                    program = name,
-                    link_id = info.id,
-                    "pinned link is attached to another cgroup; replacing it"
-                );
-                fs::remove_file(&link_pin)
-                    .with_context(|| format!("unpinning {}", link_pin.display()))?;
-                drop(link);
-                report.replaced.push(name);
-            }
-            // With a bpf_link the kernel always allows other programs next to
-            // ours (link attach flags must be 0, i.e. `Single`).
-            let link_id = program
-                .attach(cgroup_dir, CgroupAttachMode::Single)
-                .with_context(|| format!("attaching {name} to the cgroup"))?;
-            let link: FdLink = program
-                .take_link(link_id)
-                .context("taking the link")?
-                .try_into()
-                .context("cgroup link is not a bpf_link (kernel < 5.7?)")?;
-            link.pin(&link_pin)
-                .with_context(|| format!("pinning link {}", link_pin.display()))?;
-            report.attached.push(name);
+            let prog_fd = program.fd().context("program fd")?.try_clone()?;
+            links.attach(name, prog_fd.as_fd(), report, |cgroup| {
+                let id = program.attach(cgroup, CgroupAttachMode::Single)?;
+                Ok(program.take_link(id)?.try_into()?)
+            })?;
         }
+        let name = program_names::SOCK_OPS;
+        let program: &mut SockOps = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the eBPF object"))?
+            .try_into()
+            .with_context(|| format!("program {name} is not a sock_ops program"))?;
+        load_retrying(|| program.load())
+            .with_context(|| format!("loading program {name} (verifier)"))?;
+        let prog_fd = program.fd().context("program fd")?.try_clone()?;
+        links.attach(name, prog_fd.as_fd(), report, |cgroup| {
+            let id = program.attach(cgroup, CgroupAttachMode::Single)?;
+            Ok(program.take_link(id)?.try_into()?)
+        })?;
 
         let nr_cpus = nr_cpus().map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))?;
         Ok(Self {
@@ -375,7 +417,10 @@ fn check_fs_magic(path: &Path, magic: i64, what: &str) -> anyhow::Result<()> {
 pub fn cleanup(pin_dir: &Path) -> anyhow::Result<()> {
     let links_dir = pin_dir.join(LINKS_DIR);
     let mut removed = 0usize;
-    for name in program_names::ALL {
+    for name in program_names::ALL
+        .iter()
+        .chain(std::iter::once(&program_names::SOCK_OPS))
+    {
         removed += usize::from(remove_if_exists(&links_dir.join(name))?);
     }
     removed += xdp_attach::detach_except(&links_dir, &[])?.len();
@@ -441,7 +486,8 @@ mod tests {
             Map::HashMap(data)
             | Map::LruHashMap(data)
             | Map::Array(data)
-            | Map::PerCpuArray(data) => Some(data.info().expect("BPF_OBJ_GET_INFO_BY_FD")),
+            | Map::PerCpuArray(data)
+            | Map::RingBuf(data) => Some(data.info().expect("BPF_OBJ_GET_INFO_BY_FD")),
             _ => None,
         }
     }

@@ -275,6 +275,11 @@ fn counters() -> Counters {
     }
     counters.observe_dial("apiserver", DialStatus::Success, Duration::from_micros(500));
     counters.observe_dial(ODD_NAME, DialStatus::Failure, Duration::from_millis(2));
+    counters.observe_probe_dial("apiserver", DialStatus::Success, Duration::from_millis(3));
+    let dead = addr("127.0.0.2:16444");
+    counters.dial_failed("supervisor", dead, "reset");
+    counters.dial_failed("supervisor", dead, "reset");
+    counters.dial_failed("supervisor", dead, "stalled");
     counters.last_poll = Duration::from_micros(1_234);
     counters.last_poll_sockets = 7;
     counters
@@ -415,7 +420,7 @@ fn every_family_keeps_its_type_help_samples_and_values() {
     let golden = parse(GOLDEN);
     let now = parse(&exposition());
     // The fixture has a sample in each of the 30 families of the README's table.
-    assert_eq!(golden.len(), 30, "{:?}", golden.keys());
+    assert_eq!(golden.len(), 32, "{:?}", golden.keys());
     for (name, family) in &golden {
         assert!(
             !family.samples.is_empty(),

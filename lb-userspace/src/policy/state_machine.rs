@@ -632,6 +632,36 @@ impl ServiceMachine {
         all
     }
 
+    /// The servers a new TCP connect may take when the kernel finds the
+    /// one it picked suspect, in the order K3s dials them: usable listed
+    /// servers by rank, then the default server, then failed listed
+    /// servers by rank (fail open). Invalid servers never.
+    pub fn candidates(&self) -> Vec<SocketAddr> {
+        let ranked = self.ranked();
+        let mut candidates: Vec<SocketAddr> = ranked
+            .iter()
+            .filter(|s| s.listed && s.state > ServerState::Failed)
+            .map(|s| s.address)
+            .collect();
+        if let Some(default) = self
+            .default
+            .and_then(|d| self.server(d))
+            .filter(|d| d.state != ServerState::Invalid)
+            && !candidates.contains(&default.address)
+        {
+            candidates.push(default.address);
+        }
+        for failed in ranked
+            .iter()
+            .filter(|s| s.listed && s.state == ServerState::Failed)
+        {
+            if !candidates.contains(&failed.address) {
+                candidates.push(failed.address);
+            }
+        }
+        candidates
+    }
+
     /// Where new connections go; see the module documentation.
     pub fn select(&self) -> Selection {
         let ranked = self.ranked();

@@ -129,6 +129,7 @@ struct ServiceDraft {
     health_check: Option<HealthCheckConfig>,
     /// Without a position when not written (the default).
     remote: Option<Spanned<bool>>,
+    dial_stall_timeout: Option<Duration>,
     /// `Some(None)` without `discovery`; `None` when invalid.
     #[expect(
         clippy::option_option,
@@ -160,6 +161,7 @@ impl ServiceDraft {
             maglev_table_size: self.maglev_table_size?.value,
             health_check: self.health_check?,
             remote: self.remote?.value,
+            dial_stall_timeout: self.dial_stall_timeout?,
             discovery: self.discovery?,
         })
     }

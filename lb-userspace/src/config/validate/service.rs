@@ -5,6 +5,7 @@
 use std::{
     collections::{HashMap, HashSet},
     net::SocketAddr,
+    time::Duration,
 };
 
 use serde_saphyr::{Location, Spanned};
@@ -112,6 +113,16 @@ impl Checker {
                 .map(|remote| Spanned::new(remote, raw.referenced, raw.defined)),
         };
 
+        let dial_stall_timeout = match &service.dial_stall_timeout {
+            None => Some(ServiceConfig::DEFAULT_DIAL_STALL_TIMEOUT),
+            Some(raw) => self.duration_in_range(
+                raw,
+                &format!("{path}.dial_stall_timeout"),
+                Duration::ZERO,
+                ServiceConfig::MAX_DIAL_STALL_TIMEOUT,
+            ),
+        };
+
         ServiceDraft {
             path,
             name,
@@ -123,6 +134,7 @@ impl Checker {
             maglev_table_size,
             health_check,
             remote,
+            dial_stall_timeout,
             discovery,
             discovery_at: service.discovery.as_ref().map(|raw| raw.referenced),
             sui_sync_kinds,

@@ -7,6 +7,7 @@
 //! checked against the pins before loading ([`super::dataplane`]).
 
 mod backends;
+mod dial;
 mod flows;
 mod maglev;
 mod rev_nat;
@@ -23,6 +24,7 @@ use lb_common::map_names;
 
 pub use self::{
     backends::Backends,
+    dial::{BackendDialMap, DialEvents, FailoverMap},
     flows::Flows,
     maglev::Maglev,
     rev_nat::RevNat,
@@ -53,6 +55,12 @@ pub struct Maps {
     pub xdp_stats: XdpStats,
     /// `flows`: XDP's connection table.
     pub flows: Flows,
+    /// `backend_dial`: the kernel's suspect marks per backend.
+    pub backend_dial: BackendDialMap,
+    /// `failover`: each TCP service's candidates past a suspect backend.
+    pub failover: FailoverMap,
+    /// `dial_events`: dial outcomes from the kernel.
+    pub dial_events: DialEvents,
 }
 
 impl Maps {
@@ -69,6 +77,9 @@ impl Maps {
             if_addrs: IfAddrsMap(take(ebpf, map_names::IF_ADDRS)?),
             xdp_stats: XdpStats(take(ebpf, map_names::XDP_STATS)?),
             flows: Flows(take(ebpf, map_names::FLOWS)?),
+            backend_dial: BackendDialMap(take(ebpf, map_names::BACKEND_DIAL)?),
+            failover: FailoverMap(take(ebpf, map_names::FAILOVER)?),
+            dial_events: DialEvents(Some(take(ebpf, map_names::DIAL_EVENTS)?)),
         })
     }
 }

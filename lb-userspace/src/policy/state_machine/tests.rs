@@ -607,3 +607,21 @@ proptest! {
         }
     }
 }
+
+/// The kernel's failover list: usable listed servers best first, then the
+/// default, then failed servers (fail open); the first entry is what
+/// `select` picks while a usable server exists.
+#[test]
+fn candidates_follow_the_dial_order() {
+    let clock = Clock::new();
+    let mut m = machine(3, &clock);
+    drive(&mut m, 1, Failed, clock.now());
+    drive(&mut m, 2, Active, clock.now());
+    drive(&mut m, 3, Preferred, clock.now());
+    assert_eq!(m.candidates(), [addr(2), addr(3), addr(DEFAULT), addr(1)]);
+    assert_eq!(m.candidates().first().copied(), selected(&m));
+    // Removed servers are never candidates.
+    let _ = m.set_servers(&[addr(1), addr(3)], clock.now());
+    assert!(!m.candidates().contains(&addr(2)));
+    assert_eq!(m.candidates(), [addr(3), addr(DEFAULT), addr(1)]);
+}

@@ -1,0 +1,128 @@
+//! Kernel-observed dials: what the socket hooks and the `sock_ops` program
+//! share to see each TCP connect through a VIP succeed or fail, move new
+//! connects off a backend that just failed, and tell userspace.
+//!
+//! The flow, all in the kernel until the last step:
+//! 1. `connect()` to a VIP: the socket hook picks the backend as before,
+//!    then skips it if it is suspect ([`BackendDial::suspect_since_ns`]),
+//!    taking the first usable id of the service's [`Failover`] list (the
+//!    controller's K3s order); when every one is suspect it keeps its first
+//!    pick (fail open, as the state machine does). It records the dial in
+//!    `dials` under the socket cookie ([`DialStart`]).
+//! 2. `sock_ops` sees the connect (`TCP_CONNECT_CB`) and asks for state
+//!    and RTO callbacks for that socket only; on `ESTABLISHED` it reports a
+//!    success with the dial's duration and clears the backend's marks; on
+//!    `SYN_SENT → CLOSE` it marks the backend suspect and reports a reset
+//!    (no retransmission) or a timeout; on a SYN retransmission it marks
+//!    the backend suspect (stalled).
+//! 3. A backend with a SYN outstanding for longer than the service's
+//!    [`Failover::suspect_after_ns`] and no success since is suspect too:
+//!    the next connect notices and reports it ([`dial_kind::STALLED`]).
+//! 4. Every outcome goes to userspace through the `dial_events` ring buffer
+//!    ([`DialEvent`]); the controller feeds it to the K3s state machine,
+//!    rewrites the maps, and clears a backend's mark once it is usable
+//!    again.
+//!
+//! UDP has no dial: UDP services stay probe-driven.
+
+/// Capacity of the `dials` LRU map: TCP connects through a VIP whose
+/// outcome has not been seen yet.
+pub const MAX_DIALS: u32 = 65_536;
+/// Backend ids in a service's failover list.
+pub const MAX_FAILOVER: usize = 8;
+/// Size of the `dial_events` ring buffer in bytes (a power of two and a
+/// multiple of the page size).
+pub const DIAL_EVENTS_BYTES: u32 = 256 * 1024;
+
+/// Value of the `dials` map (key: the socket cookie): one TCP connect the
+/// socket hooks sent to a backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DialStart {
+    /// `bpf_ktime_get_ns()` at `connect()`.
+    pub start_ns: u64,
+    /// The backend the connect went to.
+    pub backend_id: u32,
+    /// Its service.
+    pub service_id: u32,
+}
+
+const _: () = assert!(size_of::<DialStart>() == 16);
+
+/// Value of the `backend_dial` array (index: backend id): what the kernel
+/// knows of the backend's recent dials.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendDial {
+    /// When a dial to it failed or stalled (`bpf_ktime_get_ns()`); 0: not
+    /// suspect. Set by the kernel; cleared by a successful dial or by the
+    /// controller once the server is usable again.
+    pub suspect_since_ns: u64,
+    /// Since when a SYN to it has been waiting with no dial completing; 0:
+    /// none waiting (reset by each success or failure).
+    pub pending_since_ns: u64,
+}
+
+const _: () = assert!(size_of::<BackendDial>() == 16);
+
+/// Value of the `failover` array (index: service id), written by the
+/// controller: where new TCP connects go when the backend picked is
+/// suspect.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Failover {
+    /// Backend ids in the order the state machine would select them.
+    pub backend_ids: [u32; MAX_FAILOVER],
+    /// How many of `backend_ids` are set.
+    pub count: u32,
+    /// Explicit padding (always zero).
+    pub pad: u32,
+    /// A backend with a SYN outstanding this long, and no dial completed
+    /// since, is suspect; 0 turns this off.
+    pub suspect_after_ns: u64,
+}
+
+const _: () = assert!(size_of::<Failover>() == 48);
+
+/// One record of the `dial_events` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DialEvent {
+    /// From `connect()` to the outcome (for [`dial_kind::STALLED`]: how
+    /// long the oldest SYN has waited, when known; else 0).
+    pub duration_ns: u64,
+    /// The backend the dial went to.
+    pub backend_id: u32,
+    /// Its service.
+    pub service_id: u32,
+    /// One of [`dial_kind`].
+    pub kind: u32,
+    /// Explicit padding (always zero).
+    pub pad: u32,
+}
+
+const _: () = assert!(size_of::<DialEvent>() == 24);
+
+/// [`DialEvent::kind`] values.
+pub mod dial_kind {
+    /// The connection was established.
+    pub const SUCCESS: u32 = 1;
+    /// `SYN_SENT → CLOSE` without a retransmission: refused (reset).
+    pub const RESET: u32 = 2;
+    /// `SYN_SENT → CLOSE` after retransmissions: timed out or aborted.
+    pub const TIMEOUT: u32 = 3;
+    /// A SYN went unanswered too long (retransmitted, or outstanding past
+    /// the service's bound): the backend is suspect, the dial still waits.
+    pub const STALLED: u32 = 4;
+
+    /// The label of a kind in logs and metrics.
+    pub const fn label(kind: u32) -> &'static str {
+        match kind {
+            SUCCESS => "success",
+            RESET => "reset",
+            TIMEOUT => "timeout",
+            STALLED => "stalled",
+            _ => "unknown",
+        }
+    }
+}

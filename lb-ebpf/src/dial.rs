@@ -1,0 +1,246 @@
+//! Kernel-observed dials (see `lb_common::dial` for the whole flow): the
+//! connect hook's side (skip a suspect backend, record the dial) and the
+//! `sock_ops` side (see the dial succeed or fail, mark the backend, report).
+//!
+//! Invariants: only TCP connects the socket hooks redirected are tracked
+//! (they have a `dials` entry; `sock_ops` asks for callbacks on those
+//! sockets only and stops them once the connection is established); a
+//! connect is never refused or stranded here: when every candidate is
+//! suspect it keeps the backend it was given (fail open); a report that
+//! does not fit the ring buffer is dropped, never waited for.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RTO_CB, BPF_SOCK_OPS_RTO_CB_FLAG,
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
+        BPF_TCP_CLOSE, BPF_TCP_SYN_SENT,
+    },
+    helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns},
+    programs::SockOpsContext,
+};
+use lb_common::{DialEvent, DialStart, MAX_FAILOVER, dial_kind};
+
+use crate::maps::{BACKEND_DIAL, DIAL_EVENTS, DIALS, FAILOVER};
+
+/// The kernel's clock for dials (`CLOCK_MONOTONIC`, ns).
+#[expect(
+    clippy::inline_always,
+    reason = "one flat program per hook keeps verifier state small and avoids BPF-to-BPF calls"
+)]
+#[inline(always)]
+pub(crate) fn now() -> u64 {
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// Sends one outcome to the controller (dropped when the ring is full).
+#[expect(
+    clippy::inline_always,
+    reason = "one flat program per hook keeps verifier state small and avoids BPF-to-BPF calls"
+)]
+#[inline(always)]
+fn report(kind: u32, backend_id: u32, service_id: u32, duration_ns: u64) {
+    let event = DialEvent {
+        duration_ns,
+        backend_id,
+        service_id,
+        kind,
+        pad: 0,
+    };
+    let _ = DIAL_EVENTS.output(event, 0);
+}
+
+/// Whether a new connect may go to `backend_id` at `now`: not suspect, and
+/// no SYN outstanding for longer than `bound` ns (0: no bound). A backend
+/// found stalled here becomes suspect and is reported once.
+#[expect(
+    clippy::inline_always,
+    reason = "one flat program per hook keeps verifier state small and avoids BPF-to-BPF calls"
+)]
+#[inline(always)]
+fn usable(backend_id: u32, service_id: u32, now: u64, bound: u64) -> bool {
+    let Some(dial) = BACKEND_DIAL.get_ptr_mut(backend_id) else {
+        return true;
+    };
+    // SAFETY: a pointer into the array's value from a successful lookup;
+    // concurrent writers store whole u64s, and a lost update only delays
+    // a mark by one connect.
+    let dial = unsafe { &mut *dial };
+    if dial.suspect_since_ns != 0 {
+        return false;
+    }
+    let pending = dial.pending_since_ns;
+    if bound != 0 && pending != 0 && now.saturating_sub(pending) > bound {
+        dial.suspect_since_ns = now;
+        report(
+            dial_kind::STALLED,
+            backend_id,
+            service_id,
+            now.saturating_sub(pending),
+        );
+        return false;
+    }
+    true
+}
+
+/// The backend a new TCP connect of service `service_id` takes: `picked`
+/// when it is usable, else the first usable one of the service's failover
+/// list, else `picked` (fail open).
+#[expect(
+    clippy::inline_always,
+    reason = "one flat program per hook keeps verifier state small and avoids BPF-to-BPF calls"
+)]
+#[inline(always)]
+pub(crate) fn avoid_suspect(service_id: u32, picked: u32, now: u64) -> u32 {
+    let failover = FAILOVER.get(service_id);
+    let bound = failover.map_or(0, |f| f.suspect_after_ns);
+    if usable(picked, service_id, now, bound) {
+        return picked;
+    }
+    let Some(failover) = failover else {
+        return picked;
+    };
+    let count = failover.count as usize;
+    let mut i = 0;
+    while i < MAX_FAILOVER && i < count {
+        let candidate = failover.backend_ids[i];
+        if candidate != picked && usable(candidate, service_id, now, bound) {
+            return candidate;
+        }
+        i += 1;
+    }
+    picked
+}
+
+/// Records a TCP connect to `backend_id` (after the socket hook rewrote
+/// it) so `sock_ops` can see its outcome.
+#[expect(
+    clippy::inline_always,
+    reason = "one flat program per hook keeps verifier state small and avoids BPF-to-BPF calls"
+)]
+#[inline(always)]
+pub(crate) fn record(cookie: u64, backend_id: u32, service_id: u32, now: u64) {
+    let start = DialStart {
+        start_ns: now,
+        backend_id,
+        service_id,
+    };
+    // A full map evicts the oldest entry (LRU): that dial goes unseen.
+    let _ = DIALS.insert(cookie, start, 0);
+    if let Some(dial) = BACKEND_DIAL.get_ptr_mut(backend_id) {
+        // SAFETY: see `usable`.
+        let dial = unsafe { &mut *dial };
+        if dial.pending_since_ns == 0 {
+            dial.pending_since_ns = now;
+        }
+    }
+}
+
+/// The `sock_ops` program's logic.
+#[expect(
+    clippy::inline_always,
+    reason = "one flat program per hook keeps verifier state small and avoids BPF-to-BPF calls"
+)]
+#[inline(always)]
+pub(crate) fn sock_ops(ctx: &SockOpsContext) {
+    // SAFETY: bpf_get_socket_cookie accepts the sock_ops context pointer.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    match ctx.op() {
+        BPF_SOCK_OPS_TCP_CONNECT_CB => {
+            // Callbacks only for the sockets the connect hooks redirected.
+            if DIALS.get_ptr(cookie).is_some() {
+                let _ = ctx
+                    .set_cb_flags((BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG) as i32);
+            }
+        }
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
+            finish(cookie, dial_kind::SUCCESS);
+            // Nothing more to watch on this connection.
+            let _ = ctx.set_cb_flags(0);
+        }
+        BPF_SOCK_OPS_STATE_CB => {
+            if ctx.arg(0) == BPF_TCP_SYN_SENT && ctx.arg(1) == BPF_TCP_CLOSE {
+                // SAFETY: the context pointer is valid for the program's run;
+                // total_retrans is a readable field of bpf_sock_ops.
+                let retransmitted = unsafe { (*ctx.ops).total_retrans } > 0;
+                let kind = if retransmitted {
+                    dial_kind::TIMEOUT
+                } else {
+                    dial_kind::RESET
+                };
+                finish(cookie, kind);
+            }
+        }
+        BPF_SOCK_OPS_RTO_CB => {
+            // SAFETY: as above; state is a readable field of bpf_sock_ops.
+            if unsafe { (*ctx.ops).state } == BPF_TCP_SYN_SENT {
+                stalled(cookie);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A dial's outcome: the backend's marks follow it, the controller hears
+/// of it, the dial is forgotten.
+#[expect(
+    clippy::inline_always,
+    reason = "one flat program per hook keeps verifier state small and avoids BPF-to-BPF calls"
+)]
+#[inline(always)]
+fn finish(cookie: u64, kind: u32) {
+    let Some(start) = DIALS.get_ptr(cookie) else {
+        return;
+    };
+    // SAFETY: pointer from a successful lookup, copied at once.
+    let start = unsafe { start.read() };
+    let now = now();
+    if let Some(dial) = BACKEND_DIAL.get_ptr_mut(start.backend_id) {
+        // SAFETY: see `usable`.
+        let dial = unsafe { &mut *dial };
+        if kind == dial_kind::SUCCESS {
+            dial.suspect_since_ns = 0;
+        } else if dial.suspect_since_ns == 0 {
+            dial.suspect_since_ns = now;
+        }
+        dial.pending_since_ns = 0;
+    }
+    report(
+        kind,
+        start.backend_id,
+        start.service_id,
+        now.saturating_sub(start.start_ns),
+    );
+    let _ = DIALS.remove(cookie);
+}
+
+/// A SYN of a tracked dial was retransmitted: its backend is suspect
+/// (reported when it was not yet).
+#[expect(
+    clippy::inline_always,
+    reason = "one flat program per hook keeps verifier state small and avoids BPF-to-BPF calls"
+)]
+#[inline(always)]
+fn stalled(cookie: u64) {
+    let Some(start) = DIALS.get_ptr(cookie) else {
+        return;
+    };
+    // SAFETY: pointer from a successful lookup, copied at once.
+    let start = unsafe { start.read() };
+    let Some(dial) = BACKEND_DIAL.get_ptr_mut(start.backend_id) else {
+        return;
+    };
+    // SAFETY: see `usable`.
+    let dial = unsafe { &mut *dial };
+    if dial.suspect_since_ns == 0 {
+        let now = now();
+        dial.suspect_since_ns = now;
+        report(
+            dial_kind::STALLED,
+            start.backend_id,
+            start.service_id,
+            now.saturating_sub(start.start_ns),
+        );
+    }
+}
