@@ -792,32 +792,31 @@ fn metrics_count_transitions_closed_connections_and_dials() {
     assert!(value(&text, "daas_lb_connections_closed_total", &[("name", SVC)]) >= 1);
     assert_eq!(value(&text, "daas_lb_fail_open_total", &[("name", SVC)]), 0);
     let all = parse_metrics(&text);
-    for status in ["success", "failure"] {
+    // Client dials (seen by the kernel) succeeded: the held connection and
+    // the connects that reached node0. The probes' dials both succeeded
+    // and failed (node1 went down).
+    for (family, status) in [
+        ("k3s_loadbalancer_dial_duration_seconds", "success"),
+        ("daas_lb_probe_dial_duration_seconds", "success"),
+        ("daas_lb_probe_dial_duration_seconds", "failure"),
+    ] {
         let labels = [("name", SVC), ("status", status)];
-        let count = value(
-            &text,
-            "k3s_loadbalancer_dial_duration_seconds_count",
-            &labels,
-        );
-        assert!(count >= 1, "no {status} dial samples:\n{text}");
-        let inf = samples(
-            &all,
-            "k3s_loadbalancer_dial_duration_seconds_bucket",
-            &labels,
-        )
-        .into_iter()
-        .find(|s| s.labels.iter().any(|(k, v)| k == "le" && v == "+Inf"))
-        .unwrap_or_else(|| panic!("no +Inf bucket for {status}:\n{text}"))
-        .value;
+        let count = value(&text, &format!("{family}_count"), &labels);
+        assert!(count >= 1, "no {family} {status} samples:\n{text}");
+        let inf = samples(&all, &format!("{family}_bucket"), &labels)
+            .into_iter()
+            .find(|s| s.labels.iter().any(|(k, v)| k == "le" && v == "+Inf"))
+            .unwrap_or_else(|| panic!("no {family} +Inf bucket for {status}:\n{text}"))
+            .value;
         assert!(
             inf as u64 == count,
-            "{status}: +Inf bucket {inf} != count {count}"
+            "{family} {status}: +Inf bucket {inf} != count {count}"
         );
-        let sum = metric(&text, "k3s_loadbalancer_dial_duration_seconds_sum", &labels)
-            .unwrap_or_else(|| panic!("no {status} dial sum:\n{text}"));
+        let sum = metric(&text, &format!("{family}_sum"), &labels)
+            .unwrap_or_else(|| panic!("no {family} {status} sum:\n{text}"));
         assert!(
             sum >= 0.0 && (sum as u64) < count,
-            "{status}: {sum} s for {count} dials"
+            "{family} {status}: {sum} s for {count} dials"
         );
     }
     // Metrics are served on metrics_addr only; api_addr serves the status.
