@@ -17,7 +17,7 @@ const ATTACHMENTS: [(&str, &str); 9] = [
     ("cgroup_udp6_sendmsg", "lb_sendmsg6"),
     ("cgroup_udp4_recvmsg", "lb_recvmsg4"),
     ("cgroup_udp6_recvmsg", "lb_recvmsg6"),
-    ("sock_ops", "lb_sock_ops"),
+    ("cgroup_sock_ops", "lb_sock_ops"),
 ];
 
 /// One test's environment with two backends and a config file for service
