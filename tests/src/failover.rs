@@ -414,8 +414,9 @@ impl Outcome {
         let first = connects.iter().map(|c| c.start_ns).min().unwrap_or(0);
         let last = connects.iter().map(|c| c.start_ns).max().unwrap_or(0);
         if last > first {
+            let intervals = u32::try_from(connects.len() - 1).unwrap_or(u32::MAX);
             outcome.achieved_rate =
-                (connects.len() - 1) as f64 / Duration::from_nanos(last - first).as_secs_f64();
+                f64::from(intervals) / Duration::from_nanos(last - first).as_secs_f64();
         }
         outcome
     }

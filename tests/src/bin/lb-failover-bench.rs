@@ -215,9 +215,10 @@ fn main() -> ExitCode {
 
 fn run() -> Result<()> {
     let options = Options::parse()?;
-    // SAFETY: geteuid has no preconditions.
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
     ensure!(
-        unsafe { libc::geteuid() } == 0,
+        euid == 0,
         "needs root (network namespaces, cgroups, BPF, iptables)"
     );
     let needs = |system| options.systems.contains(&system);
@@ -313,7 +314,7 @@ fn measure(system: System, mut scenario: Scenario, k3s_proxy: Option<&Path>) -> 
         System::DaasLb | System::DaasLbK3s => {
             let (pins, cgroup) = (PinDir::new(), TestCgroup::new());
             let check = (system == System::DaasLbK3s).then_some("{ profile: k3s }");
-            let mut daemon = start_daas_lb(&tmp, &pins, &cgroup, &addrs, check)?;
+            let mut daemon = start_daas_lb(&tmp, &pins, &cgroup, &addrs, check);
             let status = daemon.wait_for(
                 Duration::from_secs(20),
                 "both servers preferred or active",
@@ -384,7 +385,7 @@ fn start_daas_lb(
     cgroup: &TestCgroup,
     servers: &[SocketAddr],
     check: Option<&str>,
-) -> Result<Daemon> {
+) -> Daemon {
     let list: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
     let mut services = format!(
         "  - name: {SERVICE}\n    vip: \"{VIP}\"\n    protocol: tcp\n    policy: failover\n    \
@@ -396,11 +397,11 @@ fn start_daas_lb(
     }
     let yaml = config_yaml(pins, cgroup, &tmp.path().join("data"), &services);
     let config = tmp.file("config.yaml", &yaml);
-    Ok(Daemon::spawn(
+    Daemon::spawn(
         &["--config", &config.display().to_string()],
         tmp.path(),
         API,
-    ))
+    )
 }
 
 /// HAProxy in TCP mode in front of `servers`: the first one is used while

@@ -24,9 +24,9 @@
 //! its last line.
 //!
 //! `storm` is the client of the failover scenarios (`lb_tests::failover`):
-//! from `START_NS` (`CLOCK_MONOTONIC`) on it starts RATE connects per second
-//! for DURATION_MS, each waiting up to CONNECT_MS for its TCP connect and up
-//! to ANSWER_MS (connect included) for the server's first byte, and once
+//! from `START_NS` (`CLOCK_MONOTONIC`) on it starts `RATE` connects per second
+//! for `DURATION_MS`, each waiting up to `CONNECT_MS` for its TCP connect and up
+//! to `ANSWER_MS` (connect included) for the server's first byte, and once
 //! all have ended prints one `lb_tests::failover::Connect`
 //! JSON object per connect, in start order. It exits 0 unless it could not
 //! run at all.
