@@ -30,6 +30,9 @@
 //! - `inspect`: bpftool, status, metrics and log helpers, RFC 3339 times,
 //!   [`put_servers`] and [`service_yaml`];
 //! - `chain`: [`SuiChain`], the fake Sui full node;
+//! - [`failover`]: a server dying under a stream of new connects (servers,
+//!   kill modes, the client loop and its summary; `cargo xtask bench
+//!   failover`);
 //! - [`topology`]: routed namespaces for the XDP tests and benchmarks;
 //! - [`xdp_fixture`]: packet fixtures for the XDP program.
 
@@ -38,6 +41,7 @@ mod chain;
 mod clients;
 mod daemon;
 mod env;
+pub mod failover;
 mod inspect;
 pub mod topology;
 pub mod xdp_fixture;

@@ -1,4 +1,4 @@
-//! `cargo xtask bench xdp|nautilus`: benchmarks on release builds.
+//! `cargo xtask bench xdp|nautilus|failover`: benchmarks on release builds.
 //!
 //! `xdp`, as root:
 //!
@@ -15,6 +15,13 @@
 //!    attestation and Nitro document verification, fresh and cached checks
 //!    against an in-process fake full node and fake enclave) next to a plain
 //!    HTTP `GET` and gRPC round trips.
+//!
+//! `failover`, as root (installs haproxy and golang-go with apt when missing):
+//!
+//! 1. `lb-failover-bench`: what a dying server costs new clients (100 and
+//!    1000 connects/s, the server in use closes its listener or drops SYNs)
+//!    through daas-lb (default checks and `profile: k3s`), HAProxy and a
+//!    K3s-style proxy built with `go build`, next to direct connects.
 //!
 //! Each prints a markdown table on stdout (collected and printed together at
 //! the end) and its progress on stderr (streamed). Not part of `cargo xtask
@@ -46,6 +53,9 @@ pub(crate) enum Target {
     /// Nautilus checks (no root): attestation and document verification,
     /// fresh and cached checks, next to a plain HTTP GET and gRPC calls.
     Nautilus,
+    /// Failover (as root): failed connects and waits while the server in use
+    /// dies, daas-lb next to HAProxy and a K3s-style proxy.
+    Failover,
 }
 
 impl Target {
@@ -54,6 +64,7 @@ impl Target {
         match self {
             Self::Xdp => &["lb-xdp-bench", "lb-rate-bench", "lb-maglev-bench"],
             Self::Nautilus => &["lb-attest-bench"],
+            Self::Failover => &["lb-failover-bench"],
         }
     }
 
@@ -62,6 +73,7 @@ impl Target {
         match self {
             Self::Xdp => "lb-rate-bench",
             Self::Nautilus => "lb-attest-bench",
+            Self::Failover => "lb-failover-bench",
         }
     }
 }
@@ -73,8 +85,16 @@ pub(crate) fn bench(target: Target, args: &[String]) -> Result<()> {
         "`cargo xtask bench xdp` needs root (it loads XDP programs and builds network \
          namespaces); run `sudo -E cargo xtask bench xdp`"
     );
+    ensure!(
+        target != Target::Failover || is_root(),
+        "`cargo xtask bench failover` needs root (it runs daas-lb and builds network \
+         namespaces and iptables rules); run `sudo -E cargo xtask bench failover`"
+    );
     let start = Instant::now();
     setup::run()?;
+    if target == Target::Failover {
+        setup::ensure_failover_tools()?;
+    }
     let workspace = Workspace::locate()?;
     // Builds every binary of the selection, the benches of lb-tests included.
     let daas_lb = build_daas_lb(&workspace, true)?;

@@ -43,8 +43,8 @@ enum Command {
     Lint,
     /// Format the workspace with nightly rustfmt (rustfmt.toml needs it).
     Fmt,
-    /// Set up, build release binaries, then run benchmarks (`xdp` as root)
-    /// and print their markdown tables. Not part of `test`.
+    /// Set up, build release binaries, then run benchmarks (`xdp` and
+    /// `failover` as root) and print their markdown tables. Not part of `test`.
     Bench(BenchArgs),
 }
 
@@ -69,11 +69,15 @@ struct RunArgs {
 struct BenchArgs {
     /// What to benchmark: `xdp` (as root: per-packet cost of `lb_xdp`,
     /// forwarding rate over veth vs iptables DNAT, Maglev table build and map
-    /// write) or `nautilus` (no root: the cost of a `nautilus` check, fresh
-    /// and cached, next to a plain HTTP GET and gRPC calls, on loopback).
+    /// write), `nautilus` (no root: the cost of a `nautilus` check, fresh
+    /// and cached, next to a plain HTTP GET and gRPC calls, on loopback) or
+    /// `failover` (as root: failed connects and waits at 100 and 1000
+    /// connects/s while the server in use dies, through daas-lb, HAProxy and
+    /// a K3s-style proxy; installs haproxy and golang-go when missing).
     target: bench::Target,
     /// Arguments (after `--`) for lb-rate-bench with `xdp`, e.g. `--duration
-    /// 3 --runs 1`, or for lb-attest-bench with `nautilus`, e.g. `--reps 20`.
+    /// 3 --runs 1`, for lb-attest-bench with `nautilus`, e.g. `--reps 20`,
+    /// or for lb-failover-bench with `failover`, e.g. `--rates 100 --events rst`.
     #[arg(last = true)]
     args: Vec<String>,
 }

@@ -46,6 +46,13 @@ pub(crate) fn run() -> Result<()> {
     Ok(())
 }
 
+/// What `cargo xtask bench failover` needs besides [`run`]: haproxy and
+/// go (installed with apt as root when missing).
+pub(crate) fn ensure_failover_tools() -> Result<()> {
+    let mut progress = Progress::default();
+    system::ensure_failover_tools(&mut progress)
+}
+
 /// `[setup] <item> ... ok (<detail>)`
 fn ok(item: &str, detail: impl Display) {
     log(TAG, format_args!("{item} ... ok ({detail})"));

@@ -11,6 +11,8 @@
 //! lb-test-client udp-connected ADDR PAYLOAD connect, getpeername, send, recv
 //! lb-test-client hold ADDR SECONDS          long-lived TCP connection, see below
 //! lb-test-client udp-hold ADDR SECONDS      the same with a connected UDP socket
+//! lb-test-client storm ADDR RATE DURATION_MS CONNECT_MS ANSWER_MS START_NS
+//!                                           RATE new TCP connects/s, see below
 //! ```
 //!
 //! `hold` prints several lines: it connects, sends `HOLD\n`, reads the reply
@@ -20,6 +22,14 @@
 //! for SECONDS it prints `{"event":"timeout"}`. If no connection is made it
 //! prints `{"event":"failed","error":…,"errno":…}`. It always exits 0 after
 //! its last line.
+//!
+//! `storm` is the client of the failover scenarios (`lb_tests::failover`):
+//! from `START_NS` (`CLOCK_MONOTONIC`) on it starts `RATE` connects per second
+//! for `DURATION_MS`, each waiting up to `CONNECT_MS` for its TCP connect and up
+//! to `ANSWER_MS` (connect included) for the server's first byte, and once
+//! all have ended prints one `lb_tests::failover::Connect`
+//! JSON object per connect, in start order. It exits 0 unless it could not
+//! run at all.
 
 use std::{
     io::{ErrorKind, Read as _, Write as _},
@@ -248,11 +258,58 @@ fn wait_until_closed(
     }
 }
 
+/// `storm ADDR RATE DURATION_MS CONNECT_MS ANSWER_MS START_NS`: see the
+/// module documentation.
+fn storm(addr: SocketAddr, args: &[String]) -> ExitCode {
+    let numbers: Vec<u64> = args.iter().filter_map(|a| a.parse().ok()).collect();
+    let [rate, duration_ms, connect_ms, answer_ms, start_ns] = numbers[..] else {
+        eprintln!(
+            "usage: lb-test-client storm ADDR RATE DURATION_MS CONNECT_MS ANSWER_MS START_NS"
+        );
+        return ExitCode::from(2);
+    };
+    let Ok(rate) = u32::try_from(rate) else {
+        eprintln!("storm: rate {rate} is too large");
+        return ExitCode::from(2);
+    };
+    let scenario = lb_tests::failover::Scenario {
+        target: addr,
+        rate,
+        duration: Duration::from_millis(duration_ms),
+        connect_timeout: Duration::from_millis(connect_ms),
+        answer_timeout: Duration::from_millis(answer_ms),
+        kill_after: Duration::ZERO,
+        kill: lb_tests::failover::KillMode::Rst,
+    };
+    let connects = match lb_tests::failover::storm(&scenario, start_ns) {
+        Ok(connects) => connects,
+        Err(e) => {
+            eprintln!("storm {addr}: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for connect in &connects {
+        let written = serde_json::to_string(connect)
+            .map_err(std::io::Error::other)
+            .and_then(|line| writeln!(out, "{line}"));
+        if let Err(e) = written {
+            eprintln!("storm: writing stdout: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if let Err(e) = out.flush() {
+        eprintln!("storm: writing stdout: {e}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(mode), Some(addr)) = (args.first(), args.get(1)) else {
         eprintln!(
-            "usage: lb-test-client tcp|tcp-mapped|udp|udp-connected ADDR [PAYLOAD]\n       lb-test-client hold|udp-hold ADDR SECONDS"
+            "usage: lb-test-client tcp|tcp-mapped|udp|udp-connected ADDR [PAYLOAD]\n       lb-test-client hold|udp-hold ADDR SECONDS\n       lb-test-client storm ADDR RATE DURATION_MS CONNECT_MS ANSWER_MS START_NS"
         );
         return ExitCode::from(2);
     };
@@ -260,6 +317,9 @@ fn main() -> ExitCode {
         eprintln!("bad address {addr}");
         return ExitCode::from(2);
     };
+    if mode == "storm" {
+        return storm(addr, &args[2..]);
+    }
     if mode == "hold" || mode == "udp-hold" {
         let Some(Ok(seconds)) = args.get(2).map(|s| s.parse::<u64>()) else {
             eprintln!("usage: lb-test-client hold|udp-hold ADDR SECONDS");

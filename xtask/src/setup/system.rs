@@ -1,6 +1,6 @@
 //! System prerequisites: command-line tools from Debian packages (bpftool,
-//! ip, nc, curl, ethtool, iptables; promtool under `CI=true`) and the bpffs
-//! mount. Installing and mounting need root; without it these steps only
+//! ip, nc, curl, ethtool, iptables; promtool under `CI=true`; haproxy and
+//! go for `cargo xtask bench failover` only) and the bpffs mount. Installing and mounting need root; without it these steps only
 //! warn (`run` and `test` check root themselves).
 
 use std::{fs, path::Path, process::Command};
@@ -29,6 +29,11 @@ const CI_TOOLS: [(&str, &str); 1] = [("promtool", "prometheus")];
 
 const BPFFS: &str = "/sys/fs/bpf";
 
+/// Only for `cargo xtask bench failover` (CI runs no benchmark): the
+/// systems it compares daas-lb with, HAProxy and a K3s-style proxy built
+/// with `go build`.
+const FAILOVER_TOOLS: [(&str, &str); 2] = [("haproxy", "haproxy"), ("go", "golang-go")];
+
 /// Installs the packages of the missing tools with apt (as root).
 pub(super) fn ensure_tools(progress: &mut Progress) -> Result<()> {
     let item = if in_ci() {
@@ -36,7 +41,35 @@ pub(super) fn ensure_tools(progress: &mut Progress) -> Result<()> {
     } else {
         "bpftool, ip, nc, curl, ethtool, iptables"
     };
-    let missing = missing_tools();
+    let ci_tools: &[_] = if in_ci() { &CI_TOOLS } else { &[] };
+    let tools: Vec<(&str, &str)> = TOOLS.iter().chain(ci_tools).copied().collect();
+    ensure_installed(
+        item,
+        &tools,
+        "`cargo xtask run` and the integration tests need them",
+        progress,
+    )
+}
+
+/// Installs haproxy and go with apt (as root) when missing.
+pub(super) fn ensure_failover_tools(progress: &mut Progress) -> Result<()> {
+    ensure_installed(
+        "haproxy, go",
+        &FAILOVER_TOOLS,
+        "`cargo xtask bench failover` needs them",
+        progress,
+    )
+}
+
+/// Installs the Debian packages of those of `tools` (command, package) that
+/// are missing, as root; without root it only warns, saying `who_needs`.
+fn ensure_installed(
+    item: &str,
+    tools: &[(&'static str, &'static str)],
+    who_needs: &str,
+    progress: &mut Progress,
+) -> Result<()> {
+    let missing = missing_tools(tools);
     if missing.is_empty() {
         ok(item, "present");
         return Ok(());
@@ -54,7 +87,7 @@ pub(super) fn ensure_tools(progress: &mut Progress) -> Result<()> {
     if !is_root() {
         progress.warn(format_args!(
             "missing {commands}; install them as root: `sudo apt-get update && sudo {install}` \
-             (`cargo xtask run` and the integration tests need them)"
+             ({who_needs})"
         ));
         return Ok(());
     }
@@ -67,7 +100,7 @@ pub(super) fn ensure_tools(progress: &mut Progress) -> Result<()> {
         .args(["install", "-y", "--no-install-recommends"])
         .args(&packages)
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    let still_missing = missing_tools();
+    let still_missing = missing_tools(tools);
     ensure!(
         still_missing.is_empty(),
         "installed {packages:?}, but {still_missing:?} are still not found"
@@ -76,11 +109,9 @@ pub(super) fn ensure_tools(progress: &mut Progress) -> Result<()> {
     Ok(())
 }
 
-fn missing_tools() -> Vec<(&'static str, &'static str)> {
-    let ci_tools: &[_] = if in_ci() { &CI_TOOLS } else { &[] };
-    TOOLS
+fn missing_tools(tools: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+    tools
         .iter()
-        .chain(ci_tools)
         .copied()
         .filter(|&(cmd, _)| find_program(cmd).is_none())
         .collect()

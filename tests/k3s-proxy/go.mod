@@ -1,0 +1,3 @@
+module daas-lb/k3s-proxy
+
+go 1.19

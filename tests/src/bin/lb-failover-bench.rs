@@ -1,0 +1,571 @@
+//! What a dying server costs new clients, side by side: daas-lb (default
+//! checks and `profile: k3s`), HAProxy and a K3s-style proxy, with the
+//! client's direct connects to the surviving server as the floor.
+//!
+//! Each run has its own network namespace (only loopback, no route out):
+//! two [`ByteServer`]s (`127.0.0.10:7000`, `127.0.0.11:7000`; each answers
+//! a connection with one byte) behind the system under test, and a client
+//! (`lb-test-client storm`) that starts RATE new TCP connects per second for
+//! DURATION s, each waiting at most 10 s for its TCP connect and 15 s for
+//! the server's byte (connect included: behind a proxy the connect succeeds
+//! at once and the proxy's own 10 s dial timeout plays out while the client
+//! waits for the byte). `--kill-after` (0.7 s) into the run, the server in use
+//! dies: `rst` closes its listener (connects get a reset), `blackhole` drops
+//! the SYNs to it (an iptables rule in the run's namespace). Systems:
+//!
+//! - `daas-lb`: `daas-lb run` with one `failover` service (VIP
+//!   `127.0.0.1:6444`) over both servers, default health checks; its socket
+//!   programs attach to a child cgroup the bench creates, and the client
+//!   runs in it. The victim is the service's `selected` server.
+//! - `daas-lb-k3s`: the same with `health_check: { profile: k3s }` (every
+//!   interval 1 s).
+//! - `haproxy`: Debian's HAProxy, TCP mode, `balance first` (servers in
+//!   order, the first one dies), `check inter 1s`, `retries 3`, `option
+//!   redispatch`, Debian's default timeouts (`timeout connect 5s`).
+//! - `k3s-proxy`: `tests/k3s-proxy`, built with `go build`: per client it
+//!   dials the servers in preference order (up, then recovering, then
+//!   failed; list order within a state) with a 10 s dial timeout, marks a
+//!   server failed on a dial error and dials the next one; a 1 s health loop.
+//! - `direct`: the client connects straight to the surviving server.
+//!
+//! Columns, per (event, rate):
+//!
+//! - `failed`: connects that did not get the server's byte, of all started,
+//!   with their kinds (`refused` = reset on connect, `reset`/`closed` = the
+//!   proxy gave up on an accepted connection, `aborted` = the kernel aborted
+//!   the connect, `timed out` = no connection within 10 s or no byte
+//!   within 15 s).
+//! - `longest wait`: the longest time any connect waited for its result,
+//!   and how many waited at least 1 s.
+//! - `last failure`: seconds from the death to the start of the last
+//!   connect that failed (`–`: none failed): how long new connects still
+//!   went wrong.
+//!
+//! Needs root, haproxy and go (`apt-get install haproxy golang-go`);
+//! `cargo xtask bench failover` builds the release binaries and runs it.
+//! Prints the markdown table on stdout, progress on stderr.
+//!
+//! ```text
+//! lb-failover-bench [--rates 100,1000] [--duration SECS (8)] [--events rst,blackhole]
+//!                   [--systems daas-lb,daas-lb-k3s,haproxy,k3s-proxy,direct]
+//!                   [--kill-after SECS (0.7)]
+//! ```
+
+use std::{
+    fmt::Write as _,
+    io::Read as _,
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitCode, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use lb_tests::{
+    API, Daemon, NetNs, PinDir, TempDir, TestCgroup, config_yaml,
+    failover::{ByteServer, KillMode, Outcome, SLOW, Scenario, build_k3s_proxy, run_scenario},
+    service,
+    topology::sibling_binary,
+};
+use lb_userspace::policy::state_machine::ServerState;
+
+/// The two servers, preferred first.
+const SERVERS: [Ipv4Addr; 2] = [Ipv4Addr::new(127, 0, 0, 10), Ipv4Addr::new(127, 0, 0, 11)];
+const SERVER_PORT: u16 = 7000;
+/// daas-lb's VIP.
+const VIP: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 6444);
+/// Where HAProxy and the K3s-style proxy listen.
+const HAPROXY: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7443);
+const K3S_PROXY: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7444);
+/// The daas-lb service.
+const SERVICE: &str = "failover";
+/// How long one TCP connect may take (K3s's dial timeout).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one connect may wait for the server's byte, connect included.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
+const INSTALL: &str = "apt-get install haproxy golang-go";
+
+/// A system under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum System {
+    DaasLb,
+    DaasLbK3s,
+    Haproxy,
+    K3sProxy,
+    Direct,
+}
+
+impl System {
+    const ALL: [Self; 5] = [
+        Self::DaasLb,
+        Self::DaasLbK3s,
+        Self::Haproxy,
+        Self::K3sProxy,
+        Self::Direct,
+    ];
+
+    const fn name(self) -> &'static str {
+        match self {
+            Self::DaasLb => "daas-lb",
+            Self::DaasLbK3s => "daas-lb-k3s",
+            Self::Haproxy => "haproxy",
+            Self::K3sProxy => "k3s-proxy",
+            Self::Direct => "direct",
+        }
+    }
+
+    const fn label(self) -> &'static str {
+        match self {
+            Self::DaasLb => "daas-lb, default checks",
+            Self::DaasLbK3s => "daas-lb, `profile: k3s` (1 s)",
+            Self::Haproxy => "HAProxy, `check inter 1s`, `option redispatch`",
+            Self::K3sProxy => "K3s-style proxy (Go, 10 s dial timeout)",
+            Self::Direct => "direct to the surviving server (floor)",
+        }
+    }
+}
+
+struct Options {
+    rates: Vec<u32>,
+    duration: Duration,
+    events: Vec<KillMode>,
+    systems: Vec<System>,
+    kill_after: Duration,
+}
+
+impl Options {
+    fn parse() -> Result<Self> {
+        let mut o = Self {
+            rates: vec![100, 1000],
+            duration: Duration::from_secs(8),
+            events: KillMode::ALL.to_vec(),
+            systems: System::ALL.to_vec(),
+            kill_after: Duration::from_millis(700),
+        };
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+            let list = || value.split(',').filter(|s| !s.is_empty());
+            let seconds = || -> Result<Duration> {
+                let secs: f64 = value.parse().with_context(|| format!("{flag} {value}"))?;
+                ensure!(
+                    (0.0..=60.0).contains(&secs),
+                    "{flag} {value}: 0 to 60 seconds"
+                );
+                Ok(Duration::from_secs_f64(secs))
+            };
+            match flag.as_str() {
+                "--rates" => {
+                    o.rates = list()
+                        .map(|r| r.parse().with_context(|| format!("--rates: {r}")))
+                        .collect::<Result<_>>()?;
+                    ensure!(
+                        o.rates.iter().all(|r| (1..=5000).contains(r)),
+                        "--rates {value}: each 1 to 5000 connects per second"
+                    );
+                }
+                "--duration" => o.duration = seconds()?,
+                "--kill-after" => o.kill_after = seconds()?,
+                "--events" => {
+                    o.events = list()
+                        .map(|e| e.parse().map_err(anyhow::Error::msg))
+                        .collect::<Result<_>>()?;
+                }
+                "--systems" => {
+                    o.systems = list()
+                        .map(|s| {
+                            System::ALL
+                                .into_iter()
+                                .find(|system| system.name() == s)
+                                .with_context(|| {
+                                    format!(
+                                        "--systems: unknown system {s} (one of {})",
+                                        System::ALL.map(System::name).join(", ")
+                                    )
+                                })
+                        })
+                        .collect::<Result<_>>()?;
+                }
+                other => bail!("unknown option {other}"),
+            }
+        }
+        ensure!(
+            o.kill_after < o.duration,
+            "--kill-after must be shorter than --duration"
+        );
+        ensure!(
+            !o.rates.is_empty() && !o.events.is_empty() && !o.systems.is_empty(),
+            "--rates, --events and --systems need at least one value each"
+        );
+        Ok(o)
+    }
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lb-failover-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    let options = Options::parse()?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    ensure!(
+        euid == 0,
+        "needs root (network namespaces, cgroups, BPF, iptables)"
+    );
+    let needs = |system| options.systems.contains(&system);
+    if needs(System::Haproxy) {
+        find_program("haproxy").with_context(|| format!("haproxy is not installed: {INSTALL}"))?;
+    }
+    if needs(System::K3sProxy) {
+        find_program("go").with_context(|| format!("go is not installed: {INSTALL}"))?;
+    }
+    for (env, name) in [
+        ("DAAS_LB_BIN", "daas-lb"),
+        ("LB_TEST_CLIENT", "lb-test-client"),
+    ] {
+        if std::env::var_os(env).is_none() {
+            let bin = sibling_binary(env, name);
+            // SAFETY: still single-threaded: nothing reads the environment concurrently.
+            unsafe { std::env::set_var(env, bin) };
+        }
+    }
+    let k3s_proxy = if needs(System::K3sProxy) {
+        let exe = std::env::current_exe().context("locating lb-failover-bench")?;
+        let dir = exe.parent().context("lb-failover-bench has no directory")?;
+        let built = Instant::now();
+        let binary = build_k3s_proxy(dir)?;
+        eprintln!(
+            "[failover] k3s-proxy: {} ({:.1}s)",
+            binary.display(),
+            built.elapsed().as_secs_f64()
+        );
+        Some(binary)
+    } else {
+        None
+    };
+
+    let started = Instant::now();
+    let mut results = Vec::new();
+    for &kill in &options.events {
+        for &rate in &options.rates {
+            for &system in &options.systems {
+                let scenario = Scenario {
+                    target: VIP,
+                    rate,
+                    duration: options.duration,
+                    connect_timeout: CONNECT_TIMEOUT,
+                    answer_timeout: ANSWER_TIMEOUT,
+                    kill_after: options.kill_after,
+                    kill,
+                };
+                let run_started = Instant::now();
+                let outcome = measure(system, scenario, k3s_proxy.as_deref())
+                    .with_context(|| format!("{} {kill} {rate}/s", system.name()))?;
+                eprintln!(
+                    "[failover] {} {kill} {rate}/s: {} of {} failed ({}), longest wait {:.2}s, {} \
+                     waited >= {}s, last failure {}, {} failed before the death; client: {:.0} \
+                     connects/s, max lag {:.1} ms; {:.1}s",
+                    system.name(),
+                    outcome.failed(),
+                    outcome.total,
+                    outcome.failure_kinds(),
+                    outcome.longest_wait.as_secs_f64(),
+                    outcome.slow,
+                    SLOW.as_secs(),
+                    last_failure(&outcome),
+                    outcome.failed_before_kill,
+                    outcome.achieved_rate,
+                    outcome.max_lag.as_secs_f64() * 1000.0,
+                    run_started.elapsed().as_secs_f64()
+                );
+                results.push((system, kill, rate, outcome));
+            }
+        }
+    }
+    print!("{}", table(&options, &results));
+    eprintln!(
+        "[failover] {} runs in {:.1}s",
+        results.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// One run of `system` in a fresh network namespace.
+fn measure(system: System, mut scenario: Scenario, k3s_proxy: Option<&Path>) -> Result<Outcome> {
+    // Declared first, dropped last: everything below lives in it.
+    let _ns = NetNs::new();
+    let mut servers = SERVERS
+        .iter()
+        .map(|&ip| ByteServer::bind(SocketAddr::new(ip.into(), SERVER_PORT)))
+        .collect::<Result<Vec<_>>>()?;
+    let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
+    let tmp = TempDir::new();
+    match system {
+        System::DaasLb | System::DaasLbK3s => {
+            let (pins, cgroup) = (PinDir::new(), TestCgroup::new());
+            let check = (system == System::DaasLbK3s).then_some("{ profile: k3s }");
+            let mut daemon = start_daas_lb(&tmp, &pins, &cgroup, &addrs, check);
+            let status = daemon.wait_for(
+                Duration::from_secs(20),
+                "both servers preferred or active",
+                |s| {
+                    service(s, SERVICE).servers.iter().all(|srv| {
+                        matches!(srv.state, ServerState::Preferred | ServerState::Active)
+                    })
+                },
+            );
+            let selected = service(&status, SERVICE)
+                .selected
+                .clone()
+                .context("daas-lb selected no server")?;
+            let victim = addrs
+                .iter()
+                .position(|a| a.to_string() == selected)
+                .with_context(|| format!("daas-lb selected {selected}, not one of {addrs:?}"))?;
+            let outcome = run_scenario(&scenario, &mut servers, victim, Some(&cgroup))?;
+            daemon.stop();
+            Ok(outcome)
+        }
+        System::Haproxy => {
+            let config = tmp.file("haproxy.cfg", &haproxy_config(&addrs));
+            let log = tmp.path().join("haproxy.log");
+            let mut command = Command::new("haproxy");
+            command.arg("-db").arg("-f").arg(&config);
+            let _proxy = Proxy::spawn(command, &log)?;
+            scenario.target = HAPROXY;
+            wait_answered(HAPROXY, &log)?;
+            run_scenario(&scenario, &mut servers, 0, None)
+        }
+        System::K3sProxy => {
+            let binary = k3s_proxy.context("k3s-proxy was not built")?;
+            let log = tmp.path().join("k3s-proxy.log");
+            let mut command = Command::new(binary);
+            command
+                .arg("-listen")
+                .arg(K3S_PROXY.to_string())
+                .arg("-servers")
+                .arg(
+                    addrs
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                )
+                .arg("-dial-timeout")
+                .arg(format!("{}s", CONNECT_TIMEOUT.as_secs()))
+                .arg("-check-interval")
+                .arg("1s");
+            let _proxy = Proxy::spawn(command, &log)?;
+            scenario.target = K3S_PROXY;
+            wait_answered(K3S_PROXY, &log)?;
+            run_scenario(&scenario, &mut servers, 0, None)
+        }
+        System::Direct => {
+            scenario.target = addrs[1];
+            run_scenario(&scenario, &mut servers, 0, None)
+        }
+    }
+}
+
+/// Starts `daas-lb run` with one failover service over `servers`;
+/// `check` is the `health_check` block (`None`: the defaults).
+fn start_daas_lb(
+    tmp: &TempDir,
+    pins: &PinDir,
+    cgroup: &TestCgroup,
+    servers: &[SocketAddr],
+    check: Option<&str>,
+) -> Daemon {
+    let list: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
+    let mut services = format!(
+        "  - name: {SERVICE}\n    vip: \"{VIP}\"\n    protocol: tcp\n    policy: failover\n    \
+         servers: [{}]\n",
+        list.join(", ")
+    );
+    if let Some(check) = check {
+        let _ = writeln!(services, "    health_check: {check}");
+    }
+    let yaml = config_yaml(pins, cgroup, &tmp.path().join("data"), &services);
+    let config = tmp.file("config.yaml", &yaml);
+    Daemon::spawn(
+        &["--config", &config.display().to_string()],
+        tmp.path(),
+        API,
+    )
+}
+
+/// HAProxy in TCP mode in front of `servers`: the first one is used while
+/// it is up (`balance first`), 1 s checks, 3 retries, redispatch, and the
+/// timeouts of Debian's default `haproxy.cfg`. `maxconn 9000`: HAProxy
+/// needs two files per connection and refuses to start when that is above
+/// its hard open-files limit (20000 on this project's VMs, which root
+/// cannot raise there).
+fn haproxy_config(servers: &[SocketAddr]) -> String {
+    let mut config = format!(
+        "global\n    maxconn 9000\n\ndefaults\n    mode tcp\n    timeout connect 5s\n    \
+         timeout client 50s\n    timeout server 50s\n    retries 3\n    option redispatch\n\n\
+         listen {SERVICE}\n    bind {HAPROXY}\n    balance first\n"
+    );
+    for (i, server) in servers.iter().enumerate() {
+        let _ = writeln!(config, "    server s{} {server} check inter 1s", i + 1);
+    }
+    config
+}
+
+/// A proxy process (HAProxy, k3s-proxy) with its output in a log file;
+/// killed on drop, and by the kernel if the bench dies first. Both raise
+/// their own open-files limit up to the hard one (Go does so at start,
+/// HAProxy from `maxconn`).
+struct Proxy {
+    child: Child,
+}
+
+impl Proxy {
+    fn spawn(mut command: Command, log: &Path) -> Result<Self> {
+        let file =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let err = file
+            .try_clone()
+            .with_context(|| format!("duplicating {}", log.display()))?;
+        // SAFETY: runs in the forked child before exec and only calls
+        // prctl(2), which is async-signal-safe, with valid arguments.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("spawning {command:?}"))?;
+        Ok(Self { child })
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits (at most 10 s) until a connect to `addr` gets a server's byte;
+/// the error shows the proxy's `log`.
+fn wait_answered(addr: SocketAddr, log: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match answered(addr) {
+            Ok(()) => return Ok(()),
+            Err(e) => last = format!("{e:#}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = std::fs::read_to_string(log).unwrap_or_default();
+    bail!(
+        "nothing answered through {addr} within 10 s (last: {last}); {}:\n{output}",
+        log.display()
+    )
+}
+
+fn answered(addr: SocketAddr) -> Result<()> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let mut byte = [0u8; 1];
+    let n = stream
+        .read(&mut byte)
+        .with_context(|| format!("reading from {addr}"))?;
+    ensure!(n == 1, "{addr} closed without an answer");
+    Ok(())
+}
+
+/// A program on PATH or in the sbin directories (haproxy is in /usr/sbin).
+fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+fn last_failure(outcome: &Outcome) -> String {
+    outcome
+        .last_failure
+        .map_or_else(|| "–".to_owned(), |t| format!("{t:+.2} s"))
+}
+
+fn table(o: &Options, results: &[(System, KillMode, u32, Outcome)]) -> String {
+    let mut out = format!(
+        "\n### Failover: new connects while the server in use dies\n\n\
+         Per run, a fresh network namespace: two servers on loopback behind the system; a client \
+         starts RATE new TCP connects per second for {:.0} s, each waiting at most {} s for its TCP \
+         connect and {} s for the server's first byte (connect included). {:.1} s into the run the server in use dies: \
+         `rst` closes its listener (connects get a reset), `blackhole` drops SYNs to it \
+         (iptables). failed = connects without the byte, of all; longest wait = the longest any \
+         connect waited (in brackets: how many waited ≥ {} s); last failure = seconds from the \
+         death to the start of the last failed connect. {} CPUs.\n\n| system |",
+        o.duration.as_secs_f64(),
+        CONNECT_TIMEOUT.as_secs(),
+        ANSWER_TIMEOUT.as_secs(),
+        o.kill_after.as_secs_f64(),
+        SLOW.as_secs(),
+        std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+    );
+    let mut rule = String::from("|---|");
+    for kill in &o.events {
+        for rate in &o.rates {
+            let _ = write!(
+                out,
+                " {kill} {rate}/s failed | {kill} {rate}/s longest wait | {kill} {rate}/s last failure |"
+            );
+            rule.push_str("---:|---:|---:|");
+        }
+    }
+    let _ = writeln!(out, "\n{rule}");
+    for system in &o.systems {
+        let _ = write!(out, "| {} |", system.label());
+        for &kill in &o.events {
+            for &rate in &o.rates {
+                let Some((.., outcome)) = results
+                    .iter()
+                    .find(|(s, k, r, _)| s == system && *k == kill && *r == rate)
+                else {
+                    out.push_str(" – | – | – |");
+                    continue;
+                };
+                let kinds = outcome.failure_kinds();
+                let failed = if kinds.is_empty() {
+                    format!("{} of {}", outcome.failed(), outcome.total)
+                } else {
+                    format!("{} of {} ({kinds})", outcome.failed(), outcome.total)
+                };
+                let _ = write!(
+                    out,
+                    " {failed} | {:.2} s ({}) | {} |",
+                    outcome.longest_wait.as_secs_f64(),
+                    outcome.slow,
+                    last_failure(outcome)
+                );
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
