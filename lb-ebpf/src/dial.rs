@@ -172,11 +172,9 @@ pub(crate) fn sock_ops(ctx: &SockOpsContext) {
                 finish(cookie, kind);
             }
         }
-        BPF_SOCK_OPS_RTO_CB => {
-            // SAFETY: as above; state is a readable field of bpf_sock_ops.
-            if unsafe { (*ctx.ops).state } == BPF_TCP_SYN_SENT {
-                stalled(cookie);
-            }
+        // SAFETY: as above; state is a readable field of bpf_sock_ops.
+        BPF_SOCK_OPS_RTO_CB if unsafe { (*ctx.ops).state } == BPF_TCP_SYN_SENT => {
+            stalled(cookie);
         }
         _ => {}
     }

@@ -244,7 +244,7 @@ fn dropped_syns_cost_the_connects_of_one_stall_timeout_and_nobody_waits_long() {
     };
     let mut rule = None;
     let connects = storm(&w.env, &mut w.node1, |node| {
-        rule = Some(DropSyns::add(node))
+        rule = Some(DropSyns::add(node));
     });
     drop(rule);
     let failed = failures(&connects);
