@@ -144,20 +144,23 @@ pub(crate) fn record(cookie: u64, backend_id: u32, service_id: u32, now: u64) {
 )]
 #[inline(always)]
 pub(crate) fn sock_ops(ctx: &SockOpsContext) {
+    // Runs for every TCP socket of the cgroup: the cookie is read only by
+    // the callbacks that use it.
     // SAFETY: bpf_get_socket_cookie accepts the sock_ops context pointer.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let cookie = || unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     match ctx.op() {
         BPF_SOCK_OPS_TCP_CONNECT_CB => {
             // Callbacks only for the sockets the connect hooks redirected.
-            if DIALS.get_ptr(cookie).is_some() {
+            if DIALS.get_ptr(cookie()).is_some() {
                 let _ = ctx
                     .set_cb_flags((BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG) as i32);
             }
         }
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
-            finish(cookie, dial_kind::SUCCESS);
-            // Nothing more to watch on this connection.
-            let _ = ctx.set_cb_flags(0);
+            if finish(cookie(), dial_kind::SUCCESS) {
+                // Nothing more to watch on this connection.
+                let _ = ctx.set_cb_flags(0);
+            }
         }
         BPF_SOCK_OPS_STATE_CB => {
             if ctx.arg(0) == BPF_TCP_SYN_SENT && ctx.arg(1) == BPF_TCP_CLOSE {
@@ -169,27 +172,29 @@ pub(crate) fn sock_ops(ctx: &SockOpsContext) {
                 } else {
                     dial_kind::RESET
                 };
-                finish(cookie, kind);
+                finish(cookie(), kind);
             }
         }
         // SAFETY: as above; state is a readable field of bpf_sock_ops.
         BPF_SOCK_OPS_RTO_CB if unsafe { (*ctx.ops).state } == BPF_TCP_SYN_SENT => {
-            stalled(cookie);
+            stalled(cookie());
         }
         _ => {}
     }
 }
 
 /// A dial's outcome: the backend's marks follow it, the controller hears
-/// of it, the dial is forgotten.
+/// of it, the dial is forgotten. Returns whether `cookie` was a tracked
+/// dial (a socket the connect hooks did not redirect, or one whose connect
+/// the controller aborted, is not).
 #[expect(
     clippy::inline_always,
     reason = "one flat program per hook keeps verifier state small and avoids BPF-to-BPF calls"
 )]
 #[inline(always)]
-fn finish(cookie: u64, kind: u32) {
+fn finish(cookie: u64, kind: u32) -> bool {
     let Some(start) = DIALS.get_ptr(cookie) else {
-        return;
+        return false;
     };
     // SAFETY: pointer from a successful lookup, copied at once.
     let start = unsafe { start.read() };
@@ -211,6 +216,7 @@ fn finish(cookie: u64, kind: u32) {
         now.saturating_sub(start.start_ns),
     );
     let _ = DIALS.remove(cookie);
+    true
 }
 
 /// A SYN of a tracked dial was retransmitted: its backend is suspect

@@ -518,9 +518,13 @@ fn retire(state: &mut State, mut service: ServiceRuntime) {
         &name,
     );
     let servers: Vec<SocketAddr> = service.servers.keys().copied().collect();
-    match state.connections.close(service.id, &servers, |key| {
-        state.dataplane.maps.rev_nat.get(key)
-    }) {
+    let closing = state.connections.close(
+        service.id,
+        &servers,
+        |key| state.dataplane.maps.rev_nat.get(key),
+        |cookie| state.dataplane.maps.dials.forget(cookie),
+    );
+    match closing {
         Ok(closed) => {
             info!(service = %service.config.name, destroyed = closed.destroyed, "service removed; its connections were closed");
         }

@@ -50,9 +50,13 @@ pub(super) fn settle(
     if service.config.remote {
         forget_xdp_flows(dataplane, service, &effects.close);
     }
-    match connections.close(service.id, &effects.close, |key| {
-        dataplane.maps.rev_nat.get(key)
-    }) {
+    let closing = connections.close(
+        service.id,
+        &effects.close,
+        |key| dataplane.maps.rev_nat.get(key),
+        |cookie| dataplane.maps.dials.forget(cookie),
+    );
+    match closing {
         Ok(closed) => {
             counters.closed(name, closed.destroyed as u64);
             if closed.failed == 0 {

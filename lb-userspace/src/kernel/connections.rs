@@ -27,6 +27,8 @@ use crate::kernel::sock_diag::{SockDiag, SocketInfo, Transport, state_mask};
 /// TCP states closed on demand: established, SYN sent (a connect still
 /// waiting on a dead server), close-wait.
 const TCP_CLOSED: u32 = state_mask(1) | state_mask(2) | state_mask(8);
+/// The TCP state of a socket whose connect is still waiting.
+const TCP_SYN_SENT: u8 = 2;
 /// UDP: connected sockets report state 1.
 const UDP_CONNECTED: u32 = state_mask(1);
 
@@ -141,12 +143,15 @@ impl Connections {
 
     /// Destroys every connection of `service_id` to each of `servers`
     /// (TCP: established, connecting or half-closed; UDP: connected), so
-    /// their clients see an error at once.
+    /// their clients see an error at once. `aborting` gets the cookie of
+    /// each TCP socket still connecting just before it is destroyed (so the
+    /// kernel does not report the abort as the server's failed dial).
     pub fn close(
         &mut self,
         service_id: u32,
         servers: &[SocketAddr],
         lookup: impl Fn(&RevNatKey) -> Option<RevNatValue>,
+        mut aborting: impl FnMut(u64),
     ) -> anyhow::Result<Closed> {
         let start = Instant::now();
         let mut sockets = self
@@ -161,6 +166,9 @@ impl Connections {
         for found in via_vip(&sockets, &wanted, lookup) {
             if found.service_id != service_id {
                 continue;
+            }
+            if found.socket.transport == Transport::Tcp && found.socket.state == TCP_SYN_SENT {
+                aborting(found.socket.cookie);
             }
             match self.diag.destroy(&found.socket) {
                 Ok(true) => closed.destroyed += 1,

@@ -266,33 +266,28 @@ impl Dataplane {
             cgroup_dir,
             cgroup_id,
         };
-        for name in program_names::ALL {
-            let program: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .with_context(|| format!("program {name} missing from the eBPF object"))?
-                .try_into()
-                .with_context(|| format!("program {name} is not a cgroup sock_addr program"))?;
-            load_retrying(|| program.load())
-                .with_context(|| format!("loading program {name} (verifier)"))?;
-            let prog_fd = program.fd().context("program fd")?.try_clone()?;
-            links.attach(name, prog_fd.as_fd(), report, |cgroup| {
-                let id = program.attach(cgroup, CgroupAttachMode::Single)?;
-                Ok(program.take_link(id)?.try_into()?)
-            })?;
+        // Loads program `$name` as a `$kind` and attaches it through its link.
+        macro_rules! load_and_link {
+            ($name:expr, $kind:ty, $what:literal) => {{
+                let name = $name;
+                let program: &mut $kind = ebpf
+                    .program_mut(name)
+                    .with_context(|| format!("program {name} missing from the eBPF object"))?
+                    .try_into()
+                    .with_context(|| format!("program {name} is not a {}", $what))?;
+                load_retrying(|| program.load())
+                    .with_context(|| format!("loading program {name} (verifier)"))?;
+                let prog_fd = program.fd().context("program fd")?.try_clone()?;
+                links.attach(name, prog_fd.as_fd(), report, |cgroup| {
+                    let id = program.attach(cgroup, CgroupAttachMode::Single)?;
+                    Ok(program.take_link(id)?.try_into()?)
+                })?;
+            }};
         }
-        let name = program_names::SOCK_OPS;
-        let program: &mut SockOps = ebpf
-            .program_mut(name)
-            .with_context(|| format!("program {name} missing from the eBPF object"))?
-            .try_into()
-            .with_context(|| format!("program {name} is not a sock_ops program"))?;
-        load_retrying(|| program.load())
-            .with_context(|| format!("loading program {name} (verifier)"))?;
-        let prog_fd = program.fd().context("program fd")?.try_clone()?;
-        links.attach(name, prog_fd.as_fd(), report, |cgroup| {
-            let id = program.attach(cgroup, CgroupAttachMode::Single)?;
-            Ok(program.take_link(id)?.try_into()?)
-        })?;
+        for name in program_names::ALL {
+            load_and_link!(name, CgroupSockAddr, "cgroup sock_addr program");
+        }
+        load_and_link!(program_names::SOCK_OPS, SockOps, "sock_ops program");
 
         let nr_cpus = nr_cpus().map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))?;
         Ok(Self {

@@ -1,12 +1,29 @@
-//! The maps of kernel-observed dials (see `lb_common::dial`):
-//! `backend_dial` (the kernel's suspect marks, cleared here once a server
+//! The maps of kernel-observed dials (see `lb_common::dial`): `dials`
+//! (entries forgotten here before the controller aborts a connect, so the
+//! abort is not reported as a failed dial), `backend_dial` (the kernel's suspect marks, cleared here once a server
 //! is usable again), `failover` (each TCP service's candidates past a
 //! suspect backend, written here) and the `dial_events` ring buffer (read
 //! by the controller's dial task, which takes it).
 
 use anyhow::Context as _;
-use aya::maps::{Array, MapData, RingBuf};
-use lb_common::{BackendDial, Failover};
+use aya::maps::{Array, HashMap, MapData, MapError, RingBuf};
+use lb_common::{BackendDial, DialStart, Failover};
+use tracing::debug;
+
+/// The `dials` map.
+pub struct DialsMap(pub(super) HashMap<MapData, u64, DialStart>);
+
+impl DialsMap {
+    /// Forgets the dial of socket `cookie`: its end is not reported.
+    pub fn forget(&mut self, cookie: u64) {
+        match self.0.remove(&cookie) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(err) => {
+                debug!(cookie, error = %err, "could not remove a dials entry; its abort will be reported as a failed dial")
+            }
+        }
+    }
+}
 
 /// The `backend_dial` map.
 pub struct BackendDialMap(pub(super) Array<MapData, BackendDial>);

@@ -24,7 +24,7 @@ use lb_common::map_names;
 
 pub use self::{
     backends::Backends,
-    dial::{BackendDialMap, DialEvents, FailoverMap},
+    dial::{BackendDialMap, DialEvents, DialsMap, FailoverMap},
     flows::Flows,
     maglev::Maglev,
     rev_nat::RevNat,
@@ -55,6 +55,8 @@ pub struct Maps {
     pub xdp_stats: XdpStats,
     /// `flows`: XDP's connection table.
     pub flows: Flows,
+    /// `dials`: TCP connects through a VIP awaiting their outcome.
+    pub dials: DialsMap,
     /// `backend_dial`: the kernel's suspect marks per backend.
     pub backend_dial: BackendDialMap,
     /// `failover`: each TCP service's candidates past a suspect backend.
@@ -77,6 +79,7 @@ impl Maps {
             if_addrs: IfAddrsMap(take(ebpf, map_names::IF_ADDRS)?),
             xdp_stats: XdpStats(take(ebpf, map_names::XDP_STATS)?),
             flows: Flows(take(ebpf, map_names::FLOWS)?),
+            dials: DialsMap(take(ebpf, map_names::DIALS)?),
             backend_dial: BackendDialMap(take(ebpf, map_names::BACKEND_DIAL)?),
             failover: FailoverMap(take(ebpf, map_names::FAILOVER)?),
             dial_events: DialEvents(Some(take(ebpf, map_names::DIAL_EVENTS)?)),
