@@ -275,5 +275,6 @@ fn dropped_syns_cost_the_connects_of_one_stall_timeout_and_nobody_waits_long() {
     assert!(dial_failures(&w.daemon, &w.node1, "stalled") >= 1.0);
     // The connects the controller aborted are its own doing, not resets
     // from node1.
-    assert_eq!(dial_failures(&w.daemon, &w.node1, "reset"), 0.0);
+    let resets = dial_failures(&w.daemon, &w.node1, "reset");
+    assert!(resets < 0.5, "{resets} resets counted for node1");
 }

@@ -19,7 +19,7 @@ impl DialsMap {
         match self.0.remove(&cookie) {
             Ok(()) | Err(MapError::KeyNotFound) => {}
             Err(err) => {
-                debug!(cookie, error = %err, "could not remove a dials entry; its abort will be reported as a failed dial")
+                debug!(cookie, error = %err, "could not remove a dials entry; its abort will be reported as a failed dial");
             }
         }
     }
