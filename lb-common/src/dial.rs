@@ -23,7 +23,8 @@
 //!    rewrites the maps, and clears a backend's mark once it is usable
 //!    again.
 //!
-//! UDP has no dial: UDP services stay probe-driven.
+//! Only services whose [`Failover`] entry has [`failover_flag::TRACK`] take
+//! part. UDP has no dial: UDP services stay probe-driven.
 
 /// Capacity of the `dials` LRU map: TCP connects through a VIP whose
 /// outcome has not been seen yet.
@@ -75,14 +76,23 @@ pub struct Failover {
     pub backend_ids: [u32; MAX_FAILOVER],
     /// How many of `backend_ids` are set.
     pub count: u32,
-    /// Explicit padding (always zero).
-    pub pad: u32,
+    /// [`failover_flag`] bits.
+    pub flags: u32,
     /// A backend with a SYN outstanding this long, and no dial completed
     /// since, is suspect; 0 turns this off.
     pub suspect_after_ns: u64,
 }
 
 const _: () = assert!(size_of::<Failover>() == 48);
+
+/// [`Failover::flags`] bits.
+pub mod failover_flag {
+    /// The service's TCP connects are tracked: the connect hooks skip
+    /// suspect backends and record each dial for `sock_ops`. Without it
+    /// (`dial_tracking: false`, or no entry written yet) connects go where
+    /// the service entry says and no dial is seen.
+    pub const TRACK: u32 = 1;
+}
 
 /// One record of the `dial_events` ring buffer.
 #[repr(C)]
@@ -99,9 +109,12 @@ pub struct DialEvent {
     pub kind: u32,
     /// Explicit padding (always zero).
     pub pad: u32,
+    /// When the kernel saw the outcome (`bpf_ktime_get_ns()`,
+    /// `CLOCK_MONOTONIC`): the controller measures its reaction from here.
+    pub at_ns: u64,
 }
 
-const _: () = assert!(size_of::<DialEvent>() == 24);
+const _: () = assert!(size_of::<DialEvent>() == 32);
 
 /// [`DialEvent::kind`] values.
 pub mod dial_kind {

@@ -18,7 +18,9 @@ pub mod maps;
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-pub use dial::{BackendDial, DialEvent, DialStart, Failover, MAX_DIALS, MAX_FAILOVER, dial_kind};
+pub use dial::{
+    BackendDial, DialEvent, DialStart, Failover, MAX_DIALS, MAX_FAILOVER, dial_kind, failover_flag,
+};
 
 /// Linux `AF_INET`.
 pub const AF_INET: u8 = 2;

@@ -2,7 +2,8 @@
 //! connect hook's side (skip a suspect backend, record the dial) and the
 //! `sock_ops` side (see the dial succeed or fail, mark the backend, report).
 //!
-//! Invariants: only TCP connects the socket hooks redirected are tracked
+//! Invariants: only TCP connects the socket hooks redirected to a service
+//! with [`failover_flag::TRACK`] are tracked
 //! (they have a `dials` entry; `sock_ops` asks for callbacks on those
 //! sockets only and stops them once the connection is established); a
 //! connect is never refused or stranded here: when every candidate is
@@ -19,7 +20,7 @@ use aya_ebpf::{
     helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns},
     programs::SockOpsContext,
 };
-use lb_common::{DialEvent, DialStart, MAX_FAILOVER, dial_kind};
+use lb_common::{DialEvent, DialStart, Failover, MAX_FAILOVER, dial_kind, failover_flag};
 
 use crate::maps::{BACKEND_DIAL, DIAL_EVENTS, DIALS, FAILOVER};
 
@@ -47,6 +48,7 @@ fn report(kind: u32, backend_id: u32, service_id: u32, duration_ns: u64) {
         service_id,
         kind,
         pad: 0,
+        at_ns: now(),
     };
     let _ = DIAL_EVENTS.output(event, 0);
 }
@@ -84,6 +86,19 @@ fn usable(backend_id: u32, service_id: u32, now: u64, bound: u64) -> bool {
     true
 }
 
+/// The service's failover entry when its TCP connects are tracked
+/// ([`failover_flag::TRACK`]).
+#[expect(
+    clippy::inline_always,
+    reason = "one flat program per hook keeps verifier state small and avoids BPF-to-BPF calls"
+)]
+#[inline(always)]
+pub(crate) fn tracked(service_id: u32) -> Option<&'static Failover> {
+    FAILOVER
+        .get(service_id)
+        .filter(|f| f.flags & failover_flag::TRACK != 0)
+}
+
 /// The backend a new TCP connect of service `service_id` takes: `picked`
 /// when it is usable, else the first usable one of the service's failover
 /// list, else `picked` (fail open).
@@ -92,15 +107,11 @@ fn usable(backend_id: u32, service_id: u32, now: u64, bound: u64) -> bool {
     reason = "one flat program per hook keeps verifier state small and avoids BPF-to-BPF calls"
 )]
 #[inline(always)]
-pub(crate) fn avoid_suspect(service_id: u32, picked: u32, now: u64) -> u32 {
-    let failover = FAILOVER.get(service_id);
-    let bound = failover.map_or(0, |f| f.suspect_after_ns);
+pub(crate) fn avoid_suspect(failover: &Failover, service_id: u32, picked: u32, now: u64) -> u32 {
+    let bound = failover.suspect_after_ns;
     if usable(picked, service_id, now, bound) {
         return picked;
     }
-    let Some(failover) = failover else {
-        return picked;
-    };
     let count = failover.count as usize;
     let mut i = 0;
     while i < MAX_FAILOVER && i < count {

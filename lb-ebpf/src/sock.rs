@@ -78,12 +78,19 @@ pub(crate) fn forward(ctx: &SockAddrContext, family: u8, call: Call) -> i32 {
     let cookie = ctx::cookie(ctx);
     // The cookie is a counter: `mix64` spreads it over the table.
     let mut backend_id = choice::pick(&service, || mix64(cookie));
-    // TCP connects are dials: they skip a backend that just failed one, and
-    // `sock_ops` sees how they end (see `dial`).
-    let dial = call == Call::Connect && proto == PROTO_TCP;
+    // TCP connects of a tracked service are dials: they skip a backend that
+    // just failed one, and `sock_ops` sees how they end (see `dial`).
+    let failover = if call == Call::Connect && proto == PROTO_TCP {
+        dial::tracked(service.id)
+    } else {
+        None
+    };
+    let dial = failover.is_some();
     let now = if dial { dial::now() } else { 0 };
-    if dial && backend_id != NO_BACKEND {
-        backend_id = dial::avoid_suspect(service.id, backend_id, now);
+    if let Some(failover) = failover
+        && backend_id != NO_BACKEND
+    {
+        backend_id = dial::avoid_suspect(failover, service.id, backend_id, now);
     }
     let backend = if backend_id == NO_BACKEND {
         None

@@ -210,6 +210,13 @@ const PROBE_DIAL_DURATION: Family<2> = Family {
     labels: ["name", "status"],
 };
 
+const DIAL_REACTION: Family<0> = Family {
+    name: "daas_lb_dial_reaction_seconds",
+    kind: MetricType::HISTOGRAM,
+    help: "From the kernel seeing a client connect fail or stall to the controller having rewritten the maps for it.",
+    labels: [],
+};
+
 const DIAL_FAILURES: Family<3> = Family::counter(
     "daas_lb_dial_failures_total",
     "Client connects through the VIP the kernel saw fail or stall, by service, server and reason (reset, timeout, stalled).",
@@ -399,6 +406,10 @@ fn dial_histogram(family: &Family<2>) -> prometheus::Result<prometheus::Histogra
     prometheus::Histogram::with_opts(HistogramOpts::new(family.name, family.help).buckets(buckets))
 }
 
+/// Reaction buckets: upper bounds 0.1 ms × 2^k, k < [`REACTION_BUCKETS`]
+/// (up to 204.8 ms), then `+Inf`.
+pub const REACTION_BUCKETS: usize = 12;
+
 /// Counters the controller keeps (the rest of the metrics is read from the
 /// status document, i.e. from the kernel and the state machines). A clone
 /// shares the dial histograms.
@@ -416,6 +427,8 @@ pub struct Counters {
     pub dials: BTreeMap<(String, DialStatus), prometheus::Histogram>,
     /// Probe dial durations per (service, outcome).
     pub probe_dials: BTreeMap<(String, DialStatus), prometheus::Histogram>,
+    /// From a failed client dial in the kernel to the maps rewritten.
+    pub dial_reaction: Option<prometheus::Histogram>,
     /// Client dials the kernel saw fail, per (service, server, reason).
     pub dial_failures: BTreeMap<(String, String, &'static str), u64>,
     /// How long the last connection count took (dump, lookups, events).
@@ -490,6 +503,21 @@ impl Counters {
                     .expect("constant, valid name and buckets (see the tests)")
             })
             .observe(duration.as_secs_f64());
+    }
+
+    /// Records how long the controller took from a failed client dial in
+    /// the kernel to the maps rewritten.
+    pub fn observe_dial_reaction(&mut self, reaction: Duration) {
+        self.dial_reaction
+            .get_or_insert_with(|| {
+                let buckets = exponential_buckets(0.0001, 2.0, REACTION_BUCKETS)
+                    .expect("constant, valid buckets (see the tests)");
+                prometheus::Histogram::with_opts(
+                    HistogramOpts::new(DIAL_REACTION.name, DIAL_REACTION.help).buckets(buckets),
+                )
+                .expect("constant, valid name and buckets (see the tests)")
+            })
+            .observe(reaction.as_secs_f64());
     }
 
     /// Counts a client dial the kernel saw fail or stall.
@@ -580,6 +608,14 @@ pub fn render(status: &Status, counters: &Counters) -> String {
             })),
         );
     }
+    families.push(
+        DIAL_REACTION.with(
+            counters
+                .dial_reaction
+                .iter()
+                .map(prometheus::core::Metric::metric),
+        ),
+    );
     families.push(
         DIAL_FAILURES.with(
             counters
@@ -732,6 +768,7 @@ mod tests {
             score: None,
             attestation: None,
             attestation_failure: None,
+            dial: None,
         }
     }
 
@@ -752,6 +789,7 @@ mod tests {
                     snat_ports: 3,
                     ..XdpDrops::default()
                 },
+                dial_stall_after_ms: None,
                 servers: vec![
                     server("10.0.0.1:1", ServerState::Active, 3),
                     server("10.0.0.2:1", ServerState::Failed, 0),

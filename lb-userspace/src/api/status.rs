@@ -118,6 +118,11 @@ pub struct ServiceStatus {
     /// Packets XDP dropped for this service, by reason.
     #[serde(default)]
     pub xdp_drops: XdpDrops,
+    /// How long a SYN may wait before the kernel skips its server, as
+    /// applied now (`dial_stall_timeout`; 0: off); absent when the
+    /// service's connects are not tracked (UDP, `dial_tracking: false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dial_stall_after_ms: Option<f64>,
     /// Servers in config order, then the default server if it is not among them.
     pub servers: Vec<ServerStatus>,
 }
@@ -184,6 +189,26 @@ pub struct ServerStatus {
     /// (`bad_signature`, `stale`, `wrong_key`, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attestation_failure: Option<String>,
+    /// Client dials the kernel saw (TCP services with `dial_tracking`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dial: Option<DialStatus>,
+}
+
+/// What the kernel's view of client dials says about one server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DialStatus {
+    /// `ok`; `suspect` (a client dial failed: the kernel skips the server
+    /// and a probe is on its way); `confirmed` (a probe failed too).
+    pub state: String,
+    /// Since when it is suspect, RFC 3339 UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// How the dial failed: `reset`, `timeout` or `stalled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Its smoothed dial time (client and probe dials), once one was timed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smoothed_ms: Option<f64>,
 }
 
 /// A verified performance attestation, as status shows it.
@@ -290,6 +315,14 @@ impl Status {
                 }
                 if let Some(failure) = &server.attestation_failure {
                     let _ = write!(address, " ATTESTATION {failure}");
+                }
+                if let Some(dial) = server.dial.as_ref().filter(|d| d.state != "ok") {
+                    let _ = write!(
+                        address,
+                        " DIAL {} {}",
+                        dial.state.to_uppercase(),
+                        dial.reason.as_deref().unwrap_or("")
+                    );
                 }
                 let check = server.last_check.as_ref().map_or_else(
                     || "-".to_owned(),
@@ -445,7 +478,9 @@ mod tests {
                     score: None,
                     attestation: None,
                     attestation_failure: None,
+                    dial: None,
                 }],
+                dial_stall_after_ms: Some(100.0),
             }],
             xdp: None,
             registry: None,
@@ -488,6 +523,36 @@ mod tests {
         assert_eq!(age("2026-11-22T04:58:00.000Z", now), "2m10s");
         assert_eq!(age("2026-11-22T05:00:06Z", now), "4s");
         assert_eq!(age("garbage", now), "?");
+    }
+
+    #[test]
+    fn table_and_json_show_a_suspect_server() {
+        let mut status = sample();
+        status.services[0].servers[0].dial = Some(DialStatus {
+            state: "confirmed".into(),
+            since: Some("2026-11-22T05:00:00.000Z".into()),
+            reason: Some("reset".into()),
+            smoothed_ms: Some(0.05),
+        });
+        let table = status.to_table();
+        assert!(
+            table.contains("10.0.0.1:9345 DIAL CONFIRMED reset"),
+            "{table}"
+        );
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(
+            json["services"][0]["servers"][0]["dial"]["state"],
+            "confirmed"
+        );
+        assert_eq!(json["services"][0]["dial_stall_after_ms"], 100.0);
+        // A server whose dials are fine is not flagged in the table.
+        status.services[0].servers[0].dial = Some(DialStatus {
+            state: "ok".into(),
+            since: None,
+            reason: None,
+            smoothed_ms: None,
+        });
+        assert!(!status.to_table().contains("DIAL"));
     }
 
     #[test]

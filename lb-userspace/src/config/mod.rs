@@ -415,14 +415,36 @@ pub struct ServiceConfig {
     /// Whether the XDP program forwards remote clients' packets to this VIP
     /// (`remote`, default false; needs the `xdp` block).
     pub remote: bool,
+    /// Whether the kernel watches this service's TCP connects: skips a
+    /// backend whose dial just failed and reports every dial's outcome
+    /// (`dial_tracking`, default true; TCP only).
+    pub dial_tracking: bool,
     /// How long a SYN to a server may wait with no dial to it completing
     /// before the kernel stops sending new connects there
-    /// (`dial_stall_timeout`, default
-    /// [`ServiceConfig::DEFAULT_DIAL_STALL_TIMEOUT`]; 0 turns it off; TCP).
-    pub dial_stall_timeout: Duration,
+    /// (`dial_stall_timeout`, default `auto`; TCP).
+    pub dial_stall_timeout: DialStall,
     /// Servers discovered on chain besides `servers` (`discovery`; needs
     /// the `chain` block).
     pub discovery: Option<DiscoveryConfig>,
+}
+
+/// A service's `dial_stall_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DialStall {
+    /// `auto`: derived from the servers' normal dial time
+    /// ([`crate::policy::dial_stall`]).
+    Auto,
+    /// A fixed bound; zero turns stall detection off.
+    Fixed(Duration),
+}
+
+impl fmt::Display for DialStall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Fixed(bound) => write!(f, "{}", humantime::format_duration(*bound)),
+        }
+    }
 }
 
 /// Transport protocol of a service.
@@ -756,10 +778,7 @@ impl ServiceConfig {
     pub const DEFAULT_MAGLEV_TABLE_SIZE: u32 = 16381;
     /// Largest accepted `maglev_table_size` (a prime).
     pub const MAX_MAGLEV_TABLE_SIZE: u32 = 65537;
-    /// Default `dial_stall_timeout`: far above a dial on a LAN or loopback
-    /// (well under 10 ms), well below TCP's first SYN retransmission (1 s).
-    pub const DEFAULT_DIAL_STALL_TIMEOUT: Duration = Duration::from_millis(250);
-    /// Largest accepted `dial_stall_timeout`.
+    /// Largest accepted fixed `dial_stall_timeout`.
     pub const MAX_DIAL_STALL_TIMEOUT: Duration = Duration::from_secs(10);
     /// Maglev spreads connections evenly only with at least this many table
     /// slots per server.
@@ -779,11 +798,12 @@ impl Serialize for ServiceConfig {
             maglev_table_size,
             health_check,
             remote,
+            dial_tracking,
             dial_stall_timeout,
             discovery,
         } = self;
         let spread = *policy == Policy::Spread;
-        let fields = 9 + usize::from(spread) + usize::from(discovery.is_some());
+        let fields = 10 + usize::from(spread) + usize::from(discovery.is_some());
         let mut service = serializer.serialize_struct("ServiceConfig", fields)?;
         service.serialize_field("name", name)?;
         service.serialize_field("vip", vip)?;
@@ -798,10 +818,8 @@ impl Serialize for ServiceConfig {
         }
         service.serialize_field("health_check", health_check)?;
         service.serialize_field("remote", remote)?;
-        service.serialize_field(
-            "dial_stall_timeout",
-            &humantime::format_duration(*dial_stall_timeout).to_string(),
-        )?;
+        service.serialize_field("dial_tracking", dial_tracking)?;
+        service.serialize_field("dial_stall_timeout", &dial_stall_timeout.to_string())?;
         if let Some(discovery) = discovery {
             service.serialize_field("discovery", discovery)?;
         } else {

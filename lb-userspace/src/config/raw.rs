@@ -154,6 +154,7 @@ pub(super) struct RawService {
     pub(super) maglev_table_size: Option<Spanned<String>>,
     pub(super) health_check: Option<Spanned<RawHealthCheck>>,
     pub(super) remote: Option<Spanned<String>>,
+    pub(super) dial_tracking: Option<Spanned<String>>,
     pub(super) dial_stall_timeout: Option<Spanned<String>>,
     pub(super) discovery: Option<Spanned<RawDiscovery>>,
 }

@@ -86,7 +86,8 @@ fn full_example() {
                     jitter_percent: 10,
                 },
                 remote: false,
-                dial_stall_timeout: ServiceConfig::DEFAULT_DIAL_STALL_TIMEOUT,
+                dial_tracking: true,
+                dial_stall_timeout: DialStall::Auto,
                 discovery: None,
             }],
             max_concurrent_checks: 64,
@@ -1867,6 +1868,47 @@ fn remote_services() {
     );
     let message = error(&yaml);
     assert!(!message.contains("services[0].remote"), "{message}");
+}
+
+#[test]
+fn dial_tracking_and_stall_settings() {
+    let service = &parse(&with_service("")).services[0];
+    assert!(service.dial_tracking);
+    assert_eq!(service.dial_stall_timeout, DialStall::Auto);
+    let stall = |text: &str| {
+        parse(&with_service(&format!("    dial_stall_timeout: {text}\n"))).services[0]
+            .dial_stall_timeout
+    };
+    assert_eq!(stall("auto"), DialStall::Auto);
+    assert_eq!(stall("0s"), DialStall::Fixed(Duration::ZERO));
+    assert_eq!(stall("40ms"), DialStall::Fixed(Duration::from_millis(40)));
+    assert_eq!(stall("10s"), DialStall::Fixed(Duration::from_secs(10)));
+    assert!(!parse(&with_service("    dial_tracking: false\n")).services[0].dial_tracking);
+    assert_error(
+        &with_service("    dial_stall_timeout: 11s\n"),
+        "services[0].dial_stall_timeout",
+        5,
+        "11s is too long; expected at most 10s",
+    );
+    assert_error(
+        &with_service("    dial_stall_timeout: soon\n"),
+        "services[0].dial_stall_timeout",
+        5,
+        "expected auto, 0s (off) or a duration",
+    );
+    assert_error(
+        &with_service("    dial_tracking: maybe\n"),
+        "services[0].dial_tracking",
+        5,
+        "expected true or false",
+    );
+    // Both read back as written.
+    let yaml = with_service("    dial_tracking: false\n    dial_stall_timeout: 40ms\n");
+    let value = serde_json::to_value(&parse(&yaml)).unwrap();
+    assert_eq!(value["services"][0]["dial_tracking"], false);
+    assert_eq!(value["services"][0]["dial_stall_timeout"], "40ms");
+    let value = serde_json::to_value(&parse(&with_service(""))).unwrap();
+    assert_eq!(value["services"][0]["dial_stall_timeout"], "auto");
 }
 
 #[test]

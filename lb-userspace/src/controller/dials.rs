@@ -61,6 +61,23 @@ async fn read_loop(controller: Controller, mut ring: AsyncFd<RingBuf<MapData>>) 
     }
 }
 
+/// The clock of [`DialEvent::at_ns`] (`bpf_ktime_get_ns`: `CLOCK_MONOTONIC`),
+/// in ns.
+pub(super) fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
+    if rc != 0 {
+        // CLOCK_MONOTONIC always exists on Linux; 0 makes every reaction
+        // read as 0 rather than panicking the controller.
+        return 0;
+    }
+    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
+}
+
 /// A record as the kernel wrote it (`None`: not a [`DialEvent`]).
 fn decode(record: &[u8]) -> Option<DialEvent> {
     if record.len() != size_of::<DialEvent>() {
@@ -83,10 +100,25 @@ mod tests {
             service_id: 1,
             kind: lb_common::dial_kind::RESET,
             pad: 0,
+            at_ns: 77,
         };
         // SAFETY: DialEvent is plain integers without padding.
-        let bytes: [u8; 24] = unsafe { core::mem::transmute(event) };
+        let bytes: [u8; 32] = unsafe { core::mem::transmute(event) };
         assert_eq!(decode(&bytes), Some(event));
-        assert_eq!(decode(&bytes[..20]), None);
+        assert_eq!(decode(&bytes[..24]), None);
+    }
+
+    #[test]
+    fn the_clock_is_the_kernels_monotonic_one() {
+        let a = monotonic_ns();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = monotonic_ns();
+        assert!(b - a >= 2_000_000, "{a} {b}");
+        // CLOCK_MONOTONIC counts from boot: far below the wall clock's ns.
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        assert!(u128::from(b) < wall / 2);
     }
 }

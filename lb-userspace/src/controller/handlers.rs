@@ -9,13 +9,15 @@ use std::{
 };
 
 use lb_common::{DialEvent, IfAddrs, dial_kind};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{
-    attestation, checks, dials, discovery,
+    attestation, checks,
+    dials::{self, monotonic_ns},
+    discovery,
     events::{Event, ServersError},
     poller, reconcile,
-    runtime::State,
+    runtime::{State, Suspicion},
     settle::settle,
     status,
 };
@@ -195,7 +197,9 @@ impl State {
             };
             self.counters
                 .observe_probe_dial(service_name, status, dial.duration);
-            if !dial.ok {
+            if dial.ok {
+                server.dial_time.observe(dial.duration);
+            } else {
                 if outcome.ok {
                     warn!(service = service_name, server = %address, reason = %outcome.reason, "check passes but connects to the server fail");
                 }
@@ -205,20 +209,27 @@ impl State {
         if outcome.ok {
             // The server answers: a suspect mark the kernel set on a failed
             // client dial was a false alarm, or the server is back.
+            let suspicion = server.suspect.take();
             match self
                 .dataplane
                 .maps
                 .backend_dial
                 .clear_suspect(server.backend_id)
             {
-                Ok(true) => {
-                    info!(service = service_name, server = %address, "probe passes: the kernel's suspect mark is cleared");
+                Ok(cleared) => {
+                    if cleared || suspicion.is_some() {
+                        info!(service = service_name, server = %address, reason = suspicion.map_or("", |s| s.reason), confirmed = suspicion.is_some_and(|s| s.confirmed), "probe passes: the server is no longer suspect, the kernel may send connects to it again");
+                    }
                 }
-                Ok(false) => {}
                 Err(err) => {
                     warn!(service = service_name, server = %address, error = format!("{err:#}"), "could not clear the kernel's suspect mark");
                 }
             }
+        } else if let Some(suspicion) = server.suspect.as_mut()
+            && !suspicion.confirmed
+        {
+            suspicion.confirmed = true;
+            warn!(service = service_name, server = %address, reason = suspicion.reason, check = %outcome.reason, "probe confirms the failed client dial: the server stays suspect until a probe passes");
         }
         server.last_check = Some((outcome, SystemTime::now()));
         settle(
@@ -236,6 +247,8 @@ impl State {
     fn dials(&mut self, events: &[DialEvent]) {
         let now = Instant::now();
         let mut touched: Vec<(usize, Effects)> = Vec::new();
+        // When the kernel saw each failure (`CLOCK_MONOTONIC` ns).
+        let mut failed: Vec<u64> = Vec::new();
         for event in events {
             let Some(index) = self.services.iter().position(|s| s.id == event.service_id) else {
                 continue;
@@ -243,7 +256,7 @@ impl State {
             let service = &mut self.services[index];
             let Some((&address, server)) = service
                 .servers
-                .iter()
+                .iter_mut()
                 .find(|(_, r)| r.backend_id == event.backend_id)
             else {
                 continue;
@@ -253,8 +266,14 @@ impl State {
             let effects = if event.kind == dial_kind::SUCCESS {
                 self.counters
                     .observe_dial(name, DialStatus::Success, duration);
+                server.dial_time.observe(duration);
+                // The kernel cleared its mark on this success.
+                if server.suspect.take().is_some() {
+                    info!(service = name, server = %address, "client connect succeeded: the server is no longer suspect");
+                }
                 service.machine.dial(address, true, now)
             } else {
+                failed.push(event.at_ns);
                 let reason = dial_kind::label(event.kind);
                 if event.kind != dial_kind::STALLED {
                     self.counters
@@ -262,7 +281,16 @@ impl State {
                 }
                 self.counters.dial_failed(name, address, reason);
                 server.wake.notify_one();
-                warn!(service = name, server = %address, reason, millis = duration.as_secs_f64() * 1000.0, "client connect failed; the kernel sends new connects to the next server");
+                if server.suspect.is_none() {
+                    server.suspect = Some(Suspicion {
+                        since: SystemTime::now(),
+                        reason,
+                        confirmed: false,
+                    });
+                    warn!(service = name, server = %address, reason, millis = duration.as_secs_f64() * 1000.0, "client connect failed: the server is suspect, the kernel sends new connects to the next server; probing it now");
+                } else {
+                    debug!(service = name, server = %address, reason, millis = duration.as_secs_f64() * 1000.0, "client connect to a suspect server failed");
+                }
                 service.machine.dial(address, false, now)
             };
             match touched.iter_mut().find(|(i, _)| *i == index) {
@@ -278,6 +306,15 @@ impl State {
                 &mut self.services[index],
                 effects,
             );
+        }
+        // The maps are rewritten: how long after the kernel saw each
+        // failure.
+        if !failed.is_empty() {
+            let done = monotonic_ns();
+            for at in failed {
+                self.counters
+                    .observe_dial_reaction(Duration::from_nanos(done.saturating_sub(at)));
+            }
         }
     }
 

@@ -33,6 +33,7 @@ use crate::{
     health::Prober,
     kernel::dataplane::Dataplane,
     policy::{
+        dial_stall::DialTime,
         map_ids::{IdPlan, ServiceSpec, plan_ids},
         state_machine::{Effects, Selection, ServerState, ServiceMachine},
     },
@@ -295,6 +296,8 @@ fn write(
                         Arc::clone(&wake),
                     ),
                     wake,
+                    dial_time: DialTime::default(),
+                    suspect: None,
                 }
             };
             kept.insert(address, runtime);

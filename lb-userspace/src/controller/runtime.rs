@@ -3,7 +3,12 @@
 //! machine ([`ServiceRuntime`], [`ServerRuntime`]). The handlers that change
 //! it live in [`handlers`](super::handlers).
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::SystemTime};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use lb_common::VipKey;
 use tokio::{
@@ -17,12 +22,15 @@ use super::{
     registry::DiscoveryState,
 };
 use crate::{
-    config::{Config, ServiceConfig},
+    config::{Config, DialStall, ServiceConfig},
     health::{CheckOutcome, Prober, nautilus::Attester},
     kernel::{connections::Connections, dataplane::Dataplane},
     metrics::Counters,
     nautilus::attestation::Verified,
-    policy::state_machine::{Selection, ServiceMachine},
+    policy::{
+        dial_stall::DialTime,
+        state_machine::{Selection, ServiceMachine},
+    },
 };
 
 /// One server as the controller tracks it (besides its state-machine entry).
@@ -38,6 +46,34 @@ pub(super) struct ServerRuntime {
     pub(super) check_task: AbortHandle,
     /// Wakes the check task for a probe at once (after a failed client dial).
     pub(super) wake: Arc<Notify>,
+    /// Its smoothed dial time (client and probe dials that succeeded).
+    pub(super) dial_time: DialTime,
+    /// Set while a failed client dial made it suspect (see [`Suspicion`]).
+    pub(super) suspect: Option<Suspicion>,
+}
+
+/// A server a client dial failed to: the kernel skips it until a dial to
+/// it succeeds or a probe passes; a probe that fails confirms it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Suspicion {
+    /// When the controller heard of the first failed dial.
+    pub(super) since: SystemTime,
+    /// The kernel's reason (`reset`, `timeout`, `stalled`).
+    pub(super) reason: &'static str,
+    /// Whether a probe since then failed too.
+    pub(super) confirmed: bool,
+}
+
+/// The `failover` entry last written for a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct WrittenFailover {
+    pub(super) ids: Vec<u32>,
+    /// The stall bound (zero: off).
+    pub(super) bound: Duration,
+    /// [`lb_common::failover_flag`] bits.
+    pub(super) flags: u32,
+    /// The setting the bound came from.
+    pub(super) setting: DialStall,
 }
 
 /// One service as the controller tracks it.
@@ -57,9 +93,9 @@ pub(super) struct ServiceRuntime {
     pub(super) table_members: Vec<(u32, SocketAddr)>,
     /// The Maglev weights of `table_members` (same order).
     pub(super) table_weights: Vec<u32>,
-    /// The `failover` entry last written for this service (backend ids,
-    /// stall bound in ns); `None` before the first write.
-    pub(super) failover: Option<(Vec<u32>, u64)>,
+    /// The `failover` entry last written for this service; `None` before
+    /// the first write.
+    pub(super) failover: Option<WrittenFailover>,
 }
 
 /// Everything the controller owns.

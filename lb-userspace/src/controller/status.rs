@@ -9,13 +9,42 @@ use std::{
 
 use tracing::warn;
 
-use super::{attestation, runtime::State, spread};
+use super::{
+    attestation, failover,
+    runtime::{ServerRuntime, State, Suspicion},
+    spread,
+};
 use crate::{
     api::status::{
-        CheckStatus, RegistryStatus, ServerStatus, ServiceStatus, Status, XdpDrops, XdpStatus,
+        CheckStatus, DialStatus, RegistryStatus, ServerStatus, ServiceStatus, Status, XdpDrops,
+        XdpStatus,
     },
-    config::Policy,
+    config::{Policy, Protocol},
 };
+
+/// A server's dials as status shows them.
+fn dial_status(server: &ServerRuntime) -> DialStatus {
+    let state = match server.suspect {
+        None => "ok",
+        Some(Suspicion {
+            confirmed: false, ..
+        }) => "suspect",
+        Some(Suspicion {
+            confirmed: true, ..
+        }) => "confirmed",
+    };
+    DialStatus {
+        state: state.to_owned(),
+        since: server
+            .suspect
+            .map(|s| humantime::format_rfc3339_millis(s.since).to_string()),
+        reason: server.suspect.map(|s| s.reason.to_owned()),
+        smoothed_ms: server
+            .dial_time
+            .smoothed()
+            .map(|d| d.as_secs_f64() * 1000.0),
+    }
+}
 
 /// The status document, counters read from the kernel now.
 pub(super) fn build(state: &State) -> Status {
@@ -32,6 +61,7 @@ pub(super) fn build(state: &State) -> Status {
                 .get(service.id)
                 .unwrap_or_default();
             let slot_counts = spread::slot_counts(&service.table);
+            let tracked = service.config.protocol == Protocol::Tcp && service.config.dial_tracking;
             let servers = service
                 .machine
                 .servers()
@@ -80,6 +110,7 @@ pub(super) fn build(state: &State) -> Status {
                         attestation_failure: last_check
                             .and_then(|(o, _)| attestation::failure(o))
                             .map(str::to_owned),
+                        dial: runtime.filter(|_| tracked).map(dial_status),
                     }
                 })
                 .collect();
@@ -100,6 +131,14 @@ pub(super) fn build(state: &State) -> Status {
                     flow_table: kernel.xdp_drop_flow_table,
                     unreachable: kernel.xdp_drop_unreachable,
                 },
+                dial_stall_after_ms: tracked.then(|| {
+                    service
+                        .failover
+                        .as_ref()
+                        .map_or_else(|| failover::stall_bound(service), |w| w.bound)
+                        .as_secs_f64()
+                        * 1000.0
+                }),
                 servers,
             }
         })

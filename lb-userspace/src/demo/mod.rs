@@ -47,7 +47,9 @@ use tracing::{debug, info};
 
 use crate::{
     chain::registry::Node,
-    config::{CheckSpec, Config, HealthCheckConfig, Intervals, Policy, Protocol, ServiceConfig},
+    config::{
+        CheckSpec, Config, DialStall, HealthCheckConfig, Intervals, Policy, Protocol, ServiceConfig,
+    },
     demo::{
         fake_deployment::{APP, publish_config, publish_enclave},
         fake_enclave::{FakeEnclave, FakeScores},
@@ -154,7 +156,8 @@ pub async fn start(base: Config, tasks: &mut JoinSet<()>) -> anyhow::Result<Conf
         maglev_table_size: ServiceConfig::DEFAULT_MAGLEV_TABLE_SIZE,
         health_check: check(CheckSpec::Tcp),
         remote: false,
-        dial_stall_timeout: ServiceConfig::DEFAULT_DIAL_STALL_TIMEOUT,
+        dial_tracking: true,
+        dial_stall_timeout: DialStall::Auto,
         discovery: None,
     });
     let udp = spawn_udp_backends(v4, tasks).await?;
@@ -168,7 +171,8 @@ pub async fn start(base: Config, tasks: &mut JoinSet<()>) -> anyhow::Result<Conf
         maglev_table_size: ServiceConfig::DEFAULT_MAGLEV_TABLE_SIZE,
         health_check: check(CheckSpec::Udp),
         remote: false,
-        dial_stall_timeout: ServiceConfig::DEFAULT_DIAL_STALL_TIMEOUT,
+        dial_tracking: true,
+        dial_stall_timeout: DialStall::Auto,
         discovery: None,
     });
     let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
@@ -183,7 +187,8 @@ pub async fn start(base: Config, tasks: &mut JoinSet<()>) -> anyhow::Result<Conf
             maglev_table_size: ServiceConfig::DEFAULT_MAGLEV_TABLE_SIZE,
             health_check: check(CheckSpec::Tcp),
             remote: false,
-            dial_stall_timeout: ServiceConfig::DEFAULT_DIAL_STALL_TIMEOUT,
+            dial_tracking: true,
+            dial_stall_timeout: DialStall::Auto,
             discovery: None,
         }),
         Err(err) => tracing::warn!(

@@ -61,6 +61,7 @@ fn server(address: &str, state: ServerState) -> ServerStatus {
         score: None,
         attestation: None,
         attestation_failure: None,
+        dial: None,
     }
 }
 
@@ -77,6 +78,7 @@ fn service(name: &str, policy: &str, servers: Vec<ServerStatus>) -> ServiceStatu
         xdp_packets: 0,
         xdp_flows: 0,
         xdp_drops: XdpDrops::default(),
+        dial_stall_after_ms: None,
         servers,
     }
 }
@@ -280,6 +282,8 @@ fn counters() -> Counters {
     counters.dial_failed("supervisor", dead, "reset");
     counters.dial_failed("supervisor", dead, "reset");
     counters.dial_failed("supervisor", dead, "stalled");
+    counters.observe_dial_reaction(Duration::from_micros(300));
+    counters.observe_dial_reaction(Duration::from_millis(7));
     counters.last_poll = Duration::from_micros(1_234);
     counters.last_poll_sockets = 7;
     counters
@@ -420,7 +424,7 @@ fn every_family_keeps_its_type_help_samples_and_values() {
     let golden = parse(GOLDEN);
     let now = parse(&exposition());
     // The fixture has a sample in each of the 30 families of the README's table.
-    assert_eq!(golden.len(), 32, "{:?}", golden.keys());
+    assert_eq!(golden.len(), 33, "{:?}", golden.keys());
     for (name, family) in &golden {
         assert!(
             !family.samples.is_empty(),

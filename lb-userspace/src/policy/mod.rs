@@ -6,7 +6,9 @@
 //! - [`ranking`]: performance ranking scores and the Maglev weights they give.
 //! - [`maglev`]: the weighted Maglev backend table of `policy: spread`.
 //! - [`map_ids`]: which map slot holds which service and backend.
+//! - [`dial_stall`]: when a SYN has waited too long (`dial_stall_timeout`).
 
+pub mod dial_stall;
 pub mod maglev;
 pub mod map_ids;
 pub mod ranking;

@@ -22,8 +22,8 @@ use std::{
 use serde_saphyr::{Location, Spanned};
 
 use super::{
-    Config, ControlGroup, DiscoveryConfig, Features, HealthCheckConfig, Issue, Policy, Protocol,
-    ServiceConfig, raw::RawConfig,
+    Config, ControlGroup, DialStall, DiscoveryConfig, Features, HealthCheckConfig, Issue, Policy,
+    Protocol, ServiceConfig, raw::RawConfig,
 };
 
 /// Longest service name.
@@ -129,7 +129,8 @@ struct ServiceDraft {
     health_check: Option<HealthCheckConfig>,
     /// Without a position when not written (the default).
     remote: Option<Spanned<bool>>,
-    dial_stall_timeout: Option<Duration>,
+    dial_tracking: Option<bool>,
+    dial_stall_timeout: Option<DialStall>,
     /// `Some(None)` without `discovery`; `None` when invalid.
     #[expect(
         clippy::option_option,
@@ -161,6 +162,7 @@ impl ServiceDraft {
             maglev_table_size: self.maglev_table_size?.value,
             health_check: self.health_check?,
             remote: self.remote?.value,
+            dial_tracking: self.dial_tracking?,
             dial_stall_timeout: self.dial_stall_timeout?,
             discovery: self.discovery?,
         })

@@ -5,15 +5,40 @@
 use std::{
     collections::{HashMap, HashSet},
     net::SocketAddr,
-    time::Duration,
 };
 
 use serde_saphyr::{Location, Spanned};
 
 use super::{AddrRole, Checker, MAX_NAME_LEN, ServiceDraft, family_name};
-use crate::config::{Config, Policy, Protocol, ServiceConfig, is_prime, raw::RawService};
+use crate::config::{
+    Config, DialStall, Policy, Protocol, ServiceConfig, is_prime, raw::RawService,
+};
 
 impl Checker {
+    /// A `dial_stall_timeout`: `auto`, `0s` (off) or a duration up to
+    /// [`ServiceConfig::MAX_DIAL_STALL_TIMEOUT`].
+    fn dial_stall(&mut self, raw: &Spanned<String>, path: &str) -> Option<DialStall> {
+        let text = raw.value.trim();
+        if text == "auto" {
+            return Some(DialStall::Auto);
+        }
+        let problem = match humantime::parse_duration(text) {
+            Ok(bound) if bound <= ServiceConfig::MAX_DIAL_STALL_TIMEOUT => {
+                return Some(DialStall::Fixed(bound));
+            }
+            Ok(bound) => format!(
+                "{} is too long; expected at most {}",
+                humantime::format_duration(bound),
+                humantime::format_duration(ServiceConfig::MAX_DIAL_STALL_TIMEOUT)
+            ),
+            Err(error) => format!(
+                "invalid value {text:?} ({error}); expected auto, 0s (off) or a duration such as 250ms"
+            ),
+        };
+        self.report(raw.referenced, path, problem);
+        None
+    }
+
     /// Checks one service's own fields.
     pub(super) fn service(&mut self, index: usize, raw: &Spanned<RawService>) -> ServiceDraft {
         let path = format!("services[{index}]");
@@ -113,15 +138,16 @@ impl Checker {
                 .map(|remote| Spanned::new(remote, raw.referenced, raw.defined)),
         };
 
-        let dial_stall_timeout = match &service.dial_stall_timeout {
-            None => Some(ServiceConfig::DEFAULT_DIAL_STALL_TIMEOUT),
-            Some(raw) => self.duration_in_range(
-                raw,
-                &format!("{path}.dial_stall_timeout"),
-                Duration::ZERO,
-                ServiceConfig::MAX_DIAL_STALL_TIMEOUT,
-            ),
+        let dial_tracking = match &service.dial_tracking {
+            None => Some(true),
+            Some(raw) => self.boolean(raw, &format!("{path}.dial_tracking")),
         };
+        let dial_stall_timeout = service
+            .dial_stall_timeout
+            .as_ref()
+            .map_or(Some(DialStall::Auto), |raw| {
+                self.dial_stall(raw, &format!("{path}.dial_stall_timeout"))
+            });
 
         ServiceDraft {
             path,
@@ -134,6 +160,7 @@ impl Checker {
             maglev_table_size,
             health_check,
             remote,
+            dial_tracking,
             dial_stall_timeout,
             discovery,
             discovery_at: service.discovery.as_ref().map(|raw| raw.referenced),
