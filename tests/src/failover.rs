@@ -41,13 +41,13 @@ use std::{
     str::FromStr,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::{self, JoinHandle},
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use serde::{Deserialize, Serialize};
 
 use crate::env::{TestCgroup, client_bin, unique};
@@ -79,6 +79,7 @@ pub struct ByteServer {
     /// Where it listens.
     pub addr: SocketAddr,
     stop: Arc<AtomicBool>,
+    served: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -100,16 +101,35 @@ impl ByteServer {
             .set_nonblocking(true)
             .with_context(|| format!("nonblocking listener on {addr}"))?;
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
+        let served = Arc::new(AtomicU64::new(0));
+        let (flag, count) = (Arc::clone(&stop), Arc::clone(&served));
         let thread = thread::Builder::new()
             .name(format!("server {addr}"))
-            .spawn(move || serve(&listener, &flag))
+            .spawn(move || serve(&listener, &flag, &count))
             .with_context(|| format!("spawning the thread of server {addr}"))?;
         Ok(Self {
             addr,
             stop,
+            served,
             thread: Some(thread),
         })
+    }
+
+    /// Listens again on the same address after [`ByteServer::close`]
+    /// (a no-op while it listens); the count of answered connections goes on.
+    pub fn reopen(&mut self) -> Result<()> {
+        if self.is_open() {
+            return Ok(());
+        }
+        let served = self.served();
+        *self = Self::bind(self.addr)?;
+        self.served.store(served, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Connections it answered so far.
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::SeqCst)
     }
 
     /// Closes the listening socket; when this returns, connects to
@@ -135,7 +155,7 @@ impl Drop for ByteServer {
 }
 
 /// The accept loop: answer every connection with one byte, until `stop`.
-fn serve(listener: &TcpListener, stop: &AtomicBool) {
+fn serve(listener: &TcpListener, stop: &AtomicBool, served: &AtomicU64) {
     while !stop.load(Ordering::SeqCst) {
         let mut fd = libc::pollfd {
             fd: listener.as_raw_fd(),
@@ -151,6 +171,7 @@ fn serve(listener: &TcpListener, stop: &AtomicBool) {
         // does not inherit O_NONBLOCK), and one byte never blocks.
         while let Ok((stream, _)) = listener.accept() {
             answer(&stream);
+            served.fetch_add(1, Ordering::SeqCst);
         }
     }
 }
@@ -471,6 +492,106 @@ const CLIENT_SLACK: Duration = Duration::from_secs(10);
 /// and runtime start-up happen before).
 const CLIENT_LEAD: Duration = Duration::from_millis(300);
 
+/// A running `lb-test-client storm` ([`StormClient::start`]); killed on drop.
+pub struct StormClient {
+    client: KillOnDrop,
+    reader: JoinHandle<Result<Vec<Connect>>>,
+    scenario: Scenario,
+    start_ns: u64,
+}
+
+impl StormClient {
+    /// Starts the client of `scenario` (in `cgroup` when given, so the
+    /// cgroup's socket programs see it); its first connect is due at
+    /// [`StormClient::start_ns`].
+    pub fn start(scenario: &Scenario, cgroup: Option<&TestCgroup>) -> Result<Self> {
+        ensure!(scenario.rate > 0, "a rate of 0 connects per second");
+        let start_ns = monotonic_ns() + CLIENT_LEAD.as_nanos() as u64;
+        let mut command = Command::new(client_bin());
+        command
+            .arg("storm")
+            .arg(scenario.target.to_string())
+            .arg(scenario.rate.to_string())
+            .arg(scenario.duration.as_millis().to_string())
+            .arg(scenario.connect_timeout.as_millis().to_string())
+            .arg(scenario.answer_timeout.as_millis().to_string())
+            .arg(start_ns.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut client = KillOnDrop(match cgroup {
+            Some(cgroup) => cgroup.spawn(&mut command),
+            None => command
+                .spawn()
+                .with_context(|| format!("spawning {}", client_bin().display()))?,
+        });
+        let stdout = client.0.stdout.take().context("the client's stdout")?;
+        let reader = thread::spawn(move || -> Result<Vec<Connect>> {
+            let mut connects = Vec::new();
+            for line in BufReader::new(stdout).lines() {
+                let line = line.context("reading the client's stdout")?;
+                connects.push(
+                    serde_json::from_str(&line)
+                        .with_context(|| format!("the client printed {line:?}"))?,
+                );
+            }
+            Ok(connects)
+        });
+        Ok(Self {
+            client,
+            reader,
+            scenario: *scenario,
+            start_ns,
+        })
+    }
+
+    /// When its first connect is due ([`monotonic_ns`]).
+    pub const fn start_ns(&self) -> u64 {
+        self.start_ns
+    }
+
+    /// Waits for the client to end (bounded: its duration, the longer
+    /// timeout and some slack from its start) and returns every connect, in
+    /// the order they were reported.
+    pub fn finish(mut self) -> Result<Vec<Connect>> {
+        let scenario = self.scenario;
+        let deadline_ns = self.start_ns
+            + (scenario.duration
+                + scenario.answer_timeout.max(scenario.connect_timeout)
+                + CLIENT_SLACK)
+                .as_nanos() as u64;
+        let status = loop {
+            if let Some(status) = self.client.0.try_wait().context("waiting for the client")? {
+                break status;
+            }
+            ensure!(
+                monotonic_ns() < deadline_ns,
+                "the client ({} connects/s to {}) still runs past its deadline",
+                scenario.rate,
+                scenario.target
+            );
+            thread::sleep(Duration::from_millis(50));
+        };
+        ensure!(
+            status.success(),
+            "the client ({} connects/s to {}) failed: {status}",
+            scenario.rate,
+            scenario.target
+        );
+        let connects = self
+            .reader
+            .join()
+            .map_err(|_| anyhow::anyhow!("the client's reader thread panicked"))??;
+        ensure!(
+            connects.len() as u64 == scenario.connects(),
+            "the client reported {} connects, expected {}",
+            connects.len(),
+            scenario.connects()
+        );
+        Ok(connects)
+    }
+}
+
 /// Runs `scenario`: `lb-test-client storm` (in `cgroup` when given, so the
 /// cgroup's socket programs see it) connects to `scenario.target`;
 /// `scenario.kill_after` after its first connect, `servers[victim]` dies.
@@ -487,40 +608,8 @@ pub fn run_scenario(
         "victim {victim} out of {} servers",
         servers.len()
     );
-    ensure!(scenario.rate > 0, "a rate of 0 connects per second");
-    let start_ns = monotonic_ns() + CLIENT_LEAD.as_nanos() as u64;
-    let mut command = Command::new(client_bin());
-    command
-        .arg("storm")
-        .arg(scenario.target.to_string())
-        .arg(scenario.rate.to_string())
-        .arg(scenario.duration.as_millis().to_string())
-        .arg(scenario.connect_timeout.as_millis().to_string())
-        .arg(scenario.answer_timeout.as_millis().to_string())
-        .arg(start_ns.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    let mut client = KillOnDrop(match cgroup {
-        Some(cgroup) => cgroup.spawn(&mut command),
-        None => command
-            .spawn()
-            .with_context(|| format!("spawning {}", client_bin().display()))?,
-    });
-    let stdout = client.0.stdout.take().context("the client's stdout")?;
-    let reader = thread::spawn(move || -> Result<Vec<Connect>> {
-        let mut connects = Vec::new();
-        for line in BufReader::new(stdout).lines() {
-            let line = line.context("reading the client's stdout")?;
-            connects.push(
-                serde_json::from_str(&line)
-                    .with_context(|| format!("the client printed {line:?}"))?,
-            );
-        }
-        Ok(connects)
-    });
-
-    sleep_until_ns(start_ns + scenario.kill_after.as_nanos() as u64);
+    let client = StormClient::start(scenario, cgroup)?;
+    sleep_until_ns(client.start_ns() + scenario.kill_after.as_nanos() as u64);
     let victim_addr = servers[victim].addr;
     let _blackhole = match scenario.kill {
         KillMode::Rst => {
@@ -530,45 +619,12 @@ pub fn run_scenario(
         KillMode::Blackhole => Some(Blackhole::add(victim_addr)?),
     };
     let kill_ns = monotonic_ns();
-
-    let deadline = Instant::now()
-        + CLIENT_LEAD
-        + scenario.duration
-        + scenario.answer_timeout.max(scenario.connect_timeout)
-        + CLIENT_SLACK;
-    let status = loop {
-        if let Some(status) = client.0.try_wait().context("waiting for the client")? {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "the client ({} connects/s to {}) still runs {:?} after the kill",
-                scenario.rate,
-                scenario.target,
-                deadline.saturating_duration_since(Instant::now())
-            );
-        }
-        thread::sleep(Duration::from_millis(50));
-    };
-    ensure!(
-        status.success(),
-        "the client ({} connects/s to {}) failed: {status}",
-        scenario.rate,
-        scenario.target
-    );
-    let connects = reader
-        .join()
-        .map_err(|_| anyhow::anyhow!("the client's reader thread panicked"))??;
-    ensure!(
-        connects.len() as u64 == scenario.connects(),
-        "the client reported {} connects, expected {}",
-        connects.len(),
-        scenario.connects()
-    );
+    let connects = client.finish()?;
     Ok(Outcome::summarize(&connects, kill_ns))
 }
 
-fn sleep_until_ns(at_ns: u64) {
+/// Sleeps until `at_ns` ([`monotonic_ns`]).
+pub fn sleep_until_ns(at_ns: u64) {
     let now = monotonic_ns();
     if at_ns > now {
         thread::sleep(Duration::from_nanos(at_ns - now));

@@ -233,8 +233,8 @@ fn iptables(action: &str, spec: &str) {
 }
 
 /// SYNs dropped: no reset ever comes, so the kernel notices when a SYN has
-/// waited longer than `dial_stall_timeout` (250 ms) with no dial to node1
-/// completing; new connects then go to node2, and the connects still
+/// waited longer than the stall bound (`dial_stall_timeout: auto`: 100 ms
+/// over loopback) with no dial to node1 completing; new connects then go to node2, and the connects still
 /// waiting for node1 are destroyed (they fail at once instead of waiting
 /// for TCP's SYN retries).
 #[test]
@@ -258,7 +258,7 @@ fn dropped_syns_cost_the_connects_of_one_stall_timeout_and_nobody_waits_long() {
         failed.len(),
         connects.len()
     );
-    // ~50 connects/s × 250 ms, plus the reaction and slack for a loaded CI.
+    // ~50 connects/s × 100 ms, plus the reaction and slack for a loaded CI.
     assert!(
         failed.len() <= 30,
         "{} of {} connects failed while node1 dropped SYNs: {failed:#?}\nlog:\n{}",

@@ -18,7 +18,7 @@ use super::{
     events::{Event, ServersError},
     poller, reconcile,
     runtime::{State, Suspicion},
-    settle::settle,
+    settle::{self, settle},
     status,
 };
 use crate::{
@@ -298,23 +298,34 @@ impl State {
                 None => touched.push((index, effects)),
             }
         }
-        for (index, effects) in touched {
-            settle(
+        // The maps first, for every service; the reaction is measured
+        // there (the kernel already skips the server; what follows, the
+        // connections closed, does not change where connects go).
+        let start = Instant::now();
+        for (index, effects) in &touched {
+            settle::rewrite(
                 &mut self.dataplane,
-                &mut self.connections,
                 &mut self.counters,
-                &mut self.services[index],
+                &mut self.services[*index],
                 effects,
             );
         }
-        // The maps are rewritten: how long after the kernel saw each
-        // failure.
         if !failed.is_empty() {
             let done = monotonic_ns();
             for at in failed {
                 self.counters
                     .observe_dial_reaction(Duration::from_nanos(done.saturating_sub(at)));
             }
+        }
+        for (index, effects) in touched {
+            settle::close(
+                &mut self.dataplane,
+                &mut self.connections,
+                &mut self.counters,
+                &mut self.services[index],
+                &effects,
+                start,
+            );
         }
     }
 

@@ -28,6 +28,18 @@ pub(super) fn settle(
     effects: Effects,
 ) {
     let start = Instant::now();
+    rewrite(dataplane, counters, service, &effects);
+    close(dataplane, connections, counters, service, &effects, start);
+}
+
+/// The first half of [`settle`]: transitions logged and counted, the maps
+/// brought in line with the state machine.
+pub(super) fn rewrite(
+    dataplane: &mut Dataplane,
+    counters: &mut Counters,
+    service: &mut ServiceRuntime,
+    effects: &Effects,
+) {
     let name = service.config.name.clone();
     let name = name.as_str();
     for t in &effects.transitions {
@@ -44,9 +56,23 @@ pub(super) fn settle(
     // land on the new choice.
     backend_flags::sync(dataplane, service);
     failover::sync(dataplane, service);
+}
+
+/// The second half of [`settle`]: the connections of the servers the
+/// effects name are destroyed (`start`: when settling began, for the log).
+pub(super) fn close(
+    dataplane: &mut Dataplane,
+    connections: &mut Connections,
+    counters: &mut Counters,
+    service: &mut ServiceRuntime,
+    effects: &Effects,
+    start: Instant,
+) {
     if effects.close.is_empty() {
         return;
     }
+    let name = service.config.name.clone();
+    let name = name.as_str();
     if service.config.remote {
         forget_xdp_flows(dataplane, service, &effects.close);
     }

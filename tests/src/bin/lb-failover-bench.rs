@@ -41,6 +41,9 @@
 //!   connect that failed (`–`: none failed): how long new connects still
 //!   went wrong.
 //!
+//! Then, with daas-lb among the systems, the controller's reaction: see
+//! [`measure_reaction`] (`--reaction-cycles`, default 100; 0 skips it).
+//!
 //! Needs root, haproxy and go (`apt-get install haproxy golang-go`);
 //! `cargo xtask bench failover` builds the release binaries and runs it.
 //! Prints the markdown table on stdout, progress on stderr.
@@ -48,7 +51,7 @@
 //! ```text
 //! lb-failover-bench [--rates 100,1000] [--duration SECS (8)] [--events rst,blackhole]
 //!                   [--systems daas-lb,daas-lb-k3s,haproxy,k3s-proxy,direct]
-//!                   [--kill-after SECS (0.7)]
+//!                   [--kill-after SECS (0.7)] [--reaction-cycles N (100)]
 //! ```
 
 use std::{
@@ -132,6 +135,7 @@ struct Options {
     events: Vec<KillMode>,
     systems: Vec<System>,
     kill_after: Duration,
+    reaction_cycles: u32,
 }
 
 impl Options {
@@ -142,6 +146,7 @@ impl Options {
             events: KillMode::ALL.to_vec(),
             systems: System::ALL.to_vec(),
             kill_after: Duration::from_millis(700),
+            reaction_cycles: 100,
         };
         let args: Vec<String> = std::env::args().skip(1).collect();
         let mut it = args.iter();
@@ -167,6 +172,15 @@ impl Options {
                     );
                 }
                 "--duration" => o.duration = seconds()?,
+                "--reaction-cycles" => {
+                    o.reaction_cycles = value
+                        .parse()
+                        .with_context(|| format!("--reaction-cycles {value}"))?;
+                    ensure!(
+                        o.reaction_cycles <= 1000,
+                        "--reaction-cycles {value}: at most 1000"
+                    );
+                }
                 "--kill-after" => o.kill_after = seconds()?,
                 "--events" => {
                     o.events = list()
@@ -297,6 +311,16 @@ fn run() -> Result<()> {
         results.len(),
         started.elapsed().as_secs_f64()
     );
+    if options.reaction_cycles > 0 && needs(System::DaasLb) {
+        let started = Instant::now();
+        let reaction = measure_reaction(options.reaction_cycles)?;
+        eprintln!(
+            "[failover] reaction: {} cycles in {:.1}s",
+            options.reaction_cycles,
+            started.elapsed().as_secs_f64()
+        );
+        print!("{reaction}");
+    }
     Ok(())
 }
 
@@ -375,6 +399,93 @@ fn measure(system: System, mut scenario: Scenario, k3s_proxy: Option<&Path>) -> 
             run_scenario(&scenario, &mut servers, 0, None)
         }
     }
+}
+
+/// Health checks for [`measure_reaction`]: a failed server is probed every
+/// 100 ms, so it is back within a cycle; probes of the server in use are 30 s
+/// apart, so only client dials fail it.
+const REACTION_CHECK: &str = "{ kind: tcp, timeout: 100ms, jitter: 0%, intervals: { other: 100ms, \
+                              recovering: 100ms, preferred: 30s, healthy: 30s, active: 30s, failed: 100ms } }";
+
+/// How fast the controller follows a failed client dial: `cycles` times,
+/// the selected server's listener closes, one client connect through the
+/// VIP (from the cgroup) fails on it, and the listener reopens; the next
+/// cycle starts once status shows both servers usable again. Reads
+/// `daas_lb_dial_reaction_seconds` (from the kernel's event to the maps
+/// rewritten) at the end and returns its summary as markdown.
+fn measure_reaction(cycles: u32) -> Result<String> {
+    let _ns = NetNs::new();
+    let mut servers = SERVERS
+        .iter()
+        .map(|&ip| ByteServer::bind(SocketAddr::new(ip.into(), SERVER_PORT)))
+        .collect::<Result<Vec<_>>>()?;
+    let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
+    let tmp = TempDir::new();
+    let (pins, cgroup) = (PinDir::new(), TestCgroup::new());
+    let mut daemon = start_daas_lb(&tmp, &pins, &cgroup, &addrs, Some(REACTION_CHECK));
+    let usable = |s: &lb_userspace::api::status::Status| {
+        let service = service(s, SERVICE);
+        service.selected.is_some()
+            && service.servers.iter().all(|srv| {
+                matches!(srv.state, ServerState::Preferred | ServerState::Active)
+                    && srv.dial.as_ref().is_none_or(|d| d.state == "ok")
+            })
+    };
+    daemon.wait_for(Duration::from_secs(20), "both servers usable", usable);
+    let vip = VIP.to_string();
+    let mut failed_connects = 0;
+    for cycle in 0..cycles {
+        let status = daemon.status();
+        let selected = service(&status, SERVICE)
+            .selected
+            .clone()
+            .context("daas-lb selected no server")?;
+        let victim = addrs
+            .iter()
+            .position(|a| a.to_string() == selected)
+            .with_context(|| format!("daas-lb selected {selected}, not one of {addrs:?}"))?;
+        servers[victim].close();
+        // The first connect fails (reset); the ones after it go elsewhere.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let outcome = cgroup.client(&["tcp", &vip, "ping"]);
+            if outcome.error.is_some() {
+                failed_connects += 1;
+                break;
+            }
+            ensure!(
+                tries < 20,
+                "cycle {cycle}: 20 connects through the VIP succeeded after {selected} closed"
+            );
+        }
+        servers[victim].reopen()?;
+        daemon.wait_for(Duration::from_secs(10), "both servers usable again", usable);
+    }
+    let text = daemon.metrics();
+    let value =
+        |name: &str, labels: &[(&str, &str)]| lb_tests::metric(&text, name, labels).unwrap_or(0.0);
+    let count = value("daas_lb_dial_reaction_seconds_count", &[]);
+    let sum = value("daas_lb_dial_reaction_seconds_sum", &[]);
+    ensure!(
+        count >= f64::from(cycles),
+        "{count} reactions measured for {cycles} failed connects"
+    );
+    daemon.stop();
+    let mut out = format!(
+        "\n### Reaction: from a failed client dial in the kernel to the maps rewritten\n\n\
+         {cycles} cycles (the selected server's listener closes, one client connect through the VIP \
+         fails on it, the listener reopens, probes bring the server back), {failed_connects} failed \
+         connects; `daas_lb_dial_reaction_seconds` of the daemon afterwards: {count:.0} \
+         observations, mean {:.3} ms.\n\n| within | share |\n|---|---:|\n",
+        sum / count * 1000.0
+    );
+    for le in ["0.0005", "0.001", "0.0025", "0.005", "0.01", "0.05"] {
+        let within = value("daas_lb_dial_reaction_seconds_bucket", &[("le", le)]);
+        let ms: f64 = le.parse::<f64>().unwrap_or(0.0) * 1000.0;
+        let _ = writeln!(out, "| {ms} ms | {:.1} % |", within / count * 100.0);
+    }
+    Ok(out)
 }
 
 /// Starts `daas-lb run` with one failover service over `servers`;
