@@ -81,6 +81,30 @@ pub fn cgroup_links(cgroup_id: u64) -> Vec<u64> {
         .unwrap_or_default()
 }
 
+/// The BPF links attached to the cgroup with id `cgroup_id`, as (attach
+/// type, link id, id of the program it runs), sorted.
+pub fn cgroup_link_programs(cgroup_id: u64) -> Vec<(String, u64, u64)> {
+    let value = bpftool(&["link", "show"]);
+    let mut links: Vec<(String, u64, u64)> = value
+        .as_array()
+        .map(|links| {
+            links
+                .iter()
+                .filter(|l| l["cgroup_id"].as_u64() == Some(cgroup_id))
+                .filter_map(|l| {
+                    Some((
+                        l["attach_type"].as_str()?.to_owned(),
+                        l["id"].as_u64()?,
+                        l["prog_id"].as_u64()?,
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    links.sort();
+    links
+}
+
 /// One `closed connections` line of the daemon's log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClosedLog {

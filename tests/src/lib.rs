@@ -55,7 +55,7 @@ pub use env::{
     config_yaml, control_socket_in, daas_lb_bin, privileged, sh, unique,
 };
 pub use inspect::{
-    ClosedLog, Sample, bpftool, cgroup_links, cgroup_programs, closed_connection_logs, http_put,
-    metric, parse_metrics, parse_rfc3339, put_servers, samples, server_addresses, service,
-    service_yaml,
+    ClosedLog, Sample, bpftool, cgroup_link_programs, cgroup_links, cgroup_programs,
+    closed_connection_logs, http_put, metric, parse_metrics, parse_rfc3339, put_servers, samples,
+    server_addresses, service, service_yaml,
 };

@@ -3,8 +3,8 @@
 use std::{path::Path, process::Command, time::Duration};
 
 use lb_tests::{
-    API, Daemon, TcpBackend, TestCgroup, TestEnv, cgroup_links, cgroup_programs, daas_lb_bin,
-    service,
+    API, Daemon, TcpBackend, TestCgroup, TestEnv, cgroup_link_programs, cgroup_links,
+    cgroup_programs, daas_lb_bin, service,
 };
 
 /// (attach type as bpftool 7 names it, our program on it).
@@ -149,6 +149,8 @@ fn after_sigkill_traffic_keeps_flowing_and_the_next_run_adopts_cleanly() {
     assert_eq!(out.peer.as_deref(), Some("127.0.0.1:6444"));
 
     // The next run adopts links and maps: still one attachment per hook.
+    let before = cgroup_link_programs(world.env.cgroup.id());
+    assert_eq!(before.len(), ATTACHMENTS.len(), "{before:?}");
     let second = world.start(&[]);
     assert!(
         second.log().contains("adopted existing link"),
@@ -156,6 +158,14 @@ fn after_sigkill_traffic_keeps_flowing_and_the_next_run_adopts_cleanly() {
         second.log()
     );
     assert_attached_once(&world.env.cgroup);
+    // Each link, sock_ops included, is the same one, now running the new
+    // run's program (swapped in with BPF_LINK_UPDATE).
+    let after = cgroup_link_programs(world.env.cgroup.id());
+    assert_eq!(after.len(), before.len(), "{after:?}");
+    for ((kind, link, old_prog), (new_kind, new_link, new_prog)) in before.iter().zip(&after) {
+        assert_eq!((kind, link), (new_kind, new_link), "{before:?}\n{after:?}");
+        assert_ne!(old_prog, new_prog, "{kind}: the program was not replaced");
+    }
     let status = lb_userspace::api::client::fetch_status(API).unwrap();
     let sup = service(&status, "sup");
     assert_eq!(sup.selected, Some(world.backends.0.addr.to_string()));

@@ -1904,10 +1904,10 @@ fn dial_tracking_and_stall_settings() {
     );
     // Both read back as written.
     let yaml = with_service("    dial_tracking: false\n    dial_stall_timeout: 40ms\n");
-    let value = serde_json::to_value(&parse(&yaml)).unwrap();
+    let value = serde_json::to_value(parse(&yaml)).unwrap();
     assert_eq!(value["services"][0]["dial_tracking"], false);
     assert_eq!(value["services"][0]["dial_stall_timeout"], "40ms");
-    let value = serde_json::to_value(&parse(&with_service(""))).unwrap();
+    let value = serde_json::to_value(parse(&with_service(""))).unwrap();
     assert_eq!(value["services"][0]["dial_stall_timeout"], "auto");
 }
 

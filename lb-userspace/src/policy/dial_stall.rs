@@ -35,7 +35,7 @@ impl DialTime {
     pub fn observe(&mut self, dial: Duration) {
         self.smoothed = Some(match self.smoothed {
             None => dial,
-            Some(old) => old - old / 8 + dial / 8,
+            Some(old) => old.saturating_sub(old / 8) + dial / 8,
         });
     }
 
@@ -75,7 +75,7 @@ pub fn worth_writing(written: Duration, new: Duration) -> bool {
     } else {
         (new, written)
     };
-    high - low > written / 4
+    high.saturating_sub(low) > written / 4
 }
 
 #[cfg(test)]
