@@ -4,9 +4,10 @@
 # Usage: sudo scripts/inspect-maps.sh [BPFFS_DIR]   (default /sys/fs/bpf/daas-lb)
 #
 # Hash maps (services, rev_nat, if_addrs, xdp_config) are dumped whole, maglev, flows and xdp_stats
-# are summarised; for the arrays (backends and the per-CPU stats) only non-zero
-# slots are shown (per-CPU values summed), which needs python3; without it
-# every slot is dumped.
+# are summarised, dials and conns counted; for the arrays (backends, the
+# per-CPU stats, backend_dial, failover, backend_conns) only non-zero slots
+# are shown (per-CPU values summed), which needs python3; without it every
+# slot is dumped.
 set -euo pipefail
 
 dir=${1:-/sys/fs/bpf/daas-lb}
@@ -75,7 +76,15 @@ for e in json.load(sys.stdin):
         print(f"{names[key] if key < len(names) else key}: {total}")
 '
 
-for map in services backends backend_stats service_stats rev_nat maglev xdp_config if_addrs xdp_stats flows; do
+# Reads a hash map keyed by socket cookie (dials, conns): only how many
+# entries it holds (it may hold tens of thousands).
+count_entries='
+import json, sys
+print(f"({len(json.load(sys.stdin))} entries)")
+'
+
+for map in services backends backend_stats service_stats rev_nat maglev xdp_config if_addrs xdp_stats flows \
+           dials backend_dial failover conns backend_conns; do
   echo "== $map ($dir/$map)"
   if [[ ! -e $dir/$map ]]; then
     echo "(not pinned)"
@@ -83,6 +92,8 @@ for map in services backends backend_stats service_stats rev_nat maglev xdp_conf
     bpftool -j map dump pinned "$dir/$map" | python3 -c "$maglev_summary"
   elif [[ $map == flows ]] && command -v python3 >/dev/null; then
     bpftool -j map dump pinned "$dir/$map" | python3 -c "$flows_summary"
+  elif [[ $map == dials || $map == conns ]] && command -v python3 >/dev/null; then
+    bpftool -j map dump pinned "$dir/$map" | python3 -c "$count_entries"
   elif [[ $map == xdp_stats ]] && command -v python3 >/dev/null; then
     bpftool -j map dump pinned "$dir/$map" | python3 -c "$xdp_stats_summary"
   elif [[ $map == services || $map == rev_nat || $map == maglev || $map == flows || $map == xdp_config || $map == if_addrs ]] || ! command -v python3 >/dev/null; then

@@ -18,7 +18,11 @@
 //! 3. A backend with a SYN outstanding for longer than the service's
 //!    [`Failover::suspect_after_ns`] and no success since is suspect too:
 //!    the next connect notices and reports it ([`dial_kind::STALLED`]).
-//! 4. Every outcome goes to userspace through the `dial_events` ring buffer
+//! 4. An established connection is remembered in `conns` (cookie →
+//!    backend) and counted in `backend_conns` until it leaves
+//!    `ESTABLISHED`: the controller's connection counts for tracked
+//!    services, exact and without a `sock_diag` dump.
+//! 5. Every outcome goes to userspace through the `dial_events` ring buffer
 //!    ([`DialEvent`]); the controller feeds it to the K3s state machine,
 //!    rewrites the maps, and clears a backend's mark once it is usable
 //!    again.
@@ -29,6 +33,10 @@
 /// Capacity of the `dials` LRU map: TCP connects through a VIP whose
 /// outcome has not been seen yet.
 pub const MAX_DIALS: u32 = 65_536;
+/// Capacity of the `conns` hash: established TCP connections through a
+/// tracked VIP that the kernel counts (beyond it, new ones are counted as
+/// [`BackendConns::untracked`]).
+pub const MAX_TRACKED_CONNS: u32 = 65_536;
 /// Backend ids in a service's failover list.
 pub const MAX_FAILOVER: usize = 8;
 /// Size of the `dial_events` ring buffer in bytes (a power of two and a
@@ -65,6 +73,23 @@ pub struct BackendDial {
 }
 
 const _: () = assert!(size_of::<BackendDial>() == 16);
+
+/// Value of the `backend_conns` array (index: backend id): the
+/// established TCP connections through a tracked VIP to the backend, as
+/// `sock_ops` sees them open and close. One value for all CPUs, changed
+/// with atomic adds (a connection opens in one context and closes in
+/// another, possibly interrupting each other on one CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendConns {
+    /// Connections that reached `ESTABLISHED`, minus those that left it.
+    pub established: u64,
+    /// Connections established while `conns` was full: not counted (the
+    /// count is exact while this stays 0).
+    pub untracked: u64,
+}
+
+const _: () = assert!(size_of::<BackendConns>() == 16);
 
 /// Value of the `failover` array (index: service id), written by the
 /// controller: where new TCP connects go when the backend picked is

@@ -19,7 +19,8 @@ pub mod maps;
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub use dial::{
-    BackendDial, DialEvent, DialStart, Failover, MAX_DIALS, MAX_FAILOVER, dial_kind, failover_flag,
+    BackendConns, BackendDial, DialEvent, DialStart, Failover, MAX_DIALS, MAX_FAILOVER,
+    MAX_TRACKED_CONNS, dial_kind, failover_flag,
 };
 
 /// Linux `AF_INET`.
@@ -172,6 +173,10 @@ pub mod map_names {
     pub const FAILOVER: &str = "failover";
     /// Ring buffer of [`crate::DialEvent`]s for the controller.
     pub const DIAL_EVENTS: &str = "dial_events";
+    /// Socket cookie → backend id: established TCP connections counted.
+    pub const CONNS: &str = "conns";
+    /// Backend id → [`crate::BackendConns`].
+    pub const BACKEND_CONNS: &str = "backend_conns";
     /// Every map, in the order the README documents them: the names of
     /// [`crate::maps::MAPS`].
     pub const ALL: [&str; crate::maps::MAPS.len()] = {
@@ -535,8 +540,9 @@ pub const fn snat_port(hash: u64, attempt: u32, port_min: u16, port_max: u16) ->
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        Backend, BackendDial, BackendStats, DialEvent, DialStart, Failover, FlowKey, FlowValue,
-        IfAddrs, MaglevKey, RevNatKey, RevNatValue, Service, ServiceStats, VipKey, XdpConfig,
+        Backend, BackendConns, BackendDial, BackendStats, DialEvent, DialStart, Failover, FlowKey,
+        FlowValue, IfAddrs, MaglevKey, RevNatKey, RevNatValue, Service, ServiceStats, VipKey,
+        XdpConfig,
     };
 
     // SAFETY (for each impl below): the type is `#[repr(C)]`, `Copy`, made only
@@ -549,6 +555,7 @@ mod pod {
         )+};
     }
     pod!(
+        BackendConns,
         VipKey,
         Service,
         Backend,

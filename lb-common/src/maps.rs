@@ -14,10 +14,10 @@
 //! capacity is 0 (a ring buffer has no key or value).
 
 use crate::{
-    Backend, BackendDial, BackendStats, DialStart, Failover, FlowKey, FlowValue, IfAddrs,
-    MAX_BACKENDS, MAX_DIALS, MAX_FLOWS, MAX_INTERFACES, MAX_MAGLEV_SLOTS, MAX_REV_NAT,
-    MAX_SERVICES, MaglevKey, RevNatKey, RevNatValue, Service, ServiceStats, VipKey, XdpConfig,
-    dial::DIAL_EVENTS_BYTES, map_names, xdp_counter,
+    Backend, BackendConns, BackendDial, BackendStats, DialStart, Failover, FlowKey, FlowValue,
+    IfAddrs, MAX_BACKENDS, MAX_DIALS, MAX_FLOWS, MAX_INTERFACES, MAX_MAGLEV_SLOTS, MAX_REV_NAT,
+    MAX_SERVICES, MAX_TRACKED_CONNS, MaglevKey, RevNatKey, RevNatValue, Service, ServiceStats,
+    VipKey, XdpConfig, dial::DIAL_EVENTS_BYTES, map_names, xdp_counter,
 };
 
 /// The kernel's `BPF_F_NO_PREALLOC` map flag: a hash map takes memory only
@@ -178,8 +178,19 @@ pub const DIAL_EVENTS: MapSpec = MapSpec {
     flags: 0,
 };
 
+/// Socket cookie → backend id: the established TCP connections
+/// `backend_conns` counts (a plain hash: an evicted entry would never be
+/// subtracted).
+pub const CONNS: MapSpec =
+    MapSpec::of::<u64, u32>(map_names::CONNS, MapKind::Hash, MAX_TRACKED_CONNS, 0);
+
+/// Backend id → [`BackendConns`] (one value for all CPUs: the kernel adds
+/// and subtracts atomically).
+pub const BACKEND_CONNS: MapSpec =
+    MapSpec::of::<u32, BackendConns>(map_names::BACKEND_CONNS, MapKind::Array, MAX_BACKENDS, 0);
+
 /// Every map, in the order the README documents them.
-pub const MAPS: [MapSpec; 14] = [
+pub const MAPS: [MapSpec; 16] = [
     SERVICES,
     BACKENDS,
     BACKEND_STATS,
@@ -194,6 +205,8 @@ pub const MAPS: [MapSpec; 14] = [
     BACKEND_DIAL,
     FAILOVER,
     DIAL_EVENTS,
+    CONNS,
+    BACKEND_CONNS,
 ];
 
 /// The index in [`MAPS`] of the map named `name`.

@@ -1,28 +1,33 @@
 //! Kernel-observed dials (see `lb_common::dial` for the whole flow): the
 //! connect hook's side (skip a suspect backend, record the dial) and the
 //! `sock_ops` side (see the dial succeed or fail, mark the backend, report).
+//! `sock_ops` also counts the established connections per backend
+//! (`conns`, `backend_conns`).
 //!
 //! Invariants: only TCP connects the socket hooks redirected to a service
-//! with [`failover_flag::TRACK`] are tracked
-//! (they have a `dials` entry; `sock_ops` asks for callbacks on those
-//! sockets only and stops them once the connection is established); a
+//! with [`failover_flag::TRACK`] are tracked (they have a `dials` entry;
+//! `sock_ops` asks for callbacks on those sockets only; once the connection
+//! is established it keeps only the state callback, to see it leave
+//! `ESTABLISHED` and stop counting it, then none); a
 //! connect is never refused or stranded here: when every candidate is
 //! suspect it keeps the backend it was given (fail open); a report that
 //! does not fit the ring buffer is dropped, never waited for.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RTO_CB, BPF_SOCK_OPS_RTO_CB_FLAG,
         BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
-        BPF_TCP_CLOSE, BPF_TCP_SYN_SENT,
+        BPF_TCP_CLOSE, BPF_TCP_ESTABLISHED, BPF_TCP_SYN_SENT,
     },
     helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns},
     programs::SockOpsContext,
 };
 use lb_common::{DialEvent, DialStart, Failover, MAX_FAILOVER, dial_kind, failover_flag};
 
-use crate::maps::{BACKEND_DIAL, DIAL_EVENTS, DIALS, FAILOVER};
+use crate::maps::{BACKEND_CONNS, BACKEND_DIAL, CONNS, DIAL_EVENTS, DIALS, FAILOVER};
 
 /// The kernel's clock for dials (`CLOCK_MONOTONIC`, ns).
 #[expect(
@@ -168,8 +173,19 @@ pub(crate) fn sock_ops(ctx: &SockOpsContext) {
             }
         }
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
-            if finish(cookie(), dial_kind::SUCCESS) {
-                // Nothing more to watch on this connection.
+            let cookie = cookie();
+            if let Some(backend_id) = finish(cookie, dial_kind::SUCCESS) {
+                // From now on only its leaving ESTABLISHED matters.
+                let flags = if opened(cookie, backend_id) {
+                    BPF_SOCK_OPS_STATE_CB_FLAG
+                } else {
+                    0
+                };
+                let _ = ctx.set_cb_flags(flags as i32);
+            }
+        }
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(0) == BPF_TCP_ESTABLISHED => {
+            if closed(cookie()) {
                 let _ = ctx.set_cb_flags(0);
             }
         }
@@ -183,7 +199,7 @@ pub(crate) fn sock_ops(ctx: &SockOpsContext) {
                 } else {
                     dial_kind::RESET
                 };
-                finish(cookie(), kind);
+                let _ = finish(cookie(), kind);
             }
         }
         // SAFETY: as above; state is a readable field of bpf_sock_ops.
@@ -194,19 +210,83 @@ pub(crate) fn sock_ops(ctx: &SockOpsContext) {
     }
 }
 
-/// A dial's outcome: the backend's marks follow it, the controller hears
-/// of it, the dial is forgotten. Returns whether `cookie` was a tracked
-/// dial (a socket the connect hooks did not redirect, or one whose connect
-/// the controller aborted, is not).
+/// Adds `n` to `*counter` atomically (BPF's atomic add: the BPF target has
+/// no `AtomicU64::fetch_add` in `core`, but LLVM lowers the intrinsic to
+/// the instruction every kernel with BPF supports).
+///
+/// # Safety
+/// `counter` must point to a valid, aligned u64 that other writers change
+/// only with atomic adds.
 #[expect(
     clippy::inline_always,
     reason = "one flat program per hook keeps verifier state small and avoids BPF-to-BPF calls"
 )]
 #[inline(always)]
-fn finish(cookie: u64, kind: u32) -> bool {
-    let Some(start) = DIALS.get_ptr(cookie) else {
+unsafe fn atomic_add(counter: *mut u64, n: u64) {
+    // SAFETY: the caller's promise; the previous value is not used.
+    let _ = unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, n) };
+}
+
+/// An established connection to `backend_id` is counted and remembered
+/// until it leaves `ESTABLISHED`. Returns false when `conns` is full (it
+/// is counted as untracked instead).
+#[expect(
+    clippy::inline_always,
+    reason = "one flat program per hook keeps verifier state small and avoids BPF-to-BPF calls"
+)]
+#[inline(always)]
+fn opened(cookie: u64, backend_id: u32) -> bool {
+    let remembered = CONNS.insert(cookie, backend_id, 0).is_ok();
+    if let Some(conns) = BACKEND_CONNS.get_ptr_mut(backend_id) {
+        // SAFETY: a valid, aligned u64 in the array's value from a
+        // successful lookup; every writer uses atomic adds.
+        unsafe {
+            atomic_add(
+                if remembered {
+                    &raw mut (*conns).established
+                } else {
+                    &raw mut (*conns).untracked
+                },
+                1,
+            );
+        }
+    }
+    remembered
+}
+
+/// A counted connection left `ESTABLISHED`: it is no longer counted.
+/// Returns whether `cookie` was one.
+#[expect(
+    clippy::inline_always,
+    reason = "one flat program per hook keeps verifier state small and avoids BPF-to-BPF calls"
+)]
+#[inline(always)]
+fn closed(cookie: u64) -> bool {
+    let Some(backend_id) = CONNS.get_ptr(cookie) else {
         return false;
     };
+    // SAFETY: pointer from a successful lookup, copied at once.
+    let backend_id = unsafe { backend_id.read() };
+    let _ = CONNS.remove(cookie);
+    if let Some(conns) = BACKEND_CONNS.get_ptr_mut(backend_id) {
+        // Adding 2^64 - 1 subtracts one.
+        // SAFETY: as in `opened`.
+        unsafe { atomic_add(&raw mut (*conns).established, u64::MAX) };
+    }
+    true
+}
+
+/// A dial's outcome: the backend's marks follow it, the controller hears
+/// of it, the dial is forgotten. Returns the dial's backend when `cookie`
+/// was a tracked dial (a socket the connect hooks did not redirect, or one
+/// whose connect the controller aborted, is not).
+#[expect(
+    clippy::inline_always,
+    reason = "one flat program per hook keeps verifier state small and avoids BPF-to-BPF calls"
+)]
+#[inline(always)]
+fn finish(cookie: u64, kind: u32) -> Option<u32> {
+    let start = DIALS.get_ptr(cookie)?;
     // SAFETY: pointer from a successful lookup, copied at once.
     let start = unsafe { start.read() };
     let now = now();
@@ -227,7 +307,7 @@ fn finish(cookie: u64, kind: u32) -> bool {
         now.saturating_sub(start.start_ns),
     );
     let _ = DIALS.remove(cookie);
-    true
+    Some(start.backend_id)
 }
 
 /// A SYN of a tracked dial was retransmitted: its backend is suspect

@@ -17,6 +17,11 @@
 //! touched. The function names are the program names userspace loads
 //! (`lb_common::program_names`).
 #![no_std]
+#![feature(core_intrinsics)]
+#![expect(
+    internal_features,
+    reason = "core has no atomic add for the BPF target; the intrinsic lowers to BPF's atomic add"
+)]
 #![no_main]
 
 mod choice;

@@ -13,8 +13,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    Backend, BackendDial, BackendStats, DialEvent, DialStart, Failover, FlowKey, FlowValue,
-    IfAddrs, MaglevKey, RevNatKey, RevNatValue, Service, ServiceStats, VipKey, XdpConfig,
+    Backend, BackendConns, BackendDial, BackendStats, DialEvent, DialStart, Failover, FlowKey,
+    FlowValue, IfAddrs, MaglevKey, RevNatKey, RevNatValue, Service, ServiceStats, VipKey,
+    XdpConfig,
     maps::{self as spec, MapKind, MapSpec},
 };
 
@@ -132,6 +133,24 @@ pub(crate) static FAILOVER: Array<
     { spec::FAILOVER.flag_bits() },
 > = Array::new();
 
+/// Socket cookie → backend id: established connections `backend_conns`
+/// counts, until they leave `ESTABLISHED`.
+#[btf_map(name = "conns")]
+pub(crate) static CONNS: HashMap<
+    u64,
+    u32,
+    { spec::CONNS.capacity() },
+    { spec::CONNS.flag_bits() },
+> = HashMap::new();
+
+/// Backend id → its established connections (atomic adds).
+#[btf_map(name = "backend_conns")]
+pub(crate) static BACKEND_CONNS: Array<
+    BackendConns,
+    { spec::BACKEND_CONNS.capacity() },
+    { spec::BACKEND_CONNS.flag_bits() },
+> = Array::new();
+
 /// Dial outcomes for the controller.
 #[btf_map(name = "dial_events")]
 pub(crate) static DIAL_EVENTS: RingBuf<
@@ -224,6 +243,8 @@ const DECLARED: [&MapSpec; spec::MAPS.len()] = [
     declared_as(&BACKEND_DIAL, &spec::BACKEND_DIAL),
     declared_as(&FAILOVER, &spec::FAILOVER),
     declared_as(&DIAL_EVENTS, &spec::DIAL_EVENTS),
+    declared_as(&CONNS, &spec::CONNS),
+    declared_as(&BACKEND_CONNS, &spec::BACKEND_CONNS),
 ];
 
 const _: () = {

@@ -270,9 +270,9 @@ fn dropped_syns_at_100_connects_per_second() {
 
 #[test]
 fn dropped_syns_at_1000_connects_per_second() {
-    // ~1000/s × (100 ms bound + reaction): about 100-130 measured; three
-    // times that for a loaded machine.
-    dropped_syns("dials_load_blackhole_1000", 1000, 300);
+    // ~1000/s × (100 ms bound + reaction): about 100 measured on an idle
+    // machine, 200 with another build running; five times the idle figure.
+    dropped_syns("dials_load_blackhole_1000", 1000, 500);
 }
 
 /// Connects (of `connects`) started at or after `from_ns` that failed.
@@ -482,5 +482,102 @@ fn every_server_dead_fails_open_then_recovers_and_an_empty_list_refuses() {
     assert!(
         rig.service().refused >= 1,
         "the VIP did not count the refusal"
+    );
+}
+
+/// Established connections through `backend_conns`, summed over every
+/// backend slot (`bpftool map dump`).
+fn kernel_established(pins: &std::path::Path) -> u64 {
+    let dump = lb_tests::bpftool(&[
+        "map",
+        "dump",
+        "pinned",
+        &pins.join("backend_conns").display().to_string(),
+    ]);
+    dump.as_array()
+        .expect("bpftool prints an array")
+        .iter()
+        .filter_map(|entry| {
+            entry.get("formatted").map_or(entry, |f| f)["value"]["established"].as_u64()
+        })
+        .fold(0, u64::wrapping_add)
+}
+
+/// `ss` (iproute2, through `sock_diag`): established TCP sockets to `server`.
+fn ss_established(server: SocketAddr) -> usize {
+    let out = lb_tests::sh(
+        "ss",
+        &["-Htn", "state", "established", "dst", &server.to_string()],
+    );
+    out.lines().filter(|l| !l.trim().is_empty()).count()
+}
+
+/// A tracked service's connections are counted by the kernel as they open
+/// and close (status agrees with `ss` at every step, and destroyed
+/// connections are subtracted), while an untracked service's are still
+/// counted from the `sock_diag` dump, which no longer covers the tracked one.
+#[test]
+fn the_kernel_counts_a_tracked_services_connections_exactly() {
+    let Some(env) = TestEnv::new("dials_load_counts") else {
+        return;
+    };
+    let tracked = lb_tests::TcpBackend::v4("b1");
+    let plain = lb_tests::TcpBackend::v4("b2");
+    let check = "{ kind: tcp, interval: 200ms, timeout: 100ms }";
+    let mut services = service_yaml(SVC, VIP, &[tracked.addr], None, check);
+    services.push_str(&service_yaml(
+        "plain",
+        "127.0.0.1:6445",
+        &[plain.addr],
+        None,
+        check,
+    ));
+    services.push_str("    dial_tracking: false\n");
+    let mut daemon = env.start_with("connection_poll_interval: 100ms\n", &services);
+    daemon.wait_checked();
+    let count_is = |daemon: &mut Daemon, name: &str, n: u32| {
+        daemon.wait_for(
+            Duration::from_secs(5),
+            &format!("{name}: {n} connections"),
+            |s| {
+                s.services
+                    .iter()
+                    .find(|svc| svc.name == name)
+                    .is_some_and(|svc| svc.servers[0].connections == n)
+            },
+        );
+    };
+    let mut held: Vec<_> = (0..30).map(|_| env.hold(VIP)).collect();
+    let plain_held: Vec<_> = (0..12).map(|_| env.hold("127.0.0.1:6445")).collect();
+    count_is(&mut daemon, SVC, 30);
+    count_is(&mut daemon, "plain", 12);
+    assert_eq!(ss_established(tracked.addr), 30);
+    assert_eq!(kernel_established(env.pins.path()), 30);
+    // The dump saw only the untracked service's sockets.
+    let dumped = metric(&daemon.metrics(), "daas_lb_connection_poll_sockets", &[]);
+    assert_eq!(dumped, Some(12.0));
+
+    held.truncate(18);
+    count_is(&mut daemon, SVC, 18);
+    assert_eq!(ss_established(tracked.addr), 18);
+    drop(plain_held);
+    count_is(&mut daemon, "plain", 0);
+
+    // Removing the server destroys its connections: each is subtracted.
+    let (code, body) = put_servers(&daemon.control, SVC, &[&plain.addr.to_string()]);
+    assert_eq!(code, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while kernel_established(env.pins.path()) != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} connections still counted after their server was removed",
+            kernel_established(env.pins.path())
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(ss_established(tracked.addr), 0);
+    assert!(
+        held.iter_mut()
+            .all(|h| h.wait_closed(Duration::from_secs(2)).is_some())
     );
 }

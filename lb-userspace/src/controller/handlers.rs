@@ -333,6 +333,7 @@ impl State {
     fn poll_targets(&self) -> HashSet<SocketAddr> {
         self.services
             .iter()
+            .filter(|s| !s.counted_by_kernel())
             .flat_map(|s| s.servers.keys().copied())
             .collect()
     }
@@ -353,13 +354,24 @@ impl State {
         let now = Instant::now();
         for service in services.iter_mut() {
             let mut effects = Effects::default();
+            let by_kernel = service.counted_by_kernel();
             for (&address, server) in &mut service.servers {
-                if !servers.contains(&address) {
+                let connections = if by_kernel {
+                    // `sock_ops` counts them as they open and close.
+                    match dataplane.maps.backend_conns.get(server.backend_id) {
+                        Ok(conns) => u32::try_from(conns.established).unwrap_or(u32::MAX),
+                        Err(err) => {
+                            warn!(service = %service.config.name, server = %address, error = format!("{err:#}"), "could not read the connection count");
+                            continue;
+                        }
+                    }
+                } else if servers.contains(&address) {
+                    counts.get(&(service.id, address)).copied().unwrap_or(0)
+                } else {
                     // Added since the dump started (not in its filter):
                     // counted from the next poll on.
                     continue;
-                }
-                let connections = counts.get(&(service.id, address)).copied().unwrap_or(0);
+                };
                 service.machine.set_connections(address, connections);
                 // Connects, and unconnected UDP datagrams, the kernel sent here.
                 let connects = dataplane

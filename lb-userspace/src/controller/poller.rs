@@ -1,7 +1,9 @@
 //! The poller: every `connection_poll_interval` it asks the controller
-//! which servers to watch, dumps the established connections to them with
-//! its own `sock_diag` socket on a blocking thread (the controller keeps
-//! handling events meanwhile), and hands the sockets over; with `xdp` it
+//! which servers to watch (those of services the kernel does not count:
+//! UDP, `dial_tracking: false`), dumps the established connections to them
+//! with its own `sock_diag` socket on a blocking thread (the controller
+//! keeps handling events meanwhile), and hands the sockets over (the
+//! controller reads the kernel's counts for the other services then); with `xdp` it
 //! then reads the interfaces' primary addresses the same way (XDP's SNAT
 //! sources follow address changes).
 
@@ -43,7 +45,12 @@ async fn poll_loop(
         };
         let started = Instant::now();
         let Ok((back, servers, dumped)) = spawn_blocking(move || {
-            let dumped = connections.established(&servers);
+            // Nothing to dump when the kernel counts every service.
+            let dumped = if servers.is_empty() {
+                Ok(Vec::new())
+            } else {
+                connections.established(&servers)
+            };
             (connections, servers, dumped)
         })
         .await

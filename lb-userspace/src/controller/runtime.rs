@@ -22,7 +22,7 @@ use super::{
     registry::DiscoveryState,
 };
 use crate::{
-    config::{Config, DialStall, ServiceConfig},
+    config::{Config, DialStall, Protocol, ServiceConfig},
     health::{CheckOutcome, Prober, nautilus::Attester},
     kernel::{connections::Connections, dataplane::Dataplane},
     metrics::Counters,
@@ -96,6 +96,15 @@ pub(super) struct ServiceRuntime {
     /// The `failover` entry last written for this service; `None` before
     /// the first write.
     pub(super) failover: Option<WrittenFailover>,
+}
+
+impl ServiceRuntime {
+    /// Whether the kernel counts this service's connections (`sock_ops`,
+    /// `backend_conns`): TCP with `dial_tracking`. The others are counted
+    /// from a `sock_diag` dump.
+    pub(super) fn counted_by_kernel(&self) -> bool {
+        self.config.protocol == Protocol::Tcp && self.config.dial_tracking
+    }
 }
 
 /// Everything the controller owns.

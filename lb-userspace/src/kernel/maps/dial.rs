@@ -2,12 +2,14 @@
 //! (entries forgotten here before the controller aborts a connect, so the
 //! abort is not reported as a failed dial), `backend_dial` (the kernel's suspect marks, cleared here once a server
 //! is usable again), `failover` (each TCP service's candidates past a
-//! suspect backend, written here) and the `dial_events` ring buffer (read
-//! by the controller's dial task, which takes it).
+//! suspect backend, written here), `backend_conns` (established
+//! connections per backend, read by the poller's handler) and the
+//! `dial_events` ring buffer (read by the controller's dial task, which
+//! takes it). `conns` (cookie → backend) is the kernel's own.
 
 use anyhow::Context as _;
 use aya::maps::{Array, HashMap, MapData, MapError, RingBuf};
-use lb_common::{BackendDial, DialStart, Failover};
+use lb_common::{BackendConns, BackendDial, DialStart, Failover};
 use tracing::debug;
 
 /// The `dials` map.
@@ -53,6 +55,21 @@ impl BackendDialMap {
         self.0
             .set(id, BackendDial::default(), 0)
             .with_context(|| format!("resetting backend_dial[{id}]"))
+    }
+}
+
+/// The `backend_conns` map: established connections per backend, counted
+/// by `sock_ops` for tracked services. Not reset when a slot is reused:
+/// a connection of the slot's previous server that is still open is
+/// subtracted when it closes, so the count stays a true sum.
+pub struct BackendConnsMap(pub(super) Array<MapData, BackendConns>);
+
+impl BackendConnsMap {
+    /// A backend's counts.
+    pub fn get(&self, id: u32) -> anyhow::Result<BackendConns> {
+        self.0
+            .get(&id, 0)
+            .with_context(|| format!("reading backend_conns[{id}]"))
     }
 }
 

@@ -24,7 +24,7 @@ use lb_common::map_names;
 
 pub use self::{
     backends::Backends,
-    dial::{BackendDialMap, DialEvents, DialsMap, FailoverMap},
+    dial::{BackendConnsMap, BackendDialMap, DialEvents, DialsMap, FailoverMap},
     flows::Flows,
     maglev::Maglev,
     rev_nat::RevNat,
@@ -63,6 +63,9 @@ pub struct Maps {
     pub failover: FailoverMap,
     /// `dial_events`: dial outcomes from the kernel.
     pub dial_events: DialEvents,
+    /// `backend_conns`: established connections per backend (tracked
+    /// services).
+    pub backend_conns: BackendConnsMap,
 }
 
 impl Maps {
@@ -83,6 +86,7 @@ impl Maps {
             backend_dial: BackendDialMap(take(ebpf, map_names::BACKEND_DIAL)?),
             failover: FailoverMap(take(ebpf, map_names::FAILOVER)?),
             dial_events: DialEvents(Some(take(ebpf, map_names::DIAL_EVENTS)?)),
+            backend_conns: BackendConnsMap(take(ebpf, map_names::BACKEND_CONNS)?),
         })
     }
 }
