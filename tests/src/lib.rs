@@ -33,6 +33,8 @@
 //! - [`failover`]: a server dying under a stream of new connects (servers,
 //!   kill modes, the client loop and its summary; `cargo xtask bench
 //!   failover`);
+//! - [`proxies`]: HAProxy and the K3s-style proxy the benches compare
+//!   daas-lb with;
 //! - [`topology`]: routed namespaces for the XDP tests and benchmarks;
 //! - [`xdp_fixture`]: packet fixtures for the XDP program.
 
@@ -43,6 +45,7 @@ mod daemon;
 mod env;
 pub mod failover;
 mod inspect;
+pub mod proxies;
 pub mod topology;
 pub mod xdp_fixture;
 
