@@ -33,6 +33,8 @@
 //! - [`failover`]: a server dying under a stream of new connects (servers,
 //!   kill modes, the client loop and its summary; `cargo xtask bench
 //!   failover`);
+//! - [`connects`]: the closed-loop connect client of `cargo xtask bench
+//!   connect` and the percentiles of its latencies;
 //! - [`proxies`]: HAProxy and the K3s-style proxy the benches compare
 //!   daas-lb with;
 //! - [`topology`]: routed namespaces for the XDP tests and benchmarks;
@@ -41,6 +43,7 @@
 mod backends;
 mod chain;
 mod clients;
+pub mod connects;
 mod daemon;
 mod env;
 pub mod failover;
