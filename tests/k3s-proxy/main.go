@@ -1,5 +1,6 @@
 // k3s-proxy: a stand-in for the K3s agent's client-side load balancer, for
-// `cargo xtask bench failover` (lb-failover-bench). daas-lb's own code, not
+// `cargo xtask bench failover` (lb-failover-bench) and `cargo xtask bench
+// connect` (lb-connect-bench). daas-lb's own code, not
 // K3s's: it mimics the behaviour that matters when a server dies.
 //
 // Invariants:

@@ -126,6 +126,16 @@ pub fn sh(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// A child process killed (and reaped) on drop.
+pub(crate) struct KillOnDrop(pub(crate) Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A network namespace private to the calling thread (only loopback, no
 /// route out). Threads and processes started from this thread while it is
 /// alive live in it. Dropping it moves the thread back.

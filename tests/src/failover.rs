@@ -16,8 +16,6 @@
 //! - [`run_scenario`]: starts that client, kills the victim server
 //!   ([`KillMode`]) `kill_after` into the run, waits for the client and
 //!   sums its connects up into an [`Outcome`].
-//! - [`build_k3s_proxy`]: builds the K3s-style proxy of `tests/k3s-proxy`
-//!   with `go build`, cached in a directory of the caller's choice.
 //!
 //! Invariants: both processes read `CLOCK_MONOTONIC` ([`monotonic_ns`]), so
 //! the client's connect times and the moment of the kill share one clock. A
@@ -36,8 +34,7 @@ use std::{
     io::{self, BufRead as _, BufReader},
     net::{SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd as _,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     str::FromStr,
     sync::{
         Arc,
@@ -50,7 +47,7 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use serde::{Deserialize, Serialize};
 
-use crate::env::{TestCgroup, client_bin, unique};
+use crate::env::{KillOnDrop, TestCgroup, client_bin, unique};
 
 /// Connects that waited at least this long for their answer count as slow
 /// in [`Outcome::slow`].
@@ -476,16 +473,6 @@ fn signed_seconds(a: u64, b: u64) -> f64 {
     }
 }
 
-/// A child process killed (and reaped) on drop.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// How long the client may take beyond its duration and answer timeout.
 const CLIENT_SLACK: Duration = Duration::from_secs(10);
 /// When the client's first connect is due after it is spawned (its exec
@@ -751,54 +738,4 @@ fn raise_open_files(want: u64) {
     };
     // SAFETY: as above; raising the soft limit up to the hard one is always allowed.
     unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const soft) };
-}
-
-/// The Go source of the K3s-style proxy (`tests/k3s-proxy`).
-pub fn k3s_proxy_source() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("k3s-proxy")
-}
-
-/// Builds the K3s-style proxy with `go build` into `out_dir/k3s-proxy`
-/// (Go's build cache in `out_dir/go-build`), unless the binary there is
-/// newer than every file of [`k3s_proxy_source`]; returns its path. Needs
-/// no network: the proxy uses the standard library only (`GOPROXY=off`).
-pub fn build_k3s_proxy(out_dir: &Path) -> Result<PathBuf> {
-    let source = k3s_proxy_source();
-    let binary = out_dir.join("k3s-proxy");
-    let newest_source = std::fs::read_dir(&source)
-        .with_context(|| format!("reading {}", source.display()))?
-        .filter_map(|entry| entry.ok()?.metadata().ok()?.modified().ok())
-        .max()
-        .with_context(|| format!("{} is empty", source.display()))?;
-    let built = std::fs::metadata(&binary).and_then(|m| m.modified()).ok();
-    if built.is_some_and(|built| built >= newest_source) {
-        return Ok(binary);
-    }
-    let output = Command::new("go")
-        .args(["build", "-o"])
-        .arg(&binary)
-        .arg(".")
-        .current_dir(&source)
-        .env("GOCACHE", out_dir.join("go-build"))
-        .env("GOPATH", out_dir.join("go-path"))
-        .env("GOPROXY", "off")
-        .env("GOFLAGS", "-mod=mod")
-        .env("GOTOOLCHAIN", "local")
-        .env("CGO_ENABLED", "0")
-        .output()
-        .with_context(|| {
-            format!(
-                "running go build in {} (apt-get install golang-go)",
-                source.display()
-            )
-        })?;
-    ensure!(
-        output.status.success(),
-        "go build in {} into {}: {}: {}",
-        source.display(),
-        binary.display(),
-        output.status,
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
-    Ok(binary)
 }

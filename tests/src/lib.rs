@@ -33,16 +33,22 @@
 //! - [`failover`]: a server dying under a stream of new connects (servers,
 //!   kill modes, the client loop and its summary; `cargo xtask bench
 //!   failover`);
+//! - [`connects`]: the closed-loop connect client of `cargo xtask bench
+//!   connect` and the percentiles of its latencies;
+//! - [`proxies`]: HAProxy and the K3s-style proxy the benches compare
+//!   daas-lb with;
 //! - [`topology`]: routed namespaces for the XDP tests and benchmarks;
 //! - [`xdp_fixture`]: packet fixtures for the XDP program.
 
 mod backends;
 mod chain;
 mod clients;
+pub mod connects;
 mod daemon;
 mod env;
 pub mod failover;
 mod inspect;
+pub mod proxies;
 pub mod topology;
 pub mod xdp_fixture;
 

@@ -1,4 +1,5 @@
-//! `cargo xtask bench xdp|nautilus|failover`: benchmarks on release builds.
+//! `cargo xtask bench xdp|nautilus|failover|connect`: benchmarks on release
+//! builds.
 //!
 //! `xdp`, as root:
 //!
@@ -22,6 +23,13 @@
 //!    1000 connects/s, the server in use closes its listener or drops SYNs)
 //!    through daas-lb (default checks and `profile: k3s`), HAProxy and a
 //!    K3s-style proxy built with `go build`, next to direct connects.
+//!
+//! `connect`, as root (installs haproxy and golang-go with apt when missing):
+//!
+//! 1. `lb-connect-bench`: the happy path: new connects/s and connect +
+//!    first-byte latency through a daas-lb VIP with and without
+//!    `dial_tracking`, HAProxy and the K3s-style proxy, next to direct
+//!    connects from inside and outside the cgroup, interleaved in rounds.
 //!
 //! Each prints a markdown table on stdout (collected and printed together at
 //! the end) and its progress on stderr (streamed). Not part of `cargo xtask
@@ -56,6 +64,9 @@ pub(crate) enum Target {
     /// Failover (as root): failed connects and waits while the server in use
     /// dies, daas-lb next to HAProxy and a K3s-style proxy.
     Failover,
+    /// Happy-path connects (as root): connects/s and latency through a
+    /// VIP with and without dial tracking, proxies and direct connects.
+    Connect,
 }
 
 impl Target {
@@ -65,6 +76,7 @@ impl Target {
             Self::Xdp => &["lb-xdp-bench", "lb-rate-bench", "lb-maglev-bench"],
             Self::Nautilus => &["lb-attest-bench"],
             Self::Failover => &["lb-failover-bench"],
+            Self::Connect => &["lb-connect-bench"],
         }
     }
 
@@ -74,6 +86,7 @@ impl Target {
             Self::Xdp => "lb-rate-bench",
             Self::Nautilus => "lb-attest-bench",
             Self::Failover => "lb-failover-bench",
+            Self::Connect => "lb-connect-bench",
         }
     }
 }
@@ -90,9 +103,14 @@ pub(crate) fn bench(target: Target, args: &[String]) -> Result<()> {
         "`cargo xtask bench failover` needs root (it runs daas-lb and builds network \
          namespaces and iptables rules); run `sudo -E cargo xtask bench failover`"
     );
+    ensure!(
+        target != Target::Connect || is_root(),
+        "`cargo xtask bench connect` needs root (it runs daas-lb and builds a network \
+         namespace and a cgroup); run `sudo -E cargo xtask bench connect`"
+    );
     let start = Instant::now();
     setup::run()?;
-    if target == Target::Failover {
+    if matches!(target, Target::Failover | Target::Connect) {
         setup::ensure_failover_tools()?;
     }
     let workspace = Workspace::locate()?;

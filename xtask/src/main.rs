@@ -43,8 +43,9 @@ enum Command {
     Lint,
     /// Format the workspace with nightly rustfmt (rustfmt.toml needs it).
     Fmt,
-    /// Set up, build release binaries, then run benchmarks (`xdp` and
-    /// `failover` as root) and print their markdown tables. Not part of `test`.
+    /// Set up, build release binaries, then run benchmarks (`xdp`,
+    /// `failover` and `connect` as root) and print their markdown tables.
+    /// Not part of `test`.
     Bench(BenchArgs),
 }
 
@@ -73,11 +74,15 @@ struct BenchArgs {
     /// and cached, next to a plain HTTP GET and gRPC calls, on loopback) or
     /// `failover` (as root: failed connects and waits at 100 and 1000
     /// connects/s while the server in use dies, through daas-lb, HAProxy and
-    /// a K3s-style proxy; installs haproxy and golang-go when missing).
+    /// a K3s-style proxy; installs haproxy and golang-go when missing) or
+    /// `connect` (as root: happy-path connects/s and connect + first-byte
+    /// latency through a daas-lb VIP with and without dial tracking, HAProxy
+    /// and the K3s-style proxy, next to direct connects; installs them too).
     target: bench::Target,
     /// Arguments (after `--`) for lb-rate-bench with `xdp`, e.g. `--duration
     /// 3 --runs 1`, for lb-attest-bench with `nautilus`, e.g. `--reps 20`,
-    /// or for lb-failover-bench with `failover`, e.g. `--rates 100 --events rst`.
+    /// for lb-failover-bench with `failover`, e.g. `--rates 100 --events rst`,
+    /// or for lb-connect-bench with `connect`, e.g. `--rounds 3 --concurrency 8`.
     #[arg(last = true)]
     args: Vec<String>,
 }

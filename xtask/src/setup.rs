@@ -46,7 +46,7 @@ pub(crate) fn run() -> Result<()> {
     Ok(())
 }
 
-/// What `cargo xtask bench failover` needs besides [`run`]: haproxy and
+/// What `cargo xtask bench failover` and `connect` need besides [`run`]: haproxy and
 /// go (installed with apt as root when missing).
 pub(crate) fn ensure_failover_tools() -> Result<()> {
     let mut progress = Progress::default();

@@ -56,18 +56,20 @@
 
 use std::{
     fmt::Write as _,
-    io::Read as _,
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
-    os::unix::process::CommandExt as _,
-    path::{Path, PathBuf},
-    process::{Child, Command, ExitCode, Stdio},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::Path,
+    process::{Command, ExitCode},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
 use lb_tests::{
     API, Daemon, NetNs, PinDir, TempDir, TestCgroup, config_yaml,
-    failover::{ByteServer, KillMode, Outcome, SLOW, Scenario, build_k3s_proxy, run_scenario},
+    failover::{ByteServer, KillMode, Outcome, SLOW, Scenario, run_scenario},
+    proxies::{
+        INSTALL, Proxy, build_k3s_proxy, find_program, haproxy_config, k3s_proxy_command,
+        wait_answered,
+    },
     service,
     topology::sibling_binary,
 };
@@ -87,7 +89,6 @@ const SERVICE: &str = "failover";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one connect may wait for the server's byte, connect included.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
-const INSTALL: &str = "apt-get install haproxy golang-go";
 
 /// A system under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -361,7 +362,7 @@ fn measure(system: System, mut scenario: Scenario, k3s_proxy: Option<&Path>) -> 
             Ok(outcome)
         }
         System::Haproxy => {
-            let config = tmp.file("haproxy.cfg", &haproxy_config(&addrs));
+            let config = tmp.file("haproxy.cfg", &haproxy_config(SERVICE, HAPROXY, &addrs));
             let log = tmp.path().join("haproxy.log");
             let mut command = Command::new("haproxy");
             command.arg("-db").arg("-f").arg(&config);
@@ -373,22 +374,13 @@ fn measure(system: System, mut scenario: Scenario, k3s_proxy: Option<&Path>) -> 
         System::K3sProxy => {
             let binary = k3s_proxy.context("k3s-proxy was not built")?;
             let log = tmp.path().join("k3s-proxy.log");
-            let mut command = Command::new(binary);
-            command
-                .arg("-listen")
-                .arg(K3S_PROXY.to_string())
-                .arg("-servers")
-                .arg(
-                    addrs
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(","),
-                )
-                .arg("-dial-timeout")
-                .arg(format!("{}s", CONNECT_TIMEOUT.as_secs()))
-                .arg("-check-interval")
-                .arg("1s");
+            let command = k3s_proxy_command(
+                binary,
+                K3S_PROXY,
+                &addrs,
+                CONNECT_TIMEOUT,
+                Duration::from_secs(1),
+            );
             let _proxy = Proxy::spawn(command, &log)?;
             scenario.target = K3S_PROXY;
             wait_answered(K3S_PROXY, &log)?;
@@ -513,107 +505,6 @@ fn start_daas_lb(
         tmp.path(),
         API,
     )
-}
-
-/// HAProxy in TCP mode in front of `servers`: the first one is used while
-/// it is up (`balance first`), 1 s checks, 3 retries, redispatch, and the
-/// timeouts of Debian's default `haproxy.cfg`. `maxconn 9000`: HAProxy
-/// needs two files per connection and refuses to start when that is above
-/// its hard open-files limit (20000 on this project's VMs, which root
-/// cannot raise there).
-fn haproxy_config(servers: &[SocketAddr]) -> String {
-    let mut config = format!(
-        "global\n    maxconn 9000\n\ndefaults\n    mode tcp\n    timeout connect 5s\n    \
-         timeout client 50s\n    timeout server 50s\n    retries 3\n    option redispatch\n\n\
-         listen {SERVICE}\n    bind {HAPROXY}\n    balance first\n"
-    );
-    for (i, server) in servers.iter().enumerate() {
-        let _ = writeln!(config, "    server s{} {server} check inter 1s", i + 1);
-    }
-    config
-}
-
-/// A proxy process (HAProxy, k3s-proxy) with its output in a log file;
-/// killed on drop, and by the kernel if the bench dies first. Both raise
-/// their own open-files limit up to the hard one (Go does so at start,
-/// HAProxy from `maxconn`).
-struct Proxy {
-    child: Child,
-}
-
-impl Proxy {
-    fn spawn(mut command: Command, log: &Path) -> Result<Self> {
-        let file =
-            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let err = file
-            .try_clone()
-            .with_context(|| format!("duplicating {}", log.display()))?;
-        // SAFETY: runs in the forked child before exec and only calls
-        // prctl(2), which is async-signal-safe, with valid arguments.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(file)
-            .stderr(err)
-            .spawn()
-            .with_context(|| format!("spawning {command:?}"))?;
-        Ok(Self { child })
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Waits (at most 10 s) until a connect to `addr` gets a server's byte;
-/// the error shows the proxy's `log`.
-fn wait_answered(addr: SocketAddr, log: &Path) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        match answered(addr) {
-            Ok(()) => return Ok(()),
-            Err(e) => last = format!("{e:#}"),
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let output = std::fs::read_to_string(log).unwrap_or_default();
-    bail!(
-        "nothing answered through {addr} within 10 s (last: {last}); {}:\n{output}",
-        log.display()
-    )
-}
-
-fn answered(addr: SocketAddr) -> Result<()> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))
-        .with_context(|| format!("connecting to {addr}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(1)))?;
-    let mut byte = [0u8; 1];
-    let n = stream
-        .read(&mut byte)
-        .with_context(|| format!("reading from {addr}"))?;
-    ensure!(n == 1, "{addr} closed without an answer");
-    Ok(())
-}
-
-/// A program on PATH or in the sbin directories (haproxy is in /usr/sbin).
-fn find_program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
 }
 
 fn last_failure(outcome: &Outcome) -> String {

@@ -13,6 +13,8 @@
 //! lb-test-client udp-hold ADDR SECONDS      the same with a connected UDP socket
 //! lb-test-client storm ADDR RATE DURATION_MS CONNECT_MS ANSWER_MS START_NS
 //!                                           RATE new TCP connects/s, see below
+//! lb-test-client connects ADDR CONCURRENCY WARMUP_MS WINDOW_MS
+//!                                           closed-loop connects, see below
 //! ```
 //!
 //! `hold` prints several lines: it connects, sends `HOLD\n`, reads the reply
@@ -30,6 +32,14 @@
 //! all have ended prints one `lb_tests::failover::Connect`
 //! JSON object per connect, in start order. It exits 0 unless it could not
 //! run at all.
+//!
+//! `connects` is the client of the happy-path connect bench
+//! (`lb_tests::connects`): `CONCURRENCY` threads each open one new TCP
+//! connection after the other (connect, read the server's first byte,
+//! close with `SO_LINGER` 0) for `WARMUP_MS`, then for `WINDOW_MS`
+//! (counted), and it prints one `lb_tests::connects::LoopReport` JSON
+//! object with every counted connect's latency. Failed connects are
+//! counted in it, not fatal; it exits 0 unless it could not run at all.
 
 use std::{
     io::{ErrorKind, Read as _, Write as _},
@@ -305,11 +315,47 @@ fn storm(addr: SocketAddr, args: &[String]) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `connects ADDR CONCURRENCY WARMUP_MS WINDOW_MS`: see the module
+/// documentation.
+fn connects(addr: SocketAddr, args: &[String]) -> ExitCode {
+    let numbers: Vec<u64> = args.iter().filter_map(|a| a.parse().ok()).collect();
+    let [concurrency, warmup_ms, window_ms] = numbers[..] else {
+        eprintln!("usage: lb-test-client connects ADDR CONCURRENCY WARMUP_MS WINDOW_MS");
+        return ExitCode::from(2);
+    };
+    let Ok(concurrency) = usize::try_from(concurrency) else {
+        eprintln!("connects: concurrency {concurrency} is too large");
+        return ExitCode::from(2);
+    };
+    let report = match lb_tests::connects::connect_loop(
+        addr,
+        concurrency,
+        Duration::from_millis(warmup_ms),
+        Duration::from_millis(window_ms),
+    ) {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("connects {addr}: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let written = serde_json::to_string(&report)
+        .map_err(std::io::Error::other)
+        .and_then(|line| writeln!(out, "{line}"))
+        .and_then(|()| out.flush());
+    if let Err(e) = written {
+        eprintln!("connects: writing stdout: {e}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(mode), Some(addr)) = (args.first(), args.get(1)) else {
         eprintln!(
-            "usage: lb-test-client tcp|tcp-mapped|udp|udp-connected ADDR [PAYLOAD]\n       lb-test-client hold|udp-hold ADDR SECONDS\n       lb-test-client storm ADDR RATE DURATION_MS CONNECT_MS ANSWER_MS START_NS"
+            "usage: lb-test-client tcp|tcp-mapped|udp|udp-connected ADDR [PAYLOAD]\n       lb-test-client hold|udp-hold ADDR SECONDS\n       lb-test-client storm ADDR RATE DURATION_MS CONNECT_MS ANSWER_MS START_NS\n       lb-test-client connects ADDR CONCURRENCY WARMUP_MS WINDOW_MS"
         );
         return ExitCode::from(2);
     };
@@ -319,6 +365,9 @@ fn main() -> ExitCode {
     };
     if mode == "storm" {
         return storm(addr, &args[2..]);
+    }
+    if mode == "connects" {
+        return connects(addr, &args[2..]);
     }
     if mode == "hold" || mode == "udp-hold" {
         let Some(Ok(seconds)) = args.get(2).map(|s| s.parse::<u64>()) else {

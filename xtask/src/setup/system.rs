@@ -1,6 +1,6 @@
 //! System prerequisites: command-line tools from Debian packages (bpftool,
 //! ip, nc, curl, ethtool, iptables; promtool under `CI=true`; haproxy and
-//! go for `cargo xtask bench failover` only) and the bpffs mount. Installing and mounting need root; without it these steps only
+//! go for `cargo xtask bench failover` and `connect` only) and the bpffs mount. Installing and mounting need root; without it these steps only
 //! warn (`run` and `test` check root themselves).
 
 use std::{fs, path::Path, process::Command};
@@ -29,7 +29,7 @@ const CI_TOOLS: [(&str, &str); 1] = [("promtool", "prometheus")];
 
 const BPFFS: &str = "/sys/fs/bpf";
 
-/// Only for `cargo xtask bench failover` (CI runs no benchmark): the
+/// Only for `cargo xtask bench failover` and `connect` (CI runs no benchmark): the
 /// systems it compares daas-lb with, HAProxy and a K3s-style proxy built
 /// with `go build`.
 const FAILOVER_TOOLS: [(&str, &str); 2] = [("haproxy", "haproxy"), ("go", "golang-go")];
@@ -56,7 +56,7 @@ pub(super) fn ensure_failover_tools(progress: &mut Progress) -> Result<()> {
     ensure_installed(
         "haproxy, go",
         &FAILOVER_TOOLS,
-        "`cargo xtask bench failover` needs them",
+        "`cargo xtask bench failover` and `connect` need them",
         progress,
     )
 }

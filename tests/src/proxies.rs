@@ -1,0 +1,205 @@
+//! The proxies the benchmarks compare daas-lb with, as child processes:
+//! Debian's HAProxy in TCP mode ([`haproxy_config`]) and the K3s-style
+//! proxy of `tests/k3s-proxy` ([`build_k3s_proxy`], [`k3s_proxy_command`]),
+//! plus finding them ([`find_program`]) and waiting until one answers
+//! ([`wait_answered`]).
+//!
+//! Invariants: a [`Proxy`] is killed and reaped on drop, and by the kernel
+//! (`PR_SET_PDEATHSIG`) if the bench dies first; its output goes to a log
+//! file that errors quote. Every wait is bounded.
+
+use std::{
+    fmt::Write as _,
+    io::Read as _,
+    net::{SocketAddr, TcpStream},
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+
+/// How to install both proxies' tools on Debian.
+pub const INSTALL: &str = "apt-get install haproxy golang-go";
+
+/// HAProxy in TCP mode: `listen NAME` on `bind` in front of `servers`; the
+/// first one is used while it is up (`balance first`), 1 s checks, 3
+/// retries, redispatch, and the timeouts of Debian's default
+/// `haproxy.cfg`. `maxconn 9000`: HAProxy needs two files per connection
+/// and refuses to start when that is above its hard open-files limit
+/// (20000 on this project's VMs, which root cannot raise there).
+pub fn haproxy_config(name: &str, bind: SocketAddr, servers: &[SocketAddr]) -> String {
+    let mut config = format!(
+        "global\n    maxconn 9000\n\ndefaults\n    mode tcp\n    timeout connect 5s\n    \
+         timeout client 50s\n    timeout server 50s\n    retries 3\n    option redispatch\n\n\
+         listen {name}\n    bind {bind}\n    balance first\n"
+    );
+    for (i, server) in servers.iter().enumerate() {
+        let _ = writeln!(config, "    server s{} {server} check inter 1s", i + 1);
+    }
+    config
+}
+
+/// The command that runs the K3s-style proxy `binary` on `listen` in front
+/// of `servers` (preference order) with its dial timeout and health-check
+/// interval.
+pub fn k3s_proxy_command(
+    binary: &Path,
+    listen: SocketAddr,
+    servers: &[SocketAddr],
+    dial_timeout: Duration,
+    check_interval: Duration,
+) -> Command {
+    let mut command = Command::new(binary);
+    command
+        .arg("-listen")
+        .arg(listen.to_string())
+        .arg("-servers")
+        .arg(
+            servers
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        )
+        .arg("-dial-timeout")
+        .arg(format!("{}ms", dial_timeout.as_millis()))
+        .arg("-check-interval")
+        .arg(format!("{}ms", check_interval.as_millis()));
+    command
+}
+
+/// A proxy process (HAProxy, k3s-proxy) with its output in a log file;
+/// killed on drop, and by the kernel if the bench dies first. Both raise
+/// their own open-files limit up to the hard one (Go does so at start,
+/// HAProxy from `maxconn`).
+pub struct Proxy {
+    child: Child,
+}
+
+impl Proxy {
+    /// Starts `command` with stdout and stderr in `log`.
+    pub fn spawn(mut command: Command, log: &Path) -> Result<Self> {
+        let file =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let err = file
+            .try_clone()
+            .with_context(|| format!("duplicating {}", log.display()))?;
+        // SAFETY: runs in the forked child before exec and only calls
+        // prctl(2), which is async-signal-safe, with valid arguments.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("spawning {command:?}"))?;
+        Ok(Self { child })
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits (at most 10 s) until a connect to `addr` gets a server's byte;
+/// the error shows the proxy's `log`.
+pub fn wait_answered(addr: SocketAddr, log: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match answered(addr) {
+            Ok(()) => return Ok(()),
+            Err(e) => last = format!("{e:#}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = std::fs::read_to_string(log).unwrap_or_default();
+    bail!(
+        "nothing answered through {addr} within 10 s (last: {last}); {}:\n{output}",
+        log.display()
+    )
+}
+
+fn answered(addr: SocketAddr) -> Result<()> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let mut byte = [0u8; 1];
+    let n = stream
+        .read(&mut byte)
+        .with_context(|| format!("reading from {addr}"))?;
+    ensure!(n == 1, "{addr} closed without an answer");
+    Ok(())
+}
+
+/// A program on PATH or in the sbin directories (haproxy is in /usr/sbin).
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// The Go source of the K3s-style proxy (`tests/k3s-proxy`).
+pub fn k3s_proxy_source() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("k3s-proxy")
+}
+
+/// Builds the K3s-style proxy with `go build` into `out_dir/k3s-proxy`
+/// (Go's build cache in `out_dir/go-build`), unless the binary there is
+/// newer than every file of [`k3s_proxy_source`]; returns its path. Needs
+/// no network: the proxy uses the standard library only (`GOPROXY=off`).
+pub fn build_k3s_proxy(out_dir: &Path) -> Result<PathBuf> {
+    let source = k3s_proxy_source();
+    let binary = out_dir.join("k3s-proxy");
+    let newest_source = std::fs::read_dir(&source)
+        .with_context(|| format!("reading {}", source.display()))?
+        .filter_map(|entry| entry.ok()?.metadata().ok()?.modified().ok())
+        .max()
+        .with_context(|| format!("{} is empty", source.display()))?;
+    let built = std::fs::metadata(&binary).and_then(|m| m.modified()).ok();
+    if built.is_some_and(|built| built >= newest_source) {
+        return Ok(binary);
+    }
+    let output = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&binary)
+        .arg(".")
+        .current_dir(&source)
+        .env("GOCACHE", out_dir.join("go-build"))
+        .env("GOPATH", out_dir.join("go-path"))
+        .env("GOPROXY", "off")
+        .env("GOFLAGS", "-mod=mod")
+        .env("GOTOOLCHAIN", "local")
+        .env("CGO_ENABLED", "0")
+        .output()
+        .with_context(|| format!("running go build in {} ({INSTALL})", source.display()))?;
+    ensure!(
+        output.status.success(),
+        "go build in {} into {}: {}: {}",
+        source.display(),
+        binary.display(),
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(binary)
+}
