@@ -17,7 +17,8 @@
 //!    the backend suspect (stalled).
 //! 3. A backend with a SYN outstanding for longer than the service's
 //!    [`Failover::suspect_after_ns`] and no success since is suspect too:
-//!    the next connect notices and reports it ([`dial_kind::STALLED`]).
+//!    the next connect notices and reports it ([`dial_kind::STALLED`]),
+//!    after checking that the dial it is timing is still outstanding.
 //! 4. An established connection is remembered in `conns` (cookie →
 //!    backend) and counted in `backend_conns` until it leaves
 //!    `ESTABLISHED`: the controller's connection counts for tracked
@@ -40,8 +41,10 @@ pub const MAX_TRACKED_CONNS: u32 = 65_536;
 /// Backend ids in a service's failover list.
 pub const MAX_FAILOVER: usize = 8;
 /// Size of the `dial_events` ring buffer in bytes (a power of two and a
-/// multiple of the page size).
-pub const DIAL_EVENTS_BYTES: u32 = 256 * 1024;
+/// multiple of the page size): successes are written without waking the
+/// reader, which drains the ring every few tens of milliseconds, so it
+/// holds that long of them (32 768 records of 32 bytes).
+pub const DIAL_EVENTS_BYTES: u32 = 1024 * 1024;
 
 /// Value of the `dials` map (key: the socket cookie): one TCP connect the
 /// socket hooks sent to a backend.
@@ -68,11 +71,19 @@ pub struct BackendDial {
     /// controller once the server is usable again.
     pub suspect_since_ns: u64,
     /// Since when a SYN to it has been waiting with no dial completing; 0:
-    /// none waiting (reset by each success or failure).
+    /// none waiting (reset by each success or failure). Set when `sock_ops`
+    /// sees the SYN go out (`TCP_CONNECT_CB`), not at `connect()`: a connect
+    /// that fails before sending one never makes the backend look stalled.
     pub pending_since_ns: u64,
+    /// The socket cookie of the dial that set `pending_since_ns`. The
+    /// stall check believes `pending_since_ns` only while that dial is
+    /// still in `dials`: a dial whose end went unseen (its entry evicted,
+    /// or forgotten by the controller before it aborted the connect) must
+    /// not leave the backend looking stalled after an idle spell.
+    pub pending_cookie: u64,
 }
 
-const _: () = assert!(size_of::<BackendDial>() == 16);
+const _: () = assert!(size_of::<BackendDial>() == 24);
 
 /// Value of the `backend_conns` array (index: backend id): the
 /// established TCP connections through a tracked VIP to the backend, as

@@ -18,9 +18,10 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RTO_CB, BPF_SOCK_OPS_RTO_CB_FLAG,
-        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
-        BPF_TCP_CLOSE, BPF_TCP_ESTABLISHED, BPF_TCP_SYN_SENT,
+        BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_RTO_CB, BPF_SOCK_OPS_RTO_CB_FLAG, BPF_SOCK_OPS_STATE_CB,
+        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE,
+        BPF_TCP_ESTABLISHED, BPF_TCP_SYN_SENT,
     },
     helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns},
     programs::SockOpsContext,
@@ -55,7 +56,15 @@ fn report(kind: u32, backend_id: u32, service_id: u32, duration_ns: u64) {
         pad: 0,
         at_ns: now(),
     };
-    let _ = DIAL_EVENTS.output(event, 0);
+    // A success wakes nobody (the controller drains the ring on a short
+    // timer: at tens of thousands of connects per second a wake-up per
+    // dial costs more than the dial); anything else wakes it at once.
+    let flags = if kind == dial_kind::SUCCESS {
+        BPF_RB_NO_WAKEUP
+    } else {
+        BPF_RB_FORCE_WAKEUP
+    };
+    let _ = DIAL_EVENTS.output(event, u64::from(flags));
 }
 
 /// Whether a new connect may go to `backend_id` at `now`: not suspect, and
@@ -79,6 +88,11 @@ fn usable(backend_id: u32, service_id: u32, now: u64, bound: u64) -> bool {
     }
     let pending = dial.pending_since_ns;
     if bound != 0 && pending != 0 && now.saturating_sub(pending) > bound {
+        if DIALS.get_ptr(dial.pending_cookie).is_none() {
+            // The dial being timed ended unseen: nothing is known to wait.
+            dial.pending_since_ns = 0;
+            return true;
+        }
         dial.suspect_since_ns = now;
         report(
             dial_kind::STALLED,
@@ -144,11 +158,22 @@ pub(crate) fn record(cookie: u64, backend_id: u32, service_id: u32, now: u64) {
     };
     // A full map evicts the oldest entry (LRU): that dial goes unseen.
     let _ = DIALS.insert(cookie, start, 0);
+}
+
+/// The SYN of tracked dial `cookie` goes out: if none to its backend is
+/// being timed, this one is (see `lb_common::BackendDial::pending_cookie`).
+#[expect(
+    clippy::inline_always,
+    reason = "one flat program per hook keeps verifier state small and avoids BPF-to-BPF calls"
+)]
+#[inline(always)]
+fn syn_sent(cookie: u64, backend_id: u32) {
     if let Some(dial) = BACKEND_DIAL.get_ptr_mut(backend_id) {
         // SAFETY: see `usable`.
         let dial = unsafe { &mut *dial };
         if dial.pending_since_ns == 0 {
-            dial.pending_since_ns = now;
+            dial.pending_cookie = cookie;
+            dial.pending_since_ns = now();
         }
     }
 }
@@ -167,7 +192,11 @@ pub(crate) fn sock_ops(ctx: &SockOpsContext) {
     match ctx.op() {
         BPF_SOCK_OPS_TCP_CONNECT_CB => {
             // Callbacks only for the sockets the connect hooks redirected.
-            if DIALS.get_ptr(cookie()).is_some() {
+            let cookie = cookie();
+            if let Some(start) = DIALS.get_ptr(cookie) {
+                // SAFETY: pointer from a successful lookup, read at once.
+                let backend_id = unsafe { (*start).backend_id };
+                syn_sent(cookie, backend_id);
                 let _ = ctx
                     .set_cb_flags((BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG) as i32);
             }

@@ -581,3 +581,65 @@ fn the_kernel_counts_a_tracked_services_connections_exactly() {
             .all(|h| h.wait_closed(Duration::from_secs(2)).is_some())
     );
 }
+
+/// A connect that fails before its SYN goes out (here `EADDRNOTAVAIL`: the
+/// same 4-tuple is already connected) never makes its backend look stalled
+/// later: after an idle spell longer than the stall bound, the next connect
+/// still goes to the selected server and no dial failure is counted.
+#[test]
+fn a_connect_that_never_sent_a_syn_does_not_make_an_idle_server_stalled() {
+    let Some(mut rig) = Rig::start("dials_load_no_syn", SLOW_CHECK, false) else {
+        return;
+    };
+    // One process in the test cgroup: a connect through the VIP from a
+    // bound port, a second one from the same port (refused by the kernel
+    // after the connect hook ran, before any SYN), 300 ms idle (three
+    // times the `auto` bound), then a third connect.
+    let script = r#"
+import errno, socket, sys, time
+vip = ("127.0.0.1", 6444)
+def sock(port):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", port))
+    return s
+first = sock(0)
+first.connect(vip)
+second = sock(first.getsockname()[1])
+try:
+    second.connect(vip)
+    sys.exit("the second connect succeeded")
+except OSError as e:
+    if e.errno != errno.EADDRNOTAVAIL:
+        raise
+time.sleep(0.3)
+third = socket.create_connection(vip, timeout=2)
+print("ok", third.getpeername())
+"#;
+    let out = rig
+        .env
+        .cgroup
+        .output(std::process::Command::new("python3").args(["-c", script]));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first = rig.servers[0].addr.to_string();
+    thread::sleep(Duration::from_millis(200));
+    let service = rig.service();
+    assert_eq!(
+        service.selected.as_deref(),
+        Some(first.as_str()),
+        "{service:#?}"
+    );
+    for reason in ["stalled", "reset", "timeout"] {
+        assert!(
+            rig.dial_failures(0, reason) < 0.5,
+            "a {reason} dial failure was counted\nlog:\n{}",
+            rig.daemon.log()
+        );
+    }
+    rig.wait_dial_state(0, "ok");
+}

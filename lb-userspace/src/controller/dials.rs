@@ -1,22 +1,27 @@
 //! Kernel-observed dials in the controller: a task reads the `dial_events`
-//! ring buffer (see `lb_common::dial`) as soon as the kernel writes to it
-//! and hands each batch to the controller thread, which feeds every outcome
+//! ring buffer (see `lb_common::dial`) as soon as the kernel reports a
+//! failure, and every [`DRAIN_EVERY`] for the successes (written without a
+//! wake-up: one per connect would cost more than the connect), and hands
+//! each batch to the controller thread, which feeds every outcome
 //! to the K3s state machine as `recordSuccess/recordFailure(reasonDial)`
 //! does: client dials, not probes, make a server active or failed. A failed
 //! or stalled dial also wakes the server's check task (a probe at once:
 //! a passing probe clears the kernel's suspect mark, see `handlers`).
 
-use std::os::fd::AsRawFd as _;
+use std::{os::fd::AsRawFd as _, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
 use lb_common::DialEvent;
-use tokio::{io::unix::AsyncFd, runtime::Handle, task::JoinHandle};
+use tokio::{io::unix::AsyncFd, runtime::Handle, task::JoinHandle, time::MissedTickBehavior};
 use tracing::warn;
 
 use super::events::{Controller, Event};
 
 /// Events handed over at most per batch (the rest follow at once).
 const BATCH: usize = 4096;
+/// How often the ring is drained of the records written without a wake-up
+/// (successful dials): how late a success may reach the state machine.
+const DRAIN_EVERY: Duration = Duration::from_millis(20);
 
 /// Starts the task reading `ring`.
 pub(super) fn spawn(
@@ -34,31 +39,57 @@ pub(super) fn spawn(
 }
 
 async fn read_loop(controller: Controller, mut ring: AsyncFd<RingBuf<MapData>>) {
+    let mut drain = tokio::time::interval(DRAIN_EVERY);
+    drain.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
-        let mut ready = match ring.readable_mut().await {
-            Ok(ready) => ready,
-            Err(err) => {
-                warn!(error = %err, fd = ring.get_ref().as_raw_fd(), "dial_events ring buffer: cannot wait for records; client dials are no longer seen");
-                return;
+        // Failures wake the reader at once; successes are written without a
+        // wake-up and are picked up by the next drain (or with a failure).
+        tokio::select! {
+            ready = ring.readable_mut() => {
+                let mut ready = match ready {
+                    Ok(ready) => ready,
+                    Err(err) => {
+                        warn!(error = %err, fd = ring.get_ref().as_raw_fd(), "dial_events ring buffer: cannot wait for records; client dials are no longer seen");
+                        return;
+                    }
+                };
+                let batch = read_batch(ready.get_inner_mut());
+                if batch.len() < BATCH {
+                    ready.clear_ready();
+                }
+                drop(ready);
+                if !batch.is_empty() {
+                    controller.tell(Event::Dials(batch)).await;
+                }
             }
-        };
-        let mut batch = Vec::new();
-        while batch.len() < BATCH {
-            let Some(record) = ready.get_inner_mut().next() else {
-                break;
-            };
-            if let Some(event) = decode(&record) {
-                batch.push(event);
+            _ = drain.tick() => {
+                loop {
+                    let batch = read_batch(ring.get_mut());
+                    let more = batch.len() == BATCH;
+                    if !batch.is_empty() {
+                        controller.tell(Event::Dials(batch)).await;
+                    }
+                    if !more {
+                        break;
+                    }
+                }
             }
-        }
-        if batch.len() < BATCH {
-            ready.clear_ready();
-        }
-        drop(ready);
-        if !batch.is_empty() {
-            controller.tell(Event::Dials(batch)).await;
         }
     }
+}
+
+/// Up to [`BATCH`] records from `ring`, in order.
+fn read_batch(ring: &mut RingBuf<MapData>) -> Vec<DialEvent> {
+    let mut batch = Vec::new();
+    while batch.len() < BATCH {
+        let Some(record) = ring.next() else {
+            break;
+        };
+        if let Some(event) = decode(&record) {
+            batch.push(event);
+        }
+    }
+    batch
 }
 
 /// The clock of [`DialEvent::at_ns`] (`bpf_ktime_get_ns`: `CLOCK_MONOTONIC`),
@@ -111,7 +142,7 @@ mod tests {
     #[test]
     fn the_clock_is_the_kernels_monotonic_one() {
         let a = monotonic_ns();
-        std::thread::sleep(std::time::Duration::from_millis(2));
+        std::thread::sleep(Duration::from_millis(2));
         let b = monotonic_ns();
         assert!(b - a >= 2_000_000, "{a} {b}");
         // CLOCK_MONOTONIC counts from boot: far below the wall clock's ns.
