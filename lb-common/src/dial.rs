@@ -81,9 +81,14 @@ pub struct BackendDial {
     /// or forgotten by the controller before it aborted the connect) must
     /// not leave the backend looking stalled after an idle spell.
     pub pending_cookie: u64,
+    /// When the last connect to it was recorded. A backend that got no
+    /// connect for longer than the stall bound is idle: its timer restarts
+    /// with the next SYN instead of judging a dial from before the idle
+    /// spell (whose end may have gone unseen).
+    pub last_dial_ns: u64,
 }
 
-const _: () = assert!(size_of::<BackendDial>() == 24);
+const _: () = assert!(size_of::<BackendDial>() == 32);
 
 /// Value of the `backend_conns` array (index: backend id): the
 /// established TCP connections through a tracked VIP to the backend, as

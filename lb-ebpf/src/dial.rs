@@ -67,6 +67,10 @@ fn report(kind: u32, backend_id: u32, service_id: u32, duration_ns: u64) {
     let _ = DIAL_EVENTS.output(event, u64::from(flags));
 }
 
+/// How much longer than the stall bound a timed dial may have been in
+/// `dials` before it is taken for one whose end went unseen.
+const STALE_NS: u64 = 2_000_000_000;
+
 /// Whether a new connect may go to `backend_id` at `now`: not suspect, and
 /// no SYN outstanding for longer than `bound` ns (0: no bound). A backend
 /// found stalled here becomes suspect and is reported once.
@@ -87,19 +91,28 @@ fn usable(backend_id: u32, service_id: u32, now: u64, bound: u64) -> bool {
         return false;
     }
     let pending = dial.pending_since_ns;
-    if bound != 0 && pending != 0 && now.saturating_sub(pending) > bound {
-        if DIALS.get_ptr(dial.pending_cookie).is_none() {
-            // The dial being timed ended unseen: nothing is known to wait.
+    let waited = now.saturating_sub(pending);
+    if bound != 0 && pending != 0 && waited > bound {
+        // Believe the timer only while connects keep coming (after an idle
+        // spell it restarts with the next SYN), while the dial it times is
+        // outstanding, and while that dial is younger than a SYN can wait
+        // unnoticed (past TCP's first retransmission, 1 s, the RTO
+        // callback has marked the backend): a dial whose end went unseen
+        // must not make an idle backend look stalled.
+        let cookie = dial.pending_cookie;
+        let timed = DIALS.get_ptr(cookie);
+        // SAFETY: pointer from a successful lookup, read at once.
+        let start_ns = timed.map_or(0, |start| unsafe { (*start).start_ns });
+        let idle = now.saturating_sub(dial.last_dial_ns) > bound;
+        if idle || timed.is_none() || now.saturating_sub(start_ns) > bound + STALE_NS {
             dial.pending_since_ns = 0;
+            if timed.is_some() {
+                let _ = DIALS.remove(cookie);
+            }
             return true;
         }
         dial.suspect_since_ns = now;
-        report(
-            dial_kind::STALLED,
-            backend_id,
-            service_id,
-            now.saturating_sub(pending),
-        );
+        report(dial_kind::STALLED, backend_id, service_id, waited);
         return false;
     }
     true
@@ -158,6 +171,10 @@ pub(crate) fn record(cookie: u64, backend_id: u32, service_id: u32, now: u64) {
     };
     // A full map evicts the oldest entry (LRU): that dial goes unseen.
     let _ = DIALS.insert(cookie, start, 0);
+    if let Some(dial) = BACKEND_DIAL.get_ptr_mut(backend_id) {
+        // SAFETY: see `usable`.
+        unsafe { (*dial).last_dial_ns = now };
+    }
 }
 
 /// The SYN of tracked dial `cookie` goes out: if none to its backend is
