@@ -221,12 +221,7 @@ pub fn run_loop(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    let mut client = KillOnDrop(match cgroup {
-        Some(cgroup) => cgroup.spawn(&mut command),
-        None => command
-            .spawn()
-            .with_context(|| format!("spawning {}", client_bin().display()))?,
-    });
+    let mut client = KillOnDrop::spawn(&mut command, cgroup)?;
     let mut stdout = client.0.stdout.take().context("the client's stdout")?;
     let reader = thread::spawn(move || -> Result<LoopReport> {
         let mut text = String::new();

@@ -129,6 +129,22 @@ pub fn sh(program: &str, args: &[&str]) -> String {
 /// A child process killed (and reaped) on drop.
 pub(crate) struct KillOnDrop(pub(crate) Child);
 
+impl KillOnDrop {
+    /// Spawns `command` (in `cgroup` when given, so the cgroup's socket
+    /// programs see it).
+    pub(crate) fn spawn(
+        command: &mut Command,
+        cgroup: Option<&TestCgroup>,
+    ) -> anyhow::Result<Self> {
+        Ok(Self(match cgroup {
+            Some(cgroup) => cgroup.spawn(command),
+            None => anyhow::Context::with_context(command.spawn(), || {
+                format!("spawning {}", command.get_program().to_string_lossy())
+            })?,
+        }))
+    }
+}
+
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();

@@ -150,6 +150,77 @@ fn answered(addr: SocketAddr) -> Result<()> {
     Ok(())
 }
 
+/// A bench's `--systems` list: each comma-separated name among `all`
+/// (named by `name`), in the order given, repeats dropped.
+pub fn parse_systems<T: Copy + PartialEq>(
+    value: &str,
+    all: &[T],
+    name: fn(T) -> &'static str,
+) -> Result<Vec<T>> {
+    let mut systems: Vec<T> = Vec::new();
+    for s in value.split(',').filter(|s| !s.is_empty()) {
+        let system = all
+            .iter()
+            .copied()
+            .find(|&system| name(system) == s)
+            .with_context(|| {
+                let names: Vec<&str> = all.iter().map(|&system| name(system)).collect();
+                format!(
+                    "--systems: unknown system {s} (one of {})",
+                    names.join(", ")
+                )
+            })?;
+        if !systems.contains(&system) {
+            systems.push(system);
+        }
+    }
+    Ok(systems)
+}
+
+/// What a bench (`tag`: its name) needs before it starts: the tools of the
+/// proxies it measures (`haproxy`, `k3s_proxy`), with an error naming the
+/// install command when one is missing; `DAAS_LB_BIN` and `LB_TEST_CLIENT`
+/// pointing at the binaries next to the bench unless already set; and the
+/// K3s-style proxy built next to the bench. Returns the proxy's path when
+/// it was built.
+///
+/// # Safety
+/// Sets environment variables: call it while the process has one thread.
+pub unsafe fn prepare_bench(tag: &str, haproxy: bool, k3s_proxy: bool) -> Result<Option<PathBuf>> {
+    if haproxy {
+        find_program("haproxy").with_context(|| format!("haproxy is not installed: {INSTALL}"))?;
+    }
+    if k3s_proxy {
+        find_program("go").with_context(|| format!("go is not installed: {INSTALL}"))?;
+    }
+    for (env, name) in [
+        ("DAAS_LB_BIN", "daas-lb"),
+        ("LB_TEST_CLIENT", "lb-test-client"),
+    ] {
+        if std::env::var_os(env).is_none() {
+            let bin = crate::topology::sibling_binary(env, name);
+            // SAFETY: the caller's promise: nothing reads the environment
+            // concurrently.
+            unsafe { std::env::set_var(env, bin) };
+        }
+    }
+    if !k3s_proxy {
+        return Ok(None);
+    }
+    let exe = std::env::current_exe().with_context(|| format!("locating lb-{tag}-bench"))?;
+    let dir = exe
+        .parent()
+        .with_context(|| format!("lb-{tag}-bench has no directory"))?;
+    let built = Instant::now();
+    let binary = build_k3s_proxy(dir)?;
+    eprintln!(
+        "[{tag}] k3s-proxy: {} ({:.1}s)",
+        binary.display(),
+        built.elapsed().as_secs_f64()
+    );
+    Ok(Some(binary))
+}
+
 /// A program on PATH or in the sbin directories (haproxy is in /usr/sbin).
 pub fn find_program(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();

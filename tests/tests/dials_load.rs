@@ -110,6 +110,15 @@ impl Rig {
         (bucket("+Inf"), bucket("0.005"), bucket("0.05"))
     }
 
+    /// Starts a 100 connects/s client through the VIP for `duration` and
+    /// returns once `after` has passed since its first connect was due.
+    fn storm(&self, duration: Duration, after: Duration) -> (Scenario, StormClient) {
+        let run = scenario(100, duration, KillMode::Rst);
+        let client = StormClient::start(&run, Some(&self.env.cgroup)).expect("the client starts");
+        sleep_until_ns(client.start_ns() + u64::try_from(after.as_nanos()).unwrap_or(u64::MAX));
+        (run, client)
+    }
+
     /// Waits until server `index`'s dial state (status) is `state`.
     fn wait_dial_state(&mut self, index: usize, state: &str) {
         let address = self.servers[index].addr.to_string();
@@ -293,9 +302,10 @@ fn a_flapping_server_never_wedges_the_service_and_is_used_again() {
         return;
     };
     let flapping = Duration::from_secs(20);
-    let run = scenario(100, flapping + Duration::from_secs(1), KillMode::Rst);
-    let client = StormClient::start(&run, Some(&rig.env.cgroup)).expect("the client starts");
-    sleep_until_ns(client.start_ns() + 500_000_000);
+    let (_, client) = rig.storm(
+        flapping + Duration::from_secs(1),
+        Duration::from_millis(500),
+    );
     let flap_ns = monotonic_ns();
     let until = Instant::now() + flapping;
     let mut toggles = 0;
@@ -368,9 +378,7 @@ fn fail_back_to_the_recovered_server_under_load() {
     let Some(mut rig) = Rig::start("dials_load_failback", RECOVER_CHECK, true) else {
         return;
     };
-    let run = scenario(100, Duration::from_secs(6), KillMode::Rst);
-    let client = StormClient::start(&run, Some(&rig.env.cgroup)).expect("the client starts");
-    sleep_until_ns(client.start_ns() + 700_000_000);
+    let (run, client) = rig.storm(Duration::from_secs(6), Duration::from_millis(700));
     rig.servers[0].close();
     let kill_ns = monotonic_ns();
     thread::sleep(Duration::from_millis(1500));
@@ -434,9 +442,7 @@ fn every_server_dead_fails_open_then_recovers_and_an_empty_list_refuses() {
     let Some(mut rig) = Rig::start("dials_load_all_dead", RECOVER_CHECK, false) else {
         return;
     };
-    let run = scenario(100, Duration::from_secs(5), KillMode::Rst);
-    let client = StormClient::start(&run, Some(&rig.env.cgroup)).expect("the client starts");
-    sleep_until_ns(client.start_ns() + 500_000_000);
+    let (_, client) = rig.storm(Duration::from_secs(5), Duration::from_millis(500));
     rig.servers[0].close();
     rig.servers[1].close();
     let dead_ns = monotonic_ns();

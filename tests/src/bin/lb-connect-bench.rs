@@ -104,11 +104,9 @@ use lb_tests::{
     failover::ByteServer,
     metric,
     proxies::{
-        INSTALL, Proxy, build_k3s_proxy, find_program, haproxy_config, k3s_proxy_command,
-        wait_answered,
+        Proxy, haproxy_config, k3s_proxy_command, parse_systems, prepare_bench, wait_answered,
     },
     service,
-    topology::sibling_binary,
 };
 use lb_userspace::{api::status::Status, policy::state_machine::ServerState};
 
@@ -225,22 +223,7 @@ impl Options {
                         "--concurrency {value}: each 1 to 256 connects in flight"
                     );
                 }
-                "--systems" => {
-                    o.systems = list()
-                        .map(|s| {
-                            System::ALL
-                                .into_iter()
-                                .find(|system| system.name() == s)
-                                .with_context(|| {
-                                    format!(
-                                        "--systems: unknown system {s} (one of {})",
-                                        System::ALL.map(System::name).join(", ")
-                                    )
-                                })
-                        })
-                        .collect::<Result<_>>()?;
-                    o.systems.dedup();
-                }
+                "--systems" => o.systems = parse_systems(value, &System::ALL, System::name)?,
                 other => bail!("unknown option {other}"),
             }
         }
@@ -280,36 +263,9 @@ fn run() -> Result<()> {
     let euid = unsafe { libc::geteuid() };
     ensure!(euid == 0, "needs root (network namespaces, cgroups, BPF)");
     let needs = |system| options.systems.contains(&system);
-    if needs(System::Haproxy) {
-        find_program("haproxy").with_context(|| format!("haproxy is not installed: {INSTALL}"))?;
-    }
-    if needs(System::K3sProxy) {
-        find_program("go").with_context(|| format!("go is not installed: {INSTALL}"))?;
-    }
-    for (env, name) in [
-        ("DAAS_LB_BIN", "daas-lb"),
-        ("LB_TEST_CLIENT", "lb-test-client"),
-    ] {
-        if std::env::var_os(env).is_none() {
-            let bin = sibling_binary(env, name);
-            // SAFETY: still single-threaded: nothing reads the environment concurrently.
-            unsafe { std::env::set_var(env, bin) };
-        }
-    }
-    let k3s_proxy = if needs(System::K3sProxy) {
-        let exe = std::env::current_exe().context("locating lb-connect-bench")?;
-        let dir = exe.parent().context("lb-connect-bench has no directory")?;
-        let built = Instant::now();
-        let binary = build_k3s_proxy(dir)?;
-        eprintln!(
-            "[connect] k3s-proxy: {} ({:.1}s)",
-            binary.display(),
-            built.elapsed().as_secs_f64()
-        );
-        Some(binary)
-    } else {
-        None
-    };
+    // SAFETY: still single-threaded: nothing reads the environment concurrently.
+    let k3s_proxy =
+        unsafe { prepare_bench("connect", needs(System::Haproxy), needs(System::K3sProxy)) }?;
     let started = Instant::now();
     let load_before = load_average();
 

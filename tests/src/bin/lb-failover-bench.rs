@@ -67,11 +67,9 @@ use lb_tests::{
     API, Daemon, NetNs, PinDir, TempDir, TestCgroup, config_yaml,
     failover::{ByteServer, KillMode, Outcome, SLOW, Scenario, run_scenario},
     proxies::{
-        INSTALL, Proxy, build_k3s_proxy, find_program, haproxy_config, k3s_proxy_command,
-        wait_answered,
+        Proxy, haproxy_config, k3s_proxy_command, parse_systems, prepare_bench, wait_answered,
     },
     service,
-    topology::sibling_binary,
 };
 use lb_userspace::policy::state_machine::ServerState;
 
@@ -188,21 +186,7 @@ impl Options {
                         .map(|e| e.parse().map_err(anyhow::Error::msg))
                         .collect::<Result<_>>()?;
                 }
-                "--systems" => {
-                    o.systems = list()
-                        .map(|s| {
-                            System::ALL
-                                .into_iter()
-                                .find(|system| system.name() == s)
-                                .with_context(|| {
-                                    format!(
-                                        "--systems: unknown system {s} (one of {})",
-                                        System::ALL.map(System::name).join(", ")
-                                    )
-                                })
-                        })
-                        .collect::<Result<_>>()?;
-                }
+                "--systems" => o.systems = parse_systems(value, &System::ALL, System::name)?,
                 other => bail!("unknown option {other}"),
             }
         }
@@ -237,36 +221,9 @@ fn run() -> Result<()> {
         "needs root (network namespaces, cgroups, BPF, iptables)"
     );
     let needs = |system| options.systems.contains(&system);
-    if needs(System::Haproxy) {
-        find_program("haproxy").with_context(|| format!("haproxy is not installed: {INSTALL}"))?;
-    }
-    if needs(System::K3sProxy) {
-        find_program("go").with_context(|| format!("go is not installed: {INSTALL}"))?;
-    }
-    for (env, name) in [
-        ("DAAS_LB_BIN", "daas-lb"),
-        ("LB_TEST_CLIENT", "lb-test-client"),
-    ] {
-        if std::env::var_os(env).is_none() {
-            let bin = sibling_binary(env, name);
-            // SAFETY: still single-threaded: nothing reads the environment concurrently.
-            unsafe { std::env::set_var(env, bin) };
-        }
-    }
-    let k3s_proxy = if needs(System::K3sProxy) {
-        let exe = std::env::current_exe().context("locating lb-failover-bench")?;
-        let dir = exe.parent().context("lb-failover-bench has no directory")?;
-        let built = Instant::now();
-        let binary = build_k3s_proxy(dir)?;
-        eprintln!(
-            "[failover] k3s-proxy: {} ({:.1}s)",
-            binary.display(),
-            built.elapsed().as_secs_f64()
-        );
-        Some(binary)
-    } else {
-        None
-    };
+    // SAFETY: still single-threaded: nothing reads the environment concurrently.
+    let k3s_proxy =
+        unsafe { prepare_bench("failover", needs(System::Haproxy), needs(System::K3sProxy)) }?;
 
     let started = Instant::now();
     let mut results = Vec::new();
@@ -329,11 +286,7 @@ fn run() -> Result<()> {
 fn measure(system: System, mut scenario: Scenario, k3s_proxy: Option<&Path>) -> Result<Outcome> {
     // Declared first, dropped last: everything below lives in it.
     let _ns = NetNs::new();
-    let mut servers = SERVERS
-        .iter()
-        .map(|&ip| ByteServer::bind(SocketAddr::new(ip.into(), SERVER_PORT)))
-        .collect::<Result<Vec<_>>>()?;
-    let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
+    let (mut servers, addrs) = bind_servers()?;
     let tmp = TempDir::new();
     match system {
         System::DaasLb | System::DaasLbK3s => {
@@ -349,14 +302,7 @@ fn measure(system: System, mut scenario: Scenario, k3s_proxy: Option<&Path>) -> 
                     })
                 },
             );
-            let selected = service(&status, SERVICE)
-                .selected
-                .clone()
-                .context("daas-lb selected no server")?;
-            let victim = addrs
-                .iter()
-                .position(|a| a.to_string() == selected)
-                .with_context(|| format!("daas-lb selected {selected}, not one of {addrs:?}"))?;
+            let victim = selected_index(&status, &addrs)?;
             let outcome = run_scenario(&scenario, &mut servers, victim, Some(&cgroup))?;
             daemon.stop();
             Ok(outcome)
@@ -393,6 +339,31 @@ fn measure(system: System, mut scenario: Scenario, k3s_proxy: Option<&Path>) -> 
     }
 }
 
+/// The two servers (in this thread's network namespace) and their addresses.
+fn bind_servers() -> Result<(Vec<ByteServer>, Vec<SocketAddr>)> {
+    let servers = SERVERS
+        .iter()
+        .map(|&ip| ByteServer::bind(SocketAddr::new(ip.into(), SERVER_PORT)))
+        .collect::<Result<Vec<_>>>()?;
+    let addrs = servers.iter().map(|s| s.addr).collect();
+    Ok((servers, addrs))
+}
+
+/// Which of `addrs` the daas-lb service selects.
+fn selected_index(
+    status: &lb_userspace::api::status::Status,
+    addrs: &[SocketAddr],
+) -> Result<usize> {
+    let selected = service(status, SERVICE)
+        .selected
+        .clone()
+        .context("daas-lb selected no server")?;
+    addrs
+        .iter()
+        .position(|a| a.to_string() == selected)
+        .with_context(|| format!("daas-lb selected {selected}, not one of {addrs:?}"))
+}
+
 /// Health checks for [`measure_reaction`]: a failed server is probed every
 /// 100 ms, so it is back within a cycle; probes of the server in use are 30 s
 /// apart, so only client dials fail it.
@@ -407,11 +378,7 @@ const REACTION_CHECK: &str = "{ kind: tcp, timeout: 100ms, jitter: 0%, intervals
 /// rewritten) at the end and returns its summary as markdown.
 fn measure_reaction(cycles: u32) -> Result<String> {
     let _ns = NetNs::new();
-    let mut servers = SERVERS
-        .iter()
-        .map(|&ip| ByteServer::bind(SocketAddr::new(ip.into(), SERVER_PORT)))
-        .collect::<Result<Vec<_>>>()?;
-    let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
+    let (mut servers, addrs) = bind_servers()?;
     let tmp = TempDir::new();
     let (pins, cgroup) = (PinDir::new(), TestCgroup::new());
     let mut daemon = start_daas_lb(&tmp, &pins, &cgroup, &addrs, Some(REACTION_CHECK));
@@ -427,15 +394,7 @@ fn measure_reaction(cycles: u32) -> Result<String> {
     let vip = VIP.to_string();
     let mut failed_connects = 0;
     for cycle in 0..cycles {
-        let status = daemon.status();
-        let selected = service(&status, SERVICE)
-            .selected
-            .clone()
-            .context("daas-lb selected no server")?;
-        let victim = addrs
-            .iter()
-            .position(|a| a.to_string() == selected)
-            .with_context(|| format!("daas-lb selected {selected}, not one of {addrs:?}"))?;
+        let victim = selected_index(&daemon.status(), &addrs)?;
         servers[victim].close();
         // The first connect fails (reset); the ones after it go elsewhere.
         let mut tries = 0;
@@ -448,7 +407,8 @@ fn measure_reaction(cycles: u32) -> Result<String> {
             }
             ensure!(
                 tries < 20,
-                "cycle {cycle}: 20 connects through the VIP succeeded after {selected} closed"
+                "cycle {cycle}: 20 connects through the VIP succeeded after {} closed",
+                addrs[victim]
             );
         }
         servers[victim].reopen()?;
