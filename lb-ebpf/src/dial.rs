@@ -111,6 +111,11 @@ fn usable(backend_id: u32, service_id: u32, now: u64, bound: u64) -> bool {
             }
             return true;
         }
+        // The timed dial's own start is the second clock: it must agree.
+        let waited = now.saturating_sub(start_ns).min(waited);
+        if waited <= bound {
+            return true;
+        }
         dial.suspect_since_ns = now;
         report(dial_kind::STALLED, backend_id, service_id, waited);
         return false;
