@@ -11,7 +11,7 @@
 use std::{
     fmt::Write as _,
     io::Read as _,
-    net::{SocketAddr, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -19,6 +19,30 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
+
+use crate::failover::ByteServer;
+
+/// The benches' two one-byte servers, preferred first (port
+/// [`BENCH_SERVER_PORT`]; see [`bind_bench_servers`]).
+pub const BENCH_SERVERS: [Ipv4Addr; 2] =
+    [Ipv4Addr::new(127, 0, 0, 10), Ipv4Addr::new(127, 0, 0, 11)];
+/// Their port.
+pub const BENCH_SERVER_PORT: u16 = 7000;
+/// Where the benches' HAProxy listens.
+pub const HAPROXY_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7443);
+/// Where the benches' K3s-style proxy listens.
+pub const K3S_PROXY_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7444);
+
+/// The benches' servers ([`BENCH_SERVERS`], in the calling thread's
+/// network namespace) and their addresses.
+pub fn bind_bench_servers() -> Result<(Vec<ByteServer>, Vec<SocketAddr>)> {
+    let servers = BENCH_SERVERS
+        .iter()
+        .map(|&ip| ByteServer::bind(SocketAddr::new(ip.into(), BENCH_SERVER_PORT)))
+        .collect::<Result<Vec<_>>>()?;
+    let addrs = servers.iter().map(|s| s.addr).collect();
+    Ok((servers, addrs))
+}
 
 /// How to install both proxies' tools on Debian.
 pub const INSTALL: &str = "apt-get install haproxy golang-go";

@@ -101,27 +101,21 @@ use anyhow::{Context as _, Result, bail, ensure};
 use lb_tests::{
     API, Daemon, NetNs, PinDir, TempDir, TestCgroup, config_yaml,
     connects::{LoopReport, WARMUP, percentile, run_loop},
-    failover::ByteServer,
     metric,
     proxies::{
-        Proxy, haproxy_config, k3s_proxy_command, parse_systems, prepare_bench, wait_answered,
+        HAPROXY_ADDR, K3S_PROXY_ADDR, Proxy, bind_bench_servers, haproxy_config, k3s_proxy_command,
+        parse_systems, prepare_bench, wait_answered,
     },
     service,
 };
 use lb_userspace::{api::status::Status, policy::state_machine::ServerState};
 
-/// The two servers, preferred first.
-const SERVERS: [Ipv4Addr; 2] = [Ipv4Addr::new(127, 0, 0, 10), Ipv4Addr::new(127, 0, 0, 11)];
-const SERVER_PORT: u16 = 7000;
 /// The VIP of the service with `dial_tracking: true` (the default).
 const TRACKED_VIP: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 6444);
 /// The VIP of the service with `dial_tracking: false`.
 const UNTRACKED_VIP: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 6445);
 const TRACKED: &str = "tracked";
 const UNTRACKED: &str = "untracked";
-/// Where HAProxy and the K3s-style proxy listen.
-const HAPROXY: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7443);
-const K3S_PROXY: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7444);
 /// The K3s-style proxy's dial timeout (K3s's) and check interval.
 const K3S_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 const K3S_CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -271,11 +265,8 @@ fn run() -> Result<()> {
 
     // Declared first, dropped last: everything below lives in it.
     let _ns = NetNs::new();
-    let servers = SERVERS
-        .iter()
-        .map(|&ip| ByteServer::bind(SocketAddr::new(ip.into(), SERVER_PORT)))
-        .collect::<Result<Vec<_>>>()?;
-    let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
+    // Kept until the end: the servers answer every run.
+    let (_servers, addrs) = bind_bench_servers()?;
     let tmp = TempDir::new();
     let (pins, cgroup) = (PinDir::new(), TestCgroup::new());
     // Dropped before the cgroup and the pins: killed before they go.
@@ -297,12 +288,15 @@ fn run() -> Result<()> {
     let daemon_pid = daemon.pid().context("the daemon has no pid")?;
 
     let haproxy = if needs(System::Haproxy) {
-        let config = tmp.file("haproxy.cfg", &haproxy_config("connect", HAPROXY, &addrs));
+        let config = tmp.file(
+            "haproxy.cfg",
+            &haproxy_config("connect", HAPROXY_ADDR, &addrs),
+        );
         let log = tmp.path().join("haproxy.log");
         let mut command = Command::new("haproxy");
         command.arg("-db").arg("-f").arg(&config);
         let proxy = Proxy::spawn(command, &log)?;
-        wait_answered(HAPROXY, &log)?;
+        wait_answered(HAPROXY_ADDR, &log)?;
         Some(proxy)
     } else {
         None
@@ -311,13 +305,13 @@ fn run() -> Result<()> {
         let log = tmp.path().join("k3s-proxy.log");
         let command = k3s_proxy_command(
             binary,
-            K3S_PROXY,
+            K3S_PROXY_ADDR,
             &addrs,
             K3S_DIAL_TIMEOUT,
             K3S_CHECK_INTERVAL,
         );
         let proxy = Proxy::spawn(command, &log)?;
-        wait_answered(K3S_PROXY, &log)?;
+        wait_answered(K3S_PROXY_ADDR, &log)?;
         Some(proxy)
     } else {
         None
@@ -326,8 +320,8 @@ fn run() -> Result<()> {
         System::Direct | System::Outside => server,
         System::Tracked | System::Paused => TRACKED_VIP,
         System::Untracked => UNTRACKED_VIP,
-        System::Haproxy => HAPROXY,
-        System::K3sProxy => K3S_PROXY,
+        System::Haproxy => HAPROXY_ADDR,
+        System::K3sProxy => K3S_PROXY_ADDR,
     };
     let proxy_pid = |system: System| match system {
         System::Haproxy => haproxy.as_ref().map(Proxy::pid),

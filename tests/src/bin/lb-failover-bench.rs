@@ -65,22 +65,17 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use lb_tests::{
     API, Daemon, NetNs, PinDir, TempDir, TestCgroup, config_yaml,
-    failover::{ByteServer, KillMode, Outcome, SLOW, Scenario, run_scenario},
+    failover::{KillMode, Outcome, SLOW, Scenario, run_scenario},
     proxies::{
-        Proxy, haproxy_config, k3s_proxy_command, parse_systems, prepare_bench, wait_answered,
+        HAPROXY_ADDR, K3S_PROXY_ADDR, Proxy, bind_bench_servers, haproxy_config, k3s_proxy_command,
+        parse_systems, prepare_bench, wait_answered,
     },
     service,
 };
 use lb_userspace::policy::state_machine::ServerState;
 
-/// The two servers, preferred first.
-const SERVERS: [Ipv4Addr; 2] = [Ipv4Addr::new(127, 0, 0, 10), Ipv4Addr::new(127, 0, 0, 11)];
-const SERVER_PORT: u16 = 7000;
 /// daas-lb's VIP.
 const VIP: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 6444);
-/// Where HAProxy and the K3s-style proxy listen.
-const HAPROXY: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7443);
-const K3S_PROXY: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7444);
 /// The daas-lb service.
 const SERVICE: &str = "failover";
 /// How long one TCP connect may take (K3s's dial timeout).
@@ -286,7 +281,7 @@ fn run() -> Result<()> {
 fn measure(system: System, mut scenario: Scenario, k3s_proxy: Option<&Path>) -> Result<Outcome> {
     // Declared first, dropped last: everything below lives in it.
     let _ns = NetNs::new();
-    let (mut servers, addrs) = bind_servers()?;
+    let (mut servers, addrs) = bind_bench_servers()?;
     let tmp = TempDir::new();
     match system {
         System::DaasLb | System::DaasLbK3s => {
@@ -308,13 +303,16 @@ fn measure(system: System, mut scenario: Scenario, k3s_proxy: Option<&Path>) -> 
             Ok(outcome)
         }
         System::Haproxy => {
-            let config = tmp.file("haproxy.cfg", &haproxy_config(SERVICE, HAPROXY, &addrs));
+            let config = tmp.file(
+                "haproxy.cfg",
+                &haproxy_config(SERVICE, HAPROXY_ADDR, &addrs),
+            );
             let log = tmp.path().join("haproxy.log");
             let mut command = Command::new("haproxy");
             command.arg("-db").arg("-f").arg(&config);
             let _proxy = Proxy::spawn(command, &log)?;
-            scenario.target = HAPROXY;
-            wait_answered(HAPROXY, &log)?;
+            scenario.target = HAPROXY_ADDR;
+            wait_answered(HAPROXY_ADDR, &log)?;
             run_scenario(&scenario, &mut servers, 0, None)
         }
         System::K3sProxy => {
@@ -322,14 +320,14 @@ fn measure(system: System, mut scenario: Scenario, k3s_proxy: Option<&Path>) -> 
             let log = tmp.path().join("k3s-proxy.log");
             let command = k3s_proxy_command(
                 binary,
-                K3S_PROXY,
+                K3S_PROXY_ADDR,
                 &addrs,
                 CONNECT_TIMEOUT,
                 Duration::from_secs(1),
             );
             let _proxy = Proxy::spawn(command, &log)?;
-            scenario.target = K3S_PROXY;
-            wait_answered(K3S_PROXY, &log)?;
+            scenario.target = K3S_PROXY_ADDR;
+            wait_answered(K3S_PROXY_ADDR, &log)?;
             run_scenario(&scenario, &mut servers, 0, None)
         }
         System::Direct => {
@@ -337,16 +335,6 @@ fn measure(system: System, mut scenario: Scenario, k3s_proxy: Option<&Path>) -> 
             run_scenario(&scenario, &mut servers, 0, None)
         }
     }
-}
-
-/// The two servers (in this thread's network namespace) and their addresses.
-fn bind_servers() -> Result<(Vec<ByteServer>, Vec<SocketAddr>)> {
-    let servers = SERVERS
-        .iter()
-        .map(|&ip| ByteServer::bind(SocketAddr::new(ip.into(), SERVER_PORT)))
-        .collect::<Result<Vec<_>>>()?;
-    let addrs = servers.iter().map(|s| s.addr).collect();
-    Ok((servers, addrs))
 }
 
 /// Which of `addrs` the daas-lb service selects.
@@ -378,7 +366,7 @@ const REACTION_CHECK: &str = "{ kind: tcp, timeout: 100ms, jitter: 0%, intervals
 /// rewritten) at the end and returns its summary as markdown.
 fn measure_reaction(cycles: u32) -> Result<String> {
     let _ns = NetNs::new();
-    let (mut servers, addrs) = bind_servers()?;
+    let (mut servers, addrs) = bind_bench_servers()?;
     let tmp = TempDir::new();
     let (pins, cgroup) = (PinDir::new(), TestCgroup::new());
     let mut daemon = start_daas_lb(&tmp, &pins, &cgroup, &addrs, Some(REACTION_CHECK));
