@@ -36,7 +36,7 @@ use crate::{
         servers::{self, DiscoveredServer, Endpoint},
         view::RegistryView,
     },
-    config::ChainSettings,
+    config::{ChainSettings, Protocol},
 };
 
 /// How long one DNS lookup of a node's endpoint may take.
@@ -144,13 +144,26 @@ pub(super) fn apply_view(
         return;
     };
     let min_stake = chain.min_stake_mist;
-    let targets: Vec<(String, SocketAddr, u16)> = state
+    // A node whose address is a VIP (of this protocol) is never a server:
+    // it would loop, as the config file's validation says of static servers.
+    let vips: Vec<(SocketAddr, Protocol)> = state
+        .config
+        .services
+        .iter()
+        .map(|service| (service.vip, service.protocol))
+        .collect();
+    let targets: Vec<(String, SocketAddr, Protocol, u16)> = state
         .config
         .services
         .iter()
         .filter_map(|service| {
             let discovery = service.discovery.as_ref()?;
-            Some((service.name.clone(), service.vip, discovery.port.port()))
+            Some((
+                service.name.clone(),
+                service.vip,
+                service.protocol,
+                discovery.port.port(),
+            ))
         })
         .collect();
     let cursor = state
@@ -161,11 +174,11 @@ pub(super) fn apply_view(
     let lookup = |name: &str| resolved.get(name).cloned().unwrap_or_default();
     let mut config = state.config.clone();
     let mut changed = false;
-    for (name, vip, port) in &targets {
+    for (name, vip, protocol, port) in &targets {
         let found: Vec<DiscoveredServer> =
             servers::discovered_servers(&view, min_stake, *port, vip.is_ipv4(), lookup)
                 .into_iter()
-                .filter(|server| server.address != *vip)
+                .filter(|server| !vips.contains(&(server.address, *protocol)))
                 .collect();
         let statics = state
             .discovery

@@ -98,6 +98,23 @@ pub(super) fn config_with_servers(
     servers: &[String],
 ) -> Result<Config, ServersError> {
     let mut config = running.clone();
+    let protocol = running
+        .services
+        .iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| ServersError::UnknownService(name.to_owned()))?
+        .protocol;
+    // Every VIP of this protocol, as the config file's validation sees them:
+    // a server that is a VIP would send the service's clients (and the
+    // controller's own probes, when it runs in the balanced cgroup) to
+    // whatever that VIP selects.
+    let vip_owner = |address: SocketAddr| {
+        running
+            .services
+            .iter()
+            .find(|s| s.protocol == protocol && s.vip == address)
+            .map(|s| s.name.clone())
+    };
     let service = config
         .services
         .iter_mut()
@@ -121,14 +138,19 @@ pub(super) fn config_with_servers(
                 }
             )));
         }
-        if address.port() == 0 || address.ip().is_unspecified() {
+        if address.port() == 0 || address.ip().is_unspecified() || address.ip().is_multicast() {
             return Err(ServersError::Invalid(format!(
-                "servers[{i}]: {address} cannot be connected to (port 0 or unspecified address)"
+                "servers[{i}]: {address} cannot be connected to (port 0, unspecified or multicast address)"
             )));
         }
-        if address == service.vip {
+        if let Some(owner) = vip_owner(address) {
+            let whose = if owner == name {
+                "the service's own VIP".to_owned()
+            } else {
+                format!("the VIP of service {owner}")
+            };
             return Err(ServersError::Invalid(format!(
-                "servers[{i}]: {address} is the service's own VIP (a loop)"
+                "servers[{i}]: forwarding loop: {address} is {whose}; a server must be a real server"
             )));
         }
         if let Some(j) = parsed.iter().position(|p| *p == address) {
@@ -543,7 +565,7 @@ mod tests {
 
     fn running() -> Config {
         Config::from_yaml(
-            "services:\n  - name: api\n    vip: 127.0.0.1:6444\n    servers: [10.0.0.1:6443]\n",
+            "services:\n  - name: api\n    vip: 127.0.0.1:6444\n    servers: [10.0.0.1:6443]\n  - name: other\n    vip: 127.0.0.1:6445\n    servers: [10.0.0.1:6443]\n  - name: other-udp\n    vip: 127.0.0.1:6446\n    protocol: udp\n    servers: [10.0.0.1:6443]\n",
             "test.yaml",
         )
         .unwrap()
@@ -581,6 +603,10 @@ mod tests {
         assert!(err(&["[fd00::1]:6443"]).contains("family mismatch"));
         assert!(err(&["10.0.0.2:0"]).contains("port 0"));
         assert!(err(&["127.0.0.1:6444"]).contains("own VIP"));
+        assert!(err(&["224.0.0.1:6443"]).contains("multicast"));
+        // Another service's VIP is a loop too; a VIP of another protocol is not.
+        assert!(err(&["127.0.0.1:6445"]).contains("the VIP of service other"));
+        assert!(config_with_servers(&running(), "api", &["127.0.0.1:6446".to_owned()]).is_ok());
         assert!(err(&["10.0.0.2:1", "10.0.0.2:1"]).contains("duplicate"));
     }
 

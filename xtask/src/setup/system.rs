@@ -1,5 +1,5 @@
 //! System prerequisites: command-line tools from Debian packages (bpftool,
-//! ip, nc, curl, ethtool, iptables; promtool under `CI=true`; haproxy and
+//! ip, nc, curl, ethtool, iptables, python3, openssl; promtool under `CI=true`; haproxy and
 //! go for `cargo xtask bench failover` and `connect` only) and the bpffs mount. Installing and mounting need root; without it these steps only
 //! warn (`run` and `test` check root themselves).
 
@@ -13,13 +13,18 @@ use crate::process::{find_program, in_ci, is_root, run};
 /// (command, Debian package that provides it)
 /// ethtool: GRO and checksum offload on the XDP tests' veths; iptables: the
 /// DNAT baseline of `cargo xtask bench xdp`.
-const TOOLS: [(&str, &str); 6] = [
+/// python3: a dials_load test's raw client and `scripts/inspect-maps.sh`'s
+/// summaries; openssl: the https health-check unit tests' certificates and
+/// TLS server.
+const TOOLS: [(&str, &str); 8] = [
     ("bpftool", "bpftool"),
     ("ip", "iproute2"),
     ("nc", "netcat-openbsd"),
     ("curl", "curl"),
     ("ethtool", "ethtool"),
     ("iptables", "iptables"),
+    ("python3", "python3"),
+    ("openssl", "openssl"),
 ];
 
 /// Only under `CI=true`: promtool checks the `/metrics` text in a unit test
@@ -37,9 +42,9 @@ const FAILOVER_TOOLS: [(&str, &str); 2] = [("haproxy", "haproxy"), ("go", "golan
 /// Installs the packages of the missing tools with apt (as root).
 pub(super) fn ensure_tools(progress: &mut Progress) -> Result<()> {
     let item = if in_ci() {
-        "bpftool, ip, nc, curl, ethtool, iptables, promtool"
+        "bpftool, ip, nc, curl, ethtool, iptables, python3, openssl, promtool"
     } else {
-        "bpftool, ip, nc, curl, ethtool, iptables"
+        "bpftool, ip, nc, curl, ethtool, iptables, python3, openssl"
     };
     let ci_tools: &[_] = if in_ci() { &CI_TOOLS } else { &[] };
     let tools: Vec<(&str, &str)> = TOOLS.iter().chain(ci_tools).copied().collect();
