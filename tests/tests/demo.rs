@@ -304,8 +304,9 @@ fn demo_commands_work() {
         table.contains("demo-sui 127.0.0.66:16445/tcp failover ->"),
         "{table}"
     );
-    // Fits a terminal: columns sized to their content, the reasons cut.
-    for line in table.lines() {
+    // The server tables fit a terminal: columns sized to their content,
+    // the reasons cut.
+    for line in table.lines().filter(|line| line.starts_with("  ")) {
         assert!(line.chars().count() <= 100, "{line}\n{table}");
     }
     let sui_header = table

@@ -242,19 +242,20 @@ pub struct CheckStatus {
     pub duration_ms: f64,
 }
 
-/// How wide `daas-lb status` may print: [`Layout::Fit`] keeps each line
-/// within [`FIT_WIDTH`] columns (the last check's reason is cut with `…`),
+/// How wide `daas-lb status` may print: [`Layout::Fit`] keeps each server
+/// row within [`FIT_WIDTH`] columns (the last check's reason is cut with `…`),
 /// [`Layout::Wide`] shows everything (raw scores, perf and rep, whole
 /// reasons).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
-    /// At most [`FIT_WIDTH`] columns a line (unless an address alone is wider).
+    /// At most [`FIT_WIDTH`] columns a server row (unless the other columns
+    /// leave the last check fewer than 24 characters).
     Fit,
     /// Every field, however long the lines get.
     Wide,
 }
 
-/// The widest line [`Layout::Fit`] prints.
+/// The widest server row [`Layout::Fit`] prints.
 pub const FIT_WIDTH: usize = 100;
 
 /// The fewest characters [`Layout::Fit`] leaves the last column.

@@ -45,13 +45,17 @@
 //! Ties keep the current selection ([`ServiceMachine::select_from`]): while
 //! the selected server is listed and above *failed*, another server replaces
 //! it only when it is strictly better: a better state, or (ranking on) the
-//! same state and a higher score. Healthy and preferred count as one state
-//! here (they differ only in how recently the server was dialed, so a
-//! preferred server decaying to healthy does not hand the selection to one
-//! that became preferred a moment later), and connections and list order
-//! never replace it. So servers passing their first checks one after the
-//! other at startup, and decays, move the selection at most once each; a
-//! server failing, a better state or a better score move it at once.
+//! same state and a higher score. Healthy, preferred, and recovering while
+//! its last check passed count as one state here (they differ only in how
+//! recently the server was dialed or how many checks it has passed so far,
+//! so a preferred server decaying to healthy does not hand the selection to
+//! one that became preferred a moment later, nor does a server reaching
+//! preferred one check before the selected one), and connections and list
+//! order never replace it. So servers passing their first checks one after
+//! the other at startup move the selection once (from the unchecked first
+//! server to the first that passed), decays not at all; a server failing, a
+//! failing check of a recovering selection, a better state or a better
+//! score move it at once.
 
 use std::{
     cmp::Ordering,
@@ -636,18 +640,23 @@ impl ServiceMachine {
     }
 
     /// Whether `challenger` may take the selection from `current`: a better
-    /// state (healthy and preferred count as one), or the same one and,
+    /// state (healthy, preferred, and recovering with a passing last check
+    /// count as one), or the same one and,
     /// with ranking on, a higher score. Connections and list order never
     /// displace a selection.
     fn strictly_better(&self, challenger: &ServerEntry, current: &ServerEntry) -> bool {
-        /// Healthy and preferred are one tier: both pass their checks.
-        const fn tier(state: ServerState) -> ServerState {
-            match state {
-                ServerState::Preferred => ServerState::Healthy,
-                other => other,
+        /// Healthy and preferred are one tier: both pass their checks; so
+        /// is recovering while its last check passed (its next passing
+        /// check makes it preferred).
+        const fn tier(server: &ServerEntry) -> ServerState {
+            match (server.state, server.last_check_ok) {
+                (ServerState::Preferred, _) | (ServerState::Recovering, Some(true)) => {
+                    ServerState::Healthy
+                }
+                (other, _) => other,
             }
         }
-        match tier(challenger.state).cmp(&tier(current.state)) {
+        match tier(challenger).cmp(&tier(current)) {
             Ordering::Greater => true,
             Ordering::Less => false,
             Ordering::Equal => self.ranking && challenger.score > current.score,
