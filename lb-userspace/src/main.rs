@@ -50,8 +50,12 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9465")]
         api: SocketAddr,
         /// Print the raw JSON document instead of a table.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "wide")]
         json: bool,
+        /// Print every field (perf, rep, raw scores, whole check reasons)
+        /// instead of fitting 100 columns.
+        #[arg(long)]
+        wide: bool,
     },
     /// Replace a service's server list on a running controller (saved in its
     /// state file; a reload goes back to the config file's list). Needs root
@@ -151,10 +155,12 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 .build()?
                 .block_on(run::run(options))
         }
-        Command::Status { api, json } => {
+        Command::Status { api, json, wide } => {
             let status = client::fetch_status(api)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
+            } else if wide {
+                print!("{}", status.render(status::Layout::Wide));
             } else {
                 print!("{}", status.to_table());
             }
@@ -185,10 +191,15 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Cleanup { bpffs_dir } => dataplane::cleanup(&bpffs_dir),
         Command::CheckConfig { config } => {
             let parsed = Config::load(&config)?;
+            let warnings = parsed.warnings();
+            for warning in &warnings {
+                eprintln!("warning: {}: {warning}", config.display());
+            }
             println!(
-                "{}: valid ({} services)",
+                "{}: valid ({} services, {} warnings)",
                 config.display(),
-                parsed.services.len()
+                parsed.services.len(),
+                warnings.len()
             );
             Ok(())
         }

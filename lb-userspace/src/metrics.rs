@@ -880,6 +880,7 @@ mod tests {
         status.registry = Some(RegistryStatus {
             synced: true,
             nodes: 2,
+            below_min_stake: 0,
             cursor: Some(42),
             last_error: None,
             events: [("registered".to_owned(), 2), ("malformed".to_owned(), 1)]

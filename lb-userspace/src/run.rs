@@ -9,7 +9,7 @@ use tokio::{
     signal::unix::{Signal, SignalKind, signal},
     task::JoinSet,
 };
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::{
     api::{self, Api, LoadConfig},
@@ -62,9 +62,17 @@ impl RunOptions {
                 anyhow::bail!("the demo configuration is built in and cannot be reloaded");
             };
             let mut config = Config::load(path)?;
+            warn_about(&config, path);
             options.apply_overrides(&mut config);
             Ok((config, path.display().to_string()))
         })
+    }
+}
+
+/// Logs the config's [warnings](Config::warnings), each a `warn!`.
+fn warn_about(config: &Config, path: &std::path::Path) {
+    for warning in config.warnings() {
+        warn!(path = %path.display(), "{warning}");
     }
 }
 
@@ -90,7 +98,11 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let mut signals = Signals::install()?;
     let mut tasks = JoinSet::new();
     let (mut config, is_demo) = match &options.source {
-        ConfigSource::File(path) => (Config::load(path)?, false),
+        ConfigSource::File(path) => {
+            let config = Config::load(path)?;
+            warn_about(&config, path);
+            (config, false)
+        }
         ConfigSource::Demo => (start_demo(&mut tasks).await?, true),
     };
     options.apply_overrides(&mut config);

@@ -3,8 +3,19 @@
 //! registry (the under-stake node never, the newcomer by event), checks
 //! their fake Nautilus enclaves' attestations and ranks them by score, one
 //! node's score drifting.
+//!
+//! The demo captures only its own VIPs: with a stand-in for K3s's agent
+//! load balancer on `6444` (v4 and v6), connects to it in the attached
+//! cgroup reach the stand-in, while the demo runs and after it was killed;
+//! a demo whose ports are taken refuses, naming them, and attaches nothing.
 
-use std::{process::Command, time::Duration};
+use std::{
+    io::{ErrorKind, Write as _},
+    net::TcpListener,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
 
 use lb_tests::{TestEnv, daas_lb_bin};
 use lb_userspace::api::status::{ServerStatus, Status};
@@ -20,11 +31,68 @@ fn sui_server<'a>(status: &'a Status, ip: &str) -> Option<&'a ServerStatus> {
         .find(|server| server.address.starts_with(ip))
 }
 
+/// What the stand-in for K3s's agent load balancer says to every client.
+const STAND_IN: &str = "k3s agent load balancer stand-in\n";
+
+/// A stand-in for K3s's own agent load balancer on `addr` (in the test's
+/// network namespace): greets up to `max` connections with [`STAND_IN`],
+/// for at most `within`; returns how many it greeted.
+fn stand_in(addr: &str, max: usize, within: Duration) -> thread::JoinHandle<usize> {
+    let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("binding {addr}: {e}"));
+    listener.set_nonblocking(true).unwrap();
+    thread::spawn(move || {
+        let deadline = Instant::now() + within;
+        let mut greeted = 0;
+        while greeted < max && Instant::now() < deadline {
+            match listener.accept() {
+                Ok((mut stream, _)) => {
+                    stream.write_all(STAND_IN.as_bytes()).unwrap();
+                    greeted += 1;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("stand-in accept: {e}"),
+            }
+        }
+        greeted
+    })
+}
+
+/// Connects to `host` port 6444 from the test cgroup (where the programs
+/// are attached) and asserts that the stand-in answers, not the demo.
+fn assert_stand_in_answers(env: &TestEnv, host: &str, when: &str) {
+    let nc = env
+        .cgroup
+        .output(Command::new("nc").args(["-N", "-w", "3", host, "6444"]));
+    assert_eq!(
+        String::from_utf8_lossy(&nc.stdout),
+        STAND_IN,
+        "{host} port 6444 {when}: {nc:?}"
+    );
+}
+
+/// The programs attached to `cgroup`, as `bpftool cgroup show` lists them.
+fn attached(cgroup: &str) -> String {
+    let show = Command::new("bpftool")
+        .args(["cgroup", "show", cgroup])
+        .output()
+        .unwrap();
+    assert!(show.status.success(), "{show:?}");
+    String::from_utf8_lossy(&show.stdout).into_owned()
+}
+
 #[test]
 fn demo_commands_work() {
     let Some(env) = TestEnv::new("demo") else {
         return;
     };
+    // K3s's agent load balancer listens on 6444; the demo must leave it
+    // alone (two connections each: while the demo runs, after a SIGKILL).
+    let stand_ins = [
+        stand_in("127.0.0.1:6444", 2, Duration::from_secs(300)),
+        stand_in("[::1]:6444", 2, Duration::from_secs(300)),
+    ];
     let cgroup_path = env.cgroup.path().display().to_string();
     let pin_path = env.pins.path().display().to_string();
     let socket = lb_tests::control_socket_in(env.tmp.path());
@@ -42,10 +110,14 @@ fn demo_commands_work() {
     assert_eq!(status.services.len(), 4, "{status:?}");
     let log = demo.log();
     for printed in [
-        "curl -s http://127.0.0.1:6444/",
-        "nc 127.0.0.1 6444",
+        "curl -s http://127.0.0.66:16440/",
+        "nc 127.0.0.66 16440",
+        "echo hi | nc -u -w1 127.0.0.66 16440",
+        "curl -s -g 'http://[::1]:16440/'",
         "status --api",
-        "curl -s http://127.0.0.1:6445/",
+        "status --api 127.0.0.1:9465 --wide",
+        "curl -s http://127.0.0.66:16445/",
+        &format!("cleanup --bpffs-dir {pin_path}"),
         "grep -E 'registry|stake|sync_lag'",
         "grep -E 'nautilus|attestation|score'",
         "Each node has a fake Nautilus enclave registered under EnclaveConfig 0x",
@@ -63,7 +135,7 @@ fn demo_commands_work() {
         "-s",
         "--max-time",
         "3",
-        "http://127.0.0.1:6444/",
+        "http://127.0.0.66:16440/",
     ]));
     let body = String::from_utf8_lossy(&curl.stdout);
     assert!(
@@ -76,7 +148,7 @@ fn demo_commands_work() {
         "-g",
         "--max-time",
         "3",
-        "http://[::1]:6444/",
+        "http://[::1]:16440/",
     ]));
     assert!(
         String::from_utf8_lossy(&curl6.stdout).starts_with("hello from daas-lb demo backend-1"),
@@ -85,7 +157,7 @@ fn demo_commands_work() {
 
     let nc = env
         .cgroup
-        .output(Command::new("sh").args(["-c", "printf 'hi\\n' | nc -N -w 3 127.0.0.1 6444"]));
+        .output(Command::new("sh").args(["-c", "printf 'hi\\n' | nc -N -w 3 127.0.0.66 16440"]));
     let echoed = String::from_utf8_lossy(&nc.stdout);
     assert!(
         echoed.starts_with("[backend-1 ") && echoed.ends_with("] hi\n"),
@@ -94,11 +166,14 @@ fn demo_commands_work() {
 
     let nc_udp = env
         .cgroup
-        .output(Command::new("sh").args(["-c", "printf 'hi\\n' | nc -u -w 1 127.0.0.1 6444"]));
+        .output(Command::new("sh").args(["-c", "printf 'hi\\n' | nc -u -w 1 127.0.0.66 16440"]));
     assert!(
         String::from_utf8_lossy(&nc_udp.stdout).contains("] hi"),
         "{nc_udp:?}"
     );
+    // K3s's port is not the demo's: the stand-in answers, v4 and v6.
+    assert_stand_in_answers(&env, "127.0.0.1", "while the demo runs");
+    assert_stand_in_answers(&env, "::1", "while the demo runs");
 
     // demo-sui: node-1 and node-2 from the full sync, node-3 by its
     // NodeRegistered event a few seconds later, all passing tcp + sui_sync;
@@ -188,7 +263,7 @@ fn demo_commands_work() {
         "-s",
         "--max-time",
         "3",
-        "http://127.0.0.1:6445/",
+        "http://127.0.0.66:16445/",
     ]));
     assert!(
         String::from_utf8_lossy(&curl_sui.stdout).starts_with("hello from daas-lb demo node-"),
@@ -218,15 +293,36 @@ fn demo_commands_work() {
         .unwrap();
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(
-        table.contains("demo-tcp 127.0.0.1:6444/tcp failover ->"),
+        table.contains("demo-tcp 127.0.0.66:16440/tcp failover ->"),
         "{table}"
     );
     assert!(
-        table.contains("registry: synced, 4 nodes, cursor "),
+        table.contains("registry: synced, 4 nodes (1 excluded: stake below minimum), cursor "),
         "{table}"
     );
     assert!(
-        table.contains("demo-sui 127.0.0.1:6445/tcp failover ->"),
+        table.contains("demo-sui 127.0.0.66:16445/tcp failover ->"),
+        "{table}"
+    );
+    // The server tables fit a terminal: columns sized to their content,
+    // the reasons cut.
+    for line in table.lines().filter(|line| line.starts_with("  ")) {
+        assert!(line.chars().count() <= 100, "{line}\n{table}");
+    }
+    let sui_header = table
+        .lines()
+        .skip_while(|line| !line.starts_with("demo-sui "))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no demo-sui table in\n{table}"));
+    assert_eq!(
+        sui_header.split_whitespace().collect::<Vec<_>>(),
+        [
+            "SERVER", "STATE", "FOR", "OPEN", "TOTAL", "STAKE", "LAG", "SCORE", "LAST", "CHECK"
+        ],
+        "{table}"
+    );
+    assert!(
+        table.contains("OPEN: connections open now; TOTAL: connects"),
         "{table}"
     );
     for node in ["127.0.0.2:", "127.0.0.3:", "127.0.0.4:"] {
@@ -234,12 +330,19 @@ fn demo_commands_work() {
             .lines()
             .find(|line| line.trim_start().starts_with(node))
             .unwrap_or_else(|| panic!("no {node} in\n{table}"));
-        assert!(line.contains(" stake "), "{table}");
+        assert!(line.contains(" SUI "), "{table}");
+        assert!(line.contains("% "), "score share: {table}");
     }
-    assert!(table.contains(" stake 1.5 SUI lag 0 "), "{table}");
-    assert!(table.contains(" perf 7000 rep 8000 score "), "{table}");
-    assert!(table.contains(" perf 5000 rep 9000 score "), "{table}");
+    assert!(table.contains(" 1.5 SUI    0 "), "{table}");
     assert!(!table.contains("127.0.0.5:"), "{table}");
+    let wide = Command::new(daas_lb_bin())
+        .args(["status", "--api", "127.0.0.1:9465", "--wide"])
+        .output()
+        .unwrap();
+    let wide = String::from_utf8_lossy(&wide.stdout);
+    assert!(wide.contains(" STAKE  LAG  PERF   REP"), "{wide}");
+    assert!(wide.contains(" 2 SUI    0  7000  8000 "), "{wide}");
+    assert!(wide.contains(" 1.5 SUI    0  5000  9000 "), "{wide}");
 
     // node-1's score drifts every 10 s: both of its values show up, and
     // while it attests 4000 node-2 outranks it.
@@ -289,14 +392,14 @@ fn demo_commands_work() {
     let set = Command::new(daas_lb_bin()).args(&args).output().unwrap();
     assert!(set.status.success(), "{args:?}: {set:?}");
     assert!(
-        String::from_utf8_lossy(&set.stdout).contains("demo-tcp 127.0.0.1:6444/tcp failover"),
+        String::from_utf8_lossy(&set.stdout).contains("demo-tcp 127.0.0.66:16440/tcp failover"),
         "{set:?}"
     );
     let curl = env.cgroup.output(Command::new("curl").args([
         "-s",
         "--max-time",
         "3",
-        "http://127.0.0.1:6444/",
+        "http://127.0.0.66:16440/",
     ]));
     assert!(
         String::from_utf8_lossy(&curl.stdout).starts_with("hello from daas-lb demo backend-2"),
@@ -321,4 +424,78 @@ fn demo_commands_work() {
     );
     assert!(!env.pins.path().exists());
     assert!(!socket.exists(), "the control socket is removed on exit");
+
+    // A demo killed with SIGKILL leaves its programs attached: they still
+    // take only the demo VIPs (refused now, the backends are gone); 6444
+    // reaches the stand-in. The printed cleanup command detaches them.
+    demo.relaunch();
+    demo.wait_checked();
+    demo.signal(libc::SIGKILL);
+    assert!(!demo.wait_exit(Duration::from_secs(10)).success());
+    assert!(!attached(&cgroup_path).trim().is_empty(), "left attached");
+    assert_stand_in_answers(&env, "127.0.0.1", "after a SIGKILL of the demo");
+    assert_stand_in_answers(&env, "::1", "after a SIGKILL of the demo");
+    let dead = env.cgroup.output(Command::new("curl").args([
+        "-s",
+        "--max-time",
+        "3",
+        "http://127.0.0.66:16440/",
+    ]));
+    assert!(!dead.status.success(), "{dead:?}");
+    let cleanup = Command::new(daas_lb_bin())
+        .args(["cleanup", "--bpffs-dir", &pin_path])
+        .output()
+        .unwrap();
+    assert!(cleanup.status.success(), "{cleanup:?}");
+    assert!(attached(&cgroup_path).trim().is_empty(), "{cleanup:?}");
+    for stand_in in stand_ins {
+        assert_eq!(
+            stand_in.join().unwrap(),
+            2,
+            "the stand-in served both rounds"
+        );
+    }
+}
+
+/// A demo whose ports are taken (a VIP someone listens on: its traffic
+/// would be captured; a backend port) refuses before it attaches anything,
+/// naming every taken port, and exits non-zero.
+#[test]
+fn demo_refuses_when_its_ports_are_taken() {
+    let Some(env) = TestEnv::new("demo-refuses") else {
+        return;
+    };
+    let cgroup_path = env.cgroup.path().display().to_string();
+    let pin_path = env.pins.path().display().to_string();
+    let socket = lb_tests::control_socket_in(env.tmp.path());
+    // Every address on the port: the demo's VIP 127.0.0.66:16440 included.
+    let _vip = TcpListener::bind("0.0.0.0:16440").unwrap();
+    let _v6_vip = TcpListener::bind("[::1]:16440").unwrap();
+    let _backend = std::net::UdpSocket::bind("127.0.0.1:16442").unwrap();
+    let mut demo = env.spawn(&[
+        "--demo",
+        "--cgroup",
+        &cgroup_path,
+        "--bpffs-dir",
+        &pin_path,
+        "--control-socket",
+        &socket.display().to_string(),
+    ]);
+    let exit = demo.wait_exit(Duration::from_secs(30));
+    let log = demo.log();
+    assert!(!exit.success(), "{exit}: {log}");
+    for taken in [
+        "error: the demo refuses to start: ports it needs are taken, and nothing was attached:",
+        "tcp 127.0.0.66:16440 (demo-tcp VIP): something listens on this demo VIP; the demo would capture its traffic",
+        "tcp [::1]:16440 (demo-tcp6 VIP): something listens",
+        "udp 127.0.0.1:16442 (demo-udp backend-2): a demo backend must listen here",
+    ] {
+        assert!(log.contains(taken), "no {taken:?} in\n{log}");
+    }
+    // The UDP VIP is free (a TCP listener does not hold it), so is the rest.
+    assert!(!log.contains("udp 127.0.0.66:16440"), "{log}");
+    assert!(!log.contains("tcp 127.0.0.1:16441"), "{log}");
+    assert!(attached(&cgroup_path).trim().is_empty(), "{log}");
+    assert!(!env.pins.path().exists(), "{log}");
+    assert!(!socket.exists(), "{log}");
 }

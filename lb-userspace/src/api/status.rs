@@ -30,6 +30,9 @@ pub struct RegistryStatus {
     pub synced: bool,
     /// Registered nodes (all, before the stake filter).
     pub nodes: usize,
+    /// Of those, the nodes below `chain.min_stake_mist`: never servers.
+    #[serde(default)]
+    pub below_min_stake: usize,
     /// The last checkpoint applied.
     pub cursor: Option<u64>,
     /// The last error talking to the full node, if it still fails.
@@ -239,9 +242,125 @@ pub struct CheckStatus {
     pub duration_ms: f64,
 }
 
+/// How wide `daas-lb status` may print: [`Layout::Fit`] keeps each server
+/// row within [`FIT_WIDTH`] columns (the last check's reason is cut with `…`),
+/// [`Layout::Wide`] shows everything (raw scores, perf and rep, whole
+/// reasons).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// At most [`FIT_WIDTH`] columns a server row (unless the other columns
+    /// leave the last check fewer than 24 characters).
+    Fit,
+    /// Every field, however long the lines get.
+    Wide,
+}
+
+/// The widest server row [`Layout::Fit`] prints.
+pub const FIT_WIDTH: usize = 100;
+
+/// The fewest characters [`Layout::Fit`] leaves the last column.
+const MIN_LAST_COLUMN: usize = 24;
+
+/// One column of a server table: its header, whether it is right-aligned,
+/// one cell per server.
+struct Column {
+    header: &'static str,
+    right: bool,
+    cells: Vec<String>,
+}
+
+impl Column {
+    fn new(header: &'static str, right: bool, cells: Vec<String>) -> Self {
+        Self {
+            header,
+            right,
+            cells,
+        }
+    }
+
+    fn width(&self) -> usize {
+        self.cells
+            .iter()
+            .map(|c| c.chars().count())
+            .chain([self.header.len()])
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// Writes `columns` (all with as many cells) as aligned rows under their
+/// headers, each line indented by two spaces, columns two spaces apart,
+/// each sized to its widest cell. The last column is not padded; with
+/// `limit`, it is cut so that lines stay within it (keeping at least
+/// [`MIN_LAST_COLUMN`] characters).
+fn write_columns(out: &mut String, columns: &[Column], limit: Option<usize>) {
+    let Some((last, fixed)) = columns.split_last() else {
+        return;
+    };
+    let widths: Vec<usize> = fixed.iter().map(Column::width).collect();
+    let used = 2 + widths.iter().map(|w| w + 2).sum::<usize>();
+    let room = limit.map(|limit| limit.saturating_sub(used).max(MIN_LAST_COLUMN));
+    let rows = last.cells.len();
+    let headers = std::iter::once(None).chain((0..rows).map(Some));
+    for row in headers {
+        let mut line = String::from(" ");
+        for (column, &width) in fixed.iter().zip(&widths) {
+            let cell = row.map_or(column.header, |r| column.cells[r].as_str());
+            if column.right {
+                let _ = write!(line, " {cell:>width$} ");
+            } else {
+                let _ = write!(line, " {cell:<width$} ");
+            }
+        }
+        let cell = row.map_or(last.header, |r| last.cells[r].as_str());
+        line.push(' ');
+        line.push_str(&cut(cell, room));
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+}
+
+/// `text`, cut to `room` characters (the last one `…`) when longer.
+fn cut(text: &str, room: Option<usize>) -> String {
+    match room {
+        Some(room) if text.chars().count() > room => {
+            let mut kept: String = text.chars().take(room.saturating_sub(1)).collect();
+            kept.push('…');
+            kept
+        }
+        _ => text.to_owned(),
+    }
+}
+
+/// Each score's share of the scores' sum, in whole percent (`-` when
+/// unscored; `0%` for every scored server while the sum is 0).
+fn score_shares(scores: &[Option<u64>]) -> Vec<String> {
+    let sum: u128 = scores.iter().flatten().map(|s| u128::from(*s)).sum();
+    scores
+        .iter()
+        .map(|score| match score {
+            None => "-".to_owned(),
+            Some(_) if sum == 0 => "0%".to_owned(),
+            Some(score) => format!("{}%", (u128::from(*score) * 100 + sum / 2) / sum),
+        })
+        .collect()
+}
+
+/// What the table says about the columns it showed.
+const LEGEND: &str = "  OPEN: connections open now; TOTAL: connects the kernel sent to the server since it started\n";
+/// The legend's line about scores, when a SCORE column was shown.
+const SCORE_LEGEND: &str =
+    "  SCORE: the server's share of its service's summed ranking scores (raw: --wide, --json)\n";
+
 impl Status {
-    /// Renders the human-readable table of `daas-lb status`.
+    /// Renders the human-readable table of `daas-lb status`, within
+    /// [`FIT_WIDTH`] columns.
     pub fn to_table(&self) -> String {
+        self.render(Layout::Fit)
+    }
+
+    /// Renders the table of `daas-lb status` in `layout`.
+    pub fn render(&self, layout: Layout) -> String {
         let mut out = String::new();
         if self.services.is_empty() {
             out.push_str("no services configured\n");
@@ -260,6 +379,7 @@ impl Status {
         if let Some(registry) = &self.registry {
             let _ = writeln!(out, "{}", registry_line(registry));
         }
+        let mut scored = false;
         for service in &self.services {
             let remote = if service.remote {
                 format!(
@@ -286,76 +406,143 @@ impl Status {
                 if service.fail_open { " FAIL-OPEN" } else { "" },
                 service.refused
             );
-            let _ = writeln!(
-                out,
-                "  {:<42} {:<10} {:>8} {:>5} {:>9} {:>6}  LAST CHECK",
-                "SERVER", "STATE", "FOR", "CONNS", "CONNECTS", "SLOTS"
-            );
-            for server in &service.servers {
-                let mut address = if server.default {
-                    format!("{} (default)", server.address)
-                } else {
-                    server.address.clone()
-                };
-                if let Some(stake) = server.stake_mist {
-                    let _ = write!(address, " stake {}", sui_amount(stake));
-                }
-                if let Some(lag) = server.sync_lag_blocks {
-                    let _ = write!(address, " lag {lag}");
-                }
-                if let Some(attestation) = &server.attestation {
-                    let _ = write!(
-                        address,
-                        " perf {} rep {}",
-                        attestation.performance_score, attestation.reputation_score
-                    );
-                }
-                if let Some(score) = server.score {
-                    let _ = write!(address, " score {score}");
-                }
-                if let Some(failure) = &server.attestation_failure {
-                    let _ = write!(address, " ATTESTATION {failure}");
-                }
-                if let Some(dial) = server.dial.as_ref().filter(|d| d.state != "ok") {
-                    let _ = write!(
-                        address,
-                        " DIAL {} {}",
-                        dial.state.to_uppercase(),
-                        dial.reason.as_deref().unwrap_or("")
-                    );
-                }
-                let check = server.last_check.as_ref().map_or_else(
-                    || "-".to_owned(),
-                    |c| {
-                        format!(
-                            "{} {}: {}",
-                            if c.ok { "ok" } else { "FAIL" },
-                            ago(&c.at, now),
-                            c.reason
-                        )
-                    },
-                );
-                let _ = writeln!(
-                    out,
-                    "  {:<42} {:<10} {:>8} {:>5} {:>9} {:>6}  {}",
-                    address,
-                    server.state.as_str(),
-                    age(&server.state_since, now),
-                    server.connections,
-                    server.connects,
-                    server
-                        .slots
-                        .map_or_else(|| "-".to_owned(), |n| n.to_string()),
-                    check
-                );
+            let columns = server_columns(&service.servers, layout, now);
+            scored |= columns.iter().any(|c| c.header == "SCORE");
+            let limit = (layout == Layout::Fit).then_some(FIT_WIDTH);
+            write_columns(&mut out, &columns, limit);
+        }
+        if !self.services.is_empty() {
+            out.push_str(LEGEND);
+            if scored {
+                out.push_str(SCORE_LEGEND);
             }
         }
         out
     }
 }
 
-/// `registry: synced, 4 nodes, cursor 12, events registered 4 updated 1,
-/// resyncs 1, reconnects 0` (and the last error while it fails).
+/// The columns of one service's server table. STAKE, LAG and SCORE only
+/// when some server has one, SLOTS only for a spread service, PERF and REP
+/// only in [`Layout::Wide`].
+fn server_columns(
+    servers: &[ServerStatus],
+    layout: Layout,
+    now: std::time::SystemTime,
+) -> Vec<Column> {
+    let wide = layout == Layout::Wide;
+    let cells = |f: &dyn Fn(&ServerStatus) -> String| servers.iter().map(f).collect::<Vec<_>>();
+    let mut columns = vec![
+        Column::new(
+            "SERVER",
+            false,
+            cells(&|s| {
+                if s.default {
+                    format!("{} (default)", s.address)
+                } else {
+                    s.address.clone()
+                }
+            }),
+        ),
+        Column::new("STATE", false, cells(&|s| s.state.as_str().to_owned())),
+        Column::new("FOR", true, cells(&|s| age(&s.state_since, now))),
+        Column::new("OPEN", true, cells(&|s| s.connections.to_string())),
+        Column::new("TOTAL", true, cells(&|s| s.connects.to_string())),
+    ];
+    if servers.iter().any(|s| s.slots.is_some()) {
+        columns.push(Column::new(
+            "SLOTS",
+            true,
+            cells(&|s| s.slots.map_or_else(|| "-".to_owned(), |n| n.to_string())),
+        ));
+    }
+    if servers.iter().any(|s| s.stake_mist.is_some()) {
+        columns.push(Column::new(
+            "STAKE",
+            true,
+            cells(&|s| s.stake_mist.map_or_else(|| "-".to_owned(), sui_amount)),
+        ));
+    }
+    if servers.iter().any(|s| s.sync_lag_blocks.is_some()) {
+        columns.push(Column::new(
+            "LAG",
+            true,
+            cells(&|s| {
+                s.sync_lag_blocks
+                    .map_or_else(|| "-".to_owned(), |n| n.to_string())
+            }),
+        ));
+    }
+    if wide && servers.iter().any(|s| s.attestation.is_some()) {
+        let attested = |f: fn(&AttestationStatus) -> u64| {
+            move |s: &ServerStatus| {
+                s.attestation
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |a| f(a).to_string())
+            }
+        };
+        columns.push(Column::new(
+            "PERF",
+            true,
+            cells(&attested(|a| a.performance_score)),
+        ));
+        columns.push(Column::new(
+            "REP",
+            true,
+            cells(&attested(|a| a.reputation_score)),
+        ));
+    }
+    if servers.iter().any(|s| s.score.is_some()) {
+        let scores: Vec<Option<u64>> = servers.iter().map(|s| s.score).collect();
+        let mut shares = score_shares(&scores);
+        if wide {
+            for (share, score) in shares.iter_mut().zip(&scores) {
+                if let Some(score) = score {
+                    let _ = write!(share, " {score}");
+                }
+            }
+        }
+        columns.push(Column::new("SCORE", true, shares));
+    }
+    columns.push(Column::new(
+        "LAST CHECK",
+        false,
+        cells(&|s| last_check_cell(s, now)),
+    ));
+    columns
+}
+
+/// The LAST CHECK cell: what is wrong beyond the check first (a rejected
+/// attestation, suspect dials), then the check's verdict, age and reason.
+fn last_check_cell(server: &ServerStatus, now: std::time::SystemTime) -> String {
+    let mut cell = String::new();
+    if let Some(failure) = &server.attestation_failure {
+        let _ = write!(cell, "ATTESTATION {failure}; ");
+    }
+    if let Some(dial) = server.dial.as_ref().filter(|d| d.state != "ok") {
+        let _ = write!(cell, "DIAL {}", dial.state.to_uppercase());
+        if let Some(reason) = &dial.reason {
+            let _ = write!(cell, " {reason}");
+        }
+        cell.push_str("; ");
+    }
+    match &server.last_check {
+        None => cell.push('-'),
+        Some(c) => {
+            let _ = write!(
+                cell,
+                "{} {}: {}",
+                if c.ok { "ok" } else { "FAIL" },
+                ago(&c.at, now),
+                c.reason
+            );
+        }
+    }
+    cell
+}
+
+/// `registry: synced, 4 nodes (1 excluded: stake below minimum), cursor 12,
+/// events registered 4 updated 1, resyncs 1, reconnects 0` (and the last
+/// error while it fails).
 fn registry_line(registry: &RegistryStatus) -> String {
     let events: Vec<String> = registry
         .events
@@ -363,8 +550,16 @@ fn registry_line(registry: &RegistryStatus) -> String {
         .filter(|(_, n)| **n > 0)
         .map(|(kind, n)| format!("{kind} {n}"))
         .collect();
+    let excluded = if registry.below_min_stake > 0 {
+        format!(
+            " ({} excluded: stake below minimum)",
+            registry.below_min_stake
+        )
+    } else {
+        String::new()
+    };
     let mut line = format!(
-        "registry: {}, {} nodes, cursor {}, events {}, resyncs {}, reconnects {}",
+        "registry: {}, {} nodes{excluded}, cursor {}, events {}, resyncs {}, reconnects {}",
         if registry.synced {
             "synced"
         } else {
@@ -518,7 +713,12 @@ mod tests {
             "{table}"
         );
         assert!(table.contains("active"), "{table}");
-        assert!(table.contains("CONNS"), "{table}");
+        assert!(table.contains(" OPEN  TOTAL "), "{table}");
+        assert!(
+            table.contains("OPEN: connections open now; TOTAL: connects"),
+            "{table}"
+        );
+        assert!(!table.contains("SCORE"), "no scores, no column: {table}");
         let now = humantime::parse_rfc3339("2026-11-22T05:00:10Z").unwrap();
         assert_eq!(age("2026-11-22T04:58:00.000Z", now), "2m10s");
         assert_eq!(age("2026-11-22T05:00:06Z", now), "4s");
@@ -535,10 +735,7 @@ mod tests {
             smoothed_ms: Some(0.05),
         });
         let table = status.to_table();
-        assert!(
-            table.contains("10.0.0.1:9345 DIAL CONFIRMED reset"),
-            "{table}"
-        );
+        assert!(table.contains("  DIAL CONFIRMED reset; ok "), "{table}");
         let json = serde_json::to_value(&status).unwrap();
         assert_eq!(
             json["services"][0]["servers"][0]["dial"]["state"],
@@ -561,6 +758,7 @@ mod tests {
         status.registry = Some(RegistryStatus {
             synced: true,
             nodes: 4,
+            below_min_stake: 0,
             cursor: Some(12),
             last_error: None,
             events: BTreeMap::from([("registered".to_owned(), 4), ("removed".to_owned(), 0)]),
@@ -576,8 +774,13 @@ mod tests {
             ),
             "{table}"
         );
+        assert!(table.contains(" STAKE  LAG  LAST CHECK\n"), "{table}");
+        assert!(table.contains(" 1.5 SUI    2  ok "), "{table}");
+        status.registry.as_mut().unwrap().below_min_stake = 1;
         assert!(
-            table.contains("10.0.0.1:9345 stake 1.5 SUI lag 2 "),
+            status.to_table().contains(
+                "registry: synced, 4 nodes (1 excluded: stake below minimum), cursor 12,"
+            ),
             "{table}"
         );
         let server = &mut status.services[0].servers[0];
@@ -591,12 +794,23 @@ mod tests {
         server.score = Some(72);
         let table = status.to_table();
         assert!(
-            table.contains("10.0.0.1:9345 stake 1.5 SUI lag 2 perf 9000 rep 8000 score 72 "),
+            table.contains(" STAKE  LAG  SCORE  LAST CHECK\n"),
             "{table}"
+        );
+        assert!(table.contains(" 1.5 SUI    2   100%  ok "), "{table}");
+        assert!(table.contains("SCORE: the server's share"), "{table}");
+        let wide = status.render(Layout::Wide);
+        assert!(
+            wide.contains(" STAKE  LAG  PERF   REP    SCORE  LAST CHECK\n"),
+            "{wide}"
+        );
+        assert!(
+            wide.contains(" 1.5 SUI    2  9000  8000  100% 72  ok "),
+            "{wide}"
         );
         status.services[0].servers[0].attestation_failure = Some("stale".to_owned());
         let table = status.to_table();
-        assert!(table.contains("score 72 ATTESTATION stale "), "{table}");
+        assert!(table.contains("  ATTESTATION stale; ok "), "{table}");
         let json = serde_json::to_value(&status).unwrap();
         assert_eq!(
             json["services"][0]["servers"][0]["attestation"]["performance_score"],
@@ -661,5 +875,117 @@ mod tests {
         let json = serde_json::to_value(&status).unwrap();
         assert_eq!(json["xdp"]["verdicts"]["redirect"], 7);
         assert_eq!(serde_json::from_value::<Status>(json).unwrap(), status);
+    }
+
+    /// A service with `n` discovered servers, scored `scores`, each with a
+    /// long check reason (a `sui_sync` + `nautilus` check's).
+    fn discovered(scores: &[Option<u64>]) -> Status {
+        let mut status = sample();
+        let template = status.services[0].servers[0].clone();
+        status.services[0].servers = scores
+            .iter()
+            .enumerate()
+            .map(|(i, score)| {
+                let mut server = template.clone();
+                server.address = format!("127.0.0.{}:16444", i + 2);
+                server.stake_mist = Some(3_000_000_000);
+                server.sync_lag_blocks = Some(0);
+                server.node = Some(format!("0x{}", "d0".repeat(32)));
+                server.score = *score;
+                server.attestation = score.map(|_| AttestationStatus {
+                    performance_score: 9_500,
+                    reputation_score: 9_000,
+                    stake_mist: 3_000_000_000,
+                    timestamp_ms: 1,
+                    age_seconds: 1.0,
+                });
+                server.last_check.as_mut().unwrap().reason = format!(
+                    "tcp connect ok in 0.1ms; sui_sync lag 0 checkpoints in 2.1ms; nautilus attestation of 0x{} verified in 3.2ms",
+                    "e1".repeat(32)
+                );
+                server
+            })
+            .collect();
+        status
+    }
+
+    #[test]
+    fn fit_lines_stay_within_the_width_and_columns_align() {
+        let status = discovered(&[Some(8_550_000_000_000), Some(2_504_000_000_000), None]);
+        let table = status.to_table();
+        for line in table.lines() {
+            assert!(
+                line.chars().count() <= FIT_WIDTH,
+                "{} chars: {line}\n{table}",
+                line.chars().count()
+            );
+        }
+        // The cut reason ends in an ellipsis; --wide keeps it whole.
+        assert!(table.contains("…\n"), "{table}");
+        let wide = status.render(Layout::Wide);
+        assert!(wide.contains("verified in 3.2ms\n"), "{wide}");
+        assert!(
+            wide.lines().any(|l| l.chars().count() > FIT_WIDTH),
+            "{wide}"
+        );
+        // Every column starts where its header does.
+        let lines: Vec<&str> = table.lines().collect();
+        let header = lines
+            .iter()
+            .position(|l| l.trim_start().starts_with("SERVER"))
+            .unwrap();
+        for name in ["STATE", "LAST CHECK"] {
+            let at = lines[header].find(name).unwrap();
+            for row in &lines[header + 1..header + 4] {
+                assert_ne!(&row[at..=at], " ", "{name} misaligned:\n{table}");
+                assert_eq!(&row[at - 2..at], "  ", "{name} misaligned:\n{table}");
+            }
+        }
+        // The SERVER column is as wide as its longest address, not 42.
+        assert!(
+            lines[header].starts_with("  SERVER           STATE "),
+            "{table}"
+        );
+        // Right-aligned numbers end where their header does.
+        let score_end = lines[header].find("SCORE").unwrap() + "SCORE".len();
+        assert_eq!(
+            &lines[header + 1][score_end - 3..score_end],
+            "77%",
+            "{table}"
+        );
+        assert_eq!(
+            &lines[header + 2][score_end - 3..score_end],
+            "23%",
+            "{table}"
+        );
+        assert_eq!(&lines[header + 3][score_end - 1..score_end], "-", "{table}");
+    }
+
+    #[test]
+    fn scores_show_as_shares_of_the_service_total() {
+        assert_eq!(score_shares(&[Some(3), Some(1), None]), ["75%", "25%", "-"]);
+        assert_eq!(score_shares(&[Some(0), Some(0)]), ["0%", "0%"]);
+        assert_eq!(
+            score_shares(&[Some(u64::MAX), Some(u64::MAX)]),
+            ["50%", "50%"]
+        );
+        assert_eq!(score_shares(&[Some(2), Some(1)]), ["67%", "33%"]);
+        assert_eq!(score_shares(&[None]), ["-"]);
+        // The JSON keeps the raw score.
+        let status = discovered(&[Some(8_550_000_000_000)]);
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(
+            json["services"][0]["servers"][0]["score"],
+            8_550_000_000_000_u64
+        );
+        assert!(!status.to_table().contains("8550000000000"));
+        assert!(status.render(Layout::Wide).contains("100% 8550000000000"));
+    }
+
+    #[test]
+    fn cut_keeps_short_text_and_marks_a_cut() {
+        assert_eq!(cut("abc", Some(3)), "abc");
+        assert_eq!(cut("abcd", Some(3)), "ab…");
+        assert_eq!(cut("abcd", None), "abcd");
     }
 }

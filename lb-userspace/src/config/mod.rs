@@ -741,10 +741,7 @@ impl Config {
         let mut checker = Checker::default();
         let config = checker.config(&raw);
         match config {
-            Some(config) if checker.issues.is_empty() => {
-                warn_about_unreachable_services(&config);
-                Ok(config)
-            }
+            Some(config) if checker.issues.is_empty() => Ok(config),
             _ => Err(anyhow!("{}", checker.render(origin))),
         }
     }
@@ -1108,27 +1105,31 @@ fn serialize_percent<S: Serializer>(percent: &u8, serializer: S) -> Result<S::Ok
     serializer.collect_str(&format_args!("{percent}%"))
 }
 
-/// Logs services that accept connects only to refuse them.
-fn warn_about_unreachable_services(config: &Config) {
-    for service in &config.services {
-        // A discovery service's servers come from the chain after the start.
-        if service.servers.is_empty()
-            && service.default_server.is_none()
-            && service.discovery.is_none()
-        {
-            tracing::warn!(
-                service = %service.name,
-                vip = %service.vip,
-                "service has no servers and no default_server: every connect will be refused"
-            );
+impl Config {
+    /// What is valid but almost certainly not meant, one sentence each
+    /// naming the service: a service that refuses every connect, `remote`
+    /// on a loopback VIP. `daas-lb run` logs them (`warn!`) at every load,
+    /// `daas-lb check-config` prints them as `warning: …` on stderr.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for (index, service) in self.services.iter().enumerate() {
+            let name = format!("services[{index}] ({}, vip {})", service.name, service.vip);
+            // A discovery service's servers come from the chain after the start.
+            if service.servers.is_empty()
+                && service.default_server.is_none()
+                && service.discovery.is_none()
+            {
+                warnings.push(format!(
+                    "{name}: no servers and no default_server: every connect will be refused"
+                ));
+            }
+            if service.remote && service.vip.ip().is_loopback() {
+                warnings.push(format!(
+                    "{name}: remote: true on a loopback VIP: packets from remote clients never carry it"
+                ));
+            }
         }
-        if service.remote && service.vip.ip().is_loopback() {
-            tracing::warn!(
-                service = %service.name,
-                vip = %service.vip,
-                "remote: true on a loopback VIP: packets from remote clients never carry it"
-            );
-        }
+        warnings
     }
 }
 

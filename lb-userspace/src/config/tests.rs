@@ -2799,3 +2799,29 @@ fn references_default_to_the_registry_s_full_node() {
     config.chain = None;
     assert!(config.reference_urls().is_empty());
 }
+
+/// Valid but almost certainly not meant: listed by `warnings()` (which
+/// `run` logs and `check-config` prints), never errors.
+#[test]
+fn warnings_name_the_service_and_what_is_wrong() {
+    assert!(parse(EXAMPLE).warnings().is_empty());
+    assert!(parse(&with_service("")).warnings().is_empty());
+    let config = parse("services:\n  - name: empty\n    vip: 127.0.0.1:80\n    servers: []\n");
+    assert_eq!(
+        config.warnings(),
+        [
+            "services[0] (empty, vip 127.0.0.1:80): no servers and no default_server: every connect will be refused"
+        ]
+    );
+    let yaml = format!(
+        "xdp:\n  interfaces: [eth0]\n{}",
+        with_service("    remote: true\n")
+    );
+    let warnings = parse(&yaml).warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0]
+            .starts_with("services[0] (a, vip 127.0.0.1:80): remote: true on a loopback VIP"),
+        "{warnings:?}"
+    );
+}

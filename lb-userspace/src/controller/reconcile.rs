@@ -386,7 +386,9 @@ fn write(
         }
         if service_plan.fresh() {
             // Make sure the entry exists and points where the machine says.
-            let selection = service.machine.select();
+            // The selection adopted from before a restart stays unless a
+            // server is strictly better.
+            let selection = service.machine.select_from(service.selection.server);
             let backend_id = selection
                 .server
                 .and_then(|a| service.servers.get(&a))

@@ -149,7 +149,8 @@ fn forget_xdp_flows(dataplane: &mut Dataplane, service: &ServiceRuntime, servers
 
 /// Writes the service entry when the state machine's selection changed.
 fn reselect(dataplane: &mut Dataplane, counters: &mut Counters, service: &mut ServiceRuntime) {
-    let selection = service.machine.select();
+    // Ties keep what the map holds now: no churn at startup or on decay.
+    let selection = service.machine.select_from(service.selection.server);
     if selection == service.selection {
         return;
     }

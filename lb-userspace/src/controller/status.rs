@@ -170,9 +170,13 @@ pub(super) fn build(state: &State) -> Status {
     let registry = state.discovery.stats.as_ref().map(|stats| {
         let view = state.discovery.view.as_ref();
         let synced = view.is_some_and(|v| v.synced);
+        let min_stake = state.config.chain.as_ref().map_or(0, |c| c.min_stake_mist);
         RegistryStatus {
             synced,
             nodes: view.map_or(0, |v| v.nodes.len()),
+            below_min_stake: view.map_or(0, |v| {
+                v.nodes.values().filter(|n| n.stake < min_stake).count()
+            }),
             // The task's counter follows every checkpoint applied, from
             // the first full sync on.
             cursor: synced.then(|| stats.cursor.load(Ordering::Relaxed)),

@@ -1,11 +1,29 @@
 //! The embedded demo of `daas-lb run --demo` (what `cargo xtask run` starts
 //! without a config): three echo backends per service on loopback inside the
-//! process, and VIP `127.0.0.1:6444` (TCP and UDP) plus `[::1]:6444` (TCP)
-//! in front of them.
+//! process, and VIP `127.0.0.66:16440` (TCP and UDP) plus `[::1]:16440`
+//! (TCP) in front of them.
+//!
+//! # It captures only its own traffic
+//!
+//! The demo attaches where the user's shell is (the root cgroup by
+//! default) so that `curl` works as printed, so its VIPs are addresses no
+//! real service uses: the loopback address [`DEMO_VIP_V4`] (nothing is
+//! configured on it, yet all of `127.0.0.0/8` is local) and `[::1]`, both
+//! on high ports next to the demo's backends; never K3s's `6443`/`6444`.
+//! Before anything is attached, [`start`] binds every port it needs, VIPs
+//! and backends, TCP and UDP, IPv4 and IPv6 ([`needed`]): if something
+//! else holds one (a VIP someone listens on would be captured), the demo
+//! refuses, naming every taken port, and attaches nothing. Its pins
+//! ([`BPFFS_DIR`]), control socket and state files are its own too, so it
+//! never adopts or replaces a real daemon's programs. A demo killed with
+//! SIGKILL leaves its programs attached: they affect only the demo VIPs
+//! (connects to them are refused once the backends are gone) until
+//! `daas-lb cleanup --bpffs-dir /sys/fs/bpf/daas-lb-demo` or the next demo
+//! start replaces them.
 //!
 //! It also runs an in-process fake Sui full node ([`FakeChain`]) whose
 //! registry lists four demo nodes on `127.0.0.2..127.0.0.5` (one below the
-//! minimum stake), and a service `demo-sui` (`127.0.0.1:6445`) whose servers
+//! minimum stake), and a service `demo-sui` (`127.0.0.66:16445`) whose servers
 //! come from that registry: three nodes at start, a fourth registered by an
 //! event [`NEWCOMER_AFTER`] later, the chain advancing one checkpoint a
 //! second so `sui_sync` sees a live full node.
@@ -58,14 +76,24 @@ use crate::{
     nautilus::enclave::Pcrs,
 };
 
-/// The demo's VIP port.
-pub const DEMO_PORT: u16 = 6444;
-/// First port tried for the demo backends (then +1, +2).
-const FIRST_BACKEND_PORT: u16 = 16441;
-/// The VIP port of `demo-sui`, the service discovered on the fake chain.
-pub const SUI_DEMO_PORT: u16 = 6445;
-/// The port tried first for the registry's nodes (one per loopback address).
+/// The demo's IPv4 VIP address: a loopback address no real service uses.
+pub const DEMO_VIP_V4: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 66);
+/// The VIP port of `demo-tcp`, `demo-udp` (on [`DEMO_VIP_V4`]) and
+/// `demo-tcp6` (on `[::1]`).
+pub const DEMO_PORT: u16 = 16440;
+/// The ports of the three backends of each of `demo-tcp`, `demo-udp`
+/// (`127.0.0.1`) and `demo-tcp6` (`[::1]`).
+const BACKEND_PORTS: [u16; 3] = [16441, 16442, 16443];
+/// The VIP port of `demo-sui` (on [`DEMO_VIP_V4`]), the service discovered
+/// on the fake chain.
+pub const SUI_DEMO_PORT: u16 = 16445;
+/// The port of the registry's nodes' backends (one per loopback address).
 const SUI_BACKEND_PORT: u16 = 16444;
+/// Where the demo pins its maps and programs: not a real daemon's
+/// (`/sys/fs/bpf/daas-lb`), so a demo never adopts or replaces those.
+pub const BPFFS_DIR: &str = "/sys/fs/bpf/daas-lb-demo";
+/// The demo's control socket, in its [`DATA_DIR`].
+pub const CONTROL_SOCKET: &str = "/run/daas-lb-demo/control.sock";
 /// The fake chain's id.
 const DEMO_CHAIN_ID: &str = "daas-lb-demo";
 /// 1 SUI in MIST.
@@ -134,7 +162,167 @@ const DEMO_NODES: [DemoNode; 4] = [
 /// demo backends' ports may differ from one run to the next.
 pub const DATA_DIR: &str = "/run/daas-lb-demo";
 
-/// Starts the demo backends and returns the config that fronts them.
+/// What a port the demo needs is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// A VIP: bound only to see that nobody holds it, then let go.
+    Vip,
+    /// A demo backend: bound, then served.
+    Backend,
+}
+
+/// One port the demo needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Need {
+    protocol: Protocol,
+    address: SocketAddr,
+    role: Role,
+    /// For the refusal: `demo-tcp VIP`, `demo-udp backend-2`, `demo-sui node-1`.
+    what: String,
+}
+
+/// Every port the demo needs, VIPs first; the IPv6 ones only with `v6`
+/// (an IPv6 loopback exists).
+fn needed(v6: bool) -> Vec<Need> {
+    let need = |protocol, address: SocketAddr, role, what: String| Need {
+        protocol,
+        address,
+        role,
+        what,
+    };
+    let vip4 = IpAddr::V4(DEMO_VIP_V4);
+    let lo4 = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let lo6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
+    let mut needs = vec![
+        need(
+            Protocol::Tcp,
+            SocketAddr::new(vip4, DEMO_PORT),
+            Role::Vip,
+            "demo-tcp VIP".into(),
+        ),
+        need(
+            Protocol::Udp,
+            SocketAddr::new(vip4, DEMO_PORT),
+            Role::Vip,
+            "demo-udp VIP".into(),
+        ),
+    ];
+    if v6 {
+        needs.push(need(
+            Protocol::Tcp,
+            SocketAddr::new(lo6, DEMO_PORT),
+            Role::Vip,
+            "demo-tcp6 VIP".into(),
+        ));
+    }
+    needs.push(need(
+        Protocol::Tcp,
+        SocketAddr::new(vip4, SUI_DEMO_PORT),
+        Role::Vip,
+        "demo-sui VIP".into(),
+    ));
+    let mut backends = vec![
+        ("demo-tcp", Protocol::Tcp, lo4),
+        ("demo-udp", Protocol::Udp, lo4),
+    ];
+    if v6 {
+        backends.push(("demo-tcp6", Protocol::Tcp, lo6));
+    }
+    for (service, protocol, ip) in backends {
+        for (index, port) in BACKEND_PORTS.iter().enumerate() {
+            needs.push(need(
+                protocol,
+                SocketAddr::new(ip, *port),
+                Role::Backend,
+                format!("{service} backend-{}", index + 1),
+            ));
+        }
+    }
+    for node in &DEMO_NODES {
+        needs.push(need(
+            Protocol::Tcp,
+            SocketAddr::new(IpAddr::V4(node.ip), SUI_BACKEND_PORT),
+            Role::Backend,
+            format!("demo-sui {}", node.name),
+        ));
+    }
+    needs
+}
+
+/// A bound demo backend socket.
+enum Bound {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+}
+
+/// Binds every port in `needs` (TCP with `SO_REUSEADDR`, as any server
+/// does, so only a socket that listens there or holds it counts). Returns
+/// the backends' sockets in `needs` order; the VIPs' are let go. When
+/// something else holds any of them, fails naming every one: a VIP someone
+/// listens on would have its traffic captured by the demo.
+async fn bind_needed(needs: &[Need]) -> anyhow::Result<Vec<(Need, Bound)>> {
+    let mut taken = Vec::new();
+    let mut bound = Vec::new();
+    let mut probes = Vec::new();
+    for need in needs {
+        let result = match need.protocol {
+            Protocol::Tcp => TcpListener::bind(need.address).await.map(Bound::Tcp),
+            Protocol::Udp => UdpSocket::bind(need.address).await.map(Bound::Udp),
+        };
+        match result {
+            Ok(socket) if need.role == Role::Vip => probes.push(socket),
+            Ok(socket) => bound.push((need.clone(), socket)),
+            Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => taken.push(need),
+            Err(err) => {
+                return Err(err).with_context(|| {
+                    format!(
+                        "binding {} {} ({}) for the demo",
+                        need.protocol, need.address, need.what
+                    )
+                });
+            }
+        }
+    }
+    if taken.is_empty() {
+        return Ok(bound);
+    }
+    let mut message = String::from(
+        "the demo refuses to start: ports it needs are taken, and nothing was attached:",
+    );
+    for need in taken {
+        let why = match need.role {
+            Role::Vip => "something listens on this demo VIP; the demo would capture its traffic",
+            Role::Backend => "a demo backend must listen here",
+        };
+        let _ = write!(
+            message,
+            "\n  {} {} ({}): {why}",
+            need.protocol, need.address, need.what
+        );
+    }
+    message.push_str(
+        "\nStop what holds them (`ss -ltnup` names it) or run daas-lb with --config FILE.",
+    );
+    anyhow::bail!(message)
+}
+
+/// Whether the IPv6 loopback can be bound (it is absent when IPv6 is off).
+async fn ipv6_loopback() -> bool {
+    match TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).await {
+        Ok(_) => true,
+        Err(err) => {
+            tracing::warn!(
+                error = %err,
+                "no IPv6 loopback ([::1]): demo runs IPv4 only"
+            );
+            false
+        }
+    }
+}
+
+/// Starts the demo backends and returns the config that fronts them; fails
+/// before anything is attached when a port it needs is taken
+/// ([`bind_needed`]).
 pub async fn start(base: Config, tasks: &mut JoinSet<()>) -> anyhow::Result<Config> {
     let check = |check| HealthCheckConfig {
         check,
@@ -142,59 +330,53 @@ pub async fn start(base: Config, tasks: &mut JoinSet<()>) -> anyhow::Result<Conf
         intervals: Intervals::uniform(Duration::from_secs(1)),
         jitter_percent: HealthCheckConfig::DEFAULT_JITTER_PERCENT,
     };
-    let v4 = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let mut services = Vec::new();
-
-    let tcp = spawn_tcp_backends(v4, tasks).await?;
-    services.push(ServiceConfig {
-        name: "demo-tcp".into(),
-        vip: SocketAddr::new(v4, DEMO_PORT),
-        protocol: Protocol::Tcp,
-        servers: tcp,
+    let v6 = ipv6_loopback().await;
+    let bound = bind_needed(&needed(v6)).await?;
+    let vip4 = SocketAddr::new(IpAddr::V4(DEMO_VIP_V4), DEMO_PORT);
+    let vip6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), DEMO_PORT);
+    let mut services: Vec<ServiceConfig> = [
+        ("demo-tcp", vip4, Protocol::Tcp, CheckSpec::Tcp),
+        ("demo-udp", vip4, Protocol::Udp, CheckSpec::Udp),
+        ("demo-tcp6", vip6, Protocol::Tcp, CheckSpec::Tcp),
+    ]
+    .into_iter()
+    .filter(|(_, vip, ..)| v6 || vip.is_ipv4())
+    .map(|(name, vip, protocol, spec)| ServiceConfig {
+        name: name.into(),
+        vip,
+        protocol,
+        servers: Vec::new(),
         default_server: None,
         policy: Policy::Failover,
         maglev_table_size: ServiceConfig::DEFAULT_MAGLEV_TABLE_SIZE,
-        health_check: check(CheckSpec::Tcp),
+        health_check: check(spec),
         remote: false,
         dial_tracking: true,
         dial_stall_timeout: DialStall::Auto,
         discovery: None,
-    });
-    let udp = spawn_udp_backends(v4, tasks).await?;
-    services.push(ServiceConfig {
-        name: "demo-udp".into(),
-        vip: SocketAddr::new(v4, DEMO_PORT),
-        protocol: Protocol::Udp,
-        servers: udp,
-        default_server: None,
-        policy: Policy::Failover,
-        maglev_table_size: ServiceConfig::DEFAULT_MAGLEV_TABLE_SIZE,
-        health_check: check(CheckSpec::Udp),
-        remote: false,
-        dial_tracking: true,
-        dial_stall_timeout: DialStall::Auto,
-        discovery: None,
-    });
-    let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
-    match spawn_tcp_backends(v6, tasks).await {
-        Ok(tcp6) => services.push(ServiceConfig {
-            name: "demo-tcp6".into(),
-            vip: SocketAddr::new(v6, DEMO_PORT),
-            protocol: Protocol::Tcp,
-            servers: tcp6,
-            default_server: None,
-            policy: Policy::Failover,
-            maglev_table_size: ServiceConfig::DEFAULT_MAGLEV_TABLE_SIZE,
-            health_check: check(CheckSpec::Tcp),
-            remote: false,
-            dial_tracking: true,
-            dial_stall_timeout: DialStall::Auto,
-            discovery: None,
-        }),
-        Err(err) => tracing::warn!(
-            error = format!("{err:#}"),
-            "no IPv6 loopback: demo runs IPv4 only"
-        ),
+    })
+    .collect();
+    let mut nodes = Vec::new();
+    for (need, socket) in bound {
+        let address = need.address;
+        let (service, name) = need.what.split_once(' ').unwrap_or((&need.what, ""));
+        let name = format!("{name} {address}");
+        if service == "demo-sui" {
+            if let Bound::Tcp(listener) = socket {
+                nodes.push((name, listener));
+            }
+            continue;
+        }
+        if let Some(config) = services.iter_mut().find(|s| s.name == service) {
+            config.servers.push(address);
+        }
+        match socket {
+            Bound::Tcp(listener) => spawn_tcp_backend(listener, name, tasks),
+            Bound::Udp(socket) => spawn_udp_backend(socket, name, tasks),
+        }
+    }
+    for (name, listener) in nodes {
+        spawn_tcp_backend(listener, name, tasks);
     }
     let chain_part = start_chain(tasks).await?;
     services.extend(chain_part.services);
@@ -206,6 +388,8 @@ pub async fn start(base: Config, tasks: &mut JoinSet<()>) -> anyhow::Result<Conf
     Ok(Config {
         services,
         data_dir: DATA_DIR.into(),
+        bpffs_dir: BPFFS_DIR.into(),
+        control_socket: CONTROL_SOCKET.into(),
         chain: chain_part.chain,
         // The features parsed with the `chain` block: the gates it implies
         // (discovery, Nautilus checks, stake validation) and the ranking.
@@ -214,14 +398,14 @@ pub async fn start(base: Config, tasks: &mut JoinSet<()>) -> anyhow::Result<Conf
     })
 }
 
-/// Starts the nodes' backends, the fake full node (on this runtime,
+/// Starts the fake full node (on this runtime,
 /// `127.0.0.1:0`) and the nodes' fake enclaves ([`publish_nodes`]), and
 /// spawns the task that advances the chain every second, registers the
 /// newcomer and makes node-1's score drift (it owns the fake enclaves).
 /// Returns the `chain` block, the features and the `demo-sui` service,
 /// parsed from YAML like a config file.
 async fn start_chain(tasks: &mut JoinSet<()>) -> anyhow::Result<Config> {
-    let port = spawn_node_backends(tasks).await?;
+    let port = SUI_BACKEND_PORT;
     let chain = FakeChain::start(DEMO_CHAIN_ID)
         .await
         .context("starting the demo's fake Sui full node")?;
@@ -333,7 +517,7 @@ features:
   performance_ranking: true
 services:
   - name: demo-sui
-    vip: 127.0.0.1:{SUI_DEMO_PORT}
+    vip: {DEMO_VIP_V4}:{SUI_DEMO_PORT}
     servers: []
     discovery: {{ source: sui, port: {port} }}
     health_check:
@@ -368,63 +552,6 @@ fn demo_address(prefix: u8, index: usize) -> Address {
     let mut bytes = [prefix; Address::LENGTH];
     bytes[Address::LENGTH - 1] = u8::try_from(index).unwrap_or(u8::MAX);
     Address::new(bytes)
-}
-
-/// Starts one TCP echo/HTTP backend per demo node, all on one port (a node's
-/// servers are its endpoint host and the service's port); returns the port.
-async fn spawn_node_backends(tasks: &mut JoinSet<()>) -> anyhow::Result<u16> {
-    let mut last_error = None;
-    for wanted in [SUI_BACKEND_PORT, 0] {
-        let mut listeners = Vec::new();
-        let mut port = wanted;
-        for spec in &DEMO_NODES {
-            match TcpListener::bind((IpAddr::V4(spec.ip), port)).await {
-                Ok(listener) => {
-                    port = listener.local_addr()?.port();
-                    listeners.push((spec.name, listener));
-                }
-                Err(err) => {
-                    last_error = Some(anyhow::Error::new(err).context(format!(
-                        "binding demo node {} on {}:{port}",
-                        spec.name, spec.ip
-                    )));
-                    break;
-                }
-            }
-        }
-        if listeners.len() == DEMO_NODES.len() {
-            for (name, listener) in listeners {
-                let address = listener.local_addr()?;
-                spawn_tcp_backend(listener, format!("{name} {address}"), tasks);
-            }
-            return Ok(port);
-        }
-    }
-    Err(last_error.unwrap_or_else(|| anyhow::anyhow!("binding the demo nodes")))
-}
-
-/// Binds a port near `FIRST_BACKEND_PORT + index`, or any free port.
-async fn bind_tcp(ip: IpAddr, index: u16) -> anyhow::Result<TcpListener> {
-    if let Ok(l) = TcpListener::bind((ip, FIRST_BACKEND_PORT + index)).await {
-        return Ok(l);
-    }
-    TcpListener::bind((ip, 0))
-        .await
-        .with_context(|| format!("binding a demo backend on {ip}"))
-}
-
-async fn spawn_tcp_backends(
-    ip: IpAddr,
-    tasks: &mut JoinSet<()>,
-) -> anyhow::Result<Vec<SocketAddr>> {
-    let mut addresses = Vec::new();
-    for index in 0..3u16 {
-        let listener = bind_tcp(ip, index).await?;
-        let address = listener.local_addr()?;
-        addresses.push(address);
-        spawn_tcp_backend(listener, format!("backend-{} {address}", index + 1), tasks);
-    }
-    Ok(addresses)
 }
 
 /// Serves `listener`: HTTP requests get a greeting naming `name`, anything
@@ -469,38 +596,24 @@ fn spawn_tcp_backend(listener: TcpListener, name: String, tasks: &mut JoinSet<()
         });
 }
 
-async fn spawn_udp_backends(
-    ip: IpAddr,
-    tasks: &mut JoinSet<()>,
-) -> anyhow::Result<Vec<SocketAddr>> {
-    let mut addresses = Vec::new();
-    for index in 0..3u16 {
-        let socket = match UdpSocket::bind((ip, FIRST_BACKEND_PORT + index)).await {
-            Ok(s) => s,
-            Err(_) => UdpSocket::bind((ip, 0))
-                .await
-                .with_context(|| format!("binding a demo UDP backend on {ip}"))?,
-        };
-        let address = socket.local_addr()?;
-        addresses.push(address);
-        let name = format!("backend-{} {address}", index + 1);
-        tasks.spawn(async move {
-            let mut buf = vec![0u8; 65536];
-            loop {
-                let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
-                    continue;
-                };
-                if n == 0 {
-                    // Health probes send empty datagrams; no reply needed.
-                    continue;
-                }
-                let mut reply = format!("[{name}] ").into_bytes();
-                reply.extend_from_slice(&buf[..n]);
-                let _ = socket.send_to(&reply, peer).await;
+/// Serves `socket`: every non-empty datagram is echoed back to its sender
+/// prefixed with `[name] `.
+fn spawn_udp_backend(socket: UdpSocket, name: String, tasks: &mut JoinSet<()>) {
+    tasks.spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
+                continue;
+            };
+            if n == 0 {
+                // Health probes send empty datagrams; no reply needed.
+                continue;
             }
-        });
-    }
-    Ok(addresses)
+            let mut reply = format!("[{name}] ").into_bytes();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = socket.send_to(&reply, peer).await;
+        }
+    });
 }
 
 fn is_http(request: &[u8]) -> bool {
@@ -568,7 +681,10 @@ pub fn instructions(config: &Config, pin_dir: &Path, cgroup: &Path, binary: &str
         .services
         .first()
         .and_then(|s| s.servers.get(1))
-        .map_or_else(|| "127.0.0.1:16442".to_owned(), ToString::to_string);
+        .map_or_else(
+            || format!("127.0.0.1:{}", BACKEND_PORTS[1]),
+            ToString::to_string,
+        );
     let dir = pin_dir.display();
     // `--socket` only where the socket is not where the command looks by default.
     let socket = if config.control_socket == Path::new(Config::DEFAULT_CONTROL_SOCKET) {
@@ -576,17 +692,20 @@ pub fn instructions(config: &Config, pin_dir: &Path, cgroup: &Path, binary: &str
     } else {
         format!(" --socket {}", config.control_socket.display())
     };
+    let vip = format!("{DEMO_VIP_V4}:{DEMO_PORT}");
+    let sui = format!("{DEMO_VIP_V4}:{SUI_DEMO_PORT}");
     let _ = writeln!(
         out,
         "\nTry these in another shell (as root for bpftool):\n\
-         \x20 curl -s http://127.0.0.1:{DEMO_PORT}/            # answered by the selected backend, no proxy hop\n\
-         \x20 nc 127.0.0.1 {DEMO_PORT}                          # type a line, the backend echoes it\n\
-         \x20 echo hi | nc -u -w1 127.0.0.1 {DEMO_PORT}         # UDP: the reply comes from the VIP\n\
-         \x20 curl -s -g 'http://[::1]:{DEMO_PORT}/'            # IPv6 VIP\n\
-         \x20 {binary} status --api {api}               # states, time in state, connections, last check;\n\
-         \x20                                              # the registry line, demo-sui's nodes with their stake,\n\
-         \x20                                              # attested perf/rep and ranking score\n\
-         \x20 curl -s http://127.0.0.1:{SUI_DEMO_PORT}/            # demo-sui: answered by a node from the registry\n\
+         \x20 curl -s http://{vip}/          # answered by the selected backend, no proxy hop\n\
+         \x20 nc {vip_nc}                        # type a line, the backend echoes it\n\
+         \x20 echo hi | nc -u -w1 {vip_nc}       # UDP: the reply comes from the VIP\n\
+         \x20 curl -s -g 'http://[::1]:{DEMO_PORT}/'          # IPv6 VIP\n\
+         \x20 {binary} status --api {api}               # states, time in state, open connections,\n\
+         \x20                                              # last check; the registry line, demo-sui's\n\
+         \x20                                              # nodes with their stake and score share\n\
+         \x20 {binary} status --api {api} --wide        # also perf/rep and raw scores, whole check reasons\n\
+         \x20 curl -s http://{sui}/          # demo-sui: answered by a node from the registry\n\
          \x20 curl -s http://{metrics}/metrics | grep -E 'registry|stake|sync_lag'   # discovery metrics\n\
          \x20 curl -s http://{metrics}/metrics | grep -E 'nautilus|attestation|score' # attestation metrics\n\
          \x20 {binary} set-servers{socket} demo-tcp {second}   # replace the list at runtime (root: control socket)\n\
@@ -597,8 +716,11 @@ pub fn instructions(config: &Config, pin_dir: &Path, cgroup: &Path, binary: &str
          \x20 bpftool map lookup pinned {dir}/backend_stats key 1 0 0 0\n\
          \x20 scripts/inspect-maps.sh {dir}                 # every map, non-empty slots only\n\
          \x20 bpftool cgroup show {}\n\
-         Stop with Ctrl-C: programs are detached and pins removed.",
-        cgroup.display()
+         Only the demo VIPs above are redirected; nothing else in the cgroup is touched.\n\
+         Stop with Ctrl-C: programs are detached and pins removed. After a crash or SIGKILL:\n\
+         \x20 {binary} cleanup --bpffs-dir {dir}",
+        cgroup.display(),
+        vip_nc = format_args!("{DEMO_VIP_V4} {DEMO_PORT}"),
     );
     out
 }

@@ -5,7 +5,7 @@
 use std::{fs, net::IpAddr, path::Path};
 
 use lb_common::{XDP_SNAT_V4, XDP_SNAT_V6, XdpConfig, ip_to_bytes};
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::config::{PortRange, XdpSettings};
 
@@ -49,12 +49,12 @@ pub fn warn_if_snat_ports_overlap(settings: &XdpSettings, file: &Path) {
     let local = match fs::read_to_string(file) {
         Ok(text) => parse_local_port_range(&text),
         Err(err) => {
-            debug!(file = %file.display(), error = %err, "cannot read the local port range");
+            warn!(file = %file.display(), error = %err, "cannot read the local port range: xdp.snat_ports not checked against it");
             return;
         }
     };
     let Some(local) = local else {
-        debug!(file = %file.display(), "cannot parse the local port range");
+        warn!(file = %file.display(), "cannot parse the local port range: xdp.snat_ports not checked against it");
         return;
     };
     if settings.snat_ports.overlaps(local) {

@@ -203,6 +203,7 @@ fn status() -> Status {
         registry: Some(RegistryStatus {
             synced: true,
             nodes: 4,
+            below_min_stake: 1,
             cursor: Some(4_242),
             last_error: None,
             events: [("registered", 3), ("updated", 1), ("malformed", 1)]

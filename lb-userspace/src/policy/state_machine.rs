@@ -41,6 +41,21 @@
 //! last check failed; then, failing open, to the best-ranked failed server
 //! (ignoring health), and finally to the default even if it fails. A service
 //! with any server or a default therefore always has a backend (K3s #10240).
+//!
+//! Ties keep the current selection ([`ServiceMachine::select_from`]): while
+//! the selected server is listed and above *failed*, another server replaces
+//! it only when it is strictly better: a better state, or (ranking on) the
+//! same state and a higher score. Healthy, preferred, and recovering while
+//! its last check passed count as one state here (they differ only in how
+//! recently the server was dialed or how many checks it has passed so far,
+//! so a preferred server decaying to healthy does not hand the selection to
+//! one that became preferred a moment later, nor does a server reaching
+//! preferred one check before the selected one), and connections and list
+//! order never replace it. So servers passing their first checks one after
+//! the other at startup move the selection once (from the unchecked first
+//! server to the first that passed), decays not at all; a server failing, a
+//! failing check of a recovering selection, a better state or a better
+//! score move it at once.
 
 use std::{
     cmp::Ordering,
@@ -624,6 +639,30 @@ impl ServiceMachine {
             .then_with(|| b.connections.cmp(&a.connections))
     }
 
+    /// Whether `challenger` may take the selection from `current`: a better
+    /// state (healthy, preferred, and recovering with a passing last check
+    /// count as one), or the same one and,
+    /// with ranking on, a higher score. Connections and list order never
+    /// displace a selection.
+    fn strictly_better(&self, challenger: &ServerEntry, current: &ServerEntry) -> bool {
+        /// Healthy and preferred are one tier: both pass their checks; so
+        /// is recovering while its last check passed (its next passing
+        /// check makes it preferred).
+        const fn tier(server: &ServerEntry) -> ServerState {
+            match (server.state, server.last_check_ok) {
+                (ServerState::Preferred, _) | (ServerState::Recovering, Some(true)) => {
+                    ServerState::Healthy
+                }
+                (other, _) => other,
+            }
+        }
+        match tier(challenger).cmp(&tier(current)) {
+            Ordering::Greater => true,
+            Ordering::Less => false,
+            Ordering::Equal => self.ranking && challenger.score > current.score,
+        }
+    }
+
     /// Every server, best first (the order K3s dials them in).
     pub fn ranked(&self) -> Vec<&ServerEntry> {
         let mut all: Vec<&ServerEntry> = self.servers.iter().collect();
@@ -662,13 +701,33 @@ impl ServiceMachine {
         candidates
     }
 
-    /// Where new connections go; see the module documentation.
+    /// Where new connections go with no selection to keep: the best-ranked
+    /// usable server; see the module documentation.
     pub fn select(&self) -> Selection {
+        self.select_from(None)
+    }
+
+    /// Where new connections go when `current` is selected now: `current`
+    /// stays while it is listed and above *failed* and no usable server is
+    /// [strictly better](Self::strictly_better); otherwise as [`Self::select`].
+    pub fn select_from(&self, current: Option<SocketAddr>) -> Selection {
         let ranked = self.ranked();
-        if let Some(best) = ranked
+        let mut usable = ranked
             .iter()
-            .find(|s| s.listed && s.state > ServerState::Failed)
-        {
+            .filter(|s| s.listed && s.state > ServerState::Failed);
+        let kept = current
+            .and_then(|c| self.server(c))
+            .filter(|c| c.listed && c.state > ServerState::Failed);
+        let best = match kept {
+            Some(kept) => Some(
+                usable
+                    .find(|s| self.strictly_better(s, kept))
+                    .copied()
+                    .unwrap_or(kept),
+            ),
+            None => usable.next().copied(),
+        };
+        if let Some(best) = best {
             return Selection {
                 server: Some(best.address),
                 fail_open: false,

@@ -564,8 +564,18 @@ proptest! {
         let mut m = ServiceMachine::new(&initial, default.map(addr), now);
         m.set_ranking(ranking);
         m.set_exclusive(exclusive);
+        let mut current = m.select().server;
         for event in &events {
             let effects = apply(&mut m, event, &mut now);
+            // Hysteresis: where the kept selection differs from the
+            // best-ranked one, it is a listed server above failed (the
+            // previous selection, or one strictly better than it).
+            let kept = m.select_from(current);
+            if kept.server != m.select().server {
+                let kept = m.server(kept.server.expect("kept a server")).expect("known");
+                prop_assert!(kept.listed && kept.state > Failed, "{:?}", m);
+            }
+            current = kept.server;
             for t in &effects.transitions {
                 prop_assert_ne!(t.from, t.to, "{:?}", event);
             }
@@ -624,4 +634,167 @@ fn candidates_follow_the_dial_order() {
     let _ = m.set_servers(&[addr(1), addr(3)], clock.now());
     assert!(!m.candidates().contains(&addr(2)));
     assert_eq!(m.candidates(), [addr(3), addr(DEFAULT), addr(1)]);
+}
+
+/// Counts how often the selection moves over `steps`, each step applying
+/// events and then asking for the selection: `keep` uses
+/// [`ServiceMachine::select_from`] with the previous selection (what the
+/// controller does), otherwise the stateless [`ServiceMachine::select`].
+fn selection_changes(
+    m: &mut ServiceMachine,
+    steps: &[(Duration, u8)],
+    clock: &mut Clock,
+    keep: bool,
+) -> usize {
+    let mut current = m.select().server;
+    let mut changes = 0;
+    for &(after, server) in steps {
+        let now = clock.advance(after);
+        let _ = m.tick(now);
+        let _ = m.check(addr(server), true, now);
+        let next = if keep {
+            m.select_from(current)
+        } else {
+            m.select()
+        };
+        if next.server != current {
+            changes += 1;
+            current = next.server;
+        }
+    }
+    changes
+}
+
+/// Three servers checked every second, their first checks passing in the
+/// order 2, 1, 3 (jitter): server 2 recovers first and keeps the selection
+/// while 1 and 3 catch up to the same state. Without hysteresis the
+/// selection went 1 → 2 → 1 → 2 → 1 (list order won every tie).
+#[test]
+fn startup_checks_move_the_selection_once() {
+    let steps: Vec<(Duration, u8)> = (0..3)
+        .flat_map(|_| {
+            [
+                (Duration::from_millis(100), 2),
+                (Duration::from_millis(300), 1),
+                (Duration::from_millis(600), 3),
+            ]
+        })
+        .collect();
+    for (keep, expected) in [(true, 1), (false, 4)] {
+        let mut clock = Clock::new();
+        let mut m = machine(3, &clock);
+        assert_eq!(selected(&m), Some(addr(1)));
+        let changes = selection_changes(&mut m, &steps, &mut clock, keep);
+        assert_eq!(changes, expected, "keep {keep}: {m:?}");
+        if keep {
+            assert_eq!(m.select_from(Some(addr(2))).server, Some(addr(2)));
+        }
+        assert!(
+            [1, 2, 3].iter().all(|&n| state(&m, n) == Preferred),
+            "{m:?}"
+        );
+    }
+}
+
+/// Preferred servers that are never dialed decay to healthy a minute
+/// later, each at its own next check: the selected one decays first and
+/// keeps the selection (healthy and preferred are one tier), where the
+/// stateless ranking handed it to a still-preferred server and back.
+#[test]
+fn decay_does_not_move_the_selection() {
+    // Startup as above, then a minute of checks in the same order.
+    let steps: Vec<(Duration, u8)> = (0..70)
+        .flat_map(|_| {
+            [
+                (Duration::from_millis(100), 2),
+                (Duration::from_millis(300), 1),
+                (Duration::from_millis(600), 3),
+            ]
+        })
+        .collect();
+    for (keep, expected) in [(true, 1), (false, 6)] {
+        let mut clock = Clock::new();
+        let mut m = machine(3, &clock);
+        let changes = selection_changes(&mut m, &steps, &mut clock, keep);
+        assert!([1, 2, 3].iter().all(|&n| state(&m, n) == Healthy), "{m:?}");
+        assert_eq!(changes, expected, "keep {keep}: {m:?}");
+    }
+}
+
+/// What does move a kept selection: a better state, a higher score with
+/// ranking on, the selected server failing or leaving the list. What does
+/// not: connections, list order, an equal or lower score.
+#[test]
+fn only_a_strictly_better_server_takes_the_selection() {
+    let clock = Clock::new();
+    let now = clock.now();
+    let mut m = machine(3, &clock);
+    m.set_ranking(true);
+    drive(&mut m, 2, Preferred, now);
+    drive(&mut m, 1, Preferred, now);
+    let current = Some(addr(2));
+    assert_eq!(m.select_from(current).server, current);
+    // More connections on another server: kept.
+    m.set_connections(addr(1), 5);
+    assert_eq!(m.select_from(current).server, current);
+    assert_eq!(
+        selected(&m),
+        Some(addr(1)),
+        "ranked: connections break ties"
+    );
+    // Equal scores: kept; a lower one for the challenger: kept.
+    m.set_score(addr(1), Some(100));
+    m.set_score(addr(2), Some(100));
+    assert_eq!(m.select_from(current).server, current);
+    m.set_score(addr(1), Some(99));
+    assert_eq!(m.select_from(current).server, current);
+    // A higher score takes it.
+    m.set_score(addr(1), Some(101));
+    assert_eq!(m.select_from(current).server, Some(addr(1)));
+    // Ranking off: scores do not count.
+    m.set_ranking(false);
+    assert_eq!(m.select_from(current).server, current);
+    // A better state takes it: server 3 dialed (active).
+    drive(&mut m, 3, Active, now);
+    assert_eq!(m.select_from(current).server, Some(addr(3)));
+    // The selected server failing moves it to the best of the rest.
+    let current = Some(addr(3));
+    let _ = m.dial(addr(3), false, now);
+    assert_eq!(m.select_from(current).server, Some(addr(1)));
+    // A removed selection moves too.
+    let _ = m.set_servers(&[addr(2), addr(3)], now);
+    assert_eq!(m.select_from(Some(addr(1))).server, Some(addr(2)));
+    // A default in standby is never kept over a usable listed server.
+    assert_eq!(m.select_from(Some(addr(DEFAULT))).server, Some(addr(2)));
+}
+
+/// A recovering selection whose last check passed is as good as a
+/// preferred server: a server reaching preferred one check earlier does not
+/// take it (the demo's jittered checks did that at startup); a failing
+/// check, which leaves a recovering server recovering, lets it go.
+#[test]
+fn a_recovering_selection_with_a_passing_check_keeps_it() {
+    let clock = Clock::new();
+    let now = clock.now();
+    let mut m = machine(3, &clock);
+    let _ = m.check(addr(2), true, now);
+    let current = m.select_from(Some(addr(1))).server;
+    assert_eq!(current, Some(addr(2)), "recovering beats unchecked");
+    drive(&mut m, 1, Preferred, now);
+    assert_eq!(m.select_from(current).server, current);
+    assert_eq!(selected(&m), Some(addr(1)), "ranked: preferred first");
+    // A failing check does not demote a recovering server, but it no
+    // longer holds the selection against a preferred one.
+    let _ = m.check(addr(2), false, now);
+    assert_eq!(state(&m, 2), Recovering);
+    assert_eq!(m.select_from(current).server, Some(addr(1)));
+    // Against an active server it never holds.
+    let _ = m.check(addr(2), true, now);
+    assert_eq!(state(&m, 2), Preferred);
+    let _ = m.dial(addr(3), true, now);
+    let _ = m.check(addr(3), true, now);
+    let _ = m.check(addr(3), true, now);
+    let _ = m.dial(addr(3), true, now);
+    assert_eq!(state(&m, 3), Active);
+    assert_eq!(m.select_from(Some(addr(2))).server, Some(addr(3)));
 }
