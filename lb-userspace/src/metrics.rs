@@ -725,11 +725,13 @@ fn chain(status: &Status, registry: &RegistryStatus, families: &mut Vec<Option<M
     families.push(
         REGISTRY_CURSOR.with([REGISTRY_CURSOR.sample([], float(registry.cursor.unwrap_or(0)))]),
     );
-    families.push(REGISTRY_LAST_UPDATE.with(registry.last_advance_unix_ms.map(|ms| {
-        // Millisecond resolution, as the cursor moves several times a
-        // second on a live chain.
-        REGISTRY_LAST_UPDATE.sample([], float(ms) / 1000.0)
-    })));
+    families.push(
+        REGISTRY_LAST_UPDATE.with(registry.last_advance_unix_ms.map(|ms| {
+            // Millisecond resolution, as the cursor moves several times a
+            // second on a live chain.
+            REGISTRY_LAST_UPDATE.sample([], float(ms) / 1000.0)
+        })),
+    );
     families.push(REGISTRY_RESYNCS.with([REGISTRY_RESYNCS.sample([], float(registry.resyncs))]));
 }
 

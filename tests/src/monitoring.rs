@@ -3,7 +3,7 @@
 //! them, and a real Prometheus server (Debian package `prometheus`) for the
 //! tests that evaluate them against a live daemon (`tests/tests/obs.rs`).
 //!
-//! The PromQL helpers here are deliberately small: they find metric names,
+//! The `PromQL` helpers here are deliberately small: they find metric names,
 //! label names and a rule's top-level threshold by scanning tokens outside
 //! quotes, braces and brackets. They are checked against the real parser
 //! anyway: every expression they touch is evaluated by Prometheus.
@@ -52,7 +52,7 @@ pub struct PanelQuery {
     pub panel: String,
     /// The target's `refId`.
     pub ref_id: String,
-    /// The PromQL as written, with Grafana variables.
+    /// The `PromQL` as written, with Grafana variables.
     pub expr: String,
 }
 
@@ -188,7 +188,7 @@ pub fn alert_rules() -> Vec<AlertRule> {
         .collect()
 }
 
-/// A token of PromQL outside string literals.
+/// A token of `PromQL` outside string literals.
 #[derive(Debug, Clone, PartialEq)]
 enum Token {
     /// An identifier (metric, function, keyword or label name).
@@ -201,7 +201,7 @@ enum Token {
     Str,
 }
 
-/// Splits PromQL into tokens.
+/// Splits `PromQL` into tokens.
 fn tokens(expr: &str) -> Vec<Token> {
     let mut out = Vec::new();
     let mut chars = expr.chars().peekable();
@@ -332,9 +332,7 @@ pub fn strip_threshold(expr: &str) -> Option<String> {
             '(' | '{' | '[' => depth += 1,
             ')' | '}' | ']' => depth -= 1,
             // The first character of `>`, `<`, `>=`, `<=`, `==`, `!=`.
-            '>' | '<' | '=' | '!'
-                if depth == 0 && !matches!(prev, Some('=' | '!' | '<' | '>')) =>
-            {
+            '>' | '<' | '=' | '!' if depth == 0 && !matches!(prev, Some('=' | '!' | '<' | '>')) => {
                 let two = next == Some('=');
                 if two || matches!(c, '>' | '<') {
                     last = Some((at, if two { 2 } else { 1 }));
@@ -411,7 +409,10 @@ impl Prometheus {
         let child = KillOnDrop::spawn(
             Command::new(binary)
                 .arg(format!("--config.file={}", config_path.display()))
-                .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.join("tsdb").display()
+                ))
                 .arg(format!("--web.listen-address={addr}"))
                 .arg("--log.level=warn")
                 .stdin(Stdio::null())
@@ -452,9 +453,8 @@ impl Prometheus {
 
     /// `GET path` on its API: the `data` of a `success` answer.
     fn api(&self, path: &str) -> anyhow::Result<Value> {
-        let (code, body) =
-            lb_userspace::api::client::request(&self.addr.into(), "GET", path, None)
-                .with_context(|| format!("GET {path} on prometheus {}", self.addr))?;
+        let (code, body) = lb_userspace::api::client::request(&self.addr.into(), "GET", path, None)
+            .with_context(|| format!("GET {path} on prometheus {}", self.addr))?;
         let answer: Value = serde_json::from_str(&body)
             .with_context(|| format!("GET {path} answered {code}, not JSON: {body}"))?;
         if answer["status"] != "success" {

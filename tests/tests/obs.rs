@@ -119,7 +119,9 @@ impl Rig {
     fn start(env: &TestEnv) -> Self {
         sh(
             "ip",
-            &["link", "add", XDP_IF, "type", "veth", "peer", "name", "obs1"],
+            &[
+                "link", "add", XDP_IF, "type", "veth", "peer", "name", "obs1",
+            ],
         );
         sh("ip", &["addr", "add", "192.0.2.1/24", "dev", XDP_IF]);
         sh("ip", &["link", "set", XDP_IF, "up"]);
@@ -194,15 +196,19 @@ impl Rig {
             chain.yaml(&format!("  enclave_config: \"{}\"\n", config_id()))
         );
         let mut daemon = env.start_with(&top, &services);
-        daemon.wait_for(START, "registry synced, lonely failing open, nodes checked", |s| {
-            let svc = |name: &str| s.services.iter().find(|svc| svc.name == name);
-            s.registry.as_ref().is_some_and(|r| r.synced)
-                && svc("lonely").is_some_and(|svc| svc.fail_open)
-                && svc("api").is_some_and(|svc| {
-                    svc.servers.len() == 2
-                        && svc.servers.iter().all(|srv| srv.sync_lag_blocks.is_some())
-                })
-        });
+        daemon.wait_for(
+            START,
+            "registry synced, lonely failing open, nodes checked",
+            |s| {
+                let svc = |name: &str| s.services.iter().find(|svc| svc.name == name);
+                s.registry.as_ref().is_some_and(|r| r.synced)
+                    && svc("lonely").is_some_and(|svc| svc.fail_open)
+                    && svc("api").is_some_and(|svc| {
+                        svc.servers.len() == 2
+                            && svc.servers.iter().all(|srv| srv.sync_lag_blocks.is_some())
+                    })
+            },
+        );
         Self {
             daemon,
             _nodes: nodes,
@@ -452,7 +458,8 @@ fn prometheus_evaluates_every_panel_and_rule_against_a_live_daemon() {
     let rig = Rig::start(&env);
     let dir = env.tmp.path().join("prometheus");
     std::fs::create_dir_all(&dir).expect("create the Prometheus directory");
-    let prometheus = monitoring::Prometheus::start(&binary, &dir, PROMETHEUS, &[METRICS, DEAD_TARGET]);
+    let prometheus =
+        monitoring::Prometheus::start(&binary, &dir, PROMETHEUS, &[METRICS, DEAD_TARGET]);
 
     // The first scrapes of the daemon before the counters move.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -489,7 +496,10 @@ fn prometheus_evaluates_every_panel_and_rule_against_a_live_daemon() {
     for rule in &rules {
         let underlying = monitoring::strip_threshold(&rule.expr)
             .unwrap_or_else(|| panic!("{}: no threshold in {}", rule.name, rule.expr));
-        queries.push((format!("rule {} without its threshold", rule.name), underlying));
+        queries.push((
+            format!("rule {} without its threshold", rule.name),
+            underlying,
+        ));
     }
 
     let deadline = Instant::now() + EVALUATE;
