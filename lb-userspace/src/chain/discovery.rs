@@ -803,6 +803,40 @@ mod tests {
         assert_eq!(running.stats.cursor.load(Ordering::Relaxed), chain.latest());
     }
 
+    /// `advanced_unix_ms` is the wall-clock time of the full sync, then of
+    /// every checkpoint applied (what `daas_lb_registry_last_update_timestamp_seconds`
+    /// and the `DaasLbRegistryStale` alert read).
+    #[tokio::test]
+    async fn the_stats_record_when_the_cursor_last_moved() {
+        let now_ms = || {
+            u64::try_from(
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis(),
+            )
+            .unwrap()
+        };
+        let before = now_ms();
+        let chain = FakeChain::start(CHAIN).await.unwrap();
+        let running = synced(&chain, Duration::from_mins(5)).await;
+        let synced_at = running.stats.advanced_unix_ms.load(Ordering::Relaxed);
+        assert!(
+            (before..=now_ms()).contains(&synced_at),
+            "{synced_at} not in {before}..now"
+        );
+        // The next checkpoint comes at least a millisecond later.
+        std::thread::sleep(Duration::from_millis(2));
+        let last = chain.tick();
+        running
+            .until("the next checkpoint's time", |r| {
+                r.stats.cursor.load(Ordering::Relaxed) == last
+                    && r.stats.advanced_unix_ms.load(Ordering::Relaxed) > synced_at
+            })
+            .await;
+        assert!(running.stats.advanced_unix_ms.load(Ordering::Relaxed) <= now_ms());
+    }
+
     #[tokio::test]
     async fn events_reach_the_view_within_a_second() {
         let chain = FakeChain::start(CHAIN).await.unwrap();
