@@ -259,6 +259,12 @@ const SERVICE_REFUSED: Family<1> = Family::counter(
     ["name"],
 );
 
+const FAIL_OPEN_NOW: Family<1> = Family::gauge(
+    "daas_lb_service_fail_open",
+    "1 while every server of the service failed and it fails open to the best-ranked one, else 0.",
+    ["name"],
+);
+
 const SELECTION_CHANGES: Family<1> = Family::counter(
     "daas_lb_selection_changes_total",
     "Times the selected backend of the service changed.",
@@ -270,13 +276,13 @@ const SELECTION_CHANGES: Family<1> = Family::counter(
 const STAKE: Family<2> = Family::gauge(
     "k3s_server_stake_amount",
     "Stake (MIST) the registry lists for a discovered server's node.",
-    ["service", "server"],
+    ["name", "server"],
 );
 
 const SYNC_LAG: Family<2> = Family::gauge(
     "k3s_blockchain_sync_lag_blocks",
     "Checkpoints a discovered server's own Sui full node was behind the reference at its last sui_sync check.",
-    ["service", "server"],
+    ["name", "server"],
 );
 
 const REGISTRY_EVENTS: Family<1> = Family::counter(
@@ -291,6 +297,12 @@ const REGISTRY_CURSOR: Family<0> = Family::gauge(
     [],
 );
 
+const REGISTRY_LAST_UPDATE: Family<0> = Family::gauge(
+    "daas_lb_registry_last_update_timestamp_seconds",
+    "Unix time the Sui discovery last moved its cursor (a full sync or a checkpoint applied); absent before the first full sync.",
+    [],
+);
+
 const REGISTRY_RESYNCS: Family<0> = Family::counter(
     "daas_lb_registry_resyncs_total",
     "Full syncs of the Sui registry (the first one included).",
@@ -302,25 +314,25 @@ const REGISTRY_RESYNCS: Family<0> = Family::counter(
 const PERFORMANCE_SCORE: Family<2> = Family::gauge(
     "k3s_nautilus_performance_score",
     "Performance score (basis points, 0-10000) of the server's last verified attestation, while its latest one verifies.",
-    ["service", "server"],
+    ["name", "server"],
 );
 
 const ATTESTATION_AGE: Family<2> = Family::gauge(
     "k3s_attestation_age_seconds",
     "Seconds since the enclave signed the server's last verified attestation.",
-    ["service", "server"],
+    ["name", "server"],
 );
 
 const ATTESTATION_FAILURES: Family<3> = Family::counter(
     "daas_lb_attestation_failures_total",
     "Attestations rejected by nautilus checks, by reason (bad_signature, wrong_key, stale, not_current, unreachable, ...).",
-    ["service", "server", "reason"],
+    ["name", "server", "reason"],
 );
 
 const SERVER_SCORE: Family<2> = Family::gauge(
     "daas_lb_server_score",
     "Ranking score (performance x reputation x stake weight) of a server, with features.performance_ranking.",
-    ["service", "server"],
+    ["name", "server"],
 );
 
 /// Appended by the API after the controller's families.
@@ -343,7 +355,7 @@ const CONFIG_RELOADS: Family<1> = Family::counter(
 const SERVER_LIST_CHANGES: Family<2> = Family::counter(
     "daas_lb_server_list_changes_total",
     "Server lists replaced with PUT /services/{name}/servers, by service and result: applied, or rejected (the list stays); requests for unknown services are not counted.",
-    ["service", "result"],
+    ["name", "result"],
 );
 
 /// Outcome label of `k3s_loadbalancer_dial_duration_seconds`.
@@ -650,6 +662,9 @@ pub fn render(status: &Status, counters: &Counters) -> String {
     families.push(per_service(status, &SERVICE_REFUSED, |service| {
         float(service.refused)
     }));
+    families.push(per_service(status, &FAIL_OPEN_NOW, |service| {
+        float(u64::from(service.fail_open))
+    }));
     families.push(per_service(status, &SELECTION_CHANGES, |service| {
         get(&counters.selection_changes, service)
     }));
@@ -709,6 +724,13 @@ fn chain(status: &Status, registry: &RegistryStatus, families: &mut Vec<Option<M
     );
     families.push(
         REGISTRY_CURSOR.with([REGISTRY_CURSOR.sample([], float(registry.cursor.unwrap_or(0)))]),
+    );
+    families.push(
+        REGISTRY_LAST_UPDATE.with(registry.last_advance_unix_ms.map(|ms| {
+            // Millisecond resolution, as the cursor moves several times a
+            // second on a live chain.
+            REGISTRY_LAST_UPDATE.sample([], float(ms) / 1000.0)
+        })),
     );
     families.push(REGISTRY_RESYNCS.with([REGISTRY_RESYNCS.sample([], float(registry.resyncs))]));
 }
@@ -825,6 +847,7 @@ mod tests {
             "daas_lb_selection_changes_total{name=\"sup\\\"er\"} 2",
             "daas_lb_fail_open_total{name=\"sup\\\"er\"} 1",
             "daas_lb_connections_closed_total{name=\"sup\\\"er\"} 5",
+            "daas_lb_service_fail_open{name=\"sup\\\"er\"} 0",
             "daas_lb_connection_poll_sockets 0",
             "# TYPE daas_lb_backend_connects_total counter",
         ] {
@@ -888,6 +911,7 @@ mod tests {
                 .collect(),
             resyncs: 1,
             reconnects: 0,
+            last_advance_unix_ms: Some(1_779_426_000_250),
         });
         status
     }
@@ -897,13 +921,14 @@ mod tests {
         let text = render(&with_registry(), &Counters::default());
         for line in [
             // u64::MAX as the float64 Prometheus stores (2^64).
-            "k3s_server_stake_amount{service=\"sup\\\"er\",server=\"10.0.0.1:1\"} 18446744073709552000",
-            "k3s_server_stake_amount{service=\"sup\\\"er\",server=\"10.0.0.2:1\"} 5",
-            "k3s_blockchain_sync_lag_blocks{service=\"sup\\\"er\",server=\"10.0.0.1:1\"} 3",
+            "k3s_server_stake_amount{name=\"sup\\\"er\",server=\"10.0.0.1:1\"} 18446744073709552000",
+            "k3s_server_stake_amount{name=\"sup\\\"er\",server=\"10.0.0.2:1\"} 5",
+            "k3s_blockchain_sync_lag_blocks{name=\"sup\\\"er\",server=\"10.0.0.1:1\"} 3",
             "daas_lb_registry_events_total{kind=\"registered\"} 2",
             "daas_lb_registry_events_total{kind=\"malformed\"} 1",
             "daas_lb_registry_cursor 42",
             "daas_lb_registry_resyncs_total 1",
+            "daas_lb_registry_last_update_timestamp_seconds 1779426000.25",
             "# TYPE daas_lb_registry_resyncs_total counter",
         ] {
             assert!(
@@ -911,7 +936,7 @@ mod tests {
                 "missing {line:?} in\n{text}"
             );
         }
-        assert!(!text.contains("sync_lag_blocks{service=\"sup\\\"er\",server=\"10.0.0.2:1\"}"));
+        assert!(!text.contains("sync_lag_blocks{name=\"sup\\\"er\",server=\"10.0.0.2:1\"}"));
         let text = render(&sample(), &Counters::default());
         assert!(!text.contains("registry"), "{text}");
     }
@@ -939,12 +964,12 @@ mod tests {
         counters.attestation_failed("sup\"er", second, "bad_signature");
         let text = render(&status, &counters);
         for line in [
-            "k3s_nautilus_performance_score{service=\"sup\\\"er\",server=\"10.0.0.1:1\"} 9000",
-            "k3s_attestation_age_seconds{service=\"sup\\\"er\",server=\"10.0.0.1:1\"} 2.5",
-            "k3s_attestation_age_seconds{service=\"sup\\\"er\",server=\"10.0.0.2:1\"} 2.5",
-            "daas_lb_attestation_failures_total{service=\"sup\\\"er\",server=\"10.0.0.2:1\",reason=\"stale\"} 2",
-            "daas_lb_attestation_failures_total{service=\"sup\\\"er\",server=\"10.0.0.2:1\",reason=\"bad_signature\"} 1",
-            "daas_lb_server_score{service=\"sup\\\"er\",server=\"10.0.0.1:1\"} 720",
+            "k3s_nautilus_performance_score{name=\"sup\\\"er\",server=\"10.0.0.1:1\"} 9000",
+            "k3s_attestation_age_seconds{name=\"sup\\\"er\",server=\"10.0.0.1:1\"} 2.5",
+            "k3s_attestation_age_seconds{name=\"sup\\\"er\",server=\"10.0.0.2:1\"} 2.5",
+            "daas_lb_attestation_failures_total{name=\"sup\\\"er\",server=\"10.0.0.2:1\",reason=\"stale\"} 2",
+            "daas_lb_attestation_failures_total{name=\"sup\\\"er\",server=\"10.0.0.2:1\",reason=\"bad_signature\"} 1",
+            "daas_lb_server_score{name=\"sup\\\"er\",server=\"10.0.0.1:1\"} 720",
             "# TYPE daas_lb_attestation_failures_total counter",
         ] {
             assert!(
@@ -954,7 +979,7 @@ mod tests {
         }
         assert!(
             !text.contains(
-                "k3s_nautilus_performance_score{service=\"sup\\\"er\",server=\"10.0.0.2:1\"}"
+                "k3s_nautilus_performance_score{name=\"sup\\\"er\",server=\"10.0.0.2:1\"}"
             ),
             "{text}"
         );

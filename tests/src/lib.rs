@@ -38,7 +38,9 @@
 //! - [`proxies`]: HAProxy and the K3s-style proxy the benches compare
 //!   daas-lb with;
 //! - [`topology`]: routed namespaces for the XDP tests and benchmarks;
-//! - [`xdp_fixture`]: packet fixtures for the XDP program.
+//! - [`xdp_fixture`]: packet fixtures for the XDP program;
+//! - [`monitoring`]: the dashboard and alerting rules of
+//!   `scripts/monitoring/` and a real Prometheus server to evaluate them.
 
 mod backends;
 mod chain;
@@ -48,6 +50,7 @@ mod daemon;
 mod env;
 pub mod failover;
 mod inspect;
+pub mod monitoring;
 pub mod proxies;
 pub mod topology;
 pub mod xdp_fixture;

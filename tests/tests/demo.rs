@@ -271,13 +271,13 @@ fn demo_commands_work() {
     );
     let metrics = demo.metrics();
     assert!(
-        metrics.contains("k3s_server_stake_amount{service=\"demo-sui\",server=\"127.0.0.2:"),
+        metrics.contains("k3s_server_stake_amount{name=\"demo-sui\",server=\"127.0.0.2:"),
         "{metrics}"
     );
     for metric in [
-        "k3s_nautilus_performance_score{service=\"demo-sui\",server=\"127.0.0.3:",
-        "k3s_attestation_age_seconds{service=\"demo-sui\",server=\"127.0.0.3:",
-        "daas_lb_server_score{service=\"demo-sui\",server=\"127.0.0.3:",
+        "k3s_nautilus_performance_score{name=\"demo-sui\",server=\"127.0.0.3:",
+        "k3s_attestation_age_seconds{name=\"demo-sui\",server=\"127.0.0.3:",
+        "daas_lb_server_score{name=\"demo-sui\",server=\"127.0.0.3:",
     ] {
         assert!(metrics.contains(metric), "no {metric} in\n{metrics}");
     }

@@ -303,9 +303,9 @@ fn wait_all_verified(daemon: &Daemon, fleet: &Fleet, within: Duration) -> Value 
     })
 }
 
-/// The value of `name{service="api", server=addr, extra…}` in `metrics`.
+/// The value of `name{name="api", server=addr, extra…}` in `metrics`.
 fn server_metric(metrics: &str, name: &str, addr: &str, extra: &[(&str, &str)]) -> Option<f64> {
-    let mut labels = vec![("service", SVC), ("server", addr)];
+    let mut labels = vec![("name", SVC), ("server", addr)];
     labels.extend_from_slice(extra);
     metric(metrics, name, &labels)
 }
@@ -329,7 +329,7 @@ fn rejections(metrics: &str, addr: &str) -> Vec<(String, f64)> {
     samples(
         &all,
         "daas_lb_attestation_failures_total",
-        &[("service", SVC), ("server", addr)],
+        &[("name", SVC), ("server", addr)],
     )
     .into_iter()
     .filter(|s| s.value > 0.0)

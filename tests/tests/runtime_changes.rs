@@ -56,9 +56,9 @@ fn reloads(daemon: &Daemon, result: &str) -> u64 {
     daemon.counter(RELOADS, &[("result", result)])
 }
 
-/// `daas_lb_server_list_changes_total{service="api",result}` now.
+/// `daas_lb_server_list_changes_total{name="api",result}` now.
 fn list_changes(daemon: &Daemon, result: &str) -> u64 {
-    daemon.counter(LIST_CHANGES, &[("service", SVC), ("result", result)])
+    daemon.counter(LIST_CHANGES, &[("name", SVC), ("result", result)])
 }
 
 /// The state of `node` and since when.
@@ -204,7 +204,7 @@ fn put_servers_validates_every_entry_and_names_the_bad_one() {
     // An unknown name is not counted, so it never becomes a label value.
     let text = daemon.metrics();
     assert_eq!(
-        metric(&text, LIST_CHANGES, &[("service", "nope")]),
+        metric(&text, LIST_CHANGES, &[("name", "nope")]),
         None,
         "{text}"
     );

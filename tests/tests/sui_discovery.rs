@@ -369,7 +369,7 @@ fn an_under_stake_node_is_never_a_server_until_its_stake_is_raised() {
         metric(
             &metrics,
             "k3s_server_stake_amount",
-            &[("service", SVC), ("server", "127.0.0.51:6443")]
+            &[("name", SVC), ("server", "127.0.0.51:6443")]
         ),
         Some(1000.0),
         "{metrics}"

@@ -44,6 +44,10 @@ pub struct RegistryStatus {
     pub resyncs: u64,
     /// Subscriptions lost or not established.
     pub reconnects: u64,
+    /// When the cursor last moved (a full sync or a checkpoint applied), in
+    /// milliseconds since the Unix epoch; absent before the first full sync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_advance_unix_ms: Option<u64>,
 }
 
 /// The XDP forwarder as configured, and what it did with packets.
@@ -764,6 +768,7 @@ mod tests {
             events: BTreeMap::from([("registered".to_owned(), 4), ("removed".to_owned(), 0)]),
             resyncs: 1,
             reconnects: 0,
+            last_advance_unix_ms: None,
         });
         status.services[0].servers[0].stake_mist = Some(1_500_000_000);
         status.services[0].servers[0].sync_lag_blocks = Some(2);

@@ -32,7 +32,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context as _, anyhow, bail};
@@ -118,6 +118,11 @@ pub struct DiscoveryStats {
     /// The last checkpoint applied (0 before the first full sync, i.e.
     /// while the view is not `synced`).
     pub cursor: AtomicU64,
+    /// When [`DiscoveryStats::cursor`] last moved (a full sync or a
+    /// checkpoint applied), in milliseconds since the Unix epoch; 0 before
+    /// the first full sync. A live chain moves it several times a second,
+    /// so its age says how stale the registry view may be.
+    pub advanced_unix_ms: AtomicU64,
     /// Full syncs completed (the first one included).
     pub resyncs_total: AtomicU64,
     /// Subscriptions lost (stream ended or failed) or not established.
@@ -127,6 +132,17 @@ pub struct DiscoveryStats {
 }
 
 impl DiscoveryStats {
+    /// Records that the cursor moved to `cursor` now.
+    fn advanced_to(&self, cursor: u64) {
+        self.cursor.store(cursor, Ordering::Relaxed);
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| {
+                u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+            });
+        self.advanced_unix_ms.store(now_ms, Ordering::Relaxed);
+    }
+
     /// The `kind` labels of `daas_lb_registry_events_total`.
     pub const KINDS: [&'static str; 5] =
         ["registered", "updated", "removed", "ignored", "malformed"];
@@ -468,7 +484,7 @@ impl Runner {
         let count = nodes.len();
         // Set before the view says `synced`.
         self.cursor = cursor;
-        self.stats.cursor.store(cursor, Ordering::Relaxed);
+        self.stats.advanced_to(cursor);
         self.tx.send_if_modified(|view| {
             let changed = view.nodes != nodes || !view.synced || view.last_error.is_some();
             view.nodes = nodes;
@@ -644,7 +660,7 @@ impl Runner {
             changed
         });
         self.cursor = sequence;
-        stats.cursor.store(sequence, Ordering::Relaxed);
+        stats.advanced_to(sequence);
     }
 }
 
@@ -785,6 +801,40 @@ mod tests {
         assert_eq!(running.stats.events().map(|(_, n)| n), [0; 5]);
         assert_eq!(running.stats.resyncs_total.load(Ordering::Relaxed), 1);
         assert_eq!(running.stats.cursor.load(Ordering::Relaxed), chain.latest());
+    }
+
+    /// `advanced_unix_ms` is the wall-clock time of the full sync, then of
+    /// every checkpoint applied (what `daas_lb_registry_last_update_timestamp_seconds`
+    /// and the `DaasLbRegistryStale` alert read).
+    #[tokio::test]
+    async fn the_stats_record_when_the_cursor_last_moved() {
+        let now_ms = || {
+            u64::try_from(
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis(),
+            )
+            .unwrap()
+        };
+        let before = now_ms();
+        let chain = FakeChain::start(CHAIN).await.unwrap();
+        let running = synced(&chain, Duration::from_mins(5)).await;
+        let synced_at = running.stats.advanced_unix_ms.load(Ordering::Relaxed);
+        assert!(
+            (before..=now_ms()).contains(&synced_at),
+            "{synced_at} not in {before}..now"
+        );
+        // The next checkpoint comes at least a millisecond later.
+        std::thread::sleep(Duration::from_millis(2));
+        let last = chain.tick();
+        running
+            .until("the next checkpoint's time", |r| {
+                r.stats.cursor.load(Ordering::Relaxed) == last
+                    && r.stats.advanced_unix_ms.load(Ordering::Relaxed) > synced_at
+            })
+            .await;
+        assert!(running.stats.advanced_unix_ms.load(Ordering::Relaxed) <= now_ms());
     }
 
     #[tokio::test]

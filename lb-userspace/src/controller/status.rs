@@ -188,6 +188,9 @@ pub(super) fn build(state: &State) -> Status {
                 .collect(),
             resyncs: stats.resyncs_total.load(Ordering::Relaxed),
             reconnects: stats.reconnects_total.load(Ordering::Relaxed),
+            last_advance_unix_ms: synced
+                .then(|| stats.advanced_unix_ms.load(Ordering::Relaxed))
+                .filter(|&ms| ms != 0),
         }
     });
     Status {

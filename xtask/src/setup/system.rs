@@ -28,8 +28,9 @@ const TOOLS: [(&str, &str); 8] = [
 ];
 
 /// Only under `CI=true`: promtool checks the `/metrics` text in a unit test
-/// (lb-userspace `metrics/golden.rs`). Its package also brings a Prometheus
-/// server, which nothing else needs.
+/// (lb-userspace `metrics/golden.rs`) and the alerting rules and a live
+/// scrape in `tests/tests/obs.rs`; its package also brings the Prometheus
+/// server that test runs to evaluate the dashboard and the rules.
 const CI_TOOLS: [(&str, &str); 1] = [("promtool", "prometheus")];
 
 const BPFFS: &str = "/sys/fs/bpf";
