@@ -90,8 +90,8 @@ fn demo_commands_work() {
     // K3s's agent load balancer listens on 6444; the demo must leave it
     // alone (two connections each: while the demo runs, after a SIGKILL).
     let stand_ins = [
-        stand_in("127.0.0.1:6444", 2, Duration::from_secs(300)),
-        stand_in("[::1]:6444", 2, Duration::from_secs(300)),
+        stand_in("127.0.0.1:6444", 2, Duration::from_mins(5)),
+        stand_in("[::1]:6444", 2, Duration::from_mins(5)),
     ];
     let cgroup_path = env.cgroup.path().display().to_string();
     let pin_path = env.pins.path().display().to_string();
