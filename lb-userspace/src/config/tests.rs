@@ -94,6 +94,7 @@ fn full_example() {
             connection_poll_interval: Duration::from_millis(200),
             xdp: None,
             chain: None,
+            k3s: None,
             features: Features::default(),
         }
     );

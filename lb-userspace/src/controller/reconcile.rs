@@ -84,6 +84,8 @@ pub(super) fn keep_restart_only_fields(running: &Config, new: &mut Config) {
         connection_poll_interval,
         xdp,
         chain,
+        // The K3s watcher starts at start.
+        k3s,
         // The attester (nautilus checks) is built at start.
         features.nautilus_health_checks,
         features.stake_validation

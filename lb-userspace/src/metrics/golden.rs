@@ -79,6 +79,7 @@ fn service(name: &str, policy: &str, servers: Vec<ServerStatus>) -> ServiceStatu
         xdp_flows: 0,
         xdp_drops: XdpDrops::default(),
         dial_stall_after_ms: None,
+        source: "config".into(),
         servers,
     }
 }
@@ -212,6 +213,7 @@ fn status() -> Status {
             resyncs: 2,
             reconnects: 1,
         }),
+        k3s: Vec::new(),
     }
 }
 

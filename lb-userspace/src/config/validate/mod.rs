@@ -9,6 +9,7 @@
 
 mod chain;
 mod health;
+mod k3s;
 mod service;
 mod xdp;
 
@@ -294,13 +295,23 @@ impl Checker {
             Some(raw) => self.chain(raw, stake_off).map(Some),
         };
 
-        let services = self.required(
-            top.services.as_ref(),
-            raw.referenced,
-            "services",
-            "services",
-            "; write `services: []` to balance nothing",
-        )?;
+        let k3s = match &top.k3s {
+            None => Some(None),
+            Some(raw) => self.k3s(raw).map(Some),
+        };
+        // With a `k3s` block, `services` may be left out.
+        let no_services = Spanned::new(Vec::new(), Location::UNKNOWN, Location::UNKNOWN);
+        let services = if top.k3s.is_some() && top.services.is_none() {
+            &no_services
+        } else {
+            self.required(
+                top.services.as_ref(),
+                raw.referenced,
+                "services",
+                "services",
+                "; write `services: []` to balance nothing",
+            )?
+        };
         let drafts: Vec<ServiceDraft> = services
             .value
             .iter()
@@ -308,6 +319,9 @@ impl Checker {
             .map(|(index, service)| self.service(index, service))
             .collect();
         self.cross_check(services.referenced, &drafts);
+        if let Some(Some(k3s)) = &k3s {
+            self.check_k3s_against_services(k3s, &drafts);
+        }
         if top.xdp.is_none() {
             self.check_remote_needs_xdp(&drafts);
         }
@@ -340,6 +354,7 @@ impl Checker {
             connection_poll_interval: connection_poll_interval?,
             xdp: xdp?,
             chain: chain?,
+            k3s: k3s?,
             features: features?,
         })
     }
