@@ -45,6 +45,9 @@ use crate::{
 
 /// How long the watcher waits after a file event for more before reading.
 const SETTLE: Duration = Duration::from_millis(100);
+/// How often watching K3s's directory is retried while it cannot be watched
+/// (e.g. before K3s created it).
+const WATCH_RETRY: Duration = Duration::from_secs(2);
 /// How long resolving a `ServerURL` host name may take.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -173,7 +176,7 @@ async fn watch(controller: Controller, settings: K3sSettings) {
                 Err(err) => {
                     let message = format!("{err:#}");
                     if watch_error.as_ref() != Some(&message) {
-                        warn!(error = %message, interval = ?settings.reread_interval, "cannot watch K3s's directory; reading its files every reread_interval");
+                        warn!(error = %message, retry = ?settings.reread_interval.min(WATCH_RETRY), "cannot watch K3s's directory (yet); reading its files and retrying the watch periodically");
                     }
                     watch_error = Some(message);
                 }
@@ -194,7 +197,8 @@ async fn watch(controller: Controller, settings: K3sSettings) {
                 .await;
         }
         let Some(watcher) = &mut inotify else {
-            tokio::time::sleep(settings.reread_interval).await;
+            // Try to watch again soon: the directory may appear any time.
+            tokio::time::sleep(settings.reread_interval.min(WATCH_RETRY)).await;
             continue;
         };
         tokio::select! {

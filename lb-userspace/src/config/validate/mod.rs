@@ -522,7 +522,12 @@ impl Checker {
         path: &str,
         role: AddrRole,
     ) -> Option<Spanned<SocketAddr>> {
-        let problem = match parse_socket_addr(raw.value.trim()) {
+        let parsed = if role == AddrRole::Server {
+            server_addr(raw.value.trim())
+        } else {
+            parse_socket_addr(raw.value.trim())
+        };
+        let problem = match parsed {
             Ok(addr) => match address_problem(addr, role) {
                 None => return Some(Spanned::new(addr, raw.referenced, raw.defined)),
                 Some(problem) => problem,
@@ -669,6 +674,21 @@ fn address_problem(addr: SocketAddr, role: AddrRole) -> Option<String> {
         ))
     } else {
         None
+    }
+}
+
+/// Parses a server or default server: `IP:port`, `[v6]:port` or a URL
+/// `https://IP:port` (see [`crate::config::parse_server`]). Host names
+/// parse but are refused: they are not resolved.
+fn server_addr(text: &str) -> Result<SocketAddr, String> {
+    match crate::config::parse_server(text) {
+        Ok(crate::config::ServerTarget::Address(addr)) => Ok(addr),
+        Ok(crate::config::ServerTarget::Name { host, port }) => Err(format!(
+            "{text:?} names the host {host:?}; host names are not resolved in servers, write its IP address (e.g. https://10.0.0.1:{port}), or follow K3s's own list with the k3s block"
+        )),
+        Err(problem) => Err(format!(
+            "invalid server {text:?}: {problem}; expected IP:port, [IPv6]:port or https://IP:port"
+        )),
     }
 }
 
