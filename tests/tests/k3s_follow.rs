@@ -56,7 +56,10 @@ fn file_status(status: &Status) -> &K3sFileStatus {
 
 fn servers(status: &Status) -> Vec<String> {
     service(status).map_or_else(Vec::new, |s| {
-        s.servers.iter().map(|server| server.address.clone()).collect()
+        s.servers
+            .iter()
+            .map(|server| server.address.clone())
+            .collect()
     })
 }
 
@@ -170,8 +173,7 @@ fn daas_lb_follows_k3s_agent_load_balancer_file_as_k3s_rewrites_it() {
         &k3s_json("https://127.0.0.13:6443", &[kept.addr, node3.addr]),
     );
     let status = wait(&mut daemon, "the rewritten list", |s| {
-        servers(s) == names(&[kept, &node3])
-            && default_server(s) == Some(node3.addr.to_string())
+        servers(s) == names(&[kept, &node3]) && default_server(s) == Some(node3.addr.to_string())
     });
     assert!(
         !servers(&status).contains(&gone.addr.to_string()),
@@ -188,7 +190,10 @@ fn daas_lb_follows_k3s_agent_load_balancer_file_as_k3s_rewrites_it() {
 
     // A half-written file (K3s truncates, then writes): reported, the last
     // good list stays and traffic keeps flowing.
-    write_in_place(&file, "{\n  \"ServerURL\": \"https://127.0.0.13:6443\",\n  \"ServerAdd");
+    write_in_place(
+        &file,
+        "{\n  \"ServerURL\": \"https://127.0.0.13:6443\",\n  \"ServerAdd",
+    );
     let status = wait(&mut daemon, "the half-written file reported", |s| {
         file_status(s)
             .problem
@@ -203,13 +208,13 @@ fn daas_lb_follows_k3s_agent_load_balancer_file_as_k3s_rewrites_it() {
     let control = control_socket_in(env.tmp.path());
     let (code, body) = put_servers(&control, SERVICE, &[&node1.addr.to_string()]);
     assert_eq!(code, 400, "{body}");
-    assert!(body.to_string().contains("follows K3s's state file"), "{body}");
+    assert!(
+        body.to_string().contains("follows K3s's state file"),
+        "{body}"
+    );
 
     // Whole again: the problem clears.
-    write_in_place(
-        &file,
-        &k3s_json("https://127.0.0.13:6443", &[node3.addr]),
-    );
+    write_in_place(&file, &k3s_json("https://127.0.0.13:6443", &[node3.addr]));
     let status = wait(&mut daemon, "the file whole again", |s| {
         file_status(s).problem.is_none() && servers(s) == names(&[&node3])
     });

@@ -45,8 +45,8 @@ use serde::{
 };
 use serde_saphyr::Location;
 
-pub(crate) use self::validate::is_dns_name;
 pub use self::server::{ServerTarget, parse_server};
+pub(crate) use self::validate::is_dns_name;
 use self::{raw::parse_raw, validate::Checker};
 
 /// `as_str`, `Display` and `FromStr` for an enum of words used in the file;

@@ -130,7 +130,10 @@ mod tests {
     #[test]
     fn literal_addresses_and_urls() {
         assert_eq!(parse_server("10.0.0.1:6443"), Ok(address("10.0.0.1:6443")));
-        assert_eq!(parse_server("[fd00::1]:6443"), Ok(address("[fd00::1]:6443")));
+        assert_eq!(
+            parse_server("[fd00::1]:6443"),
+            Ok(address("[fd00::1]:6443"))
+        );
         assert_eq!(
             parse_server("https://10.0.0.1:6443"),
             Ok(address("10.0.0.1:6443"))
@@ -139,7 +142,10 @@ mod tests {
             parse_server("HTTPS://[fd00::1]:9345/"),
             Ok(address("[fd00::1]:9345"))
         );
-        assert_eq!(parse_server("https://10.0.0.1"), Ok(address("10.0.0.1:443")));
+        assert_eq!(
+            parse_server("https://10.0.0.1"),
+            Ok(address("10.0.0.1:443"))
+        );
         assert_eq!(parse_server("http://10.0.0.1"), Ok(address("10.0.0.1:80")));
     }
 
@@ -175,7 +181,10 @@ mod tests {
         let err = parse_server("a:0").unwrap_err();
         assert!(err.contains("not a port number"), "{err}");
         let err = parse_server("bad_name!:1").unwrap_err();
-        assert!(err.contains("neither an IP address nor a DNS name"), "{err}");
+        assert!(
+            err.contains("neither an IP address nor a DNS name"),
+            "{err}"
+        );
         let err = parse_server("https://user@a:1").unwrap_err();
         assert!(err.contains("user info"), "{err}");
     }

@@ -2810,7 +2810,10 @@ fn servers_and_default_server_take_k3s_server_urls() {
         config.services[0].servers,
         vec![addr("10.0.0.1:6443"), addr("10.0.0.2:6443")]
     );
-    assert_eq!(config.services[0].default_server, Some(addr("10.0.0.1:6443")));
+    assert_eq!(
+        config.services[0].default_server,
+        Some(addr("10.0.0.1:6443"))
+    );
 }
 
 #[test]
@@ -2850,7 +2853,13 @@ fn k3s_block_defaults() {
     let specs = k3s.specs();
     let found: Vec<(&str, String, String)> = specs
         .iter()
-        .map(|s| (s.name.as_str(), s.vip.to_string(), s.file.display().to_string()))
+        .map(|s| {
+            (
+                s.name.as_str(),
+                s.vip.to_string(),
+                s.file.display().to_string(),
+            )
+        })
         .collect();
     assert_eq!(
         found,
@@ -2887,8 +2896,18 @@ fn k3s_block_rke2_and_ipv6() {
 
 #[test]
 fn k3s_block_errors() {
-    assert_error("k3s:\n  program: k8s\n", "k3s.program", 2, "expected k3s or rke2");
-    assert_error("k3s:\n  data_dir: rancher\n", "k3s.data_dir", 2, "not an absolute path");
+    assert_error(
+        "k3s:\n  program: k8s\n",
+        "k3s.program",
+        2,
+        "expected k3s or rke2",
+    );
+    assert_error(
+        "k3s:\n  data_dir: rancher\n",
+        "k3s.data_dir",
+        2,
+        "not an absolute path",
+    );
     assert_error(
         "k3s:\n  balancers: [supervisor, proxy]\n",
         "k3s.balancers[1]",
@@ -2901,8 +2920,18 @@ fn k3s_block_errors() {
         2,
         "duplicate balancer etcd",
     );
-    assert_error("k3s:\n  balancers: []\n", "k3s.balancers", 2, "no balancers");
-    assert_error("k3s:\n  lb_server_port: 1\n", "k3s.lb_server_port", 2, "out of range");
+    assert_error(
+        "k3s:\n  balancers: []\n",
+        "k3s.balancers",
+        2,
+        "no balancers",
+    );
+    assert_error(
+        "k3s:\n  lb_server_port: 1\n",
+        "k3s.lb_server_port",
+        2,
+        "out of range",
+    );
     assert_error(
         "k3s:\n  reread_interval: 100ms\n",
         "k3s.reread_interval",

@@ -105,9 +105,11 @@ impl K3sState {
     pub(super) fn merge_into(&self, config: &mut Config) {
         for followed in self.balancers.values() {
             if let Some(list) = &followed.list {
-                config
-                    .services
-                    .push(followed.spec.service(list.servers.clone(), list.default_server));
+                config.services.push(
+                    followed
+                        .spec
+                        .service(list.servers.clone(), list.default_server),
+                );
             }
         }
     }
@@ -228,9 +230,15 @@ async fn watch(controller: Controller, settings: K3sSettings) {
 /// Logs a changed reading.
 fn log_reading(spec: &K3sBalancerSpec, reading: &Reading) {
     match reading {
-        Reading::Missing => info!(service = %spec.name, file = %spec.file.display(), "no K3s state file; the service keeps its last list (or, before the first, is not installed: K3s's own proxy serves its address)"),
-        Reading::Invalid(reason) => warn!(service = %spec.name, error = %reason, "K3s state file not used; the service keeps its last good list"),
-        Reading::List(list) => info!(service = %spec.name, server_url = %list.server_url, default_server = ?list.default_server, servers = ?list.servers, "K3s state file read"),
+        Reading::Missing => {
+            info!(service = %spec.name, file = %spec.file.display(), "no K3s state file; the service keeps its last list (or, before the first, is not installed: K3s's own proxy serves its address)")
+        }
+        Reading::Invalid(reason) => {
+            warn!(service = %spec.name, error = %reason, "K3s state file not used; the service keeps its last good list")
+        }
+        Reading::List(list) => {
+            info!(service = %spec.name, server_url = %list.server_url, default_server = ?list.default_server, servers = ?list.servers, "K3s state file read")
+        }
     }
 }
 
@@ -250,7 +258,9 @@ async fn read(spec: &K3sBalancerSpec) -> Reading {
         Ok(Ok(Some(found))) => found,
         Ok(Ok(None)) => return Reading::Missing,
         Ok(Err(reason)) => return Reading::Invalid(reason),
-        Err(err) => return Reading::Invalid(format!("{}: reading failed: {err}", spec.file.display())),
+        Err(err) => {
+            return Reading::Invalid(format!("{}: reading failed: {err}", spec.file.display()));
+        }
     };
     let default_server = if server_url.is_empty() {
         None
@@ -258,10 +268,7 @@ async fn read(spec: &K3sBalancerSpec) -> Reading {
         match default_of(&server_url, spec.vip).await {
             Ok(address) => Some(address),
             Err(reason) => {
-                return Reading::Invalid(format!(
-                    "{}: ServerURL: {reason}",
-                    spec.file.display()
-                ));
+                return Reading::Invalid(format!("{}: ServerURL: {reason}", spec.file.display()));
             }
         }
     };
@@ -281,11 +288,13 @@ async fn default_of(server_url: &str, vip: SocketAddr) -> Result<SocketAddr, Str
             "{address} is not of the VIP's address family ({vip})"
         )),
         ServerTarget::Name { host, port } => {
-            let lookup =
-                tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host.as_str(), port)))
-                    .await
-                    .map_err(|_| format!("resolving {host:?} timed out"))?
-                    .map_err(|err| format!("cannot resolve {host:?}: {err}"))?;
+            let lookup = tokio::time::timeout(
+                RESOLVE_TIMEOUT,
+                tokio::net::lookup_host((host.as_str(), port)),
+            )
+            .await
+            .map_err(|_| format!("resolving {host:?} timed out"))?
+            .map_err(|err| format!("cannot resolve {host:?}: {err}"))?;
             let found: Vec<IpAddr> = lookup.map(|a| a.ip()).collect();
             found
                 .iter()
@@ -530,7 +539,9 @@ mod tests {
         assert_eq!(config.services[0].default_server, Some(server));
         assert_eq!(
             state.file_of("k3s-agent-load-balancer"),
-            Some(Path::new("/var/lib/rancher/k3s/agent/etc/k3s-agent-load-balancer.json"))
+            Some(Path::new(
+                "/var/lib/rancher/k3s/agent/etc/k3s-agent-load-balancer.json"
+            ))
         );
     }
 }
