@@ -111,8 +111,7 @@ fn split_host_port(authority: &str) -> Result<(&str, Option<&str>), String> {
         0 => Ok((authority, None)),
         1 => Ok(authority
             .split_once(':')
-            .map(|(host, port)| (host, Some(port)))
-            .unwrap_or((authority, None))),
+            .map_or((authority, None), |(host, port)| (host, Some(port)))),
         _ => Err(format!(
             "{authority:?}: IPv6 addresses must be written in brackets, e.g. [fd00::1]:6443"
         )),

@@ -231,13 +231,13 @@ async fn watch(controller: Controller, settings: K3sSettings) {
 fn log_reading(spec: &K3sBalancerSpec, reading: &Reading) {
     match reading {
         Reading::Missing => {
-            info!(service = %spec.name, file = %spec.file.display(), "no K3s state file; the service keeps its last list (or, before the first, is not installed: K3s's own proxy serves its address)")
+            info!(service = %spec.name, file = %spec.file.display(), "no K3s state file; the service keeps its last list (or, before the first, is not installed: K3s's own proxy serves its address)");
         }
         Reading::Invalid(reason) => {
-            warn!(service = %spec.name, error = %reason, "K3s state file not used; the service keeps its last good list")
+            warn!(service = %spec.name, error = %reason, "K3s state file not used; the service keeps its last good list");
         }
         Reading::List(list) => {
-            info!(service = %spec.name, server_url = %list.server_url, default_server = ?list.default_server, servers = ?list.servers, "K3s state file read")
+            info!(service = %spec.name, server_url = %list.server_url, default_server = ?list.default_server, servers = ?list.servers, "K3s state file read");
         }
     }
 }
