@@ -23,6 +23,7 @@ pub enum ServerTarget {
 /// Parses a server. A URL's scheme must be `http` or `https`; its port
 /// defaults to 80 or 443 (as K3s does); its path must be empty or `/`.
 /// Without a scheme the port is required. IPv6 addresses go in brackets.
+/// Port 0 parses: whether it may be used is the caller's check.
 pub fn parse_server(text: &str) -> Result<ServerTarget, String> {
     let trimmed = text.trim();
     if trimmed.is_empty() {
@@ -59,10 +60,10 @@ pub fn parse_server(text: &str) -> Result<ServerTarget, String> {
     }
     let (host, port_text) = split_host_port(authority)?;
     let port = match port_text {
+        // Port 0 parses; the caller says why it cannot be used.
         Some(port) => port
             .parse::<u16>()
             .ok()
-            .filter(|port| *port != 0)
             .ok_or_else(|| format!("{port:?} is not a port number (1 to 65535) in {trimmed:?}"))?,
         None => default_port.ok_or_else(|| {
             format!(
@@ -177,7 +178,7 @@ mod tests {
         assert!(err.contains("has a path"), "{err}");
         let err = parse_server("fd00::1:6443").unwrap_err();
         assert!(err.contains("brackets"), "{err}");
-        let err = parse_server("a:0").unwrap_err();
+        let err = parse_server("a:99999").unwrap_err();
         assert!(err.contains("not a port number"), "{err}");
         let err = parse_server("bad_name!:1").unwrap_err();
         assert!(

@@ -339,12 +339,18 @@ pub(super) fn apply_reading(state: &mut State, service: &str, reading: Reading) 
         .map(|s| s.vip)
         .chain(std::iter::once(spec.vip))
         .collect();
-    // A server that is a VIP would loop: never balance to it.
+    // A server that is a VIP would loop: never balance to it; port 0 or an
+    // unspecified address cannot be connected to.
+    let unusable = |server: &SocketAddr| server.port() == 0 || server.ip().is_unspecified();
     let servers: Vec<SocketAddr> = list
         .servers
         .iter()
         .copied()
         .filter(|server| {
+            if unusable(server) {
+                warn!(service, %server, file = %spec.file.display(), "K3s lists a server that cannot be connected to (port 0 or unspecified address); skipped");
+                return false;
+            }
             let is_vip = other_vips.contains(server);
             if is_vip {
                 warn!(service, %server, file = %spec.file.display(), "K3s lists a VIP of daas-lb as a server; skipped (it would loop)");
@@ -353,6 +359,10 @@ pub(super) fn apply_reading(state: &mut State, service: &str, reading: Reading) 
         })
         .collect();
     let default_server = list.default_server.filter(|server| {
+        if unusable(server) {
+            warn!(service, %server, file = %spec.file.display(), "K3s's ServerURL cannot be connected to (port 0 or unspecified address); no default server");
+            return false;
+        }
         let is_vip = other_vips.contains(server);
         if is_vip {
             warn!(service, %server, file = %spec.file.display(), "K3s's ServerURL is a VIP of daas-lb; no default server (it would loop)");
