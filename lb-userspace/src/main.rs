@@ -178,6 +178,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                     services: vec![service],
                     xdp: None,
                     registry: None,
+                    k3s: Vec::new(),
                 }
                 .to_table()
             );

@@ -813,6 +813,7 @@ mod tests {
                     ..XdpDrops::default()
                 },
                 dial_stall_after_ms: None,
+                source: "config".into(),
                 servers: vec![
                     server("10.0.0.1:1", ServerState::Active, 3),
                     server("10.0.0.2:1", ServerState::Failed, 0),
@@ -827,6 +828,7 @@ mod tests {
                     .collect(),
             }),
             registry: None,
+            k3s: Vec::new(),
         }
     }
 

@@ -20,6 +20,27 @@ pub struct Status {
     /// Sui discovery; absent without a `chain` block.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry: Option<RegistryStatus>,
+    /// The followed K3s balancers' state files; empty without a `k3s` block.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub k3s: Vec<K3sFileStatus>,
+}
+
+/// One followed K3s balancer's state file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct K3sFileStatus {
+    /// `supervisor`, `api-server` or `etcd`.
+    pub balancer: String,
+    /// The daas-lb service standing in for it (K3s's name for it).
+    pub service: String,
+    /// K3s's state file.
+    pub file: String,
+    /// The address K3s's balancer listens on: the service's VIP.
+    pub vip: String,
+    /// The last good file's `ServerURL` (absent before the first).
+    pub server_url: Option<String>,
+    /// Why the file is not followed right now (missing, invalid, refused),
+    /// or null.
+    pub problem: Option<String>,
 }
 
 /// The Sui registry as discovery last read it.
@@ -130,8 +151,16 @@ pub struct ServiceStatus {
     /// service's connects are not tracked (UDP, `dial_tracking: false`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dial_stall_after_ms: Option<f64>,
+    /// Where the server list comes from: `config` (the file, `set-servers`),
+    /// `config+sui` (plus the Sui registry) or `k3s:<state file>`.
+    #[serde(default = "from_config")]
+    pub source: String,
     /// Servers in config order, then the default server if it is not among them.
     pub servers: Vec<ServerStatus>,
+}
+
+fn from_config() -> String {
+    "config".to_owned()
 }
 
 fn failover() -> String {
@@ -680,9 +709,11 @@ mod tests {
                     dial: None,
                 }],
                 dial_stall_after_ms: Some(100.0),
+                source: "config".into(),
             }],
             xdp: None,
             registry: None,
+            k3s: Vec::new(),
         }
     }
 

@@ -25,6 +25,7 @@
 mod field_path;
 pub mod ports;
 mod raw;
+mod server;
 #[cfg(test)]
 mod tests;
 pub mod tls;
@@ -44,6 +45,7 @@ use serde::{
 };
 use serde_saphyr::Location;
 
+pub use self::server::{ServerTarget, parse_server};
 pub(crate) use self::validate::is_dns_name;
 use self::{raw::parse_raw, validate::Checker};
 
@@ -136,6 +138,9 @@ pub struct Config {
     /// Sui on-chain discovery (`chain`); `None` = no discovery.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chain: Option<ChainSettings>,
+    /// Follow K3s's own agent load balancers (`k3s`); `None` = do not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub k3s: Option<K3sSettings>,
     /// Feature gates (`features`).
     pub features: Features,
 }
@@ -272,6 +277,152 @@ pub struct ChainSettings {
         serialize_with = "serialize_option_display"
     )]
     pub enclave_config: Option<sui_sdk_types::Address>,
+}
+
+/// The `k3s` block: one service per K3s agent load balancer, whose servers
+/// follow the state file K3s keeps for it (see `docs/k3s.md`):
+///
+/// ```yaml
+/// k3s:
+///   data_dir: /var/lib/rancher/k3s   # K3s's --data-dir
+///   program: k3s                     # k3s or rke2 (default: rke2 when data_dir ends in rke2)
+///   lb_server_port: 6444             # K3s's --lb-server-port
+///   ipv6: false                      # K3s listens on [::1] instead of 127.0.0.1
+///   balancers: [supervisor, api-server, etcd]
+///   reread_interval: 10s             # re-read even without a file event
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct K3sSettings {
+    /// K3s's data directory (`data_dir`, default `/var/lib/rancher/k3s`).
+    pub data_dir: PathBuf,
+    /// The program name K3s's files are named after (`program`: `k3s` or
+    /// `rke2`).
+    pub program: String,
+    /// K3s's `--lb-server-port` (`lb_server_port`, default 6444).
+    pub lb_server_port: u16,
+    /// Whether K3s's balancers listen on `[::1]` (`ipv6`, default false).
+    pub ipv6: bool,
+    /// The balancers followed (`balancers`, default all three).
+    pub balancers: Vec<K3sBalancer>,
+    /// How often the files are read even without a file event
+    /// (`reread_interval`, default 10s, 1s to 1h).
+    #[serde(serialize_with = "serialize_duration")]
+    pub reread_interval: Duration,
+}
+
+/// One of K3s's agent load balancers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum K3sBalancer {
+    /// The supervisor balancer (`<program>-agent-load-balancer`) on
+    /// `lb_server_port`.
+    #[serde(rename = "supervisor")]
+    Supervisor,
+    /// The apiserver balancer (`<program>-api-server-agent-load-balancer`)
+    /// on `lb_server_port - 1`; K3s starts it only when the apiserver port
+    /// differs from the supervisor port (RKE2).
+    #[serde(rename = "api-server")]
+    ApiServer,
+    /// The etcd balancer (`<program>-etcd-server-load-balancer`) on 2379,
+    /// on servers that run without etcd.
+    #[serde(rename = "etcd")]
+    Etcd,
+}
+
+config_words!(pub K3sBalancer, "K3s load balancer", {
+    Supervisor => "supervisor",
+    ApiServer => "api-server",
+    Etcd => "etcd",
+});
+
+/// Where one followed K3s balancer is: its service name, state file and
+/// local address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct K3sBalancerSpec {
+    /// Which balancer.
+    pub balancer: K3sBalancer,
+    /// K3s's name for it, also the daas-lb service's name.
+    pub name: String,
+    /// K3s's state file for it.
+    pub file: PathBuf,
+    /// The address K3s's balancer listens on: the service's VIP.
+    pub vip: SocketAddr,
+}
+
+impl K3sSettings {
+    /// Default `data_dir`.
+    pub const DEFAULT_DATA_DIR: &str = "/var/lib/rancher/k3s";
+    /// Default `lb_server_port`.
+    pub const DEFAULT_LB_SERVER_PORT: u16 = 6444;
+    /// The etcd balancer's port (fixed in K3s).
+    pub const ETCD_PORT: u16 = 2379;
+    /// Default `reread_interval`.
+    pub const DEFAULT_REREAD_INTERVAL: Duration = Duration::from_secs(10);
+    /// Shortest `reread_interval`.
+    pub const MIN_REREAD_INTERVAL: Duration = Duration::from_secs(1);
+    /// Longest `reread_interval`.
+    pub const MAX_REREAD_INTERVAL: Duration = Duration::from_hours(1);
+
+    /// The directory K3s keeps its balancers' state files in:
+    /// `<data_dir>/agent/etc`.
+    pub fn state_dir(&self) -> PathBuf {
+        self.data_dir.join("agent").join("etc")
+    }
+
+    /// The followed balancers' names, files and addresses.
+    pub fn specs(&self) -> Vec<K3sBalancerSpec> {
+        let host = if self.ipv6 {
+            std::net::IpAddr::V6(Ipv6Addr::LOCALHOST)
+        } else {
+            std::net::IpAddr::V4(Ipv4Addr::LOCALHOST)
+        };
+        let dir = self.state_dir();
+        self.balancers
+            .iter()
+            .map(|balancer| {
+                let (suffix, port) = match balancer {
+                    K3sBalancer::Supervisor => ("agent-load-balancer", self.lb_server_port),
+                    K3sBalancer::ApiServer => (
+                        "api-server-agent-load-balancer",
+                        self.lb_server_port.saturating_sub(1),
+                    ),
+                    K3sBalancer::Etcd => ("etcd-server-load-balancer", Self::ETCD_PORT),
+                };
+                let name = format!("{}-{suffix}", self.program);
+                K3sBalancerSpec {
+                    balancer: *balancer,
+                    file: dir.join(format!("{name}.json")),
+                    name,
+                    vip: SocketAddr::new(host, port),
+                }
+            })
+            .collect()
+    }
+}
+
+impl K3sBalancerSpec {
+    /// The service that stands in for this balancer, with `servers` and
+    /// `default_server` from K3s's file: TCP, failover (K3s's own policy),
+    /// the default TCP health check.
+    pub fn service(
+        &self,
+        servers: Vec<SocketAddr>,
+        default_server: Option<SocketAddr>,
+    ) -> ServiceConfig {
+        ServiceConfig {
+            name: self.name.clone(),
+            vip: self.vip,
+            protocol: Protocol::Tcp,
+            servers,
+            default_server,
+            policy: Policy::Failover,
+            maglev_table_size: ServiceConfig::DEFAULT_MAGLEV_TABLE_SIZE,
+            health_check: HealthCheckConfig::default_for(Protocol::Tcp),
+            remote: false,
+            dial_tracking: true,
+            dial_stall_timeout: DialStall::Auto,
+            discovery: None,
+        }
+    }
 }
 
 /// `chain.registry`: the Move module that defines the registry's events and

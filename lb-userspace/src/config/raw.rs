@@ -30,6 +30,7 @@ pub(super) struct RawConfig {
     pub(super) connection_poll_interval: Option<Spanned<String>>,
     pub(super) xdp: Option<Spanned<RawXdp>>,
     pub(super) chain: Option<Spanned<RawChain>>,
+    pub(super) k3s: Option<Spanned<RawK3s>>,
     pub(super) features: Option<Spanned<RawFeatures>>,
 }
 
@@ -42,6 +43,18 @@ pub(super) struct RawFeatures {
     pub(super) stake_validation: Option<Spanned<String>>,
     pub(super) performance_ranking: Option<Spanned<String>>,
     pub(super) stake_weight: Option<Spanned<String>>,
+}
+
+/// The `k3s` block.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawK3s {
+    pub(super) data_dir: Option<Spanned<String>>,
+    pub(super) program: Option<Spanned<String>>,
+    pub(super) lb_server_port: Option<Spanned<String>>,
+    pub(super) ipv6: Option<Spanned<String>>,
+    pub(super) balancers: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) reread_interval: Option<Spanned<String>>,
 }
 
 /// The `chain` block.

@@ -94,6 +94,7 @@ fn full_example() {
             connection_poll_interval: Duration::from_millis(200),
             xdp: None,
             chain: None,
+            k3s: None,
             features: Features::default(),
         }
     );
@@ -2823,5 +2824,156 @@ fn warnings_name_the_service_and_what_is_wrong() {
         warnings[0]
             .starts_with("services[0] (a, vip 127.0.0.1:80): remote: true on a loopback VIP"),
         "{warnings:?}"
+    );
+}
+
+#[test]
+fn servers_and_default_server_take_k3s_server_urls() {
+    let config = parse(
+        "services:\n  - name: a\n    vip: 127.0.0.1:6444\n    servers: [\"https://10.0.0.1:6443\", \"10.0.0.2:6443\"]\n    default_server: https://10.0.0.1:6443/\n",
+    );
+    assert_eq!(
+        config.services[0].servers,
+        vec![addr("10.0.0.1:6443"), addr("10.0.0.2:6443")]
+    );
+    assert_eq!(
+        config.services[0].default_server,
+        Some(addr("10.0.0.1:6443"))
+    );
+}
+
+#[test]
+fn a_host_name_server_gets_a_message_about_names_not_brackets() {
+    let yaml = "services:\n  - name: a\n    vip: 127.0.0.1:6444\n    servers: []\n    default_server: https://name:6443\n";
+    assert_error(
+        yaml,
+        "services[0].default_server",
+        5,
+        "host names are not resolved in servers",
+    );
+    assert!(!error(yaml).contains("brackets"), "{}", error(yaml));
+    assert_error(
+        "services:\n  - name: a\n    vip: 127.0.0.1:6444\n    servers: [\"ftp://10.0.0.1:21\"]\n",
+        "services[0].servers[0]",
+        4,
+        "unsupported scheme",
+    );
+    assert_error(
+        "services:\n  - name: a\n    vip: 127.0.0.1:6444\n    servers: [\"https://10.0.0.1:6443/api\"]\n",
+        "services[0].servers[0]",
+        4,
+        "has a path",
+    );
+}
+
+#[test]
+fn k3s_block_defaults() {
+    let config = parse("k3s: {}\n");
+    let k3s = config.k3s.expect("k3s block");
+    assert!(config.services.is_empty());
+    assert_eq!(k3s.data_dir, PathBuf::from("/var/lib/rancher/k3s"));
+    assert_eq!(k3s.program, "k3s");
+    assert_eq!(k3s.lb_server_port, 6444);
+    assert!(!k3s.ipv6);
+    assert_eq!(k3s.reread_interval, Duration::from_secs(10));
+    let specs = k3s.specs();
+    let found: Vec<(&str, String, String)> = specs
+        .iter()
+        .map(|s| {
+            (
+                s.name.as_str(),
+                s.vip.to_string(),
+                s.file.display().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        found,
+        vec![
+            (
+                "k3s-agent-load-balancer",
+                "127.0.0.1:6444".to_owned(),
+                "/var/lib/rancher/k3s/agent/etc/k3s-agent-load-balancer.json".to_owned()
+            ),
+            (
+                "k3s-api-server-agent-load-balancer",
+                "127.0.0.1:6443".to_owned(),
+                "/var/lib/rancher/k3s/agent/etc/k3s-api-server-agent-load-balancer.json".to_owned()
+            ),
+            (
+                "k3s-etcd-server-load-balancer",
+                "127.0.0.1:2379".to_owned(),
+                "/var/lib/rancher/k3s/agent/etc/k3s-etcd-server-load-balancer.json".to_owned()
+            ),
+        ]
+    );
+}
+
+#[test]
+fn k3s_block_rke2_and_ipv6() {
+    let config = parse(
+        "k3s:\n  data_dir: /var/lib/rancher/rke2\n  ipv6: true\n  balancers: [api-server]\nservices: []\n",
+    );
+    let specs = config.k3s.expect("k3s block").specs();
+    assert_eq!(specs.len(), 1);
+    assert_eq!(specs[0].name, "rke2-api-server-agent-load-balancer");
+    assert_eq!(specs[0].vip, addr("[::1]:6443"));
+}
+
+#[test]
+fn k3s_block_errors() {
+    assert_error(
+        "k3s:\n  program: k8s\n",
+        "k3s.program",
+        2,
+        "expected k3s or rke2",
+    );
+    assert_error(
+        "k3s:\n  data_dir: rancher\n",
+        "k3s.data_dir",
+        2,
+        "not an absolute path",
+    );
+    assert_error(
+        "k3s:\n  balancers: [supervisor, proxy]\n",
+        "k3s.balancers[1]",
+        2,
+        "unknown K3s load balancer \"proxy\"",
+    );
+    assert_error(
+        "k3s:\n  balancers: [etcd, etcd]\n",
+        "k3s.balancers[1]",
+        2,
+        "duplicate balancer etcd",
+    );
+    assert_error(
+        "k3s:\n  balancers: []\n",
+        "k3s.balancers",
+        2,
+        "no balancers",
+    );
+    assert_error(
+        "k3s:\n  lb_server_port: 1\n",
+        "k3s.lb_server_port",
+        2,
+        "out of range",
+    );
+    assert_error(
+        "k3s:\n  reread_interval: 100ms\n",
+        "k3s.reread_interval",
+        2,
+        "too short",
+    );
+    assert_error(
+        "k3s: {}\nservices:\n  - name: mine\n    vip: 127.0.0.1:6444\n    servers: [\"10.0.0.1:6443\"]\n",
+        "services[0].vip",
+        4,
+        "also the VIP of K3s's supervisor balancer",
+    );
+    assert_error(
+        "k3s:\n  balancers: [etcd]\nservices:\n  - name: k3s-etcd-server-load-balancer\n    vip: 127.0.0.1:2380\n    servers: [\"10.0.0.1:2379\"]\n",
+        "services[0].name",
+        4,
+        "pick another name",
     );
 }

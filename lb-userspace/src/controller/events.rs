@@ -74,6 +74,11 @@ pub(super) enum Event {
         view: RegistryView,
         resolved: Option<HashMap<String, Vec<IpAddr>>>,
     },
+    /// The K3s watcher read a followed balancer's state file anew.
+    K3sFile {
+        service: String,
+        reading: super::k3s::Reading,
+    },
     /// `SIGHUP` or `POST /reload`: the new configuration.
     Reload {
         config: Box<Config>,
@@ -111,6 +116,7 @@ impl Event {
             Self::Dials(_) => "dial events",
             Self::DiscoveryWanted { .. } => "discovery wanted",
             Self::View { .. } => "registry view",
+            Self::K3sFile { .. } => "K3s state file",
             Self::Reload { .. } => "reload",
             Self::SetServers { .. } => "set servers",
             Self::Snapshot { .. } => "snapshot",

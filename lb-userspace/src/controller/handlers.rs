@@ -16,7 +16,7 @@ use super::{
     dials::{self, monotonic_ns},
     discovery,
     events::{Event, ServersError},
-    poller, reconcile,
+    k3s, poller, reconcile,
     runtime::{State, Suspicion},
     settle::{self, settle},
     status,
@@ -81,6 +81,7 @@ impl State {
                 let _ = reply.send(discovery::wanted(self));
             }
             Event::View { view, resolved } => discovery::apply_view(self, view, resolved),
+            Event::K3sFile { service, reading } => k3s::apply_reading(self, &service, reading),
             Event::Reload { config, reply } => {
                 let _ = reply.send(self.reload(*config));
             }
@@ -115,6 +116,7 @@ impl State {
     fn start(&mut self, config: Config) -> anyhow::Result<()> {
         self.discovery.set_static(&config);
         let chain = config.chain.clone();
+        let k3s_settings = config.k3s.clone();
         let every = config.connection_poll_interval;
         let xdp = config.xdp.is_some();
         let config = reconcile::with_saved_servers(config);
@@ -128,6 +130,9 @@ impl State {
         if let Some(chain) = &chain {
             discovery::start(self, &handle, chain);
         }
+        if let Some(settings) = &k3s_settings {
+            k3s::start(self, &handle, settings);
+        }
         if let Some(ring) = self.dataplane.maps.dial_events.take() {
             self.dial_task = Some(dials::spawn(&self.runtime, handle.clone(), ring)?);
         }
@@ -138,6 +143,7 @@ impl State {
     /// Stops every task this thread started (checks, poller, discovery).
     pub(super) fn stop_tasks(&mut self) {
         self.discovery.stop();
+        self.k3s.stop();
         if let Some(poller) = self.poller.take() {
             poller.abort();
         }
@@ -456,6 +462,7 @@ impl State {
         reconcile::keep_restart_only_fields(&self.config, &mut config);
         self.discovery.set_static(&config);
         self.discovery.merge_into(&mut config);
+        self.k3s.merge_into(&mut config);
         reconcile::apply(self, config)?;
         self.discovery.refresh();
         Ok(())
@@ -463,6 +470,12 @@ impl State {
 
     /// Replaces the server list of one service.
     fn set_servers(&mut self, service: &str, servers: &[String]) -> Result<(), ServersError> {
+        if let Some(file) = self.k3s.file_of(service) {
+            return Err(ServersError::Invalid(format!(
+                "service {service:?} follows K3s's state file {}; its servers change when K3s rewrites that file",
+                file.display()
+            )));
+        }
         let mut config = reconcile::config_with_servers(&self.config, service, servers)?;
         // A discovery service: the list replaces its static servers; the
         // discovered ones stay.

@@ -14,6 +14,8 @@
 //!   (on a blocking thread of its own) and hands the sockets over, then the
 //!   interfaces' addresses for XDP's SNAT sources;
 //! - the discovery watcher, with each registry view ([`discovery`]);
+//! - the K3s watcher, with each changed reading of K3s's balancer state
+//!   files ([`k3s`]);
 //! - the API and signals: status, metrics, reloads, `PUT
 //!   /services/{name}/servers`, each with a reply channel.
 //!
@@ -32,6 +34,7 @@ mod discovery;
 mod events;
 mod failover;
 mod handlers;
+mod k3s;
 pub mod persist;
 mod plan;
 mod poller;

@@ -121,29 +121,55 @@ fn check(
     vip_is_ipv4: bool,
     max_servers: usize,
 ) -> Loaded {
-    let shown = path.display();
-    let bytes = match fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(err) if err.kind() == ErrorKind::NotFound => return Loaded::Missing,
-        Err(err) => return Loaded::Corrupt(format!("{shown}: cannot read: {err}")),
+    let file = match read_file(path) {
+        Ok(Some(file)) => file,
+        Ok(None) => return Loaded::Missing,
+        Err(reason) => return Loaded::Corrupt(reason),
     };
-    let file: StateFile = match serde_json::from_slice(&bytes) {
-        Ok(file) => file,
-        Err(err) => return Loaded::Corrupt(format!("{shown}: not a valid state file: {err}")),
-    };
-    // serde also accepts a struct written as a JSON array; K3s does not.
-    if bytes.trim_ascii_start().first() != Some(&b'{') {
-        return Loaded::Corrupt(format!(
-            "{shown}: not a valid state file: expected a JSON object"
-        ));
-    }
     if !server_url_matches(&file.server_url, default_server) {
         return Loaded::Mismatch {
             found: file.server_url,
         };
     }
+    match addresses(path, &file, vip_is_ipv4, max_servers) {
+        Ok(servers) => Loaded::Servers(servers),
+        Err(reason) => Loaded::Corrupt(reason),
+    }
+}
+
+/// Reads a state file in K3s's `lbConfig` format (daas-lb's own, or one
+/// K3s writes). `Ok(None)`: there is no file; an error says why the file
+/// cannot be used, naming the path.
+pub fn read_file(path: &Path) -> Result<Option<StateFile>, String> {
+    let shown = path.display();
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(err) if err.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(format!("{shown}: cannot read: {err}")),
+    };
+    let file: StateFile = serde_json::from_slice(&bytes)
+        .map_err(|err| format!("{shown}: not a valid state file: {err}"))?;
+    // serde also accepts a struct written as a JSON array; K3s does not.
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(format!(
+            "{shown}: not a valid state file: expected a JSON object"
+        ));
+    }
+    Ok(Some(file))
+}
+
+/// The file's `ServerAddresses` as addresses: each an `IP:port` of the
+/// VIP's family, none twice, at most `max_servers`; an error names the
+/// path and the entry.
+pub fn addresses(
+    path: &Path,
+    file: &StateFile,
+    vip_is_ipv4: bool,
+    max_servers: usize,
+) -> Result<Vec<SocketAddr>, String> {
+    let shown = path.display();
     if file.server_addresses.len() > max_servers {
-        return Loaded::Corrupt(format!(
+        return Err(format!(
             "{shown}: too many servers: {} ServerAddresses, at most {max_servers} allowed",
             file.server_addresses.len()
         ));
@@ -153,24 +179,24 @@ fn check(
     let mut servers = Vec::with_capacity(file.server_addresses.len());
     for (i, text) in file.server_addresses.iter().enumerate() {
         let Ok(address) = text.parse::<SocketAddr>() else {
-            return Loaded::Corrupt(format!(
+            return Err(format!(
                 "{shown}: ServerAddresses[{i}]: bad address {text:?}, expected IP:port (IPv6 in brackets)"
             ));
         };
         if address.is_ipv4() != vip_is_ipv4 {
             let found = if address.is_ipv4() { "IPv4" } else { "IPv6" };
-            return Loaded::Corrupt(format!(
+            return Err(format!(
                 "{shown}: ServerAddresses[{i}]: address family mismatch: {address} is {found}, the VIP is {wanted}"
             ));
         }
         if let Some(first) = seen.insert(address, i) {
-            return Loaded::Corrupt(format!(
+            return Err(format!(
                 "{shown}: ServerAddresses[{i}]: duplicate address {address}, already at ServerAddresses[{first}]"
             ));
         }
         servers.push(address);
     }
-    Loaded::Servers(servers)
+    Ok(servers)
 }
 
 /// Whether a file's `ServerURL` names the configured default server.

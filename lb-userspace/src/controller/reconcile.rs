@@ -84,6 +84,8 @@ pub(super) fn keep_restart_only_fields(running: &Config, new: &mut Config) {
         connection_poll_interval,
         xdp,
         chain,
+        // The K3s watcher starts at start.
+        k3s,
         // The attester (nautilus checks) is built at start.
         features.nautilus_health_checks,
         features.stake_validation
@@ -122,11 +124,19 @@ pub(super) fn config_with_servers(
         .ok_or_else(|| ServersError::UnknownService(name.to_owned()))?;
     let mut parsed: Vec<SocketAddr> = Vec::with_capacity(servers.len());
     for (i, text) in servers.iter().enumerate() {
-        let address: SocketAddr = text.trim().parse().map_err(|_| {
-            ServersError::Invalid(format!(
-                "servers[{i}]: {text:?} is not an IP:port address (IPv6 in brackets: \"[fd00::1]:6443\")"
-            ))
-        })?;
+        let address: SocketAddr = match crate::config::parse_server(text) {
+            Ok(crate::config::ServerTarget::Address(address)) => address,
+            Ok(crate::config::ServerTarget::Name { host, .. }) => {
+                return Err(ServersError::Invalid(format!(
+                    "servers[{i}]: {text:?} names the host {host:?}; host names are not resolved, write its IP address"
+                )));
+            }
+            Err(problem) => {
+                return Err(ServersError::Invalid(format!(
+                    "servers[{i}]: {text:?} is not an IP:port address or https://IP:port URL: {problem}"
+                )));
+            }
+        };
         if address.is_ipv4() != service.vip.is_ipv4() {
             return Err(ServersError::Invalid(format!(
                 "servers[{i}]: address family mismatch: the VIP {} is {}, {address} is not",

@@ -19,6 +19,7 @@ use tokio::{
 
 use super::{
     events::{Controller, Event},
+    k3s::K3sState,
     registry::DiscoveryState,
 };
 use crate::{
@@ -123,6 +124,8 @@ pub(super) struct State {
     pub(super) if_addrs_overflow: bool,
     /// Sui discovery: static and discovered servers, the last view.
     pub(super) discovery: DiscoveryState,
+    /// The followed K3s balancers (the `k3s` block).
+    pub(super) k3s: K3sState,
     /// Bounds the probes running at once across all services.
     pub(super) probe_slots: Arc<Semaphore>,
     /// Runs `nautilus` checks (with `chain.enclave_config` and
@@ -172,6 +175,7 @@ impl State {
             if_addrs_failing: false,
             if_addrs_overflow: false,
             discovery: DiscoveryState::default(),
+            k3s: K3sState::default(),
             probe_slots: Arc::new(Semaphore::new(config.max_concurrent_checks)),
             attester,
             runtime,

@@ -19,7 +19,7 @@ use crate::{
         CheckStatus, DialStatus, RegistryStatus, ServerStatus, ServiceStatus, Status, XdpDrops,
         XdpStatus,
     },
-    config::{Policy, Protocol},
+    config::{Policy, Protocol, ServiceConfig},
 };
 
 /// A server's dials as status shows them.
@@ -139,6 +139,7 @@ pub(super) fn build(state: &State) -> Status {
                         .as_secs_f64()
                         * 1000.0
                 }),
+                source: source(state, &service.config),
                 servers,
             }
         })
@@ -197,5 +198,19 @@ pub(super) fn build(state: &State) -> Status {
         services,
         xdp,
         registry,
+        k3s: state.k3s.status(),
+    }
+}
+
+/// Where a service's server list comes from (see [`ServiceStatus::source`]).
+///
+/// [`ServiceStatus::source`]: crate::api::status::ServiceStatus::source
+fn source(state: &State, service: &ServiceConfig) -> String {
+    if let Some(file) = state.k3s.file_of(&service.name) {
+        format!("k3s:{}", file.display())
+    } else if service.discovery.is_some() {
+        "config+sui".to_owned()
+    } else {
+        "config".to_owned()
     }
 }

@@ -82,6 +82,7 @@ fn service(name: &str, policy: &str, servers: Vec<ServerStatus>) -> ServiceStatu
         xdp_flows: 0,
         xdp_drops: XdpDrops::default(),
         dial_stall_after_ms: None,
+        source: "config".into(),
         servers,
     }
 }
@@ -217,6 +218,7 @@ fn status() -> Status {
             reconnects: 1,
             last_advance_unix_ms: Some(1_779_426_000_250),
         }),
+        k3s: Vec::new(),
     }
 }
 

@@ -9,6 +9,7 @@
 
 mod chain;
 mod health;
+mod k3s;
 mod service;
 mod xdp;
 
@@ -294,13 +295,23 @@ impl Checker {
             Some(raw) => self.chain(raw, stake_off).map(Some),
         };
 
-        let services = self.required(
-            top.services.as_ref(),
-            raw.referenced,
-            "services",
-            "services",
-            "; write `services: []` to balance nothing",
-        )?;
+        let k3s = match &top.k3s {
+            None => Some(None),
+            Some(raw) => self.k3s(raw).map(Some),
+        };
+        // With a `k3s` block, `services` may be left out.
+        let no_services = Spanned::new(Vec::new(), Location::UNKNOWN, Location::UNKNOWN);
+        let services = if top.k3s.is_some() && top.services.is_none() {
+            &no_services
+        } else {
+            self.required(
+                top.services.as_ref(),
+                raw.referenced,
+                "services",
+                "services",
+                "; write `services: []` to balance nothing",
+            )?
+        };
         let drafts: Vec<ServiceDraft> = services
             .value
             .iter()
@@ -308,6 +319,9 @@ impl Checker {
             .map(|(index, service)| self.service(index, service))
             .collect();
         self.cross_check(services.referenced, &drafts);
+        if let Some(Some(k3s)) = &k3s {
+            self.check_k3s_against_services(k3s, &drafts);
+        }
         if top.xdp.is_none() {
             self.check_remote_needs_xdp(&drafts);
         }
@@ -340,6 +354,7 @@ impl Checker {
             connection_poll_interval: connection_poll_interval?,
             xdp: xdp?,
             chain: chain?,
+            k3s: k3s?,
             features: features?,
         })
     }
@@ -507,7 +522,12 @@ impl Checker {
         path: &str,
         role: AddrRole,
     ) -> Option<Spanned<SocketAddr>> {
-        let problem = match parse_socket_addr(raw.value.trim()) {
+        let parsed = if role == AddrRole::Server {
+            server_addr(raw.value.trim())
+        } else {
+            parse_socket_addr(raw.value.trim())
+        };
+        let problem = match parsed {
             Ok(addr) => match address_problem(addr, role) {
                 None => return Some(Spanned::new(addr, raw.referenced, raw.defined)),
                 Some(problem) => problem,
@@ -654,6 +674,21 @@ fn address_problem(addr: SocketAddr, role: AddrRole) -> Option<String> {
         ))
     } else {
         None
+    }
+}
+
+/// Parses a server or default server: `IP:port`, `[v6]:port` or a URL
+/// `https://IP:port` (see [`crate::config::parse_server`]). Host names
+/// parse but are refused: they are not resolved.
+fn server_addr(text: &str) -> Result<SocketAddr, String> {
+    match crate::config::parse_server(text) {
+        Ok(crate::config::ServerTarget::Address(addr)) => Ok(addr),
+        Ok(crate::config::ServerTarget::Name { host, port }) => Err(format!(
+            "{text:?} names the host {host:?}; host names are not resolved in servers, write its IP address (e.g. https://10.0.0.1:{port}), or follow K3s's own list with the k3s block"
+        )),
+        Err(problem) => Err(format!(
+            "invalid server {text:?}: {problem}; expected IP:port, [IPv6]:port or https://IP:port"
+        )),
     }
 }
 
