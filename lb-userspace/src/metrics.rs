@@ -805,6 +805,7 @@ mod tests {
                     .collect(),
             }),
             registry: None,
+            kernel_log: crate::config::KernelLog::Off,
         }
     }
 

@@ -31,6 +31,7 @@ pub(super) struct RawConfig {
     pub(super) xdp: Option<Spanned<RawXdp>>,
     pub(super) chain: Option<Spanned<RawChain>>,
     pub(super) features: Option<Spanned<RawFeatures>>,
+    pub(super) kernel_log: Option<Spanned<String>>,
 }
 
 /// The `features` block.

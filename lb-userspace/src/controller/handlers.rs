@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     attestation, checks,
+    kernel_log,
     dials::{self, monotonic_ns},
     discovery,
     events::{Event, ServersError},
@@ -94,6 +95,9 @@ impl State {
                     .map(|()| status::build(self));
                 let _ = reply.send(result);
             }
+            Event::SetKernelLog { level, reply } => {
+                let _ = reply.send(self.set_kernel_log(level, "kernel-log request"));
+            }
             Event::Snapshot { reply } => {
                 let _ = reply.send((status::build(self), self.counters.clone()));
             }
@@ -117,8 +121,14 @@ impl State {
         let chain = config.chain.clone();
         let every = config.connection_poll_interval;
         let xdp = config.xdp.is_some();
+        let kernel_log = config.kernel_log;
         let config = reconcile::with_saved_servers(config);
         if let Err(err) = reconcile::apply(self, config) {
+            self.stop_tasks();
+            return Err(err);
+        }
+        // Always written: the pinned map may hold an earlier run's level.
+        if let Err(err) = self.set_kernel_log(kernel_log, "config") {
             self.stop_tasks();
             return Err(err);
         }
@@ -131,6 +141,9 @@ impl State {
         if let Some(ring) = self.dataplane.maps.dial_events.take() {
             self.dial_task = Some(dials::spawn(&self.runtime, handle.clone(), ring)?);
         }
+        if let Some(reader) = self.dataplane.kernel_log.take() {
+            self.kernel_log_task = Some(kernel_log::spawn(&self.runtime, reader)?);
+        }
         self.poller = Some(poller::spawn(&self.runtime, handle, every, xdp)?);
         Ok(())
     }
@@ -142,6 +155,9 @@ impl State {
             poller.abort();
         }
         if let Some(task) = self.dial_task.take() {
+            task.abort();
+        }
+        if let Some(task) = self.kernel_log_task.take() {
             task.abort();
         }
         for service in &self.services {
@@ -456,9 +472,12 @@ impl State {
         reconcile::keep_restart_only_fields(&self.config, &mut config);
         self.discovery.set_static(&config);
         self.discovery.merge_into(&mut config);
+        let kernel_log = config.kernel_log;
         reconcile::apply(self, config)?;
         self.discovery.refresh();
-        Ok(())
+        // A reload goes back to the config's level (as it goes back to the
+        // config's server lists).
+        self.set_kernel_log(kernel_log, "reload")
     }
 
     /// Replaces the server list of one service.

@@ -15,7 +15,8 @@
 //!   interfaces' addresses for XDP's SNAT sources;
 //! - the discovery watcher, with each registry view ([`discovery`]);
 //! - the API and signals: status, metrics, reloads, `PUT
-//!   /services/{name}/servers`, each with a reply channel.
+//!   /services/{name}/servers`, `PUT /kernel-log`, each with a reply
+//!   channel.
 //!
 //! Every event goes through the pure [`ServiceMachine`]; configuration
 //! changes are planned by the pure [`plan`] and written by [`reconcile`];
@@ -32,6 +33,7 @@ mod discovery;
 mod events;
 mod failover;
 mod handlers;
+mod kernel_log;
 pub mod persist;
 mod plan;
 mod poller;

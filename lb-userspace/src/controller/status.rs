@@ -190,5 +190,6 @@ pub(super) fn build(state: &State) -> Status {
         services,
         xdp,
         registry,
+        kernel_log: state.kernel_log,
     }
 }

@@ -22,8 +22,8 @@ use std::{
 use serde_saphyr::{Location, Spanned};
 
 use super::{
-    Config, ControlGroup, DialStall, DiscoveryConfig, Features, HealthCheckConfig, Issue, Policy,
-    Protocol, ServiceConfig, raw::RawConfig,
+    Config, ControlGroup, DialStall, DiscoveryConfig, Features, HealthCheckConfig, Issue,
+    KernelLog, Policy, Protocol, ServiceConfig, raw::RawConfig,
 };
 
 /// Longest service name.
@@ -280,6 +280,10 @@ impl Checker {
             None => Some(Config::DEFAULT_CONNECTION_POLL_INTERVAL),
             Some(raw) => self.connection_poll_interval(raw),
         };
+        let kernel_log = match &top.kernel_log {
+            None => Some(KernelLog::Off),
+            Some(raw) => self.parse(raw, "kernel_log"),
+        };
         let xdp = match &top.xdp {
             None => Some(None),
             Some(raw) => self.xdp(raw).map(Some),
@@ -341,6 +345,7 @@ impl Checker {
             xdp: xdp?,
             chain: chain?,
             features: features?,
+            kernel_log: kernel_log?,
         })
     }
 
