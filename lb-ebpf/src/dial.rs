@@ -82,13 +82,7 @@ const STALE_NS: u64 = 2_000_000_000;
     reason = "one flat program per hook keeps verifier state small and avoids BPF-to-BPF calls"
 )]
 #[inline(always)]
-fn usable<C: EbpfContext>(
-    ctx: &C,
-    backend_id: u32,
-    service_id: u32,
-    now: u64,
-    bound: u64,
-) -> bool {
+fn usable<C: EbpfContext>(ctx: &C, backend_id: u32, service_id: u32, now: u64, bound: u64) -> bool {
     let Some(dial) = BACKEND_DIAL.get_ptr_mut(backend_id) else {
         return true;
     };
@@ -403,7 +397,12 @@ fn stalled(ctx: &SockOpsContext, cookie: u64) {
         let now = now();
         dial.suspect_since_ns = now;
         let waited = now.saturating_sub(start.start_ns);
-        report(dial_kind::STALLED, start.backend_id, start.service_id, waited);
+        report(
+            dial_kind::STALLED,
+            start.backend_id,
+            start.service_id,
+            waited,
+        );
         klog::dial_stalled(ctx, start.backend_id, start.service_id, waited);
     }
 }

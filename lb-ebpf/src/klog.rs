@@ -14,9 +14,7 @@
 
 use aya_ebpf::EbpfContext;
 use aya_log_ebpf::{debug, warn};
-use lb_common::{
-    AF_INET, AddrBytes, Backend, FlowKey, VipKey, dial_kind, kernel_log, xdp_counter,
-};
+use lb_common::{AF_INET, AddrBytes, Backend, FlowKey, VipKey, dial_kind, kernel_log, xdp_counter};
 
 use crate::maps::{BACKENDS, KERNEL_LOG};
 

@@ -63,9 +63,9 @@ fn start(test: &str, top: &str) -> Option<(TestEnv, Node, Node, Daemon)> {
     let node2 = Node::start("node2", Ipv4Addr::new(127, 0, 0, 12), 6443);
     let mut daemon = env.start_with(top, &services(&node1, &node2));
     daemon.wait_for(Duration::from_secs(10), "api's servers up", |s| {
-        s.services.iter().any(|svc| {
-            svc.name == SVC && svc.servers.iter().all(|srv| srv.last_check.is_some())
-        })
+        s.services
+            .iter()
+            .any(|svc| svc.name == SVC && svc.servers.iter().all(|srv| srv.last_check.is_some()))
     });
     Some((env, node1, node2, daemon))
 }
@@ -145,7 +145,12 @@ fn kernel_log_is_silent_when_off_and_names_refused_connects_and_failed_dials_whe
         "{failed:?}"
     );
     // Exactly these two: nothing from the time it was off came late.
-    assert_eq!(kernel_lines(&daemon).len(), 2, "{:#?}", kernel_lines(&daemon));
+    assert_eq!(
+        kernel_lines(&daemon).len(),
+        2,
+        "{:#?}",
+        kernel_lines(&daemon)
+    );
 
     // Off again: neither a refused connect nor a failed dial is logged.
     switch_ok(&daemon, "off");
@@ -154,7 +159,12 @@ fn kernel_log_is_silent_when_off_and_names_refused_connects_and_failed_dials_whe
     node2.stop_service();
     let _ = env.cgroup.client(&["tcp", VIP, "ping"]);
     thread::sleep(QUIET);
-    assert_eq!(kernel_lines(&daemon).len(), 2, "{:#?}", kernel_lines(&daemon));
+    assert_eq!(
+        kernel_lines(&daemon).len(),
+        2,
+        "{:#?}",
+        kernel_lines(&daemon)
+    );
 
     // A bad level is refused with the words it takes, and changes nothing.
     let out = switch(&daemon, "verbose");
@@ -240,8 +250,20 @@ fn unprivileged_users_cannot_switch_kernel_log() {
     let out = as_nobody(
         Path::new("curl"),
         &[
-            "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", "-X", "PUT", "-H",
-            "content-type: application/json", "-d", "\"debug\"", &url,
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+            "-X",
+            "PUT",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            "\"debug\"",
+            &url,
         ],
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "403", "{out:?}");
@@ -305,7 +327,9 @@ fn at_debug_an_xdp_drop_is_logged_with_its_reason() {
         })
     };
     assert!(
-        connect.as_ref().is_err_and(|e| e.kind() != io::ErrorKind::ConnectionRefused),
+        connect
+            .as_ref()
+            .is_err_and(|e| e.kind() != io::ErrorKind::ConnectionRefused),
         "the SYN should be dropped, not answered: {connect:?}"
     );
     let lines = daemon.wait_log(WITHIN, "daas_lb::kernel: xdp dropped", 1);

@@ -13,11 +13,10 @@ use tracing::{debug, info, warn};
 
 use super::{
     attestation, checks,
-    kernel_log,
     dials::{self, monotonic_ns},
     discovery,
     events::{Event, ServersError},
-    poller, reconcile,
+    kernel_log, poller, reconcile,
     runtime::{State, Suspicion},
     settle::{self, settle},
     status,

@@ -212,6 +212,7 @@ fn status() -> Status {
             resyncs: 2,
             reconnects: 1,
         }),
+        kernel_log: crate::config::KernelLog::Off,
     }
 }
 
