@@ -3,7 +3,8 @@
 #
 # Usage: sudo scripts/inspect-maps.sh [BPFFS_DIR]   (default /sys/fs/bpf/daas-lb)
 #
-# Hash maps (services, rev_nat, if_addrs, xdp_config) are dumped whole, maglev, flows and xdp_stats
+# Hash maps (services, rev_nat, if_addrs, xdp_config) and kernel_log (the
+# kernel programs' log level, one entry) are dumped whole, maglev, flows and xdp_stats
 # are summarised, dials and conns counted; for the arrays (backends, the
 # per-CPU stats, backend_dial, failover, backend_conns) only non-zero slots
 # are shown (per-CPU values summed), which needs python3; without it every
@@ -84,7 +85,7 @@ print(f"({len(json.load(sys.stdin))} entries)")
 '
 
 for map in services backends backend_stats service_stats rev_nat maglev xdp_config if_addrs xdp_stats flows \
-           dials backend_dial failover conns backend_conns; do
+           dials backend_dial failover conns backend_conns kernel_log; do
   echo "== $map ($dir/$map)"
   if [[ ! -e $dir/$map ]]; then
     echo "(not pinned)"
@@ -96,7 +97,7 @@ for map in services backends backend_stats service_stats rev_nat maglev xdp_conf
     bpftool -j map dump pinned "$dir/$map" | python3 -c "$count_entries"
   elif [[ $map == xdp_stats ]] && command -v python3 >/dev/null; then
     bpftool -j map dump pinned "$dir/$map" | python3 -c "$xdp_stats_summary"
-  elif [[ $map == services || $map == rev_nat || $map == maglev || $map == flows || $map == xdp_config || $map == if_addrs ]] || ! command -v python3 >/dev/null; then
+  elif [[ $map == services || $map == rev_nat || $map == maglev || $map == flows || $map == xdp_config || $map == if_addrs || $map == kernel_log ]] || ! command -v python3 >/dev/null; then
     bpftool map dump pinned "$dir/$map"
   else
     bpftool -j map dump pinned "$dir/$map" | python3 -c "$nonzero_slots"

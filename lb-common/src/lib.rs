@@ -142,6 +142,24 @@ pub mod xdp_counter {
     ];
 }
 
+/// Levels of the kernel programs' logging (the value of `kernel_log[0]`):
+/// which rare events the programs write to aya-log's ring buffer. The
+/// programs read the level only once such an event has happened, never on
+/// the path of a connect or packet that goes through.
+pub mod kernel_log {
+    /// Nothing is logged (the default): the ring buffer is never touched.
+    pub const OFF: u32 = 0;
+    /// Refused connects (no usable backend) and failed or stalled dials.
+    pub const WARN: u32 = 1;
+    /// Also: a connect moved past a suspect backend (or kept on one, fail
+    /// open) and every XDP drop, by reason.
+    pub const DEBUG: u32 = 2;
+    /// The name of aya-log's ring buffer in the object (declared by
+    /// `aya-log-ebpf`, not in [`crate::maps::MAPS`]: each run's programs
+    /// get a new one, read by that run's controller, so it is never pinned).
+    pub const RING: &str = "AYA_LOGS";
+}
+
 /// Names of the maps, which are also their pin file names under the bpffs
 /// directory (kernel object names are at most 15 bytes).
 pub mod map_names {
@@ -177,6 +195,8 @@ pub mod map_names {
     pub const CONNS: &str = "conns";
     /// Backend id → [`crate::BackendConns`].
     pub const BACKEND_CONNS: &str = "backend_conns";
+    /// Index 0 → the [`crate::kernel_log`] level.
+    pub const KERNEL_LOG: &str = "kernel_log";
     /// Every map, in the order the README documents them: the names of
     /// [`crate::maps::MAPS`].
     pub const ALL: [&str; crate::maps::MAPS.len()] = {

@@ -189,8 +189,13 @@ pub const CONNS: MapSpec =
 pub const BACKEND_CONNS: MapSpec =
     MapSpec::of::<u32, BackendConns>(map_names::BACKEND_CONNS, MapKind::Array, MAX_BACKENDS, 0);
 
+/// Index 0 → the [`crate::kernel_log`] level (one entry; 0, off, until the
+/// controller writes it).
+pub const KERNEL_LOG: MapSpec =
+    MapSpec::of::<u32, u32>(map_names::KERNEL_LOG, MapKind::Array, 1, 0);
+
 /// Every map, in the order the README documents them.
-pub const MAPS: [MapSpec; 16] = [
+pub const MAPS: [MapSpec; 17] = [
     SERVICES,
     BACKENDS,
     BACKEND_STATS,
@@ -207,6 +212,7 @@ pub const MAPS: [MapSpec; 16] = [
     DIAL_EVENTS,
     CONNS,
     BACKEND_CONNS,
+    KERNEL_LOG,
 ];
 
 /// The index in [`MAPS`] of the map named `name`.

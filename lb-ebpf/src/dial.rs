@@ -16,7 +16,7 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
-    EbpfContext as _,
+    EbpfContext,
     bindings::{
         BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
         BPF_SOCK_OPS_RTO_CB, BPF_SOCK_OPS_RTO_CB_FLAG, BPF_SOCK_OPS_STATE_CB,
@@ -28,7 +28,10 @@ use aya_ebpf::{
 };
 use lb_common::{DialEvent, DialStart, Failover, MAX_FAILOVER, dial_kind, failover_flag};
 
-use crate::maps::{BACKEND_CONNS, BACKEND_DIAL, CONNS, DIAL_EVENTS, DIALS, FAILOVER};
+use crate::{
+    klog,
+    maps::{BACKEND_CONNS, BACKEND_DIAL, CONNS, DIAL_EVENTS, DIALS, FAILOVER},
+};
 
 /// The kernel's clock for dials (`CLOCK_MONOTONIC`, ns).
 #[expect(
@@ -79,7 +82,7 @@ const STALE_NS: u64 = 2_000_000_000;
     reason = "one flat program per hook keeps verifier state small and avoids BPF-to-BPF calls"
 )]
 #[inline(always)]
-fn usable(backend_id: u32, service_id: u32, now: u64, bound: u64) -> bool {
+fn usable<C: EbpfContext>(ctx: &C, backend_id: u32, service_id: u32, now: u64, bound: u64) -> bool {
     let Some(dial) = BACKEND_DIAL.get_ptr_mut(backend_id) else {
         return true;
     };
@@ -118,6 +121,7 @@ fn usable(backend_id: u32, service_id: u32, now: u64, bound: u64) -> bool {
         }
         dial.suspect_since_ns = now;
         report(dial_kind::STALLED, backend_id, service_id, waited);
+        klog::dial_stalled(ctx, backend_id, service_id, waited);
         return false;
     }
     true
@@ -144,21 +148,30 @@ pub(crate) fn tracked(service_id: u32) -> Option<&'static Failover> {
     reason = "one flat program per hook keeps verifier state small and avoids BPF-to-BPF calls"
 )]
 #[inline(always)]
-pub(crate) fn avoid_suspect(failover: &Failover, service_id: u32, picked: u32, now: u64) -> u32 {
+pub(crate) fn avoid_suspect<C: EbpfContext>(
+    ctx: &C,
+    failover: &Failover,
+    service_id: u32,
+    picked: u32,
+    now: u64,
+) -> u32 {
     let bound = failover.suspect_after_ns;
-    if usable(picked, service_id, now, bound) {
+    if usable(ctx, picked, service_id, now, bound) {
         return picked;
     }
     let count = failover.count as usize;
+    let mut taken = picked;
     let mut i = 0;
     while i < MAX_FAILOVER && i < count {
         let candidate = failover.backend_ids[i];
-        if candidate != picked && usable(candidate, service_id, now, bound) {
-            return candidate;
+        if candidate != picked && usable(ctx, candidate, service_id, now, bound) {
+            taken = candidate;
+            break;
         }
         i += 1;
     }
-    picked
+    klog::suspect_skipped(ctx, service_id, picked, taken);
+    taken
 }
 
 /// Records a TCP connect to `backend_id` (after the socket hook rewrote
@@ -225,7 +238,7 @@ pub(crate) fn sock_ops(ctx: &SockOpsContext) {
         }
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
             let cookie = cookie();
-            if let Some(backend_id) = finish(cookie, dial_kind::SUCCESS) {
+            if let Some(backend_id) = finish(ctx, cookie, dial_kind::SUCCESS) {
                 // From now on only its leaving ESTABLISHED matters.
                 let flags = if opened(cookie, backend_id) {
                     BPF_SOCK_OPS_STATE_CB_FLAG
@@ -250,12 +263,12 @@ pub(crate) fn sock_ops(ctx: &SockOpsContext) {
                 } else {
                     dial_kind::RESET
                 };
-                let _ = finish(cookie(), kind);
+                let _ = finish(ctx, cookie(), kind);
             }
         }
         // SAFETY: as above; state is a readable field of bpf_sock_ops.
         BPF_SOCK_OPS_RTO_CB if unsafe { (*ctx.ops).state } == BPF_TCP_SYN_SENT => {
-            stalled(cookie());
+            stalled(ctx, cookie());
         }
         _ => {}
     }
@@ -336,7 +349,7 @@ fn closed(cookie: u64) -> bool {
     reason = "one flat program per hook keeps verifier state small and avoids BPF-to-BPF calls"
 )]
 #[inline(always)]
-fn finish(cookie: u64, kind: u32) -> Option<u32> {
+fn finish(ctx: &SockOpsContext, cookie: u64, kind: u32) -> Option<u32> {
     let start = DIALS.get_ptr(cookie)?;
     // SAFETY: pointer from a successful lookup, copied at once.
     let start = unsafe { start.read() };
@@ -351,12 +364,13 @@ fn finish(cookie: u64, kind: u32) -> Option<u32> {
         }
         dial.pending_since_ns = 0;
     }
-    report(
-        kind,
-        start.backend_id,
-        start.service_id,
-        now.saturating_sub(start.start_ns),
-    );
+    let duration_ns = now.saturating_sub(start.start_ns);
+    report(kind, start.backend_id, start.service_id, duration_ns);
+    // `kind` is a constant at each call site: nothing of this is left in
+    // the success path.
+    if kind != dial_kind::SUCCESS {
+        klog::dial_failed(ctx, kind, start.backend_id, start.service_id, duration_ns);
+    }
     let _ = DIALS.remove(cookie);
     Some(start.backend_id)
 }
@@ -368,7 +382,7 @@ fn finish(cookie: u64, kind: u32) -> Option<u32> {
     reason = "one flat program per hook keeps verifier state small and avoids BPF-to-BPF calls"
 )]
 #[inline(always)]
-fn stalled(cookie: u64) {
+fn stalled(ctx: &SockOpsContext, cookie: u64) {
     let Some(start) = DIALS.get_ptr(cookie) else {
         return;
     };
@@ -382,11 +396,13 @@ fn stalled(cookie: u64) {
     if dial.suspect_since_ns == 0 {
         let now = now();
         dial.suspect_since_ns = now;
+        let waited = now.saturating_sub(start.start_ns);
         report(
             dial_kind::STALLED,
             start.backend_id,
             start.service_id,
-            now.saturating_sub(start.start_ns),
+            waited,
         );
+        klog::dial_stalled(ctx, start.backend_id, start.service_id, waited);
     }
 }

@@ -10,6 +10,8 @@
 //! - `dial`: kernel-observed TCP dials (the `sock_ops` program, and the
 //!   connect hooks skipping a backend that just failed one);
 //! - `ctx`: reading and writing the `sock_addr` context;
+//! - `klog`: aya-log records of rare events (refused connects, failed
+//!   dials, suspect skips, XDP drops), off unless `kernel_log` says so;
 //! - `maps`: every map (their shapes are declared in `lb_common::maps`).
 //!
 //! Each hook is parse → look up → rewrite; every decision (which backend) is
@@ -27,6 +29,7 @@
 mod choice;
 mod ctx;
 mod dial;
+mod klog;
 mod maps;
 mod sock;
 mod xdp;

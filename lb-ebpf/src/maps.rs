@@ -159,6 +159,15 @@ pub(crate) static DIAL_EVENTS: RingBuf<
     { spec::DIAL_EVENTS.flag_bits() },
 > = RingBuf::new();
 
+/// Index 0: the [`lb_common::kernel_log`] level, read only where a rare
+/// event happened (see `klog`).
+#[btf_map(name = "kernel_log")]
+pub(crate) static KERNEL_LOG: Array<
+    u32,
+    { spec::KERNEL_LOG.capacity() },
+    { spec::KERNEL_LOG.flag_bits() },
+> = Array::new();
+
 /// What the type of a `#[btf_map]` static says about its map (key and value
 /// types come from aya's [`MapDef`]).
 trait Declared: MapDef {
@@ -245,6 +254,7 @@ const DECLARED: [&MapSpec; spec::MAPS.len()] = [
     declared_as(&DIAL_EVENTS, &spec::DIAL_EVENTS),
     declared_as(&CONNS, &spec::CONNS),
     declared_as(&BACKEND_CONNS, &spec::BACKEND_CONNS),
+    declared_as(&KERNEL_LOG, &spec::KERNEL_LOG),
 ];
 
 const _: () = {

@@ -18,7 +18,7 @@ use lb_common::{AF_INET, NO_BACKEND, PROTO_TCP, PROTO_UDP, RevNatKey, RevNatValu
 use crate::{
     choice,
     ctx::{self, SockAddr},
-    dial,
+    dial, klog,
     maps::{BACKEND_STATS, BACKENDS, REV_NAT, SERVICE_STATS, SERVICES},
 };
 
@@ -90,7 +90,7 @@ pub(crate) fn forward(ctx: &SockAddrContext, family: u8, call: Call) -> i32 {
     if let Some(failover) = failover
         && backend_id != NO_BACKEND
     {
-        backend_id = dial::avoid_suspect(failover, service.id, backend_id, now);
+        backend_id = dial::avoid_suspect(ctx, failover, service.id, backend_id, now);
     }
     let backend = if backend_id == NO_BACKEND {
         None
@@ -104,6 +104,7 @@ pub(crate) fn forward(ctx: &SockAddrContext, family: u8, call: Call) -> i32 {
             // SAFETY: per-CPU slot of this CPU; no other writer runs here.
             unsafe { (*stats).refused += 1 };
         }
+        klog::refused(ctx, service.id, &key);
         ctx::set_errno(ECONNREFUSED);
         return REJECT;
     };

@@ -8,8 +8,8 @@ use lb_userspace::{
         client::{self, Endpoint},
         status,
     },
-    config::Config,
-    kernel::dataplane,
+    config::{Config, KernelLog},
+    kernel::{dataplane, kernel_log::TARGET as KERNEL_LOG_TARGET},
     run::{self, ConfigSource, RunOptions},
 };
 use tracing_subscriber::EnvFilter;
@@ -68,6 +68,18 @@ enum Command {
         /// The new servers, `IP:port` each (none = an empty list).
         servers: Vec<String>,
     },
+    /// Set what a running controller's kernel programs log until its next
+    /// reload (which goes back to the config's `kernel_log`): `off`, `warn`
+    /// (refused connects, failed and stalled dials) or `debug` (also
+    /// suspect skips and XDP drops). The records appear in the daemon's
+    /// log under the target `daas_lb::kernel`. Needs root (or
+    /// `control_group`): it talks to the control socket.
+    KernelLog {
+        #[command(flatten)]
+        target: ControlTarget,
+        /// `off`, `warn` or `debug`.
+        level: KernelLog,
+    },
     /// Make a running controller re-read its config file (as SIGHUP does);
     /// prints the config's errors and exits 1 if it does not load or apply,
     /// in which case the running configuration stays.
@@ -89,7 +101,7 @@ enum Command {
     },
 }
 
-/// Where `set-servers` and `reload` send their change.
+/// Where `set-servers`, `kernel-log` and `reload` send their change.
 #[derive(Debug, clap::Args)]
 struct ControlTarget {
     /// The daemon's control socket (`control_socket` in its config).
@@ -178,10 +190,16 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                     services: vec![service],
                     xdp: None,
                     registry: None,
+                    kernel_log: KernelLog::Off,
                     k3s: Vec::new(),
                 }
                 .to_table()
             );
+            Ok(())
+        }
+        Command::KernelLog { target, level } => {
+            let level = client::put_kernel_log(&target.endpoint()?, level)?;
+            println!("kernel log: {level} (tracing target {KERNEL_LOG_TARGET})");
             Ok(())
         }
         Command::Reload { target } => {

@@ -828,6 +828,7 @@ mod tests {
                     .collect(),
             }),
             registry: None,
+            kernel_log: crate::config::KernelLog::Off,
             k3s: Vec::new(),
         }
     }

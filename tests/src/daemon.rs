@@ -78,7 +78,9 @@ impl Daemon {
         let child = command
             .arg("run")
             .args(args)
-            .env("RUST_LOG", "info")
+            // The kernel programs' records at every level: they are there
+            // only while `kernel_log` is on (off unless a test sets it).
+            .env("RUST_LOG", "info,daas_lb::kernel=debug")
             .stdout(log_file.try_clone().expect("dup log"))
             .stderr(log_file)
             .spawn()

@@ -40,7 +40,7 @@ use lb_common::{
 };
 
 use crate::{
-    choice,
+    choice, klog,
     maps::{BACKEND_STATS, FLOWS, SERVICE_STATS, SERVICES, XDP_CONFIG, XDP_STATS},
 };
 
@@ -92,7 +92,15 @@ struct Hop {
 #[inline(always)]
 pub(crate) fn run(ctx: &XdpContext) -> u32 {
     let verdict = match parse::parse(ctx) {
-        Ok(packet) => forward(ctx, &packet),
+        Ok(packet) => {
+            let verdict = forward(ctx, &packet);
+            // Logged here, once `forward`'s locals are gone: the record
+            // needs stack the forwarding path does not leave.
+            if verdict.action == xdp_action::XDP_DROP {
+                klog::xdp_drop(ctx, verdict.counter, &packet.key);
+            }
+            verdict
+        }
         Err(counter) => pass(counter),
     };
     if let Some(count) = XDP_STATS.get_ptr_mut(verdict.counter) {

@@ -16,6 +16,7 @@ use reqwest::{
 };
 
 use super::status::{ServiceStatus, Status};
+use crate::config::KernelLog;
 
 /// How long one request may take (connect, send, answer).
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -146,6 +147,21 @@ pub fn put_servers(
         bail!("{endpoint}{path} answered {code}: {}", error_text(&reply));
     }
     serde_json::from_str(&reply).with_context(|| format!("parsing the reply from {endpoint}{path}"))
+}
+
+/// Sets what the kernel programs log (`PUT /kernel-log`) until the
+/// daemon's next reload; the level the daemon confirms.
+pub fn put_kernel_log(endpoint: &Endpoint, level: KernelLog) -> anyhow::Result<KernelLog> {
+    let path = "/kernel-log";
+    let body = serde_json::to_string(&level)?;
+    let (code, reply) = request(endpoint, "PUT", path, Some(&body))?;
+    if code != 200 {
+        bail!("{endpoint}{path} answered {code}: {}", error_text(&reply));
+    }
+    let reply: serde_json::Value = serde_json::from_str(&reply)
+        .with_context(|| format!("parsing the reply from {endpoint}{path}"))?;
+    serde_json::from_value(reply["kernel_log"].clone())
+        .with_context(|| format!("the reply from {endpoint}{path} has no kernel_log level"))
 }
 
 /// Reloads the daemon's config file (`POST /reload`); the daemon's message.

@@ -5,12 +5,15 @@
 //! | listener | serves | changes |
 //! |---|---|---|
 //! | `metrics_addr` | `GET /metrics`, `GET /healthz` | never |
-//! | `api_addr` | `GET /status` | only with `api_token_file`: `PUT /services/{name}/servers`, `POST /reload` with `Authorization: Bearer <token>` |
-//! | `control_socket` | `GET /status`, `PUT /services/{name}/servers`, `POST /reload` | root, the daemon's user or `control_group` ([`auth::may_control`]) |
+//! | `api_addr` | `GET /status` | only with `api_token_file`: `PUT /services/{name}/servers`, `PUT /kernel-log`, `POST /reload` with `Authorization: Bearer <token>` |
+//! | `control_socket` | `GET /status`, `PUT /services/{name}/servers`, `PUT /kernel-log`, `POST /reload` | root, the daemon's user or `control_group` ([`auth::may_control`]) |
 //!
 //! `PUT /services/{name}/servers` replaces a service's server list with the
 //! JSON list of `"IP:port"` strings in the body and answers with the
 //! service's new status, `400` naming the bad entry, or `404`.
+//! `PUT /kernel-log` sets what the kernel programs log (body: the JSON
+//! string `"off"`, `"warn"` or `"debug"`) until the next reload, and
+//! answers `{"kernel_log": "<level>"}` or `400` naming the bad value.
 //! `POST /reload` re-reads the config file like SIGHUP and answers
 //! `{"reloaded": "<path>"}` or `400` with the config's errors (the running
 //! configuration stays).
@@ -55,7 +58,7 @@ use self::{
     guard::{Conn, Guarded, MAX_BODY, Peer, PeerStream},
 };
 use crate::{
-    config::Config,
+    config::{Config, KernelLog},
     controller::{Controller, ServersError},
     metrics::{self, ChangeResult},
 };
@@ -330,6 +333,7 @@ impl Api {
 fn mutations() -> Router<Api> {
     Router::new()
         .route("/services/{name}/servers", put(put_servers))
+        .route("/kernel-log", put(put_kernel_log))
         .route("/reload", post(reload))
 }
 
@@ -525,7 +529,7 @@ async fn refuse_on_api(
         return error(
             StatusCode::NOT_FOUND,
             "no such endpoint: api_addr serves GET /status, and with the bearer token \
-             PUT /services/{name}/servers and POST /reload"
+             PUT /services/{name}/servers, PUT /kernel-log and POST /reload"
                 .to_owned(),
         );
     }
@@ -543,8 +547,8 @@ async fn not_found_on_control(method: Method, uri: axum::http::Uri) -> Response 
     error(
         StatusCode::NOT_FOUND,
         format!(
-            "no {method} {}: the control socket serves GET /status, PUT /services/{{name}}/servers \
-             and POST /reload",
+            "no {method} {}: the control socket serves GET /status, PUT /services/{{name}}/servers, \
+             PUT /kernel-log and POST /reload",
             uri.path()
         ),
     )
@@ -642,6 +646,36 @@ async fn count_rejected_if_configured(api: &Api, name: &str) {
     if status.services.iter().any(|s| s.name == name) {
         api.changes
             .server_list_changed(name, ChangeResult::Rejected);
+    }
+}
+
+async fn put_kernel_log(
+    State(api): State<Api>,
+    ConnectInfo(conn): ConnectInfo<Conn>,
+    body: Result<Json<String>, JsonRejection>,
+) -> Response {
+    let level = match body {
+        Ok(Json(word)) => word.trim().parse::<KernelLog>(),
+        Err(rejection) => Err(rejection.body_text()),
+    };
+    let level = match level {
+        Ok(level) => level,
+        Err(problem) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "expected the JSON string \"off\", \"warn\" or \"debug\" (at most {MAX_BODY} \
+                     bytes): {problem}"
+                ),
+            );
+        }
+    };
+    match api.controller.set_kernel_log(level).await {
+        Ok(()) => {
+            info!(level = %level, peer = %conn.peer, "kernel programs' log level set through the API");
+            Json(serde_json::json!({ "kernel_log": level })).into_response()
+        }
+        Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{err:#}")),
     }
 }
 

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::state_machine::ServerState;
+use crate::{config::KernelLog, policy::state_machine::ServerState};
 
 /// The whole status document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -20,6 +20,10 @@ pub struct Status {
     /// Sui discovery; absent without a `chain` block.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry: Option<RegistryStatus>,
+    /// What the kernel programs log now (`kernel_log`: the config's level,
+    /// or the last `daas-lb kernel-log` since the last reload).
+    #[serde(default)]
+    pub kernel_log: KernelLog,
     /// The followed K3s balancers' state files; empty without a `k3s` block.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub k3s: Vec<K3sFileStatus>,
@@ -412,6 +416,14 @@ impl Status {
         if let Some(registry) = &self.registry {
             let _ = writeln!(out, "{}", registry_line(registry));
         }
+        if self.kernel_log != KernelLog::Off {
+            let _ = writeln!(
+                out,
+                "kernel log: {} (tracing target {})",
+                self.kernel_log,
+                crate::kernel::kernel_log::TARGET
+            );
+        }
         let mut scored = false;
         for service in &self.services {
             let remote = if service.remote {
@@ -713,6 +725,7 @@ mod tests {
             }],
             xdp: None,
             registry: None,
+            kernel_log: KernelLog::Off,
             k3s: Vec::new(),
         }
     }

@@ -143,6 +143,35 @@ pub struct Config {
     pub k3s: Option<K3sSettings>,
     /// Feature gates (`features`).
     pub features: Features,
+    /// What the kernel programs log (`kernel_log`: off, warn or debug;
+    /// default off). Reloadable; `daas-lb kernel-log` changes it until the
+    /// next reload.
+    pub kernel_log: KernelLog,
+}
+
+/// What the kernel programs log through aya-log (`kernel_log`), into the
+/// daemon's log under the target `daas_lb::kernel`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KernelLog {
+    /// Nothing (the default): the programs never touch the log ring.
+    #[default]
+    Off,
+    /// Refused connects (no usable backend), failed and stalled dials.
+    Warn,
+    /// Also connects moved past a suspect backend and every XDP drop.
+    Debug,
+}
+
+impl KernelLog {
+    /// The level as the `kernel_log` map holds it (`lb_common::kernel_log`).
+    pub const fn map_value(self) -> u32 {
+        match self {
+            Self::Off => lb_common::kernel_log::OFF,
+            Self::Warn => lb_common::kernel_log::WARN,
+            Self::Debug => lb_common::kernel_log::DEBUG,
+        }
+    }
 }
 
 /// The largest score in basis points (100 %): attested performance and
@@ -980,6 +1009,8 @@ impl Serialize for ServiceConfig {
 config_words!(pub Policy, "policy", { Failover => "failover", Spread => "spread" });
 
 config_words!(pub XdpAttachMode, "xdp mode", { Auto => "auto", Driver => "driver", Skb => "skb" });
+
+config_words!(pub KernelLog, "kernel_log level", { Off => "off", Warn => "warn", Debug => "debug" });
 
 impl PortRange {
     /// Default `xdp.snat_ports`: above Linux's default ephemeral range

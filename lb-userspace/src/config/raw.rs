@@ -32,6 +32,7 @@ pub(super) struct RawConfig {
     pub(super) chain: Option<Spanned<RawChain>>,
     pub(super) k3s: Option<Spanned<RawK3s>>,
     pub(super) features: Option<Spanned<RawFeatures>>,
+    pub(super) kernel_log: Option<Spanned<String>>,
 }
 
 /// The `features` block.

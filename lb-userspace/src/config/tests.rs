@@ -96,6 +96,7 @@ fn full_example() {
             chain: None,
             k3s: None,
             features: Features::default(),
+            kernel_log: KernelLog::Off,
         }
     );
 }
@@ -2975,5 +2976,28 @@ fn k3s_block_errors() {
         "services[0].name",
         4,
         "pick another name",
+    );
+}
+
+#[test]
+fn kernel_log_is_off_by_default_and_takes_three_words() {
+    assert_eq!(parse("services: []\n").kernel_log, KernelLog::Off);
+    for (word, level, map_value) in [
+        ("off", KernelLog::Off, lb_common::kernel_log::OFF),
+        ("warn", KernelLog::Warn, lb_common::kernel_log::WARN),
+        ("debug", KernelLog::Debug, lb_common::kernel_log::DEBUG),
+    ] {
+        let config = parse(&format!("services: []\nkernel_log: {word}\n"));
+        assert_eq!(config.kernel_log, level);
+        assert_eq!(level.map_value(), map_value);
+        assert_eq!(level.to_string(), word);
+        let json = serde_json::to_value(&config).unwrap();
+        assert_eq!(json["kernel_log"], word);
+    }
+    assert_error(
+        "services: []\nkernel_log: verbose\n",
+        "kernel_log",
+        2,
+        "unknown kernel_log level \"verbose\"; expected off, warn or debug",
     );
 }

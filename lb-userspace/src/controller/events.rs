@@ -17,7 +17,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use crate::{
     api::status::Status,
     chain::{servers::DiscoveredServer, view::RegistryView},
-    config::Config,
+    config::{Config, KernelLog},
     health::{CheckOutcome, Prober},
     kernel::sock_diag::SocketInfo,
     metrics::Counters,
@@ -90,6 +90,12 @@ pub(super) enum Event {
         servers: Vec<String>,
         reply: oneshot::Sender<Result<Status, ServersError>>,
     },
+    /// `PUT /kernel-log`: the kernel programs' log level until the next
+    /// reload.
+    SetKernelLog {
+        level: KernelLog,
+        reply: oneshot::Sender<anyhow::Result<()>>,
+    },
     /// The status document and the counters (for `/status`, `/metrics`).
     Snapshot {
         reply: oneshot::Sender<(Status, Counters)>,
@@ -119,6 +125,7 @@ impl Event {
             Self::K3sFile { .. } => "K3s state file",
             Self::Reload { .. } => "reload",
             Self::SetServers { .. } => "set servers",
+            Self::SetKernelLog { .. } => "set kernel log",
             Self::Snapshot { .. } => "snapshot",
             Self::Ping { .. } => "ping",
             Self::Shutdown { .. } => "shutdown",
@@ -219,6 +226,13 @@ impl Controller {
         })
         .await
         .map_err(|stopped| ServersError::Apply(stopped.into()))?
+    }
+
+    /// Switches the kernel programs' log to `level` (`PUT /kernel-log`)
+    /// until the next reload, which goes back to the config's `kernel_log`.
+    pub async fn set_kernel_log(&self, level: KernelLog) -> anyhow::Result<()> {
+        self.ask(|reply| Event::SetKernelLog { level, reply })
+            .await?
     }
 
     /// The status document (counters read from the kernel now) and the

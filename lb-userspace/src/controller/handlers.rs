@@ -16,7 +16,7 @@ use super::{
     dials::{self, monotonic_ns},
     discovery,
     events::{Event, ServersError},
-    k3s, poller, reconcile,
+    k3s, kernel_log, poller, reconcile,
     runtime::{State, Suspicion},
     settle::{self, settle},
     status,
@@ -95,6 +95,9 @@ impl State {
                     .map(|()| status::build(self));
                 let _ = reply.send(result);
             }
+            Event::SetKernelLog { level, reply } => {
+                let _ = reply.send(self.set_kernel_log(level, "kernel-log request"));
+            }
             Event::Snapshot { reply } => {
                 let _ = reply.send((status::build(self), self.counters.clone()));
             }
@@ -119,8 +122,14 @@ impl State {
         let k3s_settings = config.k3s.clone();
         let every = config.connection_poll_interval;
         let xdp = config.xdp.is_some();
+        let kernel_log = config.kernel_log;
         let config = reconcile::with_saved_servers(config);
         if let Err(err) = reconcile::apply(self, config) {
+            self.stop_tasks();
+            return Err(err);
+        }
+        // Always written: the pinned map may hold an earlier run's level.
+        if let Err(err) = self.set_kernel_log(kernel_log, "config") {
             self.stop_tasks();
             return Err(err);
         }
@@ -136,6 +145,9 @@ impl State {
         if let Some(ring) = self.dataplane.maps.dial_events.take() {
             self.dial_task = Some(dials::spawn(&self.runtime, handle.clone(), ring)?);
         }
+        if let Some(reader) = self.dataplane.kernel_log.take() {
+            self.kernel_log_task = Some(kernel_log::spawn(&self.runtime, reader)?);
+        }
         self.poller = Some(poller::spawn(&self.runtime, handle, every, xdp)?);
         Ok(())
     }
@@ -148,6 +160,9 @@ impl State {
             poller.abort();
         }
         if let Some(task) = self.dial_task.take() {
+            task.abort();
+        }
+        if let Some(task) = self.kernel_log_task.take() {
             task.abort();
         }
         for service in &self.services {
@@ -462,10 +477,13 @@ impl State {
         reconcile::keep_restart_only_fields(&self.config, &mut config);
         self.discovery.set_static(&config);
         self.discovery.merge_into(&mut config);
+        let kernel_log = config.kernel_log;
         self.k3s.merge_into(&mut config);
         reconcile::apply(self, config)?;
         self.discovery.refresh();
-        Ok(())
+        // A reload goes back to the config's level (as it goes back to the
+        // config's server lists).
+        self.set_kernel_log(kernel_log, "reload")
     }
 
     /// Replaces the server list of one service.

@@ -17,7 +17,8 @@
 //! - the K3s watcher, with each changed reading of K3s's balancer state
 //!   files ([`k3s`]);
 //! - the API and signals: status, metrics, reloads, `PUT
-//!   /services/{name}/servers`, each with a reply channel.
+//!   /services/{name}/servers`, `PUT /kernel-log`, each with a reply
+//!   channel.
 //!
 //! Every event goes through the pure [`ServiceMachine`]; configuration
 //! changes are planned by the pure [`plan`] and written by [`reconcile`];
@@ -34,6 +35,7 @@ mod discovery;
 mod events;
 mod failover;
 mod handlers;
+mod kernel_log;
 mod k3s;
 pub mod persist;
 mod plan;

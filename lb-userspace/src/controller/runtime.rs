@@ -23,7 +23,7 @@ use super::{
     registry::DiscoveryState,
 };
 use crate::{
-    config::{Config, DialStall, Protocol, ServiceConfig},
+    config::{Config, DialStall, KernelLog, Protocol, ServiceConfig},
     health::{CheckOutcome, Prober, nautilus::Attester},
     kernel::{connections::Connections, dataplane::Dataplane},
     metrics::Counters,
@@ -140,6 +140,11 @@ pub(super) struct State {
     pub(super) poller: Option<JoinHandle<()>>,
     /// The task reading the kernel's dial events (`None` before the start).
     pub(super) dial_task: Option<JoinHandle<()>>,
+    /// The level the kernel programs log at now (`kernel_log` map): the
+    /// config's, or the last `daas-lb kernel-log` since the last reload.
+    pub(super) kernel_log: KernelLog,
+    /// The task draining the kernel programs' log (`None` before the start).
+    pub(super) kernel_log_task: Option<JoinHandle<()>>,
 }
 
 impl State {
@@ -182,6 +187,8 @@ impl State {
             events,
             poller: None,
             dial_task: None,
+            kernel_log: KernelLog::Off,
+            kernel_log_task: None,
         })
     }
 

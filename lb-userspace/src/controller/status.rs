@@ -198,6 +198,7 @@ pub(super) fn build(state: &State) -> Status {
         services,
         xdp,
         registry,
+        kernel_log: state.kernel_log,
         k3s: state.k3s.status(),
     }
 }

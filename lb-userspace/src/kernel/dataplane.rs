@@ -38,6 +38,7 @@ use super::{
     AttachReport, bpf_sys,
     ebpf_object::ebpf_object,
     if_addrs,
+    kernel_log::{self, KernelLogReader},
     maps::Maps,
     xdp_attach::{self, Interface},
     xdp_settings::xdp_config_entry,
@@ -120,6 +121,9 @@ pub struct Dataplane {
     pin_dir: PathBuf,
     /// Every map, typed; only the controller writes them.
     pub maps: Maps,
+    /// The reader of the programs' aya-log records (taken by the
+    /// controller, which drains it into its log).
+    pub kernel_log: Option<KernelLogReader>,
     // Keeps the program fds open for the lifetime of the controller.
     ebpf: Ebpf,
     // flock on the pin directory: one controller per directory.
@@ -260,6 +264,7 @@ impl Dataplane {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(object).context("loading the eBPF object")?;
+        let kernel_log = kernel_log::reader(&mut ebpf)?;
 
         let links = CgroupLinks {
             dir: pin_dir.join(LINKS_DIR),
@@ -293,6 +298,7 @@ impl Dataplane {
         Ok(Self {
             pin_dir: pin_dir.to_path_buf(),
             maps: Maps::take(&mut ebpf, nr_cpus)?,
+            kernel_log: Some(kernel_log),
             ebpf,
             _lock: lock,
         })
@@ -503,7 +509,20 @@ mod tests {
             .load(object)
             .unwrap_or_else(|err| panic!("loading the eBPF object: {err:#}"));
 
-        let in_object: BTreeSet<&str> = ebpf.maps().map(|(name, _)| name).collect();
+        // Outside the table: aya-log's ring buffer (see
+        // `lb_common::kernel_log::RING`), which must be there, and the
+        // loader's own maps for the object's data sections (`.rodata*`: the
+        // log records' constant strings), which are never pinned.
+        let mut in_object: BTreeSet<&str> = ebpf
+            .maps()
+            .map(|(name, _)| name)
+            .filter(|name| !name.starts_with('.'))
+            .collect();
+        assert!(
+            in_object.remove(lb_common::kernel_log::RING),
+            "aya-log's ring buffer {} is missing from the object",
+            lb_common::kernel_log::RING
+        );
         let in_table: BTreeSet<&str> = maps::MAPS.iter().map(|spec| spec.name).collect();
         assert_eq!(
             in_object, in_table,

@@ -8,6 +8,8 @@
 //!   `if_addrs` map).
 //! - [`sock_diag`], [`connections`]: counting and closing (`SOCK_DESTROY`)
 //!   connections through a VIP; [`netlink`] is the socket both use.
+//! - [`kernel_log`]: the kernel programs' aya-log records, into `tracing`
+//!   (target `daas_lb::kernel`).
 //! - `bpf_sys`: the link syscalls aya 0.14 does not wrap.
 
 pub use self::report::AttachReport;
@@ -17,6 +19,7 @@ pub mod connections;
 pub mod dataplane;
 pub mod ebpf_object;
 pub mod if_addrs;
+pub mod kernel_log;
 pub mod maps;
 mod netlink;
 mod report;

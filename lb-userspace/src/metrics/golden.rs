@@ -218,6 +218,7 @@ fn status() -> Status {
             reconnects: 1,
             last_advance_unix_ms: Some(1_779_426_000_250),
         }),
+        kernel_log: crate::config::KernelLog::Off,
         k3s: Vec::new(),
     }
 }

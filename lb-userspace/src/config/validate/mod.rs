@@ -23,8 +23,8 @@ use std::{
 use serde_saphyr::{Location, Spanned};
 
 use super::{
-    Config, ControlGroup, DialStall, DiscoveryConfig, Features, HealthCheckConfig, Issue, Policy,
-    Protocol, ServiceConfig, raw::RawConfig,
+    Config, ControlGroup, DialStall, DiscoveryConfig, Features, HealthCheckConfig, Issue,
+    KernelLog, Policy, Protocol, ServiceConfig, raw::RawConfig,
 };
 
 /// Longest service name.
@@ -281,6 +281,10 @@ impl Checker {
             None => Some(Config::DEFAULT_CONNECTION_POLL_INTERVAL),
             Some(raw) => self.connection_poll_interval(raw),
         };
+        let kernel_log = match &top.kernel_log {
+            None => Some(KernelLog::Off),
+            Some(raw) => self.parse(raw, "kernel_log"),
+        };
         let xdp = match &top.xdp {
             None => Some(None),
             Some(raw) => self.xdp(raw).map(Some),
@@ -356,6 +360,7 @@ impl Checker {
             chain: chain?,
             k3s: k3s?,
             features: features?,
+            kernel_log: kernel_log?,
         })
     }
 

@@ -9,6 +9,7 @@
 mod backends;
 mod dial;
 mod flows;
+mod kernel_log;
 mod maglev;
 mod rev_nat;
 mod services;
@@ -26,6 +27,7 @@ pub use self::{
     backends::Backends,
     dial::{BackendConnsMap, BackendDialMap, DialEvents, DialsMap, FailoverMap},
     flows::Flows,
+    kernel_log::KernelLogMap,
     maglev::Maglev,
     rev_nat::RevNat,
     services::Services,
@@ -66,6 +68,8 @@ pub struct Maps {
     /// `backend_conns`: established connections per backend (tracked
     /// services).
     pub backend_conns: BackendConnsMap,
+    /// `kernel_log`: the level of the kernel programs' logging.
+    pub kernel_log: KernelLogMap,
 }
 
 impl Maps {
@@ -87,6 +91,7 @@ impl Maps {
             failover: FailoverMap(take(ebpf, map_names::FAILOVER)?),
             dial_events: DialEvents(Some(take(ebpf, map_names::DIAL_EVENTS)?)),
             backend_conns: BackendConnsMap(take(ebpf, map_names::BACKEND_CONNS)?),
+            kernel_log: KernelLogMap(take(ebpf, map_names::KERNEL_LOG)?),
         })
     }
 }
