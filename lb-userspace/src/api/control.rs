@@ -222,7 +222,7 @@ fn peer_pid(stream: &UnixStream) -> Option<i32> {
 fn set_owner_and_mode(path: &Path, gid: Option<u32>, mode: u32) -> anyhow::Result<()> {
     if let Some(gid) = gid {
         std::os::unix::fs::lchown(path, None, Some(gid))
-            .with_context(|| format!("giving {} to group {gid}", path.display()))?;
+            .with_context(|| format!("giving {} to group {gid} (needs CAP_CHOWN)", path.display()))?;
     }
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .with_context(|| format!("setting mode {mode:04o} on {}", path.display()))

@@ -8,6 +8,7 @@
 //!   `if_addrs` map).
 //! - [`sock_diag`], [`connections`]: counting and closing (`SOCK_DESTROY`)
 //!   connections through a VIP; [`netlink`] is the socket both use.
+//! - [`mounts`]: bpffs and cgroup2, found or mounted at their standard places.
 //! - `bpf_sys`: the link syscalls aya 0.14 does not wrap.
 
 pub use self::report::AttachReport;
@@ -18,6 +19,7 @@ pub mod dataplane;
 pub mod ebpf_object;
 pub mod if_addrs;
 pub mod maps;
+pub mod mounts;
 mod netlink;
 mod report;
 pub mod sock_diag;

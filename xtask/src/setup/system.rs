@@ -1,5 +1,5 @@
 //! System prerequisites: command-line tools from Debian packages (bpftool,
-//! ip, nc, curl, ethtool, iptables; promtool under `CI=true`; haproxy and
+//! ip, nc, curl, ethtool, iptables; promtool and systemd-analyze under `CI=true`; haproxy and
 //! go for `cargo xtask bench failover` and `connect` only) and the bpffs mount. Installing and mounting need root; without it these steps only
 //! warn (`run` and `test` check root themselves).
 
@@ -24,8 +24,9 @@ const TOOLS: [(&str, &str); 6] = [
 
 /// Only under `CI=true`: promtool checks the `/metrics` text in a unit test
 /// (lb-userspace `metrics/golden.rs`). Its package also brings a Prometheus
-/// server, which nothing else needs.
-const CI_TOOLS: [(&str, &str); 1] = [("promtool", "prometheus")];
+/// server, which nothing else needs. `systemd-analyze verify` checks the
+/// systemd unit (lb-tests `install.rs`); a container may lack systemd.
+const CI_TOOLS: [(&str, &str); 2] = [("promtool", "prometheus"), ("systemd-analyze", "systemd")];
 
 const BPFFS: &str = "/sys/fs/bpf";
 
@@ -37,7 +38,7 @@ const FAILOVER_TOOLS: [(&str, &str); 2] = [("haproxy", "haproxy"), ("go", "golan
 /// Installs the packages of the missing tools with apt (as root).
 pub(super) fn ensure_tools(progress: &mut Progress) -> Result<()> {
     let item = if in_ci() {
-        "bpftool, ip, nc, curl, ethtool, iptables, promtool"
+        "bpftool, ip, nc, curl, ethtool, iptables, promtool, systemd-analyze"
     } else {
         "bpftool, ip, nc, curl, ethtool, iptables"
     };
