@@ -72,7 +72,12 @@ impl Daemon {
         api: SocketAddr,
         name: &str,
     ) -> Self {
-        Self::spawn_with(args, log_dir, api, Some(Netns::IpNetnsExec(name.to_owned())))
+        Self::spawn_with(
+            args,
+            log_dir,
+            api,
+            Some(Netns::IpNetnsExec(name.to_owned())),
+        )
     }
 
     fn spawn_with(args: &[&str], log_dir: &Path, api: SocketAddr, netns: Option<Netns>) -> Self {

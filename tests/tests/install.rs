@@ -13,13 +13,14 @@ use std::{
 };
 
 use lb_tests::{
-    API, Daemon, TcpBackend, TempDir, TestCgroup, TestEnv, cgroup2_root, cgroup_programs,
-    control_socket_in, daas_lb_bin, privileged, service, topology::NamedNetns,
-    topology::sibling_binary, unique,
+    API, Daemon, TcpBackend, TempDir, TestCgroup, TestEnv, cgroup_programs, cgroup2_root,
+    control_socket_in, daas_lb_bin, privileged, service,
+    topology::{NamedNetns, sibling_binary},
+    unique,
 };
 
 /// Bound for one command (install, verify, check-config, cleanup).
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+const COMMAND_TIMEOUT: Duration = Duration::from_mins(1);
 
 /// Whether `CI=true`: a missing tool is then a failure, never a skip.
 fn in_ci() -> bool {
@@ -176,8 +177,14 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
     };
     let out = verify(&unit);
     let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
-    assert!(out.status.success(), "systemd-analyze verify failed:\n{said}");
-    assert!(said.trim().is_empty(), "systemd-analyze verify warned:\n{said}");
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed:\n{said}"
+    );
+    assert!(
+        said.trim().is_empty(),
+        "systemd-analyze verify warned:\n{said}"
+    );
 
     // The same unit with a typo'd key and a binary that is not there.
     let broken = units.join("daas-lb-broken.service");
@@ -284,7 +291,10 @@ fn cleanup_refuses_what_is_not_a_pin_directory_and_removes_nothing() {
     let dir = BpffsDir::new();
     let foreign = dir.0.join("someone-elses");
     fs::create_dir(&foreign).unwrap();
-    refused(&dir.0, "holds entries daas-lb does not create (someone-elses)");
+    refused(
+        &dir.0,
+        "holds entries daas-lb does not create (someone-elses)",
+    );
     assert!(foreign.is_dir());
     fs::remove_dir(&foreign).unwrap();
     refused(&dir.0, "is empty");
@@ -326,7 +336,10 @@ fn cleanup_lists_what_a_crashed_run_left_and_refuses_a_running_one() {
     let pins = env.pins.path().display().to_string();
 
     let out = daas_lb(&["cleanup", "--bpffs-dir", &pins]);
-    assert!(!out.status.success(), "cleanup under a running daemon: {out:?}");
+    assert!(
+        !out.status.success(),
+        "cleanup under a running daemon: {out:?}"
+    );
     let stderr = text(&out.stderr);
     assert!(
         stderr.contains("another daas-lb is running") && stderr.contains("stop it first"),
@@ -356,7 +369,10 @@ fn cleanup_lists_what_a_crashed_run_left_and_refuses_a_running_one() {
     ] {
         assert!(stdout.contains(link), "{link} not listed:\n{stdout}");
     }
-    assert!(stdout.contains("detached and unpinned 9 link(s)"), "{stdout}");
+    assert!(
+        stdout.contains("detached and unpinned 9 link(s)"),
+        "{stdout}"
+    );
     for map in ["services", "backends"] {
         assert!(stdout.contains(map), "{map} not listed:\n{stdout}");
     }
@@ -424,7 +440,10 @@ fn runs_under_ip_netns_exec_mounting_bpffs_and_cgroup2() {
     let mut daemon =
         Daemon::spawn_with_ip_netns_exec(&["--config", &config_arg], tmp.path(), API, ns.name());
     let status = daemon.wait_checked();
-    assert_eq!(service(&status, "sup").selected, Some(backend.addr.to_string()));
+    assert_eq!(
+        service(&status, "sup").selected,
+        Some(backend.addr.to_string())
+    );
     let log = daemon.log();
     assert!(
         log.contains("no bpffs was mounted here") && log.contains("mounted a new one"),

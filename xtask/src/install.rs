@@ -66,7 +66,10 @@ pub(crate) fn install(options: &Options) -> Result<()> {
         }
         None => cargo::build(true)?,
     };
-    let root = options.destdir.clone().unwrap_or_else(|| PathBuf::from("/"));
+    let root = options
+        .destdir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/"));
     let at = |path: &Path| root.join(path.strip_prefix("/").unwrap_or(path));
     let prefix = &options.prefix;
     let bin = prefix.join("bin/daas-lb");
@@ -96,7 +99,11 @@ pub(crate) fn install(options: &Options) -> Result<()> {
         &at(&doc_dir.join("examples/config.yaml")),
         0o644,
     )?;
-    copy(&sources.join("README.md"), &at(&doc_dir.join("README.md")), 0o644)?;
+    copy(
+        &sources.join("README.md"),
+        &at(&doc_dir.join("README.md")),
+        0o644,
+    )?;
     let config = at(Path::new("/etc/daas-lb/config.yaml"));
     if config.exists() {
         log(

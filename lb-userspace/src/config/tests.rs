@@ -2841,7 +2841,10 @@ fn the_packaged_config_example_is_valid_once_uncommented() {
             writeln!(yaml, "{line}").unwrap();
         }
     }
-    assert!(in_example, "no `# services:` example in packaging/config.yaml");
+    assert!(
+        in_example,
+        "no `# services:` example in packaging/config.yaml"
+    );
     let config = parse(&yaml);
     assert_eq!(config.services.len(), 1, "{yaml}");
     let service = &config.services[0];

@@ -62,10 +62,7 @@ pub enum Mount {
 /// When `pin_dir`'s nearest existing ancestor is not bpffs and that cannot
 /// be mended under the rules above, or the mount fails.
 pub fn ensure_bpffs(pin_dir: &Path) -> anyhow::Result<Mount> {
-    let existing = pin_dir
-        .ancestors()
-        .find(|p| p.exists())
-        .unwrap_or(pin_dir);
+    let existing = pin_dir.ancestors().find(|p| p.exists()).unwrap_or(pin_dir);
     if fs_magic(existing)? == BPF_FS_MAGIC {
         return Ok(Mount::Present);
     }
