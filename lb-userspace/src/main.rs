@@ -2,6 +2,7 @@
 
 use std::{io::IsTerminal as _, net::SocketAddr, path::PathBuf, process::ExitCode};
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use lb_userspace::{
     api::{
@@ -17,7 +18,7 @@ use tracing_subscriber::EnvFilter;
 /// eBPF load balancer for K3s agent nodes: connects sockets aimed at a
 /// service VIP straight to the selected backend.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(name = "daas-lb", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -87,7 +88,9 @@ enum Command {
         #[command(flatten)]
         target: ControlTarget,
     },
-    /// Detach and unpin what a crashed run left behind.
+    /// Detach and unpin what a crashed run left behind, and list it. Fails,
+    /// removing nothing, when the directory is missing, not on bpffs, holds
+    /// anything daas-lb does not create, or a running daas-lb uses it.
     Cleanup {
         /// bpffs directory of that run.
         #[arg(long, default_value = Config::DEFAULT_BPFFS_DIR)]
@@ -96,8 +99,11 @@ enum Command {
     /// Validate a config file and exit (0 = valid).
     CheckConfig {
         /// YAML config file.
-        #[arg(long)]
-        config: PathBuf,
+        #[arg(value_name = "FILE", required_unless_present = "config")]
+        file: Option<PathBuf>,
+        /// YAML config file (the same as FILE).
+        #[arg(long, value_name = "FILE", conflicts_with = "file")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -207,8 +213,14 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             println!("reloaded {path}");
             Ok(())
         }
-        Command::Cleanup { bpffs_dir } => dataplane::cleanup(&bpffs_dir),
-        Command::CheckConfig { config } => {
+        Command::Cleanup { bpffs_dir } => {
+            print!("{}", dataplane::cleanup_leftovers(&bpffs_dir)?);
+            Ok(())
+        }
+        Command::CheckConfig { file, config } => {
+            let config = file
+                .or(config)
+                .context("check-config needs a config file")?;
             let parsed = Config::load(&config)?;
             let warnings = parsed.warnings();
             for warning in &warnings {

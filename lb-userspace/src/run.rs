@@ -2,7 +2,7 @@
 //! HTTP endpoints and the control socket together, reloads on SIGHUP (or
 //! `daas-lb reload`), and tears everything down on SIGINT/SIGTERM.
 
-use std::{fs, path::PathBuf, sync::Arc};
+use std::{path::PathBuf, sync::Arc};
 
 use anyhow::{Context as _, bail};
 use tokio::{
@@ -15,7 +15,7 @@ use crate::{
     api::{self, Api, LoadConfig},
     config::Config,
     controller::Controller,
-    kernel::{dataplane::Dataplane, xdp_settings},
+    kernel::{dataplane::Dataplane, mounts, xdp_settings},
 };
 
 /// Where the config comes from.
@@ -76,21 +76,6 @@ fn warn_about(config: &Config, path: &std::path::Path) {
     }
 }
 
-/// The first cgroup2 mount point in `/proc/mounts`.
-pub fn default_cgroup() -> anyhow::Result<PathBuf> {
-    let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
-    first_cgroup2_mount(&mounts)
-        .context("no cgroup2 filesystem is mounted (mount one, or pass --cgroup)")
-}
-
-fn first_cgroup2_mount(mounts: &str) -> Option<PathBuf> {
-    mounts.lines().find_map(|line| {
-        let mut fields = line.split_whitespace();
-        let (_, mount_point, fs_type) = (fields.next()?, fields.next()?, fields.next()?);
-        (fs_type == "cgroup2").then(|| PathBuf::from(mount_point.replace("\\040", " ")))
-    })
-}
-
 /// Runs until SIGINT/SIGTERM; returns after detaching everything.
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     // Handlers first: a signal must never hit the default action (exit
@@ -106,16 +91,13 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         ConfigSource::Demo => (start_demo(&mut tasks).await?, true),
     };
     options.apply_overrides(&mut config);
-    let cgroup = match &config.cgroup {
-        Some(c) => c.clone(),
-        None => default_cgroup()?,
-    };
     if config.bpffs_dir.parent().is_none() {
         bail!(
             "bpffs_dir {} must be below a bpffs mount",
             config.bpffs_dir.display()
         );
     }
+    let cgroup = resolve_cgroup(&config)?;
 
     // Bind the HTTP ports first: a busy port must fail before the kernel is touched.
     let api_listener = api::bind(config.api_addr, "the status API").await?;
@@ -134,11 +116,12 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             std::path::Path::new(xdp_settings::LOCAL_PORT_RANGE_FILE),
         );
     }
+    mounts::ensure_bpffs(&config.bpffs_dir)?;
     let (dataplane, report) = Dataplane::start(&config.bpffs_dir, &cgroup, config.xdp.as_ref())
         .map_err(|err| {
             if is_permission_error(&err) {
                 err.context(
-                    "loading eBPF programs needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)",
+                    "loading eBPF programs needs root with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (or CAP_SYS_ADMIN)",
                 )
             } else {
                 err
@@ -255,6 +238,28 @@ async fn start_demo(_tasks: &mut JoinSet<()>) -> anyhow::Result<Config> {
     bail!("this daas-lb was built without the `demo` feature; run it with --config FILE")
 }
 
+/// The cgroup to attach to: `cgroup` from the config (or `--cgroup`), else
+/// the first cgroup2 mount. With no cgroup2 mounted at all (e.g. under `ip
+/// netns exec`), cgroup2 is mounted first (see [`mounts::ensure_cgroup2`]).
+fn resolve_cgroup(config: &Config) -> anyhow::Result<PathBuf> {
+    let mounted = mounts::ensure_cgroup2()?;
+    let Some(cgroup) = &config.cgroup else {
+        return mounts::default_cgroup();
+    };
+    if mounted == mounts::Mount::MountedNow && !cgroup.exists() {
+        bail!(
+            "cgroup {} does not exist: no cgroup2 was mounted in this mount namespace (e.g. under \
+             `ip netns exec`, which remounts /sys), so daas-lb mounted it on {} and cgroup paths \
+             are relative to that mount (`/sys/fs/cgroup/unified/X` on a hybrid host is {}/X \
+             here); pass --cgroup with that path",
+            cgroup.display(),
+            mounts::CGROUP2_MOUNT,
+            mounts::CGROUP2_MOUNT
+        );
+    }
+    Ok(cgroup.clone())
+}
+
 fn is_permission_error(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
         cause
@@ -304,23 +309,5 @@ async fn reload(api: &Api) {
                 "configuration NOT reloaded; keeping the running one"
             );
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_the_first_cgroup2_mount() {
-        let mounts = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\n\
-                      cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n\
-                      cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n\
-                      cgroup2 /other cgroup2 rw 0 0\n";
-        assert_eq!(
-            first_cgroup2_mount(mounts),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
-        assert_eq!(first_cgroup2_mount("proc /proc proc rw 0 0\n"), None);
     }
 }

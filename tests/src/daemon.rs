@@ -23,14 +23,23 @@ use crate::{
     topology,
 };
 
+/// How a [`Daemon`] gets into its network namespace.
+#[derive(Debug, Clone)]
+enum Netns {
+    /// `setns` to this namespace file right before exec.
+    SetNs(PathBuf),
+    /// `ip netns exec NAME`.
+    IpNetnsExec(String),
+}
+
 /// A running `daas-lb run` child process; killed (SIGKILL) on drop if still running.
 pub struct Daemon {
     child: Option<Child>,
     log: PathBuf,
     args: Vec<String>,
     log_dir: PathBuf,
-    /// The network namespace it runs in (`None`: the caller's).
-    netns: Option<PathBuf>,
+    /// The network namespace it runs in and how it gets there (`None`: the caller's).
+    netns: Option<Netns>,
     /// Where its status API listens.
     pub api: SocketAddr,
     /// Its metrics endpoint ([`METRICS`]).
@@ -50,12 +59,30 @@ impl Daemon {
     /// `/run/netns/NAME`, see [`topology::enter_netns_on_exec`]); so is
     /// every [`Daemon::relaunch`].
     pub fn spawn_in_netns(args: &[&str], log_dir: &Path, api: SocketAddr, netns: &Path) -> Self {
-        Self::spawn_with(args, log_dir, api, Some(netns.to_path_buf()))
+        Self::spawn_with(args, log_dir, api, Some(Netns::SetNs(netns.to_path_buf())))
     }
 
-    fn spawn_with(args: &[&str], log_dir: &Path, api: SocketAddr, netns: Option<PathBuf>) -> Self {
+    /// Like [`Daemon::spawn`], as `ip netns exec NAME daas-lb run ARGS...`:
+    /// in the named namespace and, unlike [`Daemon::spawn_in_netns`], in the
+    /// new mount namespace `ip` makes, with a fresh sysfs on `/sys` (no
+    /// bpffs, no cgroup2 mounted under it); so is every [`Daemon::relaunch`].
+    pub fn spawn_with_ip_netns_exec(
+        args: &[&str],
+        log_dir: &Path,
+        api: SocketAddr,
+        name: &str,
+    ) -> Self {
+        Self::spawn_with(
+            args,
+            log_dir,
+            api,
+            Some(Netns::IpNetnsExec(name.to_owned())),
+        )
+    }
+
+    fn spawn_with(args: &[&str], log_dir: &Path, api: SocketAddr, netns: Option<Netns>) -> Self {
         let args: Vec<String> = args.iter().map(|&a| a.to_owned()).collect();
-        let (child, log) = Self::launch(&args, log_dir, netns.as_deref());
+        let (child, log) = Self::launch(&args, log_dir, netns.as_ref());
         Self {
             child: Some(child),
             log,
@@ -68,13 +95,23 @@ impl Daemon {
         }
     }
 
-    fn launch(args: &[String], log_dir: &Path, netns: Option<&Path>) -> (Child, PathBuf) {
+    fn launch(args: &[String], log_dir: &Path, netns: Option<&Netns>) -> (Child, PathBuf) {
         let log = log_dir.join(unique("daemon")).with_extension("log");
         let log_file = File::create(&log).expect("create daemon log");
-        let mut command = Command::new(daas_lb_bin());
-        if let Some(netns) = netns {
-            topology::enter_netns_on_exec(&mut command, netns);
-        }
+        let mut command = match netns {
+            None => Command::new(daas_lb_bin()),
+            Some(Netns::SetNs(path)) => {
+                let mut command = Command::new(daas_lb_bin());
+                topology::enter_netns_on_exec(&mut command, path);
+                command
+            }
+            // `ip netns exec` execs the program (no fork): the child's pid is daas-lb's.
+            Some(Netns::IpNetnsExec(name)) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", name]).arg(daas_lb_bin());
+                command
+            }
+        };
         let child = command
             .arg("run")
             .args(args)
@@ -104,7 +141,7 @@ impl Daemon {
     /// [`Daemon::log`] shows the new run's log from then on.
     pub fn relaunch(&mut self) {
         assert!(self.child.is_none(), "daas-lb is still running");
-        let (child, log) = Self::launch(&self.args, &self.log_dir, self.netns.as_deref());
+        let (child, log) = Self::launch(&self.args, &self.log_dir, self.netns.as_ref());
         self.child = Some(child);
         self.log = log;
     }

@@ -62,6 +62,8 @@
 //!   before `exec`, without `ip netns exec`. Use it for `daas-lb`: `ip netns
 //!   exec` also unshares the mount namespace and remounts `/sys`, which hides
 //!   `/sys/fs/bpf` and `/sys/fs/cgroup` from the program.
+//! - [`NamedNetns`] is one named namespace on its own (only loopback), for
+//!   a daemon started with `ip netns exec` itself.
 //! - [`Topology::enter`] moves the calling thread into a namespace until
 //!   the guard drops: sockets it creates meanwhile (a backend's listener, a
 //!   client connection, an HTTP request to the daemon's API on the node's
@@ -508,6 +510,48 @@ impl Drop for NsChild {
 /// it on the thread that made it).
 pub struct NsGuard {
     original: OwnedFd,
+}
+
+/// One named network namespace (`ip netns add`, name `dlbt-<pid>-<n>`)
+/// with only loopback, up; on drop (also while unwinding) every process
+/// left in it is killed and it is deleted.
+pub struct NamedNetns {
+    name: String,
+}
+
+impl NamedNetns {
+    /// Adds the namespace and brings its `lo` up.
+    pub fn new() -> Self {
+        remove_stale();
+        let ns = Self {
+            name: crate::env::unique(PREFIX),
+        };
+        run_checked("ip", &["netns", "add", &ns.name]);
+        run_checked("ip", &["-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Its name, for `ip netns exec`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Moves the calling thread into it until the guard is dropped.
+    pub fn enter(&self) -> NsGuard {
+        NsGuard::enter(&Topology::ns_path(&self.name))
+    }
+}
+
+impl Default for NamedNetns {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for NamedNetns {
+    fn drop(&mut self) {
+        delete_namespace(&self.name);
+    }
 }
 
 impl NsGuard {

@@ -5,6 +5,7 @@
 
 mod bench;
 mod cargo;
+mod install;
 mod lint;
 mod process;
 mod run;
@@ -43,6 +44,12 @@ enum Command {
     Lint,
     /// Format the workspace with nightly rustfmt (rustfmt.toml needs it).
     Fmt,
+    /// Build the release binary and install daas-lb the Debian way:
+    /// PREFIX/bin/daas-lb, the systemd unit (/lib/systemd/system with
+    /// --prefix /usr), /etc/daas-lb/config.yaml (never overwritten), the docs
+    /// under PREFIX/share/doc/daas-lb and /var/lib/daas-lb. Needs root
+    /// without --destdir.
+    Install(InstallArgs),
     /// Set up, build release binaries, then run benchmarks (`xdp`,
     /// `failover` and `connect` as root) and print their markdown tables.
     /// Not part of `test`.
@@ -54,6 +61,19 @@ struct BuildArgs {
     /// Build with the release profile.
     #[arg(long)]
     release: bool,
+}
+
+#[derive(Args)]
+struct InstallArgs {
+    /// Installation prefix of the binary and docs.
+    #[arg(long, default_value = "/usr")]
+    prefix: std::path::PathBuf,
+    /// Staging directory put in front of every installed path (packaging, tests).
+    #[arg(long)]
+    destdir: Option<std::path::PathBuf>,
+    /// Install this daas-lb binary instead of building the release one.
+    #[arg(long)]
+    binary: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -102,6 +122,11 @@ fn main() -> ExitCode {
         Command::Build(args) => cargo::build(args.release).map(drop),
         Command::Run(args) => run::run(args.release, &args.args),
         Command::Test(args) => test::test(&args.args),
+        Command::Install(args) => install::install(&install::Options {
+            prefix: args.prefix,
+            destdir: args.destdir,
+            binary: args.binary,
+        }),
         Command::Lint => lint::lint(),
         Command::Fmt => lint::fmt(),
         Command::Bench(args) => bench::bench(args.target, &args.args),

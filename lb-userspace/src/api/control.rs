@@ -221,8 +221,9 @@ fn peer_pid(stream: &UnixStream) -> Option<i32> {
 /// `chown :gid` (when given) and `chmod mode` on a file we just created.
 fn set_owner_and_mode(path: &Path, gid: Option<u32>, mode: u32) -> anyhow::Result<()> {
     if let Some(gid) = gid {
-        std::os::unix::fs::lchown(path, None, Some(gid))
-            .with_context(|| format!("giving {} to group {gid}", path.display()))?;
+        std::os::unix::fs::lchown(path, None, Some(gid)).with_context(|| {
+            format!("giving {} to group {gid} (needs CAP_CHOWN)", path.display())
+        })?;
     }
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .with_context(|| format!("setting mode {mode:04o} on {}", path.display()))

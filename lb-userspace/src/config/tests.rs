@@ -3001,3 +3001,81 @@ fn kernel_log_is_off_by_default_and_takes_three_words() {
         "unknown kernel_log level \"verbose\"; expected off, warn or debug",
     );
 }
+
+/// The packaged default config (`scripts/packaging/config.yaml`, installed as
+/// `/etc/daas-lb/config.yaml`).
+const PACKAGED: &str = include_str!("../../../scripts/packaging/config.yaml");
+
+/// The packaged default config is valid, balances nothing (no VIP is taken
+/// over before the operator opts in) and uses the paths the systemd unit
+/// provides (`StateDirectory`, `RuntimeDirectory`).
+#[test]
+fn the_packaged_default_config_is_valid_and_balances_nothing() {
+    let config = parse(PACKAGED);
+    assert!(config.services.is_empty(), "{:?}", config.services);
+    assert_eq!(config.cgroup, None);
+    assert_eq!(config.data_dir, Path::new("/var/lib/daas-lb"));
+    assert_eq!(
+        config.control_socket,
+        Path::new(Config::DEFAULT_CONTROL_SOCKET)
+    );
+    assert_eq!(config.bpffs_dir, Path::new(Config::DEFAULT_BPFFS_DIR));
+}
+
+/// Its commented `services` example is valid too once uncommented (in
+/// place of `services: []`), so an operator who follows the file's
+/// instructions gets a working K3s supervisor service.
+#[test]
+fn the_packaged_config_example_is_valid_once_uncommented() {
+    let mut in_example = false;
+    let mut yaml = String::new();
+    for line in PACKAGED.lines() {
+        if line == "services: []" {
+            continue;
+        }
+        if line == "# services:" {
+            in_example = true;
+        }
+        if in_example {
+            let uncommented = line.strip_prefix("# ").unwrap_or(line);
+            writeln!(yaml, "{uncommented}").unwrap();
+        } else {
+            writeln!(yaml, "{line}").unwrap();
+        }
+    }
+    assert!(
+        in_example,
+        "no `# services:` example in scripts/packaging/config.yaml"
+    );
+    let config = parse(&yaml);
+    assert_eq!(config.services.len(), 1, "{yaml}");
+    let service = &config.services[0];
+    assert_eq!(service.name, "supervisor");
+    assert_eq!(service.vip, addr("127.0.0.1:6444"));
+    assert_eq!(service.servers.len(), 3);
+}
+
+/// Its commented `k3s` block is valid once uncommented (next to
+/// `services: []`), and follows K3s at its default data dir.
+#[test]
+fn the_packaged_config_k3s_block_is_valid_once_uncommented() {
+    let mut in_block = false;
+    let mut yaml = String::new();
+    for line in PACKAGED.lines() {
+        if line.starts_with("# k3s:") {
+            in_block = true;
+        } else if in_block && !line.starts_with("#   ") {
+            in_block = false;
+        }
+        let line = if in_block {
+            line.strip_prefix("# ").unwrap_or(line)
+        } else {
+            line
+        };
+        writeln!(yaml, "{line}").unwrap();
+    }
+    let config = parse(&yaml);
+    let k3s = config.k3s.expect("the uncommented k3s block");
+    assert_eq!(k3s.data_dir, Path::new("/var/lib/rancher/k3s"));
+    assert!(config.services.is_empty());
+}

@@ -106,7 +106,7 @@ impl State {
             }
             Event::Shutdown { reply } => {
                 self.stop_tasks();
-                let _ = reply.send(dataplane::cleanup(self.dataplane.pin_dir()));
+                let _ = reply.send(dataplane::cleanup(self.dataplane.pin_dir()).map(drop));
                 return Next::Stop;
             }
         }

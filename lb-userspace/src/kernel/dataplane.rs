@@ -40,15 +40,11 @@ use super::{
     if_addrs,
     kernel_log::{self, KernelLogReader},
     maps::Maps,
+    mounts::{self, BPF_FS_MAGIC, CGROUP2_SUPER_MAGIC},
     xdp_attach::{self, Interface},
     xdp_settings::xdp_config_entry,
 };
 use crate::config::XdpSettings;
-
-/// `statfs` magic of bpffs.
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-/// `statfs` magic of cgroup v2.
-const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
 /// `BPF_PROG_LOAD` attempts: the verifier gives up with `EAGAIN` when a
 /// signal (e.g. `SIGCHLD`) arrives while it works, which a busy process sees
@@ -350,7 +346,7 @@ impl Dataplane {
     pub fn shutdown(self) -> anyhow::Result<()> {
         let pin_dir = self.pin_dir.clone();
         drop(self);
-        cleanup(&pin_dir)
+        cleanup(&pin_dir).map(drop)
     }
 }
 
@@ -395,43 +391,167 @@ fn reuse_or_drop_pinned_map(path: &Path, spec: &MapSpec) -> anyhow::Result<bool>
 }
 
 fn check_fs_magic(path: &Path, magic: i64, what: &str) -> anyhow::Result<()> {
-    use std::os::unix::ffi::OsStrExt as _;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .with_context(|| format!("{} contains a NUL byte", path.display()))?;
-    // SAFETY: an all-zero `statfs` is a valid value for the kernel to fill in.
-    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c_path` is NUL-terminated and `stat` is a valid out-pointer.
-    if unsafe { libc::statfs(c_path.as_ptr(), &raw mut stat) } != 0 {
-        return Err(io::Error::last_os_error())
-            .with_context(|| format!("statfs {} (expected {what})", path.display()));
-    }
-    if stat.f_type != magic {
+    let actual = mounts::fs_magic(path).with_context(|| format!("expected {what}"))?;
+    if actual != magic {
         bail!("{} is not {what}", path.display());
     }
     Ok(())
+}
+
+/// What [`cleanup`] found and removed under a pin directory.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Cleanup {
+    /// The pin directory.
+    pub pin_dir: PathBuf,
+    /// Links unpinned, which detached their programs: `links/<program>`
+    /// for the cgroup links, `links/xdp@<interface>` for the XDP ones.
+    pub links: Vec<String>,
+    /// Maps unpinned (by name).
+    pub maps: Vec<String>,
+    /// Whether the directory itself was removed (it stays when it holds
+    /// files daas-lb did not create).
+    pub removed_dir: bool,
+}
+
+impl std::fmt::Display for Cleanup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dir = self.pin_dir.display();
+        if self.links.is_empty() {
+            writeln!(f, "{dir}: no links pinned (nothing was attached)")?;
+        } else {
+            writeln!(
+                f,
+                "{dir}: detached and unpinned {} link(s): {}",
+                self.links.len(),
+                self.links.join(", ")
+            )?;
+        }
+        if self.maps.is_empty() {
+            writeln!(f, "{dir}: no maps pinned")?;
+        } else {
+            writeln!(
+                f,
+                "{dir}: unpinned {} map(s): {}",
+                self.maps.len(),
+                self.maps.join(", ")
+            )?;
+        }
+        if self.removed_dir {
+            writeln!(f, "{dir}: removed")
+        } else {
+            writeln!(f, "{dir}: kept (it holds files daas-lb did not create)")
+        }
+    }
 }
 
 /// Detaches and unpins everything a run left under `pin_dir` (links first,
 /// so traffic stops being redirected before the maps go away). Only names
 /// daas-lb creates are removed; the directory itself goes if it is empty.
 /// Returns an error only for failures other than "not found".
-pub fn cleanup(pin_dir: &Path) -> anyhow::Result<()> {
+pub fn cleanup(pin_dir: &Path) -> anyhow::Result<Cleanup> {
     let links_dir = pin_dir.join(LINKS_DIR);
-    let mut removed = 0usize;
+    let mut report = Cleanup {
+        pin_dir: pin_dir.to_path_buf(),
+        ..Cleanup::default()
+    };
     for name in program_names::ALL
         .iter()
         .chain(std::iter::once(&program_names::SOCK_OPS))
     {
-        removed += usize::from(remove_if_exists(&links_dir.join(name))?);
+        if remove_if_exists(&links_dir.join(name))? {
+            report.links.push(format!("{LINKS_DIR}/{name}"));
+        }
     }
-    removed += xdp_attach::detach_except(&links_dir, &[])?.len();
+    for interface in xdp_attach::detach_except(&links_dir, &[])? {
+        report.links.push(format!(
+            "{LINKS_DIR}/{}",
+            xdp_attach::link_pin_name(&interface)
+        ));
+    }
     remove_dir_if_exists(&links_dir)?;
     for name in map_names::ALL {
-        removed += usize::from(remove_if_exists(&pin_dir.join(name))?);
+        if remove_if_exists(&pin_dir.join(name))? {
+            report.maps.push((*name).to_owned());
+        }
     }
-    remove_dir_if_exists(pin_dir)?;
-    info!(pin_dir = %pin_dir.display(), removed, "removed pins");
-    Ok(())
+    report.removed_dir = remove_dir_if_exists(pin_dir)?;
+    info!(
+        pin_dir = %pin_dir.display(),
+        links = report.links.len(),
+        maps = report.maps.len(),
+        "removed pins"
+    );
+    Ok(report)
+}
+
+/// `daas-lb cleanup`: [`cleanup`] of a pin directory a run left behind,
+/// after making sure it is one. Removes nothing, and fails, when `pin_dir`
+/// does not exist, is not a directory on bpffs, holds anything daas-lb does
+/// not create or nothing at all, or is in use by a running daas-lb (which
+/// holds its lock).
+pub fn cleanup_leftovers(pin_dir: &Path) -> anyhow::Result<Cleanup> {
+    let not_ours = "not a daas-lb pin directory; nothing removed";
+    if !pin_dir.is_dir() {
+        if pin_dir.exists() {
+            bail!("{} is not a directory: {not_ours}", pin_dir.display());
+        }
+        bail!(
+            "{} does not exist: no run left pins there (or --bpffs-dir is not the bpffs_dir of \
+             the run to clean up); nothing removed",
+            pin_dir.display()
+        );
+    }
+    if mounts::fs_magic(pin_dir)? != BPF_FS_MAGIC {
+        bail!("{} is not on bpffs: {not_ours}", pin_dir.display());
+    }
+    let entries = pin_dir_entries(pin_dir)?;
+    let links_dir = pin_dir.join(LINKS_DIR);
+    let links = if entries.iter().any(|e| e == LINKS_DIR) {
+        pin_dir_entries(&links_dir)?
+    } else {
+        Vec::new()
+    };
+    let foreign: Vec<String> = entries
+        .iter()
+        .filter(|e| *e != LINKS_DIR && !map_names::ALL.contains(&e.as_str()))
+        .cloned()
+        .chain(
+            links
+                .iter()
+                .filter(|l| {
+                    !program_names::ALL.contains(&l.as_str())
+                        && *l != program_names::SOCK_OPS
+                        && xdp_attach::pinned_interface(l).is_none()
+                })
+                .map(|l| format!("{LINKS_DIR}/{l}")),
+        )
+        .collect();
+    if !foreign.is_empty() {
+        bail!(
+            "{} holds entries daas-lb does not create ({}): {not_ours}",
+            pin_dir.display(),
+            foreign.join(", ")
+        );
+    }
+    if entries.is_empty() {
+        bail!("{} is empty: {not_ours}", pin_dir.display());
+    }
+    let _lock = lock_pin_dir(pin_dir).context(
+        "cleanup would detach a running daas-lb's programs; stop it first (a stopped daas-lb \
+         removes its pins itself)",
+    )?;
+    cleanup(pin_dir)
+}
+
+/// The names in directory `dir`, sorted.
+fn pin_dir_entries(dir: &Path) -> anyhow::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+        names.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    names.sort();
+    Ok(names)
 }
 
 fn remove_if_exists(path: &Path) -> anyhow::Result<bool> {
@@ -442,13 +562,15 @@ fn remove_if_exists(path: &Path) -> anyhow::Result<bool> {
     }
 }
 
-fn remove_dir_if_exists(path: &Path) -> anyhow::Result<()> {
+/// Removes the directory `path` if it is there and empty; whether it was
+/// removed now.
+fn remove_dir_if_exists(path: &Path) -> anyhow::Result<bool> {
     match fs::remove_dir(path) {
-        Ok(()) => Ok(()),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+        Ok(()) => Ok(true),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(err) if err.kind() == io::ErrorKind::DirectoryNotEmpty => {
             warn!(dir = %path.display(), "not removing directory: it holds files daas-lb did not create");
-            Ok(())
+            Ok(false)
         }
         Err(err) => Err(err).with_context(|| format!("removing {}", path.display())),
     }

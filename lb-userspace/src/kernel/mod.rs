@@ -10,6 +10,7 @@
 //!   connections through a VIP; [`netlink`] is the socket both use.
 //! - [`kernel_log`]: the kernel programs' aya-log records, into `tracing`
 //!   (target `daas_lb::kernel`).
+//! - [`mounts`]: bpffs and cgroup2, found or mounted at their standard places.
 //! - `bpf_sys`: the link syscalls aya 0.14 does not wrap.
 
 pub use self::report::AttachReport;
@@ -21,6 +22,7 @@ pub mod ebpf_object;
 pub mod if_addrs;
 pub mod kernel_log;
 pub mod maps;
+pub mod mounts;
 mod netlink;
 mod report;
 pub mod sock_diag;

@@ -1,5 +1,5 @@
 //! System prerequisites: command-line tools from Debian packages (bpftool,
-//! ip, nc, curl, ethtool, iptables, python3, openssl; promtool under `CI=true`; haproxy and
+//! ip, nc, curl, ethtool, iptables, python3, openssl; promtool and systemd-analyze under `CI=true`; haproxy and
 //! go for `cargo xtask bench failover` and `connect` only) and the bpffs mount. Installing and mounting need root; without it these steps only
 //! warn (`run` and `test` check root themselves).
 
@@ -31,7 +31,9 @@ const TOOLS: [(&str, &str); 8] = [
 /// (lb-userspace `metrics/golden.rs`) and the alerting rules and a live
 /// scrape in `tests/tests/obs.rs`; its package also brings the Prometheus
 /// server that test runs to evaluate the dashboard and the rules.
-const CI_TOOLS: [(&str, &str); 1] = [("promtool", "prometheus")];
+/// `systemd-analyze verify` checks the systemd unit (lb-tests `install.rs`);
+/// a container may lack systemd.
+const CI_TOOLS: [(&str, &str); 2] = [("promtool", "prometheus"), ("systemd-analyze", "systemd")];
 
 const BPFFS: &str = "/sys/fs/bpf";
 
@@ -43,7 +45,7 @@ const FAILOVER_TOOLS: [(&str, &str); 2] = [("haproxy", "haproxy"), ("go", "golan
 /// Installs the packages of the missing tools with apt (as root).
 pub(super) fn ensure_tools(progress: &mut Progress) -> Result<()> {
     let item = if in_ci() {
-        "bpftool, ip, nc, curl, ethtool, iptables, python3, openssl, promtool"
+        "bpftool, ip, nc, curl, ethtool, iptables, python3, openssl, promtool, systemd-analyze"
     } else {
         "bpftool, ip, nc, curl, ethtool, iptables, python3, openssl"
     };
