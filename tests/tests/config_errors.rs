@@ -9,6 +9,15 @@ fn rejected(yaml: &str, expect: &[&str]) {
     let tmp = TempDir::new();
     let pins = PinDir::new();
     let path = tmp.file("bad.yaml", yaml);
+    // `check-config` first: it touches nothing, so a config wrongly
+    // accepted fails here instead of starting a daemon (on the root cgroup:
+    // these configs name none) that `run` would never leave.
+    let check = Command::new(daas_lb_bin())
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run daas-lb check-config");
+    assert!(!check.status.success(), "check-config accepted:\n{yaml}");
     let output = Command::new(daas_lb_bin())
         .args(["run", "--config"])
         .arg(&path)
@@ -25,13 +34,6 @@ fn rejected(yaml: &str, expect: &[&str]) {
         !pins.path().exists(),
         "the kernel was touched before the config was validated"
     );
-    // `check-config` says the same without running anything.
-    let check = Command::new(daas_lb_bin())
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .expect("run daas-lb check-config");
-    assert!(!check.status.success());
 }
 
 const HEAD: &str = "services:\n";

@@ -137,9 +137,13 @@ fn demo_commands_work() {
         "3",
         "http://127.0.0.66:16440/",
     ]));
+    // Which backend answers is the one the daemon selected: the first to
+    // pass its check keeps the selection (ties never move it), as the first
+    // server K3s dials stays active, so it is not always backend-1.
+    let tcp_backend = selected_backend(&demo, "demo-tcp");
     let body = String::from_utf8_lossy(&curl.stdout);
     assert!(
-        body.starts_with("hello from daas-lb demo backend-1"),
+        body.starts_with(&format!("hello from daas-lb demo {tcp_backend} ")),
         "{curl:?}"
     );
 
@@ -150,8 +154,10 @@ fn demo_commands_work() {
         "3",
         "http://[::1]:16440/",
     ]));
+    let tcp6_backend = selected_backend(&demo, "demo-tcp6");
     assert!(
-        String::from_utf8_lossy(&curl6.stdout).starts_with("hello from daas-lb demo backend-1"),
+        String::from_utf8_lossy(&curl6.stdout)
+            .starts_with(&format!("hello from daas-lb demo {tcp6_backend} ")),
         "{curl6:?}"
     );
 
@@ -160,7 +166,7 @@ fn demo_commands_work() {
         .output(Command::new("sh").args(["-c", "printf 'hi\\n' | nc -N -w 3 127.0.0.66 16440"]));
     let echoed = String::from_utf8_lossy(&nc.stdout);
     assert!(
-        echoed.starts_with("[backend-1 ") && echoed.ends_with("] hi\n"),
+        echoed.starts_with(&format!("[{tcp_backend} ")) && echoed.ends_with("] hi\n"),
         "{nc:?}"
     );
 
@@ -498,4 +504,26 @@ fn demo_refuses_when_its_ports_are_taken() {
     assert!(attached(&cgroup_path).trim().is_empty(), "{log}");
     assert!(!env.pins.path().exists(), "{log}");
     assert!(!socket.exists(), "{log}");
+}
+
+/// The demo backend (`backend-N`, listening on port 16440 + N) that
+/// `service` selects now, from the daemon's status.
+fn selected_backend(demo: &lb_tests::Daemon, service: &str) -> String {
+    let status = demo.status();
+    let selected = status
+        .services
+        .iter()
+        .find(|s| s.name == service)
+        .and_then(|s| s.selected.clone())
+        .unwrap_or_else(|| panic!("{service} selects nothing: {status:?}"));
+    let port: u16 = selected
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{service} selects {selected:?}"));
+    assert!(
+        (16441..=16443).contains(&port),
+        "{service} selects {selected}, not a demo backend"
+    );
+    format!("backend-{}", port - 16440)
 }

@@ -708,24 +708,41 @@ impl ServiceMachine {
     }
 
     /// Where new connections go when `current` is selected now: `current`
-    /// stays while it is listed and above *failed* and no usable server is
-    /// [strictly better](Self::strictly_better); otherwise as [`Self::select`].
+    /// stays while it is listed, above *failed* and in use (active, or
+    /// holding connections) and no usable server is
+    /// [strictly better](Self::strictly_better). With a selection nobody
+    /// uses, the first listed server that no usable server is strictly
+    /// better than: K3s dials equal servers in list order, and a selection
+    /// nobody uses moves at no cost, so where it settles does not depend on
+    /// which check happened to finish first. Without one (`None`), as
+    /// [`Self::select`].
     pub fn select_from(&self, current: Option<SocketAddr>) -> Selection {
         let ranked = self.ranked();
         let mut usable = ranked
             .iter()
             .filter(|s| s.listed && s.state > ServerState::Failed);
-        let kept = current
-            .and_then(|c| self.server(c))
-            .filter(|c| c.listed && c.state > ServerState::Failed);
-        let best = match kept {
-            Some(kept) => Some(
+        let current = current.and_then(|c| self.server(c));
+        let kept = current.filter(|c| {
+            c.listed
+                && c.state > ServerState::Failed
+                && (c.state == ServerState::Active || c.connections > 0)
+        });
+        let best = match (current, kept) {
+            (_, Some(kept)) => Some(
                 usable
                     .find(|s| self.strictly_better(s, kept))
                     .copied()
                     .unwrap_or(kept),
             ),
-            None => usable.next().copied(),
+            (Some(_), None) => {
+                let listed = || {
+                    self.servers
+                        .iter()
+                        .filter(|s| s.listed && s.state > ServerState::Failed)
+                };
+                listed().find(|s| !listed().any(|other| self.strictly_better(other, s)))
+            }
+            (None, None) => usable.next().copied(),
         };
         if let Some(best) = best {
             return Selection {
