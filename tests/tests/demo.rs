@@ -154,10 +154,10 @@ fn demo_commands_work() {
         "3",
         "http://[::1]:16440/",
     ]));
-    let tcp6_backend = selected_backend(&demo, "demo-tcp6");
+    let v6_backend = selected_backend(&demo, "demo-tcp6");
     assert!(
         String::from_utf8_lossy(&curl6.stdout)
-            .starts_with(&format!("hello from daas-lb demo {tcp6_backend} ")),
+            .starts_with(&format!("hello from daas-lb demo {v6_backend} ")),
         "{curl6:?}"
     );
 
