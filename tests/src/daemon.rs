@@ -31,6 +31,9 @@ pub struct Daemon {
     log_dir: PathBuf,
     /// The network namespace it runs in (`None`: the caller's).
     netns: Option<PathBuf>,
+    /// The file it sees as `/etc/hosts` (`None`: the host's), see
+    /// [`topology::private_hosts_on_exec`].
+    hosts: Option<PathBuf>,
     /// Where its status API listens.
     pub api: SocketAddr,
     /// Its metrics endpoint ([`METRICS`]).
@@ -43,37 +46,62 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `daas-lb run` with `args`, logging to `log_dir/daemon-<unique>.log`.
     pub fn spawn(args: &[&str], log_dir: &Path, api: SocketAddr) -> Self {
-        Self::spawn_with(args, log_dir, api, None)
+        Self::spawn_with(args, log_dir, api, None, None)
+    }
+
+    /// Like [`Daemon::spawn`], in a mount namespace of its own where `hosts`
+    /// is bind-mounted over `/etc/hosts` (see
+    /// [`topology::private_hosts_on_exec`]); so is every
+    /// [`Daemon::relaunch`]. Rewriting `hosts` in place (same inode)
+    /// changes what the daemon's resolver answers; the host's `/etc/hosts`
+    /// is never touched.
+    pub fn spawn_with_hosts(args: &[&str], log_dir: &Path, api: SocketAddr, hosts: &Path) -> Self {
+        Self::spawn_with(args, log_dir, api, None, Some(hosts.to_path_buf()))
     }
 
     /// Like [`Daemon::spawn`], in the network namespace at `netns` (e.g.
     /// `/run/netns/NAME`, see [`topology::enter_netns_on_exec`]); so is
     /// every [`Daemon::relaunch`].
     pub fn spawn_in_netns(args: &[&str], log_dir: &Path, api: SocketAddr, netns: &Path) -> Self {
-        Self::spawn_with(args, log_dir, api, Some(netns.to_path_buf()))
+        Self::spawn_with(args, log_dir, api, Some(netns.to_path_buf()), None)
     }
 
-    fn spawn_with(args: &[&str], log_dir: &Path, api: SocketAddr, netns: Option<PathBuf>) -> Self {
+    fn spawn_with(
+        args: &[&str],
+        log_dir: &Path,
+        api: SocketAddr,
+        netns: Option<PathBuf>,
+        hosts: Option<PathBuf>,
+    ) -> Self {
         let args: Vec<String> = args.iter().map(|&a| a.to_owned()).collect();
-        let (child, log) = Self::launch(&args, log_dir, netns.as_deref());
+        let (child, log) = Self::launch(&args, log_dir, netns.as_deref(), hosts.as_deref());
         Self {
             child: Some(child),
             log,
             args,
             log_dir: log_dir.to_path_buf(),
             netns,
+            hosts,
             api,
             metrics: METRICS,
             control: control_socket_in(log_dir),
         }
     }
 
-    fn launch(args: &[String], log_dir: &Path, netns: Option<&Path>) -> (Child, PathBuf) {
+    fn launch(
+        args: &[String],
+        log_dir: &Path,
+        netns: Option<&Path>,
+        hosts: Option<&Path>,
+    ) -> (Child, PathBuf) {
         let log = log_dir.join(unique("daemon")).with_extension("log");
         let log_file = File::create(&log).expect("create daemon log");
         let mut command = Command::new(daas_lb_bin());
         if let Some(netns) = netns {
             topology::enter_netns_on_exec(&mut command, netns);
+        }
+        if let Some(hosts) = hosts {
+            topology::private_hosts_on_exec(&mut command, hosts);
         }
         let child = command
             .arg("run")
@@ -102,7 +130,12 @@ impl Daemon {
     /// [`Daemon::log`] shows the new run's log from then on.
     pub fn relaunch(&mut self) {
         assert!(self.child.is_none(), "daas-lb is still running");
-        let (child, log) = Self::launch(&self.args, &self.log_dir, self.netns.as_deref());
+        let (child, log) = Self::launch(
+            &self.args,
+            &self.log_dir,
+            self.netns.as_deref(),
+            self.hosts.as_deref(),
+        );
         self.child = Some(child);
         self.log = log;
     }

@@ -157,6 +157,29 @@ pub struct ServiceStatus {
     pub source: String,
     /// Servers in config order, then the default server if it is not among them.
     pub servers: Vec<ServerStatus>,
+    /// The servers (and default server) written as DNS names, with what
+    /// they resolve to; absent when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<DnsNameStatus>,
+}
+
+/// A server (or the default server) written as a DNS name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsNameStatus {
+    /// The host name as written (lower case, no trailing dot).
+    pub name: String,
+    /// The port its servers use.
+    pub port: u16,
+    /// Whether it is the `default_server` (which uses its first address).
+    pub default: bool,
+    /// Its current addresses (`IP:port`, of the VIP's family): the last
+    /// good lookup's; empty before the first.
+    pub addresses: Vec<String>,
+    /// Why the last lookup failed (the addresses are then the last good
+    /// ones), or null.
+    pub error: Option<String>,
+    /// When the last good lookup was made, RFC 3339 UTC (null before it).
+    pub resolved_at: Option<String>,
 }
 
 fn from_config() -> String {
@@ -710,6 +733,7 @@ mod tests {
                 }],
                 dial_stall_after_ms: Some(100.0),
                 source: "config".into(),
+                dns: Vec::new(),
             }],
             xdp: None,
             registry: None,
