@@ -877,7 +877,7 @@ impl Config {
     /// Shortest accepted `dns_refresh`.
     pub const MIN_DNS_REFRESH: Duration = Duration::from_secs(1);
     /// Longest accepted `dns_refresh`.
-    pub const MAX_DNS_REFRESH: Duration = Duration::from_secs(3600);
+    pub const MAX_DNS_REFRESH: Duration = Duration::from_hours(1);
     /// All spread services' tables together must fit the kernel's `maglev`
     /// map: the sum of their `maglev_table_size` is at most this.
     pub const MAX_MAGLEV_SLOTS: u32 = lb_common::MAX_MAGLEV_SLOTS;

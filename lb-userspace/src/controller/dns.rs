@@ -137,7 +137,9 @@ impl DnsState {
         named.literal = servers.to_vec();
         named.names.clear();
         let default = named.default_name.clone();
-        named.states.retain(|name, _| Some(name) == default.as_ref());
+        named
+            .states
+            .retain(|name, _| Some(name) == default.as_ref());
         if named.default_name.is_none() {
             self.services.remove(service);
         }
@@ -305,9 +307,12 @@ async fn resolve(controller: Controller, mut watched: watch::Receiver<Wanted>) {
 /// Looks every host up at once, each within `timeout`.
 pub(super) async fn lookup_all(hosts: &BTreeSet<String>, timeout: Duration) -> Lookups {
     join_all(hosts.iter().map(|host| async move {
-        let answer = tokio::time::timeout(timeout, tokio::net::lookup_host((host.as_str(), 0))).await;
+        let answer =
+            tokio::time::timeout(timeout, tokio::net::lookup_host((host.as_str(), 0))).await;
         let lookup = match answer {
-            Ok(Ok(found)) => Lookup::Found(found.map(|address| address.ip()).collect::<Vec<IpAddr>>()),
+            Ok(Ok(found)) => {
+                Lookup::Found(found.map(|address| address.ip()).collect::<Vec<IpAddr>>())
+            }
             Ok(Err(err)) => Lookup::Failed(format!("cannot resolve {host}: {err}")),
             Err(_) => Lookup::Failed(format!(
                 "resolving {host} timed out after {}",

@@ -145,10 +145,7 @@ pub fn servers(literal: &[SocketAddr], names: &[&NameState]) -> Vec<SocketAddr> 
 
 /// The service's default server: the literal one, or the first address of
 /// its name (none while the name never resolved).
-pub fn default_server(
-    literal: Option<SocketAddr>,
-    name: Option<&NameState>,
-) -> Option<SocketAddr> {
+pub fn default_server(literal: Option<SocketAddr>, name: Option<&NameState>) -> Option<SocketAddr> {
     literal.or_else(|| name.and_then(|state| state.first))
 }
 
@@ -226,11 +223,7 @@ mod tests {
         let v6_only = Lookup::Found(vec![ip("fd00::9")]);
         state.update(&name("b.test", 80), &v6_only, true, none, later);
         assert!(
-            state
-                .error
-                .as_deref()
-                .unwrap()
-                .contains("no IPv4 address"),
+            state.error.as_deref().unwrap().contains("no IPv4 address"),
             "{:?}",
             state.error
         );
@@ -268,7 +261,11 @@ mod tests {
         assert_eq!(state.addresses, [addr("10.0.0.2:80")]);
         assert_eq!(
             update.dropped.iter().map(|(a, _)| *a).collect::<Vec<_>>(),
-            [addr("127.0.0.1:80"), addr("224.0.0.1:80"), addr("0.0.0.0:80")]
+            [
+                addr("127.0.0.1:80"),
+                addr("224.0.0.1:80"),
+                addr("0.0.0.0:80")
+            ]
         );
         // Only refused addresses: an error, nothing kept from this lookup.
         let mut only_vip = NameState::default();
@@ -310,10 +307,7 @@ mod tests {
                 addr("10.0.0.4:80")
             ]
         );
-        assert_eq!(
-            default_server(None, Some(&one)),
-            Some(addr("10.0.0.5:80"))
-        );
+        assert_eq!(default_server(None, Some(&one)), Some(addr("10.0.0.5:80")));
         assert_eq!(
             default_server(Some(addr("10.0.0.9:80")), Some(&one)),
             Some(addr("10.0.0.9:80"))

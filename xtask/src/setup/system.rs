@@ -13,7 +13,7 @@ use crate::process::{find_program, in_ci, is_root, run};
 /// (command, Debian package that provides it)
 /// ethtool: GRO and checksum offload on the XDP tests' veths; iptables: the
 /// DNAT baseline of `cargo xtask bench xdp`.
-/// python3: a dials_load test's raw client and `scripts/inspect-maps.sh`'s
+/// python3: a `dials_load` test's raw client and `scripts/inspect-maps.sh`'s
 /// summaries; openssl: the https health-check unit tests' certificates and
 /// TLS server.
 const TOOLS: [(&str, &str); 8] = [

@@ -88,8 +88,9 @@ impl Checker {
             for (server_index, server) in list.value.iter().enumerate() {
                 let server_path = format!("{path}.servers[{server_index}]");
                 if let Some(name) = server_name(server) {
-                    if let Some((first_path, first)) =
-                        server_names.iter().find(|(_, other)| other.value == name.value)
+                    if let Some((first_path, first)) = server_names
+                        .iter()
+                        .find(|(_, other)| other.value == name.value)
                     {
                         self.report(
                             name.referenced,
