@@ -2,7 +2,8 @@
 //! `http(s)://host[:port][/]` as K3s's `--server` and `ServerURL` take it.
 //! Pure parsing: names are not resolved here (the controller resolves them,
 //! see `controller/dns.rs`). A name must be a valid DNS host name: labels of
-//! 1 to 63 letters, digits and hyphens (RFC 1123), at most 253 characters.
+//! 1 to 63 letters, digits and hyphens (RFC 1123), at most 253 characters,
+//! the last one not all digits (so a mistyped IPv4 address is an error).
 
 use std::{
     fmt,
@@ -143,6 +144,16 @@ pub fn parse_server(text: &str) -> Result<ServerTarget, String> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(ServerTarget::Address(SocketAddr::new(ip, port)));
     }
+    // A name's last label is never all digits (RFC 1123 2.1, RFC 3696 2):
+    // such a host is a mistyped IPv4 address, not a name to look up.
+    let last_label = host.strip_suffix('.').unwrap_or(host).rsplit('.').next();
+    if last_label
+        .is_some_and(|label| !label.is_empty() && label.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(format!(
+            "{host:?} is not a valid IPv4 address in {trimmed:?} (and not a host name: a name's last label is never all digits)"
+        ));
+    }
     if is_dns_name(host) {
         return Ok(ServerTarget::Name {
             host: host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase(),
@@ -265,6 +276,11 @@ mod tests {
         assert!(err.contains("at most 253"), "{err}");
         let err = parse_server("a..b:1").unwrap_err();
         assert!(err.contains("empty label"), "{err}");
+        let err = parse_server("10.0.0.300:1").unwrap_err();
+        assert!(err.contains("not a valid IPv4 address"), "{err}");
+        let err = parse_server("https://1234").unwrap_err();
+        assert!(err.contains("not a valid IPv4 address"), "{err}");
+        assert!(parse_server("3com.example:1").is_ok());
         let err = parse_server("-a.b:1").unwrap_err();
         assert!(err.contains("hyphen"), "{err}");
         // A trailing dot (fully qualified) is accepted and dropped.

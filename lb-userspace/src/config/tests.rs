@@ -2897,6 +2897,12 @@ fn bad_dns_names_and_refresh_get_clear_messages() {
     );
     assert_error(&server("name:0"), "services[0].servers[0]", 4, "port 0");
     assert_error(
+        &server("10.0.0.300:1"),
+        "services[0].servers[0]",
+        4,
+        "not a valid IPv4 address",
+    );
+    assert_error(
         &server("backend.test"),
         "services[0].servers[0]",
         4,
