@@ -818,6 +818,7 @@ mod tests {
                     server("10.0.0.1:1", ServerState::Active, 3),
                     server("10.0.0.2:1", ServerState::Failed, 0),
                 ],
+                dns: Vec::new(),
             }],
             xdp: Some(XdpStatus {
                 interfaces: vec!["eth0".into()],

@@ -40,6 +40,9 @@ pub struct Daemon {
     log_dir: PathBuf,
     /// The network namespace it runs in and how it gets there (`None`: the caller's).
     netns: Option<Netns>,
+    /// The file it sees as `/etc/hosts` (`None`: the host's), see
+    /// [`topology::private_hosts_on_exec`].
+    hosts: Option<PathBuf>,
     /// Where its status API listens.
     pub api: SocketAddr,
     /// Its metrics endpoint ([`METRICS`]).
@@ -52,14 +55,24 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `daas-lb run` with `args`, logging to `log_dir/daemon-<unique>.log`.
     pub fn spawn(args: &[&str], log_dir: &Path, api: SocketAddr) -> Self {
-        Self::spawn_with(args, log_dir, api, None)
+        Self::spawn_with(args, log_dir, api, None, None)
+    }
+
+    /// Like [`Daemon::spawn`], in a mount namespace of its own where `hosts`
+    /// is bind-mounted over `/etc/hosts` (see
+    /// [`topology::private_hosts_on_exec`]); so is every
+    /// [`Daemon::relaunch`]. Rewriting `hosts` in place (same inode)
+    /// changes what the daemon's resolver answers; the host's `/etc/hosts`
+    /// is never touched.
+    pub fn spawn_with_hosts(args: &[&str], log_dir: &Path, api: SocketAddr, hosts: &Path) -> Self {
+        Self::spawn_with(args, log_dir, api, None, Some(hosts.to_path_buf()))
     }
 
     /// Like [`Daemon::spawn`], in the network namespace at `netns` (e.g.
     /// `/run/netns/NAME`, see [`topology::enter_netns_on_exec`]); so is
     /// every [`Daemon::relaunch`].
     pub fn spawn_in_netns(args: &[&str], log_dir: &Path, api: SocketAddr, netns: &Path) -> Self {
-        Self::spawn_with(args, log_dir, api, Some(Netns::SetNs(netns.to_path_buf())))
+        Self::spawn_with(args, log_dir, api, Some(Netns::SetNs(netns.to_path_buf())), None)
     }
 
     /// Like [`Daemon::spawn`], as `ip netns exec NAME daas-lb run ARGS...`:
@@ -77,25 +90,38 @@ impl Daemon {
             log_dir,
             api,
             Some(Netns::IpNetnsExec(name.to_owned())),
+            None,
         )
     }
 
-    fn spawn_with(args: &[&str], log_dir: &Path, api: SocketAddr, netns: Option<Netns>) -> Self {
+    fn spawn_with(
+        args: &[&str],
+        log_dir: &Path,
+        api: SocketAddr,
+        netns: Option<Netns>,
+        hosts: Option<PathBuf>,
+    ) -> Self {
         let args: Vec<String> = args.iter().map(|&a| a.to_owned()).collect();
-        let (child, log) = Self::launch(&args, log_dir, netns.as_ref());
+        let (child, log) = Self::launch(&args, log_dir, netns.as_ref(), hosts.as_deref());
         Self {
             child: Some(child),
             log,
             args,
             log_dir: log_dir.to_path_buf(),
             netns,
+            hosts,
             api,
             metrics: METRICS,
             control: control_socket_in(log_dir),
         }
     }
 
-    fn launch(args: &[String], log_dir: &Path, netns: Option<&Netns>) -> (Child, PathBuf) {
+    fn launch(
+        args: &[String],
+        log_dir: &Path,
+        netns: Option<&Netns>,
+        hosts: Option<&Path>,
+    ) -> (Child, PathBuf) {
         let log = log_dir.join(unique("daemon")).with_extension("log");
         let log_file = File::create(&log).expect("create daemon log");
         let mut command = match netns {
@@ -112,6 +138,9 @@ impl Daemon {
                 command
             }
         };
+        if let Some(hosts) = hosts {
+            topology::private_hosts_on_exec(&mut command, hosts);
+        }
         let child = command
             .arg("run")
             .args(args)
@@ -141,7 +170,12 @@ impl Daemon {
     /// [`Daemon::log`] shows the new run's log from then on.
     pub fn relaunch(&mut self) {
         assert!(self.child.is_none(), "daas-lb is still running");
-        let (child, log) = Self::launch(&self.args, &self.log_dir, self.netns.as_ref());
+        let (child, log) = Self::launch(
+            &self.args,
+            &self.log_dir,
+            self.netns.as_ref(),
+            self.hosts.as_deref(),
+        );
         self.child = Some(child);
         self.log = log;
     }

@@ -17,6 +17,10 @@
 //! for creating and deleting the namespaces (`ip netns add/del`, which adds
 //! the bind mounts under `/run/netns`).
 //!
+//! Also the child-process steps into namespaces: [`enter_netns_on_exec`]
+//! and [`private_hosts_on_exec`] (a private `/etc/hosts` in a mount
+//! namespace of the child's own).
+//!
 //! Names are `dlbt-<pid>-<n>-{client,node,b1,...}`. [`Topology`]'s drop
 //! (also while unwinding from a panic) kills every process left in its
 //! namespaces and deletes them; namespaces left by a test process that was
@@ -70,12 +74,13 @@
 //!   loopback) live in that namespace for good.
 
 use std::{
+    ffi::CString,
     fs::{self, File},
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
     os::{
         fd::{AsRawFd as _, OwnedFd},
-        unix::process::CommandExt as _,
+        unix::{ffi::OsStrExt as _, process::CommandExt as _},
     },
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -603,6 +608,50 @@ pub fn enter_netns_on_exec(cmd: &mut Command, netns: &Path) {
             } else {
                 Err(io::Error::last_os_error())
             }
+        });
+    }
+}
+
+/// Makes `cmd` run in a mount namespace of its own (`unshare(CLONE_NEWNS)`,
+/// every mount made private so nothing propagates back) where `hosts` is
+/// bind-mounted over `/etc/hosts`. Only the child's namespace changes: the
+/// host's `/etc/hosts` is never written, and the namespace (with the bind
+/// mount) is gone when the child exits, also when the test panics. The bind
+/// mount pins `hosts`' inode: rewrite it in place (truncate and write, as
+/// `fs::write` does), never by rename.
+pub fn private_hosts_on_exec(cmd: &mut Command, hosts: &Path) {
+    let source = CString::new(hosts.as_os_str().as_bytes())
+        .unwrap_or_else(|e| panic!("{}: {e}", hosts.display()));
+    // SAFETY: the closure runs in the forked child before exec and only
+    // calls unshare(2) and mount(2), which are async-signal-safe, on
+    // NUL-terminated strings prepared before the fork (no allocation).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let private = libc::MS_REC | libc::MS_PRIVATE;
+            if libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                private,
+                std::ptr::null(),
+            ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::mount(
+                source.as_ptr(),
+                c"/etc/hosts".as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
         });
     }
 }

@@ -161,6 +161,29 @@ pub struct ServiceStatus {
     pub source: String,
     /// Servers in config order, then the default server if it is not among them.
     pub servers: Vec<ServerStatus>,
+    /// The servers (and default server) written as DNS names, with what
+    /// they resolve to; absent when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<DnsNameStatus>,
+}
+
+/// A server (or the default server) written as a DNS name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsNameStatus {
+    /// The host name as written (lower case, no trailing dot).
+    pub name: String,
+    /// The port its servers use.
+    pub port: u16,
+    /// Whether it is the `default_server` (which uses its first address).
+    pub default: bool,
+    /// Its current addresses (`IP:port`, of the VIP's family): the last
+    /// good lookup's; empty before the first.
+    pub addresses: Vec<String>,
+    /// Why the last lookup failed (the addresses are then the last good
+    /// ones), or null.
+    pub error: Option<String>,
+    /// When the last good lookup was made, RFC 3339 UTC (null before it).
+    pub resolved_at: Option<String>,
 }
 
 fn from_config() -> String {
@@ -451,6 +474,9 @@ impl Status {
                 if service.fail_open { " FAIL-OPEN" } else { "" },
                 service.refused
             );
+            for name in &service.dns {
+                let _ = writeln!(out, "  {}", dns_line(name));
+            }
             let columns = server_columns(&service.servers, layout, now);
             scored |= columns.iter().any(|c| c.header == "SCORE");
             let limit = (layout == Layout::Fit).then_some(FIT_WIDTH);
@@ -464,6 +490,25 @@ impl Status {
         }
         out
     }
+}
+
+/// One DNS name of a service under its header: the name, what it
+/// resolves to, and its lookup error if the last one failed.
+fn dns_line(name: &DnsNameStatus) -> String {
+    let role = if name.default {
+        "default_server"
+    } else {
+        "servers"
+    };
+    let addresses = if name.addresses.is_empty() {
+        "no address yet".to_owned()
+    } else {
+        name.addresses.join(", ")
+    };
+    let error = name.error.as_ref().map_or_else(String::new, |error| {
+        format!(" (last lookup failed: {error})")
+    });
+    format!("{role} {}:{} -> {addresses}{error}", name.name, name.port)
 }
 
 /// The columns of one service's server table. STAKE, LAG and SCORE only
@@ -722,6 +767,7 @@ mod tests {
                 }],
                 dial_stall_after_ms: Some(100.0),
                 source: "config".into(),
+                dns: Vec::new(),
             }],
             xdp: None,
             registry: None,
@@ -771,6 +817,47 @@ mod tests {
         assert_eq!(age("2026-11-22T04:58:00.000Z", now), "2m10s");
         assert_eq!(age("2026-11-22T05:00:06Z", now), "4s");
         assert_eq!(age("garbage", now), "?");
+    }
+
+    #[test]
+    fn table_shows_dns_names_and_their_errors() {
+        let mut status = sample();
+        status.services[0].dns = vec![
+            DnsNameStatus {
+                name: "k3s.example.com".into(),
+                port: 9345,
+                default: false,
+                addresses: vec!["10.0.0.1:9345".into()],
+                error: Some("cannot resolve k3s.example.com: not found".into()),
+                resolved_at: Some("2026-11-22T05:00:00.000Z".into()),
+            },
+            DnsNameStatus {
+                name: "new.example.com".into(),
+                port: 6443,
+                default: true,
+                addresses: Vec::new(),
+                error: None,
+                resolved_at: None,
+            },
+        ];
+        let table = status.to_table();
+        assert!(
+            table.contains("  servers k3s.example.com:9345 -> 10.0.0.1:9345 (last lookup failed: cannot resolve k3s.example.com: not found)"),
+            "{table}"
+        );
+        assert!(
+            table.contains("  default_server new.example.com:6443 -> no address yet\n"),
+            "{table}"
+        );
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["services"][0]["dns"][0]["name"], "k3s.example.com");
+        assert_eq!(
+            json["services"][0]["dns"][1]["resolved_at"],
+            serde_json::Value::Null
+        );
+        // Without names there is no `dns` field.
+        let plain = serde_json::to_value(sample()).unwrap();
+        assert!(plain["services"][0].get("dns").is_none());
     }
 
     #[test]

@@ -45,7 +45,7 @@ use serde::{
 };
 use serde_saphyr::Location;
 
-pub use self::server::{ServerTarget, parse_server};
+pub use self::server::{ServerName, ServerTarget, parse_server};
 pub(crate) use self::validate::is_dns_name;
 use self::{raw::parse_raw, validate::Checker};
 
@@ -132,6 +132,10 @@ pub struct Config {
     /// (`connection_poll_interval`, default 200ms, 10ms to 10s).
     #[serde(serialize_with = "serialize_duration")]
     pub connection_poll_interval: Duration,
+    /// How often the DNS names among servers and default servers are
+    /// resolved again (`dns_refresh`, default 30s, 1s to 1h; reloadable).
+    #[serde(serialize_with = "serialize_duration")]
+    pub dns_refresh: Duration,
     /// XDP forwarding for remote clients (`xdp`); `None` = no XDP.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub xdp: Option<XdpSettings>,
@@ -443,6 +447,8 @@ impl K3sBalancerSpec {
             protocol: Protocol::Tcp,
             servers,
             default_server,
+            server_names: Vec::new(),
+            default_server_name: None,
             policy: Policy::Failover,
             maglev_table_size: ServiceConfig::DEFAULT_MAGLEV_TABLE_SIZE,
             health_check: HealthCheckConfig::default_for(Protocol::Tcp),
@@ -584,6 +590,14 @@ pub struct ServiceConfig {
     pub servers: Vec<SocketAddr>,
     /// Server used as a last resort when no server is healthy.
     pub default_server: Option<SocketAddr>,
+    /// The entries of `servers` written as DNS names (`name:port`,
+    /// `https://name[:port]`), in file order. The file's literal addresses
+    /// are in `servers`; at runtime the controller adds each name's
+    /// current addresses (of the VIP's family) to `servers`.
+    pub server_names: Vec<ServerName>,
+    /// `default_server` written as a DNS name; at runtime `default_server`
+    /// is its first address of the VIP's family.
+    pub default_server_name: Option<ServerName>,
     /// How a new connection's server is picked (`policy`, default failover).
     pub policy: Policy,
     /// Maglev table slots (a prime); only used with [`Policy::Spread`]
@@ -887,6 +901,12 @@ impl Config {
     pub const MIN_CONNECTION_POLL_INTERVAL: Duration = Duration::from_millis(10);
     /// Longest accepted `connection_poll_interval`.
     pub const MAX_CONNECTION_POLL_INTERVAL: Duration = Duration::from_secs(10);
+    /// Default for `dns_refresh`.
+    pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(30);
+    /// Shortest accepted `dns_refresh`.
+    pub const MIN_DNS_REFRESH: Duration = Duration::from_secs(1);
+    /// Longest accepted `dns_refresh`.
+    pub const MAX_DNS_REFRESH: Duration = Duration::from_hours(1);
     /// All spread services' tables together must fit the kernel's `maglev`
     /// map: the sum of their `maglev_table_size` is at most this.
     pub const MAX_MAGLEV_SLOTS: u32 = lb_common::MAX_MAGLEV_SLOTS;
@@ -971,6 +991,8 @@ impl Serialize for ServiceConfig {
             protocol,
             servers,
             default_server,
+            server_names,
+            default_server_name,
             policy,
             maglev_table_size,
             health_check,
@@ -985,8 +1007,18 @@ impl Serialize for ServiceConfig {
         service.serialize_field("name", name)?;
         service.serialize_field("vip", vip)?;
         service.serialize_field("protocol", protocol)?;
-        service.serialize_field("servers", servers)?;
-        service.serialize_field("default_server", default_server)?;
+        // As written: the literal addresses, then the names.
+        let written: Vec<String> = servers
+            .iter()
+            .map(ToString::to_string)
+            .chain(server_names.iter().map(ToString::to_string))
+            .collect();
+        service.serialize_field("servers", &written)?;
+        let default = default_server_name
+            .as_ref()
+            .map(ToString::to_string)
+            .or_else(|| default_server.map(|address| address.to_string()));
+        service.serialize_field("default_server", &default)?;
         service.serialize_field("policy", policy)?;
         if spread {
             service.serialize_field("maglev_table_size", maglev_table_size)?;
@@ -1298,7 +1330,9 @@ impl Config {
             let name = format!("services[{index}] ({}, vip {})", service.name, service.vip);
             // A discovery service's servers come from the chain after the start.
             if service.servers.is_empty()
+                && service.server_names.is_empty()
                 && service.default_server.is_none()
+                && service.default_server_name.is_none()
                 && service.discovery.is_none()
             {
                 warnings.push(format!(

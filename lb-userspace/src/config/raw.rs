@@ -28,6 +28,7 @@ pub(super) struct RawConfig {
     pub(super) services: Option<Spanned<Vec<Spanned<RawService>>>>,
     pub(super) max_concurrent_checks: Option<Spanned<String>>,
     pub(super) connection_poll_interval: Option<Spanned<String>>,
+    pub(super) dns_refresh: Option<Spanned<String>>,
     pub(super) xdp: Option<Spanned<RawXdp>>,
     pub(super) chain: Option<Spanned<RawChain>>,
     pub(super) k3s: Option<Spanned<RawK3s>>,

@@ -1,10 +1,74 @@
 //! How a server is written: `IP:port`, `[v6]:port`, `host:port` or a URL
 //! `http(s)://host[:port][/]` as K3s's `--server` and `ServerURL` take it.
-//! Pure parsing: names are not resolved here.
+//! Pure parsing: names are not resolved here (the controller resolves them,
+//! see `controller/dns.rs`). A name must be a valid DNS host name: labels of
+//! 1 to 63 letters, digits and hyphens (RFC 1123), at most 253 characters,
+//! the last one not all digits (so a mistyped IPv4 address is an error).
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+};
+
+use serde::{Serialize, Serializer};
 
 use super::validate::is_dns_name;
+
+/// A server written as a DNS name and a port (`name:port`,
+/// `https://name[:port]`): the name lower-cased, without a trailing dot.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServerName {
+    /// The host name.
+    pub host: String,
+    /// The port.
+    pub port: u16,
+}
+
+impl fmt::Display for ServerName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+impl Serialize for ServerName {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// Why `host` is not a DNS host name (RFC 1123), in words.
+fn name_problem(host: &str) -> String {
+    let name = host.strip_suffix('.').unwrap_or(host);
+    if name.len() > 253 {
+        return format!(
+            "the host name is {} characters long; at most 253 are allowed",
+            name.len()
+        );
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return format!("{host:?} has an empty label (two dots in a row, or a leading dot)");
+        }
+        if label.len() > 63 {
+            return format!(
+                "the label {label:?} is {} characters long; at most 63 are allowed",
+                label.len()
+            );
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return format!("the label {label:?} starts or ends with a hyphen");
+        }
+        if let Some(bad) = label
+            .chars()
+            .find(|c| !c.is_ascii_alphanumeric() && *c != '-')
+        {
+            return format!(
+                "{bad:?} in {host:?} is not allowed in a host name (letters, digits, hyphens and dots)"
+            );
+        }
+    }
+    format!("{host:?} is not a valid host name")
+}
 
 /// A server as written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +144,16 @@ pub fn parse_server(text: &str) -> Result<ServerTarget, String> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(ServerTarget::Address(SocketAddr::new(ip, port)));
     }
+    // A name's last label is never all digits (RFC 1123 2.1, RFC 3696 2):
+    // such a host is a mistyped IPv4 address, not a name to look up.
+    let last_label = host.strip_suffix('.').unwrap_or(host).rsplit('.').next();
+    if last_label
+        .is_some_and(|label| !label.is_empty() && label.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(format!(
+            "{host:?} is not a valid IPv4 address in {trimmed:?} (and not a host name: a name's last label is never all digits)"
+        ));
+    }
     if is_dns_name(host) {
         return Ok(ServerTarget::Name {
             host: host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase(),
@@ -87,7 +161,8 @@ pub fn parse_server(text: &str) -> Result<ServerTarget, String> {
         });
     }
     Err(format!(
-        "{host:?} is neither an IP address nor a DNS name in {trimmed:?}"
+        "{host:?} is neither an IP address nor a DNS name in {trimmed:?}: {}",
+        name_problem(host)
     ))
 }
 
@@ -187,5 +262,42 @@ mod tests {
         );
         let err = parse_server("https://user@a:1").unwrap_err();
         assert!(err.contains("user info"), "{err}");
+    }
+
+    #[test]
+    fn name_errors_name_the_rule() {
+        let err = parse_server("bad_name:1").unwrap_err();
+        assert!(err.contains("'_'"), "{err}");
+        let long_label = format!("{}.example:1", "a".repeat(64));
+        let err = parse_server(&long_label).unwrap_err();
+        assert!(err.contains("at most 63"), "{err}");
+        let long_name = format!("{}:1", vec!["a".repeat(60); 5].join("."));
+        let err = parse_server(&long_name).unwrap_err();
+        assert!(err.contains("at most 253"), "{err}");
+        let err = parse_server("a..b:1").unwrap_err();
+        assert!(err.contains("empty label"), "{err}");
+        let err = parse_server("10.0.0.300:1").unwrap_err();
+        assert!(err.contains("not a valid IPv4 address"), "{err}");
+        let err = parse_server("https://1234").unwrap_err();
+        assert!(err.contains("not a valid IPv4 address"), "{err}");
+        assert!(parse_server("3com.example:1").is_ok());
+        let err = parse_server("-a.b:1").unwrap_err();
+        assert!(err.contains("hyphen"), "{err}");
+        // A trailing dot (fully qualified) is accepted and dropped.
+        assert_eq!(
+            parse_server("backend.test.:80"),
+            Ok(ServerTarget::Name {
+                host: "backend.test".to_owned(),
+                port: 80
+            })
+        );
+        assert_eq!(
+            ServerName {
+                host: "backend.test".to_owned(),
+                port: 443
+            }
+            .to_string(),
+            "backend.test:443"
+        );
     }
 }

@@ -77,6 +77,8 @@ fn full_example() {
                 protocol: Protocol::Tcp,
                 servers: vec![addr("10.0.0.1:9345"), addr("10.0.0.2:9345")],
                 default_server: Some(addr("10.0.0.1:9345")),
+                server_names: Vec::new(),
+                default_server_name: None,
                 policy: Policy::Failover,
                 maglev_table_size: ServiceConfig::DEFAULT_MAGLEV_TABLE_SIZE,
                 health_check: HealthCheckConfig {
@@ -92,6 +94,7 @@ fn full_example() {
             }],
             max_concurrent_checks: 64,
             connection_poll_interval: Duration::from_millis(200),
+            dns_refresh: Duration::from_secs(30),
             xdp: None,
             chain: None,
             k3s: None,
@@ -2844,13 +2847,88 @@ fn servers_and_default_server_take_k3s_server_urls() {
 }
 
 #[test]
-fn a_host_name_server_gets_a_message_about_names_not_brackets() {
-    let yaml = "services:\n  - name: a\n    vip: 127.0.0.1:6444\n    servers: []\n    default_server: https://name:6443\n";
+fn dns_names_are_servers_beside_the_literal_addresses() {
+    let yaml = "services:\n  - name: a\n    vip: 127.0.0.1:6444\n    servers: [\"10.0.0.1:6443\", \"Backend.Test:6443\", \"https://k3s.example.\"]\n    default_server: https://name:6443\n";
+    let config = parse(yaml);
+    let service = &config.services[0];
+    assert_eq!(service.servers, vec![addr("10.0.0.1:6443")]);
+    let name = |host: &str, port: u16| ServerName {
+        host: host.to_owned(),
+        port,
+    };
+    assert_eq!(
+        service.server_names,
+        vec![name("backend.test", 6443), name("k3s.example", 443)]
+    );
+    assert_eq!(service.default_server, None);
+    assert_eq!(service.default_server_name, Some(name("name", 6443)));
+    assert_eq!(config.dns_refresh, Duration::from_secs(30));
+    assert!(config.warnings().is_empty(), "{:?}", config.warnings());
+    // Written back as in the file: literal addresses, then the names.
+    let json = serde_json::to_value(&config).unwrap();
+    assert_eq!(
+        json["services"][0]["servers"],
+        serde_json::json!(["10.0.0.1:6443", "backend.test:6443", "k3s.example:443"])
+    );
+    assert_eq!(json["services"][0]["default_server"], "name:6443");
+    assert_eq!(json["dns_refresh"], "30s");
+    // A name only as the default server is enough for no warning.
+    let only_default = parse(
+        "services:\n  - name: a\n    vip: 127.0.0.1:6444\n    servers: []\n    default_server: name:6443\n",
+    );
+    assert!(only_default.warnings().is_empty());
+}
+
+#[test]
+fn bad_dns_names_and_refresh_get_clear_messages() {
+    let server = |text: &str| {
+        format!("services:\n  - name: a\n    vip: 127.0.0.1:6444\n    servers: [\"{text}\"]\n")
+    };
+    assert_error(
+        &server("bad_name:6443"),
+        "services[0].servers[0]",
+        4,
+        "not allowed in a host name",
+    );
+    assert_error(
+        &server(&format!("{}.test:1", "a".repeat(64))),
+        "services[0].servers[0]",
+        4,
+        "at most 63",
+    );
+    assert_error(&server("name:0"), "services[0].servers[0]", 4, "port 0");
+    assert_error(
+        &server("10.0.0.300:1"),
+        "services[0].servers[0]",
+        4,
+        "not a valid IPv4 address",
+    );
+    assert_error(
+        &server("backend.test"),
+        "services[0].servers[0]",
+        4,
+        "the port is missing",
+    );
+    assert_error(
+        "services:\n  - name: a\n    vip: 127.0.0.1:6444\n    servers: [\"b.test:1\", \"B.test.:1\"]\n",
+        "services[0].servers[1]",
+        4,
+        "duplicate server b.test:1",
+    );
+    let config = parse("services: []\ndns_refresh: 1s\n");
+    assert_eq!(config.dns_refresh, Duration::from_secs(1));
+    assert_error("services: []\ndns_refresh: 500ms\n", "dns_refresh", 2, "");
+    assert_error("services: []\ndns_refresh: 2h\n", "dns_refresh", 2, "");
+}
+
+#[test]
+fn a_bad_server_url_gets_a_message_about_it_not_brackets() {
+    let yaml = "services:\n  - name: a\n    vip: 127.0.0.1:6444\n    servers: []\n    default_server: https://na_me:6443\n";
     assert_error(
         yaml,
         "services[0].default_server",
         5,
-        "host names are not resolved in servers",
+        "neither an IP address nor a DNS name",
     );
     assert!(!error(yaml).contains("brackets"), "{}", error(yaml));
     assert_error(

@@ -1,6 +1,6 @@
 //! The controller's mailbox: the [`Event`]s its thread handles, and the
 //! [`Controller`] handle everyone else holds (API, signals, check tasks,
-//! the poller, the discovery watcher). A request carries the channel its
+//! the poller, the discovery watcher, the DNS resolver). A request carries the channel its
 //! answer comes back on; the handle's methods send and await.
 
 use std::{
@@ -33,6 +33,9 @@ pub(super) enum Event {
     /// poller (once, right after the thread starts).
     Start {
         config: Box<Config>,
+        /// The DNS names among the servers, looked up before the start
+        /// (`None`: not within the time allowed; the resolver does it).
+        resolved: Option<super::dns::Lookups>,
         reply: oneshot::Sender<anyhow::Result<()>>,
     },
     /// A check task asks how long to wait and how to probe next; `None`:
@@ -79,6 +82,11 @@ pub(super) enum Event {
         service: String,
         reading: super::k3s::Reading,
     },
+    /// The resolver looked the servers' DNS names up (at `at`).
+    Resolved {
+        lookups: super::dns::Lookups,
+        at: std::time::SystemTime,
+    },
     /// `SIGHUP` or `POST /reload`: the new configuration.
     Reload {
         config: Box<Config>,
@@ -123,6 +131,7 @@ impl Event {
             Self::DiscoveryWanted { .. } => "discovery wanted",
             Self::View { .. } => "registry view",
             Self::K3sFile { .. } => "K3s state file",
+            Self::Resolved { .. } => "DNS lookups",
             Self::Reload { .. } => "reload",
             Self::SetServers { .. } => "set servers",
             Self::SetKernelLog { .. } => "set kernel log",

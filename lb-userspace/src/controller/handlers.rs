@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 use super::{
     attestation, checks,
     dials::{self, monotonic_ns},
-    discovery,
+    discovery, dns,
     events::{Event, ServersError},
     k3s, kernel_log, poller, reconcile,
     runtime::{State, Suspicion},
@@ -39,8 +39,12 @@ impl State {
     /// Handles one event.
     pub(super) fn handle_event(&mut self, event: Event) -> Next {
         match event {
-            Event::Start { config, reply } => {
-                let started = self.start(*config);
+            Event::Start {
+                config,
+                resolved,
+                reply,
+            } => {
+                let started = self.start(*config, resolved.as_ref());
                 let failed = started.is_err();
                 let _ = reply.send(started);
                 if failed {
@@ -82,6 +86,7 @@ impl State {
             }
             Event::View { view, resolved } => discovery::apply_view(self, view, resolved),
             Event::K3sFile { service, reading } => k3s::apply_reading(self, &service, reading),
+            Event::Resolved { lookups, at } => dns::apply_lookups(self, &lookups, at),
             Event::Reload { config, reply } => {
                 let _ = reply.send(self.reload(*config));
             }
@@ -116,7 +121,12 @@ impl State {
     /// The first configuration: static (or saved) servers are served
     /// whether or not the registry can be read, then discovery and the
     /// poller start.
-    fn start(&mut self, config: Config) -> anyhow::Result<()> {
+    fn start(&mut self, mut config: Config, resolved: Option<&dns::Lookups>) -> anyhow::Result<()> {
+        self.dns.set_config(&config);
+        if let Some(lookups) = resolved {
+            self.dns.record(&config, lookups, SystemTime::now());
+        }
+        self.dns.merge_into(&mut config);
         self.discovery.set_static(&config);
         let chain = config.chain.clone();
         let k3s_settings = config.k3s.clone();
@@ -142,6 +152,7 @@ impl State {
         if let Some(settings) = &k3s_settings {
             k3s::start(self, &handle, settings);
         }
+        dns::start(self, &handle);
         if let Some(ring) = self.dataplane.maps.dial_events.take() {
             self.dial_task = Some(dials::spawn(&self.runtime, handle.clone(), ring)?);
         }
@@ -156,6 +167,7 @@ impl State {
     pub(super) fn stop_tasks(&mut self) {
         self.discovery.stop();
         self.k3s.stop();
+        self.dns.stop();
         if let Some(poller) = self.poller.take() {
             poller.abort();
         }
@@ -475,12 +487,21 @@ impl State {
     /// everything as it was.
     fn reload(&mut self, mut config: Config) -> anyhow::Result<()> {
         reconcile::keep_restart_only_fields(&self.config, &mut config);
+        let dns_before = self.dns.services.clone();
+        self.dns.set_config(&config);
+        self.dns.merge_into(&mut config);
         self.discovery.set_static(&config);
         self.discovery.merge_into(&mut config);
         let kernel_log = config.kernel_log;
         self.k3s.merge_into(&mut config);
-        reconcile::apply(self, config)?;
+        if let Err(err) = reconcile::apply(self, config) {
+            // Nothing changed: the names stay as they were.
+            self.dns.services = dns_before;
+            return Err(err);
+        }
         self.discovery.refresh();
+        // The new names are looked up at once, then every `dns_refresh`.
+        self.dns.refresh(self.config.dns_refresh);
         // A reload goes back to the config's level (as it goes back to the
         // config's server lists).
         self.set_kernel_log(kernel_log, "reload")
@@ -495,6 +516,12 @@ impl State {
             )));
         }
         let mut config = reconcile::config_with_servers(&self.config, service, servers)?;
+        // Its `servers` names are no longer followed (until a reload).
+        let dns_before = self.dns.services.clone();
+        if let Some(changed) = config.services.iter_mut().find(|s| s.name == service) {
+            changed.server_names.clear();
+            self.dns.servers_set(service, &changed.servers);
+        }
         // A discovery service: the list replaces its static servers; the
         // discovered ones stay.
         if let Some(changed) = config
@@ -507,6 +534,9 @@ impl State {
                 .insert(changed.name.clone(), changed.servers.clone());
             self.discovery.merge_into(&mut config);
         }
-        reconcile::apply(self, config).map_err(ServersError::Apply)
+        reconcile::apply(self, config).map_err(|err| {
+            self.dns.services = dns_before;
+            ServersError::Apply(err)
+        })
     }
 }

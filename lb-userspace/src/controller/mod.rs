@@ -16,6 +16,8 @@
 //! - the discovery watcher, with each registry view ([`discovery`]);
 //! - the K3s watcher, with each changed reading of K3s's balancer state
 //!   files ([`k3s`]);
+//! - the DNS resolver, with each round of lookups of the servers' names
+//!   ([`dns`]);
 //! - the API and signals: status, metrics, reloads, `PUT
 //!   /services/{name}/servers`, `PUT /kernel-log`, each with a reply
 //!   channel.
@@ -32,6 +34,7 @@ mod backend_flags;
 mod checks;
 mod dials;
 mod discovery;
+mod dns;
 mod events;
 mod failover;
 mod handlers;
@@ -82,9 +85,23 @@ impl Controller {
             .name("controller".to_owned())
             .spawn(move || run(state, receiver))
             .context("starting the controller thread")?;
+        // Services start with the servers their names resolve to, when
+        // that is quick; otherwise the resolver adds them soon after.
+        let hosts = dns::hosts_of(&config);
+        let resolved = if hosts.is_empty() {
+            None
+        } else {
+            tokio::time::timeout(
+                dns::START_TIMEOUT,
+                dns::lookup_all(&hosts, dns::START_TIMEOUT),
+            )
+            .await
+            .ok()
+        };
         let started = controller
             .ask(|reply| Event::Start {
                 config: Box::new(config),
+                resolved,
                 reply,
             })
             .await

@@ -29,7 +29,7 @@ use super::{
     spread,
 };
 use crate::{
-    config::{Config, Policy},
+    config::{Config, Policy, Protocol},
     health::Prober,
     kernel::dataplane::Dataplane,
     policy::{
@@ -41,9 +41,13 @@ use crate::{
 
 /// `config` with each service's servers replaced by those saved in its state
 /// file, when that file belongs to the configured default server (K3s
-/// semantics; see [`persist`]).
+/// semantics; see [`persist`]). Not for a service with DNS names among its
+/// servers: its list follows the names.
 pub(super) fn with_saved_servers(mut config: Config) -> Config {
     for service in &mut config.services {
+        if !service.server_names.is_empty() || service.default_server_name.is_some() {
+            continue;
+        }
         let loaded = persist::load(
             &config.data_dir,
             &service.name,
@@ -92,6 +96,38 @@ pub(super) fn keep_restart_only_fields(running: &Config, new: &mut Config) {
     );
 }
 
+/// Why `address` cannot be a server of the service `name` (of
+/// `protocol`) in `running`: it cannot be connected to (port 0, an
+/// unspecified or multicast address), or it is a VIP of the same protocol
+/// (a forwarding loop: it would send the service's clients, and the
+/// controller's own probes when it runs in the balanced cgroup, to whatever
+/// that VIP selects). The rule of `PUT /services/{name}/servers`, also
+/// applied to the addresses a server's DNS name resolves to.
+pub(super) fn server_problem(
+    running: &Config,
+    name: &str,
+    protocol: Protocol,
+    address: SocketAddr,
+) -> Option<String> {
+    if address.port() == 0 || address.ip().is_unspecified() || address.ip().is_multicast() {
+        return Some(format!(
+            "{address} cannot be connected to (port 0, unspecified or multicast address)"
+        ));
+    }
+    let owner = running
+        .services
+        .iter()
+        .find(|s| s.protocol == protocol && s.vip == address)?;
+    let whose = if owner.name == name {
+        "the service's own VIP".to_owned()
+    } else {
+        format!("the VIP of service {}", owner.name)
+    };
+    Some(format!(
+        "forwarding loop: {address} is {whose}; a server must be a real server"
+    ))
+}
+
 /// The running config with one service's servers replaced; checks the list
 /// like the config file does.
 pub(super) fn config_with_servers(
@@ -106,17 +142,6 @@ pub(super) fn config_with_servers(
         .find(|s| s.name == name)
         .ok_or_else(|| ServersError::UnknownService(name.to_owned()))?
         .protocol;
-    // Every VIP of this protocol, as the config file's validation sees them:
-    // a server that is a VIP would send the service's clients (and the
-    // controller's own probes, when it runs in the balanced cgroup) to
-    // whatever that VIP selects.
-    let vip_owner = |address: SocketAddr| {
-        running
-            .services
-            .iter()
-            .find(|s| s.protocol == protocol && s.vip == address)
-            .map(|s| s.name.clone())
-    };
     let service = config
         .services
         .iter_mut()
@@ -128,7 +153,7 @@ pub(super) fn config_with_servers(
             Ok(crate::config::ServerTarget::Address(address)) => address,
             Ok(crate::config::ServerTarget::Name { host, .. }) => {
                 return Err(ServersError::Invalid(format!(
-                    "servers[{i}]: {text:?} names the host {host:?}; host names are not resolved, write its IP address"
+                    "servers[{i}]: {text:?} names the host {host:?}; set-servers takes IP addresses only (DNS names are resolved only for servers written in the config file), write its IP address"
                 )));
             }
             Err(problem) => {
@@ -148,20 +173,8 @@ pub(super) fn config_with_servers(
                 }
             )));
         }
-        if address.port() == 0 || address.ip().is_unspecified() || address.ip().is_multicast() {
-            return Err(ServersError::Invalid(format!(
-                "servers[{i}]: {address} cannot be connected to (port 0, unspecified or multicast address)"
-            )));
-        }
-        if let Some(owner) = vip_owner(address) {
-            let whose = if owner == name {
-                "the service's own VIP".to_owned()
-            } else {
-                format!("the VIP of service {owner}")
-            };
-            return Err(ServersError::Invalid(format!(
-                "servers[{i}]: forwarding loop: {address} is {whose}; a server must be a real server"
-            )));
+        if let Some(problem) = server_problem(running, name, protocol, address) {
+            return Err(ServersError::Invalid(format!("servers[{i}]: {problem}")));
         }
         if let Some(j) = parsed.iter().position(|p| *p == address) {
             return Err(ServersError::Invalid(format!(

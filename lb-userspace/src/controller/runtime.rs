@@ -18,6 +18,7 @@ use tokio::{
 };
 
 use super::{
+    dns::DnsState,
     events::{Controller, Event},
     k3s::K3sState,
     registry::DiscoveryState,
@@ -126,6 +127,8 @@ pub(super) struct State {
     pub(super) discovery: DiscoveryState,
     /// The followed K3s balancers (the `k3s` block).
     pub(super) k3s: K3sState,
+    /// The servers written as DNS names and what they resolve to.
+    pub(super) dns: DnsState,
     /// Bounds the probes running at once across all services.
     pub(super) probe_slots: Arc<Semaphore>,
     /// Runs `nautilus` checks (with `chain.enclave_config` and
@@ -181,6 +184,7 @@ impl State {
             if_addrs_overflow: false,
             discovery: DiscoveryState::default(),
             k3s: K3sState::default(),
+            dns: DnsState::default(),
             probe_slots: Arc::new(Semaphore::new(config.max_concurrent_checks)),
             attester,
             runtime,

@@ -141,6 +141,7 @@ pub(super) fn build(state: &State) -> Status {
                 }),
                 source: source(state, &service.config),
                 servers,
+                dns: state.dns.status(&service.config.name),
             }
         })
         .collect();

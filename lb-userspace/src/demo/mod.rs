@@ -347,6 +347,8 @@ pub async fn start(base: Config, tasks: &mut JoinSet<()>) -> anyhow::Result<Conf
         protocol,
         servers: Vec::new(),
         default_server: None,
+        server_names: Vec::new(),
+        default_server_name: None,
         policy: Policy::Failover,
         maglev_table_size: ServiceConfig::DEFAULT_MAGLEV_TABLE_SIZE,
         health_check: check(spec),

@@ -84,6 +84,7 @@ fn service(name: &str, policy: &str, servers: Vec<ServerStatus>) -> ServiceStatu
         dial_stall_after_ms: None,
         source: "config".into(),
         servers,
+        dns: Vec::new(),
     }
 }
 

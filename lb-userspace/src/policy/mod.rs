@@ -7,8 +7,10 @@
 //! - [`maglev`]: the weighted Maglev backend table of `policy: spread`.
 //! - [`map_ids`]: which map slot holds which service and backend.
 //! - [`dial_stall`]: when a SYN has waited too long (`dial_stall_timeout`).
+//! - [`dns`]: what a lookup of a server's DNS name does to its service's list.
 
 pub mod dial_stall;
+pub mod dns;
 pub mod maglev;
 pub mod map_ids;
 pub mod ranking;

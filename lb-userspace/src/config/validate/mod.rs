@@ -24,7 +24,7 @@ use serde_saphyr::{Location, Spanned};
 
 use super::{
     Config, ControlGroup, DialStall, DiscoveryConfig, Features, HealthCheckConfig, Issue,
-    KernelLog, Policy, Protocol, ServiceConfig, raw::RawConfig,
+    KernelLog, Policy, Protocol, ServerName, ServiceConfig, raw::RawConfig,
 };
 
 /// Longest service name.
@@ -123,6 +123,10 @@ struct ServiceDraft {
     protocol: Option<Protocol>,
     servers: Vec<(String, Spanned<SocketAddr>)>,
     default_server: Option<Spanned<SocketAddr>>,
+    /// The servers written as DNS names, in file order.
+    server_names: Vec<ServerName>,
+    /// `default_server` written as a DNS name.
+    default_server_name: Option<ServerName>,
     /// Without a position when not written (the default).
     policy: Option<Spanned<Policy>>,
     /// Without a position when not written (the default).
@@ -159,6 +163,8 @@ impl ServiceDraft {
                 .map(|(_, server)| server.value)
                 .collect(),
             default_server: self.default_server.map(|server| server.value),
+            server_names: self.server_names,
+            default_server_name: self.default_server_name,
             policy: self.policy?.value,
             maglev_table_size: self.maglev_table_size?.value,
             health_check: self.health_check?,
@@ -285,6 +291,15 @@ impl Checker {
             None => Some(KernelLog::Off),
             Some(raw) => self.parse(raw, "kernel_log"),
         };
+        let dns_refresh = match &top.dns_refresh {
+            None => Some(Config::DEFAULT_DNS_REFRESH),
+            Some(raw) => self.duration_in_range(
+                raw,
+                "dns_refresh",
+                Config::MIN_DNS_REFRESH,
+                Config::MAX_DNS_REFRESH,
+            ),
+        };
         let xdp = match &top.xdp {
             None => Some(None),
             Some(raw) => self.xdp(raw).map(Some),
@@ -356,6 +371,7 @@ impl Checker {
             services: services?,
             max_concurrent_checks: max_concurrent_checks?,
             connection_poll_interval: connection_poll_interval?,
+            dns_refresh: dns_refresh?,
             xdp: xdp?,
             chain: chain?,
             k3s: k3s?,
@@ -682,17 +698,18 @@ fn address_problem(addr: SocketAddr, role: AddrRole) -> Option<String> {
     }
 }
 
-/// Parses a server or default server: `IP:port`, `[v6]:port` or a URL
-/// `https://IP:port` (see [`crate::config::parse_server`]). Host names
-/// parse but are refused: they are not resolved.
+/// Parses a server or default server written as an address: `IP:port`,
+/// `[v6]:port` or a URL `https://IP:port` (see
+/// [`crate::config::parse_server`]). Names are taken before this.
 fn server_addr(text: &str) -> Result<SocketAddr, String> {
     match crate::config::parse_server(text) {
         Ok(crate::config::ServerTarget::Address(addr)) => Ok(addr),
+        // Names with a port are taken before (`server_name`): only port 0 is left.
         Ok(crate::config::ServerTarget::Name { host, port }) => Err(format!(
-            "{text:?} names the host {host:?}; host names are not resolved in servers, write its IP address (e.g. https://10.0.0.1:{port}), or follow K3s's own list with the k3s block"
+            "{host}:{port}: port 0 is not allowed for a server; expected a port from 1 to 65535"
         )),
         Err(problem) => Err(format!(
-            "invalid server {text:?}: {problem}; expected IP:port, [IPv6]:port or https://IP:port"
+            "invalid server {text:?}: {problem}; expected IP:port, [IPv6]:port, name:port or https://host[:port]"
         )),
     }
 }

@@ -11,8 +11,22 @@ use serde_saphyr::{Location, Spanned};
 
 use super::{AddrRole, Checker, MAX_NAME_LEN, ServiceDraft, family_name};
 use crate::config::{
-    Config, DialStall, Policy, Protocol, ServiceConfig, is_prime, raw::RawService,
+    Config, DialStall, Policy, Protocol, ServerName, ServerTarget, ServiceConfig, is_prime,
+    parse_server, raw::RawService,
 };
+
+/// The server `raw` as a DNS name, when it is written as one (a name that
+/// parses; anything else is checked as an address, which reports it).
+fn server_name(raw: &Spanned<String>) -> Option<Spanned<ServerName>> {
+    match parse_server(&raw.value) {
+        Ok(ServerTarget::Name { host, port }) if port != 0 => Some(Spanned::new(
+            ServerName { host, port },
+            raw.referenced,
+            raw.defined,
+        )),
+        _ => None,
+    }
+}
 
 impl Checker {
     /// A `dial_stall_timeout`: `auto`, `0s` (off) or a duration up to
@@ -69,9 +83,29 @@ impl Checker {
                 "",
             )
         };
+        let mut server_names: Vec<(String, Spanned<ServerName>)> = Vec::new();
         if let Some(list) = servers_list {
             for (server_index, server) in list.value.iter().enumerate() {
                 let server_path = format!("{path}.servers[{server_index}]");
+                if let Some(name) = server_name(server) {
+                    if let Some((first_path, first)) = server_names
+                        .iter()
+                        .find(|(_, other)| other.value == name.value)
+                    {
+                        self.report(
+                            name.referenced,
+                            &server_path,
+                            format!(
+                                "duplicate server {}, already listed as {first_path} (line {})",
+                                name.value,
+                                first.referenced.line()
+                            ),
+                        );
+                    } else {
+                        server_names.push((server_path, name));
+                    }
+                    continue;
+                }
                 let Some(addr) = self.server(server, &server_path, family, "server") else {
                     continue;
                 };
@@ -92,14 +126,19 @@ impl Checker {
                 }
             }
         }
-        let default_server = service.default_server.as_ref().and_then(|server| {
-            self.server(
-                server,
-                &format!("{path}.default_server"),
-                family,
-                "default_server",
-            )
-        });
+        let default_server_name = service.default_server.as_ref().and_then(server_name);
+        let default_server = service
+            .default_server
+            .as_ref()
+            .filter(|_| default_server_name.is_none())
+            .and_then(|server| {
+                self.server(
+                    server,
+                    &format!("{path}.default_server"),
+                    family,
+                    "default_server",
+                )
+            });
         let policy = match &service.policy {
             None => Some(Spanned::new(
                 Policy::Failover,
@@ -114,8 +153,13 @@ impl Checker {
             servers
                 .iter()
                 .any(|(_, server)| server.value == default.value)
+        }) && default_server_name.as_ref().is_none_or(|default| {
+            server_names
+                .iter()
+                .any(|(_, name)| name.value == default.value)
         });
-        let server_count = servers.len() + usize::from(!default_is_listed);
+        // A name counts as one server here (it may resolve to more).
+        let server_count = servers.len() + server_names.len() + usize::from(!default_is_listed);
         let maglev_table_size = self.maglev_table_size(
             service.maglev_table_size.as_ref(),
             &path,
@@ -156,6 +200,8 @@ impl Checker {
             protocol,
             servers,
             default_server,
+            server_names: server_names.into_iter().map(|(_, n)| n.value).collect(),
+            default_server_name: default_server_name.map(|n| n.value),
             policy,
             maglev_table_size,
             health_check,
