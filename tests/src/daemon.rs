@@ -72,7 +72,13 @@ impl Daemon {
     /// `/run/netns/NAME`, see [`topology::enter_netns_on_exec`]); so is
     /// every [`Daemon::relaunch`].
     pub fn spawn_in_netns(args: &[&str], log_dir: &Path, api: SocketAddr, netns: &Path) -> Self {
-        Self::spawn_with(args, log_dir, api, Some(Netns::SetNs(netns.to_path_buf())), None)
+        Self::spawn_with(
+            args,
+            log_dir,
+            api,
+            Some(Netns::SetNs(netns.to_path_buf())),
+            None,
+        )
     }
 
     /// Like [`Daemon::spawn`], as `ip netns exec NAME daas-lb run ARGS...`:
