@@ -481,3 +481,30 @@ pub const METRICS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST),
 
 /// The status API address used by [`config_yaml`].
 pub const API: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9465);
+
+/// The uid and gid of `nobody`: the unprivileged user of the security tests.
+pub const NOBODY: u32 = 65534;
+
+/// A copy of `daas-lb` in `env`'s temp directory that `nobody` can run
+/// (the build tree may sit below a directory only root can enter).
+pub fn binary_for_nobody(env: &TestEnv) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = env.tmp.path().join("bin");
+    fs::create_dir_all(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.join("daas-lb");
+    fs::copy(daas_lb_bin(), &copy).unwrap();
+    fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();
+    copy
+}
+
+/// Runs `program args` as `nobody` (from `/`), to completion.
+pub fn as_nobody(program: &Path, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .current_dir("/")
+        .output()
+        .unwrap_or_else(|e| panic!("running {} as nobody: {e}", program.display()))
+}

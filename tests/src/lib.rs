@@ -60,8 +60,9 @@ pub use chain::SuiChain;
 pub use clients::{ClientOutcome, HeldConnection, HoldEvent, Received};
 pub use daemon::Daemon;
 pub use env::{
-    API, METRICS, NetNs, PinDir, TempDir, TestCgroup, TestEnv, cgroup2_root, client_bin,
-    config_yaml, control_socket_in, daas_lb_bin, privileged, sh, unique,
+    API, METRICS, NOBODY, NetNs, PinDir, TempDir, TestCgroup, TestEnv, as_nobody,
+    binary_for_nobody, cgroup2_root, client_bin, config_yaml, control_socket_in, daas_lb_bin,
+    privileged, sh, unique,
 };
 pub use inspect::{
     ClosedLog, Sample, bpftool, cgroup_link_programs, cgroup_links, cgroup_programs,

@@ -97,15 +97,7 @@ fn demo_commands_work() {
     let pin_path = env.pins.path().display().to_string();
     let socket = lb_tests::control_socket_in(env.tmp.path());
     let socket_path = socket.display().to_string();
-    let mut demo = env.spawn(&[
-        "--demo",
-        "--cgroup",
-        &cgroup_path,
-        "--bpffs-dir",
-        &pin_path,
-        "--control-socket",
-        &socket_path,
-    ]);
+    let mut demo = spawn_demo(&env);
     let status = demo.wait_checked();
     assert_eq!(status.services.len(), 4, "{status:?}");
     let log = demo.log();
@@ -472,21 +464,12 @@ fn demo_refuses_when_its_ports_are_taken() {
         return;
     };
     let cgroup_path = env.cgroup.path().display().to_string();
-    let pin_path = env.pins.path().display().to_string();
     let socket = lb_tests::control_socket_in(env.tmp.path());
     // Every address on the port: the demo's VIP 127.0.0.66:16440 included.
     let _vip = TcpListener::bind("0.0.0.0:16440").unwrap();
     let _v6_vip = TcpListener::bind("[::1]:16440").unwrap();
     let _backend = std::net::UdpSocket::bind("127.0.0.1:16442").unwrap();
-    let mut demo = env.spawn(&[
-        "--demo",
-        "--cgroup",
-        &cgroup_path,
-        "--bpffs-dir",
-        &pin_path,
-        "--control-socket",
-        &socket.display().to_string(),
-    ]);
+    let mut demo = spawn_demo(&env);
     let exit = demo.wait_exit(Duration::from_secs(30));
     let log = demo.log();
     assert!(!exit.success(), "{exit}: {log}");
@@ -526,4 +509,19 @@ fn selected_backend(demo: &lb_tests::Daemon, service: &str) -> String {
         "{service} selects {selected}, not a demo backend"
     );
     format!("backend-{}", port - 16440)
+}
+
+/// Starts `daas-lb run --demo` on `env`'s cgroup, pin directory and
+/// control socket (never the root cgroup or the demo's own pins).
+fn spawn_demo(env: &TestEnv) -> lb_tests::Daemon {
+    let socket = lb_tests::control_socket_in(env.tmp.path());
+    env.spawn(&[
+        "--demo",
+        "--cgroup",
+        &env.cgroup.path().display().to_string(),
+        "--bpffs-dir",
+        &env.pins.path().display().to_string(),
+        "--control-socket",
+        &socket.display().to_string(),
+    ])
 }

@@ -18,16 +18,16 @@ use std::{
     fs,
     io::{self, Read as _},
     net::{Ipv4Addr, SocketAddr, TcpStream},
-    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
-    path::{Path, PathBuf},
+    os::unix::fs::PermissionsExt as _,
+    path::Path,
     process::{Command, Output},
     thread,
     time::Duration,
 };
 
 use lb_tests::{
-    API, Daemon, Node, PinDir, TempDir, TestCgroup, TestEnv, config_yaml, daas_lb_bin, privileged,
-    service_yaml, topology::Topology,
+    API, Daemon, Node, PinDir, TempDir, TestCgroup, TestEnv, as_nobody, binary_for_nobody,
+    config_yaml, daas_lb_bin, privileged, service_yaml, topology::Topology,
 };
 use lb_userspace::config::KernelLog;
 
@@ -46,7 +46,6 @@ const KERNEL: &str = "daas_lb::kernel";
 const QUIET: Duration = Duration::from_millis(700);
 /// How long a record may take to reach the log.
 const WITHIN: Duration = Duration::from_secs(5);
-const NOBODY: u32 = 65534;
 
 /// The services: `api` on two nodes (node1 first), `empty` on none.
 fn services(node1: &Node, node2: &Node) -> String {
@@ -206,28 +205,6 @@ fn the_config_sets_kernel_log_and_a_reload_goes_back_to_it() {
     failed_connect(&env, EMPTY_VIP);
     thread::sleep(QUIET);
     assert_eq!(daemon.log_count("refused with ECONNREFUSED"), 2);
-}
-
-/// A copy of `daas-lb` that `nobody` can run (the build tree may sit below
-/// a directory only root can enter).
-fn binary_for_nobody(env: &TestEnv) -> PathBuf {
-    let dir = env.tmp.path().join("bin");
-    fs::create_dir_all(&dir).unwrap();
-    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
-    let copy = dir.join("daas-lb");
-    fs::copy(daas_lb_bin(), &copy).unwrap();
-    fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();
-    copy
-}
-
-fn as_nobody(program: &Path, args: &[&str]) -> Output {
-    Command::new(program)
-        .args(args)
-        .uid(NOBODY)
-        .gid(NOBODY)
-        .current_dir("/")
-        .output()
-        .unwrap_or_else(|e| panic!("running {} as nobody: {e}", program.display()))
 }
 
 #[test]

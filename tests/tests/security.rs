@@ -16,12 +16,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_tests::{API, Daemon, METRICS, TcpBackend, TestEnv, daas_lb_bin, service_yaml};
+use lb_tests::{
+    API, Daemon, METRICS, NOBODY, TcpBackend, TestEnv, as_nobody, binary_for_nobody, daas_lb_bin,
+    service_yaml,
+};
 use lb_userspace::api::client;
 
 const VIP: &str = "127.0.0.1:6443";
 const SVC: &str = "apiserver";
-const NOBODY: u32 = 65534;
 const CHECK: &str = "{ kind: tcp, interval: 100ms, timeout: 100ms }";
 
 /// A daemon fronting `configured` (and, later, perhaps `other`).
@@ -75,28 +77,10 @@ impl World {
         }
     }
 
-    /// A copy of `daas-lb` that `nobody` can run (the build tree may sit
-    /// below a directory only root can enter).
+    /// A copy of `daas-lb` that `nobody` can run.
     fn binary_for_nobody(&self) -> PathBuf {
-        let dir = self.env.tmp.path().join("bin");
-        fs::create_dir_all(&dir).unwrap();
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
-        let copy = dir.join("daas-lb");
-        fs::copy(daas_lb_bin(), &copy).unwrap();
-        fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();
-        copy
+        binary_for_nobody(&self.env)
     }
-}
-
-/// Runs `program args` as `nobody`.
-fn as_nobody(program: &Path, args: &[&str]) -> Output {
-    Command::new(program)
-        .args(args)
-        .uid(NOBODY)
-        .gid(NOBODY)
-        .current_dir("/")
-        .output()
-        .unwrap_or_else(|e| panic!("running {} as nobody: {e}", program.display()))
 }
 
 /// `curl` as `nobody` (or root): the HTTP code it printed, and its output.
