@@ -499,12 +499,27 @@ pub fn binary_for_nobody(env: &TestEnv) -> PathBuf {
 }
 
 /// Runs `program args` as `nobody` (from `/`), to completion.
+///
+/// A freshly copied binary can be briefly "busy" (`ETXTBSY`): a process
+/// another test thread forks while the copy's write descriptor is open
+/// holds it until that child execs. That passes within milliseconds, so
+/// the exec is retried (at most 50 times, 20 ms apart).
 pub fn as_nobody(program: &Path, args: &[&str]) -> Output {
-    Command::new(program)
-        .args(args)
-        .uid(NOBODY)
-        .gid(NOBODY)
-        .current_dir("/")
-        .output()
-        .unwrap_or_else(|e| panic!("running {} as nobody: {e}", program.display()))
+    let mut tries = 0;
+    loop {
+        match Command::new(program)
+            .args(args)
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .current_dir("/")
+            .output()
+        {
+            Ok(output) => return output,
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 50 => {
+                tries += 1;
+                thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("running {} as nobody: {e}", program.display()),
+        }
+    }
 }
