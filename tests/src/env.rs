@@ -523,3 +523,24 @@ pub fn as_nobody(program: &Path, args: &[&str]) -> Output {
         }
     }
 }
+
+/// `curl -s -o /dev/null -w %{http_code} --max-time 5 ARGS...`, as `nobody`
+/// or as the caller: the HTTP code it printed, and its whole output.
+pub fn curl_code(nobody: bool, args: &[&str]) -> (String, Output) {
+    let mut all = vec![
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "5",
+    ];
+    all.extend_from_slice(args);
+    let out = if nobody {
+        as_nobody(Path::new("curl"), &all)
+    } else {
+        Command::new("curl").args(&all).output().expect("run curl")
+    };
+    (String::from_utf8_lossy(&out.stdout).into_owned(), out)
+}

@@ -19,7 +19,6 @@ use std::{
     io::{self, Read as _},
     net::{Ipv4Addr, SocketAddr, TcpStream},
     os::unix::fs::PermissionsExt as _,
-    path::Path,
     process::{Command, Output},
     thread,
     time::Duration,
@@ -27,7 +26,7 @@ use std::{
 
 use lb_tests::{
     API, Daemon, Node, PinDir, TempDir, TestCgroup, TestEnv, as_nobody, binary_for_nobody,
-    config_yaml, daas_lb_bin, privileged, service_yaml, topology::Topology,
+    config_yaml, curl_code, daas_lb_bin, privileged, service_yaml, topology::Topology,
 };
 use lb_userspace::config::KernelLog;
 
@@ -224,16 +223,9 @@ fn unprivileged_users_cannot_switch_kernel_log() {
 
     // Over TCP without a token: api_addr is read-only.
     let url = format!("http://{API}/kernel-log");
-    let out = as_nobody(
-        Path::new("curl"),
+    let (code, out) = curl_code(
+        true,
         &[
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "5",
             "-X",
             "PUT",
             "-H",
@@ -243,7 +235,7 @@ fn unprivileged_users_cannot_switch_kernel_log() {
             &url,
         ],
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "403", "{out:?}");
+    assert_eq!(code, "403", "{out:?}");
 
     // Even with the socket's file modes opened up, SO_PEERCRED refuses nobody.
     let dir = daemon.control.parent().unwrap();

@@ -11,14 +11,14 @@ use std::{
     net::{SocketAddr, TcpStream},
     os::unix::{fs::PermissionsExt as _, net::UnixStream, process::CommandExt as _},
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
 use lb_tests::{
-    API, Daemon, METRICS, NOBODY, TcpBackend, TestEnv, as_nobody, binary_for_nobody, daas_lb_bin,
-    service_yaml,
+    API, Daemon, METRICS, NOBODY, TcpBackend, TestEnv, as_nobody, binary_for_nobody, curl_code,
+    daas_lb_bin, service_yaml,
 };
 use lb_userspace::api::client;
 
@@ -83,26 +83,6 @@ impl World {
     }
 }
 
-/// `curl` as `nobody` (or root): the HTTP code it printed, and its output.
-fn curl(nobody: bool, args: &[&str]) -> (String, Output) {
-    let mut all = vec![
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "--max-time",
-        "5",
-    ];
-    all.extend_from_slice(args);
-    let out = if nobody {
-        as_nobody(Path::new("curl"), &all)
-    } else {
-        Command::new("curl").args(&all).output().unwrap()
-    };
-    (String::from_utf8_lossy(&out.stdout).into_owned(), out)
-}
-
 fn put_body(servers: &[SocketAddr]) -> String {
     let list: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
     format!("[{}]", list.join(","))
@@ -125,7 +105,7 @@ fn unprivileged_users_cannot_steer_traffic() {
             ("PATCH", path.as_str()),
         ] {
             let url = format!("http://{addr}{target}");
-            let (code, out) = curl(
+            let (code, out) = curl_code(
                 true,
                 &[
                     "-X",
@@ -147,7 +127,7 @@ fn unprivileged_users_cannot_steer_traffic() {
     // The control socket: the kernel refuses nobody at connect().
     let socket = w.daemon.control.display().to_string();
     let put_over_socket = || {
-        curl(
+        curl_code(
             true,
             &[
                 "--unix-socket",
@@ -204,7 +184,7 @@ fn unprivileged_users_cannot_steer_traffic() {
     fs::set_permissions(&w.daemon.control, fs::Permissions::from_mode(0o666)).unwrap();
     let (code, out) = put_over_socket();
     assert_eq!(code, "403", "{out:?}");
-    let (code, out) = curl(true, &["--unix-socket", &socket, "http://localhost/status"]);
+    let (code, out) = curl_code(true, &["--unix-socket", &socket, "http://localhost/status"]);
     assert_eq!(code, "403", "{out:?}");
 
     // Nothing moved: the configured server still answers, the list is intact.
@@ -307,7 +287,7 @@ fn root_steers_through_the_control_socket_and_reloads() {
     // The metrics port refuses a change even from root; api_addr too.
     let body = put_body(&[w.other.addr]);
     let url = format!("http://{METRICS}/services/{SVC}/servers");
-    let (code, out) = curl(false, &["-X", "PUT", "-d", &body, &url]);
+    let (code, out) = curl_code(false, &["-X", "PUT", "-d", &body, &url]);
     assert_eq!(code, "405", "{out:?}");
     let (code, reply) = client::request(
         &API.into(),
@@ -547,7 +527,7 @@ fn a_bearer_token_opens_changes_over_tcp_and_never_leaks() {
     assert!(table.contains(&w.other.addr.to_string()), "{table}");
     w.wait_answering("intruder");
     // ... and from curl, with the token in a header.
-    let (code, out) = curl(
+    let (code, out) = curl_code(
         false,
         &[
             "-X",
