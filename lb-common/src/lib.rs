@@ -65,10 +65,26 @@ pub const MAX_INTERFACES: u32 = 256;
 pub const SNAT_PORT_ATTEMPTS: u32 = 8;
 /// [`FlowValue::flags`] bit: the entry translates a reply (backend → client).
 pub const FLOW_REPLY: u32 = 1;
+/// [`FlowValue::flags`] bit: a TCP FIN went through in this entry's
+/// direction (cleared by a new SYN).
+pub const FLOW_FIN: u32 = 2;
+/// [`FlowValue::flags`] bit: a TCP RST went through in this entry's
+/// direction (cleared by a new SYN).
+pub const FLOW_RST: u32 = 4;
+/// [`FlowValue::last_seen`] is rewritten only when it is older than this
+/// (1 s): fewer writes to a shared cache line, and the flow collector's
+/// timeouts are whole seconds anyway.
+pub const FLOW_TOUCH_NS: u64 = 1_000_000_000;
 /// [`XdpConfig::flags`] bit: [`XdpConfig::snat_v4`] is set.
 pub const XDP_SNAT_V4: u32 = 1;
 /// [`XdpConfig::flags`] bit: [`XdpConfig::snat_v6`] is set.
 pub const XDP_SNAT_V6: u32 = 2;
+/// [`XdpConfig::flags`] bit: drop a packet to a SNAT address and a port of
+/// the SNAT range that has no flow entry ([`xdp_counter::DROP_ORPHAN_REPLY`])
+/// instead of passing it. Set by the controller only when the SNAT range
+/// and the node's `ip_local_port_range` do not overlap (otherwise such a
+/// packet may be a reply to one of the node's own connections).
+pub const XDP_DROP_ORPHANS: u32 = 4;
 /// [`IfAddrs::flags`] bit: [`IfAddrs::v4`] is set.
 pub const IF_HAS_V4: u32 = 1;
 /// [`IfAddrs::flags`] bit: [`IfAddrs::v6`] is set.
@@ -116,8 +132,15 @@ pub mod xdp_counter {
     pub const DROP_FLOW_TABLE: u32 = 17;
     /// Dropped: the FIB says the destination is unreachable/blackholed/prohibited.
     pub const DROP_UNREACHABLE: u32 = 18;
+    /// Forwarded by the tc program with `bpf_redirect_neigh` (the kernel
+    /// resolves the neighbour; XDP passes such packets as `pass_no_neigh`).
+    pub const REDIRECT_NEIGH: u32 = 19;
+    /// Dropped: a TCP/UDP packet to a SNAT address and a port of the SNAT
+    /// range with no reply entry (its flow is gone): passed, the stack
+    /// would see a reply it cannot translate.
+    pub const DROP_ORPHAN_REPLY: u32 = 20;
     /// Number of counters.
-    pub const COUNT: u32 = 19;
+    pub const COUNT: u32 = 21;
     /// Counter names, by index (the `reason` label in `/metrics`).
     pub const NAMES: [&str; COUNT as usize] = [
         "redirect",
@@ -139,6 +162,8 @@ pub mod xdp_counter {
         "drop_snat_ports",
         "drop_flow_table",
         "drop_unreachable",
+        "redirect_neigh",
+        "drop_orphan_reply",
     ];
 }
 
@@ -197,6 +222,8 @@ pub mod map_names {
     pub const BACKEND_CONNS: &str = "backend_conns";
     /// Index 0 → the [`crate::kernel_log`] level.
     pub const KERNEL_LOG: &str = "kernel_log";
+    /// `lb_common::maps::FLOW_SCRATCH`.
+    pub const FLOW_SCRATCH: &str = "flow_scratch";
     /// Every map, in the order the README documents them: the names of
     /// [`crate::maps::MAPS`].
     pub const ALL: [&str; crate::maps::MAPS.len()] = {
@@ -230,6 +257,13 @@ pub mod program_names {
     pub const RECVMSG6: &str = "lb_recvmsg6";
     /// The XDP forwarder for remote clients (attached to `xdp.interfaces`).
     pub const XDP: &str = "lb_xdp";
+    /// The tc ingress forwarder for remote clients: the same parse, flow
+    /// lookup and NAT as [`XDP`] on an skb (attached where native XDP is not
+    /// safe: veth, bridges, virtio).
+    pub const TC: &str = "lb_tc";
+    /// A tc program that only returns `TC_ACT_OK`: the tc baseline of
+    /// `cargo xtask bench xdp`. Never attached by the controller.
+    pub const TC_EMPTY: &str = "lb_tc_empty";
     /// An XDP program that only returns `XDP_PASS`: the baseline of
     /// `cargo xtask bench xdp`. Never attached by the controller.
     pub const XDP_EMPTY: &str = "lb_xdp_empty";
@@ -440,7 +474,14 @@ pub struct FlowKey {
 
 const _: () = assert!(size_of::<FlowKey>() == 40);
 
-/// Value of the `flows` map: what a packet of the flow is rewritten to.
+/// Value of the `flows` map: what a packet of the flow is rewritten to,
+/// when the flow last saw a packet in this entry's direction, what TCP
+/// ended it, and the cached next hop.
+///
+/// A flow is two entries (forward: client→VIP, [`FLOW_REPLY`]: backend→SNAT
+/// address), created together by the kernel programs and removed together
+/// by the controller's flow collector. Each entry records its own
+/// direction: `last_seen` and the [`FLOW_FIN`]/[`FLOW_RST`] bits.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
@@ -456,11 +497,25 @@ pub struct FlowValue {
     pub backend_id: u32,
     /// The service (index into `service_stats`).
     pub service_id: u32,
-    /// [`FLOW_REPLY`] or 0.
+    /// [`FLOW_REPLY`], [`FLOW_FIN`], [`FLOW_RST`].
     pub flags: u32,
+    /// `CLOCK_MONOTONIC` (coarse) nanoseconds of the last packet in this
+    /// entry's direction, refreshed at most every [`FLOW_TOUCH_NS`].
+    pub last_seen: u64,
+    /// The cached next hop's egress interface (0: none cached).
+    pub hop_ifindex: u32,
+    /// [`XdpConfig::hop_gen`] when the next hop was cached: the cache is
+    /// used only while the two are equal.
+    pub hop_gen: u32,
+    /// The cached next hop's destination MAC.
+    pub hop_dmac: [u8; 6],
+    /// The cached next hop's source MAC (the egress interface's).
+    pub hop_smac: [u8; 6],
+    /// Explicit padding, always 0.
+    pub pad: [u8; 4],
 }
 
-const _: () = assert!(size_of::<FlowValue>() == 48);
+const _: () = assert!(size_of::<FlowValue>() == 80);
 
 /// Value of the one-entry `xdp_config` array.
 #[repr(C)]
@@ -475,11 +530,17 @@ pub struct XdpConfig {
     /// Last SNAT source port (host order, inclusive). Both 0 = not configured:
     /// the program passes everything until the controller writes this entry.
     pub port_max: u16,
-    /// [`XDP_SNAT_V4`] | [`XDP_SNAT_V6`].
+    /// [`XDP_SNAT_V4`] | [`XDP_SNAT_V6`] | [`XDP_DROP_ORPHANS`].
     pub flags: u32,
+    /// Next-hop generation: the controller bumps it when a route, neighbour
+    /// or link changes; a flow's cached next hop is valid only while its
+    /// [`FlowValue::hop_gen`] equals this.
+    pub hop_gen: u32,
+    /// Explicit padding, always 0.
+    pub pad: u32,
 }
 
-const _: () = assert!(size_of::<XdpConfig>() == 40);
+const _: () = assert!(size_of::<XdpConfig>() == 48);
 
 /// Value of the `if_addrs` map: an interface's primary addresses, the SNAT
 /// source for flows leaving through it when none is configured.

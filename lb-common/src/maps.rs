@@ -194,8 +194,19 @@ pub const BACKEND_CONNS: MapSpec =
 pub const KERNEL_LOG: MapSpec =
     MapSpec::of::<u32, u32>(map_names::KERNEL_LOG, MapKind::Array, 1, 0);
 
+/// [`FLOW_SCRATCH_NEW`]/[`FLOW_SCRATCH_REPLY`] → a per-CPU [`FlowValue`]:
+/// where the forwarders build a new flow's two entries (the BPF stack has
+/// no room for them). Never read by userspace.
+pub const FLOW_SCRATCH: MapSpec =
+    MapSpec::of::<u32, FlowValue>(map_names::FLOW_SCRATCH, MapKind::PerCpuArray, 2, 0);
+
+/// Index of the new forward entry in `flow_scratch`.
+pub const FLOW_SCRATCH_NEW: u32 = 0;
+/// Index of the new reply entry in `flow_scratch`.
+pub const FLOW_SCRATCH_REPLY: u32 = 1;
+
 /// Every map, in the order the README documents them.
-pub const MAPS: [MapSpec; 17] = [
+pub const MAPS: [MapSpec; 18] = [
     SERVICES,
     BACKENDS,
     BACKEND_STATS,
@@ -213,6 +224,7 @@ pub const MAPS: [MapSpec; 17] = [
     CONNS,
     BACKEND_CONNS,
     KERNEL_LOG,
+    FLOW_SCRATCH,
 ];
 
 /// The index in [`MAPS`] of the map named `name`.

@@ -168,6 +168,14 @@ pub(crate) static KERNEL_LOG: Array<
     { spec::KERNEL_LOG.flag_bits() },
 > = Array::new();
 
+/// Per-CPU room for a new flow's two entries while they are built.
+#[btf_map(name = "flow_scratch")]
+pub(crate) static FLOW_SCRATCH: PerCpuArray<
+    FlowValue,
+    { spec::FLOW_SCRATCH.capacity() },
+    { spec::FLOW_SCRATCH.flag_bits() },
+> = PerCpuArray::new();
+
 /// What the type of a `#[btf_map]` static says about its map (key and value
 /// types come from aya's [`MapDef`]).
 trait Declared: MapDef {
@@ -255,6 +263,7 @@ const DECLARED: [&MapSpec; spec::MAPS.len()] = [
     declared_as(&CONNS, &spec::CONNS),
     declared_as(&BACKEND_CONNS, &spec::BACKEND_CONNS),
     declared_as(&KERNEL_LOG, &spec::KERNEL_LOG),
+    declared_as(&FLOW_SCRATCH, &spec::FLOW_SCRATCH),
 ];
 
 const _: () = {

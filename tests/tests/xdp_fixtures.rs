@@ -132,6 +132,7 @@ fn flow_value(
         backend_id,
         service_id,
         flags,
+        ..FlowValue::default()
     }
 }
 
@@ -158,6 +159,7 @@ impl World {
             port_min: PORT_MIN,
             port_max: PORT_MAX,
             flags: XDP_SNAT_V4 | XDP_SNAT_V6,
+            ..XdpConfig::default()
         });
     }
 

@@ -36,12 +36,13 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    AF_INET, AddrBytes, FlowKey, FlowValue, SERVICE_REMOTE, VipKey, flow_hash, xdp_counter,
+    AF_INET, AddrBytes, FlowKey, FlowValue, SERVICE_REMOTE, VipKey, flow_hash,
+    maps::FLOW_SCRATCH_NEW, xdp_counter,
 };
 
 use crate::{
     choice, klog,
-    maps::{BACKEND_STATS, FLOWS, SERVICE_STATS, SERVICES, XDP_CONFIG, XDP_STATS},
+    maps::{BACKEND_STATS, FLOW_SCRATCH, FLOWS, SERVICE_STATS, SERVICES, XDP_CONFIG, XDP_STATS},
 };
 
 /// What happens to a packet, and which `xdp_stats` counter records it.
@@ -75,6 +76,13 @@ struct Packet {
     ip_len: u16,
     /// The frame length, for the byte counters.
     frame_len: u64,
+}
+
+/// A packet's flow: its entry in `flows`, or a new flow (the rewrite
+/// towards the chosen backend, and the hash that chose it) to store.
+enum Found {
+    Existing(*const FlowValue),
+    New(&'static mut FlowValue, u64),
 }
 
 /// The next hop of a rewritten packet.
@@ -127,12 +135,13 @@ fn forward(ctx: &XdpContext, packet: &Packet) -> Verdict {
     // The flow's entry, or the backend chosen for a new flow. This stays
     // written out here: returned from a function in `nat`, the pair costs
     // stack the program does not have.
-    let existing = FLOWS.get_ptr(key).map(|value| {
-        // SAFETY: pointer from a successful lookup, copied at once.
-        unsafe { value.read() }
-    });
-    let (flow, new_flow_hash) = match existing {
-        Some(flow) if nat::keeps_backend(&flow, key.family) => (flow, None),
+    let existing = FLOWS.get_ptr(key);
+    // SAFETY (both reads): pointer from a successful lookup; the entry's
+    // memory stays valid for the program's run (RCU), and a concurrent
+    // update at worst shows a mix of the old and new rewrite, as with any
+    // map read.
+    let found = match existing {
+        Some(flow) if nat::keeps_backend(unsafe { &*flow }, key.family) => Found::Existing(flow),
         stale => {
             let vip = VipKey {
                 addr: key.dst,
@@ -150,65 +159,85 @@ fn forward(ctx: &XdpContext, packet: &Packet) -> Verdict {
             }
             let hash = flow_hash(key);
             let backend_id = choice::pick(&service, || hash);
-            match stale {
-                // A failed backend that is still the one to use (fail-open):
-                // the flow keeps its SNAT port and reply entry instead of
-                // being rebuilt.
-                Some(flow) if flow.backend_id == backend_id && flow.service_id == service.id => {
-                    (flow, None)
-                }
-                _ => {
-                    let Some(backend) = nat::backend(backend_id, key.family, service.id) else {
-                        count_drop(service.id, ServiceDrop::NoBackend);
-                        return drop(xdp_counter::DROP_NO_BACKEND);
-                    };
-                    // The source is filled in once the egress interface is known.
-                    let flow = FlowValue {
-                        src: [0; 16],
-                        dst: backend.addr,
-                        src_port: 0,
-                        dst_port: backend.port,
-                        backend_id,
-                        service_id: service.id,
-                        flags: 0,
-                    };
-                    (flow, Some(hash))
-                }
+            // A failed backend that is still the one to use (fail-open):
+            // the flow keeps its SNAT port and reply entry instead of
+            // being rebuilt.
+            let keep = stale.filter(|flow| {
+                // SAFETY: as above.
+                let flow = unsafe { &**flow };
+                flow.backend_id == backend_id && flow.service_id == service.id
+            });
+            if let Some(flow) = keep {
+                Found::Existing(flow)
+            } else {
+                let Some(backend) = nat::backend(backend_id, key.family, service.id) else {
+                    count_drop(service.id, ServiceDrop::NoBackend);
+                    return drop(xdp_counter::DROP_NO_BACKEND);
+                };
+                let Some(flow) = FLOW_SCRATCH.get_ptr_mut(FLOW_SCRATCH_NEW) else {
+                    return drop(xdp_counter::DROP_FLOW_TABLE);
+                };
+                // SAFETY: this CPU's scratch slot; nothing else uses it
+                // while the program runs.
+                let flow = unsafe { &mut *flow };
+                // The source is filled in once the egress interface is known.
+                *flow = FlowValue {
+                    src: [0; 16],
+                    dst: backend.addr,
+                    src_port: 0,
+                    dst_port: backend.port,
+                    backend_id,
+                    service_id: service.id,
+                    ..FlowValue::default()
+                };
+                Found::New(flow, hash)
             }
         }
     };
     if packet.ttl <= 1 {
         return pass(xdp_counter::PASS_TTL);
     }
-    let hop = match next_hop(ctx, packet, &key.src, &flow.dst) {
+    let (dst, service_id) = match &found {
+        // SAFETY: as above.
+        Found::Existing(flow) => unsafe { ((**flow).dst, (**flow).service_id) },
+        Found::New(flow, _) => (flow.dst, flow.service_id),
+    };
+    let hop = match next_hop(ctx, packet, &key.src, &dst) {
         Ok(hop) => hop,
         Err(verdict) => {
             if verdict.action == xdp_action::XDP_DROP {
-                count_drop(flow.service_id, ServiceDrop::Unreachable);
+                count_drop(service_id, ServiceDrop::Unreachable);
             }
             return verdict;
         }
     };
-    let flow = match new_flow_hash {
-        None => flow,
-        Some(hash) => match nat::new_flow(key, hash, flow, &config, hop.ifindex) {
-            Ok(flow) => flow,
-            Err(verdict) => {
+    let new = matches!(found, Found::New(..));
+    let flow = match found {
+        Found::New(flow, hash) => {
+            if let Err(verdict) = nat::new_flow(key, hash, flow, &config, hop.ifindex) {
                 match verdict.counter {
                     xdp_counter::DROP_SNAT_PORTS => {
-                        count_drop(flow.service_id, ServiceDrop::SnatPorts);
+                        count_drop(service_id, ServiceDrop::SnatPorts);
                     }
                     xdp_counter::DROP_FLOW_TABLE => {
-                        count_drop(flow.service_id, ServiceDrop::FlowTable);
+                        count_drop(service_id, ServiceDrop::FlowTable);
                     }
                     _ => {}
                 }
                 return verdict;
             }
-        },
+            let Some(flow) = FLOWS.get_ptr(key) else {
+                count_drop(service_id, ServiceDrop::FlowTable);
+                return drop(xdp_counter::DROP_FLOW_TABLE);
+            };
+            flow
+        }
+        Found::Existing(flow) => flow,
     };
-    rewrite::rewrite(ctx, packet, &flow, &hop);
-    count_forwarded(&flow, packet.frame_len, new_flow_hash.is_some());
+    // SAFETY: as above.
+    let flow = unsafe { &*flow };
+    rewrite::rewrite(ctx, packet, flow, &hop);
+    count_forwarded(flow, packet.frame_len, new);
     let ingress = ctx.ingress_ifindex() as u32;
     if hop.ifindex == ingress {
         return Verdict {

@@ -20,12 +20,12 @@
 use aya_ebpf::bindings::BPF_NOEXIST;
 use lb_common::{
     AF_INET, AddrBytes, BACKEND_DOWN, Backend, FLOW_REPLY, FlowKey, FlowValue, IF_HAS_V4,
-    IF_HAS_V6, NO_BACKEND, SNAT_PORT_ATTEMPTS, XDP_SNAT_V4, XDP_SNAT_V6, XdpConfig, snat_port,
-    xdp_counter,
+    IF_HAS_V6, NO_BACKEND, SNAT_PORT_ATTEMPTS, XDP_SNAT_V4, XDP_SNAT_V6, XdpConfig,
+    maps::FLOW_SCRATCH_REPLY, snat_port, xdp_counter,
 };
 
 use super::{Verdict, drop, pass, words};
-use crate::maps::{BACKENDS, FLOWS, IF_ADDRS};
+use crate::maps::{BACKENDS, FLOW_SCRATCH, FLOWS, IF_ADDRS};
 
 /// Backend `id` if it can take packets of `family` for service
 /// `service_id`: a used slot of that family and service (a slot freed and
@@ -72,10 +72,10 @@ pub(super) fn keeps_backend(flow: &FlowValue, family: u8) -> bool {
 pub(super) fn new_flow(
     key: &FlowKey,
     hash: u64,
-    mut flow: FlowValue,
+    flow: &mut FlowValue,
     config: &XdpConfig,
     egress: u32,
-) -> Result<FlowValue, Verdict> {
+) -> Result<(), Verdict> {
     let (configured, flag, if_flag) = if key.family == AF_INET {
         (config.snat_v4, XDP_SNAT_V4, IF_HAS_V4)
     } else {
@@ -101,7 +101,13 @@ pub(super) fn new_flow(
         }
     };
     remove_stale_reply(key);
-    let reply = FlowValue {
+    let Some(reply) = FLOW_SCRATCH.get_ptr_mut(FLOW_SCRATCH_REPLY) else {
+        return Err(drop(xdp_counter::DROP_FLOW_TABLE));
+    };
+    // SAFETY: this CPU's scratch slot; nothing else uses it meanwhile
+    // (the program runs to completion on one CPU without preemption).
+    let reply = unsafe { &mut *reply };
+    *reply = FlowValue {
         src: key.dst,
         dst: key.src,
         src_port: key.dst_port,
@@ -109,6 +115,7 @@ pub(super) fn new_flow(
         backend_id: flow.backend_id,
         service_id: flow.service_id,
         flags: FLOW_REPLY,
+        ..FlowValue::default()
     };
     let mut reply_key = FlowKey {
         src: flow.dst,
@@ -124,7 +131,7 @@ pub(super) fn new_flow(
     while attempt < SNAT_PORT_ATTEMPTS {
         reply_key.dst_port = snat_port(hash, attempt, config.port_min, config.port_max);
         if FLOWS
-            .insert(reply_key, reply, u64::from(BPF_NOEXIST))
+            .insert(reply_key, &*reply, u64::from(BPF_NOEXIST))
             .is_ok()
         {
             claimed = true;
@@ -136,11 +143,11 @@ pub(super) fn new_flow(
         return Err(drop(xdp_counter::DROP_SNAT_PORTS));
     }
     flow.src_port = reply_key.dst_port;
-    if FLOWS.insert(*key, flow, 0).is_err() {
+    if FLOWS.insert(*key, &*flow, 0).is_err() {
         let _ = FLOWS.remove(reply_key);
         return Err(drop(xdp_counter::DROP_FLOW_TABLE));
     }
-    Ok(flow)
+    Ok(())
 }
 
 /// Removes the reply entry of the forward entry that flow `key` has now,

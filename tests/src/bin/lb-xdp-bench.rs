@@ -350,6 +350,7 @@ fn run() -> anyhow::Result<()> {
             backend_id: 1,
             service_id: 1,
             flags: FLOW_REPLY,
+            ..FlowValue::default()
         },
         0,
     )?;
