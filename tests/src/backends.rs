@@ -1,6 +1,7 @@
 //! Backend servers on threads: [`TcpBackend`] (echo, HTTP, held
-//! connections), [`UdpBackend`] (datagram echo) and [`Node`], a K3s server
-//! stand-in with a service listener and an HTTP health endpoint.
+//! connections), [`BulkBackend`] (whole-stream echo for large payloads and
+//! connection churn), [`UdpBackend`] (datagram echo) and [`Node`], a K3s
+//! server stand-in with a service listener and an HTTP health endpoint.
 //!
 //! Every listener and connection thread stops on drop: listeners are closed
 //! before drop returns, held connections notice within `CONN_POLL`.
@@ -415,4 +416,110 @@ impl Drop for UdpBackend {
             let _ = thread.join();
         }
     }
+}
+
+/// The most a [`BulkBackend`] reads from one connection.
+pub const BULK_MAX: usize = 64 << 20;
+
+/// A TCP backend for streams: each connection's whole request (up to
+/// [`BULK_MAX`] bytes, read until the client shuts its side down) is
+/// answered with `<name>\n` followed by [`bulk_reply`] of the request, then
+/// the backend closes. The client closes first, so `TIME_WAIT` stays on the
+/// client side, as with short HTTP/1.0 requests.
+///
+/// A fixed pool of `workers` threads accepts on one listener (no thread per
+/// connection), so it also serves connection churn; each connection is
+/// bounded by [`BULK_IO_TIMEOUT`] per read/write. Stops on drop.
+pub struct BulkBackend {
+    /// Its name, the first line of every reply.
+    pub name: String,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    served: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+/// A [`BulkBackend`] connection's longest wait for the peer.
+pub const BULK_IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The payload part of a [`BulkBackend`]'s reply to `request`: every byte
+/// complemented, in reverse order (so a reply can only be right when every
+/// request byte arrived, in order).
+pub fn bulk_reply(request: &[u8]) -> Vec<u8> {
+    request.iter().rev().map(|b| !b).collect()
+}
+
+impl BulkBackend {
+    /// Listens on `addr` (in the calling thread's network namespace) with
+    /// `workers` (1..=64) accepting threads.
+    pub fn bind(name: &str, addr: SocketAddr, workers: usize) -> Self {
+        assert!((1..=64).contains(&workers), "1..=64 workers");
+        let listener = TcpListener::bind(addr)
+            .unwrap_or_else(|e| panic!("bind bulk backend {name} on {addr}: {e}"));
+        let addr = listener.local_addr().expect("local addr");
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
+        let listener = Arc::new(listener);
+        let stop = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(AtomicUsize::new(0));
+        let workers = (0..workers)
+            .map(|_| {
+                let (listener, stop, served) =
+                    (Arc::clone(&listener), Arc::clone(&stop), Arc::clone(&served));
+                let name = name.to_owned();
+                thread::spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        if !readable(&listener, CONN_POLL) {
+                            continue;
+                        }
+                        let Ok((stream, _)) = listener.accept() else {
+                            continue;
+                        };
+                        if serve_bulk(stream, &name).is_ok() {
+                            served.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            name: name.to_owned(),
+            addr,
+            served,
+            stop,
+            workers,
+        }
+    }
+
+    /// Connections answered in full so far.
+    pub fn served(&self) -> usize {
+        self.served.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for BulkBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+    }
+}
+
+fn serve_bulk(mut stream: TcpStream, name: &str) -> io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(BULK_IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(BULK_IO_TIMEOUT))?;
+    let mut request = Vec::new();
+    (&mut stream)
+        .take(BULK_MAX as u64)
+        .read_to_end(&mut request)?;
+    let mut reply = Vec::with_capacity(name.len() + 1 + request.len());
+    reply.extend_from_slice(name.as_bytes());
+    reply.push(b'\n');
+    reply.extend(bulk_reply(&request));
+    stream.write_all(&reply)?;
+    stream.shutdown(Shutdown::Write)
 }

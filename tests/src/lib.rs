@@ -24,7 +24,7 @@
 //!   the guards ([`NetNs`], [`TestCgroup`], [`PinDir`], [`TempDir`],
 //!   [`TestEnv`]) and the daemon config that points into them
 //!   ([`config_yaml`], [`API`], [`METRICS`], [`control_socket_in`]);
-//! - `backends`: [`TcpBackend`], [`UdpBackend`] and [`Node`];
+//! - `backends`: [`TcpBackend`], [`BulkBackend`], [`UdpBackend`] and [`Node`];
 //! - `daemon`: [`Daemon`], the `daas-lb run` child process;
 //! - `clients`: what `lb-test-client` prints and [`HeldConnection`];
 //! - `inspect`: bpftool, status, metrics and log helpers, RFC 3339 times,
@@ -55,7 +55,9 @@ pub mod proxies;
 pub mod topology;
 pub mod xdp_fixture;
 
-pub use backends::{HEALTH_PORT, Node, TcpBackend, UdpBackend};
+pub use backends::{
+    BULK_IO_TIMEOUT, BULK_MAX, BulkBackend, HEALTH_PORT, Node, TcpBackend, UdpBackend, bulk_reply,
+};
 pub use chain::SuiChain;
 pub use clients::{ClientOutcome, HeldConnection, HoldEvent, Received};
 pub use daemon::Daemon;

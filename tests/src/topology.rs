@@ -1,6 +1,6 @@
-//! A small routed network of named network namespaces for the XDP tests and
-//! benchmarks: one client, one load-balancer node and N backends, each host
-//! joined to the node by its own veth pair.
+//! A small routed network of named network namespaces for the XDP/tc tests
+//! and benchmarks: one client, one load-balancer node and N backends, each
+//! host joined to the node by its own veth pair.
 //!
 //! ```text
 //!   client                 node (forwarding on)                  backend k (1..=N)
@@ -8,6 +8,18 @@
 //!        fd00:10::2/64         fd00:10::1/64
 //!                          to-bk 10.20.k.1/24 ──────────────── eth0 10.20.k.2/24
 //!                                fd00:20:k::1/64                     fd00:20:k::2/64
+//! ```
+//!
+//! With [`TopologyBuilder::bridge`] the backends share one segment instead,
+//! as pods (or Kind nodes) behind a Linux bridge do: the node's backend-side
+//! addresses are on a bridge, [`BRIDGE_IF`], whose ports are the node's ends
+//! of the backends' veths (no addresses on the ports).
+//!
+//! ```text
+//!   node                                                       backend k (1..=N)
+//!   br0 10.20.0.1/24, fd00:20::1/64
+//!    ├─ to-b1 (port) ─────────────────────────────────────── eth0 10.20.0.11/24, fd00:20::11/64
+//!    └─ to-bk (port) ─────────────────────────────────────── eth0 10.20.0.1k/24, fd00:20::1k/64
 //! ```
 //!
 //! The client routes only [`VIP_NET_V4`]/[`VIP_NET_V6`] and the backend
@@ -39,7 +51,7 @@
 //! but `lb_xdp_empty` attached there (driver mode) it works; with GRO on and
 //! no program it works. [`Topology::new`] turns
 //! GRO on for every host's `eth0` (the peers of the node's devices), so both
-//! directions work: client→backend redirects into `to-bk` (peer: backend
+//! directions work (not with [`TopologyBuilder::default_offloads`]): client→backend redirects into `to-bk` (peer: backend
 //! `eth0`) and replies redirect into `to-client` (peer: client `eth0`).
 //! [`Topology::set_gro`] switches it for experiments.
 //!
@@ -56,6 +68,15 @@
 //! every host's `eth0` (`ethtool -K eth0 tx off`): the hosts' kernels then
 //! compute full checksums like a remote machine's NIC would.
 //! [`Topology::set_tx_checksum`] switches it back for experiments.
+//!
+//! # Default offloads
+//!
+//! [`TopologyBuilder::default_offloads`] leaves every device as the kernel
+//! creates it (no `ethtool` at all): TX checksum offload on, so the hosts
+//! send `CHECKSUM_PARTIAL` packets, and TSO/GSO on, so a TCP sender hands
+//! the veth segments larger than the MTU; GRO off on veths. That is how
+//! containers, pods and Kind nodes have them, and what a forwarder on the
+//! node must handle without corrupting checksums.
 //!
 //! # Running things inside
 //!
@@ -97,6 +118,8 @@ pub const NETNS_DIR: &str = "/run/netns";
 pub const HOST_IF: &str = "eth0";
 /// The node's end of the client link.
 pub const CLIENT_IF: &str = "to-client";
+/// The node's bridge of a bridged topology ([`TopologyBuilder::bridge`]).
+pub const BRIDGE_IF: &str = "br0";
 /// IPv4 VIPs: the client routes this subnet via the node.
 pub const VIP_NET_V4: &str = "10.96.0.0/24";
 /// IPv6 VIPs: the client routes this subnet via the node.
@@ -123,8 +146,12 @@ pub struct Host {
     pub gw_v4: Ipv4Addr,
     /// The node's IPv6 address on this link.
     pub gw_v6: Ipv6Addr,
-    /// The node's device on this link ([`CLIENT_IF`], `to-b1`, ...).
+    /// The node's device on this link ([`CLIENT_IF`], `to-b1`, ...); in a
+    /// bridged topology a backend's is a port of [`BRIDGE_IF`].
     pub node_if: String,
+    /// The node's device that holds `gw_v4`/`gw_v6`: `node_if`, or
+    /// [`BRIDGE_IF`] for a bridged backend.
+    pub node_ip_if: String,
 }
 
 impl Host {
@@ -147,6 +174,49 @@ pub struct Topology {
     pub node: String,
     /// The backend hosts, `b1..=bN`.
     pub backends: Vec<Host>,
+    /// [`BRIDGE_IF`] when the backends are ports of a bridge.
+    bridge: Option<String>,
+}
+
+/// How to build a [`Topology`]: `Topology::builder().default_offloads()
+/// .bridge().backends(3).build()`. Without the optional steps it is
+/// [`Topology::new`]'s: routed links, GRO on and TX checksum offload off on
+/// every host's `eth0`.
+#[derive(Debug, Clone, Copy)]
+pub struct TopologyBuilder {
+    backends: usize,
+    default_offloads: bool,
+    bridge: bool,
+}
+
+impl TopologyBuilder {
+    /// `n` backends (1..=9; default 1).
+    #[must_use]
+    pub fn backends(mut self, n: usize) -> Self {
+        self.backends = n;
+        self
+    }
+
+    /// Leave every device's offloads as the kernel sets them: no `ethtool`
+    /// anywhere (see the module docs).
+    #[must_use]
+    pub fn default_offloads(mut self) -> Self {
+        self.default_offloads = true;
+        self
+    }
+
+    /// The backends behind a bridge ([`BRIDGE_IF`]) in the node instead of
+    /// one routed link each (see the module docs).
+    #[must_use]
+    pub fn bridge(mut self) -> Self {
+        self.bridge = true;
+        self
+    }
+
+    /// Builds it; panics (after cleaning up) on failure.
+    pub fn build(self) -> Topology {
+        Topology::with(self)
+    }
 }
 
 impl Topology {
@@ -154,6 +224,20 @@ impl Topology {
     /// and transmit checksum offload off on every host's `eth0`, forwarding
     /// on in the node, and resolves the neighbours on every link. Panics (after cleaning up) on failure.
     pub fn new(backends: usize) -> Self {
+        Self::builder().backends(backends).build()
+    }
+
+    /// A [`TopologyBuilder`] for other shapes (default offloads, a bridge).
+    pub fn builder() -> TopologyBuilder {
+        TopologyBuilder {
+            backends: 1,
+            default_offloads: false,
+            bridge: false,
+        }
+    }
+
+    fn with(options: TopologyBuilder) -> Self {
+        let backends = options.backends;
         assert!(
             (1..=MAX_BACKENDS).contains(&backends),
             "1..={MAX_BACKENDS} backends"
@@ -164,37 +248,55 @@ impl Topology {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
-        let host = |name: &str, node_if: &str, v4: [u8; 3], v6: &str| Host {
-            name: name.to_owned(),
-            ns: format!("{prefix}-{name}"),
-            v4: Ipv4Addr::new(v4[0], v4[1], v4[2], 2),
-            v6: format!("{v6}::2").parse().expect("literal"),
-            gw_v4: Ipv4Addr::new(v4[0], v4[1], v4[2], 1),
-            gw_v6: format!("{v6}::1").parse().expect("literal"),
-            node_if: node_if.to_owned(),
+        // A host numbered `own` on a /24 (v4 prefix `net`) and /64 (v6
+        // prefix `v6`) whose node side is `.1` / `::1`.
+        let host = |name: &str, node_if: &str, node_ip_if: &str, net: [u8; 3], v6: &str, own: u8| {
+            Host {
+                name: name.to_owned(),
+                ns: format!("{prefix}-{name}"),
+                v4: Ipv4Addr::new(net[0], net[1], net[2], own),
+                v6: format!("{v6}::{own:x}").parse().expect("literal"),
+                gw_v4: Ipv4Addr::new(net[0], net[1], net[2], 1),
+                gw_v6: format!("{v6}::1").parse().expect("literal"),
+                node_if: node_if.to_owned(),
+                node_ip_if: node_ip_if.to_owned(),
+            }
         };
         let topology = Self {
-            client: host("client", CLIENT_IF, [10, 10, 0], "fd00:10"),
+            client: host("client", CLIENT_IF, CLIENT_IF, [10, 10, 0], "fd00:10", 2),
             node: format!("{prefix}-node"),
             backends: (1..=backends)
                 .map(|k| {
                     let k8 = k as u8;
-                    host(
-                        &format!("b{k}"),
-                        &format!("to-b{k}"),
-                        [10, 20, k8],
-                        &format!("fd00:20:{k}"),
-                    )
+                    let port = format!("to-b{k}");
+                    if options.bridge {
+                        // 10.20.0.1k, fd00:20::1k (hex digits, same text).
+                        let own = 0x10 + k8;
+                        let mut h =
+                            host(&format!("b{k}"), &port, BRIDGE_IF, [10, 20, 0], "fd00:20", own);
+                        h.v4 = Ipv4Addr::new(10, 20, 0, 10 + k8);
+                        h
+                    } else {
+                        host(
+                            &format!("b{k}"),
+                            &port,
+                            &port,
+                            [10, 20, k8],
+                            &format!("fd00:20:{k}"),
+                            2,
+                        )
+                    }
                 })
                 .collect(),
             prefix,
+            bridge: options.bridge.then(|| BRIDGE_IF.to_owned()),
         };
         // From here on, a panic drops `topology`, which deletes what exists.
-        topology.build();
+        topology.build(options.default_offloads);
         topology
     }
 
-    fn build(&self) {
+    fn build(&self, default_offloads: bool) {
         let node = self.node.as_str();
         for ns in self.namespaces() {
             run_checked("ip", &["netns", "add", &ns]);
@@ -205,6 +307,14 @@ impl Topology {
             "net.ipv6.conf.all.forwarding=1",
         ] {
             self.sh(node, "sysctl", &["-qw", sysctl]);
+        }
+        if let Some(bridge) = &self.bridge {
+            run_checked(
+                "ip",
+                &["-n", node, "link", "add", bridge, "type", "bridge"],
+            );
+            let gw = &self.backends[0];
+            Self::address(node, bridge, gw.gw_v4, gw.gw_v6);
         }
         for host in self.hosts() {
             let ns = host.ns.as_str();
@@ -225,30 +335,24 @@ impl Topology {
                     ns,
                 ],
             );
-            let pairs = [
-                (node, &host.node_if, host.gw_v4, host.gw_v6),
-                (ns, &HOST_IF.to_owned(), host.v4, host.v6),
-            ];
-            for (ns, dev, v4, v6) in pairs {
-                run_checked(
-                    "ip",
-                    &["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", dev],
-                );
+            if host.node_if == host.node_ip_if {
+                Self::address(node, &host.node_if, host.gw_v4, host.gw_v6);
+            } else {
                 run_checked(
                     "ip",
                     &[
                         "-n",
-                        ns,
-                        "addr",
-                        "add",
-                        &format!("{v6}/64"),
-                        "dev",
-                        dev,
-                        "nodad",
+                        node,
+                        "link",
+                        "set",
+                        &host.node_if,
+                        "master",
+                        &host.node_ip_if,
+                        "up",
                     ],
                 );
-                run_checked("ip", &["-n", ns, "link", "set", dev, "up"]);
             }
+            Self::address(ns, HOST_IF, host.v4, host.v6);
         }
         let client = self.client.clone();
         let routes: [(&str, &str); 4] = [
@@ -274,9 +378,33 @@ impl Topology {
                 run_checked("ip", &["-n", &backend.ns, "route", "add", net, "via", &via]);
             }
         }
-        self.set_gro(true);
-        self.set_tx_checksum(false);
+        if !default_offloads {
+            self.set_gro(true);
+            self.set_tx_checksum(false);
+        }
         self.resolve_neighbours();
+    }
+
+    /// Puts `v4/24` and `v6/64` (no DAD) on `dev` in `ns` and sets it up.
+    fn address(ns: &str, dev: &str, v4: Ipv4Addr, v6: Ipv6Addr) {
+        run_checked(
+            "ip",
+            &["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", dev],
+        );
+        run_checked(
+            "ip",
+            &[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ],
+        );
+        run_checked("ip", &["-n", ns, "link", "set", dev, "up"]);
     }
 
     /// The namespace name prefix of this topology (`dlbt-<pid>-<n>`).
@@ -296,9 +424,26 @@ impl Topology {
         all
     }
 
-    /// The node's devices: [`CLIENT_IF`], `to-b1`, ... (where XDP attaches).
+    /// The node's ends of the veths: [`CLIENT_IF`], `to-b1`, ... (where XDP
+    /// attaches; in a bridged topology the backends' are the bridge's ports).
     pub fn node_interfaces(&self) -> Vec<String> {
         self.hosts().map(|h| h.node_if.clone()).collect()
+    }
+
+    /// The node's devices that hold its addresses: [`CLIENT_IF`] and, per
+    /// backend, its link (`to-b1`, ...) or, bridged, [`BRIDGE_IF`] once.
+    /// These are the devices whose ingress sees every packet the node
+    /// forwards: a backend's reply to the node's MAC enters its bridge port
+    /// first and then, passed up by the bridge, the bridge device itself.
+    pub fn node_ip_interfaces(&self) -> Vec<String> {
+        let mut all: Vec<String> = self.hosts().map(|h| h.node_ip_if.clone()).collect();
+        all.dedup();
+        all
+    }
+
+    /// [`BRIDGE_IF`] in a bridged topology.
+    pub fn bridge_if(&self) -> Option<&str> {
+        self.bridge.as_deref()
     }
 
     /// Backend `name` (`b1`, ...).
@@ -356,7 +501,7 @@ impl Topology {
                 let node_side = [IpAddr::from(host.v4), IpAddr::from(host.v6)];
                 let host_side = [IpAddr::from(host.gw_v4), IpAddr::from(host.gw_v6)];
                 for (ns, dev, targets) in [
-                    (self.node.as_str(), host.node_if.as_str(), node_side),
+                    (self.node.as_str(), host.node_ip_if.as_str(), node_side),
                     (host.ns.as_str(), HOST_IF, host_side),
                 ] {
                     let known = Self::neighbours(ns, dev);
