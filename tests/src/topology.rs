@@ -126,6 +126,9 @@ pub const VIP_NET_V4: &str = "10.96.0.0/24";
 pub const VIP_NET_V6: &str = "fd00:96::/64";
 /// The most backends a topology can have.
 pub const MAX_BACKENDS: usize = 9;
+/// The client's firewall chain that counts untranslated replies
+/// ([`Topology::count_untranslated`]).
+pub const UNTRANSLATED_CHAIN: &str = "UNTRANSLATED";
 /// Upper bound for one `ip`/`ethtool`/`sysctl` command.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -586,6 +589,66 @@ impl Topology {
     /// Moves the calling thread into `ns` until the guard is dropped.
     pub fn enter(&self, ns: &str) -> NsGuard {
         NsGuard::enter(&Self::ns_path(ns))
+    }
+
+    /// From now on the client's firewall counts every TCP/UDP packet that
+    /// reaches it from a source outside [`VIP_NET_V4`]/[`VIP_NET_V6`]: a
+    /// reply a forwarder failed to translate back to the VIP (when the
+    /// client talks only to VIPs). Each goes through chain
+    /// [`UNTRANSLATED_CHAIN`] (iptables and ip6tables), whose one rule
+    /// counts and accepts it: nothing is hidden from the client.
+    pub fn count_untranslated(&self) {
+        let ns = &self.client.ns;
+        for (tool, vips) in [("iptables", VIP_NET_V4), ("ip6tables", VIP_NET_V6)] {
+            self.sh(ns, tool, &["-w", "-N", UNTRANSLATED_CHAIN]);
+            self.sh(ns, tool, &["-w", "-A", UNTRANSLATED_CHAIN, "-j", "ACCEPT"]);
+            for proto in ["tcp", "udp"] {
+                self.sh(
+                    ns,
+                    tool,
+                    &[
+                        "-w",
+                        "-A",
+                        "INPUT",
+                        "-i",
+                        HOST_IF,
+                        "!",
+                        "-s",
+                        vips,
+                        "-p",
+                        proto,
+                        "-j",
+                        UNTRANSLATED_CHAIN,
+                    ],
+                );
+            }
+        }
+    }
+
+    /// Packets counted by [`Topology::count_untranslated`]'s chains so far
+    /// (IPv4 and IPv6).
+    pub fn untranslated(&self) -> u64 {
+        ["iptables", "ip6tables"]
+            .iter()
+            .map(|tool| {
+                let out = self.sh(
+                    &self.client.ns,
+                    tool,
+                    &["-w", "-nvxL", UNTRANSLATED_CHAIN],
+                );
+                // Two header lines, then `pkts bytes target ...` rows.
+                out.lines()
+                    .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+                    .sum::<u64>()
+            })
+            .sum()
+    }
+
+    /// Sets [`Topology::untranslated`] back to 0.
+    pub fn reset_untranslated(&self) {
+        for tool in ["iptables", "ip6tables"] {
+            self.sh(&self.client.ns, tool, &["-w", "-Z", UNTRANSLATED_CHAIN]);
+        }
     }
 
     /// Packets received on `dev` in `ns` (the kernel's `rx_packets`).

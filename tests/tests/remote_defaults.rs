@@ -102,7 +102,7 @@ impl World {
             return None;
         }
         let topo = builder.backends(3).build();
-        count_untranslated(&topo);
+        topo.count_untranslated();
         let servers = Servers::start(&topo);
         Some(Self {
             daemon: None,
@@ -233,7 +233,7 @@ impl World {
                 );
             }
         }
-        let untranslated = untranslated(&self.topo);
+        let untranslated = self.topo.untranslated();
         assert_eq!(
             untranslated,
             0,
@@ -394,44 +394,6 @@ fn pinned_flows(path: &Path) -> Vec<(FlowKey, FlowValue)> {
     flows.iter().filter_map(Result::ok).collect()
 }
 
-/// Chain names of the client's untranslated-reply counters.
-const COUNT_CHAIN: &str = "UNTRANSLATED";
-
-/// In the client's namespace: every TCP/UDP packet to the client whose
-/// source is not in the VIP ranges goes through chain [`COUNT_CHAIN`],
-/// whose one rule counts it (and accepts it: nothing is hidden).
-fn count_untranslated(topo: &Topology) {
-    let ns = &topo.client.ns;
-    for (tool, vips) in [
-        ("iptables", lb_tests::topology::VIP_NET_V4),
-        ("ip6tables", lb_tests::topology::VIP_NET_V6),
-    ] {
-        topo.sh(ns, tool, &["-w", "-N", COUNT_CHAIN]);
-        topo.sh(ns, tool, &["-w", "-A", COUNT_CHAIN, "-j", "ACCEPT"]);
-        for proto in ["tcp", "udp"] {
-            topo.sh(
-                ns,
-                tool,
-                &["-w", "-A", "INPUT", "-i", HOST_IF, "!", "-s", vips, "-p", proto, "-j", COUNT_CHAIN],
-            );
-        }
-    }
-}
-
-/// Packets the client's [`COUNT_CHAIN`]s counted (IPv4 and IPv6).
-fn untranslated(topo: &Topology) -> u64 {
-    ["iptables", "ip6tables"]
-        .iter()
-        .map(|tool| {
-            let out = topo.sh(&topo.client.ns, tool, &["-w", "-nvxL", COUNT_CHAIN]);
-            // Header lines, then `pkts bytes target ...` rows.
-            out.lines()
-                .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
-                .sum::<u64>()
-        })
-        .sum()
-}
-
 /// The hook status reports for each interface: `(name, hook, mode)`.
 fn reported_hooks(xdp: &Value) -> Vec<(String, String, String)> {
     xdp["interfaces"]
@@ -545,12 +507,10 @@ fn default_offload_bridge_topology_forwards_without_a_balancer() {
     }
     // Those replies came from the backends' own addresses: the counter
     // sees them (it would see untranslated replies), then starts over.
-    let counted = untranslated(topo);
+    let counted = topo.untranslated();
     assert!(counted >= 6, "untranslated-reply counter saw {counted} direct replies");
-    for tool in ["iptables", "ip6tables"] {
-        topo.sh(&topo.client.ns, tool, &["-w", "-Z", COUNT_CHAIN]);
-    }
-    assert_eq!(untranslated(topo), 0);
+    topo.reset_untranslated();
+    assert_eq!(topo.untranslated(), 0);
     // No namespace has a default route: nothing leaves the machine.
     for ns in topo.namespaces() {
         let routes = topo.sh(&ns, "ip", &["route", "show", "default"]);
@@ -728,5 +688,5 @@ fn closed_tcp_flows_and_idle_udp_flows_leave_the_flow_table() {
     let mut buf = [0u8; 64];
     let n = held.read(&mut buf).expect("held read");
     assert!(String::from_utf8_lossy(&buf[..n]).ends_with(":still"));
-    assert_eq!(untranslated(&world.topo), 0, "untranslated replies\n{}", world.diag());
+    assert_eq!(world.topo.untranslated(), 0, "untranslated replies\n{}", world.diag());
 }

@@ -1,40 +1,70 @@
-//! UDP forwarding rate through the node of a [`Topology`]: client → three
-//! backends over veth, the same `lb-loadgen` traffic each time.
+//! UDP forwarding rate through the node of a [`Topology`] with default
+//! offloads (no `ethtool`: what containers and pods have): client → three
+//! backends over veth, the same `lb-loadgen` traffic each time; then a
+//! connection churn through daas-lb's default hook.
 //!
 //! - `direct`: the client sends to the backends' own addresses; the node
-//!   only routes (no NAT, no XDP): the reference.
-//! - `xdp`: the client sends to a VIP; `daas-lb` runs in the node with `lb_xdp`
-//!   attached natively to the node's veths (`remote: true`, `policy: spread`).
-//! - `xdp-skb`: the same with `mode: skb` (generic XDP, after the skb is built).
+//!   only routes (no NAT, no BPF): the reference.
+//! - `tc`: the client sends to a VIP; `daas-lb` runs in the node with an
+//!   `xdp:` block that names only the node's veths, so `hook: auto` picks
+//!   `lb_tc` on tc ingress (`remote: true`, `policy: spread`).
+//! - `xdp-skb`: the same with `hook: xdp, mode: skb` (generic XDP, after the
+//!   skb is built).
+//! - `xdp`: `hook: xdp, mode: driver` (native XDP) where it is safe: the
+//!   hosts' `eth0` with TX checksum offload off (complete checksums) and GRO
+//!   on (the NAPI a native redirect into a veth needs); the one scenario not
+//!   on default offloads.
 //! - `iptables`: the client sends to the VIP; the node does DNAT to the three
 //!   backends (`-m statistic --mode nth`, per new conntrack flow) and
 //!   MASQUERADE, as kube-proxy's iptables mode does.
 //!
 //! Every backend runs `lb-loadgen sink`; a scenario's rate is what the three
 //! sinks received over the sender's duration (the median of `--runs` runs).
+//!
+//! The churn (`--churn N` short TCP connections, default 1,000,000, or
+//! `LB_CHURN_FLOWS` for quicker runs; at most `--churn-secs` seconds,
+//! default 600): client threads connect through the VIP, send 16 bytes,
+//! read the backend's answer and close (the client closes first, as an
+//! HTTP/1.0 client does), through daas-lb's default hook (`hook: auto` →
+//! tc) with `flow_timeouts.tcp_closing: 2s`, `flow_gc_interval: 1s` and a
+//! wide `snat_ports` (see [`TCP_CLOSING`] and [`CHURN_SNAT_PORTS`] for why).
+//! It reports connections per second, failures, the flow table's entries
+//! right after the last connection closed and `tcp_closing` + one
+//! `flow_gc_interval` (+ 1 s) later, and the TCP/UDP packets that reached
+//! the client from a source other than the VIP (untranslated replies,
+//! counted by the client's firewall; any makes the bench fail).
+//! `--churn 0` skips it.
+//!
 //! Run as root from a release build (`cargo xtask bench xdp` does);
-//! prints a markdown table on stdout, progress on stderr.
+//! prints markdown tables on stdout, progress on stderr.
 //!
 //! ```text
 //! lb-rate-bench [--duration SECS (5, at most 10)] [--runs N (3)] [--flows N (256)]
-//!               [--size BYTES (64)] [--threads N (1)] [--only xdp,xdp-skb (both)]
+//!               [--size BYTES (64)] [--threads N (1)] [--only tc,xdp,xdp-skb (all)]
+//!               [--churn N (1000000)] [--churn-secs SECS (600)]
 //! ```
 //!
-//! `--only` picks which XDP scenarios to measure; the baselines `direct`
-//! and `iptables` always run, so no rate is ever reported without the two
-//! it is compared with (naming them in `--only` is allowed and changes
-//! nothing).
+//! `--only` picks which daas-lb scenarios to measure; the baselines
+//! `direct` and `iptables` always run, so no rate is ever reported without
+//! the two it is compared with (naming them in `--only` is allowed and
+//! changes nothing).
 
 use std::{
     fmt::Write as _,
-    io::{BufRead as _, BufReader},
-    net::SocketAddr,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{Shutdown, SocketAddr, TcpStream},
     process::{ExitCode, Stdio},
+    sync::atomic::{AtomicU64, Ordering},
+    thread,
     time::{Duration, Instant},
 };
 
+use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+use lb_common::{FlowKey, FlowValue};
+
 use lb_tests::{
-    API, Daemon, PinDir, TcpBackend, TempDir, TestCgroup, config_yaml, service,
+    API, BulkBackend, Daemon, PinDir, TcpBackend, TempDir, TestCgroup, bulk_reply, config_yaml,
+    service,
     topology::{HOST_IF, NsChild, Topology, sibling_binary},
 };
 use lb_userspace::policy::state_machine::ServerState;
@@ -42,7 +72,7 @@ use serde_json::Value;
 
 const VIP: &str = "10.96.0.10";
 /// Every scenario, in the order each round runs them.
-const SCENARIOS: [&str; 4] = ["direct", "xdp", "xdp-skb", "iptables"];
+const SCENARIOS: [&str; 5] = ["direct", "tc", "xdp-skb", "xdp", "iptables"];
 /// The scenarios every other one is compared with: they always run.
 const BASELINES: [&str; 2] = ["direct", "iptables"];
 const PORT: u16 = 9000;
@@ -55,6 +85,10 @@ struct Options {
     threads: usize,
     /// The scenarios to run: the baselines and those `--only` names.
     only: Vec<String>,
+    /// Short TCP connections of the churn (0: no churn).
+    churn: u64,
+    /// The churn's time bound.
+    churn_secs: u64,
 }
 
 impl Options {
@@ -66,7 +100,15 @@ impl Options {
             size: 64,
             threads: 1,
             only: SCENARIOS.iter().map(|&s| s.to_owned()).collect(),
+            churn: 1_000_000,
+            churn_secs: 600,
         };
+        if let Some(n) = std::env::var_os("LB_CHURN_FLOWS") {
+            let n = n.to_string_lossy();
+            o.churn = n
+                .parse()
+                .map_err(|e| format!("LB_CHURN_FLOWS {n}: {e}"))?;
+        }
         let args: Vec<String> = std::env::args().skip(1).collect();
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -78,6 +120,8 @@ impl Options {
                 "--flows" => o.flows = value.parse().map_err(|e| bad(&e))?,
                 "--size" => o.size = value.parse().map_err(|e| bad(&e))?,
                 "--threads" => o.threads = value.parse().map_err(|e| bad(&e))?,
+                "--churn" => o.churn = value.parse().map_err(|e| bad(&e))?,
+                "--churn-secs" => o.churn_secs = value.parse().map_err(|e| bad(&e))?,
                 "--only" => {
                     o.only = BASELINES.iter().map(|&s| s.to_owned()).collect();
                     for name in value.split(',') {
@@ -95,6 +139,9 @@ impl Options {
         }
         if !(1..=10).contains(&o.duration) || !(1..=9).contains(&o.runs) {
             return Err("--duration 1..=10, --runs 1..=9".into());
+        }
+        if o.churn > 10_000_000 || !(1..=3600).contains(&o.churn_secs) {
+            return Err("--churn 0..=10000000, --churn-secs 1..=3600".into());
         }
         Ok(o)
     }
@@ -125,7 +172,7 @@ fn main() -> ExitCode {
         eprintln!("lb-rate-bench: needs root (network namespaces, XDP)");
         return ExitCode::FAILURE;
     }
-    if options.only.iter().any(|o| o.starts_with("xdp"))
+    if (options.churn > 0 || options.only.iter().any(|o| o != "direct" && o != "iptables"))
         && std::env::var_os("DAAS_LB_BIN").is_none()
     {
         let bin = sibling_binary("DAAS_LB_BIN", "daas-lb");
@@ -145,7 +192,7 @@ fn main() -> ExitCode {
     // machine's speed hits every scenario alike.
     for run in 0..options.runs {
         for (scenario, runs) in &mut results {
-            let topo = Topology::new(3);
+            let topo = Topology::builder().default_offloads().backends(3).build();
             let measured = match scenario.as_str() {
                 "direct" => {
                     let dst: Vec<String> = topo
@@ -155,9 +202,16 @@ fn main() -> ExitCode {
                         .collect();
                     measure(&topo, &options, &dst.join(","), scenario, run)
                 }
-                "xdp" | "xdp-skb" => with_daemon(&topo, scenario == "xdp-skb", |topo| {
-                    measure(topo, &options, &format!("{VIP}:{PORT}"), scenario, run)
-                }),
+                "tc" | "xdp" | "xdp-skb" => {
+                    if scenario == "xdp" {
+                        // Native XDP where it is safe (see the module docs).
+                        topo.set_tx_checksum(false);
+                        topo.set_gro(true);
+                    }
+                    with_daemon(&topo, scenario, |topo| {
+                        measure(topo, &options, &format!("{VIP}:{PORT}"), scenario, run)
+                    })
+                }
                 _ => {
                     iptables_dnat(&topo);
                     measure(&topo, &options, &format!("{VIP}:{PORT}"), scenario, run)
@@ -167,11 +221,39 @@ fn main() -> ExitCode {
         }
     }
     print!("{}", table(&options, &results));
+    if options.churn > 0 {
+        let churn = churn(&options);
+        print!("{}", churn_table(&options, &churn));
+        if churn.untranslated > 0 {
+            eprintln!(
+                "lb-rate-bench: {} untranslated replies reached the client",
+                churn.untranslated
+            );
+            return ExitCode::FAILURE;
+        }
+    }
     ExitCode::SUCCESS
 }
 
-/// Runs `f` while daas-lb forwards the VIP to the backends with XDP.
-fn with_daemon(topo: &Topology, generic: bool, f: impl FnOnce(&Topology) -> Run) -> Run {
+/// The `xdp:` block (the whole block, its first line included) for
+/// `scenario` over `interfaces`: names only for `tc` (every setting
+/// default), `{ name, hook: xdp, mode }` entries for the XDP scenarios.
+fn xdp_block(scenario: &str, interfaces: &[String]) -> String {
+    let mode = match scenario {
+        "xdp" => "driver",
+        "xdp-skb" => "skb",
+        _ => return format!("xdp:\n  interfaces: [{}]\n", interfaces.join(", ")),
+    };
+    let entries: Vec<String> = interfaces
+        .iter()
+        .map(|i| format!("    - {{ name: {i}, hook: xdp, mode: {mode} }}\n"))
+        .collect();
+    format!("xdp:\n  interfaces:\n{}", entries.concat())
+}
+
+/// Runs `f` while daas-lb forwards the VIP to the backends with the hook
+/// of `scenario` ([`xdp_block`]).
+fn with_daemon(topo: &Topology, scenario: &str, f: impl FnOnce(&Topology) -> Run) -> Run {
     let (tmp, pins, cgroup) = (TempDir::new(), PinDir::new(), TestCgroup::new());
     // TCP listeners on the UDP port number: the health checks' target.
     let _checked: Vec<TcpBackend> = topo
@@ -192,9 +274,8 @@ fn with_daemon(topo: &Topology, generic: bool, f: impl FnOnce(&Topology) -> Run)
         servers.join(", ")
     );
     let yaml = format!(
-        "xdp:\n  interfaces: [{}]\n  mode: {}\n{}",
-        topo.node_interfaces().join(", "),
-        if generic { "skb" } else { "driver" },
+        "{}{}",
+        xdp_block(scenario, &topo.node_interfaces()),
         config_yaml(&pins, &cgroup, &tmp.path().join("data"), &services)
     );
     let config = tmp.file("config.yaml", &yaml).display().to_string();
@@ -218,7 +299,7 @@ fn with_daemon(topo: &Topology, generic: bool, f: impl FnOnce(&Topology) -> Run)
         .filter(|l| l.starts_with("daas_lb_xdp_verdicts_total") && !l.ends_with(" 0"))
         .map(|l| l.trim_start_matches("daas_lb_xdp_verdicts_total"))
         .collect();
-    eprintln!("  XDP verdicts (non-zero): {}", verdicts.join(" "));
+    eprintln!("  verdicts (non-zero): {}", verdicts.join(" "));
     daemon.stop();
     run
 }
@@ -391,6 +472,255 @@ fn measure(topo: &Topology, o: &Options, dst: &str, scenario: &str, run: usize) 
     result
 }
 
+/// The churn's outcome.
+#[derive(Debug, Default)]
+struct Churn {
+    /// Connections answered in full.
+    ok: u64,
+    /// Connections that failed (connect, I/O or a wrong answer).
+    failed: u64,
+    /// Seconds the connections took.
+    secs: f64,
+    /// Connections per backend.
+    per_backend: Vec<u64>,
+    /// `flows` entries right after the last connection closed.
+    entries_end: usize,
+    /// `flows` entries `tcp_closing` + one `flow_gc_interval` later.
+    entries_after: usize,
+    /// Seconds waited for `entries_after`.
+    waited: f64,
+    /// The flow table's capacity (entries).
+    capacity: u32,
+    /// Packets from a source other than the VIP that reached the client.
+    untranslated: u64,
+    /// Non-zero flow/drop samples of the daemon's metrics at the end.
+    metrics: Vec<String>,
+}
+
+/// The churn's port on the VIP and on the backends.
+const CHURN_PORT: u16 = 8080;
+/// Client threads of the churn.
+const CHURN_THREADS: usize = 8;
+/// The churn's request.
+const CHURN_REQUEST: &[u8] = b"churn-0123456789";
+/// The churn's `flow_timeouts.tcp_closing` and `flow_gc_interval`: the
+/// defaults (10 s, 10 s) keep a closed flow up to 20 s, which at ~7,000
+/// connections/s is 140,000 flows, more than the 131,072 the table holds.
+const TCP_CLOSING: Duration = Duration::from_secs(2);
+const GC_INTERVAL: Duration = Duration::from_secs(1);
+/// SNAT ports of the churn: the default 61000-65535 (4536 per backend
+/// address and port) would run out while closed flows linger; the node's
+/// own ephemeral range moves above it ([`CHURN_NODE_PORTS`]).
+const CHURN_SNAT_PORTS: &str = "1024-60999";
+/// The node's `ip_local_port_range` during the churn.
+const CHURN_NODE_PORTS: &str = "61000 65535";
+
+/// `o.churn` short TCP connections through daas-lb's default hook, bounded
+/// by `o.churn_secs`; see the module docs.
+fn churn(o: &Options) -> Churn {
+    let topo = Topology::builder().default_offloads().backends(3).build();
+    // Client: every port for connects, TIME_WAIT ports reused (timestamps
+    // are on), so the client does not run out of source ports.
+    topo.sh(&topo.client.ns, "sysctl", &["-qw", "net.ipv4.ip_local_port_range=1024 65535"]);
+    topo.sh(&topo.client.ns, "sysctl", &["-qw", "net.ipv4.tcp_tw_reuse=1"]);
+    let node_ports = format!("net.ipv4.ip_local_port_range={CHURN_NODE_PORTS}");
+    topo.sh(&topo.node, "sysctl", &["-qw", &node_ports]);
+    topo.count_untranslated();
+    let backends: Vec<BulkBackend> = topo
+        .backends
+        .iter()
+        .map(|b| {
+            let _inside = topo.enter(&b.ns);
+            BulkBackend::bind(&b.name, SocketAddr::new(b.v4.into(), CHURN_PORT), 4)
+        })
+        .collect();
+    let servers: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.addr)).collect();
+    let services = format!(
+        "  - name: churn\n    vip: \"{VIP}:{CHURN_PORT}\"\n    protocol: tcp\n    servers: [{}]\n    policy: spread\n    remote: true\n    health_check: {{ kind: tcp, interval: 1s }}\n",
+        servers.join(", ")
+    );
+    let (tmp, pins, cgroup) = (TempDir::new(), PinDir::new(), TestCgroup::new());
+    let yaml = format!(
+        "xdp:\n  interfaces: [{}]\n  snat_ports: {CHURN_SNAT_PORTS}\n  flow_timeouts: {{ tcp_closing: {}s }}\n  flow_gc_interval: {}s\n{}",
+        topo.node_interfaces().join(", "),
+        TCP_CLOSING.as_secs(),
+        GC_INTERVAL.as_secs(),
+        config_yaml(&pins, &cgroup, &tmp.path().join("data"), &services)
+    );
+    let config = tmp.file("config.yaml", &yaml).display().to_string();
+    let _in_node = topo.enter(&topo.node);
+    let mut daemon = Daemon::spawn_in_netns(
+        &["--config", &config],
+        tmp.path(),
+        API,
+        &Topology::ns_path(&topo.node),
+    );
+    daemon.wait_for(Duration::from_secs(15), "every backend checked", |s| {
+        service(s, "churn")
+            .servers
+            .iter()
+            .all(|srv| matches!(srv.state, ServerState::Preferred | ServerState::Active))
+    });
+    let flows_pin = pins.path().join("flows");
+    let vip: SocketAddr = format!("{VIP}:{CHURN_PORT}").parse().expect("vip");
+    let names: Vec<String> = topo.backends.iter().map(|b| b.name.clone()).collect();
+    let next = AtomicU64::new(0);
+    let started = Instant::now();
+    let until = started + Duration::from_secs(o.churn_secs);
+    let results: Vec<(u64, u64, Vec<u64>)> = thread::scope(|s| {
+        let handles: Vec<_> = (0..CHURN_THREADS)
+            .map(|_| {
+                let (topo, next, names) = (&topo, &next, &names);
+                s.spawn(move || {
+                    let _inside = topo.enter(&topo.client.ns);
+                    let (mut ok, mut failed) = (0u64, 0u64);
+                    let mut per_backend = vec![0u64; names.len()];
+                    while next.fetch_add(1, Ordering::Relaxed) < o.churn && Instant::now() < until {
+                        match churn_once(vip) {
+                            Ok(name) => {
+                                ok += 1;
+                                if let Some(i) = names.iter().position(|n| *n == name) {
+                                    per_backend[i] += 1;
+                                }
+                            }
+                            Err(_) => failed += 1,
+                        }
+                    }
+                    (ok, failed, per_backend)
+                })
+            })
+            .collect();
+        let mut reported = 0;
+        while handles.iter().any(|h| !h.is_finished()) {
+            thread::sleep(Duration::from_millis(200));
+            let done = next.load(Ordering::Relaxed).min(o.churn);
+            if done >= reported + 100_000 {
+                reported = done;
+                eprintln!(
+                    "  churn: {done} connections started in {:.0}s",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        }
+        handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
+    });
+    let secs = started.elapsed().as_secs_f64();
+    let entries_end = flow_entries(&flows_pin);
+    let closed = Instant::now();
+    // tcp_closing + one gc interval, plus a second for a pass in progress.
+    let wait = TCP_CLOSING + GC_INTERVAL + Duration::from_secs(1);
+    thread::sleep(wait);
+    let entries_after = flow_entries(&flows_pin);
+    let waited = closed.elapsed().as_secs_f64();
+    let metrics = daemon.metrics();
+    let metrics: Vec<String> = metrics
+        .lines()
+        .filter(|l| {
+            (l.starts_with("daas_lb_xdp_flow") || l.starts_with("daas_lb_flow") || l.starts_with("daas_lb_xdp_drops"))
+                && !l.ends_with(" 0")
+        })
+        .map(ToOwned::to_owned)
+        .collect();
+    let untranslated = topo.untranslated();
+    let capacity = flow_capacity(&flows_pin);
+    daemon.stop();
+    let mut churn = Churn {
+        secs,
+        entries_end,
+        entries_after,
+        waited,
+        capacity,
+        untranslated,
+        metrics,
+        per_backend: vec![0; names.len()],
+        ..Churn::default()
+    };
+    for (ok, failed, per_backend) in results {
+        churn.ok += ok;
+        churn.failed += failed;
+        for (sum, n) in churn.per_backend.iter_mut().zip(per_backend) {
+            *sum += n;
+        }
+    }
+    eprintln!("churn: {churn:?}");
+    churn
+}
+
+/// One short connection: connect, send [`CHURN_REQUEST`], shut down the
+/// sending side, read the answer to EOF, check it, close. The backend's name.
+fn churn_once(vip: SocketAddr) -> std::io::Result<String> {
+    let timeout = Duration::from_secs(2);
+    let mut stream = TcpStream::connect_timeout(&vip, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.write_all(CHURN_REQUEST)?;
+    stream.shutdown(Shutdown::Write)?;
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply)?;
+    let expected = bulk_reply(CHURN_REQUEST);
+    let Some(newline) = reply.iter().position(|&b| b == b'\n') else {
+        return Err(std::io::Error::other("no name line"));
+    };
+    if reply[newline + 1..] != expected[..] {
+        return Err(std::io::Error::other("wrong answer"));
+    }
+    Ok(String::from_utf8_lossy(&reply[..newline]).into_owned())
+}
+
+/// Entries in the pinned `flows` map now (keys walked with
+/// `BPF_MAP_GET_NEXT_KEY`).
+fn flow_entries(pin: &std::path::Path) -> usize {
+    let data = MapData::from_pin(pin).unwrap_or_else(|e| panic!("open {}: {e}", pin.display()));
+    let map = Map::from_map_data(data).expect("flows map");
+    let flows: BpfHashMap<_, FlowKey, FlowValue> =
+        BpfHashMap::try_from(map).expect("flows is a hash map");
+    flows.keys().filter(Result::is_ok).count()
+}
+
+/// The pinned `flows` map's capacity.
+fn flow_capacity(pin: &std::path::Path) -> u32 {
+    aya::maps::MapInfo::from_pin(pin).map_or(0, |i| i.max_entries())
+}
+
+fn churn_table(o: &Options, c: &Churn) -> String {
+    let total = c.ok + c.failed;
+    let mut out = format!(
+        "\n### Connection churn through daas-lb (tc, default settings)\n\n\
+         {} short TCP connections requested (`--churn`/`LB_CHURN_FLOWS`), at most {} s; {} client \
+         threads, 16-byte request, the client closes first; 3 backends; `snat_ports: \
+         {CHURN_SNAT_PORTS}`, every other setting default (`tcp_closing` {} s, `flow_gc_interval` \
+         {} s). Entries: the `flows` map (two per flow, capacity {}).\n\n\
+         | connections | failed | seconds | connections/s | per backend | entries at the end | entries {:.0} s later | untranslated replies |\n\
+         |---:|---:|---:|---:|---|---:|---:|---:|\n",
+        o.churn,
+        o.churn_secs,
+        CHURN_THREADS,
+        TCP_CLOSING.as_secs(),
+        GC_INTERVAL.as_secs(),
+        c.capacity,
+        c.waited,
+    );
+    let shares: Vec<String> = c
+        .per_backend
+        .iter()
+        .map(|&n| format!("{:.0}%", 100.0 * float(n) / float(c.ok.max(1))))
+        .collect();
+    let _ = writeln!(
+        out,
+        "| {total} | {} | {:.1} | {:.0} | {} | {} | {} | {} |",
+        c.failed,
+        c.secs,
+        float(total) / c.secs.max(0.001),
+        shares.join(" / "),
+        c.entries_end,
+        c.entries_after,
+        c.untranslated
+    );
+    if !c.metrics.is_empty() {
+        let _ = writeln!(out, "\nFlow metrics at the end: `{}`", c.metrics.join("`, `"));
+    }
+    out
+}
+
 /// The run with the median delivered rate.
 fn median(runs: &[Run]) -> Run {
     let mut sorted = runs.to_vec();
@@ -420,8 +750,10 @@ fn table(o: &Options, results: &[(String, Vec<Run>)]) -> String {
          sinks to the last. Rate = datagrams the backends' sockets received per second of \
          sending. The softirq work of the whole path (client stack, node, backend stack) runs \
          on the sender's CPU, so ns/packet is that CPU's time per delivered datagram.\n\n\
-         | path | sent pps | delivered pps | ns/packet | delivered/sent | vs iptables | vs direct | per backend |\n\
-         |---|---:|---:|---:|---:|---:|---:|---|\n",
+         Gbit/s = delivered UDP payload bits per second. Every path on the veths' default \
+         offloads except native XDP (hosts' TX checksum offload off, GRO on: its safe case).\n\n\
+         | path | sent pps | delivered pps | Gbit/s | ns/packet | delivered/sent | vs iptables | vs direct | per backend |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---|\n",
         o.size,
         o.flows,
         o.threads,
@@ -438,15 +770,17 @@ fn table(o: &Options, results: &[(String, Vec<Run>)]) -> String {
             .collect();
         let label = match *name {
             "direct" => "direct (routing only, no NAT)",
-            "xdp" => "daas-lb XDP, native (driver) mode",
-            "xdp-skb" => "daas-lb XDP, generic (skb) mode",
+            "tc" => "daas-lb tc (`hook: auto` on veth)",
+            "xdp" => "daas-lb XDP native (`mode: driver`; hosts' tx off)",
+            "xdp-skb" => "daas-lb XDP generic (`mode: skb`)",
             _ => "iptables DNAT + MASQUERADE",
         };
         let _ = writeln!(
             out,
-            "| {label} | {:.0} | {:.0} | {:.0} | {:.2} | {} | {} | {} |",
+            "| {label} | {:.0} | {:.0} | {:.3} | {:.0} | {:.2} | {} | {} | {} |",
             run.sent_pps,
             run.delivered_pps,
+            run.delivered_pps * float(o.size as u64) * 8.0 / 1e9,
             1e9 / run.delivered_pps.max(1.0),
             run.delivered_pps / run.sent_pps.max(1.0),
             ratio(run.delivered_pps, rate("iptables")),
@@ -466,5 +800,5 @@ fn float(n: u64) -> f64 {
 }
 
 fn thread_count() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+    thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
