@@ -466,8 +466,11 @@ impl BulkBackend {
         let served = Arc::new(AtomicUsize::new(0));
         let workers = (0..workers)
             .map(|_| {
-                let (listener, stop, served) =
-                    (Arc::clone(&listener), Arc::clone(&stop), Arc::clone(&served));
+                let (listener, stop, served) = (
+                    Arc::clone(&listener),
+                    Arc::clone(&stop),
+                    Arc::clone(&served),
+                );
                 let name = name.to_owned();
                 thread::spawn(move || {
                     while !stop.load(Ordering::SeqCst) {

@@ -253,8 +253,8 @@ impl Topology {
         );
         // A host numbered `own` on a /24 (v4 prefix `net`) and /64 (v6
         // prefix `v6`) whose node side is `.1` / `::1`.
-        let host = |name: &str, node_if: &str, node_ip_if: &str, net: [u8; 3], v6: &str, own: u8| {
-            Host {
+        let host =
+            |name: &str, node_if: &str, node_ip_if: &str, net: [u8; 3], v6: &str, own: u8| Host {
                 name: name.to_owned(),
                 ns: format!("{prefix}-{name}"),
                 v4: Ipv4Addr::new(net[0], net[1], net[2], own),
@@ -263,8 +263,7 @@ impl Topology {
                 gw_v6: format!("{v6}::1").parse().expect("literal"),
                 node_if: node_if.to_owned(),
                 node_ip_if: node_ip_if.to_owned(),
-            }
-        };
+            };
         let topology = Self {
             client: host("client", CLIENT_IF, CLIENT_IF, [10, 10, 0], "fd00:10", 2),
             node: format!("{prefix}-node"),
@@ -275,8 +274,14 @@ impl Topology {
                     if options.bridge {
                         // 10.20.0.1k, fd00:20::1k (hex digits, same text).
                         let own = 0x10 + k8;
-                        let mut h =
-                            host(&format!("b{k}"), &port, BRIDGE_IF, [10, 20, 0], "fd00:20", own);
+                        let mut h = host(
+                            &format!("b{k}"),
+                            &port,
+                            BRIDGE_IF,
+                            [10, 20, 0],
+                            "fd00:20",
+                            own,
+                        );
                         h.v4 = Ipv4Addr::new(10, 20, 0, 10 + k8);
                         h
                     } else {
@@ -312,10 +317,7 @@ impl Topology {
             self.sh(node, "sysctl", &["-qw", sysctl]);
         }
         if let Some(bridge) = &self.bridge {
-            run_checked(
-                "ip",
-                &["-n", node, "link", "add", bridge, "type", "bridge"],
-            );
+            run_checked("ip", &["-n", node, "link", "add", bridge, "type", "bridge"]);
             let gw = &self.backends[0];
             Self::address(node, bridge, gw.gw_v4, gw.gw_v6);
         }
@@ -631,11 +633,7 @@ impl Topology {
         ["iptables", "ip6tables"]
             .iter()
             .map(|tool| {
-                let out = self.sh(
-                    &self.client.ns,
-                    tool,
-                    &["-w", "-nvxL", UNTRANSLATED_CHAIN],
-                );
+                let out = self.sh(&self.client.ns, tool, &["-w", "-nvxL", UNTRANSLATED_CHAIN]);
                 // Two header lines, then `pkts bytes target ...` rows.
                 out.lines()
                     .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())

@@ -80,18 +80,17 @@ struct World {
     tmp: TempDir,
     pins: PinDir,
     cgroup: TestCgroup,
-    _servers: Servers,
+    servers: Servers,
     _in_node: NsGuard,
     topo: Topology,
 }
 
-/// Every backend's listeners.
+/// Every backend's listeners (each stops on drop).
 struct Servers {
-    /// Kept for their lifetime (they stop on drop).
-    _tcp4: Vec<BulkBackend>,
-    _tcp6: Vec<BulkBackend>,
+    tcp4: Vec<BulkBackend>,
+    tcp6: Vec<BulkBackend>,
     udp: Vec<UdpBackend>,
-    _hold: Vec<TcpBackend>,
+    hold: Vec<TcpBackend>,
 }
 
 impl World {
@@ -109,7 +108,7 @@ impl World {
             tmp: TempDir::new(),
             pins: PinDir::new(),
             cgroup: TestCgroup::new(),
-            _servers: servers,
+            servers,
             _in_node: topo.enter(&topo.node),
             topo,
         })
@@ -140,10 +139,9 @@ impl World {
             ["web4", "web6", "dns", "hold"].iter().all(|name| {
                 let svc = service(s, name);
                 svc.servers.len() == 3
-                    && svc
-                        .servers
-                        .iter()
-                        .all(|srv| matches!(srv.state, ServerState::Preferred | ServerState::Active))
+                    && svc.servers.iter().all(|srv| {
+                        matches!(srv.state, ServerState::Preferred | ServerState::Active)
+                    })
             })
         });
         daemon
@@ -162,7 +160,7 @@ impl World {
                 .join(", ")
         };
         let udp = self
-            ._servers
+            .servers
             .udp
             .iter()
             .map(|b| format!("\"{}\"", b.addr))
@@ -188,13 +186,7 @@ impl World {
                 &servers(SERVICE_PORT, true),
                 CHECK,
             ),
-            svc(
-                "dns",
-                &format!("{VIP4}:{UDP_PORT}"),
-                "udp",
-                &udp,
-                UDP_CHECK,
-            ),
+            svc("dns", &format!("{VIP4}:{UDP_PORT}"), "udp", &udp, UDP_CHECK),
             svc(
                 "hold",
                 &format!("{VIP4}:{HOLD_PORT}"),
@@ -215,9 +207,9 @@ impl World {
             let vip = SocketAddr::new(vip.parse().expect("vip"), TCP_PORT);
             let mut by_backend = BTreeMap::new();
             for i in 0..FLOWS {
-                let backend = self
-                    .tcp_exchange(vip, TCP_PAYLOAD, i)
-                    .unwrap_or_else(|e| panic!("{label} exchange {i} via {vip}: {e}\n{}", self.diag()));
+                let backend = self.tcp_exchange(vip, TCP_PAYLOAD, i).unwrap_or_else(|e| {
+                    panic!("{label} exchange {i} via {vip}: {e}\n{}", self.diag())
+                });
                 *by_backend.entry(backend).or_insert(0) += 1;
             }
             spread.insert(label, by_backend);
@@ -288,9 +280,14 @@ impl World {
         let mut open = Vec::new();
         for i in 0..FLOWS {
             let socket = UdpSocket::bind("0.0.0.0:0").expect("bind");
-            socket.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
+            socket
+                .set_read_timeout(Some(Duration::from_millis(500)))
+                .expect("timeout");
             // ASCII: the backend echoes `<name>:<payload>` as text.
-            let payload: Vec<u8> = pattern(UDP_PAYLOAD, i).iter().map(|b| b'a' + b % 26).collect();
+            let payload: Vec<u8> = pattern(UDP_PAYLOAD, i)
+                .iter()
+                .map(|b| b'a' + b % 26)
+                .collect();
             // A lost datagram (the first one may meet an unresolved
             // neighbour) is sent again, at most 5 times.
             let mut reply = None;
@@ -306,7 +303,11 @@ impl World {
                 reply.unwrap_or_else(|| panic!("no UDP reply for flow {i}\n{}", self.diag()));
             assert_eq!(from, vip, "UDP reply source");
             let colon = reply.iter().position(|&b| b == b':').expect("name:payload");
-            assert_eq!(&reply[colon + 1..], payload.as_slice(), "UDP payload of flow {i}");
+            assert_eq!(
+                &reply[colon + 1..],
+                payload.as_slice(),
+                "UDP payload of flow {i}"
+            );
             let backend = String::from_utf8_lossy(&reply[..colon]).into_owned();
             *by_backend.entry(backend).or_insert(0) += 1;
             open.push(socket);
@@ -320,7 +321,7 @@ impl World {
     }
 
     /// The status document's `xdp` part, as JSON.
-    fn status_xdp(&self) -> Value {
+    fn status_xdp() -> Value {
         let text = lb_userspace::api::client::get(API, "/status").expect("GET /status");
         let status: Value = serde_json::from_str(&text).expect("status JSON");
         status["xdp"].clone()
@@ -331,7 +332,8 @@ impl World {
         let Some(daemon) = &self.daemon else {
             return String::new();
         };
-        let metrics = lb_userspace::api::client::get(lb_tests::METRICS, "/metrics").unwrap_or_default();
+        let metrics =
+            lb_userspace::api::client::get(lb_tests::METRICS, "/metrics").unwrap_or_default();
         let xdp: Vec<&str> = metrics
             .lines()
             .filter(|l| l.starts_with("daas_lb_xdp") && !l.ends_with(" 0"))
@@ -342,8 +344,18 @@ impl World {
             .backends
             .iter()
             .map(|b| {
-                let out = self.topo.output(&b.ns, "nstat", &["-az", "TcpInCsumErrors", "UdpInCsumErrors"]);
-                format!("{}: {}", b.name, String::from_utf8_lossy(&out.stdout).trim().replace('\n', "; "))
+                let out = self.topo.output(
+                    &b.ns,
+                    "nstat",
+                    &["-az", "TcpInCsumErrors", "UdpInCsumErrors"],
+                );
+                format!(
+                    "{}: {}",
+                    b.name,
+                    String::from_utf8_lossy(&out.stdout)
+                        .trim()
+                        .replace('\n', "; ")
+                )
             })
             .collect::<Vec<_>>()
             .join("\n");
@@ -363,17 +375,28 @@ impl Servers {
     /// [`HOLD_SERVICE_PORT`].
     fn start(topo: &Topology) -> Self {
         let mut servers = Self {
-            _tcp4: Vec::new(),
-            _tcp6: Vec::new(),
+            tcp4: Vec::new(),
+            tcp6: Vec::new(),
             udp: Vec::new(),
-            _hold: Vec::new(),
+            hold: Vec::new(),
         };
         for b in &topo.backends {
             let _inside = topo.enter(&b.ns);
-            servers._tcp4.push(BulkBackend::bind(&b.name, SocketAddr::new(b.v4.into(), SERVICE_PORT), 4));
-            servers._tcp6.push(BulkBackend::bind(&b.name, SocketAddr::new(b.v6.into(), SERVICE_PORT), 4));
+            servers.tcp4.push(BulkBackend::bind(
+                &b.name,
+                SocketAddr::new(b.v4.into(), SERVICE_PORT),
+                4,
+            ));
+            servers.tcp6.push(BulkBackend::bind(
+                &b.name,
+                SocketAddr::new(b.v6.into(), SERVICE_PORT),
+                4,
+            ));
             servers.udp.push(UdpBackend::start(&b.name, b.v4.into()));
-            servers._hold.push(TcpBackend::bind(&b.name, SocketAddr::new(b.v4.into(), HOLD_SERVICE_PORT)));
+            servers.hold.push(TcpBackend::bind(
+                &b.name,
+                SocketAddr::new(b.v4.into(), HOLD_SERVICE_PORT),
+            ));
         }
         servers
     }
@@ -387,7 +410,8 @@ fn pattern(size: usize, seed: usize) -> Vec<u8> {
 }
 
 fn pinned_flows(path: &Path) -> Vec<(FlowKey, FlowValue)> {
-    let data = MapData::from_pin(path).unwrap_or_else(|e| panic!("open pinned {}: {e}", path.display()));
+    let data =
+        MapData::from_pin(path).unwrap_or_else(|e| panic!("open pinned {}: {e}", path.display()));
     let map = Map::from_map_data(data).expect("flows map");
     let flows: BpfHashMap<_, FlowKey, FlowValue> =
         BpfHashMap::try_from(map).expect("flows is a hash map");
@@ -444,7 +468,7 @@ fn with_hook(interfaces: &[String], hook: &str, mode: &str) -> String {
 /// and the node's devices carry exactly the matching attachments: pinned tc
 /// links and no XDP for tc, the XDP mode for xdp.
 fn assert_hooks(world: &World, interfaces: &[String], hook: &str, mode: Option<&str>) {
-    let xdp = world.status_xdp();
+    let xdp = World::status_xdp();
     let reported = reported_hooks(&xdp);
     for dev in interfaces {
         let entry = reported.iter().find(|(name, ..)| name == dev);
@@ -487,7 +511,11 @@ fn default_offload_bridge_topology_forwards_without_a_balancer() {
     for host in topo.hosts() {
         let features = topo.sh(&host.ns, "ethtool", &["-k", HOST_IF]);
         for feature in ["tx-checksumming: on", "tcp-segmentation-offload: on"] {
-            assert!(features.contains(feature), "{}: {feature} expected:\n{features}", host.name);
+            assert!(
+                features.contains(feature),
+                "{}: {feature} expected:\n{features}",
+                host.name
+            );
         }
     }
     // The backends are ports of br0, which holds the node's address.
@@ -508,13 +536,19 @@ fn default_offload_bridge_topology_forwards_without_a_balancer() {
     // Those replies came from the backends' own addresses: the counter
     // sees them (it would see untranslated replies), then starts over.
     let counted = topo.untranslated();
-    assert!(counted >= 6, "untranslated-reply counter saw {counted} direct replies");
+    assert!(
+        counted >= 6,
+        "untranslated-reply counter saw {counted} direct replies"
+    );
     topo.reset_untranslated();
     assert_eq!(topo.untranslated(), 0);
     // No namespace has a default route: nothing leaves the machine.
     for ns in topo.namespaces() {
         let routes = topo.sh(&ns, "ip", &["route", "show", "default"]);
-        assert!(routes.trim().is_empty(), "{ns} has a default route: {routes}");
+        assert!(
+            routes.trim().is_empty(),
+            "{ns} has a default route: {routes}"
+        );
     }
 }
 
@@ -616,10 +650,17 @@ fn closed_tcp_flows_and_idle_udp_flows_leave_the_flow_table() {
     let mut reset_ports = Vec::new();
     for _ in 0..6 {
         let _inside = world.topo.enter(&world.topo.client.ns);
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-        s.connect_timeout(&vip4.into(), IO_TIMEOUT).expect("connect");
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        s.connect_timeout(&vip4.into(), IO_TIMEOUT)
+            .expect("connect");
         s.set_linger(Some(Duration::ZERO)).expect("linger 0");
-        let port = s.local_addr().expect("local").as_socket().expect("inet").port();
+        let port = s
+            .local_addr()
+            .expect("local")
+            .as_socket()
+            .expect("inet")
+            .port();
         reset_ports.push(port);
         drop(s); // RST
     }
@@ -632,10 +673,18 @@ fn closed_tcp_flows_and_idle_udp_flows_leave_the_flow_table() {
         count(&before, PROTO_TCP),
         count(&before, PROTO_UDP)
     );
-    assert!(count(&before, PROTO_UDP) >= 2 * FLOWS, "UDP entries: {}", count(&before, PROTO_UDP));
+    assert!(
+        count(&before, PROTO_UDP) >= 2 * FLOWS,
+        "UDP entries: {}",
+        count(&before, PROTO_UDP)
+    );
     let closing: Vec<&(FlowKey, FlowValue)> = before
         .iter()
-        .filter(|(k, v)| k.proto == PROTO_TCP && v.flags & FLOW_REPLY == 0 && v.flags & (FLOW_FIN | FLOW_RST) != 0)
+        .filter(|(k, v)| {
+            k.proto == PROTO_TCP
+                && v.flags & FLOW_REPLY == 0
+                && v.flags & (FLOW_FIN | FLOW_RST) != 0
+        })
         .collect();
     assert!(
         closing.len() >= 2 * FLOWS,
@@ -645,9 +694,14 @@ fn closed_tcp_flows_and_idle_udp_flows_leave_the_flow_table() {
     );
     let reset_seen = before
         .iter()
-        .filter(|(k, v)| k.proto == PROTO_TCP && v.flags & FLOW_RST != 0 && reset_ports.contains(&k.src_port))
+        .filter(|(k, v)| {
+            k.proto == PROTO_TCP && v.flags & FLOW_RST != 0 && reset_ports.contains(&k.src_port)
+        })
         .count();
-    assert!(reset_seen >= 1, "no forward entry with FLOW_RST among the reset connections");
+    assert!(
+        reset_seen >= 1,
+        "no forward entry with FLOW_RST among the reset connections"
+    );
 
     // tcp_closing (2 s) / udp (2 s) + one gc interval (1 s), with slack for
     // the coarse clock and a pass in progress: at most 6 s.
@@ -688,5 +742,10 @@ fn closed_tcp_flows_and_idle_udp_flows_leave_the_flow_table() {
     let mut buf = [0u8; 64];
     let n = held.read(&mut buf).expect("held read");
     assert!(String::from_utf8_lossy(&buf[..n]).ends_with(":still"));
-    assert_eq!(world.topo.untranslated(), 0, "untranslated replies\n{}", world.diag());
+    assert_eq!(
+        world.topo.untranslated(),
+        0,
+        "untranslated replies\n{}",
+        world.diag()
+    );
 }

@@ -61,7 +61,6 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use lb_common::{FlowKey, FlowValue};
-
 use lb_tests::{
     API, BulkBackend, Daemon, PinDir, TcpBackend, TempDir, TestCgroup, bulk_reply, config_yaml,
     service,
@@ -105,9 +104,7 @@ impl Options {
         };
         if let Some(n) = std::env::var_os("LB_CHURN_FLOWS") {
             let n = n.to_string_lossy();
-            o.churn = n
-                .parse()
-                .map_err(|e| format!("LB_CHURN_FLOWS {n}: {e}"))?;
+            o.churn = n.parse().map_err(|e| format!("LB_CHURN_FLOWS {n}: {e}"))?;
         }
         let args: Vec<String> = std::env::args().skip(1).collect();
         let mut it = args.iter();
@@ -172,7 +169,11 @@ fn main() -> ExitCode {
         eprintln!("lb-rate-bench: needs root (network namespaces, XDP)");
         return ExitCode::FAILURE;
     }
-    if (options.churn > 0 || options.only.iter().any(|o| o != "direct" && o != "iptables"))
+    if (options.churn > 0
+        || options
+            .only
+            .iter()
+            .any(|o| o != "direct" && o != "iptables"))
         && std::env::var_os("DAAS_LB_BIN").is_none()
     {
         let bin = sibling_binary("DAAS_LB_BIN", "daas-lb");
@@ -521,8 +522,16 @@ fn churn(o: &Options) -> Churn {
     let topo = Topology::builder().default_offloads().backends(3).build();
     // Client: every port for connects, TIME_WAIT ports reused (timestamps
     // are on), so the client does not run out of source ports.
-    topo.sh(&topo.client.ns, "sysctl", &["-qw", "net.ipv4.ip_local_port_range=1024 65535"]);
-    topo.sh(&topo.client.ns, "sysctl", &["-qw", "net.ipv4.tcp_tw_reuse=1"]);
+    topo.sh(
+        &topo.client.ns,
+        "sysctl",
+        &["-qw", "net.ipv4.ip_local_port_range=1024 65535"],
+    );
+    topo.sh(
+        &topo.client.ns,
+        "sysctl",
+        &["-qw", "net.ipv4.tcp_tw_reuse=1"],
+    );
     let node_ports = format!("net.ipv4.ip_local_port_range={CHURN_NODE_PORTS}");
     topo.sh(&topo.node, "sysctl", &["-qw", &node_ports]);
     topo.count_untranslated();
@@ -602,7 +611,10 @@ fn churn(o: &Options) -> Churn {
                 );
             }
         }
-        handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
     });
     let secs = started.elapsed().as_secs_f64();
     let entries_end = flow_entries(&flows_pin);
@@ -616,7 +628,9 @@ fn churn(o: &Options) -> Churn {
     let metrics: Vec<String> = metrics
         .lines()
         .filter(|l| {
-            (l.starts_with("daas_lb_xdp_flow") || l.starts_with("daas_lb_flow") || l.starts_with("daas_lb_xdp_drops"))
+            (l.starts_with("daas_lb_xdp_flow")
+                || l.starts_with("daas_lb_flow")
+                || l.starts_with("daas_lb_xdp_drops"))
                 && !l.ends_with(" 0")
         })
         .map(ToOwned::to_owned)
@@ -673,7 +687,7 @@ fn flow_entries(pin: &std::path::Path) -> usize {
     let map = Map::from_map_data(data).expect("flows map");
     let flows: BpfHashMap<_, FlowKey, FlowValue> =
         BpfHashMap::try_from(map).expect("flows is a hash map");
-    flows.keys().filter(Result::is_ok).count()
+    flows.keys().flatten().count()
 }
 
 /// The pinned `flows` map's capacity.
@@ -716,7 +730,11 @@ fn churn_table(o: &Options, c: &Churn) -> String {
         c.untranslated
     );
     if !c.metrics.is_empty() {
-        let _ = writeln!(out, "\nFlow metrics at the end: `{}`", c.metrics.join("`, `"));
+        let _ = writeln!(
+            out,
+            "\nFlow metrics at the end: `{}`",
+            c.metrics.join("`, `")
+        );
     }
     out
 }
