@@ -5,8 +5,12 @@
 //!
 //! 1. `lb-xdp-bench`: nanoseconds per packet of `lb_xdp` (and the empty
 //!    baseline program) with `BPF_PROG_TEST_RUN`.
-//! 2. `lb-rate-bench`: UDP forwarding rate over veth through a node running
-//!    daas-lb's XDP path, iptables DNAT, and plain routing (reference).
+//! 2. `lb-rate-bench`: UDP forwarding rate over veth with default offloads
+//!    through a node running daas-lb's tc path (the default on veth),
+//!    generic XDP, native XDP (in its safe case), iptables DNAT, and plain
+//!    routing (reference); then 1 M short TCP connections through the tc
+//!    path (`LB_CHURN_FLOWS=N` for a quicker run) with the flow table's
+//!    occupancy after they closed and untranslated replies counted.
 //! 3. `lb-maglev-bench`: building a 1000-backend, 65537-slot Maglev table
 //!    and writing it into the kernel map.
 //!
@@ -55,8 +59,8 @@ const TAG: &str = "bench";
 /// What to benchmark.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Target {
-    /// XDP (as root): per-packet cost, forwarding rate vs iptables, Maglev
-    /// build/write.
+    /// XDP and tc (as root): per-packet cost, forwarding rate vs iptables,
+    /// connection churn, Maglev build/write.
     Xdp,
     /// Nautilus checks (no root): attestation and document verification,
     /// fresh and cached checks, next to a plain HTTP GET and gRPC calls.
