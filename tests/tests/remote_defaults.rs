@@ -424,15 +424,16 @@ fn pinned_flows(path: &Path) -> Vec<(FlowKey, FlowValue)> {
     flows.iter().filter_map(Result::ok).collect()
 }
 
-/// The hook status reports for each interface: `(name, hook, mode)`.
+/// The hook status reports for each interface (`xdp.hooks`): `(interface,
+/// hook, mode)`.
 fn reported_hooks(xdp: &Value) -> Vec<(String, String, String)> {
-    xdp["interfaces"]
+    xdp["hooks"]
         .as_array()
         .into_iter()
         .flatten()
         .map(|i| {
             let field = |k: &str| i[k].as_str().unwrap_or_default().to_owned();
-            (field("name"), field("hook"), field("mode"))
+            (field("interface"), field("hook"), field("mode"))
         })
         .collect()
 }
@@ -461,11 +462,17 @@ fn names_only(interfaces: &[String]) -> String {
     format!("  interfaces: [{}]\n", interfaces.join(", "))
 }
 
-/// The `xdp:` block with `{ name, hook, mode }` per interface.
+/// The `xdp:` block with `{ name, hook, mode }` per interface (no `mode`
+/// when it is empty).
 fn with_hook(interfaces: &[String], hook: &str, mode: &str) -> String {
+    let mode = if mode.is_empty() {
+        String::new()
+    } else {
+        format!(", mode: {mode}")
+    };
     let entries: Vec<String> = interfaces
         .iter()
-        .map(|i| format!("    - {{ name: {i}, hook: {hook}, mode: {mode} }}\n"))
+        .map(|i| format!("    - {{ name: {i}, hook: {hook}{mode} }}\n"))
         .collect();
     format!("  interfaces:\n{}", entries.concat())
 }
@@ -479,7 +486,7 @@ fn assert_hooks(world: &World, interfaces: &[String], hook: &str, mode: Option<&
     for dev in interfaces {
         let entry = reported.iter().find(|(name, ..)| name == dev);
         let (_, got_hook, got_mode) =
-            entry.unwrap_or_else(|| panic!("status xdp.interfaces has no {dev}: {xdp}"));
+            entry.unwrap_or_else(|| panic!("status xdp.hooks has no {dev}: {xdp}"));
         assert_eq!(got_hook, hook, "{dev} in status: {xdp}");
         if let Some(mode) = mode {
             assert_eq!(got_mode, mode, "{dev} in status: {xdp}");
@@ -585,7 +592,7 @@ fn tc_on_the_bridge_ports_carries_the_same_traffic() {
     };
     // The client's veth and the bridge's ports (not br0 itself).
     let interfaces = world.topo.node_interfaces();
-    world.start(&with_hook(&interfaces, "tc", "auto"));
+    world.start(&with_hook(&interfaces, "tc", ""));
     assert_hooks(&world, &interfaces, "tc", None);
     world.traffic();
 }
