@@ -64,7 +64,7 @@ fn lb_tc(ctx: TcContext) -> i32 {
 /// The tc baseline of `cargo xtask bench xdp`: the cheapest tc program.
 #[classifier]
 fn lb_tc_empty(_ctx: TcContext) -> i32 {
-    TC_ACT_OK as i32
+    TC_ACT_OK
 }
 
 #[cgroup_sock_addr(connect4)]

@@ -17,18 +17,19 @@
 use std::net::{IpAddr, SocketAddr};
 
 use lb_common::{
-    BACKEND_DOWN, FLOW_FIN, FLOW_REPLY, FLOW_RST, FlowKey, FlowValue, IF_HAS_V4, IF_HAS_V6, IfAddrs, NO_BACKEND,
-    PROTO_TCP, PROTO_UDP, SERVICE_REMOTE, SERVICE_SPREAD, SNAT_PORT_ATTEMPTS, Service,
-    XDP_DROP_ORPHANS, XDP_SNAT_V4, XDP_SNAT_V6, XdpConfig, flow_hash, ip_to_bytes, snat_port,
+    BACKEND_DOWN, FLOW_FIN, FLOW_REPLY, FLOW_RST, FlowKey, FlowValue, IF_HAS_V4, IF_HAS_V6,
+    IfAddrs, NO_BACKEND, PROTO_TCP, PROTO_UDP, SERVICE_REMOTE, SERVICE_SPREAD, SNAT_PORT_ATTEMPTS,
+    Service, XDP_DROP_ORPHANS, XDP_SNAT_V4, XDP_SNAT_V6, XdpConfig, flow_hash, ip_to_bytes,
+    snat_port,
     xdp_counter::{self, COUNT, NAMES},
 };
 use lb_tests::{
     NetNs, privileged,
     xdp_fixture::{
-        Addrs, BACKEND_IF, BACKEND_IF_MAC, BACKEND_MACS, CLIENT_IF_MAC, CLIENT_MAC, IPV4_MF, L4,
-        Hook, NEAR_CLIENT_MAC, Network, PROTO_ICMP, Packet, Run, V4, V6, XDP_DROP, XDP_PASS, XdpFixture,
-        arp_request, assert_frame_eq, backend, flow_key, mac_string, tcp_flags, verdict_name,
-        vlan_tagged,
+        Addrs, BACKEND_IF, BACKEND_IF_MAC, BACKEND_MACS, CLIENT_IF_MAC, CLIENT_MAC, Hook, IPV4_MF,
+        L4, NEAR_CLIENT_MAC, Network, PROTO_ICMP, Packet, Run, V4, V6, XDP_DROP, XDP_PASS,
+        XdpFixture, arp_request, assert_frame_eq, backend, flow_key, mac_string, tcp_flags,
+        verdict_name, vlan_tagged,
     },
 };
 
@@ -306,7 +307,8 @@ impl World {
             "{what}: forward flow entry"
         );
         assert_eq!(
-            self.fx.flow_rewrite(&flow_key(backend, snat_addr, input.proto())),
+            self.fx
+                .flow_rewrite(&flow_key(backend, snat_addr, input.proto())),
             Some(flow_value(
                 input.destination(),
                 input.source(),
@@ -1247,13 +1249,8 @@ fn truncated_frames_pass_on(hook: Hook) {
     let v4 = client_frame(&V4, PROTO_TCP).bytes();
     let v6 = client_frame(&V6, PROTO_TCP).bytes();
     assert!(
-        w.fx.run_program(
-            hook.program(),
-            &v4[..13],
-            Some(w.net.client_if),
-            1
-        )
-        .is_err(),
+        w.fx.run_program(hook.program(), &v4[..13], Some(w.net.client_if), 1)
+            .is_err(),
         "a 13-byte frame should be refused by BPF_PROG_TEST_RUN"
     );
     // An skb test run refuses a frame whose IP header is cut (the kernel
@@ -1687,14 +1684,24 @@ fn tcp_lifecycle_on(hook: Hook) {
 
         // FIN from the client: the forward entry only.
         let fin = with_tcp_flags(&input, tcp_flags::FIN | tcp_flags::ACK);
-        let expected = rewritten(&fin, snat_addr, backend_at(&a, 0), BACKEND_IF_MAC, BACKEND_MACS[0]);
+        let expected = rewritten(
+            &fin,
+            snat_addr,
+            backend_at(&a, 0),
+            BACKEND_IF_MAC,
+            BACKEND_MACS[0],
+        );
         w.expect_redirect("client FIN", &fin, w.net.client_if, &expected);
         assert_eq!(flags(&w, &key), FLOW_FIN, "{}: forward after FIN", a.vip);
-        assert_eq!(flags(&w, &reply_key), FLOW_REPLY, "{}: reply after client FIN", a.vip);
+        assert_eq!(
+            flags(&w, &reply_key),
+            FLOW_REPLY,
+            "{}: reply after client FIN",
+            a.vip
+        );
 
         // RST from the backend: the reply entry only.
-        let rst = Packet::tcp(backend_at(&a, 0), snat_addr)
-            .macs(BACKEND_MACS[0], BACKEND_IF_MAC);
+        let rst = Packet::tcp(backend_at(&a, 0), snat_addr).macs(BACKEND_MACS[0], BACKEND_IF_MAC);
         let rst = with_tcp_flags(&rst, TCP_RST);
         let expected = rewritten(&rst, vip(&a), client(&a), CLIENT_IF_MAC, CLIENT_MAC);
         w.expect_redirect("backend RST", &rst, w.net.backend_if, &expected);
@@ -1709,7 +1716,13 @@ fn tcp_lifecycle_on(hook: Hook) {
         // The client reuses the port: its SYN clears the forward entry's
         // bits, the backend's SYN+ACK the reply entry's.
         let syn = with_tcp_flags(&input, tcp_flags::SYN);
-        let expected = rewritten(&syn, snat_addr, backend_at(&a, 0), BACKEND_IF_MAC, BACKEND_MACS[0]);
+        let expected = rewritten(
+            &syn,
+            snat_addr,
+            backend_at(&a, 0),
+            BACKEND_IF_MAC,
+            BACKEND_MACS[0],
+        );
         w.expect_redirect("client SYN", &syn, w.net.client_if, &expected);
         assert_eq!(flags(&w, &key), 0, "{}: forward after SYN", a.vip);
         assert_eq!(
@@ -1721,7 +1734,12 @@ fn tcp_lifecycle_on(hook: Hook) {
         let syn_ack = with_tcp_flags(&rst, tcp_flags::SYN | tcp_flags::ACK);
         let expected = rewritten(&syn_ack, vip(&a), client(&a), CLIENT_IF_MAC, CLIENT_MAC);
         w.expect_redirect("backend SYN+ACK", &syn_ack, w.net.backend_if, &expected);
-        assert_eq!(flags(&w, &reply_key), FLOW_REPLY, "{}: reply after SYN+ACK", a.vip);
+        assert_eq!(
+            flags(&w, &reply_key),
+            FLOW_REPLY,
+            "{}: reply after SYN+ACK",
+            a.vip
+        );
     }
 }
 
@@ -1766,32 +1784,74 @@ fn last_seen_on(hook: Hook) {
                 a.vip
             );
         }
-        let expected = rewritten(&input, snat_addr, backend_at(&a, 0), BACKEND_IF_MAC, BACKEND_MACS[0]);
+        let expected = rewritten(
+            &input,
+            snat_addr,
+            backend_at(&a, 0),
+            BACKEND_IF_MAC,
+            BACKEND_MACS[0],
+        );
 
         // Seen half a second ago: not rewritten (FLOW_TOUCH_NS is 1 s).
         let recent = coarse_now_ns() - 500_000_000;
         let entry = w.entry("forward", &key);
-        w.fx.set_flow(&key, FlowValue { last_seen: recent, ..entry });
+        w.fx.set_flow(
+            &key,
+            FlowValue {
+                last_seen: recent,
+                ..entry
+            },
+        );
         w.expect_redirect("recent", &input, w.net.client_if, &expected);
-        assert_eq!(w.entry("forward", &key).last_seen, recent, "{}: recent entry untouched", a.vip);
+        assert_eq!(
+            w.entry("forward", &key).last_seen,
+            recent,
+            "{}: recent entry untouched",
+            a.vip
+        );
 
         // Seen 2 s ago, and its reply entry evicted: last_seen refreshed
         // and the reply entry re-created as it was.
         let reply = w.fx.flow_rewrite(&reply_key);
         w.fx.remove_flow(&reply_key);
         let old = coarse_now_ns() - 2_000_000_000;
-        w.fx.set_flow(&key, FlowValue { last_seen: old, ..entry });
+        w.fx.set_flow(
+            &key,
+            FlowValue {
+                last_seen: old,
+                ..entry
+            },
+        );
         let before = coarse_now_ns();
         w.expect_redirect("stale", &input, w.net.client_if, &expected);
         let seen = w.entry("forward", &key).last_seen;
-        assert!(seen >= before, "{}: last_seen {seen} refreshed (>= {before})", a.vip);
-        assert_eq!(w.fx.flow_rewrite(&reply_key), reply, "{}: reply entry re-created", a.vip);
-        assert!(w.entry("reply", &reply_key).last_seen >= before, "{}: re-created reply seen now", a.vip);
+        assert!(
+            seen >= before,
+            "{}: last_seen {seen} refreshed (>= {before})",
+            a.vip
+        );
+        assert_eq!(
+            w.fx.flow_rewrite(&reply_key),
+            reply,
+            "{}: reply entry re-created",
+            a.vip
+        );
+        assert!(
+            w.entry("reply", &reply_key).last_seen >= before,
+            "{}: re-created reply seen now",
+            a.vip
+        );
 
         // The backend's reply goes through again.
-        let back = packet(proto, backend_at(&a, 0), snat_addr).macs(BACKEND_MACS[0], BACKEND_IF_MAC);
+        let back =
+            packet(proto, backend_at(&a, 0), snat_addr).macs(BACKEND_MACS[0], BACKEND_IF_MAC);
         let expected = rewritten(&back, vip(&a), client(&a), CLIENT_IF_MAC, CLIENT_MAC);
-        w.expect_redirect("reply after re-creation", &back, w.net.backend_if, &expected);
+        w.expect_redirect(
+            "reply after re-creation",
+            &back,
+            w.net.backend_if,
+            &expected,
+        );
         assert_eq!(w.fx.flow_count(), 2, "{}: two entries", a.vip);
     }
 }
@@ -1824,7 +1884,13 @@ fn evicted_forward_on(hook: Hook) {
         let snat_addr = SocketAddr::new(snat, port);
         let flows = w.fx.service_counters(SERVICE_ID).xdp_flows;
         w.fx.remove_flow(&input.flow_key());
-        let expected = rewritten(&input, snat_addr, backend_at(&a, 0), BACKEND_IF_MAC, BACKEND_MACS[0]);
+        let expected = rewritten(
+            &input,
+            snat_addr,
+            backend_at(&a, 0),
+            BACKEND_IF_MAC,
+            BACKEND_MACS[0],
+        );
         w.expect_redirect("forward entry evicted", &input, w.net.client_if, &expected);
         assert_eq!(
             w.fx.flow_rewrite(&input.flow_key()),
@@ -1833,7 +1899,12 @@ fn evicted_forward_on(hook: Hook) {
             a.vip
         );
         assert_eq!(w.fx.flow_count(), 2, "{}: two entries", a.vip);
-        assert_eq!(w.fx.service_counters(SERVICE_ID).xdp_flows, flows + 1, "{}: a new flow", a.vip);
+        assert_eq!(
+            w.fx.service_counters(SERVICE_ID).xdp_flows,
+            flows + 1,
+            "{}: a new flow",
+            a.vip
+        );
     }
 }
 
@@ -1868,16 +1939,56 @@ fn orphans_on(hook: Hook) {
         let ingress = w.net.backend_if;
         let untouched = |w: &World, what: &str, frame: &[u8], verdict: u32, counter: u32| {
             let (run, moved) = w.run(frame, Some(ingress));
-            assert_eq!(verdict_name(run.verdict), verdict_name(verdict), "{}: {what}: verdict", a.vip);
+            assert_eq!(
+                verdict_name(run.verdict),
+                verdict_name(verdict),
+                "{}: {what}: verdict",
+                a.vip
+            );
             assert_frame_eq(what, &run.frame, frame);
-            assert_eq!(moved, vec![(NAMES[counter as usize], 1)], "{}: {what}: xdp_stats", a.vip);
+            assert_eq!(
+                moved,
+                vec![(NAMES[counter as usize], 1)],
+                "{}: {what}: xdp_stats",
+                a.vip
+            );
         };
-        untouched(&w, "no flag", &in_range, XDP_PASS, xdp_counter::PASS_NOT_VIP);
+        untouched(
+            &w,
+            "no flag",
+            &in_range,
+            XDP_PASS,
+            xdp_counter::PASS_NOT_VIP,
+        );
         w.reconfigure(XDP_DROP_ORPHANS, 0);
-        untouched(&w, "orphan", &in_range, XDP_DROP, xdp_counter::DROP_ORPHAN_REPLY);
-        untouched(&w, "port below the range", &to(snat, PORT_MIN - 1), XDP_PASS, xdp_counter::PASS_NOT_VIP);
-        untouched(&w, "port above the range", &to(snat, PORT_MAX + 1), XDP_PASS, xdp_counter::PASS_NOT_VIP);
-        untouched(&w, "another address", &to(a.node_backend_side2, PORT_MIN), XDP_PASS, xdp_counter::PASS_NOT_VIP);
+        untouched(
+            &w,
+            "orphan",
+            &in_range,
+            XDP_DROP,
+            xdp_counter::DROP_ORPHAN_REPLY,
+        );
+        untouched(
+            &w,
+            "port below the range",
+            &to(snat, PORT_MIN - 1),
+            XDP_PASS,
+            xdp_counter::PASS_NOT_VIP,
+        );
+        untouched(
+            &w,
+            "port above the range",
+            &to(snat, PORT_MAX + 1),
+            XDP_PASS,
+            xdp_counter::PASS_NOT_VIP,
+        );
+        untouched(
+            &w,
+            "another address",
+            &to(a.node_backend_side2, PORT_MIN),
+            XDP_PASS,
+            xdp_counter::PASS_NOT_VIP,
+        );
 
         // Without a configured SNAT address, the ingress interface's.
         let mut config = w.fx.xdp_config.get(&0, 0).expect("read xdp_config");
@@ -1894,8 +2005,20 @@ fn orphans_on(hook: Hook) {
                 pad: 0,
             },
         );
-        untouched(&w, "orphan to if_addrs", &to(a.node_backend_side2, PORT_MAX), XDP_DROP, xdp_counter::DROP_ORPHAN_REPLY);
-        untouched(&w, "configured address no longer SNAT", &in_range, XDP_PASS, xdp_counter::PASS_NOT_VIP);
+        untouched(
+            &w,
+            "orphan to if_addrs",
+            &to(a.node_backend_side2, PORT_MAX),
+            XDP_DROP,
+            xdp_counter::DROP_ORPHAN_REPLY,
+        );
+        untouched(
+            &w,
+            "configured address no longer SNAT",
+            &in_range,
+            XDP_PASS,
+            xdp_counter::PASS_NOT_VIP,
+        );
         assert_eq!(w.fx.flow_count(), 0, "{}: nothing stored", a.vip);
         w.fx.if_addrs.remove(&ingress).expect("remove if_addrs");
     }
@@ -1931,7 +2054,12 @@ fn hop_cache_on(hook: Hook) {
         let key = input.flow_key();
         let entry = w.entry("forward", &key);
         assert_eq!(
-            (entry.hop_ifindex, entry.hop_gen, entry.hop_dmac, entry.hop_smac),
+            (
+                entry.hop_ifindex,
+                entry.hop_gen,
+                entry.hop_dmac,
+                entry.hop_smac
+            ),
             (w.net.backend_if, 41, BACKEND_MACS[0], BACKEND_IF_MAC),
             "{}: next hop cached with the flow",
             a.vip
@@ -1942,14 +2070,37 @@ fn hop_cache_on(hook: Hook) {
         let family = if a.client.is_ipv4() { "-4" } else { "-6" };
         lb_tests::sh(
             "ip",
-            &[family, "neigh", "replace", &a.backends[0].to_string(), "lladdr", &mac_string(moved_mac), "nud", "permanent", "dev", BACKEND_IF],
+            &[
+                family,
+                "neigh",
+                "replace",
+                &a.backends[0].to_string(),
+                "lladdr",
+                &mac_string(moved_mac),
+                "nud",
+                "permanent",
+                "dev",
+                BACKEND_IF,
+            ],
         );
-        let old = rewritten(&input, snat_addr, backend_at(&a, 0), BACKEND_IF_MAC, BACKEND_MACS[0]);
+        let old = rewritten(
+            &input,
+            snat_addr,
+            backend_at(&a, 0),
+            BACKEND_IF_MAC,
+            BACKEND_MACS[0],
+        );
         w.expect_redirect("cached", &input, w.net.client_if, &old);
 
         // A new generation: the FIB again, and the new MAC cached.
         w.reconfigure(0, 42);
-        let new = rewritten(&input, snat_addr, backend_at(&a, 0), BACKEND_IF_MAC, moved_mac);
+        let new = rewritten(
+            &input,
+            snat_addr,
+            backend_at(&a, 0),
+            BACKEND_IF_MAC,
+            moved_mac,
+        );
         w.expect_redirect("new generation", &input, w.net.client_if, &new);
         let entry = w.entry("forward", &key);
         assert_eq!(
@@ -1960,7 +2111,18 @@ fn hop_cache_on(hook: Hook) {
         );
         lb_tests::sh(
             "ip",
-            &[family, "neigh", "replace", &a.backends[0].to_string(), "lladdr", &mac_string(BACKEND_MACS[0]), "nud", "permanent", "dev", BACKEND_IF],
+            &[
+                family,
+                "neigh",
+                "replace",
+                &a.backends[0].to_string(),
+                "lladdr",
+                &mac_string(BACKEND_MACS[0]),
+                "nud",
+                "permanent",
+                "dev",
+                BACKEND_IF,
+            ],
         );
     }
 }
@@ -1997,7 +2159,13 @@ fn slot_reuse_on(hook: Hook) {
         let key = input.flow_key();
         let new_port = w.predict_snat_port(&key, snat, backend_at(&a, 2));
         let snat_addr = SocketAddr::new(snat, new_port);
-        let expected = rewritten(&input, snat_addr, backend_at(&a, 2), BACKEND_IF_MAC, BACKEND_MACS[2]);
+        let expected = rewritten(
+            &input,
+            snat_addr,
+            backend_at(&a, 2),
+            BACKEND_IF_MAC,
+            BACKEND_MACS[2],
+        );
         w.expect_redirect("slot reused", &input, w.net.client_if, &expected);
         assert_eq!(
             w.fx.flow_rewrite(&key),
@@ -2005,7 +2173,12 @@ fn slot_reuse_on(hook: Hook) {
             "{}: the flow moved to the slot's new server",
             a.vip
         );
-        assert_eq!(w.fx.flow_rewrite(&old_reply), None, "{}: old reply entry removed", a.vip);
+        assert_eq!(
+            w.fx.flow_rewrite(&old_reply),
+            None,
+            "{}: old reply entry removed",
+            a.vip
+        );
         assert_eq!(w.fx.flow_count(), 2, "{}: two entries", a.vip);
     }
 }
@@ -2045,9 +2218,19 @@ fn tc_no_neighbour_redirects_neigh() {
         let snat_addr = SocketAddr::new(a.node_backend_side, port);
         let expected = rewritten(&input, snat_addr, server, input.eth_src, input.eth_dst);
         let (run, counted) = w.run(&input.bytes(), Some(w.net.client_if));
-        assert_eq!(verdict_name(run.verdict), "XDP_REDIRECT", "{}: verdict", a.vip);
+        assert_eq!(
+            verdict_name(run.verdict),
+            "XDP_REDIRECT",
+            "{}: verdict",
+            a.vip
+        );
         assert_frame_eq("no neighbour", &run.frame, &expected.bytes());
         assert_eq!(counted, vec![("redirect_neigh", 1)], "{}: xdp_stats", a.vip);
-        assert_eq!(w.entry("forward", &key).hop_ifindex, 0, "{}: nothing cached", a.vip);
+        assert_eq!(
+            w.entry("forward", &key).hop_ifindex,
+            0,
+            "{}: nothing cached",
+            a.vip
+        );
     }
 }

@@ -67,14 +67,12 @@ use lb_common::{
 
 use crate::{
     choice, klog,
-    maps::{
-        BACKEND_STATS, FLOW_SCRATCH, FLOWS, SERVICE_STATS, SERVICES, XDP_CONFIG, XDP_STATS,
-    },
+    maps::{BACKEND_STATS, FLOW_SCRATCH, FLOWS, SERVICE_STATS, SERVICES, XDP_CONFIG, XDP_STATS},
 };
 
 /// What becomes of a packet.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Action {
+pub(crate) enum Action {
     /// To the stack, untouched.
     Pass,
     /// Dropped.
@@ -85,7 +83,7 @@ enum Action {
 
 /// What happens to a packet, and which `xdp_stats` counter records it.
 #[derive(Clone, Copy)]
-struct Verdict {
+pub(crate) struct Verdict {
     action: Action,
     counter: u32,
 }
@@ -106,7 +104,7 @@ const fn drop(counter: u32) -> Verdict {
 
 /// The fields of a TCP/UDP packet the program reads.
 #[derive(Clone, Copy)]
-struct Packet {
+pub(crate) struct Packet {
     key: FlowKey,
     /// TTL or hop limit.
     ttl: u8,
@@ -126,7 +124,7 @@ enum Found {
 }
 
 /// The next hop of a rewritten packet.
-struct Hop {
+pub(crate) struct Hop {
     ifindex: u32,
     smac: [u8; 6],
     dmac: [u8; 6],
@@ -222,11 +220,12 @@ fn forward<H: Hook>(ctx: &H, packet: &Packet) -> Verdict {
     } else {
         None
     };
-    // SAFETY (every dereference of a `flows` pointer below): pointer from a
+    // Every dereference of a `flows` pointer below: the pointer comes from a
     // successful lookup; the entry's memory stays valid for the program's
     // run (RCU), and a concurrent update at worst shows a mix of the old and
     // new rewrite, as with any map read.
     let found = match early {
+        // SAFETY: a `flows` pointer, see above.
         Some(flow) if unsafe { (*flow).flags } & FLOW_REPLY != 0 => Found::Existing(flow),
         _ => {
             let vip = VipKey {
@@ -252,6 +251,7 @@ fn forward<H: Hook>(ctx: &H, packet: &Packet) -> Verdict {
                 FLOWS.get_ptr_mut(key)
             };
             let slot = match existing {
+                // SAFETY: a `flows` pointer, see above.
                 Some(flow) => nat::slot(unsafe { &*flow }, key.family),
                 None => nat::Slot::Gone,
             };
@@ -265,6 +265,7 @@ fn forward<H: Hook>(ctx: &H, packet: &Packet) -> Verdict {
                     // entry instead of being rebuilt. A slot reused for
                     // another server (`Gone`) is never kept.
                     let keep = stale.filter(|flow| {
+                        // SAFETY: a `flows` pointer, see above.
                         let flow = unsafe { &**flow };
                         slot == nat::Slot::Down
                             && flow.backend_id == backend_id
@@ -273,8 +274,7 @@ fn forward<H: Hook>(ctx: &H, packet: &Packet) -> Verdict {
                     if let Some(flow) = keep {
                         Found::Existing(flow)
                     } else {
-                        let Some(backend) = nat::backend(backend_id, key.family, service.id)
-                        else {
+                        let Some(backend) = nat::backend(backend_id, key.family, service.id) else {
                             count_drop(service.id, ServiceDrop::NoBackend);
                             return drop(xdp_counter::DROP_NO_BACKEND);
                         };
@@ -306,6 +306,7 @@ fn forward<H: Hook>(ctx: &H, packet: &Packet) -> Verdict {
     }
     let (dst, service_id, cached) = match &found {
         Found::Existing(flow) => {
+            // SAFETY: a `flows` pointer, see above.
             let flow = unsafe { &**flow };
             let cached = flow.hop_ifindex != 0 && flow.hop_gen == config.hop_gen;
             (flow.dst, flow.service_id, cached)
@@ -313,6 +314,7 @@ fn forward<H: Hook>(ctx: &H, packet: &Packet) -> Verdict {
         Found::New(flow, _) => (flow.dst, flow.service_id, false),
     };
     let hop = if let (true, Found::Existing(flow)) = (cached, &found) {
+        // SAFETY: a `flows` pointer, see above.
         let flow = unsafe { &**flow };
         Hop {
             ifindex: flow.hop_ifindex,
@@ -360,12 +362,17 @@ fn forward<H: Hook>(ctx: &H, packet: &Packet) -> Verdict {
         }
         Found::Existing(flow) => {
             if !cached && hop.resolved {
+                // SAFETY: a `flows` pointer, see above; the entry is
+                // written in place (a cache: a racing write is as good).
                 nat::cache_hop(unsafe { &mut *flow }, &hop, config.hop_gen);
             }
             flow
         }
     };
+    // SAFETY: a `flows` pointer, see above; `touch` writes only a few
+    // fields in place (see `nat` for what racing writers may lose).
     nat::touch(unsafe { &mut *flow }, key, packet.tcp_flags, now);
+    // SAFETY: a `flows` pointer, see above.
     let flow = unsafe { &*flow };
     if !ctx.rewrite(packet, flow, &hop) {
         return drop(xdp_counter::DROP_REWRITE);

@@ -209,8 +209,9 @@ fn ensure_reply(flow: &FlowValue, key: &FlowKey, now: u64) -> bool {
         last_seen: now,
         ..FlowValue::default()
     };
+    let reply: &FlowValue = reply;
     // Lost a race with another CPU re-creating it: that one is as good.
-    let _ = FLOWS.insert(reply_key, &*reply, u64::from(BPF_NOEXIST));
+    let _ = FLOWS.insert(reply_key, reply, u64::from(BPF_NOEXIST));
     true
 }
 
@@ -321,6 +322,7 @@ pub(super) fn new_flow(
         last_seen: now,
         ..FlowValue::default()
     };
+    let reply: &FlowValue = reply;
     let mut reply_key = FlowKey {
         src: flow.dst,
         dst: flow.src,
@@ -335,7 +337,7 @@ pub(super) fn new_flow(
     while attempt < SNAT_PORT_ATTEMPTS {
         reply_key.dst_port = snat_port(hash, attempt, config.port_min, config.port_max);
         if FLOWS
-            .insert(reply_key, &*reply, u64::from(BPF_NOEXIST))
+            .insert(reply_key, reply, u64::from(BPF_NOEXIST))
             .is_ok()
         {
             claimed = true;
@@ -345,7 +347,7 @@ pub(super) fn new_flow(
             // SAFETY: pointer from a successful lookup; only its fields
             // are read.
             if translates_for(unsafe { &*old }, key) {
-                let _ = FLOWS.insert(reply_key, &*reply, 0);
+                let _ = FLOWS.insert(reply_key, reply, 0);
                 claimed = true;
                 break;
             }
@@ -356,7 +358,8 @@ pub(super) fn new_flow(
         return Err(drop(xdp_counter::DROP_SNAT_PORTS));
     }
     flow.src_port = reply_key.dst_port;
-    if FLOWS.insert(*key, &*flow, 0).is_err() {
+    let flow: &FlowValue = flow;
+    if FLOWS.insert(*key, flow, 0).is_err() {
         let _ = FLOWS.remove(reply_key);
         return Err(drop(xdp_counter::DROP_FLOW_TABLE));
     }

@@ -7,7 +7,7 @@
 //!
 //! Why a second hook: an skb knows its checksum state. A packet sent from
 //! a local veth with TX checksum offload (containers, pods, Kind nodes)
-//! carries CHECKSUM_PARTIAL: its L4 checksum field holds only the
+//! carries `CHECKSUM_PARTIAL`: its L4 checksum field holds only the
 //! pseudo-header sum, which XDP cannot tell from a full checksum. Here the
 //! checksums change only through the kernel's helpers, which know:
 //! `bpf_l4_csum_replace` with `BPF_F_PSEUDO_HDR` for the addresses (the
@@ -15,7 +15,7 @@
 //! ports (data: a partial checksum leaves them to the device), and
 //! `BPF_F_MARK_MANGLED_0` for UDP (0 stays "no checksum" on IPv4, a
 //! computed 0 becomes 0xffff); `bpf_l3_csum_replace` for the IPv4 header.
-//! For IPv6, `BPF_F_IPV6` keeps a CHECKSUM_COMPLETE skb's `csum` right on
+//! For IPv6, `BPF_F_IPV6` keeps a `CHECKSUM_COMPLETE` skb's `csum` right on
 //! kernels that know the flag (6.16 on; older ones refuse it, and the
 //! update is retried without), and `bpf_csum_update` accounts the hop
 //! limit. Addresses, ports and TTL are written with `bpf_skb_store_bytes`;
@@ -35,9 +35,7 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{
-        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT, __sk_buff,
-    },
+    bindings::{__sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
     helpers::{
         bpf_csum_update, bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_redirect,
         bpf_redirect_neigh, bpf_skb_pull_data, bpf_skb_store_bytes,
@@ -169,15 +167,7 @@ const fn ok(ret: i64) -> Result<(), Failed> {
 fn store<const N: usize>(ctx: &TcContext, offset: usize, bytes: &[u8; N]) -> Result<(), Failed> {
     // SAFETY: `bytes` is N readable bytes on the stack or in a map value;
     // the helper copies them into the packet after checking the range.
-    ok(unsafe {
-        bpf_skb_store_bytes(
-            skb(ctx),
-            offset as u32,
-            bytes.as_ptr().cast(),
-            N as u32,
-            0,
-        )
-    })
+    ok(unsafe { bpf_skb_store_bytes(skb(ctx), offset as u32, bytes.as_ptr().cast(), N as u32, 0) })
 }
 
 /// `bpf_l4_csum_replace` of the checksum at `at`.
@@ -239,7 +229,10 @@ fn rewrite(ctx: &TcContext, packet: &Packet, flow: &FlowValue, hop: &Hop) -> Res
         store(ctx, V4_SRC, &new_addrs)?;
         store(ctx, V4_TTL, &[packet.ttl - 1])?;
     } else {
-        let addrs = add(csum::diff(&key.src, &flow.src), csum::diff(&key.dst, &flow.dst));
+        let addrs = add(
+            csum::diff(&key.src, &flow.src),
+            csum::diff(&key.dst, &flow.dst),
+        );
         let flags = u64::from(BPF_F_PSEUDO_HDR) | mangled_0;
         if l4_replace(ctx, check_at, 0, u64::from(addrs), flags | BPF_F_IPV6).is_err() {
             // A kernel older than BPF_F_IPV6 refuses the flag (and changed
@@ -249,7 +242,7 @@ fn rewrite(ctx: &TcContext, packet: &Packet, flow: &FlowValue, hop: &Hop) -> Res
         store(ctx, V6_SRC, &flow.src)?;
         store(ctx, V6_SRC + 16, &flow.dst)?;
         // The hop limit is data no checksum covers: only a
-        // CHECKSUM_COMPLETE skb's `csum` changes (the helper does nothing
+        // `CHECKSUM_COMPLETE` skb's `csum` changes (the helper does nothing
         // otherwise).
         let hop_limit = csum::diff(&[key.proto, packet.ttl], &[key.proto, packet.ttl - 1]);
         store(ctx, V6_HOP_LIMIT, &[packet.ttl - 1])?;

@@ -6,7 +6,7 @@
 //! Rewriting a forwarded packet in place: addresses and ports (the flow's
 //! rewrite), TTL or hop limit, the next hop's MACs, and the checksums.
 //! XDP cannot see an skb's checksum state: a packet carrying a partial
-//! checksum (CHECKSUM_PARTIAL, sent from a local veth with TX checksum
+//! checksum (`CHECKSUM_PARTIAL`, sent from a local veth with TX checksum
 //! offload) gets a wrong one here; on such devices tc is the hook to use.
 //!
 //! Invariants: called only for a packet [`super::parse::parse`] accepted
@@ -18,11 +18,7 @@
 //! packet without a checksum (0) keeps none; a computed UDP checksum of 0
 //! is sent as 0xffff (RFC 768).
 
-use aya_ebpf::{
-    bindings::xdp_action,
-    helpers::bpf_redirect,
-    programs::XdpContext,
-};
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_redirect, programs::XdpContext};
 use lb_common::{AF_INET, AddrBytes, FlowValue, PROTO_TCP, PROTO_UDP, csum, xdp_counter};
 
 use super::{

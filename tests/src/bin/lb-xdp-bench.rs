@@ -240,24 +240,20 @@ fn run() -> anyhow::Result<()> {
         },
     );
     let ingress = Some(net.client_if);
-    let measure = |fx: &XdpFixture,
-                   hook: Hook,
-                   frame: &[u8],
-                   case: &mut Case,
-                   expect: u32,
-                   repeat: u32| {
-        let lb = fx
-            .run_program(hook.program(), frame, ingress, repeat)
-            .unwrap_or_else(|e| panic!("test run of {}: {e:#}", hook.program()));
-        let empty = fx
-            .run_program(hook.empty_program(), frame, ingress, repeat)
-            .unwrap_or_else(|e| panic!("test run of {}: {e:#}", hook.empty_program()));
-        if lb.verdict != verdict_of(hook, expect) {
-            case.unexpected += 1;
-        }
-        case.lb.push(lb.duration.as_nanos() as u64);
-        case.empty.push(empty.duration.as_nanos() as u64);
-    };
+    let measure =
+        |fx: &XdpFixture, hook: Hook, frame: &[u8], case: &mut Case, expect: u32, repeat: u32| {
+            let lb = fx
+                .run_program(hook.program(), frame, ingress, repeat)
+                .unwrap_or_else(|e| panic!("test run of {}: {e:#}", hook.program()));
+            let empty = fx
+                .run_program(hook.empty_program(), frame, ingress, repeat)
+                .unwrap_or_else(|e| panic!("test run of {}: {e:#}", hook.empty_program()));
+            if lb.verdict != verdict_of(hook, expect) {
+                case.unexpected += 1;
+            }
+            case.lb.push(lb.duration.as_nanos() as u64);
+            case.empty.push(empty.duration.as_nanos() as u64);
+        };
     let new_case = |name| Case {
         name,
         lb: Samples::default(),
