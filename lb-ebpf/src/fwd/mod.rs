@@ -20,8 +20,10 @@
 //! range may be a reply, so `flows` is looked up first; any other packet
 //! is looked up in `services` first, and only a VIP's packet in `flows`
 //! (a non-VIP packet costs one hash lookup). An established packet then
-//! costs its flow lookup, the backend check (an array slot), the cached
-//! next hop, the rewrite and the counters.
+//! costs its flow lookup, the backend check (an array slot, inlined by the
+//! verifier: it stays on every forward packet, cached hop or not, because
+//! a server marked down or a slot freed must move the flow on its very
+//! next packet), the cached next hop, the rewrite and the counters.
 //!
 //! Next-hop cache: an existing entry's [`FlowValue::hop_ifindex`] and MACs
 //! are used while [`FlowValue::hop_gen`] equals [`XdpConfig::hop_gen`]
