@@ -35,9 +35,9 @@ mod sock;
 mod xdp;
 
 use aya_ebpf::{
-    bindings::xdp_action,
-    macros::{cgroup_sock_addr, sock_ops, xdp},
-    programs::{SockAddrContext, SockOpsContext, XdpContext},
+    bindings::{TC_ACT_OK, xdp_action},
+    macros::{cgroup_sock_addr, classifier, sock_ops, xdp},
+    programs::{SockAddrContext, SockOpsContext, TcContext, XdpContext},
 };
 use lb_common::{AF_INET, AF_INET6};
 use sock::{Call, forward, reverse};
@@ -51,6 +51,18 @@ fn lb_xdp(ctx: XdpContext) -> u32 {
 #[xdp]
 fn lb_xdp_empty(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// TEMP placeholder (dropped at merge): passes every packet.
+#[classifier]
+fn lb_tc(_ctx: TcContext) -> i32 {
+    TC_ACT_OK
+}
+
+/// TEMP placeholder (dropped at merge): passes every packet.
+#[classifier]
+fn lb_tc_empty(_ctx: TcContext) -> i32 {
+    TC_ACT_OK
 }
 
 #[cgroup_sock_addr(connect4)]
