@@ -13,7 +13,13 @@
 //! survive SIGKILL, are adopted by the next run (same link), and `daas-lb
 //! cleanup` removes them; an interface switching hook loses its old link.
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use aya::programs::{SchedClassifier, TcAttachType};
 
 use lb_tests::{
     API, Daemon, PinDir, TempDir, TestCgroup, bpftool, config_yaml, daas_lb_bin, metric,
@@ -131,10 +137,39 @@ impl World {
         })
     }
 
-    /// `bpftool net show dev <dev>` in the node namespace.
-    fn bpftool_net(&self, dev: &str) -> String {
-        self.topo
-            .sh(&self.topo.node, "bpftool", &["net", "show", "dev", dev])
+    /// The programs on node device `dev`'s tcx ingress, as (name, id),
+    /// from the kernel (`BPF_PROG_QUERY`; the test's thread is in the node
+    /// namespace). bpftool before v7.4 does not list tcx programs.
+    fn tcx_programs(dev: &str) -> Vec<(String, u64)> {
+        let (_, programs) = SchedClassifier::query_tcx(dev, TcAttachType::Ingress)
+            .unwrap_or_else(|e| panic!("BPF_PROG_QUERY of {dev}'s tcx ingress: {e}"));
+        programs
+            .iter()
+            .map(|p| {
+                (
+                    p.name_as_str().unwrap_or_default().to_owned(),
+                    u64::from(p.id()),
+                )
+            })
+            .collect()
+    }
+
+    /// Waits (at most 5 s) until node device `dev` has no tcx program: the
+    /// kernel releases an unpinned link's attachment once bpffs frees the
+    /// pin's inode, an RCU grace period after the unlink.
+    fn wait_no_tcx(dev: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let programs = Self::tcx_programs(dev);
+            if programs.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{dev} still has {programs:?} on tcx ingress 5 s after its link was unpinned"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The ifindex of node device `dev`.
@@ -156,15 +191,22 @@ impl World {
             assert_eq!(self.xdp_mode(&dev), None, "{dev} has an XDP program");
             let pin = self.pin(&format!("tc@{dev}"));
             let link = bpftool(&["link", "show", "pinned", &pin.display().to_string()]);
-            assert_eq!(link["type"], "tcx", "{dev}: {link}");
-            assert_eq!(link["attach_type"], "tcx_ingress", "{dev}: {link}");
-            assert_eq!(link["ifindex"].as_u64(), Some(self.ifindex(&dev)), "{link}");
-            let net = self.bpftool_net(&dev);
-            assert!(net.contains("lb_tc"), "{dev}: bpftool net show:\n{net}");
-            links.push((
-                link["id"].as_u64().expect("link id"),
-                link["prog_id"].as_u64().expect("prog id"),
-            ));
+            // bpftool names the type (`tcx`) from v7.4 on; older ones print
+            // BPF_LINK_TYPE_TCX's number and no ifindex.
+            assert!(
+                link["type"] == "tcx" || link["type"] == 11,
+                "{dev}: not a tcx link: {link}"
+            );
+            if let Some(ifindex) = link["ifindex"].as_u64() {
+                assert_eq!(ifindex, self.ifindex(&dev), "{dev}: {link}");
+            }
+            let prog_id = link["prog_id"].as_u64().expect("prog id");
+            assert_eq!(
+                Self::tcx_programs(&dev),
+                [("lb_tc".to_owned(), prog_id)],
+                "{dev}: tcx ingress"
+            );
+            links.push((link["id"].as_u64().expect("link id"), prog_id));
         }
         links
     }
@@ -239,8 +281,7 @@ fn auto_puts_veths_with_default_offloads_on_tc() {
     world.daemon().stop();
     for dev in world.topo.node_interfaces() {
         assert!(!world.pin(&format!("tc@{dev}")).exists(), "{dev}");
-        let net = world.bpftool_net(&dev);
-        assert!(!net.contains("lb_tc"), "{dev} still has lb_tc:\n{net}");
+        World::wait_no_tcx(&dev);
     }
 }
 
@@ -360,7 +401,7 @@ fn a_native_attach_the_driver_refuses_falls_back_unless_driver_mode_was_asked() 
     let log = world.daemon().log();
     assert!(
         log.contains("the driver refused native XDP; falling back")
-            && log.contains(&format!("interface={CLIENT_IF}"))
+            && log.contains(&format!("interface=\"{CLIENT_IF}\""))
             && log.contains("errno=\"ERANGE\""),
         "{log}"
     );
@@ -410,8 +451,7 @@ fn tc_links_survive_sigkill_are_adopted_and_cleaned_up() {
     );
     assert_eq!(world.xdp_mode(CLIENT_IF).as_deref(), Some("skb"));
     assert!(!world.pin(&format!("tc@{CLIENT_IF}")).exists());
-    let net = world.bpftool_net(CLIENT_IF);
-    assert!(!net.contains("lb_tc"), "{net}");
+    World::wait_no_tcx(CLIENT_IF);
     let backend_link = bpftool(&[
         "link",
         "show",
@@ -434,8 +474,7 @@ fn tc_links_survive_sigkill_are_adopted_and_cleaned_up() {
     assert!(out.contains(&format!("links/xdp@{CLIENT_IF}")), "{out}");
     assert!(!world.pins.path().exists(), "pins left");
     for dev in world.topo.node_interfaces() {
-        let net = world.bpftool_net(&dev);
-        assert!(!net.contains("lb_tc"), "{dev}:\n{net}");
+        World::wait_no_tcx(&dev);
         assert_eq!(world.xdp_mode(&dev), None, "{dev}");
     }
 }
