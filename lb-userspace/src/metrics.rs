@@ -190,6 +190,13 @@ const XDP_VERDICTS: Family<1> = Family::counter(
     ["reason"],
 );
 
+/// Only with an `xdp` block.
+const REMOTE_HOOK: Family<3> = Family::gauge(
+    "daas_lb_remote_hook",
+    "1 for the hook the forwarder for remote clients runs in on each interface: hook xdp (mode driver or skb) or tc (mode tcx or clsact).",
+    ["interface", "hook", "mode"],
+);
+
 const MAGLEV_SLOTS: Family<2> = Family::gauge(
     "daas_lb_maglev_slots",
     "Slots a server owns in its service's Maglev table (policy spread).",
@@ -605,6 +612,13 @@ pub fn render(status: &Status, counters: &Counters) -> String {
                 XDP_VERDICTS.sample([reason], float(n))
             })),
         );
+        families.push(
+            REMOTE_HOOK.with(
+                xdp.hooks
+                    .iter()
+                    .map(|hook| REMOTE_HOOK.sample([&hook.interface, &hook.hook, &hook.mode], 1.0)),
+            ),
+        );
     }
     families.push(per_server(status, &MAGLEV_SLOTS, |server| {
         server.slots.map(f64::from)
@@ -823,6 +837,12 @@ mod tests {
             xdp: Some(XdpStatus {
                 interfaces: vec!["eth0".into()],
                 mode: "auto".into(),
+                hooks: vec![crate::kernel::HookInUse {
+                    interface: "eth0".into(),
+                    hook: "tc".into(),
+                    mode: "tcx".into(),
+                    why: "auto: veth -> tc".into(),
+                }],
                 snat_ports: "61000-65535".into(),
                 verdicts: [("redirect".to_owned(), 8), ("pass_ttl".to_owned(), 1)]
                     .into_iter()

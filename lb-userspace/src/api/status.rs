@@ -75,13 +75,17 @@ pub struct RegistryStatus {
     pub last_advance_unix_ms: Option<u64>,
 }
 
-/// The XDP forwarder as configured, and what it did with packets.
+/// The forwarder for remote clients as configured, the hook it runs in on
+/// each interface, and what it did with packets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct XdpStatus {
     /// Interfaces the program is attached to.
     pub interfaces: Vec<String>,
-    /// `auto`, `driver` or `skb`.
+    /// The block's `mode`: `auto`, `driver` or `skb`.
     pub mode: String,
+    /// Per interface: the hook and mode actually in use, and why.
+    #[serde(default)]
+    pub hooks: Vec<crate::kernel::HookInUse>,
     /// SNAT source ports, `first-last`.
     pub snat_ports: String,
     /// Packets per verdict (`lb_common::xdp_counter::NAMES`: `redirect`,
@@ -435,6 +439,13 @@ impl Status {
                 xdp.snat_ports,
                 verdict_summary(&xdp.verdicts)
             );
+            for hook in &xdp.hooks {
+                let _ = writeln!(
+                    out,
+                    "  {}: {} {} ({})",
+                    hook.interface, hook.hook, hook.mode, hook.why
+                );
+            }
         }
         if let Some(registry) = &self.registry {
             let _ = writeln!(out, "{}", registry_line(registry));
@@ -988,6 +999,12 @@ mod tests {
         status.xdp = Some(XdpStatus {
             interfaces: vec!["eth0".into(), "eth1".into()],
             mode: "skb".into(),
+            hooks: vec![crate::kernel::HookInUse {
+                interface: "eth0".into(),
+                hook: "xdp".into(),
+                mode: "skb".into(),
+                why: "mode: skb -> generic XDP".into(),
+            }],
             snat_ports: "61000-65535".into(),
             verdicts: BTreeMap::from([
                 ("redirect".to_owned(), 7),
@@ -998,7 +1015,7 @@ mod tests {
         let table = status.to_table();
         assert!(
             table.starts_with(
-                "xdp on eth0,eth1 (skb, SNAT ports 61000-65535): pass_not_vip 30, redirect 7\n"
+                "xdp on eth0,eth1 (skb, SNAT ports 61000-65535): pass_not_vip 30, redirect 7\n  eth0: xdp skb (mode: skb -> generic XDP)\n"
             ),
             "{table}"
         );
@@ -1010,6 +1027,8 @@ mod tests {
         );
         let json = serde_json::to_value(&status).unwrap();
         assert_eq!(json["xdp"]["verdicts"]["redirect"], 7);
+        assert_eq!(json["xdp"]["hooks"][0]["hook"], "xdp");
+        assert_eq!(json["xdp"]["hooks"][0]["why"], "mode: skb -> generic XDP");
         assert_eq!(serde_json::from_value::<Status>(json).unwrap(), status);
     }
 

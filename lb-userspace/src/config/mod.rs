@@ -519,23 +519,29 @@ impl DiscoveryPort {
     }
 }
 
-/// The `xdp` block: where the XDP forwarder for remote clients runs and how
-/// it translates their packets.
+/// The `xdp` block: where the forwarder for remote clients runs (which
+/// hook on which interface) and how it translates their packets.
 ///
 /// ```yaml
 /// xdp:
-///   interfaces: [eth0]       # required, non-empty, no duplicates
-///   mode: auto               # auto | driver | skb
+///   interfaces:              # required, non-empty, no duplicates
+///     - eth0                 # a name: the block's hook and mode
+///     - { name: veth1, hook: tc }
+///   hook: auto               # auto | xdp | tc (default for every entry)
+///   mode: auto               # auto | driver | skb (XDP only)
 ///   snat_ipv4: 192.0.2.10    # optional; default: the egress interface's primary address
 ///   snat_ipv6: 2001:db8::10  # optional; default: its first global IPv6 address
 ///   snat_ports: 61000-65535  # SNAT source ports (default)
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct XdpSettings {
-    /// Interfaces the program is attached to (`interfaces`). Their
-    /// existence is checked at start, not when the file is read.
-    pub interfaces: Vec<String>,
-    /// Attach mode (`mode`, default auto).
+    /// Interfaces the forwarder is attached to (`interfaces`), each with
+    /// its hook and mode (the block's unless the entry sets its own).
+    /// Their existence is checked at start, not when the file is read.
+    pub interfaces: Vec<XdpInterface>,
+    /// Default hook of the entries (`hook`, default auto).
+    pub hook: XdpHook,
+    /// Default XDP attach mode of the entries (`mode`, default auto).
     pub mode: XdpAttachMode,
     /// IPv4 source of translated packets (`snat_ipv4`); `None` = the egress
     /// interface's primary IPv4 address.
@@ -550,11 +556,53 @@ pub struct XdpSettings {
     pub snat_ports: PortRange,
 }
 
+impl XdpSettings {
+    /// The configured interface names, in order.
+    pub fn interface_names(&self) -> Vec<String> {
+        self.interfaces.iter().map(|i| i.name.clone()).collect()
+    }
+}
+
+/// One entry of `xdp.interfaces`, with the block's defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct XdpInterface {
+    /// The interface name.
+    pub name: String,
+    /// Which hook is asked for (`hook`).
+    pub hook: XdpHook,
+    /// Which XDP attach mode is asked for (`mode`; `auto` with `hook: tc`).
+    pub mode: XdpAttachMode,
+}
+
+impl XdpInterface {
+    /// `name` with the default hook and mode (both auto).
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            hook: XdpHook::Auto,
+            mode: XdpAttachMode::Auto,
+        }
+    }
+}
+
+/// Where the forwarder runs on an interface (`xdp.hook`, `interfaces[].hook`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpHook {
+    /// daas-lb decides per device (see `policy::hook`; the default).
+    Auto,
+    /// XDP, in the `mode` asked for.
+    Xdp,
+    /// tc ingress (a tcx link, or clsact on kernels before 6.6).
+    Tc,
+}
+
 /// How the XDP program is attached (`xdp.mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpAttachMode {
-    /// Native if the driver supports it, generic otherwise (the default).
+    /// With `hook: auto`: daas-lb decides. With `hook: xdp`: native if the
+    /// driver takes it, generic otherwise (the default).
     Auto,
     /// Native (driver) XDP only; attaching fails if the driver lacks it.
     Driver,
@@ -1041,6 +1089,8 @@ impl Serialize for ServiceConfig {
 config_words!(pub Policy, "policy", { Failover => "failover", Spread => "spread" });
 
 config_words!(pub XdpAttachMode, "xdp mode", { Auto => "auto", Driver => "driver", Skb => "skb" });
+
+config_words!(pub XdpHook, "hook", { Auto => "auto", Xdp => "xdp", Tc => "tc" });
 
 config_words!(pub KernelLog, "kernel_log level", { Off => "off", Warn => "warn", Debug => "debug" });
 

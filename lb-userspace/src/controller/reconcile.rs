@@ -643,7 +643,8 @@ mod tests {
         new.data_dir = "/elsewhere".into();
         new.services.clear();
         new.xdp = Some(crate::config::XdpSettings {
-            interfaces: vec!["eth0".to_owned()],
+            interfaces: vec![crate::config::XdpInterface::named("eth0")],
+            hook: crate::config::XdpHook::Auto,
             mode: crate::config::XdpAttachMode::Skb,
             snat_ipv4: None,
             snat_ipv6: None,

@@ -159,8 +159,9 @@ pub(super) fn build(state: &State) -> Status {
                 Vec::new()
             });
         XdpStatus {
-            interfaces: xdp.interfaces.clone(),
+            interfaces: xdp.interface_names(),
             mode: xdp.mode.to_string(),
+            hooks: state.dataplane.hooks.clone(),
             snat_ports: xdp.snat_ports.to_string(),
             verdicts: lb_common::xdp_counter::NAMES
                 .iter()

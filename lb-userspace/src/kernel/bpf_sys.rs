@@ -1,5 +1,5 @@
 //! The few `bpf(2)` commands aya 0.14 does not expose for links: open a
-//! pinned link, read which cgroup or interface it is attached to, and swap its program
+//! pinned link, read which cgroup or interface (XDP, tcx) it is attached to, and swap its program
 //! atomically (`BPF_LINK_UPDATE`), which is how a restarted controller adopts
 //! the attachments of a crashed one without a moment of unbalanced traffic.
 
@@ -68,13 +68,13 @@ pub(crate) struct LinkInfo {
     pub(crate) id: u32,
     /// Id of the program the link runs.
     pub(crate) prog_id: u32,
-    /// `BPF_LINK_TYPE_*`: [`LINK_TYPE_CGROUP`] or [`LINK_TYPE_XDP`].
+    /// `BPF_LINK_TYPE_*`: [`LINK_TYPE_CGROUP`], [`LINK_TYPE_XDP`] or [`LINK_TYPE_TCX`].
     pub(crate) link_type: u32,
     /// Cgroup links: id of the cgroup (its inode number on cgroup2).
     pub(crate) cgroup_id: u64,
     /// Cgroup links: `BPF_CGROUP_*` attach type.
     pub(crate) attach_type: u32,
-    /// XDP links: the interface index (0 once the interface is gone).
+    /// XDP and tcx links: the interface index (0 once the interface is gone).
     pub(crate) ifindex: u32,
 }
 
@@ -82,12 +82,15 @@ pub(crate) struct LinkInfo {
 pub(crate) const LINK_TYPE_CGROUP: u32 = 3;
 /// `BPF_LINK_TYPE_XDP`.
 pub(crate) const LINK_TYPE_XDP: u32 = 6;
+/// `BPF_LINK_TYPE_TCX`.
+pub(crate) const LINK_TYPE_TCX: u32 = 11;
 
 /// Reads `struct bpf_link_info` of a link.
 pub(crate) fn link_info(link: BorrowedFd<'_>) -> anyhow::Result<LinkInfo> {
     // struct bpf_link_info { __u32 type; __u32 id; __u32 prog_id; union {
     //   struct { __u64 cgroup_id; __u32 attach_type; } cgroup;
-    //   struct { __u32 ifindex; } xdp; ... } } (8-aligned union at 16)
+    //   struct { __u32 ifindex; } xdp;
+    //   struct { __u32 ifindex; __u32 attach_type; } tcx; ... } } (8-aligned union at 16)
     #[repr(C, align(8))]
     struct Info([u8; 256]);
     let mut info = Info([0; 256]);

@@ -2,8 +2,9 @@
 //!
 //! - [`dataplane`]: loading the embedded object ([`ebpf_object`]), pinning,
 //!   attaching/adopting and detaching the programs, and the typed map writes.
-//! - [`xdp_attach`], [`xdp_settings`]: the XDP links on the `xdp`
-//!   interfaces, the `xdp_config` entry and the SNAT port check.
+//! - [`links`], [`devices`], [`xdp_settings`]: the XDP or tc link on each
+//!   `xdp` interface (the hook chosen from what the kernel says about the
+//!   device), the `xdp_config` entry and the SNAT port check.
 //! - [`if_addrs`]: the interfaces' primary addresses (rtnetlink, the
 //!   `if_addrs` map).
 //! - [`sock_diag`], [`connections`]: counting and closing (`SOCK_DESTROY`)
@@ -13,18 +14,19 @@
 //! - [`mounts`]: bpffs and cgroup2, found or mounted at their standard places.
 //! - `bpf_sys`: the link syscalls aya 0.14 does not wrap.
 
-pub use self::report::AttachReport;
+pub use self::report::{AttachReport, HookInUse, InterfaceLinks};
 
 mod bpf_sys;
 pub mod connections;
 pub mod dataplane;
+mod devices;
 pub mod ebpf_object;
 pub mod if_addrs;
 pub mod kernel_log;
+mod links;
 pub mod maps;
 pub mod mounts;
 mod netlink;
 mod report;
 pub mod sock_diag;
-mod xdp_attach;
 pub mod xdp_settings;

@@ -74,11 +74,12 @@ mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     use super::*;
-    use crate::config::XdpAttachMode;
+    use crate::config::{XdpAttachMode, XdpHook, XdpInterface};
 
     fn settings() -> XdpSettings {
         XdpSettings {
-            interfaces: vec!["eth0".to_owned()],
+            interfaces: vec![XdpInterface::named("eth0")],
+            hook: XdpHook::Auto,
             mode: XdpAttachMode::Auto,
             snat_ipv4: None,
             snat_ipv6: None,

@@ -191,8 +191,22 @@ fn status() -> Status {
     Status {
         services: vec![supervisor, apiserver, odd, sui],
         xdp: Some(XdpStatus {
-            interfaces: vec!["eth0".into()],
+            interfaces: vec!["eth0".into(), "veth1".into()],
             mode: "auto".into(),
+            hooks: vec![
+                crate::kernel::HookInUse {
+                    interface: "eth0".into(),
+                    hook: "xdp".into(),
+                    mode: "driver".into(),
+                    why: "auto: physical NIC (ixgbe) -> native XDP".into(),
+                },
+                crate::kernel::HookInUse {
+                    interface: "veth1".into(),
+                    hook: "tc".into(),
+                    mode: "tcx".into(),
+                    why: "auto: veth -> tc".into(),
+                },
+            ],
             snat_ports: "61000-65535".into(),
             verdicts: [
                 ("redirect", 1_200),
@@ -432,8 +446,8 @@ fn parse(text: &str) -> BTreeMap<String, Family> {
 fn every_family_keeps_its_type_help_samples_and_values() {
     let golden = parse(GOLDEN);
     let now = parse(&exposition());
-    // The fixture has a sample in each of the 35 families of the README's table.
-    assert_eq!(golden.len(), 35, "{:?}", golden.keys());
+    // The fixture has a sample in each of the 36 families of the README's table.
+    assert_eq!(golden.len(), 36, "{:?}", golden.keys());
     for (name, family) in &golden {
         assert!(
             !family.samples.is_empty(),
