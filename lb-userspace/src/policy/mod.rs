@@ -8,9 +8,11 @@
 //! - [`map_ids`]: which map slot holds which service and backend.
 //! - [`dial_stall`]: when a SYN has waited too long (`dial_stall_timeout`).
 //! - [`dns`]: what a lookup of a server's DNS name does to its service's list.
+//! - [`flow_expiry`]: when the flow collector removes an XDP flow.
 
 pub mod dial_stall;
 pub mod dns;
+pub mod flow_expiry;
 pub mod maglev;
 pub mod map_ids;
 pub mod ranking;
