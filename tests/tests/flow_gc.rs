@@ -22,7 +22,7 @@ use lb_common::{
     XDP_DROP_ORPHANS, XdpConfig, ip_to_bytes,
 };
 use lb_tests::{
-    API, Daemon, METRICS, PinDir, TcpBackend, TempDir, TestCgroup, config_yaml, metric, privileged,
+    API, Daemon, PinDir, TcpBackend, TempDir, TestCgroup, config_yaml, metric, privileged,
     topology::{NsGuard, Topology},
 };
 
@@ -203,9 +203,9 @@ impl Synthetic {
     }
 }
 
-fn metric_now(name: &str, labels: &[(&str, &str)]) -> f64 {
-    let text = lb_userspace::api::client::get(METRICS, "/metrics").expect("GET /metrics");
-    metric(&text, name, labels).unwrap_or(0.0)
+/// Sample `name` with `labels` now (gauge or counter; panics if absent).
+fn sample(world: &mut World, name: &str, labels: &[(&str, &str)]) -> u64 {
+    world.daemon().counter(name, labels)
 }
 
 #[test]
@@ -271,7 +271,7 @@ fn the_flow_collector_removes_exactly_the_expired_flows_and_orphans() {
     let lone_forward = synthetic("forward alone", 21, PROTO_TCP).stamped((fresh, 0), (0, 0));
     let lone_reply = synthetic("reply alone", 22, PROTO_TCP).stamped((0, 0), (old, FLOW_RST));
 
-    let removed_before: Vec<f64> = [
+    let removed_before: Vec<u64> = [
         "tcp_closed",
         "tcp_idle",
         "tcp_unreplied",
@@ -279,10 +279,16 @@ fn the_flow_collector_removes_exactly_the_expired_flows_and_orphans() {
         "orphan",
     ]
     .iter()
-    .map(|reason| metric_now("daas_lb_xdp_flows_removed_total", &[("reason", reason)]))
+    .map(|reason| {
+        sample(
+            &mut world,
+            "daas_lb_xdp_flows_removed_total",
+            &[("reason", reason)],
+        )
+    })
     .collect();
     assert!(
-        removed_before.iter().all(|n| *n == 0.0),
+        removed_before.iter().all(|n| *n == 0),
         "nothing removed before the test's flows: {removed_before:?}\n{}",
         world.diag()
     );
@@ -362,22 +368,36 @@ fn the_flow_collector_removes_exactly_the_expired_flows_and_orphans() {
     // Counted by reason, in metrics and status; the last pass saw the five
     // live pairs. Give the pass that removed the orphans time to publish.
     let expected = [
-        ("tcp_closed", 2.0),
-        ("tcp_idle", 1.0),
-        ("tcp_unreplied", 1.0),
-        ("udp_idle", 1.0),
-        ("orphan", 2.0),
+        ("tcp_closed", 2),
+        ("tcp_idle", 1),
+        ("tcp_unreplied", 1),
+        ("udp_idle", 1),
+        ("orphan", 2),
     ];
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
-        let counted: Vec<f64> = expected
+        let counted: Vec<u64> = expected
             .iter()
-            .map(|(reason, _)| metric_now("daas_lb_xdp_flows_removed_total", &[("reason", reason)]))
+            .map(|(reason, _)| {
+                sample(
+                    &mut world,
+                    "daas_lb_xdp_flows_removed_total",
+                    &[("reason", reason)],
+                )
+            })
             .collect();
-        let forward = metric_now("daas_lb_xdp_flow_entries", &[("direction", "forward")]);
-        let reply = metric_now("daas_lb_xdp_flow_entries", &[("direction", "reply")]);
-        let want: Vec<f64> = expected.iter().map(|(_, n)| *n).collect();
-        if counted == want && forward == 5.0 && reply == 5.0 {
+        let forward = sample(
+            &mut world,
+            "daas_lb_xdp_flow_entries",
+            &[("direction", "forward")],
+        );
+        let reply = sample(
+            &mut world,
+            "daas_lb_xdp_flow_entries",
+            &[("direction", "reply")],
+        );
+        let want: Vec<u64> = expected.iter().map(|(_, n)| *n).collect();
+        if counted == want && forward == 5 && reply == 5 {
             break;
         }
         assert!(
@@ -388,10 +408,12 @@ fn the_flow_collector_removes_exactly_the_expired_flows_and_orphans() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(
-        metric_now("daas_lb_xdp_flow_capacity", &[]),
-        f64::from(lb_common::MAX_FLOWS)
+        sample(&mut world, "daas_lb_xdp_flow_capacity", &[]),
+        u64::from(lb_common::MAX_FLOWS)
     );
-    assert!(metric_now("daas_lb_xdp_flow_gc_seconds", &[]) < 1.0);
+    let text = world.daemon().metrics();
+    let pass = metric(&text, "daas_lb_xdp_flow_gc_seconds", &[]).expect("pass duration");
+    assert!((0.0..1.0).contains(&pass), "last pass took {pass} s");
     let status = world.daemon().status();
     let xdp = status.xdp.expect("xdp in status");
     assert_eq!(xdp.flows.entries, 10);
@@ -399,7 +421,7 @@ fn the_flow_collector_removes_exactly_the_expired_flows_and_orphans() {
     for (reason, n) in expected {
         assert_eq!(
             xdp.flows.removed_by_reason.get(reason).copied(),
-            Some(n as u64),
+            Some(n),
             "{reason}"
         );
     }

@@ -589,10 +589,10 @@ pub struct FlowTimeouts {
 impl FlowTimeouts {
     /// The defaults: 2h, 10s, 60s, 60s.
     pub const DEFAULT: Self = Self {
-        tcp: Duration::from_secs(2 * 3600),
+        tcp: Duration::from_hours(2),
         tcp_closing: Duration::from_secs(10),
-        tcp_unreplied: Duration::from_secs(60),
-        udp: Duration::from_secs(60),
+        tcp_unreplied: Duration::from_mins(1),
+        udp: Duration::from_mins(1),
     };
     /// Default `xdp.flow_gc_interval`.
     pub const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(10);
@@ -600,7 +600,7 @@ impl FlowTimeouts {
     /// kernel refreshes a flow's `last_seen` once a second), at most 7 days.
     pub const MIN: Duration = Duration::from_secs(1);
     /// See [`Self::MIN`].
-    pub const MAX: Duration = Duration::from_secs(7 * 24 * 3600);
+    pub const MAX: Duration = Duration::from_hours(7 * 24);
 }
 
 impl Default for FlowTimeouts {

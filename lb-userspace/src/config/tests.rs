@@ -1727,20 +1727,17 @@ fn xdp_flow_timeouts_and_gc_interval() {
     assert_eq!(
         xdp.flow_timeouts,
         FlowTimeouts {
-            tcp: Duration::from_secs(3600),
+            tcp: Duration::from_hours(1),
             udp: Duration::from_secs(30),
             ..FlowTimeouts::DEFAULT
         }
     );
     assert_eq!(xdp.flow_gc_interval, Duration::from_secs(2));
     let defaults = parse(&with_xdp("  interfaces: [eth0]\n")).xdp.unwrap();
-    assert_eq!(defaults.flow_timeouts.tcp, Duration::from_secs(7200));
+    assert_eq!(defaults.flow_timeouts.tcp, Duration::from_hours(2));
     assert_eq!(defaults.flow_timeouts.tcp_closing, Duration::from_secs(10));
-    assert_eq!(
-        defaults.flow_timeouts.tcp_unreplied,
-        Duration::from_secs(60)
-    );
-    assert_eq!(defaults.flow_timeouts.udp, Duration::from_secs(60));
+    assert_eq!(defaults.flow_timeouts.tcp_unreplied, Duration::from_mins(1));
+    assert_eq!(defaults.flow_timeouts.udp, Duration::from_mins(1));
     assert_eq!(defaults.flow_gc_interval, Duration::from_secs(10));
 
     // Every bad value is reported, each with its path.

@@ -152,7 +152,13 @@ impl NeighbourTracker {
     }
 
     fn neighbour(&mut self, msg_type: u16, payload: &[u8]) -> bool {
-        let Some((ifindex, state, dst, lladdr)) = parse_neighbour(payload) else {
+        let Some(Neighbour {
+            ifindex,
+            state,
+            dst,
+            lladdr,
+        }) = parse_neighbour(payload)
+        else {
             // Unreadable: assume the worst.
             return true;
         };
@@ -170,9 +176,19 @@ impl NeighbourTracker {
     }
 }
 
-/// Interface index, NUD state, destination address and MAC (if present) of
-/// an `RTM_*NEIGH` payload.
-fn parse_neighbour(payload: &[u8]) -> Option<(i32, u16, Vec<u8>, Option<Vec<u8>>)> {
+/// What a neighbour message says.
+struct Neighbour {
+    ifindex: i32,
+    /// `NUD_*` bits.
+    state: u16,
+    /// Its address (`NDA_DST`).
+    dst: Vec<u8>,
+    /// Its MAC (`NDA_LLADDR`), absent while unresolved.
+    lladdr: Option<Vec<u8>>,
+}
+
+/// The [`Neighbour`] of an `RTM_*NEIGH` payload (`None`: unreadable).
+fn parse_neighbour(payload: &[u8]) -> Option<Neighbour> {
     if payload.len() < NDMSG_LEN {
         return None;
     }
@@ -194,7 +210,12 @@ fn parse_neighbour(payload: &[u8]) -> Option<(i32, u16, Vec<u8>, Option<Vec<u8>>
         }
         offset += len.next_multiple_of(4);
     }
-    Some((ifindex, state, dst?, lladdr))
+    Some(Neighbour {
+        ifindex,
+        state,
+        dst: dst?,
+        lladdr,
+    })
 }
 
 #[cfg(test)]

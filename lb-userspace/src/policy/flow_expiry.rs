@@ -176,7 +176,7 @@ mod tests {
             tcp: Duration::from_secs(100),
             tcp_closing: Duration::from_secs(10),
             tcp_unreplied: Duration::from_secs(30),
-            udp: Duration::from_secs(60),
+            udp: Duration::from_mins(1),
         }
     }
 

@@ -41,9 +41,8 @@ impl Flows {
     /// The typed wrapper of the object's `flows` map.
     pub(super) fn from_map(map: Map) -> anyhow::Result<Self> {
         let name = map_names::FLOWS;
-        let data = match map {
-            Map::LruHashMap(data) | Map::HashMap(data) => data,
-            _ => bail!("the {name} map has an unexpected type"),
+        let (Map::LruHashMap(data) | Map::HashMap(data)) = map else {
+            bail!("the {name} map has an unexpected type");
         };
         Self::from_data(data)
     }
@@ -139,13 +138,11 @@ impl Flows {
         chunk: u32,
         mut visit: impl FnMut(&[(FlowKey, FlowValue)]) -> ControlFlow<()>,
     ) -> anyhow::Result<WalkMode> {
-        match self.walk_batch(chunk.max(1), &mut visit)? {
-            Some(()) => Ok(WalkMode::Batch),
-            None => {
-                self.walk_per_key(chunk.max(1), &mut visit)?;
-                Ok(WalkMode::PerKey)
-            }
+        if self.walk_batch(chunk.max(1), &mut visit)?.is_some() {
+            return Ok(WalkMode::Batch);
         }
+        self.walk_per_key(chunk.max(1), &mut visit)?;
+        Ok(WalkMode::PerKey)
     }
 
     /// The batch walk; `None` when the kernel has no batch lookup for this
