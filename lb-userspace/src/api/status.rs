@@ -76,8 +76,8 @@ pub struct RegistryStatus {
 }
 
 /// The forwarder for remote clients as configured, the hook it runs in on
-/// each interface, and what it did with packets.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// each interface, what it did with packets, and the flow collector's view.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct XdpStatus {
     /// Interfaces the program is attached to.
     pub interfaces: Vec<String>,
@@ -91,6 +91,34 @@ pub struct XdpStatus {
     /// Packets per verdict (`lb_common::xdp_counter::NAMES`: `redirect`,
     /// `tx`, `pass_*`, `drop_*`), summed over CPUs.
     pub verdicts: BTreeMap<String, u64>,
+    /// The flow table as the flow collector saw it last (absent from
+    /// daemons before issue 16: zeros).
+    #[serde(default)]
+    pub flows: XdpFlowsStatus,
+    /// The next-hop generation in `xdp_config` (moves on each route,
+    /// neighbour or link change).
+    #[serde(default)]
+    pub hop_gen: u32,
+}
+
+/// The flow table (`flows` map) as the flow collector's last pass saw it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct XdpFlowsStatus {
+    /// Entries (two per flow): `forward` + `reply`.
+    pub entries: u64,
+    /// Client → VIP entries.
+    pub forward: u64,
+    /// Backend → SNAT address entries.
+    pub reply: u64,
+    /// The map's capacity (entries).
+    pub capacity: u64,
+    /// Flows the collector removed since the start, by reason
+    /// (`tcp_closed`, `tcp_idle`, `tcp_unreplied`, `udp_idle`, `orphan`).
+    pub removed_by_reason: BTreeMap<String, u64>,
+    /// How long the collector's last pass took (ms).
+    pub last_pass_ms: f64,
+    /// Collector passes since the start.
+    pub passes: u64,
 }
 
 /// Packets the XDP program dropped for one service, by reason.
@@ -1011,6 +1039,16 @@ mod tests {
                 ("pass_not_vip".to_owned(), 30),
                 ("tx".to_owned(), 0),
             ]),
+            flows: XdpFlowsStatus {
+                entries: 6,
+                forward: 3,
+                reply: 3,
+                capacity: 262_144,
+                removed_by_reason: BTreeMap::from([("tcp_closed".to_owned(), 4)]),
+                last_pass_ms: 0.5,
+                passes: 2,
+            },
+            hop_gen: 3,
         });
         let table = status.to_table();
         assert!(
@@ -1029,6 +1067,8 @@ mod tests {
         assert_eq!(json["xdp"]["verdicts"]["redirect"], 7);
         assert_eq!(json["xdp"]["hooks"][0]["hook"], "xdp");
         assert_eq!(json["xdp"]["hooks"][0]["why"], "mode: skb -> generic XDP");
+        assert_eq!(json["xdp"]["flows"]["entries"], 6);
+        assert_eq!(json["xdp"]["flows"]["removed_by_reason"]["tcp_closed"], 4);
         assert_eq!(serde_json::from_value::<Status>(json).unwrap(), status);
     }
 

@@ -532,6 +532,12 @@ impl DiscoveryPort {
 ///   snat_ipv4: 192.0.2.10    # optional; default: the egress interface's primary address
 ///   snat_ipv6: 2001:db8::10  # optional; default: its first global IPv6 address
 ///   snat_ports: 61000-65535  # SNAT source ports (default)
+///   flow_timeouts:           # when an idle flow is forgotten (defaults)
+///     tcp: 2h
+///     tcp_closing: 10s
+///     tcp_unreplied: 60s
+///     udp: 60s
+///   flow_gc_interval: 10s    # how often the flow collector runs (default)
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct XdpSettings {
@@ -554,6 +560,59 @@ pub struct XdpSettings {
     /// Source ports of translated packets (`snat_ports`, default
     /// [`PortRange::DEFAULT_SNAT`]).
     pub snat_ports: PortRange,
+    /// How long an idle flow of each kind lives (`flow_timeouts`, default
+    /// [`FlowTimeouts::DEFAULT`]).
+    pub flow_timeouts: FlowTimeouts,
+    /// How often the flow collector walks the flow table
+    /// (`flow_gc_interval`, default [`FlowTimeouts::DEFAULT_GC_INTERVAL`]).
+    #[serde(serialize_with = "serialize_duration")]
+    pub flow_gc_interval: Duration,
+}
+
+/// `xdp.flow_timeouts`: how long a flow (both its entries) may stay idle
+/// before the flow collector removes it, by kind. The closing, unreplied
+/// and UDP defaults are Cilium's connection-tracking defaults
+/// (`bpf-ct-timeout-regular-tcp-fin` 10s, `-tcp-syn` 1m, `-any` 1m); an
+/// idle established flow lives 2h, less than Cilium's 6h or conntrack's
+/// 5 days, so that abandoned flows leave the table sooner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FlowTimeouts {
+    /// An established TCP flow (`tcp`).
+    #[serde(serialize_with = "serialize_duration")]
+    pub tcp: Duration,
+    /// A TCP flow after a RST in either direction or a FIN in both
+    /// (`tcp_closing`).
+    #[serde(serialize_with = "serialize_duration")]
+    pub tcp_closing: Duration,
+    /// A TCP flow whose backend never answered (`tcp_unreplied`).
+    #[serde(serialize_with = "serialize_duration")]
+    pub tcp_unreplied: Duration,
+    /// A UDP flow (`udp`).
+    #[serde(serialize_with = "serialize_duration")]
+    pub udp: Duration,
+}
+
+impl FlowTimeouts {
+    /// The defaults: 2h, 10s, 60s, 60s.
+    pub const DEFAULT: Self = Self {
+        tcp: Duration::from_hours(2),
+        tcp_closing: Duration::from_secs(10),
+        tcp_unreplied: Duration::from_mins(1),
+        udp: Duration::from_mins(1),
+    };
+    /// Default `xdp.flow_gc_interval`.
+    pub const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(10);
+    /// Bounds of every timeout and of the interval: at least 1 s (the
+    /// kernel refreshes a flow's `last_seen` once a second), at most 7 days.
+    pub const MIN: Duration = Duration::from_secs(1);
+    /// See [`Self::MIN`].
+    pub const MAX: Duration = Duration::from_hours(7 * 24);
+}
+
+impl Default for FlowTimeouts {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
 }
 
 impl XdpSettings {

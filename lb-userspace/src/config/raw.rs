@@ -155,6 +155,18 @@ pub(super) struct RawXdp {
     pub(super) snat_ipv4: Option<Spanned<String>>,
     pub(super) snat_ipv6: Option<Spanned<String>>,
     pub(super) snat_ports: Option<Spanned<String>>,
+    pub(super) flow_timeouts: Option<Spanned<RawFlowTimeouts>>,
+    pub(super) flow_gc_interval: Option<Spanned<String>>,
+}
+
+/// `xdp.flow_timeouts`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFlowTimeouts {
+    pub(super) tcp: Option<Spanned<String>>,
+    pub(super) tcp_closing: Option<Spanned<String>>,
+    pub(super) tcp_unreplied: Option<Spanned<String>>,
+    pub(super) udp: Option<Spanned<String>>,
 }
 
 /// One entry of `xdp.interfaces`: a name, or `{ name, hook, mode }`.

@@ -1719,8 +1719,51 @@ fn xdp_block_with_every_field() {
                 first: 40000,
                 last: 40999
             },
+            flow_timeouts: FlowTimeouts::DEFAULT,
+            flow_gc_interval: FlowTimeouts::DEFAULT_GC_INTERVAL,
         })
     );
+}
+
+#[test]
+fn xdp_flow_timeouts_and_gc_interval() {
+    let xdp = parse(&with_xdp(
+        "  interfaces: [eth0]\n  flow_timeouts:\n    tcp: 1h\n    udp: 30s\n  flow_gc_interval: 2s\n",
+    ))
+    .xdp
+    .unwrap();
+    assert_eq!(
+        xdp.flow_timeouts,
+        FlowTimeouts {
+            tcp: Duration::from_hours(1),
+            udp: Duration::from_secs(30),
+            ..FlowTimeouts::DEFAULT
+        }
+    );
+    assert_eq!(xdp.flow_gc_interval, Duration::from_secs(2));
+    let defaults = parse(&with_xdp("  interfaces: [eth0]\n")).xdp.unwrap();
+    assert_eq!(defaults.flow_timeouts.tcp, Duration::from_hours(2));
+    assert_eq!(defaults.flow_timeouts.tcp_closing, Duration::from_secs(10));
+    assert_eq!(defaults.flow_timeouts.tcp_unreplied, Duration::from_mins(1));
+    assert_eq!(defaults.flow_timeouts.udp, Duration::from_mins(1));
+    assert_eq!(defaults.flow_gc_interval, Duration::from_secs(10));
+
+    // Every bad value is reported, each with its path.
+    let errors = error(&with_xdp(
+        "  interfaces: [eth0]\n  flow_timeouts:\n    tcp: forever\n    tcp_closing: 500ms\n    udp: 0s\n  flow_gc_interval: 30d\n",
+    ));
+    for expected in [
+        "xdp.flow_timeouts.tcp: invalid duration \"forever\"",
+        "xdp.flow_timeouts.tcp_closing: 500ms is too short; expected at least 1s",
+        "xdp.flow_timeouts.udp: must not be zero",
+        "xdp.flow_gc_interval: 30days is too long; expected at most 7days",
+    ] {
+        assert!(errors.contains(expected), "{expected:?} not in {errors}");
+    }
+    let unknown = error(&with_xdp(
+        "  interfaces: [eth0]\n  flow_timeouts:\n    icmp: 1s\n",
+    ));
+    assert!(unknown.contains("icmp"), "{unknown}");
 }
 
 #[test]

@@ -33,7 +33,7 @@ use lb_common::{
     maps::{self, MapKind, MapSpec},
     program_names,
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{
     AttachReport, HookInUse, bpf_sys,
@@ -43,7 +43,7 @@ use super::{
     links::{self, Interface, LinkKind},
     maps::Maps,
     mounts::{self, BPF_FS_MAGIC, CGROUP2_SUPER_MAGIC},
-    xdp_settings::xdp_config_entry,
+    xdp_settings::{self, xdp_config_entry},
 };
 use crate::{config::XdpSettings, policy};
 
@@ -384,7 +384,14 @@ impl Dataplane {
             }
             self.maps.if_addrs.sync(&BTreeMap::new())?;
         }
-        self.maps.xdp_config.set(xdp_config_entry(xdp))
+        let local_ports =
+            xdp_settings::read_local_port_range(Path::new(xdp_settings::LOCAL_PORT_RANGE_FILE));
+        let generation = self
+            .maps
+            .xdp_config
+            .set(xdp_config_entry(xdp, local_ports))?;
+        debug!(hop_gen = generation, "xdp_config written");
+        Ok(())
     }
 
     /// The bpffs directory this data plane is pinned under.

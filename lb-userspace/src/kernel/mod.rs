@@ -11,8 +11,10 @@
 //!   connections through a VIP; [`netlink`] is the socket both use.
 //! - [`kernel_log`]: the kernel programs' aya-log records, into `tracing`
 //!   (target `daas_lb::kernel`).
+//! - [`route_events`]: rtnetlink notifications of route, neighbour and
+//!   link changes (the next-hop generation).
 //! - [`mounts`]: bpffs and cgroup2, found or mounted at their standard places.
-//! - `bpf_sys`: the link syscalls aya 0.14 does not wrap.
+//! - `bpf_sys`: the link and batch-map syscalls aya 0.14 does not wrap.
 
 pub use self::report::{AttachReport, HookInUse, InterfaceLinks};
 
@@ -28,5 +30,6 @@ pub mod maps;
 pub mod mounts;
 mod netlink;
 mod report;
+pub mod route_events;
 pub mod sock_diag;
 pub mod xdp_settings;

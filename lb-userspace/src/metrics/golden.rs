@@ -24,7 +24,8 @@ use std::{
 use super::{ChangeResult, Counters, DialStatus, render, render_api_changes, render_api_refusals};
 use crate::{
     api::status::{
-        AttestationStatus, RegistryStatus, ServerStatus, ServiceStatus, Status, XdpDrops, XdpStatus,
+        AttestationStatus, RegistryStatus, ServerStatus, ServiceStatus, Status, XdpDrops,
+        XdpFlowsStatus, XdpStatus,
     },
     policy::state_machine::ServerState,
 };
@@ -218,6 +219,19 @@ fn status() -> Status {
             .into_iter()
             .map(|(reason, n)| (reason.to_owned(), n))
             .collect(),
+            flows: XdpFlowsStatus {
+                entries: 1_000,
+                forward: 520,
+                reply: 480,
+                capacity: 262_144,
+                removed_by_reason: [("tcp_closed", 90), ("tcp_idle", 3), ("orphan", 2)]
+                    .into_iter()
+                    .map(|(reason, n)| (reason.to_owned(), n))
+                    .collect(),
+                last_pass_ms: 12.5,
+                passes: 40,
+            },
+            hop_gen: 7,
         }),
         registry: Some(RegistryStatus {
             synced: true,
@@ -446,8 +460,8 @@ fn parse(text: &str) -> BTreeMap<String, Family> {
 fn every_family_keeps_its_type_help_samples_and_values() {
     let golden = parse(GOLDEN);
     let now = parse(&exposition());
-    // The fixture has a sample in each of the 36 families of the README's table.
-    assert_eq!(golden.len(), 36, "{:?}", golden.keys());
+    // The fixture has a sample in each of the 40 families of the README's table.
+    assert_eq!(golden.len(), 40, "{:?}", golden.keys());
     for (name, family) in &golden {
         assert!(
             !family.samples.is_empty(),

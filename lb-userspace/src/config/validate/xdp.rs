@@ -1,14 +1,18 @@
 //! The `xdp` block: interfaces (each a name or `{ name, hook, mode }`),
-//! the default hook and attach mode, SNAT addresses and ports.
+//! the default hook and attach mode, SNAT addresses and ports, flow
+//! timeouts and the flow collector's interval.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
 
 use serde_saphyr::{Location, Spanned};
 
 use super::{Checker, MAX_INTERFACE_NAME_LEN, ServiceDraft};
 use crate::config::{
-    PortRange, XdpAttachMode, XdpHook, XdpInterface, XdpSettings,
-    raw::{RawInterface, RawXdp},
+    FlowTimeouts, PortRange, XdpAttachMode, XdpHook, XdpInterface, XdpSettings,
+    raw::{RawFlowTimeouts, RawInterface, RawXdp},
 };
 
 impl Checker {
@@ -61,6 +65,19 @@ impl Checker {
             None => Some(PortRange::DEFAULT_SNAT),
             Some(raw) => self.port_range(raw, "xdp.snat_ports"),
         };
+        let flow_timeouts = match &xdp.flow_timeouts {
+            None => Some(FlowTimeouts::DEFAULT),
+            Some(raw) => self.flow_timeouts(&raw.value),
+        };
+        let flow_gc_interval = match &xdp.flow_gc_interval {
+            None => Some(FlowTimeouts::DEFAULT_GC_INTERVAL),
+            Some(raw) => self.duration_in_range(
+                raw,
+                "xdp.flow_gc_interval",
+                FlowTimeouts::MIN,
+                FlowTimeouts::MAX,
+            ),
+        };
         Some(XdpSettings {
             interfaces: interfaces?,
             hook: hook?,
@@ -68,6 +85,34 @@ impl Checker {
             snat_ipv4: snat_ipv4?,
             snat_ipv6: snat_ipv6?,
             snat_ports: snat_ports?,
+            flow_timeouts: flow_timeouts?,
+            flow_gc_interval: flow_gc_interval?,
+        })
+    }
+
+    /// `xdp.flow_timeouts`: each one optional (default
+    /// [`FlowTimeouts::DEFAULT`]), from [`FlowTimeouts::MIN`] to
+    /// [`FlowTimeouts::MAX`]; every bad one is reported.
+    fn flow_timeouts(&mut self, raw: &RawFlowTimeouts) -> Option<FlowTimeouts> {
+        let mut one = |field: &Option<Spanned<String>>, name: &str, default: Duration| match field {
+            None => Some(default),
+            Some(raw) => self.duration_in_range(
+                raw,
+                &format!("xdp.flow_timeouts.{name}"),
+                FlowTimeouts::MIN,
+                FlowTimeouts::MAX,
+            ),
+        };
+        let defaults = FlowTimeouts::DEFAULT;
+        let tcp = one(&raw.tcp, "tcp", defaults.tcp);
+        let tcp_closing = one(&raw.tcp_closing, "tcp_closing", defaults.tcp_closing);
+        let tcp_unreplied = one(&raw.tcp_unreplied, "tcp_unreplied", defaults.tcp_unreplied);
+        let udp = one(&raw.udp, "udp", defaults.udp);
+        Some(FlowTimeouts {
+            tcp: tcp?,
+            tcp_closing: tcp_closing?,
+            tcp_unreplied: tcp_unreplied?,
+            udp: udp?,
         })
     }
 
