@@ -68,7 +68,7 @@ names = ["redirect", "tx", "pass_not_ip", "pass_truncated", "pass_ip_options",
          "pass_fragment", "pass_ipv6_ext", "pass_not_tcp_udp", "pass_not_vip", "pass_ttl",
          "pass_no_neigh", "pass_frag_needed", "pass_fib_other", "pass_no_snat_addr",
          "pass_udp6_zero_csum", "drop_no_backend", "drop_snat_ports", "drop_flow_table",
-         "drop_unreachable"]
+         "drop_unreachable", "redirect_neigh", "drop_orphan_reply", "drop_rewrite"]
 for e in json.load(sys.stdin):
     f = e.get("formatted", e)
     total = sum(v["value"] for v in f["values"])

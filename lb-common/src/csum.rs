@@ -6,6 +6,11 @@
 //!
 //! Checksums and words are handled as big-endian numbers, the way they sit
 //! in the packet, so the result is written back with `to_be_bytes`.
+//!
+//! [`diff`] is the other form the kernel's checksum helpers take (tc's
+//! `bpf_l3_csum_replace`/`bpf_l4_csum_replace` with size 0): the 32-bit
+//! one's-complement sum `~m + m'` of the words that change, in the
+//! kernel's `__wsum` convention (words read in memory order).
 
 /// Adds the 16-bit big-endian words of `bytes` (`N` even) to `sum`, either
 /// as they are or one's-complemented (`negate`, for the words going away).
@@ -78,12 +83,37 @@ impl Update {
     }
 }
 
+/// The checksum difference of `old` being replaced by `new` (`N` even), as
+/// the kernel's `__wsum`: the one's-complement sum of the complemented old
+/// and the new 16-bit words, read in memory (native) order, folded into 32
+/// bits. Adding it to a checksum's unfolded sum and folding gives the same
+/// result as [`Update::replace`].
+#[expect(
+    clippy::inline_always,
+    reason = "the verifier must see constant lengths; no BPF-to-BPF calls per packet"
+)]
+#[inline(always)]
+pub fn diff<const N: usize>(old: &[u8; N], new: &[u8; N]) -> u32 {
+    let mut sum: u64 = 0;
+    let mut i = 0;
+    while i + 1 < N {
+        sum += u64::from(!u16::from_ne_bytes([old[i], old[i + 1]]));
+        sum += u64::from(u16::from_ne_bytes([new[i], new[i + 1]]));
+        i += 2;
+    }
+    // At most 2 * N / 2 words of 16 bits: far below 2^48; two folds end
+    // with no carry.
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum as u32
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;
     use std::vec::Vec;
 
-    use super::Update;
+    use super::{Update, diff};
 
     /// The Internet checksum of `bytes`, computed from scratch.
     fn checksum(bytes: &[u8]) -> u16 {
@@ -151,6 +181,31 @@ mod tests {
             assert!(
                 got == want || (got ^ want == 0xffff && (got == 0 || want == 0)),
                 "round {round}: incremental {got:#06x}, recomputed {want:#06x}"
+            );
+        }
+    }
+
+    /// Applying [`diff`] the way the kernel does (`csum_fold(diff +
+    /// ~check)`, in memory order) gives the checksum [`Update`] gives.
+    #[test]
+    fn diff_matches_update() {
+        let mut rng = Rng(0x0bad_cafe_f00d_d00d);
+        for _ in 0..5000 {
+            let check = u16::from_be_bytes(rng.bytes::<2>());
+            let old = rng.bytes::<16>();
+            let new = rng.bytes::<16>();
+            let want = Update::new(check).replace(&old, &new).finish();
+            // The kernel: *sum = csum_fold(csum_add(diff, ~csum_unfold(*sum))),
+            // on the checksum as it sits in memory.
+            let in_memory = u16::from_ne_bytes(check.to_be_bytes());
+            let mut sum = u64::from(diff(&old, &new)) + u64::from(!in_memory);
+            while sum >> 16 != 0 {
+                sum = (sum & 0xffff) + (sum >> 16);
+            }
+            let got = u16::from_be_bytes((!(sum as u16)).to_ne_bytes());
+            assert!(
+                got == want || (got ^ want == 0xffff && (got == 0 || want == 0)),
+                "diff {got:#06x}, update {want:#06x}"
             );
         }
     }

@@ -136,11 +136,16 @@ pub mod xdp_counter {
     /// resolves the neighbour; XDP passes such packets as `pass_no_neigh`).
     pub const REDIRECT_NEIGH: u32 = 19;
     /// Dropped: a TCP/UDP packet to a SNAT address and a port of the SNAT
-    /// range with no reply entry (its flow is gone): passed, the stack
-    /// would see a reply it cannot translate.
+    /// range with no flow entry (its flow is gone; only with
+    /// [`crate::XDP_DROP_ORPHANS`]): passed, the stack would see a reply
+    /// it cannot translate.
     pub const DROP_ORPHAN_REPLY: u32 = 20;
+    /// Dropped (tc only): a rewrite helper failed (the skb could not be
+    /// made writable: an allocation failed), so the headers may be half
+    /// rewritten.
+    pub const DROP_REWRITE: u32 = 21;
     /// Number of counters.
-    pub const COUNT: u32 = 21;
+    pub const COUNT: u32 = 22;
     /// Counter names, by index (the `reason` label in `/metrics`).
     pub const NAMES: [&str; COUNT as usize] = [
         "redirect",
@@ -164,6 +169,7 @@ pub mod xdp_counter {
         "drop_unreachable",
         "redirect_neigh",
         "drop_orphan_reply",
+        "drop_rewrite",
     ];
 }
 

@@ -207,7 +207,9 @@ pub(crate) fn suspect_skipped<C: EbpfContext>(ctx: &C, service_id: u32, picked: 
     }
 }
 
-/// XDP dropped a packet of flow `key` (to a VIP) for the reason of
+/// The forwarder (XDP or tc; logged as `xdp dropped`) dropped a packet of
+/// flow `key` (to a VIP, or an orphaned reply to a SNAT address) for the
+/// reason of
 /// `xdp_stats` counter `counter` (one of the `DROP_*` of
 /// [`xdp_counter`]).
 #[expect(
@@ -222,15 +224,17 @@ pub(crate) fn xdp_drop<C: EbpfContext>(ctx: &C, counter: u32, key: &FlowKey) {
     // The counter's name, padded to one length: a copy into the ring must
     // have a size the verifier knows.
     let reason: &str = match counter {
-        xdp_counter::DROP_NO_BACKEND => "drop_no_backend ",
-        xdp_counter::DROP_SNAT_PORTS => "drop_snat_ports ",
-        xdp_counter::DROP_FLOW_TABLE => "drop_flow_table ",
-        _ => "drop_unreachable",
+        xdp_counter::DROP_NO_BACKEND => "drop_no_backend  ",
+        xdp_counter::DROP_SNAT_PORTS => "drop_snat_ports  ",
+        xdp_counter::DROP_FLOW_TABLE => "drop_flow_table  ",
+        xdp_counter::DROP_ORPHAN_REPLY => "drop_orphan_reply",
+        xdp_counter::DROP_REWRITE => "drop_rewrite     ",
+        _ => "drop_unreachable ",
     };
     if key.family == AF_INET {
         debug!(
             ctx,
-            "xdp dropped {:i}:{} -> VIP {:i}:{}: {}",
+            "xdp dropped {:i}:{} -> {:i}:{}: {}",
             v4(&key.src),
             key.src_port,
             v4(&key.dst),
@@ -240,7 +244,7 @@ pub(crate) fn xdp_drop<C: EbpfContext>(ctx: &C, counter: u32, key: &FlowKey) {
     } else {
         debug!(
             ctx,
-            "xdp dropped [{:i}]:{} -> VIP [{:i}]:{}: {}",
+            "xdp dropped [{:i}]:{} -> [{:i}]:{}: {}",
             key.src,
             key.src_port,
             key.dst,

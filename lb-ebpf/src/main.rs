@@ -4,14 +4,15 @@
 //! - `sock`: cgroup `sock_addr` hooks that connect a socket aimed at a
 //!   service VIP straight to the service's selected backend and show the VIP
 //!   again to getpeername/recvmsg;
-//! - `xdp`: the XDP forwarder that serves the VIPs to remote clients with
-//!   full NAT (`parse` → `nat` → `rewrite`);
+//! - `fwd`: the forwarder that serves the VIPs to remote clients with full
+//!   NAT (`parse` → `nat` → the hook's rewrite), one code for two hooks:
+//!   XDP (`fwd::xdp`) and tc ingress (`fwd::tc`);
 //! - `choice`: the backend for a new connection or flow (shared);
 //! - `dial`: kernel-observed TCP dials (the `sock_ops` program, and the
 //!   connect hooks skipping a backend that just failed one);
 //! - `ctx`: reading and writing the `sock_addr` context;
 //! - `klog`: aya-log records of rare events (refused connects, failed
-//!   dials, suspect skips, XDP drops), off unless `kernel_log` says so;
+//!   dials, suspect skips, forwarder drops), off unless `kernel_log` says so;
 //! - `maps`: every map (their shapes are declared in `lb_common::maps`).
 //!
 //! Each hook is parse → look up → rewrite; every decision (which backend) is
@@ -29,28 +30,41 @@
 mod choice;
 mod ctx;
 mod dial;
+mod fwd;
 mod klog;
 mod maps;
 mod sock;
-mod xdp;
 
 use aya_ebpf::{
-    bindings::xdp_action,
-    macros::{cgroup_sock_addr, sock_ops, xdp},
-    programs::{SockAddrContext, SockOpsContext, XdpContext},
+    bindings::{TC_ACT_OK, xdp_action},
+    macros::{cgroup_sock_addr, classifier, sock_ops, xdp},
+    programs::{SockAddrContext, SockOpsContext, TcContext, XdpContext},
 };
 use lb_common::{AF_INET, AF_INET6};
 use sock::{Call, forward, reverse};
 
 #[xdp]
 fn lb_xdp(ctx: XdpContext) -> u32 {
-    xdp::run(&ctx)
+    fwd::run(&ctx)
 }
 
 /// The baseline of `cargo xtask bench xdp`: the cheapest possible XDP program.
 #[xdp]
 fn lb_xdp_empty(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// The same forwarder at tc ingress (for devices where XDP cannot see
+/// partial checksums: veth, bridges, virtio).
+#[classifier]
+fn lb_tc(ctx: TcContext) -> i32 {
+    fwd::tc::run(&ctx)
+}
+
+/// The tc baseline of `cargo xtask bench xdp`: the cheapest tc program.
+#[classifier]
+fn lb_tc_empty(_ctx: TcContext) -> i32 {
+    TC_ACT_OK
 }
 
 #[cgroup_sock_addr(connect4)]

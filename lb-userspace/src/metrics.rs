@@ -190,6 +190,38 @@ const XDP_VERDICTS: Family<1> = Family::counter(
     ["reason"],
 );
 
+/// Only with an `xdp` block.
+const REMOTE_HOOK: Family<3> = Family::gauge(
+    "daas_lb_remote_hook",
+    "1 for the hook the forwarder for remote clients runs in on each interface: hook xdp (mode driver or skb) or tc (mode tcx or clsact).",
+    ["interface", "hook", "mode"],
+);
+
+/// Only with an `xdp` block: the flow collector's view of the flow table.
+const XDP_FLOW_ENTRIES: Family<1> = Family::gauge(
+    "daas_lb_xdp_flow_entries",
+    "Entries of the XDP flow table at the flow collector's last pass, by direction (forward: client to VIP, reply: backend to SNAT address; two per flow).",
+    ["direction"],
+);
+
+const XDP_FLOW_CAPACITY: Family<0> = Family::gauge(
+    "daas_lb_xdp_flow_capacity",
+    "Capacity of the XDP flow table (entries, two per flow; an LRU map evicts beyond it).",
+    [],
+);
+
+const XDP_FLOWS_REMOVED: Family<1> = Family::counter(
+    "daas_lb_xdp_flows_removed_total",
+    "XDP flows the flow collector removed, by reason (tcp_closed, tcp_idle, tcp_unreplied, udp_idle; orphan: one entry of the two, alone).",
+    ["reason"],
+);
+
+const XDP_FLOW_GC_SECONDS: Family<0> = Family::gauge(
+    "daas_lb_xdp_flow_gc_seconds",
+    "How long the flow collector's last pass over the flow table took.",
+    [],
+);
+
 const MAGLEV_SLOTS: Family<2> = Family::gauge(
     "daas_lb_maglev_slots",
     "Slots a server owns in its service's Maglev table (policy spread).",
@@ -605,6 +637,33 @@ pub fn render(status: &Status, counters: &Counters) -> String {
                 XDP_VERDICTS.sample([reason], float(n))
             })),
         );
+        families.push(
+            REMOTE_HOOK.with(
+                xdp.hooks
+                    .iter()
+                    .map(|hook| REMOTE_HOOK.sample([&hook.interface, &hook.hook, &hook.mode], 1.0)),
+            ),
+        );
+        let flows = &xdp.flows;
+        families.push(XDP_FLOW_ENTRIES.with([
+            XDP_FLOW_ENTRIES.sample(["forward"], float(flows.forward)),
+            XDP_FLOW_ENTRIES.sample(["reply"], float(flows.reply)),
+        ]));
+        families
+            .push(XDP_FLOW_CAPACITY.with([XDP_FLOW_CAPACITY.sample([], float(flows.capacity))]));
+        families.push(
+            XDP_FLOWS_REMOVED.with(crate::policy::flow_expiry::Reason::ALL.map(|reason| {
+                let n = flows
+                    .removed_by_reason
+                    .get(reason.as_str())
+                    .copied()
+                    .unwrap_or(0);
+                XDP_FLOWS_REMOVED.sample([reason.as_str()], float(n))
+            })),
+        );
+        families.push(
+            XDP_FLOW_GC_SECONDS.with([XDP_FLOW_GC_SECONDS.sample([], flows.last_pass_ms / 1000.0)]),
+        );
     }
     families.push(per_server(status, &MAGLEV_SLOTS, |server| {
         server.slots.map(f64::from)
@@ -823,10 +882,28 @@ mod tests {
             xdp: Some(XdpStatus {
                 interfaces: vec!["eth0".into()],
                 mode: "auto".into(),
+                hooks: vec![crate::kernel::HookInUse {
+                    interface: "eth0".into(),
+                    hook: "tc".into(),
+                    mode: "tcx".into(),
+                    why: "auto: veth -> tc".into(),
+                }],
                 snat_ports: "61000-65535".into(),
                 verdicts: [("redirect".to_owned(), 8), ("pass_ttl".to_owned(), 1)]
                     .into_iter()
                     .collect(),
+                flows: crate::api::status::XdpFlowsStatus {
+                    entries: 5,
+                    forward: 3,
+                    reply: 2,
+                    capacity: 262_144,
+                    removed_by_reason: [("orphan".to_owned(), 1), ("udp_idle".to_owned(), 7)]
+                        .into_iter()
+                        .collect(),
+                    last_pass_ms: 1.5,
+                    passes: 4,
+                },
+                hop_gen: 2,
             }),
             registry: None,
             kernel_log: crate::config::KernelLog::Off,
@@ -875,6 +952,13 @@ mod tests {
             "daas_lb_xdp_verdicts_total{reason=\"redirect\"} 8",
             "daas_lb_xdp_verdicts_total{reason=\"pass_ttl\"} 1",
             "daas_lb_xdp_verdicts_total{reason=\"drop_flow_table\"} 0",
+            "daas_lb_xdp_flow_entries{direction=\"forward\"} 3",
+            "daas_lb_xdp_flow_entries{direction=\"reply\"} 2",
+            "daas_lb_xdp_flow_capacity 262144",
+            "daas_lb_xdp_flows_removed_total{reason=\"orphan\"} 1",
+            "daas_lb_xdp_flows_removed_total{reason=\"udp_idle\"} 7",
+            "daas_lb_xdp_flows_removed_total{reason=\"tcp_idle\"} 0",
+            "daas_lb_xdp_flow_gc_seconds 0.0015",
             "# TYPE daas_lb_xdp_verdicts_total counter",
         ] {
             assert!(
@@ -894,6 +978,8 @@ mod tests {
         status.xdp = None;
         let text = render(&status, &Counters::default());
         assert!(!text.contains("daas_lb_xdp_verdicts_total"), "{text}");
+        assert!(!text.contains("daas_lb_xdp_flow_entries"), "{text}");
+        assert!(!text.contains("daas_lb_xdp_flows_removed_total"), "{text}");
         assert!(text.contains("daas_lb_xdp_drops_total{"), "{text}");
     }
 

@@ -137,15 +137,23 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         "programs attached"
     );
     if let Some(xdp) = &config.xdp {
+        let hooks: Vec<String> = report
+            .hooks
+            .iter()
+            .map(|h| format!("{}: {} {} ({})", h.interface, h.hook, h.mode, h.why))
+            .collect();
         info!(
-            interfaces = ?xdp.interfaces,
-            mode = %xdp.mode,
-            attached = ?report.xdp_attached,
-            adopted = ?report.xdp_adopted,
-            replaced = ?report.xdp_replaced,
-            detached = ?report.xdp_detached,
+            hooks = ?hooks,
+            xdp_attached = ?report.xdp.attached,
+            xdp_adopted = ?report.xdp.adopted,
+            xdp_replaced = ?report.xdp.replaced,
+            xdp_detached = ?report.xdp.detached,
+            tc_attached = ?report.tc.attached,
+            tc_adopted = ?report.tc.adopted,
+            tc_replaced = ?report.tc.replaced,
+            tc_detached = ?report.tc.detached,
             snat_ports = %xdp.snat_ports,
-            "XDP forwarding for remote clients attached"
+            "forwarding for remote clients attached"
         );
     }
     let controller = match Controller::start(config.clone(), dataplane).await {

@@ -9,8 +9,11 @@
 //!   output with it checks the kernel's incremental updates against an
 //!   independent computation.
 //! - [`XdpFixture`]: the embedded eBPF object loaded standalone (no pins,
-//!   gone when dropped), its two XDP programs loaded but not attached, and
-//!   typed handles to the maps the XDP program reads and writes.
+//!   gone when dropped), the forwarder's programs for both hooks (`lb_xdp`,
+//!   `lb_tc`) and their empty baselines loaded but not attached, and typed
+//!   handles to the maps the forwarder reads and writes. [`Hook`] says
+//!   which program [`XdpFixture::run`] runs; a tc verdict is reported as
+//!   the XDP verdict of the same meaning, so one fixture checks both hooks.
 //! - [`Network`]: veth pairs with fixed MACs, addresses and permanent
 //!   neighbours inside the calling thread's network namespace (a
 //!   [`crate::NetNs`]), so `bpf_fib_lookup` answers `SUCCESS` with known MACs
@@ -27,7 +30,7 @@ use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf, EbpfLoader, TestRunOptions,
     maps::{Array, HashMap, MapData, PerCpuArray},
-    programs::{TestRun as _, Xdp},
+    programs::{SchedClassifier, TestRun as _, Xdp},
 };
 use lb_common::{
     AF_INET, AF_INET6, Backend, BackendStats, FlowKey, FlowValue, IfAddrs, MaglevKey, PROTO_TCP,
@@ -51,6 +54,54 @@ pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
 /// `XDP_REDIRECT`.
 pub const XDP_REDIRECT: u32 = 4;
+
+/// `TC_ACT_OK`.
+pub const TC_ACT_OK: u32 = 0;
+/// `TC_ACT_SHOT`.
+pub const TC_ACT_SHOT: u32 = 2;
+/// `TC_ACT_REDIRECT`.
+pub const TC_ACT_REDIRECT: u32 = 7;
+
+/// Which of the forwarder's hooks a fixture runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// `lb_xdp`, with an `xdp_md` context.
+    Xdp,
+    /// `lb_tc`, with an `__sk_buff` context.
+    Tc,
+}
+
+impl Hook {
+    /// The program of this hook.
+    pub const fn program(self) -> &'static str {
+        match self {
+            Self::Xdp => program_names::XDP,
+            Self::Tc => program_names::TC,
+        }
+    }
+
+    /// The empty baseline program of this hook.
+    pub const fn empty_program(self) -> &'static str {
+        match self {
+            Self::Xdp => program_names::XDP_EMPTY,
+            Self::Tc => program_names::TC_EMPTY,
+        }
+    }
+}
+
+/// The XDP verdict of the same meaning as tc verdict `tc`: `TC_ACT_OK` is
+/// `XDP_PASS`, `TC_ACT_SHOT` is `XDP_DROP`, `TC_ACT_REDIRECT` is
+/// `XDP_REDIRECT` (whether it leaves by the ingress interface, `tx`, or
+/// with the kernel resolving the neighbour, `redirect_neigh`, only the
+/// `xdp_stats` counters say). Anything else is `u32::MAX` ("unknown").
+pub const fn tc_as_xdp(tc: u32) -> u32 {
+    match tc {
+        TC_ACT_OK => XDP_PASS,
+        TC_ACT_SHOT => XDP_DROP,
+        TC_ACT_REDIRECT => XDP_REDIRECT,
+        _ => u32::MAX,
+    }
+}
 
 /// The name of an XDP verdict, for messages.
 pub fn verdict_name(verdict: u32) -> &'static str {
@@ -539,7 +590,8 @@ pub fn hex_diff(actual: &[u8], expected: &[u8]) -> String {
 /// What one test run of a program returned.
 #[derive(Debug)]
 pub struct Run {
-    /// The XDP verdict.
+    /// The XDP verdict (for tc, see [`tc_as_xdp`]; [`XdpFixture::run_program`]
+    /// returns tc's own).
     pub verdict: u32,
     /// The frame as the program left it.
     pub frame: Vec<u8>,
@@ -547,11 +599,13 @@ pub struct Run {
     pub duration: Duration,
 }
 
-/// The eBPF object loaded standalone with `lb_xdp` and `lb_xdp_empty`
-/// loaded (not attached), and typed handles to the XDP program's maps.
-/// Nothing is pinned; everything is released on drop.
+/// The eBPF object loaded standalone with `lb_xdp`, `lb_xdp_empty`,
+/// `lb_tc` and `lb_tc_empty` loaded (not attached), and typed handles to
+/// the forwarder's maps. Nothing is pinned; everything is released on drop.
 pub struct XdpFixture {
     ebpf: Ebpf,
+    /// The hook [`XdpFixture::run`] runs (XDP unless changed).
+    pub hook: Hook,
     /// `services`.
     pub services: HashMap<MapData, VipKey, Service>,
     /// `backends`.
@@ -599,7 +653,17 @@ impl XdpFixture {
             load_retrying(|| program.load())
                 .with_context(|| format!("loading program {name} (verifier)"))?;
         }
+        for name in [program_names::TC, program_names::TC_EMPTY] {
+            let program: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the eBPF object"))?
+                .try_into()
+                .with_context(|| format!("program {name} is not a tc classifier"))?;
+            load_retrying(|| program.load())
+                .with_context(|| format!("loading program {name} (verifier)"))?;
+        }
         Ok(Self {
+            hook: Hook::Xdp,
             services: take(&mut ebpf, map_names::SERVICES)?,
             backends: take(&mut ebpf, map_names::BACKENDS)?,
             maglev: take(&mut ebpf, map_names::MAGLEV)?,
@@ -613,17 +677,11 @@ impl XdpFixture {
         })
     }
 
-    fn program(&self, name: &str) -> &Xdp {
-        self.ebpf
-            .program(name)
-            .and_then(|p| <&Xdp>::try_from(p).ok())
-            .unwrap_or_else(|| panic!("XDP program {name} not loaded"))
-    }
-
     /// Runs program `name` once (`repeat` times on the same buffer) on
-    /// `frame`. With `ingress_ifindex` the frame arrives on that interface
-    /// (an `xdp_md` context is passed in); without, the kernel uses the
-    /// namespace's loopback.
+    /// `frame`, with its own verdict (XDP or tc). With `ingress_ifindex`
+    /// the frame arrives on that interface (an `xdp_md` or `__sk_buff`
+    /// context is passed in); without, the kernel uses the namespace's
+    /// loopback.
     pub fn run_program(
         &self,
         name: &str,
@@ -632,25 +690,47 @@ impl XdpFixture {
         repeat: u32,
     ) -> anyhow::Result<Run> {
         let mut out = vec![0_u8; frame.len() + 256];
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
-        // rx_queue_index, egress_ifindex (all u32).
-        let ctx = ingress_ifindex.map(|ifindex| {
-            let len = u32::try_from(frame.len()).expect("frame length");
-            let mut ctx = [0_u8; 24];
-            ctx[4..8].copy_from_slice(&len.to_ne_bytes());
-            ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
-            ctx
-        });
-        let result = self
+        let program = self
+            .ebpf
             .program(name)
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: ctx.as_ref().map(<[u8; 24]>::as_slice),
-                repeat,
-                ..TestRunOptions::default()
-            })
-            .map_err(|e| anyhow!("test run of {name}: {e} ({e:?})"))?;
+            .with_context(|| format!("program {name} not loaded"))?;
+        let tc = name == program_names::TC || name == program_names::TC_EMPTY;
+        let ctx: Option<Vec<u8>> = ingress_ifindex.map(|ifindex| {
+            if tc {
+                // struct __sk_buff (192 bytes): the kernel accepts only a
+                // few fields set; ingress_ifindex at 36 and ifindex at 40
+                // (the device the skb is on) are two of them.
+                let mut ctx = vec![0_u8; 192];
+                ctx[36..40].copy_from_slice(&ifindex.to_ne_bytes());
+                ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+                ctx
+            } else {
+                // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+                // rx_queue_index, egress_ifindex (all u32).
+                let len = u32::try_from(frame.len()).expect("frame length");
+                let mut ctx = vec![0_u8; 24];
+                ctx[4..8].copy_from_slice(&len.to_ne_bytes());
+                ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+                ctx
+            }
+        });
+        let options = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: ctx.as_deref(),
+            repeat,
+            ..TestRunOptions::default()
+        };
+        let result = if tc {
+            <&SchedClassifier>::try_from(program)
+                .map_err(|e| anyhow!("{name} is not a tc classifier: {e}"))?
+                .test_run(options)
+        } else {
+            <&Xdp>::try_from(program)
+                .map_err(|e| anyhow!("{name} is not an XDP program: {e}"))?
+                .test_run(options)
+        }
+        .map_err(|e| anyhow!("test run of {name}: {e} ({e:?})"))?;
         out.truncate(result.data_size_out as usize);
         Ok(Run {
             verdict: result.return_value,
@@ -659,10 +739,17 @@ impl XdpFixture {
         })
     }
 
-    /// Runs `lb_xdp` once on `frame`, see [`XdpFixture::run_program`].
+    /// Runs the program of [`XdpFixture::hook`] once on `frame`, see
+    /// [`XdpFixture::run_program`]; a tc verdict comes back as the XDP
+    /// verdict of the same meaning ([`tc_as_xdp`]).
     pub fn run(&self, frame: &[u8], ingress_ifindex: Option<u32>) -> Run {
-        self.run_program(program_names::XDP, frame, ingress_ifindex, 1)
-            .unwrap_or_else(|e| panic!("{e:#}"))
+        let mut run = self
+            .run_program(self.hook.program(), frame, ingress_ifindex, 1)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        if self.hook == Hook::Tc {
+            run.verdict = tc_as_xdp(run.verdict);
+        }
+        run
     }
 
     /// Writes the `xdp_config` entry.
@@ -703,6 +790,31 @@ impl XdpFixture {
             Err(aya::maps::MapError::KeyNotFound) => None,
             Err(e) => panic!("flows lookup: {e}"),
         }
+    }
+
+    /// The entry for `key` with only what the packets are rewritten to and
+    /// whom they count for (its `last_seen` and cached next hop zeroed,
+    /// its flags without [`lb_common::FLOW_FIN`]/[`lb_common::FLOW_RST`]).
+    pub fn flow_rewrite(&self, key: &FlowKey) -> Option<FlowValue> {
+        self.flow(key).map(|value| FlowValue {
+            flags: value.flags & lb_common::FLOW_REPLY,
+            last_seen: 0,
+            hop_ifindex: 0,
+            hop_gen: 0,
+            hop_dmac: [0; 6],
+            hop_smac: [0; 6],
+            ..value
+        })
+    }
+
+    /// Writes the entry for `key`.
+    pub fn set_flow(&mut self, key: &FlowKey, value: FlowValue) {
+        self.flows.insert(key, value, 0).expect("insert flow");
+    }
+
+    /// Removes the entry for `key` (if any).
+    pub fn remove_flow(&mut self, key: &FlowKey) {
+        let _ = self.flows.remove(key);
     }
 
     /// Number of entries in `flows`.

@@ -17,17 +17,19 @@
 use std::net::{IpAddr, SocketAddr};
 
 use lb_common::{
-    BACKEND_DOWN, FLOW_REPLY, FlowKey, FlowValue, IF_HAS_V4, IF_HAS_V6, IfAddrs, NO_BACKEND,
-    PROTO_TCP, PROTO_UDP, SERVICE_REMOTE, SERVICE_SPREAD, SNAT_PORT_ATTEMPTS, Service, XDP_SNAT_V4,
-    XDP_SNAT_V6, XdpConfig, flow_hash, ip_to_bytes, snat_port,
+    BACKEND_DOWN, FLOW_FIN, FLOW_REPLY, FLOW_RST, FlowKey, FlowValue, IF_HAS_V4, IF_HAS_V6,
+    IfAddrs, NO_BACKEND, PROTO_TCP, PROTO_UDP, SERVICE_REMOTE, SERVICE_SPREAD, SNAT_PORT_ATTEMPTS,
+    Service, XDP_DROP_ORPHANS, XDP_SNAT_V4, XDP_SNAT_V6, XdpConfig, flow_hash, ip_to_bytes,
+    snat_port,
     xdp_counter::{self, COUNT, NAMES},
 };
 use lb_tests::{
     NetNs, privileged,
     xdp_fixture::{
-        Addrs, BACKEND_IF_MAC, BACKEND_MACS, CLIENT_IF_MAC, CLIENT_MAC, IPV4_MF, L4,
-        NEAR_CLIENT_MAC, Network, PROTO_ICMP, Packet, Run, V4, V6, XDP_DROP, XDP_PASS, XdpFixture,
-        arp_request, assert_frame_eq, backend, flow_key, tcp_flags, verdict_name, vlan_tagged,
+        Addrs, BACKEND_IF, BACKEND_IF_MAC, BACKEND_MACS, CLIENT_IF_MAC, CLIENT_MAC, Hook, IPV4_MF,
+        L4, NEAR_CLIENT_MAC, Network, PROTO_ICMP, Packet, Run, V4, V6, XDP_DROP, XDP_PASS,
+        XdpFixture, arp_request, assert_frame_eq, backend, flow_key, mac_string, tcp_flags,
+        verdict_name, vlan_tagged,
     },
 };
 
@@ -45,14 +47,21 @@ struct World {
     _netns: NetNs,
 }
 
-/// A fresh world, or `None` when privileged tests are skipped here.
+/// A fresh world running `lb_xdp`, or `None` when privileged tests are
+/// skipped here.
 fn world(test: &str) -> Option<World> {
+    world_on(test, Hook::Xdp)
+}
+
+/// A fresh world running the program of `hook`.
+fn world_on(test: &str, hook: Hook) -> Option<World> {
     if !privileged(test) {
         return None;
     }
     let netns = NetNs::new();
     let net = Network::setup();
-    let fx = XdpFixture::load().unwrap_or_else(|e| panic!("{e:#}"));
+    let mut fx = XdpFixture::load().unwrap_or_else(|e| panic!("{e:#}"));
+    fx.hook = hook;
     Some(World {
         fx,
         net,
@@ -209,7 +218,7 @@ impl World {
             .map(|attempt| snat_port(hash, attempt, PORT_MIN, PORT_MAX))
             .find(|port| {
                 let reply = flow_key(backend, SocketAddr::new(snat, *port), key.proto);
-                self.fx.flow(&reply).is_none()
+                self.fx.flow_rewrite(&reply).is_none()
             })
             .expect("a free SNAT port")
     }
@@ -256,19 +265,19 @@ impl World {
     fn expect_kept_flow(&self, what: &str, input: &Packet, index: usize, snat: SocketAddr) {
         let backend = backend_at(addrs_of(input), index);
         let reply_key = flow_key(backend, snat, input.proto());
-        let entry = self.fx.flow(&input.flow_key());
-        let reply = self.fx.flow(&reply_key);
+        let entry = self.fx.flow_rewrite(&input.flow_key());
+        let reply = self.fx.flow_rewrite(&reply_key);
         assert!(reply.is_some(), "{what}: no reply entry before");
         let flows = self.fx.service_counters(SERVICE_ID).xdp_flows;
         let expected = rewritten(input, snat, backend, BACKEND_IF_MAC, BACKEND_MACS[index]);
         self.expect_redirect(what, input, self.net.client_if, &expected);
         assert_eq!(
-            self.fx.flow(&input.flow_key()),
+            self.fx.flow_rewrite(&input.flow_key()),
             entry,
             "{what}: flow entry kept as is"
         );
         assert_eq!(
-            self.fx.flow(&reply_key),
+            self.fx.flow_rewrite(&reply_key),
             reply,
             "{what}: reply entry kept as is"
         );
@@ -293,12 +302,13 @@ impl World {
         let expected = rewritten(input, snat_addr, backend, BACKEND_IF_MAC, backend_mac);
         self.expect_redirect(what, input, self.net.client_if, &expected);
         assert_eq!(
-            self.fx.flow(&key),
+            self.fx.flow_rewrite(&key),
             Some(flow_value(snat_addr, backend, backend_id, SERVICE_ID, 0)),
             "{what}: forward flow entry"
         );
         assert_eq!(
-            self.fx.flow(&flow_key(backend, snat_addr, input.proto())),
+            self.fx
+                .flow_rewrite(&flow_key(backend, snat_addr, input.proto())),
             Some(flow_value(
                 input.destination(),
                 input.source(),
@@ -320,8 +330,10 @@ impl World {
 /// table; the backend's reply to the SNAT address:port becomes VIP →
 /// client and leaves through the client-side veth. Three `redirect`
 /// counts, one flow, packets and bytes on the service and backend.
-fn forward_round_trip(test: &str, a: &Addrs, proto: u8) {
-    let Some(mut w) = world(test) else { return };
+fn forward_round_trip(test: &str, hook: Hook, a: &Addrs, proto: u8) {
+    let Some(mut w) = world_on(test, hook) else {
+        return;
+    };
     w.configure();
     w.service(a, proto, SERVICE_REMOTE);
     let first = client_frame(a, proto);
@@ -371,25 +383,49 @@ fn forward_round_trip(test: &str, a: &Addrs, proto: u8) {
 /// TCP over IPv4: new flow, established flow, reply (see `forward_round_trip`).
 #[test]
 fn tcp4_new_established_reply() {
-    forward_round_trip("tcp4_new_established_reply", &V4, PROTO_TCP);
+    forward_round_trip("tcp4_new_established_reply", Hook::Xdp, &V4, PROTO_TCP);
+}
+
+/// TCP over IPv4 through `lb_tc`: new flow, established flow, reply.
+#[test]
+fn tc_tcp4_new_established_reply() {
+    forward_round_trip("tc_tcp4_new_established_reply", Hook::Tc, &V4, PROTO_TCP);
 }
 
 /// TCP over IPv6: new flow, established flow, reply.
 #[test]
 fn tcp6_new_established_reply() {
-    forward_round_trip("tcp6_new_established_reply", &V6, PROTO_TCP);
+    forward_round_trip("tcp6_new_established_reply", Hook::Xdp, &V6, PROTO_TCP);
+}
+
+/// TCP over IPv6 through `lb_tc`: new flow, established flow, reply.
+#[test]
+fn tc_tcp6_new_established_reply() {
+    forward_round_trip("tc_tcp6_new_established_reply", Hook::Tc, &V6, PROTO_TCP);
 }
 
 /// UDP over IPv4 (with checksum): new flow, established flow, reply.
 #[test]
 fn udp4_new_established_reply() {
-    forward_round_trip("udp4_new_established_reply", &V4, PROTO_UDP);
+    forward_round_trip("udp4_new_established_reply", Hook::Xdp, &V4, PROTO_UDP);
+}
+
+/// UDP over IPv4 through `lb_tc`: new flow, established flow, reply.
+#[test]
+fn tc_udp4_new_established_reply() {
+    forward_round_trip("tc_udp4_new_established_reply", Hook::Tc, &V4, PROTO_UDP);
 }
 
 /// UDP over IPv6: new flow, established flow, reply.
 #[test]
 fn udp6_new_established_reply() {
-    forward_round_trip("udp6_new_established_reply", &V6, PROTO_UDP);
+    forward_round_trip("udp6_new_established_reply", Hook::Xdp, &V6, PROTO_UDP);
+}
+
+/// UDP over IPv6 through `lb_tc`: new flow, established flow, reply.
+#[test]
+fn tc_udp6_new_established_reply() {
+    forward_round_trip("tc_udp6_new_established_reply", Hook::Tc, &V6, PROTO_UDP);
 }
 
 /// A client on the backend subnet: its packet arrives on the backend-side
@@ -397,7 +433,17 @@ fn udp6_new_established_reply() {
 /// `XDP_TX` (counted as `tx`), for the request and for the reply back to it.
 #[test]
 fn same_interface_is_xdp_tx() {
-    let Some(mut w) = world("same_interface_is_xdp_tx") else {
+    same_interface_is_xdp_tx_on(Hook::Xdp);
+}
+
+/// `same_interface_is_xdp_tx` through `lb_tc`.
+#[test]
+fn tc_same_interface_is_xdp_tx() {
+    same_interface_is_xdp_tx_on(Hook::Tc);
+}
+
+fn same_interface_is_xdp_tx_on(hook: Hook) {
+    let Some(mut w) = world_on("same_interface_is_xdp_tx", hook) else {
         return;
     };
     w.configure();
@@ -418,7 +464,13 @@ fn same_interface_is_xdp_tx() {
             BACKEND_MACS[0],
         );
         let (run, counted) = w.run(&input.bytes(), Some(w.net.backend_if));
-        assert_eq!(verdict_name(run.verdict), "XDP_TX", "{}: request", a.vip);
+        // tc sends it with bpf_redirect to the ingress interface's egress.
+        let tx = if hook == Hook::Xdp {
+            "XDP_TX"
+        } else {
+            "XDP_REDIRECT"
+        };
+        assert_eq!(verdict_name(run.verdict), tx, "{}: request", a.vip);
         assert_frame_eq("request via XDP_TX", &run.frame, &expected.bytes());
         assert_eq!(counted, vec![("tx", 1)]);
 
@@ -427,7 +479,7 @@ fn same_interface_is_xdp_tx() {
             .payload(b"back");
         let expected = rewritten(&reply, vip(&a), near, BACKEND_IF_MAC, NEAR_CLIENT_MAC);
         let (run, counted) = w.run(&reply.bytes(), Some(w.net.backend_if));
-        assert_eq!(verdict_name(run.verdict), "XDP_TX", "{}: reply", a.vip);
+        assert_eq!(verdict_name(run.verdict), tx, "{}: reply", a.vip);
         assert_frame_eq("reply via XDP_TX", &run.frame, &expected.bytes());
         assert_eq!(counted, vec![("tx", 1)]);
     }
@@ -438,7 +490,17 @@ fn same_interface_is_xdp_tx() {
 /// the packet is redirected there.
 #[test]
 fn loopback_ingress_redirects() {
-    let Some(mut w) = world("loopback_ingress_redirects") else {
+    loopback_ingress_redirects_on(Hook::Xdp);
+}
+
+/// `loopback_ingress_redirects` through `lb_tc`.
+#[test]
+fn tc_loopback_ingress_redirects() {
+    loopback_ingress_redirects_on(Hook::Tc);
+}
+
+fn loopback_ingress_redirects_on(hook: Hook) {
+    let Some(mut w) = world_on("loopback_ingress_redirects", hook) else {
         return;
     };
     w.configure();
@@ -466,10 +528,20 @@ fn loopback_ingress_redirects() {
 /// backend as predicted.
 #[test]
 fn spread_picks_maglev_slot() {
+    spread_picks_maglev_slot_on(Hook::Xdp);
+}
+
+/// `spread_picks_maglev_slot` through `lb_tc`.
+#[test]
+fn tc_spread_picks_maglev_slot() {
+    spread_picks_maglev_slot_on(Hook::Tc);
+}
+
+fn spread_picks_maglev_slot_on(hook: Hook) {
     const TABLE: u32 = 13;
     const MISSING_SLOT: u32 = 5;
     const EMPTY_SLOT: u32 = 9;
-    let Some(mut w) = world("spread_picks_maglev_slot") else {
+    let Some(mut w) = world_on("spread_picks_maglev_slot", hook) else {
         return;
     };
     w.configure();
@@ -551,7 +623,17 @@ fn spread_picks_maglev_slot() {
 /// port claimed), so the table still holds two entries.
 #[test]
 fn invalid_backend_rehashes_established_flow() {
-    let Some(mut w) = world("invalid_backend_rehashes_established_flow") else {
+    invalid_backend_rehashes_established_flow_on(Hook::Xdp);
+}
+
+/// `invalid_backend_rehashes_established_flow` through `lb_tc`.
+#[test]
+fn tc_invalid_backend_rehashes_established_flow() {
+    invalid_backend_rehashes_established_flow_on(Hook::Tc);
+}
+
+fn invalid_backend_rehashes_established_flow_on(hook: Hook) {
+    let Some(mut w) = world_on("invalid_backend_rehashes_established_flow", hook) else {
         return;
     };
     w.configure();
@@ -585,7 +667,7 @@ fn invalid_backend_rehashes_established_flow() {
                 "{what}: both packets counted as new flows"
             );
             assert_eq!(
-                w.fx.flow(&old_reply),
+                w.fx.flow_rewrite(&old_reply),
                 None,
                 "{}: {what}: old reply entry removed",
                 a.vip
@@ -607,7 +689,17 @@ fn invalid_backend_rehashes_established_flow() {
 /// LRU eviction the port was claimed again) is left alone.
 #[test]
 fn rehash_frees_old_reply_entry() {
-    let Some(mut w) = world("rehash_frees_old_reply_entry") else {
+    rehash_frees_old_reply_entry_on(Hook::Xdp);
+}
+
+/// `rehash_frees_old_reply_entry` through `lb_tc`.
+#[test]
+fn tc_rehash_frees_old_reply_entry() {
+    rehash_frees_old_reply_entry_on(Hook::Tc);
+}
+
+fn rehash_frees_old_reply_entry_on(hook: Hook) {
+    let Some(mut w) = world_on("rehash_frees_old_reply_entry", hook) else {
         return;
     };
     w.configure();
@@ -633,7 +725,7 @@ fn rehash_frees_old_reply_entry() {
         let port = w.expect_new_flow(&format!("{}: first", a.vip), &input, 0, snat);
         let snat_addr = SocketAddr::new(snat, port);
         let old_reply = flow_key(backend_at(&a, 0), snat_addr, proto);
-        let reply_value = w.fx.flow(&old_reply);
+        let reply_value = w.fx.flow_rewrite(&old_reply);
         w.fx.set_backend(1, backend(backend_at(&a, 0), SERVICE_ID, BACKEND_DOWN));
         w.fx.set_backend(2, backend(backend_at(&a, 0), SERVICE_ID, 0));
         select(&mut w, 2);
@@ -651,13 +743,13 @@ fn rehash_frees_old_reply_entry() {
             &expected,
         );
         assert_eq!(
-            w.fx.flow(&input.flow_key()),
+            w.fx.flow_rewrite(&input.flow_key()),
             Some(flow_value(snat_addr, backend_at(&a, 0), 2, SERVICE_ID, 0)),
             "{}: forward entry on slot 2, same SNAT port",
             a.vip
         );
         assert_eq!(
-            w.fx.flow(&old_reply),
+            w.fx.flow_rewrite(&old_reply),
             reply_value.map(|r| FlowValue { backend_id: 2, ..r }),
             "{}: reply entry rewritten for slot 2",
             a.vip
@@ -669,7 +761,7 @@ fn rehash_frees_old_reply_entry() {
         w.service(&a, proto, SERVICE_REMOTE);
         let port = w.expect_new_flow(&format!("{}: second", a.vip), &input, 0, snat);
         let old_reply = flow_key(backend_at(&a, 0), SocketAddr::new(snat, port), proto);
-        let other = w.fx.flow(&old_reply).map(|r| FlowValue {
+        let other = w.fx.flow_rewrite(&old_reply).map(|r| FlowValue {
             dst_port: r.dst_port + 1,
             ..r
         });
@@ -680,7 +772,7 @@ fn rehash_frees_old_reply_entry() {
         select(&mut w, 2);
         w.expect_new_flow(&format!("{}: re-hashed", a.vip), &input, 1, snat);
         assert_eq!(
-            w.fx.flow(&old_reply),
+            w.fx.flow_rewrite(&old_reply),
             other,
             "{}: another flow's reply entry kept",
             a.vip
@@ -695,7 +787,17 @@ fn rehash_frees_old_reply_entry() {
 /// takes new flows.
 #[test]
 fn down_backend_still_selected_keeps_flows() {
-    let Some(mut w) = world("down_backend_still_selected_keeps_flows") else {
+    down_backend_still_selected_keeps_flows_on(Hook::Xdp);
+}
+
+/// `down_backend_still_selected_keeps_flows` through `lb_tc`.
+#[test]
+fn tc_down_backend_still_selected_keeps_flows() {
+    down_backend_still_selected_keeps_flows_on(Hook::Tc);
+}
+
+fn down_backend_still_selected_keeps_flows_on(hook: Hook) {
+    let Some(mut w) = world_on("down_backend_still_selected_keeps_flows", hook) else {
         return;
     };
     w.configure();
@@ -729,8 +831,18 @@ fn down_backend_still_selected_keeps_flows() {
 /// still in the table.
 #[test]
 fn drained_backend_keeps_its_flows() {
+    drained_backend_keeps_its_flows_on(Hook::Xdp);
+}
+
+/// `drained_backend_keeps_its_flows` through `lb_tc`.
+#[test]
+fn tc_drained_backend_keeps_its_flows() {
+    drained_backend_keeps_its_flows_on(Hook::Tc);
+}
+
+fn drained_backend_keeps_its_flows_on(hook: Hook) {
     const TABLE: u32 = 7;
-    let Some(mut w) = world("drained_backend_keeps_its_flows") else {
+    let Some(mut w) = world_on("drained_backend_keeps_its_flows", hook) else {
         return;
     };
     w.configure();
@@ -781,7 +893,17 @@ fn drained_backend_keeps_its_flows() {
 /// still 0, both ways.
 #[test]
 fn udp4_zero_checksum_stays_zero() {
-    let Some(mut w) = world("udp4_zero_checksum_stays_zero") else {
+    udp4_zero_checksum_stays_zero_on(Hook::Xdp);
+}
+
+/// `udp4_zero_checksum_stays_zero` through `lb_tc`.
+#[test]
+fn tc_udp4_zero_checksum_stays_zero() {
+    udp4_zero_checksum_stays_zero_on(Hook::Tc);
+}
+
+fn udp4_zero_checksum_stays_zero_on(hook: Hook) {
+    let Some(mut w) = world_on("udp4_zero_checksum_stays_zero", hook) else {
         return;
     };
     w.configure();
@@ -810,7 +932,17 @@ fn udp4_zero_checksum_stays_zero() {
 /// rewritten packet's one's-complement sum is exactly 0xffff.
 #[test]
 fn udp_checksum_computing_to_zero_is_ffff() {
-    let Some(mut w) = world("udp_checksum_computing_to_zero_is_ffff") else {
+    udp_checksum_computing_to_zero_is_ffff_on(Hook::Xdp);
+}
+
+/// `udp_checksum_computing_to_zero_is_ffff` through `lb_tc`.
+#[test]
+fn tc_udp_checksum_computing_to_zero_is_ffff() {
+    udp_checksum_computing_to_zero_is_ffff_on(Hook::Tc);
+}
+
+fn udp_checksum_computing_to_zero_is_ffff_on(hook: Hook) {
+    let Some(mut w) = world_on("udp_checksum_computing_to_zero_is_ffff", hook) else {
         return;
     };
     w.configure();
@@ -857,7 +989,17 @@ fn udp_checksum_computing_to_zero_is_ffff() {
 /// (which drops it), counted `pass_udp6_zero_csum`, no flow.
 #[test]
 fn udp6_zero_checksum_passes() {
-    let Some(mut w) = world("udp6_zero_checksum_passes") else {
+    udp6_zero_checksum_passes_on(Hook::Xdp);
+}
+
+/// `udp6_zero_checksum_passes` through `lb_tc`.
+#[test]
+fn tc_udp6_zero_checksum_passes() {
+    udp6_zero_checksum_passes_on(Hook::Tc);
+}
+
+fn udp6_zero_checksum_passes_on(hook: Hook) {
+    let Some(mut w) = world_on("udp6_zero_checksum_passes", hook) else {
         return;
     };
     w.configure();
@@ -878,7 +1020,17 @@ fn udp6_zero_checksum_passes() {
 /// address of the packet's family passes it (`pass_no_snat_addr`).
 #[test]
 fn snat_from_if_addrs() {
-    let Some(mut w) = world("snat_from_if_addrs") else {
+    snat_from_if_addrs_on(Hook::Xdp);
+}
+
+/// `snat_from_if_addrs` through `lb_tc`.
+#[test]
+fn tc_snat_from_if_addrs() {
+    snat_from_if_addrs_on(Hook::Tc);
+}
+
+fn snat_from_if_addrs_on(hook: Hook) {
+    let Some(mut w) = world_on("snat_from_if_addrs", hook) else {
         return;
     };
     w.fx.configure(XdpConfig {
@@ -953,7 +1105,17 @@ fn no_neighbour_passes() {
 /// service's `xdp_drop_unreachable`), frame untouched, nothing stored.
 #[test]
 fn blackholed_backend_drops() {
-    let Some(mut w) = world("blackholed_backend_drops") else {
+    blackholed_backend_drops_on(Hook::Xdp);
+}
+
+/// `blackholed_backend_drops` through `lb_tc`.
+#[test]
+fn tc_blackholed_backend_drops() {
+    blackholed_backend_drops_on(Hook::Tc);
+}
+
+fn blackholed_backend_drops_on(hook: Hook) {
+    let Some(mut w) = world_on("blackholed_backend_drops", hook) else {
         return;
     };
     w.configure();
@@ -977,7 +1139,17 @@ fn blackholed_backend_drops() {
 /// stack sends the ICMP error), before anything is stored.
 #[test]
 fn ttl_one_passes() {
-    let Some(mut w) = world("ttl_one_passes") else {
+    ttl_one_passes_on(Hook::Xdp);
+}
+
+/// `ttl_one_passes` through `lb_tc`.
+#[test]
+fn tc_ttl_one_passes() {
+    ttl_one_passes_on(Hook::Tc);
+}
+
+fn ttl_one_passes_on(hook: Hook) {
+    let Some(mut w) = world_on("ttl_one_passes", hook) else {
         return;
     };
     w.configure();
@@ -996,7 +1168,17 @@ fn ttl_one_passes() {
 /// and the service's `xdp_drop_no_backend`), frame untouched, nothing stored.
 #[test]
 fn no_backend_drops() {
-    let Some(mut w) = world("no_backend_drops") else {
+    no_backend_drops_on(Hook::Xdp);
+}
+
+/// `no_backend_drops` through `lb_tc`.
+#[test]
+fn tc_no_backend_drops() {
+    no_backend_drops_on(Hook::Tc);
+}
+
+fn no_backend_drops_on(hook: Hook) {
+    let Some(mut w) = world_on("no_backend_drops", hook) else {
         return;
     };
     w.configure();
@@ -1043,10 +1225,21 @@ fn no_backend_drops() {
 /// header only, IPv4/IPv6 header cut, IPv4 IHL < 5, IPv4 total length
 /// beyond the frame, TCP header < 20 and UDP header < 8 bytes with the IP
 /// length matching. Frames shorter than an Ethernet header never reach the
-/// program: the kernel's test run refuses them (as drivers never deliver them).
+/// program: the kernel's test run refuses them (as drivers never deliver them);
+/// for tc it also refuses frames whose IP header is cut.
 #[test]
 fn truncated_frames_pass() {
-    let Some(mut w) = world("truncated_frames_pass") else {
+    truncated_frames_pass_on(Hook::Xdp);
+}
+
+/// `truncated_frames_pass` through `lb_tc`.
+#[test]
+fn tc_truncated_frames_pass() {
+    truncated_frames_pass_on(Hook::Tc);
+}
+
+fn truncated_frames_pass_on(hook: Hook) {
+    let Some(mut w) = world_on("truncated_frames_pass", hook) else {
         return;
     };
     w.configure();
@@ -1056,19 +1249,28 @@ fn truncated_frames_pass() {
     let v4 = client_frame(&V4, PROTO_TCP).bytes();
     let v6 = client_frame(&V6, PROTO_TCP).bytes();
     assert!(
-        w.fx.run_program(
-            lb_common::program_names::XDP,
-            &v4[..13],
-            Some(w.net.client_if),
-            1
-        )
-        .is_err(),
+        w.fx.run_program(hook.program(), &v4[..13], Some(w.net.client_if), 1)
+            .is_err(),
         "a 13-byte frame should be refused by BPF_PROG_TEST_RUN"
     );
-    w.assert_pass("ethernet header only (IPv4)", &v4[..14], counter);
-    w.assert_pass("ethernet header only (IPv6)", &v6[..14], counter);
-    w.assert_pass("IPv4 header cut at 19 bytes", &v4[..14 + 19], counter);
-    w.assert_pass("IPv6 header cut at 39 bytes", &v6[..14 + 39], counter);
+    // An skb test run refuses a frame whose IP header is cut (the kernel
+    // checks it while building the skb), so for tc those cases must be
+    // refused; every other case must be passed.
+    let cut = |what: &str, frame: &[u8]| {
+        if hook == Hook::Xdp {
+            w.assert_pass(what, frame, counter);
+        } else {
+            assert!(
+                w.fx.run_program(hook.program(), frame, Some(w.net.client_if), 1)
+                    .is_err(),
+                "{what}: should be refused by BPF_PROG_TEST_RUN for tc"
+            );
+        }
+    };
+    cut("ethernet header only (IPv4)", &v4[..14]);
+    cut("ethernet header only (IPv6)", &v6[..14]);
+    cut("IPv4 header cut at 19 bytes", &v4[..14 + 19]);
+    cut("IPv6 header cut at 39 bytes", &v6[..14 + 39]);
     w.assert_pass(
         "IPv4 total length beyond the frame",
         &v4[..v4.len() - 1],
@@ -1100,7 +1302,17 @@ fn truncated_frames_pass() {
 /// IPv4 with options (IHL 6) to the VIP: passed unchanged (`pass_ip_options`).
 #[test]
 fn ipv4_options_pass() {
-    let Some(mut w) = world("ipv4_options_pass") else {
+    ipv4_options_pass_on(Hook::Xdp);
+}
+
+/// `ipv4_options_pass` through `lb_tc`.
+#[test]
+fn tc_ipv4_options_pass() {
+    ipv4_options_pass_on(Hook::Tc);
+}
+
+fn ipv4_options_pass_on(hook: Hook) {
+    let Some(mut w) = world_on("ipv4_options_pass", hook) else {
         return;
     };
     w.configure();
@@ -1115,7 +1327,17 @@ fn ipv4_options_pass() {
 /// (`pass_fragment`).
 #[test]
 fn ipv4_fragments_pass() {
-    let Some(mut w) = world("ipv4_fragments_pass") else {
+    ipv4_fragments_pass_on(Hook::Xdp);
+}
+
+/// `ipv4_fragments_pass` through `lb_tc`.
+#[test]
+fn tc_ipv4_fragments_pass() {
+    ipv4_fragments_pass_on(Hook::Tc);
+}
+
+fn ipv4_fragments_pass_on(hook: Hook) {
+    let Some(mut w) = world_on("ipv4_fragments_pass", hook) else {
         return;
     };
     w.configure();
@@ -1136,7 +1358,17 @@ fn ipv4_fragments_pass() {
 /// unchanged (`pass_ipv6_ext`).
 #[test]
 fn ipv6_extension_header_passes() {
-    let Some(mut w) = world("ipv6_extension_header_passes") else {
+    ipv6_extension_header_passes_on(Hook::Xdp);
+}
+
+/// `ipv6_extension_header_passes` through `lb_tc`.
+#[test]
+fn tc_ipv6_extension_header_passes() {
+    ipv6_extension_header_passes_on(Hook::Tc);
+}
+
+fn ipv6_extension_header_passes_on(hook: Hook) {
+    let Some(mut w) = world_on("ipv6_extension_header_passes", hook) else {
         return;
     };
     w.configure();
@@ -1161,7 +1393,17 @@ fn ipv6_extension_header_passes() {
 /// port no flow uses; all passed unchanged (`pass_not_vip`).
 #[test]
 fn non_vip_passes() {
-    let Some(mut w) = world("non_vip_passes") else {
+    non_vip_passes_on(Hook::Xdp);
+}
+
+/// `non_vip_passes` through `lb_tc`.
+#[test]
+fn tc_non_vip_passes() {
+    non_vip_passes_on(Hook::Tc);
+}
+
+fn non_vip_passes_on(hook: Hook) {
+    let Some(mut w) = world_on("non_vip_passes", hook) else {
         return;
     };
     w.configure();
@@ -1200,7 +1442,17 @@ fn non_vip_passes() {
 /// packets from the wire are passed unchanged (`pass_not_vip`).
 #[test]
 fn service_without_remote_passes() {
-    let Some(mut w) = world("service_without_remote_passes") else {
+    service_without_remote_passes_on(Hook::Xdp);
+}
+
+/// `service_without_remote_passes` through `lb_tc`.
+#[test]
+fn tc_service_without_remote_passes() {
+    service_without_remote_passes_on(Hook::Tc);
+}
+
+fn service_without_remote_passes_on(hook: Hook) {
+    let Some(mut w) = world_on("service_without_remote_passes", hook) else {
         return;
     };
     w.configure();
@@ -1225,7 +1477,17 @@ fn service_without_remote_passes() {
 /// passed unchanged (`pass_not_tcp_udp`).
 #[test]
 fn icmp_to_vip_passes() {
-    let Some(mut w) = world("icmp_to_vip_passes") else {
+    icmp_to_vip_passes_on(Hook::Xdp);
+}
+
+/// `icmp_to_vip_passes` through `lb_tc`.
+#[test]
+fn tc_icmp_to_vip_passes() {
+    icmp_to_vip_passes_on(Hook::Tc);
+}
+
+fn icmp_to_vip_passes_on(hook: Hook) {
+    let Some(mut w) = world_on("icmp_to_vip_passes", hook) else {
         return;
     };
     w.configure();
@@ -1257,7 +1519,17 @@ fn icmp_to_vip_passes() {
 /// VIP are passed unchanged (`pass_not_ip`).
 #[test]
 fn arp_and_vlan_pass() {
-    let Some(mut w) = world("arp_and_vlan_pass") else {
+    arp_and_vlan_pass_on(Hook::Xdp);
+}
+
+/// `arp_and_vlan_pass` through `lb_tc`.
+#[test]
+fn tc_arp_and_vlan_pass() {
+    arp_and_vlan_pass_on(Hook::Tc);
+}
+
+fn arp_and_vlan_pass_on(hook: Hook) {
+    let Some(mut w) = world_on("arp_and_vlan_pass", hook) else {
         return;
     };
     w.configure();
@@ -1278,7 +1550,17 @@ fn arp_and_vlan_pass() {
 /// passed unchanged (`pass_not_vip`), even to a configured remote service.
 #[test]
 fn unconfigured_passes_everything() {
-    let Some(mut w) = world("unconfigured_passes_everything") else {
+    unconfigured_passes_everything_on(Hook::Xdp);
+}
+
+/// `unconfigured_passes_everything` through `lb_tc`.
+#[test]
+fn tc_unconfigured_passes_everything() {
+    unconfigured_passes_everything_on(Hook::Tc);
+}
+
+fn unconfigured_passes_everything_on(hook: Hook) {
+    let Some(mut w) = world_on("unconfigured_passes_everything", hook) else {
         return;
     };
     for (a, proto) in [(V4, PROTO_TCP), (V6, PROTO_UDP)] {
@@ -1339,4 +1621,616 @@ fn builder_checksums_verify() {
     let frame = known.bytes();
     assert_eq!(frame[14..18], [0x45, 0x00, 0x00, 0x73]);
     assert_eq!(frame[24..26], [0xb8, 0x61], "IPv4 header checksum");
+}
+
+/// The kernel's coarse monotonic clock (`bpf_ktime_get_coarse_ns`'s clock).
+fn coarse_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec the call fills in.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &raw mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC_COARSE)");
+    u64::try_from(ts.tv_sec).expect("seconds") * 1_000_000_000
+        + u64::try_from(ts.tv_nsec).expect("nanoseconds")
+}
+
+impl World {
+    /// Sets `xdp_config`'s flags (besides the SNAT flags of
+    /// [`World::configure`]) and next-hop generation.
+    fn reconfigure(&mut self, extra_flags: u32, hop_gen: u32) {
+        self.configure();
+        let mut config = self.fx.xdp_config.get(&0, 0).expect("read xdp_config");
+        config.flags |= extra_flags;
+        config.hop_gen = hop_gen;
+        self.fx.configure(config);
+    }
+
+    /// The whole `flows` entry of `key` (it must exist).
+    fn entry(&self, what: &str, key: &FlowKey) -> FlowValue {
+        self.fx
+            .flow(key)
+            .unwrap_or_else(|| panic!("{what}: no flows entry"))
+    }
+}
+
+/// A TCP packet of `input`'s flow with `flags`.
+fn with_tcp_flags(input: &Packet, flags: u8) -> Packet {
+    let mut out = input.clone();
+    if let L4::Tcp { flags: f, .. } = &mut out.l4 {
+        *f = flags;
+    }
+    out
+}
+
+fn tcp_lifecycle_on(hook: Hook) {
+    let Some(mut w) = world_on("tcp_fin_rst_bits_and_syn_clears", hook) else {
+        return;
+    };
+    w.configure();
+    for a in [V4, V6] {
+        w.fx.clear_flows();
+        w.service(&a, PROTO_TCP, SERVICE_REMOTE);
+        let input = client_frame(&a, PROTO_TCP);
+        let snat = a.node_backend_side;
+        let port = w.expect_new_flow(&format!("{}: new", a.vip), &input, 0, snat);
+        let key = input.flow_key();
+        let snat_addr = SocketAddr::new(snat, port);
+        let reply_key = flow_key(backend_at(&a, 0), snat_addr, PROTO_TCP);
+        let flags = |w: &World, k: &FlowKey| w.entry("flags", k).flags;
+        assert_eq!(flags(&w, &key), 0, "{}: new forward entry", a.vip);
+        assert_eq!(flags(&w, &reply_key), FLOW_REPLY, "{}: new reply", a.vip);
+
+        // FIN from the client: the forward entry only.
+        let fin = with_tcp_flags(&input, tcp_flags::FIN | tcp_flags::ACK);
+        let expected = rewritten(
+            &fin,
+            snat_addr,
+            backend_at(&a, 0),
+            BACKEND_IF_MAC,
+            BACKEND_MACS[0],
+        );
+        w.expect_redirect("client FIN", &fin, w.net.client_if, &expected);
+        assert_eq!(flags(&w, &key), FLOW_FIN, "{}: forward after FIN", a.vip);
+        assert_eq!(
+            flags(&w, &reply_key),
+            FLOW_REPLY,
+            "{}: reply after client FIN",
+            a.vip
+        );
+
+        // RST from the backend: the reply entry only.
+        let rst = Packet::tcp(backend_at(&a, 0), snat_addr).macs(BACKEND_MACS[0], BACKEND_IF_MAC);
+        let rst = with_tcp_flags(&rst, TCP_RST);
+        let expected = rewritten(&rst, vip(&a), client(&a), CLIENT_IF_MAC, CLIENT_MAC);
+        w.expect_redirect("backend RST", &rst, w.net.backend_if, &expected);
+        assert_eq!(
+            flags(&w, &reply_key),
+            FLOW_REPLY | FLOW_RST,
+            "{}: reply after RST",
+            a.vip
+        );
+        assert_eq!(flags(&w, &key), FLOW_FIN, "{}: forward after RST", a.vip);
+
+        // The client reuses the port: its SYN clears the forward entry's
+        // bits, the backend's SYN+ACK the reply entry's.
+        let syn = with_tcp_flags(&input, tcp_flags::SYN);
+        let expected = rewritten(
+            &syn,
+            snat_addr,
+            backend_at(&a, 0),
+            BACKEND_IF_MAC,
+            BACKEND_MACS[0],
+        );
+        w.expect_redirect("client SYN", &syn, w.net.client_if, &expected);
+        assert_eq!(flags(&w, &key), 0, "{}: forward after SYN", a.vip);
+        assert_eq!(
+            flags(&w, &reply_key),
+            FLOW_REPLY | FLOW_RST,
+            "{}: reply after client SYN",
+            a.vip
+        );
+        let syn_ack = with_tcp_flags(&rst, tcp_flags::SYN | tcp_flags::ACK);
+        let expected = rewritten(&syn_ack, vip(&a), client(&a), CLIENT_IF_MAC, CLIENT_MAC);
+        w.expect_redirect("backend SYN+ACK", &syn_ack, w.net.backend_if, &expected);
+        assert_eq!(
+            flags(&w, &reply_key),
+            FLOW_REPLY,
+            "{}: reply after SYN+ACK",
+            a.vip
+        );
+    }
+}
+
+/// TCP RST flag bit.
+const TCP_RST: u8 = 0x04;
+
+/// FIN and RST set `FLOW_FIN`/`FLOW_RST` on the entry of the direction
+/// they went (and only there); a client SYN (no ACK) clears the forward
+/// entry's bits, a backend SYN+ACK the reply entry's (a reused port).
+#[test]
+fn tcp_fin_rst_bits_and_syn_clears() {
+    tcp_lifecycle_on(Hook::Xdp);
+}
+
+/// `tcp_fin_rst_bits_and_syn_clears` through `lb_tc`.
+#[test]
+fn tc_tcp_fin_rst_bits_and_syn_clears() {
+    tcp_lifecycle_on(Hook::Tc);
+}
+
+fn last_seen_on(hook: Hook) {
+    let Some(mut w) = world_on("last_seen_refresh_and_reply_recreated", hook) else {
+        return;
+    };
+    w.configure();
+    for (a, proto) in [(V4, PROTO_UDP), (V6, PROTO_TCP)] {
+        w.fx.clear_flows();
+        w.service(&a, proto, SERVICE_REMOTE);
+        let input = client_frame(&a, proto);
+        let snat = a.node_backend_side;
+        let before = coarse_now_ns();
+        let port = w.expect_new_flow(&format!("{}: new", a.vip), &input, 0, snat);
+        let after = coarse_now_ns();
+        let key = input.flow_key();
+        let snat_addr = SocketAddr::new(snat, port);
+        let reply_key = flow_key(backend_at(&a, 0), snat_addr, proto);
+        for (what, k) in [("forward", &key), ("reply", &reply_key)] {
+            let seen = w.entry(what, k).last_seen;
+            assert!(
+                (before..=after).contains(&seen),
+                "{}: {what} last_seen {seen} not within {before}..={after}",
+                a.vip
+            );
+        }
+        let expected = rewritten(
+            &input,
+            snat_addr,
+            backend_at(&a, 0),
+            BACKEND_IF_MAC,
+            BACKEND_MACS[0],
+        );
+
+        // Seen half a second ago: not rewritten (FLOW_TOUCH_NS is 1 s).
+        let recent = coarse_now_ns() - 500_000_000;
+        let entry = w.entry("forward", &key);
+        w.fx.set_flow(
+            &key,
+            FlowValue {
+                last_seen: recent,
+                ..entry
+            },
+        );
+        w.expect_redirect("recent", &input, w.net.client_if, &expected);
+        assert_eq!(
+            w.entry("forward", &key).last_seen,
+            recent,
+            "{}: recent entry untouched",
+            a.vip
+        );
+
+        // Seen 2 s ago, and its reply entry evicted: last_seen refreshed
+        // and the reply entry re-created as it was.
+        let reply = w.fx.flow_rewrite(&reply_key);
+        w.fx.remove_flow(&reply_key);
+        let old = coarse_now_ns() - 2_000_000_000;
+        w.fx.set_flow(
+            &key,
+            FlowValue {
+                last_seen: old,
+                ..entry
+            },
+        );
+        let before = coarse_now_ns();
+        w.expect_redirect("stale", &input, w.net.client_if, &expected);
+        let seen = w.entry("forward", &key).last_seen;
+        assert!(
+            seen >= before,
+            "{}: last_seen {seen} refreshed (>= {before})",
+            a.vip
+        );
+        assert_eq!(
+            w.fx.flow_rewrite(&reply_key),
+            reply,
+            "{}: reply entry re-created",
+            a.vip
+        );
+        assert!(
+            w.entry("reply", &reply_key).last_seen >= before,
+            "{}: re-created reply seen now",
+            a.vip
+        );
+
+        // The backend's reply goes through again.
+        let back =
+            packet(proto, backend_at(&a, 0), snat_addr).macs(BACKEND_MACS[0], BACKEND_IF_MAC);
+        let expected = rewritten(&back, vip(&a), client(&a), CLIENT_IF_MAC, CLIENT_MAC);
+        w.expect_redirect(
+            "reply after re-creation",
+            &back,
+            w.net.backend_if,
+            &expected,
+        );
+        assert_eq!(w.fx.flow_count(), 2, "{}: two entries", a.vip);
+    }
+}
+
+/// `last_seen` is the coarse monotonic time of the entry's last packet,
+/// rewritten only when older than `FLOW_TOUCH_NS`; a forward packet that
+/// refreshes it also re-creates a reply entry the LRU evicted.
+#[test]
+fn last_seen_refresh_and_reply_recreated() {
+    last_seen_on(Hook::Xdp);
+}
+
+/// `last_seen_refresh_and_reply_recreated` through `lb_tc`.
+#[test]
+fn tc_last_seen_refresh_and_reply_recreated() {
+    last_seen_on(Hook::Tc);
+}
+
+fn evicted_forward_on(hook: Hook) {
+    let Some(mut w) = world_on("evicted_forward_entry_reuses_its_snat_port", hook) else {
+        return;
+    };
+    w.configure();
+    for (a, proto) in [(V4, PROTO_TCP), (V6, PROTO_UDP)] {
+        w.fx.clear_flows();
+        w.service(&a, proto, SERVICE_REMOTE);
+        let input = client_frame(&a, proto);
+        let snat = a.node_backend_side;
+        let port = w.expect_new_flow(&format!("{}: new", a.vip), &input, 0, snat);
+        let snat_addr = SocketAddr::new(snat, port);
+        let flows = w.fx.service_counters(SERVICE_ID).xdp_flows;
+        w.fx.remove_flow(&input.flow_key());
+        let expected = rewritten(
+            &input,
+            snat_addr,
+            backend_at(&a, 0),
+            BACKEND_IF_MAC,
+            BACKEND_MACS[0],
+        );
+        w.expect_redirect("forward entry evicted", &input, w.net.client_if, &expected);
+        assert_eq!(
+            w.fx.flow_rewrite(&input.flow_key()),
+            Some(flow_value(snat_addr, backend_at(&a, 0), 1, SERVICE_ID, 0)),
+            "{}: forward entry back on the same SNAT port",
+            a.vip
+        );
+        assert_eq!(w.fx.flow_count(), 2, "{}: two entries", a.vip);
+        assert_eq!(
+            w.fx.service_counters(SERVICE_ID).xdp_flows,
+            flows + 1,
+            "{}: a new flow",
+            a.vip
+        );
+    }
+}
+
+/// A new flow whose forward entry the LRU evicted while its reply entry
+/// stayed takes the same SNAT port again (the reply entry translates for
+/// this very client), instead of claiming a second port.
+#[test]
+fn evicted_forward_entry_reuses_its_snat_port() {
+    evicted_forward_on(Hook::Xdp);
+}
+
+/// `evicted_forward_entry_reuses_its_snat_port` through `lb_tc`.
+#[test]
+fn tc_evicted_forward_entry_reuses_its_snat_port() {
+    evicted_forward_on(Hook::Tc);
+}
+
+fn orphans_on(hook: Hook) {
+    let Some(mut w) = world_on("orphan_replies_dropped_only_with_the_flag", hook) else {
+        return;
+    };
+    for a in [V4, V6] {
+        w.configure();
+        w.service(&a, PROTO_TCP, SERVICE_REMOTE);
+        let to = |addr: IpAddr, port: u16| {
+            Packet::tcp(backend_at(&a, 0), SocketAddr::new(addr, port))
+                .macs(BACKEND_MACS[0], BACKEND_IF_MAC)
+                .bytes()
+        };
+        let snat = a.node_backend_side;
+        let in_range = to(snat, PORT_MIN + 7);
+        let ingress = w.net.backend_if;
+        let untouched = |w: &World, what: &str, frame: &[u8], verdict: u32, counter: u32| {
+            let (run, moved) = w.run(frame, Some(ingress));
+            assert_eq!(
+                verdict_name(run.verdict),
+                verdict_name(verdict),
+                "{}: {what}: verdict",
+                a.vip
+            );
+            assert_frame_eq(what, &run.frame, frame);
+            assert_eq!(
+                moved,
+                vec![(NAMES[counter as usize], 1)],
+                "{}: {what}: xdp_stats",
+                a.vip
+            );
+        };
+        untouched(
+            &w,
+            "no flag",
+            &in_range,
+            XDP_PASS,
+            xdp_counter::PASS_NOT_VIP,
+        );
+        w.reconfigure(XDP_DROP_ORPHANS, 0);
+        untouched(
+            &w,
+            "orphan",
+            &in_range,
+            XDP_DROP,
+            xdp_counter::DROP_ORPHAN_REPLY,
+        );
+        untouched(
+            &w,
+            "port below the range",
+            &to(snat, PORT_MIN - 1),
+            XDP_PASS,
+            xdp_counter::PASS_NOT_VIP,
+        );
+        untouched(
+            &w,
+            "port above the range",
+            &to(snat, PORT_MAX + 1),
+            XDP_PASS,
+            xdp_counter::PASS_NOT_VIP,
+        );
+        untouched(
+            &w,
+            "another address",
+            &to(a.node_backend_side2, PORT_MIN),
+            XDP_PASS,
+            xdp_counter::PASS_NOT_VIP,
+        );
+
+        // Without a configured SNAT address, the ingress interface's.
+        let mut config = w.fx.xdp_config.get(&0, 0).expect("read xdp_config");
+        config.flags &= !(XDP_SNAT_V4 | XDP_SNAT_V6);
+        w.fx.configure(config);
+        let (v4, _) = ip_to_bytes(V4.node_backend_side2);
+        let (v6, _) = ip_to_bytes(V6.node_backend_side2);
+        w.fx.set_if_addrs(
+            ingress,
+            IfAddrs {
+                v4,
+                v6,
+                flags: IF_HAS_V4 | IF_HAS_V6,
+                pad: 0,
+            },
+        );
+        untouched(
+            &w,
+            "orphan to if_addrs",
+            &to(a.node_backend_side2, PORT_MAX),
+            XDP_DROP,
+            xdp_counter::DROP_ORPHAN_REPLY,
+        );
+        untouched(
+            &w,
+            "configured address no longer SNAT",
+            &in_range,
+            XDP_PASS,
+            xdp_counter::PASS_NOT_VIP,
+        );
+        assert_eq!(w.fx.flow_count(), 0, "{}: nothing stored", a.vip);
+        w.fx.if_addrs.remove(&ingress).expect("remove if_addrs");
+    }
+}
+
+/// With `XDP_DROP_ORPHANS`, a packet without flow entry to the SNAT
+/// address (configured, else the ingress interface's `if_addrs`) and a
+/// port of the SNAT range is dropped (`drop_orphan_reply`); without the
+/// flag, or to another port or address, it is passed (`pass_not_vip`).
+#[test]
+fn orphan_replies_dropped_only_with_the_flag() {
+    orphans_on(Hook::Xdp);
+}
+
+/// `orphan_replies_dropped_only_with_the_flag` through `lb_tc`.
+#[test]
+fn tc_orphan_replies_dropped_only_with_the_flag() {
+    orphans_on(Hook::Tc);
+}
+
+fn hop_cache_on(hook: Hook) {
+    let Some(mut w) = world_on("cached_next_hop_until_the_generation_changes", hook) else {
+        return;
+    };
+    for a in [V4, V6] {
+        w.reconfigure(0, 41);
+        w.fx.clear_flows();
+        w.service(&a, PROTO_TCP, SERVICE_REMOTE);
+        let input = client_frame(&a, PROTO_TCP);
+        let snat = a.node_backend_side;
+        let port = w.expect_new_flow(&format!("{}: new", a.vip), &input, 0, snat);
+        let snat_addr = SocketAddr::new(snat, port);
+        let key = input.flow_key();
+        let entry = w.entry("forward", &key);
+        assert_eq!(
+            (
+                entry.hop_ifindex,
+                entry.hop_gen,
+                entry.hop_dmac,
+                entry.hop_smac
+            ),
+            (w.net.backend_if, 41, BACKEND_MACS[0], BACKEND_IF_MAC),
+            "{}: next hop cached with the flow",
+            a.vip
+        );
+
+        // The neighbour changes its MAC: the cache still sends to the old one.
+        let moved_mac = [0x02, 0, 0, 0, 0xee, 0x01];
+        let family = if a.client.is_ipv4() { "-4" } else { "-6" };
+        lb_tests::sh(
+            "ip",
+            &[
+                family,
+                "neigh",
+                "replace",
+                &a.backends[0].to_string(),
+                "lladdr",
+                &mac_string(moved_mac),
+                "nud",
+                "permanent",
+                "dev",
+                BACKEND_IF,
+            ],
+        );
+        let old = rewritten(
+            &input,
+            snat_addr,
+            backend_at(&a, 0),
+            BACKEND_IF_MAC,
+            BACKEND_MACS[0],
+        );
+        w.expect_redirect("cached", &input, w.net.client_if, &old);
+
+        // A new generation: the FIB again, and the new MAC cached.
+        w.reconfigure(0, 42);
+        let new = rewritten(
+            &input,
+            snat_addr,
+            backend_at(&a, 0),
+            BACKEND_IF_MAC,
+            moved_mac,
+        );
+        w.expect_redirect("new generation", &input, w.net.client_if, &new);
+        let entry = w.entry("forward", &key);
+        assert_eq!(
+            (entry.hop_gen, entry.hop_dmac),
+            (42, moved_mac),
+            "{}: cache refreshed",
+            a.vip
+        );
+        lb_tests::sh(
+            "ip",
+            &[
+                family,
+                "neigh",
+                "replace",
+                &a.backends[0].to_string(),
+                "lladdr",
+                &mac_string(BACKEND_MACS[0]),
+                "nud",
+                "permanent",
+                "dev",
+                BACKEND_IF,
+            ],
+        );
+    }
+}
+
+/// An established packet uses the next hop cached in its entry while the
+/// entry's `hop_gen` equals `xdp_config.hop_gen` (no FIB: a changed
+/// neighbour MAC is not seen), and asks the FIB and caches the answer
+/// again once the controller bumps the generation.
+#[test]
+fn cached_next_hop_until_the_generation_changes() {
+    hop_cache_on(Hook::Xdp);
+}
+
+/// `cached_next_hop_until_the_generation_changes` through `lb_tc`.
+#[test]
+fn tc_cached_next_hop_until_the_generation_changes() {
+    hop_cache_on(Hook::Tc);
+}
+
+fn slot_reuse_on(hook: Hook) {
+    let Some(mut w) = world_on("slot_reused_for_another_server_moves_the_flow", hook) else {
+        return;
+    };
+    w.configure();
+    for (a, proto) in [(V4, PROTO_TCP), (V6, PROTO_UDP)] {
+        w.fx.clear_flows();
+        w.service(&a, proto, SERVICE_REMOTE);
+        let input = client_frame(&a, proto);
+        let snat = a.node_backend_side;
+        let port = w.expect_new_flow(&format!("{}: new", a.vip), &input, 0, snat);
+        let old_reply = flow_key(backend_at(&a, 0), SocketAddr::new(snat, port), proto);
+        // Slot 1 now holds another server of the same service, up.
+        w.fx.set_backend(1, backend(backend_at(&a, 2), SERVICE_ID, 0));
+        let key = input.flow_key();
+        let new_port = w.predict_snat_port(&key, snat, backend_at(&a, 2));
+        let snat_addr = SocketAddr::new(snat, new_port);
+        let expected = rewritten(
+            &input,
+            snat_addr,
+            backend_at(&a, 2),
+            BACKEND_IF_MAC,
+            BACKEND_MACS[2],
+        );
+        w.expect_redirect("slot reused", &input, w.net.client_if, &expected);
+        assert_eq!(
+            w.fx.flow_rewrite(&key),
+            Some(flow_value(snat_addr, backend_at(&a, 2), 1, SERVICE_ID, 0)),
+            "{}: the flow moved to the slot's new server",
+            a.vip
+        );
+        assert_eq!(
+            w.fx.flow_rewrite(&old_reply),
+            None,
+            "{}: old reply entry removed",
+            a.vip
+        );
+        assert_eq!(w.fx.flow_count(), 2, "{}: two entries", a.vip);
+    }
+}
+
+/// A backend slot reused for another server of the same service (another
+/// address, not down) does not inherit the old server's flows: the flow
+/// is rebuilt towards the slot's new server on its next packet.
+#[test]
+fn slot_reused_for_another_server_moves_the_flow() {
+    slot_reuse_on(Hook::Xdp);
+}
+
+/// `slot_reused_for_another_server_moves_the_flow` through `lb_tc`.
+#[test]
+fn tc_slot_reused_for_another_server_moves_the_flow() {
+    slot_reuse_on(Hook::Tc);
+}
+
+/// tc: the FIB knows the route but not the neighbour: the rewritten
+/// packet (MACs untouched) leaves with `bpf_redirect_neigh`, counted
+/// `redirect_neigh`, and no next hop is cached (XDP passes it instead, see
+/// `no_neighbour_passes`).
+#[test]
+fn tc_no_neighbour_redirects_neigh() {
+    let Some(mut w) = world_on("tc_no_neighbour_redirects_neigh", Hook::Tc) else {
+        return;
+    };
+    w.configure();
+    for a in [V4, V6] {
+        w.fx.clear_flows();
+        w.service(&a, PROTO_TCP, SERVICE_REMOTE);
+        let server = SocketAddr::new(a.no_neigh, BACKEND_PORT);
+        w.fx.set_backend(1, backend(server, SERVICE_ID, 0));
+        let input = client_frame(&a, PROTO_TCP);
+        let key = input.flow_key();
+        let port = w.predict_snat_port(&key, a.node_backend_side, server);
+        let snat_addr = SocketAddr::new(a.node_backend_side, port);
+        let expected = rewritten(&input, snat_addr, server, input.eth_src, input.eth_dst);
+        let (run, counted) = w.run(&input.bytes(), Some(w.net.client_if));
+        assert_eq!(
+            verdict_name(run.verdict),
+            "XDP_REDIRECT",
+            "{}: verdict",
+            a.vip
+        );
+        assert_frame_eq("no neighbour", &run.frame, &expected.bytes());
+        assert_eq!(counted, vec![("redirect_neigh", 1)], "{}: xdp_stats", a.vip);
+        assert_eq!(
+            w.entry("forward", &key).hop_ifindex,
+            0,
+            "{}: nothing cached",
+            a.vip
+        );
+    }
 }

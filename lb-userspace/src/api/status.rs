@@ -75,18 +75,50 @@ pub struct RegistryStatus {
     pub last_advance_unix_ms: Option<u64>,
 }
 
-/// The XDP forwarder as configured, and what it did with packets.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The forwarder for remote clients as configured, the hook it runs in on
+/// each interface, what it did with packets, and the flow collector's view.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct XdpStatus {
     /// Interfaces the program is attached to.
     pub interfaces: Vec<String>,
-    /// `auto`, `driver` or `skb`.
+    /// The block's `mode`: `auto`, `driver` or `skb`.
     pub mode: String,
+    /// Per interface: the hook and mode actually in use, and why.
+    #[serde(default)]
+    pub hooks: Vec<crate::kernel::HookInUse>,
     /// SNAT source ports, `first-last`.
     pub snat_ports: String,
     /// Packets per verdict (`lb_common::xdp_counter::NAMES`: `redirect`,
     /// `tx`, `pass_*`, `drop_*`), summed over CPUs.
     pub verdicts: BTreeMap<String, u64>,
+    /// The flow table as the flow collector saw it last (absent from
+    /// daemons before issue 16: zeros).
+    #[serde(default)]
+    pub flows: XdpFlowsStatus,
+    /// The next-hop generation in `xdp_config` (moves on each route,
+    /// neighbour or link change).
+    #[serde(default)]
+    pub hop_gen: u32,
+}
+
+/// The flow table (`flows` map) as the flow collector's last pass saw it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct XdpFlowsStatus {
+    /// Entries (two per flow): `forward` + `reply`.
+    pub entries: u64,
+    /// Client → VIP entries.
+    pub forward: u64,
+    /// Backend → SNAT address entries.
+    pub reply: u64,
+    /// The map's capacity (entries).
+    pub capacity: u64,
+    /// Flows the collector removed since the start, by reason
+    /// (`tcp_closed`, `tcp_idle`, `tcp_unreplied`, `udp_idle`, `orphan`).
+    pub removed_by_reason: BTreeMap<String, u64>,
+    /// How long the collector's last pass took (ms).
+    pub last_pass_ms: f64,
+    /// Collector passes since the start.
+    pub passes: u64,
 }
 
 /// Packets the XDP program dropped for one service, by reason.
@@ -435,6 +467,13 @@ impl Status {
                 xdp.snat_ports,
                 verdict_summary(&xdp.verdicts)
             );
+            for hook in &xdp.hooks {
+                let _ = writeln!(
+                    out,
+                    "  {}: {} {} ({})",
+                    hook.interface, hook.hook, hook.mode, hook.why
+                );
+            }
         }
         if let Some(registry) = &self.registry {
             let _ = writeln!(out, "{}", registry_line(registry));
@@ -988,17 +1027,33 @@ mod tests {
         status.xdp = Some(XdpStatus {
             interfaces: vec!["eth0".into(), "eth1".into()],
             mode: "skb".into(),
+            hooks: vec![crate::kernel::HookInUse {
+                interface: "eth0".into(),
+                hook: "xdp".into(),
+                mode: "skb".into(),
+                why: "mode: skb -> generic XDP".into(),
+            }],
             snat_ports: "61000-65535".into(),
             verdicts: BTreeMap::from([
                 ("redirect".to_owned(), 7),
                 ("pass_not_vip".to_owned(), 30),
                 ("tx".to_owned(), 0),
             ]),
+            flows: XdpFlowsStatus {
+                entries: 6,
+                forward: 3,
+                reply: 3,
+                capacity: 262_144,
+                removed_by_reason: BTreeMap::from([("tcp_closed".to_owned(), 4)]),
+                last_pass_ms: 0.5,
+                passes: 2,
+            },
+            hop_gen: 3,
         });
         let table = status.to_table();
         assert!(
             table.starts_with(
-                "xdp on eth0,eth1 (skb, SNAT ports 61000-65535): pass_not_vip 30, redirect 7\n"
+                "xdp on eth0,eth1 (skb, SNAT ports 61000-65535): pass_not_vip 30, redirect 7\n  eth0: xdp skb (mode: skb -> generic XDP)\n"
             ),
             "{table}"
         );
@@ -1010,6 +1065,10 @@ mod tests {
         );
         let json = serde_json::to_value(&status).unwrap();
         assert_eq!(json["xdp"]["verdicts"]["redirect"], 7);
+        assert_eq!(json["xdp"]["hooks"][0]["hook"], "xdp");
+        assert_eq!(json["xdp"]["hooks"][0]["why"], "mode: skb -> generic XDP");
+        assert_eq!(json["xdp"]["flows"]["entries"], 6);
+        assert_eq!(json["xdp"]["flows"]["removed_by_reason"]["tcp_closed"], 4);
         assert_eq!(serde_json::from_value::<Status>(json).unwrap(), status);
     }
 

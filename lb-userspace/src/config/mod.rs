@@ -519,23 +519,35 @@ impl DiscoveryPort {
     }
 }
 
-/// The `xdp` block: where the XDP forwarder for remote clients runs and how
-/// it translates their packets.
+/// The `xdp` block: where the forwarder for remote clients runs (which
+/// hook on which interface) and how it translates their packets.
 ///
 /// ```yaml
 /// xdp:
-///   interfaces: [eth0]       # required, non-empty, no duplicates
-///   mode: auto               # auto | driver | skb
+///   interfaces:              # required, non-empty, no duplicates
+///     - eth0                 # a name: the block's hook and mode
+///     - { name: veth1, hook: tc }
+///   hook: auto               # auto | xdp | tc (default for every entry)
+///   mode: auto               # auto | driver | skb (XDP only)
 ///   snat_ipv4: 192.0.2.10    # optional; default: the egress interface's primary address
 ///   snat_ipv6: 2001:db8::10  # optional; default: its first global IPv6 address
 ///   snat_ports: 61000-65535  # SNAT source ports (default)
+///   flow_timeouts:           # when an idle flow is forgotten (defaults)
+///     tcp: 2h
+///     tcp_closing: 10s
+///     tcp_unreplied: 60s
+///     udp: 60s
+///   flow_gc_interval: 10s    # how often the flow collector runs (default)
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct XdpSettings {
-    /// Interfaces the program is attached to (`interfaces`). Their
-    /// existence is checked at start, not when the file is read.
-    pub interfaces: Vec<String>,
-    /// Attach mode (`mode`, default auto).
+    /// Interfaces the forwarder is attached to (`interfaces`), each with
+    /// its hook and mode (the block's unless the entry sets its own).
+    /// Their existence is checked at start, not when the file is read.
+    pub interfaces: Vec<XdpInterface>,
+    /// Default hook of the entries (`hook`, default auto).
+    pub hook: XdpHook,
+    /// Default XDP attach mode of the entries (`mode`, default auto).
     pub mode: XdpAttachMode,
     /// IPv4 source of translated packets (`snat_ipv4`); `None` = the egress
     /// interface's primary IPv4 address.
@@ -548,13 +560,108 @@ pub struct XdpSettings {
     /// Source ports of translated packets (`snat_ports`, default
     /// [`PortRange::DEFAULT_SNAT`]).
     pub snat_ports: PortRange,
+    /// How long an idle flow of each kind lives (`flow_timeouts`, default
+    /// [`FlowTimeouts::DEFAULT`]).
+    pub flow_timeouts: FlowTimeouts,
+    /// How often the flow collector walks the flow table
+    /// (`flow_gc_interval`, default [`FlowTimeouts::DEFAULT_GC_INTERVAL`]).
+    #[serde(serialize_with = "serialize_duration")]
+    pub flow_gc_interval: Duration,
+}
+
+/// `xdp.flow_timeouts`: how long a flow (both its entries) may stay idle
+/// before the flow collector removes it, by kind. The closing, unreplied
+/// and UDP defaults are Cilium's connection-tracking defaults
+/// (`bpf-ct-timeout-regular-tcp-fin` 10s, `-tcp-syn` 1m, `-any` 1m); an
+/// idle established flow lives 2h, less than Cilium's 6h or conntrack's
+/// 5 days, so that abandoned flows leave the table sooner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FlowTimeouts {
+    /// An established TCP flow (`tcp`).
+    #[serde(serialize_with = "serialize_duration")]
+    pub tcp: Duration,
+    /// A TCP flow after a RST in either direction or a FIN in both
+    /// (`tcp_closing`).
+    #[serde(serialize_with = "serialize_duration")]
+    pub tcp_closing: Duration,
+    /// A TCP flow whose backend never answered (`tcp_unreplied`).
+    #[serde(serialize_with = "serialize_duration")]
+    pub tcp_unreplied: Duration,
+    /// A UDP flow (`udp`).
+    #[serde(serialize_with = "serialize_duration")]
+    pub udp: Duration,
+}
+
+impl FlowTimeouts {
+    /// The defaults: 2h, 10s, 60s, 60s.
+    pub const DEFAULT: Self = Self {
+        tcp: Duration::from_hours(2),
+        tcp_closing: Duration::from_secs(10),
+        tcp_unreplied: Duration::from_mins(1),
+        udp: Duration::from_mins(1),
+    };
+    /// Default `xdp.flow_gc_interval`.
+    pub const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(10);
+    /// Bounds of every timeout and of the interval: at least 1 s (the
+    /// kernel refreshes a flow's `last_seen` once a second), at most 7 days.
+    pub const MIN: Duration = Duration::from_secs(1);
+    /// See [`Self::MIN`].
+    pub const MAX: Duration = Duration::from_hours(7 * 24);
+}
+
+impl Default for FlowTimeouts {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+impl XdpSettings {
+    /// The configured interface names, in order.
+    pub fn interface_names(&self) -> Vec<String> {
+        self.interfaces.iter().map(|i| i.name.clone()).collect()
+    }
+}
+
+/// One entry of `xdp.interfaces`, with the block's defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct XdpInterface {
+    /// The interface name.
+    pub name: String,
+    /// Which hook is asked for (`hook`).
+    pub hook: XdpHook,
+    /// Which XDP attach mode is asked for (`mode`; `auto` with `hook: tc`).
+    pub mode: XdpAttachMode,
+}
+
+impl XdpInterface {
+    /// `name` with the default hook and mode (both auto).
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            hook: XdpHook::Auto,
+            mode: XdpAttachMode::Auto,
+        }
+    }
+}
+
+/// Where the forwarder runs on an interface (`xdp.hook`, `interfaces[].hook`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpHook {
+    /// daas-lb decides per device (see `policy::hook`; the default).
+    Auto,
+    /// XDP, in the `mode` asked for.
+    Xdp,
+    /// tc ingress (a tcx link, or clsact on kernels before 6.6).
+    Tc,
 }
 
 /// How the XDP program is attached (`xdp.mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpAttachMode {
-    /// Native if the driver supports it, generic otherwise (the default).
+    /// With `hook: auto`: daas-lb decides. With `hook: xdp`: native if the
+    /// driver takes it, generic otherwise (the default).
     Auto,
     /// Native (driver) XDP only; attaching fails if the driver lacks it.
     Driver,
@@ -1041,6 +1148,8 @@ impl Serialize for ServiceConfig {
 config_words!(pub Policy, "policy", { Failover => "failover", Spread => "spread" });
 
 config_words!(pub XdpAttachMode, "xdp mode", { Auto => "auto", Driver => "driver", Skb => "skb" });
+
+config_words!(pub XdpHook, "hook", { Auto => "auto", Xdp => "xdp", Tc => "tc" });
 
 config_words!(pub KernelLog, "kernel_log level", { Off => "off", Warn => "warn", Debug => "debug" });
 

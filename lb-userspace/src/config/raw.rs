@@ -149,11 +149,74 @@ impl<'de> de::Visitor<'de> for DiscoveryPortVisitor {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawXdp {
-    pub(super) interfaces: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) interfaces: Option<Spanned<Vec<Spanned<RawInterface>>>>,
+    pub(super) hook: Option<Spanned<String>>,
     pub(super) mode: Option<Spanned<String>>,
     pub(super) snat_ipv4: Option<Spanned<String>>,
     pub(super) snat_ipv6: Option<Spanned<String>>,
     pub(super) snat_ports: Option<Spanned<String>>,
+    pub(super) flow_timeouts: Option<Spanned<RawFlowTimeouts>>,
+    pub(super) flow_gc_interval: Option<Spanned<String>>,
+}
+
+/// `xdp.flow_timeouts`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFlowTimeouts {
+    pub(super) tcp: Option<Spanned<String>>,
+    pub(super) tcp_closing: Option<Spanned<String>>,
+    pub(super) tcp_unreplied: Option<Spanned<String>>,
+    pub(super) udp: Option<Spanned<String>>,
+}
+
+/// One entry of `xdp.interfaces`: a name, or `{ name, hook, mode }`.
+pub(super) enum RawInterface {
+    Name(String),
+    Map(RawInterfaceMap),
+}
+
+/// An `xdp.interfaces` entry written as a mapping.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawInterfaceMap {
+    pub(super) name: Option<Spanned<String>>,
+    pub(super) hook: Option<Spanned<String>>,
+    pub(super) mode: Option<Spanned<String>>,
+}
+
+impl<'de> Deserialize<'de> for RawInterface {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(InterfaceVisitor)
+    }
+}
+
+/// Reads a scalar as [`RawInterface::Name`] (checked later) and a mapping
+/// as [`RawInterfaceMap`].
+struct InterfaceVisitor;
+
+impl<'de> de::Visitor<'de> for InterfaceVisitor {
+    type Value = RawInterface;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an interface name or a mapping { name, hook, mode }")
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<Self::Value, E> {
+        Ok(RawInterface::Name(value.to_string()))
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<Self::Value, E> {
+        Ok(RawInterface::Name(value.to_string()))
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+        Ok(RawInterface::Name(value.to_owned()))
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        RawInterfaceMap::deserialize(de::value::MapAccessDeserializer::new(map))
+            .map(RawInterface::Map)
+    }
 }
 
 /// One entry of `services`.

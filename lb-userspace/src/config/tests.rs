@@ -1703,7 +1703,15 @@ fn xdp_block_with_every_field() {
     assert_eq!(
         config.xdp,
         Some(XdpSettings {
-            interfaces: vec!["eth0".to_owned(), "eth1".to_owned()],
+            interfaces: ["eth0", "eth1"]
+                .into_iter()
+                .map(|name| XdpInterface {
+                    name: name.to_owned(),
+                    hook: XdpHook::Auto,
+                    mode: XdpAttachMode::Driver,
+                })
+                .collect(),
+            hook: XdpHook::Auto,
             mode: XdpAttachMode::Driver,
             snat_ipv4: Some(Ipv4Addr::new(192, 0, 2, 10)),
             snat_ipv6: Some("2001:db8::10".parse().unwrap()),
@@ -1711,8 +1719,51 @@ fn xdp_block_with_every_field() {
                 first: 40000,
                 last: 40999
             },
+            flow_timeouts: FlowTimeouts::DEFAULT,
+            flow_gc_interval: FlowTimeouts::DEFAULT_GC_INTERVAL,
         })
     );
+}
+
+#[test]
+fn xdp_flow_timeouts_and_gc_interval() {
+    let xdp = parse(&with_xdp(
+        "  interfaces: [eth0]\n  flow_timeouts:\n    tcp: 1h\n    udp: 30s\n  flow_gc_interval: 2s\n",
+    ))
+    .xdp
+    .unwrap();
+    assert_eq!(
+        xdp.flow_timeouts,
+        FlowTimeouts {
+            tcp: Duration::from_hours(1),
+            udp: Duration::from_secs(30),
+            ..FlowTimeouts::DEFAULT
+        }
+    );
+    assert_eq!(xdp.flow_gc_interval, Duration::from_secs(2));
+    let defaults = parse(&with_xdp("  interfaces: [eth0]\n")).xdp.unwrap();
+    assert_eq!(defaults.flow_timeouts.tcp, Duration::from_hours(2));
+    assert_eq!(defaults.flow_timeouts.tcp_closing, Duration::from_secs(10));
+    assert_eq!(defaults.flow_timeouts.tcp_unreplied, Duration::from_mins(1));
+    assert_eq!(defaults.flow_timeouts.udp, Duration::from_mins(1));
+    assert_eq!(defaults.flow_gc_interval, Duration::from_secs(10));
+
+    // Every bad value is reported, each with its path.
+    let errors = error(&with_xdp(
+        "  interfaces: [eth0]\n  flow_timeouts:\n    tcp: forever\n    tcp_closing: 500ms\n    udp: 0s\n  flow_gc_interval: 30d\n",
+    ));
+    for expected in [
+        "xdp.flow_timeouts.tcp: invalid duration \"forever\"",
+        "xdp.flow_timeouts.tcp_closing: 500ms is too short; expected at least 1s",
+        "xdp.flow_timeouts.udp: must not be zero",
+        "xdp.flow_gc_interval: 30days is too long; expected at most 7days",
+    ] {
+        assert!(errors.contains(expected), "{expected:?} not in {errors}");
+    }
+    let unknown = error(&with_xdp(
+        "  interfaces: [eth0]\n  flow_timeouts:\n    icmp: 1s\n",
+    ));
+    assert!(unknown.contains("icmp"), "{unknown}");
 }
 
 #[test]
@@ -1738,6 +1789,111 @@ fn xdp_defaults_and_absence() {
     assert_eq!(
         parse(&yaml).xdp.unwrap().snat_ports,
         PortRange { first: 7, last: 7 }
+    );
+}
+
+#[test]
+fn xdp_hooks_per_interface_and_block_defaults() {
+    let xdp = parse(&with_xdp(
+        "  interfaces:\n    - eth0\n    - { name: veth1, hook: tc }\n    - { name: eth2, hook: xdp, mode: skb }\n    - name: eth3\n      mode: driver\n  hook: auto\n  mode: auto\n",
+    ))
+    .xdp
+    .unwrap();
+    let entry = |name: &str, hook, mode| XdpInterface {
+        name: name.to_owned(),
+        hook,
+        mode,
+    };
+    assert_eq!(
+        xdp.interfaces,
+        [
+            entry("eth0", XdpHook::Auto, XdpAttachMode::Auto),
+            entry("veth1", XdpHook::Tc, XdpAttachMode::Auto),
+            entry("eth2", XdpHook::Xdp, XdpAttachMode::Skb),
+            entry("eth3", XdpHook::Auto, XdpAttachMode::Driver),
+        ]
+    );
+    assert_eq!(xdp.interface_names(), ["eth0", "veth1", "eth2", "eth3"]);
+    // The block's hook and mode are every entry's default; an entry with
+    // `hook: tc` takes no XDP mode from the block.
+    let xdp = parse(&with_xdp(
+        "  interfaces: [eth0, { name: eth1, hook: tc }, { name: eth2, mode: driver }]\n  hook: xdp\n  mode: skb\n",
+    ))
+    .xdp
+    .unwrap();
+    assert_eq!(
+        xdp.interfaces,
+        [
+            entry("eth0", XdpHook::Xdp, XdpAttachMode::Skb),
+            entry("eth1", XdpHook::Tc, XdpAttachMode::Auto),
+            entry("eth2", XdpHook::Xdp, XdpAttachMode::Driver),
+        ]
+    );
+    let xdp = parse(&with_xdp("  interfaces: [eth0]\n  hook: tc\n"))
+        .xdp
+        .unwrap();
+    assert_eq!(
+        xdp.interfaces,
+        [entry("eth0", XdpHook::Tc, XdpAttachMode::Auto)]
+    );
+    for (word, hook) in [
+        ("auto", XdpHook::Auto),
+        ("xdp", XdpHook::Xdp),
+        ("tc", XdpHook::Tc),
+    ] {
+        assert_eq!(hook.to_string(), word);
+    }
+}
+
+#[test]
+fn xdp_hook_errors() {
+    assert_error(
+        &with_xdp("  interfaces: [eth0]\n  hook: bpf\n"),
+        "xdp.hook",
+        3,
+        "unknown hook \"bpf\"; expected auto, xdp or tc",
+    );
+    assert_error(
+        &with_xdp("  interfaces: [eth0]\n  hook: tc\n  mode: skb\n"),
+        "xdp.mode",
+        4,
+        "`mode: skb` is an XDP attach mode and `hook: tc` has none",
+    );
+    assert_error(
+        &with_xdp("  interfaces:\n    - { name: eth0, hook: tc, mode: driver }\n"),
+        "xdp.interfaces[0].mode",
+        3,
+        "`mode: driver` is an XDP attach mode and `hook: tc` has none",
+    );
+    assert_error(
+        &with_xdp("  interfaces:\n    - { name: eth0, hook: xpd }\n"),
+        "xdp.interfaces[0].hook",
+        3,
+        "unknown hook \"xpd\"; expected auto, xdp or tc",
+    );
+    assert_error(
+        &with_xdp("  interfaces:\n    - { hook: tc }\n"),
+        "xdp.interfaces[0]",
+        3,
+        "missing required field `name`",
+    );
+    assert_error(
+        &with_xdp("  interfaces:\n    - eth0\n    - { name: eth0, hook: tc }\n"),
+        "xdp.interfaces[1].name",
+        4,
+        "duplicate interface eth0, already listed as xdp.interfaces[0] (line 3)",
+    );
+    assert_error(
+        &with_xdp("  interfaces:\n    - { name: \"a/b\" }\n"),
+        "xdp.interfaces[0].name",
+        3,
+        "invalid interface name \"a/b\"",
+    );
+    assert_error(
+        &with_xdp("  interfaces:\n    - { name: eth0, hok: tc }\n"),
+        "xdp.interfaces[0].hok",
+        3,
+        "unknown field",
     );
 }
 
@@ -1927,6 +2083,9 @@ fn xdp_and_remote_read_back() {
     assert_eq!(parse(&json), config, "{json}");
     let value: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(value["xdp"]["mode"], "skb");
+    assert_eq!(value["xdp"]["hook"], "auto");
+    assert_eq!(value["xdp"]["interfaces"][1]["name"], "eth1");
+    assert_eq!(value["xdp"]["interfaces"][1]["mode"], "skb");
     assert_eq!(value["xdp"]["snat_ports"], "50000-50100");
     assert!(value["xdp"].get("snat_ipv6").is_none(), "{json}");
     assert_eq!(value["services"][0]["remote"], true);

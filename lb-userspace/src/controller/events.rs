@@ -69,6 +69,9 @@ pub(super) enum Event {
     Dials(Vec<DialEvent>),
     /// The interfaces' primary addresses, read by the poller (`xdp` only).
     IfAddrs(anyhow::Result<BTreeMap<u32, IfAddrs>>),
+    /// Routes, neighbours or links changed (`xdp` only): `messages`
+    /// rtnetlink notifications since the last such event.
+    NextHopsChanged { messages: usize },
     /// The discovery watcher asks whether any service follows the registry.
     DiscoveryWanted { reply: oneshot::Sender<bool> },
     /// A registry view, with the endpoint names it needs resolved
@@ -127,6 +130,7 @@ impl Event {
             Self::Polled { .. } => "poll result",
             Self::PollFailed { .. } => "poll failure",
             Self::IfAddrs(_) => "interface addresses",
+            Self::NextHopsChanged { .. } => "next hops changed",
             Self::Dials(_) => "dial events",
             Self::DiscoveryWanted { .. } => "discovery wanted",
             Self::View { .. } => "registry view",

@@ -16,6 +16,8 @@ use super::{
     dials::{self, monotonic_ns},
     discovery, dns,
     events::{Event, ServersError},
+    flow_gc::FlowGc,
+    hop_watch::HopWatch,
     k3s, kernel_log, poller, reconcile,
     runtime::{State, Suspicion},
     settle::{self, settle},
@@ -80,6 +82,7 @@ impl State {
                 );
             }
             Event::IfAddrs(wanted) => self.sync_if_addrs(wanted),
+            Event::NextHopsChanged { messages } => self.bump_hop_gen(messages),
             Event::Dials(events) => self.dials(&events),
             Event::DiscoveryWanted { reply } => {
                 let _ = reply.send(discovery::wanted(self));
@@ -159,6 +162,14 @@ impl State {
         if let Some(reader) = self.dataplane.kernel_log.take() {
             self.kernel_log_task = Some(kernel_log::spawn(&self.runtime, reader)?);
         }
+        if let Some(settings) = &self.config.xdp {
+            self.flow_gc = Some(FlowGc::start(
+                &self.dataplane.maps.flows,
+                settings.flow_timeouts,
+                settings.flow_gc_interval,
+            )?);
+            self.hop_watch = Some(HopWatch::start(handle.clone())?);
+        }
         self.poller = Some(poller::spawn(&self.runtime, handle, every, xdp)?);
         Ok(())
     }
@@ -177,6 +188,8 @@ impl State {
         if let Some(task) = self.kernel_log_task.take() {
             task.abort();
         }
+        self.flow_gc = None;
+        self.hop_watch = None;
         for service in &self.services {
             for server in service.servers.values() {
                 server.check_task.abort();
@@ -434,6 +447,22 @@ impl State {
         }
         counters.last_poll = started.elapsed();
         counters.last_poll_sockets = sockets.len();
+    }
+
+    /// Routes, neighbours or links changed (`messages` rtnetlink
+    /// notifications, coalesced): the next hops the kernel programs cached
+    /// in flow entries are stale, so the generation in `xdp_config` moves.
+    fn bump_hop_gen(&mut self, messages: usize) {
+        if self.config.xdp.is_none() {
+            return;
+        }
+        match self.dataplane.maps.xdp_config.bump_hop_gen() {
+            Ok(generation) => debug!(generation, messages, "next hops changed: hop_gen bumped"),
+            Err(err) => warn!(
+                error = format!("{err:#}"),
+                "could not bump the next-hop generation (xdp_config); cached next hops may be stale until the next change"
+            ),
+        }
     }
 
     /// Brings the `if_addrs` map (XDP's default SNAT source per interface)

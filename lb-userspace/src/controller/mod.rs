@@ -18,9 +18,15 @@
 //!   files ([`k3s`]);
 //! - the DNS resolver, with each round of lookups of the servers' names
 //!   ([`dns`]);
+//! - the next-hop watcher (`xdp` only), when routes, neighbours or links
+//!   changed ([`hop_watch`]);
 //! - the API and signals: status, metrics, reloads, `PUT
 //!   /services/{name}/servers`, `PUT /kernel-log`, each with a reply
 //!   channel.
+//!
+//! With an `xdp` block one more thread runs beside the controller's: the
+//! flow collector ([`flow_gc`]), which removes expired XDP flows on its own
+//! handle of the `flows` map and touches nothing else.
 //!
 //! Every event goes through the pure [`ServiceMachine`]; configuration
 //! changes are planned by the pure [`plan`] and written by [`reconcile`];
@@ -37,7 +43,9 @@ mod discovery;
 mod dns;
 mod events;
 mod failover;
+mod flow_gc;
 mod handlers;
+mod hop_watch;
 mod k3s;
 mod kernel_log;
 pub mod persist;
@@ -58,6 +66,7 @@ use tracing::error;
 
 pub use self::{
     events::{Controller, ServersError, Stopped},
+    flow_gc::FlowGcStats,
     plan::vip_key,
 };
 use self::{

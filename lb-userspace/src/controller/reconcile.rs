@@ -643,11 +643,14 @@ mod tests {
         new.data_dir = "/elsewhere".into();
         new.services.clear();
         new.xdp = Some(crate::config::XdpSettings {
-            interfaces: vec!["eth0".to_owned()],
+            interfaces: vec![crate::config::XdpInterface::named("eth0")],
+            hook: crate::config::XdpHook::Auto,
             mode: crate::config::XdpAttachMode::Skb,
             snat_ipv4: None,
             snat_ipv6: None,
             snat_ports: crate::config::PortRange::DEFAULT_SNAT,
+            flow_timeouts: crate::config::FlowTimeouts::DEFAULT,
+            flow_gc_interval: crate::config::FlowTimeouts::DEFAULT_GC_INTERVAL,
         });
         new.features.nautilus_health_checks = !running.features.nautilus_health_checks;
         new.features.stake_validation = !running.features.stake_validation;

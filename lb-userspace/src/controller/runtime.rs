@@ -20,6 +20,8 @@ use tokio::{
 use super::{
     dns::DnsState,
     events::{Controller, Event},
+    flow_gc::FlowGc,
+    hop_watch::HopWatch,
     k3s::K3sState,
     registry::DiscoveryState,
 };
@@ -148,6 +150,11 @@ pub(super) struct State {
     pub(super) kernel_log: KernelLog,
     /// The task draining the kernel programs' log (`None` before the start).
     pub(super) kernel_log_task: Option<JoinHandle<()>>,
+    /// The flow collector (`xdp` only; `None` before the start).
+    pub(super) flow_gc: Option<FlowGc>,
+    /// The watcher of routes, neighbours and links that bumps the next-hop
+    /// generation (`xdp` only; `None` before the start).
+    pub(super) hop_watch: Option<HopWatch>,
 }
 
 impl State {
@@ -193,6 +200,8 @@ impl State {
             dial_task: None,
             kernel_log: KernelLog::Off,
             kernel_log_task: None,
+            flow_gc: None,
+            hop_watch: None,
         })
     }
 

@@ -2,8 +2,12 @@
 //! logged and counted, the service entry rewritten when the selection
 //! changes, the Maglev table and the backends' `BACKEND_DOWN` flags brought
 //! in line, then the connections of the servers to close destroyed with
-//! `SOCK_DESTROY` (and, for remote services, their XDP flows forgotten), so
-//! reconnecting clients land on the new server.
+//! `SOCK_DESTROY`, so reconnecting clients land on the new server.
+//!
+//! Remote clients' XDP flows are not walked here: the kernel moves a flow
+//! whose backend slot is down, freed or given to another address on the
+//! flow's next packet (and removes its old reply entry then), and the flow
+//! collector ([`super::flow_gc`]) removes what is left after its timeout.
 
 use std::{net::SocketAddr, time::Instant};
 
@@ -73,9 +77,6 @@ pub(super) fn close(
     }
     let name = service.config.name.clone();
     let name = name.as_str();
-    if service.config.remote {
-        forget_xdp_flows(dataplane, service, &effects.close);
-    }
     let closing = connections.close(
         service.id,
         &effects.close,
@@ -111,39 +112,6 @@ pub(super) fn close(
                 "could not close connections (sock_diag)"
             );
         }
-    }
-}
-
-/// The XDP side of "close the connections of these servers": their flows
-/// are forgotten, so the next packet of each is hashed to a backend again
-/// (for TCP the new backend answers with a reset, as after a close).
-fn forget_xdp_flows(dataplane: &mut Dataplane, service: &ServiceRuntime, servers: &[SocketAddr]) {
-    let ids: Vec<u32> = servers
-        .iter()
-        .filter_map(|server| service.servers.get(server))
-        .map(|server| server.backend_id)
-        .collect();
-    if ids.is_empty() {
-        return;
-    }
-    let start = Instant::now();
-    match dataplane
-        .maps
-        .flows
-        .forget(|flow| flow.service_id == service.id && ids.contains(&flow.backend_id))
-    {
-        Ok(0) => {}
-        Ok(removed) => info!(
-            service = %service.config.name,
-            entries = removed,
-            micros = start.elapsed().as_micros(),
-            "forgot XDP flows of closed servers"
-        ),
-        Err(err) => warn!(
-            service = %service.config.name,
-            error = format!("{err:#}"),
-            "could not forget XDP flows"
-        ),
     }
 }
 

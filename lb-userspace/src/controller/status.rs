@@ -11,13 +11,14 @@ use tracing::warn;
 
 use super::{
     attestation, failover,
+    flow_gc::FlowGcStats,
     runtime::{ServerRuntime, State, Suspicion},
     spread,
 };
 use crate::{
     api::status::{
         CheckStatus, DialStatus, RegistryStatus, ServerStatus, ServiceStatus, Status, XdpDrops,
-        XdpStatus,
+        XdpFlowsStatus, XdpStatus,
     },
     config::{Policy, Protocol, ServiceConfig},
 };
@@ -158,15 +159,43 @@ pub(super) fn build(state: &State) -> Status {
                 );
                 Vec::new()
             });
+        let gc = state
+            .flow_gc
+            .as_ref()
+            .map_or_else(FlowGcStats::default, |gc| {
+                gc.stats
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone()
+            });
         XdpStatus {
-            interfaces: xdp.interfaces.clone(),
+            interfaces: xdp.interface_names(),
             mode: xdp.mode.to_string(),
+            hooks: state.dataplane.hooks.clone(),
             snat_ports: xdp.snat_ports.to_string(),
             verdicts: lb_common::xdp_counter::NAMES
                 .iter()
                 .enumerate()
                 .map(|(index, name)| ((*name).to_owned(), counts.get(index).copied().unwrap_or(0)))
                 .collect(),
+            flows: XdpFlowsStatus {
+                entries: gc.forward_entries + gc.reply_entries,
+                forward: gc.forward_entries,
+                reply: gc.reply_entries,
+                capacity: gc.capacity,
+                removed_by_reason: gc
+                    .removed_by_reason()
+                    .map(|(reason, n)| (reason.to_owned(), n))
+                    .collect(),
+                last_pass_ms: gc.last_pass.as_secs_f64() * 1000.0,
+                passes: gc.passes,
+            },
+            hop_gen: state
+                .dataplane
+                .maps
+                .xdp_config
+                .last()
+                .map_or(0, |entry| entry.hop_gen),
         }
     });
     let registry = state.discovery.stats.as_ref().map(|stats| {

@@ -5,7 +5,8 @@
 //! Layout under the pin directory (default `/sys/fs/bpf/daas-lb`):
 //! `<map name>` for each map of `lb_common::map_names`,
 //! `links/<program name>` for each cgroup link and `links/xdp@<interface>`
-//! for each XDP link ([`crate::kernel::xdp_attach`]). A pinned link keeps its
+//! or `links/tc@<interface>` for each interface's XDP or tcx link
+//! ([`crate::kernel::links`]). A pinned link keeps its
 //! program attached after the controller exits; the pinned maps keep the
 //! selected backends. A new `run` finds both: it reuses the maps (their
 //! contents included) and swaps the new programs into the existing links with
@@ -24,7 +25,7 @@ use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, MapInfo, MapType},
-    programs::{CgroupAttachMode, CgroupSockAddr, SockOps, Xdp, links::FdLink},
+    programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, SockOps, Xdp, links::FdLink},
     util::nr_cpus,
 };
 use lb_common::{
@@ -32,19 +33,19 @@ use lb_common::{
     maps::{self, MapKind, MapSpec},
     program_names,
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{
-    AttachReport, bpf_sys,
+    AttachReport, HookInUse, bpf_sys,
     ebpf_object::ebpf_object,
     if_addrs,
     kernel_log::{self, KernelLogReader},
+    links::{self, Interface, LinkKind},
     maps::Maps,
     mounts::{self, BPF_FS_MAGIC, CGROUP2_SUPER_MAGIC},
-    xdp_attach::{self, Interface},
-    xdp_settings::xdp_config_entry,
+    xdp_settings::{self, xdp_config_entry},
 };
-use crate::config::XdpSettings;
+use crate::{config::XdpSettings, policy};
 
 /// `BPF_PROG_LOAD` attempts: the verifier gives up with `EAGAIN` when a
 /// signal (e.g. `SIGCHLD`) arrives while it works, which a busy process sees
@@ -120,6 +121,8 @@ pub struct Dataplane {
     /// The reader of the programs' aya-log records (taken by the
     /// controller, which drains it into its log).
     pub kernel_log: Option<KernelLogReader>,
+    /// The hook in use on each interface of the `xdp` block (empty without one).
+    pub hooks: Vec<HookInUse>,
     // Keeps the program fds open for the lifetime of the controller.
     ebpf: Ebpf,
     // flock on the pin directory: one controller per directory.
@@ -183,16 +186,22 @@ impl CgroupLinks<'_> {
 
 impl Dataplane {
     /// Loads the programs, pins/reuses the maps and attaches (or adopts) the
-    /// links on `cgroup`, and, with an `xdp` block, the XDP links on its
-    /// interfaces (without one, XDP links of an earlier run are detached).
-    /// Then fills `if_addrs` and writes `xdp_config`.
+    /// links on `cgroup`, and, with an `xdp` block, the XDP or tc link on
+    /// each of its interfaces (without one, the per-interface links of an
+    /// earlier run are detached). Then fills `if_addrs` and writes
+    /// `xdp_config`.
+    ///
+    /// The hook of each interface is decided first (device facts, then
+    /// `policy::hook`): a refused request fails the start before anything
+    /// is loaded.
     pub fn start(
         pin_dir: &Path,
         cgroup: &Path,
         xdp: Option<&XdpSettings>,
     ) -> anyhow::Result<(Self, AttachReport)> {
         let object = ebpf_object()?;
-        let interfaces = xdp.map(xdp_attach::resolve).transpose()?;
+        let interfaces = xdp.map(links::resolve).transpose()?;
+        let decisions = interfaces.as_deref().map(links::decide_all).transpose()?;
         // The pin directory may not exist yet: check where it would be created.
         let existing = pin_dir.ancestors().find(|p| p.exists()).unwrap_or(pin_dir);
         check_fs_magic(
@@ -212,13 +221,18 @@ impl Dataplane {
         let had_links = program_names::ALL
             .iter()
             .any(|name| links_dir.join(name).exists())
-            || !xdp_attach::pinned_links(&links_dir)?.is_empty();
+            || LinkKind::ALL
+                .iter()
+                .map(|kind| links::pinned_links(&links_dir, *kind))
+                .collect::<anyhow::Result<Vec<_>>>()?
+                .iter()
+                .any(|pins| !pins.is_empty());
 
         let mut report = AttachReport::default();
         let result =
             Self::load_and_attach(pin_dir, &cgroup_dir, cgroup_id, object, lock, &mut report)
                 .and_then(|mut dataplane| {
-                    dataplane.start_xdp(xdp, interfaces.as_deref(), &mut report)?;
+                    dataplane.start_xdp(xdp, interfaces.as_deref(), decisions, &mut report)?;
                     Ok(dataplane)
                 });
         match result {
@@ -295,46 +309,89 @@ impl Dataplane {
             pin_dir: pin_dir.to_path_buf(),
             maps: Maps::take(&mut ebpf, nr_cpus)?,
             kernel_log: Some(kernel_log),
+            hooks: Vec::new(),
             ebpf,
             _lock: lock,
         })
     }
 
-    /// Loads `lb_xdp` (always, so that a kernel that cannot verify it fails
-    /// the start), attaches it to `interfaces` (or detaches every XDP link
+    /// Loads `lb_xdp` and `lb_tc` (always, so that a kernel that cannot
+    /// verify them fails the start), attaches one of them to each of
+    /// `interfaces` as `decisions` say (or detaches every per-interface link
     /// when XDP is not configured), fills `if_addrs` and writes `xdp_config`
-    /// last, which is what makes the program start forwarding.
+    /// last, which is what makes the programs start forwarding.
     fn start_xdp(
         &mut self,
         xdp: Option<&XdpSettings>,
         interfaces: Option<&[Interface]>,
+        decisions: Option<Vec<policy::hook::Decision>>,
         report: &mut AttachReport,
     ) -> anyhow::Result<()> {
-        let name = program_names::XDP;
-        let program: &mut Xdp = self
-            .ebpf
-            .program_mut(name)
-            .with_context(|| format!("program {name} missing from the eBPF object"))?
-            .try_into()
-            .with_context(|| format!("program {name} is not an XDP program"))?;
-        load_retrying(|| program.load())
-            .with_context(|| format!("loading program {name} (verifier)"))?;
+        let (xdp_program, tc_program) = {
+            let [Some(xdp_program), Some(tc_program)] =
+                self.ebpf
+                    .programs_mut()
+                    .fold([None, None], |mut found, (name, program)| {
+                        if name == program_names::XDP {
+                            found[0] = Some(program);
+                        } else if name == program_names::TC {
+                            found[1] = Some(program);
+                        }
+                        found
+                    })
+            else {
+                bail!(
+                    "program {} or {} missing from the eBPF object",
+                    program_names::XDP,
+                    program_names::TC
+                );
+            };
+            let xdp_program: &mut Xdp = xdp_program
+                .try_into()
+                .with_context(|| format!("program {} is not an XDP program", program_names::XDP))?;
+            let tc_program: &mut SchedClassifier = tc_program
+                .try_into()
+                .with_context(|| format!("program {} is not a tc classifier", program_names::TC))?;
+            (xdp_program, tc_program)
+        };
+        load_retrying(|| xdp_program.load())
+            .with_context(|| format!("loading program {} (verifier)", program_names::XDP))?;
+        load_retrying(|| tc_program.load())
+            .with_context(|| format!("loading program {} (verifier)", program_names::TC))?;
         let links_dir = self.pin_dir.join(LINKS_DIR);
-        if let (Some(settings), Some(interfaces)) = (xdp, interfaces) {
-            xdp_attach::attach_all(program, &links_dir, interfaces, settings.mode, report)?;
+        if let (Some(_), Some(interfaces), Some(decisions)) = (xdp, interfaces, decisions) {
+            let mut programs = links::Programs {
+                xdp: xdp_program,
+                tc: tc_program,
+            };
+            links::attach_all(&mut programs, &links_dir, interfaces, decisions, report)?;
+            self.hooks.clone_from(&report.hooks);
             let wanted = if_addrs::read().context("reading the interfaces' addresses")?;
             self.maps.if_addrs.sync(&wanted)?;
         } else {
-            report.xdp_detached = xdp_attach::detach_except(&links_dir, &[])?;
-            if !report.xdp_detached.is_empty() {
-                info!(
-                    interfaces = ?report.xdp_detached,
-                    "no xdp block: detached the XDP links of an earlier run"
-                );
+            for kind in LinkKind::ALL {
+                let detached = links::detach_except(&links_dir, kind, &[])?;
+                if !detached.is_empty() {
+                    info!(
+                        interfaces = ?detached,
+                        "no xdp block: detached the per-interface links of an earlier run"
+                    );
+                }
+                match kind {
+                    LinkKind::Xdp => report.xdp.detached = detached,
+                    LinkKind::Tc => report.tc.detached = detached,
+                }
             }
             self.maps.if_addrs.sync(&BTreeMap::new())?;
         }
-        self.maps.xdp_config.set(xdp_config_entry(xdp))
+        let local_ports =
+            xdp_settings::read_local_port_range(Path::new(xdp_settings::LOCAL_PORT_RANGE_FILE));
+        let generation = self
+            .maps
+            .xdp_config
+            .set(xdp_config_entry(xdp, local_ports))?;
+        debug!(hop_gen = generation, "xdp_config written");
+        Ok(())
     }
 
     /// The bpffs directory this data plane is pinned under.
@@ -404,7 +461,8 @@ pub struct Cleanup {
     /// The pin directory.
     pub pin_dir: PathBuf,
     /// Links unpinned, which detached their programs: `links/<program>`
-    /// for the cgroup links, `links/xdp@<interface>` for the XDP ones.
+    /// for the cgroup links, `links/xdp@<interface>` and
+    /// `links/tc@<interface>` for the per-interface ones.
     pub links: Vec<String>,
     /// Maps unpinned (by name).
     pub maps: Vec<String>,
@@ -462,11 +520,13 @@ pub fn cleanup(pin_dir: &Path) -> anyhow::Result<Cleanup> {
             report.links.push(format!("{LINKS_DIR}/{name}"));
         }
     }
-    for interface in xdp_attach::detach_except(&links_dir, &[])? {
-        report.links.push(format!(
-            "{LINKS_DIR}/{}",
-            xdp_attach::link_pin_name(&interface)
-        ));
+    for kind in LinkKind::ALL {
+        for interface in links::detach_except(&links_dir, kind, &[])? {
+            report.links.push(format!(
+                "{LINKS_DIR}/{}",
+                links::link_pin_name(kind, &interface)
+            ));
+        }
     }
     remove_dir_if_exists(&links_dir)?;
     for name in map_names::ALL {
@@ -521,7 +581,9 @@ pub fn cleanup_leftovers(pin_dir: &Path) -> anyhow::Result<Cleanup> {
                 .filter(|l| {
                     !program_names::ALL.contains(&l.as_str())
                         && *l != program_names::SOCK_OPS
-                        && xdp_attach::pinned_interface(l).is_none()
+                        && LinkKind::ALL
+                            .iter()
+                            .all(|kind| links::pinned_interface(*kind, l).is_none())
                 })
                 .map(|l| format!("{LINKS_DIR}/{l}")),
         )

@@ -150,6 +150,40 @@ impl Socket {
     /// length. A datagram larger than `buf` and no reply within
     /// [`RECV_TIMEOUT`] are errors.
     pub(crate) fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.recv_flags(buf, 0)
+    }
+
+    /// Like [`Self::recv`] but returns at once: `Ok(None)` when no datagram
+    /// is waiting.
+    pub(crate) fn try_recv(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        match self.recv_flags(buf, libc::MSG_DONTWAIT) {
+            Ok(len) => Ok(Some(len)),
+            Err(err) if err.kind() == io::ErrorKind::TimedOut => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Subscribes the socket to the multicast group `group`
+    /// (`RTNLGRP_*`: the kernel then sends its notifications of that kind).
+    pub(crate) fn join_group(&self, group: u32) -> io::Result<()> {
+        // SAFETY: `group` is a live u32 and the length passed is its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_NETLINK,
+                libc::NETLINK_ADD_MEMBERSHIP,
+                (&raw const group).cast::<libc::c_void>(),
+                size_of::<u32>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    fn recv_flags(&self, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
         loop {
             // MSG_TRUNC makes netlink return the datagram's real length, so a
             // datagram larger than the buffer is detected instead of cut.
@@ -159,7 +193,7 @@ impl Socket {
                     self.fd.as_raw_fd(),
                     buf.as_mut_ptr().cast::<libc::c_void>(),
                     buf.len(),
-                    libc::MSG_TRUNC,
+                    libc::MSG_TRUNC | flags,
                 )
             };
             if received >= 0 {

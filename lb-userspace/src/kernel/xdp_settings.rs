@@ -1,10 +1,12 @@
 //! What the `xdp` block becomes in the kernel (the one `xdp_config` entry),
 //! and the start-time check of its SNAT ports against the node's ephemeral
-//! port range.
+//! port range, which also decides `XDP_DROP_ORPHANS`: a packet to a SNAT
+//! port without a flow can be dropped only when no socket of the node can
+//! own that port.
 
 use std::{fs, net::IpAddr, path::Path};
 
-use lb_common::{XDP_SNAT_V4, XDP_SNAT_V6, XdpConfig, ip_to_bytes};
+use lb_common::{XDP_DROP_ORPHANS, XDP_SNAT_V4, XDP_SNAT_V6, XdpConfig, ip_to_bytes};
 use tracing::warn;
 
 use crate::config::{PortRange, XdpSettings};
@@ -12,9 +14,15 @@ use crate::config::{PortRange, XdpSettings};
 /// Where Linux keeps the ephemeral (local) port range of IPv4 and IPv6.
 pub const LOCAL_PORT_RANGE_FILE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
 
-/// The `xdp_config[0]` entry for `settings`. Without an `xdp` block the entry
-/// is all zeros, which keeps the XDP program passing every packet.
-pub fn xdp_config_entry(settings: Option<&XdpSettings>) -> XdpConfig {
+/// The `xdp_config[0]` entry for `settings`, given the node's ephemeral
+/// port range (`local_ports`, `None`: unknown). Without an `xdp` block the
+/// entry is all zeros, which keeps the XDP program passing every packet.
+/// [`XDP_DROP_ORPHANS`] is set exactly when the range is known and does
+/// not overlap `snat_ports`. `hop_gen` is left 0: the map's wrapper sets it.
+pub fn xdp_config_entry(
+    settings: Option<&XdpSettings>,
+    local_ports: Option<PortRange>,
+) -> XdpConfig {
     let Some(settings) = settings else {
         return XdpConfig::default();
     };
@@ -23,6 +31,9 @@ pub fn xdp_config_entry(settings: Option<&XdpSettings>) -> XdpConfig {
         port_max: settings.snat_ports.last,
         ..XdpConfig::default()
     };
+    if local_ports.is_some_and(|local| !settings.snat_ports.overlaps(local)) {
+        entry.flags |= XDP_DROP_ORPHANS;
+    }
     if let Some(v4) = settings.snat_ipv4 {
         entry.snat_v4 = ip_to_bytes(IpAddr::V4(v4)).0;
         entry.flags |= XDP_SNAT_V4;
@@ -32,6 +43,13 @@ pub fn xdp_config_entry(settings: Option<&XdpSettings>) -> XdpConfig {
         entry.flags |= XDP_SNAT_V6;
     }
     entry
+}
+
+/// The node's ephemeral port range from `file` (normally
+/// [`LOCAL_PORT_RANGE_FILE`]); `None` when it cannot be read or parsed
+/// (the start-time check warns about that).
+pub fn read_local_port_range(file: &Path) -> Option<PortRange> {
+    parse_local_port_range(&fs::read_to_string(file).ok()?)
 }
 
 /// Parses `ip_local_port_range` ("32768\t60999\n").
@@ -74,29 +92,33 @@ mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     use super::*;
-    use crate::config::XdpAttachMode;
+    use crate::config::{XdpAttachMode, XdpHook, XdpInterface};
 
     fn settings() -> XdpSettings {
         XdpSettings {
-            interfaces: vec!["eth0".to_owned()],
+            interfaces: vec![XdpInterface::named("eth0")],
+            hook: XdpHook::Auto,
             mode: XdpAttachMode::Auto,
             snat_ipv4: None,
             snat_ipv6: None,
             snat_ports: PortRange::DEFAULT_SNAT,
+            flow_timeouts: crate::config::FlowTimeouts::DEFAULT,
+            flow_gc_interval: crate::config::FlowTimeouts::DEFAULT_GC_INTERVAL,
         }
     }
 
     #[test]
     fn no_xdp_block_is_an_all_zero_entry() {
-        assert_eq!(xdp_config_entry(None), XdpConfig::default());
-        assert_eq!(xdp_config_entry(None).port_max, 0);
+        assert_eq!(xdp_config_entry(None, None), XdpConfig::default());
+        assert_eq!(xdp_config_entry(None, Some(LINUX_DEFAULT)).port_max, 0);
     }
 
     #[test]
     fn entry_carries_ports_and_configured_sources() {
-        let entry = xdp_config_entry(Some(&settings()));
+        let entry = xdp_config_entry(Some(&settings()), None);
         assert_eq!((entry.port_min, entry.port_max), (61000, 65535));
         assert_eq!(entry.flags, 0);
+        assert_eq!(entry.hop_gen, 0);
         assert_eq!(entry.snat_v4, [0; 16]);
 
         let with_sources = XdpSettings {
@@ -108,7 +130,7 @@ mod tests {
             },
             ..settings()
         };
-        let entry = xdp_config_entry(Some(&with_sources));
+        let entry = xdp_config_entry(Some(&with_sources), None);
         assert_eq!(entry.flags, XDP_SNAT_V4 | XDP_SNAT_V6);
         assert_eq!(entry.snat_v4[..4], [192, 0, 2, 10]);
         assert_eq!(entry.snat_v4[4..], [0; 12]);
@@ -122,7 +144,77 @@ mod tests {
             snat_ipv6: Some(Ipv6Addr::LOCALHOST),
             ..settings()
         };
-        assert_eq!(xdp_config_entry(Some(&v6_only)).flags, XDP_SNAT_V6);
+        assert_eq!(xdp_config_entry(Some(&v6_only), None).flags, XDP_SNAT_V6);
+    }
+
+    /// Linux's default `ip_local_port_range`.
+    const LINUX_DEFAULT: PortRange = PortRange {
+        first: 32768,
+        last: 60999,
+    };
+
+    #[test]
+    fn orphans_are_dropped_only_when_the_ranges_are_apart() {
+        let flags = |snat: PortRange, local: Option<PortRange>| {
+            let settings = XdpSettings {
+                snat_ports: snat,
+                ..settings()
+            };
+            xdp_config_entry(Some(&settings), local).flags
+        };
+        // The defaults are apart.
+        assert_eq!(
+            flags(PortRange::DEFAULT_SNAT, Some(LINUX_DEFAULT)),
+            XDP_DROP_ORPHANS
+        );
+        // Adjacent is apart; one shared port is not.
+        let below = PortRange {
+            first: 20000,
+            last: 32767,
+        };
+        assert_eq!(flags(below, Some(LINUX_DEFAULT)), XDP_DROP_ORPHANS);
+        let touching = PortRange {
+            first: 20000,
+            last: 32768,
+        };
+        assert_eq!(flags(touching, Some(LINUX_DEFAULT)), 0);
+        let inside = PortRange {
+            first: 40000,
+            last: 40010,
+        };
+        assert_eq!(flags(inside, Some(LINUX_DEFAULT)), 0);
+        // Unknown range: never drop.
+        assert_eq!(flags(PortRange::DEFAULT_SNAT, None), 0);
+        // With a configured source the flags combine.
+        let with_v4 = XdpSettings {
+            snat_ipv4: Some(Ipv4Addr::new(192, 0, 2, 10)),
+            ..settings()
+        };
+        assert_eq!(
+            xdp_config_entry(Some(&with_v4), Some(LINUX_DEFAULT)).flags,
+            XDP_SNAT_V4 | XDP_DROP_ORPHANS
+        );
+        // No xdp block: all zero whatever the range.
+        assert_eq!(xdp_config_entry(None, Some(LINUX_DEFAULT)).flags, 0);
+    }
+
+    #[test]
+    fn local_port_range_file() {
+        let dir = std::env::temp_dir().join(format!("daas-lb-ports-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("ip_local_port_range");
+        fs::write(&file, "1024\t9999\n").unwrap();
+        assert_eq!(
+            read_local_port_range(&file),
+            Some(PortRange {
+                first: 1024,
+                last: 9999
+            })
+        );
+        fs::write(&file, "garbage").unwrap();
+        assert_eq!(read_local_port_range(&file), None);
+        assert_eq!(read_local_port_range(&dir.join("missing")), None);
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -24,7 +24,8 @@ use std::{
 use super::{ChangeResult, Counters, DialStatus, render, render_api_changes, render_api_refusals};
 use crate::{
     api::status::{
-        AttestationStatus, RegistryStatus, ServerStatus, ServiceStatus, Status, XdpDrops, XdpStatus,
+        AttestationStatus, RegistryStatus, ServerStatus, ServiceStatus, Status, XdpDrops,
+        XdpFlowsStatus, XdpStatus,
     },
     policy::state_machine::ServerState,
 };
@@ -191,8 +192,22 @@ fn status() -> Status {
     Status {
         services: vec![supervisor, apiserver, odd, sui],
         xdp: Some(XdpStatus {
-            interfaces: vec!["eth0".into()],
+            interfaces: vec!["eth0".into(), "veth1".into()],
             mode: "auto".into(),
+            hooks: vec![
+                crate::kernel::HookInUse {
+                    interface: "eth0".into(),
+                    hook: "xdp".into(),
+                    mode: "driver".into(),
+                    why: "auto: physical NIC (ixgbe) -> native XDP".into(),
+                },
+                crate::kernel::HookInUse {
+                    interface: "veth1".into(),
+                    hook: "tc".into(),
+                    mode: "tcx".into(),
+                    why: "auto: veth -> tc".into(),
+                },
+            ],
             snat_ports: "61000-65535".into(),
             verdicts: [
                 ("redirect", 1_200),
@@ -204,6 +219,19 @@ fn status() -> Status {
             .into_iter()
             .map(|(reason, n)| (reason.to_owned(), n))
             .collect(),
+            flows: XdpFlowsStatus {
+                entries: 1_000,
+                forward: 520,
+                reply: 480,
+                capacity: 262_144,
+                removed_by_reason: [("tcp_closed", 90), ("tcp_idle", 3), ("orphan", 2)]
+                    .into_iter()
+                    .map(|(reason, n)| (reason.to_owned(), n))
+                    .collect(),
+                last_pass_ms: 12.5,
+                passes: 40,
+            },
+            hop_gen: 7,
         }),
         registry: Some(RegistryStatus {
             synced: true,
@@ -432,8 +460,8 @@ fn parse(text: &str) -> BTreeMap<String, Family> {
 fn every_family_keeps_its_type_help_samples_and_values() {
     let golden = parse(GOLDEN);
     let now = parse(&exposition());
-    // The fixture has a sample in each of the 35 families of the README's table.
-    assert_eq!(golden.len(), 35, "{:?}", golden.keys());
+    // The fixture has a sample in each of the 40 families of the README's table.
+    assert_eq!(golden.len(), 40, "{:?}", golden.keys());
     for (name, family) in &golden {
         assert!(
             !family.samples.is_empty(),

@@ -8,9 +8,13 @@
 //! - [`map_ids`]: which map slot holds which service and backend.
 //! - [`dial_stall`]: when a SYN has waited too long (`dial_stall_timeout`).
 //! - [`dns`]: what a lookup of a server's DNS name does to its service's list.
+//! - [`flow_expiry`]: when the flow collector removes an XDP flow.
+//! - [`hook`]: native XDP, generic XDP or tc on each interface of the `xdp` block.
 
 pub mod dial_stall;
 pub mod dns;
+pub mod flow_expiry;
+pub mod hook;
 pub mod maglev;
 pub mod map_ids;
 pub mod ranking;

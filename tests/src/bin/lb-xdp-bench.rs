@@ -1,5 +1,6 @@
-//! `lb-xdp-bench`: nanoseconds per packet of the XDP program `lb_xdp`
-//! through `BPF_PROG_TEST_RUN`, next to `lb_xdp_empty` (returns `XDP_PASS`
+//! `lb-xdp-bench`: nanoseconds per packet of the forwarder's two programs,
+//! `lb_xdp` and `lb_tc`, through `BPF_PROG_TEST_RUN`, each next to its empty
+//! baseline (`lb_xdp_empty` returns `XDP_PASS`, `lb_tc_empty` `TC_ACT_OK`,
 //! and nothing else) measured in the same run the same way.
 //!
 //! Runs as root in its own network namespace (unshared for the main thread,
@@ -8,11 +9,14 @@
 //! client-side interface:
 //!
 //! - established: the second and later packets of one flow (`flows` hit,
-//!   FIB lookup, rewrite, `XDP_REDIRECT`);
+//!   cached next hop, rewrite, redirect);
 //! - new flow: a fresh source address/port per packet to a `spread`
 //!   service (4 backends, Maglev table of 16381 slots): hash, Maglev slot,
 //!   FIB lookup, SNAT port, two `flows` inserts, rewrite;
-//! - non-VIP: a packet to an address that is no VIP (`XDP_PASS`).
+//! - non-VIP: a packet to an address that is no VIP (passed).
+//!
+//! Each case runs for `lb_xdp` and then for `lb_tc` (the tc program gets an
+//! skb built by the kernel from the same frame, on the same interface).
 //!
 //! The time is the kernel's own `duration` of each test run (no syscall
 //! overhead). A test run with `repeat > 1` reruns the program on the buffer
@@ -23,7 +27,7 @@
 //! is meaningful: the non-VIP frame (passed unchanged) and an established
 //! flow made to ping-pong (an extra `flows` entry keyed by the rewritten
 //! packet rewrites it back; the VIP gets a route and neighbour on the
-//! client side, so every second run is an `XDP_TX`).
+//! client side, so every second run is an `XDP_TX`; a tc redirect).
 //!
 //! Usage: `lb-xdp-bench [--packets N]` (default 20000 per case and program,
 //! at most 200000; about 3 s by default, 6 s at the maximum).
@@ -37,13 +41,14 @@ use std::{
 use anyhow::{Context as _, bail};
 use lb_common::{
     AF_INET, FLOW_REPLY, FlowValue, PROTO_TCP, SERVICE_REMOTE, SERVICE_SPREAD, Service,
-    XDP_SNAT_V4, XdpConfig, ip_from_bytes, ip_to_bytes, program_names,
+    XDP_SNAT_V4, XdpConfig, ip_from_bytes, ip_to_bytes,
 };
 use lb_tests::{
     NetNs, sh,
     xdp_fixture::{
-        CLIENT_IF, CLIENT_IF_MAC, CLIENT_MAC, Network, Packet, V4, XDP_PASS, XDP_REDIRECT, XDP_TX,
-        XdpFixture, backend, flow_key, mac_string, verdict_name,
+        CLIENT_IF, CLIENT_IF_MAC, CLIENT_MAC, Hook, Network, Packet, TC_ACT_OK, TC_ACT_REDIRECT,
+        V4, XDP_PASS, XDP_REDIRECT, XDP_TX, XdpFixture, backend, flow_key, mac_string,
+        verdict_name,
     },
 };
 use lb_userspace::policy::maglev::{self, MaglevBackend};
@@ -145,9 +150,20 @@ fn pin_to_current_cpu() {
     }
 }
 
-fn print_table(cases: &mut [&mut Case]) {
+/// The verdict `hook`'s program returns where `lb_xdp` returns `xdp`.
+const fn verdict_of(hook: Hook, xdp: u32) -> u32 {
+    match (hook, xdp) {
+        (Hook::Xdp, _) => xdp,
+        (Hook::Tc, XDP_PASS) => TC_ACT_OK,
+        (Hook::Tc, XDP_REDIRECT | XDP_TX) => TC_ACT_REDIRECT,
+        (Hook::Tc, _) => u32::MAX,
+    }
+}
+
+fn print_table(hook: Hook, cases: &mut [&mut Case]) {
+    let (lb, empty) = (hook.program(), hook.empty_program());
     println!(
-        "| case | lb_xdp mean ns/pkt | lb_xdp_empty mean ns/pkt | ratio | lb_xdp median | empty median | unexpected verdicts |"
+        "| case | {lb} mean ns/pkt | {empty} mean ns/pkt | ratio | {lb} median | empty median | unexpected verdicts |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for case in cases {
@@ -224,19 +240,20 @@ fn run() -> anyhow::Result<()> {
         },
     );
     let ingress = Some(net.client_if);
-    let measure = |fx: &XdpFixture, frame: &[u8], case: &mut Case, expect: u32, repeat: u32| {
-        let lb = fx
-            .run_program(program_names::XDP, frame, ingress, repeat)
-            .expect("test run of lb_xdp");
-        let empty = fx
-            .run_program(program_names::XDP_EMPTY, frame, ingress, repeat)
-            .expect("test run of lb_xdp_empty");
-        if lb.verdict != expect {
-            case.unexpected += 1;
-        }
-        case.lb.push(lb.duration.as_nanos() as u64);
-        case.empty.push(empty.duration.as_nanos() as u64);
-    };
+    let measure =
+        |fx: &XdpFixture, hook: Hook, frame: &[u8], case: &mut Case, expect: u32, repeat: u32| {
+            let lb = fx
+                .run_program(hook.program(), frame, ingress, repeat)
+                .unwrap_or_else(|e| panic!("test run of {}: {e:#}", hook.program()));
+            let empty = fx
+                .run_program(hook.empty_program(), frame, ingress, repeat)
+                .unwrap_or_else(|e| panic!("test run of {}: {e:#}", hook.empty_program()));
+            if lb.verdict != verdict_of(hook, expect) {
+                case.unexpected += 1;
+            }
+            case.lb.push(lb.duration.as_nanos() as u64);
+            case.empty.push(empty.duration.as_nanos() as u64);
+        };
     let new_case = |name| Case {
         name,
         lb: Samples::default(),
@@ -244,57 +261,65 @@ fn run() -> anyhow::Result<()> {
         unexpected: 0,
     };
 
-    // (a) Established flow: the first packet creates it.
     let client = SocketAddr::new(V4.client, 40000);
     let established = Packet::tcp(client, vip_single)
         .macs(CLIENT_MAC, CLIENT_IF_MAC)
         .payload(&[0x42; 64])
         .bytes();
-    let first = fx.run(&established, ingress);
-    if first.verdict != XDP_REDIRECT {
-        bail!(
-            "the first packet of the established case got {} instead of XDP_REDIRECT: \
-             the fixture network or the program is broken",
-            verdict_name(first.verdict)
-        );
-    }
-    let mut warm = new_case("warm-up");
-    for _ in 0..WARMUP {
-        measure(&fx, &established, &mut warm, XDP_REDIRECT, 1);
-    }
-    let mut case_a = new_case("established flow");
-    for _ in 0..packets {
-        measure(&fx, &established, &mut case_a, XDP_REDIRECT, 1);
-    }
-
-    // (b) A new flow per packet: source address 10.2.x.y, port 1024.. .
-    let mut case_b = new_case("new flow, Maglev (16381 slots, 4 backends)");
-    let IpAddr::V4(base) = V4.client else {
-        bail!("V4.client is not IPv4");
-    };
-    let base = u32::from(base);
-    for i in 0..packets {
-        if i > 0 && i % FLOWS_PER_BATCH == 0 {
-            fx.clear_flows();
-        }
-        let host = base + (i / 60_000) * 256;
-        let port = 1024 + (i % 60_000) as u16;
-        let src = SocketAddr::new(std::net::Ipv4Addr::from(host).into(), port);
-        let frame = Packet::tcp(src, vip_spread)
-            .macs(CLIENT_MAC, CLIENT_IF_MAC)
-            .payload(&[0x42; 64])
-            .bytes();
-        measure(&fx, &frame, &mut case_b, XDP_REDIRECT, 1);
-    }
-
-    // (c) Not a VIP.
     let not_vip = Packet::tcp(client, SocketAddr::new(V4.not_vip, 80))
         .macs(CLIENT_MAC, CLIENT_IF_MAC)
         .payload(&[0x42; 64])
         .bytes();
-    let mut case_c = new_case("non-VIP (XDP_PASS)");
-    for _ in 0..packets {
-        measure(&fx, &not_vip, &mut case_c, XDP_PASS, 1);
+    let IpAddr::V4(base) = V4.client else {
+        bail!("V4.client is not IPv4");
+    };
+    let base = u32::from(base);
+    let mut single = Vec::new();
+    for hook in [Hook::Xdp, Hook::Tc] {
+        fx.hook = hook;
+        // (a) Established flow: the first packet creates it.
+        let first = fx.run(&established, ingress);
+        if first.verdict != XDP_REDIRECT {
+            bail!(
+                "{}: the first packet of the established case got {} instead of a redirect: \
+                 the fixture network or the program is broken",
+                hook.program(),
+                verdict_name(first.verdict)
+            );
+        }
+        let mut warm = new_case("warm-up");
+        for _ in 0..WARMUP {
+            measure(&fx, hook, &established, &mut warm, XDP_REDIRECT, 1);
+        }
+        let mut case_a = new_case("established flow");
+        for _ in 0..packets {
+            measure(&fx, hook, &established, &mut case_a, XDP_REDIRECT, 1);
+        }
+
+        // (b) A new flow per packet: source address 10.2.x.y, port 1024.. .
+        let mut case_b = new_case("new flow, Maglev (16381 slots, 4 backends)");
+        fx.clear_flows();
+        for i in 0..packets {
+            if i > 0 && i % FLOWS_PER_BATCH == 0 {
+                fx.clear_flows();
+            }
+            let host = base + (i / 60_000) * 256;
+            let port = 1024 + (i % 60_000) as u16;
+            let src = SocketAddr::new(std::net::Ipv4Addr::from(host).into(), port);
+            let frame = Packet::tcp(src, vip_spread)
+                .macs(CLIENT_MAC, CLIENT_IF_MAC)
+                .payload(&[0x42; 64])
+                .bytes();
+            measure(&fx, hook, &frame, &mut case_b, XDP_REDIRECT, 1);
+        }
+        fx.clear_flows();
+
+        // (c) Not a VIP.
+        let mut case_c = new_case("non-VIP (pass)");
+        for _ in 0..packets {
+            measure(&fx, hook, &not_vip, &mut case_c, XDP_PASS, 1);
+        }
+        single.push((hook, [case_a, case_b, case_c]));
     }
 
     // Amortised variants: `repeat` runs on one buffer, which only works
@@ -302,8 +327,8 @@ fn run() -> anyhow::Result<()> {
     // non-VIP frame is passed unchanged; the established flow is made to
     // ping-pong: an extra (reply-flagged) entry keyed by the rewritten
     // packet (SNAT address:port -> backend) rewrites it back to
-    // client -> VIP, routed back out of the client-side veth (XDP_TX). TTL
-    // 255 leaves room for REPEAT decrements.
+    // client -> VIP, routed back out of the client-side veth (XDP_TX; tc
+    // redirects). TTL 255 leaves room for REPEAT decrements.
     let IpAddr::V4(vip_v4) = V4.vip else {
         bail!("V4.vip is not IPv4");
     };
@@ -325,7 +350,7 @@ fn run() -> anyhow::Result<()> {
             CLIENT_IF,
         ],
     );
-    // (b) may have cleared `flows`: this packet re-creates the flow if so.
+    fx.hook = Hook::Xdp;
     let again = fx.run(&established, ingress);
     if again.verdict != XDP_REDIRECT {
         bail!(
@@ -363,11 +388,15 @@ fn run() -> anyhow::Result<()> {
     // XDP dispatcher and back (tens of ms of wall time, outside the
     // measured duration): a few calls keep the run short.
     let calls = (packets / REPEAT).clamp(1, MAX_REPEAT_CALLS);
-    let mut ping_pong_case = new_case("established flow, ping-pong");
-    let mut pass_repeat_case = new_case("non-VIP (XDP_PASS)");
-    for _ in 0..calls {
-        measure(&fx, &ping_pong, &mut ping_pong_case, XDP_TX, REPEAT);
-        measure(&fx, &not_vip, &mut pass_repeat_case, XDP_PASS, REPEAT);
+    let mut amortised = Vec::new();
+    for hook in [Hook::Xdp, Hook::Tc] {
+        let mut ping_pong_case = new_case("established flow, ping-pong");
+        let mut pass_repeat_case = new_case("non-VIP (pass)");
+        for _ in 0..calls {
+            measure(&fx, hook, &ping_pong, &mut ping_pong_case, XDP_TX, REPEAT);
+            measure(&fx, hook, &not_vip, &mut pass_repeat_case, XDP_PASS, REPEAT);
+        }
+        amortised.push((hook, [ping_pong_case, pass_repeat_case]));
     }
 
     let mut backends_hit = 0;
@@ -377,29 +406,36 @@ fn run() -> anyhow::Result<()> {
         }
     }
 
-    println!(
-        "lb_xdp vs lb_xdp_empty, BPF_PROG_TEST_RUN kernel duration, repeat=1 per call, \
-         {packets} packets per case and program, IPv4 TCP 118-byte frames, one CPU\n"
-    );
-    print_table(&mut [&mut case_a, &mut case_b, &mut case_c]);
-    println!(
-        "\nAmortised: repeat={REPEAT} runs on one buffer per call ({calls} calls; the \
-         kernel divides its time by {REPEAT}, so the timer overhead mostly vanishes)\n"
-    );
-    print_table(&mut [&mut ping_pong_case, &mut pass_repeat_case]);
+    for (hook, cases) in &mut single {
+        println!(
+            "\n{} vs {}, BPF_PROG_TEST_RUN kernel duration, repeat=1 per call, \
+             {packets} packets per case and program, IPv4 TCP 118-byte frames, one CPU\n",
+            hook.program(),
+            hook.empty_program()
+        );
+        let [a, b, c] = cases;
+        print_table(*hook, &mut [a, b, c]);
+    }
+    for (hook, cases) in &mut amortised {
+        println!(
+            "\n{} amortised: repeat={REPEAT} runs on one buffer per call ({calls} calls; the \
+             kernel divides its time by {REPEAT}, so the timer overhead mostly vanishes)\n",
+            hook.program()
+        );
+        let [a, b] = cases;
+        print_table(*hook, &mut [a, b]);
+    }
     println!(
         "\nnew flows reached {backends_hit} of 4 backends; total time {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    let cases = [
-        &case_a,
-        &case_b,
-        &case_c,
-        &ping_pong_case,
-        &pass_repeat_case,
-    ];
-    if cases.iter().any(|case| case.unexpected > 0) {
-        bail!("some packets got an unexpected verdict (see the table)");
+    let unexpected = single
+        .iter()
+        .flat_map(|(_, cases)| cases.iter())
+        .chain(amortised.iter().flat_map(|(_, cases)| cases.iter()))
+        .any(|case| case.unexpected > 0);
+    if unexpected {
+        bail!("some packets got an unexpected verdict (see the tables)");
     }
     Ok(())
 }

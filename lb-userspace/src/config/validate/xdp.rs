@@ -1,16 +1,37 @@
-//! The `xdp` block: interfaces, attach mode, SNAT addresses and ports.
+//! The `xdp` block: interfaces (each a name or `{ name, hook, mode }`),
+//! the default hook and attach mode, SNAT addresses and ports, flow
+//! timeouts and the flow collector's interval.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
 
-use serde_saphyr::Spanned;
+use serde_saphyr::{Location, Spanned};
 
 use super::{Checker, MAX_INTERFACE_NAME_LEN, ServiceDraft};
-use crate::config::{PortRange, XdpAttachMode, XdpSettings, raw::RawXdp};
+use crate::config::{
+    FlowTimeouts, PortRange, XdpAttachMode, XdpHook, XdpInterface, XdpSettings,
+    raw::{RawFlowTimeouts, RawInterface, RawXdp},
+};
 
 impl Checker {
     /// The `xdp` block.
     pub(super) fn xdp(&mut self, raw: &Spanned<RawXdp>) -> Option<XdpSettings> {
         let xdp = &raw.value;
+        let hook = match &xdp.hook {
+            None => Some(XdpHook::Auto),
+            Some(raw) => self.parse(raw, "xdp.hook"),
+        };
+        let mode = match &xdp.mode {
+            None => Some(XdpAttachMode::Auto),
+            Some(raw) => self.parse(raw, "xdp.mode"),
+        };
+        if let (Some(XdpHook::Tc), Some(raw_mode), Some(m)) = (hook, &xdp.mode, mode)
+            && m != XdpAttachMode::Auto
+        {
+            self.report(raw_mode.referenced, "xdp.mode", tc_has_no_mode(m));
+        }
         let interfaces = self
             .required(
                 xdp.interfaces.as_ref(),
@@ -19,11 +40,13 @@ impl Checker {
                 "interfaces",
                 ": the interfaces remote clients' packets arrive on, e.g. [eth0]",
             )
-            .and_then(|list| self.interfaces(list));
-        let mode = match &xdp.mode {
-            None => Some(XdpAttachMode::Auto),
-            Some(raw) => self.parse(raw, "xdp.mode"),
-        };
+            .and_then(|list| {
+                self.interfaces(
+                    list,
+                    hook.unwrap_or(XdpHook::Auto),
+                    mode.unwrap_or(XdpAttachMode::Auto),
+                )
+            });
         let snat_ipv4 = match &xdp.snat_ipv4 {
             None => Some(None),
             Some(raw) => match self.snat_address(raw, "xdp.snat_ipv4", true)? {
@@ -42,20 +65,66 @@ impl Checker {
             None => Some(PortRange::DEFAULT_SNAT),
             Some(raw) => self.port_range(raw, "xdp.snat_ports"),
         };
+        let flow_timeouts = match &xdp.flow_timeouts {
+            None => Some(FlowTimeouts::DEFAULT),
+            Some(raw) => self.flow_timeouts(&raw.value),
+        };
+        let flow_gc_interval = match &xdp.flow_gc_interval {
+            None => Some(FlowTimeouts::DEFAULT_GC_INTERVAL),
+            Some(raw) => self.duration_in_range(
+                raw,
+                "xdp.flow_gc_interval",
+                FlowTimeouts::MIN,
+                FlowTimeouts::MAX,
+            ),
+        };
         Some(XdpSettings {
             interfaces: interfaces?,
+            hook: hook?,
             mode: mode?,
             snat_ipv4: snat_ipv4?,
             snat_ipv6: snat_ipv6?,
             snat_ports: snat_ports?,
+            flow_timeouts: flow_timeouts?,
+            flow_gc_interval: flow_gc_interval?,
         })
     }
 
-    /// `xdp.interfaces`: a non-empty list of distinct, well-formed names.
+    /// `xdp.flow_timeouts`: each one optional (default
+    /// [`FlowTimeouts::DEFAULT`]), from [`FlowTimeouts::MIN`] to
+    /// [`FlowTimeouts::MAX`]; every bad one is reported.
+    fn flow_timeouts(&mut self, raw: &RawFlowTimeouts) -> Option<FlowTimeouts> {
+        let mut one = |field: &Option<Spanned<String>>, name: &str, default: Duration| match field {
+            None => Some(default),
+            Some(raw) => self.duration_in_range(
+                raw,
+                &format!("xdp.flow_timeouts.{name}"),
+                FlowTimeouts::MIN,
+                FlowTimeouts::MAX,
+            ),
+        };
+        let defaults = FlowTimeouts::DEFAULT;
+        let tcp = one(&raw.tcp, "tcp", defaults.tcp);
+        let tcp_closing = one(&raw.tcp_closing, "tcp_closing", defaults.tcp_closing);
+        let tcp_unreplied = one(&raw.tcp_unreplied, "tcp_unreplied", defaults.tcp_unreplied);
+        let udp = one(&raw.udp, "udp", defaults.udp);
+        Some(FlowTimeouts {
+            tcp: tcp?,
+            tcp_closing: tcp_closing?,
+            tcp_unreplied: tcp_unreplied?,
+            udp: udp?,
+        })
+    }
+
+    /// `xdp.interfaces`: a non-empty list of distinct, well-formed names,
+    /// each written alone (the block's `hook` and `mode`) or as
+    /// `{ name, hook, mode }`.
     pub(super) fn interfaces(
         &mut self,
-        list: &Spanned<Vec<Spanned<String>>>,
-    ) -> Option<Vec<String>> {
+        list: &Spanned<Vec<Spanned<RawInterface>>>,
+        block_hook: XdpHook,
+        block_mode: XdpAttachMode,
+    ) -> Option<Vec<XdpInterface>> {
         let path = "xdp.interfaces";
         if list.value.is_empty() {
             self.report(
@@ -66,33 +135,107 @@ impl Checker {
             );
             return None;
         }
-        let mut names: Vec<&Spanned<String>> = Vec::with_capacity(list.value.len());
+        let mut seen: Vec<(String, u64)> = Vec::with_capacity(list.value.len());
+        let mut entries = Vec::with_capacity(list.value.len());
         let mut valid = true;
         for (index, raw) in list.value.iter().enumerate() {
             let entry_path = format!("{path}[{index}]");
-            let name = raw.value.trim();
-            if let Some(problem) = interface_name_problem(name) {
-                self.report(raw.referenced, &entry_path, problem);
+            let Some((name, at, name_path, entry)) =
+                self.interface_entry(raw, &entry_path, block_hook, block_mode)
+            else {
                 valid = false;
-            } else if let Some(first) = names.iter().position(|other| other.value.trim() == name) {
+                continue;
+            };
+            if let Some(problem) = interface_name_problem(&name) {
+                self.report(at, &name_path, problem);
+                valid = false;
+            } else if let Some(first) = seen.iter().position(|(other, _)| *other == name) {
                 self.report(
-                    raw.referenced,
-                    &entry_path,
+                    at,
+                    &name_path,
                     format!(
                         "duplicate interface {name}, already listed as {path}[{first}] (line {})",
-                        names[first].referenced.line()
+                        seen[first].1
                     ),
                 );
                 valid = false;
             }
-            names.push(raw);
+            seen.push((name, at.line()));
+            entries.push(entry);
         }
-        valid.then(|| {
-            names
-                .into_iter()
-                .map(|name| name.value.trim().to_owned())
-                .collect()
-        })
+        valid.then_some(entries)
+    }
+
+    /// One entry of `xdp.interfaces`: its trimmed name, where the name is
+    /// written and its path, and the entry with the defaults applied.
+    fn interface_entry(
+        &mut self,
+        raw: &Spanned<RawInterface>,
+        entry_path: &str,
+        block_hook: XdpHook,
+        block_mode: XdpAttachMode,
+    ) -> Option<(String, Location, String, XdpInterface)> {
+        let defaults = |name: &str| XdpInterface {
+            name: name.to_owned(),
+            hook: block_hook,
+            mode: if block_hook == XdpHook::Tc {
+                XdpAttachMode::Auto
+            } else {
+                block_mode
+            },
+        };
+        match &raw.value {
+            RawInterface::Name(name) => {
+                let name = name.trim();
+                Some((
+                    name.to_owned(),
+                    raw.referenced,
+                    entry_path.to_owned(),
+                    defaults(name),
+                ))
+            }
+            RawInterface::Map(map) => {
+                let name = self.required(
+                    map.name.as_ref(),
+                    raw.referenced,
+                    entry_path,
+                    "name",
+                    ": the interface's name, e.g. { name: eth0, hook: tc }",
+                );
+                let hook = match &map.hook {
+                    None => Some(block_hook),
+                    Some(raw) => self.parse(raw, &format!("{entry_path}.hook")),
+                };
+                let mode = match (&map.mode, hook) {
+                    (None, Some(XdpHook::Tc)) => Some(XdpAttachMode::Auto),
+                    (None, _) => Some(block_mode),
+                    (Some(raw), hook) => {
+                        let mode_path = format!("{entry_path}.mode");
+                        let mode: Option<XdpAttachMode> = self.parse(raw, &mode_path);
+                        if let (Some(XdpHook::Tc), Some(m)) = (hook, mode)
+                            && m != XdpAttachMode::Auto
+                        {
+                            self.report(raw.referenced, &mode_path, tc_has_no_mode(m));
+                            None
+                        } else {
+                            mode
+                        }
+                    }
+                };
+                let name = name?;
+                let trimmed = name.value.trim().to_owned();
+                Some((
+                    trimmed.clone(),
+                    name.referenced,
+                    format!("{entry_path}.name"),
+                    XdpInterface {
+                        name: trimmed,
+                        hook: hook?,
+                        mode: mode?,
+                    },
+                ))
+            }
+        }
     }
 
     /// `xdp.snat_ipv4` (`v4`) or `xdp.snat_ipv6`: a unicast address literal
@@ -174,6 +317,13 @@ impl Checker {
             }
         }
     }
+}
+
+/// The complaint about `mode: <mode>` next to `hook: tc`.
+fn tc_has_no_mode(mode: XdpAttachMode) -> String {
+    format!(
+        "`mode: {mode}` is an XDP attach mode and `hook: tc` has none; drop `mode`, or use `hook: xdp` (or `auto`) for XDP in mode {mode}"
+    )
 }
 
 /// Why `name` cannot be a Linux network interface name, if it cannot

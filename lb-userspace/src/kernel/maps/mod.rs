@@ -26,7 +26,7 @@ use lb_common::map_names;
 pub use self::{
     backends::Backends,
     dial::{BackendConnsMap, BackendDialMap, DialEvents, DialsMap, FailoverMap},
-    flows::Flows,
+    flows::{Flows, WalkMode},
     kernel_log::KernelLogMap,
     maglev::Maglev,
     rev_nat::RevNat,
@@ -82,10 +82,13 @@ impl Maps {
             service_stats: ServiceStatsMap::new(take(ebpf, map_names::SERVICE_STATS)?, nr_cpus),
             rev_nat: RevNat(take(ebpf, map_names::REV_NAT)?),
             maglev: Maglev(take(ebpf, map_names::MAGLEV)?),
-            xdp_config: XdpConfigMap(take(ebpf, map_names::XDP_CONFIG)?),
+            xdp_config: XdpConfigMap::new(take(ebpf, map_names::XDP_CONFIG)?),
             if_addrs: IfAddrsMap(take(ebpf, map_names::IF_ADDRS)?),
             xdp_stats: XdpStats(take(ebpf, map_names::XDP_STATS)?),
-            flows: Flows(take(ebpf, map_names::FLOWS)?),
+            flows: Flows::from_map(
+                ebpf.take_map(map_names::FLOWS)
+                    .context("the flows map is missing from the eBPF object")?,
+            )?,
             dials: DialsMap(take(ebpf, map_names::DIALS)?),
             backend_dial: BackendDialMap(take(ebpf, map_names::BACKEND_DIAL)?),
             failover: FailoverMap(take(ebpf, map_names::FAILOVER)?),

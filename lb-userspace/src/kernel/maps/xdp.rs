@@ -12,13 +12,53 @@ use lb_common::{IfAddrs, XdpConfig, xdp_counter};
 use super::removed;
 use crate::kernel::if_addrs;
 
-/// The `xdp_config` map.
-pub struct XdpConfigMap(pub(super) Array<MapData, XdpConfig>);
+/// The `xdp_config` map. Its `hop_gen` is the wrapper's: every write
+/// moves it on from what the map held (also an earlier run's value in a
+/// reused pinned map), so next hops cached before are never trusted again.
+pub struct XdpConfigMap {
+    map: Array<MapData, XdpConfig>,
+    /// The entry last written (`None` before the first write).
+    last: Option<XdpConfig>,
+}
 
 impl XdpConfigMap {
-    /// Writes the entry.
-    pub fn set(&mut self, entry: XdpConfig) -> anyhow::Result<()> {
-        self.0.set(0, entry, 0).context("writing xdp_config[0]")
+    pub(super) const fn new(map: Array<MapData, XdpConfig>) -> Self {
+        Self { map, last: None }
+    }
+
+    /// Writes `entry` with the next hop generation (its own `hop_gen` is
+    /// ignored); returns the generation written.
+    pub fn set(&mut self, entry: XdpConfig) -> anyhow::Result<u32> {
+        let current = match self.last {
+            Some(last) => last.hop_gen,
+            None => {
+                self.map
+                    .get(&0, 0)
+                    .context("reading xdp_config[0]")?
+                    .hop_gen
+            }
+        };
+        let entry = XdpConfig {
+            hop_gen: current.wrapping_add(1),
+            ..entry
+        };
+        self.map.set(0, entry, 0).context("writing xdp_config[0]")?;
+        self.last = Some(entry);
+        Ok(entry.hop_gen)
+    }
+
+    /// Writes the last entry again with the next hop generation (routes,
+    /// neighbours or links changed); returns the generation written.
+    pub fn bump_hop_gen(&mut self) -> anyhow::Result<u32> {
+        let entry = self
+            .last
+            .context("xdp_config[0] was never written by this run")?;
+        self.set(entry)
+    }
+
+    /// The entry last written.
+    pub const fn last(&self) -> Option<XdpConfig> {
+        self.last
     }
 }
 

@@ -1,6 +1,6 @@
-//! Packet parsing for the XDP forwarder: the header layout (offsets the
-//! rewrite uses too) and the bounds-checked access to packet bytes that
-//! every part of the forwarder goes through.
+//! Packet parsing for the forwarder (either hook): the header layout
+//! (offsets the rewrites use too) and the bounds-checked access to packet
+//! bytes that every part of the forwarder goes through.
 //!
 //! Invariants: every read or write of packet bytes goes through [`at`],
 //! which checks the access against `data_end` right before it (the verifier
@@ -9,12 +9,14 @@
 //! options and not fragmented, or IPv6 without extension headers, with a
 //! complete TCP or UDP header inside the IP length; for anything else it
 //! names the `xdp_stats` pass counter of the reason. Once it accepted a
-//! packet, every offset below lies within the frame.
+//! packet, every offset below lies within the directly readable data (for
+//! tc, the hook pulls the headers into the linear area first). The IP
+//! length is checked against the whole packet ([`Hook::packet_len`]: on
+//! tc, beyond the linear area too).
 
-use aya_ebpf::programs::XdpContext;
 use lb_common::{AF_INET, AF_INET6, FlowKey, PROTO_TCP, PROTO_UDP, xdp_counter};
 
-use super::Packet;
+use super::{Hook, Packet};
 
 /// Ethernet header length (no VLAN tags: tagged frames are passed).
 const ETH_LEN: usize = 14;
@@ -34,6 +36,9 @@ pub(super) const V4_SRC: usize = L3 + 12;
 pub(super) const V6_HOP_LIMIT: usize = L3 + 7;
 /// Offset of the IPv6 source address (the destination follows).
 pub(super) const V6_SRC: usize = L3 + 8;
+/// The longest headers [`parse`] reads (IPv6 and TCP): what tc pulls into
+/// the linear area.
+pub(super) const HEADERS_MAX: usize = L4_V6 + 20;
 /// Offset of the checksum within a TCP header.
 pub(super) const TCP_CHECK: usize = 16;
 /// Offset of the checksum within a UDP header.
@@ -52,9 +57,9 @@ const IPV4_FRAGMENT_MASK: u16 = 0x3fff;
     reason = "the verifier must see the bounds check next to the access"
 )]
 #[inline(always)]
-fn at<const N: usize>(ctx: &XdpContext, offset: usize) -> Option<*mut [u8; N]> {
-    let start = ctx.data();
-    if start + offset + N > ctx.data_end() {
+fn at<const N: usize>(ctx: &impl Hook, offset: usize) -> Option<*mut [u8; N]> {
+    let start = ctx.start();
+    if start + offset + N > ctx.end() {
         return None;
     }
     Some((start + offset) as *mut [u8; N])
@@ -66,7 +71,7 @@ fn at<const N: usize>(ctx: &XdpContext, offset: usize) -> Option<*mut [u8; N]> {
     reason = "the verifier must see the bounds check next to the access"
 )]
 #[inline(always)]
-pub(super) fn read<const N: usize>(ctx: &XdpContext, offset: usize) -> Option<[u8; N]> {
+pub(super) fn read<const N: usize>(ctx: &impl Hook, offset: usize) -> Option<[u8; N]> {
     // SAFETY: `at` checked that the N bytes lie within the packet; byte arrays
     // have alignment 1.
     at::<N>(ctx, offset).map(|p| unsafe { p.read() })
@@ -79,9 +84,10 @@ pub(super) fn read<const N: usize>(ctx: &XdpContext, offset: usize) -> Option<[u
     reason = "the verifier must see the bounds check next to the access"
 )]
 #[inline(always)]
-pub(super) fn write<const N: usize>(ctx: &XdpContext, offset: usize, bytes: [u8; N]) {
+pub(super) fn write<const N: usize>(ctx: &impl Hook, offset: usize, bytes: [u8; N]) {
     if let Some(p) = at::<N>(ctx, offset) {
-        // SAFETY: as in `read`; the packet is writable in XDP.
+        // SAFETY: as in `read`; only the XDP hook writes directly, and the
+        // packet is writable in XDP.
         unsafe { p.write(bytes) };
     }
 }
@@ -93,8 +99,8 @@ pub(super) fn write<const N: usize>(ctx: &XdpContext, offset: usize, bytes: [u8;
     reason = "one flat program keeps verifier state small and avoids BPF-to-BPF calls"
 )]
 #[inline(always)]
-pub(super) fn parse(ctx: &XdpContext) -> Result<Packet, u32> {
-    let frame_len = (ctx.data_end() - ctx.data()) as u64;
+pub(super) fn parse<H: Hook>(ctx: &H) -> Result<Packet, u32> {
+    let packet_len = ctx.packet_len();
     let ether_type = read::<2>(ctx, 12).ok_or(xdp_counter::PASS_TRUNCATED)?;
     let (family, proto, ttl, ip_len, l4, src, dst) = match u16::from_be_bytes(ether_type) {
         ETH_P_IP => {
@@ -107,7 +113,7 @@ pub(super) fn parse(ctx: &XdpContext) -> Result<Packet, u32> {
                 return Err(xdp_counter::PASS_IP_OPTIONS);
             }
             let total = u16::from_be_bytes([ip[2], ip[3]]);
-            if total < 20 || L3 + usize::from(total) > ctx.data_end() - ctx.data() {
+            if total < 20 || L3 + usize::from(total) > packet_len {
                 return Err(xdp_counter::PASS_TRUNCATED);
             }
             if u16::from_be_bytes([ip[6], ip[7]]) & IPV4_FRAGMENT_MASK != 0 {
@@ -125,7 +131,7 @@ pub(super) fn parse(ctx: &XdpContext) -> Result<Packet, u32> {
                 return Err(xdp_counter::PASS_TRUNCATED);
             }
             let payload = u16::from_be_bytes([ip[4], ip[5]]);
-            if L4_V6 + usize::from(payload) > ctx.data_end() - ctx.data() {
+            if L4_V6 + usize::from(payload) > packet_len {
                 return Err(xdp_counter::PASS_TRUNCATED);
             }
             let next = ip[6];
@@ -152,8 +158,12 @@ pub(super) fn parse(ctx: &XdpContext) -> Result<Packet, u32> {
         }
         _ => return Err(xdp_counter::PASS_NOT_IP),
     };
+    let mut tcp_flags = 0;
     let ports = match proto {
-        PROTO_TCP => read::<20>(ctx, l4).map(|h| [h[0], h[1], h[2], h[3]]),
+        PROTO_TCP => read::<20>(ctx, l4).map(|h| {
+            tcp_flags = h[13];
+            [h[0], h[1], h[2], h[3]]
+        }),
         PROTO_UDP => {
             let udp = read::<8>(ctx, l4).ok_or(xdp_counter::PASS_TRUNCATED)?;
             if family == AF_INET6 && udp[6] == 0 && udp[7] == 0 {
@@ -176,8 +186,9 @@ pub(super) fn parse(ctx: &XdpContext) -> Result<Packet, u32> {
             pad: [0; 2],
         },
         ttl,
+        tcp_flags,
         ip_len,
-        frame_len,
+        frame_len: packet_len as u64,
     })
 }
 

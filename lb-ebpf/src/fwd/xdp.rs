@@ -1,5 +1,13 @@
+//! The XDP hook (`lb_xdp`): the frame is read and written directly, the
+//! packet leaves with `bpf_redirect`, or `XDP_TX` when it goes back out of
+//! the interface it came in on. A next hop whose neighbour is unresolved
+//! is passed to the stack (`pass_no_neigh`), which resolves it.
+//!
 //! Rewriting a forwarded packet in place: addresses and ports (the flow's
 //! rewrite), TTL or hop limit, the next hop's MACs, and the checksums.
+//! XDP cannot see an skb's checksum state: a packet carrying a partial
+//! checksum (`CHECKSUM_PARTIAL`, sent from a local veth with TX checksum
+//! offload) gets a wrong one here; on such devices tc is the hook to use.
 //!
 //! Invariants: called only for a packet [`super::parse::parse`] accepted
 //! (so every offset written lies within the frame; the accesses are still
@@ -10,16 +18,75 @@
 //! packet without a checksum (0) keeps none; a computed UDP checksum of 0
 //! is sent as 0xffff (RFC 768).
 
-use aya_ebpf::programs::XdpContext;
-use lb_common::{AF_INET, AddrBytes, FlowValue, PROTO_TCP, PROTO_UDP, csum};
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_redirect, programs::XdpContext};
+use lb_common::{AF_INET, AddrBytes, FlowValue, PROTO_TCP, PROTO_UDP, csum, xdp_counter};
 
 use super::{
-    Hop, Packet,
+    Action, Hook, Hop, Packet, Verdict,
     parse::{
         L4_V4, L4_V6, TCP_CHECK, UDP_CHECK, V4_CHECK, V4_SRC, V4_TTL, V6_HOP_LIMIT, V6_SRC, read,
         write,
     },
 };
+
+#[expect(
+    clippy::inline_always,
+    reason = "one flat program keeps verifier state small and avoids BPF-to-BPF calls"
+)]
+impl Hook for XdpContext {
+    const PASS: u32 = xdp_action::XDP_PASS;
+    const DROP: u32 = xdp_action::XDP_DROP;
+    const NEIGH: bool = false;
+
+    #[inline(always)]
+    fn start(&self) -> usize {
+        self.data()
+    }
+
+    #[inline(always)]
+    fn end(&self) -> usize {
+        self.data_end()
+    }
+
+    #[inline(always)]
+    fn packet_len(&self) -> usize {
+        self.data_end() - self.data()
+    }
+
+    #[inline(always)]
+    fn ingress(&self) -> u32 {
+        self.ingress_ifindex() as u32
+    }
+
+    #[inline(always)]
+    fn fib_len(packet: &Packet) -> u16 {
+        packet.ip_len
+    }
+
+    #[inline(always)]
+    fn rewrite(&self, packet: &Packet, flow: &FlowValue, hop: &Hop) -> bool {
+        rewrite(self, packet, flow, hop);
+        true
+    }
+
+    #[inline(always)]
+    fn send(&self, hop: &Hop) -> Verdict {
+        if hop.ifindex == self.ingress() {
+            return Verdict {
+                action: Action::Sent(xdp_action::XDP_TX),
+                counter: xdp_counter::TX,
+            };
+        }
+        // SAFETY: bpf_redirect only records the target; it returns
+        // XDP_REDIRECT on success and XDP_ABORTED for bad flags (we pass
+        // none).
+        let code = unsafe { bpf_redirect(hop.ifindex, 0) } as u32;
+        Verdict {
+            action: Action::Sent(code),
+            counter: xdp_counter::REDIRECT,
+        }
+    }
+}
 
 /// Rewrites addresses, ports, TTL, checksums and MACs in place.
 #[expect(
@@ -27,7 +94,7 @@ use super::{
     reason = "one flat program keeps verifier state small and avoids BPF-to-BPF calls"
 )]
 #[inline(always)]
-pub(super) fn rewrite(ctx: &XdpContext, packet: &Packet, flow: &FlowValue, hop: &Hop) {
+fn rewrite(ctx: &XdpContext, packet: &Packet, flow: &FlowValue, hop: &Hop) {
     let key = &packet.key;
     let old_ports = port_bytes(key.src_port, key.dst_port);
     let new_ports = port_bytes(flow.src_port, flow.dst_port);

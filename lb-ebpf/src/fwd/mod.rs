@@ -1,0 +1,508 @@
+//! The forwarder for remote clients, shared by two hooks: XDP (`lb_xdp`)
+//! and tc ingress (`lb_tc`). parse → look up → rewrite → send.
+//!
+//! A packet to a `remote` VIP gets full NAT: the destination becomes the
+//! chosen backend and the source the node's SNAT address and a SNAT port, so
+//! the backend answers the node. The `flows` map keeps both directions: the
+//! client→VIP entry pins the flow to its backend, the backend→SNAT entry
+//! turns replies back into VIP→client packets. Both hooks share the flow
+//! table, the Maglev choice and every counter.
+//!
+//! This module is the flow ([`run`]: [`parse`] → look up the flow or choose
+//! its backend → next hop → SNAT for a new flow → lifecycle → rewrite →
+//! counters → send) and the small types its parts share; [`parse`] reads
+//! the packet, [`nat`] holds the flow table's rules (which backend a flow
+//! keeps, a new flow's SNAT address and port, the entries' lifecycle),
+//! [`xdp`] and [`tc`] are the two hooks ([`Hook`]): how each reads its
+//! context, rewrites headers and checksums, and sends the packet.
+//!
+//! Lookups per packet: a packet whose destination port lies in the SNAT
+//! range may be a reply, so `flows` is looked up first; any other packet
+//! is looked up in `services` first, and only a VIP's packet in `flows`
+//! (a non-VIP packet costs one hash lookup). An established packet then
+//! costs its flow lookup, the backend check (an array slot, inlined by the
+//! verifier: it stays on every forward packet, cached hop or not, because
+//! a server marked down or a slot freed must move the flow on its very
+//! next packet), the cached next hop, the rewrite and the counters.
+//!
+//! Next-hop cache: an existing entry's [`FlowValue::hop_ifindex`] and MACs
+//! are used while [`FlowValue::hop_gen`] equals [`XdpConfig::hop_gen`]
+//! (the controller bumps it on route, neighbour and link changes);
+//! otherwise `bpf_fib_lookup` answers and the entry is updated. MTU: the
+//! FIB also checks the packet against the egress MTU (XDP: `tot_len`;
+//! tc: the skb, GSO aware), and a cached packet skips that check. A flow
+//! starts with a FIB lookup (MTU checked), and a packet of an established
+//! flow larger than the egress MTU (an MTU lowered since, or a client
+//! sending more than its first packets) goes out as it is: the egress
+//! device drops it, no ICMP "fragmentation needed" comes back. A route or
+//! link change (MTU changes included) bumps the generation and so brings
+//! the check back for every flow's next packet.
+//!
+//! Everything the program does not fully understand is passed to the stack
+//! untouched (see [`lb_common::xdp_counter`] for each case); it drops only
+//! packets for a VIP it cannot serve, orphaned replies (with
+//! [`lb_common::XDP_DROP_ORPHANS`]) and, on tc, a packet a rewrite helper
+//! failed on. Every packet is counted once in `xdp_stats`, at the end of
+//! [`run`]. Every function is `#[inline(always)]` (and generic over the
+//! hook, so each program gets its own monomorphised copy): one flat
+//! program, no BPF-to-BPF calls, and the bounds checks next to the
+//! accesses for the verifier.
+
+mod nat;
+mod parse;
+pub(crate) mod tc;
+pub(crate) mod xdp;
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{
+        BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_PROHIBIT, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_UNREACHABLE,
+        bpf_fib_lookup,
+    },
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns},
+};
+use lb_common::{
+    AF_INET, AddrBytes, FLOW_REPLY, FlowKey, FlowValue, SERVICE_REMOTE, VipKey, XdpConfig,
+    flow_hash, maps::FLOW_SCRATCH_NEW, xdp_counter,
+};
+
+use crate::{
+    choice, klog,
+    maps::{BACKEND_STATS, FLOW_SCRATCH, FLOWS, SERVICE_STATS, SERVICES, XDP_CONFIG, XDP_STATS},
+};
+
+/// What becomes of a packet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// To the stack, untouched.
+    Pass,
+    /// Dropped.
+    Drop,
+    /// Sent on: the hook's own return code (redirect, `XDP_TX`).
+    Sent(u32),
+}
+
+/// What happens to a packet, and which `xdp_stats` counter records it.
+#[derive(Clone, Copy)]
+pub(crate) struct Verdict {
+    action: Action,
+    counter: u32,
+}
+
+const fn pass(counter: u32) -> Verdict {
+    Verdict {
+        action: Action::Pass,
+        counter,
+    }
+}
+
+const fn drop(counter: u32) -> Verdict {
+    Verdict {
+        action: Action::Drop,
+        counter,
+    }
+}
+
+/// The fields of a TCP/UDP packet the program reads.
+#[derive(Clone, Copy)]
+pub(crate) struct Packet {
+    key: FlowKey,
+    /// TTL or hop limit.
+    ttl: u8,
+    /// The TCP flag bits (0 for UDP).
+    tcp_flags: u8,
+    /// IP total length (IPv6: header plus payload), for the FIB's MTU check.
+    ip_len: u16,
+    /// The packet's length from the Ethernet header on, for the byte counters.
+    frame_len: u64,
+}
+
+/// A packet's flow: its entry in `flows`, or a new flow (the rewrite
+/// towards the chosen backend, and the hash that chose it) to store.
+enum Found {
+    Existing(*mut FlowValue),
+    New(&'static mut FlowValue, u64),
+}
+
+/// The next hop of a rewritten packet.
+pub(crate) struct Hop {
+    ifindex: u32,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    /// The MACs are known; without, the kernel resolves the neighbour
+    /// (tc's `bpf_redirect_neigh`, never XDP).
+    resolved: bool,
+}
+
+/// A hook the forwarder runs in: how it reads the packet, rewrites it and
+/// sends it on.
+pub(crate) trait Hook: EbpfContext {
+    /// The hook's return code for "to the stack".
+    const PASS: u32;
+    /// The hook's return code for "drop".
+    const DROP: u32;
+    /// Whether a packet whose neighbour is not resolved yet can be sent
+    /// with the kernel resolving it (`bpf_redirect_neigh`).
+    const NEIGH: bool;
+    /// Start of the directly readable packet data.
+    fn start(&self) -> usize;
+    /// End of the directly readable packet data.
+    fn end(&self) -> usize;
+    /// The whole packet's length (tc: beyond the linear part too).
+    fn packet_len(&self) -> usize;
+    /// The interface the packet came in on.
+    fn ingress(&self) -> u32;
+    /// `tot_len` for `bpf_fib_lookup` (0: the kernel checks the packet
+    /// itself against the egress MTU).
+    fn fib_len(packet: &Packet) -> u16;
+    /// Rewrites addresses, ports, TTL, checksums and (when resolved) MACs;
+    /// false if the packet could not be rewritten (it must be dropped).
+    fn rewrite(&self, packet: &Packet, flow: &FlowValue, hop: &Hop) -> bool;
+    /// Sends the rewritten packet towards `hop`.
+    fn send(&self, hop: &Hop) -> Verdict;
+}
+
+/// The program's entry: every packet ends up counted in `xdp_stats`.
+#[expect(
+    clippy::inline_always,
+    reason = "one flat program keeps verifier state small and avoids BPF-to-BPF calls"
+)]
+#[inline(always)]
+pub(crate) fn run<H: Hook>(ctx: &H) -> u32 {
+    let verdict = match parse::parse(ctx) {
+        Ok(packet) => {
+            let verdict = forward(ctx, &packet);
+            // Logged here, once `forward`'s locals are gone: the record
+            // needs stack the forwarding path does not leave.
+            if verdict.action == Action::Drop {
+                klog::xdp_drop(ctx, verdict.counter, &packet.key);
+            }
+            verdict
+        }
+        Err(counter) => pass(counter),
+    };
+    if let Some(count) = XDP_STATS.get_ptr_mut(verdict.counter) {
+        // SAFETY: per-CPU slot of this CPU; nothing else writes it meanwhile.
+        unsafe { *count += 1 };
+    }
+    match verdict.action {
+        Action::Pass => H::PASS,
+        Action::Drop => H::DROP,
+        Action::Sent(code) => code,
+    }
+}
+
+/// Looks the packet up and forwards it, or says why not.
+#[expect(
+    clippy::inline_always,
+    reason = "one flat program keeps verifier state small and avoids BPF-to-BPF calls"
+)]
+#[inline(always)]
+#[expect(
+    clippy::too_many_lines,
+    reason = "the lookup stays written out: returned from functions, its values cost stack the program does not have"
+)]
+fn forward<H: Hook>(ctx: &H, packet: &Packet) -> Verdict {
+    let Some(config) = XDP_CONFIG.get_ptr(0) else {
+        return pass(xdp_counter::PASS_NOT_VIP);
+    };
+    // SAFETY: pointer to the array's only slot, valid for the program's
+    // run; only its fields are read.
+    let config: &XdpConfig = unsafe { &*config };
+    if config.port_max == 0 {
+        return pass(xdp_counter::PASS_NOT_VIP);
+    }
+    let key = &packet.key;
+    // Replies are addressed to a SNAT port; anything else can only be a
+    // VIP's packet, whose service is looked up first.
+    let maybe_reply = key.dst_port >= config.port_min && key.dst_port <= config.port_max;
+    let early = if maybe_reply {
+        FLOWS.get_ptr_mut(key)
+    } else {
+        None
+    };
+    // Every dereference of a `flows` pointer below: the pointer comes from a
+    // successful lookup; the entry's memory stays valid for the program's
+    // run (RCU), and a concurrent update at worst shows a mix of the old and
+    // new rewrite, as with any map read.
+    let found = match early {
+        // SAFETY: a `flows` pointer, see above.
+        Some(flow) if unsafe { (*flow).flags } & FLOW_REPLY != 0 => Found::Existing(flow),
+        _ => {
+            let vip = VipKey {
+                addr: key.dst,
+                port: key.dst_port,
+                proto: key.proto,
+                family: key.family,
+            };
+            let Some(service) = SERVICES.get_ptr(vip) else {
+                if early.is_none() && maybe_reply && nat::orphan(config, key, ctx.ingress()) {
+                    return drop(xdp_counter::DROP_ORPHAN_REPLY);
+                }
+                return pass(xdp_counter::PASS_NOT_VIP);
+            };
+            // SAFETY: pointer from a successful lookup, copied at once.
+            let service = unsafe { service.read() };
+            if service.flags & SERVICE_REMOTE == 0 {
+                return pass(xdp_counter::PASS_NOT_VIP);
+            }
+            let existing = if maybe_reply {
+                early
+            } else {
+                FLOWS.get_ptr_mut(key)
+            };
+            let slot = match existing {
+                // SAFETY: a `flows` pointer, see above.
+                Some(flow) => nat::slot(unsafe { &*flow }, key.family),
+                None => nat::Slot::Gone,
+            };
+            match existing {
+                Some(flow) if slot == nat::Slot::Usable => Found::Existing(flow),
+                stale => {
+                    let hash = flow_hash(key);
+                    let backend_id = choice::pick(&service, || hash);
+                    // A failed backend that is still the one to use
+                    // (fail-open): the flow keeps its SNAT port and reply
+                    // entry instead of being rebuilt. A slot reused for
+                    // another server (`Gone`) is never kept.
+                    let keep = stale.filter(|flow| {
+                        // SAFETY: a `flows` pointer, see above.
+                        let flow = unsafe { &**flow };
+                        slot == nat::Slot::Down
+                            && flow.backend_id == backend_id
+                            && flow.service_id == service.id
+                    });
+                    if let Some(flow) = keep {
+                        Found::Existing(flow)
+                    } else {
+                        let Some(backend) = nat::backend(backend_id, key.family, service.id) else {
+                            count_drop(service.id, ServiceDrop::NoBackend);
+                            return drop(xdp_counter::DROP_NO_BACKEND);
+                        };
+                        let Some(flow) = FLOW_SCRATCH.get_ptr_mut(FLOW_SCRATCH_NEW) else {
+                            return drop(xdp_counter::DROP_FLOW_TABLE);
+                        };
+                        // SAFETY: this CPU's scratch slot; nothing else uses
+                        // it while the program runs.
+                        let flow = unsafe { &mut *flow };
+                        // The source is filled in once the egress interface
+                        // is known.
+                        *flow = FlowValue {
+                            src: [0; 16],
+                            dst: backend.addr,
+                            src_port: 0,
+                            dst_port: backend.port,
+                            backend_id,
+                            service_id: service.id,
+                            ..FlowValue::default()
+                        };
+                        Found::New(flow, hash)
+                    }
+                }
+            }
+        }
+    };
+    if packet.ttl <= 1 {
+        return pass(xdp_counter::PASS_TTL);
+    }
+    let (dst, service_id, cached) = match &found {
+        Found::Existing(flow) => {
+            // SAFETY: a `flows` pointer, see above.
+            let flow = unsafe { &**flow };
+            let cached = flow.hop_ifindex != 0 && flow.hop_gen == config.hop_gen;
+            (flow.dst, flow.service_id, cached)
+        }
+        Found::New(flow, _) => (flow.dst, flow.service_id, false),
+    };
+    let hop = if let (true, Found::Existing(flow)) = (cached, &found) {
+        // SAFETY: a `flows` pointer, see above.
+        let flow = unsafe { &**flow };
+        Hop {
+            ifindex: flow.hop_ifindex,
+            smac: flow.hop_smac,
+            dmac: flow.hop_dmac,
+            resolved: true,
+        }
+    } else {
+        match next_hop(ctx, packet, &dst) {
+            Ok(hop) => hop,
+            Err(verdict) => {
+                if verdict.action == Action::Drop {
+                    count_drop(service_id, ServiceDrop::Unreachable);
+                }
+                return verdict;
+            }
+        }
+    };
+    // SAFETY: the coarse clock helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let new = matches!(found, Found::New(..));
+    let flow = match found {
+        Found::New(flow, hash) => {
+            flow.last_seen = now;
+            if hop.resolved {
+                nat::cache_hop(flow, &hop, config.hop_gen);
+            }
+            if let Err(verdict) = nat::new_flow(key, hash, flow, config, hop.ifindex, now) {
+                match verdict.counter {
+                    xdp_counter::DROP_SNAT_PORTS => {
+                        count_drop(service_id, ServiceDrop::SnatPorts);
+                    }
+                    xdp_counter::DROP_FLOW_TABLE => {
+                        count_drop(service_id, ServiceDrop::FlowTable);
+                    }
+                    _ => {}
+                }
+                return verdict;
+            }
+            let Some(flow) = FLOWS.get_ptr_mut(key) else {
+                count_drop(service_id, ServiceDrop::FlowTable);
+                return drop(xdp_counter::DROP_FLOW_TABLE);
+            };
+            flow
+        }
+        Found::Existing(flow) => {
+            if !cached && hop.resolved {
+                // SAFETY: a `flows` pointer, see above; the entry is
+                // written in place (a cache: a racing write is as good).
+                nat::cache_hop(unsafe { &mut *flow }, &hop, config.hop_gen);
+            }
+            flow
+        }
+    };
+    // SAFETY: a `flows` pointer, see above; `touch` writes only a few
+    // fields in place (see `nat` for what racing writers may lose).
+    nat::touch(unsafe { &mut *flow }, key, packet.tcp_flags, now);
+    // SAFETY: a `flows` pointer, see above.
+    let flow = unsafe { &*flow };
+    if !ctx.rewrite(packet, flow, &hop) {
+        return drop(xdp_counter::DROP_REWRITE);
+    }
+    count_forwarded(flow, packet.frame_len, new);
+    ctx.send(&hop)
+}
+
+/// Asks the FIB for the next hop towards `dst`, as if the packet were
+/// routed by the stack from the ingress interface.
+#[expect(
+    clippy::inline_always,
+    reason = "one flat program keeps verifier state small and avoids BPF-to-BPF calls"
+)]
+#[inline(always)]
+fn next_hop<H: Hook>(ctx: &H, packet: &Packet, dst: &AddrBytes) -> Result<Hop, Verdict> {
+    let src = &packet.key.src;
+    // SAFETY: bpf_fib_lookup is plain old data; all-zero is a valid value.
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.family = packet.key.family;
+    params.l4_protocol = packet.key.proto;
+    params.__bindgen_anon_1.tot_len = H::fib_len(packet);
+    params.ifindex = ctx.ingress();
+    if packet.key.family == AF_INET {
+        params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([src[0], src[1], src[2], src[3]]);
+        params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([dst[0], dst[1], dst[2], dst[3]]);
+    } else {
+        params.__bindgen_anon_3.ipv6_src = words(src);
+        params.__bindgen_anon_4.ipv6_dst = words(dst);
+    }
+    // SAFETY: `params` is a valid bpf_fib_lookup on the stack and the size
+    // passed is its size; the helper accepts both the XDP and the skb
+    // context.
+    let ret = unsafe {
+        fib_lookup(
+            ctx.as_ptr(),
+            &raw mut params,
+            size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    match ret as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => Ok(Hop {
+            ifindex: params.ifindex,
+            smac: params.smac,
+            dmac: params.dmac,
+            resolved: true,
+        }),
+        // The FIB has filled in the egress interface; tc lets the kernel
+        // resolve the neighbour.
+        BPF_FIB_LKUP_RET_NO_NEIGH if H::NEIGH => Ok(Hop {
+            ifindex: params.ifindex,
+            smac: [0; 6],
+            dmac: [0; 6],
+            resolved: false,
+        }),
+        BPF_FIB_LKUP_RET_NO_NEIGH => Err(pass(xdp_counter::PASS_NO_NEIGH)),
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Err(pass(xdp_counter::PASS_FRAG_NEEDED)),
+        BPF_FIB_LKUP_RET_BLACKHOLE | BPF_FIB_LKUP_RET_UNREACHABLE | BPF_FIB_LKUP_RET_PROHIBIT => {
+            Err(drop(xdp_counter::DROP_UNREACHABLE))
+        }
+        _ => Err(pass(xdp_counter::PASS_FIB_OTHER)),
+    }
+}
+
+/// An address as four native-order words (the FIB helper's IPv6 layout).
+#[expect(clippy::inline_always, reason = "no BPF-to-BPF calls per packet")]
+#[inline(always)]
+const fn words(bytes: &AddrBytes) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
+        u32::from_ne_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]),
+        u32::from_ne_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]),
+        u32::from_ne_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]),
+    ]
+}
+
+/// Why a VIP's packet was dropped, for its service's counters.
+#[derive(Clone, Copy)]
+enum ServiceDrop {
+    NoBackend,
+    SnatPorts,
+    FlowTable,
+    Unreachable,
+}
+
+/// Counts a dropped packet of service `service_id`.
+#[expect(
+    clippy::inline_always,
+    reason = "one flat program keeps verifier state small and avoids BPF-to-BPF calls"
+)]
+#[inline(always)]
+fn count_drop(service_id: u32, reason: ServiceDrop) {
+    if let Some(stats) = SERVICE_STATS.get_ptr_mut(service_id) {
+        // SAFETY: per-CPU slot of this CPU.
+        unsafe {
+            match reason {
+                ServiceDrop::NoBackend => (*stats).xdp_drop_no_backend += 1,
+                ServiceDrop::SnatPorts => (*stats).xdp_drop_snat_ports += 1,
+                ServiceDrop::FlowTable => (*stats).xdp_drop_flow_table += 1,
+                ServiceDrop::Unreachable => (*stats).xdp_drop_unreachable += 1,
+            }
+        }
+    }
+}
+
+/// Packet, byte and new-flow counters of the flow's service and backend.
+#[expect(
+    clippy::inline_always,
+    reason = "one flat program keeps verifier state small and avoids BPF-to-BPF calls"
+)]
+#[inline(always)]
+fn count_forwarded(flow: &FlowValue, bytes: u64, new: bool) {
+    let new = u64::from(new);
+    if let Some(stats) = SERVICE_STATS.get_ptr_mut(flow.service_id) {
+        // SAFETY: per-CPU slot of this CPU.
+        unsafe {
+            (*stats).xdp_packets += 1;
+            (*stats).xdp_bytes += bytes;
+            (*stats).xdp_flows += new;
+        }
+    }
+    if let Some(stats) = BACKEND_STATS.get_ptr_mut(flow.backend_id) {
+        // SAFETY: per-CPU slot of this CPU.
+        unsafe {
+            (*stats).xdp_packets += 1;
+            (*stats).xdp_bytes += bytes;
+            (*stats).xdp_flows += new;
+        }
+    }
+}
