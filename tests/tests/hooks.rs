@@ -20,7 +20,6 @@ use std::{
 };
 
 use aya::programs::{SchedClassifier, TcAttachType};
-
 use lb_tests::{
     API, Daemon, PinDir, TempDir, TestCgroup, bpftool, config_yaml, daas_lb_bin, metric,
     privileged,

@@ -52,7 +52,7 @@
 use std::{
     fmt::Write as _,
     io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{Shutdown, SocketAddr, TcpStream},
+    net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream},
     process::{ExitCode, Stdio},
     sync::atomic::{AtomicU64, Ordering},
     thread,
@@ -484,6 +484,8 @@ struct Churn {
     secs: f64,
     /// Connections per backend.
     per_backend: Vec<u64>,
+    /// Flows the kernel created (`daas_lb_xdp_flows_total`).
+    new_flows: u64,
     /// `flows` entries right after the last connection closed.
     entries_end: usize,
     /// `flows` entries `tcp_closing` + one `flow_gc_interval` later.
@@ -502,6 +504,9 @@ struct Churn {
 const CHURN_PORT: u16 = 8080;
 /// Client threads of the churn.
 const CHURN_THREADS: usize = 8;
+/// Client addresses of the churn (`10.10.0.2` and up), so that a client
+/// port comes round again only after the flow it had left the table.
+const CHURN_CLIENT_ADDRS: u8 = 8;
 /// The churn's request.
 const CHURN_REQUEST: &[u8] = b"churn-0123456789";
 /// The churn's `flow_timeouts.tcp_closing` and `flow_gc_interval`: the
@@ -534,6 +539,17 @@ fn churn(o: &Options) -> Churn {
     );
     let node_ports = format!("net.ipv4.ip_local_port_range={CHURN_NODE_PORTS}");
     topo.sh(&topo.node, "sysctl", &["-qw", &node_ports]);
+    let addrs: Vec<Ipv4Addr> = (0..CHURN_CLIENT_ADDRS)
+        .map(|i| Ipv4Addr::new(10, 10, 0, 2 + i))
+        .collect();
+    for addr in &addrs[1..] {
+        let cidr = format!("{addr}/24");
+        topo.sh(
+            &topo.client.ns,
+            "ip",
+            &["addr", "add", &cidr, "dev", HOST_IF],
+        );
+    }
     topo.count_untranslated();
     let backends: Vec<BulkBackend> = topo
         .backends
@@ -578,14 +594,19 @@ fn churn(o: &Options) -> Churn {
     let until = started + Duration::from_secs(o.churn_secs);
     let results: Vec<(u64, u64, Vec<u64>)> = thread::scope(|s| {
         let handles: Vec<_> = (0..CHURN_THREADS)
-            .map(|_| {
-                let (topo, next, names) = (&topo, &next, &names);
+            .map(|t| {
+                let (topo, next, names, addrs) = (&topo, &next, &names, &addrs);
                 s.spawn(move || {
                     let _inside = topo.enter(&topo.client.ns);
                     let (mut ok, mut failed) = (0u64, 0u64);
                     let mut per_backend = vec![0u64; names.len()];
-                    while next.fetch_add(1, Ordering::Relaxed) < o.churn && Instant::now() < until {
-                        match churn_once(vip) {
+                    loop {
+                        let n = next.fetch_add(1, Ordering::Relaxed);
+                        if n >= o.churn || Instant::now() >= until {
+                            break;
+                        }
+                        let from = addrs[(n as usize + t) % addrs.len()];
+                        match churn_once(from, vip) {
                             Ok(name) => {
                                 ok += 1;
                                 if let Some(i) = names.iter().position(|n| *n == name) {
@@ -637,6 +658,12 @@ fn churn(o: &Options) -> Churn {
         .collect();
     let untranslated = topo.untranslated();
     let capacity = flow_capacity(&flows_pin);
+    let new_flows = lb_tests::metric(
+        &daemon.metrics(),
+        "daas_lb_xdp_flows_total",
+        &[("name", "churn")],
+    )
+    .unwrap_or(0.0) as u64;
     daemon.stop();
     let mut churn = Churn {
         secs,
@@ -644,6 +671,7 @@ fn churn(o: &Options) -> Churn {
         entries_after,
         waited,
         capacity,
+        new_flows,
         untranslated,
         metrics,
         per_backend: vec![0; names.len()],
@@ -660,11 +688,32 @@ fn churn(o: &Options) -> Churn {
     churn
 }
 
-/// One short connection: connect, send [`CHURN_REQUEST`], shut down the
-/// sending side, read the answer to EOF, check it, close. The backend's name.
-fn churn_once(vip: SocketAddr) -> std::io::Result<String> {
+/// One short connection from `from`: connect, send [`CHURN_REQUEST`], shut
+/// down the sending side, read the answer to EOF, check it, close. The
+/// backend's name.
+fn churn_once(from: Ipv4Addr, vip: SocketAddr) -> std::io::Result<String> {
     let timeout = Duration::from_secs(2);
-    let mut stream = TcpStream::connect_timeout(&vip, timeout)?;
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    // The port is chosen at connect, for the whole 4-tuple, so TIME_WAIT
+    // ports can be reused (`tcp_tw_reuse`).
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from `&on`, which
+    // lives through the call; the socket is open.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&raw const on).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    socket.bind(&SocketAddr::new(from.into(), 0).into())?;
+    socket.connect_timeout(&vip.into(), timeout)?;
+    let mut stream: TcpStream = socket.into();
     stream.set_read_timeout(Some(timeout))?;
     stream.write_all(CHURN_REQUEST)?;
     stream.shutdown(Shutdown::Write)?;
@@ -698,13 +747,16 @@ fn flow_capacity(pin: &std::path::Path) -> u32 {
 fn churn_table(o: &Options, c: &Churn) -> String {
     let total = c.ok + c.failed;
     let mut out = format!(
-        "\n### Connection churn through daas-lb (tc, default settings)\n\n\
+        "\n### Connection churn through daas-lb (`hook: auto` → tc)\n\n\
          {} short TCP connections requested (`--churn`/`LB_CHURN_FLOWS`), at most {} s; {} client \
-         threads, 16-byte request, the client closes first; 3 backends; `snat_ports: \
-         {CHURN_SNAT_PORTS}`, every other setting default (`tcp_closing` {} s, `flow_gc_interval` \
-         {} s). Entries: the `flows` map (two per flow, capacity {}).\n\n\
-         | connections | failed | seconds | connections/s | per backend | entries at the end | entries {:.0} s later | untranslated replies |\n\
-         |---:|---:|---:|---:|---|---:|---:|---:|\n",
+         threads over {CHURN_CLIENT_ADDRS} client addresses, 16-byte request, the client closes \
+         first; 3 backends; `snat_ports: {CHURN_SNAT_PORTS}` (the node's own ports moved to \
+         {CHURN_NODE_PORTS}), `flow_timeouts.tcp_closing` {} s, `flow_gc_interval` {} s, every \
+         other setting default. New flows: the flows the kernel created (a connection that \
+         reuses the address and port of a flow still in the table continues it). Entries: the \
+         `flows` map (two per flow, capacity {}).\n\n\
+         | connections | failed | seconds | connections/s | new flows | per backend | entries at the end | entries {:.0} s later | untranslated replies |\n\
+         |---:|---:|---:|---:|---:|---|---:|---:|---:|\n",
         o.churn,
         o.churn_secs,
         CHURN_THREADS,
@@ -720,10 +772,11 @@ fn churn_table(o: &Options, c: &Churn) -> String {
         .collect();
     let _ = writeln!(
         out,
-        "| {total} | {} | {:.1} | {:.0} | {} | {} | {} | {} |",
+        "| {total} | {} | {:.1} | {:.0} | {} | {} | {} | {} | {} |",
         c.failed,
         c.secs,
         float(total) / c.secs.max(0.001),
+        c.new_flows,
         shares.join(" / "),
         c.entries_end,
         c.entries_after,
