@@ -601,7 +601,8 @@ fn tc_on_the_bridge_ports_carries_the_same_traffic() {
 /// MTU (a TCP sender with TSO, the veth default, hands the veth up to 64 KiB
 /// at a time): the FIB lookup answers "fragmentation needed", the frame is
 /// passed (`pass_frag_needed`) to a stack that has no socket for it, and the
-/// connection is reset (measured: the first 150 kB exchange fails). So the
+/// connection stalls or is reset (measured: one of the first two 150 kB
+/// exchanges fails, with a reset or a read timeout). So the
 /// safe case for generic XDP is the same as for native: the hosts' TX
 /// checksum offload (and with it TSO) off, segments of at most the MTU.
 #[test]
