@@ -386,6 +386,8 @@ mod tests {
             snat_ipv4: None,
             snat_ipv6: None,
             snat_ports: crate::config::PortRange::DEFAULT_SNAT,
+            flow_timeouts: crate::config::FlowTimeouts::DEFAULT,
+            flow_gc_interval: crate::config::FlowTimeouts::DEFAULT_GC_INTERVAL,
         };
         let err = format!("{:#}", resolve(&settings).unwrap_err());
         assert!(
