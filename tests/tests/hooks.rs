@@ -20,7 +20,6 @@ use std::{
 };
 
 use aya::programs::{SchedClassifier, TcAttachType};
-
 use lb_tests::{
     API, Daemon, PinDir, TempDir, TestCgroup, bpftool, config_yaml, daas_lb_bin, metric,
     privileged,
@@ -407,7 +406,7 @@ fn a_native_attach_the_driver_refuses_falls_back_unless_driver_mode_was_asked() 
     );
 }
 
-/// tc links outlive a SIGKILLed daemon (still attached and pinned), the
+/// tc links outlive a daemon killed by SIGKILL (still attached and pinned), the
 /// next run adopts the same links with its own program, an interface that
 /// switches hook loses its old link, and `daas-lb cleanup` removes the rest.
 #[test]
