@@ -266,11 +266,9 @@ fn nsid_of(socket: &netlink::Socket, ns: &File, seq: u32) -> anyhow::Result<Opti
                         });
                     return Ok(nsid.filter(|id| *id >= 0));
                 }
-                Message::Error { seq: s, error } if s == seq => {
-                    if error < 0 {
-                        return Err(io::Error::from_raw_os_error(-error))
-                            .context("RTM_GETNSID refused");
-                    }
+                Message::Error { seq: s, error } if s == seq && error < 0 => {
+                    return Err(io::Error::from_raw_os_error(-error))
+                        .context("RTM_GETNSID refused");
                 }
                 _ => {}
             }
@@ -280,9 +278,9 @@ fn nsid_of(socket: &netlink::Socket, ns: &File, seq: u32) -> anyhow::Result<Opti
 
 /// `RTM_GETLINK` of one device.
 fn get_link(ifindex: u32) -> anyhow::Result<LinkAttrs> {
+    const LEN: usize = NLMSG_HDRLEN + IFINFOMSG_LEN;
     let socket = netlink::Socket::open(libc::NETLINK_ROUTE, "NETLINK_ROUTE")?;
     let seq = 1;
-    const LEN: usize = NLMSG_HDRLEN + IFINFOMSG_LEN;
     let mut request = [0u8; LEN];
     netlink::put_header(&mut request, LEN, RTM_GETLINK, NLM_F_REQUEST, seq);
     request[NLMSG_HDRLEN + 4..NLMSG_HDRLEN + 8].copy_from_slice(&ifindex.to_ne_bytes());
@@ -440,7 +438,7 @@ fn ethtool_value(name: &str, cmd: u32) -> io::Result<u32> {
     Ok(netlink::u32_at(&value, 4))
 }
 
-/// `ETHTOOL_GDRVINFO`: (driver, bus_info).
+/// `ETHTOOL_GDRVINFO`: (driver, `bus_info`).
 fn drvinfo(name: &str) -> io::Result<(String, String)> {
     // struct ethtool_drvinfo: cmd, driver[32], version[32], fw_version[32],
     // bus_info[32], erom_version[32], reserved2[12], 5 x u32.
