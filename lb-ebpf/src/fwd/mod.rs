@@ -447,7 +447,7 @@ fn next_hop<H: Hook>(ctx: &H, packet: &Packet, dst: &AddrBytes) -> Result<Hop, V
 #[inline(always)]
 fn zero<T>(value: *mut T) {
     const {
-        assert!(size_of::<T>() % 4 == 0 && align_of::<T>() >= 4);
+        assert!(size_of::<T>().is_multiple_of(4) && align_of::<T>() >= 4);
     }
     let words = value.cast::<u32>();
     let mut i = 0;
