@@ -95,7 +95,8 @@ pub const IF_HAS_V6: u32 = 2;
 pub mod xdp_counter {
     /// Forwarded out of another interface (`bpf_redirect`).
     pub const REDIRECT: u32 = 0;
-    /// Forwarded back out of the interface it came in on (`XDP_TX`).
+    /// Forwarded back out of the interface it came in on (`XDP_TX`; tc:
+    /// `bpf_redirect` to that interface).
     pub const TX: u32 = 1;
     /// Passed: not IPv4/IPv6 (ARP, VLAN-tagged, ...).
     pub const PASS_NOT_IP: u32 = 2;
@@ -113,7 +114,8 @@ pub mod xdp_counter {
     pub const PASS_NOT_VIP: u32 = 8;
     /// Passed: TTL / hop limit would expire (the stack sends the ICMP error).
     pub const PASS_TTL: u32 = 9;
-    /// Passed: the FIB knows the route but not the neighbour's MAC yet.
+    /// Passed (XDP only): the FIB knows the route but not the neighbour's
+    /// MAC yet (tc sends such a packet, see [`REDIRECT_NEIGH`]).
     pub const PASS_NO_NEIGH: u32 = 10;
     /// Passed: the packet needs fragmenting on the way out.
     pub const PASS_FRAG_NEEDED: u32 = 11;

@@ -138,7 +138,7 @@ impl World {
 
     /// The programs on node device `dev`'s tcx ingress, as (name, id),
     /// from the kernel (`BPF_PROG_QUERY`; the test's thread is in the node
-    /// namespace). bpftool before v7.4 does not list tcx programs.
+    /// namespace). bpftool 7.1 does not list tcx programs.
     fn tcx_programs(dev: &str) -> Vec<(String, u64)> {
         let (_, programs) = SchedClassifier::query_tcx(dev, TcAttachType::Ingress)
             .unwrap_or_else(|e| panic!("BPF_PROG_QUERY of {dev}'s tcx ingress: {e}"));
@@ -190,7 +190,7 @@ impl World {
             assert_eq!(self.xdp_mode(&dev), None, "{dev} has an XDP program");
             let pin = self.pin(&format!("tc@{dev}"));
             let link = bpftool(&["link", "show", "pinned", &pin.display().to_string()]);
-            // bpftool names the type (`tcx`) from v7.4 on; older ones print
+            // Newer bpftool names the type (`tcx`); 7.1 prints
             // BPF_LINK_TYPE_TCX's number and no ifindex.
             assert!(
                 link["type"] == "tcx" || link["type"] == 11,
@@ -406,7 +406,7 @@ fn a_native_attach_the_driver_refuses_falls_back_unless_driver_mode_was_asked() 
     );
 }
 
-/// tc links outlive a SIGKILLed daemon (still attached and pinned), the
+/// tc links outlive a daemon killed by SIGKILL (still attached and pinned), the
 /// next run adopts the same links with its own program, an interface that
 /// switches hook loses its old link, and `daas-lb cleanup` removes the rest.
 #[test]

@@ -304,7 +304,7 @@ fn at_debug_an_xdp_drop_is_logged_with_its_reason() {
     let lines = daemon.wait_log(WITHIN, "daas_lb::kernel: xdp dropped", 1);
     assert!(
         lines[0].contains("DEBUG")
-            && lines[0].contains(&format!("-> VIP {XDP_VIP}: drop_no_backend"))
+            && lines[0].contains(&format!("-> {XDP_VIP}: drop_no_backend"))
             && lines[0].contains(&format!("{}:", topo.client.v4)),
         "{lines:?}"
     );

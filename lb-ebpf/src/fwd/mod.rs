@@ -288,15 +288,11 @@ fn forward<H: Hook>(ctx: &H, packet: &Packet) -> Verdict {
                         let flow = unsafe { &mut *flow };
                         // The source is filled in once the egress interface
                         // is known.
-                        *flow = FlowValue {
-                            src: [0; 16],
-                            dst: backend.addr,
-                            src_port: 0,
-                            dst_port: backend.port,
-                            backend_id,
-                            service_id: service.id,
-                            ..FlowValue::default()
-                        };
+                        zero(flow);
+                        flow.dst = backend.addr;
+                        flow.dst_port = backend.port;
+                        flow.backend_id = backend_id;
+                        flow.service_id = service.id;
                         Found::New(flow, hash)
                     }
                 }
@@ -392,8 +388,10 @@ fn forward<H: Hook>(ctx: &H, packet: &Packet) -> Verdict {
 #[inline(always)]
 fn next_hop<H: Hook>(ctx: &H, packet: &Packet, dst: &AddrBytes) -> Result<Hop, Verdict> {
     let src = &packet.key.src;
-    // SAFETY: bpf_fib_lookup is plain old data; all-zero is a valid value.
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    let mut params = core::mem::MaybeUninit::<bpf_fib_lookup>::uninit();
+    zero(params.as_mut_ptr());
+    // SAFETY: bpf_fib_lookup is plain old data, now all zero (a valid value).
+    let mut params = unsafe { params.assume_init() };
     params.family = packet.key.family;
     params.l4_protocol = packet.key.proto;
     params.__bindgen_anon_1.tot_len = H::fib_len(packet);
@@ -437,6 +435,28 @@ fn next_hop<H: Hook>(ctx: &H, packet: &Packet, dst: &AddrBytes) -> Result<Hop, V
             Err(drop(xdp_counter::DROP_UNREACHABLE))
         }
         _ => Err(pass(xdp_counter::PASS_FIB_OTHER)),
+    }
+}
+
+/// Sets every byte of `*value` to zero, four at a time. Volatile stores:
+/// the compiler would turn plain zeroing into a `memset` call (a BPF-to-BPF
+/// call running a byte loop, hundreds of instructions for a FIB request).
+/// `T` must be plain old data whose size is a multiple of 4 and whose
+/// alignment is at least 4 (checked at compile time).
+#[expect(clippy::inline_always, reason = "no BPF-to-BPF calls per packet")]
+#[inline(always)]
+fn zero<T>(value: *mut T) {
+    const {
+        assert!(size_of::<T>().is_multiple_of(4) && align_of::<T>() >= 4);
+    }
+    let words = value.cast::<u32>();
+    let mut i = 0;
+    while i < size_of::<T>() / 4 {
+        // SAFETY: `value` points to a writable T (the callers pass a map
+        // value or a local); word i lies within it, and the alignment
+        // suffices for u32 (checked above).
+        unsafe { words.add(i).write_volatile(0) };
+        i += 1;
     }
 }
 

@@ -44,7 +44,7 @@ use lb_common::{
     xdp_counter,
 };
 
-use super::{Hop, Verdict, drop, pass, words};
+use super::{Hop, Verdict, drop, pass, words, zero};
 use crate::maps::{BACKENDS, FLOW_SCRATCH, FLOWS, IF_ADDRS};
 
 /// TCP flag bits (byte 13 of the header).
@@ -198,21 +198,30 @@ fn ensure_reply(flow: &FlowValue, key: &FlowKey, now: u64) -> bool {
     };
     // SAFETY: this CPU's scratch slot; nothing else uses it meanwhile.
     let reply = unsafe { &mut *reply };
-    *reply = FlowValue {
-        src: key.dst,
-        dst: key.src,
-        src_port: key.dst_port,
-        dst_port: key.src_port,
-        backend_id: flow.backend_id,
-        service_id: flow.service_id,
-        flags: FLOW_REPLY,
-        last_seen: now,
-        ..FlowValue::default()
-    };
+    reply_of(reply, key, flow, now);
     let reply: &FlowValue = reply;
     // Lost a race with another CPU re-creating it: that one is as good.
     let _ = FLOWS.insert(reply_key, reply, u64::from(BPF_NOEXIST));
     true
+}
+
+/// Writes into `reply` the reply entry of forward entry `flow` (of `key`),
+/// seen at `now`.
+#[expect(
+    clippy::inline_always,
+    reason = "one flat program keeps verifier state small and avoids BPF-to-BPF calls"
+)]
+#[inline(always)]
+fn reply_of(reply: &mut FlowValue, key: &FlowKey, flow: &FlowValue, now: u64) {
+    zero(reply);
+    reply.src = key.dst;
+    reply.dst = key.src;
+    reply.src_port = key.dst_port;
+    reply.dst_port = key.src_port;
+    reply.backend_id = flow.backend_id;
+    reply.service_id = flow.service_id;
+    reply.flags = FLOW_REPLY;
+    reply.last_seen = now;
 }
 
 /// Whether `reply` is a reply entry that turns packets back into packets
@@ -311,17 +320,7 @@ pub(super) fn new_flow(
     // SAFETY: this CPU's scratch slot; nothing else uses it meanwhile
     // (the program runs to completion on one CPU without preemption).
     let reply = unsafe { &mut *reply };
-    *reply = FlowValue {
-        src: key.dst,
-        dst: key.src,
-        src_port: key.dst_port,
-        dst_port: key.src_port,
-        backend_id: flow.backend_id,
-        service_id: flow.service_id,
-        flags: FLOW_REPLY,
-        last_seen: now,
-        ..FlowValue::default()
-    };
+    reply_of(reply, key, flow, now);
     let reply: &FlowValue = reply;
     let mut reply_key = FlowKey {
         src: flow.dst,

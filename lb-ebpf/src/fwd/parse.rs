@@ -14,7 +14,7 @@
 //! length is checked against the whole packet ([`Hook::packet_len`]: on
 //! tc, beyond the linear area too).
 
-use lb_common::{AF_INET, AF_INET6, FlowKey, PROTO_TCP, PROTO_UDP, xdp_counter};
+use lb_common::{AF_INET, AF_INET6, AddrBytes, FlowKey, PROTO_TCP, PROTO_UDP, xdp_counter};
 
 use super::{Hook, Packet};
 
@@ -119,10 +119,8 @@ pub(super) fn parse<H: Hook>(ctx: &H) -> Result<Packet, u32> {
             if u16::from_be_bytes([ip[6], ip[7]]) & IPV4_FRAGMENT_MASK != 0 {
                 return Err(xdp_counter::PASS_FRAGMENT);
             }
-            let mut src = [0u8; 16];
-            let mut dst = [0u8; 16];
-            src[..4].copy_from_slice(&ip[12..16]);
-            dst[..4].copy_from_slice(&ip[16..20]);
+            let src = v4_addr([ip[12], ip[13], ip[14], ip[15]]);
+            let dst = v4_addr([ip[16], ip[17], ip[18], ip[19]]);
             (AF_INET, ip[9], ip[8], total, L4_V4, src, dst)
         }
         ETH_P_IPV6 => {
@@ -190,6 +188,18 @@ pub(super) fn parse<H: Hook>(ctx: &H) -> Result<Packet, u32> {
         ip_len,
         frame_len: packet_len as u64,
     })
+}
+
+/// An IPv4 address in the maps' 16-byte form, built from four words: a
+/// zero-filled byte array with a partial copy becomes a `memset` call
+/// (a BPF-to-BPF call and a byte loop) in the compiled program.
+#[expect(clippy::inline_always, reason = "no BPF-to-BPF calls per packet")]
+#[inline(always)]
+fn v4_addr(bytes: [u8; 4]) -> AddrBytes {
+    let words = [u32::from_ne_bytes(bytes), 0, 0, 0];
+    // SAFETY: [u32; 4] and [u8; 16] have the same size and every bit
+    // pattern is valid for both.
+    unsafe { core::mem::transmute::<[u32; 4], AddrBytes>(words) }
 }
 
 /// IPv6 extension headers (RFC 8200 and the IANA list): hop-by-hop,

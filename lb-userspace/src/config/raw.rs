@@ -172,7 +172,7 @@ pub(super) struct RawFlowTimeouts {
 /// One entry of `xdp.interfaces`: a name, or `{ name, hook, mode }`.
 pub(super) enum RawInterface {
     Name(String),
-    Map(RawInterfaceMap),
+    Map(Box<RawInterfaceMap>),
 }
 
 /// An `xdp.interfaces` entry written as a mapping.
@@ -215,7 +215,7 @@ impl<'de> de::Visitor<'de> for InterfaceVisitor {
 
     fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
         RawInterfaceMap::deserialize(de::value::MapAccessDeserializer::new(map))
-            .map(RawInterface::Map)
+            .map(|map| RawInterface::Map(Box::new(map)))
     }
 }
 

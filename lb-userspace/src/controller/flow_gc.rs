@@ -12,8 +12,9 @@
 //! between that read and the delete: microseconds, as with any LRU map).
 //!
 //! Why a thread of its own and not the controller's: a pass over a full
-//! table takes tens of milliseconds, and the controller must keep handling
-//! checks and dials meanwhile. The collector is still part of the
+//! table is thousands of batch reads and up to one partner lookup (a
+//! system call) per entry, and the controller must keep handling checks
+//! and dials meanwhile. The collector is still part of the
 //! controller (this module, started and stopped by it), it owns a handle
 //! of only this one map, removes only flow entries the kernel programs
 //! created, and writes nothing else; the architecture's "only the

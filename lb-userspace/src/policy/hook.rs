@@ -4,7 +4,7 @@
 //! for (`hook`, `mode`).
 //!
 //! The rule that drives it: a packet sent by a local process through a veth,
-//! a bridge, a tun/tap or a virtio_net guest with checksum offload carries
+//! a bridge, a tun/tap or a `virtio_net` guest with checksum offload carries
 //! `CHECKSUM_PARTIAL` (the L4 checksum field holds only the pseudo-header
 //! sum). Native XDP sees the raw bytes without that metadata, and its
 //! incremental checksum update turns the partial sum into a wrong full one:
@@ -12,9 +12,9 @@
 //! handle it. So:
 //!
 //! - `hook: auto` with `mode: auto` takes native XDP only on a physical NIC
-//!   (a bus device that is not virtio_net), where packets come from a wire;
+//!   (a bus device that is not `virtio_net`), where packets come from a wire;
 //!   if its driver refuses native XDP, the attach falls back to tc. Every
-//!   other device (veth, bridge, bond, vlan, macvlan, tun/tap, virtio_net,
+//!   other device (veth, bridge, bond, vlan, macvlan, tun/tap, `virtio_net`,
 //!   dummy, loopback, ...) gets tc.
 //! - Native XDP asked for explicitly (`hook: xdp` with `mode: auto` or
 //!   `driver`, or `mode: driver` alone) is refused where partial checksums
@@ -45,7 +45,7 @@ pub enum DeviceKind {
         /// Its driver (`ethtool -i`).
         driver: String,
     },
-    /// A virtio_net device (a VM's NIC).
+    /// A `virtio_net` device (a VM's NIC).
     VirtioNet {
         /// Whether the host may hand it partially checksummed packets
         /// (`VIRTIO_NET_F_GUEST_CSUM`, seen as rx checksumming on);

@@ -32,7 +32,7 @@ use super::{
 };
 use crate::{
     config::{XdpAttachMode, XdpHook, XdpSettings},
-    policy::hook::{self, Decision, Plan},
+    policy::hook::{self, Decision, DeviceFacts, DeviceKind, Plan},
 };
 
 /// A configured interface, its index in the controller's network namespace
@@ -139,18 +139,27 @@ fn ifindex(name: &str) -> anyhow::Result<u32> {
 
 /// The decision for every interface, in order: device facts from the
 /// kernel, then `policy::hook`. A refused request is an error naming the
-/// interface's config path, before anything is attached.
+/// interface's config path, before anything is attached. A device whose
+/// kind cannot be read counts as an unknown virtual device (tc under
+/// `hook: auto`, native XDP refused), with a warning.
 pub(crate) fn decide_all(interfaces: &[Interface]) -> anyhow::Result<Vec<Decision>> {
     interfaces
         .iter()
         .enumerate()
         .map(|(index, interface)| {
-            let facts = devices::facts(&interface.name, interface.ifindex).with_context(|| {
-                format!(
-                    "xdp.interfaces[{index}]: reading what kind of device {} is",
-                    interface.name
-                )
-            })?;
+            let facts = devices::facts(&interface.name, interface.ifindex).unwrap_or_else(|err| {
+                warn!(
+                    interface = interface.name,
+                    error = format!("{err:#}"),
+                    "cannot read what kind of device this is; treating it as a virtual device"
+                );
+                DeviceFacts {
+                    name: interface.name.clone(),
+                    kind: DeviceKind::OtherVirtual {
+                        kind: "device of unknown kind".to_owned(),
+                    },
+                }
+            });
             hook::decide(&facts, interface.hook, interface.mode)
                 .map_err(|refusal| anyhow::anyhow!("xdp.interfaces[{index}]: {refusal}"))
         })
@@ -386,6 +395,8 @@ mod tests {
             snat_ipv4: None,
             snat_ipv6: None,
             snat_ports: crate::config::PortRange::DEFAULT_SNAT,
+            flow_timeouts: crate::config::FlowTimeouts::DEFAULT,
+            flow_gc_interval: crate::config::FlowTimeouts::DEFAULT_GC_INTERVAL,
         };
         let err = format!("{:#}", resolve(&settings).unwrap_err());
         assert!(

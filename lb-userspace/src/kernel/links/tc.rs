@@ -7,7 +7,7 @@
 //! Older kernels have no tcx: the program goes in as a filter of the
 //! interface's `clsact` qdisc (netlink, created if missing), at the fixed
 //! preference [`CLSACT_PRIORITY`] and handle [`CLSACT_HANDLE`]. Such a
-//! filter is no bpf_link and cannot be pinned: it is removed when daas-lb
+//! filter is no `bpf_link` and cannot be pinned: it is removed when daas-lb
 //! exits normally; after a crash it stays attached (running the old
 //! program) until the next start replaces it at the same preference and
 //! handle, and neither `daas-lb cleanup` nor a config without the interface

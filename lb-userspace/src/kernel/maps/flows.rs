@@ -96,14 +96,6 @@ impl Flows {
         }
     }
 
-    /// Inserts or replaces an entry (tests and tools; the kernel programs
-    /// create the real ones).
-    pub fn insert(&mut self, key: &FlowKey, value: &FlowValue) -> anyhow::Result<()> {
-        self.map
-            .insert(key, value, 0)
-            .context("writing to the flows map")
-    }
-
     /// Removes the flows (both directions) whose value `matches`, so their
     /// next packet finds the maps as they are now; returns how many entries
     /// went. Walks the whole map: for rare events only (a service that
