@@ -665,7 +665,10 @@ pub enum XdpAttachMode {
     Auto,
     /// Native (driver) XDP only; attaching fails if the driver lacks it.
     Driver,
-    /// Generic (skb) XDP, in the network stack: works on every interface.
+    /// Generic (skb) XDP, in the network stack: attaches to every interface
+    /// and sees complete checksums, but passes TSO super-packets (larger
+    /// than the MTU) to the stack, so bulk TCP from a local veth sender
+    /// with default offloads stalls; tc handles those.
     Skb,
 }
 

@@ -506,7 +506,7 @@ mod tests {
     /// The machine's own `virtio_net` NICs (this VM and CI have one, the
     /// uplink in the root namespace) are read as virtio and `hook: auto`
     /// puts them on tc, never native XDP (issue 16: `mode: auto` on
-    /// virtio_net failed to start). Read-only: nothing is attached. A
+    /// `virtio_net` failed to start). Read-only: nothing is attached. A
     /// machine without such a NIC checks the other devices it has against
     /// the same rule: only a physical NIC may get native XDP from `auto`.
     #[test]
@@ -516,14 +516,13 @@ mod tests {
             policy::hook::{Plan, decide},
         };
         let mut seen = Vec::new();
-        for entry in std::fs::read_dir("/sys/class/net").unwrap() {
+        for entry in fs::read_dir("/sys/class/net").unwrap() {
             let name = entry.unwrap().file_name().into_string().unwrap();
-            let Ok(index) = std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))
-            else {
+            let Ok(index) = fs::read_to_string(format!("/sys/class/net/{name}/ifindex")) else {
                 continue;
             };
             let ifindex: u32 = index.trim().parse().unwrap();
-            let driver = std::fs::read_link(format!("/sys/class/net/{name}/device/driver"))
+            let driver = fs::read_link(format!("/sys/class/net/{name}/device/driver"))
                 .ok()
                 .and_then(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()));
             let Ok(facts) = facts(&name, ifindex) else {
