@@ -82,8 +82,9 @@ pub const XDP_SNAT_V6: u32 = 2;
 /// [`XdpConfig::flags`] bit: drop a packet to a SNAT address and a port of
 /// the SNAT range that has no flow entry ([`xdp_counter::DROP_ORPHAN_REPLY`])
 /// instead of passing it. Set by the controller only when the SNAT range
-/// and the node's `ip_local_port_range` do not overlap (otherwise such a
-/// packet may be a reply to one of the node's own connections).
+/// and the node's `ip_local_port_range` do not overlap and no socket
+/// listens on or is bound to a port of the range at start (otherwise such
+/// a packet may belong to one of the node's own sockets).
 pub const XDP_DROP_ORPHANS: u32 = 4;
 /// [`IfAddrs::flags`] bit: [`IfAddrs::v4`] is set.
 pub const IF_HAS_V4: u32 = 1;
@@ -613,8 +614,13 @@ pub const fn mix64(mut x: u64) -> u64 {
 }
 
 /// The SNAT port a new flow tries on attempt `attempt`
-/// (`0..SNAT_PORT_ATTEMPTS`): consecutive ports from a hash-chosen start
-/// within `port_min..=port_max`.
+/// (`0..SNAT_PORT_ATTEMPTS`) within `port_min..=port_max`: from a
+/// hash-chosen start, the attempts are spread evenly over the range
+/// (`span / SNAT_PORT_ATTEMPTS` apart, consecutive only in a range shorter
+/// than that), so they are distinct and land in different stretches of
+/// the range. Consecutive ports (linear probing) fail together once taken
+/// ports cluster: the churn bench saw 389 of 1,000,000 new flows find 8
+/// taken ports at about 11 % occupancy.
 #[expect(
     clippy::inline_always,
     reason = "the kernel program must not make a BPF-to-BPF call per packet"
@@ -622,7 +628,10 @@ pub const fn mix64(mut x: u64) -> u64 {
 #[inline(always)]
 pub const fn snat_port(hash: u64, attempt: u32, port_min: u16, port_max: u16) -> u16 {
     let span = (port_max as u64).saturating_sub(port_min as u64) + 1;
-    let offset = ((hash >> 16).wrapping_add(attempt as u64)) % span;
+    let attempts = SNAT_PORT_ATTEMPTS as u64;
+    let stride = if span >= attempts { span / attempts } else { 1 };
+    // start < span and attempt * stride < span: no overflow, one wrap at most.
+    let offset = ((hash >> 16) % span + attempt as u64 * stride) % span;
     port_min + offset as u16
 }
 

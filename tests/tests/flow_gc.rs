@@ -9,7 +9,8 @@
 //! together, keeps the live ones, and counts the removals by reason in its
 //! metrics and status; a route change in the node namespace moves
 //! `xdp_config`'s `hop_gen` within a second; `XDP_DROP_ORPHANS` follows
-//! whether `snat_ports` and the namespace's `ip_local_port_range` overlap.
+//! whether `snat_ports` and the namespace's `ip_local_port_range` overlap,
+//! and whether a socket of the node listens on a SNAT port.
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -525,6 +526,35 @@ fn a_route_change_moves_hop_gen_and_orphan_drops_follow_the_port_ranges() {
         after.hop_gen > last,
         "a restart moves hop_gen on: {last} -> {}",
         after.hop_gen
+    );
+
+    // Ranges apart again, but a TCP listener of the node (this thread is in
+    // the node's namespace) on a SNAT port: a remote client's packets to it
+    // would look like orphaned replies, so no drops; without it, drops.
+    world.topo.sh(
+        &world.topo.node,
+        "sysctl",
+        &["-qw", "net.ipv4.ip_local_port_range=32768 60999"],
+    );
+    let listener = std::net::TcpListener::bind("0.0.0.0:62000").expect("listen on 62000");
+    world.daemon().restart();
+    world.daemon().wait_checked();
+    let with_listener = world.xdp_config();
+    assert_eq!(
+        with_listener.flags & XDP_DROP_ORPHANS,
+        0,
+        "a listener on SNAT port 62000: {with_listener:?}\n{}",
+        world.diag()
+    );
+    drop(listener);
+    world.daemon().restart();
+    world.daemon().wait_checked();
+    let without = world.xdp_config();
+    assert_eq!(
+        without.flags & XDP_DROP_ORPHANS,
+        XDP_DROP_ORPHANS,
+        "the listener is gone: {without:?}\n{}",
+        world.diag()
     );
     world.daemon().stop();
 }

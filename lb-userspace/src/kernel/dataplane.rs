@@ -384,12 +384,27 @@ impl Dataplane {
             }
             self.maps.if_addrs.sync(&BTreeMap::new())?;
         }
-        let local_ports =
-            xdp_settings::read_local_port_range(Path::new(xdp_settings::LOCAL_PORT_RANGE_FILE));
+        let drop_orphans = xdp.is_some_and(|settings| {
+            let local_ports =
+                xdp_settings::read_local_port_range(Path::new(xdp_settings::LOCAL_PORT_RANGE_FILE));
+            let bound = xdp_settings::bound_ports_in(
+                settings.snat_ports,
+                Path::new(xdp_settings::PROC_NET),
+            );
+            if !bound.is_empty() {
+                warn!(
+                    snat_ports = %settings.snat_ports,
+                    ports = ?bound,
+                    "sockets listen on (or are bound to) ports of xdp.snat_ports: packets to them \
+                     are passed, not dropped as orphaned replies; move snat_ports away from them"
+                );
+            }
+            xdp_settings::orphans_droppable(settings, local_ports, &bound)
+        });
         let generation = self
             .maps
             .xdp_config
-            .set(xdp_config_entry(xdp, local_ports))?;
+            .set(xdp_config_entry(xdp, drop_orphans))?;
         debug!(hop_gen = generation, "xdp_config written");
         Ok(())
     }
