@@ -120,9 +120,10 @@ pub(crate) struct Packet {
 
 /// A packet's flow: its entry in `flows`, or a new flow (the rewrite
 /// towards the chosen backend, and the hash that chose it) to store.
-enum Found {
+enum Found<'scratch> {
     Existing(*mut FlowValue),
-    New(&'static mut FlowValue, u64),
+    /// The new flow is built in this CPU's `flow_scratch` slot.
+    New(&'scratch mut FlowValue, u64),
 }
 
 /// The next hop of a rewritten packet.

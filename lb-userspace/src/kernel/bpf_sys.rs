@@ -45,10 +45,10 @@ impl BpfAttr {
 
 fn bpf(cmd: libc::c_long, attr: &mut BpfAttr) -> io::Result<libc::c_long> {
     let size = size_of::<BpfAttr>() as libc::c_uint;
-    // SAFETY: `attr` is a live, writable, zero-initialised buffer of `size`
-    // bytes laid out as `union bpf_attr` for `cmd`; the kernel reads and
-    // writes (the batch commands' `count`) at most `size` bytes of it, and
-    // every pointer the callers put in it is live for the call.
+    // `attr` is laid out as `union bpf_attr` for `cmd`; the kernel writes
+    // back into it only within `size` (the batch commands' `count`).
+    // SAFETY: `attr` is a live, writable buffer of `size` bytes, and every
+    // pointer the callers put in it is live for the call.
     let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.0.as_mut_ptr(), size) };
     if ret < 0 {
         Err(io::Error::last_os_error())

@@ -230,9 +230,9 @@ impl Flows {
 /// A `repr(C)` value of integers from the bytes the kernel wrote.
 fn read_pod<T: aya::Pod>(bytes: &[u8]) -> T {
     assert!(bytes.len() >= size_of::<T>(), "short buffer");
-    // SAFETY: `bytes` holds at least `size_of::<T>()` bytes (checked
-    // above); `T: Pod` promises every byte pattern is a valid value (the
-    // `lb_common` map types: `repr(C)`, integer fields, explicit padding);
-    // `read_unaligned` needs no alignment.
+    // `T: Pod`: the `lb_common` map types (`repr(C)`, integer fields,
+    // explicit padding).
+    // SAFETY: `bytes` holds `size_of::<T>()` bytes (checked above), every
+    // byte pattern is a valid `T: Pod`, and `read_unaligned` needs no alignment.
     unsafe { bytes.as_ptr().cast::<T>().read_unaligned() }
 }
