@@ -1,111 +1,110 @@
-//! Incremental Internet checksum updates, shared by the XDP program (which
-//! rewrites addresses and ports) and its tests.
+//! Incremental Internet checksum updates, a word at a time, shared by the
+//! forwarder's two hooks (XDP rewrites checksums itself, tc hands the
+//! difference to the kernel's helpers) and their tests.
 //!
-//! The update follows RFC 1624, equation 3:
-//! `HC' = ~(~HC + ~m + m')`, summed over the 16-bit words that change.
+//! The update follows RFC 1624, equation 3: `HC' = ~(~HC + ~m + m')`,
+//! summed over the words that change ([`Delta`]).
 //!
-//! Checksums and words are handled as big-endian numbers, the way they sit
-//! in the packet, so the result is written back with `to_be_bytes`.
-//!
-//! [`diff`] is the other form the kernel's checksum helpers take (tc's
-//! `bpf_l3_csum_replace`/`bpf_l4_csum_replace` with size 0): the 32-bit
-//! one's-complement sum `~m + m'` of the words that change, in the
-//! kernel's `__wsum` convention (words read in memory order).
+//! Words are handled as they sit in memory: a field is loaded with a
+//! native-order load and the result stored the same way, never byte-swapped.
+//! The Internet checksum does not depend on byte order (RFC 1071, section
+//! 2(B)): the sum of native-order words, folded and stored natively, gives
+//! the same bytes as the big-endian computation. A 32-bit word counts as its
+//! two 16-bit halves (2^16 ≡ 1 modulo 0xffff), so a changed address is one
+//! term, not two, and one load instead of four byte loads in the kernel
+//! program. Every word must sit at an even offset of the checksummed data
+//! (addresses, ports and the TTL/protocol word all do).
 
-/// Adds the 16-bit big-endian words of `bytes` (`N` even) to `sum`, either
-/// as they are or one's-complemented (`negate`, for the words going away).
-#[expect(
-    clippy::inline_always,
-    reason = "the verifier must see constant lengths; no BPF-to-BPF calls per packet"
-)]
-#[inline(always)]
-fn add_words<const N: usize>(mut sum: u64, bytes: &[u8; N], negate: bool) -> u64 {
-    let mut i = 0;
-    while i + 1 < N {
-        let word = u16::from_be_bytes([bytes[i], bytes[i + 1]]);
-        sum += u64::from(if negate { !word } else { word });
-        i += 2;
+/// The one's-complement difference between old and new words (`~m + m'`
+/// summed), kept unfolded.
+///
+/// Invariant: at most [`Delta::MAX_TERMS`] replacements, so the 64-bit sum
+/// never overflows and [`fold16`] needs no loop.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Delta(u64);
+
+impl Delta {
+    /// More replacements than any header rewrite makes (IPv6: 8 address
+    /// words, a port word, a hop-limit word); each adds less than 2^33.
+    pub const MAX_TERMS: u32 = 64;
+
+    /// No change.
+    pub const ZERO: Self = Self(0);
+
+    /// Adds the replacement of 32-bit word `old` by `new`.
+    #[expect(clippy::inline_always, reason = "no BPF-to-BPF calls per packet")]
+    #[inline(always)]
+    #[must_use]
+    pub const fn replace32(self, old: u32, new: u32) -> Self {
+        Self(self.0 + (!old) as u64 + new as u64)
     }
-    sum
+
+    /// Adds the replacement of 16-bit word `old` by `new`.
+    #[expect(clippy::inline_always, reason = "no BPF-to-BPF calls per packet")]
+    #[inline(always)]
+    #[must_use]
+    pub const fn replace16(self, old: u16, new: u16) -> Self {
+        Self(self.0 + (!old) as u64 + new as u64)
+    }
+
+    /// Adds the replacement of address `old` by `new`, four words each.
+    #[expect(clippy::inline_always, reason = "no BPF-to-BPF calls per packet")]
+    #[inline(always)]
+    #[must_use]
+    pub const fn replace_addr(self, old: [u32; 4], new: [u32; 4]) -> Self {
+        self.replace32(old[0], new[0])
+            .replace32(old[1], new[1])
+            .replace32(old[2], new[2])
+            .replace32(old[3], new[3])
+    }
+
+    /// Adds another difference.
+    #[expect(clippy::inline_always, reason = "no BPF-to-BPF calls per packet")]
+    #[inline(always)]
+    #[must_use]
+    pub const fn plus(self, other: Self) -> Self {
+        Self(self.0 + other.0)
+    }
+
+    /// Checksum field `check` (as it sits in memory) after the changes.
+    #[expect(clippy::inline_always, reason = "no BPF-to-BPF calls per packet")]
+    #[inline(always)]
+    #[must_use]
+    pub const fn apply(self, check: u16) -> u16 {
+        !fold16(self.0 + (!check) as u64)
+    }
+
+    /// The difference in the kernel's 32-bit `__wsum` form, what tc's
+    /// `bpf_l3_csum_replace`/`bpf_l4_csum_replace` take as `to` with
+    /// `from = 0` (they add it to the checksum as it sits in memory).
+    #[expect(clippy::inline_always, reason = "no BPF-to-BPF calls per packet")]
+    #[inline(always)]
+    #[must_use]
+    pub const fn wsum(self) -> u32 {
+        fold32(self.0)
+    }
 }
 
-/// Folds a 64-bit one's-complement sum into 16 bits.
+/// Folds a sum below 2^40 into 32 bits, end-around carries included.
 #[expect(clippy::inline_always, reason = "no BPF-to-BPF calls per packet")]
 #[inline(always)]
-const fn fold(mut sum: u64) -> u16 {
-    // Sums here stay far below 2^32: three folds always end with no carry.
+const fn fold32(mut sum: u64) -> u32 {
+    // < 2^40 → < 2^32 + 2^8 → < 2^32.
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum as u32
+}
+
+/// Folds a sum below 2^40 into 16 bits, end-around carries included.
+#[expect(clippy::inline_always, reason = "no BPF-to-BPF calls per packet")]
+#[inline(always)]
+const fn fold16(sum: u64) -> u16 {
+    // < 2^32 → < 2^17 → at most 0x10000 → at most 0xffff.
+    let mut sum = fold32(sum) as u64;
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     sum as u16
-}
-
-/// An accumulating checksum update: start from the old checksum, replace
-/// any number of fields, then [`Update::finish`].
-#[derive(Clone, Copy)]
-pub struct Update {
-    sum: u64,
-}
-
-impl Update {
-    /// Starts from the checksum currently in the packet.
-    #[expect(clippy::inline_always, reason = "no BPF-to-BPF calls per packet")]
-    #[inline(always)]
-    pub const fn new(check: u16) -> Self {
-        Self {
-            sum: (!check) as u64,
-        }
-    }
-
-    /// Accounts for `old` being replaced by `new` (same even length).
-    #[expect(clippy::inline_always, reason = "no BPF-to-BPF calls per packet")]
-    #[inline(always)]
-    #[must_use]
-    pub fn replace<const N: usize>(self, old: &[u8; N], new: &[u8; N]) -> Self {
-        Self {
-            sum: add_words(add_words(self.sum, old, true), new, false),
-        }
-    }
-
-    /// Accounts for one 16-bit word changing.
-    #[expect(clippy::inline_always, reason = "no BPF-to-BPF calls per packet")]
-    #[inline(always)]
-    #[must_use]
-    pub fn replace_word(self, old: u16, new: u16) -> Self {
-        self.replace(&old.to_be_bytes(), &new.to_be_bytes())
-    }
-
-    /// The new checksum.
-    #[expect(clippy::inline_always, reason = "no BPF-to-BPF calls per packet")]
-    #[inline(always)]
-    pub const fn finish(self) -> u16 {
-        !fold(self.sum)
-    }
-}
-
-/// The checksum difference of `old` being replaced by `new` (`N` even), as
-/// the kernel's `__wsum`: the one's-complement sum of the complemented old
-/// and the new 16-bit words, read in memory (native) order, folded into 32
-/// bits. Adding it to a checksum's unfolded sum and folding gives the same
-/// result as [`Update::replace`].
-#[expect(
-    clippy::inline_always,
-    reason = "the verifier must see constant lengths; no BPF-to-BPF calls per packet"
-)]
-#[inline(always)]
-pub fn diff<const N: usize>(old: &[u8; N], new: &[u8; N]) -> u32 {
-    let mut sum: u64 = 0;
-    let mut i = 0;
-    while i + 1 < N {
-        sum += u64::from(!u16::from_ne_bytes([old[i], old[i + 1]]));
-        sum += u64::from(u16::from_ne_bytes([new[i], new[i + 1]]));
-        i += 2;
-    }
-    // At most 2 * N / 2 words of 16 bits: far below 2^48; two folds end
-    // with no carry.
-    sum = (sum & 0xffff_ffff) + (sum >> 32);
-    sum = (sum & 0xffff_ffff) + (sum >> 32);
-    sum as u32
 }
 
 #[cfg(test)]
@@ -113,9 +112,10 @@ mod tests {
     extern crate std;
     use std::vec::Vec;
 
-    use super::{Update, diff};
+    use super::Delta;
 
-    /// The Internet checksum of `bytes`, computed from scratch.
+    /// The Internet checksum of `bytes`, computed from scratch (big-endian
+    /// words, the RFC 1071 way).
     fn checksum(bytes: &[u8]) -> u16 {
         let mut sum: u64 = 0;
         for pair in bytes.chunks(2) {
@@ -147,8 +147,27 @@ mod tests {
         }
     }
 
-    /// Replacing 4- and 16-byte fields and single words anywhere in a
-    /// buffer gives the checksum a full recomputation gives.
+    fn word32(buf: &[u8], at: usize) -> u32 {
+        u32::from_ne_bytes(buf[at..at + 4].try_into().unwrap())
+    }
+
+    fn word16(buf: &[u8], at: usize) -> u16 {
+        u16::from_ne_bytes(buf[at..at + 2].try_into().unwrap())
+    }
+
+    fn addr(buf: &[u8], at: usize) -> [u32; 4] {
+        [0, 4, 8, 12].map(|i| word32(buf, at + i))
+    }
+
+    /// 0x0000 and 0xffff are the same one's-complement number; they can
+    /// differ only when the data sums to zero.
+    fn same(got: u16, want: u16) -> bool {
+        got == want || (got ^ want == 0xffff && (got == 0 || want == 0))
+    }
+
+    /// Replacing 4- and 16-byte fields and a 16-bit word at even offsets,
+    /// a native-order word at a time, and storing the checksum natively
+    /// gives the bytes a full recomputation gives.
     #[test]
     fn incremental_equals_recomputed() {
         let mut rng = Rng(0x1234_5678_9abc_def1);
@@ -159,54 +178,60 @@ mod tests {
             if round % 7 == 0 {
                 buf.fill(if round % 2 == 0 { 0 } else { 0xff });
             }
-            let mut update = Update::new(checksum(&buf));
+            // The checksum as it sits in memory (big-endian bytes), loaded
+            // natively.
+            let check = u16::from_ne_bytes(checksum(&buf).to_be_bytes());
+            let mut delta = Delta::ZERO;
             let at4 = 2 * usize::from(rng.byte() % 4);
-            let old: [u8; 4] = buf[at4..at4 + 4].try_into().unwrap();
-            let new = rng.bytes::<4>();
-            buf[at4..at4 + 4].copy_from_slice(&new);
-            update = update.replace(&old, &new);
+            let old = word32(&buf, at4);
+            buf[at4..at4 + 4].copy_from_slice(&rng.bytes::<4>());
+            delta = delta.replace32(old, word32(&buf, at4));
             let at16 = 8 + 2 * usize::from(rng.byte() % 8);
-            let old: [u8; 16] = buf[at16..at16 + 16].try_into().unwrap();
-            let new = rng.bytes::<16>();
-            buf[at16..at16 + 16].copy_from_slice(&new);
-            update = update.replace(&old, &new);
-            let old = u16::from_be_bytes([buf[36], buf[37]]);
-            let new = u16::from_be_bytes(rng.bytes::<2>());
-            buf[36..38].copy_from_slice(&new.to_be_bytes());
-            update = update.replace_word(old, new);
-            let got = update.finish();
+            let old = addr(&buf, at16);
+            buf[at16..at16 + 16].copy_from_slice(&rng.bytes::<16>());
+            delta = delta.replace_addr(old, addr(&buf, at16));
+            let old = word16(&buf, 36);
+            buf[36..38].copy_from_slice(&rng.bytes::<2>());
+            delta = delta.replace16(old, word16(&buf, 36));
+            let got = u16::from_be_bytes(delta.apply(check).to_ne_bytes());
             let want = checksum(&buf);
-            // 0x0000 and 0xffff are the same one's-complement number; they can
-            // differ only when the data sums to zero.
             assert!(
-                got == want || (got ^ want == 0xffff && (got == 0 || want == 0)),
+                same(got, want),
                 "round {round}: incremental {got:#06x}, recomputed {want:#06x}"
             );
         }
     }
 
-    /// Applying [`diff`] the way the kernel does (`csum_fold(diff +
-    /// ~check)`, in memory order) gives the checksum [`Update`] gives.
+    /// Applying [`Delta::wsum`] the way the kernel does (`csum_fold(diff +
+    /// ~check)`, in memory order) gives the checksum [`Delta::apply`] gives.
     #[test]
-    fn diff_matches_update() {
+    fn wsum_matches_apply() {
         let mut rng = Rng(0x0bad_cafe_f00d_d00d);
         for _ in 0..5000 {
-            let check = u16::from_be_bytes(rng.bytes::<2>());
+            let check = u16::from_ne_bytes(rng.bytes::<2>());
             let old = rng.bytes::<16>();
             let new = rng.bytes::<16>();
-            let want = Update::new(check).replace(&old, &new).finish();
-            // The kernel: *sum = csum_fold(csum_add(diff, ~csum_unfold(*sum))),
-            // on the checksum as it sits in memory.
-            let in_memory = u16::from_ne_bytes(check.to_be_bytes());
-            let mut sum = u64::from(diff(&old, &new)) + u64::from(!in_memory);
+            let delta = Delta::ZERO.replace_addr(addr(&old, 0), addr(&new, 0));
+            let want = delta.apply(check);
+            // The kernel: *sum = csum_fold(csum_add(diff, ~csum_unfold(*sum))).
+            let mut sum = u64::from(delta.wsum()) + u64::from(!check);
             while sum >> 16 != 0 {
                 sum = (sum & 0xffff) + (sum >> 16);
             }
-            let got = u16::from_be_bytes((!(sum as u16)).to_ne_bytes());
-            assert!(
-                got == want || (got ^ want == 0xffff && (got == 0 || want == 0)),
-                "diff {got:#06x}, update {want:#06x}"
-            );
+            let got = !(sum as u16);
+            assert!(same(got, want), "wsum {got:#06x}, apply {want:#06x}");
         }
+    }
+
+    /// The most terms a rewrite makes, all at their largest, fold without
+    /// losing a carry.
+    #[test]
+    fn largest_sums_fold() {
+        let mut delta = Delta::ZERO;
+        for _ in 0..Delta::MAX_TERMS {
+            delta = delta.replace32(0, u32::MAX);
+        }
+        // Each term is 0xffff_ffff + 0xffff_ffff ≡ 0 (mod 0xffff).
+        assert!(same(delta.apply(0x1234), 0x1234));
     }
 }

@@ -318,7 +318,7 @@ pub const fn ip_from_bytes(bytes: AddrBytes, family: u8) -> IpAddr {
 }
 
 /// Key of the `services` map: a virtual address (VIP), port and protocol.
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct VipKey {
     /// VIP address, see [`AddrBytes`].
@@ -351,7 +351,7 @@ pub struct Service {
 const _: () = assert!(size_of::<Service>() == 16);
 
 /// Value of the `backends` array.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Backend {
     /// Backend address, see [`AddrBytes`].
@@ -462,7 +462,7 @@ pub struct MaglevKey {
 const _: () = assert!(size_of::<MaglevKey>() == 8);
 
 /// Key of the `flows` map: a packet's addresses and ports as they arrive.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     /// Source address, see [`AddrBytes`].
@@ -491,7 +491,7 @@ const _: () = assert!(size_of::<FlowKey>() == 40);
 /// address), created together by the kernel programs and removed together
 /// by the controller's flow collector. Each entry records its own
 /// direction: `last_seen` and the [`FLOW_FIN`]/[`FLOW_RST`] bits.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
     /// New source address (the SNAT address, or the VIP for a reply).
@@ -527,7 +527,7 @@ pub struct FlowValue {
 const _: () = assert!(size_of::<FlowValue>() == 80);
 
 /// Value of the one-entry `xdp_config` array.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct XdpConfig {
     /// Configured IPv4 SNAT source (first 4 bytes), valid with [`XDP_SNAT_V4`].
@@ -553,7 +553,7 @@ const _: () = assert!(size_of::<XdpConfig>() == 48);
 
 /// Value of the `if_addrs` map: an interface's primary addresses, the SNAT
 /// source for flows leaving through it when none is configured.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IfAddrs {
     /// Primary IPv4 address (first 4 bytes), valid with [`IF_HAS_V4`].

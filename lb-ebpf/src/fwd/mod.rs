@@ -67,6 +67,7 @@ use lb_common::{
     flow_hash, maps::FLOW_SCRATCH_NEW, xdp_counter,
 };
 
+use self::parse::addr_words;
 use crate::{
     choice, klog,
     maps::{BACKEND_STATS, FLOW_SCRATCH, FLOWS, SERVICE_STATS, SERVICES, XDP_CONFIG, XDP_STATS},
@@ -108,6 +109,9 @@ const fn drop(counter: u32) -> Verdict {
 #[derive(Clone, Copy)]
 pub(crate) struct Packet {
     key: FlowKey,
+    /// The source and destination port as the word they form in the
+    /// header (as it sits in memory).
+    ports: u32,
     /// TTL or hop limit.
     ttl: u8,
     /// The TCP flag bits (0 for UDP).
@@ -129,8 +133,9 @@ enum Found<'scratch> {
 /// The next hop of a rewritten packet.
 pub(crate) struct Hop {
     ifindex: u32,
-    smac: [u8; 6],
-    dmac: [u8; 6],
+    /// Destination then source MAC: the first 12 bytes of the Ethernet
+    /// header, as six 16-bit words as they sit in memory.
+    macs: [u16; 6],
     /// The MACs are known; without, the kernel resolves the neighbour
     /// (tc's `bpf_redirect_neigh`, never XDP).
     resolved: bool,
@@ -303,32 +308,31 @@ fn forward<H: Hook>(ctx: &H, packet: &Packet) -> Verdict {
     if packet.ttl <= 1 {
         return pass(xdp_counter::PASS_TTL);
     }
-    let (dst, service_id, cached) = match &found {
+    let cached = match &found {
         Found::Existing(flow) => {
             // SAFETY: a `flows` pointer, see above.
             let flow = unsafe { &**flow };
-            let cached = flow.hop_ifindex != 0 && flow.hop_gen == config.hop_gen;
-            (flow.dst, flow.service_id, cached)
+            flow.hop_ifindex != 0 && flow.hop_gen == config.hop_gen
         }
-        Found::New(flow, _) => (flow.dst, flow.service_id, false),
+        Found::New(..) => false,
     };
-    let hop = if let (true, Found::Existing(flow)) = (cached, &found) {
+    let hop = match &found {
         // SAFETY: a `flows` pointer, see above.
-        let flow = unsafe { &**flow };
-        Hop {
-            ifindex: flow.hop_ifindex,
-            smac: flow.hop_smac,
-            dmac: flow.hop_dmac,
-            resolved: true,
-        }
-    } else {
-        match next_hop(ctx, packet, &dst) {
-            Ok(hop) => hop,
-            Err(verdict) => {
-                if verdict.action == Action::Drop {
-                    count_drop(service_id, ServiceDrop::Unreachable);
+        Found::Existing(flow) if cached => nat::cached_hop(unsafe { &**flow }),
+        _ => {
+            let (dst, service_id) = match &found {
+                // SAFETY: a `flows` pointer, see above.
+                Found::Existing(flow) => unsafe { ((**flow).dst, (**flow).service_id) },
+                Found::New(flow, _) => (flow.dst, flow.service_id),
+            };
+            match next_hop(ctx, packet, dst) {
+                Ok(hop) => hop,
+                Err(verdict) => {
+                    if verdict.action == Action::Drop {
+                        count_drop(service_id, ServiceDrop::Unreachable);
+                    }
+                    return verdict;
                 }
-                return verdict;
             }
         }
     };
@@ -337,6 +341,7 @@ fn forward<H: Hook>(ctx: &H, packet: &Packet) -> Verdict {
     let new = matches!(found, Found::New(..));
     let flow = match found {
         Found::New(flow, hash) => {
+            let service_id = flow.service_id;
             flow.last_seen = now;
             if hop.resolved {
                 nat::cache_hop(flow, &hop, config.hop_gen);
@@ -387,8 +392,9 @@ fn forward<H: Hook>(ctx: &H, packet: &Packet) -> Verdict {
     reason = "one flat program keeps verifier state small and avoids BPF-to-BPF calls"
 )]
 #[inline(always)]
-fn next_hop<H: Hook>(ctx: &H, packet: &Packet, dst: &AddrBytes) -> Result<Hop, Verdict> {
-    let src = &packet.key.src;
+fn next_hop<H: Hook>(ctx: &H, packet: &Packet, dst: AddrBytes) -> Result<Hop, Verdict> {
+    let src = addr_words(packet.key.src);
+    let dst = addr_words(dst);
     let mut params = core::mem::MaybeUninit::<bpf_fib_lookup>::uninit();
     zero(params.as_mut_ptr());
     // SAFETY: bpf_fib_lookup is plain old data, now all zero (a valid value).
@@ -398,11 +404,11 @@ fn next_hop<H: Hook>(ctx: &H, packet: &Packet, dst: &AddrBytes) -> Result<Hop, V
     params.__bindgen_anon_1.tot_len = H::fib_len(packet);
     params.ifindex = ctx.ingress();
     if packet.key.family == AF_INET {
-        params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([src[0], src[1], src[2], src[3]]);
-        params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([dst[0], dst[1], dst[2], dst[3]]);
+        params.__bindgen_anon_3.ipv4_src = src[0];
+        params.__bindgen_anon_4.ipv4_dst = dst[0];
     } else {
-        params.__bindgen_anon_3.ipv6_src = words(src);
-        params.__bindgen_anon_4.ipv6_dst = words(dst);
+        params.__bindgen_anon_3.ipv6_src = src;
+        params.__bindgen_anon_4.ipv6_dst = dst;
     }
     // SAFETY: `params` is a valid bpf_fib_lookup on the stack and the size
     // passed is its size; the helper accepts both the XDP and the skb
@@ -418,16 +424,14 @@ fn next_hop<H: Hook>(ctx: &H, packet: &Packet, dst: &AddrBytes) -> Result<Hop, V
     match ret as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => Ok(Hop {
             ifindex: params.ifindex,
-            smac: params.smac,
-            dmac: params.dmac,
+            macs: mac_words(params.dmac, params.smac),
             resolved: true,
         }),
         // The FIB has filled in the egress interface; tc lets the kernel
         // resolve the neighbour.
         BPF_FIB_LKUP_RET_NO_NEIGH if H::NEIGH => Ok(Hop {
             ifindex: params.ifindex,
-            smac: [0; 6],
-            dmac: [0; 6],
+            macs: [0; 6],
             resolved: false,
         }),
         BPF_FIB_LKUP_RET_NO_NEIGH => Err(pass(xdp_counter::PASS_NO_NEIGH)),
@@ -461,15 +465,18 @@ fn zero<T>(value: *mut T) {
     }
 }
 
-/// An address as four native-order words (the FIB helper's IPv6 layout).
+/// Destination and source MAC as the six 16-bit words they form at the
+/// start of the Ethernet header (as they sit in memory).
 #[expect(clippy::inline_always, reason = "no BPF-to-BPF calls per packet")]
 #[inline(always)]
-const fn words(bytes: &AddrBytes) -> [u32; 4] {
+const fn mac_words(dst: [u8; 6], src: [u8; 6]) -> [u16; 6] {
     [
-        u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
-        u32::from_ne_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]),
-        u32::from_ne_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]),
-        u32::from_ne_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]),
+        u16::from_ne_bytes([dst[0], dst[1]]),
+        u16::from_ne_bytes([dst[2], dst[3]]),
+        u16::from_ne_bytes([dst[4], dst[5]]),
+        u16::from_ne_bytes([src[0], src[1]]),
+        u16::from_ne_bytes([src[2], src[3]]),
+        u16::from_ne_bytes([src[4], src[5]]),
     ]
 }
 

@@ -1,7 +1,7 @@
 //! The flow table's rules: which backend an existing flow may keep
 //! ([`slot`], [`backend`]), what a new flow gets, its SNAT address and
 //! port, stored for both directions ([`new_flow`]), how the entries live
-//! ([`touch`], [`cache_hop`]) and which packets are orphaned replies
+//! ([`touch`], [`cache_hop`], [`cached_hop`]) and which packets are orphaned replies
 //! ([`orphan`]). The lookup itself (existing entry, else the VIP's service
 //! and `choice::pick`) is written out in `super::forward`: as a function
 //! returning its result it needs more stack than the program has left.
@@ -44,7 +44,7 @@ use lb_common::{
     xdp_counter,
 };
 
-use super::{Hop, Verdict, drop, pass, words, zero};
+use super::{Hop, Verdict, drop, mac_words, parse::addr_words, pass, zero};
 use crate::maps::{BACKENDS, FLOW_SCRATCH, FLOWS, IF_ADDRS};
 
 /// TCP flag bits (byte 13 of the header).
@@ -106,7 +106,7 @@ pub(super) fn slot(flow: &FlowValue, family: u8) -> Slot {
     if backend.family != family
         || backend.service_id != flow.service_id
         || backend.port != flow.dst_port
-        || !same_addr(&backend.addr, &flow.dst)
+        || !same_addr(backend.addr, flow.dst)
     {
         return Slot::Gone;
     }
@@ -126,8 +126,30 @@ pub(super) fn slot(flow: &FlowValue, family: u8) -> Slot {
 pub(super) fn cache_hop(flow: &mut FlowValue, hop: &Hop, generation: u32) {
     flow.hop_ifindex = hop.ifindex;
     flow.hop_gen = generation;
-    flow.hop_dmac = hop.dmac;
-    flow.hop_smac = hop.smac;
+    let mut i = 0;
+    while i < 3 {
+        let [a, b] = hop.macs[i].to_ne_bytes();
+        let [c, d] = hop.macs[i + 3].to_ne_bytes();
+        flow.hop_dmac[2 * i] = a;
+        flow.hop_dmac[2 * i + 1] = b;
+        flow.hop_smac[2 * i] = c;
+        flow.hop_smac[2 * i + 1] = d;
+        i += 1;
+    }
+}
+
+/// Entry `flow`'s cached next hop (the caller has checked it is valid).
+#[expect(
+    clippy::inline_always,
+    reason = "one flat program keeps verifier state small and avoids BPF-to-BPF calls"
+)]
+#[inline(always)]
+pub(super) fn cached_hop(flow: &FlowValue) -> Hop {
+    Hop {
+        ifindex: flow.hop_ifindex,
+        macs: mac_words(flow.hop_dmac, flow.hop_smac),
+        resolved: true,
+    }
 }
 
 /// The lifecycle of entry `flow` (of packet `key`, whose TCP flags are
@@ -235,8 +257,8 @@ fn translates_for(reply: &FlowValue, key: &FlowKey) -> bool {
     reply.flags & FLOW_REPLY != 0
         && reply.src_port == key.dst_port
         && reply.dst_port == key.src_port
-        && same_addr(&reply.src, &key.dst)
-        && same_addr(&reply.dst, &key.src)
+        && same_addr(reply.src, key.dst)
+        && same_addr(reply.dst, key.src)
 }
 
 /// Whether a packet without a flow entry and without a service is an
@@ -257,7 +279,7 @@ pub(super) fn orphan(config: &XdpConfig, key: &FlowKey, ingress: u32) -> bool {
     let flag = if v4 { XDP_SNAT_V4 } else { XDP_SNAT_V6 };
     if config.flags & flag != 0 {
         let configured = if v4 { &config.snat_v4 } else { &config.snat_v6 };
-        return same_addr(configured, &key.dst);
+        return same_addr(*configured, key.dst);
     }
     let Some(addrs) = IF_ADDRS.get_ptr(ingress) else {
         return false;
@@ -265,9 +287,9 @@ pub(super) fn orphan(config: &XdpConfig, key: &FlowKey, ingress: u32) -> bool {
     // SAFETY: pointer from a successful lookup; only its fields are read.
     let addrs = unsafe { &*addrs };
     if v4 {
-        addrs.flags & IF_HAS_V4 != 0 && same_addr(&addrs.v4, &key.dst)
+        addrs.flags & IF_HAS_V4 != 0 && same_addr(addrs.v4, key.dst)
     } else {
-        addrs.flags & IF_HAS_V6 != 0 && same_addr(&addrs.v6, &key.dst)
+        addrs.flags & IF_HAS_V6 != 0 && same_addr(addrs.v6, key.dst)
     }
 }
 
@@ -412,18 +434,19 @@ fn remove_stale_reply(key: &FlowKey) {
     if reply.flags & FLOW_REPLY != 0
         && reply.src_port == key.dst_port
         && reply.dst_port == key.src_port
-        && same_addr(&reply.src, &key.dst)
-        && same_addr(&reply.dst, &key.src)
+        && same_addr(reply.src, key.dst)
+        && same_addr(reply.dst, key.src)
     {
         let _ = FLOWS.remove(reply_key);
     }
 }
 
 /// Whether two addresses are equal, compared word by word (a byte array
-/// comparison may become a `memcmp` call, which BPF does not have).
+/// comparison may become a `memcmp` call, which BPF does not have). By
+/// value: see [`addr_words`].
 #[expect(clippy::inline_always, reason = "no BPF-to-BPF calls per packet")]
 #[inline(always)]
-const fn same_addr(a: &AddrBytes, b: &AddrBytes) -> bool {
-    let (a, b) = (words(a), words(b));
+const fn same_addr(a: AddrBytes, b: AddrBytes) -> bool {
+    let (a, b) = (addr_words(a), addr_words(b));
     a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3]
 }

@@ -42,14 +42,15 @@ use aya_ebpf::{
     },
     programs::TcContext,
 };
-use lb_common::{AF_INET, AddrBytes, FlowValue, PROTO_TCP, PROTO_UDP, csum, xdp_counter};
+use lb_common::{AF_INET, FlowValue, PROTO_TCP, PROTO_UDP, csum::Delta, xdp_counter};
 
 use super::{
     Action, Hook, Hop, Packet, Verdict,
     parse::{
         HEADERS_MAX, L4_V4, L4_V6, TCP_CHECK, UDP_CHECK, V4_CHECK, V4_SRC, V4_TTL, V6_HOP_LIMIT,
-        V6_SRC,
+        V6_SRC, addr_words,
     },
+    xdp::ports_word,
 };
 
 /// `BPF_F_IPV6` of `bpf_l4_csum_replace` (Linux 6.16; not in aya's
@@ -160,14 +161,24 @@ const fn ok(ret: i64) -> Result<(), Failed> {
     if ret < 0 { Err(Failed) } else { Ok(()) }
 }
 
-/// Writes `bytes` at `offset` with `bpf_skb_store_bytes` (no checksum
-/// flags: the checksums are updated by the replace helpers).
+/// Writes `value` (plain bytes or words as they are to sit in the packet)
+/// at `offset` with `bpf_skb_store_bytes` (no checksum flags: the checksums
+/// are updated by the replace helpers).
 #[expect(clippy::inline_always, reason = "no BPF-to-BPF calls per packet")]
 #[inline(always)]
-fn store<const N: usize>(ctx: &TcContext, offset: usize, bytes: &[u8; N]) -> Result<(), Failed> {
-    // SAFETY: `bytes` is N readable bytes on the stack or in a map value;
-    // the helper copies them into the packet after checking the range.
-    ok(unsafe { bpf_skb_store_bytes(skb(ctx), offset as u32, bytes.as_ptr().cast(), N as u32, 0) })
+fn store<T: Copy>(ctx: &TcContext, offset: usize, value: &T) -> Result<(), Failed> {
+    // SAFETY: `value` is size_of::<T>() readable bytes on the stack or in a
+    // map value; the helper copies them into the packet after checking the
+    // range.
+    ok(unsafe {
+        bpf_skb_store_bytes(
+            skb(ctx),
+            offset as u32,
+            (&raw const *value).cast(),
+            size_of::<T>() as u32,
+            0,
+        )
+    })
 }
 
 /// `bpf_l4_csum_replace` of the checksum at `at`.
@@ -199,88 +210,71 @@ fn rewrite(ctx: &TcContext, packet: &Packet, flow: &FlowValue, hop: &Hop) -> Res
     } else {
         0
     };
-    let old_ports = port_bytes(key.src_port, key.dst_port);
-    let new_ports = port_bytes(flow.src_port, flow.dst_port);
+    let new_ports = ports_word(flow.src_port, flow.dst_port);
     // Ports: data, not pseudo-header (size 4 in the low flag bits).
     l4_replace(
         ctx,
         check_at,
-        u64::from(u32::from_ne_bytes(old_ports)),
-        u64::from(u32::from_ne_bytes(new_ports)),
+        u64::from(packet.ports),
+        u64::from(new_ports),
         4 | mangled_0,
     )?;
+    let (old_src, old_dst) = (addr_words(key.src), addr_words(key.dst));
+    let (new_src, new_dst) = (addr_words(flow.src), addr_words(flow.dst));
+    let ttl = packet.ttl - 1;
     if key.family == AF_INET {
-        let old_addrs = v4_pair(&key.src, &key.dst);
-        let new_addrs = v4_pair(&flow.src, &flow.dst);
-        let addrs = csum::diff(&old_addrs, &new_addrs);
+        let addrs = Delta::ZERO
+            .replace32(old_src[0], new_src[0])
+            .replace32(old_dst[0], new_dst[0]);
         // Addresses: pseudo-header, by difference (size 0).
         l4_replace(
             ctx,
             check_at,
             0,
-            u64::from(addrs),
+            u64::from(addrs.wsum()),
             u64::from(BPF_F_PSEUDO_HDR) | mangled_0,
         )?;
-        let ttl = csum::diff(&[packet.ttl, key.proto], &[packet.ttl - 1, key.proto]);
-        // SAFETY: as in `l4_replace`.
-        ok(unsafe {
-            bpf_l3_csum_replace(skb(ctx), V4_CHECK as u32, 0, u64::from(add(addrs, ttl)), 0)
-        })?;
-        store(ctx, V4_SRC, &new_addrs)?;
-        store(ctx, V4_TTL, &[packet.ttl - 1])?;
-    } else {
-        let addrs = add(
-            csum::diff(&key.src, &flow.src),
-            csum::diff(&key.dst, &flow.dst),
+        let ip = addrs.replace16(
+            u16::from_ne_bytes([packet.ttl, key.proto]),
+            u16::from_ne_bytes([ttl, key.proto]),
         );
+        // SAFETY: as in `l4_replace`.
+        ok(unsafe { bpf_l3_csum_replace(skb(ctx), V4_CHECK as u32, 0, u64::from(ip.wsum()), 0) })?;
+        let new_addrs = [new_src[0], new_dst[0]];
+        store(ctx, V4_SRC, &new_addrs)?;
+        store(ctx, V4_TTL, &[ttl])?;
+    } else {
+        let addrs = Delta::ZERO
+            .replace_addr(old_src, new_src)
+            .replace_addr(old_dst, new_dst)
+            .wsum();
         let flags = u64::from(BPF_F_PSEUDO_HDR) | mangled_0;
         if l4_replace(ctx, check_at, 0, u64::from(addrs), flags | BPF_F_IPV6).is_err() {
             // A kernel older than BPF_F_IPV6 refuses the flag (and changed
             // nothing).
             l4_replace(ctx, check_at, 0, u64::from(addrs), flags)?;
         }
-        store(ctx, V6_SRC, &flow.src)?;
-        store(ctx, V6_SRC + 16, &flow.dst)?;
+        let new_addrs = [
+            new_src[0], new_src[1], new_src[2], new_src[3], new_dst[0], new_dst[1], new_dst[2],
+            new_dst[3],
+        ];
+        store(ctx, V6_SRC, &new_addrs)?;
         // The hop limit is data no checksum covers: only a
         // `CHECKSUM_COMPLETE` skb's `csum` changes (the helper does nothing
         // otherwise).
-        let hop_limit = csum::diff(&[key.proto, packet.ttl], &[key.proto, packet.ttl - 1]);
-        store(ctx, V6_HOP_LIMIT, &[packet.ttl - 1])?;
+        let hop_limit = Delta::ZERO
+            .replace16(
+                u16::from_ne_bytes([key.proto, packet.ttl]),
+                u16::from_ne_bytes([key.proto, ttl]),
+            )
+            .wsum();
+        store(ctx, V6_HOP_LIMIT, &[ttl])?;
         // SAFETY: the helper takes the skb context and a checksum difference.
         let _ = unsafe { bpf_csum_update(skb(ctx), hop_limit) };
     }
-    store(ctx, l4, &new_ports)?;
+    store(ctx, l4, &[new_ports])?;
     if hop.resolved {
-        let mut macs = [0u8; 12];
-        macs[..6].copy_from_slice(&hop.dmac);
-        macs[6..].copy_from_slice(&hop.smac);
-        store(ctx, 0, &macs)?;
+        store(ctx, 0, &hop.macs)?;
     }
     Ok(())
-}
-
-/// The one's-complement sum of two checksum differences.
-#[expect(clippy::inline_always, reason = "no BPF-to-BPF calls per packet")]
-#[inline(always)]
-const fn add(a: u32, b: u32) -> u32 {
-    let (sum, carry) = a.overflowing_add(b);
-    sum + carry as u32
-}
-
-/// Source and destination port as the 4 bytes they occupy in the header.
-#[expect(clippy::inline_always, reason = "no BPF-to-BPF calls per packet")]
-#[inline(always)]
-const fn port_bytes(src: u16, dst: u16) -> [u8; 4] {
-    let [a, b] = src.to_be_bytes();
-    let [c, d] = dst.to_be_bytes();
-    [a, b, c, d]
-}
-
-/// An IPv4 source and destination as the 8 bytes they occupy in the header.
-#[expect(clippy::inline_always, reason = "no BPF-to-BPF calls per packet")]
-#[inline(always)]
-const fn v4_pair(src: &AddrBytes, dst: &AddrBytes) -> [u8; 8] {
-    [
-        src[0], src[1], src[2], src[3], dst[0], dst[1], dst[2], dst[3],
-    ]
 }

@@ -13,19 +13,19 @@
 //! (so every offset written lies within the frame; the accesses are still
 //! bounds-checked for the verifier) with a TTL above 1. Checksums are
 //! updated incrementally ([`lb_common::csum`], RFC 1624) over exactly the
-//! bytes that change: the IPv4 header checksum over addresses and TTL, the
+//! words that change: the IPv4 header checksum over addresses and TTL, the
 //! TCP/UDP checksum over ports and addresses (its pseudo-header). A UDP/IPv4
 //! packet without a checksum (0) keeps none; a computed UDP checksum of 0
 //! is sent as 0xffff (RFC 768).
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_redirect, programs::XdpContext};
-use lb_common::{AF_INET, AddrBytes, FlowValue, PROTO_TCP, PROTO_UDP, csum, xdp_counter};
+use lb_common::{AF_INET, FlowValue, PROTO_TCP, PROTO_UDP, csum::Delta, xdp_counter};
 
 use super::{
     Action, Hook, Hop, Packet, Verdict,
     parse::{
-        L4_V4, L4_V6, TCP_CHECK, UDP_CHECK, V4_CHECK, V4_SRC, V4_TTL, V6_HOP_LIMIT, V6_SRC, read,
-        write,
+        L4_V4, L4_V6, TCP_CHECK, UDP_CHECK, V4_CHECK, V4_SRC, V4_TTL, V6_HOP_LIMIT, V6_SRC,
+        addr_words, read16, write_words, write8, write16,
     },
 };
 
@@ -88,7 +88,8 @@ impl Hook for XdpContext {
     }
 }
 
-/// Rewrites addresses, ports, TTL, checksums and MACs in place.
+/// Rewrites addresses, ports, TTL, checksums and MACs in place, a word at
+/// a time (words as they sit in the packet, see [`lb_common::csum`]).
 #[expect(
     clippy::inline_always,
     reason = "one flat program keeps verifier state small and avoids BPF-to-BPF calls"
@@ -96,74 +97,72 @@ impl Hook for XdpContext {
 #[inline(always)]
 fn rewrite(ctx: &XdpContext, packet: &Packet, flow: &FlowValue, hop: &Hop) {
     let key = &packet.key;
-    let old_ports = port_bytes(key.src_port, key.dst_port);
-    let new_ports = port_bytes(flow.src_port, flow.dst_port);
     let (l4, check_at) = match (key.family, key.proto) {
         (AF_INET, PROTO_TCP) => (L4_V4, L4_V4 + TCP_CHECK),
         (AF_INET, _) => (L4_V4, L4_V4 + UDP_CHECK),
         (_, PROTO_TCP) => (L4_V6, L4_V6 + TCP_CHECK),
         _ => (L4_V6, L4_V6 + UDP_CHECK),
     };
-    let Some(old_check) = read::<2>(ctx, check_at) else {
+    let Some(old_check) = read16(ctx, check_at) else {
         return;
     };
-    let old_check = u16::from_be_bytes(old_check);
     let udp = key.proto == PROTO_UDP;
-    let mut l4_sum = csum::Update::new(old_check).replace(&old_ports, &new_ports);
-
+    let new_ports = ports_word(flow.src_port, flow.dst_port);
+    let (old_src, old_dst) = (addr_words(key.src), addr_words(key.dst));
+    let (new_src, new_dst) = (addr_words(flow.src), addr_words(flow.dst));
+    let mut l4_delta = Delta::ZERO.replace32(packet.ports, new_ports);
+    let ttl = packet.ttl - 1;
     if key.family == AF_INET {
-        let old_addrs = v4_pair(&key.src, &key.dst);
-        let new_addrs = v4_pair(&flow.src, &flow.dst);
-        write(ctx, V4_SRC, new_addrs);
-        let ttl_proto = u16::from_be_bytes([packet.ttl, key.proto]);
-        let new_ttl_proto = u16::from_be_bytes([packet.ttl - 1, key.proto]);
-        write(ctx, V4_TTL, [packet.ttl - 1]);
-        if let Some(check) = read::<2>(ctx, V4_CHECK) {
-            let check = csum::Update::new(u16::from_be_bytes(check))
-                .replace(&old_addrs, &new_addrs)
-                .replace_word(ttl_proto, new_ttl_proto)
-                .finish();
-            write(ctx, V4_CHECK, check.to_be_bytes());
+        let addrs = Delta::ZERO
+            .replace32(old_src[0], new_src[0])
+            .replace32(old_dst[0], new_dst[0]);
+        write_words::<8, 2>(ctx, V4_SRC, [new_src[0], new_dst[0]]);
+        let old_ttl_proto = u16::from_ne_bytes([packet.ttl, key.proto]);
+        let new_ttl_proto = u16::from_ne_bytes([ttl, key.proto]);
+        write8(ctx, V4_TTL, ttl);
+        if let Some(check) = read16(ctx, V4_CHECK) {
+            let check = addrs.replace16(old_ttl_proto, new_ttl_proto).apply(check);
+            write16(ctx, V4_CHECK, check);
         }
-        l4_sum = l4_sum.replace(&old_addrs, &new_addrs);
+        l4_delta = l4_delta.plus(addrs);
     } else {
-        write(ctx, V6_SRC, flow.src);
-        write(ctx, V6_SRC + 16, flow.dst);
-        write(ctx, V6_HOP_LIMIT, [packet.ttl - 1]);
-        l4_sum = l4_sum
-            .replace(&key.src, &flow.src)
-            .replace(&key.dst, &flow.dst);
+        write_words::<32, 8>(
+            ctx,
+            V6_SRC,
+            [
+                new_src[0], new_src[1], new_src[2], new_src[3], new_dst[0], new_dst[1], new_dst[2],
+                new_dst[3],
+            ],
+        );
+        write8(ctx, V6_HOP_LIMIT, ttl);
+        l4_delta = l4_delta
+            .replace_addr(old_src, new_src)
+            .replace_addr(old_dst, new_dst);
     }
-    write(ctx, l4, new_ports);
+    write_words::<4, 1>(ctx, l4, [new_ports]);
     // UDP over IPv4 may carry no checksum (0): it stays 0. A computed UDP
-    // checksum of 0 is sent as 0xffff (RFC 768).
+    // checksum of 0 is sent as 0xffff (RFC 768; the same bytes in either
+    // order).
     if !(udp && old_check == 0) {
-        let mut check = l4_sum.finish();
+        let mut check = l4_delta.apply(old_check);
         if udp && check == 0 {
             check = 0xffff;
         }
-        write(ctx, check_at, check.to_be_bytes());
+        write16(ctx, check_at, check);
     }
-    let mut macs = [0u8; 12];
-    macs[..6].copy_from_slice(&hop.dmac);
-    macs[6..].copy_from_slice(&hop.smac);
-    write(ctx, 0, macs);
+    let mut i = 0;
+    while i < 6 {
+        write16(ctx, 2 * i, hop.macs[i]);
+        i += 1;
+    }
 }
 
-/// Source and destination port as the 4 bytes they occupy in the header.
+/// Source and destination port (host order) as the word they form in the
+/// header (network order, as it sits in memory).
 #[expect(clippy::inline_always, reason = "no BPF-to-BPF calls per packet")]
 #[inline(always)]
-const fn port_bytes(src: u16, dst: u16) -> [u8; 4] {
+pub(super) const fn ports_word(src: u16, dst: u16) -> u32 {
     let [a, b] = src.to_be_bytes();
     let [c, d] = dst.to_be_bytes();
-    [a, b, c, d]
-}
-
-/// An IPv4 source and destination as the 8 bytes they occupy in the header.
-#[expect(clippy::inline_always, reason = "no BPF-to-BPF calls per packet")]
-#[inline(always)]
-const fn v4_pair(src: &AddrBytes, dst: &AddrBytes) -> [u8; 8] {
-    [
-        src[0], src[1], src[2], src[3], dst[0], dst[1], dst[2], dst[3],
-    ]
+    u32::from_ne_bytes([a, b, c, d])
 }

@@ -29,8 +29,10 @@
 //! packet rewrites it back; the VIP gets a route and neighbour on the
 //! client side, so every second run is an `XDP_TX`; a tc redirect).
 //!
-//! Usage: `lb-xdp-bench [--packets N]` (default 20000 per case and program,
-//! at most 200000; about 3 s by default, 6 s at the maximum).
+//! Usage: `lb-xdp-bench [--packets N] [--calls N]`: packets per case and
+//! program (default 20000, at most 200000; about 3 s by default, 6 s at
+//! the maximum) and amortised calls per program and case (default 25, at
+//! most 1000; each takes tens of ms).
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -60,8 +62,11 @@ const TABLE_SIZE: u32 = 16381;
 /// Runs per test-run call in the amortised variants (the ping-pong frame
 /// starts with TTL 255).
 const REPEAT: u32 = 200;
-/// At most this many calls per program in the amortised variants.
-const MAX_REPEAT_CALLS: u32 = 25;
+/// Calls per program in the amortised variants, unless `--calls` says
+/// otherwise (at most [`MAX_REPEAT_CALLS`]).
+const DEFAULT_REPEAT_CALLS: u32 = 25;
+/// The most `--calls` may ask for (each call takes tens of ms of wall time).
+const MAX_REPEAT_CALLS: u32 = 1000;
 /// MAC of the VIP's neighbour entry on the client side (ping-pong case).
 const VIP_NEIGH_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xc1, 0x99];
 /// New flows between two clean-ups of the `flows` map (two entries each; the
@@ -109,8 +114,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn parse_args() -> anyhow::Result<u32> {
+/// `--packets` and `--calls`.
+struct Args {
+    packets: u32,
+    calls: u32,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
     let mut packets = DEFAULT_PACKETS;
+    let mut calls = DEFAULT_REPEAT_CALLS;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -123,14 +135,28 @@ fn parse_args() -> anyhow::Result<u32> {
                     bail!("--packets must be 1..={MAX_PACKETS}");
                 }
             }
+            "--calls" => {
+                let value = args.next().context("--calls needs a value")?;
+                calls = value
+                    .parse()
+                    .with_context(|| format!("--calls {value}: not a number"))?;
+                if !(1..=MAX_REPEAT_CALLS).contains(&calls) {
+                    bail!("--calls must be 1..={MAX_REPEAT_CALLS}");
+                }
+            }
             "-h" | "--help" => {
-                println!("usage: lb-xdp-bench [--packets N]   (default {DEFAULT_PACKETS})");
+                println!(
+                    "usage: lb-xdp-bench [--packets N] [--calls N]   (defaults {DEFAULT_PACKETS} \
+                     packets per case, {DEFAULT_REPEAT_CALLS} amortised calls)"
+                );
                 std::process::exit(0);
             }
-            other => bail!("unknown argument {other} (usage: lb-xdp-bench [--packets N])"),
+            other => {
+                bail!("unknown argument {other} (usage: lb-xdp-bench [--packets N] [--calls N])")
+            }
         }
     }
-    Ok(packets)
+    Ok(Args { packets, calls })
 }
 
 /// Keeps this thread on the CPU it runs on now (less noise, and the
@@ -180,7 +206,7 @@ fn print_table(hook: Hook, cases: &mut [&mut Case]) {
 }
 
 fn run() -> anyhow::Result<()> {
-    let packets = parse_args()?;
+    let Args { packets, calls } = parse_args()?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("needs root (BPF_PROG_TEST_RUN and a network namespace)");
@@ -387,7 +413,6 @@ fn run() -> anyhow::Result<()> {
     // Each call with repeat > 1 also swaps the program into the kernel's
     // XDP dispatcher and back (tens of ms of wall time, outside the
     // measured duration): a few calls keep the run short.
-    let calls = (packets / REPEAT).clamp(1, MAX_REPEAT_CALLS);
     let mut amortised = Vec::new();
     for hook in [Hook::Xdp, Hook::Tc] {
         let mut ping_pong_case = new_case("established flow, ping-pong");
