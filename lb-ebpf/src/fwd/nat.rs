@@ -126,15 +126,15 @@ pub(super) fn slot(flow: &FlowValue, family: u8) -> Slot {
 pub(super) fn cache_hop(flow: &mut FlowValue, hop: &Hop, generation: u32) {
     flow.hop_ifindex = hop.ifindex;
     flow.hop_gen = generation;
-    let mut i = 0;
-    while i < 3 {
-        let [a, b] = hop.macs[i].to_ne_bytes();
-        let [c, d] = hop.macs[i + 3].to_ne_bytes();
-        flow.hop_dmac[2 * i] = a;
-        flow.hop_dmac[2 * i + 1] = b;
-        flow.hop_smac[2 * i] = c;
-        flow.hop_smac[2 * i + 1] = d;
-        i += 1;
+    let mut word = 0;
+    while word < 3 {
+        let [dst_0, dst_1] = hop.macs[word].to_ne_bytes();
+        let [src_0, src_1] = hop.macs[word + 3].to_ne_bytes();
+        flow.hop_dmac[2 * word] = dst_0;
+        flow.hop_dmac[2 * word + 1] = dst_1;
+        flow.hop_smac[2 * word] = src_0;
+        flow.hop_smac[2 * word + 1] = src_1;
+        word += 1;
     }
 }
 

@@ -104,6 +104,10 @@ pub(super) fn read_words<const N: usize, const W: usize>(
 /// Reads the 16-bit word at `offset` as it sits in the packet (see
 /// [`read_words`] on alignment).
 #[expect(
+    clippy::cast_ptr_alignment,
+    reason = "packet words are read and written unaligned on purpose, see `read_words`"
+)]
+#[expect(
     clippy::inline_always,
     reason = "the verifier must see the bounds check next to the access"
 )]
@@ -131,6 +135,10 @@ pub(super) fn write8(ctx: &impl Hook, offset: usize, byte: u8) {
 
 /// Writes the 16-bit word `word` (as it is to sit in the packet) at
 /// `offset`; skipped when out of bounds, as [`write8`].
+#[expect(
+    clippy::cast_ptr_alignment,
+    reason = "packet words are read and written unaligned on purpose, see `read_words`"
+)]
 #[expect(
     clippy::inline_always,
     reason = "the verifier must see the bounds check next to the access"
