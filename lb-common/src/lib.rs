@@ -295,6 +295,11 @@ pub mod program_names {
 
 /// An address as the maps hold it: 16 bytes in network order, IPv4 in the
 /// first four bytes and zeros after them.
+///
+/// Every map struct holding one is 8-byte aligned (4 for [`VipKey`]) with
+/// its addresses at offsets that are multiples of 8: a copy of the field
+/// is then known to be aligned, and the kernel programs load and compare it
+/// a word at a time instead of byte by byte (the sizes do not change).
 pub type AddrBytes = [u8; 16];
 
 /// The map form of an address, and its family.
@@ -567,6 +572,23 @@ pub struct IfAddrs {
 }
 
 const _: () = assert!(size_of::<IfAddrs>() == 40);
+
+// The alignment promise of [`AddrBytes`]: every address field of a map
+// struct sits at a multiple of 8 in an 8-byte aligned struct (of 4 in the
+// 4-byte aligned `VipKey`).
+const _: () = {
+    use core::mem::offset_of;
+    assert!(align_of::<VipKey>() == 4 && offset_of!(VipKey, addr) == 0);
+    assert!(align_of::<Backend>() == 8 && offset_of!(Backend, addr) == 0);
+    assert!(align_of::<FlowKey>() == 8);
+    assert!(offset_of!(FlowKey, src) == 0 && offset_of!(FlowKey, dst) == 16);
+    assert!(align_of::<FlowValue>() == 8);
+    assert!(offset_of!(FlowValue, src) == 0 && offset_of!(FlowValue, dst) == 16);
+    assert!(align_of::<XdpConfig>() == 8);
+    assert!(offset_of!(XdpConfig, snat_v4) == 0 && offset_of!(XdpConfig, snat_v6) == 16);
+    assert!(align_of::<IfAddrs>() == 8);
+    assert!(offset_of!(IfAddrs, v4) == 0 && offset_of!(IfAddrs, v6) == 16);
+};
 
 /// The hash that places a new XDP flow in a Maglev table and chooses its
 /// SNAT port: source address and port, destination port and protocol

@@ -1,8 +1,8 @@
 //! The flow table's rules: which backend an existing flow may keep
 //! ([`slot`], [`backend`]), what a new flow gets, its SNAT address and
 //! port, stored for both directions ([`new_flow`]), how the entries live
-//! ([`touch`], [`cache_hop`], [`cached_hop`]) and which packets are orphaned replies
-//! ([`orphan`]). The lookup itself (existing entry, else the VIP's service
+//! ([`touch`], [`cache_hop`], [`cached_hop`]) and which packets are
+//! orphaned replies ([`orphan`]). The lookup itself (existing entry, else the VIP's service
 //! and `choice::pick`) is written out in `super::forward`: as a function
 //! returning its result it needs more stack than the program has left.
 //!

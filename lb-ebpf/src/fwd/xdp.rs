@@ -25,7 +25,7 @@ use super::{
     Action, Hook, Hop, Packet, Verdict,
     parse::{
         L4_V4, L4_V6, TCP_CHECK, UDP_CHECK, V4_CHECK, V4_SRC, V4_TTL, V6_HOP_LIMIT, V6_SRC,
-        addr_words, read16, write_words, write8, write16,
+        addr_words, load, store, write_words,
     },
 };
 
@@ -103,7 +103,7 @@ fn rewrite(ctx: &XdpContext, packet: &Packet, flow: &FlowValue, hop: &Hop) {
         (_, PROTO_TCP) => (L4_V6, L4_V6 + TCP_CHECK),
         _ => (L4_V6, L4_V6 + UDP_CHECK),
     };
-    let Some(old_check) = read16(ctx, check_at) else {
+    let Some(old_check) = load::<u16, 2>(ctx, check_at) else {
         return;
     };
     let udp = key.proto == PROTO_UDP;
@@ -119,10 +119,10 @@ fn rewrite(ctx: &XdpContext, packet: &Packet, flow: &FlowValue, hop: &Hop) {
         write_words::<8, 2>(ctx, V4_SRC, [new_src[0], new_dst[0]]);
         let old_ttl_proto = u16::from_ne_bytes([packet.ttl, key.proto]);
         let new_ttl_proto = u16::from_ne_bytes([ttl, key.proto]);
-        write8(ctx, V4_TTL, ttl);
-        if let Some(check) = read16(ctx, V4_CHECK) {
+        store::<u8, 1>(ctx, V4_TTL, ttl);
+        if let Some(check) = load::<u16, 2>(ctx, V4_CHECK) {
             let check = addrs.replace16(old_ttl_proto, new_ttl_proto).apply(check);
-            write16(ctx, V4_CHECK, check);
+            store::<u16, 2>(ctx, V4_CHECK, check);
         }
         l4_delta = l4_delta.plus(addrs);
     } else {
@@ -134,7 +134,7 @@ fn rewrite(ctx: &XdpContext, packet: &Packet, flow: &FlowValue, hop: &Hop) {
                 new_dst[3],
             ],
         );
-        write8(ctx, V6_HOP_LIMIT, ttl);
+        store::<u8, 1>(ctx, V6_HOP_LIMIT, ttl);
         l4_delta = l4_delta
             .replace_addr(old_src, new_src)
             .replace_addr(old_dst, new_dst);
@@ -148,11 +148,11 @@ fn rewrite(ctx: &XdpContext, packet: &Packet, flow: &FlowValue, hop: &Hop) {
         if udp && check == 0 {
             check = 0xffff;
         }
-        write16(ctx, check_at, check);
+        store::<u16, 2>(ctx, check_at, check);
     }
     let mut i = 0;
     while i < 6 {
-        write16(ctx, 2 * i, hop.macs[i]);
+        store::<u16, 2>(ctx, 2 * i, hop.macs[i]);
         i += 1;
     }
 }
