@@ -677,6 +677,16 @@ impl XdpFixture {
         })
     }
 
+    /// The loaded `lb_tc` program (to attach it, e.g. through the clsact
+    /// path).
+    pub fn tc_program(&mut self) -> &mut SchedClassifier {
+        self.ebpf
+            .program_mut(program_names::TC)
+            .expect("lb_tc is loaded")
+            .try_into()
+            .expect("lb_tc is a tc classifier")
+    }
+
     /// Runs program `name` once (`repeat` times on the same buffer) on
     /// `frame`, with its own verdict (XDP or tc). With `ingress_ifindex`
     /// the frame arrives on that interface (an `xdp_md` or `__sk_buff`

@@ -12,6 +12,9 @@
 //! under `hook: xdp, mode: auto` and fails under `mode: driver`; tc links
 //! survive SIGKILL, are adopted by the next run (same link), and `daas-lb
 //! cleanup` removes them; an interface switching hook loses its old link.
+//! The clsact path of kernels without tcx (this one has tcx) is driven
+//! directly: a filter at daas-lb's preference and handle that a second
+//! run's program replaces and that leaves with its program.
 
 use std::{
     path::PathBuf,
@@ -21,11 +24,15 @@ use std::{
 
 use aya::programs::{SchedClassifier, TcAttachType};
 use lb_tests::{
-    API, Daemon, PinDir, TempDir, TestCgroup, bpftool, config_yaml, daas_lb_bin, metric,
-    privileged,
+    API, Daemon, NetNs, PinDir, TempDir, TestCgroup, bpftool, config_yaml, daas_lb_bin, metric,
+    privileged, sh,
     topology::{CLIENT_IF, HOST_IF, NsGuard, Topology},
+    xdp_fixture::XdpFixture,
 };
-use lb_userspace::{api::status::Status, kernel::HookInUse};
+use lb_userspace::{
+    api::status::Status,
+    kernel::{HookInUse, attach_clsact},
+};
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -476,4 +483,100 @@ fn tc_links_survive_sigkill_are_adopted_and_cleaned_up() {
         World::wait_no_tcx(&dev);
         assert_eq!(world.xdp_mode(&dev), None, "{dev}");
     }
+}
+
+/// The `bpf` filters on `dev`'s clsact ingress as `(pref, handle, program
+/// id, program name)`, from `tc -j filter show`.
+fn clsact_filters(dev: &str) -> Vec<(u64, String, u64, String)> {
+    let out = Command::new("tc")
+        .args(["-j", "filter", "show", "dev", dev, "ingress"])
+        .output()
+        .expect("run tc");
+    assert!(out.status.success(), "tc filter show: {out:?}");
+    let filters: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("tc -j filter show prints JSON");
+    filters
+        .as_array()
+        .expect("a JSON array")
+        .iter()
+        .filter_map(|f| {
+            let options = f.get("options")?;
+            Some((
+                f["pref"].as_u64().expect("pref"),
+                options["handle"].as_str().expect("handle").to_owned(),
+                options["prog"]["id"].as_u64().expect("prog id"),
+                options["prog"]["name"]
+                    .as_str()
+                    .expect("prog name")
+                    .to_owned(),
+            ))
+        })
+        .collect()
+}
+
+/// Kernels without tcx (before 6.6) get `lb_tc` as a filter of the
+/// interface's clsact qdisc, preference 49 and handle 1. This kernel has
+/// tcx, so the path is driven directly on a veth: the first
+/// attach creates the qdisc and the filter; a second run's program
+/// replaces that filter in place (one filter, the new program); the filter
+/// leaves with the program that holds it, and the older program's exit
+/// finds nothing left to remove.
+#[test]
+fn clsact_fallback_attaches_replaces_and_leaves_with_its_program() {
+    if !privileged("clsact_fallback_attaches_replaces_and_leaves_with_its_program") {
+        return;
+    }
+    let _ns = NetNs::new();
+    let dev = "lbclsact0";
+    sh(
+        "ip",
+        &[
+            "link",
+            "add",
+            dev,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "lbclsact1",
+        ],
+    );
+    sh("ip", &["link", "set", dev, "up"]);
+    let mut first = XdpFixture::load().expect("load the programs");
+    let first_id = first.tc_program().info().expect("lb_tc info").id();
+    attach_clsact(first.tc_program(), dev).expect("first attach");
+    assert_eq!(
+        clsact_filters(dev),
+        vec![(
+            49,
+            "0x1".to_owned(),
+            u64::from(first_id),
+            "lb_tc".to_owned()
+        )],
+        "one filter at daas-lb's preference and handle"
+    );
+
+    let mut second = XdpFixture::load().expect("load the programs again");
+    let second_id = second.tc_program().info().expect("lb_tc info").id();
+    assert_ne!(first_id, second_id);
+    attach_clsact(second.tc_program(), dev).expect("second attach replaces");
+    assert_eq!(
+        clsact_filters(dev),
+        vec![(
+            49,
+            "0x1".to_owned(),
+            u64::from(second_id),
+            "lb_tc".to_owned()
+        )],
+        "the second run's program replaced the filter"
+    );
+
+    drop(second);
+    assert_eq!(
+        clsact_filters(dev),
+        vec![],
+        "the filter left with its program"
+    );
+    drop(first);
+    assert_eq!(clsact_filters(dev), vec![], "nothing left after both exits");
 }

@@ -16,7 +16,10 @@
 //! - [`mounts`]: bpffs and cgroup2, found or mounted at their standard places.
 //! - `bpf_sys`: the link and batch-map syscalls aya 0.14 does not wrap.
 
-pub use self::report::{AttachReport, HookInUse, InterfaceLinks};
+pub use self::{
+    links::tc::attach_clsact,
+    report::{AttachReport, HookInUse, InterfaceLinks},
+};
 
 mod bpf_sys;
 pub mod connections;

@@ -85,8 +85,9 @@ pub(crate) fn attach(
 }
 
 /// The clsact filter of kernels without tcx; the link stays with the
-/// program, which removes it when daas-lb exits.
-fn attach_clsact(program: &mut SchedClassifier, name: &str) -> anyhow::Result<()> {
+/// program, which removes it when daas-lb exits. Public so the tests can
+/// run this path on a kernel that has tcx (`tests/tests/hooks.rs`).
+pub fn attach_clsact(program: &mut SchedClassifier, name: &str) -> anyhow::Result<()> {
     warn!(
         interface = name,
         "this kernel has no tcx links (Linux 6.6): lb_tc goes in as a clsact filter, which cannot \
