@@ -233,6 +233,9 @@ pub mod map_names {
     pub const KERNEL_LOG: &str = "kernel_log";
     /// `lb_common::maps::FLOW_SCRATCH`.
     pub const FLOW_SCRATCH: &str = "flow_scratch";
+    /// Word index → 64 bits of the [`crate::VipFilter`]: which VIPs may be
+    /// remote services.
+    pub const VIP_FILTER: &str = "vip_filter";
     /// Every map, in the order the README documents them: the names of
     /// [`crate::maps::MAPS`].
     pub const ALL: [&str; crate::maps::MAPS.len()] = {
@@ -337,6 +340,91 @@ pub struct VipKey {
 }
 
 const _: () = assert!(size_of::<VipKey>() == 20);
+
+/// Bits of the [`VipFilter`] (a power of two).
+pub const VIP_FILTER_BITS: u32 = 1 << 15;
+/// Entries (64-bit words) of the `vip_filter` array.
+pub const VIP_FILTER_WORDS: u32 = VIP_FILTER_BITS / 64;
+
+/// What the `vip_filter` array holds, entry `i` being `words[i]`: a
+/// one-hash Bloom filter over the `services` keys of remote services
+/// ([`SERVICE_REMOTE`]). The
+/// forwarder looks a packet's destination up in `services` only when its
+/// bit is set, so a packet for no remote VIP (most of a node's traffic)
+/// costs a few instructions instead of a hash lookup. A set bit proves
+/// nothing (the `services` lookup decides); a clear bit means "no remote
+/// service here".
+///
+/// Invariant (kept by the controller's `services` wrapper): every remote
+/// service in `services` has its bit set. Words are rewritten one by one;
+/// a bit set in both the old and the new filter stays set throughout, so
+/// a VIP that stays remote is never filtered out. One word per entry (not
+/// one 4 KiB value): the forwarder reads the word through an array lookup,
+/// and the bit's hash never becomes a pointer offset the verifier must
+/// track precisely (that multiplied its states past the limit).
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VipFilter {
+    /// The bits, [`VipFilter::bit`] → bit `bit % 64` of word `bit / 64`.
+    pub words: [u64; VIP_FILTER_WORDS as usize],
+}
+
+impl Default for VipFilter {
+    fn default() -> Self {
+        Self {
+            words: [0; VIP_FILTER_WORDS as usize],
+        }
+    }
+}
+
+impl VipFilter {
+    /// The bit of `key`: its words mixed with a multiplicative hash (cheap
+    /// enough for every packet), the top bits taken.
+    #[expect(
+        clippy::inline_always,
+        reason = "the kernel program must not make a BPF-to-BPF call per packet"
+    )]
+    #[inline(always)]
+    pub const fn bit(key: &VipKey) -> u32 {
+        // A by-value copy of the aligned key: word loads, not byte loads.
+        let a = key.addr;
+        let w = [
+            u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+            u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+            u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+            u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+        ];
+        let rest = key.port as u32 | (key.proto as u32) << 16 | (key.family as u32) << 24;
+        let h = w[0]
+            ^ w[1].rotate_left(8)
+            ^ w[2].rotate_left(16)
+            ^ w[3].rotate_left(24)
+            ^ rest.rotate_left(4);
+        h.wrapping_mul(0x9e37_79b1) >> (32 - VIP_FILTER_BITS.trailing_zeros())
+    }
+
+    /// The entry of `vip_filter` holding `bit`, and the bit's mask in it.
+    #[expect(
+        clippy::inline_always,
+        reason = "the kernel program must not make a BPF-to-BPF call per packet"
+    )]
+    #[inline(always)]
+    pub const fn word_and_mask(bit: u32) -> (u32, u64) {
+        (bit / 64, 1 << (bit % 64))
+    }
+
+    /// Sets `key`'s bit.
+    pub const fn insert(&mut self, key: &VipKey) {
+        let (word, mask) = Self::word_and_mask(Self::bit(key));
+        self.words[word as usize] |= mask;
+    }
+
+    /// Whether `key`'s bit is set (`key` may be a remote service).
+    pub const fn may_contain(&self, key: &VipKey) -> bool {
+        let (word, mask) = Self::word_and_mask(Self::bit(key));
+        self.words[word as usize] & mask != 0
+    }
+}
 
 /// Value of the `services` map.
 #[repr(C)]
@@ -689,11 +777,13 @@ mod pod {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    use std::collections::HashSet;
 
     use super::{
-        AF_INET, AF_INET6, FlowKey, PROTO_TCP, SNAT_PORT_ATTEMPTS, flow_hash, ip_from_bytes,
-        ip_to_bytes, snat_port,
+        AF_INET, AF_INET6, FlowKey, PROTO_TCP, PROTO_UDP, SNAT_PORT_ATTEMPTS, VIP_FILTER_BITS,
+        VipFilter, VipKey, flow_hash, ip_from_bytes, ip_to_bytes, snat_port,
     };
 
     /// Every attempt stays in the range, including the full range and a
@@ -718,6 +808,59 @@ mod tests {
 
     /// Consecutive client ports (what a busy client produces) spread evenly
     /// over a prime-sized table.
+    /// A key's bit is set once inserted; the bits of many VIPs (one
+    /// address, every port of a range; many addresses, one port) spread
+    /// over the filter, so non-VIP traffic rarely needs a lookup.
+    #[test]
+    fn vip_filter_holds_inserted_keys_and_spreads_them() {
+        let key = |ip: IpAddr, port: u16| {
+            let (addr, family) = ip_to_bytes(ip);
+            VipKey {
+                addr,
+                port,
+                proto: PROTO_TCP,
+                family,
+            }
+        };
+        let mut filter = VipFilter::default();
+        let vip = key(IpAddr::V4(Ipv4Addr::new(10, 96, 0, 1)), 443);
+        assert!(!filter.may_contain(&vip));
+        filter.insert(&vip);
+        assert!(filter.may_contain(&vip));
+        let udp = VipKey {
+            proto: PROTO_UDP,
+            ..vip
+        };
+        assert_ne!(
+            VipFilter::bit(&vip),
+            VipFilter::bit(&udp),
+            "protocol counts"
+        );
+        let ports: HashSet<u32> = (30000..32000)
+            .map(|port| VipFilter::bit(&key(IpAddr::V4(Ipv4Addr::new(10, 96, 0, 1)), port)))
+            .collect();
+        let hosts: HashSet<u32> = (0..2000u32)
+            .map(|i| VipFilter::bit(&key(IpAddr::V4(Ipv4Addr::from(0x0a60_0000 + i)), 80)))
+            .collect();
+        let v6: HashSet<u32> = (0..2000u16)
+            .map(|i| {
+                VipFilter::bit(&key(
+                    IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, i)),
+                    80,
+                ))
+            })
+            .collect();
+        // 2000 keys in 32768 bits: about 60 collide by chance.
+        for (what, bits) in [("ports", ports), ("hosts", hosts), ("v6 hosts", v6)] {
+            assert!(
+                bits.len() > 1850,
+                "{what}: only {} distinct bits",
+                bits.len()
+            );
+            assert!(bits.iter().all(|bit| *bit < VIP_FILTER_BITS));
+        }
+    }
+
     #[test]
     fn flow_hash_spreads_client_ports() {
         const TABLE: u64 = 251;

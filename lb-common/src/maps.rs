@@ -17,7 +17,7 @@ use crate::{
     Backend, BackendConns, BackendDial, BackendStats, DialStart, Failover, FlowKey, FlowValue,
     IfAddrs, MAX_BACKENDS, MAX_DIALS, MAX_FLOWS, MAX_INTERFACES, MAX_MAGLEV_SLOTS, MAX_REV_NAT,
     MAX_SERVICES, MAX_TRACKED_CONNS, MaglevKey, RevNatKey, RevNatValue, Service, ServiceStats,
-    VipKey, XdpConfig, dial::DIAL_EVENTS_BYTES, map_names, xdp_counter,
+    VIP_FILTER_WORDS, VipKey, XdpConfig, dial::DIAL_EVENTS_BYTES, map_names, xdp_counter,
 };
 
 /// The kernel's `BPF_F_NO_PREALLOC` map flag: a hash map takes memory only
@@ -205,8 +205,13 @@ pub const FLOW_SCRATCH_NEW: u32 = 0;
 /// Index of the new reply entry in `flow_scratch`.
 pub const FLOW_SCRATCH_REPLY: u32 = 1;
 
+/// Word index → 64 bits of the [`VipFilter`]: the remote VIPs' bits, so
+/// the forwarder skips the `services` lookup for every other packet.
+pub const VIP_FILTER: MapSpec =
+    MapSpec::of::<u32, u64>(map_names::VIP_FILTER, MapKind::Array, VIP_FILTER_WORDS, 0);
+
 /// Every map, in the order the README documents them.
-pub const MAPS: [MapSpec; 18] = [
+pub const MAPS: [MapSpec; 19] = [
     SERVICES,
     BACKENDS,
     BACKEND_STATS,
@@ -225,6 +230,7 @@ pub const MAPS: [MapSpec; 18] = [
     BACKEND_CONNS,
     KERNEL_LOG,
     FLOW_SCRATCH,
+    VIP_FILTER,
 ];
 
 /// The index in [`MAPS`] of the map named `name`.

@@ -176,6 +176,15 @@ pub(crate) static FLOW_SCRATCH: PerCpuArray<
     { spec::FLOW_SCRATCH.flag_bits() },
 > = PerCpuArray::new();
 
+/// The remote VIPs' Bloom filter, 64 bits per entry, read by the forwarder
+/// before every `services` lookup.
+#[btf_map(name = "vip_filter")]
+pub(crate) static VIP_FILTER: Array<
+    u64,
+    { spec::VIP_FILTER.capacity() },
+    { spec::VIP_FILTER.flag_bits() },
+> = Array::new();
+
 /// What the type of a `#[btf_map]` static says about its map (key and value
 /// types come from aya's [`MapDef`]).
 trait Declared: MapDef {
@@ -264,6 +273,7 @@ const DECLARED: [&MapSpec; spec::MAPS.len()] = [
     declared_as(&BACKEND_CONNS, &spec::BACKEND_CONNS),
     declared_as(&KERNEL_LOG, &spec::KERNEL_LOG),
     declared_as(&FLOW_SCRATCH, &spec::FLOW_SCRATCH),
+    declared_as(&VIP_FILTER, &spec::VIP_FILTER),
 ];
 
 const _: () = {

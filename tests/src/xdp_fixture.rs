@@ -34,8 +34,8 @@ use aya::{
 };
 use lb_common::{
     AF_INET, AF_INET6, Backend, BackendStats, FlowKey, FlowValue, IfAddrs, MaglevKey, PROTO_TCP,
-    PROTO_UDP, Service, ServiceStats, VipKey, XdpConfig, ip_to_bytes, map_names, program_names,
-    xdp_counter,
+    PROTO_UDP, Service, ServiceStats, VipFilter, VipKey, XdpConfig, ip_to_bytes, map_names,
+    program_names, xdp_counter,
 };
 use lb_userspace::kernel::{
     dataplane::load_retrying,
@@ -608,6 +608,8 @@ pub struct XdpFixture {
     pub hook: Hook,
     /// `services`.
     pub services: HashMap<MapData, VipKey, Service>,
+    /// `vip_filter` (kept by [`XdpFixture::set_service`]).
+    pub vip_filter: Array<MapData, u64>,
     /// `backends`.
     pub backends: Array<MapData, Backend>,
     /// `maglev`.
@@ -665,6 +667,7 @@ impl XdpFixture {
         Ok(Self {
             hook: Hook::Xdp,
             services: take(&mut ebpf, map_names::SERVICES)?,
+            vip_filter: take(&mut ebpf, map_names::VIP_FILTER)?,
             backends: take(&mut ebpf, map_names::BACKENDS)?,
             maglev: take(&mut ebpf, map_names::MAGLEV)?,
             flows: take(&mut ebpf, map_names::FLOWS)?,
@@ -767,11 +770,29 @@ impl XdpFixture {
         self.xdp_config.set(0, config, 0).expect("set xdp_config");
     }
 
-    /// Adds or replaces a service.
+    /// Adds or replaces a service; a remote one also gets its
+    /// `vip_filter` bit, as the controller does (bits are never cleared
+    /// here: a set bit only costs the forwarder a lookup).
     pub fn set_service(&mut self, vip: SocketAddr, proto: u8, service: Service) {
+        let key = vip_key(vip, proto);
         self.services
-            .insert(vip_key(vip, proto), service, 0)
+            .insert(key, service, 0)
             .expect("insert service");
+        if service.flags & lb_common::SERVICE_REMOTE != 0 {
+            let (word, mask) = VipFilter::word_and_mask(VipFilter::bit(&key));
+            let bits = self.vip_filter.get(&word, 0).expect("read vip_filter");
+            self.vip_filter
+                .set(word, bits | mask, 0)
+                .expect("set vip_filter");
+        }
+    }
+
+    /// Clears every bit of `vip_filter` (the forwarder then treats no
+    /// destination as a remote VIP).
+    pub fn clear_vip_filter(&mut self) {
+        for word in 0..lb_common::VIP_FILTER_WORDS {
+            self.vip_filter.set(word, 0, 0).expect("clear vip_filter");
+        }
     }
 
     /// Writes backend slot `id`.

@@ -1388,6 +1388,55 @@ fn ipv6_extension_header_passes_on(hook: Hook) {
     }
 }
 
+/// `vip_filter` gates the `services` lookup: with the VIP's bit cleared a
+/// remote service's new and established packets are passed as non-VIP
+/// traffic (no flow stored); with the bit set again the established flow
+/// is forwarded as before. A test that fails if the forwarder ignored the
+/// filter (or read the wrong bit: the VIP would then never be forwarded).
+#[test]
+fn vip_filter_gates_the_lookup() {
+    vip_filter_gates_the_lookup_on(Hook::Xdp);
+}
+
+/// `vip_filter_gates_the_lookup` through `lb_tc`.
+#[test]
+fn tc_vip_filter_gates_the_lookup() {
+    vip_filter_gates_the_lookup_on(Hook::Tc);
+}
+
+fn vip_filter_gates_the_lookup_on(hook: Hook) {
+    let Some(mut w) = world_on("vip_filter_gates_the_lookup", hook) else {
+        return;
+    };
+    w.configure();
+    for a in [V4, V6] {
+        w.fx.clear_flows();
+        w.service(&a, PROTO_TCP, SERVICE_REMOTE);
+        let snat = a.node_backend_side;
+        let input = client_frame(&a, PROTO_TCP);
+        let port = w.expect_new_flow(&format!("{}: new", a.vip), &input, 0, snat);
+        w.fx.clear_vip_filter();
+        let other = Packet::tcp(SocketAddr::new(a.client, client(&a).port() + 1), vip(&a));
+        w.assert_pass(
+            &format!("{}: new flow, bit clear", a.vip),
+            &other.bytes(),
+            xdp_counter::PASS_NOT_VIP,
+        );
+        w.assert_pass(
+            &format!("{}: established, bit clear", a.vip),
+            &input.bytes(),
+            xdp_counter::PASS_NOT_VIP,
+        );
+        w.service(&a, PROTO_TCP, SERVICE_REMOTE);
+        w.expect_kept_flow(
+            &format!("{}: bit set again", a.vip),
+            &input,
+            0,
+            SocketAddr::new(snat, port),
+        );
+    }
+}
+
 /// Traffic that is no VIP flow: another destination, the VIP on another
 /// port, the VIP with the other protocol, a packet to the SNAT address on a
 /// port no flow uses; all passed unchanged (`pass_not_vip`).

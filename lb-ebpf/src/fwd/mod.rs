@@ -16,10 +16,13 @@
 //! [`xdp`] and [`tc`] are the two hooks ([`Hook`]): how each reads its
 //! context, rewrites headers and checksums, and sends the packet.
 //!
-//! Lookups per packet: a packet whose destination port lies in the SNAT
+//! Lookups per packet: a packet whose destination port lies outside the
+//! SNAT range and whose bit in `vip_filter` is clear is for no remote VIP
+//! and is passed at once (an inlined array read and a multiply, no hash
+//! lookup: [`for_us`]). A packet whose destination port lies in the SNAT
 //! range may be a reply, so `flows` is looked up first; any other packet
-//! is looked up in `services` first, and only a VIP's packet in `flows`
-//! (a non-VIP packet costs one hash lookup). An established packet then
+//! is looked up in `services` first, and only a VIP's packet in `flows`.
+//! An established packet then
 //! costs its flow lookup, the backend check (an array slot, inlined by the
 //! verifier: it stays on every forward packet, cached hop or not, because
 //! a server marked down or a slot freed must move the flow on its very
@@ -45,7 +48,8 @@
 //! failed on. Every packet is counted once in `xdp_stats`, at the end of
 //! [`run`]. Every function is `#[inline(always)]` (and generic over the
 //! hook, so each program gets its own monomorphised copy): one flat
-//! program, no BPF-to-BPF calls, and the bounds checks next to the
+//! program, no BPF-to-BPF calls (but a new flow's SNAT port attempts, a
+//! `bpf_loop` callback, see [`nat`]), and the bounds checks next to the
 //! accesses for the verifier.
 
 mod nat;
@@ -63,14 +67,17 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns},
 };
 use lb_common::{
-    AF_INET, AddrBytes, FLOW_REPLY, FlowKey, FlowValue, SERVICE_REMOTE, VipKey, XdpConfig,
-    flow_hash, maps::FLOW_SCRATCH_NEW, xdp_counter,
+    AF_INET, AddrBytes, FLOW_REPLY, FlowKey, FlowValue, SERVICE_REMOTE, VipFilter, VipKey,
+    XdpConfig, flow_hash, maps::FLOW_SCRATCH_NEW, xdp_counter,
 };
 
 use self::parse::addr_words;
 use crate::{
     choice, klog,
-    maps::{BACKEND_STATS, FLOW_SCRATCH, FLOWS, SERVICE_STATS, SERVICES, XDP_CONFIG, XDP_STATS},
+    maps::{
+        BACKEND_STATS, FLOW_SCRATCH, FLOWS, SERVICE_STATS, SERVICES, VIP_FILTER, XDP_CONFIG,
+        XDP_STATS,
+    },
 };
 
 /// What becomes of a packet.
@@ -177,6 +184,7 @@ pub(crate) trait Hook: EbpfContext {
 #[inline(always)]
 pub(crate) fn run<H: Hook>(ctx: &H) -> u32 {
     let verdict = match parse::parse(ctx) {
+        Ok(packet) if !for_us(&packet.key) => pass(xdp_counter::PASS_NOT_VIP),
         Ok(packet) => {
             let verdict = forward(ctx, &packet);
             // Logged here, once `forward`'s locals are gone: the record
@@ -383,6 +391,31 @@ fn forward<H: Hook>(ctx: &H, packet: &Packet) -> Verdict {
     }
     count_forwarded(flow, packet.frame_len, new);
     ctx.send(&hop)
+}
+
+/// Whether the packet of `key` may be for the forwarder at all: a reply
+/// (its destination port lies in the SNAT range) or a packet for a remote
+/// VIP (its bit in `vip_filter` is set, see [`lb_common::VipFilter`]).
+/// False means no `flows` or `services` lookup is needed: checked in
+/// [`run`] before [`forward`], so most of a node's traffic leaves before
+/// any of the forwarder's state is built.
+#[expect(clippy::inline_always, reason = "no BPF-to-BPF calls per packet")]
+#[inline(always)]
+fn for_us(key: &FlowKey) -> bool {
+    let Some(config) = XDP_CONFIG.get(0) else {
+        return false;
+    };
+    if key.dst_port >= config.port_min && key.dst_port <= config.port_max {
+        return true;
+    }
+    let vip = VipKey {
+        addr: key.dst,
+        port: key.dst_port,
+        proto: key.proto,
+        family: key.family,
+    };
+    let (word, mask) = VipFilter::word_and_mask(VipFilter::bit(&vip));
+    VIP_FILTER.get(word).is_some_and(|bits| bits & mask != 0)
 }
 
 /// Asks the FIB for the next hop towards `dst`, as if the packet were

@@ -2,9 +2,17 @@
 //! ([`slot`], [`backend`]), what a new flow gets, its SNAT address and
 //! port, stored for both directions ([`new_flow`]), how the entries live
 //! ([`touch`], [`cache_hop`], [`cached_hop`]) and which packets are
-//! orphaned replies ([`orphan`]). The lookup itself (existing entry, else the VIP's service
-//! and `choice::pick`) is written out in `super::forward`: as a function
-//! returning its result it needs more stack than the program has left.
+//! orphaned replies ([`orphan`]). The lookup itself (existing entry, else
+//! the VIP's service and `choice::pick`) is written out in
+//! `super::forward`: as a function returning its result it needs more
+//! stack than the program has left.
+//!
+//! The SNAT port search is the forwarder's one BPF-to-BPF function: each
+//! attempt ([`try_port`]) runs as a `bpf_loop` callback, which the verifier
+//! checks once. Written as a loop in the program, its 8 attempts with their
+//! insert, lookup and compare chain were walked for every path into a new
+//! flow, and a single extra branch elsewhere (the `vip_filter` check) took
+//! `lb_tc` past the verifier's million instructions.
 //!
 //! Invariants: a forwarded flow has two `flows` entries, the client→VIP
 //! entry (the forward rewrite, pinned to a backend) and the backend→SNAT
@@ -36,7 +44,9 @@
 //! once (one direction is normally one CPU) may lose a bit, which the
 //! collector's idle timeout still covers.
 
-use aya_ebpf::bindings::BPF_NOEXIST;
+use core::ffi::c_void;
+
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_loop};
 use lb_common::{
     AF_INET, AddrBytes, BACKEND_DOWN, Backend, FLOW_FIN, FLOW_REPLY, FLOW_RST, FLOW_TOUCH_NS,
     FlowKey, FlowValue, IF_HAS_V4, IF_HAS_V6, NO_BACKEND, PROTO_TCP, SNAT_PORT_ATTEMPTS,
@@ -344,40 +354,38 @@ pub(super) fn new_flow(
     let reply = unsafe { &mut *reply };
     reply_of(reply, key, flow, now);
     let reply: &FlowValue = reply;
-    let mut reply_key = FlowKey {
-        src: flow.dst,
-        dst: flow.src,
-        src_port: flow.dst_port,
-        dst_port: 0,
-        proto: key.proto,
-        family: key.family,
-        pad: [0; 2],
+    let mut search = PortSearch {
+        reply_key: FlowKey {
+            src: flow.dst,
+            dst: flow.src,
+            src_port: flow.dst_port,
+            dst_port: 0,
+            proto: key.proto,
+            family: key.family,
+            pad: [0; 2],
+        },
+        key,
+        reply,
+        hash,
+        port_min: config.port_min,
+        port_max: config.port_max,
+        claimed: 0,
     };
-    let mut claimed = false;
-    let mut attempt = 0;
-    while attempt < SNAT_PORT_ATTEMPTS {
-        reply_key.dst_port = snat_port(hash, attempt, config.port_min, config.port_max);
-        if FLOWS
-            .insert(reply_key, reply, u64::from(BPF_NOEXIST))
-            .is_ok()
-        {
-            claimed = true;
-            break;
-        }
-        if let Some(old) = FLOWS.get_ptr(reply_key) {
-            // SAFETY: pointer from a successful lookup; only its fields
-            // are read.
-            if translates_for(unsafe { &*old }, key) {
-                let _ = FLOWS.insert(reply_key, reply, 0);
-                claimed = true;
-                break;
-            }
-        }
-        attempt += 1;
+    // `try_port` takes the loop index and the context pointer, as bpf_loop
+    // calls it.
+    // SAFETY: `search` lives on this stack until bpf_loop returns.
+    unsafe {
+        bpf_loop(
+            SNAT_PORT_ATTEMPTS,
+            try_port as *mut c_void,
+            (&raw mut search).cast(),
+            0,
+        );
     }
-    if !claimed {
+    if search.claimed == 0 {
         return Err(drop(xdp_counter::DROP_SNAT_PORTS));
     }
+    let reply_key = search.reply_key;
     flow.src_port = reply_key.dst_port;
     let flow: &FlowValue = flow;
     if FLOWS.insert(*key, flow, 0).is_err() {
@@ -449,4 +457,63 @@ fn remove_stale_reply(key: &FlowKey) {
 const fn same_addr(a: AddrBytes, b: AddrBytes) -> bool {
     let (a, b) = (addr_words(a), addr_words(b));
     a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3]
+}
+
+/// A new flow's search for a free SNAT port, on the program's stack and
+/// shared with [`try_port`] through `bpf_loop`: the kernel verifies the
+/// attempt once, not once per attempt and per path into the search.
+#[repr(C)]
+struct PortSearch {
+    /// The reply entry's key; each attempt writes the port it tries.
+    reply_key: FlowKey,
+    /// The new flow's key (to recognise its own old reply entry).
+    key: *const FlowKey,
+    /// The reply entry to store (this CPU's scratch slot).
+    reply: *const FlowValue,
+    /// The flow's hash, which spreads its attempts over the range.
+    hash: u64,
+    port_min: u16,
+    port_max: u16,
+    /// 1 once a port is claimed (its reply entry stored).
+    claimed: u32,
+}
+
+/// SNAT port attempt `attempt` of the search at `ctx` (a [`PortSearch`]):
+/// claims the port when its reply entry is free (`BPF_NOEXIST`) or already
+/// translates for this very flow; returns 1 (stop) once claimed, 0 to try
+/// the next port.
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "by reference, the key stays on the caller's stack: a copy would sit in this \
+              callback's frame, which counts against the same 512 bytes"
+)]
+extern "C" fn try_port(attempt: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes the context pointer given to it: the caller's
+    // `PortSearch`, alive until bpf_loop returns; its pointers are the
+    // flow's key on the caller's stack and this CPU's scratch reply entry.
+    let search = unsafe { &mut *ctx.cast::<PortSearch>() };
+    search.reply_key.dst_port = snat_port(
+        search.hash,
+        attempt as u32,
+        search.port_min,
+        search.port_max,
+    );
+    // SAFETY: see above.
+    let (reply, key) = unsafe { (&*search.reply, &*search.key) };
+    if FLOWS
+        .insert(&search.reply_key, reply, u64::from(BPF_NOEXIST))
+        .is_ok()
+    {
+        search.claimed = 1;
+        return 1;
+    }
+    if let Some(old) = FLOWS.get_ptr(&search.reply_key) {
+        // SAFETY: pointer from a successful lookup; only its fields are read.
+        if translates_for(unsafe { &*old }, key) {
+            let _ = FLOWS.insert(&search.reply_key, reply, 0);
+            search.claimed = 1;
+            return 1;
+        }
+    }
+    0
 }

@@ -37,7 +37,8 @@ pub use self::{
 
 /// Every map of the loaded object, typed.
 pub struct Maps {
-    /// `services`: VIP → service entry (id, selected backend, flags).
+    /// `services`: VIP → service entry (id, selected backend, flags), with
+    /// `vip_filter`, the Bloom filter over its remote VIPs.
     pub services: Services,
     /// `backends`: backend id → address, service and flags.
     pub backends: Backends,
@@ -76,7 +77,10 @@ impl Maps {
     /// Takes every map out of the loaded object.
     pub(super) fn take(ebpf: &mut Ebpf, nr_cpus: usize) -> anyhow::Result<Self> {
         Ok(Self {
-            services: Services(take(ebpf, map_names::SERVICES)?),
+            services: Services::new(
+                take(ebpf, map_names::SERVICES)?,
+                take(ebpf, map_names::VIP_FILTER)?,
+            )?,
             backends: Backends(take(ebpf, map_names::BACKENDS)?),
             backend_stats: BackendStatsMap::new(take(ebpf, map_names::BACKEND_STATS)?, nr_cpus),
             service_stats: ServiceStatsMap::new(take(ebpf, map_names::SERVICE_STATS)?, nr_cpus),
