@@ -22,11 +22,11 @@
 //! lookup: [`for_us`]). A packet whose destination port lies in the SNAT
 //! range may be a reply, so `flows` is looked up first; any other packet
 //! is looked up in `services` first, and only a VIP's packet in `flows`.
-//! An established packet then
-//! costs its flow lookup, the backend check (an array slot, inlined by the
-//! verifier: it stays on every forward packet, cached hop or not, because
-//! a server marked down or a slot freed must move the flow on its very
-//! next packet), the cached next hop, the rewrite and the counters.
+//! An established packet then costs its flow lookup, the backend check (an
+//! array slot, inlined by the verifier: it stays on every forward packet,
+//! cached hop or not, because a server marked down or a slot freed must
+//! move the flow on its very next packet), the cached next hop, the
+//! rewrite and the counters.
 //!
 //! Next-hop cache: an existing entry's [`FlowValue::hop_ifindex`] and MACs
 //! are used while [`FlowValue::hop_gen`] equals [`XdpConfig::hop_gen`]

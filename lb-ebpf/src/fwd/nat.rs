@@ -372,16 +372,18 @@ pub(super) fn new_flow(
         claimed: 0,
     };
     // `try_port` takes the loop index and the context pointer, as bpf_loop
-    // calls it.
+    // calls it. Its result is not needed: should the helper fail (it can
+    // only refuse its flags or a count above 8M), nothing is claimed and
+    // the packet is dropped as `drop_snat_ports`.
     // SAFETY: `search` lives on this stack until bpf_loop returns.
-    unsafe {
+    let _ = unsafe {
         bpf_loop(
             SNAT_PORT_ATTEMPTS,
             try_port as *mut c_void,
             (&raw mut search).cast(),
             0,
-        );
-    }
+        )
+    };
     if search.claimed == 0 {
         return Err(drop(xdp_counter::DROP_SNAT_PORTS));
     }
@@ -472,7 +474,9 @@ struct PortSearch {
     reply: *const FlowValue,
     /// The flow's hash, which spreads its attempts over the range.
     hash: u64,
+    /// First SNAT port ([`XdpConfig::port_min`]).
     port_min: u16,
+    /// Last SNAT port ([`XdpConfig::port_max`]).
     port_max: u16,
     /// 1 once a port is claimed (its reply entry stored).
     claimed: u32,
