@@ -457,6 +457,23 @@ impl TestEnv {
     }
 }
 
+/// Writes `config.yaml` in `tmp` — `top` (e.g. an `xdp:` block, or
+/// nothing), then [`config_yaml`] with `tmp/data` and `services` — and
+/// returns its path.
+pub fn write_config(
+    tmp: &TempDir,
+    pins: &PinDir,
+    cgroup: &TestCgroup,
+    top: &str,
+    services: &str,
+) -> String {
+    let yaml = format!(
+        "{top}{}",
+        config_yaml(pins, cgroup, &tmp.path().join("data"), services)
+    );
+    tmp.file("config.yaml", &yaml).display().to_string()
+}
+
 /// A config file for one test: pins, cgroup, data dir, API addresses and
 /// the control socket (`run/control.sock` beside `data_dir`, see
 /// [`control_socket_in`]) filled in.

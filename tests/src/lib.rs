@@ -64,7 +64,7 @@ pub use daemon::Daemon;
 pub use env::{
     API, METRICS, NOBODY, NetNs, PinDir, TempDir, TestCgroup, TestEnv, as_nobody,
     binary_for_nobody, cgroup2_root, client_bin, config_yaml, control_socket_in, curl_code,
-    daas_lb_bin, privileged, sh, unique,
+    daas_lb_bin, privileged, sh, unique, write_config,
 };
 pub use inspect::{
     ClosedLog, Sample, bpftool, cgroup_link_programs, cgroup_links, cgroup_programs,

@@ -464,6 +464,17 @@ impl Topology {
         Path::new(NETNS_DIR).join(ns)
     }
 
+    /// The real daemon started in the node namespace with `config` (see
+    /// [`crate::write_config`]), its state in `tmp`, its API on [`crate::API`].
+    pub fn spawn_daemon(&self, tmp: &crate::TempDir, config: &str) -> crate::Daemon {
+        crate::Daemon::spawn_in_netns(
+            &["--config", config],
+            tmp.path(),
+            crate::API,
+            &Self::ns_path(&self.node),
+        )
+    }
+
     /// GRO (hence veth NAPI, hence native XDP redirect into the node's
     /// device) on or off on every host's `eth0`.
     pub fn set_gro(&self, on: bool) {

@@ -23,8 +23,9 @@ use lb_common::{
     XDP_DROP_ORPHANS, XdpConfig, ip_to_bytes,
 };
 use lb_tests::{
-    API, Daemon, PinDir, TcpBackend, TempDir, TestCgroup, config_yaml, metric, privileged,
+    Daemon, PinDir, TcpBackend, TempDir, TestCgroup, metric, privileged,
     topology::{NsGuard, Topology},
+    write_config,
 };
 
 const VIP: &str = "10.96.0.10:80";
@@ -79,22 +80,8 @@ impl World {
         let services = format!(
             "  - name: web\n    vip: \"{VIP}\"\n    protocol: tcp\n    servers: [\"{backend}\"]\n    remote: true\n    health_check: {CHECK}\n"
         );
-        let yaml = format!(
-            "{top}{}",
-            config_yaml(
-                &self.pins,
-                &self.cgroup,
-                &self.tmp.path().join("data"),
-                &services
-            )
-        );
-        let config = self.tmp.file("config.yaml", &yaml).display().to_string();
-        let daemon = Daemon::spawn_in_netns(
-            &["--config", &config],
-            self.tmp.path(),
-            API,
-            &Topology::ns_path(&self.topo.node),
-        );
+        let config = write_config(&self.tmp, &self.pins, &self.cgroup, &top, &services);
+        let daemon = self.topo.spawn_daemon(&self.tmp, &config);
         let daemon = self.daemon.insert(daemon);
         daemon.wait_checked();
         daemon

@@ -24,9 +24,9 @@ use std::{
 
 use aya::programs::{SchedClassifier, TcAttachType};
 use lb_tests::{
-    API, Daemon, NetNs, PinDir, TempDir, TestCgroup, bpftool, config_yaml, daas_lb_bin, metric,
-    privileged, sh,
+    API, Daemon, NetNs, PinDir, TempDir, TestCgroup, bpftool, daas_lb_bin, metric, privileged, sh,
     topology::{CLIENT_IF, HOST_IF, NsGuard, Topology},
+    write_config,
     xdp_fixture::XdpFixture,
 };
 use lb_userspace::{
@@ -75,27 +75,19 @@ impl World {
             "  - name: web\n    vip: \"10.96.0.10:80\"\n    servers: [\"{}:8080\"]\n    remote: true\n",
             self.topo.backend("b1").v4
         );
-        let yaml = format!(
-            "xdp:\n{xdp_block}{}",
-            config_yaml(
-                &self.pins,
-                &self.cgroup,
-                &self.tmp.path().join("data"),
-                &services
-            )
-        );
-        self.tmp.file("config.yaml", &yaml).display().to_string()
+        write_config(
+            &self.tmp,
+            &self.pins,
+            &self.cgroup,
+            &format!("xdp:\n{xdp_block}"),
+            &services,
+        )
     }
 
     /// Starts the daemon in the node namespace with `xdp_block`.
     fn spawn(&mut self, xdp_block: &str) -> &mut Daemon {
         let config = self.write_config(xdp_block);
-        let daemon = Daemon::spawn_in_netns(
-            &["--config", &config],
-            self.tmp.path(),
-            API,
-            &Topology::ns_path(&self.topo.node),
-        );
+        let daemon = self.topo.spawn_daemon(&self.tmp, &config);
         self.daemon.insert(daemon)
     }
 

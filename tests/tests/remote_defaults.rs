@@ -48,8 +48,9 @@ use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use lb_common::{FLOW_FIN, FLOW_REPLY, FLOW_RST, FlowKey, FlowValue, PROTO_TCP, PROTO_UDP};
 use lb_tests::{
     API, BulkBackend, Daemon, PinDir, TcpBackend, TempDir, TestCgroup, UdpBackend, bulk_reply,
-    config_yaml, privileged, service,
+    privileged, service,
     topology::{HOST_IF, NsGuard, Topology, TopologyBuilder},
+    write_config,
 };
 use lb_userspace::policy::state_machine::ServerState;
 use serde_json::Value;
@@ -118,22 +119,14 @@ impl World {
     /// without its `xdp:` line, indented by two) and the four services, and
     /// waits until every server passed its checks.
     fn start(&mut self, xdp: &str) -> &mut Daemon {
-        let yaml = format!(
-            "xdp:\n{xdp}{}",
-            config_yaml(
-                &self.pins,
-                &self.cgroup,
-                &self.tmp.path().join("data"),
-                &self.services()
-            )
+        let config = write_config(
+            &self.tmp,
+            &self.pins,
+            &self.cgroup,
+            &format!("xdp:\n{xdp}"),
+            &self.services(),
         );
-        let config = self.tmp.file("config.yaml", &yaml).display().to_string();
-        let daemon = Daemon::spawn_in_netns(
-            &["--config", &config],
-            self.tmp.path(),
-            API,
-            &Topology::ns_path(&self.topo.node),
-        );
+        let daemon = self.topo.spawn_daemon(&self.tmp, &config);
         let daemon = self.daemon.insert(daemon);
         daemon.wait_for(Duration::from_secs(15), "every server checked", |s| {
             ["web4", "web6", "dns", "hold"].iter().all(|name| {

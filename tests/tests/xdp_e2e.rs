@@ -20,9 +20,10 @@ use std::{
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use lb_common::{FLOW_REPLY, FlowKey, FlowValue, ip_from_bytes};
 use lb_tests::{
-    API, Daemon, PinDir, TcpBackend, TempDir, TestCgroup, UdpBackend, config_yaml, metric,
-    privileged, put_servers, service,
+    Daemon, PinDir, TcpBackend, TempDir, TestCgroup, UdpBackend, metric, privileged, put_servers,
+    service,
     topology::{NsGuard, Topology, VIP_NET_V4},
+    write_config,
 };
 use lb_userspace::{api::status::Status, policy::state_machine::ServerState};
 
@@ -75,22 +76,8 @@ impl World {
             "xdp:\n  interfaces: [{interfaces}]\n  mode: driver\n  snat_ports: {}-{}\n",
             SNAT_PORTS.0, SNAT_PORTS.1
         );
-        let yaml = format!(
-            "{top}{}",
-            config_yaml(
-                &self.pins,
-                &self.cgroup,
-                &self.tmp.path().join("data"),
-                services
-            )
-        );
-        let config = self.tmp.file("config.yaml", &yaml).display().to_string();
-        let daemon = Daemon::spawn_in_netns(
-            &["--config", &config],
-            self.tmp.path(),
-            API,
-            &Topology::ns_path(&self.topo.node),
-        );
+        let config = write_config(&self.tmp, &self.pins, &self.cgroup, &top, services);
+        let daemon = self.topo.spawn_daemon(&self.tmp, &config);
         self.daemon.insert(daemon)
     }
 

@@ -62,9 +62,9 @@ use std::{
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use lb_common::{FlowKey, FlowValue};
 use lb_tests::{
-    API, BulkBackend, Daemon, PinDir, TcpBackend, TempDir, TestCgroup, bulk_reply, config_yaml,
-    service,
+    BulkBackend, PinDir, TcpBackend, TempDir, TestCgroup, bulk_reply, service,
     topology::{HOST_IF, NsChild, Topology, sibling_binary},
+    write_config,
 };
 use lb_userspace::policy::state_machine::ServerState;
 use serde_json::Value;
@@ -274,19 +274,10 @@ fn with_daemon(topo: &Topology, scenario: &str, f: impl FnOnce(&Topology) -> Run
         "  - name: rate\n    vip: \"{VIP}:{PORT}\"\n    protocol: udp\n    servers: [{}]\n    policy: spread\n    remote: true\n    health_check: {{ kind: tcp, interval: 1s }}\n",
         servers.join(", ")
     );
-    let yaml = format!(
-        "{}{}",
-        xdp_block(scenario, &topo.node_interfaces()),
-        config_yaml(&pins, &cgroup, &tmp.path().join("data"), &services)
-    );
-    let config = tmp.file("config.yaml", &yaml).display().to_string();
+    let top = xdp_block(scenario, &topo.node_interfaces());
+    let config = write_config(&tmp, &pins, &cgroup, &top, &services);
     let _in_node = topo.enter(&topo.node);
-    let mut daemon = Daemon::spawn_in_netns(
-        &["--config", &config],
-        tmp.path(),
-        API,
-        &Topology::ns_path(&topo.node),
-    );
+    let mut daemon = topo.spawn_daemon(&tmp, &config);
     daemon.wait_for(Duration::from_secs(15), "every backend checked", |s| {
         service(s, "rate")
             .servers
@@ -565,21 +556,15 @@ fn churn(o: &Options) -> Churn {
         servers.join(", ")
     );
     let (tmp, pins, cgroup) = (TempDir::new(), PinDir::new(), TestCgroup::new());
-    let yaml = format!(
-        "xdp:\n  interfaces: [{}]\n  snat_ports: {CHURN_SNAT_PORTS}\n  flow_timeouts: {{ tcp_closing: {}s }}\n  flow_gc_interval: {}s\n{}",
+    let top = format!(
+        "xdp:\n  interfaces: [{}]\n  snat_ports: {CHURN_SNAT_PORTS}\n  flow_timeouts: {{ tcp_closing: {}s }}\n  flow_gc_interval: {}s\n",
         topo.node_interfaces().join(", "),
         TCP_CLOSING.as_secs(),
         GC_INTERVAL.as_secs(),
-        config_yaml(&pins, &cgroup, &tmp.path().join("data"), &services)
     );
-    let config = tmp.file("config.yaml", &yaml).display().to_string();
+    let config = write_config(&tmp, &pins, &cgroup, &top, &services);
     let _in_node = topo.enter(&topo.node);
-    let mut daemon = Daemon::spawn_in_netns(
-        &["--config", &config],
-        tmp.path(),
-        API,
-        &Topology::ns_path(&topo.node),
-    );
+    let mut daemon = topo.spawn_daemon(&tmp, &config);
     daemon.wait_for(Duration::from_secs(15), "every backend checked", |s| {
         service(s, "churn")
             .servers
