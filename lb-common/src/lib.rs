@@ -176,6 +176,29 @@ pub mod xdp_counter {
     ];
 }
 
+/// Indices of `flow_stats`: `flows` entries counted by who created or
+/// removed them, so that the entries the LRU evicted (which the kernel does
+/// not report) can be told from the rest: evicted = created − removed −
+/// still present (see the controller's flow collector). Each index has one
+/// writer.
+pub mod flow_stat {
+    /// Entries the forwarders stored where none was (a new flow's two
+    /// entries, a reply entry re-created after an eviction); an entry
+    /// overwritten in place is not counted.
+    pub const CREATED: u32 = 0;
+    /// Entries the forwarders removed themselves (a moved flow's old reply
+    /// entry, a forward entry whose SNAT port went to another flow, a
+    /// reply entry whose forward entry could not be stored).
+    pub const REMOVED_KERNEL: u32 = 1;
+    /// Entries the flow collector removed (written by it, CPU 0's slot).
+    pub const REMOVED_COLLECTOR: u32 = 2;
+    /// Entries the controller removed (a service whose `remote` was
+    /// switched off; written by it, CPU 0's slot).
+    pub const REMOVED_CONTROLLER: u32 = 3;
+    /// Number of counters.
+    pub const COUNT: u32 = 4;
+}
+
 /// Levels of the kernel programs' logging (the value of `kernel_log[0]`):
 /// which rare events the programs write to aya-log's ring buffer. The
 /// programs read the level only once such an event has happened, never on
@@ -236,6 +259,9 @@ pub mod map_names {
     /// Word index → 64 bits of the [`crate::VipFilter`]: which VIPs may be
     /// remote services.
     pub const VIP_FILTER: &str = "vip_filter";
+    /// [`crate::flow_stat`] index → per-CPU count of `flows` entries
+    /// created and removed.
+    pub const FLOW_STATS: &str = "flow_stats";
     /// Every map, in the order the README documents them: the names of
     /// [`crate::maps::MAPS`].
     pub const ALL: [&str; crate::maps::MAPS.len()] = {

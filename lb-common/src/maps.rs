@@ -17,7 +17,8 @@ use crate::{
     Backend, BackendConns, BackendDial, BackendStats, DialStart, Failover, FlowKey, FlowValue,
     IfAddrs, MAX_BACKENDS, MAX_DIALS, MAX_FLOWS, MAX_INTERFACES, MAX_MAGLEV_SLOTS, MAX_REV_NAT,
     MAX_SERVICES, MAX_TRACKED_CONNS, MaglevKey, RevNatKey, RevNatValue, Service, ServiceStats,
-    VIP_FILTER_WORDS, VipKey, XdpConfig, dial::DIAL_EVENTS_BYTES, map_names, xdp_counter,
+    VIP_FILTER_WORDS, VipKey, XdpConfig, dial::DIAL_EVENTS_BYTES, flow_stat, map_names,
+    xdp_counter,
 };
 
 /// The kernel's `BPF_F_NO_PREALLOC` map flag: a hash map takes memory only
@@ -210,8 +211,17 @@ pub const FLOW_SCRATCH_REPLY: u32 = 1;
 pub const VIP_FILTER: MapSpec =
     MapSpec::of::<u32, u64>(map_names::VIP_FILTER, MapKind::Array, VIP_FILTER_WORDS, 0);
 
+/// [`flow_stat`] index → per-CPU count of `flows` entries created and
+/// removed (the LRU's evictions are what the counts do not explain).
+pub const FLOW_STATS: MapSpec = MapSpec::of::<u32, u64>(
+    map_names::FLOW_STATS,
+    MapKind::PerCpuArray,
+    flow_stat::COUNT,
+    0,
+);
+
 /// Every map, in the order the README documents them.
-pub const MAPS: [MapSpec; 19] = [
+pub const MAPS: [MapSpec; 20] = [
     SERVICES,
     BACKENDS,
     BACKEND_STATS,
@@ -231,6 +241,7 @@ pub const MAPS: [MapSpec; 19] = [
     KERNEL_LOG,
     FLOW_SCRATCH,
     VIP_FILTER,
+    FLOW_STATS,
 ];
 
 /// The index in [`MAPS`] of the map named `name`.

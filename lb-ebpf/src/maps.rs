@@ -185,6 +185,15 @@ pub(crate) static VIP_FILTER: Array<
     { spec::VIP_FILTER.flag_bits() },
 > = Array::new();
 
+/// Per-CPU counts of `flows` entries the forwarders created and removed
+/// (`lb_common::flow_stat`).
+#[btf_map(name = "flow_stats")]
+pub(crate) static FLOW_STATS: PerCpuArray<
+    u64,
+    { spec::FLOW_STATS.capacity() },
+    { spec::FLOW_STATS.flag_bits() },
+> = PerCpuArray::new();
+
 /// What the type of a `#[btf_map]` static says about its map (key and value
 /// types come from aya's [`MapDef`]).
 trait Declared: MapDef {
@@ -274,6 +283,7 @@ const DECLARED: [&MapSpec; spec::MAPS.len()] = [
     declared_as(&KERNEL_LOG, &spec::KERNEL_LOG),
     declared_as(&FLOW_SCRATCH, &spec::FLOW_SCRATCH),
     declared_as(&VIP_FILTER, &spec::VIP_FILTER),
+    declared_as(&FLOW_STATS, &spec::FLOW_STATS),
 ];
 
 const _: () = {

@@ -222,6 +222,18 @@ const XDP_FLOW_GC_SECONDS: Family<0> = Family::gauge(
     [],
 );
 
+const XDP_FLOW_CREATED: Family<0> = Family::counter(
+    "daas_lb_xdp_flow_entries_created_total",
+    "XDP flow table entries the kernel programs created (two per new flow, one per reply entry re-created after an eviction).",
+    [],
+);
+
+const XDP_FLOW_EVICTIONS: Family<0> = Family::counter(
+    "daas_lb_xdp_flow_evictions_total",
+    "XDP flow table entries the LRU evicted, at least: created minus removed minus present at the flow collector's last complete pass (exact when the table was quiet during it).",
+    [],
+);
+
 const MAGLEV_SLOTS: Family<2> = Family::gauge(
     "daas_lb_maglev_slots",
     "Slots a server owns in its service's Maglev table (policy spread).",
@@ -664,6 +676,9 @@ pub fn render(status: &Status, counters: &Counters) -> String {
         families.push(
             XDP_FLOW_GC_SECONDS.with([XDP_FLOW_GC_SECONDS.sample([], flows.last_pass_ms / 1000.0)]),
         );
+        families.push(XDP_FLOW_CREATED.with([XDP_FLOW_CREATED.sample([], float(flows.created))]));
+        families
+            .push(XDP_FLOW_EVICTIONS.with([XDP_FLOW_EVICTIONS.sample([], float(flows.evicted))]));
     }
     families.push(per_server(status, &MAGLEV_SLOTS, |server| {
         server.slots.map(f64::from)
@@ -902,6 +917,8 @@ mod tests {
                         .collect(),
                     last_pass_ms: 1.5,
                     passes: 4,
+                    created: 40,
+                    evicted: 17,
                 },
                 hop_gen: 2,
             }),
@@ -959,6 +976,9 @@ mod tests {
             "daas_lb_xdp_flows_removed_total{reason=\"udp_idle\"} 7",
             "daas_lb_xdp_flows_removed_total{reason=\"tcp_idle\"} 0",
             "daas_lb_xdp_flow_gc_seconds 0.0015",
+            "daas_lb_xdp_flow_entries_created_total 40",
+            "daas_lb_xdp_flow_evictions_total 17",
+            "# TYPE daas_lb_xdp_flow_evictions_total counter",
             "# TYPE daas_lb_xdp_verdicts_total counter",
         ] {
             assert!(

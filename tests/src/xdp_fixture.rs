@@ -34,12 +34,15 @@ use aya::{
 };
 use lb_common::{
     AF_INET, AF_INET6, Backend, BackendStats, FlowKey, FlowValue, IfAddrs, MaglevKey, PROTO_TCP,
-    PROTO_UDP, Service, ServiceStats, VipFilter, VipKey, XdpConfig, ip_to_bytes, map_names,
-    program_names, xdp_counter,
+    PROTO_UDP, Service, ServiceStats, VipFilter, VipKey, XdpConfig, flow_stat, ip_to_bytes,
+    map_names, program_names, xdp_counter,
 };
-use lb_userspace::kernel::{
-    dataplane::load_retrying,
-    maps::{sum_backend_stats, sum_service_stats},
+use lb_userspace::{
+    kernel::{
+        dataplane::load_retrying,
+        maps::{sum_backend_stats, sum_service_stats},
+    },
+    policy::flow_expiry::FlowTotals,
 };
 
 use crate::sh;
@@ -626,6 +629,8 @@ pub struct XdpFixture {
     pub service_stats: PerCpuArray<MapData, ServiceStats>,
     /// `backend_stats`.
     pub backend_stats: PerCpuArray<MapData, BackendStats>,
+    /// `flow_stats`.
+    pub flow_stats: PerCpuArray<MapData, u64>,
 }
 
 /// Takes map `name` out of `ebpf` as the typed handle `T`.
@@ -676,6 +681,7 @@ impl XdpFixture {
             xdp_stats: take(&mut ebpf, map_names::XDP_STATS)?,
             service_stats: take(&mut ebpf, map_names::SERVICE_STATS)?,
             backend_stats: take(&mut ebpf, map_names::BACKEND_STATS)?,
+            flow_stats: take(&mut ebpf, map_names::FLOW_STATS)?,
             ebpf,
         })
     }
@@ -870,6 +876,20 @@ impl XdpFixture {
                 .xdp_stats
                 .get(&index, 0)
                 .expect("read xdp_stats")
+                .iter()
+                .sum();
+        }
+        out
+    }
+
+    /// `flow_stats`, summed over CPUs, indexed by [`flow_stat`].
+    pub fn flow_totals(&self) -> FlowTotals {
+        let mut out = FlowTotals::default();
+        for (index, slot) in (0..flow_stat::COUNT).zip(out.iter_mut()) {
+            *slot = self
+                .flow_stats
+                .get(&index, 0)
+                .expect("read flow_stats")
                 .iter()
                 .sum();
         }

@@ -17,10 +17,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
+use aya::{
+    maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuValues},
+    util::nr_cpus,
+};
 use lb_common::{
     AF_INET, FLOW_FIN, FLOW_REPLY, FLOW_RST, FlowKey, FlowValue, PROTO_TCP, PROTO_UDP,
-    XDP_DROP_ORPHANS, XdpConfig, ip_to_bytes,
+    XDP_DROP_ORPHANS, XdpConfig, flow_stat, ip_to_bytes,
 };
 use lb_tests::{
     Daemon, PinDir, TcpBackend, TempDir, TestCgroup, metric, privileged,
@@ -96,6 +99,25 @@ impl World {
         let data = MapData::from_pin(self.pins.path().join("flows")).expect("open pinned flows");
         BpfHashMap::try_from(Map::from_map_data(data).expect("flows map"))
             .expect("flows is a hash map")
+    }
+
+    /// Sets `flow_stats`' created count to `total` (CPU 0's slot), as if
+    /// the kernel programs had created that many entries.
+    fn set_created(&self, total: u64) {
+        let data =
+            MapData::from_pin(self.pins.path().join("flow_stats")).expect("open pinned flow_stats");
+        let mut stats: PerCpuArray<MapData, u64> =
+            PerCpuArray::try_from(Map::from_map_data(data).expect("flow_stats map"))
+                .expect("flow_stats is a per-CPU array");
+        let mut values = vec![0u64; nr_cpus().expect("CPU count")];
+        values[0] = total;
+        stats
+            .set(
+                flow_stat::CREATED,
+                PerCpuValues::try_from(values).expect("per-CPU values"),
+                0,
+            )
+            .expect("write flow_stats");
     }
 
     /// `xdp_config[0]` as the daemon wrote it.
@@ -295,6 +317,9 @@ fn the_flow_collector_removes_exactly_the_expired_flows_and_orphans() {
     flows
         .insert(lone_reply.reply.0, lone_reply.reply.1, 0)
         .expect("insert lone reply");
+    // Counted as the kernel programs would have: the 22 entries written,
+    // and 3 more that are gone without anyone removing them (as evicted).
+    world.set_created(25);
     let written = Instant::now();
 
     // Expired pairs go within two intervals (2 s), both entries together.
@@ -414,6 +439,22 @@ fn the_flow_collector_removes_exactly_the_expired_flows_and_orphans() {
         );
     }
     assert!(xdp.flows.passes >= 2, "{:?}", xdp.flows);
+    // Evictions by elimination: 25 created − 12 removed by the collector
+    // (counted by it in flow_stats) − 10 still there.
+    assert_eq!(
+        (xdp.flows.created, xdp.flows.evicted),
+        (25, 3),
+        "{:?}",
+        xdp.flows
+    );
+    assert_eq!(
+        sample(&mut world, "daas_lb_xdp_flow_evictions_total", &[]),
+        3
+    );
+    assert_eq!(
+        sample(&mut world, "daas_lb_xdp_flow_entries_created_total", &[]),
+        25
+    );
     world.daemon().stop();
 }
 
@@ -541,6 +582,77 @@ fn a_route_change_moves_hop_gen_and_orphan_drops_follow_the_port_ranges() {
         without.flags & XDP_DROP_ORPHANS,
         XDP_DROP_ORPHANS,
         "the listener is gone: {without:?}\n{}",
+        world.diag()
+    );
+    world.daemon().stop();
+}
+
+/// The eviction count across restarts that keep one of `flows` and
+/// `flow_stats` but not the other (SIGKILL keeps the pins; a pin removed
+/// by hand stands for a map an upgrade recreates): entries found in a kept
+/// `flows` next to a new `flow_stats` count as created, so they are not
+/// taken for evictions later; a new `flows` starts the counts from zero.
+#[test]
+fn restarts_that_recreate_one_map_keep_the_eviction_count_honest() {
+    let Some(mut world) =
+        World::new("restarts_that_recreate_one_map_keep_the_eviction_count_honest")
+    else {
+        return;
+    };
+    world.start("61000-65535");
+    // Two live pairs (fresh, kept by the collector).
+    let now = coarse_now();
+    let pairs = [
+        synthetic("live 1", 31, PROTO_TCP).stamped((now, 0), (now, 0)),
+        synthetic("live 2", 32, PROTO_UDP).stamped((now, 0), (now, 0)),
+    ];
+    let mut flows = world.flows();
+    for pair in &pairs {
+        for (key, value) in [pair.forward, pair.reply] {
+            flows.insert(key, value, 0).expect("insert flow entry");
+        }
+    }
+    // Counts after at least one more pass of a (re)started daemon.
+    let counts_after_a_pass = |world: &mut World| {
+        let passes = world.daemon().status().xdp.expect("xdp").flows.passes;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let flows = world.daemon().status().xdp.expect("xdp").flows;
+            if flows.passes > passes {
+                return (flows.created, flows.evicted, flows.entries);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no collector pass within 5 s\n{}",
+                world.diag()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let relaunch_without = |world: &mut World, pin: &str| {
+        let daemon = world.daemon();
+        daemon.signal(libc::SIGKILL);
+        daemon.wait_exit(Duration::from_secs(10));
+        std::fs::remove_file(world.pins.path().join(pin)).expect("remove the pin");
+        let daemon = world.daemon();
+        daemon.relaunch();
+        daemon.wait_checked();
+    };
+
+    relaunch_without(&mut world, "flow_stats");
+    assert_eq!(
+        counts_after_a_pass(&mut world),
+        (4, 0, 4),
+        "the four entries already there count as created, none as evicted\n{}",
+        world.diag()
+    );
+
+    world.set_created(99);
+    relaunch_without(&mut world, "flows");
+    assert_eq!(
+        counts_after_a_pass(&mut world),
+        (0, 0, 0),
+        "a new flows map: the counts start from zero\n{}",
         world.diag()
     );
     world.daemon().stop();

@@ -19,8 +19,8 @@ use std::net::{IpAddr, SocketAddr};
 use lb_common::{
     BACKEND_DOWN, FLOW_FIN, FLOW_REPLY, FLOW_RST, FlowKey, FlowValue, IF_HAS_V4, IF_HAS_V6,
     IfAddrs, NO_BACKEND, PROTO_TCP, PROTO_UDP, SERVICE_REMOTE, SERVICE_SPREAD, SNAT_PORT_ATTEMPTS,
-    Service, XDP_DROP_ORPHANS, XDP_SNAT_V4, XDP_SNAT_V6, XdpConfig, flow_hash, ip_to_bytes,
-    snat_port,
+    Service, XDP_DROP_ORPHANS, XDP_SNAT_V4, XDP_SNAT_V6, XdpConfig, flow_hash, flow_stat,
+    ip_to_bytes, snat_port,
     xdp_counter::{self, COUNT, NAMES},
 };
 use lb_tests::{
@@ -28,10 +28,11 @@ use lb_tests::{
     xdp_fixture::{
         Addrs, BACKEND_IF, BACKEND_IF_MAC, BACKEND_MACS, CLIENT_IF_MAC, CLIENT_MAC, Hook, IPV4_MF,
         L4, NEAR_CLIENT_MAC, Network, PROTO_ICMP, Packet, Run, V4, V6, XDP_DROP, XDP_PASS,
-        XdpFixture, arp_request, assert_frame_eq, backend, flow_key, mac_string, tcp_flags,
-        verdict_name, vlan_tagged,
+        XDP_REDIRECT, XdpFixture, arp_request, assert_frame_eq, backend, flow_key, mac_string,
+        tcp_flags, verdict_name, vlan_tagged,
     },
 };
+use lb_userspace::policy::flow_expiry::evicted_at_least;
 
 const PORT_MIN: u16 = 20000;
 const PORT_MAX: u16 = 29999;
@@ -779,6 +780,178 @@ fn rehash_frees_old_reply_entry_on(hook: Hook) {
         );
         assert_eq!(w.fx.flow_count(), 3, "{}: three entries", a.vip);
     }
+}
+
+/// `flow_stats` counts every entry the programs create and remove, so the
+/// entries they do not explain are the evicted ones: a new flow creates two;
+/// its later packets none; a forward entry lost behind the counters' back
+/// (as the LRU evicts) is re-created with its old SNAT port (one created)
+/// and shows as one eviction; a move to another backend removes the old
+/// reply entry (one removed by the kernel) and creates the new one.
+#[test]
+fn flow_stats_count_every_entry_created_and_removed() {
+    flow_stats_count_every_entry_created_and_removed_on(Hook::Xdp);
+}
+
+#[test]
+fn tc_flow_stats_count_every_entry_created_and_removed() {
+    flow_stats_count_every_entry_created_and_removed_on(Hook::Tc);
+}
+
+fn flow_stats_count_every_entry_created_and_removed_on(hook: Hook) {
+    let Some(mut w) = world_on("flow_stats_count_every_entry_created_and_removed", hook) else {
+        return;
+    };
+    w.configure();
+    let a = V4;
+    let snat = a.node_backend_side;
+    w.service(&a, PROTO_TCP, SERVICE_REMOTE);
+    let totals = |w: &World| {
+        let t = w.fx.flow_totals();
+        (
+            t[flow_stat::CREATED as usize],
+            t[flow_stat::REMOVED_KERNEL as usize],
+            evicted_at_least(&t, &t, w.fx.flow_count() as u64),
+        )
+    };
+    assert_eq!(totals(&w), (0, 0, 0), "nothing counted before any packet");
+
+    let input = client_frame(&a, PROTO_TCP);
+    let port = w.expect_new_flow("new flow", &input, 0, snat);
+    assert_eq!(totals(&w), (2, 0, 0), "a new flow creates two entries");
+    // Later packets, and the flow re-created on its own reply entry, keep
+    // the SNAT port.
+    let expected = rewritten(
+        &input,
+        SocketAddr::new(snat, port),
+        backend_at(&a, 0),
+        BACKEND_IF_MAC,
+        BACKEND_MACS[0],
+    );
+    w.expect_redirect("second packet", &input, w.net.client_if, &expected);
+    assert_eq!(totals(&w), (2, 0, 0), "an established packet creates none");
+
+    w.fx.remove_flow(&input.flow_key());
+    w.expect_redirect("forward entry lost", &input, w.net.client_if, &expected);
+    assert_eq!(w.fx.flow_count(), 2, "forward entry back, same reply entry");
+    assert_eq!(
+        totals(&w),
+        (3, 0, 1),
+        "the forward entry re-created; the lost one is the one eviction"
+    );
+
+    // Backend 1 down, the service picks backend 2 (another address): the
+    // flow moves, its old reply entry goes.
+    w.fx.set_backend(1, backend(backend_at(&a, 0), SERVICE_ID, BACKEND_DOWN));
+    w.fx.set_service(
+        vip(&a),
+        PROTO_TCP,
+        Service {
+            id: SERVICE_ID,
+            backend_id: 2,
+            flags: SERVICE_REMOTE,
+            table_size: 0,
+        },
+    );
+    w.expect_new_flow("moved", &input, 1, snat);
+    assert_eq!(w.fx.flow_count(), 2, "forward and new reply entry");
+    assert_eq!(
+        totals(&w),
+        (4, 1, 1),
+        "the new reply entry created, the old one removed by the kernel"
+    );
+}
+
+/// The real LRU: 140,000 new flows (280,000 entries) into a table of
+/// 262,144 make it evict. The programs still count exactly two created
+/// entries per new flow, and the eviction bound from the counts and the
+/// entries left is at least what the capacity forces out.
+#[test]
+fn lru_evictions_show_in_the_counts() {
+    let Some(mut w) = world("lru_evictions_show_in_the_counts") else {
+        return;
+    };
+    let a = V4;
+    let (snat_v4, _) = ip_to_bytes(a.node_backend_side);
+    w.fx.configure(XdpConfig {
+        snat_v4,
+        port_min: 1024,
+        port_max: 65535,
+        flags: XDP_SNAT_V4,
+        ..XdpConfig::default()
+    });
+    // Four backends behind a 4-slot spread table: 4 × 64,512 SNAT
+    // address:port pairs, room for every reply entry.
+    w.backends(&a);
+    for slot in 0..4 {
+        w.fx.set_maglev(SERVICE_ID, slot, slot + 1);
+    }
+    w.fx.set_service(
+        vip(&a),
+        PROTO_TCP,
+        Service {
+            id: SERVICE_ID,
+            backend_id: 1,
+            flags: SERVICE_REMOTE | SERVICE_SPREAD,
+            table_size: 4,
+        },
+    );
+    let IpAddr::V4(base) = a.client else {
+        panic!("V4.client is IPv4");
+    };
+    let flows: u32 = 140_000;
+    let started = std::time::Instant::now();
+    let mut redirected = 0u64;
+    for i in 0..flows {
+        let src = SocketAddr::new(
+            std::net::Ipv4Addr::from(u32::from(base) + (i / 50_000) * 256).into(),
+            10_000 + (i % 50_000) as u16,
+        );
+        let frame = Packet::tcp(src, vip(&a))
+            .macs(CLIENT_MAC, CLIENT_IF_MAC)
+            .bytes();
+        if w.fx.run(&frame, Some(w.net.client_if)).verdict == XDP_REDIRECT {
+            redirected += 1;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_mins(1),
+            "{i} flows after 60 s"
+        );
+    }
+    let new_flows = w.fx.service_counters(SERVICE_ID).xdp_flows;
+    assert_eq!(
+        new_flows, redirected,
+        "every redirected packet was a new flow"
+    );
+    assert!(
+        new_flows > u64::from(flows) * 99 / 100,
+        "{new_flows} of {flows} flows made it (SNAT ports: {:?})",
+        delta(&[0; COUNT as usize], &w.fx.xdp_counters())
+    );
+    let totals = w.fx.flow_totals();
+    let present = w.fx.flow_count() as u64;
+    let capacity = u64::from(lb_common::MAX_FLOWS);
+    assert_eq!(
+        totals[flow_stat::CREATED as usize],
+        2 * new_flows,
+        "two entries created per new flow, evictions or not"
+    );
+    assert_eq!(totals[flow_stat::REMOVED_KERNEL as usize], 0);
+    assert!(
+        present <= capacity,
+        "{present} entries in a table of {capacity}"
+    );
+    let evicted = evicted_at_least(&totals, &totals, present);
+    assert_eq!(evicted, 2 * new_flows - present, "a quiet table: exact");
+    assert!(
+        evicted >= 2 * new_flows - capacity,
+        "{evicted} evictions counted, the capacity forces at least {}",
+        2 * new_flows - capacity
+    );
+    eprintln!(
+        "{new_flows} flows, {present} entries left, {evicted} evicted, {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// Fail-open: a `BACKEND_DOWN` backend that the service still selects

@@ -130,11 +130,12 @@ pub(crate) struct Packet {
 }
 
 /// A packet's flow: its entry in `flows`, or a new flow (the rewrite
-/// towards the chosen backend, and the hash that chose it) to store.
+/// towards the chosen backend, the hash that chose it, and whether the flow
+/// has a forward entry it may no longer use) to store.
 enum Found<'scratch> {
     Existing(*mut FlowValue),
     /// The new flow is built in this CPU's `flow_scratch` slot.
-    New(&'scratch mut FlowValue, u64),
+    New(&'scratch mut FlowValue, u64, bool),
 }
 
 /// The next hop of a rewritten packet.
@@ -307,7 +308,7 @@ fn forward<H: Hook>(ctx: &H, packet: &Packet) -> Verdict {
                         flow.dst_port = backend.port;
                         flow.backend_id = backend_id;
                         flow.service_id = service.id;
-                        Found::New(flow, hash)
+                        Found::New(flow, hash, stale.is_some())
                     }
                 }
             }
@@ -331,7 +332,7 @@ fn forward<H: Hook>(ctx: &H, packet: &Packet) -> Verdict {
             let (dst, service_id) = match &found {
                 // SAFETY: a `flows` pointer, see above.
                 Found::Existing(flow) => unsafe { ((**flow).dst, (**flow).service_id) },
-                Found::New(flow, _) => (flow.dst, flow.service_id),
+                Found::New(flow, ..) => (flow.dst, flow.service_id),
             };
             match next_hop(ctx, packet, dst) {
                 Ok(hop) => hop,
@@ -347,14 +348,16 @@ fn forward<H: Hook>(ctx: &H, packet: &Packet) -> Verdict {
     // SAFETY: the coarse clock helper has no preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let new = matches!(found, Found::New(..));
-    let flow = match found {
-        Found::New(flow, hash) => {
+    let flow: &FlowValue = match found {
+        Found::New(flow, hash, stale) => {
             let service_id = flow.service_id;
             flow.last_seen = now;
             if hop.resolved {
                 nat::cache_hop(flow, &hop, config.hop_gen);
             }
-            if let Err(verdict) = nat::new_flow(key, hash, flow, config, hop.ifindex, now) {
+            // Its first packet's FIN/RST bits go in before it is stored.
+            nat::touch(flow, key, packet.tcp_flags, now);
+            if let Err(verdict) = nat::new_flow(key, hash, flow, config, hop.ifindex, stale, now) {
                 match verdict.counter {
                     xdp_counter::DROP_SNAT_PORTS => {
                         count_drop(service_id, ServiceDrop::SnatPorts);
@@ -366,26 +369,22 @@ fn forward<H: Hook>(ctx: &H, packet: &Packet) -> Verdict {
                 }
                 return verdict;
             }
-            let Some(flow) = FLOWS.get_ptr_mut(key) else {
-                count_drop(service_id, ServiceDrop::FlowTable);
-                return drop(xdp_counter::DROP_FLOW_TABLE);
-            };
+            // Stored as it is in the scratch slot: the packet is rewritten
+            // from there, without looking the new entry up again.
             flow
         }
         Found::Existing(flow) => {
+            // SAFETY: a `flows` pointer, see above; the entry is written in
+            // place (the hop is a cache: a racing write is as good; for
+            // `touch`, see `nat` for what racing writers may lose).
+            let flow = unsafe { &mut *flow };
             if !cached && hop.resolved {
-                // SAFETY: a `flows` pointer, see above; the entry is
-                // written in place (a cache: a racing write is as good).
-                nat::cache_hop(unsafe { &mut *flow }, &hop, config.hop_gen);
+                nat::cache_hop(flow, &hop, config.hop_gen);
             }
+            nat::touch(flow, key, packet.tcp_flags, now);
             flow
         }
     };
-    // SAFETY: a `flows` pointer, see above; `touch` writes only a few
-    // fields in place (see `nat` for what racing writers may lose).
-    nat::touch(unsafe { &mut *flow }, key, packet.tcp_flags, now);
-    // SAFETY: a `flows` pointer, see above.
-    let flow = unsafe { &*flow };
     if !ctx.rewrite(packet, flow, &hop) {
         return drop(xdp_counter::DROP_REWRITE);
     }

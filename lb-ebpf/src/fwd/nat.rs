@@ -50,12 +50,12 @@ use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_loop};
 use lb_common::{
     AF_INET, AddrBytes, BACKEND_DOWN, Backend, FLOW_FIN, FLOW_REPLY, FLOW_RST, FLOW_TOUCH_NS,
     FlowKey, FlowValue, IF_HAS_V4, IF_HAS_V6, NO_BACKEND, PROTO_TCP, SNAT_PORT_ATTEMPTS,
-    XDP_DROP_ORPHANS, XDP_SNAT_V4, XDP_SNAT_V6, XdpConfig, maps::FLOW_SCRATCH_REPLY, snat_port,
-    xdp_counter,
+    XDP_DROP_ORPHANS, XDP_SNAT_V4, XDP_SNAT_V6, XdpConfig, flow_stat, maps::FLOW_SCRATCH_REPLY,
+    snat_port, xdp_counter,
 };
 
 use super::{Hop, Verdict, drop, mac_words, parse::addr_words, pass, zero};
-use crate::maps::{BACKENDS, FLOW_SCRATCH, FLOWS, IF_ADDRS};
+use crate::maps::{BACKENDS, FLOW_SCRATCH, FLOW_STATS, FLOWS, IF_ADDRS};
 
 /// TCP flag bits (byte 13 of the header).
 const TCP_FIN: u8 = 0x01;
@@ -199,7 +199,24 @@ pub(super) fn touch(flow: &mut FlowValue, key: &FlowKey, tcp_flags: u8, now: u64
         // The reply entry's SNAT port went to another flow after the LRU
         // evicted it: this flow's replies can no longer reach its client.
         // Forget it; its next packet starts a new flow with a new port.
-        let _ = FLOWS.remove(key);
+        if FLOWS.remove(key).is_ok() {
+            count_entries(flow_stat::REMOVED_KERNEL, 1);
+        }
+    }
+}
+
+/// Adds `n` to this CPU's `flow_stats` counter `index` ([`flow_stat`]):
+/// every entry the forwarders create or remove is counted, so the
+/// controller can tell the LRU's evictions from the rest.
+#[expect(
+    clippy::inline_always,
+    reason = "one flat program keeps verifier state small and avoids BPF-to-BPF calls"
+)]
+#[inline(always)]
+fn count_entries(index: u32, n: u64) {
+    if let Some(count) = FLOW_STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot of this CPU; nothing else writes it meanwhile.
+        unsafe { *count += n };
     }
 }
 
@@ -233,7 +250,12 @@ fn ensure_reply(flow: &FlowValue, key: &FlowKey, now: u64) -> bool {
     reply_of(reply, key, flow, now);
     let reply: &FlowValue = reply;
     // Lost a race with another CPU re-creating it: that one is as good.
-    let _ = FLOWS.insert(reply_key, reply, u64::from(BPF_NOEXIST));
+    if FLOWS
+        .insert(reply_key, reply, u64::from(BPF_NOEXIST))
+        .is_ok()
+    {
+        count_entries(flow_stat::CREATED, 1);
+    }
     true
 }
 
@@ -307,7 +329,9 @@ pub(super) fn orphan(config: &XdpConfig, key: &FlowKey, ingress: u32) -> bool {
 /// [`lb_common::flow_hash`], which also picked the backend) and stores
 /// both directions in `flows`, both seen at `now`. A SNAT port whose reply
 /// entry already translates for this very flow (its forward entry was
-/// evicted alone) is taken again rather than another port.
+/// evicted alone) is taken again rather than another port. `stale`: the
+/// flow has a forward entry already (one it may no longer use), whose reply
+/// entry goes first; without one, nothing is looked up for it.
 #[expect(
     clippy::inline_always,
     reason = "one flat program keeps verifier state small and avoids BPF-to-BPF calls"
@@ -319,6 +343,7 @@ pub(super) fn new_flow(
     flow: &mut FlowValue,
     config: &XdpConfig,
     egress: u32,
+    stale: bool,
     now: u64,
 ) -> Result<(), Verdict> {
     let (configured, flag, if_flag) = if key.family == AF_INET {
@@ -345,7 +370,9 @@ pub(super) fn new_flow(
             None => return Err(pass(xdp_counter::PASS_NO_SNAT_ADDR)),
         }
     };
-    remove_stale_reply(key);
+    if stale {
+        remove_stale_reply(key);
+    }
     let Some(reply) = FLOW_SCRATCH.get_ptr_mut(FLOW_SCRATCH_REPLY) else {
         return Err(drop(xdp_counter::DROP_FLOW_TABLE));
     };
@@ -388,12 +415,20 @@ pub(super) fn new_flow(
         return Err(drop(xdp_counter::DROP_SNAT_PORTS));
     }
     let reply_key = search.reply_key;
+    let reply_created = search.claimed == CLAIMED_NEW;
     flow.src_port = reply_key.dst_port;
     let flow: &FlowValue = flow;
     if FLOWS.insert(*key, flow, 0).is_err() {
-        let _ = FLOWS.remove(reply_key);
+        // A reply entry created here and removed again was never counted.
+        if FLOWS.remove(reply_key).is_ok() && !reply_created {
+            count_entries(flow_stat::REMOVED_KERNEL, 1);
+        }
         return Err(drop(xdp_counter::DROP_FLOW_TABLE));
     }
+    count_entries(
+        flow_stat::CREATED,
+        u64::from(reply_created) + u64::from(!stale),
+    );
     Ok(())
 }
 
@@ -441,13 +476,8 @@ fn remove_stale_reply(key: &FlowKey) {
     // SAFETY: pointer from a successful lookup; only its fields are read
     // (no copy of the whole value on the small BPF stack).
     let reply = unsafe { &*reply };
-    if reply.flags & FLOW_REPLY != 0
-        && reply.src_port == key.dst_port
-        && reply.dst_port == key.src_port
-        && same_addr(reply.src, key.dst)
-        && same_addr(reply.dst, key.src)
-    {
-        let _ = FLOWS.remove(reply_key);
+    if translates_for(reply, key) && FLOWS.remove(reply_key).is_ok() {
+        count_entries(flow_stat::REMOVED_KERNEL, 1);
     }
 }
 
@@ -478,9 +508,15 @@ struct PortSearch {
     port_min: u16,
     /// Last SNAT port ([`XdpConfig::port_max`]).
     port_max: u16,
-    /// 1 once a port is claimed (its reply entry stored).
+    /// Once a port is claimed: [`CLAIMED_NEW`] (its reply entry created) or
+    /// [`CLAIMED_OWN`] (this flow's own reply entry, overwritten); 0 before.
     claimed: u32,
 }
+
+/// [`PortSearch::claimed`]: a reply entry was created.
+const CLAIMED_NEW: u32 = 1;
+/// [`PortSearch::claimed`]: the flow's own reply entry was taken again.
+const CLAIMED_OWN: u32 = 2;
 
 /// SNAT port attempt `attempt` of the search at `ctx` (a [`PortSearch`]):
 /// claims the port when its reply entry is free (`BPF_NOEXIST`) or already
@@ -508,14 +544,14 @@ extern "C" fn try_port(attempt: u64, ctx: *mut c_void) -> i64 {
         .insert(&search.reply_key, reply, u64::from(BPF_NOEXIST))
         .is_ok()
     {
-        search.claimed = 1;
+        search.claimed = CLAIMED_NEW;
         return 1;
     }
     if let Some(old) = FLOWS.get_ptr(&search.reply_key) {
         // SAFETY: pointer from a successful lookup; only its fields are read.
         if translates_for(unsafe { &*old }, key) {
             let _ = FLOWS.insert(&search.reply_key, reply, 0);
-            search.claimed = 1;
+            search.claimed = CLAIMED_OWN;
             return 1;
         }
     }

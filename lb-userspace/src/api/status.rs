@@ -119,6 +119,14 @@ pub struct XdpFlowsStatus {
     pub last_pass_ms: f64,
     /// Collector passes since the start.
     pub passes: u64,
+    /// Entries the kernel programs created since the `flow_stats` map was
+    /// (daemons before the eviction count: 0).
+    #[serde(default)]
+    pub created: u64,
+    /// Entries the LRU evicted since then, at least (exact when the table
+    /// was quiet during a collector pass).
+    #[serde(default)]
+    pub evicted: u64,
 }
 
 /// Packets the XDP program dropped for one service, by reason.
@@ -1047,6 +1055,8 @@ mod tests {
                 removed_by_reason: BTreeMap::from([("tcp_closed".to_owned(), 4)]),
                 last_pass_ms: 0.5,
                 passes: 2,
+                created: 10,
+                evicted: 0,
             },
             hop_gen: 3,
         });

@@ -22,6 +22,15 @@
 //! across a syscall" holds: the shared [`FlowGcStats`] lock is taken after
 //! a pass, never during one.
 //!
+//! Evictions: the kernel does not report the entries its LRU evicts. Each
+//! complete pass reads the `flow_stats` counts (entries created, entries
+//! removed by the kernel, this collector and the controller) just before
+//! and just after its walk, and [`flow_expiry::evicted_at_least`] turns
+//! them and the entries the walk saw into a lower bound of the evictions so
+//! far; [`FlowGcStats::evicted`] is the largest bound yet (exact when the
+//! table was quiet during the walk). The collector counts its own removals
+//! into `flow_stats` after each pass.
+//!
 //! Bounds: a pass stops after [`PASS_TIME_LIMIT`] or after reading twice
 //! the map's capacity (a walk of a changing hash may see entries twice);
 //! the thread stops within one interval of [`FlowGc`] being dropped.
@@ -35,7 +44,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use lb_common::{FLOW_REPLY, FlowKey, FlowValue};
+use lb_common::{FLOW_REPLY, FlowKey, FlowValue, flow_stat};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -61,6 +70,12 @@ pub struct FlowGcStats {
     /// Flows removed since the start, by [`Reason`] (a pair counts once, an
     /// orphaned half once).
     pub removed: [u64; Reason::ALL.len()],
+    /// Entries the kernel programs created since the counts began (the
+    /// `flow_stats` map's creation).
+    pub created: u64,
+    /// Entries the LRU evicted since the counts began, at least: the
+    /// largest bound a complete pass found (see the module's doc).
+    pub evicted: u64,
     /// How long the last pass took.
     pub last_pass: Duration,
     /// Passes since the start.
@@ -92,7 +107,7 @@ impl FlowGc {
         timeouts: FlowTimeouts,
         interval: Duration,
     ) -> anyhow::Result<Self> {
-        let flows = flows.try_clone()?;
+        let flows = flows.try_clone(flow_stat::REMOVED_COLLECTOR)?;
         let stats = Arc::new(Mutex::new(FlowGcStats {
             capacity: u64::from(flows.capacity()),
             ..FlowGcStats::default()
@@ -155,6 +170,10 @@ fn run(
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 shared.forward_entries = pass.forward;
                 shared.reply_entries = pass.reply;
+                shared.created = pass.created;
+                if let Some(evicted) = pass.evicted_at_least {
+                    shared.evicted = shared.evicted.max(evicted);
+                }
                 for (total, n) in shared.removed.iter_mut().zip(pass.removed) {
                     *total += n;
                 }
@@ -201,6 +220,10 @@ pub(super) struct Pass {
     pub(super) mode: WalkMode,
     /// Whether the walk reached the end (not cut by a bound).
     pub(super) complete: bool,
+    /// `flow_stats`' created entries, read after the walk.
+    pub(super) created: u64,
+    /// The evictions so far, at least (a complete walk only).
+    pub(super) evicted_at_least: Option<u64>,
 }
 
 /// The collector's memory between passes: the halves found alone, and
@@ -259,7 +282,10 @@ impl Collector {
             removed: [0; Reason::ALL.len()],
             mode: WalkMode::Batch,
             complete: true,
+            created: 0,
+            evicted_at_least: None,
         };
+        let before = flows.totals()?;
         let mut lone = HashMap::new();
         let mut doomed: Vec<(FlowKey, Option<FlowKey>)> = Vec::new();
         let mut error = None;
@@ -289,13 +315,39 @@ impl Collector {
         if let Some(err) = error {
             return Err(err);
         }
+        let after = flows.totals()?;
+        pass.created = after[flow_stat::CREATED as usize];
+        if pass.complete {
+            pass.evicted_at_least = Some(flow_expiry::evicted_at_least(
+                &before,
+                &after,
+                pass.forward + pass.reply,
+            ));
+        }
         self.lone_since = lone;
+        let removals = self.remove_all(flows, timeouts, now, doomed, &mut pass.removed);
+        // Counted even when a removal failed half way.
+        flows.record_removals()?;
+        removals?;
+        Ok(pass)
+    }
+
+    /// Removes the `doomed` flows that are still condemned (see
+    /// [`Self::remove`]), counting them by reason in `removed`.
+    fn remove_all(
+        &self,
+        flows: &mut Flows,
+        timeouts: &FlowTimeouts,
+        now: u64,
+        doomed: Vec<(FlowKey, Option<FlowKey>)>,
+        removed: &mut [u64; Reason::ALL.len()],
+    ) -> anyhow::Result<()> {
         for (key, partner_key) in doomed {
             if let Some(reason) = self.remove(flows, timeouts, now, &key, partner_key)? {
-                pass.removed[reason as usize] += 1;
+                removed[reason as usize] += 1;
             }
         }
-        Ok(pass)
+        Ok(())
     }
 
     /// The verdict on the flow of one entry: `Some((key, partner))` when

@@ -189,6 +189,8 @@ pub(super) fn build(state: &State) -> Status {
                     .collect(),
                 last_pass_ms: gc.last_pass.as_secs_f64() * 1000.0,
                 passes: gc.passes,
+                created: gc.created,
+                evicted: gc.evicted,
             },
             hop_gen: state
                 .dataplane

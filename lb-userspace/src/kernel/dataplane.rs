@@ -17,6 +17,7 @@ use std::{
     collections::BTreeMap,
     fs::{self, File, TryLockError},
     io,
+    ops::ControlFlow,
     os::fd::{AsFd as _, BorrowedFd},
     path::{Path, PathBuf},
 };
@@ -29,7 +30,7 @@ use aya::{
     util::nr_cpus,
 };
 use lb_common::{
-    map_names,
+    flow_stat, map_names,
     maps::{self, MapKind, MapSpec},
     program_names,
 };
@@ -41,7 +42,7 @@ use super::{
     if_addrs,
     kernel_log::{self, KernelLogReader},
     links::{self, Interface, LinkKind},
-    maps::Maps,
+    maps::{Flows, Maps},
     mounts::{self, BPF_FS_MAGIC, CGROUP2_SUPER_MAGIC},
     xdp_settings::{self, xdp_config_entry},
 };
@@ -305,9 +306,11 @@ impl Dataplane {
         load_and_link!(program_names::SOCK_OPS, SockOps, "sock_ops program");
 
         let nr_cpus = nr_cpus().map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))?;
+        let mut maps = Maps::take(&mut ebpf, nr_cpus)?;
+        align_flow_stats(&mut maps.flows, &report.reused_maps)?;
         Ok(Self {
             pin_dir: pin_dir.to_path_buf(),
-            maps: Maps::take(&mut ebpf, nr_cpus)?,
+            maps,
             kernel_log: Some(kernel_log),
             hooks: Vec::new(),
             ebpf,
@@ -437,6 +440,38 @@ fn lock_pin_dir(pin_dir: &Path) -> anyhow::Result<File> {
             Err(err).with_context(|| format!("locking {}", pin_dir.display()))
         }
     }
+}
+
+/// Makes the `flow_stats` counts fit the `flows` map when only one of the
+/// two was kept from an earlier run (`reused`: the maps kept), before any
+/// program of this run can write them: entries found in a kept `flows`
+/// count as created (an upgrade that brings `flow_stats`), and a new
+/// `flows` starts the counts from zero. Otherwise evictions would be
+/// misjudged by the entries nobody counted.
+fn align_flow_stats(flows: &mut Flows, reused: &[&str]) -> anyhow::Result<()> {
+    let kept = |name: &str| reused.contains(&name);
+    match (kept(map_names::FLOWS), kept(map_names::FLOW_STATS)) {
+        (true, false) => {
+            let mut entries = 0u64;
+            flows.walk(1024, |chunk| {
+                entries += chunk.len() as u64;
+                ControlFlow::Continue(())
+            })?;
+            flows.stats_mut().set(flow_stat::CREATED, entries)?;
+            info!(
+                entries,
+                "flow_stats is new: the flows already in the table count as created"
+            );
+        }
+        (false, true) => {
+            for index in 0..flow_stat::COUNT {
+                flows.stats_mut().set(index, 0)?;
+            }
+            debug!("flows is new: the flow_stats counts start from zero");
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Reuses a pinned map if it has the shape `lb_common::maps` declares;

@@ -21,10 +21,15 @@
 //!
 //! Clock edges: a `last_seen` later than "now" (written after the collector
 //! read the clock) is age 0; ages saturate, never wrap.
+//!
+//! Evictions ([`evicted_at_least`]): the kernel does not report the entries
+//! its LRU evicts, so they are what the `flow_stats` counts of created and
+//! removed entries do not explain once a walk has counted the entries
+//! still there.
 
 use std::time::Duration;
 
-use lb_common::{FLOW_FIN, FLOW_RST, PROTO_TCP};
+use lb_common::{FLOW_FIN, FLOW_RST, PROTO_TCP, flow_stat};
 
 use crate::config::FlowTimeouts;
 
@@ -161,6 +166,30 @@ pub fn may_be_expired(proto: u8, last_seen: u64, now: u64, timeouts: &FlowTimeou
         timeouts.udp
     };
     age(now, last_seen) > shortest
+}
+
+/// The `flow_stats` counters summed over CPUs, by [`flow_stat`] index.
+pub type FlowTotals = [u64; flow_stat::COUNT as usize];
+
+/// The fewest `flows` entries the LRU can have evicted by the end of a walk
+/// of the table that saw `seen` entries, given the counters read just before
+/// the walk (`before`) and just after it (`after`).
+///
+/// Every entry created before the walk started is, when it ends, removed by
+/// someone (counted in `after`'s removals), evicted, or still there; and an
+/// entry there throughout the walk was seen (a walk of a hash map visits
+/// each bucket once, and entries never move between buckets). So at least
+/// `created(before) − removed(after) − seen` were evicted; entries created
+/// during the walk and seen only lower the bound. Exact on a quiet table;
+/// 0 when the difference is negative (it says nothing then).
+#[must_use]
+pub fn evicted_at_least(before: &FlowTotals, after: &FlowTotals, seen: u64) -> u64 {
+    let removed = after[flow_stat::REMOVED_KERNEL as usize]
+        .saturating_add(after[flow_stat::REMOVED_COLLECTOR as usize])
+        .saturating_add(after[flow_stat::REMOVED_CONTROLLER as usize]);
+    before[flow_stat::CREATED as usize]
+        .saturating_sub(removed)
+        .saturating_sub(seen)
 }
 
 #[cfg(test)]
@@ -375,6 +404,41 @@ mod tests {
                 "udp_idle",
                 "orphan"
             ]
+        );
+    }
+    /// Totals with `created` entries created and `removed` removed by the
+    /// kernel, the collector and the controller.
+    fn totals(created: u64, removed: [u64; 3]) -> FlowTotals {
+        let mut t = [0; flow_stat::COUNT as usize];
+        t[flow_stat::CREATED as usize] = created;
+        t[flow_stat::REMOVED_KERNEL as usize] = removed[0];
+        t[flow_stat::REMOVED_COLLECTOR as usize] = removed[1];
+        t[flow_stat::REMOVED_CONTROLLER as usize] = removed[2];
+        t
+    }
+
+    #[test]
+    fn evictions_are_what_creations_minus_removals_and_present_entries_leave() {
+        // Quiet table: 1000 created, 100 + 50 + 25 removed, 800 there: 25
+        // evicted, whoever removed the others.
+        let quiet = totals(1000, [100, 50, 25]);
+        assert_eq!(evicted_at_least(&quiet, &quiet, 800), 25);
+        // Nothing evicted.
+        assert_eq!(evicted_at_least(&quiet, &quiet, 825), 0);
+        // Entries created during the walk and seen lower the bound, never
+        // raise it: created before = 1000, 30 more created and seen.
+        let after = totals(1030, [100, 50, 25]);
+        assert_eq!(evicted_at_least(&quiet, &after, 830), 0);
+        // 10 entries the walk had seen, removed before it ended, count
+        // twice (seen and removed): 15, still a lower bound of the 25.
+        let after = totals(1000, [110, 50, 25]);
+        assert_eq!(evicted_at_least(&quiet, &after, 800), 15);
+        // More seen than explained (entries from before the counters
+        // existed): 0, not a wrap.
+        assert_eq!(evicted_at_least(&quiet, &quiet, 5000), 0);
+        assert_eq!(
+            evicted_at_least(&totals(0, [0; 3]), &totals(0, [u64::MAX; 3]), 0),
+            0
         );
     }
 }

@@ -3,6 +3,11 @@
 //! kernel programs create and refresh entries; the controller's flow
 //! collector reads them in chunks ([`Flows::walk`]) and removes the expired
 //! ones ([`Flows::remove`]).
+//!
+//! Each handle counts the entries it removes into its own `flow_stats`
+//! counter ([`Flows::record_removals`]; the controller's handle
+//! [`flow_stat::REMOVED_CONTROLLER`], the collector's
+//! [`flow_stat::REMOVED_COLLECTOR`]), so that evictions can be told apart.
 
 use std::{
     ops::ControlFlow,
@@ -11,9 +16,11 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use aya::maps::{HashMap, Map, MapData, MapError};
-use lb_common::{FlowKey, FlowValue, map_names};
+use lb_common::{FlowKey, FlowValue, flow_stat, map_names};
+use tracing::warn;
 
-use crate::kernel::bpf_sys;
+use super::FlowStatsMap;
+use crate::{kernel::bpf_sys, policy::flow_expiry::FlowTotals};
 
 /// Chunks grow up to this many entries when a hash bucket holds more than a
 /// chunk (`ENOSPC`).
@@ -25,6 +32,12 @@ pub struct Flows {
     /// A second descriptor of the same map, for `BPF_MAP_LOOKUP_BATCH`.
     fd: OwnedFd,
     capacity: u32,
+    /// `flow_stats`, where this handle's removals are counted.
+    stats: FlowStatsMap,
+    /// This handle's removal counter ([`flow_stat`] index).
+    removal_counter: u32,
+    /// Removals not yet added to it.
+    unrecorded: u64,
 }
 
 /// How a [`Flows::walk`] read the map.
@@ -38,16 +51,17 @@ pub enum WalkMode {
 }
 
 impl Flows {
-    /// The typed wrapper of the object's `flows` map.
-    pub(super) fn from_map(map: Map) -> anyhow::Result<Self> {
+    /// The typed wrapper of the object's `flows` map, counting its removals
+    /// in `stats` as the controller's ([`flow_stat::REMOVED_CONTROLLER`]).
+    pub(super) fn from_map(map: Map, stats: FlowStatsMap) -> anyhow::Result<Self> {
         let name = map_names::FLOWS;
         let (Map::LruHashMap(data) | Map::HashMap(data)) = map else {
             bail!("the {name} map has an unexpected type");
         };
-        Self::from_data(data)
+        Self::from_data(data, stats, flow_stat::REMOVED_CONTROLLER)
     }
 
-    fn from_data(data: MapData) -> anyhow::Result<Self> {
+    fn from_data(data: MapData, stats: FlowStatsMap, removal_counter: u32) -> anyhow::Result<Self> {
         let name = map_names::FLOWS;
         let fd = data
             .fd()
@@ -60,17 +74,46 @@ impl Flows {
             .max_entries();
         let map = HashMap::try_from(Map::LruHashMap(data))
             .with_context(|| format!("the {name} map has an unexpected type"))?;
-        Ok(Self { map, fd, capacity })
+        Ok(Self {
+            map,
+            fd,
+            capacity,
+            stats,
+            removal_counter,
+            unrecorded: 0,
+        })
     }
 
-    /// Another handle of the same map (for the flow collector's thread).
-    pub fn try_clone(&self) -> anyhow::Result<Self> {
+    /// Another handle of the same map (for the flow collector's thread),
+    /// counting its removals in `removal_counter` ([`flow_stat`] index,
+    /// which no other handle may write).
+    pub fn try_clone(&self, removal_counter: u32) -> anyhow::Result<Self> {
         let fd = self
             .fd
             .try_clone()
             .context("duplicating the flows map's descriptor")?;
         let data = MapData::from_fd(fd).context("opening the flows map again")?;
-        Self::from_data(data)
+        Self::from_data(data, self.stats.try_clone()?, removal_counter)
+    }
+
+    /// The `flow_stats` counters, summed over CPUs (this handle's removals
+    /// not yet recorded are not in them).
+    pub fn totals(&self) -> anyhow::Result<FlowTotals> {
+        self.stats.totals()
+    }
+
+    /// Adds the removals made since the last call to this handle's
+    /// `flow_stats` counter (one read and one write of the map).
+    pub fn record_removals(&mut self) -> anyhow::Result<()> {
+        let n = std::mem::take(&mut self.unrecorded);
+        self.stats.add(self.removal_counter, n).inspect_err(|_| {
+            self.unrecorded += n;
+        })
+    }
+
+    /// The `flow_stats` map itself (start-up bookkeeping).
+    pub(crate) const fn stats_mut(&mut self) -> &mut FlowStatsMap {
+        &mut self.stats
     }
 
     /// The map's capacity (entries: two per flow).
@@ -87,10 +130,14 @@ impl Flows {
         }
     }
 
-    /// Removes the entry of `key`; returns whether it was there.
+    /// Removes the entry of `key`; returns whether it was there. Counted
+    /// for `flow_stats` once [`Self::record_removals`] runs.
     pub fn remove(&mut self, key: &FlowKey) -> anyhow::Result<bool> {
         match self.map.remove(key) {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                self.unrecorded += 1;
+                Ok(true)
+            }
             Err(MapError::KeyNotFound) => Ok(false),
             Err(err) => Err(err).context("removing from the flows map"),
         }
@@ -116,6 +163,13 @@ impl Flows {
             if self.remove(key)? {
                 removed += 1;
             }
+        }
+        if let Err(err) = self.record_removals() {
+            // Kept for the next call; only the eviction estimate waits.
+            warn!(
+                error = format!("{err:#}"),
+                "counting removed flow entries in flow_stats failed"
+            );
         }
         Ok(removed)
     }

@@ -8,6 +8,7 @@
 
 mod backends;
 mod dial;
+mod flow_stats;
 mod flows;
 mod kernel_log;
 mod maglev;
@@ -26,6 +27,7 @@ use lb_common::map_names;
 pub use self::{
     backends::Backends,
     dial::{BackendConnsMap, BackendDialMap, DialEvents, DialsMap, FailoverMap},
+    flow_stats::FlowStatsMap,
     flows::{Flows, WalkMode},
     kernel_log::KernelLogMap,
     maglev::Maglev,
@@ -56,7 +58,8 @@ pub struct Maps {
     pub if_addrs: IfAddrsMap,
     /// `xdp_stats`: per-CPU verdict counters.
     pub xdp_stats: XdpStats,
-    /// `flows`: XDP's connection table.
+    /// `flows`: XDP's connection table, with `flow_stats`, the counts of
+    /// its entries created and removed.
     pub flows: Flows,
     /// `dials`: TCP connects through a VIP awaiting their outcome.
     pub dials: DialsMap,
@@ -92,6 +95,7 @@ impl Maps {
             flows: Flows::from_map(
                 ebpf.take_map(map_names::FLOWS)
                     .context("the flows map is missing from the eBPF object")?,
+                FlowStatsMap::new(take(ebpf, map_names::FLOW_STATS)?, nr_cpus),
             )?,
             dials: DialsMap(take(ebpf, map_names::DIALS)?),
             backend_dial: BackendDialMap(take(ebpf, map_names::BACKEND_DIAL)?),
