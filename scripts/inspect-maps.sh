@@ -68,13 +68,29 @@ names = ["redirect", "tx", "pass_not_ip", "pass_truncated", "pass_ip_options",
          "pass_fragment", "pass_ipv6_ext", "pass_not_tcp_udp", "pass_not_vip", "pass_ttl",
          "pass_no_neigh", "pass_frag_needed", "pass_fib_other", "pass_no_snat_addr",
          "pass_udp6_zero_csum", "drop_no_backend", "drop_snat_ports", "drop_flow_table",
-         "drop_unreachable", "redirect_neigh", "drop_orphan_reply", "drop_rewrite"]
+         "drop_unreachable", "redirect_neigh", "drop_orphan_reply", "drop_rewrite",
+         "redirect_peer"]
 for e in json.load(sys.stdin):
     f = e.get("formatted", e)
     total = sum(v["value"] for v in f["values"])
     if total:
         key = f["key"]
         print(f"{names[key] if key < len(names) else key}: {total}")
+'
+
+# Reads flow_stats: flow entries created and removed, per-CPU counts summed
+# (what they do not explain of the entries in flows was evicted).
+flow_stats_summary='
+import json, sys
+names = ["created", "removed by the kernel", "removed by the collector",
+         "removed by the controller"]
+def num(x):  # formatted (BTF) or raw little-endian hex bytes
+    return x if isinstance(x, int) else int.from_bytes(bytes(int(b, 16) for b in x), "little")
+for e in json.load(sys.stdin):
+    f = e.get("formatted", e)
+    key = num(f["key"])
+    total = sum(num(v["value"]) for v in f["values"])
+    print(f"{names[key] if key < len(names) else key}: {total}")
 '
 
 # Reads a hash map keyed by socket cookie (dials, conns): only how many
@@ -85,7 +101,7 @@ print(f"({len(json.load(sys.stdin))} entries)")
 '
 
 for map in services backends backend_stats service_stats rev_nat maglev xdp_config if_addrs xdp_stats flows \
-           dials backend_dial failover conns backend_conns kernel_log; do
+           flow_stats dials backend_dial failover conns backend_conns kernel_log; do
   echo "== $map ($dir/$map)"
   if [[ ! -e $dir/$map ]]; then
     echo "(not pinned)"
@@ -97,6 +113,8 @@ for map in services backends backend_stats service_stats rev_nat maglev xdp_conf
     bpftool -j map dump pinned "$dir/$map" | python3 -c "$count_entries"
   elif [[ $map == xdp_stats ]] && command -v python3 >/dev/null; then
     bpftool -j map dump pinned "$dir/$map" | python3 -c "$xdp_stats_summary"
+  elif [[ $map == flow_stats ]] && command -v python3 >/dev/null; then
+    bpftool -j map dump pinned "$dir/$map" | python3 -c "$flow_stats_summary"
   elif [[ $map == services || $map == rev_nat || $map == maglev || $map == flows || $map == xdp_config || $map == if_addrs || $map == kernel_log ]] || ! command -v python3 >/dev/null; then
     bpftool map dump pinned "$dir/$map"
   else

@@ -71,6 +71,11 @@ pub const FLOW_FIN: u32 = 2;
 /// [`FlowValue::flags`] bit: a TCP RST went through in this entry's
 /// direction (cleared by a new SYN).
 pub const FLOW_RST: u32 = 4;
+/// [`FlowValue::flags`] bit: the cached next hop's interface is a veth (or
+/// netkit) whose peer lives in another network namespace
+/// ([`IF_PEER_NETNS`]): the tc program sends the flow's packets straight
+/// into the peer with `bpf_redirect_peer`.
+pub const FLOW_HOP_PEER: u32 = 8;
 /// [`FlowValue::last_seen`] is rewritten only when it is older than this
 /// (1 s): fewer writes to a shared cache line, and the flow collector's
 /// timeouts are whole seconds anyway.
@@ -90,6 +95,13 @@ pub const XDP_DROP_ORPHANS: u32 = 4;
 pub const IF_HAS_V4: u32 = 1;
 /// [`IfAddrs::flags`] bit: [`IfAddrs::v6`] is set.
 pub const IF_HAS_V6: u32 = 2;
+/// [`IfAddrs::flags`] bit: the interface is a veth (or netkit) whose peer
+/// lives in another network namespace (rtnetlink's `IFLA_LINK_NETNSID`),
+/// so a tc program can hand a packet for it to the peer's ingress directly
+/// (`bpf_redirect_peer`), without the trip through the veth's transmit
+/// path and the backlog queue. Such an interface has an entry even without
+/// an address.
+pub const IF_PEER_NETNS: u32 = 4;
 
 /// Indexes of the per-CPU `xdp_stats` array: what the XDP program did with
 /// each packet, and why. Every packet is counted exactly once.
@@ -147,8 +159,12 @@ pub mod xdp_counter {
     /// made writable: an allocation failed), so the headers may be half
     /// rewritten.
     pub const DROP_REWRITE: u32 = 21;
+    /// Forwarded by the tc program with `bpf_redirect_peer`: into the peer
+    /// of a veth whose peer lives in another namespace
+    /// ([`crate::IF_PEER_NETNS`]), straight to its ingress.
+    pub const REDIRECT_PEER: u32 = 22;
     /// Number of counters.
-    pub const COUNT: u32 = 22;
+    pub const COUNT: u32 = 23;
     /// Counter names, by index (the `reason` label in `/metrics`).
     pub const NAMES: [&str; COUNT as usize] = [
         "redirect",
@@ -173,6 +189,7 @@ pub mod xdp_counter {
         "redirect_neigh",
         "drop_orphan_reply",
         "drop_rewrite",
+        "redirect_peer",
     ];
 }
 
@@ -625,7 +642,7 @@ pub struct FlowValue {
     pub backend_id: u32,
     /// The service (index into `service_stats`).
     pub service_id: u32,
-    /// [`FLOW_REPLY`], [`FLOW_FIN`], [`FLOW_RST`].
+    /// [`FLOW_REPLY`], [`FLOW_FIN`], [`FLOW_RST`], [`FLOW_HOP_PEER`].
     pub flags: u32,
     /// `CLOCK_MONOTONIC` (coarse) nanoseconds of the last packet in this
     /// entry's direction, refreshed at most every [`FLOW_TOUCH_NS`].
@@ -679,7 +696,7 @@ pub struct IfAddrs {
     pub v4: AddrBytes,
     /// Primary global IPv6 address, valid with [`IF_HAS_V6`].
     pub v6: AddrBytes,
-    /// [`IF_HAS_V4`] | [`IF_HAS_V6`].
+    /// [`IF_HAS_V4`] | [`IF_HAS_V6`] | [`IF_PEER_NETNS`].
     pub flags: u32,
     /// Explicit padding, always 0.
     pub pad: u32,

@@ -575,6 +575,48 @@ fn default_config_uses_tc_on_veth_and_bridge_and_carries_tcp_v4_v6_and_udp() {
         flows.len(),
         3 * FLOWS
     );
+    // The client's veth has its peer in the client's namespace: replies go
+    // straight into it; the backends sit behind br0: plain redirects.
+    let verdicts = verdicts();
+    assert!(
+        verdicts["redirect_peer"] >= 3 * FLOWS as u64 && verdicts["redirect"] >= 3 * FLOWS as u64,
+        "{verdicts:?}\n{}",
+        world.diag()
+    );
+}
+
+/// Routed veths (no bridge), the default configuration: every device the
+/// packets leave by is a veth whose peer is a client's or a backend's
+/// namespace, so tc sends every forwarded packet straight into the peer
+/// (`redirect_peer`), never through the veth's transmit path (`redirect`,
+/// `tx`).
+#[test]
+fn tc_on_routed_veths_sends_straight_into_the_peers() {
+    let test = "tc_on_routed_veths_sends_straight_into_the_peers";
+    let Some(mut world) = World::new(test, Topology::builder().default_offloads()) else {
+        return;
+    };
+    let interfaces = world.topo.node_interfaces();
+    world.start(&names_only(&interfaces));
+    assert_hooks(&world, &interfaces, "tc", None);
+    world.traffic();
+    let verdicts = verdicts();
+    assert!(
+        verdicts["redirect_peer"] >= 2 * 3 * FLOWS as u64,
+        "both directions of every flow: {verdicts:?}\n{}",
+        world.diag()
+    );
+    assert_eq!(
+        (verdicts["redirect"], verdicts["tx"]),
+        (0, 0),
+        "{verdicts:?}\n{}",
+        world.diag()
+    );
+}
+
+/// The status's `xdp.verdicts` counters by name.
+fn verdicts() -> BTreeMap<String, u64> {
+    serde_json::from_value(World::status_xdp()["verdicts"].clone()).expect("verdicts")
 }
 
 #[test]

@@ -17,10 +17,10 @@
 use std::net::{IpAddr, SocketAddr};
 
 use lb_common::{
-    BACKEND_DOWN, FLOW_FIN, FLOW_REPLY, FLOW_RST, FlowKey, FlowValue, IF_HAS_V4, IF_HAS_V6,
-    IfAddrs, NO_BACKEND, PROTO_TCP, PROTO_UDP, SERVICE_REMOTE, SERVICE_SPREAD, SNAT_PORT_ATTEMPTS,
-    Service, XDP_DROP_ORPHANS, XDP_SNAT_V4, XDP_SNAT_V6, XdpConfig, flow_hash, flow_stat,
-    ip_to_bytes, snat_port,
+    BACKEND_DOWN, FLOW_FIN, FLOW_HOP_PEER, FLOW_REPLY, FLOW_RST, FlowKey, FlowValue, IF_HAS_V4,
+    IF_HAS_V6, IF_PEER_NETNS, IfAddrs, NO_BACKEND, PROTO_TCP, PROTO_UDP, SERVICE_REMOTE,
+    SERVICE_SPREAD, SNAT_PORT_ATTEMPTS, Service, XDP_DROP_ORPHANS, XDP_SNAT_V4, XDP_SNAT_V6,
+    XdpConfig, flow_hash, flow_stat, ip_to_bytes, snat_port,
     xdp_counter::{self, COUNT, NAMES},
 };
 use lb_tests::{
@@ -952,6 +952,58 @@ fn lru_evictions_show_in_the_counts() {
         "{new_flows} flows, {present} entries left, {evicted} evicted, {:.1} s",
         started.elapsed().as_secs_f64()
     );
+}
+
+/// An egress interface whose peer lives in another namespace (`if_addrs`
+/// says [`IF_PEER_NETNS`]): tc hands the packet to the peer with
+/// `bpf_redirect_peer` (counted `redirect_peer`) and caches that with the
+/// next hop ([`FLOW_HOP_PEER`]), so later packets go the same way from the
+/// cache; once the flag is gone and the generation moves on, plain
+/// `bpf_redirect` again. XDP, which has no such redirect, ignores the flag.
+#[test]
+fn tc_sends_straight_into_a_peer_in_another_namespace() {
+    peer_in_another_namespace_on(Hook::Tc, "redirect_peer");
+}
+
+#[test]
+fn xdp_ignores_a_peer_in_another_namespace() {
+    peer_in_another_namespace_on(Hook::Xdp, "redirect");
+}
+
+fn peer_in_another_namespace_on(hook: Hook, verdict: &str) {
+    let Some(mut w) = world_on("peer_in_another_namespace", hook) else {
+        return;
+    };
+    w.reconfigure(0, 1);
+    let a = V4;
+    w.service(&a, PROTO_TCP, SERVICE_REMOTE);
+    w.fx.set_if_addrs(
+        w.net.backend_if,
+        IfAddrs {
+            flags: IF_PEER_NETNS,
+            ..IfAddrs::default()
+        },
+    );
+    let input = client_frame(&a, PROTO_TCP);
+    let key = input.flow_key();
+    let peer = hook == Hook::Tc;
+    for what in ["new flow", "cached next hop"] {
+        let (run, counted) = w.run(&input.bytes(), Some(w.net.client_if));
+        assert_eq!(verdict_name(run.verdict), "XDP_REDIRECT", "{what}: verdict");
+        assert_eq!(counted, vec![(verdict, 1)], "{what}: xdp_stats");
+        let entry = w.entry(what, &key);
+        assert_eq!(entry.hop_ifindex, w.net.backend_if, "{what}: {entry:?}");
+        assert_eq!(entry.flags & FLOW_HOP_PEER != 0, peer, "{what}: {entry:?}");
+    }
+    // The interface has no peer elsewhere any more, and the controller
+    // moved the generation on (as on a link change).
+    w.fx.set_if_addrs(w.net.backend_if, IfAddrs::default());
+    w.reconfigure(0, 2);
+    let (_, counted) = w.run(&input.bytes(), Some(w.net.client_if));
+    assert_eq!(counted, vec![("redirect", 1)], "after the change");
+    let entry = w.entry("after the change", &key);
+    assert_eq!(entry.flags & FLOW_HOP_PEER, 0, "{entry:?}");
+    assert_eq!(entry.hop_gen, 2, "{entry:?}");
 }
 
 /// Fail-open: a `BACKEND_DOWN` backend that the service still selects

@@ -67,16 +67,16 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns},
 };
 use lb_common::{
-    AF_INET, AddrBytes, FLOW_REPLY, FlowKey, FlowValue, SERVICE_REMOTE, VipFilter, VipKey,
-    XdpConfig, flow_hash, maps::FLOW_SCRATCH_NEW, xdp_counter,
+    AF_INET, AddrBytes, FLOW_REPLY, FlowKey, FlowValue, IF_PEER_NETNS, SERVICE_REMOTE, VipFilter,
+    VipKey, XdpConfig, flow_hash, maps::FLOW_SCRATCH_NEW, xdp_counter,
 };
 
 use self::parse::addr_words;
 use crate::{
     choice, klog,
     maps::{
-        BACKEND_STATS, FLOW_SCRATCH, FLOWS, SERVICE_STATS, SERVICES, VIP_FILTER, XDP_CONFIG,
-        XDP_STATS,
+        BACKEND_STATS, FLOW_SCRATCH, FLOWS, IF_ADDRS, SERVICE_STATS, SERVICES, VIP_FILTER,
+        XDP_CONFIG, XDP_STATS,
     },
 };
 
@@ -147,6 +147,10 @@ pub(crate) struct Hop {
     /// The MACs are known; without, the kernel resolves the neighbour
     /// (tc's `bpf_redirect_neigh`, never XDP).
     resolved: bool,
+    /// The egress interface is a veth whose peer lives in another
+    /// namespace (`if_addrs`' [`IF_PEER_NETNS`]; only looked up where
+    /// [`Hook::PEER`]): tc hands the packet to the peer's ingress.
+    peer: bool,
 }
 
 /// A hook the forwarder runs in: how it reads the packet, rewrites it and
@@ -159,6 +163,9 @@ pub(crate) trait Hook: EbpfContext {
     /// Whether a packet whose neighbour is not resolved yet can be sent
     /// with the kernel resolving it (`bpf_redirect_neigh`).
     const NEIGH: bool;
+    /// Whether a packet can go straight into a veth's peer in another
+    /// namespace (`bpf_redirect_peer`, tc ingress only).
+    const PEER: bool;
     /// Start of the directly readable packet data.
     fn start(&self) -> usize;
     /// End of the directly readable packet data.
@@ -458,6 +465,7 @@ fn next_hop<H: Hook>(ctx: &H, packet: &Packet, dst: AddrBytes) -> Result<Hop, Ve
             ifindex: params.ifindex,
             macs: mac_words(params.dmac, params.smac),
             resolved: true,
+            peer: H::PEER && peer_in_other_netns(params.ifindex),
         }),
         // The FIB has filled in the egress interface; tc lets the kernel
         // resolve the neighbour.
@@ -465,6 +473,7 @@ fn next_hop<H: Hook>(ctx: &H, packet: &Packet, dst: AddrBytes) -> Result<Hop, Ve
             ifindex: params.ifindex,
             macs: [0; 6],
             resolved: false,
+            peer: false,
         }),
         BPF_FIB_LKUP_RET_NO_NEIGH => Err(pass(xdp_counter::PASS_NO_NEIGH)),
         BPF_FIB_LKUP_RET_FRAG_NEEDED => Err(pass(xdp_counter::PASS_FRAG_NEEDED)),
@@ -473,6 +482,18 @@ fn next_hop<H: Hook>(ctx: &H, packet: &Packet, dst: AddrBytes) -> Result<Hop, Ve
         }
         _ => Err(pass(xdp_counter::PASS_FIB_OTHER)),
     }
+}
+
+/// Whether interface `ifindex` is a veth (or netkit) whose peer lives in
+/// another network namespace, as the controller marks it in `if_addrs`
+/// ([`IF_PEER_NETNS`]).
+#[expect(clippy::inline_always, reason = "no BPF-to-BPF calls per packet")]
+#[inline(always)]
+fn peer_in_other_netns(ifindex: u32) -> bool {
+    IF_ADDRS
+        .get_ptr(ifindex)
+        // SAFETY: pointer from a successful lookup; one field is read.
+        .is_some_and(|addrs| unsafe { (*addrs).flags } & IF_PEER_NETNS != 0)
 }
 
 /// Sets every byte of `*value` to zero, four at a time. Volatile stores:

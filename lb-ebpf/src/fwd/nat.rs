@@ -48,10 +48,10 @@ use core::ffi::c_void;
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_loop};
 use lb_common::{
-    AF_INET, AddrBytes, BACKEND_DOWN, Backend, FLOW_FIN, FLOW_REPLY, FLOW_RST, FLOW_TOUCH_NS,
-    FlowKey, FlowValue, IF_HAS_V4, IF_HAS_V6, NO_BACKEND, PROTO_TCP, SNAT_PORT_ATTEMPTS,
-    XDP_DROP_ORPHANS, XDP_SNAT_V4, XDP_SNAT_V6, XdpConfig, flow_stat, maps::FLOW_SCRATCH_REPLY,
-    snat_port, xdp_counter,
+    AF_INET, AddrBytes, BACKEND_DOWN, Backend, FLOW_FIN, FLOW_HOP_PEER, FLOW_REPLY, FLOW_RST,
+    FLOW_TOUCH_NS, FlowKey, FlowValue, IF_HAS_V4, IF_HAS_V6, NO_BACKEND, PROTO_TCP,
+    SNAT_PORT_ATTEMPTS, XDP_DROP_ORPHANS, XDP_SNAT_V4, XDP_SNAT_V6, XdpConfig, flow_stat,
+    maps::FLOW_SCRATCH_REPLY, snat_port, xdp_counter,
 };
 
 use super::{Hop, Verdict, drop, mac_words, parse::addr_words, pass, zero};
@@ -136,6 +136,11 @@ pub(super) fn slot(flow: &FlowValue, family: u8) -> Slot {
 pub(super) fn cache_hop(flow: &mut FlowValue, hop: &Hop, generation: u32) {
     flow.hop_ifindex = hop.ifindex;
     flow.hop_gen = generation;
+    if hop.peer {
+        flow.flags |= FLOW_HOP_PEER;
+    } else {
+        flow.flags &= !FLOW_HOP_PEER;
+    }
     let mut word = 0;
     while word < 3 {
         let [dst_0, dst_1] = hop.macs[word].to_ne_bytes();
@@ -159,6 +164,7 @@ pub(super) fn cached_hop(flow: &FlowValue) -> Hop {
         ifindex: flow.hop_ifindex,
         macs: mac_words(flow.hop_dmac, flow.hop_smac),
         resolved: true,
+        peer: flow.flags & FLOW_HOP_PEER != 0,
     }
 }
 

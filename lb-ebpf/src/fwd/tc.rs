@@ -1,9 +1,13 @@
 //! The tc ingress hook (`lb_tc`): the forwarder on an skb. `TC_ACT_OK`
 //! passes a packet to the stack, `TC_ACT_SHOT` drops it, and a forwarded
 //! packet leaves with `bpf_redirect` to the egress interface (counted
-//! `tx` when that is the ingress interface), or with `bpf_redirect_neigh`
-//! when the FIB knows the route but not the neighbour yet (the kernel
-//! resolves it; counted `redirect_neigh`).
+//! `tx` when that is the ingress interface), with `bpf_redirect_peer`
+//! when the egress interface is a veth whose peer lives in another
+//! namespace (a pod's or a container's: the packet enters the peer's
+//! ingress directly, skipping the veth's transmit path and the backlog
+//! queue; counted `redirect_peer`), or with `bpf_redirect_neigh` when the
+//! FIB knows the route but not the neighbour yet (the kernel resolves it;
+//! counted `redirect_neigh`).
 //!
 //! Why a second hook: an skb knows its checksum state. A packet sent from
 //! a local veth with TX checksum offload (containers, pods, Kind nodes)
@@ -38,7 +42,7 @@ use aya_ebpf::{
     bindings::{__sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
     helpers::{
         bpf_csum_update, bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_redirect,
-        bpf_redirect_neigh, bpf_skb_pull_data, bpf_skb_store_bytes,
+        bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_pull_data, bpf_skb_store_bytes,
     },
     programs::TcContext,
 };
@@ -91,6 +95,7 @@ impl Hook for TcContext {
     const PASS: u32 = TC_ACT_OK as u32;
     const DROP: u32 = TC_ACT_SHOT as u32;
     const NEIGH: bool = true;
+    const PEER: bool = true;
 
     #[inline(always)]
     fn start(&self) -> usize {
@@ -134,6 +139,17 @@ impl Hook for TcContext {
             return Verdict {
                 action: Action::Sent(code as u32),
                 counter: xdp_counter::REDIRECT_NEIGH,
+            };
+        }
+        if hop.peer && hop.ifindex != self.ingress() {
+            // SAFETY: bpf_redirect_peer only records the target; returns
+            // TC_ACT_REDIRECT, or TC_ACT_SHOT for bad flags (none). The
+            // kernel drops the packet should the interface no longer have
+            // a peer in another namespace (moved since `if_addrs` said so).
+            let code = unsafe { bpf_redirect_peer(hop.ifindex, 0) };
+            return Verdict {
+                action: Action::Sent(code as u32),
+                counter: xdp_counter::REDIRECT_PEER,
             };
         }
         let counter = if hop.ifindex == self.ingress() {

@@ -37,6 +37,7 @@ impl Hook for XdpContext {
     const PASS: u32 = xdp_action::XDP_PASS;
     const DROP: u32 = xdp_action::XDP_DROP;
     const NEIGH: bool = false;
+    const PEER: bool = false;
 
     #[inline(always)]
     fn start(&self) -> usize {

@@ -17,9 +17,13 @@
 //! with the peer's id is entered by a short-lived thread (`setns` changes
 //! only the calling thread) that reads the peer's `ETHTOOL_GTXCSUM`. A
 //! namespace that is not found leaves the offload "cannot be checked".
+//!
+//! The same attributes say which interfaces can take `bpf_redirect_peer`
+//! ([`peer_netns_links`]): a veth or netkit device whose peer lives in
+//! another namespace (the kernel sends `IFLA_LINK_NETNSID` only then).
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeSet, HashSet},
     ffi::{CStr, CString},
     fs::{self, File},
     io,
@@ -33,7 +37,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::netlink::{self, Message, NLM_F_REQUEST, NLMSG_HDRLEN, RECV_BUFFER_LEN};
+use super::netlink::{
+    self, DumpProgress, Message, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_HDRLEN, RECV_BUFFER_LEN,
+    walk_dump,
+};
 use crate::policy::hook::{DeviceFacts, DeviceKind, PeerCsum};
 
 /// `RTM_NEWLINK`: a link's description.
@@ -84,6 +91,8 @@ const NETNS_DIR: &str = "/run/netns";
 /// What `RTM_GETLINK` says about one device.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct LinkAttrs {
+    /// The device's index (`ifinfomsg`).
+    index: u32,
     flags: u32,
     kind: Option<String>,
     link: Option<u32>,
@@ -306,6 +315,53 @@ fn get_link(ifindex: u32) -> anyhow::Result<LinkAttrs> {
     }
 }
 
+/// Whether a packet for `link` can go straight into its peer's ingress
+/// (`bpf_redirect_peer`): a veth or netkit device whose peer lives in
+/// another network namespace.
+fn has_peer_in_other_netns(link: &LinkAttrs) -> bool {
+    matches!(link.kind.as_deref(), Some("veth" | "netkit")) && link.link_netnsid.is_some()
+}
+
+/// The indexes of the devices of daas-lb's namespace whose peer lives in
+/// another namespace (see [`has_peer_in_other_netns`]), from an
+/// `RTM_GETLINK` dump.
+pub(crate) fn peer_netns_links() -> anyhow::Result<BTreeSet<u32>> {
+    const LEN: usize = NLMSG_HDRLEN + IFINFOMSG_LEN;
+    let socket = netlink::Socket::open(libc::NETLINK_ROUTE, "NETLINK_ROUTE")?;
+    let seq = 1;
+    let mut request = [0u8; LEN];
+    netlink::put_header(
+        &mut request,
+        LEN,
+        RTM_GETLINK,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        seq,
+    );
+    socket
+        .send(&request)
+        .context("sending the RTM_GETLINK dump request")?;
+    let mut buf = vec![0u8; RECV_BUFFER_LEN];
+    let mut peers = BTreeSet::new();
+    loop {
+        let len = socket
+            .recv(&mut buf)
+            .context("receiving the RTM_GETLINK dump")?;
+        let progress = walk_dump(&buf[..len], seq, |msg_type, _, payload| {
+            if msg_type == RTM_NEWLINK {
+                let link = parse_link(payload)?;
+                if has_peer_in_other_netns(&link) {
+                    peers.insert(link.index);
+                }
+            }
+            Ok(())
+        })
+        .context("RTM_GETLINK dump")?;
+        if progress == DumpProgress::Done {
+            return Ok(peers);
+        }
+    }
+}
+
 /// Decodes an `RTM_NEWLINK` payload (`ifinfomsg`, then attributes).
 fn parse_link(payload: &[u8]) -> anyhow::Result<LinkAttrs> {
     if payload.len() < IFINFOMSG_LEN {
@@ -315,6 +371,7 @@ fn parse_link(payload: &[u8]) -> anyhow::Result<LinkAttrs> {
         );
     }
     let mut link = LinkAttrs {
+        index: netlink::u32_at(payload, 4),
         flags: netlink::u32_at(payload, 8),
         ..LinkAttrs::default()
     };
@@ -471,6 +528,7 @@ mod tests {
     #[test]
     fn link_attributes_are_decoded() {
         let mut payload = vec![0u8; IFINFOMSG_LEN];
+        payload[4..8].copy_from_slice(&12u32.to_ne_bytes());
         payload[8..12].copy_from_slice(&0x1003u32.to_ne_bytes());
         payload.extend(attr(IFLA_LINK, &7u32.to_ne_bytes()));
         payload.extend(attr(IFLA_LINK_NETNSID, &2i32.to_ne_bytes()));
@@ -482,6 +540,7 @@ mod tests {
         assert_eq!(
             parse_link(&payload).unwrap(),
             LinkAttrs {
+                index: 12,
                 flags: 0x1003,
                 kind: Some("veth".to_owned()),
                 link: Some(7),
@@ -494,6 +553,33 @@ mod tests {
         let mut short = vec![0u8; IFINFOMSG_LEN];
         short.extend_from_slice(&[40, 0, 5, 0, 1, 0]);
         assert_eq!(parse_link(&short).unwrap().link, None);
+    }
+
+    /// Only a veth or netkit device whose peer lives in another namespace
+    /// (the kernel adds `IFLA_LINK_NETNSID` only then) takes
+    /// `bpf_redirect_peer`.
+    #[test]
+    fn peers_in_another_namespace_are_recognised() {
+        let link = |kind: &str, netnsid: Option<i32>| LinkAttrs {
+            kind: Some(kind.to_owned()),
+            link: Some(3),
+            link_netnsid: netnsid,
+            ..LinkAttrs::default()
+        };
+        assert!(has_peer_in_other_netns(&link("veth", Some(0))));
+        assert!(has_peer_in_other_netns(&link("netkit", Some(4))));
+        assert!(!has_peer_in_other_netns(&link("veth", None)));
+        assert!(!has_peer_in_other_netns(&link("vlan", Some(1))));
+        assert!(!has_peer_in_other_netns(&link("bridge", None)));
+        assert!(!has_peer_in_other_netns(&LinkAttrs::default()));
+    }
+
+    /// Needs no privilege: the dump of this namespace's devices works, and
+    /// loopback is never one with a peer.
+    #[test]
+    fn the_link_dump_never_lists_loopback() {
+        let peers = peer_netns_links().unwrap();
+        assert!(!peers.contains(&1), "{peers:?}");
     }
 
     /// Needs no privilege: loopback is the loopback device.

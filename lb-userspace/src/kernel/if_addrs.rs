@@ -10,15 +10,21 @@
 //!   extension), tentative (duplicate address detection running), failed
 //!   DAD, or deprecated.
 //!
-//! Interfaces with neither get no entry.
+//! Interfaces with neither get no entry, unless they are a veth (or
+//! netkit) whose peer lives in another network namespace: those get
+//! [`IF_PEER_NETNS`] (with or without addresses), which lets the tc
+//! program send packets for them straight into the peer
+//! (`bpf_redirect_peer`).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use anyhow::{Context as _, ensure};
-use lb_common::{IF_HAS_V4, IF_HAS_V6, IfAddrs, MAX_INTERFACES, ip_from_bytes, ip_to_bytes};
+use lb_common::{
+    IF_HAS_V4, IF_HAS_V6, IF_PEER_NETNS, IfAddrs, MAX_INTERFACES, ip_from_bytes, ip_to_bytes,
+};
 
 use crate::kernel::netlink::{
     self, DumpProgress, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NLMSG_HDRLEN, RECV_BUFFER_LEN,
@@ -194,6 +200,9 @@ pub fn describe(entry: &IfAddrs) -> String {
     if entry.flags & IF_HAS_V6 != 0 {
         parts.push(ip_from_bytes(entry.v6, lb_common::AF_INET6).to_string());
     }
+    if entry.flags & IF_PEER_NETNS != 0 {
+        parts.push("(peer in another namespace)".to_owned());
+    }
     if parts.is_empty() {
         "none".to_owned()
     } else {
@@ -257,7 +266,21 @@ pub fn dump() -> anyhow::Result<Vec<InterfaceAddress>> {
 
 /// The `if_addrs` entries of the node's interfaces now.
 pub fn read() -> anyhow::Result<BTreeMap<u32, IfAddrs>> {
-    Ok(primary_addresses(&dump()?))
+    let peers =
+        super::devices::peer_netns_links().context("finding veths with a peer elsewhere")?;
+    Ok(with_peers(primary_addresses(&dump()?), &peers))
+}
+
+/// `entries` with [`IF_PEER_NETNS`] set for each interface of `peers`
+/// (an entry created for one without addresses).
+pub fn with_peers(
+    mut entries: BTreeMap<u32, IfAddrs>,
+    peers: &BTreeSet<u32>,
+) -> BTreeMap<u32, IfAddrs> {
+    for ifindex in peers {
+        entries.entry(*ifindex).or_default().flags |= IF_PEER_NETNS;
+    }
+    entries
 }
 
 /// One dump through `socket` (replies read into `buf`); also says whether
@@ -379,6 +402,29 @@ mod tests {
         let mut bytes = payload(2, 0, 0, 1, &[(IFA_LOCAL, &[10, 0, 0, 1])]);
         bytes[8] = 200;
         assert!(parse_address(&bytes).is_err());
+    }
+
+    /// A veth with its peer elsewhere gets the flag on its entry, or an
+    /// entry of its own without addresses; the others are left alone.
+    #[test]
+    fn peers_in_another_namespace_are_flagged() {
+        let addresses = [
+            address(2, v4(10, 0, 0, 1), 0, 0),
+            address(3, v4(10, 0, 1, 1), 0, 0),
+        ];
+        let entries = with_peers(primary_addresses(&addresses), &BTreeSet::from([3, 9]));
+        assert_eq!(entries[&2].flags, IF_HAS_V4);
+        assert_eq!(entries[&3].flags, IF_HAS_V4 | IF_PEER_NETNS);
+        assert_eq!(entries[&3].v4, ip_to_bytes(v4(10, 0, 1, 1)).0);
+        assert_eq!(
+            entries[&9],
+            IfAddrs {
+                flags: IF_PEER_NETNS,
+                ..IfAddrs::default()
+            }
+        );
+        assert_eq!(describe(&entries[&9]), "(peer in another namespace)");
+        assert_eq!(entries.len(), 3);
     }
 
     #[test]
