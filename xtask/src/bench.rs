@@ -9,8 +9,9 @@
 //!    through a node running daas-lb's tc path (the default on veth),
 //!    generic XDP, native XDP (in its safe case), iptables DNAT, and plain
 //!    routing (reference); then 1 M short TCP connections through the tc
-//!    path (`LB_CHURN_FLOWS=N` for a quicker run) with the flow table's
-//!    occupancy after they closed and untranslated replies counted.
+//!    path and again through iptables (`LB_CHURN_FLOWS=N` for a quicker
+//!    run) with the flow tables' occupancy after they closed and
+//!    untranslated replies counted.
 //! 3. `lb-maglev-bench`: building a 1000-backend, 65537-slot Maglev table
 //!    and writing it into the kernel map.
 //!

@@ -32,8 +32,11 @@
 //! right after the last connection closed and `tcp_closing` + one
 //! `flow_gc_interval` (+ 1 s) later, and the TCP/UDP packets that reached
 //! the client from a source other than the VIP (untranslated replies,
-//! counted by the client's firewall; any makes the bench fail).
-//! `--churn 0` skips it.
+//! counted by the client's firewall; any through daas-lb makes the bench
+//! fail). The same churn then runs through the iptables baseline (DNAT and
+//! MASQUERADE, conntrack's defaults) on a fresh topology, side by side in
+//! the table, with conntrack's entries as its flow table.
+//! `--churn 0` skips both.
 //!
 //! Run as root from a release build (`cargo xtask bench xdp` does);
 //! prints markdown tables on stdout, progress on stderr.
@@ -214,7 +217,7 @@ fn main() -> ExitCode {
                     })
                 }
                 _ => {
-                    iptables_dnat(&topo);
+                    iptables_dnat(&topo, "udp", PORT);
                     measure(&topo, &options, &format!("{VIP}:{PORT}"), scenario, run)
                 }
             };
@@ -223,12 +226,15 @@ fn main() -> ExitCode {
     }
     print!("{}", table(&options, &results));
     if options.churn > 0 {
-        let churn = churn(&options);
-        print!("{}", churn_table(&options, &churn));
-        if churn.untranslated > 0 {
+        let churns = [
+            churn(&options, ChurnPath::DaasLb),
+            churn(&options, ChurnPath::Iptables),
+        ];
+        print!("{}", churn_table(&options, &churns));
+        if churns[0].untranslated > 0 {
             eprintln!(
                 "lb-rate-bench: {} untranslated replies reached the client",
-                churn.untranslated
+                churns[0].untranslated
             );
             return ExitCode::FAILURE;
         }
@@ -296,12 +302,13 @@ fn with_daemon(topo: &Topology, scenario: &str, f: impl FnOnce(&Topology) -> Run
     run
 }
 
-/// The kube-proxy-like DNAT rules in the node.
-fn iptables_dnat(topo: &Topology) {
+/// The kube-proxy-like DNAT rules in the node, for `proto` (`udp`,
+/// `tcp`) to the VIP's `port`, the backends on the same port.
+fn iptables_dnat(topo: &Topology, proto: &str, port: u16) {
     let n = topo.backends.len();
-    let port = PORT.to_string();
+    let port_text = port.to_string();
     for (i, b) in topo.backends.iter().enumerate() {
-        let to = format!("{}:{PORT}", b.v4);
+        let to = format!("{}:{port}", b.v4);
         let every = (n - i).to_string();
         let mut args = vec![
             "-t",
@@ -311,9 +318,9 @@ fn iptables_dnat(topo: &Topology) {
             "-d",
             VIP,
             "-p",
-            "udp",
+            proto,
             "--dport",
-            &port,
+            &port_text,
         ];
         if n - i > 1 {
             args.extend([
@@ -464,9 +471,21 @@ fn measure(topo: &Topology, o: &Options, dst: &str, scenario: &str, run: usize) 
     result
 }
 
+/// What the churn's connections go through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ChurnPath {
+    /// daas-lb with its default hook (tc on these veths).
+    DaasLb,
+    /// The baseline: kube-proxy-like iptables DNAT and MASQUERADE
+    /// (conntrack keeps the flows).
+    Iptables,
+}
+
 /// The churn's outcome.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Churn {
+    /// What the connections went through.
+    path: ChurnPath,
     /// Connections answered in full.
     ok: u64,
     /// Connections that failed (connect, I/O or a wrong answer).
@@ -475,15 +494,17 @@ struct Churn {
     secs: f64,
     /// Connections per backend.
     per_backend: Vec<u64>,
-    /// Flows the kernel created (`daas_lb_xdp_flows_total`).
-    new_flows: u64,
-    /// `flows` entries right after the last connection closed.
+    /// Flows the kernel created (`daas_lb_xdp_flows_total`; iptables:
+    /// none counted).
+    new_flows: Option<u64>,
+    /// `flows` entries (iptables: conntrack entries) right after the last
+    /// connection closed.
     entries_end: usize,
-    /// `flows` entries `tcp_closing` + one `flow_gc_interval` later.
+    /// The same `tcp_closing` + one `flow_gc_interval` later.
     entries_after: usize,
     /// Seconds waited for `entries_after`.
     waited: f64,
-    /// The flow table's capacity (entries).
+    /// The flow table's capacity (entries; iptables: `nf_conntrack_max`).
     capacity: u32,
     /// Packets from a source other than the VIP that reached the client.
     untranslated: u64,
@@ -512,9 +533,13 @@ const CHURN_SNAT_PORTS: &str = "1024-60999";
 /// The node's `ip_local_port_range` during the churn.
 const CHURN_NODE_PORTS: &str = "61000 65535";
 
-/// `o.churn` short TCP connections through daas-lb's default hook, bounded
-/// by `o.churn_secs`; see the module docs.
-fn churn(o: &Options) -> Churn {
+/// `o.churn` short TCP connections through `path` (daas-lb's default
+/// hook, or iptables), bounded by `o.churn_secs`; see the module docs.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one measurement, set up, run and read in order"
+)]
+fn churn(o: &Options, path: ChurnPath) -> Churn {
     let topo = Topology::builder().default_offloads().backends(3).build();
     // Client: every port for connects, TIME_WAIT ports reused (timestamps
     // are on), so the client does not run out of source ports.
@@ -550,28 +575,11 @@ fn churn(o: &Options) -> Churn {
             BulkBackend::bind(&b.name, SocketAddr::new(b.v4.into(), CHURN_PORT), 4)
         })
         .collect();
-    let servers: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.addr)).collect();
-    let services = format!(
-        "  - name: churn\n    vip: \"{VIP}:{CHURN_PORT}\"\n    protocol: tcp\n    servers: [{}]\n    policy: spread\n    remote: true\n    health_check: {{ kind: tcp, interval: 1s }}\n",
-        servers.join(", ")
-    );
-    let (tmp, pins, cgroup) = (TempDir::new(), PinDir::new(), TestCgroup::new());
-    let top = format!(
-        "xdp:\n  interfaces: [{}]\n  snat_ports: {CHURN_SNAT_PORTS}\n  flow_timeouts: {{ tcp_closing: {}s }}\n  flow_gc_interval: {}s\n",
-        topo.node_interfaces().join(", "),
-        TCP_CLOSING.as_secs(),
-        GC_INTERVAL.as_secs(),
-    );
-    let config = write_config(&tmp, &pins, &cgroup, &top, &services);
     let _in_node = topo.enter(&topo.node);
-    let mut daemon = topo.spawn_daemon(&tmp, &config);
-    daemon.wait_for(Duration::from_secs(15), "every backend checked", |s| {
-        service(s, "churn")
-            .servers
-            .iter()
-            .all(|srv| matches!(srv.state, ServerState::Preferred | ServerState::Active))
-    });
-    let flows_pin = pins.path().join("flows");
+    let daas_lb = (path == ChurnPath::DaasLb).then(|| start_churn_daemon(&topo, &backends));
+    if path == ChurnPath::Iptables {
+        iptables_dnat(&topo, "tcp", CHURN_PORT);
+    }
     let vip: SocketAddr = format!("{VIP}:{CHURN_PORT}").parse().expect("vip");
     let names: Vec<String> = topo.backends.iter().map(|b| b.name.clone()).collect();
     let next = AtomicU64::new(0);
@@ -612,7 +620,7 @@ fn churn(o: &Options) -> Churn {
             if done >= reported + 100_000 {
                 reported = done;
                 eprintln!(
-                    "  churn: {done} connections started in {:.0}s",
+                    "  churn ({path:?}): {done} connections started in {:.0}s",
                     started.elapsed().as_secs_f64()
                 );
             }
@@ -623,45 +631,53 @@ fn churn(o: &Options) -> Churn {
             .collect()
     });
     let secs = started.elapsed().as_secs_f64();
-    let entries_end = flow_entries(&flows_pin);
+    let entries = || match &daas_lb {
+        Some(d) => flow_entries(&d.pins.path().join("flows")),
+        None => usize::try_from(conntrack_sysctl(&topo, "nf_conntrack_count")).unwrap_or(0),
+    };
+    let entries_end = entries();
     let closed = Instant::now();
     // tcp_closing + one gc interval, plus a second for a pass in progress.
     let wait = TCP_CLOSING + GC_INTERVAL + Duration::from_secs(1);
     thread::sleep(wait);
-    let entries_after = flow_entries(&flows_pin);
+    let entries_after = entries();
     let waited = closed.elapsed().as_secs_f64();
-    let metrics = daemon.metrics();
-    let metrics: Vec<String> = metrics
-        .lines()
-        .filter(|l| {
-            (l.starts_with("daas_lb_xdp_flow")
-                || l.starts_with("daas_lb_flow")
-                || l.starts_with("daas_lb_xdp_drops"))
-                && !l.ends_with(" 0")
-        })
-        .map(ToOwned::to_owned)
-        .collect();
     let untranslated = topo.untranslated();
-    let capacity = flow_capacity(&flows_pin);
-    let new_flows = lb_tests::metric(
-        &daemon.metrics(),
-        "daas_lb_xdp_flows_total",
-        &[("name", "churn")],
-    )
-    .unwrap_or(0.0) as u64;
-    daemon.stop();
     let mut churn = Churn {
+        path,
+        ok: 0,
+        failed: 0,
         secs,
         entries_end,
         entries_after,
         waited,
-        capacity,
-        new_flows,
+        capacity: 0,
+        new_flows: None,
         untranslated,
-        metrics,
+        metrics: Vec::new(),
         per_backend: vec![0; names.len()],
-        ..Churn::default()
     };
+    if let Some(mut d) = daas_lb {
+        let metrics = d.daemon.metrics();
+        churn.metrics = metrics
+            .lines()
+            .filter(|l| {
+                (l.starts_with("daas_lb_xdp_flow")
+                    || l.starts_with("daas_lb_flow")
+                    || l.starts_with("daas_lb_xdp_drops"))
+                    && !l.ends_with(" 0")
+            })
+            .map(ToOwned::to_owned)
+            .collect();
+        churn.capacity = flow_capacity(&d.pins.path().join("flows"));
+        churn.new_flows = Some(
+            lb_tests::metric(&metrics, "daas_lb_xdp_flows_total", &[("name", "churn")])
+                .unwrap_or(0.0) as u64,
+        );
+        d.daemon.stop();
+    } else {
+        churn.capacity = u32::try_from(conntrack_sysctl(&topo, "nf_conntrack_max")).unwrap_or(0);
+    }
     for (ok, failed, per_backend) in results {
         churn.ok += ok;
         churn.failed += failed;
@@ -671,6 +687,59 @@ fn churn(o: &Options) -> Churn {
     }
     eprintln!("churn: {churn:?}");
     churn
+}
+
+/// A netfilter conntrack sysctl of the node's namespace
+/// (`/proc/sys/net/netfilter/<name>`), 0 if it cannot be read.
+fn conntrack_sysctl(topo: &Topology, name: &str) -> u64 {
+    topo.sh(
+        &topo.node,
+        "cat",
+        &[&format!("/proc/sys/net/netfilter/{name}")],
+    )
+    .trim()
+    .parse()
+    .unwrap_or(0)
+}
+
+/// daas-lb running the churn's service in the node, and what it needs
+/// kept alive (its pins, files and cgroup).
+struct ChurnDaemon {
+    daemon: lb_tests::Daemon,
+    pins: PinDir,
+    _tmp: TempDir,
+    _cgroup: TestCgroup,
+}
+
+/// Starts daas-lb in the node (the caller is inside its namespace) with
+/// the churn's settings, and waits until every backend is checked.
+fn start_churn_daemon(topo: &Topology, backends: &[BulkBackend]) -> ChurnDaemon {
+    let servers: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.addr)).collect();
+    let services = format!(
+        "  - name: churn\n    vip: \"{VIP}:{CHURN_PORT}\"\n    protocol: tcp\n    servers: [{}]\n    policy: spread\n    remote: true\n    health_check: {{ kind: tcp, interval: 1s }}\n",
+        servers.join(", ")
+    );
+    let (tmp, pins, cgroup) = (TempDir::new(), PinDir::new(), TestCgroup::new());
+    let top = format!(
+        "xdp:\n  interfaces: [{}]\n  snat_ports: {CHURN_SNAT_PORTS}\n  flow_timeouts: {{ tcp_closing: {}s }}\n  flow_gc_interval: {}s\n",
+        topo.node_interfaces().join(", "),
+        TCP_CLOSING.as_secs(),
+        GC_INTERVAL.as_secs(),
+    );
+    let config = write_config(&tmp, &pins, &cgroup, &top, &services);
+    let mut daemon = topo.spawn_daemon(&tmp, &config);
+    daemon.wait_for(Duration::from_secs(15), "every backend checked", |s| {
+        service(s, "churn")
+            .servers
+            .iter()
+            .all(|srv| matches!(srv.state, ServerState::Preferred | ServerState::Active))
+    });
+    ChurnDaemon {
+        daemon,
+        pins,
+        _tmp: tmp,
+        _cgroup: cgroup,
+    }
 }
 
 /// One short connection from `from`: connect, send [`CHURN_REQUEST`], shut
@@ -729,45 +798,63 @@ fn flow_capacity(pin: &std::path::Path) -> u32 {
     aya::maps::MapInfo::from_pin(pin).map_or(0, |i| i.max_entries())
 }
 
-fn churn_table(o: &Options, c: &Churn) -> String {
-    let total = c.ok + c.failed;
+fn churn_table(o: &Options, churns: &[Churn]) -> String {
+    let rate = |c: &Churn| float(c.ok + c.failed) / c.secs.max(0.001);
+    let baseline = churns
+        .iter()
+        .find(|c| c.path == ChurnPath::Iptables)
+        .map(rate);
     let mut out = format!(
-        "\n### Connection churn through daas-lb (`hook: auto` → tc)\n\n\
-         {} short TCP connections requested (`--churn`/`LB_CHURN_FLOWS`), at most {} s; {} client \
-         threads over {CHURN_CLIENT_ADDRS} client addresses, 16-byte request, the client closes \
-         first; 3 backends; `snat_ports: {CHURN_SNAT_PORTS}` (the node's own ports moved to \
-         {CHURN_NODE_PORTS}), `flow_timeouts.tcp_closing` {} s, `flow_gc_interval` {} s, every \
-         other setting default. New flows: the flows the kernel created (a connection that \
-         reuses the address and port of a flow still in the table continues it). Entries: the \
-         `flows` map (two per flow, capacity {}).\n\n\
-         | connections | failed | seconds | connections/s | new flows | per backend | entries at the end | entries {:.0} s later | untranslated replies |\n\
-         |---:|---:|---:|---:|---:|---|---:|---:|---:|\n",
+        "\n### Connection churn: daas-lb (`hook: auto` → tc) and iptables\n\n\
+         {} short TCP connections requested per path (`--churn`/`LB_CHURN_FLOWS`), at most {} s; \
+         {} client threads over {CHURN_CLIENT_ADDRS} client addresses, 16-byte request, the \
+         client closes first; 3 backends, a fresh topology per path. daas-lb: `snat_ports: \
+         {CHURN_SNAT_PORTS}` (the node's own ports moved to {CHURN_NODE_PORTS}), \
+         `flow_timeouts.tcp_closing` {} s, `flow_gc_interval` {} s, every other setting default; \
+         new flows are the flows the kernel created (a connection that reuses the address and \
+         port of a flow still in the table continues it); entries are the `flows` map's (two \
+         per flow). iptables: kube-proxy-like DNAT (`statistic nth`) and MASQUERADE, the \
+         kernel's conntrack defaults; entries are conntrack's (one per connection, closed ones \
+         kept in TIME_WAIT for 120 s). Capacity: the `flows` map's, or `nf_conntrack_max`.\n\n\
+         | path | connections | failed | seconds | connections/s | vs iptables | new flows | per backend | entries at the end | entries {:.0} s later | capacity | untranslated replies |\n\
+         |---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|\n",
         o.churn,
         o.churn_secs,
         CHURN_THREADS,
         TCP_CLOSING.as_secs(),
         GC_INTERVAL.as_secs(),
-        c.capacity,
-        c.waited,
+        churns.first().map_or(0.0, |c| c.waited),
     );
-    let shares: Vec<String> = c
-        .per_backend
-        .iter()
-        .map(|&n| format!("{:.0}%", 100.0 * float(n) / float(c.ok.max(1))))
-        .collect();
-    let _ = writeln!(
-        out,
-        "| {total} | {} | {:.1} | {:.0} | {} | {} | {} | {} | {} |",
-        c.failed,
-        c.secs,
-        float(total) / c.secs.max(0.001),
-        c.new_flows,
-        shares.join(" / "),
-        c.entries_end,
-        c.entries_after,
-        c.untranslated
-    );
-    if !c.metrics.is_empty() {
+    for c in churns {
+        let shares: Vec<String> = c
+            .per_backend
+            .iter()
+            .map(|&n| format!("{:.0}%", 100.0 * float(n) / float(c.ok.max(1))))
+            .collect();
+        let vs = baseline
+            .filter(|b| *b > 0.0)
+            .map_or_else(|| "–".to_owned(), |b| format!("{:.2}×", rate(c) / b));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.1} | {:.0} | {vs} | {} | {} | {} | {} | {} | {} |",
+            match c.path {
+                ChurnPath::DaasLb => "daas-lb tc",
+                ChurnPath::Iptables => "iptables DNAT + MASQUERADE",
+            },
+            c.ok + c.failed,
+            c.failed,
+            c.secs,
+            rate(c),
+            c.new_flows
+                .map_or_else(|| "–".to_owned(), |n| n.to_string()),
+            shares.join(" / "),
+            c.entries_end,
+            c.entries_after,
+            c.capacity,
+            c.untranslated
+        );
+    }
+    for c in churns.iter().filter(|c| !c.metrics.is_empty()) {
         let _ = writeln!(
             out,
             "\nFlow metrics at the end: `{}`",
