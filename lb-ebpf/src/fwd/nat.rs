@@ -9,10 +9,11 @@
 //!
 //! The SNAT port search is the forwarder's one BPF-to-BPF function: each
 //! attempt ([`try_port`]) runs as a `bpf_loop` callback, which the verifier
-//! checks once. Written as a loop in the program, its 8 attempts with their
-//! insert, lookup and compare chain were walked for every path into a new
-//! flow, and a single extra branch elsewhere (the `vip_filter` check) took
-//! `lb_tc` past the verifier's million instructions.
+//! checks once, however many attempts there are. Written as a loop in the
+//! program, its attempts (8 then) with their insert, lookup and compare
+//! chain were walked for every path into a new flow, and a single extra
+//! branch elsewhere (the `vip_filter` check) took `lb_tc` past the
+//! verifier's million instructions.
 //!
 //! Invariants: a forwarded flow has two `flows` entries, the client→VIP
 //! entry (the forward rewrite, pinned to a backend) and the backend→SNAT

@@ -170,7 +170,9 @@ fn run(
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 shared.forward_entries = pass.forward;
                 shared.reply_entries = pass.reply;
-                shared.created = pass.created;
+                if let Some(created) = pass.created {
+                    shared.created = created;
+                }
                 if let Some(evicted) = pass.evicted_at_least {
                     shared.evicted = shared.evicted.max(evicted);
                 }
@@ -192,6 +194,15 @@ fn run(
         }
     }
     debug!("flow collector stopped");
+}
+
+/// The `flow_stats` counts, or `None` (logged at debug) when they cannot
+/// be read.
+fn counts(flows: &Flows) -> Option<flow_expiry::FlowTotals> {
+    flows
+        .totals()
+        .inspect_err(|err| debug!(error = format!("{err:#}"), "reading flow_stats failed"))
+        .ok()
 }
 
 /// `CLOCK_MONOTONIC_COARSE` in nanoseconds: the clock the kernel programs
@@ -220,8 +231,8 @@ pub(super) struct Pass {
     pub(super) mode: WalkMode,
     /// Whether the walk reached the end (not cut by a bound).
     pub(super) complete: bool,
-    /// `flow_stats`' created entries, read after the walk.
-    pub(super) created: u64,
+    /// `flow_stats`' created entries, read after the walk (`None`: not read).
+    pub(super) created: Option<u64>,
     /// The evictions so far, at least (a complete walk only).
     pub(super) evicted_at_least: Option<u64>,
 }
@@ -282,10 +293,12 @@ impl Collector {
             removed: [0; Reason::ALL.len()],
             mode: WalkMode::Batch,
             complete: true,
-            created: 0,
+            created: None,
             evicted_at_least: None,
         };
-        let before = flows.totals()?;
+        // The counts only feed the eviction bound: failing to read or write
+        // them never stops the collector.
+        let before = counts(flows);
         let mut lone = HashMap::new();
         let mut doomed: Vec<(FlowKey, Option<FlowKey>)> = Vec::new();
         let mut error = None;
@@ -315,19 +328,25 @@ impl Collector {
         if let Some(err) = error {
             return Err(err);
         }
-        let after = flows.totals()?;
-        pass.created = after[flow_stat::CREATED as usize];
-        if pass.complete {
+        let after = counts(flows);
+        pass.created = after.map(|after| after[flow_stat::CREATED as usize]);
+        if let (true, Some(before), Some(after)) = (pass.complete, &before, &after) {
             pass.evicted_at_least = Some(flow_expiry::evicted_at_least(
-                &before,
-                &after,
+                before,
+                after,
                 pass.forward + pass.reply,
             ));
         }
         self.lone_since = lone;
         let removals = self.remove_all(flows, timeouts, now, doomed, &mut pass.removed);
-        // Counted even when a removal failed half way.
-        flows.record_removals()?;
+        // Counted even when a removal failed half way; kept for the next
+        // pass when the write fails.
+        if let Err(err) = flows.record_removals() {
+            debug!(
+                error = format!("{err:#}"),
+                "counting removed flow entries in flow_stats failed"
+            );
+        }
         removals?;
         Ok(pass)
     }

@@ -284,12 +284,7 @@ fn with_daemon(topo: &Topology, scenario: &str, f: impl FnOnce(&Topology) -> Run
     let config = write_config(&tmp, &pins, &cgroup, &top, &services);
     let _in_node = topo.enter(&topo.node);
     let mut daemon = topo.spawn_daemon(&tmp, &config);
-    daemon.wait_for(Duration::from_secs(15), "every backend checked", |s| {
-        service(s, "rate")
-            .servers
-            .iter()
-            .all(|srv| matches!(srv.state, ServerState::Preferred | ServerState::Active))
-    });
+    wait_checked(&mut daemon, "rate");
     let run = f(topo);
     let metrics = daemon.metrics();
     let verdicts: Vec<&str> = metrics
@@ -300,6 +295,17 @@ fn with_daemon(topo: &Topology, scenario: &str, f: impl FnOnce(&Topology) -> Run
     eprintln!("  verdicts (non-zero): {}", verdicts.join(" "));
     daemon.stop();
     run
+}
+
+/// Waits (at most 15 s) until every server of service `name` passed its
+/// checks (preferred or active).
+fn wait_checked(daemon: &mut lb_tests::Daemon, name: &str) {
+    daemon.wait_for(Duration::from_secs(15), "every backend checked", |s| {
+        service(s, name)
+            .servers
+            .iter()
+            .all(|srv| matches!(srv.state, ServerState::Preferred | ServerState::Active))
+    });
 }
 
 /// The kube-proxy-like DNAT rules in the node, for `proto` (`udp`,
@@ -728,12 +734,7 @@ fn start_churn_daemon(topo: &Topology, backends: &[BulkBackend]) -> ChurnDaemon 
     );
     let config = write_config(&tmp, &pins, &cgroup, &top, &services);
     let mut daemon = topo.spawn_daemon(&tmp, &config);
-    daemon.wait_for(Duration::from_secs(15), "every backend checked", |s| {
-        service(s, "churn")
-            .servers
-            .iter()
-            .all(|srv| matches!(srv.state, ServerState::Preferred | ServerState::Active))
-    });
+    wait_checked(&mut daemon, "churn");
     ChurnDaemon {
         daemon,
         pins,
