@@ -142,10 +142,11 @@ impl Hook for TcContext {
             };
         }
         if hop.peer && hop.ifindex != self.ingress() {
+            // The kernel drops the packet should the interface no longer
+            // have a peer in another namespace (moved since `if_addrs` said
+            // so).
             // SAFETY: bpf_redirect_peer only records the target; returns
-            // TC_ACT_REDIRECT, or TC_ACT_SHOT for bad flags (none). The
-            // kernel drops the packet should the interface no longer have
-            // a peer in another namespace (moved since `if_addrs` said so).
+            // TC_ACT_REDIRECT, or TC_ACT_SHOT for bad flags (none).
             let code = unsafe { bpf_redirect_peer(hop.ifindex, 0) };
             return Verdict {
                 action: Action::Sent(code as u32),
