@@ -75,19 +75,25 @@ impl World {
     /// Starts the daemon with an `xdp` block on every node device
     /// (`snat_ports` as given) and one remote service.
     fn start(&mut self, snat_ports: &str) -> &mut Daemon {
+        let config = self.write_config(snat_ports, true);
+        let daemon = self.topo.spawn_daemon(&self.tmp, &config);
+        let daemon = self.daemon.insert(daemon);
+        daemon.wait_checked();
+        daemon
+    }
+
+    /// Writes the configuration: an `xdp` block on every node device
+    /// (`snat_ports` as given) and one service, `remote` or not.
+    fn write_config(&self, snat_ports: &str, remote: bool) -> String {
         let interfaces = self.topo.node_interfaces().join(", ");
         let backend = SocketAddr::new(self.topo.backend("b1").v4.into(), 8080);
         let top = format!(
             "xdp:\n  interfaces: [{interfaces}]\n  mode: skb\n  snat_ports: {snat_ports}\n  flow_timeouts: {TIMEOUTS}\n  flow_gc_interval: 1s\n"
         );
         let services = format!(
-            "  - name: web\n    vip: \"{VIP}\"\n    protocol: tcp\n    servers: [\"{backend}\"]\n    remote: true\n    health_check: {CHECK}\n"
+            "  - name: web\n    vip: \"{VIP}\"\n    protocol: tcp\n    servers: [\"{backend}\"]\n    remote: {remote}\n    health_check: {CHECK}\n"
         );
-        let config = write_config(&self.tmp, &self.pins, &self.cgroup, &top, &services);
-        let daemon = self.topo.spawn_daemon(&self.tmp, &config);
-        let daemon = self.daemon.insert(daemon);
-        daemon.wait_checked();
-        daemon
+        write_config(&self.tmp, &self.pins, &self.cgroup, &top, &services)
     }
 
     fn daemon(&mut self) -> &mut Daemon {
@@ -101,14 +107,27 @@ impl World {
             .expect("flows is a hash map")
     }
 
+    /// The pinned `flow_stats` map (a handle of the test's own).
+    fn flow_stats(&self) -> PerCpuArray<MapData, u64> {
+        let data =
+            MapData::from_pin(self.pins.path().join("flow_stats")).expect("open pinned flow_stats");
+        PerCpuArray::try_from(Map::from_map_data(data).expect("flow_stats map"))
+            .expect("flow_stats is a per-CPU array")
+    }
+
+    /// `flow_stats` counter `index`, summed over CPUs.
+    fn flow_stat(&self, index: u32) -> u64 {
+        self.flow_stats()
+            .get(&index, 0)
+            .expect("read flow_stats")
+            .iter()
+            .sum()
+    }
+
     /// Sets `flow_stats`' created count to `total` (CPU 0's slot), as if
     /// the kernel programs had created that many entries.
     fn set_created(&self, total: u64) {
-        let data =
-            MapData::from_pin(self.pins.path().join("flow_stats")).expect("open pinned flow_stats");
-        let mut stats: PerCpuArray<MapData, u64> =
-            PerCpuArray::try_from(Map::from_map_data(data).expect("flow_stats map"))
-                .expect("flow_stats is a per-CPU array");
+        let mut stats = self.flow_stats();
         let mut values = vec![0u64; nr_cpus().expect("CPU count")];
         values[0] = total;
         stats
@@ -655,5 +674,62 @@ fn restarts_that_recreate_one_map_keep_the_eviction_count_honest() {
         "a new flows map: the counts start from zero\n{}",
         world.diag()
     );
+    world.daemon().stop();
+}
+
+/// Switching a service's `remote` off (a reload) forgets its flows, and the
+/// controller counts the entries it removed in `flow_stats`: they are not
+/// taken for evictions.
+#[test]
+fn switching_remote_off_forgets_the_flows_and_counts_them() {
+    let Some(mut world) = World::new("switching_remote_off_forgets_the_flows_and_counts_them")
+    else {
+        return;
+    };
+    world.start("61000-65535");
+    // Three live pairs of service 0 ("web"), as the kernel would have made
+    // them (and counted them).
+    let now = coarse_now();
+    let pairs = [41, 42, 43].map(|n| synthetic("live", n, PROTO_TCP).stamped((now, 0), (now, 0)));
+    let mut flows = world.flows();
+    for pair in &pairs {
+        for (key, value) in [pair.forward, pair.reply] {
+            flows.insert(key, value, 0).expect("insert flow entry");
+        }
+    }
+    world.set_created(6);
+    world.write_config("61000-65535", false);
+    world.daemon().signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while world.flows().keys().count() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "flows of a service no longer remote still there after 5 s\n{}",
+            world.diag()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        world.flow_stat(flow_stat::REMOVED_CONTROLLER),
+        6,
+        "{}",
+        world.diag()
+    );
+    // A collector pass after the removal: nothing evicted.
+    let passes = world.daemon().status().xdp.expect("xdp").flows.passes;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let flows = world.daemon().status().xdp.expect("xdp").flows;
+        if flows.passes > passes + 1 {
+            assert_eq!((flows.created, flows.evicted, flows.entries), (6, 0, 0));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no collector pass within 5 s\n{}",
+            world.diag()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     world.daemon().stop();
 }

@@ -54,11 +54,12 @@ impl FlowStatsMap {
         Ok(totals)
     }
 
-    /// Adds `n` to counter `index`, one of the removal counters only the
-    /// caller writes ([`flow_stat::REMOVED_COLLECTOR`],
-    /// [`flow_stat::REMOVED_CONTROLLER`]): CPU 0's slot holds its total.
-    pub fn add(&mut self, index: u32, n: u64) -> anyhow::Result<()> {
-        if n == 0 {
+    /// Adds `delta` (negative: takes back) to counter `index`, one of the
+    /// removal counters only the caller writes
+    /// ([`flow_stat::REMOVED_COLLECTOR`], [`flow_stat::REMOVED_CONTROLLER`]):
+    /// CPU 0's slot holds its total.
+    pub fn add(&mut self, index: u32, delta: i64) -> anyhow::Result<()> {
+        if delta == 0 {
             return Ok(());
         }
         let name = map_names::FLOW_STATS;
@@ -67,7 +68,7 @@ impl FlowStatsMap {
             .get(&index, 0)
             .with_context(|| format!("reading {name}[{index}]"))?;
         let total = per_cpu.iter().fold(0u64, |sum, n| sum.wrapping_add(*n));
-        self.set(index, total.wrapping_add(n))
+        self.set(index, total.wrapping_add_signed(delta))
     }
 
     /// Sets counter `index` to `total` (in CPU 0's slot, the others 0).

@@ -106,9 +106,11 @@ impl Flows {
     /// `flow_stats` counter (one read and one write of the map).
     pub fn record_removals(&mut self) -> anyhow::Result<()> {
         let n = std::mem::take(&mut self.unrecorded);
-        self.stats.add(self.removal_counter, n).inspect_err(|_| {
-            self.unrecorded += n;
-        })
+        self.stats
+            .add(self.removal_counter, i64::try_from(n).unwrap_or(i64::MAX))
+            .inspect_err(|_| {
+                self.unrecorded += n;
+            })
     }
 
     /// The `flow_stats` map itself (start-up bookkeeping).
@@ -147,6 +149,12 @@ impl Flows {
     /// next packet finds the maps as they are now; returns how many entries
     /// went. Walks the whole map: for rare events only (a service that
     /// stops being `remote`).
+    ///
+    /// The entries are counted as removed before they go, and the ones
+    /// that were gone already are taken back after: the collector may be
+    /// walking meanwhile, and an entry that went uncounted until the end
+    /// would look evicted to it for good (its bound only grows), while
+    /// counting early only lowers the bound of a pass in between.
     pub fn forget(&mut self, matches: impl Fn(&FlowValue) -> bool) -> anyhow::Result<usize> {
         let mut doomed = Vec::new();
         self.walk(1024, |entries| {
@@ -158,20 +166,46 @@ impl Flows {
             );
             ControlFlow::Continue(())
         })?;
+        let doomed_count = i64::try_from(doomed.len()).unwrap_or(i64::MAX);
+        let counted_ahead = self
+            .stats
+            .add(self.removal_counter, doomed_count)
+            .inspect_err(|err| {
+                warn!(
+                    error = format!("{err:#}"),
+                    "counting flow entries to remove in flow_stats failed; counting them after"
+                );
+            })
+            .is_ok();
         let mut removed = 0;
+        let mut result = Ok(());
         for key in &doomed {
-            if self.remove(key)? {
-                removed += 1;
+            match self.map.remove(key) {
+                Ok(()) => removed += 1,
+                Err(MapError::KeyNotFound) => {}
+                Err(err) => {
+                    result = Err(err).context("removing from the flows map");
+                    break;
+                }
             }
         }
-        if let Err(err) = self.record_removals() {
-            // Kept for the next call; only the eviction estimate waits.
+        let recorded = if counted_ahead {
+            let missed = doomed.len() - removed;
+            self.stats.add(
+                self.removal_counter,
+                -i64::try_from(missed).unwrap_or(i64::MAX),
+            )
+        } else {
+            self.unrecorded += removed as u64;
+            self.record_removals()
+        };
+        if let Err(err) = recorded {
             warn!(
                 error = format!("{err:#}"),
                 "counting removed flow entries in flow_stats failed"
             );
         }
-        Ok(removed)
+        result.map(|()| removed)
     }
 
     /// Reads the map `chunk` entries at a time and hands each chunk to
