@@ -888,6 +888,8 @@ mod tests {
                 },
                 dial_stall_after_ms: None,
                 source: "config".into(),
+                dataplane: "ebpf".into(),
+                proxy: None,
                 servers: vec![
                     server("10.0.0.1:1", ServerState::Active, 3),
                     server("10.0.0.2:1", ServerState::Failed, 0),

@@ -159,6 +159,28 @@ impl XdpDrops {
     }
 }
 
+/// A proxy-mode service's listener and counters (`services[].proxy`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyStatus {
+    /// Where it listens (the VIP).
+    pub listen: String,
+    /// Clients accepted since it started.
+    pub accepted: u64,
+    /// Connections carried now.
+    pub active: u64,
+    /// Clients closed because no server could be dialed.
+    pub no_server: u64,
+    /// Clients closed because of the daemon's own errors (file
+    /// descriptors, buffers, local ports), not blamed on a server.
+    pub local_errors: u64,
+    /// Dial reports the controller's queue could not take.
+    pub reports_dropped: u64,
+}
+
+fn ebpf() -> String {
+    "ebpf".to_owned()
+}
+
 /// One service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceStatus {
@@ -199,6 +221,13 @@ pub struct ServiceStatus {
     /// `config+sui` (plus the Sui registry) or `k3s:<state file>`.
     #[serde(default = "from_config")]
     pub source: String,
+    /// What carries the connections: `ebpf` (the kernel's connect hook)
+    /// or `proxy` (the daemon listens on the VIP).
+    #[serde(default = "ebpf")]
+    pub dataplane: String,
+    /// Proxy mode only: the listener and its counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyStatus>,
     /// Servers in config order, then the default server if it is not among them.
     pub servers: Vec<ServerStatus>,
     /// The servers (and default server) written as DNS names, with what
@@ -814,6 +843,8 @@ mod tests {
                 }],
                 dial_stall_after_ms: Some(100.0),
                 source: "config".into(),
+                dataplane: "ebpf".into(),
+                proxy: None,
                 dns: Vec::new(),
             }],
             xdp: None,

@@ -456,6 +456,9 @@ impl K3sBalancerSpec {
             dial_tracking: true,
             dial_stall_timeout: DialStall::Auto,
             discovery: None,
+            dataplane: ServiceDataplane::Ebpf,
+            dial_timeout: ServiceConfig::DEFAULT_DIAL_TIMEOUT,
+            keepalive: ServiceConfig::DEFAULT_KEEPALIVE,
         }
     }
 }
@@ -730,7 +733,34 @@ pub struct ServiceConfig {
     /// Servers discovered on chain besides `servers` (`discovery`; needs
     /// the `chain` block).
     pub discovery: Option<DiscoveryConfig>,
+    /// What carries the service's connections (`dataplane`, default
+    /// `ebpf`): the kernel's connect hook, or the daemon as a proxy
+    /// listening on the VIP.
+    pub dataplane: ServiceDataplane,
+    /// Proxy mode: how long one dial to a server may take before the next
+    /// server is dialed (`dial_timeout`, default
+    /// [`ServiceConfig::DEFAULT_DIAL_TIMEOUT`], K3s's).
+    pub dial_timeout: Duration,
+    /// Proxy mode: TCP keepalive of the connections to the servers
+    /// (`keepalive`, default [`ServiceConfig::DEFAULT_KEEPALIVE`], K3s's;
+    /// `0s`: off).
+    pub keepalive: Duration,
 }
+
+/// What carries a service's connections (`dataplane`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceDataplane {
+    /// The kernel: the cgroup connect hook sends each connect to the
+    /// selected server (the default).
+    Ebpf,
+    /// The daemon listens on the VIP and proxies each connection, dialing
+    /// the servers in the state machine's order as K3s's agent load
+    /// balancer does (TCP only).
+    Proxy,
+}
+
+config_words!(pub ServiceDataplane, "dataplane", { Ebpf => "ebpf", Proxy => "proxy" });
 
 /// A service's `dial_stall_timeout`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1087,6 +1117,16 @@ impl ServiceConfig {
     pub const MAX_MAGLEV_TABLE_SIZE: u32 = 65537;
     /// Largest accepted fixed `dial_stall_timeout`.
     pub const MAX_DIAL_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Default `dial_timeout` (proxy mode): K3s's dialer timeout.
+    pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Bounds of `dial_timeout`.
+    pub const MIN_DIAL_TIMEOUT: Duration = Duration::from_millis(10);
+    /// See [`Self::MIN_DIAL_TIMEOUT`].
+    pub const MAX_DIAL_TIMEOUT: Duration = Duration::from_mins(5);
+    /// Default `keepalive` (proxy mode): K3s's dialer keepalive.
+    pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(30);
+    /// Largest accepted `keepalive`.
+    pub const MAX_KEEPALIVE: Duration = Duration::from_hours(2);
     /// Maglev spreads connections evenly only with at least this many table
     /// slots per server.
     pub const MIN_MAGLEV_SLOTS_PER_SERVER: u32 = 100;
@@ -1110,9 +1150,14 @@ impl Serialize for ServiceConfig {
             dial_tracking,
             dial_stall_timeout,
             discovery,
+            dataplane,
+            dial_timeout,
+            keepalive,
         } = self;
         let spread = *policy == Policy::Spread;
-        let fields = 10 + usize::from(spread) + usize::from(discovery.is_some());
+        let proxy = *dataplane == ServiceDataplane::Proxy;
+        let fields =
+            11 + usize::from(spread) + usize::from(discovery.is_some()) + 2 * usize::from(proxy);
         let mut service = serializer.serialize_struct("ServiceConfig", fields)?;
         service.serialize_field("name", name)?;
         service.serialize_field("vip", vip)?;
@@ -1143,6 +1188,20 @@ impl Serialize for ServiceConfig {
             service.serialize_field("discovery", discovery)?;
         } else {
             service.skip_field("discovery")?;
+        }
+        service.serialize_field("dataplane", dataplane)?;
+        if proxy {
+            service.serialize_field(
+                "dial_timeout",
+                &humantime::format_duration(*dial_timeout).to_string(),
+            )?;
+            service.serialize_field(
+                "keepalive",
+                &humantime::format_duration(*keepalive).to_string(),
+            )?;
+        } else {
+            service.skip_field("dial_timeout")?;
+            service.skip_field("keepalive")?;
         }
         service.end()
     }

@@ -235,6 +235,9 @@ pub(super) struct RawService {
     pub(super) dial_tracking: Option<Spanned<String>>,
     pub(super) dial_stall_timeout: Option<Spanned<String>>,
     pub(super) discovery: Option<Spanned<RawDiscovery>>,
+    pub(super) dataplane: Option<Spanned<String>>,
+    pub(super) dial_timeout: Option<Spanned<String>>,
+    pub(super) keepalive: Option<Spanned<String>>,
 }
 
 /// A service's `health_check` block. The fields of `http`/`https` checks

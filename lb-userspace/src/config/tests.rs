@@ -91,6 +91,9 @@ fn full_example() {
                 dial_tracking: true,
                 dial_stall_timeout: DialStall::Auto,
                 discovery: None,
+                dataplane: ServiceDataplane::Ebpf,
+                dial_timeout: Duration::from_secs(10),
+                keepalive: Duration::from_secs(30),
             }],
             max_concurrent_checks: 64,
             connection_poll_interval: Duration::from_millis(200),
@@ -2029,6 +2032,107 @@ fn remote_services() {
     );
     let message = error(&yaml);
     assert!(!message.contains("services[0].remote"), "{message}");
+}
+
+#[test]
+fn proxy_mode_settings_and_what_they_refuse() {
+    let service = &parse(&with_service("")).services[0];
+    assert_eq!(service.dataplane, ServiceDataplane::Ebpf);
+    let proxied = &parse(&with_service(
+        "    dataplane: proxy
+    dial_timeout: 250ms
+    keepalive: 0s
+",
+    ))
+    .services[0];
+    assert_eq!(proxied.dataplane, ServiceDataplane::Proxy);
+    assert_eq!(proxied.dial_timeout, Duration::from_millis(250));
+    assert_eq!(proxied.keepalive, Duration::ZERO);
+    let defaults = &parse(&with_service(
+        "    dataplane: proxy
+",
+    ))
+    .services[0];
+    assert_eq!(defaults.dial_timeout, Duration::from_secs(10));
+    assert_eq!(defaults.keepalive, Duration::from_secs(30));
+    // Read back as written, the proxy settings only in proxy mode.
+    let value = serde_json::to_value(parse(&with_service(
+        "    dataplane: proxy
+",
+    )))
+    .unwrap();
+    assert_eq!(value["services"][0]["dataplane"], "proxy");
+    assert_eq!(value["services"][0]["dial_timeout"], "10s");
+    assert_eq!(value["services"][0]["keepalive"], "30s");
+    let value = serde_json::to_value(parse(&with_service(""))).unwrap();
+    assert_eq!(value["services"][0]["dataplane"], "ebpf");
+    assert!(value["services"][0].get("dial_timeout").is_none());
+
+    assert_error(
+        &with_service(
+            "    dataplane: userspace
+",
+        ),
+        "services[0].dataplane",
+        5,
+        "unknown dataplane \"userspace\"; expected",
+    );
+    assert_error(
+        &with_service(
+            "    protocol: udp
+    dataplane: proxy
+",
+        ),
+        "services[0].dataplane",
+        6,
+        "proxy mode carries TCP only",
+    );
+    for (field, line) in [
+        ("policy: spread", "services[0].policy"),
+        ("remote: true", "services[0].remote"),
+        ("dial_tracking: false", "services[0].dial_tracking"),
+        ("dial_stall_timeout: 1s", "services[0].dial_stall_timeout"),
+    ] {
+        let message = error(&with_service(&format!(
+            "    dataplane: proxy
+    {field}
+"
+        )));
+        assert!(message.contains(line), "{field}: {message}");
+        assert!(
+            message.contains("dataplane: ebpf") || message.contains("kernel"),
+            "{field}: {message}"
+        );
+    }
+    assert_error(
+        &with_service(
+            "    dial_timeout: 1s
+",
+        ),
+        "services[0].dial_timeout",
+        5,
+        "applies to proxy mode only",
+    );
+    assert_error(
+        &with_service(
+            "    dataplane: proxy
+    dial_timeout: 1ms
+",
+        ),
+        "services[0].dial_timeout",
+        6,
+        "is too short; expected at least 10ms",
+    );
+    assert_error(
+        &with_service(
+            "    dataplane: proxy
+    keepalive: 3h
+",
+        ),
+        "services[0].keepalive",
+        6,
+        "is too long; expected at most 2h",
+    );
 }
 
 #[test]

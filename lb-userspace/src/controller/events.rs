@@ -67,6 +67,8 @@ pub(super) enum Event {
     PollFailed { error: anyhow::Error },
     /// Dial outcomes the kernel reported (`dial_events`), in order.
     Dials(Vec<DialEvent>),
+    /// Dial outcomes of the proxy mode's services, in order.
+    ProxyDials(Vec<crate::proxy::DialReport>),
     /// The interfaces' primary addresses, read by the poller (`xdp` only).
     IfAddrs(anyhow::Result<BTreeMap<u32, IfAddrs>>),
     /// Routes, neighbours or links changed (`xdp` only): `messages`
@@ -132,6 +134,7 @@ impl Event {
             Self::IfAddrs(_) => "interface addresses",
             Self::NextHopsChanged { .. } => "next hops changed",
             Self::Dials(_) => "dial events",
+            Self::ProxyDials(_) => "proxy dials",
             Self::DiscoveryWanted { .. } => "discovery wanted",
             Self::View { .. } => "registry view",
             Self::K3sFile { .. } => "K3s state file",

@@ -30,8 +30,9 @@ pub(super) fn stall_bound(service: &ServiceRuntime) -> Duration {
 
 /// Rewrites the service's `failover` entry when it changed.
 pub(super) fn sync(dataplane: &mut Dataplane, service: &mut ServiceRuntime) {
-    if service.config.protocol != Protocol::Tcp {
-        // UDP has no dial to observe: its sends never look at the entry.
+    if service.config.protocol != Protocol::Tcp || !service.in_kernel() {
+        // UDP has no dial to observe: its sends never look at the entry;
+        // a proxied VIP is not the kernel's.
         return;
     }
     let ids: Vec<u32> = service

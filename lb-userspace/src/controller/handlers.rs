@@ -18,7 +18,7 @@ use super::{
     events::{Event, ServersError},
     flow_gc::FlowGc,
     hop_watch::HopWatch,
-    k3s, kernel_log, poller, reconcile,
+    k3s, kernel_log, poller, proxies, reconcile,
     runtime::{State, Suspicion},
     settle::{self, settle},
     status,
@@ -84,6 +84,7 @@ impl State {
             Event::IfAddrs(wanted) => self.sync_if_addrs(wanted),
             Event::NextHopsChanged { messages } => self.bump_hop_gen(messages),
             Event::Dials(events) => self.dials(&events),
+            Event::ProxyDials(reports) => self.proxy_dials(&reports),
             Event::DiscoveryWanted { reply } => {
                 let _ = reply.send(discovery::wanted(self));
             }
@@ -170,6 +171,13 @@ impl State {
             )?);
             self.hop_watch = Some(HopWatch::start(handle.clone())?);
         }
+        if let Some(reports) = self.proxy_reports_rx.take() {
+            self.proxy_forwarder = Some(proxies::spawn_forwarder(
+                &self.runtime,
+                handle.clone(),
+                reports,
+            ));
+        }
         self.poller = Some(poller::spawn(&self.runtime, handle, every, xdp)?);
         Ok(())
     }
@@ -188,12 +196,17 @@ impl State {
         if let Some(task) = self.kernel_log_task.take() {
             task.abort();
         }
+        if let Some(task) = self.proxy_forwarder.take() {
+            task.abort();
+        }
         self.flow_gc = None;
         self.hop_watch = None;
-        for service in &self.services {
+        for service in &mut self.services {
             for server in service.servers.values() {
                 server.check_task.abort();
             }
+            // Its listeners stop and its connections close.
+            service.proxy = None;
         }
     }
 
@@ -375,11 +388,61 @@ impl State {
         }
     }
 
+    /// Dial outcomes of the proxy mode's services: each goes to the state
+    /// machine as K3s's `recordSuccess`/`recordFailure(reasonDial)`, is
+    /// counted in `k3s_loadbalancer_dial_duration_seconds` (and a failure
+    /// in the dial failures by reason), and a failure wakes the server's
+    /// check task for a probe at once.
+    fn proxy_dials(&mut self, reports: &[crate::proxy::DialReport]) {
+        let now = Instant::now();
+        let mut touched: Vec<(usize, Effects)> = Vec::new();
+        for report in reports {
+            let Some(index) = self.services.iter().position(|s| s.id == report.service_id) else {
+                continue;
+            };
+            let service = &mut self.services[index];
+            if service.proxy.is_none() {
+                // A report from before a reload that replaced the service.
+                continue;
+            }
+            let Some(server) = service.servers.get_mut(&report.server) else {
+                continue;
+            };
+            let name = service.config.name.as_str();
+            let effects = if let Some(reason) = report.failure {
+                self.counters
+                    .observe_dial(name, DialStatus::Failure, report.duration);
+                self.counters.dial_failed(name, report.server, reason);
+                server.wake.notify_one();
+                warn!(service = name, server = %report.server, reason, millis = report.duration.as_secs_f64() * 1000.0, "proxy: dial failed; the client's connection tries the next server; probing it now");
+                service.machine.dial(report.server, false, now)
+            } else {
+                self.counters
+                    .observe_dial(name, DialStatus::Success, report.duration);
+                server.dial_time.observe(report.duration);
+                service.machine.dial(report.server, true, now)
+            };
+            match touched.iter_mut().find(|(i, _)| *i == index) {
+                Some((_, all)) => all.merge(effects),
+                None => touched.push((index, effects)),
+            }
+        }
+        for (index, effects) in touched {
+            settle(
+                &mut self.dataplane,
+                &mut self.connections,
+                &mut self.counters,
+                &mut self.services[index],
+                effects,
+            );
+        }
+    }
+
     /// Every server the poller should count connections to.
     fn poll_targets(&self) -> HashSet<SocketAddr> {
         self.services
             .iter()
-            .filter(|s| !s.counted_by_kernel())
+            .filter(|s| !s.counted_by_kernel() && s.proxy.is_none())
             .flat_map(|s| s.servers.keys().copied())
             .collect()
     }
@@ -402,7 +465,10 @@ impl State {
             let mut effects = Effects::default();
             let by_kernel = service.counted_by_kernel();
             for (&address, server) in &mut service.servers {
-                let connections = if by_kernel {
+                let connections = if let Some(proxy) = &service.proxy {
+                    // The proxy counts the connections it carries.
+                    proxy.connections(address)
+                } else if by_kernel {
                     // `sock_ops` counts them as they open and close.
                     match dataplane.maps.backend_conns.get(server.backend_id) {
                         Ok(conns) => u32::try_from(conns.established).unwrap_or(u32::MAX),

@@ -51,6 +51,7 @@ mod kernel_log;
 pub mod persist;
 mod plan;
 mod poller;
+mod proxies;
 mod reconcile;
 mod registry;
 mod runtime;

@@ -10,7 +10,7 @@ use std::{collections::HashMap, net::SocketAddr};
 use lb_common::{Backend, VipKey, ip_to_bytes};
 
 use crate::{
-    config::{Config, Policy, ServiceConfig},
+    config::{Config, Policy, ServiceConfig, ServiceDataplane},
     policy::map_ids::{IdPlan, ServiceSpec, backend_entry},
 };
 
@@ -57,6 +57,9 @@ pub(super) struct Running {
     pub(super) policy: Policy,
     pub(super) maglev_table_size: u32,
     pub(super) remote: bool,
+    /// What carries it: a change replaces the service (new listener or
+    /// `services` entry, old connections closed).
+    pub(super) dataplane: ServiceDataplane,
     /// Its servers with the backend flags last written for each.
     pub(super) servers: Vec<(SocketAddr, u8)>,
 }
@@ -76,6 +79,7 @@ impl Running {
             policy: config.policy,
             maglev_table_size: config.maglev_table_size,
             remote: config.remote,
+            dataplane: config.dataplane,
             servers,
         }
     }
@@ -160,7 +164,11 @@ pub(super) fn plan(
         let old = by_name.get(service.name.as_str());
         let previous = match old {
             None => Previous::None,
-            Some(old) if old.key == spec.key && old.id == id => Previous::Kept,
+            Some(old)
+                if old.key == spec.key && old.id == id && old.dataplane == service.dataplane =>
+            {
+                Previous::Kept
+            }
             Some(old) => {
                 retired.push(old.name.clone());
                 Previous::Replaced

@@ -24,6 +24,7 @@ use super::{
     events::ServersError,
     persist,
     plan::{self, ApplyPlan, Previous, Running, ServicePlan},
+    proxies,
     runtime::{ServerRuntime, ServiceRuntime, State},
     settle::settle,
     spread,
@@ -291,7 +292,9 @@ fn write(
             None
         };
         let mut table = (Vec::new(), Vec::new(), Vec::new());
+        let mut proxy = None;
         let (mut machine, mut servers, selection, effects) = if let Some(p) = previous {
+            proxy = p.proxy;
             let mut machine = p.machine;
             let mut effects = machine.set_servers(&service_config.servers, now);
             effects.merge(machine.set_default(service_config.default_server, now));
@@ -359,6 +362,7 @@ fn write(
             table_members: table.1,
             table_weights: table.2,
             failover: None,
+            proxy,
         });
         effects_of.push(effects);
     }
@@ -387,7 +391,12 @@ fn write(
                 .and_then(|a| service.servers.get(&a))
                 .map_or(NO_BACKEND, |s| s.backend_id);
             let entry = spread::entry(service, backend_id);
-            match state.dataplane.maps.services.set(service.key, entry) {
+            let written = if service.in_kernel() {
+                state.dataplane.maps.services.set(service.key, entry)
+            } else {
+                Ok(())
+            };
+            match written {
                 Ok(()) => {
                     info!(service = %service.config.name, remote = service.config.remote, policy = %service.config.policy, "service entry rewritten");
                 }
@@ -416,11 +425,26 @@ fn write(
                 .server
                 .and_then(|a| service.servers.get(&a))
                 .map_or(NO_BACKEND, |s| s.backend_id);
-            let written = state
-                .dataplane
-                .maps
-                .services
-                .set(service.key, spread::entry(service, backend_id));
+            let written = if service.in_kernel() {
+                state
+                    .dataplane
+                    .maps
+                    .services
+                    .set(service.key, spread::entry(service, backend_id))
+            } else {
+                // Proxy mode: the kernel must not redirect the VIP (an
+                // entry adopted from an eBPF-mode run goes), the proxy
+                // listens on it.
+                state
+                    .dataplane
+                    .maps
+                    .services
+                    .remove(&service.key)
+                    .and_then(|()| {
+                        service.selection = selection;
+                        proxies::start(&state.runtime, &state.proxy_reports, service)
+                    })
+            };
             if let Err(err) = written {
                 problems.push(format!("service {}: {err:#}", service.config.name));
                 // A selection `select()` never returns: the next event
@@ -547,6 +571,12 @@ fn adopt_tables(dataplane: &mut Dataplane, runtimes: &mut [ServiceRuntime], plan
 /// its entry goes first so new connects are no longer redirected, then its
 /// checks stop and its connections are closed.
 fn retire(state: &mut State, mut service: ServiceRuntime) {
+    if let Some(proxy) = service.proxy.take() {
+        // Its listeners stop and every connection it carries closes.
+        let carried = proxy.stats().active;
+        drop(proxy);
+        info!(service = %service.config.name, closed = carried, "proxied service removed; its listener and connections were closed");
+    }
     if let Err(err) = state.dataplane.maps.services.remove(&service.key) {
         warn!(service = %service.config.name, error = format!("{err:#}"), "could not remove the service entry");
     }

@@ -13,7 +13,10 @@ use std::{
 use lb_common::VipKey;
 use tokio::{
     runtime::Handle,
-    sync::{Notify, Semaphore, mpsc::WeakSender},
+    sync::{
+        Notify, Semaphore,
+        mpsc::{self, WeakSender},
+    },
     task::{AbortHandle, JoinHandle},
 };
 
@@ -26,7 +29,7 @@ use super::{
     registry::DiscoveryState,
 };
 use crate::{
-    config::{Config, DialStall, KernelLog, Protocol, ServiceConfig},
+    config::{Config, DialStall, KernelLog, Protocol, ServiceConfig, ServiceDataplane},
     health::{CheckOutcome, Prober, nautilus::Attester},
     kernel::{connections::Connections, dataplane::Dataplane},
     metrics::Counters,
@@ -35,6 +38,7 @@ use crate::{
         dial_stall::DialTime,
         state_machine::{Selection, ServiceMachine},
     },
+    proxy::{DialReport, ProxyHandle},
 };
 
 /// One server as the controller tracks it (besides its state-machine entry).
@@ -100,6 +104,8 @@ pub(super) struct ServiceRuntime {
     /// The `failover` entry last written for this service; `None` before
     /// the first write.
     pub(super) failover: Option<WrittenFailover>,
+    /// Its proxy (`dataplane: proxy`; `None` in eBPF mode).
+    pub(super) proxy: Option<ProxyHandle>,
 }
 
 impl ServiceRuntime {
@@ -107,7 +113,13 @@ impl ServiceRuntime {
     /// `backend_conns`): TCP with `dial_tracking`. The others are counted
     /// from a `sock_diag` dump.
     pub(super) fn counted_by_kernel(&self) -> bool {
-        self.config.protocol == Protocol::Tcp && self.config.dial_tracking
+        self.proxy.is_none() && self.config.protocol == Protocol::Tcp && self.config.dial_tracking
+    }
+
+    /// Whether the kernel carries this service (its VIP is in `services`):
+    /// not in proxy mode.
+    pub(super) fn in_kernel(&self) -> bool {
+        self.config.dataplane == ServiceDataplane::Ebpf
     }
 }
 
@@ -155,6 +167,13 @@ pub(super) struct State {
     /// The watcher of routes, neighbours and links that bumps the next-hop
     /// generation (`xdp` only; `None` before the start).
     pub(super) hop_watch: Option<HopWatch>,
+    /// Where the proxy mode's services report their dials.
+    pub(super) proxy_reports: mpsc::Sender<DialReport>,
+    /// The other end, until the start hands it to the forwarder task.
+    pub(super) proxy_reports_rx: Option<mpsc::Receiver<DialReport>>,
+    /// The task handing the proxies' dial reports over (`None` before the
+    /// start).
+    pub(super) proxy_forwarder: Option<JoinHandle<()>>,
 }
 
 impl State {
@@ -178,6 +197,7 @@ impl State {
                     crate::health::nautilus::system_clock(),
                 )))
             });
+        let (proxy_reports, proxy_reports_rx) = mpsc::channel(super::proxies::QUEUE);
         Ok(Self {
             dataplane,
             connections: Connections::open()?,
@@ -202,6 +222,9 @@ impl State {
             kernel_log_task: None,
             flow_gc: None,
             hop_watch: None,
+            proxy_reports,
+            proxy_reports_rx: Some(proxy_reports_rx),
+            proxy_forwarder: None,
         })
     }
 

@@ -4,6 +4,11 @@
 //! in line, then the connections of the servers to close destroyed with
 //! `SOCK_DESTROY`, so reconnecting clients land on the new server.
 //!
+//! In proxy mode (`dataplane: proxy`) the service has no `services` entry:
+//! its proxy's route follows the state machine instead, and the proxy
+//! closes its own connections (client and server side) where the eBPF mode
+//! destroys sockets.
+//!
 //! Remote clients' XDP flows are not walked here: the kernel moves a flow
 //! whose backend slot is down, freed or given to another address on the
 //! flow's next packet (and removes its old reply entry then), and the flow
@@ -14,7 +19,7 @@ use std::{net::SocketAddr, time::Instant};
 use lb_common::NO_BACKEND;
 use tracing::{info, warn};
 
-use super::{backend_flags, failover, runtime::ServiceRuntime, spread};
+use super::{backend_flags, failover, proxies, runtime::ServiceRuntime, spread};
 use crate::{
     kernel::{connections::Connections, dataplane::Dataplane},
     metrics::Counters,
@@ -60,6 +65,7 @@ pub(super) fn rewrite(
     // land on the new choice.
     backend_flags::sync(dataplane, service);
     failover::sync(dataplane, service);
+    proxies::sync(service);
 }
 
 /// The second half of [`settle`]: the connections of the servers the
@@ -77,6 +83,24 @@ pub(super) fn close(
     }
     let name = service.config.name.clone();
     let name = name.as_str();
+    if let Some(closed) = proxies::close(service, &effects.close) {
+        // Proxy mode: the proxy's own connections, closed both ways.
+        counters.closed(name, u64::from(closed));
+        for &server in &effects.close {
+            service.machine.set_connections(server, 0);
+        }
+        if closed > 0 {
+            let servers: Vec<String> = effects.close.iter().map(ToString::to_string).collect();
+            info!(
+                service = name,
+                servers = servers.join(","),
+                closed,
+                micros = start.elapsed().as_micros(),
+                "proxy: closed connections"
+            );
+        }
+        return;
+    }
     let closing = connections.close(
         service.id,
         &effects.close,
@@ -127,7 +151,9 @@ fn reselect(dataplane: &mut Dataplane, counters: &mut Counters, service: &mut Se
         .and_then(|a| service.servers.get(&a))
         .map_or(NO_BACKEND, |s| s.backend_id);
     let entry = spread::entry(service, backend_id);
-    if let Err(err) = dataplane.maps.services.set(service.key, entry) {
+    if service.in_kernel()
+        && let Err(err) = dataplane.maps.services.set(service.key, entry)
+    {
         warn!(service = %service.config.name, error = format!("{err:#}"), "could not update the services map; will retry on the next event");
         return;
     }

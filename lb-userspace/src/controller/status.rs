@@ -17,8 +17,8 @@ use super::{
 };
 use crate::{
     api::status::{
-        CheckStatus, DialStatus, RegistryStatus, ServerStatus, ServiceStatus, Status, XdpDrops,
-        XdpFlowsStatus, XdpStatus,
+        CheckStatus, DialStatus, ProxyStatus, RegistryStatus, ServerStatus, ServiceStatus, Status,
+        XdpDrops, XdpFlowsStatus, XdpStatus,
     },
     config::{Policy, Protocol, ServiceConfig},
 };
@@ -62,7 +62,8 @@ pub(super) fn build(state: &State) -> Status {
                 .get(service.id)
                 .unwrap_or_default();
             let slot_counts = spread::slot_counts(&service.table);
-            let tracked = service.config.protocol == Protocol::Tcp && service.config.dial_tracking;
+            let tracked = service.counted_by_kernel() && service.config.protocol == Protocol::Tcp;
+            let proxied = service.proxy.is_some();
             let servers = service
                 .machine
                 .servers()
@@ -111,7 +112,7 @@ pub(super) fn build(state: &State) -> Status {
                         attestation_failure: last_check
                             .and_then(|(o, _)| attestation::failure(o))
                             .map(str::to_owned),
-                        dial: runtime.filter(|_| tracked).map(dial_status),
+                        dial: runtime.filter(|_| tracked || proxied).map(dial_status),
                     }
                 })
                 .collect();
@@ -141,6 +142,18 @@ pub(super) fn build(state: &State) -> Status {
                         * 1000.0
                 }),
                 source: source(state, &service.config),
+                dataplane: service.config.dataplane.to_string(),
+                proxy: service.proxy.as_ref().map(|proxy| {
+                    let counts = proxy.stats();
+                    ProxyStatus {
+                        listen: proxy.local_addr().to_string(),
+                        accepted: counts.accepted,
+                        active: counts.active,
+                        no_server: counts.no_server,
+                        local_errors: counts.local_errors,
+                        reports_dropped: counts.reports_dropped,
+                    }
+                }),
                 servers,
                 dns: state.dns.status(&service.config.name),
             }

@@ -66,7 +66,8 @@ use tracing::{debug, info};
 use crate::{
     chain::registry::Node,
     config::{
-        CheckSpec, Config, DialStall, HealthCheckConfig, Intervals, Policy, Protocol, ServiceConfig,
+        CheckSpec, Config, DialStall, HealthCheckConfig, Intervals, Policy, Protocol,
+        ServiceConfig, ServiceDataplane,
     },
     demo::{
         fake_deployment::{APP, publish_config, publish_enclave},
@@ -356,6 +357,9 @@ pub async fn start(base: Config, tasks: &mut JoinSet<()>) -> anyhow::Result<Conf
         dial_tracking: true,
         dial_stall_timeout: DialStall::Auto,
         discovery: None,
+        dataplane: ServiceDataplane::Ebpf,
+        dial_timeout: ServiceConfig::DEFAULT_DIAL_TIMEOUT,
+        keepalive: ServiceConfig::DEFAULT_KEEPALIVE,
     })
     .collect();
     let mut nodes = Vec::new();

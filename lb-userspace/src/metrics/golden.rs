@@ -84,6 +84,8 @@ fn service(name: &str, policy: &str, servers: Vec<ServerStatus>) -> ServiceStatu
         xdp_drops: XdpDrops::default(),
         dial_stall_after_ms: None,
         source: "config".into(),
+        dataplane: "ebpf".into(),
+        proxy: None,
         servers,
         dns: Vec::new(),
     }

@@ -24,7 +24,7 @@ use serde_saphyr::{Location, Spanned};
 
 use super::{
     Config, ControlGroup, DialStall, DiscoveryConfig, Features, HealthCheckConfig, Issue,
-    KernelLog, Policy, Protocol, ServerName, ServiceConfig, raw::RawConfig,
+    KernelLog, Policy, Protocol, ServerName, ServiceConfig, ServiceDataplane, raw::RawConfig,
 };
 
 /// Longest service name.
@@ -148,6 +148,9 @@ struct ServiceDraft {
     sui_sync_kinds: Vec<(String, Location)>,
     /// The `kind: nautilus` of its health check (path and position).
     nautilus_kinds: Vec<(String, Location)>,
+    dataplane: Option<ServiceDataplane>,
+    dial_timeout: Option<Duration>,
+    keepalive: Option<Duration>,
 }
 
 impl ServiceDraft {
@@ -172,6 +175,9 @@ impl ServiceDraft {
             dial_tracking: self.dial_tracking?,
             dial_stall_timeout: self.dial_stall_timeout?,
             discovery: self.discovery?,
+            dataplane: self.dataplane?,
+            dial_timeout: self.dial_timeout?,
+            keepalive: self.keepalive?,
         })
     }
 

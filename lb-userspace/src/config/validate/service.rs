@@ -5,14 +5,15 @@
 use std::{
     collections::{HashMap, HashSet},
     net::SocketAddr,
+    time::Duration,
 };
 
 use serde_saphyr::{Location, Spanned};
 
 use super::{AddrRole, Checker, MAX_NAME_LEN, ServiceDraft, family_name};
 use crate::config::{
-    Config, DialStall, Policy, Protocol, ServerName, ServerTarget, ServiceConfig, is_prime,
-    parse_server, raw::RawService,
+    Config, DialStall, Policy, Protocol, ServerName, ServerTarget, ServiceConfig, ServiceDataplane,
+    is_prime, parse_server, raw::RawService,
 };
 
 /// The server `raw` as a DNS name, when it is written as one (a name that
@@ -193,6 +194,8 @@ impl Checker {
                 self.dial_stall(raw, &format!("{path}.dial_stall_timeout"))
             });
 
+        let (dataplane, dial_timeout, keepalive) = self.proxy_settings(service, &path, protocol);
+
         ServiceDraft {
             path,
             name,
@@ -212,7 +215,112 @@ impl Checker {
             discovery_at: service.discovery.as_ref().map(|raw| raw.referenced),
             sui_sync_kinds,
             nautilus_kinds,
+            dataplane,
+            dial_timeout,
+            keepalive,
         }
+    }
+
+    /// `dataplane` and the proxy mode's `dial_timeout` and `keepalive`:
+    /// proxy mode carries TCP only and dials in the K3s order of one
+    /// server at a time, so it takes neither `protocol: udp` nor `policy:
+    /// spread` nor `remote`, and the kernel's dial settings do not apply to
+    /// it; the two proxy settings need it.
+    fn proxy_settings(
+        &mut self,
+        service: &RawService,
+        path: &str,
+        protocol: Option<Protocol>,
+    ) -> (Option<ServiceDataplane>, Option<Duration>, Option<Duration>) {
+        let dataplane = match &service.dataplane {
+            None => Some(ServiceDataplane::Ebpf),
+            Some(raw) => self.parse(raw, &format!("{path}.dataplane")),
+        };
+        let dial_timeout = service.dial_timeout.as_ref().map_or(
+            Some(ServiceConfig::DEFAULT_DIAL_TIMEOUT),
+            |raw| {
+                self.duration_in_range(
+                    raw,
+                    &format!("{path}.dial_timeout"),
+                    ServiceConfig::MIN_DIAL_TIMEOUT,
+                    ServiceConfig::MAX_DIAL_TIMEOUT,
+                )
+            },
+        );
+        let keepalive =
+            service
+                .keepalive
+                .as_ref()
+                .map_or(Some(ServiceConfig::DEFAULT_KEEPALIVE), |raw| {
+                    // `0s` turns it off; anything else is a probe interval.
+                    if humantime::parse_duration(raw.value.trim()) == Ok(Duration::ZERO) {
+                        return Some(Duration::ZERO);
+                    }
+                    self.duration_in_range(
+                        raw,
+                        &format!("{path}.keepalive"),
+                        Duration::from_secs(1),
+                        ServiceConfig::MAX_KEEPALIVE,
+                    )
+                });
+        let proxy = dataplane == Some(ServiceDataplane::Proxy);
+        if proxy {
+            let at = service
+                .dataplane
+                .as_ref()
+                .map_or(Location::UNKNOWN, |raw| raw.referenced);
+            if protocol == Some(Protocol::Udp) {
+                self.report(
+                    at,
+                    &format!("{path}.dataplane"),
+                    "proxy mode carries TCP only; a UDP service needs `dataplane: ebpf`".to_owned(),
+                );
+            }
+            let not_with_proxy = [
+                (
+                    service
+                        .policy
+                        .as_ref()
+                        .filter(|raw| raw.value.trim() == "spread"),
+                    "policy",
+                    "proxy mode dials one server at a time in the K3s order (policy failover); spread needs `dataplane: ebpf`",
+                ),
+                (
+                    service.remote.as_ref(),
+                    "remote",
+                    "remote clients are forwarded by the XDP/tc programs; the proxy serves whoever reaches its listener, so `remote` needs `dataplane: ebpf`",
+                ),
+                (
+                    service.dial_tracking.as_ref(),
+                    "dial_tracking",
+                    "the proxy sees every dial itself; `dial_tracking` is the kernel's (dataplane: ebpf)",
+                ),
+                (
+                    service.dial_stall_timeout.as_ref(),
+                    "dial_stall_timeout",
+                    "the kernel's stall bound does not apply to the proxy, whose dials end at `dial_timeout`",
+                ),
+            ];
+            for (raw, field, why) in not_with_proxy {
+                if let Some(raw) = raw {
+                    self.report(raw.referenced, &format!("{path}.{field}"), why.to_owned());
+                }
+            }
+        } else if dataplane.is_some() {
+            for (raw, field) in [
+                (service.dial_timeout.as_ref(), "dial_timeout"),
+                (service.keepalive.as_ref(), "keepalive"),
+            ] {
+                if let Some(raw) = raw {
+                    self.report(
+                        raw.referenced,
+                        &format!("{path}.{field}"),
+                        format!("`{field}` applies to proxy mode only (`dataplane: proxy`); the kernel's connects have no dial timer of the daemon's"),
+                    );
+                }
+            }
+        }
+        (dataplane, dial_timeout, keepalive)
     }
 
     /// `maglev_table_size`: only with policy spread; a prime of at most

@@ -118,10 +118,14 @@ where
     T::try_from(map).with_context(|| format!("the {name} map has an unexpected type"))
 }
 
-/// A removal's result with "the key was not there" counted as done.
+/// A removal's result with "the key was not there" counted as done (aya
+/// reports it for a hash map's delete as the syscall's `ENOENT`).
 fn removed(result: Result<(), MapError>) -> Result<(), MapError> {
     match result {
         Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(err)) if err.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(())
+        }
         other => other,
     }
 }

@@ -1,0 +1,106 @@
+//! The proxy mode's services (`dataplane: proxy`) in the controller: each
+//! has a [`ProxyHandle`] listening on its VIP (started by `reconcile`,
+//! dropped with the service), whose [`Route`] follows the state machine
+//! ([`sync`], after every change, like the kernel's maps for the eBPF
+//! mode), whose connections per server are closed where the eBPF mode
+//! destroys sockets ([`close`]), and whose dial outcomes reach the
+//! controller thread in batches ([`spawn_forwarder`]) as the kernel's do.
+//!
+//! Route order, K3s's dial order: the selected server first (the one the
+//! eBPF mode writes into `services`), then the other
+//! [candidates](crate::policy::state_machine::ServiceMachine::candidates)
+//! in rank order: usable listed servers, the default server, failed
+//! servers last (fail open).
+
+use std::{net::SocketAddr, num::NonZeroUsize};
+
+use tokio::{runtime::Handle, sync::mpsc, task::JoinHandle};
+
+use super::{
+    events::{Controller, Event},
+    runtime::ServiceRuntime,
+};
+use crate::{
+    config::ServiceDataplane,
+    proxy::{DialReport, ProxyHandle, Route},
+};
+
+/// Dial reports waiting for the controller thread at most (beyond, the
+/// proxies drop and count them).
+pub(super) const QUEUE: usize = 16_384;
+/// Reports handed to the controller thread per event at most.
+const BATCH: usize = 4096;
+/// Listeners per proxied VIP at most (one per tokio worker below that).
+const MAX_LISTENERS: usize = 8;
+
+/// The route of `service` as its state machine says now.
+pub(super) fn route(service: &ServiceRuntime) -> Route {
+    let mut servers: Vec<SocketAddr> = service.selection.server.into_iter().collect();
+    for candidate in service.machine.candidates() {
+        if !servers.contains(&candidate) {
+            servers.push(candidate);
+        }
+    }
+    Route {
+        servers,
+        dial_timeout: service.config.dial_timeout,
+        keepalive: service.config.keepalive,
+    }
+}
+
+/// Publishes `service`'s route to its proxy (proxy mode only).
+pub(super) fn sync(service: &ServiceRuntime) {
+    if let Some(proxy) = &service.proxy {
+        proxy.set_route(route(service));
+    }
+}
+
+/// Starts `service`'s proxy when it is in proxy mode and has none yet.
+pub(super) fn start(
+    runtime: &Handle,
+    reports: &mpsc::Sender<DialReport>,
+    service: &mut ServiceRuntime,
+) -> anyhow::Result<()> {
+    if service.config.dataplane != ServiceDataplane::Proxy || service.proxy.is_some() {
+        return Ok(());
+    }
+    let listeners = std::thread::available_parallelism()
+        .map_or(1, NonZeroUsize::get)
+        .min(MAX_LISTENERS);
+    let proxy = ProxyHandle::start(
+        runtime,
+        &service.config.name,
+        service.id,
+        service.config.vip,
+        listeners,
+        route(service),
+        reports.clone(),
+    )?;
+    tracing::info!(service = %service.config.name, listen = %proxy.local_addr(), listeners, dial_timeout = ?service.config.dial_timeout, "proxy mode: listening on the VIP");
+    service.proxy = Some(proxy);
+    Ok(())
+}
+
+/// Closes the proxy's connections to `servers` (proxy mode only); returns
+/// how many were closed, `None` for a service in eBPF mode.
+pub(super) fn close(service: &ServiceRuntime, servers: &[SocketAddr]) -> Option<u32> {
+    let proxy = service.proxy.as_ref()?;
+    Some(servers.iter().map(|&server| proxy.close(server)).sum())
+}
+
+/// Starts the task that hands the proxies' dial reports to the controller
+/// thread, in batches: whatever has queued up goes in one event.
+pub(super) fn spawn_forwarder(
+    runtime: &Handle,
+    controller: Controller,
+    mut reports: mpsc::Receiver<DialReport>,
+) -> JoinHandle<()> {
+    runtime.spawn(async move {
+        let mut batch = Vec::new();
+        while reports.recv_many(&mut batch, BATCH).await > 0 {
+            controller
+                .tell(Event::ProxyDials(std::mem::take(&mut batch)))
+                .await;
+        }
+    })
+}

@@ -1,0 +1,358 @@
+//! The userspace proxy data plane (`dataplane: proxy`): the daemon listens
+//! on a service's VIP and carries each connection itself, dialing the
+//! servers as K3s's agent load balancer does.
+//!
+//! A [`ProxyHandle`] is one service's proxy: listeners on the VIP (one per
+//! tokio worker, `SO_REUSEPORT`, so accepts spread over the workers), the
+//! [`Route`] the controller publishes (the servers in the order K3s dials
+//! them: the selected one, then the state machine's candidates), the
+//! connections per server, and its counters. Each accepted client gets its
+//! own task ([`session`]): dial the route's servers one after the other
+//! until one answers (each dial bounded by the route's `dial_timeout`),
+//! report every dial's outcome ([`DialReport`], the K3s
+//! `recordSuccess`/`recordFailure(reasonDial)`), then copy bytes both ways
+//! until either side closes or the controller closes the server's
+//! connections ([`ProxyHandle::close`], K3s's `closeAll`).
+//!
+//! Invariants: the proxy never decides where traffic goes; it dials what
+//! the controller's route says, in its order. A dial that fails for the
+//! daemon's own reasons (out of file descriptors, no buffer space, no
+//! local port) is counted as the daemon's own error and is not reported
+//! against the server. Dropping the handle stops its listeners and closes
+//! every connection it carries.
+
+mod session;
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex, PoisonError, RwLock,
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use serde::Serialize;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::{
+    net::TcpListener,
+    runtime::Handle,
+    sync::{Notify, mpsc},
+    task::JoinHandle,
+};
+use tracing::warn;
+
+/// Listen backlog of each listener (the kernel caps it at `somaxconn`).
+const BACKLOG: i32 = 4096;
+/// How long an accept loop waits after the daemon ran out of file
+/// descriptors before it accepts again (the pending clients wait in the
+/// backlog meanwhile).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Where one service's connections go, in the order K3s dials them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The servers to dial, first to last (empty: clients are closed at
+    /// once).
+    pub servers: Vec<SocketAddr>,
+    /// How long one dial may take.
+    pub dial_timeout: Duration,
+    /// TCP keepalive of the connections to the servers (zero: off).
+    pub keepalive: Duration,
+}
+
+/// The outcome of one dial of the proxy, for the state machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DialReport {
+    /// The service (`ServiceRuntime::id`).
+    pub service_id: u32,
+    /// The server dialed.
+    pub server: SocketAddr,
+    /// `None` on success, else why it failed (`refused`, `timeout`,
+    /// `unreachable`, `reset`, `error`).
+    pub failure: Option<&'static str>,
+    /// From the start of the dial to its outcome.
+    pub duration: Duration,
+}
+
+/// A service proxy's counters (since it started).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ProxyStats {
+    /// Clients accepted.
+    pub accepted: u64,
+    /// Clients closed because no server could be dialed.
+    pub no_server: u64,
+    /// Clients closed because of the daemon's own errors (file
+    /// descriptors, buffers, local ports), not blamed on any server.
+    pub local_errors: u64,
+    /// Dial reports the controller's queue could not take (the state
+    /// machine missed them).
+    pub reports_dropped: u64,
+    /// Connections carried now.
+    pub active: u64,
+}
+
+/// One service's proxy; see the module documentation. Dropping it stops
+/// the listeners and closes every connection.
+pub struct ProxyHandle {
+    shared: Arc<Shared>,
+    listeners: Vec<JoinHandle<()>>,
+    local: SocketAddr,
+}
+
+impl ProxyHandle {
+    /// Binds `vip` (`listeners` sockets with `SO_REUSEPORT`, at least one)
+    /// and starts serving `route` for service `service_id` (`name` for
+    /// logs); dial outcomes go to `reports`. Binding happens before this
+    /// returns: a VIP that cannot be bound is an error here.
+    pub fn start(
+        runtime: &Handle,
+        name: &str,
+        service_id: u32,
+        vip: SocketAddr,
+        listeners: usize,
+        route: Route,
+        reports: mpsc::Sender<DialReport>,
+    ) -> anyhow::Result<Self> {
+        let shared = Arc::new(Shared {
+            name: name.to_owned(),
+            service_id,
+            route: RwLock::new(Arc::new(route)),
+            conns: Mutex::new(HashMap::new()),
+            reports,
+            accepted: AtomicU64::new(0),
+            no_server: AtomicU64::new(0),
+            local_errors: AtomicU64::new(0),
+            reports_dropped: AtomicU64::new(0),
+            active: AtomicU64::new(0),
+        });
+        let _guard = runtime.enter();
+        let mut bound = Vec::new();
+        for _ in 0..listeners.max(1) {
+            let socket = bind(vip).with_context(|| {
+                format!("service {name}: proxy mode cannot listen on its VIP {vip}")
+            })?;
+            bound.push(socket);
+        }
+        let local = bound[0]
+            .local_addr()
+            .with_context(|| format!("service {name}: the proxy's listener on {vip}"))?;
+        let listeners = bound
+            .into_iter()
+            .map(|listener| runtime.spawn(accept_loop(listener, Arc::clone(&shared))))
+            .collect();
+        Ok(Self {
+            shared,
+            listeners,
+            local,
+        })
+    }
+
+    /// The address the listeners are bound to.
+    pub const fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Makes `route` the one new clients are dialed by.
+    pub fn set_route(&self, route: Route) {
+        let mut current = self
+            .shared
+            .route
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if **current != route {
+            *current = Arc::new(route);
+        }
+    }
+
+    /// The route new clients are dialed by now.
+    pub fn route(&self) -> Arc<Route> {
+        self.shared.route()
+    }
+
+    /// Closes every connection carried to `server` now (K3s's
+    /// `closeAll`); returns how many there were.
+    pub fn close(&self, server: SocketAddr) -> u32 {
+        let closer = self
+            .shared
+            .conns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&server);
+        closer.map_or(0, |closer| closer.close())
+    }
+
+    /// The connections carried to `server` now.
+    pub fn connections(&self, server: SocketAddr) -> u32 {
+        self.shared
+            .conns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&server)
+            .map_or(0, |closer| closer.count.load(Ordering::Relaxed))
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> ProxyStats {
+        let s = &self.shared;
+        ProxyStats {
+            accepted: s.accepted.load(Ordering::Relaxed),
+            no_server: s.no_server.load(Ordering::Relaxed),
+            local_errors: s.local_errors.load(Ordering::Relaxed),
+            reports_dropped: s.reports_dropped.load(Ordering::Relaxed),
+            active: s.active.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Drop for ProxyHandle {
+    fn drop(&mut self) {
+        for listener in &self.listeners {
+            listener.abort();
+        }
+        let all: Vec<Arc<Closer>> = self
+            .shared
+            .conns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain()
+            .map(|(_, closer)| closer)
+            .collect();
+        for closer in all {
+            closer.close();
+        }
+    }
+}
+
+/// What a service's listeners and sessions share.
+struct Shared {
+    name: String,
+    service_id: u32,
+    route: RwLock<Arc<Route>>,
+    /// The connections carried per server (the current generation: a
+    /// server's closer is replaced when its connections are closed).
+    conns: Mutex<HashMap<SocketAddr, Arc<Closer>>>,
+    reports: mpsc::Sender<DialReport>,
+    accepted: AtomicU64,
+    no_server: AtomicU64,
+    local_errors: AtomicU64,
+    reports_dropped: AtomicU64,
+    active: AtomicU64,
+}
+
+impl Shared {
+    fn route(&self) -> Arc<Route> {
+        Arc::clone(&self.route.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Hands a dial's outcome to the controller without waiting: a full
+    /// queue drops it (counted).
+    fn report(&self, server: SocketAddr, failure: Option<&'static str>, duration: Duration) {
+        let report = DialReport {
+            service_id: self.service_id,
+            server,
+            failure,
+            duration,
+        };
+        if self.reports.try_send(report).is_err() {
+            self.reports_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Registers a connection to `server`: the closer it must watch, and
+    /// the count it is in (until [`Closer::leave`]).
+    fn enter(&self, server: SocketAddr) -> Arc<Closer> {
+        let closer = Arc::clone(
+            self.conns
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(server)
+                .or_default(),
+        );
+        closer.count.fetch_add(1, Ordering::Relaxed);
+        closer
+    }
+}
+
+/// One generation of a server's connections: closing it ends every one of
+/// them (sessions that entered it watch [`Closer::closed`]).
+#[derive(Default)]
+struct Closer {
+    closed: AtomicBool,
+    notify: Notify,
+    count: AtomicU32,
+}
+
+impl Closer {
+    /// Ends every connection of this generation; returns how many there were.
+    fn close(&self) -> u32 {
+        self.closed.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once the generation is closed.
+    async fn closed(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.closed.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// A connection of this generation ended.
+    fn leave(&self) {
+        self.count.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A listening socket on `vip` with `SO_REUSEPORT` (the other listeners of
+/// the service, and a replacement during a reload, share the port) and
+/// `IP_FREEBIND` (the VIP need not be configured yet).
+fn bind(vip: SocketAddr) -> anyhow::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(vip), Type::STREAM, Some(Protocol::TCP))
+        .context("creating a TCP socket")?;
+    socket.set_reuse_address(true).context("SO_REUSEADDR")?;
+    socket.set_reuse_port(true).context("SO_REUSEPORT")?;
+    if vip.is_ipv6() {
+        socket.set_only_v6(true).context("IPV6_V6ONLY")?;
+        socket.set_freebind_v6(true).context("IPV6_FREEBIND")?;
+    } else {
+        socket.set_freebind_v4(true).context("IP_FREEBIND")?;
+    }
+    socket.set_nonblocking(true).context("O_NONBLOCK")?;
+    socket.bind(&vip.into()).context("bind")?;
+    socket.listen(BACKLOG).context("listen")?;
+    TcpListener::from_std(socket.into()).context("registering the listener with tokio")
+}
+
+/// Accepts clients until aborted; each gets its own session task.
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let mut out_of_files = false;
+    loop {
+        match listener.accept().await {
+            Ok((client, _)) => {
+                out_of_files = false;
+                shared.accepted.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(session::run(Arc::clone(&shared), client));
+            }
+            Err(err) if session::is_local_error(&err) => {
+                if !out_of_files {
+                    warn!(service = %shared.name, error = %err, "proxy: cannot accept clients (the daemon's own resources); retrying");
+                    out_of_files = true;
+                }
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+            Err(err) => {
+                // ECONNABORTED and the like: that client is gone.
+                tracing::debug!(service = %shared.name, error = %err, "proxy: accept failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! One proxied client: the K3s dial loop, then the bytes both ways.
+//!
+//! The route is read once, when the client arrives; its servers are dialed
+//! in order, each for at most the route's `dial_timeout`, until one
+//! answers. Every dial is reported (success or the reason it failed); a
+//! dial that failed for the daemon's own reasons ([`is_local_error`]) is
+//! not, and the client is closed without trying further servers (they
+//! would fail the same way). With no server answering the client is closed
+//! (K3s returns the dial error to the client the same way). A connection
+//! is counted under its server from the moment the dial succeeded until
+//! either side closes or the controller closes the server's connections.
+
+use std::{
+    io,
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use socket2::{SockRef, TcpKeepalive};
+use tokio::{io::copy_bidirectional_with_sizes, net::TcpStream};
+
+use super::{Route, Shared};
+
+/// Buffer of each direction of a connection: enough for a TLS record
+/// (16 KiB) in one read.
+const BUFFER: usize = 16 * 1024;
+
+/// Serves one client until it or its server closes.
+pub(super) async fn run(shared: Arc<Shared>, mut client: TcpStream) {
+    let route = shared.route();
+    // Go (and so K3s) turns Nagle off on every TCP connection.
+    let _ = client.set_nodelay(true);
+    let Some((server, mut upstream)) = dial_in_order(&shared, &route).await else {
+        return;
+    };
+    let closer = shared.enter(server);
+    shared.active.fetch_add(1, Ordering::Relaxed);
+    tokio::select! {
+        _ = copy_bidirectional_with_sizes(&mut client, &mut upstream, BUFFER, BUFFER) => {}
+        () = closer.closed() => {}
+    }
+    shared.active.fetch_sub(1, Ordering::Relaxed);
+    closer.leave();
+}
+
+/// Dials `route`'s servers in order; the first that answers, with its
+/// connection. `None` (counted) when none did or the daemon could not dial.
+async fn dial_in_order(shared: &Shared, route: &Route) -> Option<(SocketAddr, TcpStream)> {
+    for &server in &route.servers {
+        let start = Instant::now();
+        let dialed = tokio::time::timeout(route.dial_timeout, TcpStream::connect(server)).await;
+        let duration = start.elapsed();
+        let err = match dialed {
+            Ok(Ok(upstream)) => {
+                shared.report(server, None, duration);
+                let _ = upstream.set_nodelay(true);
+                set_keepalive(&upstream, route.keepalive);
+                return Some((server, upstream));
+            }
+            Ok(Err(err)) => err,
+            Err(_) => io::Error::from(io::ErrorKind::TimedOut),
+        };
+        if is_local_error(&err) {
+            shared.local_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(service = %shared.name, server = %server, error = %err, "proxy: could not dial (the daemon's own resources); the server is not blamed");
+            return None;
+        }
+        shared.report(server, Some(failure_reason(&err)), duration);
+    }
+    shared.no_server.fetch_add(1, Ordering::Relaxed);
+    None
+}
+
+/// TCP keepalive as Go's dialer sets it: the first probe after `every`
+/// idle, then every `every` (zero: left off).
+fn set_keepalive(stream: &TcpStream, every: Duration) {
+    if every.is_zero() {
+        return;
+    }
+    let keepalive = TcpKeepalive::new().with_time(every).with_interval(every);
+    let _ = SockRef::from(stream).set_tcp_keepalive(&keepalive);
+}
+
+/// Whether `err` is the daemon's own problem rather than the server's: out
+/// of file descriptors or memory, no buffer space, no local address or
+/// port left.
+pub(super) fn is_local_error(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+    )
+}
+
+/// The reason label of a failed dial (`k3s`-style `reasonDial` detail).
+fn failure_reason(err: &io::Error) -> &'static str {
+    match err.kind() {
+        io::ErrorKind::ConnectionRefused => "refused",
+        io::ErrorKind::TimedOut => "timeout",
+        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => "reset",
+        io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => "unreachable",
+        _ => "error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_daemons_own_errors_are_told_from_the_servers() {
+        for errno in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOBUFS,
+            libc::EADDRNOTAVAIL,
+        ] {
+            assert!(is_local_error(&io::Error::from_raw_os_error(errno)));
+        }
+        for errno in [libc::ECONNREFUSED, libc::ETIMEDOUT, libc::EHOSTUNREACH] {
+            assert!(!is_local_error(&io::Error::from_raw_os_error(errno)));
+        }
+        assert_eq!(
+            failure_reason(&io::Error::from_raw_os_error(libc::ECONNREFUSED)),
+            "refused"
+        );
+        assert_eq!(
+            failure_reason(&io::Error::from_raw_os_error(libc::EHOSTUNREACH)),
+            "unreachable"
+        );
+        assert_eq!(
+            failure_reason(&io::Error::from(io::ErrorKind::TimedOut)),
+            "timeout"
+        );
+    }
+}

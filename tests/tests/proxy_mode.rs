@@ -1,0 +1,192 @@
+//! Proxy mode (`dataplane: proxy`) on the real kernel: the daemon listens
+//! on the VIP itself and dials the servers in the K3s order; IPv4 and IPv6;
+//! a server that closes its listener costs no client connect (the next
+//! server is dialed inside the same client connection, as K3s does); a
+//! demoted server's proxied connections are closed (`closeAll`); dials
+//! reach the state machine and the dial-duration metric; the kernel does
+//! not redirect a proxied VIP.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use lb_tests::{TcpBackend, TestEnv, service};
+use lb_userspace::policy::state_machine::ServerState;
+
+/// A proxy-mode TCP service on `vip` over `servers`, TCP checks every
+/// `interval_ms`.
+fn proxied(name: &str, vip: &str, servers: &[SocketAddr], interval_ms: u64) -> String {
+    let servers: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
+    format!(
+        "  - name: {name}\n    vip: \"{vip}\"\n    dataplane: proxy\n    dial_timeout: 2s\n    servers: [{}]\n    health_check: {{ kind: tcp, interval: {interval_ms}ms, timeout: {}ms, jitter: 0% }}\n",
+        servers.join(", "),
+        interval_ms / 2
+    )
+}
+
+/// One request through `addr` from outside any cgroup: the backend's echo.
+fn echo(addr: &str, payload: &str) -> std::io::Result<String> {
+    let mut stream =
+        TcpStream::connect_timeout(&addr.parse().expect("address"), Duration::from_secs(3))?;
+    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+    stream.write_all(payload.as_bytes())?;
+    let mut reply = vec![0u8; 256];
+    let n = stream.read(&mut reply)?;
+    reply.truncate(n);
+    Ok(String::from_utf8_lossy(&reply).into_owned())
+}
+
+#[test]
+fn the_proxy_carries_tcp_over_ipv4_and_ipv6_to_the_selected_server() {
+    let Some(env) = TestEnv::new("proxy_v4_v6") else {
+        return;
+    };
+    let b1 = TcpBackend::v4("b1");
+    let b2 = TcpBackend::v4("b2");
+    let c1 = TcpBackend::v6("c1");
+    let services = format!(
+        "{}{}",
+        proxied("web", "127.0.0.1:6460", &[b1.addr, b2.addr], 200),
+        proxied("web6", "[::1]:6460", &[c1.addr], 200)
+    );
+    let mut daemon = env.start(&services);
+    daemon.wait_for(Duration::from_secs(5), "servers checked", |s| {
+        service(s, "web")
+            .servers
+            .iter()
+            .all(|srv| srv.state == ServerState::Preferred)
+            && service(s, "web6").servers[0].state == ServerState::Preferred
+    });
+
+    // From the test cgroup (the kernel's hooks run there and must leave the
+    // proxied VIP alone) and from outside it.
+    let out = env.cgroup.client(&["tcp", "127.0.0.1:6460", "ping"]);
+    assert!(out.ok, "{out:?}");
+    assert_eq!(out.reply.as_deref(), Some("b1:ping"));
+    assert_eq!(out.peer.as_deref(), Some("127.0.0.1:6460"));
+    assert_eq!(
+        echo("127.0.0.1:6460", "out").expect("proxied echo"),
+        "b1:out"
+    );
+    assert_eq!(
+        echo("[::1]:6460", "six").expect("proxied v6 echo"),
+        "c1:six"
+    );
+    // A real third-party client: curl through the proxy (HTTP on the backend).
+    let curl = Command::new("curl")
+        .args(["-s", "--max-time", "3", "http://127.0.0.1:6460/"])
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&curl.stdout), "b1", "{curl:?}");
+
+    // The dials reached the state machine: the server in use is active.
+    let status = daemon.wait_for(Duration::from_secs(3), "b1 active by dials", |s| {
+        service(s, "web").servers[0].state == ServerState::Active
+    });
+    let web = service(&status, "web");
+    assert_eq!(web.dataplane, "proxy");
+    let proxy = web.proxy.as_ref().expect("proxy status");
+    assert_eq!(proxy.listen, "127.0.0.1:6460");
+    assert!(proxy.accepted >= 3, "{proxy:?}");
+    assert_eq!(proxy.no_server, 0, "{proxy:?}");
+    assert_eq!(web.servers[1].state, ServerState::Preferred, "{web:?}");
+    // The kernel never counted a connect: the VIP is not in `services`.
+    assert_eq!(web.servers[0].connects, 0, "{web:?}");
+    let successes = daemon.counter(
+        "k3s_loadbalancer_dial_duration_seconds_count",
+        &[("name", "web"), ("status", "success")],
+    );
+    assert!(successes >= 3, "{successes} successful dials counted");
+
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait_exit(Duration::from_secs(10)).success());
+    // The listener is gone with the daemon.
+    assert!(TcpStream::connect("127.0.0.1:6460").is_err());
+}
+
+#[test]
+fn a_server_that_closes_its_listener_costs_no_client_connect() {
+    let Some(env) = TestEnv::new("proxy_failover") else {
+        return;
+    };
+    let mut b1 = TcpBackend::v4("b1");
+    let b2 = TcpBackend::v4("b2");
+    // Long checks: the dials, not the probes, must find the dead server.
+    let mut daemon = env.start(&proxied("api", "127.0.0.1:6461", &[b1.addr, b2.addr], 2000));
+    daemon.wait_for(Duration::from_secs(10), "servers checked", |s| {
+        service(s, "api")
+            .servers
+            .iter()
+            .all(|srv| srv.state == ServerState::Preferred)
+    });
+    assert_eq!(echo("127.0.0.1:6461", "a").expect("echo"), "b1:a");
+    b1.stop();
+    let start = Instant::now();
+    let mut by_b2 = 0;
+    for i in 0..200 {
+        let reply = echo("127.0.0.1:6461", &format!("{i}"))
+            .unwrap_or_else(|err| panic!("connect {i} failed: {err}\n{}", daemon.log()));
+        assert_eq!(reply, format!("b2:{i}"), "connect {i}");
+        by_b2 += 1;
+    }
+    assert_eq!(by_b2, 200);
+    // The refused dial failed the server at once (K3s: recordFailure(reasonDial)).
+    let status = daemon.wait_for(Duration::from_secs(3), "b1 failed", |s| {
+        service(s, "api").servers[0].state == ServerState::Failed
+    });
+    let api = service(&status, "api");
+    assert_eq!(api.selected, Some(b2.addr.to_string()), "{api:?}");
+    let failures = daemon.counter(
+        "k3s_loadbalancer_dial_duration_seconds_count",
+        &[("name", "api"), ("status", "failure")],
+    );
+    // The first connect after the stop found b1 refusing; once failed it is
+    // dialed last, so few connects pay for it.
+    assert!((1..=5).contains(&failures), "{failures} failed dials");
+    eprintln!(
+        "200 connects in {:?}, {failures} refused dials",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn a_demoted_servers_proxied_connections_are_closed() {
+    let Some(env) = TestEnv::new("proxy_close_all") else {
+        return;
+    };
+    let mut b1 = TcpBackend::v4("b1");
+    let b2 = TcpBackend::v4("b2");
+    let mut daemon = env.start(&proxied("api", "127.0.0.1:6462", &[b1.addr, b2.addr], 200));
+    daemon.wait_for(Duration::from_secs(5), "servers checked", |s| {
+        service(s, "api")
+            .servers
+            .iter()
+            .all(|srv| srv.state == ServerState::Preferred)
+    });
+    let mut held = env.hold("127.0.0.1:6462");
+    assert_eq!(held.backend(), "b1", "{:?}", held.connected());
+    daemon.wait_for(Duration::from_secs(3), "the held connection counted", |s| {
+        service(s, "api").servers[0].connections == 1
+            && service(s, "api").servers[0].state == ServerState::Active
+    });
+    assert_eq!(b1.held(), 1);
+    // The active server fails its checks: it is demoted and its
+    // connections are closed (K3s closeAll), the client sees them end.
+    b1.stop();
+    let closed = held.wait_closed(Duration::from_secs(5));
+    assert!(
+        closed.is_some(),
+        "the held connection stayed open\n{}",
+        daemon.log()
+    );
+    let status = daemon.wait_for(Duration::from_secs(3), "b1 failed, b2 selected", |s| {
+        let api = service(s, "api");
+        api.servers[0].state == ServerState::Failed && api.selected == Some(b2.addr.to_string())
+    });
+    assert_eq!(service(&status, "api").servers[0].connections, 0);
+    let again = env.hold("127.0.0.1:6462");
+    assert_eq!(again.backend(), "b2");
+}
