@@ -198,6 +198,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                     registry: None,
                     kernel_log: KernelLog::Off,
                     k3s: Vec::new(),
+                    dataplane: status::DataplaneStatus::default(),
                 }
                 .to_table()
             );

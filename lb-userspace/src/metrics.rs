@@ -927,6 +927,7 @@ mod tests {
             registry: None,
             kernel_log: crate::config::KernelLog::Off,
             k3s: Vec::new(),
+            dataplane: crate::api::status::DataplaneStatus::default(),
         }
     }
 

@@ -13,9 +13,9 @@ use tracing::{error, info, warn};
 
 use crate::{
     api::{self, Api, LoadConfig},
-    config::Config,
+    config::{Config, DaemonDataplane},
     controller::Controller,
-    kernel::{dataplane::Dataplane, mounts, xdp_settings},
+    kernel::{AttachReport, dataplane::Dataplane, mounts, xdp_settings},
 };
 
 /// Where the config comes from.
@@ -97,7 +97,6 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             config.bpffs_dir.display()
         );
     }
-    let cgroup = resolve_cgroup(&config)?;
 
     // Bind the HTTP ports first: a busy port must fail before the kernel is touched.
     let api_listener = api::bind(config.api_addr, "the status API").await?;
@@ -110,53 +109,37 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     // And a token file that does not load.
     let token = api::load_token(&config)?;
 
-    if let Some(xdp) = &config.xdp {
-        xdp_settings::warn_if_snat_ports_overlap(
-            xdp,
-            std::path::Path::new(xdp_settings::LOCAL_PORT_RANGE_FILE),
-        );
-    }
-    mounts::ensure_bpffs(&config.bpffs_dir)?;
-    let (dataplane, report) = Dataplane::start(&config.bpffs_dir, &cgroup, config.xdp.as_ref())
-        .map_err(|err| {
-            if is_permission_error(&err) {
-                err.context(
-                    "loading eBPF programs needs root with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (or CAP_SYS_ADMIN)",
+    let (dataplane, report, cgroup, fallback): (
+        Option<Dataplane>,
+        AttachReport,
+        Option<PathBuf>,
+        Option<String>,
+    ) = match config.dataplane {
+        DaemonDataplane::Proxy => {
+            info!(
+                "dataplane: proxy: no eBPF program is loaded; every service is proxied by the daemon"
+            );
+            (None, AttachReport::default(), None, None)
+        }
+        mode => match load_ebpf(&config) {
+            Ok((dataplane, report, cgroup)) => (Some(dataplane), report, Some(cgroup), None),
+            Err(err) if mode == DaemonDataplane::Auto => {
+                error!(
+                    error = format!("{err:#}"),
+                    "THE eBPF DATA PLANE COULD NOT START; dataplane: auto falls back to PROXY MODE: \
+                     every service is proxied by the daemon on its VIP"
+                );
+                (
+                    None,
+                    AttachReport::default(),
+                    None,
+                    Some(format!("{err:#}")),
                 )
-            } else {
-                err
             }
-        })?;
-    info!(
-        cgroup = %cgroup.display(),
-        pin_dir = %config.bpffs_dir.display(),
-        attached = ?report.attached,
-        adopted = ?report.adopted,
-        replaced = ?report.replaced,
-        reused_maps = ?report.reused_maps,
-        "programs attached"
-    );
-    if let Some(xdp) = &config.xdp {
-        let hooks: Vec<String> = report
-            .hooks
-            .iter()
-            .map(|h| format!("{}: {} {} ({})", h.interface, h.hook, h.mode, h.why))
-            .collect();
-        info!(
-            hooks = ?hooks,
-            xdp_attached = ?report.xdp.attached,
-            xdp_adopted = ?report.xdp.adopted,
-            xdp_replaced = ?report.xdp.replaced,
-            xdp_detached = ?report.xdp.detached,
-            tc_attached = ?report.tc.attached,
-            tc_adopted = ?report.tc.adopted,
-            tc_replaced = ?report.tc.replaced,
-            tc_detached = ?report.tc.detached,
-            snat_ports = %xdp.snat_ports,
-            "forwarding for remote clients attached"
-        );
-    }
-    let controller = match Controller::start(config.clone(), dataplane).await {
+            Err(err) => return Err(err),
+        },
+    };
+    let controller = match Controller::start(config.clone(), dataplane, fallback).await {
         Ok(c) => c,
         Err(err) => {
             if report.adopted.is_empty() {
@@ -211,16 +194,75 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             .ok()
             .and_then(|p| p.to_str().map(str::to_owned))
             .unwrap_or_else(|| "daas-lb".to_owned());
-        let text = crate::demo::instructions(&config, &config.bpffs_dir, &cgroup, &binary);
-        println!("{text}");
+        if let Some(cgroup) = &cgroup {
+            let text = crate::demo::instructions(&config, &config.bpffs_dir, cgroup, &binary);
+            println!("{text}");
+        }
     }
 
     signals.wait_for_stop(&api).await;
     tasks.shutdown().await;
     drop(control_socket);
     controller.shutdown().await?;
-    info!(pin_dir = %config.bpffs_dir.display(), "detached and unpinned; bye");
+    if cgroup.is_some() {
+        info!(pin_dir = %config.bpffs_dir.display(), "detached and unpinned; bye");
+    } else {
+        info!("proxies stopped; bye");
+    }
     Ok(())
+}
+
+/// Loads and attaches the eBPF data plane as `config` says: the cgroup to
+/// attach to, the bpffs mount, the programs and their links.
+fn load_ebpf(config: &Config) -> anyhow::Result<(Dataplane, AttachReport, PathBuf)> {
+    let cgroup = resolve_cgroup(config)?;
+    if let Some(xdp) = &config.xdp {
+        xdp_settings::warn_if_snat_ports_overlap(
+            xdp,
+            std::path::Path::new(xdp_settings::LOCAL_PORT_RANGE_FILE),
+        );
+    }
+    mounts::ensure_bpffs(&config.bpffs_dir)?;
+    let (dataplane, report) = Dataplane::start(&config.bpffs_dir, &cgroup, config.xdp.as_ref())
+        .map_err(|err| {
+            if is_permission_error(&err) {
+                err.context(
+                    "loading eBPF programs needs root with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (or CAP_SYS_ADMIN)",
+                )
+            } else {
+                err
+            }
+        })?;
+    info!(
+        cgroup = %cgroup.display(),
+        pin_dir = %config.bpffs_dir.display(),
+        attached = ?report.attached,
+        adopted = ?report.adopted,
+        replaced = ?report.replaced,
+        reused_maps = ?report.reused_maps,
+        "programs attached"
+    );
+    if let Some(xdp) = &config.xdp {
+        let hooks: Vec<String> = report
+            .hooks
+            .iter()
+            .map(|h| format!("{}: {} {} ({})", h.interface, h.hook, h.mode, h.why))
+            .collect();
+        info!(
+            hooks = ?hooks,
+            xdp_attached = ?report.xdp.attached,
+            xdp_adopted = ?report.xdp.adopted,
+            xdp_replaced = ?report.xdp.replaced,
+            xdp_detached = ?report.xdp.detached,
+            tc_attached = ?report.tc.attached,
+            tc_adopted = ?report.tc.adopted,
+            tc_replaced = ?report.tc.replaced,
+            tc_detached = ?report.tc.detached,
+            snat_ports = %xdp.snat_ports,
+            "forwarding for remote clients attached"
+        );
+    }
+    Ok((dataplane, report, cgroup))
 }
 
 /// A bound listener, before it is served.

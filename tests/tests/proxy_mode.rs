@@ -190,3 +190,139 @@ fn a_demoted_servers_proxied_connections_are_closed() {
     let again = env.hold("127.0.0.1:6462");
     assert_eq!(again.backend(), "b2");
 }
+
+#[test]
+fn dataplane_proxy_loads_no_ebpf_and_proxies_every_service() {
+    let Some(env) = TestEnv::new("proxy_daemon") else {
+        return;
+    };
+    let b1 = TcpBackend::v4("b1");
+    // No `dataplane` on the service: the daemon's `dataplane: proxy` makes it
+    // a proxied one.
+    let service = format!(
+        "  - name: web\n    vip: \"127.0.0.1:6463\"\n    servers: [\"{}\"]\n    health_check: {{ kind: tcp, interval: 200ms, timeout: 100ms }}\n",
+        b1.addr
+    );
+    let config = env.config_with("dataplane: proxy\n", &service);
+    let mut daemon = env.spawn(&["--config", &config]);
+    let status = daemon.wait_for(Duration::from_secs(5), "b1 preferred", |s| {
+        service_of(s).servers[0].state == ServerState::Preferred
+    });
+    assert!(!status.dataplane.ebpf, "{:?}", status.dataplane);
+    assert_eq!(status.dataplane.configured, "proxy");
+    assert_eq!(service_of(&status).dataplane, "proxy");
+    assert_eq!(echo("127.0.0.1:6463", "p").expect("proxied echo"), "b1:p");
+    // Nothing was loaded or pinned.
+    assert!(
+        !env.pins.path().exists() || std::fs::read_dir(env.pins.path()).unwrap().next().is_none(),
+        "pins under {}",
+        env.pins.path().display()
+    );
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait_exit(Duration::from_secs(10)).success());
+}
+
+#[test]
+fn dataplane_auto_falls_back_to_proxy_mode_when_the_programs_cannot_attach() {
+    let Some(env) = TestEnv::new("proxy_auto") else {
+        return;
+    };
+    let b1 = TcpBackend::v4("b1");
+    let service = format!(
+        "  - name: web\n    vip: \"127.0.0.1:6464\"\n    servers: [\"{}\"]\n    health_check: {{ kind: tcp, interval: 200ms, timeout: 100ms }}\n",
+        b1.addr
+    );
+    let config = env.config_with("dataplane: auto\n", &service);
+    // A directory that is no cgroup: attaching is impossible.
+    let not_a_cgroup = env.tmp.path().join("not-a-cgroup");
+    std::fs::create_dir_all(&not_a_cgroup).expect("directory");
+    let mut daemon = env.spawn(&[
+        "--config",
+        &config,
+        "--cgroup",
+        not_a_cgroup.to_str().expect("utf-8 path"),
+    ]);
+    let status = daemon.wait_for(Duration::from_secs(5), "b1 preferred", |s| {
+        service_of(s).servers[0].state == ServerState::Preferred
+    });
+    assert!(!status.dataplane.ebpf, "{:?}", status.dataplane);
+    assert_eq!(status.dataplane.configured, "auto");
+    let why = status.dataplane.fallback.clone().unwrap_or_default();
+    assert!(why.contains("cgroup"), "fallback reason {why:?}");
+    assert_eq!(service_of(&status).dataplane, "proxy");
+    assert!(
+        daemon.log().contains("falls back to PROXY MODE"),
+        "{}",
+        daemon.log()
+    );
+    // Clients in the cgroup and outside it reach the server through the proxy.
+    let out = env.cgroup.client(&["tcp", "127.0.0.1:6464", "ping"]);
+    assert_eq!(out.reply.as_deref(), Some("b1:ping"), "{out:?}");
+    assert_eq!(echo("127.0.0.1:6464", "x").expect("proxied echo"), "b1:x");
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait_exit(Duration::from_secs(10)).success());
+}
+
+#[test]
+fn a_reload_keeps_a_proxied_services_connections() {
+    let Some(env) = TestEnv::new("proxy_reload") else {
+        return;
+    };
+    let b1 = TcpBackend::v4("b1");
+    let b2 = TcpBackend::v4("b2");
+    let kernel = |name: &str, vip: &str| {
+        format!(
+            "  - name: {name}\n    vip: \"{vip}\"\n    servers: [\"{}\"]\n    health_check: {{ kind: tcp, interval: 200ms, timeout: 100ms }}\n",
+            b2.addr
+        )
+    };
+    let first = format!(
+        "{}{}",
+        proxied("web", "127.0.0.1:6465", &[b1.addr, b2.addr], 200),
+        kernel("other", "127.0.0.1:6466")
+    );
+    let mut daemon = env.start(&first);
+    daemon.wait_for(Duration::from_secs(5), "servers checked", |s| {
+        service_of(s)
+            .servers
+            .iter()
+            .all(|srv| srv.state == ServerState::Preferred)
+    });
+    let mut held = env.hold("127.0.0.1:6465");
+    assert_eq!(held.backend(), "b1");
+    // A new eBPF service in front, and the proxied one's check interval
+    // changed: the proxied service is kept (its id too: it has no `services`
+    // entry for the id planning to adopt), not replaced.
+    let second = format!(
+        "{}{}{}",
+        kernel("newcomer", "127.0.0.1:6467"),
+        proxied("web", "127.0.0.1:6465", &[b1.addr, b2.addr], 300),
+        kernel("other", "127.0.0.1:6466")
+    );
+    env.config(&second);
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_log(Duration::from_secs(5), "configuration reloaded", 1);
+    assert!(
+        held.wait_closed(Duration::from_secs(1)).is_none(),
+        "the reload closed the proxied connection\n{}",
+        daemon.log()
+    );
+    assert_eq!(echo("127.0.0.1:6465", "r").expect("proxied echo"), "b1:r");
+    let status = daemon.status();
+    let web = status
+        .services
+        .iter()
+        .find(|s| s.name == "web")
+        .expect("web");
+    assert_eq!(web.proxy.as_ref().map(|p| p.active), Some(1), "{web:?}");
+    // The eBPF services still work through the kernel.
+    let out = env.cgroup.client(&["tcp", "127.0.0.1:6467", "k"]);
+    assert_eq!(out.reply.as_deref(), Some("b2:k"), "{out:?}");
+}
+
+/// The only service of a test's status.
+fn service_of(
+    status: &lb_userspace::api::status::Status,
+) -> &lb_userspace::api::status::ServiceStatus {
+    &status.services[0]
+}

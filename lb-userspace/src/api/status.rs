@@ -27,6 +27,32 @@ pub struct Status {
     /// The followed K3s balancers' state files; empty without a `k3s` block.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub k3s: Vec<K3sFileStatus>,
+    /// What carries the daemon's services.
+    #[serde(default)]
+    pub dataplane: DataplaneStatus,
+}
+
+/// The daemon's data plane (`dataplane` in the status).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataplaneStatus {
+    /// The top-level `dataplane` setting: `ebpf`, `proxy` or `auto`.
+    pub configured: String,
+    /// Whether the eBPF programs are loaded and attached: false means
+    /// every service is proxied.
+    pub ebpf: bool,
+    /// Why `auto` runs without them: the error loading or attaching gave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
+}
+
+impl Default for DataplaneStatus {
+    fn default() -> Self {
+        Self {
+            configured: "ebpf".to_owned(),
+            ebpf: true,
+            fallback: None,
+        }
+    }
 }
 
 /// One followed K3s balancer's state file.
@@ -851,6 +877,7 @@ mod tests {
             registry: None,
             kernel_log: KernelLog::Off,
             k3s: Vec::new(),
+            dataplane: DataplaneStatus::default(),
         }
     }
 

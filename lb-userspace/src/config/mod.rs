@@ -151,6 +151,43 @@ pub struct Config {
     /// default off). Reloadable; `daas-lb kernel-log` changes it until the
     /// next reload.
     pub kernel_log: KernelLog,
+    /// Whether the daemon loads its eBPF programs (`dataplane`, default
+    /// `ebpf`; read at start only).
+    pub dataplane: DaemonDataplane,
+}
+
+/// Whether the daemon loads its eBPF programs (the top-level `dataplane`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DaemonDataplane {
+    /// Loads and attaches them; failing to is an error (the default).
+    #[default]
+    Ebpf,
+    /// Loads nothing: every service is proxied (`dataplane: proxy` is
+    /// every service's default then).
+    Proxy,
+    /// Loads them, and when that fails (no BPF, no cgroup v2, missing
+    /// capabilities, a cgroup it cannot attach to) runs every service in
+    /// proxy mode instead, saying so in the log and the status.
+    Auto,
+}
+
+config_words!(pub DaemonDataplane, "dataplane", { Ebpf => "ebpf", Proxy => "proxy", Auto => "auto" });
+
+impl ServiceConfig {
+    /// Why this service cannot run in proxy mode (`None`: it can): proxy
+    /// mode carries TCP, one server at a time, for local clients.
+    pub fn proxy_refusal(&self) -> Option<&'static str> {
+        if self.protocol == Protocol::Udp {
+            Some("it is UDP and proxy mode carries TCP only")
+        } else if self.policy == Policy::Spread {
+            Some("it uses policy spread and proxy mode dials in K3s order (failover)")
+        } else if self.remote {
+            Some("it serves remote clients (`remote`), which needs the XDP/tc programs")
+        } else {
+            None
+        }
+    }
 }
 
 /// What the kernel programs log through aya-log (`kernel_log`), into the

@@ -34,6 +34,7 @@ pub(super) struct RawConfig {
     pub(super) k3s: Option<Spanned<RawK3s>>,
     pub(super) features: Option<Spanned<RawFeatures>>,
     pub(super) kernel_log: Option<Spanned<String>>,
+    pub(super) dataplane: Option<Spanned<String>>,
 }
 
 /// The `features` block.

@@ -103,6 +103,7 @@ fn full_example() {
             k3s: None,
             features: Features::default(),
             kernel_log: KernelLog::Off,
+            dataplane: DaemonDataplane::Ebpf,
         }
     );
 }
@@ -2132,6 +2133,49 @@ fn proxy_mode_settings_and_what_they_refuse() {
         "services[0].keepalive",
         6,
         "is too long; expected at most 2h",
+    );
+}
+
+#[test]
+fn a_daemon_without_ebpf_proxies_every_service_and_refuses_what_needs_the_kernel() {
+    let yaml = format!("dataplane: proxy\n{}", with_service(""));
+    let config = parse(&yaml);
+    assert_eq!(config.dataplane, DaemonDataplane::Proxy);
+    assert_eq!(config.services[0].dataplane, ServiceDataplane::Proxy);
+    assert_eq!(
+        parse(&format!("dataplane: auto\n{}", with_service(""))).services[0].dataplane,
+        ServiceDataplane::Ebpf
+    );
+    assert_error(
+        &format!(
+            "dataplane: proxy\n{}",
+            with_service("    dataplane: ebpf\n")
+        ),
+        "services[0].dataplane",
+        6,
+        "the daemon loads no eBPF programs",
+    );
+    // UDP is refused at the service, which defaults to proxy mode.
+    assert_error(
+        &format!("dataplane: proxy\n{}", with_service("    protocol: udp\n")),
+        "services[0].protocol",
+        6,
+        "proxy mode carries TCP only",
+    );
+    assert_error(
+        &format!(
+            "dataplane: proxy\nxdp:\n  interfaces: [eth0]\n{}",
+            with_service("")
+        ),
+        "xdp",
+        3,
+        "needs the XDP/tc programs",
+    );
+    assert_error(
+        "dataplane: kernel\nservices: []\n",
+        "dataplane",
+        1,
+        "unknown dataplane",
     );
 }
 

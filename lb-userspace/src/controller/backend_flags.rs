@@ -13,7 +13,11 @@ use crate::{
 
 /// Rewrites the backend slots whose flags no longer match their server's
 /// state (only those: usually none).
-pub(super) fn sync(dataplane: &mut Dataplane, service: &mut ServiceRuntime) {
+pub(super) fn sync(dataplane: &mut Option<Dataplane>, service: &mut ServiceRuntime) {
+    // Without the kernel's data plane there is no slot to flag.
+    let Some(dataplane) = dataplane.as_mut() else {
+        return;
+    };
     for entry in service.machine.servers() {
         let Some(runtime) = service.servers.get_mut(&entry.address) else {
             continue;

@@ -29,7 +29,10 @@ pub(super) fn stall_bound(service: &ServiceRuntime) -> Duration {
 }
 
 /// Rewrites the service's `failover` entry when it changed.
-pub(super) fn sync(dataplane: &mut Dataplane, service: &mut ServiceRuntime) {
+pub(super) fn sync(dataplane: &mut Option<Dataplane>, service: &mut ServiceRuntime) {
+    let Some(dataplane) = dataplane.as_mut() else {
+        return;
+    };
     if service.config.protocol != Protocol::Tcp || !service.in_kernel() {
         // UDP has no dial to observe: its sends never look at the entry;
         // a proxied VIP is not the kernel's.

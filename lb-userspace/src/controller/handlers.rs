@@ -115,7 +115,11 @@ impl State {
             }
             Event::Shutdown { reply } => {
                 self.stop_tasks();
-                let _ = reply.send(dataplane::cleanup(self.dataplane.pin_dir()).map(drop));
+                let cleaned = self
+                    .dataplane
+                    .as_ref()
+                    .map_or(Ok(()), |d| dataplane::cleanup(d.pin_dir()).map(drop));
+                let _ = reply.send(cleaned);
                 return Next::Stop;
             }
         }
@@ -157,15 +161,19 @@ impl State {
             k3s::start(self, &handle, settings);
         }
         dns::start(self, &handle);
-        if let Some(ring) = self.dataplane.maps.dial_events.take() {
+        if let Some(ring) = self
+            .dataplane
+            .as_mut()
+            .and_then(|d| d.maps.dial_events.take())
+        {
             self.dial_task = Some(dials::spawn(&self.runtime, handle.clone(), ring)?);
         }
-        if let Some(reader) = self.dataplane.kernel_log.take() {
+        if let Some(reader) = self.dataplane.as_mut().and_then(|d| d.kernel_log.take()) {
             self.kernel_log_task = Some(kernel_log::spawn(&self.runtime, reader)?);
         }
-        if let Some(settings) = &self.config.xdp {
+        if let (Some(settings), Some(dataplane)) = (&self.config.xdp, &self.dataplane) {
             self.flow_gc = Some(FlowGc::start(
-                &self.dataplane.maps.flows,
+                &dataplane.maps.flows,
                 settings.flow_timeouts,
                 settings.flow_gc_interval,
             )?);
@@ -269,12 +277,10 @@ impl State {
             // The server answers: a suspect mark the kernel set on a failed
             // client dial was a false alarm, or the server is back.
             let suspicion = server.suspect.take();
-            match self
-                .dataplane
-                .maps
-                .backend_dial
-                .clear_suspect(server.backend_id)
-            {
+            let cleared = self.dataplane.as_mut().map_or(Ok(false), |d| {
+                d.maps.backend_dial.clear_suspect(server.backend_id)
+            });
+            match cleared {
                 Ok(cleared) => {
                     if cleared || suspicion.is_some() {
                         info!(service = service_name, server = %address, reason = suspicion.map_or("", |s| s.reason), confirmed = suspicion.is_some_and(|s| s.confirmed), "probe passes: the server is no longer suspect, the kernel may send connects to it again");
@@ -458,7 +464,7 @@ impl State {
             ..
         } = self;
         let counts = connections::count(&connections::via_vip(sockets, servers, |key| {
-            dataplane.maps.rev_nat.get(key)
+            dataplane.as_ref().and_then(|d| d.maps.rev_nat.get(key))
         }));
         let now = Instant::now();
         for service in services.iter_mut() {
@@ -468,7 +474,7 @@ impl State {
                 let connections = if let Some(proxy) = &service.proxy {
                     // The proxy counts the connections it carries.
                     proxy.connections(address)
-                } else if by_kernel {
+                } else if let (true, Some(dataplane)) = (by_kernel, dataplane.as_ref()) {
                     // `sock_ops` counts them as they open and close.
                     match dataplane.maps.backend_conns.get(server.backend_id) {
                         Ok(conns) => u32::try_from(conns.established).unwrap_or(u32::MAX),
@@ -486,11 +492,12 @@ impl State {
                 };
                 service.machine.set_connections(address, connections);
                 // Connects, and unconnected UDP datagrams, the kernel sent here.
-                let connects = dataplane
-                    .maps
-                    .backend_stats
-                    .get(server.backend_id)
-                    .map_or(0, |s| s.connects + s.sendmsgs);
+                let connects = dataplane.as_ref().map_or(0, |d| {
+                    d.maps
+                        .backend_stats
+                        .get(server.backend_id)
+                        .map_or(0, |s| s.connects + s.sendmsgs)
+                });
                 // New connects are successful dials when one is still open
                 // or the last probe could connect too (failed connects are
                 // reported by the probes).
@@ -519,10 +526,10 @@ impl State {
     /// notifications, coalesced): the next hops the kernel programs cached
     /// in flow entries are stale, so the generation in `xdp_config` moves.
     fn bump_hop_gen(&mut self, messages: usize) {
-        if self.config.xdp.is_none() {
+        let (Some(_), Some(dataplane)) = (&self.config.xdp, self.dataplane.as_mut()) else {
             return;
-        }
-        match self.dataplane.maps.xdp_config.bump_hop_gen() {
+        };
+        match dataplane.maps.xdp_config.bump_hop_gen() {
             Ok(generation) => debug!(generation, messages, "next hops changed: hop_gen bumped"),
             Err(err) => warn!(
                 error = format!("{err:#}"),
@@ -534,9 +541,9 @@ impl State {
     /// Brings the `if_addrs` map (XDP's default SNAT source per interface)
     /// up to date with the interfaces' addresses the poller read.
     fn sync_if_addrs(&mut self, wanted: anyhow::Result<BTreeMap<u32, IfAddrs>>) {
-        if self.config.xdp.is_none() {
+        let (Some(_), Some(dataplane)) = (&self.config.xdp, self.dataplane.as_mut()) else {
             return;
-        }
+        };
         let result = wanted.and_then(|wanted| {
             let overflow = wanted.len() > lb_common::MAX_INTERFACES as usize;
             if overflow && !self.if_addrs_overflow {
@@ -547,7 +554,7 @@ impl State {
                 );
             }
             self.if_addrs_overflow = overflow;
-            self.dataplane.maps.if_addrs.sync(&wanted)
+            dataplane.maps.if_addrs.sync(&wanted)
         });
         match result {
             Ok(changes) => {

@@ -57,11 +57,13 @@ impl State {
         level: KernelLog,
         source: &'static str,
     ) -> anyhow::Result<()> {
-        self.dataplane
-            .maps
-            .kernel_log
-            .set(level.map_value())
-            .with_context(|| format!("switching the kernel programs' log to {level}"))?;
+        if let Some(dataplane) = self.dataplane.as_mut() {
+            dataplane
+                .maps
+                .kernel_log
+                .set(level.map_value())
+                .with_context(|| format!("switching the kernel programs' log to {level}"))?;
+        }
         if level != self.kernel_log {
             info!(from = %self.kernel_log, to = %level, source, target_name = TARGET, "kernel programs' log level changed");
         }

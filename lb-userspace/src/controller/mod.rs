@@ -81,16 +81,24 @@ impl Controller {
     /// Starts the controller thread with `dataplane`, writes `config` into
     /// the maps (adopting what is there, with the servers saved at
     /// runtime), and starts the health checks, the poller and discovery.
-    /// Must run inside the tokio runtime. On an error the thread has ended.
-    pub async fn start(config: Config, dataplane: Dataplane) -> anyhow::Result<Self> {
+    /// Without a data plane (`None`: the daemon runs without eBPF) every
+    /// service is proxied; `fallback` says why when `dataplane: auto` fell
+    /// back to that (shown in the status). Must run inside the tokio
+    /// runtime. On an error the thread has ended.
+    pub async fn start(
+        config: Config,
+        dataplane: Option<Dataplane>,
+        fallback: Option<String>,
+    ) -> anyhow::Result<Self> {
         let (events, receiver) = mpsc::channel(QUEUE);
         let controller = Self { events };
-        let state = State::new(
+        let mut state = State::new(
             &config,
             dataplane,
             controller.events.downgrade(),
             tokio::runtime::Handle::current(),
         )?;
+        state.dataplane_fallback = fallback;
         let thread: JoinHandle<()> = std::thread::Builder::new()
             .name("controller".to_owned())
             .spawn(move || run(state, receiver))

@@ -14,8 +14,8 @@ use std::{
     time::Instant,
 };
 
-use anyhow::Context as _;
-use lb_common::{MaglevKey, NO_BACKEND};
+use anyhow::{Context as _, bail};
+use lb_common::{Backend, MaglevKey, NO_BACKEND, Service, VipKey};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
@@ -30,12 +30,12 @@ use super::{
     spread,
 };
 use crate::{
-    config::{Config, Policy, Protocol},
+    config::{Config, Policy, Protocol, ServiceDataplane},
     health::Prober,
     kernel::dataplane::Dataplane,
     policy::{
         dial_stall::DialTime,
-        map_ids::{IdPlan, ServiceSpec, plan_ids},
+        map_ids::{IdPlan, ServiceSpec, backend_entry, plan_ids},
         state_machine::{Effects, Selection, ServerState, ServiceMachine},
     },
 };
@@ -192,6 +192,11 @@ pub(super) fn config_with_servers(
 /// (probers, map ids) first, then the pure [`plan`], then the writes.
 pub(super) fn apply(state: &mut State, config: Config) -> anyhow::Result<()> {
     let now = Instant::now();
+    let config = if state.dataplane.is_none() {
+        all_proxied(config)?
+    } else {
+        config
+    };
     // Probers first: a bad CA file must fail before anything changes.
     let mut probers = Vec::with_capacity(config.services.len());
     for service in &config.services {
@@ -205,11 +210,8 @@ pub(super) fn apply(state: &mut State, config: Config) -> anyhow::Result<()> {
         probers.push(Arc::new(prober));
     }
     let specs = plan::specs(&config);
-    let ids = plan_ids(
-        &state.dataplane.maps.services.all()?,
-        &state.dataplane.maps.backends.used()?,
-        &specs,
-    )?;
+    let (existing_services, existing_backends) = existing_ids(state)?;
+    let ids = plan_ids(&existing_services, &existing_backends, &specs)?;
     let running: Vec<Running> = state
         .services
         .iter()
@@ -226,6 +228,63 @@ pub(super) fn apply(state: &mut State, config: Config) -> anyhow::Result<()> {
     write(state, config, &specs, &ids, plan, probers, now)
 }
 
+/// `config` for a daemon running without its eBPF data plane: every service
+/// proxied, or an error naming the first that cannot be (and the blocks
+/// that need the kernel).
+fn all_proxied(mut config: Config) -> anyhow::Result<Config> {
+    if config.xdp.is_some() {
+        bail!("the daemon runs without its eBPF data plane, which the `xdp` block needs");
+    }
+    if config.k3s.is_some() {
+        bail!(
+            "the daemon runs without its eBPF data plane: the `k3s` block's VIPs are K3s's own listeners, which only the kernel's connect hook can take over"
+        );
+    }
+    for service in &mut config.services {
+        if service.dataplane == ServiceDataplane::Ebpf {
+            if let Some(why) = service.proxy_refusal() {
+                bail!(
+                    "service {}: the daemon runs without its eBPF data plane and the service cannot be proxied: {why}",
+                    service.name
+                );
+            }
+            service.dataplane = ServiceDataplane::Proxy;
+        }
+    }
+    Ok(config)
+}
+
+/// What the id planning adopts: the kernel's `services` and `backends`
+/// entries, plus the running proxied services, which have no `services`
+/// entry (without a data plane, the running services are all there is), so
+/// that a reload keeps their ids and does not replace them.
+fn existing_ids(state: &State) -> anyhow::Result<(Vec<(VipKey, Service)>, Vec<(u32, Backend)>)> {
+    let (mut services, backends) = match &state.dataplane {
+        Some(dataplane) => (
+            dataplane.maps.services.all()?,
+            dataplane.maps.backends.used()?,
+        ),
+        None => (
+            Vec::new(),
+            state
+                .services
+                .iter()
+                .flat_map(|s| {
+                    s.servers
+                        .iter()
+                        .map(|(&address, r)| (r.backend_id, backend_entry(address, s.id)))
+                })
+                .collect(),
+        ),
+    };
+    for service in state.services.iter().filter(|s| !s.in_kernel()) {
+        if !services.iter().any(|(key, _)| *key == service.key) {
+            services.push((service.key, spread::entry(service, NO_BACKEND)));
+        }
+    }
+    Ok((services, backends))
+}
+
 /// Carries out `plan`: counters of fresh slots reset, backend slots
 /// written, runtimes built (checks started and stopped), retired services
 /// removed, entries and tables written, stale slots cleared, server lists
@@ -239,21 +298,22 @@ fn write(
     probers: Vec<Arc<Prober>>,
     now: Instant,
 ) -> anyhow::Result<()> {
-    for &id in &ids.fresh_backends {
-        state.dataplane.maps.backend_stats.reset(id)?;
-        // A reused slot must not carry its last owner's suspect mark.
-        state.dataplane.maps.backend_dial.reset(id)?;
-    }
-    for &id in &ids.fresh_services {
-        state.dataplane.maps.service_stats.reset(id)?;
-    }
-    for (backend_id, backend, service, address) in &plan.backends {
-        state
-            .dataplane
-            .maps
-            .backends
-            .set(*backend_id, *backend)
-            .with_context(|| format!("service {service}: backend {address}"))?;
+    if let Some(dataplane) = state.dataplane.as_mut() {
+        for &id in &ids.fresh_backends {
+            dataplane.maps.backend_stats.reset(id)?;
+            // A reused slot must not carry its last owner's suspect mark.
+            dataplane.maps.backend_dial.reset(id)?;
+        }
+        for &id in &ids.fresh_services {
+            dataplane.maps.service_stats.reset(id)?;
+        }
+        for (backend_id, backend, service, address) in &plan.backends {
+            dataplane
+                .maps
+                .backends
+                .set(*backend_id, *backend)
+                .with_context(|| format!("service {service}: backend {address}"))?;
+        }
     }
     // Connections that exist now (after a restart: through the old
     // controller's entries) rank servers before the first check.
@@ -263,7 +323,12 @@ fn write(
         .collect();
     let counts = state
         .connections
-        .count(&all_servers, |key| state.dataplane.maps.rev_nat.get(key))
+        .count(&all_servers, |key| {
+            state
+                .dataplane
+                .as_ref()
+                .and_then(|d| d.maps.rev_nat.get(key))
+        })
         .unwrap_or_default();
     let flags: HashMap<(u32, SocketAddr), u8> = plan
         .backends
@@ -366,8 +431,10 @@ fn write(
         });
         effects_of.push(effects);
     }
-    if plan.services.iter().any(ServicePlan::fresh) {
-        adopt_tables(&mut state.dataplane, &mut runtimes, &plan.services);
+    if plan.services.iter().any(ServicePlan::fresh)
+        && let Some(dataplane) = state.dataplane.as_mut()
+    {
+        adopt_tables(dataplane, &mut runtimes, &plan.services);
     }
     // Services that are gone or replaced: refuse their VIP first, then close.
     for name in &plan.retired {
@@ -391,10 +458,11 @@ fn write(
                 .and_then(|a| service.servers.get(&a))
                 .map_or(NO_BACKEND, |s| s.backend_id);
             let entry = spread::entry(service, backend_id);
-            let written = if service.in_kernel() {
-                state.dataplane.maps.services.set(service.key, entry)
-            } else {
-                Ok(())
+            let written = match state.dataplane.as_mut() {
+                Some(dataplane) if service.in_kernel() => {
+                    dataplane.maps.services.set(service.key, entry)
+                }
+                _ => Ok(()),
             };
             match written {
                 Ok(()) => {
@@ -407,11 +475,8 @@ fn write(
             // Flows XDP forwarded while the VIP was remote stop now: their
             // next packet finds a service without `remote`.
             let id = service.id;
-            if let Err(err) = state
-                .dataplane
-                .maps
-                .flows
-                .forget(|flow| flow.service_id == id)
+            if let Some(dataplane) = state.dataplane.as_mut()
+                && let Err(err) = dataplane.maps.flows.forget(|flow| flow.service_id == id)
             {
                 problems.push(format!("service {}: {err:#}", service.config.name));
             }
@@ -425,25 +490,25 @@ fn write(
                 .server
                 .and_then(|a| service.servers.get(&a))
                 .map_or(NO_BACKEND, |s| s.backend_id);
-            let written = if service.in_kernel() {
-                state
-                    .dataplane
+            let written = match state.dataplane.as_mut() {
+                Some(dataplane) if service.in_kernel() => dataplane
                     .maps
                     .services
-                    .set(service.key, spread::entry(service, backend_id))
-            } else {
-                // Proxy mode: the kernel must not redirect the VIP (an
-                // entry adopted from an eBPF-mode run goes), the proxy
-                // listens on it.
-                state
-                    .dataplane
-                    .maps
-                    .services
-                    .remove(&service.key)
-                    .and_then(|()| {
-                        service.selection = selection;
-                        proxies::start(&state.runtime, &state.proxy_reports, service)
-                    })
+                    .set(service.key, spread::entry(service, backend_id)),
+                _ if service.in_kernel() => Err(anyhow::anyhow!(
+                    "the daemon runs without its eBPF data plane: the service needs `dataplane: proxy`"
+                )),
+                dataplane => {
+                    // Proxy mode: the kernel must not redirect the VIP (an
+                    // entry adopted from an eBPF-mode run goes), the proxy
+                    // listens on it.
+                    dataplane
+                        .map_or(Ok(()), |d| d.maps.services.remove(&service.key))
+                        .and_then(|()| {
+                            service.selection = selection;
+                            proxies::start(&state.runtime, &state.proxy_reports, service)
+                        })
+                }
             };
             if let Err(err) = written {
                 problems.push(format!("service {}: {err:#}", service.config.name));
@@ -478,12 +543,18 @@ fn write(
         }
     }
     for key in &ids.stale_services {
-        if let Err(err) = state.dataplane.maps.services.remove(key) {
+        let Some(dataplane) = state.dataplane.as_mut() else {
+            break;
+        };
+        if let Err(err) = dataplane.maps.services.remove(key) {
             problems.push(format!("removing a stale service entry: {err:#}"));
         }
     }
     for &id in &ids.stale_backends {
-        if let Err(err) = state.dataplane.maps.backends.clear(id) {
+        let Some(dataplane) = state.dataplane.as_mut() else {
+            break;
+        };
+        if let Err(err) = dataplane.maps.backends.clear(id) {
             problems.push(format!("clearing backend slot {id}: {err:#}"));
         }
     }
@@ -577,7 +648,9 @@ fn retire(state: &mut State, mut service: ServiceRuntime) {
         drop(proxy);
         info!(service = %service.config.name, closed = carried, "proxied service removed; its listener and connections were closed");
     }
-    if let Err(err) = state.dataplane.maps.services.remove(&service.key) {
+    if let Some(dataplane) = state.dataplane.as_mut()
+        && let Err(err) = dataplane.maps.services.remove(&service.key)
+    {
         warn!(service = %service.config.name, error = format!("{err:#}"), "could not remove the service entry");
     }
     for server in service.servers.values() {
@@ -590,19 +663,17 @@ fn retire(state: &mut State, mut service: ServiceRuntime) {
             .counters
             .transition(&service.config.name, t.server, t.from, ServerState::Invalid);
     }
+    let Some(dataplane) = state.dataplane.as_mut() else {
+        return;
+    };
     let name = service.config.name.clone();
-    spread::remove_slots(
-        &mut state.dataplane,
-        service.id,
-        0..service.table.len(),
-        &name,
-    );
+    spread::remove_slots(dataplane, service.id, 0..service.table.len(), &name);
     let servers: Vec<SocketAddr> = service.servers.keys().copied().collect();
     let closing = state.connections.close(
         service.id,
         &servers,
-        |key| state.dataplane.maps.rev_nat.get(key),
-        |cookie| state.dataplane.maps.dials.forget(cookie),
+        |key| dataplane.maps.rev_nat.get(key),
+        |cookie| dataplane.maps.dials.forget(cookie),
     );
     match closing {
         Ok(closed) => {
@@ -632,6 +703,20 @@ mod tests {
             Err(ServersError::Invalid(message)) => message,
             other => panic!("expected Invalid, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn without_the_ebpf_data_plane_every_service_is_proxied_or_the_start_fails() {
+        let tcp = Config::from_yaml(
+            "services:\n  - name: api\n    vip: 127.0.0.1:6444\n    servers: [10.0.0.1:6443]\n",
+            "test.yaml",
+        )
+        .unwrap();
+        let proxied = all_proxied(tcp).unwrap();
+        assert_eq!(proxied.services[0].dataplane, ServiceDataplane::Proxy);
+        let message = format!("{:#}", all_proxied(running()).unwrap_err());
+        assert!(message.contains("service other-udp"), "{message}");
+        assert!(message.contains("UDP"), "{message}");
     }
 
     #[test]

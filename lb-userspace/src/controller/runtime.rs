@@ -125,7 +125,9 @@ impl ServiceRuntime {
 
 /// Everything the controller owns.
 pub(super) struct State {
-    pub(super) dataplane: Dataplane,
+    /// The kernel's data plane: programs, links and maps (`None` when the
+    /// daemon runs without eBPF: every service is proxied).
+    pub(super) dataplane: Option<Dataplane>,
     /// The `sock_diag` socket that closes connections and counts them on a
     /// configuration change (the poller has its own).
     pub(super) connections: Connections,
@@ -167,6 +169,9 @@ pub(super) struct State {
     /// The watcher of routes, neighbours and links that bumps the next-hop
     /// generation (`xdp` only; `None` before the start).
     pub(super) hop_watch: Option<HopWatch>,
+    /// Why `dataplane: auto` runs without the eBPF data plane (the error
+    /// that loading or attaching it gave); `None` when it did not fall back.
+    pub(super) dataplane_fallback: Option<String>,
     /// Where the proxy mode's services report their dials.
     pub(super) proxy_reports: mpsc::Sender<DialReport>,
     /// The other end, until the start hands it to the forwarder task.
@@ -180,7 +185,7 @@ impl State {
     /// The state before the first configuration is applied.
     pub(super) fn new(
         config: &Config,
-        dataplane: Dataplane,
+        dataplane: Option<Dataplane>,
         events: WeakSender<Event>,
         runtime: Handle,
     ) -> anyhow::Result<Self> {
@@ -222,6 +227,7 @@ impl State {
             kernel_log_task: None,
             flow_gc: None,
             hop_watch: None,
+            dataplane_fallback: None,
             proxy_reports,
             proxy_reports_rx: Some(proxy_reports_rx),
             proxy_forwarder: None,

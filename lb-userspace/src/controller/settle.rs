@@ -30,7 +30,7 @@ use crate::{
 /// transitions, rewrite the service entry if the selection changed, then
 /// close connections.
 pub(super) fn settle(
-    dataplane: &mut Dataplane,
+    dataplane: &mut Option<Dataplane>,
     connections: &mut Connections,
     counters: &mut Counters,
     service: &mut ServiceRuntime,
@@ -44,7 +44,7 @@ pub(super) fn settle(
 /// The first half of [`settle`]: transitions logged and counted, the maps
 /// brought in line with the state machine.
 pub(super) fn rewrite(
-    dataplane: &mut Dataplane,
+    dataplane: &mut Option<Dataplane>,
     counters: &mut Counters,
     service: &mut ServiceRuntime,
     effects: &Effects,
@@ -71,7 +71,7 @@ pub(super) fn rewrite(
 /// The second half of [`settle`]: the connections of the servers the
 /// effects name are destroyed (`start`: when settling began, for the log).
 pub(super) fn close(
-    dataplane: &mut Dataplane,
+    dataplane: &mut Option<Dataplane>,
     connections: &mut Connections,
     counters: &mut Counters,
     service: &mut ServiceRuntime,
@@ -101,6 +101,9 @@ pub(super) fn close(
         }
         return;
     }
+    let Some(dataplane) = dataplane.as_mut() else {
+        return;
+    };
     let closing = connections.close(
         service.id,
         &effects.close,
@@ -140,7 +143,11 @@ pub(super) fn close(
 }
 
 /// Writes the service entry when the state machine's selection changed.
-fn reselect(dataplane: &mut Dataplane, counters: &mut Counters, service: &mut ServiceRuntime) {
+fn reselect(
+    dataplane: &mut Option<Dataplane>,
+    counters: &mut Counters,
+    service: &mut ServiceRuntime,
+) {
     // Ties keep what the map holds now: no churn at startup or on decay.
     let selection = service.machine.select_from(service.selection.server);
     if selection == service.selection {
@@ -152,6 +159,7 @@ fn reselect(dataplane: &mut Dataplane, counters: &mut Counters, service: &mut Se
         .map_or(NO_BACKEND, |s| s.backend_id);
     let entry = spread::entry(service, backend_id);
     if service.in_kernel()
+        && let Some(dataplane) = dataplane.as_mut()
         && let Err(err) = dataplane.maps.services.set(service.key, entry)
     {
         warn!(service = %service.config.name, error = format!("{err:#}"), "could not update the services map; will retry on the next event");

@@ -90,7 +90,11 @@ pub(super) fn entry(service: &ServiceRuntime, backend_id: u32) -> Service {
 
 /// Brings the service's table in the kernel up to date; returns whether
 /// anything was written.
-pub(super) fn sync(dataplane: &mut Dataplane, service: &mut ServiceRuntime) -> bool {
+pub(super) fn sync(dataplane: &mut Option<Dataplane>, service: &mut ServiceRuntime) -> bool {
+    // Without the kernel's data plane every service is proxied (failover).
+    let Some(dataplane) = dataplane.as_mut() else {
+        return false;
+    };
     let name = service.config.name.clone();
     if service.config.policy != Policy::Spread {
         if service.table.is_empty() {

@@ -17,8 +17,8 @@ use super::{
 };
 use crate::{
     api::status::{
-        CheckStatus, DialStatus, ProxyStatus, RegistryStatus, ServerStatus, ServiceStatus, Status,
-        XdpDrops, XdpFlowsStatus, XdpStatus,
+        CheckStatus, DataplaneStatus, DialStatus, ProxyStatus, RegistryStatus, ServerStatus,
+        ServiceStatus, Status, XdpDrops, XdpFlowsStatus, XdpStatus,
     },
     config::{Policy, Protocol, ServiceConfig},
 };
@@ -57,9 +57,8 @@ pub(super) fn build(state: &State) -> Status {
         .map(|service| {
             let kernel = state
                 .dataplane
-                .maps
-                .service_stats
-                .get(service.id)
+                .as_ref()
+                .and_then(|d| d.maps.service_stats.get(service.id).ok())
                 .unwrap_or_default();
             let slot_counts = spread::slot_counts(&service.table);
             let tracked = service.counted_by_kernel() && service.config.protocol == Protocol::Tcp;
@@ -71,7 +70,10 @@ pub(super) fn build(state: &State) -> Status {
                 .map(|entry| {
                     let runtime = service.servers.get(&entry.address);
                     let counters = runtime
-                        .and_then(|r| state.dataplane.maps.backend_stats.get(r.backend_id).ok())
+                        .and_then(|r| {
+                            let dataplane = state.dataplane.as_ref()?;
+                            dataplane.maps.backend_stats.get(r.backend_id).ok()
+                        })
                         .unwrap_or_default();
                     let last_check = runtime.and_then(|r| r.last_check.as_ref());
                     let since = wall
@@ -159,60 +161,61 @@ pub(super) fn build(state: &State) -> Status {
             }
         })
         .collect();
-    let xdp = state.config.xdp.as_ref().map(|xdp| {
-        let counts = state
-            .dataplane
-            .maps
-            .xdp_stats
-            .verdicts()
-            .unwrap_or_else(|err| {
+    let xdp = state
+        .config
+        .xdp
+        .as_ref()
+        .zip(state.dataplane.as_ref())
+        .map(|(xdp, dataplane)| {
+            let counts = dataplane.maps.xdp_stats.verdicts().unwrap_or_else(|err| {
                 warn!(
                     error = format!("{err:#}"),
                     "could not read the xdp_stats map"
                 );
                 Vec::new()
             });
-        let gc = state
-            .flow_gc
-            .as_ref()
-            .map_or_else(FlowGcStats::default, |gc| {
-                gc.stats
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .clone()
-            });
-        XdpStatus {
-            interfaces: xdp.interface_names(),
-            mode: xdp.mode.to_string(),
-            hooks: state.dataplane.hooks.clone(),
-            snat_ports: xdp.snat_ports.to_string(),
-            verdicts: lb_common::xdp_counter::NAMES
-                .iter()
-                .enumerate()
-                .map(|(index, name)| ((*name).to_owned(), counts.get(index).copied().unwrap_or(0)))
-                .collect(),
-            flows: XdpFlowsStatus {
-                entries: gc.forward_entries + gc.reply_entries,
-                forward: gc.forward_entries,
-                reply: gc.reply_entries,
-                capacity: gc.capacity,
-                removed_by_reason: gc
-                    .removed_by_reason()
-                    .map(|(reason, n)| (reason.to_owned(), n))
+            let gc = state
+                .flow_gc
+                .as_ref()
+                .map_or_else(FlowGcStats::default, |gc| {
+                    gc.stats
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .clone()
+                });
+            XdpStatus {
+                interfaces: xdp.interface_names(),
+                mode: xdp.mode.to_string(),
+                hooks: dataplane.hooks.clone(),
+                snat_ports: xdp.snat_ports.to_string(),
+                verdicts: lb_common::xdp_counter::NAMES
+                    .iter()
+                    .enumerate()
+                    .map(|(index, name)| {
+                        ((*name).to_owned(), counts.get(index).copied().unwrap_or(0))
+                    })
                     .collect(),
-                last_pass_ms: gc.last_pass.as_secs_f64() * 1000.0,
-                passes: gc.passes,
-                created: gc.created,
-                evicted: gc.evicted,
-            },
-            hop_gen: state
-                .dataplane
-                .maps
-                .xdp_config
-                .last()
-                .map_or(0, |entry| entry.hop_gen),
-        }
-    });
+                flows: XdpFlowsStatus {
+                    entries: gc.forward_entries + gc.reply_entries,
+                    forward: gc.forward_entries,
+                    reply: gc.reply_entries,
+                    capacity: gc.capacity,
+                    removed_by_reason: gc
+                        .removed_by_reason()
+                        .map(|(reason, n)| (reason.to_owned(), n))
+                        .collect(),
+                    last_pass_ms: gc.last_pass.as_secs_f64() * 1000.0,
+                    passes: gc.passes,
+                    created: gc.created,
+                    evicted: gc.evicted,
+                },
+                hop_gen: dataplane
+                    .maps
+                    .xdp_config
+                    .last()
+                    .map_or(0, |entry| entry.hop_gen),
+            }
+        });
     let registry = state.discovery.stats.as_ref().map(|stats| {
         let view = state.discovery.view.as_ref();
         let synced = view.is_some_and(|v| v.synced);
@@ -245,6 +248,11 @@ pub(super) fn build(state: &State) -> Status {
         registry,
         kernel_log: state.kernel_log,
         k3s: state.k3s.status(),
+        dataplane: DataplaneStatus {
+            configured: state.config.dataplane.to_string(),
+            ebpf: state.dataplane.is_some(),
+            fallback: state.dataplane_fallback.clone(),
+        },
     }
 }
 

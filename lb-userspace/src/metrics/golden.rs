@@ -253,6 +253,7 @@ fn status() -> Status {
         }),
         kernel_log: crate::config::KernelLog::Off,
         k3s: Vec::new(),
+        dataplane: crate::api::status::DataplaneStatus::default(),
     }
 }
 

@@ -23,8 +23,9 @@ use std::{
 use serde_saphyr::{Location, Spanned};
 
 use super::{
-    Config, ControlGroup, DialStall, DiscoveryConfig, Features, HealthCheckConfig, Issue,
-    KernelLog, Policy, Protocol, ServerName, ServiceConfig, ServiceDataplane, raw::RawConfig,
+    Config, ControlGroup, DaemonDataplane, DialStall, DiscoveryConfig, Features, HealthCheckConfig,
+    Issue, KernelLog, Policy, Protocol, ServerName, ServiceConfig, ServiceDataplane,
+    raw::RawConfig,
 };
 
 /// Longest service name.
@@ -74,6 +75,9 @@ pub(super) struct Checker {
     sui_sync_kinds: Vec<(String, Location)>,
     /// Every `kind: nautilus` seen so far: its path and position.
     nautilus_kinds: Vec<(String, Location)>,
+    /// The top-level `dataplane` is `proxy`: services are proxied unless
+    /// they say otherwise, which they may not.
+    daemon_proxy: bool,
 }
 
 /// What the checks that need the chain look at besides the service.
@@ -235,6 +239,29 @@ impl Checker {
 
     pub(super) fn config(&mut self, raw: &Spanned<RawConfig>) -> Option<Config> {
         let top = &raw.value;
+        let dataplane = match &top.dataplane {
+            None => Some(DaemonDataplane::Ebpf),
+            Some(raw) => self.parse(raw, "dataplane"),
+        };
+        self.daemon_proxy = dataplane == Some(DaemonDataplane::Proxy);
+        if self.daemon_proxy {
+            for (written, field, why) in [
+                (
+                    top.xdp.as_ref().map(|raw| raw.referenced),
+                    "xdp",
+                    "forwarding remote clients needs the XDP/tc programs, which `dataplane: proxy` does not load",
+                ),
+                (
+                    top.k3s.as_ref().map(|raw| raw.referenced),
+                    "k3s",
+                    "K3s's own balancer listens on the VIPs it follows: only the eBPF data plane can take them over (`dataplane: proxy` cannot listen there)",
+                ),
+            ] {
+                if let Some(at) = written {
+                    self.report(at, field, why.to_owned());
+                }
+            }
+        }
         let bpffs_dir = self.dir(
             top.bpffs_dir.as_ref(),
             "bpffs_dir",
@@ -375,6 +402,7 @@ impl Checker {
             control_group: control_group?,
             api_token_file: api_token_file?,
             services: services?,
+            dataplane: dataplane?,
             max_concurrent_checks: max_concurrent_checks?,
             connection_poll_interval: connection_poll_interval?,
             dns_refresh: dns_refresh?,

@@ -232,9 +232,24 @@ impl Checker {
         path: &str,
         protocol: Option<Protocol>,
     ) -> (Option<ServiceDataplane>, Option<Duration>, Option<Duration>) {
+        let default = if self.daemon_proxy {
+            ServiceDataplane::Proxy
+        } else {
+            ServiceDataplane::Ebpf
+        };
         let dataplane = match &service.dataplane {
-            None => Some(ServiceDataplane::Ebpf),
-            Some(raw) => self.parse(raw, &format!("{path}.dataplane")),
+            None => Some(default),
+            Some(raw) => {
+                let parsed = self.parse(raw, &format!("{path}.dataplane"));
+                if self.daemon_proxy && parsed == Some(ServiceDataplane::Ebpf) {
+                    self.report(
+                        raw.referenced,
+                        &format!("{path}.dataplane"),
+                        "the daemon loads no eBPF programs (top-level `dataplane: proxy`); use `dataplane: ebpf` or `auto` at the top level for this service".to_owned(),
+                    );
+                }
+                parsed
+            }
         };
         let dial_timeout = service.dial_timeout.as_ref().map_or(
             Some(ServiceConfig::DEFAULT_DIAL_TIMEOUT),
@@ -265,14 +280,17 @@ impl Checker {
                 });
         let proxy = dataplane == Some(ServiceDataplane::Proxy);
         if proxy {
-            let at = service
-                .dataplane
-                .as_ref()
-                .map_or(Location::UNKNOWN, |raw| raw.referenced);
             if protocol == Some(Protocol::Udp) {
+                // At `dataplane` when written, else at `protocol` (the
+                // daemon's `dataplane: proxy` made it a proxied service).
+                let (at, field) = match (&service.dataplane, &service.protocol) {
+                    (Some(raw), _) => (raw.referenced, "dataplane"),
+                    (None, Some(raw)) => (raw.referenced, "protocol"),
+                    (None, None) => (Location::UNKNOWN, "dataplane"),
+                };
                 self.report(
                     at,
-                    &format!("{path}.dataplane"),
+                    &format!("{path}.{field}"),
                     "proxy mode carries TCP only; a UDP service needs `dataplane: ebpf`".to_owned(),
                 );
             }
