@@ -35,4 +35,5 @@ pub mod kernel;
 pub mod metrics;
 pub mod nautilus;
 pub mod policy;
+pub mod proxy;
 pub mod run;

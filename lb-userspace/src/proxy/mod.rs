@@ -1,0 +1,3 @@
+//! The userspace proxy data plane.
+
+pub mod connect;
