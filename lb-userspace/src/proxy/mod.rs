@@ -21,6 +21,7 @@
 //! against the server. Dropping the handle stops its listeners and closes
 //! every connection it carries.
 
+pub mod connect;
 mod session;
 
 use std::{
