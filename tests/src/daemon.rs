@@ -43,6 +43,8 @@ pub struct Daemon {
     /// The file it sees as `/etc/hosts` (`None`: the host's), see
     /// [`topology::private_hosts_on_exec`].
     hosts: Option<PathBuf>,
+    /// Variables set in its environment besides the test's own.
+    env: Vec<(String, String)>,
     /// Where its status API listens.
     pub api: SocketAddr,
     /// Its metrics endpoint ([`METRICS`]).
@@ -55,7 +57,18 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `daas-lb run` with `args`, logging to `log_dir/daemon-<unique>.log`.
     pub fn spawn(args: &[&str], log_dir: &Path, api: SocketAddr) -> Self {
-        Self::spawn_with(args, log_dir, api, None, None)
+        Self::spawn_with(args, log_dir, api, None, None, &[])
+    }
+
+    /// Like [`Daemon::spawn`], with `env` set in its environment (and in
+    /// every [`Daemon::relaunch`]'s).
+    pub fn spawn_with_env(
+        args: &[&str],
+        log_dir: &Path,
+        api: SocketAddr,
+        env: &[(&str, &str)],
+    ) -> Self {
+        Self::spawn_with(args, log_dir, api, None, None, env)
     }
 
     /// Like [`Daemon::spawn`], in a mount namespace of its own where `hosts`
@@ -65,7 +78,7 @@ impl Daemon {
     /// changes what the daemon's resolver answers; the host's `/etc/hosts`
     /// is never touched.
     pub fn spawn_with_hosts(args: &[&str], log_dir: &Path, api: SocketAddr, hosts: &Path) -> Self {
-        Self::spawn_with(args, log_dir, api, None, Some(hosts.to_path_buf()))
+        Self::spawn_with(args, log_dir, api, None, Some(hosts.to_path_buf()), &[])
     }
 
     /// Like [`Daemon::spawn`], in the network namespace at `netns` (e.g.
@@ -78,6 +91,7 @@ impl Daemon {
             api,
             Some(Netns::SetNs(netns.to_path_buf())),
             None,
+            &[],
         )
     }
 
@@ -97,6 +111,7 @@ impl Daemon {
             api,
             Some(Netns::IpNetnsExec(name.to_owned())),
             None,
+            &[],
         )
     }
 
@@ -106,9 +121,14 @@ impl Daemon {
         api: SocketAddr,
         netns: Option<Netns>,
         hosts: Option<PathBuf>,
+        env: &[(&str, &str)],
     ) -> Self {
         let args: Vec<String> = args.iter().map(|&a| a.to_owned()).collect();
-        let (child, log) = Self::launch(&args, log_dir, netns.as_ref(), hosts.as_deref());
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let (child, log) = Self::launch(&args, log_dir, netns.as_ref(), hosts.as_deref(), &env);
         Self {
             child: Some(child),
             log,
@@ -116,6 +136,7 @@ impl Daemon {
             log_dir: log_dir.to_path_buf(),
             netns,
             hosts,
+            env,
             api,
             metrics: METRICS,
             control: control_socket_in(log_dir),
@@ -127,6 +148,7 @@ impl Daemon {
         log_dir: &Path,
         netns: Option<&Netns>,
         hosts: Option<&Path>,
+        env: &[(String, String)],
     ) -> (Child, PathBuf) {
         let log = log_dir.join(unique("daemon")).with_extension("log");
         let log_file = File::create(&log).expect("create daemon log");
@@ -153,6 +175,7 @@ impl Daemon {
             // The kernel programs' records at every level: they are there
             // only while `kernel_log` is on (off unless a test sets it).
             .env("RUST_LOG", "info,daas_lb::kernel=debug")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(log_file.try_clone().expect("dup log"))
             .stderr(log_file)
             .spawn()
@@ -181,6 +204,7 @@ impl Daemon {
             &self.log_dir,
             self.netns.as_ref(),
             self.hosts.as_deref(),
+            &self.env,
         );
         self.child = Some(child);
         self.log = log;

@@ -298,3 +298,78 @@ pub fn build_k3s_proxy(out_dir: &Path) -> Result<PathBuf> {
     );
     Ok(binary)
 }
+
+/// Debian's tinyproxy, a real HTTP CONNECT forward proxy, in the foreground
+/// on `127.0.0.1:PORT` with its config, log and pid file in a temp dir;
+/// killed on drop (also on panic).
+pub struct Tinyproxy {
+    process: Option<Proxy>,
+    dir: crate::TempDir,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl Tinyproxy {
+    /// Starts `bin` on `127.0.0.1:port`, tunnelling to `connect_ports` only
+    /// (`ConnectPort`; any other port is answered 403), with `extra` config
+    /// lines; waits (at most 10 s) until it accepts connections.
+    pub fn start(bin: &Path, port: u16, connect_ports: &[u16], extra: &str) -> Self {
+        let dir = crate::TempDir::new();
+        let d = dir.path().display();
+        let ports: String = connect_ports
+            .iter()
+            .map(|p| format!("ConnectPort {p}\n"))
+            .collect();
+        let config = dir.file(
+            "tinyproxy.conf",
+            &format!(
+                "Port {port}\nListen 127.0.0.1\nTimeout 10\nMaxClients 64\n\
+                 LogFile \"{d}/tinyproxy.log\"\nLogLevel Info\nPidFile \"{d}/tinyproxy.pid\"\n\
+                 Allow 127.0.0.1\n{ports}DisableViaHeader Yes\n{extra}\n"
+            ),
+        );
+        let mut command = Command::new(bin);
+        command.arg("-d").arg("-c").arg(&config);
+        let process = Proxy::spawn(command, &dir.path().join("tinyproxy.out"))
+            .unwrap_or_else(|e| panic!("starting tinyproxy: {e:#}"));
+        let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+        let proxy = Self {
+            process: Some(process),
+            dir,
+            addr,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tinyproxy did not listen on {addr} within 10 s; {}",
+                proxy.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        proxy
+    }
+
+    /// Its output and log file, for failure messages.
+    pub fn logs(&self) -> String {
+        let read =
+            |name: &str| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+        format!(
+            "tinyproxy output:\n{}\ntinyproxy.log:\n{}",
+            read("tinyproxy.out"),
+            read("tinyproxy.log")
+        )
+    }
+
+    /// How many CONNECT requests for `target` its log shows.
+    pub fn connects_to(&self, target: SocketAddr) -> usize {
+        let log =
+            std::fs::read_to_string(self.dir.path().join("tinyproxy.log")).unwrap_or_default();
+        log.matches(&format!("CONNECT {target} HTTP/1.1")).count()
+    }
+
+    /// Kills it now (the port is closed once this returns).
+    pub fn kill(&mut self) {
+        self.process = None;
+    }
+}

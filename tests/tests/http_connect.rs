@@ -24,7 +24,7 @@ use std::{
 
 use lb_tests::{
     NetNs, TempDir, privileged,
-    proxies::{Proxy, find_program},
+    proxies::{Tinyproxy, find_program},
     sh,
 };
 use lb_userspace::proxy::connect::{ConnectError, ProxyEnv, ProxyUrl, dial};
@@ -118,70 +118,6 @@ async fn start_server() {
     });
 }
 
-/// tinyproxy in the foreground on [`PROXY`], config/log/pid in a temp dir;
-/// killed on drop.
-struct Tinyproxy {
-    process: Option<Proxy>,
-    dir: TempDir,
-}
-
-impl Tinyproxy {
-    /// Starts it with `extra` config lines and waits (at most 10 s) until
-    /// it accepts connections.
-    fn start(bin: &Path, extra: &str) -> Self {
-        let dir = TempDir::new();
-        let d = dir.path().display();
-        let config = dir.file(
-            "tinyproxy.conf",
-            &format!(
-                "Port {port}\nListen 127.0.0.1\nTimeout 10\nMaxClients 16\n\
-                 LogFile \"{d}/tinyproxy.log\"\nLogLevel Info\nPidFile \"{d}/tinyproxy.pid\"\n\
-                 Allow 127.0.0.1\nConnectPort {SERVER_PORT}\nDisableViaHeader Yes\n{extra}\n",
-                port = PROXY.port()
-            ),
-        );
-        let mut command = Command::new(bin);
-        command.arg("-d").arg("-c").arg(&config);
-        let process = Proxy::spawn(command, &dir.path().join("tinyproxy.out"))
-            .unwrap_or_else(|e| panic!("starting tinyproxy: {e:#}"));
-        let proxy = Self {
-            process: Some(process),
-            dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while StdTcpStream::connect_timeout(&PROXY, Duration::from_millis(200)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "tinyproxy did not listen on {PROXY} within 10 s; {}",
-                proxy.logs()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-        proxy
-    }
-
-    /// Its output and log file, for failure messages.
-    fn logs(&self) -> String {
-        let read = |name: &str| fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
-        format!(
-            "tinyproxy output:\n{}\ntinyproxy.log:\n{}",
-            read("tinyproxy.out"),
-            read("tinyproxy.log")
-        )
-    }
-
-    /// How many CONNECT requests for `target` its log shows.
-    fn connects_to(&self, target: SocketAddr) -> usize {
-        let log = fs::read_to_string(self.dir.path().join("tinyproxy.log")).unwrap_or_default();
-        log.matches(&format!("CONNECT {target} HTTP/1.1")).count()
-    }
-
-    /// Kills it now (the port is closed once this returns).
-    fn kill(&mut self) {
-        self.process = None;
-    }
-}
-
 /// The environment K3s would see: `HTTPS_PROXY` pointing at tinyproxy
 /// (`userinfo`, e.g. `alice:s3cret@`, in front of the host) and `NO_PROXY`.
 fn proxy_env(userinfo: &str, no_proxy: &str) -> ProxyEnv {
@@ -215,7 +151,7 @@ fn a_connect_tunnel_carries_bytes_both_ways() {
         return;
     };
     let world = World::new();
-    let tinyproxy = Tinyproxy::start(&bin, "");
+    let tinyproxy = Tinyproxy::start(&bin, PROXY.port(), &[SERVER_PORT], "");
     world.runtime.block_on(async {
         start_server().await;
         let env = proxy_env("", "10.0.0.0/8,example.com");
@@ -237,7 +173,7 @@ fn a_proxy_that_is_down_is_unreachable() {
         return;
     };
     let world = World::new();
-    let mut tinyproxy = Tinyproxy::start(&bin, "");
+    let mut tinyproxy = Tinyproxy::start(&bin, PROXY.port(), &[SERVER_PORT], "");
     world.runtime.block_on(async {
         start_server().await;
         let env = proxy_env("", "");
@@ -274,7 +210,7 @@ fn a_connect_port_the_proxy_refuses_is_a_403() {
         return;
     };
     let world = World::new();
-    let tinyproxy = Tinyproxy::start(&bin, "");
+    let tinyproxy = Tinyproxy::start(&bin, PROXY.port(), &[SERVER_PORT], "");
     let target = SocketAddr::new(SERVER_IP.into(), REFUSED_PORT);
     world.runtime.block_on(async {
         let env = proxy_env("", "");
@@ -299,7 +235,7 @@ fn basic_auth_from_the_proxy_url_gets_through() {
         return;
     };
     let world = World::new();
-    let tinyproxy = Tinyproxy::start(&bin, "BasicAuth alice s3cret");
+    let tinyproxy = Tinyproxy::start(&bin, PROXY.port(), &[SERVER_PORT], "BasicAuth alice s3cret");
     world.runtime.block_on(async {
         start_server().await;
         // tinyproxy answers 407 without credentials and 401 to wrong ones.
@@ -331,7 +267,7 @@ fn a_no_proxy_match_dials_directly() {
         return;
     };
     let world = World::new();
-    let tinyproxy = Tinyproxy::start(&bin, "");
+    let tinyproxy = Tinyproxy::start(&bin, PROXY.port(), &[SERVER_PORT], "");
     world.runtime.block_on(async {
         start_server().await;
         for no_proxy in ["192.0.2.0/24", "192.0.2.10", "192.0.2.10:7000", "*"] {

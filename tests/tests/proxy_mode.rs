@@ -326,3 +326,82 @@ fn service_of(
 ) -> &lb_userspace::api::status::ServiceStatus {
     &status.services[0]
 }
+
+#[test]
+fn servers_are_dialed_through_the_https_proxy_as_k3s_does() {
+    let Some(env) = TestEnv::new("proxy_connect") else {
+        return;
+    };
+    let Some(tinyproxy_bin) = lb_tests::proxies::find_program("tinyproxy") else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "tinyproxy is missing under CI=true (apt-get install tinyproxy)"
+        );
+        eprintln!("skipping: no tinyproxy (apt-get install tinyproxy)");
+        return;
+    };
+    // Servers off loopback (loopback is never proxied, as in Go), on a
+    // veth of the test's namespace: nothing routes out.
+    lb_tests::sh(
+        "ip",
+        &[
+            "link", "add", "srv0", "type", "veth", "peer", "name", "srv1",
+        ],
+    );
+    lb_tests::sh("ip", &["addr", "add", "192.0.2.10/24", "dev", "srv0"]);
+    lb_tests::sh("ip", &["addr", "add", "192.0.2.11/24", "dev", "srv0"]);
+    lb_tests::sh("ip", &["link", "set", "srv0", "up"]);
+    lb_tests::sh("ip", &["link", "set", "srv1", "up"]);
+    let b1 = TcpBackend::bind("b1", "192.0.2.10:7000".parse().unwrap());
+    let b2 = TcpBackend::bind("b2", "192.0.2.11:7000".parse().unwrap());
+    let mut proxy = lb_tests::proxies::Tinyproxy::start(&tinyproxy_bin, 8888, &[7000], "");
+    let config = env.config(&proxied("api", "127.0.0.1:6468", &[b1.addr, b2.addr], 200));
+    let mut daemon = lb_tests::Daemon::spawn_with_env(
+        &["--config", &config],
+        env.tmp.path(),
+        lb_tests::API,
+        &[
+            ("K3S_AGENT_HTTP_PROXY_ALLOWED", "true"),
+            ("HTTPS_PROXY", "http://127.0.0.1:8888"),
+            // b2 is dialed directly.
+            ("NO_PROXY", "192.0.2.11"),
+        ],
+    );
+    daemon.wait_for(Duration::from_secs(5), "servers checked", |s| {
+        service_of(s)
+            .servers
+            .iter()
+            .all(|srv| srv.state == ServerState::Preferred)
+    });
+    for i in 0..3 {
+        assert_eq!(
+            echo("127.0.0.1:6468", &format!("{i}")).expect("echo"),
+            format!("b1:{i}")
+        );
+    }
+    assert_eq!(proxy.connects_to(b1.addr), 3, "{}", proxy.logs());
+    // The proxy goes down: its errors are dial failures that name it, and
+    // the next server (not proxied: NO_PROXY) takes the client, in the same
+    // client connection.
+    proxy.kill();
+    assert_eq!(echo("127.0.0.1:6468", "down").expect("echo"), "b2:down");
+    // The failed dial failed the server in use (its direct health checks,
+    // which do not go through the proxy, may bring it back soon after).
+    daemon.wait_log(
+        Duration::from_secs(3),
+        "server=192.0.2.10:7000 from=active to=failed",
+        1,
+    );
+    let metrics = daemon.metrics();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.contains("proxy_unreachable") && l.contains(&b1.addr.to_string())),
+        "no dial failure counted with reason proxy_unreachable:\n{metrics}"
+    );
+    assert!(
+        daemon.log().contains("proxy 127.0.0.1:8888"),
+        "{}",
+        daemon.log()
+    );
+}

@@ -154,7 +154,27 @@ pub struct Config {
     /// Whether the daemon loads its eBPF programs (`dataplane`, default
     /// `ebpf`; read at start only).
     pub dataplane: DaemonDataplane,
+    /// Whether proxied services dial their servers through the HTTP CONNECT
+    /// proxy of `HTTPS_PROXY` (`http_proxy_allowed`, default `auto`: as
+    /// `K3S_AGENT_HTTP_PROXY_ALLOWED` says; read at start only).
+    pub http_proxy_allowed: HttpProxyAllowed,
 }
+
+/// The top-level `http_proxy_allowed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpProxyAllowed {
+    /// As the daemon's `K3S_AGENT_HTTP_PROXY_ALLOWED` says, like K3s (the
+    /// default).
+    #[default]
+    Auto,
+    /// Always, whatever that variable says.
+    True,
+    /// Never.
+    False,
+}
+
+config_words!(pub HttpProxyAllowed, "http_proxy_allowed", { Auto => "auto", True => "true", False => "false" });
 
 /// Whether the daemon loads its eBPF programs (the top-level `dataplane`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]

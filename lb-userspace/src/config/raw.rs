@@ -35,6 +35,7 @@ pub(super) struct RawConfig {
     pub(super) features: Option<Spanned<RawFeatures>>,
     pub(super) kernel_log: Option<Spanned<String>>,
     pub(super) dataplane: Option<Spanned<String>>,
+    pub(super) http_proxy_allowed: Option<Spanned<String>>,
 }
 
 /// The `features` block.

@@ -104,6 +104,7 @@ fn full_example() {
             features: Features::default(),
             kernel_log: KernelLog::Off,
             dataplane: DaemonDataplane::Ebpf,
+            http_proxy_allowed: HttpProxyAllowed::Auto,
         }
     );
 }

@@ -12,7 +12,7 @@
 //! in rank order: usable listed servers, the default server, failed
 //! servers last (fail open).
 
-use std::{net::SocketAddr, num::NonZeroUsize};
+use std::{net::SocketAddr, num::NonZeroUsize, sync::Arc};
 
 use tokio::{runtime::Handle, sync::mpsc, task::JoinHandle};
 
@@ -21,8 +21,8 @@ use super::{
     runtime::ServiceRuntime,
 };
 use crate::{
-    config::ServiceDataplane,
-    proxy::{DialReport, ProxyHandle, Route},
+    config::{HttpProxyAllowed, ServiceDataplane},
+    proxy::{DialReport, ProxyEnv, ProxyHandle, Route, connect},
 };
 
 /// Dial reports waiting for the controller thread at most (beyond, the
@@ -55,9 +55,58 @@ pub(super) fn sync(service: &ServiceRuntime) {
     }
 }
 
+/// The HTTP CONNECT proxy settings as `allowed` and the daemon's
+/// environment say (K3s's `K3S_AGENT_HTTP_PROXY_ALLOWED`, `HTTPS_PROXY`,
+/// `NO_PROXY`); `None` when servers are dialed directly. A variable that
+/// does not parse is an error naming it.
+pub(super) fn http_proxy(allowed: HttpProxyAllowed) -> anyhow::Result<Option<Arc<ProxyEnv>>> {
+    let allowed = match allowed {
+        HttpProxyAllowed::True => true,
+        HttpProxyAllowed::False => false,
+        HttpProxyAllowed::Auto => connect::proxy_allowed(|name| std::env::var(name).ok()),
+    };
+    if !allowed {
+        return Ok(None);
+    }
+    let env = ProxyEnv::from_env().map_err(|err| anyhow::anyhow!("http_proxy_allowed: {err}"))?;
+    match env.https_proxy() {
+        Some(proxy) => {
+            tracing::info!(proxy = %proxy, no_proxy_empty = env.no_proxy().is_empty(), "proxied services dial their servers through the HTTPS_PROXY forward proxy (HTTP CONNECT), as K3s does; servers of eBPF-mode services cannot be (a kernel redirect cannot speak CONNECT)");
+        }
+        None => {
+            tracing::warn!(
+                ignored_http_proxy = env.ignored_http_proxy(),
+                "HTTP proxy dialing is allowed but HTTPS_PROXY is not set: servers are dialed directly (K3s uses HTTPS_PROXY only, not HTTP_PROXY)"
+            );
+        }
+    }
+    Ok(Some(Arc::new(env)))
+}
+
+/// Warns about `service` in eBPF mode when its servers would go through
+/// the HTTP CONNECT proxy: the kernel connects them directly.
+pub(super) fn warn_if_unproxyable(via: Option<&ProxyEnv>, service: &ServiceRuntime) {
+    let Some(via) = via else {
+        return;
+    };
+    if service.proxy.is_some() {
+        return;
+    }
+    let through: Vec<String> = service
+        .servers
+        .keys()
+        .filter(|&&server| via.proxy_for(server).is_some())
+        .map(ToString::to_string)
+        .collect();
+    if !through.is_empty() {
+        tracing::warn!(service = %service.config.name, servers = through.join(","), "these servers would be dialed through HTTPS_PROXY, but the service is in eBPF mode, whose kernel redirect cannot speak HTTP CONNECT: they are connected directly; set `dataplane: proxy` on the service to go through the proxy");
+    }
+}
+
 /// Starts `service`'s proxy when it is in proxy mode and has none yet.
 pub(super) fn start(
     runtime: &Handle,
+    via: Option<&Arc<ProxyEnv>>,
     reports: &mpsc::Sender<DialReport>,
     service: &mut ServiceRuntime,
 ) -> anyhow::Result<()> {
@@ -74,6 +123,7 @@ pub(super) fn start(
         service.config.vip,
         listeners,
         route(service),
+        via.cloned(),
         reports.clone(),
     )?;
     tracing::info!(service = %service.config.name, listen = %proxy.local_addr(), listeners, dial_timeout = ?service.config.dial_timeout, "proxy mode: listening on the VIP");

@@ -506,7 +506,12 @@ fn write(
                         .map_or(Ok(()), |d| d.maps.services.remove(&service.key))
                         .and_then(|()| {
                             service.selection = selection;
-                            proxies::start(&state.runtime, &state.proxy_reports, service)
+                            proxies::start(
+                                &state.runtime,
+                                state.http_proxy.as_ref(),
+                                &state.proxy_reports,
+                                service,
+                            )
                         })
                 }
             };
@@ -526,6 +531,9 @@ fn write(
                 info!(service = %service.config.name, before_restart = %adopted, now = ?selection.server, "selection after restart");
             }
             service.selection = selection;
+        }
+        if service_plan.fresh() {
+            proxies::warn_if_unproxyable(state.http_proxy.as_deref(), service);
         }
         settle(
             &mut state.dataplane,

@@ -38,7 +38,7 @@ use crate::{
         dial_stall::DialTime,
         state_machine::{Selection, ServiceMachine},
     },
-    proxy::{DialReport, ProxyHandle},
+    proxy::{DialReport, ProxyEnv, ProxyHandle},
 };
 
 /// One server as the controller tracks it (besides its state-machine entry).
@@ -172,6 +172,9 @@ pub(super) struct State {
     /// Why `dataplane: auto` runs without the eBPF data plane (the error
     /// that loading or attaching it gave); `None` when it did not fall back.
     pub(super) dataplane_fallback: Option<String>,
+    /// The HTTP CONNECT proxy settings proxied services dial through
+    /// (`http_proxy_allowed`; `None`: every dial is direct).
+    pub(super) http_proxy: Option<Arc<ProxyEnv>>,
     /// Where the proxy mode's services report their dials.
     pub(super) proxy_reports: mpsc::Sender<DialReport>,
     /// The other end, until the start hands it to the forwarder task.
@@ -203,6 +206,7 @@ impl State {
                 )))
             });
         let (proxy_reports, proxy_reports_rx) = mpsc::channel(super::proxies::QUEUE);
+        let http_proxy = super::proxies::http_proxy(config.http_proxy_allowed)?;
         Ok(Self {
             dataplane,
             connections: Connections::open()?,
@@ -228,6 +232,7 @@ impl State {
             flow_gc: None,
             hop_watch: None,
             dataplane_fallback: None,
+            http_proxy,
             proxy_reports,
             proxy_reports_rx: Some(proxy_reports_rx),
             proxy_forwarder: None,

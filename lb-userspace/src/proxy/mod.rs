@@ -45,6 +45,8 @@ use tokio::{
 };
 use tracing::warn;
 
+pub use self::connect::ProxyEnv;
+
 /// Listen backlog of each listener (the kernel caps it at `somaxconn`).
 const BACKLOG: i32 = 4096;
 /// How long an accept loop waits after the daemon ran out of file
@@ -72,7 +74,9 @@ pub struct DialReport {
     /// The server dialed.
     pub server: SocketAddr,
     /// `None` on success, else why it failed (`refused`, `timeout`,
-    /// `unreachable`, `reset`, `error`).
+    /// `unreachable`, `reset`, `error`; through an HTTP CONNECT proxy:
+    /// `proxy_unreachable`, `proxy_refused`, `proxy_protocol`,
+    /// `proxy_timeout`).
     pub failure: Option<&'static str>,
     /// From the start of the dial to its outcome.
     pub duration: Duration,
@@ -106,8 +110,13 @@ pub struct ProxyHandle {
 impl ProxyHandle {
     /// Binds `vip` (`listeners` sockets with `SO_REUSEPORT`, at least one)
     /// and starts serving `route` for service `service_id` (`name` for
-    /// logs); dial outcomes go to `reports`. Binding happens before this
-    /// returns: a VIP that cannot be bound is an error here.
+    /// logs); servers that `via` names a proxy for are dialed through it
+    /// (HTTP CONNECT); dial outcomes go to `reports`. Binding happens before
+    /// this returns: a VIP that cannot be bound is an error here.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "each is one fact about the service's proxy; a struct would only rename them"
+    )]
     pub fn start(
         runtime: &Handle,
         name: &str,
@@ -115,11 +124,13 @@ impl ProxyHandle {
         vip: SocketAddr,
         listeners: usize,
         route: Route,
+        via: Option<Arc<ProxyEnv>>,
         reports: mpsc::Sender<DialReport>,
     ) -> anyhow::Result<Self> {
         let shared = Arc::new(Shared {
             name: name.to_owned(),
             service_id,
+            via,
             route: RwLock::new(Arc::new(route)),
             conns: Mutex::new(HashMap::new()),
             reports,
@@ -231,6 +242,9 @@ impl Drop for ProxyHandle {
 struct Shared {
     name: String,
     service_id: u32,
+    /// Where the HTTP CONNECT proxy settings say which servers go through a
+    /// proxy (`None`: every server is dialed directly).
+    via: Option<Arc<ProxyEnv>>,
     route: RwLock<Arc<Route>>,
     /// The connections carried per server (the current generation: a
     /// server's closer is replaced when its connections are closed).

@@ -1,7 +1,8 @@
 //! One proxied client: the K3s dial loop, then the bytes both ways.
 //!
 //! The route is read once, when the client arrives; its servers are dialed
-//! in order, each for at most the route's `dial_timeout`, until one
+//! in order, each for at most the route's `dial_timeout` (directly, or
+//! through the HTTP CONNECT proxy the settings name for it), until one
 //! answers. Every dial is reported (success or the reason it failed); a
 //! dial that failed for the daemon's own reasons ([`is_local_error`]) is
 //! not, and the client is closed without trying further servers (they
@@ -20,7 +21,7 @@ use std::{
 use socket2::{SockRef, TcpKeepalive};
 use tokio::{io::copy_bidirectional_with_sizes, net::TcpStream};
 
-use super::{Route, Shared};
+use super::{Route, Shared, connect};
 
 /// Buffer of each direction of a connection: enough for a TLS record
 /// (16 KiB) in one read.
@@ -49,27 +50,79 @@ pub(super) async fn run(shared: Arc<Shared>, mut client: TcpStream) {
 async fn dial_in_order(shared: &Shared, route: &Route) -> Option<(SocketAddr, TcpStream)> {
     for &server in &route.servers {
         let start = Instant::now();
-        let dialed = tokio::time::timeout(route.dial_timeout, TcpStream::connect(server)).await;
+        let via = shared.via.as_deref().and_then(|env| env.proxy_for(server));
+        let dialed = match via {
+            Some(proxy) => connect::dial(proxy, server, route.dial_timeout)
+                .await
+                .map_err(Failure::Proxy),
+            None => {
+                match tokio::time::timeout(route.dial_timeout, TcpStream::connect(server)).await {
+                    Ok(Ok(upstream)) => Ok(upstream),
+                    Ok(Err(err)) => Err(Failure::Direct(err)),
+                    Err(_) => Err(Failure::Direct(io::Error::from(io::ErrorKind::TimedOut))),
+                }
+            }
+        };
         let duration = start.elapsed();
-        let err = match dialed {
-            Ok(Ok(upstream)) => {
+        let failure = match dialed {
+            Ok(upstream) => {
                 shared.report(server, None, duration);
                 let _ = upstream.set_nodelay(true);
                 set_keepalive(&upstream, route.keepalive);
                 return Some((server, upstream));
             }
-            Ok(Err(err)) => err,
-            Err(_) => io::Error::from(io::ErrorKind::TimedOut),
+            Err(failure) => failure,
         };
-        if is_local_error(&err) {
+        if failure.is_local() {
             shared.local_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(service = %shared.name, server = %server, error = %err, "proxy: could not dial (the daemon's own resources); the server is not blamed");
+            tracing::warn!(service = %shared.name, server = %server, error = %failure, "proxy: could not dial (the daemon's own resources); the server is not blamed");
             return None;
         }
-        shared.report(server, Some(failure_reason(&err)), duration);
+        if let Failure::Proxy(err) = &failure {
+            tracing::warn!(service = %shared.name, server = %server, error = %err, "proxy: dial through the HTTP CONNECT proxy failed");
+        }
+        shared.report(server, Some(failure.reason()), duration);
     }
     shared.no_server.fetch_add(1, Ordering::Relaxed);
     None
+}
+
+/// Why one dial failed.
+enum Failure {
+    /// The direct connect to the server.
+    Direct(io::Error),
+    /// The dial through the HTTP CONNECT proxy (its errors name the proxy).
+    Proxy(connect::ConnectError),
+}
+
+impl Failure {
+    /// Whether it is the daemon's own problem ([`is_local_error`]).
+    fn is_local(&self) -> bool {
+        match self {
+            Self::Direct(err)
+            | Self::Proxy(connect::ConnectError::Unreachable { source: err, .. }) => {
+                is_local_error(err)
+            }
+            Self::Proxy(_) => false,
+        }
+    }
+
+    /// The reason label of the failed dial.
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::Direct(err) => failure_reason(err),
+            Self::Proxy(err) => err.reason(),
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Direct(err) => err.fmt(f),
+            Self::Proxy(err) => err.fmt(f),
+        }
+    }
 }
 
 /// TCP keepalive as Go's dialer sets it: the first probe after `every`

@@ -32,8 +32,14 @@ const TOOLS: [(&str, &str); 8] = [
 /// scrape in `tests/tests/obs.rs`; its package also brings the Prometheus
 /// server that test runs to evaluate the dashboard and the rules.
 /// `systemd-analyze verify` checks the systemd unit (lb-tests `install.rs`);
-/// a container may lack systemd.
-const CI_TOOLS: [(&str, &str); 2] = [("promtool", "prometheus"), ("systemd-analyze", "systemd")];
+/// a container may lack systemd. tinyproxy is the real forward proxy the
+/// proxy mode's HTTP CONNECT dials go through (lb-tests `http_connect.rs`,
+/// `proxy_mode.rs`).
+const CI_TOOLS: [(&str, &str); 3] = [
+    ("promtool", "prometheus"),
+    ("systemd-analyze", "systemd"),
+    ("tinyproxy", "tinyproxy"),
+];
 
 const BPFFS: &str = "/sys/fs/bpf";
 
@@ -45,7 +51,7 @@ const FAILOVER_TOOLS: [(&str, &str); 2] = [("haproxy", "haproxy"), ("go", "golan
 /// Installs the packages of the missing tools with apt (as root).
 pub(super) fn ensure_tools(progress: &mut Progress) -> Result<()> {
     let item = if in_ci() {
-        "bpftool, ip, nc, curl, ethtool, iptables, python3, openssl, promtool, systemd-analyze"
+        "bpftool, ip, nc, curl, ethtool, iptables, python3, openssl, promtool, systemd-analyze, tinyproxy"
     } else {
         "bpftool, ip, nc, curl, ethtool, iptables, python3, openssl"
     };

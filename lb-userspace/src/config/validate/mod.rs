@@ -24,8 +24,8 @@ use serde_saphyr::{Location, Spanned};
 
 use super::{
     Config, ControlGroup, DaemonDataplane, DialStall, DiscoveryConfig, Features, HealthCheckConfig,
-    Issue, KernelLog, Policy, Protocol, ServerName, ServiceConfig, ServiceDataplane,
-    raw::RawConfig,
+    HttpProxyAllowed, Issue, KernelLog, Policy, Protocol, ServerName, ServiceConfig,
+    ServiceDataplane, raw::RawConfig,
 };
 
 /// Longest service name.
@@ -244,6 +244,10 @@ impl Checker {
             Some(raw) => self.parse(raw, "dataplane"),
         };
         self.daemon_proxy = dataplane == Some(DaemonDataplane::Proxy);
+        let http_proxy_allowed = match &top.http_proxy_allowed {
+            None => Some(HttpProxyAllowed::Auto),
+            Some(raw) => self.parse(raw, "http_proxy_allowed"),
+        };
         if self.daemon_proxy {
             for (written, field, why) in [
                 (
@@ -403,6 +407,7 @@ impl Checker {
             api_token_file: api_token_file?,
             services: services?,
             dataplane: dataplane?,
+            http_proxy_allowed: http_proxy_allowed?,
             max_concurrent_checks: max_concurrent_checks?,
             connection_poll_interval: connection_poll_interval?,
             dns_refresh: dns_refresh?,
