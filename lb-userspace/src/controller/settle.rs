@@ -91,12 +91,15 @@ pub(super) fn close(
         }
         if closed > 0 {
             let servers: Vec<String> = effects.close.iter().map(ToString::to_string).collect();
+            // Worded like the eBPF mode's line: the proxy destroys both
+            // of its sockets of each connection.
             info!(
                 service = name,
                 servers = servers.join(","),
-                closed,
+                destroyed = closed,
                 micros = start.elapsed().as_micros(),
-                "proxy: closed connections"
+                dataplane = "proxy",
+                "closed connections"
             );
         }
         return;

@@ -92,7 +92,10 @@ pub(super) fn build(state: &State) -> Status {
                         reason: last_check.map(|(o, _)| o.reason.clone()),
                         healthy: entry.last_check_ok == Some(true),
                         default: service.machine.default_server() == Some(entry.address),
-                        connects: counters.connects,
+                        connects: service
+                            .proxy
+                            .as_ref()
+                            .map_or(counters.connects, |proxy| proxy.connects(entry.address)),
                         sendmsgs: counters.sendmsgs,
                         xdp_packets: counters.xdp_packets,
                         xdp_bytes: counters.xdp_bytes,

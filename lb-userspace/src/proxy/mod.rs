@@ -133,6 +133,7 @@ impl ProxyHandle {
             via,
             route: RwLock::new(Arc::new(route)),
             conns: Mutex::new(HashMap::new()),
+            connects: Mutex::new(HashMap::new()),
             reports,
             accepted: AtomicU64::new(0),
             no_server: AtomicU64::new(0),
@@ -206,6 +207,18 @@ impl ProxyHandle {
             .map_or(0, |closer| closer.count.load(Ordering::Relaxed))
     }
 
+    /// The connections carried to `server` since the proxy started (its
+    /// successful dials: what the kernel's connect counter is in eBPF mode).
+    pub fn connects(&self, server: SocketAddr) -> u64 {
+        self.shared
+            .connects
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&server)
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// The counters.
     pub fn stats(&self) -> ProxyStats {
         let s = &self.shared;
@@ -249,6 +262,8 @@ struct Shared {
     /// The connections carried per server (the current generation: a
     /// server's closer is replaced when its connections are closed).
     conns: Mutex<HashMap<SocketAddr, Arc<Closer>>>,
+    /// Connections carried per server since the start.
+    connects: Mutex<HashMap<SocketAddr, u64>>,
     reports: mpsc::Sender<DialReport>,
     accepted: AtomicU64,
     no_server: AtomicU64,
@@ -287,6 +302,12 @@ impl Shared {
                 .or_default(),
         );
         closer.count.fetch_add(1, Ordering::Relaxed);
+        *self
+            .connects
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(server)
+            .or_default() += 1;
         closer
     }
 }
