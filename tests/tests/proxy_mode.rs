@@ -93,8 +93,10 @@ fn the_proxy_carries_tcp_over_ipv4_and_ipv6_to_the_selected_server() {
     assert!(proxy.accepted >= 3, "{proxy:?}");
     assert_eq!(proxy.no_server, 0, "{proxy:?}");
     assert_eq!(web.servers[1].state, ServerState::Preferred, "{web:?}");
-    // The kernel never counted a connect: the VIP is not in `services`.
-    assert_eq!(web.servers[0].connects, 0, "{web:?}");
+    // A proxied server's connects are the proxy's successful dials (the
+    // test client's, the echo's and curl's), none of b2's.
+    assert_eq!(web.servers[0].connects, 3, "{web:?}");
+    assert_eq!(web.servers[1].connects, 0, "{web:?}");
     let successes = daemon.counter(
         "k3s_loadbalancer_dial_duration_seconds_count",
         &[("name", "web"), ("status", "success")],

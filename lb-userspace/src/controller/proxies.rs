@@ -25,12 +25,14 @@ use crate::{
     proxy::{DialReport, ProxyEnv, ProxyHandle, Route, connect},
 };
 
-/// Dial reports waiting for the controller thread at most (beyond, the
-/// proxies drop and count them).
-pub(super) const QUEUE: usize = 16_384;
-/// Reports handed to the controller thread per event at most.
-const BATCH: usize = 4096;
-/// Listeners per proxied VIP at most (one per tokio worker below that).
+/// Batches of dial reports waiting for the controller thread at most
+/// (beyond, the proxies drop and count them): each proxy thread hands one
+/// over every 20 ms, and one per failed dial.
+pub(super) const QUEUE: usize = 4096;
+/// Batches handed to the controller thread per event at most.
+const BATCH: usize = 64;
+/// Listeners (each with its thread) per proxied VIP at most (one per CPU
+/// below that).
 const MAX_LISTENERS: usize = 8;
 
 /// The route of `service` as its state machine says now.
@@ -105,9 +107,8 @@ pub(super) fn warn_if_unproxyable(via: Option<&ProxyEnv>, service: &ServiceRunti
 
 /// Starts `service`'s proxy when it is in proxy mode and has none yet.
 pub(super) fn start(
-    runtime: &Handle,
     via: Option<&Arc<ProxyEnv>>,
-    reports: &mpsc::Sender<DialReport>,
+    reports: &mpsc::Sender<Vec<DialReport>>,
     service: &mut ServiceRuntime,
 ) -> anyhow::Result<()> {
     if service.config.dataplane != ServiceDataplane::Proxy || service.proxy.is_some() {
@@ -117,7 +118,6 @@ pub(super) fn start(
         .map_or(1, NonZeroUsize::get)
         .min(MAX_LISTENERS);
     let proxy = ProxyHandle::start(
-        runtime,
         &service.config.name,
         service.id,
         service.config.vip,
@@ -143,14 +143,13 @@ pub(super) fn close(service: &ServiceRuntime, servers: &[SocketAddr]) -> Option<
 pub(super) fn spawn_forwarder(
     runtime: &Handle,
     controller: Controller,
-    mut reports: mpsc::Receiver<DialReport>,
+    mut reports: mpsc::Receiver<Vec<DialReport>>,
 ) -> JoinHandle<()> {
     runtime.spawn(async move {
-        let mut batch = Vec::new();
-        while reports.recv_many(&mut batch, BATCH).await > 0 {
-            controller
-                .tell(Event::ProxyDials(std::mem::take(&mut batch)))
-                .await;
+        let mut batches = Vec::new();
+        while reports.recv_many(&mut batches, BATCH).await > 0 {
+            let batch: Vec<DialReport> = batches.drain(..).flatten().collect();
+            controller.tell(Event::ProxyDials(batch)).await;
         }
     })
 }

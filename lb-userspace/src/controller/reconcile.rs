@@ -506,12 +506,7 @@ fn write(
                         .map_or(Ok(()), |d| d.maps.services.remove(&service.key))
                         .and_then(|()| {
                             service.selection = selection;
-                            proxies::start(
-                                &state.runtime,
-                                state.http_proxy.as_ref(),
-                                &state.proxy_reports,
-                                service,
-                            )
+                            proxies::start(state.http_proxy.as_ref(), &state.proxy_reports, service)
                         })
                 }
             };

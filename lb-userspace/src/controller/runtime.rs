@@ -176,9 +176,9 @@ pub(super) struct State {
     /// (`http_proxy_allowed`; `None`: every dial is direct).
     pub(super) http_proxy: Option<Arc<ProxyEnv>>,
     /// Where the proxy mode's services report their dials.
-    pub(super) proxy_reports: mpsc::Sender<DialReport>,
+    pub(super) proxy_reports: mpsc::Sender<Vec<DialReport>>,
     /// The other end, until the start hands it to the forwarder task.
-    pub(super) proxy_reports_rx: Option<mpsc::Receiver<DialReport>>,
+    pub(super) proxy_reports_rx: Option<mpsc::Receiver<Vec<DialReport>>>,
     /// The task handing the proxies' dial reports over (`None` before the
     /// start).
     pub(super) proxy_forwarder: Option<JoinHandle<()>>,

@@ -3,7 +3,9 @@
 //! servers as K3s's agent load balancer does.
 //!
 //! A [`ProxyHandle`] is one service's proxy: listeners on the VIP (one per
-//! tokio worker, `SO_REUSEPORT`, so accepts spread over the workers), the
+//! CPU, `SO_REUSEPORT`, each served by a thread of its own with a
+//! current-thread runtime, so the kernel spreads clients over the threads
+//! and a client never leaves its thread), the
 //! [`Route`] the controller publishes (the servers in the order K3s dials
 //! them: the selected one, then the state machine's candidates), the
 //! connections per server, and its counters. Each accepted client gets its
@@ -39,14 +41,15 @@ use serde::Serialize;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::{
     net::TcpListener,
-    runtime::Handle,
-    sync::{Notify, mpsc},
-    task::JoinHandle,
+    sync::{Notify, mpsc, oneshot},
 };
 use tracing::warn;
 
 pub use self::connect::ProxyEnv;
 
+/// How late a successful dial may reach the state machine (as the kernel's
+/// dial reports: see `controller::dials`).
+const FLUSH_EVERY: Duration = Duration::from_millis(20);
 /// Listen backlog of each listener (the kernel caps it at `somaxconn`).
 const BACKLOG: i32 = 4096;
 /// How long an accept loop waits after the daemon ran out of file
@@ -103,29 +106,26 @@ pub struct ProxyStats {
 /// the listeners and closes every connection.
 pub struct ProxyHandle {
     shared: Arc<Shared>,
-    listeners: Vec<JoinHandle<()>>,
+    /// Declared before `shared`'s users end: dropped first (see `Drop`).
+    workers: Vec<Worker>,
     local: SocketAddr,
 }
 
 impl ProxyHandle {
-    /// Binds `vip` (`listeners` sockets with `SO_REUSEPORT`, at least one)
-    /// and starts serving `route` for service `service_id` (`name` for
-    /// logs); servers that `via` names a proxy for are dialed through it
-    /// (HTTP CONNECT); dial outcomes go to `reports`. Binding happens before
-    /// this returns: a VIP that cannot be bound is an error here.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "each is one fact about the service's proxy; a struct would only rename them"
-    )]
+    /// Binds `vip` (`threads` sockets with `SO_REUSEPORT`, at least one,
+    /// each served by a thread of its own) and starts serving `route` for
+    /// service `service_id` (`name` for logs and thread names); servers that
+    /// `via` names a proxy for are dialed through it (HTTP CONNECT); dial
+    /// outcomes go to `reports`. Binding happens before this returns: a VIP
+    /// that cannot be bound is an error here.
     pub fn start(
-        runtime: &Handle,
         name: &str,
         service_id: u32,
         vip: SocketAddr,
-        listeners: usize,
+        threads: usize,
         route: Route,
         via: Option<Arc<ProxyEnv>>,
-        reports: mpsc::Sender<DialReport>,
+        reports: mpsc::Sender<Vec<DialReport>>,
     ) -> anyhow::Result<Self> {
         let shared = Arc::new(Shared {
             name: name.to_owned(),
@@ -134,6 +134,7 @@ impl ProxyHandle {
             route: RwLock::new(Arc::new(route)),
             conns: Mutex::new(HashMap::new()),
             connects: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Vec::new()),
             reports,
             accepted: AtomicU64::new(0),
             no_server: AtomicU64::new(0),
@@ -141,9 +142,8 @@ impl ProxyHandle {
             reports_dropped: AtomicU64::new(0),
             active: AtomicU64::new(0),
         });
-        let _guard = runtime.enter();
         let mut bound = Vec::new();
-        for _ in 0..listeners.max(1) {
+        for _ in 0..threads.max(1) {
             let socket = bind(vip).with_context(|| {
                 format!("service {name}: proxy mode cannot listen on its VIP {vip}")
             })?;
@@ -152,13 +152,14 @@ impl ProxyHandle {
         let local = bound[0]
             .local_addr()
             .with_context(|| format!("service {name}: the proxy's listener on {vip}"))?;
-        let listeners = bound
-            .into_iter()
-            .map(|listener| runtime.spawn(accept_loop(listener, Arc::clone(&shared))))
-            .collect();
+        let mut workers = Vec::with_capacity(bound.len());
+        for (index, listener) in bound.into_iter().enumerate() {
+            // Dropping the workers started so far stops them.
+            workers.push(Worker::start(name, index, listener, Arc::clone(&shared))?);
+        }
         Ok(Self {
             shared,
-            listeners,
+            workers,
             local,
         })
     }
@@ -234,8 +235,8 @@ impl ProxyHandle {
 
 impl Drop for ProxyHandle {
     fn drop(&mut self) {
-        for listener in &self.listeners {
-            listener.abort();
+        for worker in &mut self.workers {
+            worker.stop();
         }
         let all: Vec<Arc<Closer>> = self
             .shared
@@ -264,7 +265,9 @@ struct Shared {
     conns: Mutex<HashMap<SocketAddr, Arc<Closer>>>,
     /// Connections carried per server since the start.
     connects: Mutex<HashMap<SocketAddr, u64>>,
-    reports: mpsc::Sender<DialReport>,
+    /// Dial outcomes not handed over yet.
+    pending: Mutex<Vec<DialReport>>,
+    reports: mpsc::Sender<Vec<DialReport>>,
     accepted: AtomicU64,
     no_server: AtomicU64,
     local_errors: AtomicU64,
@@ -277,8 +280,10 @@ impl Shared {
         Arc::clone(&self.route.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// Hands a dial's outcome to the controller without waiting: a full
-    /// queue drops it (counted).
+    /// Records a dial's outcome for the controller: a failure is handed
+    /// over at once (with the successes before it, in order), successes
+    /// every [`FLUSH_EVERY`] (a wake-up of the controller per connection
+    /// would cost more than the connection).
     fn report(&self, server: SocketAddr, failure: Option<&'static str>, duration: Duration) {
         let report = DialReport {
             service_id: self.service_id,
@@ -286,8 +291,26 @@ impl Shared {
             failure,
             duration,
         };
-        if self.reports.try_send(report).is_err() {
-            self.reports_dropped.fetch_add(1, Ordering::Relaxed);
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(report);
+        if failure.is_some() {
+            self.flush();
+        }
+    }
+
+    /// Hands the recorded outcomes to the controller without waiting: a
+    /// full queue drops them (counted).
+    fn flush(&self) {
+        let batch =
+            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+        if batch.is_empty() {
+            return;
+        }
+        let count = batch.len() as u64;
+        if self.reports.try_send(batch).is_err() {
+            self.reports_dropped.fetch_add(count, Ordering::Relaxed);
         }
     }
 
@@ -348,10 +371,73 @@ impl Closer {
     }
 }
 
+/// One thread serving one of a service's listeners: a current-thread tokio
+/// runtime, so a client's accept, dials and copies stay on the thread
+/// whose listener the kernel gave it to (no wake-ups across threads, as
+/// HAProxy's threads do with their own listeners). Stopping it drops the
+/// runtime, and with it every connection the thread carries.
+struct Worker {
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Worker {
+    fn start(
+        name: &str,
+        index: usize,
+        listener: std::net::TcpListener,
+        shared: Arc<Shared>,
+    ) -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .with_context(|| format!("service {name}: a runtime for proxy thread {index}"))?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(format!("proxy-{index}-{name}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let listener = match TcpListener::from_std(listener) {
+                        Ok(listener) => listener,
+                        Err(err) => {
+                            warn!(service = %shared.name, error = %err, "proxy: cannot serve a listener");
+                            return;
+                        }
+                    };
+                    tokio::select! {
+                        () = accept_loop(listener, Arc::clone(&shared)) => {}
+                        () = flush_every(&shared) => {}
+                        _ = stopped => {}
+                    }
+                    shared.flush();
+                });
+            })
+            .with_context(|| format!("service {name}: starting proxy thread {index}"))?;
+        Ok(Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the thread and waits for it (its connections are closed).
+    fn stop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// A listening socket on `vip` with `SO_REUSEPORT` (the other listeners of
 /// the service, and a replacement during a reload, share the port) and
 /// `IP_FREEBIND` (the VIP need not be configured yet).
-fn bind(vip: SocketAddr) -> anyhow::Result<TcpListener> {
+fn bind(vip: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(vip), Type::STREAM, Some(Protocol::TCP))
         .context("creating a TCP socket")?;
     socket.set_reuse_address(true).context("SO_REUSEADDR")?;
@@ -365,7 +451,17 @@ fn bind(vip: SocketAddr) -> anyhow::Result<TcpListener> {
     socket.set_nonblocking(true).context("O_NONBLOCK")?;
     socket.bind(&vip.into()).context("bind")?;
     socket.listen(BACKLOG).context("listen")?;
-    TcpListener::from_std(socket.into()).context("registering the listener with tokio")
+    Ok(socket.into())
+}
+
+/// Hands the recorded dial outcomes over every [`FLUSH_EVERY`], forever.
+async fn flush_every(shared: &Shared) {
+    let mut every = tokio::time::interval(FLUSH_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        shared.flush();
+    }
 }
 
 /// Accepts clients until aborted; each gets its own session task.
