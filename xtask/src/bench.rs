@@ -1,5 +1,5 @@
-//! `cargo xtask bench xdp|nautilus|failover|connect`: benchmarks on release
-//! builds.
+//! `cargo xtask bench xdp|nautilus|failover|connect|socket`: benchmarks on
+//! release builds.
 //!
 //! `xdp`, as root:
 //!
@@ -35,6 +35,15 @@
 //!    first-byte latency through a daas-lb VIP with and without
 //!    `dial_tracking`, HAProxy and the K3s-style proxy, next to direct
 //!    connects from inside and outside the cgroup, interleaved in rounds.
+//!
+//! `socket`, as root (installs haproxy, golang-go, nginx, wrk and iperf3
+//! with apt when missing):
+//!
+//! 1. `lb-socket-bench`: HTTP connections/s (`Connection: close`),
+//!    keep-alive requests/s with p50/p99 latency (wrk against nginx), bulk
+//!    throughput (iperf3) and the whole node's CPU per request, through a
+//!    daas-lb socket-LB VIP, HAProxy and the K3s-style proxy, as ratios to
+//!    direct connects, interleaved in rounds.
 //!
 //! Each prints a markdown table on stdout (collected and printed together at
 //! the end) and its progress on stderr (streamed). Not part of `cargo xtask
@@ -72,6 +81,10 @@ pub(crate) enum Target {
     /// Happy-path connects (as root): connects/s and latency through a
     /// VIP with and without dial tracking, proxies and direct connects.
     Connect,
+    /// Socket-level load balancing (as root): HTTP conn/s, keep-alive
+    /// req/s and latency, bulk throughput and CPU per request through a
+    /// VIP and the proxies, vs direct.
+    Socket,
 }
 
 impl Target {
@@ -82,6 +95,7 @@ impl Target {
             Self::Nautilus => &["lb-attest-bench"],
             Self::Failover => &["lb-failover-bench"],
             Self::Connect => &["lb-connect-bench"],
+            Self::Socket => &["lb-socket-bench"],
         }
     }
 
@@ -92,6 +106,7 @@ impl Target {
             Self::Nautilus => "lb-attest-bench",
             Self::Failover => "lb-failover-bench",
             Self::Connect => "lb-connect-bench",
+            Self::Socket => "lb-socket-bench",
         }
     }
 }
@@ -113,10 +128,18 @@ pub(crate) fn bench(target: Target, args: &[String]) -> Result<()> {
         "`cargo xtask bench connect` needs root (it runs daas-lb and builds a network \
          namespace and a cgroup); run `sudo -E cargo xtask bench connect`"
     );
+    ensure!(
+        target != Target::Socket || is_root(),
+        "`cargo xtask bench socket` needs root (it runs daas-lb and builds a network \
+         namespace and a cgroup); run `sudo -E cargo xtask bench socket`"
+    );
     let start = Instant::now();
     setup::run()?;
-    if matches!(target, Target::Failover | Target::Connect) {
+    if matches!(target, Target::Failover | Target::Connect | Target::Socket) {
         setup::ensure_failover_tools()?;
+    }
+    if target == Target::Socket {
+        setup::ensure_socket_tools()?;
     }
     let workspace = Workspace::locate()?;
     // Builds every binary of the selection, the benches of lb-tests included.

@@ -51,7 +51,8 @@ enum Command {
     /// without --destdir.
     Install(InstallArgs),
     /// Set up, build release binaries, then run benchmarks (`xdp`,
-    /// `failover` and `connect` as root) and print their markdown tables.
+    /// `failover`, `connect` and `socket` as root) and print their markdown
+    /// tables.
     /// Not part of `test`.
     Bench(BenchArgs),
 }
@@ -97,12 +98,19 @@ struct BenchArgs {
     /// a K3s-style proxy; installs haproxy and golang-go when missing) or
     /// `connect` (as root: happy-path connects/s and connect + first-byte
     /// latency through a daas-lb VIP with and without dial tracking, HAProxy
-    /// and the K3s-style proxy, next to direct connects; installs them too).
+    /// and the K3s-style proxy, next to direct connects; installs them too)
+    /// or `socket` (as root: HTTP connections/s and keep-alive requests/s
+    /// with p50/p99 from wrk against nginx, iperf3 bulk throughput and the
+    /// node's CPU per request through a daas-lb socket-LB VIP, HAProxy and
+    /// the K3s-style proxy, as ratios to direct; also installs nginx, wrk
+    /// and iperf3).
     target: bench::Target,
     /// Arguments (after `--`) for lb-rate-bench with `xdp`, e.g. `--duration
     /// 3 --runs 1`, for lb-attest-bench with `nautilus`, e.g. `--reps 20`,
     /// for lb-failover-bench with `failover`, e.g. `--rates 100 --events rst`,
-    /// or for lb-connect-bench with `connect`, e.g. `--rounds 3 --concurrency 8`.
+    /// for lb-connect-bench with `connect`, e.g. `--rounds 3 --concurrency 8`,
+    /// or for lb-socket-bench with `socket`, e.g. `--duration 2 --rounds 1
+    /// --systems direct,daas-lb --no-bulk`.
     #[arg(last = true)]
     args: Vec<String>,
 }

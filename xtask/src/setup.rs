@@ -46,11 +46,19 @@ pub(crate) fn run() -> Result<()> {
     Ok(())
 }
 
-/// What `cargo xtask bench failover` and `connect` need besides [`run`]: haproxy and
+/// What `cargo xtask bench failover`, `connect` and `socket` need besides [`run`]: haproxy and
 /// go (installed with apt as root when missing).
 pub(crate) fn ensure_failover_tools() -> Result<()> {
     let mut progress = Progress::default();
     system::ensure_failover_tools(&mut progress)
+}
+
+/// What `cargo xtask bench socket` needs besides [`run`] and
+/// [`ensure_failover_tools`]: nginx, wrk and iperf3 (installed with apt as
+/// root when missing).
+pub(crate) fn ensure_socket_tools() -> Result<()> {
+    let mut progress = Progress::default();
+    system::ensure_socket_tools(&mut progress)
 }
 
 /// `[setup] <item> ... ok (<detail>)`

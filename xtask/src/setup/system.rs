@@ -1,6 +1,7 @@
 //! System prerequisites: command-line tools from Debian packages (bpftool,
 //! ip, nc, curl, ethtool, iptables, python3, openssl; promtool and systemd-analyze under `CI=true`; haproxy and
-//! go for `cargo xtask bench failover` and `connect` only) and the bpffs mount. Installing and mounting need root; without it these steps only
+//! go for `cargo xtask bench failover`, `connect` and `socket` only; nginx, wrk
+//! and iperf3 for `socket` only) and the bpffs mount. Installing and mounting need root; without it these steps only
 //! warn (`run` and `test` check root themselves).
 
 use std::{fs, path::Path, process::Command};
@@ -43,10 +44,14 @@ const CI_TOOLS: [(&str, &str); 3] = [
 
 const BPFFS: &str = "/sys/fs/bpf";
 
-/// Only for `cargo xtask bench failover` and `connect` (CI runs no benchmark): the
+/// Only for `cargo xtask bench failover`, `connect` and `socket` (CI runs no benchmark): the
 /// systems it compares daas-lb with, HAProxy and a K3s-style proxy built
 /// with `go build`.
 const FAILOVER_TOOLS: [(&str, &str); 2] = [("haproxy", "haproxy"), ("go", "golang-go")];
+
+/// Only for `cargo xtask bench socket`: its backends (nginx, an iperf3
+/// server) and load generators (wrk, iperf3).
+const SOCKET_TOOLS: [(&str, &str); 3] = [("nginx", "nginx"), ("wrk", "wrk"), ("iperf3", "iperf3")];
 
 /// Installs the packages of the missing tools with apt (as root).
 pub(super) fn ensure_tools(progress: &mut Progress) -> Result<()> {
@@ -70,7 +75,17 @@ pub(super) fn ensure_failover_tools(progress: &mut Progress) -> Result<()> {
     ensure_installed(
         "haproxy, go",
         &FAILOVER_TOOLS,
-        "`cargo xtask bench failover` and `connect` need them",
+        "`cargo xtask bench failover`, `connect` and `socket` need them",
+        progress,
+    )
+}
+
+/// Installs nginx, wrk and iperf3 with apt (as root) when missing.
+pub(super) fn ensure_socket_tools(progress: &mut Progress) -> Result<()> {
+    ensure_installed(
+        "nginx, wrk, iperf3",
+        &SOCKET_TOOLS,
+        "`cargo xtask bench socket` needs them",
         progress,
     )
 }
