@@ -38,9 +38,12 @@
 //!   also checks that the kernel counted at least as many connects to each
 //!   service's server as the clients made through it.
 //! - `haproxy`, `k3s-proxy`: to the proxies' listeners.
-//! - (`daas-lb-proxy`, the daemon itself proxying a VIP with
-//!   `dataplane: proxy`, is not implemented yet: see the marked place in
-//!   [`CASES`].)
+//! - `daas-lb-proxy`: to the VIPs of two more services of the same daemon,
+//!   `web-proxy` (`127.0.0.1:6446` → nginx) and `bulk-proxy`
+//!   (`127.0.0.1:6447` → iperf3), both `dataplane: proxy`: the daemon
+//!   listens on them itself and proxies each connection, dialing in the K3s
+//!   order (one listener and thread per CPU; the thread count is its own,
+//!   not `--proxy-threads`).
 //!
 //! Each round runs every selected system once, in turn (rotated by one per
 //! round so no system always follows the same one): a wrk run with
@@ -77,7 +80,7 @@
 //! ```text
 //! lb-socket-bench [--duration SECS (5)] [--rounds N (3)] [--connections N (32)]
 //!                 [--threads N (1)] [--proxy-threads N (CPUs)] [--no-bulk]
-//!                 [--systems direct,daas-lb,haproxy,k3s-proxy]
+//!                 [--systems direct,daas-lb,daas-lb-proxy,haproxy,k3s-proxy]
 //! ```
 
 use std::{
@@ -192,27 +195,19 @@ const CASES: &[Case] = &[
         bulk: BULK_VIP,
         in_cgroup: true,
     },
-    // The `daas-lb-proxy` row goes here, once the per-service key
-    // `dataplane: proxy` exists (the daemon listens on the VIP itself and
-    // proxies with K3s dial semantics). One more case, nothing else to
-    // change: its two services join the same daemon's config, the bench
-    // waits for them like for the others, and `--systems daas-lb-proxy`
-    // selects it:
-    //
-    // Case {
-    //     name: "daas-lb-proxy",
-    //     label: "daas-lb proxy mode (`dataplane: proxy`)",
-    //     via: Via::Daemon {
-    //         web: "web-proxy",
-    //         bulk: "bulk-proxy",
-    //         extra: "    dataplane: proxy\n",
-    //         socket_lb: false,
-    //     },
-    //     web: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 6446),
-    //     bulk: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 6447),
-    //     in_cgroup: true,
-    // },
-    //
+    Case {
+        name: "daas-lb-proxy",
+        label: "daas-lb proxy mode (`dataplane: proxy`)",
+        via: Via::Daemon {
+            web: "web-proxy",
+            bulk: "bulk-proxy",
+            extra: "    dataplane: proxy\n",
+            socket_lb: false,
+        },
+        web: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 6446),
+        bulk: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 6447),
+        in_cgroup: true,
+    },
     // (`in_cgroup: false` would keep the socket programs out of its
     // clients' path, like a client on a node without them; `socket_lb:
     // false` skips the kernel's connect count check, which does not apply
