@@ -24,6 +24,7 @@
 //! every connection it carries.
 
 pub mod connect;
+mod copy;
 mod session;
 
 use std::{

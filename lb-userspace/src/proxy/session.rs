@@ -14,41 +14,27 @@
 use std::{
     io,
     net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicU8, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 
 use socket2::{SockRef, TcpKeepalive};
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{
-        TcpStream,
-        tcp::{ReadHalf, WriteHalf},
-    },
-};
+use tokio::net::TcpStream;
 
-use super::{Route, Shared, connect};
-
-/// Buffer of each direction of a connection: enough for a TLS record
-/// (16 KiB) in one read. Allocated, never zeroed: only what a read fills
-/// is ever touched.
-const BUFFER: usize = 16 * 1024;
+use super::{Route, Shared, connect, copy};
 
 /// Serves one client until it or its server closes.
-pub(super) async fn run(shared: Arc<Shared>, mut client: TcpStream) {
+pub(super) async fn run(shared: Arc<Shared>, client: TcpStream) {
     let route = shared.route();
     // Go (and so K3s) turns Nagle off on every TCP connection.
     let _ = client.set_nodelay(true);
-    let Some((server, mut upstream)) = dial_in_order(&shared, &route).await else {
+    let Some((server, upstream)) = dial_in_order(&shared, &route).await else {
         return;
     };
     let closer = shared.enter(server);
     shared.active.fetch_add(1, Ordering::Relaxed);
     tokio::select! {
-        _ = copy_both_ways(&mut client, &mut upstream) => {}
+        _ = copy::both_ways(&client, &upstream) => {}
         () = closer.closed() => {}
     }
     shared.active.fetch_sub(1, Ordering::Relaxed);
@@ -132,37 +118,6 @@ impl std::fmt::Display for Failure {
             Self::Direct(err) => err.fmt(f),
             Self::Proxy(err) => err.fmt(f),
         }
-    }
-}
-
-/// Copies `a` to `b` and `b` to `a` until both directions have ended or
-/// either fails. The first direction to end passes its end of stream on as
-/// a `shutdown` of the other side's write half (a half-closed connection
-/// keeps working the other way); the second needs none: both sockets are
-/// closed right after, which sends the FIN.
-async fn copy_both_ways(a: &mut TcpStream, b: &mut TcpStream) -> io::Result<()> {
-    let (a_read, a_write) = a.split();
-    let (b_read, b_write) = b.split();
-    let ended = AtomicU8::new(0);
-    tokio::try_join!(pump(a_read, b_write, &ended), pump(b_read, a_write, &ended))?;
-    Ok(())
-}
-
-/// One direction: reads into a buffer that is never zeroed (the bytes read
-/// go into its spare capacity, see [`AsyncReadExt::read_buf`]) and writes
-/// what was read; at the end of the stream, shuts the writer down unless
-/// the other direction has ended already (`ended` counts the ends).
-async fn pump(mut from: ReadHalf<'_>, mut to: WriteHalf<'_>, ended: &AtomicU8) -> io::Result<()> {
-    let mut buffer = Vec::with_capacity(BUFFER);
-    loop {
-        buffer.clear();
-        if from.read_buf(&mut buffer).await? == 0 {
-            if ended.fetch_add(1, Ordering::Relaxed) == 0 {
-                return to.shutdown().await;
-            }
-            return Ok(());
-        }
-        to.write_all(&buffer).await?;
     }
 }
 
