@@ -97,11 +97,14 @@ fn the_proxy_carries_tcp_over_ipv4_and_ipv6_to_the_selected_server() {
     // test client's, the echo's and curl's), none of b2's.
     assert_eq!(web.servers[0].connects, 3, "{web:?}");
     assert_eq!(web.servers[1].connects, 0, "{web:?}");
-    let successes = daemon.counter(
+    // Successes reach the state machine every 20 ms.
+    let successes = daemon.wait_counter(
+        Duration::from_secs(2),
         "k3s_loadbalancer_dial_duration_seconds_count",
         &[("name", "web"), ("status", "success")],
+        3,
     );
-    assert!(successes >= 3, "{successes} successful dials counted");
+    assert_eq!(successes, 3, "successful dials counted");
 
     daemon.signal(libc::SIGTERM);
     assert!(daemon.wait_exit(Duration::from_secs(10)).success());

@@ -22,7 +22,13 @@ use std::{
 };
 
 use socket2::SockRef;
-use tokio::{io::Interest, net::TcpStream};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _, Interest},
+    net::{
+        TcpStream,
+        tcp::{ReadHalf, WriteHalf},
+    },
+};
 
 /// Buffer of each direction before it splices: enough for a TLS record
 /// (16 KiB) in one read. Allocated, never zeroed: only what a read fills is
@@ -36,50 +42,43 @@ const CHUNK: usize = 64 * 1024;
 
 /// Copies `a` to `b` and `b` to `a` until both directions have ended or
 /// either fails.
-pub(super) async fn both_ways(a: &TcpStream, b: &TcpStream) -> io::Result<()> {
+pub(super) async fn both_ways(a: &mut TcpStream, b: &mut TcpStream) -> io::Result<()> {
     let ended = AtomicU8::new(0);
-    tokio::try_join!(one_way(a, b, &ended), one_way(b, a, &ended))?;
+    let (a_read, a_write) = a.split();
+    let (b_read, b_write) = b.split();
+    tokio::try_join!(
+        one_way(a_read, b_write, &ended),
+        one_way(b_read, a_write, &ended)
+    )?;
     Ok(())
 }
 
 /// One direction, `from` to `to`; `ended` counts the directions that
-/// reached their end of stream.
-async fn one_way(from: &TcpStream, to: &TcpStream, ended: &AtomicU8) -> io::Result<()> {
+/// reached their end of stream. The buffered phase reads through tokio's
+/// `AsyncRead`, which takes a read that did not fill the buffer as proof
+/// that the socket is drained (no extra read that would only say
+/// `EAGAIN`).
+async fn one_way(
+    mut from: ReadHalf<'_>,
+    mut to: WriteHalf<'_>,
+    ended: &AtomicU8,
+) -> io::Result<()> {
     let mut buffer = Vec::with_capacity(BUFFER);
     let mut copied = 0u64;
     loop {
         if copied >= SPLICE_AFTER
             && let Ok(pipe) = Pipe::new()
         {
-            return splice_rest(from, to, &pipe, ended).await;
+            return splice_rest(from.as_ref(), to.as_ref(), &pipe, ended).await;
         }
         buffer.clear();
-        let read = loop {
-            from.readable().await?;
-            match from.try_read_buf(&mut buffer) {
-                Ok(read) => break read,
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                Err(err) => return Err(err),
-            }
-        };
+        let read = from.read_buf(&mut buffer).await?;
         if read == 0 {
-            return end(to, ended);
+            return end(to.as_ref(), ended);
         }
-        write_all(to, &buffer).await?;
+        to.write_all(&buffer).await?;
         copied += read as u64;
     }
-}
-
-/// Writes all of `data` to `to`, trying before waiting.
-async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
-        match to.try_write(data) {
-            Ok(written) => data = &data[written..],
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
-            Err(err) => return Err(err),
-        }
-    }
-    Ok(())
 }
 
 /// The rest of a direction through `pipe`: splice in what `from` has, then
@@ -170,8 +169,6 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
     use super::*;
 
     /// A connected pair on loopback.
@@ -187,7 +184,8 @@ mod tests {
         // client <-> (a | proxy | b) <-> server
         let (mut client, a) = pair().await;
         let (b, mut server) = pair().await;
-        let proxy = tokio::spawn(async move { both_ways(&a, &b).await });
+        let (mut a, mut b) = (a, b);
+        let proxy = tokio::spawn(async move { both_ways(&mut a, &mut b).await });
         // Well past SPLICE_AFTER, with a pattern that shows reordering or loss.
         let size = 4 * SPLICE_AFTER as usize + 12_345;
         let sent: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();

@@ -14,28 +14,52 @@
 use std::{
     io,
     net::SocketAddr,
+    os::fd::{AsRawFd as _, BorrowedFd},
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 
 use socket2::{SockRef, TcpKeepalive};
+
+/// How long a connection lives before its server side gets TCP keepalive.
+const KEEPALIVE_AFTER: Duration = Duration::from_secs(1);
 use tokio::net::TcpStream;
 
 use super::{Route, Shared, connect, copy};
 
 /// Serves one client until it or its server closes.
-pub(super) async fn run(shared: Arc<Shared>, client: TcpStream) {
+pub(super) async fn run(shared: Arc<Shared>, mut client: TcpStream) {
     let route = shared.route();
-    // Go (and so K3s) turns Nagle off on every TCP connection.
-    let _ = client.set_nodelay(true);
-    let Some((server, upstream)) = dial_in_order(&shared, &route).await else {
+    // The client's socket has TCP_NODELAY from the listener.
+    let Some((server, mut upstream)) = dial_in_order(&shared, &route).await else {
         return;
     };
     let closer = shared.enter(server);
     shared.active.fetch_add(1, Ordering::Relaxed);
-    tokio::select! {
-        _ = copy::both_ways(&client, &upstream) => {}
-        () = closer.closed() => {}
+    let keepalive = route.keepalive;
+    let upstream_fd = upstream.as_raw_fd();
+    let copy = copy::both_ways(&mut client, &mut upstream);
+    tokio::pin!(copy);
+    let closed = closer.closed();
+    tokio::pin!(closed);
+    // Keepalive is set once the connection has lived `KEEPALIVE_AFTER`:
+    // a connection that ends sooner never idles long enough for a probe,
+    // and spares the three system calls.
+    let armed = tokio::time::sleep(KEEPALIVE_AFTER);
+    tokio::pin!(armed);
+    let mut keepalive_set = keepalive.is_zero();
+    loop {
+        tokio::select! {
+            _ = &mut copy => break,
+            () = &mut closed => break,
+            () = &mut armed, if !keepalive_set => {
+                keepalive_set = true;
+                // SAFETY: `upstream` owns the descriptor and outlives this
+                // loop (the copy only borrows it).
+                let fd = unsafe { BorrowedFd::borrow_raw(upstream_fd) };
+                set_keepalive(fd, keepalive);
+            }
+        }
     }
     shared.active.fetch_sub(1, Ordering::Relaxed);
     closer.leave();
@@ -64,7 +88,6 @@ async fn dial_in_order(shared: &Shared, route: &Route) -> Option<(SocketAddr, Tc
             Ok(upstream) => {
                 shared.report(server, None, duration);
                 let _ = upstream.set_nodelay(true);
-                set_keepalive(&upstream, route.keepalive);
                 return Some((server, upstream));
             }
             Err(failure) => failure,
@@ -123,12 +146,12 @@ impl std::fmt::Display for Failure {
 
 /// TCP keepalive as Go's dialer sets it: the first probe after `every`
 /// idle, then every `every` (zero: left off).
-fn set_keepalive(stream: &TcpStream, every: Duration) {
+fn set_keepalive(socket: BorrowedFd<'_>, every: Duration) {
     if every.is_zero() {
         return;
     }
     let keepalive = TcpKeepalive::new().with_time(every).with_interval(every);
-    let _ = SockRef::from(stream).set_tcp_keepalive(&keepalive);
+    let _ = SockRef::from(&socket).set_tcp_keepalive(&keepalive);
 }
 
 /// Whether `err` is the daemon's own problem rather than the server's: out

@@ -8,7 +8,9 @@
 //! everything started once:
 //!
 //! - backends: Debian's nginx on `127.0.0.10:8080` (foreground, generated
-//!   config in a temp dir: `worker_processes 1`, `access_log off`,
+//!   config in a temp dir: `master_process off` (one process, which the
+//!   bench kills: no orphaned worker keeps serving), `worker_processes 1`,
+//!   `access_log off`,
 //!   `keepalive_requests 1000000`, one static file of [`BODY_BYTES`]
 //!   bytes) and an `iperf3 -s` on `127.0.0.10:5201`;
 //! - one `daas-lb run` whose socket programs attach to a child cgroup the
@@ -786,7 +788,7 @@ fn start_nginx(tmp: &TempDir) -> Result<Proxy> {
     std::fs::write(&page, page_body()).with_context(|| format!("writing {}", page.display()))?;
     let d = dir.display();
     let config = format!(
-        "user root;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+        "user root;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
          events {{\n    worker_connections 4096;\n}}\n\
          http {{\n    access_log off;\n    sendfile on;\n    tcp_nopush on;\n    \
          keepalive_requests 1000000;\n    keepalive_timeout 65s;\n    \
