@@ -28,7 +28,7 @@ use crate::{
     health::CheckOutcome,
     kernel::{connections, dataplane, if_addrs, sock_diag::SocketInfo},
     metrics::DialStatus,
-    policy::state_machine::Effects,
+    policy::state_machine::{Effects, ServerState},
 };
 
 /// What the controller thread does after an event.
@@ -420,7 +420,17 @@ impl State {
                     .observe_dial(name, DialStatus::Failure, report.duration);
                 self.counters.dial_failed(name, report.server, reason);
                 server.wake.notify_one();
-                warn!(service = name, server = %report.server, reason, millis = report.duration.as_secs_f64() * 1000.0, "proxy: dial failed; the client's connection tries the next server; probing it now");
+                // One warning per server going bad, not one per client
+                // while it is failed (every client still dials it last).
+                let failed_already = service
+                    .machine
+                    .server(report.server)
+                    .is_some_and(|entry| entry.state == ServerState::Failed);
+                if failed_already {
+                    debug!(service = name, server = %report.server, reason, "proxy: dial to a failed server failed again");
+                } else {
+                    warn!(service = name, server = %report.server, reason, millis = report.duration.as_secs_f64() * 1000.0, "proxy: dial failed; the client's connection tries the next server; probing it now");
+                }
                 service.machine.dial(report.server, false, now)
             } else {
                 self.counters
