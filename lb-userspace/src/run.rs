@@ -139,10 +139,13 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             Err(err) => return Err(err),
         },
     };
-    let controller = match Controller::start(config.clone(), dataplane, fallback).await {
+    // Boxed: the start's future holds the whole data plane.
+    let controller = match Box::pin(Controller::start(config.clone(), dataplane, fallback)).await {
         Ok(c) => c,
         Err(err) => {
-            if report.adopted.is_empty() {
+            // Only what this run loaded and pinned itself is removed (never
+            // an earlier run's pins when no eBPF was loaded).
+            if cgroup.is_some() && report.adopted.is_empty() {
                 let _ = crate::kernel::dataplane::cleanup(&config.bpffs_dir);
             }
             return Err(err);

@@ -316,10 +316,10 @@ impl Tinyproxy {
     pub fn start(bin: &Path, port: u16, connect_ports: &[u16], extra: &str) -> Self {
         let dir = crate::TempDir::new();
         let d = dir.path().display();
-        let ports: String = connect_ports
-            .iter()
-            .map(|p| format!("ConnectPort {p}\n"))
-            .collect();
+        let mut ports = String::new();
+        for port in connect_ports {
+            let _ = writeln!(ports, "ConnectPort {port}");
+        }
         let config = dir.file(
             "tinyproxy.conf",
             &format!(

@@ -14,16 +14,13 @@
 //! skip, except under `CI=true`, where that is a failure.
 
 use std::{
-    fs,
-    net::{Ipv4Addr, SocketAddr, TcpStream as StdTcpStream},
-    path::{Path, PathBuf},
-    process::Command,
-    thread,
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
 use lb_tests::{
-    NetNs, TempDir, privileged,
+    NetNs, privileged,
     proxies::{Tinyproxy, find_program},
     sh,
 };

@@ -254,11 +254,14 @@ fn all_proxied(mut config: Config) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+/// The `services` and `backends` entries the id planning adopts.
+type Existing = (Vec<(VipKey, Service)>, Vec<(u32, Backend)>);
+
 /// What the id planning adopts: the kernel's `services` and `backends`
 /// entries, plus the running proxied services, which have no `services`
 /// entry (without a data plane, the running services are all there is), so
 /// that a reload keeps their ids and does not replace them.
-fn existing_ids(state: &State) -> anyhow::Result<(Vec<(VipKey, Service)>, Vec<(u32, Backend)>)> {
+fn existing_ids(state: &State) -> anyhow::Result<Existing> {
     let (mut services, backends) = match &state.dataplane {
         Some(dataplane) => (
             dataplane.maps.services.all()?,

@@ -40,8 +40,8 @@ pub(super) async fn run(shared: Arc<Shared>, mut client: TcpStream) {
     let upstream_fd = upstream.as_raw_fd();
     let copy = copy::both_ways(&mut client, &mut upstream);
     tokio::pin!(copy);
-    let closed = closer.closed();
-    tokio::pin!(closed);
+    let demoted = closer.closed();
+    tokio::pin!(demoted);
     // Keepalive is set once the connection has lived `KEEPALIVE_AFTER`:
     // a connection that ends sooner never idles long enough for a probe,
     // and spares the three system calls.
@@ -51,7 +51,7 @@ pub(super) async fn run(shared: Arc<Shared>, mut client: TcpStream) {
     loop {
         tokio::select! {
             _ = &mut copy => break,
-            () = &mut closed => break,
+            () = &mut demoted => break,
             () = &mut armed, if !keepalive_set => {
                 keepalive_set = true;
                 // SAFETY: `upstream` owns the descriptor and outlives this
