@@ -71,3 +71,16 @@ pub use inspect::{
     closed_connection_logs, http_put, metric, parse_metrics, parse_rfc3339, put_servers, samples,
     server_addresses, service, service_yaml,
 };
+
+/// `12,345`: a count as the benches' tables print it.
+pub fn thousands(value: f64) -> String {
+    let digits = format!("{:.0}", value.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}

@@ -64,6 +64,15 @@ fn tinyproxy_bin(test: &str) -> Option<PathBuf> {
     found
 }
 
+/// The test's world and tinyproxy (with `extra` config lines), or `None`
+/// (the test returns) when it cannot run here.
+fn start(test: &str, extra: &str) -> Option<(World, Tinyproxy)> {
+    let bin = tinyproxy_bin(test)?;
+    let world = World::new();
+    let tinyproxy = Tinyproxy::start(&bin, PROXY.port(), &[SERVER_PORT], extra);
+    Some((world, tinyproxy))
+}
+
 /// The test's namespace (with the server address on a veth) and a
 /// current-thread runtime whose sockets live in it.
 struct World {
@@ -144,11 +153,9 @@ async fn exchange(stream: &mut TcpStream, len: usize) {
 #[test]
 fn a_connect_tunnel_carries_bytes_both_ways() {
     let test = "a_connect_tunnel_carries_bytes_both_ways";
-    let Some(bin) = tinyproxy_bin(test) else {
+    let Some((world, tinyproxy)) = start(test, "") else {
         return;
     };
-    let world = World::new();
-    let tinyproxy = Tinyproxy::start(&bin, PROXY.port(), &[SERVER_PORT], "");
     world.runtime.block_on(async {
         start_server().await;
         let env = proxy_env("", "10.0.0.0/8,example.com");
@@ -166,11 +173,9 @@ fn a_connect_tunnel_carries_bytes_both_ways() {
 #[test]
 fn a_proxy_that_is_down_is_unreachable() {
     let test = "a_proxy_that_is_down_is_unreachable";
-    let Some(bin) = tinyproxy_bin(test) else {
+    let Some((world, mut tinyproxy)) = start(test, "") else {
         return;
     };
-    let world = World::new();
-    let mut tinyproxy = Tinyproxy::start(&bin, PROXY.port(), &[SERVER_PORT], "");
     world.runtime.block_on(async {
         start_server().await;
         let env = proxy_env("", "");
@@ -203,11 +208,9 @@ fn a_proxy_that_is_down_is_unreachable() {
 #[test]
 fn a_connect_port_the_proxy_refuses_is_a_403() {
     let test = "a_connect_port_the_proxy_refuses_is_a_403";
-    let Some(bin) = tinyproxy_bin(test) else {
+    let Some((world, tinyproxy)) = start(test, "") else {
         return;
     };
-    let world = World::new();
-    let tinyproxy = Tinyproxy::start(&bin, PROXY.port(), &[SERVER_PORT], "");
     let target = SocketAddr::new(SERVER_IP.into(), REFUSED_PORT);
     world.runtime.block_on(async {
         let env = proxy_env("", "");
@@ -228,11 +231,9 @@ fn a_connect_port_the_proxy_refuses_is_a_403() {
 #[test]
 fn basic_auth_from_the_proxy_url_gets_through() {
     let test = "basic_auth_from_the_proxy_url_gets_through";
-    let Some(bin) = tinyproxy_bin(test) else {
+    let Some((world, tinyproxy)) = start(test, "BasicAuth alice s3cret") else {
         return;
     };
-    let world = World::new();
-    let tinyproxy = Tinyproxy::start(&bin, PROXY.port(), &[SERVER_PORT], "BasicAuth alice s3cret");
     world.runtime.block_on(async {
         start_server().await;
         // tinyproxy answers 407 without credentials and 401 to wrong ones.
@@ -260,11 +261,9 @@ fn basic_auth_from_the_proxy_url_gets_through() {
 #[test]
 fn a_no_proxy_match_dials_directly() {
     let test = "a_no_proxy_match_dials_directly";
-    let Some(bin) = tinyproxy_bin(test) else {
+    let Some((world, tinyproxy)) = start(test, "") else {
         return;
     };
-    let world = World::new();
-    let tinyproxy = Tinyproxy::start(&bin, PROXY.port(), &[SERVER_PORT], "");
     world.runtime.block_on(async {
         start_server().await;
         for no_proxy in ["192.0.2.0/24", "192.0.2.10", "192.0.2.10:7000", "*"] {

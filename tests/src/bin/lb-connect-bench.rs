@@ -106,7 +106,7 @@ use lb_tests::{
         HAPROXY_ADDR, K3S_PROXY_ADDR, Proxy, bind_bench_servers, haproxy_config, k3s_proxy_command,
         parse_systems, prepare_bench, wait_answered,
     },
-    service,
+    service, thousands,
 };
 use lb_userspace::{api::status::Status, policy::state_machine::ServerState};
 
@@ -629,19 +629,6 @@ fn summarize(runs: &[&Run]) -> Option<Summary> {
         daemon_us_per_connect: per_connect(daemon),
         proxy_us_per_connect: proxy.map(per_connect),
     })
-}
-
-/// `12,345`
-fn thousands(value: f64) -> String {
-    let digits = format!("{:.0}", value.max(0.0));
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn ratio(value: f64, base: Option<f64>) -> String {

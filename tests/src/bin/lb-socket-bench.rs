@@ -104,7 +104,7 @@ use lb_tests::{
         HAPROXY_ADDR, K3S_PROXY_ADDR, Proxy, find_program, k3s_proxy_command, parse_systems,
         prepare_bench,
     },
-    service,
+    service, thousands,
 };
 use lb_userspace::{api::status::Status, policy::state_machine::ServerState};
 
@@ -1134,19 +1134,6 @@ fn row(case: &Case, runs: &[Run]) -> Option<Row> {
         cpu_req: stat(&|r| Some(r.keepalive.cpu_us_per_request()))?,
         errors,
     })
-}
-
-/// `12,345`
-fn thousands(value: f64) -> String {
-    let digits = format!("{:.0}", value.max(0.0));
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn ratio(value: Option<f64>) -> String {
