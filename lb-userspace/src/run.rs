@@ -119,6 +119,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             info!(
                 "dataplane: proxy: no eBPF program is loaded; every service is proxied by the daemon"
             );
+            warn_about_leftover_pins(&config.bpffs_dir);
             (None, AttachReport::default(), None, None)
         }
         mode => match load_ebpf(&config) {
@@ -213,6 +214,16 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         info!("proxies stopped; bye");
     }
     Ok(())
+}
+
+/// Warns when `pin_dir` holds an earlier eBPF run's pins: their programs
+/// may still redirect VIPs in the kernel, which a daemon that loads no eBPF
+/// does not undo (`daas-lb cleanup` does).
+fn warn_about_leftover_pins(pin_dir: &std::path::Path) {
+    let leftovers = std::fs::read_dir(pin_dir).map_or(0, Iterator::count);
+    if leftovers > 0 {
+        warn!(pin_dir = %pin_dir.display(), entries = leftovers, "dataplane: proxy, but an earlier eBPF run left pins here: its programs may still redirect VIPs in the kernel; run `daas-lb cleanup` to detach them");
+    }
 }
 
 /// Loads and attaches the eBPF data plane as `config` says: the cgroup to

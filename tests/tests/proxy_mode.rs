@@ -209,6 +209,9 @@ fn dataplane_proxy_loads_no_ebpf_and_proxies_every_service() {
         b1.addr
     );
     let config = env.config_with("dataplane: proxy\n", &service);
+    // What an earlier eBPF run leaves behind (here an empty `links`
+    // directory) is warned about, not undone.
+    std::fs::create_dir_all(env.pins.path().join("links")).expect("pin directory");
     let mut daemon = env.spawn(&["--config", &config]);
     let status = daemon.wait_for(Duration::from_secs(5), "b1 preferred", |s| {
         service_of(s).servers[0].state == ServerState::Preferred
@@ -218,10 +221,20 @@ fn dataplane_proxy_loads_no_ebpf_and_proxies_every_service() {
     assert_eq!(service_of(&status).dataplane, "proxy");
     assert_eq!(echo("127.0.0.1:6463", "p").expect("proxied echo"), "b1:p");
     // Nothing was loaded or pinned.
-    assert!(
-        !env.pins.path().exists() || std::fs::read_dir(env.pins.path()).unwrap().next().is_none(),
+    let pinned: Vec<_> = std::fs::read_dir(env.pins.path())
+        .expect("pin directory")
+        .map(|entry| entry.expect("entry").file_name())
+        .collect();
+    assert_eq!(
+        pinned,
+        ["links"],
         "pins under {}",
         env.pins.path().display()
+    );
+    assert!(
+        daemon.log().contains("an earlier eBPF run left pins here"),
+        "{}",
+        daemon.log()
     );
     daemon.signal(libc::SIGTERM);
     assert!(daemon.wait_exit(Duration::from_secs(10)).success());
