@@ -12,9 +12,12 @@
 //! own task ([`session`]): dial the route's servers one after the other
 //! until one answers (each dial bounded by the route's `dial_timeout`),
 //! report every dial's outcome ([`DialReport`], the K3s
-//! `recordSuccess`/`recordFailure(reasonDial)`), then copy bytes both ways
-//! until either side closes or the controller closes the server's
-//! connections ([`ProxyHandle::close`], K3s's `closeAll`).
+//! `recordSuccess`/`recordFailure(reasonDial)`; successes in batches every
+//! 20 ms, a failure at once), then copy bytes both ways ([`copy`]: through
+//! a buffer, then with `splice`) until either side closes or the
+//! controller closes the server's connections ([`ProxyHandle::close`],
+//! K3s's `closeAll`). Servers the HTTP CONNECT settings ([`connect`])
+//! name a proxy for are dialed through it.
 //!
 //! Invariants: the proxy never decides where traffic goes; it dials what
 //! the controller's route says, in its order. A dial that fails for the
@@ -107,7 +110,8 @@ pub struct ProxyStats {
 /// the listeners and closes every connection.
 pub struct ProxyHandle {
     shared: Arc<Shared>,
-    /// Declared before `shared`'s users end: dropped first (see `Drop`).
+    /// One per listener; `Drop` stops and joins them before it closes
+    /// what connections are left.
     workers: Vec<Worker>,
     local: SocketAddr,
 }
