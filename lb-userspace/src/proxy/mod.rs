@@ -351,10 +351,13 @@ struct Closer {
 
 impl Closer {
     /// Ends every connection of this generation; returns how many there were.
+    /// Counted before they are woken: a woken connection on another thread
+    /// may leave (and uncount itself) before this thread reads the count.
     fn close(&self) -> u32 {
+        let count = self.count.load(Ordering::SeqCst);
         self.closed.store(true, Ordering::SeqCst);
         self.notify.notify_waiters();
-        self.count.load(Ordering::Relaxed)
+        count
     }
 
     /// Resolves once the generation is closed.
