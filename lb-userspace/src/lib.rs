@@ -14,8 +14,12 @@
 //!   `sui_sync`, `nautilus`) behind one [`health::Prober`].
 //! - [`chain`], [`nautilus`]: the real Sui registry client and the real
 //!   attestation verification and enclave client.
-//! - [`controller`]: ties checks, connections, the state machines and the
-//!   maps together, and keeps the per-service state files
+//! - [`proxy`]: proxy mode's userspace data plane (listeners on the VIPs,
+//!   the K3s dial loop, copying and splicing, HTTP CONNECT dialing); it
+//!   imports nothing from the rest of the crate and dials what the
+//!   controller's route says.
+//! - [`controller`]: ties checks, connections, the state machines, the
+//!   maps and the proxies together, and keeps the per-service state files
 //!   ([`controller::persist`]).
 //! - [`metrics`], [`api`]: what the controller shows and takes: the status
 //!   document, the three listeners, the command line's client.
