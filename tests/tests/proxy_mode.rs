@@ -130,14 +130,11 @@ fn a_server_that_closes_its_listener_costs_no_client_connect() {
     assert_eq!(echo("127.0.0.1:6461", "a").expect("echo"), "b1:a");
     b1.stop();
     let start = Instant::now();
-    let mut by_b2 = 0;
     for i in 0..200 {
         let reply = echo("127.0.0.1:6461", &format!("{i}"))
             .unwrap_or_else(|err| panic!("connect {i} failed: {err}\n{}", daemon.log()));
         assert_eq!(reply, format!("b2:{i}"), "connect {i}");
-        by_b2 += 1;
     }
-    assert_eq!(by_b2, 200);
     // The refused dial failed the server at once (K3s: recordFailure(reasonDial)).
     let status = daemon.wait_for(Duration::from_secs(3), "b1 failed", |s| {
         service(s, "api").servers[0].state == ServerState::Failed

@@ -458,7 +458,7 @@ impl State {
     fn poll_targets(&self) -> HashSet<SocketAddr> {
         self.services
             .iter()
-            .filter(|s| !s.counted_by_kernel() && s.proxy.is_none())
+            .filter(|s| s.in_kernel() && !s.counted_by_kernel())
             .flat_map(|s| s.servers.keys().copied())
             .collect()
     }

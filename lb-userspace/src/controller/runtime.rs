@@ -113,7 +113,7 @@ impl ServiceRuntime {
     /// `backend_conns`): TCP with `dial_tracking`. The others are counted
     /// from a `sock_diag` dump.
     pub(super) fn counted_by_kernel(&self) -> bool {
-        self.proxy.is_none() && self.config.protocol == Protocol::Tcp && self.config.dial_tracking
+        self.in_kernel() && self.config.protocol == Protocol::Tcp && self.config.dial_tracking
     }
 
     /// Whether the kernel carries this service (its VIP is in `services`):

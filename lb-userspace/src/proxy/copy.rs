@@ -65,11 +65,14 @@ async fn one_way(
 ) -> io::Result<()> {
     let mut buffer = Vec::with_capacity(BUFFER);
     let mut copied = 0u64;
+    // Cleared when no pipe could be had: the direction stays buffered.
+    let mut may_splice = true;
     loop {
-        if copied >= SPLICE_AFTER
-            && let Ok(pipe) = Pipe::new()
-        {
-            return splice_rest(from.as_ref(), to.as_ref(), &pipe, ended).await;
+        if may_splice && copied >= SPLICE_AFTER {
+            match Pipe::new() {
+                Ok(pipe) => return splice_rest(from.as_ref(), to.as_ref(), &pipe, ended).await,
+                Err(_) => may_splice = false,
+            }
         }
         buffer.clear();
         let read = from.read_buf(&mut buffer).await?;

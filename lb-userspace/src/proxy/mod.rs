@@ -137,8 +137,7 @@ impl ProxyHandle {
             service_id,
             via,
             route: RwLock::new(Arc::new(route)),
-            conns: Mutex::new(HashMap::new()),
-            connects: Mutex::new(HashMap::new()),
+            servers: Mutex::new(HashMap::new()),
             pending: Mutex::new(Vec::new()),
             reports,
             accepted: AtomicU64::new(0),
@@ -186,43 +185,39 @@ impl ProxyHandle {
         }
     }
 
-    /// The route new clients are dialed by now.
-    pub fn route(&self) -> Arc<Route> {
-        self.shared.route()
-    }
-
     /// Closes every connection carried to `server` now (K3s's
     /// `closeAll`); returns how many there were.
     pub fn close(&self, server: SocketAddr) -> u32 {
+        // The next connection to `server` starts a new generation.
         let closer = self
             .shared
-            .conns
+            .servers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(&server);
+            .get_mut(&server)
+            .map(|carried| std::mem::take(&mut carried.closer));
         closer.map_or(0, |closer| closer.close())
     }
 
     /// The connections carried to `server` now.
     pub fn connections(&self, server: SocketAddr) -> u32 {
         self.shared
-            .conns
+            .servers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&server)
-            .map_or(0, |closer| closer.count.load(Ordering::Relaxed))
+            .map_or(0, |carried| carried.closer.count.load(Ordering::Relaxed))
     }
 
     /// The connections carried to `server` since the proxy started (its
     /// successful dials: what the kernel's connect counter is in eBPF mode).
     pub fn connects(&self, server: SocketAddr) -> u64 {
         self.shared
-            .connects
+            .servers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&server)
-            .copied()
-            .unwrap_or(0)
+            .map_or(0, |carried| carried.connects)
     }
 
     /// The counters.
@@ -245,11 +240,11 @@ impl Drop for ProxyHandle {
         }
         let all: Vec<Arc<Closer>> = self
             .shared
-            .conns
+            .servers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .drain()
-            .map(|(_, closer)| closer)
+            .map(|(_, carried)| carried.closer)
             .collect();
         for closer in all {
             closer.close();
@@ -265,11 +260,8 @@ struct Shared {
     /// proxy (`None`: every server is dialed directly).
     via: Option<Arc<ProxyEnv>>,
     route: RwLock<Arc<Route>>,
-    /// The connections carried per server (the current generation: a
-    /// server's closer is replaced when its connections are closed).
-    conns: Mutex<HashMap<SocketAddr, Arc<Closer>>>,
-    /// Connections carried per server since the start.
-    connects: Mutex<HashMap<SocketAddr, u64>>,
+    /// The connections carried per server: one lock per new connection.
+    servers: Mutex<HashMap<SocketAddr, Carried>>,
     /// Dial outcomes not handed over yet.
     pending: Mutex<Vec<DialReport>>,
     reports: mpsc::Sender<Vec<DialReport>>,
@@ -322,22 +314,21 @@ impl Shared {
     /// Registers a connection to `server`: the closer it must watch, and
     /// the count it is in (until [`Closer::leave`]).
     fn enter(&self, server: SocketAddr) -> Arc<Closer> {
-        let closer = Arc::clone(
-            self.conns
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .entry(server)
-                .or_default(),
-        );
-        closer.count.fetch_add(1, Ordering::Relaxed);
-        *self
-            .connects
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(server)
-            .or_default() += 1;
-        closer
+        let mut servers = self.servers.lock().unwrap_or_else(PoisonError::into_inner);
+        let carried = servers.entry(server).or_default();
+        carried.connects += 1;
+        carried.closer.count.fetch_add(1, Ordering::Relaxed);
+        Arc::clone(&carried.closer)
     }
+}
+
+/// The connections carried to one server.
+#[derive(Default)]
+struct Carried {
+    /// The current generation (replaced when its connections are closed).
+    closer: Arc<Closer>,
+    /// Connections carried since the proxy started.
+    connects: u64,
 }
 
 /// One generation of a server's connections: closing it ends every one of
