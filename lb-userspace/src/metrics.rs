@@ -27,7 +27,7 @@ use prometheus::{
 };
 
 use crate::{
-    api::status::{RegistryStatus, ServerStatus, ServiceStatus, Status},
+    api::status::{ProxyStatus, RegistryStatus, ServerStatus, ServiceStatus, Status},
     policy::state_machine::ServerState,
 };
 
@@ -313,6 +313,44 @@ const SELECTION_CHANGES: Family<1> = Family::counter(
     "daas_lb_selection_changes_total",
     "Times the selected backend of the service changed.",
     ["name"],
+);
+
+// Proxy mode, only for services the daemon proxies itself.
+
+const PROXY_ACCEPTED: Family<1> = Family::counter(
+    "daas_lb_proxy_accepted_total",
+    "Clients the proxy-mode listener of the service accepted.",
+    ["name"],
+);
+
+const PROXY_CONNECTIONS: Family<1> = Family::gauge(
+    "daas_lb_proxy_connections",
+    "Connections the proxy-mode service carries now.",
+    ["name"],
+);
+
+const PROXY_NO_SERVER: Family<1> = Family::counter(
+    "daas_lb_proxy_no_server_total",
+    "Proxied clients closed because no server could be dialed.",
+    ["name"],
+);
+
+const PROXY_LOCAL_ERRORS: Family<1> = Family::counter(
+    "daas_lb_proxy_local_errors_total",
+    "Proxied clients closed for the daemon's own errors (file descriptors, buffers, local ports), not blamed on a server.",
+    ["name"],
+);
+
+const PROXY_REPORTS_DROPPED: Family<1> = Family::counter(
+    "daas_lb_proxy_reports_dropped_total",
+    "Proxy dial reports the controller's queue could not take.",
+    ["name"],
+);
+
+const DATAPLANE_EBPF: Family<1> = Family::gauge(
+    "daas_lb_dataplane_ebpf",
+    "1 while the eBPF programs are loaded and attached, 0 while every service is proxied (dataplane: proxy, or auto fell back).",
+    ["configured"],
 );
 
 // Sui discovery, only with a `chain` block.
@@ -742,6 +780,7 @@ pub fn render(status: &Status, counters: &Counters) -> String {
     families.push(per_service(status, &SELECTION_CHANGES, |service| {
         get(&counters.selection_changes, service)
     }));
+    proxies(status, &mut families);
     if let Some(registry) = &status.registry {
         chain(status, registry, &mut families);
         attestations(status, counters, &mut families);
@@ -778,6 +817,30 @@ fn per_service(
             .iter()
             .map(|service| family.sample([&service.name], value(service))),
     )
+}
+
+/// The proxy-mode metrics: the data plane in use, and a sample per proxied
+/// service in each proxy family.
+fn proxies(status: &Status, families: &mut Vec<Option<MetricFamily>>) {
+    let dataplane = &status.dataplane;
+    families.push(
+        DATAPLANE_EBPF.with([
+            DATAPLANE_EBPF.sample([&dataplane.configured], float(u64::from(dataplane.ebpf)))
+        ]),
+    );
+    let counters: [(&Family<1>, fn(&ProxyStatus) -> u64); 5] = [
+        (&PROXY_ACCEPTED, |proxy| proxy.accepted),
+        (&PROXY_CONNECTIONS, |proxy| proxy.active),
+        (&PROXY_NO_SERVER, |proxy| proxy.no_server),
+        (&PROXY_LOCAL_ERRORS, |proxy| proxy.local_errors),
+        (&PROXY_REPORTS_DROPPED, |proxy| proxy.reports_dropped),
+    ];
+    for (family, value) in counters {
+        families.push(family.with(status.services.iter().filter_map(|service| {
+            let proxy = service.proxy.as_ref()?;
+            Some(family.sample([&service.name], float(value(proxy))))
+        })));
+    }
 }
 
 /// The Sui discovery metrics.

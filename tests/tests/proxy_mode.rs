@@ -274,6 +274,18 @@ fn dataplane_auto_falls_back_to_proxy_mode_when_the_programs_cannot_attach() {
     let out = env.cgroup.client(&["tcp", "127.0.0.1:6464", "ping"]);
     assert_eq!(out.reply.as_deref(), Some("b1:ping"), "{out:?}");
     assert_eq!(echo("127.0.0.1:6464", "x").expect("proxied echo"), "b1:x");
+    // The fallback and the proxy's counters in /metrics, for alerting.
+    let metrics = daemon.metrics();
+    for line in [
+        "daas_lb_dataplane_ebpf{configured=\"auto\"} 0",
+        "daas_lb_proxy_accepted_total{name=\"web\"} 2",
+        "daas_lb_proxy_no_server_total{name=\"web\"} 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing:\n{metrics}"
+        );
+    }
     daemon.signal(libc::SIGTERM);
     assert!(daemon.wait_exit(Duration::from_secs(10)).success());
 }

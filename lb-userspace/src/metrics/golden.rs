@@ -103,7 +103,7 @@ fn attestation(performance_score: u64, age_ms: u32) -> AttestationStatus {
 }
 
 /// Every server state, a failover and a spread service, a remote (XDP)
-/// service, discovered servers with stake, sync lag, attestations (one
+/// service, a proxy-mode service, discovered servers with stake, sync lag, attestations (one
 /// rejected) and scores, the registry and XDP blocks.
 fn status() -> Status {
     let mut supervisor = service(
@@ -164,6 +164,15 @@ fn status() -> Status {
         vec![server("10.0.2.1:80", ServerState::Healthy)],
     );
     odd.servers[0].connections = 1;
+    odd.dataplane = "proxy".into();
+    odd.proxy = Some(crate::api::status::ProxyStatus {
+        listen: "127.0.0.1:6444".into(),
+        accepted: 40,
+        active: 1,
+        no_server: 3,
+        local_errors: 2,
+        reports_dropped: 0,
+    });
 
     let mut sui = service(
         "demo-sui",
@@ -465,8 +474,8 @@ fn parse(text: &str) -> BTreeMap<String, Family> {
 fn every_family_keeps_its_type_help_samples_and_values() {
     let golden = parse(GOLDEN);
     let now = parse(&exposition());
-    // The fixture has a sample in each of the 42 families of the README's table.
-    assert_eq!(golden.len(), 42, "{:?}", golden.keys());
+    // The fixture has a sample in each of the 48 families of the README's table.
+    assert_eq!(golden.len(), 48, "{:?}", golden.keys());
     for (name, family) in &golden {
         assert!(
             !family.samples.is_empty(),
