@@ -9,10 +9,14 @@
 //! already (then both sockets are closed right after, which sends the FIN).
 //! The pipe of a spliced direction is empty whenever that direction reads
 //! again (everything moved into it is moved out before), so a splice into
-//! it never waits for room. A direction starts splicing only after
-//! [`SPLICE_AFTER`] bytes: a request or a short answer costs no pipe (two
-//! file descriptors and their creation); a direction that cannot get a pipe
-//! (out of file descriptors) keeps copying through its buffer.
+//! it never waits for room. A direction starts splicing only once it
+//! streams: after [`SPLICE_AFTER`] bytes read in a row by reads that each
+//! filled the buffer. Requests and answers, however many a keep-alive
+//! connection carries, stay buffered: for a short message a splice costs
+//! what a read does, plus the pipe (two file descriptors) and one more call
+//! per message (a splice that moved something does not prove the socket
+//! drained, a short read does). A direction that cannot get a pipe (out of
+//! file descriptors) keeps copying through its buffer.
 
 use std::{
     io,
@@ -34,53 +38,66 @@ use tokio::{
 /// (16 KiB) in one read. Allocated, never zeroed: only what a read fills is
 /// ever touched.
 const BUFFER: usize = 16 * 1024;
-/// Bytes a direction copies through its buffer before it moves to
-/// `splice`.
+/// Bytes a direction reads in a row, each read filling its buffer, before
+/// it moves to `splice`.
 pub(super) const SPLICE_AFTER: u64 = 128 * 1024;
-/// Bytes moved per splice at most (a pipe's default capacity).
-const CHUNK: usize = 64 * 1024;
+/// The capacity a splicing direction asks for its pipe (`F_SETPIPE_SZ`;
+/// Linux's default `pipe-max-size`): room for 256 pages, so one splice in
+/// and one out move up to 1 MiB of a stream where the default pipe (16
+/// pages) would take 64 KiB. The pages are the socket buffers' own,
+/// referenced, not copied; a pipe that cannot grow keeps its default size.
+const PIPE_SIZE: libc::c_int = 1024 * 1024;
 
 /// Copies `a` to `b` and `b` to `a` until both directions have ended or
-/// either fails.
-pub(super) async fn both_ways(a: &mut TcpStream, b: &mut TcpStream) -> io::Result<()> {
+/// either fails; how many of the two directions ended up splicing.
+pub(super) async fn both_ways(a: &mut TcpStream, b: &mut TcpStream) -> io::Result<u8> {
     let ended = AtomicU8::new(0);
     let (a_read, a_write) = a.split();
     let (b_read, b_write) = b.split();
-    tokio::try_join!(
+    let (there, back) = tokio::try_join!(
         one_way(a_read, b_write, &ended),
         one_way(b_read, a_write, &ended)
     )?;
-    Ok(())
+    Ok(u8::from(there) + u8::from(back))
 }
 
 /// One direction, `from` to `to`; `ended` counts the directions that
-/// reached their end of stream. The buffered phase reads through tokio's
-/// `AsyncRead`, which takes a read that did not fill the buffer as proof
-/// that the socket is drained (no extra read that would only say
-/// `EAGAIN`).
+/// reached their end of stream. Whether it spliced. The buffered phase
+/// reads through tokio's `AsyncRead`, which takes a read that did not fill
+/// the buffer as proof that the socket is drained (no extra read that
+/// would only say `EAGAIN`).
 async fn one_way(
     mut from: ReadHalf<'_>,
     mut to: WriteHalf<'_>,
     ended: &AtomicU8,
-) -> io::Result<()> {
+) -> io::Result<bool> {
     let mut buffer = Vec::with_capacity(BUFFER);
-    let mut copied = 0u64;
+    // Bytes of the reads in a row that filled the buffer.
+    let mut streak = 0u64;
     // Cleared when no pipe could be had: the direction stays buffered.
     let mut may_splice = true;
     loop {
-        if may_splice && copied >= SPLICE_AFTER {
+        if may_splice && streak >= SPLICE_AFTER {
             match Pipe::new() {
-                Ok(pipe) => return splice_rest(from.as_ref(), to.as_ref(), &pipe, ended).await,
+                Ok(pipe) => {
+                    splice_rest(from.as_ref(), to.as_ref(), &pipe, ended).await?;
+                    return Ok(true);
+                }
                 Err(_) => may_splice = false,
             }
         }
         buffer.clear();
         let read = from.read_buf(&mut buffer).await?;
         if read == 0 {
-            return end(to.as_ref(), ended);
+            end(to.as_ref(), ended)?;
+            return Ok(false);
         }
         to.write_all(&buffer).await?;
-        copied += read as u64;
+        if read == buffer.capacity() {
+            streak += read as u64;
+        } else {
+            streak = 0;
+        }
     }
 }
 
@@ -96,7 +113,7 @@ async fn splice_rest(
         let moved = loop {
             from.readable().await?;
             match from.try_io(Interest::READABLE, || {
-                splice(from.as_raw_fd(), pipe.write.as_raw_fd(), CHUNK)
+                splice(from.as_raw_fd(), pipe.write.as_raw_fd(), pipe.capacity)
             }) {
                 Ok(moved) => break moved,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
@@ -136,6 +153,8 @@ fn end(to: &TcpStream, ended: &AtomicU8) -> io::Result<()> {
 struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
+    /// Its capacity in bytes.
+    capacity: usize,
 }
 
 impl Pipe {
@@ -148,7 +167,22 @@ impl Pipe {
         }
         // SAFETY: pipe2 succeeded: both are open descriptors nobody else owns.
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        Ok(Self { read, write })
+        // SAFETY: `write` is an open pipe descriptor; F_SETPIPE_SZ and
+        // F_GETPIPE_SZ take an int argument and touch no memory of ours.
+        let capacity = unsafe {
+            let grown = libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE);
+            if grown > 0 {
+                grown
+            } else {
+                libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ)
+            }
+        };
+        let capacity = usize::try_from(capacity).map_err(|_| io::Error::last_os_error())?;
+        Ok(Self {
+            read,
+            write,
+            capacity,
+        })
     }
 }
 
@@ -189,7 +223,8 @@ mod tests {
         let (b, mut server) = pair().await;
         let (mut a, mut b) = (a, b);
         let proxy = tokio::spawn(async move { both_ways(&mut a, &mut b).await });
-        // Well past SPLICE_AFTER, with a pattern that shows reordering or loss.
+        // Well past SPLICE_AFTER, in one write (the proxy reads full
+        // buffers), with a pattern that shows reordering or loss.
         let size = 4 * SPLICE_AFTER as usize + 12_345;
         let sent: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
         let upload = sent.clone();
@@ -218,6 +253,42 @@ mod tests {
             "the client got {} bytes, not the answer",
             got.len()
         );
-        proxy.await.unwrap().unwrap();
+        assert_eq!(
+            proxy.await.unwrap().unwrap(),
+            2,
+            "both bulk directions splice"
+        );
+    }
+
+    #[tokio::test]
+    async fn requests_and_answers_stay_buffered_however_many_bytes_they_add_up_to() {
+        let (mut client, a) = pair().await;
+        let (b, mut server) = pair().await;
+        let (mut a, mut b) = (a, b);
+        let proxy = tokio::spawn(async move { both_ways(&mut a, &mut b).await });
+        // Keep-alive traffic: one request, one answer, over and over; each
+        // direction carries far more than SPLICE_AFTER in total.
+        let rounds = 4 * SPLICE_AFTER as usize / 1024;
+        let server_side = tokio::spawn(async move {
+            let mut request = [0u8; 100];
+            for _ in 0..rounds {
+                server.read_exact(&mut request).await.unwrap();
+                server.write_all(&[request[0]; 1024]).await.unwrap();
+            }
+        });
+        let mut answer = [0u8; 1024];
+        for round in 0..rounds {
+            let tag = (round % 251) as u8;
+            client.write_all(&[tag; 100]).await.unwrap();
+            client.read_exact(&mut answer).await.unwrap();
+            assert!(answer.iter().all(|&byte| byte == tag), "round {round}");
+        }
+        server_side.await.unwrap();
+        drop(client);
+        assert_eq!(
+            proxy.await.unwrap().unwrap(),
+            0,
+            "a direction of short messages spliced"
+        );
     }
 }
