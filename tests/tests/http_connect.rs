@@ -5,6 +5,14 @@
 //! `proxy_refused` with the status, basic auth from the proxy URL gets
 //! through, and a `NO_PROXY` match never reaches the proxy.
 //!
+//! Health checks through the same proxy (`Prober::through`, what a proxied
+//! service's checks do): a tcp check is a CONNECT whose reason names the
+//! proxy; a proxy that is down or refuses (403) fails the check and its
+//! dial, naming the proxy, while a direct check of the same server passes;
+//! an http check runs over the tunnel (status, body; a wrong status is a
+//! check failure with the dial ok); a `NO_PROXY` match is checked directly
+//! even with the proxy down.
+//!
 //! Every test runs in its own network namespace: tinyproxy listens on
 //! `127.0.0.1:8888`, and the server it tunnels to is on `192.0.2.10` (a
 //! veth address in the namespace, not loopback, since loopback servers are
@@ -16,6 +24,7 @@
 use std::{
     net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -24,7 +33,11 @@ use lb_tests::{
     proxies::{Tinyproxy, find_program},
     sh,
 };
-use lb_userspace::proxy::connect::{ConnectError, ProxyEnv, ProxyUrl, dial};
+use lb_userspace::{
+    config::{CheckSpec, HttpCheck},
+    health::{CheckOutcome, Prober},
+    proxy::connect::{ConnectError, ProxyEnv, ProxyUrl, dial},
+};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
@@ -281,4 +294,235 @@ fn a_no_proxy_match_dials_directly() {
         exchange(&mut tunnel, 1024).await;
     });
     assert_eq!(tinyproxy.connects_to(server()), 1, "{}", tinyproxy.logs());
+}
+
+/// A small HTTP/1.1 server on the server's address, one request per
+/// connection: `GET /` is answered `200 OK` with the body `all ok`, any
+/// other path `503 Service Unavailable` with `down`.
+async fn start_http_server() {
+    let listener = TcpListener::bind(server())
+        .await
+        .unwrap_or_else(|e| panic!("binding the HTTP server on {}: {e}", server()));
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head);
+                let (status, body) = if head.starts_with("GET / HTTP/1.1\r\n") {
+                    ("200 OK", "all ok")
+                } else {
+                    ("503 Service Unavailable", "down")
+                };
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(answer.as_bytes()).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+}
+
+/// The prober of `check` for a proxied service whose servers are dialed
+/// with `env` (what the daemon builds in proxy mode).
+fn through(check: &CheckSpec, env: ProxyEnv) -> Prober {
+    Prober::new(check)
+        .expect("prober")
+        .through(Some(Arc::new(env)))
+}
+
+/// A TCP service's check of `target`, bounded by [`DIAL_TIMEOUT`].
+async fn check(prober: &Prober, target: SocketAddr) -> CheckOutcome {
+    prober.probe(target, DIAL_TIMEOUT, true).await
+}
+
+fn dial_ok(outcome: &CheckOutcome) -> bool {
+    outcome
+        .dial
+        .expect("a TCP service's check reports a dial")
+        .ok
+}
+
+#[test]
+fn a_tcp_health_check_through_the_proxy_passes_and_names_it() {
+    let test = "a_tcp_health_check_through_the_proxy_passes_and_names_it";
+    let Some((world, tinyproxy)) = start(test, "") else {
+        return;
+    };
+    world.runtime.block_on(async {
+        start_server().await;
+        let tcp = through(&CheckSpec::Tcp, proxy_env("", ""));
+        let outcome = check(&tcp, server()).await;
+        assert!(outcome.ok, "{outcome:?}; {}", tinyproxy.logs());
+        assert!(
+            outcome
+                .reason
+                .starts_with("tcp via proxy 127.0.0.1:8888 ok in "),
+            "{outcome:?}"
+        );
+        assert!(dial_ok(&outcome), "{outcome:?}");
+    });
+    assert_eq!(tinyproxy.connects_to(server()), 1, "{}", tinyproxy.logs());
+}
+
+#[test]
+fn a_proxy_that_is_down_fails_the_health_check_and_its_dial() {
+    let test = "a_proxy_that_is_down_fails_the_health_check_and_its_dial";
+    let Some((world, mut tinyproxy)) = start(test, "") else {
+        return;
+    };
+    tinyproxy.kill();
+    world.runtime.block_on(async {
+        start_server().await;
+        for (kind, label) in [
+            (CheckSpec::Tcp, "tcp"),
+            (CheckSpec::Http(HttpCheck::new()), "http"),
+        ] {
+            let outcome = check(&through(&kind, proxy_env("", "")), server()).await;
+            assert!(!outcome.ok, "{outcome:?}");
+            assert!(!dial_ok(&outcome), "{outcome:?}");
+            let prefix = format!(
+                "{label}: proxy 127.0.0.1:8888 unreachable (for CONNECT to 192.0.2.10:7000): "
+            );
+            assert!(outcome.reason.starts_with(&prefix), "{outcome:?}");
+        }
+        // The server itself is fine: checked directly, it passes.
+        let direct = Prober::new(&CheckSpec::Tcp).expect("prober");
+        let outcome = check(&direct, server()).await;
+        assert!(outcome.ok, "{outcome:?}");
+        assert!(dial_ok(&outcome), "{outcome:?}");
+    });
+}
+
+#[test]
+fn a_connect_the_proxy_refuses_fails_the_dial_with_its_403() {
+    let test = "a_connect_the_proxy_refuses_fails_the_dial_with_its_403";
+    let Some((world, tinyproxy)) = start(test, "") else {
+        return;
+    };
+    let refused = SocketAddr::new(SERVER_IP.into(), REFUSED_PORT);
+    world.runtime.block_on(async {
+        // Something listens on the refused port: only the proxy says no.
+        let _listener = TcpListener::bind(refused).await.expect("bind");
+        let outcome = check(&through(&CheckSpec::Tcp, proxy_env("", "")), refused).await;
+        assert!(!outcome.ok, "{outcome:?}");
+        assert!(!dial_ok(&outcome), "{outcome:?}");
+        assert_eq!(
+            outcome.reason,
+            "tcp: proxy 127.0.0.1:8888 refused CONNECT to 192.0.2.10:7001: 403 Access violation"
+        );
+        // An http check on a port the proxy tunnels to passes, but the
+        // extra dial of the service port goes through the proxy too and is
+        // refused (K3s #13149: the server is demoted for it).
+        start_http_server().await;
+        let http_on_7000 = through(
+            &CheckSpec::Http(HttpCheck {
+                port: Some(SERVER_PORT),
+                ..HttpCheck::new()
+            }),
+            proxy_env("", ""),
+        );
+        let outcome = check(&http_on_7000, refused).await;
+        assert!(outcome.ok, "{outcome:?}; {}", tinyproxy.logs());
+        assert!(!dial_ok(&outcome), "{outcome:?}");
+        assert!(
+            outcome.reason.ends_with(
+                "; but the service port 192.0.2.10:7001: tcp: proxy 127.0.0.1:8888 refused \
+                 CONNECT to 192.0.2.10:7001: 403 Access violation"
+            ),
+            "{outcome:?}"
+        );
+    });
+    assert_eq!(tinyproxy.connects_to(refused), 2, "{}", tinyproxy.logs());
+    assert_eq!(tinyproxy.connects_to(server()), 1, "{}", tinyproxy.logs());
+}
+
+#[test]
+fn http_health_checks_run_through_a_connect_tunnel() {
+    let test = "http_health_checks_run_through_a_connect_tunnel";
+    let Some((world, tinyproxy)) = start(test, "") else {
+        return;
+    };
+    world.runtime.block_on(async {
+        start_http_server().await;
+        let http = |path: &str, body_contains: Option<&str>| {
+            through(
+                &CheckSpec::Http(HttpCheck {
+                    path: path.to_owned(),
+                    body_contains: body_contains.map(str::to_owned),
+                    ..HttpCheck::new()
+                }),
+                proxy_env("", ""),
+            )
+        };
+        let outcome = check(&http("/", None), server()).await;
+        assert!(outcome.ok, "{outcome:?}; {}", tinyproxy.logs());
+        assert!(
+            outcome
+                .reason
+                .starts_with("http via proxy 127.0.0.1:8888 200 in "),
+            "{outcome:?}"
+        );
+        assert!(dial_ok(&outcome), "{outcome:?}");
+
+        // A wrong status is a health failure; the dial (the CONNECT) is ok.
+        let outcome = check(&http("/fail", None), server()).await;
+        assert!(!outcome.ok, "{outcome:?}");
+        assert_eq!(
+            outcome.reason,
+            "http via proxy 127.0.0.1:8888 503 (expected 200)"
+        );
+        assert!(dial_ok(&outcome), "{outcome:?}");
+
+        let outcome = check(&http("/", Some("all ok")), server()).await;
+        assert!(outcome.ok, "{outcome:?}");
+        let outcome = check(&http("/", Some("nope")), server()).await;
+        assert!(!outcome.ok, "{outcome:?}");
+        assert_eq!(
+            outcome.reason,
+            "http via proxy 127.0.0.1:8888: body lacks \"nope\""
+        );
+        assert!(dial_ok(&outcome), "{outcome:?}");
+    });
+    // A fresh tunnel for every check.
+    assert_eq!(tinyproxy.connects_to(server()), 4, "{}", tinyproxy.logs());
+}
+
+#[test]
+fn a_no_proxy_match_is_health_checked_directly_with_the_proxy_down() {
+    let test = "a_no_proxy_match_is_health_checked_directly_with_the_proxy_down";
+    let Some((world, mut tinyproxy)) = start(test, "") else {
+        return;
+    };
+    tinyproxy.kill();
+    world.runtime.block_on(async {
+        start_http_server().await;
+        let env = || proxy_env("", "example.com,192.0.2.10");
+        let outcome = check(&through(&CheckSpec::Tcp, env()), server()).await;
+        assert!(outcome.ok, "{outcome:?}");
+        assert!(
+            outcome.reason.starts_with("tcp connect ok in "),
+            "{outcome:?}"
+        );
+        let outcome = check(
+            &through(&CheckSpec::Http(HttpCheck::new()), env()),
+            server(),
+        )
+        .await;
+        assert!(outcome.ok, "{outcome:?}");
+        assert!(outcome.reason.starts_with("http 200 in "), "{outcome:?}");
+        assert!(dial_ok(&outcome), "{outcome:?}");
+    });
+    assert_eq!(tinyproxy.connects_to(server()), 0, "{}", tinyproxy.logs());
 }

@@ -4,7 +4,8 @@
 //! server is dialed inside the same client connection, as K3s does); a
 //! demoted server's proxied connections are closed (`closeAll`); dials
 //! reach the state machine and the dial-duration metric; the kernel does
-//! not redirect a proxied VIP.
+//! not redirect a proxied VIP; with `HTTPS_PROXY` (tinyproxy) the servers
+//! are dialed and health-checked through the proxy, as K3s dials them.
 
 use std::{
     io::{Read as _, Write as _},
@@ -406,14 +407,21 @@ fn servers_are_dialed_through_the_https_proxy_as_k3s_does() {
             format!("b1:{i}")
         );
     }
-    assert_eq!(proxy.connects_to(b1.addr), 3, "{}", proxy.logs());
+    // The three client dials went through the proxy (b1's health checks
+    // too, hence more CONNECTs in its log).
+    let status = daemon.wait_for(Duration::from_secs(3), "b1's three dials", |s| {
+        service_of(s).servers[0].connects == 3
+    });
+    assert_eq!(service_of(&status).servers[1].connects, 0);
+    assert!(proxy.connects_to(b1.addr) > 3, "{}", proxy.logs());
+    assert_eq!(proxy.connects_to(b2.addr), 0, "{}", proxy.logs());
     // The proxy goes down: its errors are dial failures that name it, and
     // the next server (not proxied: NO_PROXY) takes the client, in the same
     // client connection.
     proxy.kill();
     assert_eq!(echo("127.0.0.1:6468", "down").expect("echo"), "b2:down");
-    // The failed dial failed the server in use (its direct health checks,
-    // which do not go through the proxy, may bring it back soon after).
+    // The failed dial failed the server in use (and its health checks,
+    // through the same proxy, keep it failed).
     daemon.wait_log(
         Duration::from_secs(3),
         "server=192.0.2.10:7000 from=active to=failed",
@@ -431,4 +439,103 @@ fn servers_are_dialed_through_the_https_proxy_as_k3s_does() {
         "{}",
         daemon.log()
     );
+}
+
+#[test]
+fn a_proxied_services_health_checks_go_through_the_https_proxy() {
+    let Some(env) = TestEnv::new("proxy_connect_checks") else {
+        return;
+    };
+    let Some(tinyproxy_bin) = lb_tests::proxies::find_program("tinyproxy") else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "tinyproxy is missing under CI=true (apt-get install tinyproxy)"
+        );
+        eprintln!("skipping: no tinyproxy (apt-get install tinyproxy)");
+        return;
+    };
+    // The server off loopback (never proxied), on a veth of the test's
+    // namespace.
+    lb_tests::sh(
+        "ip",
+        &[
+            "link", "add", "srv0", "type", "veth", "peer", "name", "srv1",
+        ],
+    );
+    lb_tests::sh("ip", &["addr", "add", "192.0.2.10/24", "dev", "srv0"]);
+    lb_tests::sh("ip", &["link", "set", "srv0", "up"]);
+    lb_tests::sh("ip", &["link", "set", "srv1", "up"]);
+    let b1 = TcpBackend::bind("b1", "192.0.2.10:7000".parse().unwrap());
+    let mut proxy = lb_tests::proxies::Tinyproxy::start(&tinyproxy_bin, 8888, &[7000], "");
+    // The same server behind an eBPF-mode service: the kernel redirect
+    // connects directly, and so do that service's checks.
+    let kernel = format!(
+        "  - name: kernel\n    vip: \"127.0.0.1:6470\"\n    servers: [\"{}\"]\n    health_check: {{ kind: tcp, interval: 200ms, timeout: 100ms, jitter: 0% }}\n",
+        b1.addr
+    );
+    let config = env.config(&format!(
+        "{}{kernel}",
+        proxied("api", "127.0.0.1:6469", &[b1.addr], 200)
+    ));
+    let mut daemon = lb_tests::Daemon::spawn_with_env(
+        &["--config", &config],
+        env.tmp.path(),
+        lb_tests::API,
+        &[
+            ("K3S_AGENT_HTTP_PROXY_ALLOWED", "true"),
+            ("HTTPS_PROXY", "http://127.0.0.1:8888"),
+        ],
+    );
+    // No client has connected: the CONNECTs are the health checks'.
+    let status = daemon.wait_for(Duration::from_secs(5), "b1 preferred by checks", |s| {
+        service(s, "api").servers[0].state == ServerState::Preferred
+            && service(s, "kernel").servers[0].state == ServerState::Preferred
+    });
+    let direct = &service(&status, "kernel").servers[0];
+    assert!(
+        direct
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("tcp connect ok in ")),
+        "{direct:?}"
+    );
+    let server = &service(&status, "api").servers[0];
+    let reason = server.reason.clone().unwrap_or_default();
+    assert!(
+        reason.starts_with("tcp via proxy 127.0.0.1:8888 ok in "),
+        "{server:?}"
+    );
+    assert_eq!(server.connects, 0, "{server:?}");
+    assert!(proxy.connects_to(b1.addr) >= 1, "{}", proxy.logs());
+
+    // The proxy goes down: the checks fail, naming it, and so do their
+    // dials, which fail the server (b1 itself still listens).
+    proxy.kill();
+    let status = daemon.wait_for(Duration::from_secs(5), "b1 failed by checks", |s| {
+        let server = &service(s, "api").servers[0];
+        server.state == ServerState::Failed
+            && server
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.contains("proxy 127.0.0.1:8888 unreachable"))
+    });
+    let server = &service(&status, "api").servers[0];
+    assert!(!server.healthy, "{server:?}");
+    assert!(
+        server.reason.as_deref().is_some_and(|r| r
+            .starts_with("tcp: proxy 127.0.0.1:8888 unreachable (for CONNECT to 192.0.2.10:7000)")),
+        "{server:?}"
+    );
+    // Checked directly, b1 is fine for the eBPF-mode service.
+    let direct = &service(&status, "kernel").servers[0];
+    assert!(direct.healthy, "{direct:?}");
+    assert!(
+        direct
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("tcp connect ok in ")),
+        "{direct:?}"
+    );
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait_exit(Duration::from_secs(10)).success());
 }

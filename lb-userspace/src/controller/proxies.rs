@@ -73,7 +73,7 @@ pub(super) fn http_proxy(allowed: HttpProxyAllowed) -> anyhow::Result<Option<Arc
     let env = ProxyEnv::from_env().map_err(|err| anyhow::anyhow!("http_proxy_allowed: {err}"))?;
     match env.https_proxy() {
         Some(proxy) => {
-            tracing::info!(proxy = %proxy, no_proxy_empty = env.no_proxy().is_empty(), "proxied services dial their servers through the HTTPS_PROXY forward proxy (HTTP CONNECT), as K3s does; servers of eBPF-mode services cannot be (a kernel redirect cannot speak CONNECT)");
+            tracing::info!(proxy = %proxy, no_proxy_empty = env.no_proxy().is_empty(), "proxied services dial their servers through the HTTPS_PROXY forward proxy (HTTP CONNECT), as K3s does, and health-check them through it (tcp and http/https checks); servers of eBPF-mode services cannot be (a kernel redirect cannot speak CONNECT)");
         }
         None => {
             tracing::warn!(

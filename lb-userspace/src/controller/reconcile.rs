@@ -5,7 +5,9 @@
 //! Everything that can fail is checked before the first map write (map ids,
 //! probers with their CA files), so a bad change leaves the running setup
 //! untouched. Servers that stay keep their state; removed ones go through
-//! the state machine's removal path (invalid, connections closed).
+//! the state machine's removal path (invalid, connections closed). A
+//! proxied service's prober is given the HTTP CONNECT proxy settings its
+//! dials use, so that its checks go through the same proxy.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -201,12 +203,21 @@ pub(super) fn apply(state: &mut State, config: Config) -> anyhow::Result<()> {
     let mut probers = Vec::with_capacity(config.services.len());
     for service in &config.services {
         let references = config.reference_urls();
+        // A proxied service's checks go where its dials go: through the
+        // HTTP CONNECT proxy when one is in force; a kernel redirect (eBPF
+        // mode) connects directly, and so do its checks.
+        let via = if service.dataplane == ServiceDataplane::Proxy {
+            state.http_proxy.clone()
+        } else {
+            None
+        };
         let prober = Prober::with_chain(
             &service.health_check.check,
             references,
             state.attester.clone(),
         )
-        .with_context(|| format!("services {}: health_check", service.name))?;
+        .with_context(|| format!("services {}: health_check", service.name))?
+        .through(via);
         probers.push(Arc::new(prober));
     }
     let specs = plan::specs(&config);

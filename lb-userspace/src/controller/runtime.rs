@@ -172,8 +172,9 @@ pub(super) struct State {
     /// Why `dataplane: auto` runs without the eBPF data plane (the error
     /// that loading or attaching it gave); `None` when it did not fall back.
     pub(super) dataplane_fallback: Option<String>,
-    /// The HTTP CONNECT proxy settings proxied services dial through
-    /// (`http_proxy_allowed`; `None`: every dial is direct).
+    /// The HTTP CONNECT proxy settings proxied services dial and
+    /// health-check their servers through (`http_proxy_allowed`; `None`:
+    /// every dial and check is direct).
     pub(super) http_proxy: Option<Arc<ProxyEnv>>,
     /// Where the proxy mode's services report their dials.
     pub(super) proxy_reports: mpsc::Sender<Vec<DialReport>>,

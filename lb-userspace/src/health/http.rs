@@ -1,9 +1,14 @@
 //! `http` and `https` probes: `GET http(s)://<host or server IP>:<port><path>`,
-//! always connected to the server's IP, no proxy, no redirects followed, a
-//! fresh connection every time; the status must be expected and the body
-//! (first 64 KiB) must contain `body_contains` when set. Failures are
-//! classified (refused, timeout, TLS, status, body) for the reason shown in
-//! status and logs.
+//! always connected to the server's IP, no redirects followed, a fresh
+//! connection every time; the status must be expected and the body (first
+//! 64 KiB) must contain `body_contains` when set. Failures are classified
+//! (refused, timeout, TLS, status, body) for the reason shown in status and
+//! logs.
+//!
+//! This is the direct path (reqwest, proxy settings of the environment
+//! ignored); a check of a server dialed through an HTTP CONNECT proxy runs
+//! over a tunnel instead ([`super::tunnel`]), judged by the same helpers
+//! ([`status_failure`], [`body_failure`], [`passed`]).
 
 use std::{
     error::Error as StdError,
@@ -57,13 +62,8 @@ impl Prober {
             let response = client.get(url).send().await?;
             let answered = start.elapsed();
             let status = response.status().as_u16();
-            if !check.expected_status.contains(&status) {
-                let expected = expected_list(&check.expected_status);
-                return Ok((
-                    false,
-                    format!("{label} {status} (expected {expected})"),
-                    answered,
-                ));
+            if let Some(failure) = status_failure(label, check, status) {
+                return Ok((false, failure, answered));
             }
             if let Some(needle) = &check.body_contains {
                 let (body, truncated) = match read_body(response, HttpCheck::BODY_LIMIT).await {
@@ -79,24 +79,11 @@ impl Prober {
                         ));
                     }
                 };
-                if !contains(&body, needle.as_bytes()) {
-                    let within = if truncated {
-                        " in its first 64 KiB"
-                    } else {
-                        ""
-                    };
-                    return Ok((
-                        false,
-                        format!("{label}: body lacks {needle:?}{within}"),
-                        answered,
-                    ));
+                if let Some(failure) = body_failure(label, needle, &body, truncated) {
+                    return Ok((false, failure, answered));
                 }
             }
-            Ok::<_, reqwest::Error>((
-                true,
-                format!("{label} {status} in {}", millis(start.elapsed())),
-                answered,
-            ))
+            Ok::<_, reqwest::Error>((true, passed(label, status, start.elapsed()), answered))
         };
 
         match timeout_at(budget.deadline, exchange).await {
@@ -148,6 +135,9 @@ impl Prober {
     }
 }
 
+/// The `User-Agent` of health checks.
+pub(super) const AGENT: &str = concat!("daas-lb/", env!("CARGO_PKG_VERSION"), " health-check");
+
 pub(super) const fn scheme(check: &HttpCheck) -> &'static str {
     if check.tls.is_some() { "https" } else { "http" }
 }
@@ -160,6 +150,40 @@ pub(super) fn describe_http(check: &HttpCheck) -> String {
         .map(|port| format!(":{port}"))
         .unwrap_or_default();
     format!("{} {host}{port}{}", scheme(check), check.path)
+}
+
+/// The reason of a check whose answer passed.
+pub(super) fn passed(label: &str, status: u16, elapsed: Duration) -> String {
+    format!("{label} {status} in {}", millis(elapsed))
+}
+
+/// Why `status` fails `check`, or `None` when it is expected.
+pub(super) fn status_failure(label: &str, check: &HttpCheck, status: u16) -> Option<String> {
+    (!check.expected_status.contains(&status)).then(|| {
+        format!(
+            "{label} {status} (expected {})",
+            expected_list(&check.expected_status)
+        )
+    })
+}
+
+/// Why `body` (its first bytes when `truncated`) fails `body_contains:
+/// needle`, or `None` when it holds the needle.
+pub(super) fn body_failure(
+    label: &str,
+    needle: &str,
+    body: &[u8],
+    truncated: bool,
+) -> Option<String> {
+    if contains(body, needle.as_bytes()) {
+        return None;
+    }
+    let within = if truncated {
+        " in its first 64 KiB"
+    } else {
+        ""
+    };
+    Some(format!("{label}: body lacks {needle:?}{within}"))
 }
 
 /// `200`, `200 or 204`, `200, 204 or 301`.
@@ -187,11 +211,7 @@ pub(super) fn build_client(
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(0)
-        .user_agent(concat!(
-            "daas-lb/",
-            env!("CARGO_PKG_VERSION"),
-            " health-check"
-        ));
+        .user_agent(AGENT);
     if let Some(options) = &setting.options {
         if !setting.roots.is_empty() {
             builder = builder.tls_built_in_root_certs(false);

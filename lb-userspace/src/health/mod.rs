@@ -15,23 +15,39 @@
 //! - `udp`: an empty datagram is sent; the server passes unless an ICMP error
 //!   (port or host unreachable) comes back within the timeout;
 //! - `http`/`https`: `GET http(s)://<host or server IP>:<port><path>`, always
-//!   connected to the server's IP, no proxy, no redirects followed, a fresh
-//!   connection every time; the status must be expected and the body (first
-//!   64 KiB) must contain `body_contains` when set;
+//!   connected to the server's IP, no redirects followed, a fresh connection
+//!   every time; the status must be expected and the body (first 64 KiB)
+//!   must contain `body_contains` when set;
 //! - `sui_sync`: the discovered node's own Sui full node is on the reference
 //!   chain and in sync with it ([`sui_sync`]);
 //! - `nautilus`: the discovered node's enclave signs a fresh performance
 //!   attestation with its current on-chain key ([`nautilus`]);
 //! - `all`: every part runs at once; all must pass.
 //!
+//! Through a proxy: a service in proxy mode whose servers are dialed through
+//! the `HTTPS_PROXY` forward proxy (HTTP CONNECT, as K3s does) checks them
+//! the same way ([`Prober::through`]), so that a site that reaches its
+//! servers only through the proxy does not see every check fail. For each
+//! connection a check makes, [`ProxyEnv::proxy_for`] decides (`NO_PROXY` and
+//! loopback as for the service's own dials): `tcp` and the extra dial are a
+//! CONNECT that must be answered 2xx, `http`/`https` run over a CONNECT
+//! tunnel ([`tunnel`]), and the dial is the CONNECT's outcome (a proxy that
+//! is down or refuses is a failed dial, with the proxy's error as the
+//! reason). `udp`, `sui_sync` and `nautilus` stay direct: proxy mode has no
+//! UDP services, and the other two talk to chain endpoints, not to the
+//! server's address. Without [`Prober::through`] (eBPF mode: the kernel
+//! redirect connects directly) every check is direct.
+//!
 //! One file per kind: [`net`] (tcp, udp), [`http`] (http, https),
-//! [`sui_sync`] and [`nautilus`]; this file holds the interface
-//! ([`Prober`], [`CheckOutcome`]) and the `all` composition.
+//! [`tunnel`] (http, https through a CONNECT tunnel), [`sui_sync`] and
+//! [`nautilus`]; this file holds the interface ([`Prober`],
+//! [`CheckOutcome`]) and the `all` composition.
 
 mod http;
 pub mod nautilus;
 mod net;
 pub mod sui_sync;
+mod tunnel;
 
 use std::{
     collections::HashMap,
@@ -47,12 +63,13 @@ use tokio::time::timeout_at;
 use self::{
     http::{build_client, describe_http, scheme},
     nautilus::{Attester, NodeEnclave, Verdict},
-    net::{probe_tcp, probe_udp},
+    net::{probe_tcp, probe_tcp_via, probe_udp},
     sui_sync::References,
 };
 use crate::{
     chain::servers::DiscoveredServer,
     config::{CheckSpec, HttpCheck, NautilusCheck, SuiSyncCheck, TlsOptions},
+    proxy::{ProxyEnv, connect::ProxyUrl},
 };
 
 /// What one check found.
@@ -81,19 +98,25 @@ pub struct CheckOutcome {
 /// The outcome of connecting to a server's own address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DialOutcome {
-    /// Whether the connect worked (for UDP: no ICMP error came back).
+    /// Whether the connect worked (for UDP: no ICMP error came back;
+    /// through a proxy: it answered 2xx to the CONNECT).
     pub ok: bool,
-    /// How long it took. When an HTTP check's own connection is reused, the
-    /// time until the response (or error): the connect alone is not timed.
+    /// How long it took. When a direct HTTP check's own connection is
+    /// reused, the time until the response (or error): the connect alone is
+    /// not timed (through a proxy it is: the CONNECT's time).
     pub duration: Duration,
 }
 
 /// Runs the checks of one service's check config. Holds the HTTP clients
 /// (one per TLS setting, plus one per server for checks with a `host`),
-/// reused across probes; cheap to clone.
+/// reused across probes, and the proxy settings the service's servers are
+/// dialed with ([`Prober::through`]); cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Prober {
     inner: Arc<Inner>,
+    /// Set for a service whose connections go through the userspace proxy
+    /// with an HTTP CONNECT proxy allowed; `None`: every check is direct.
+    via: Option<Arc<ProxyEnv>>,
 }
 
 #[derive(Debug)]
@@ -137,6 +160,8 @@ struct TlsSetting {
     options: Option<TlsOptions>,
     /// The CA file's certificates; empty for the built-in roots.
     roots: Vec<Certificate>,
+    /// The same setting for TLS over a CONNECT tunnel (https only).
+    tunnel: Option<Arc<rustls::ClientConfig>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -151,6 +176,17 @@ struct ClientKey {
 struct Budget {
     timeout: Duration,
     deadline: tokio::time::Instant,
+}
+
+impl Budget {
+    /// What is left of it, rounded up to whole milliseconds (the proxy
+    /// dialer's errors show it; the deadline moves by less than 1 ms).
+    fn remaining(self) -> Duration {
+        let left = self
+            .deadline
+            .saturating_duration_since(tokio::time::Instant::now());
+        Duration::from_millis(u64::try_from(left.as_micros().div_ceil(1000)).unwrap_or(u64::MAX))
+    }
 }
 
 /// Which kind of dial a part's connection counts as.
@@ -254,16 +290,31 @@ impl Prober {
                 if let Some(index) = tls.iter().position(|setting| setting.options == http.tls) {
                     index
                 } else {
-                    let roots = match &http.tls {
+                    let (roots, ca) = match &http.tls {
                         Some(TlsOptions {
                             ca_file: Some(path),
                             ..
-                        }) => crate::config::tls::read_ca_file(path)?,
-                        _ => Vec::new(),
+                        }) => (
+                            crate::config::tls::read_ca_file(path)?,
+                            tunnel::read_ca_der(path)?,
+                        ),
+                        _ => (Vec::new(), Vec::new()),
                     };
+                    let tunnel = http
+                        .tls
+                        .as_ref()
+                        .map(|options| tunnel::tls_config(options, &ca))
+                        .transpose()
+                        .with_context(|| {
+                            format!(
+                                "cannot set up TLS for health checks through a proxy{}",
+                                describe_ca(http.tls.as_ref())
+                            )
+                        })?;
                     tls.push(TlsSetting {
                         options: http.tls.clone(),
                         roots,
+                        tunnel,
                     });
                     tls.len() - 1
                 };
@@ -284,12 +335,7 @@ impl Prober {
             let client = build_client(setting, None).with_context(|| {
                 format!(
                     "cannot set up the HTTP client for health checks{}",
-                    setting
-                        .options
-                        .as_ref()
-                        .and_then(|options| options.ca_file.as_ref())
-                        .map(|file| format!(" with CA file {}", file.display()))
-                        .unwrap_or_default()
+                    describe_ca(setting.options.as_ref())
                 )
             })?;
             clients.insert(
@@ -314,7 +360,38 @@ impl Prober {
                 tls,
                 clients: Mutex::new(clients),
             }),
+            via: None,
         })
+    }
+
+    /// The same prober for a service whose servers are dialed through the
+    /// HTTP CONNECT proxy of `via` (proxy mode with `http_proxy_allowed`):
+    /// for each connection a check makes to a server's address (the `tcp`
+    /// part, `http`/`https` parts, the extra dial), `via`'s
+    /// [`ProxyEnv::proxy_for`] of that address decides between a CONNECT
+    /// through the proxy and a direct connect (see the module docs). `None`
+    /// (as from [`Prober::with_chain`]): every check is direct.
+    #[must_use]
+    pub fn through(mut self, via: Option<Arc<ProxyEnv>>) -> Self {
+        if let Some(proxy) = via.as_ref().and_then(|via| via.https_proxy()) {
+            tracing::debug!(%proxy, "health checks go through the HTTP CONNECT proxy (NO_PROXY honoured)");
+        }
+        self.via = via;
+        self
+    }
+
+    /// The proxy a connection of a check to `target` goes through, if any.
+    fn proxy_for(&self, target: SocketAddr) -> Option<&ProxyUrl> {
+        self.via.as_deref()?.proxy_for(target)
+    }
+
+    /// A TCP connect to `server`, or a CONNECT through the proxy that
+    /// decides for it: whether it worked and the reason.
+    async fn connect_probe(&self, server: SocketAddr, budget: Budget) -> (bool, String) {
+        match self.proxy_for(server) {
+            Some(proxy) => probe_tcp_via(proxy, server, budget).await,
+            None => probe_tcp(server, budget).await,
+        }
     }
 
     /// Runs the check against `server` within `timeout` (the whole check,
@@ -324,10 +401,12 @@ impl Prober {
     /// always `Some`. If the check itself connected to exactly `server`
     /// (kind tcp, or http/https on the server's own port, where a failed TCP
     /// connect is a failed dial and a TLS or HTTP failure is not), that
-    /// result is reused; an HTTP check that runs out of time counts as a
-    /// failed dial too, since the server did not answer. Otherwise one extra
-    /// plain TCP connect to `server` is made at the same time as the check.
-    /// With `dial_probe` false (UDP services), kind udp reports its own
+    /// result is reused; a direct HTTP check that runs out of time counts as
+    /// a failed dial too, since the server did not answer. Otherwise one
+    /// extra plain TCP connect to `server` is made at the same time as the
+    /// check. Through a proxy ([`Prober::through`]) the connect is a CONNECT
+    /// and the dial is its outcome: a proxy that is down or refuses fails
+    /// it, anything after the tunnel is up does not. With `dial_probe` false (UDP services), kind udp reports its own
     /// result as the dial (ICMP port unreachable = failed) and other kinds
     /// report none.
     pub async fn probe(
@@ -358,7 +437,7 @@ impl Prober {
         let reuses_dial = inner.parts.iter().any(|part| part.dials(server));
         let extra_dial = async {
             if dial_probe && !reuses_dial {
-                let (ok, why) = probe_tcp(server, budget).await;
+                let (ok, why) = self.connect_probe(server, budget).await;
                 Some((
                     DialOutcome {
                         ok,
@@ -441,7 +520,7 @@ impl Prober {
         let start = Instant::now();
         match part {
             Part::Tcp => {
-                let (ok, reason) = probe_tcp(server, budget).await;
+                let (ok, reason) = self.connect_probe(server, budget).await;
                 let dial = DialOutcome {
                     ok,
                     duration: start.elapsed(),
@@ -456,7 +535,13 @@ impl Prober {
                 };
                 PartOutcome::plain(ok, reason, Some((Transport::Udp, dial)))
             }
-            Part::Http(http) => self.probe_http(http, server, budget).await,
+            Part::Http(http) => {
+                let target = SocketAddr::new(server.ip(), http.check.port.unwrap_or(server.port()));
+                match self.proxy_for(target) {
+                    Some(proxy) => self.probe_http_via(http, server, proxy, budget).await,
+                    None => self.probe_http(http, server, budget).await,
+                }
+            }
             Part::SuiSync(bounds) => {
                 let Some(url) = node.map(|node| node.sui_rpc.as_str()) else {
                     return PartOutcome::plain(
@@ -554,6 +639,13 @@ fn pick_dial(outcomes: &[PartOutcome], transport: Transport) -> Option<DialOutco
     dials().find(|dial| !dial.ok).or_else(|| dials().next())
 }
 
+/// ` with CA file <path>` when `tls` names one, for error context.
+fn describe_ca(tls: Option<&TlsOptions>) -> String {
+    tls.and_then(|options| options.ca_file.as_ref())
+        .map(|file| format!(" with CA file {}", file.display()))
+        .unwrap_or_default()
+}
+
 /// Formats a duration as milliseconds with one decimal.
 pub fn millis(d: Duration) -> String {
     format!("{:.1}ms", d.as_secs_f64() * 1000.0)
@@ -575,13 +667,13 @@ mod tests {
     use super::*;
 
     /// Generous upper bound on test timings.
-    const SLACK: Duration = Duration::from_secs(3);
+    pub(super) const SLACK: Duration = Duration::from_secs(3);
 
-    fn prober(check: &CheckSpec) -> Prober {
+    pub(super) fn prober(check: &CheckSpec) -> Prober {
         Prober::new(check).expect("prober")
     }
 
-    fn http(path: &str) -> HttpCheck {
+    pub(super) fn http(path: &str) -> HttpCheck {
         HttpCheck {
             path: path.to_owned(),
             ..HttpCheck::new()
@@ -590,7 +682,7 @@ mod tests {
 
     /// An HTTP server on 127.0.0.1: `/` answers "all ok", `/fail` 503,
     /// `/redirect` 302 and `/host` echoes the Host header.
-    async fn http_server() -> SocketAddr {
+    pub(super) async fn http_server() -> SocketAddr {
         let app = Router::new()
             .route("/", get(|| async { "all ok" }))
             .route(
@@ -614,13 +706,13 @@ mod tests {
     }
 
     /// An address nothing listens on (connects are refused).
-    async fn closed_port() -> SocketAddr {
+    pub(super) async fn closed_port() -> SocketAddr {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
         listener.local_addr().unwrap()
     }
 
     /// A server that accepts connections and never answers.
-    async fn silent_server() -> SocketAddr {
+    pub(super) async fn silent_server() -> SocketAddr {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -874,14 +966,14 @@ mod tests {
     /// An `openssl s_server -www` on 127.0.0.1 with a fresh self-signed
     /// certificate for `localhost` and 127.0.0.1; stopped and cleaned up
     /// when dropped (also when a test panics).
-    struct TlsServer {
+    pub(super) struct TlsServer {
         child: Child,
         dir: PathBuf,
-        addr: SocketAddr,
+        pub(super) addr: SocketAddr,
     }
 
     impl TlsServer {
-        async fn start() -> Self {
+        pub(super) async fn start() -> Self {
             static COUNTER: AtomicUsize = AtomicUsize::new(0);
             let dir = std::env::temp_dir().join(format!(
                 "daas-lb-health-tls-{}-{}",
@@ -936,7 +1028,7 @@ mod tests {
             server
         }
 
-        fn cert(&self) -> PathBuf {
+        pub(super) fn cert(&self) -> PathBuf {
             self.dir.join("cert.pem")
         }
     }
@@ -949,7 +1041,7 @@ mod tests {
         }
     }
 
-    fn https(ca_file: Option<PathBuf>, insecure: bool) -> HttpCheck {
+    pub(super) fn https(ca_file: Option<PathBuf>, insecure: bool) -> HttpCheck {
         HttpCheck {
             tls: Some(TlsOptions { ca_file, insecure }),
             ..HttpCheck::new()

@@ -1,5 +1,7 @@
-//! `tcp` and `udp` probes: a TCP connect within the timeout; an empty
-//! datagram that passes unless an ICMP error comes back in time.
+//! `tcp` and `udp` probes: a TCP connect within the timeout (or, for a
+//! server dialed through an HTTP CONNECT proxy, a tunnel the proxy opens
+//! within it); an empty datagram that passes unless an ICMP error comes back
+//! in time (always direct: proxy mode has no UDP services).
 
 use std::{
     io,
@@ -13,6 +15,7 @@ use tokio::{
 };
 
 use super::{Budget, http::describe_io, millis};
+use crate::proxy::connect::{self, ProxyUrl};
 
 /// TCP: the server accepts a connection within the budget.
 pub(super) async fn probe_tcp(address: SocketAddr, budget: Budget) -> (bool, String) {
@@ -27,6 +30,24 @@ pub(super) async fn probe_tcp(address: SocketAddr, budget: Budget) -> (bool, Str
             false,
             format!("tcp connect timed out after {}", millis(budget.timeout)),
         ),
+    }
+}
+
+/// TCP through `proxy`: it answers 2xx to `CONNECT address` within the
+/// budget (the proxy connected to the server). A failure's reason is the
+/// dialer's error, which names the proxy and the server.
+pub(super) async fn probe_tcp_via(
+    proxy: &ProxyUrl,
+    address: SocketAddr,
+    budget: Budget,
+) -> (bool, String) {
+    let start = Instant::now();
+    match connect::dial(proxy, address, budget.remaining()).await {
+        Ok(_tunnel) => (
+            true,
+            format!("tcp via proxy {proxy} ok in {}", millis(start.elapsed())),
+        ),
+        Err(error) => (false, format!("tcp: {error}")),
     }
 }
 
