@@ -819,6 +819,9 @@ fn per_service(
     )
 }
 
+/// One number of a proxied service's [`ProxyStatus`].
+type ProxyValue = fn(&ProxyStatus) -> u64;
+
 /// The proxy-mode metrics: the data plane in use, and a sample per proxied
 /// service in each proxy family.
 fn proxies(status: &Status, families: &mut Vec<Option<MetricFamily>>) {
@@ -828,7 +831,7 @@ fn proxies(status: &Status, families: &mut Vec<Option<MetricFamily>>) {
             DATAPLANE_EBPF.sample([&dataplane.configured], float(u64::from(dataplane.ebpf)))
         ]),
     );
-    let counters: [(&Family<1>, fn(&ProxyStatus) -> u64); 5] = [
+    let counters: [(&Family<1>, ProxyValue); 5] = [
         (&PROXY_ACCEPTED, |proxy| proxy.accepted),
         (&PROXY_CONNECTIONS, |proxy| proxy.active),
         (&PROXY_NO_SERVER, |proxy| proxy.no_server),
