@@ -355,31 +355,48 @@ fn service_of(
     &status.services[0]
 }
 
-#[test]
-fn servers_are_dialed_through_the_https_proxy_as_k3s_does() {
-    let Some(env) = TestEnv::new("proxy_connect") else {
-        return;
-    };
-    let Some(tinyproxy_bin) = lb_tests::proxies::find_program("tinyproxy") else {
+/// Debian's tinyproxy; `None` (the test skips) only without `CI=true`.
+fn tinyproxy() -> Option<std::path::PathBuf> {
+    let found = lb_tests::proxies::find_program("tinyproxy");
+    if found.is_none() {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
             "tinyproxy is missing under CI=true (apt-get install tinyproxy)"
         );
         eprintln!("skipping: no tinyproxy (apt-get install tinyproxy)");
-        return;
-    };
-    // Servers off loopback (loopback is never proxied, as in Go), on a
-    // veth of the test's namespace: nothing routes out.
+    }
+    found
+}
+
+/// Puts `addresses` (/24) on a veth of the test's namespace, for servers
+/// off loopback: nothing routes out.
+fn servers_off_loopback(addresses: &[&str]) {
     lb_tests::sh(
         "ip",
         &[
             "link", "add", "srv0", "type", "veth", "peer", "name", "srv1",
         ],
     );
-    lb_tests::sh("ip", &["addr", "add", "192.0.2.10/24", "dev", "srv0"]);
-    lb_tests::sh("ip", &["addr", "add", "192.0.2.11/24", "dev", "srv0"]);
+    for address in addresses {
+        lb_tests::sh(
+            "ip",
+            &["addr", "add", &format!("{address}/24"), "dev", "srv0"],
+        );
+    }
     lb_tests::sh("ip", &["link", "set", "srv0", "up"]);
     lb_tests::sh("ip", &["link", "set", "srv1", "up"]);
+}
+
+#[test]
+fn servers_are_dialed_through_the_https_proxy_as_k3s_does() {
+    let Some(env) = TestEnv::new("proxy_connect") else {
+        return;
+    };
+    let Some(tinyproxy_bin) = tinyproxy() else {
+        return;
+    };
+    // Servers off loopback (loopback is never proxied, as in Go).
+    servers_off_loopback(&["192.0.2.10", "192.0.2.11"]);
     let b1 = TcpBackend::bind("b1", "192.0.2.10:7000".parse().unwrap());
     let b2 = TcpBackend::bind("b2", "192.0.2.11:7000".parse().unwrap());
     let mut proxy = lb_tests::proxies::Tinyproxy::start(&tinyproxy_bin, 8888, &[7000], "");
@@ -446,25 +463,11 @@ fn a_proxied_services_health_checks_go_through_the_https_proxy() {
     let Some(env) = TestEnv::new("proxy_connect_checks") else {
         return;
     };
-    let Some(tinyproxy_bin) = lb_tests::proxies::find_program("tinyproxy") else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "tinyproxy is missing under CI=true (apt-get install tinyproxy)"
-        );
-        eprintln!("skipping: no tinyproxy (apt-get install tinyproxy)");
+    let Some(tinyproxy_bin) = tinyproxy() else {
         return;
     };
-    // The server off loopback (never proxied), on a veth of the test's
-    // namespace.
-    lb_tests::sh(
-        "ip",
-        &[
-            "link", "add", "srv0", "type", "veth", "peer", "name", "srv1",
-        ],
-    );
-    lb_tests::sh("ip", &["addr", "add", "192.0.2.10/24", "dev", "srv0"]);
-    lb_tests::sh("ip", &["link", "set", "srv0", "up"]);
-    lb_tests::sh("ip", &["link", "set", "srv1", "up"]);
+    // The server off loopback (never proxied).
+    servers_off_loopback(&["192.0.2.10"]);
     let b1 = TcpBackend::bind("b1", "192.0.2.10:7000".parse().unwrap());
     let mut proxy = lb_tests::proxies::Tinyproxy::start(&tinyproxy_bin, 8888, &[7000], "");
     // The same server behind an eBPF-mode service: the kernel redirect

@@ -237,14 +237,23 @@ pub(super) async fn read_body(
 ) -> reqwest::Result<(Vec<u8>, bool)> {
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await? {
-        let room = limit - body.len();
-        if chunk.len() >= room {
-            body.extend_from_slice(&chunk[..room]);
+        if keep_up_to(&mut body, &chunk, limit) {
             return Ok((body, true));
         }
-        body.extend_from_slice(&chunk);
     }
     Ok((body, false))
+}
+
+/// Appends what of `chunk` fits in `body` below `limit` bytes; `true` when
+/// the limit is reached (the rest of the body is not read).
+pub(super) fn keep_up_to(body: &mut Vec<u8>, chunk: &[u8], limit: usize) -> bool {
+    let room = limit - body.len();
+    if chunk.len() >= room {
+        body.extend_from_slice(&chunk[..room]);
+        return true;
+    }
+    body.extend_from_slice(chunk);
+    false
 }
 
 pub(super) fn contains(haystack: &[u8], needle: &[u8]) -> bool {

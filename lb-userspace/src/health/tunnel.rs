@@ -55,7 +55,7 @@ use tokio_rustls::TlsConnector;
 
 use super::{
     Budget, DialOutcome, HttpPart, PartOutcome, Prober, Transport,
-    http::{AGENT, body_failure, innermost_io, passed, root_cause, status_failure},
+    http::{AGENT, body_failure, innermost_io, keep_up_to, passed, root_cause, status_failure},
     millis,
 };
 use crate::{
@@ -356,12 +356,9 @@ async fn read_body(mut body: Incoming, limit: usize) -> hyper::Result<(Vec<u8>, 
         let Ok(chunk) = frame?.into_data() else {
             continue;
         };
-        let room = limit - read.len();
-        if chunk.len() >= room {
-            read.extend_from_slice(&chunk[..room]);
+        if keep_up_to(&mut read, &chunk, limit) {
             return Ok((read, true));
         }
-        read.extend_from_slice(&chunk);
     }
     Ok((read, false))
 }
