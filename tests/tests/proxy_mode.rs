@@ -17,6 +17,10 @@ use std::{
 use lb_tests::{TcpBackend, TestEnv, service};
 use lb_userspace::policy::state_machine::ServerState;
 
+/// How long a daemon may take to start and check its servers once: the
+/// kernel's verifier alone took 5 s on a loaded 2-CPU machine.
+const STARTED_WITHIN: Duration = Duration::from_secs(20);
+
 /// A proxy-mode TCP service on `vip` over `servers`, TCP checks every
 /// `interval_ms`.
 fn proxied(name: &str, vip: &str, servers: &[SocketAddr], interval_ms: u64) -> String {
@@ -54,7 +58,7 @@ fn the_proxy_carries_tcp_over_ipv4_and_ipv6_to_the_selected_server() {
         proxied("web6", "[::1]:6460", &[c1.addr], 200)
     );
     let mut daemon = env.start(&services);
-    daemon.wait_for(Duration::from_secs(5), "servers checked", |s| {
+    daemon.wait_for(STARTED_WITHIN, "servers checked", |s| {
         service(s, "web")
             .servers
             .iter()
@@ -163,7 +167,7 @@ fn a_demoted_servers_proxied_connections_are_closed() {
     let mut b1 = TcpBackend::v4("b1");
     let b2 = TcpBackend::v4("b2");
     let mut daemon = env.start(&proxied("api", "127.0.0.1:6462", &[b1.addr, b2.addr], 200));
-    daemon.wait_for(Duration::from_secs(5), "servers checked", |s| {
+    daemon.wait_for(STARTED_WITHIN, "servers checked", |s| {
         service(s, "api")
             .servers
             .iter()
@@ -211,7 +215,7 @@ fn dataplane_proxy_loads_no_ebpf_and_proxies_every_service() {
     // directory) is warned about, not undone.
     std::fs::create_dir_all(env.pins.path().join("links")).expect("pin directory");
     let mut daemon = env.spawn(&["--config", &config]);
-    let status = daemon.wait_for(Duration::from_secs(5), "b1 preferred", |s| {
+    let status = daemon.wait_for(STARTED_WITHIN, "b1 preferred", |s| {
         service_of(s).servers[0].state == ServerState::Preferred
     });
     assert!(!status.dataplane.ebpf, "{:?}", status.dataplane);
@@ -258,7 +262,7 @@ fn dataplane_auto_falls_back_to_proxy_mode_when_the_programs_cannot_attach() {
         "--cgroup",
         not_a_cgroup.to_str().expect("utf-8 path"),
     ]);
-    let status = daemon.wait_for(Duration::from_secs(5), "b1 preferred", |s| {
+    let status = daemon.wait_for(STARTED_WITHIN, "b1 preferred", |s| {
         service_of(s).servers[0].state == ServerState::Preferred
     });
     assert!(!status.dataplane.ebpf, "{:?}", status.dataplane);
@@ -310,7 +314,7 @@ fn a_reload_keeps_a_proxied_services_connections() {
         kernel("other", "127.0.0.1:6466")
     );
     let mut daemon = env.start(&first);
-    daemon.wait_for(Duration::from_secs(5), "servers checked", |s| {
+    daemon.wait_for(STARTED_WITHIN, "servers checked", |s| {
         service_of(s)
             .servers
             .iter()
@@ -412,7 +416,7 @@ fn servers_are_dialed_through_the_https_proxy_as_k3s_does() {
             ("NO_PROXY", "192.0.2.11"),
         ],
     );
-    daemon.wait_for(Duration::from_secs(5), "servers checked", |s| {
+    daemon.wait_for(STARTED_WITHIN, "servers checked", |s| {
         service_of(s)
             .servers
             .iter()
@@ -490,7 +494,7 @@ fn a_proxied_services_health_checks_go_through_the_https_proxy() {
         ],
     );
     // No client has connected: the CONNECTs are the health checks'.
-    let status = daemon.wait_for(Duration::from_secs(5), "b1 preferred by checks", |s| {
+    let status = daemon.wait_for(STARTED_WITHIN, "b1 preferred by checks", |s| {
         service(s, "api").servers[0].state == ServerState::Preferred
             && service(s, "kernel").servers[0].state == ServerState::Preferred
     });
