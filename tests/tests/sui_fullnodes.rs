@@ -142,7 +142,10 @@ fn a_pool_of_full_nodes_fails_over_from_the_one_that_lags() {
         let server = find_server(&status, servers[index]).expect("listed");
         assert!(server.healthy, "{server:?}");
     }
-    assert_eq!(service(&status, SVC).selected.as_deref(), Some(selected.as_str()));
+    assert_eq!(
+        service(&status, SVC).selected.as_deref(),
+        Some(selected.as_str())
+    );
 
     // The selected one falls behind: new connections go to the spare.
     fakes[first].set_lag(20, Duration::ZERO);
@@ -282,10 +285,7 @@ fn discovered_servers_beyond_max_servers_are_left_out_by_stake() {
     });
     wait_state(&mut daemon, nodes[0].addr, READY);
     assert_in_map(&env, &nodes, &[1, 2]);
-    assert_eq!(
-        service(&daemon.status(), SVC).discovered_capped,
-        Some(2)
-    );
+    assert_eq!(service(&daemon.status(), SVC).discovered_capped, Some(2));
     assert_eq!(
         daemon.log_count("more registry nodes than discovery.max_servers"),
         1,

@@ -2642,7 +2642,10 @@ fn discovery_max_servers_is_checked() {
         ))
     };
     let config = parse(&capped("32"));
-    assert_eq!(config.services[0].discovery.as_ref().unwrap().max_servers, 32);
+    assert_eq!(
+        config.services[0].discovery.as_ref().unwrap().max_servers,
+        32
+    );
     let config = parse(&capped("4095"));
     assert_eq!(
         config.services[0].discovery.as_ref().unwrap().max_servers,
@@ -3575,7 +3578,10 @@ fn readme_full_node_pool_example_parses() {
         .0;
     let config = parse(yaml);
     assert!(config.chain.is_none());
-    assert!(config.reference_urls().is_empty(), "the pool is the reference");
+    assert!(
+        config.reference_urls().is_empty(),
+        "the pool is the reference"
+    );
     let service = &config.services[0];
     assert_eq!(service.servers.len(), 3);
     assert!(service.discovery.is_none());
@@ -3597,5 +3603,8 @@ fn readme_full_node_pool_example_parses() {
         panic!("kind sui_sync");
     };
     assert_eq!(check.scheme, RpcScheme::Https);
-    assert_eq!(check.reference_rpc_urls, ["https://fullnode.mainnet.sui.io"]);
+    assert_eq!(
+        check.reference_rpc_urls,
+        ["https://fullnode.mainnet.sui.io"]
+    );
 }

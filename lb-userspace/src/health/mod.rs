@@ -286,14 +286,15 @@ impl Prober {
                     continue;
                 }
                 CheckSpec::SuiSync(sui) => {
-                    let (references, pool) = match (sui.reference_rpc_urls.is_empty(), chain_references) {
-                        (false, _) => (
-                            Arc::new(References::new(sui.reference_rpc_urls.clone())),
-                            false,
-                        ),
-                        (true, true) => (Arc::clone(&shared), false),
-                        (true, false) => (Arc::new(References::new(Vec::new())), true),
-                    };
+                    let (references, pool) =
+                        match (sui.reference_rpc_urls.is_empty(), chain_references) {
+                            (false, _) => (
+                                Arc::new(References::new(sui.reference_rpc_urls.clone())),
+                                false,
+                            ),
+                            (true, true) => (Arc::clone(&shared), false),
+                            (true, false) => (Arc::new(References::new(Vec::new())), true),
+                        };
                     parts.push(Part::SuiSync(SyncPart {
                         check: sui.clone(),
                         references,
@@ -441,7 +442,8 @@ impl Prober {
         timeout: Duration,
         dial_probe: bool,
     ) -> CheckOutcome {
-        self.probe_node(server, timeout, dial_probe, None, &[]).await
+        self.probe_node(server, timeout, dial_probe, None, &[])
+            .await
     }
 
     /// Whether `sui_sync` parts compare a server with its pool (no

@@ -140,8 +140,8 @@ impl References {
                 Ok(client)
             })
             .collect();
-        let answers: Arc<[ReferenceAnswer]> = join_all(urls.iter().zip(clients).map(
-            |(url, client)| async move {
+        let answers: Arc<[ReferenceAnswer]> =
+            join_all(urls.iter().zip(clients).map(|(url, client)| async move {
                 let result = match client {
                     Ok(mut client) => ask(&mut client, Instant::now(), limit).await,
                     Err(why) => Err(why),
@@ -150,10 +150,9 @@ impl References {
                     url: url.clone(),
                     result,
                 }
-            },
-        ))
-        .await
-        .into();
+            }))
+            .await
+            .into();
         state.last = Some((Instant::now(), urls.to_vec(), Arc::clone(&answers)));
         answers
     }
@@ -464,7 +463,12 @@ async fn probe_with(
         Ok(node) => evaluate(&node, &answers, bounds, now),
         Err(why) => SyncVerdict::failed(format!("unreachable: {node_rpc_url}: {why}")),
     };
-    tracing::debug!(node = node_rpc_url, pool = members.is_some(), ?verdict, "sui_sync check done");
+    tracing::debug!(
+        node = node_rpc_url,
+        pool = members.is_some(),
+        ?verdict,
+        "sui_sync check done"
+    );
     verdict
 }
 
@@ -1102,7 +1106,9 @@ mod tests {
         assert!(verdict.ok, "{verdict:?}");
         assert_eq!(verdict.lag_blocks, Some(1));
         assert!(
-            verdict.reason.contains("1 of 3 pool members did not answer (http://d: unreachable)"),
+            verdict
+                .reason
+                .contains("1 of 3 pool members did not answer (http://d: unreachable)"),
             "{}",
             verdict.reason
         );
