@@ -26,6 +26,7 @@ use lb_tests::{Daemon, Node, SuiChain, TestEnv, metric, service, service_yaml};
 use lb_userspace::{
     api::status::{ServerStatus, Status},
     chain::registry,
+    demo::fake_node::FakeChain,
     policy::state_machine::ServerState,
 };
 use sui_sdk_types::Address;
@@ -87,7 +88,7 @@ fn a_pool_of_full_nodes_fails_over_from_the_one_that_lags() {
             fake.tick();
         }
     }
-    let servers = fakes.map(|fake| fake.addr());
+    let servers = fakes.map(FakeChain::addr);
     // No chain block: the pool is the reference. A generous sync age: the
     // fakes only move when the test ticks them.
     let check = "{ kind: sui_sync, interval: 300ms, timeout: 300ms, jitter: 0%, max_checkpoint_lag: 5, max_sync_age: 1h, max_response_time: 250ms }";

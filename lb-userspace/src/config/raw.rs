@@ -313,10 +313,6 @@ pub(super) struct RawCheckPart {
 
 /// The fields of a `sui_sync` check, borrowed from a [`RawHealthCheck`] or
 /// a [`RawCheckPart`].
-#[expect(
-    clippy::struct_field_names,
-    reason = "named like the fields in the file"
-)]
 pub(super) struct RawSuiFields<'a> {
     pub(super) max_checkpoint_lag: Option<&'a Spanned<String>>,
     pub(super) max_sync_age: Option<&'a Spanned<String>>,
