@@ -37,8 +37,9 @@
 //! tunnel ([`tunnel`]), and the dial is the CONNECT's outcome (a proxy that
 //! is down or refuses is a failed dial, with the proxy's error as the
 //! reason). `udp`, `sui_sync` and `nautilus` stay direct: proxy mode has no
-//! UDP services, and the other two talk to chain endpoints, not to the
-//! server's address. Without [`Prober::through`] (eBPF mode: the kernel
+//! UDP services, and the other two talk to chain endpoints (a `sui_sync`
+//! check of a configured server asks the server's own address, directly
+//! too; its extra dial goes through the proxy like any other). Without [`Prober::through`] (eBPF mode: the kernel
 //! redirect connects directly) every check is direct.
 //!
 //! One file per kind: [`net`] (tcp, udp), [`http`] (http, https),
