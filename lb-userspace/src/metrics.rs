@@ -363,7 +363,7 @@ const STAKE: Family<2> = Family::gauge(
 
 const SYNC_LAG: Family<2> = Family::gauge(
     "k3s_blockchain_sync_lag_blocks",
-    "Checkpoints a discovered server's own Sui full node was behind the reference at its last sui_sync check.",
+    "Checkpoints a server's own Sui full node was behind the reference (or its pool's highest member) at its last sui_sync check.",
     ["name", "server"],
 );
 
@@ -389,6 +389,12 @@ const REGISTRY_RESYNCS: Family<0> = Family::counter(
     "daas_lb_registry_resyncs_total",
     "Full syncs of the Sui registry (the first one included).",
     [],
+);
+
+const DISCOVERED_CAPPED: Family<1> = Family::gauge(
+    "daas_lb_discovered_servers_capped",
+    "Eligible registry nodes a discovery service left out for its discovery.max_servers (0: none).",
+    ["name"],
 );
 
 // Nautilus attestations and ranking, only with a `chain` block.
@@ -781,6 +787,10 @@ pub fn render(status: &Status, counters: &Counters) -> String {
         get(&counters.selection_changes, service)
     }));
     proxies(status, &mut families);
+    // Also without a `chain` block: a pool of full nodes checked by sui_sync.
+    families.push(per_server(status, &SYNC_LAG, |server| {
+        server.sync_lag_blocks.map(float)
+    }));
     if let Some(registry) = &status.registry {
         chain(status, registry, &mut families);
         attestations(status, counters, &mut families);
@@ -851,9 +861,6 @@ fn chain(status: &Status, registry: &RegistryStatus, families: &mut Vec<Option<M
     families.push(per_server(status, &STAKE, |server| {
         server.stake_mist.map(float)
     }));
-    families.push(per_server(status, &SYNC_LAG, |server| {
-        server.sync_lag_blocks.map(float)
-    }));
     families.push(
         REGISTRY_EVENTS.with(
             registry
@@ -873,6 +880,12 @@ fn chain(status: &Status, registry: &RegistryStatus, families: &mut Vec<Option<M
         })),
     );
     families.push(REGISTRY_RESYNCS.with([REGISTRY_RESYNCS.sample([], float(registry.resyncs))]));
+    families.push(
+        DISCOVERED_CAPPED.with(status.services.iter().filter_map(|service| {
+            let left_out = service.discovered_capped?;
+            Some(DISCOVERED_CAPPED.sample([&service.name], float(left_out)))
+        })),
+    );
 }
 
 /// The Nautilus attestation and ranking metrics.
@@ -956,6 +969,7 @@ mod tests {
                 source: "config".into(),
                 dataplane: "ebpf".into(),
                 proxy: None,
+                discovered_capped: None,
                 servers: vec![
                     server("10.0.0.1:1", ServerState::Active, 3),
                     server("10.0.0.2:1", ServerState::Failed, 0),

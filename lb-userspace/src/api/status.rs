@@ -254,6 +254,11 @@ pub struct ServiceStatus {
     /// Proxy mode only: the listener and its counters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<ProxyStatus>,
+    /// With `discovery`: how many eligible registry nodes were left out
+    /// because of `discovery.max_servers` (0 when all are servers); absent
+    /// for services without discovery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovered_capped: Option<u64>,
     /// Servers in config order, then the default server if it is not among them.
     pub servers: Vec<ServerStatus>,
     /// The servers (and default server) written as DNS names, with what
@@ -579,6 +584,13 @@ impl Status {
             for name in &service.dns {
                 let _ = writeln!(out, "  {}", dns_line(name));
             }
+            if let Some(left_out) = service.discovered_capped.filter(|n| *n > 0) {
+                let _ = writeln!(
+                    out,
+                    "  discovery: {left_out} eligible registry node{} left out (discovery.max_servers; the highest stakes are servers)",
+                    if left_out == 1 { "" } else { "s" }
+                );
+            }
             let columns = server_columns(&service.servers, layout, now);
             scored |= columns.iter().any(|c| c.header == "SCORE");
             let limit = (layout == Layout::Fit).then_some(FIT_WIDTH);
@@ -871,6 +883,7 @@ mod tests {
                 source: "config".into(),
                 dataplane: "ebpf".into(),
                 proxy: None,
+                discovered_capped: None,
                 dns: Vec::new(),
             }],
             xdp: None,
@@ -963,6 +976,27 @@ mod tests {
         // Without names there is no `dns` field.
         let plain = serde_json::to_value(sample()).unwrap();
         assert!(plain["services"][0].get("dns").is_none());
+    }
+
+    #[test]
+    fn table_and_json_show_discovered_servers_left_out() {
+        let mut status = sample();
+        let plain = serde_json::to_value(&status).unwrap();
+        assert!(plain["services"][0].get("discovered_capped").is_none());
+        status.services[0].discovered_capped = Some(0);
+        assert!(!status.to_table().contains("left out"));
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["services"][0]["discovered_capped"], 0);
+        status.services[0].discovered_capped = Some(3);
+        let table = status.to_table();
+        assert!(
+            table.contains(
+                "  discovery: 3 eligible registry nodes left out (discovery.max_servers; the highest stakes are servers)\n"
+            ),
+            "{table}"
+        );
+        let back: Status = serde_json::from_value(serde_json::to_value(&status).unwrap()).unwrap();
+        assert_eq!(back.services[0].discovered_capped, Some(3));
     }
 
     #[test]

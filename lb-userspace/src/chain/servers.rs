@@ -5,7 +5,8 @@
 //! A node's `endpoint` is `host` or `host:port` (`[v6]:port` for IPv6
 //! literals); the port written there is ignored, the service's
 //! `discovery.port` is used. A host that is not an IP literal is a DNS name
-//! the caller resolves ([`Endpoint::Name`]).
+//! the caller resolves ([`Endpoint::Name`]). [`cap`] keeps a service's
+//! `discovery.max_servers` of them: the highest stakes, ties by node key.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -171,6 +172,30 @@ fn unmap(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// At most `max` of `servers` (a service's `discovery.max_servers`): the
+/// highest stakes, ties broken by the lower node key, so that the same
+/// registry always gives the same servers; the kept ones stay in their
+/// order. Returns them and how many were left out.
+pub fn cap(mut servers: Vec<DiscoveredServer>, max: usize) -> (Vec<DiscoveredServer>, usize) {
+    if servers.len() <= max {
+        return (servers, 0);
+    }
+    let mut ranked: Vec<(u64, Address, usize)> = servers
+        .iter()
+        .enumerate()
+        .map(|(index, server)| (server.stake, server.node, index))
+        .collect();
+    ranked.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let mut keep = vec![false; servers.len()];
+    for &(_, _, index) in ranked.iter().take(max) {
+        keep[index] = true;
+    }
+    let left_out = servers.len() - max;
+    let mut flags = keep.into_iter();
+    servers.retain(|_| flags.next().unwrap_or(false));
+    (servers, left_out)
+}
+
 /// The sum of the stakes of `servers`, in MIST (u128: no overflow).
 pub fn total_stake(servers: &[DiscoveredServer]) -> u128 {
     servers.iter().map(|server| u128::from(server.stake)).sum()
@@ -290,5 +315,41 @@ mod tests {
         let servers = discovered_servers(&view, 0, 80, true, no_dns);
         assert_eq!(servers.len(), 1);
         assert_eq!(servers[0].node, key(1));
+    }
+
+    #[test]
+    fn the_cap_keeps_the_highest_stakes_ties_by_node_key() {
+        let view = view(&[
+            (1, "10.0.0.1", 10),
+            (2, "10.0.0.2", 30),
+            (3, "10.0.0.3", 20),
+            (4, "10.0.0.4", 30),
+            (5, "10.0.0.5", 10),
+        ]);
+        let servers = discovered_servers(&view, 0, 80, true, no_dns);
+        let (kept, left_out) = cap(servers.clone(), 3);
+        // 30 (key 2), 30 (key 4), 20 (key 3); in their original order.
+        assert_eq!(
+            addresses(&kept),
+            ["10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80"]
+        );
+        assert_eq!(left_out, 2);
+        // Equal stakes: the lower key wins.
+        let (kept, left_out) = cap(servers.clone(), 4);
+        assert_eq!(
+            addresses(&kept),
+            ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80"]
+        );
+        assert_eq!(left_out, 1);
+        // Not over the cap: all, nothing left out.
+        assert_eq!(cap(servers.clone(), 5), (servers.clone(), 0));
+        assert_eq!(cap(servers.clone(), 9), (servers.clone(), 0));
+        // The same set whatever the input order.
+        let mut reversed = servers;
+        reversed.reverse();
+        let (kept, _) = cap(reversed, 3);
+        let mut got = addresses(&kept);
+        got.sort();
+        assert_eq!(got, ["10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80"]);
     }
 }

@@ -538,7 +538,7 @@ pub struct RegistrySettings {
 ///
 /// ```yaml
 /// discovery: { source: sui, port: 6443 }
-/// discovery: { source: sui, port: { from_chain_id: "35834a8a", kind: grpc } }
+/// discovery: { source: sui, port: { from_chain_id: "35834a8a", kind: grpc }, max_servers: 32 }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DiscoveryConfig {
@@ -547,6 +547,17 @@ pub struct DiscoveryConfig {
     /// The port of every discovered server (`port`): a number, or derived
     /// from a chain id.
     pub port: DiscoveryPort,
+    /// Most discovered servers the service takes (`max_servers`, default
+    /// [`DiscoveryConfig::DEFAULT_MAX_SERVERS`], 1 to
+    /// [`Config::MAX_BACKENDS`]); with more eligible nodes the highest
+    /// stakes are taken (see [`crate::chain::servers::cap`]).
+    pub max_servers: usize,
+}
+
+impl DiscoveryConfig {
+    /// Default `max_servers`: a sixteenth of the kernel's `backends` map,
+    /// which all services share.
+    pub const DEFAULT_MAX_SERVERS: usize = lb_common::MAX_BACKENDS as usize / 16;
 }
 
 /// `discovery.source`.
@@ -918,8 +929,9 @@ pub enum CheckSpec {
     /// `http` or `https` (when [`HttpCheck::tls`] is set): a GET request
     /// must be answered with an expected status (and body).
     Http(HttpCheck),
-    /// `sui_sync`: the server's own Sui full node (its registry `sui_rpc`)
-    /// must be on the reference chain and in sync with it.
+    /// `sui_sync`: the server's own Sui full node (a discovered server's
+    /// registry `sui_rpc`, a configured server's own address) must be on
+    /// the reference chain and in sync with it.
     SuiSync(SuiSyncCheck),
     /// `nautilus`: the server's node must hold a verified, fresh
     /// performance attestation signed by its current on-chain enclave.
@@ -976,9 +988,17 @@ impl Default for NautilusCheck {
     }
 }
 
-/// A `sui_sync` check: `GetServiceInfo` on the node's `sui_rpc` against the
-/// `chain` block's reference full nodes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// A `sui_sync` check: `GetServiceInfo` on a server's own Sui full node
+/// against reference full nodes.
+///
+/// The server's full node: a discovered server's registry `sui_rpc`; a
+/// configured (static) server is itself a full node, reached at
+/// `<scheme>://<server IP>:<port>`. The references: the check's own
+/// `reference_rpc_urls`, else the `chain` block's
+/// ([`Config::reference_urls`]), else (no `chain` block) the pool: the
+/// service's own servers, the highest checkpoint among those on the
+/// majority chain being the reference (see [`crate::health::sui_sync`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SuiSyncCheck {
     /// Most checkpoints the node may be behind the highest reference
     /// (`max_checkpoint_lag`, default 10).
@@ -990,7 +1010,29 @@ pub struct SuiSyncCheck {
     /// check's `timeout` bounds it too).
     #[serde(serialize_with = "serialize_duration")]
     pub max_response_time: Duration,
+    /// How a configured server's own gRPC is reached (`scheme`, default
+    /// `http`); discovered servers use their registry `sui_rpc` as is.
+    #[serde(serialize_with = "serialize_display")]
+    pub scheme: RpcScheme,
+    /// The reference full nodes of this check (`reference_rpc_urls`,
+    /// default none: the `chain` block's, or the pool without one).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reference_rpc_urls: Vec<String>,
 }
+
+/// How a configured server's own Sui full node is reached
+/// (`health_check.scheme` of `kind: sui_sync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum RpcScheme {
+    /// Plain HTTP/2 (the default).
+    #[default]
+    Http,
+    /// TLS; the certificate must be valid for the server's IP address
+    /// (the URL carries no name).
+    Https,
+}
+
+config_words!(pub RpcScheme, "scheme", { Http => "http", Https => "https" });
 
 impl SuiSyncCheck {
     /// Default `max_checkpoint_lag`.
@@ -1004,6 +1046,8 @@ impl SuiSyncCheck {
         max_checkpoint_lag: Self::DEFAULT_MAX_CHECKPOINT_LAG,
         max_sync_age: Self::DEFAULT_MAX_SYNC_AGE,
         max_response_time: Self::DEFAULT_MAX_RESPONSE_TIME,
+        scheme: RpcScheme::Http,
+        reference_rpc_urls: Vec::new(),
     };
 }
 
@@ -1380,6 +1424,10 @@ impl Serialize for CheckSpec {
                     "max_response_time",
                     &humantime::format_duration(sui.max_response_time).to_string(),
                 )?;
+                map.serialize_entry("scheme", sui.scheme.as_str())?;
+                if !sui.reference_rpc_urls.is_empty() {
+                    map.serialize_entry("reference_rpc_urls", &sui.reference_rpc_urls)?;
+                }
             }
             Self::Nautilus(nautilus) => {
                 map.serialize_entry(

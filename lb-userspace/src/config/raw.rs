@@ -88,6 +88,7 @@ pub(super) struct RawRegistry {
 pub(super) struct RawDiscovery {
     pub(super) source: Option<Spanned<String>>,
     pub(super) port: Option<Spanned<RawDiscoveryPort>>,
+    pub(super) max_servers: Option<Spanned<String>>,
 }
 
 /// `discovery.port`: a number, or `{ from_chain_id, kind }`.
@@ -264,6 +265,8 @@ pub(super) struct RawHealthCheck {
     pub(super) max_checkpoint_lag: Option<Spanned<String>>,
     pub(super) max_sync_age: Option<Spanned<String>>,
     pub(super) max_response_time: Option<Spanned<String>>,
+    pub(super) scheme: Option<Spanned<String>>,
+    pub(super) reference_rpc_urls: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) cache_ttl: Option<Spanned<String>>,
     pub(super) max_age: Option<Spanned<String>>,
     pub(super) min_performance_score: Option<Spanned<String>>,
@@ -299,6 +302,8 @@ pub(super) struct RawCheckPart {
     pub(super) max_checkpoint_lag: Option<Spanned<String>>,
     pub(super) max_sync_age: Option<Spanned<String>>,
     pub(super) max_response_time: Option<Spanned<String>>,
+    pub(super) scheme: Option<Spanned<String>>,
+    pub(super) reference_rpc_urls: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) cache_ttl: Option<Spanned<String>>,
     pub(super) max_age: Option<Spanned<String>>,
     pub(super) min_performance_score: Option<Spanned<String>>,
@@ -308,14 +313,12 @@ pub(super) struct RawCheckPart {
 
 /// The fields of a `sui_sync` check, borrowed from a [`RawHealthCheck`] or
 /// a [`RawCheckPart`].
-#[expect(
-    clippy::struct_field_names,
-    reason = "named like the fields in the file"
-)]
 pub(super) struct RawSuiFields<'a> {
     pub(super) max_checkpoint_lag: Option<&'a Spanned<String>>,
     pub(super) max_sync_age: Option<&'a Spanned<String>>,
     pub(super) max_response_time: Option<&'a Spanned<String>>,
+    pub(super) scheme: Option<&'a Spanned<String>>,
+    pub(super) reference_rpc_urls: Option<&'a Spanned<Vec<Spanned<String>>>>,
 }
 
 impl RawSuiFields<'_> {
@@ -330,6 +333,11 @@ impl RawSuiFields<'_> {
             (
                 "max_response_time",
                 self.max_response_time.map(|raw| raw.referenced),
+            ),
+            ("scheme", self.scheme.map(|raw| raw.referenced)),
+            (
+                "reference_rpc_urls",
+                self.reference_rpc_urls.map(|raw| raw.referenced),
             ),
         ]
         .into_iter()
@@ -395,6 +403,8 @@ impl RawHealthCheck {
             max_checkpoint_lag: self.max_checkpoint_lag.as_ref(),
             max_sync_age: self.max_sync_age.as_ref(),
             max_response_time: self.max_response_time.as_ref(),
+            scheme: self.scheme.as_ref(),
+            reference_rpc_urls: self.reference_rpc_urls.as_ref(),
         }
     }
 
@@ -427,6 +437,8 @@ impl RawCheckPart {
             max_checkpoint_lag: self.max_checkpoint_lag.as_ref(),
             max_sync_age: self.max_sync_age.as_ref(),
             max_response_time: self.max_response_time.as_ref(),
+            scheme: self.scheme.as_ref(),
+            reference_rpc_urls: self.reference_rpc_urls.as_ref(),
         }
     }
 

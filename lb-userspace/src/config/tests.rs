@@ -2300,6 +2300,8 @@ services:
     let discovery = api.discovery.as_ref().unwrap();
     assert_eq!(discovery.source, DiscoverySource::Sui);
     assert_eq!(discovery.port, DiscoveryPort::Fixed(6443));
+    assert_eq!(discovery.max_servers, DiscoveryConfig::DEFAULT_MAX_SERVERS);
+    assert_eq!(DiscoveryConfig::DEFAULT_MAX_SERVERS, 256);
     assert_eq!(
         api.health_check.check,
         CheckSpec::SuiSync(SuiSyncCheck::DEFAULT)
@@ -2316,6 +2318,7 @@ services:
                 max_checkpoint_lag: 0,
                 max_sync_age: Duration::from_mins(1),
                 max_response_time: Duration::from_millis(500),
+                ..SuiSyncCheck::DEFAULT
             })
         ])
     );
@@ -2492,18 +2495,82 @@ fn discovery_errors_name_the_field() {
 }
 
 #[test]
+fn sui_sync_of_configured_servers_needs_no_chain_nor_discovery() {
+    // A pool of full nodes without a registry: compared with each other.
+    let config = parse(&with_service("    health_check: { kind: sui_sync }\n"));
+    assert_eq!(
+        config.services[0].health_check.check,
+        CheckSpec::SuiSync(SuiSyncCheck::DEFAULT)
+    );
+    assert!(config.reference_urls().is_empty());
+    // With a chain block but no discovery: the chain's references.
+    let config = parse(&with_chain(&with_service(
+        "    health_check: { kind: sui_sync, scheme: https }\n",
+    )));
+    assert_eq!(
+        config.services[0].health_check.check,
+        CheckSpec::SuiSync(SuiSyncCheck {
+            scheme: RpcScheme::Https,
+            ..SuiSyncCheck::DEFAULT
+        })
+    );
+    // The check's own references, also as an entry of kind all.
+    let config = parse(&with_service(
+        "    health_check:\n      kind: all\n      checks:\n        - { kind: tcp }\n        - { kind: sui_sync, scheme: http, reference_rpc_urls: [https://fullnode.mainnet.sui.io, \"http://10.0.0.9:9000\"] }\n",
+    ));
+    let CheckSpec::All(parts) = &config.services[0].health_check.check else {
+        panic!("kind all");
+    };
+    assert_eq!(
+        parts[1],
+        CheckSpec::SuiSync(SuiSyncCheck {
+            reference_rpc_urls: vec![
+                "https://fullnode.mainnet.sui.io".to_owned(),
+                "http://10.0.0.9:9000".to_owned()
+            ],
+            ..SuiSyncCheck::DEFAULT
+        })
+    );
+    // The serialized form reads back.
+    let json = serde_json::to_string(&config).unwrap();
+    assert_eq!(parse(&json), config);
+}
+
+#[test]
 fn sui_sync_errors_name_the_field() {
     assert_error(
-        &with_service("    health_check: { kind: sui_sync }\n"),
-        "services[0].health_check.kind",
+        &with_service("    health_check: { kind: sui_sync, scheme: grpc }\n"),
+        "services[0].health_check.scheme",
         5,
-        "needs the top-level `chain` block",
+        "unknown scheme \"grpc\"; expected http or https",
     );
     assert_error(
-        &with_chain(&with_service("    health_check: { kind: sui_sync }\n")),
-        "services[0].health_check.kind",
-        8,
-        "needs the service's `discovery` block",
+        &with_service("    health_check: { kind: sui_sync, reference_rpc_urls: [] }\n"),
+        "services[0].health_check.reference_rpc_urls",
+        5,
+        "must not be empty",
+    );
+    assert_error(
+        &with_service(
+            "    health_check: { kind: sui_sync, reference_rpc_urls: [\"ftp://x\", \"http://a:1\", \"http://a:1\"] }\n",
+        ),
+        "services[0].health_check.reference_rpc_urls[0]",
+        5,
+        "is not an http or https URL",
+    );
+    assert_error(
+        &with_service(
+            "    health_check: { kind: sui_sync, reference_rpc_urls: [\"ftp://x\", \"http://a:1\", \"http://a:1\"] }\n",
+        ),
+        "services[0].health_check.reference_rpc_urls[2]",
+        5,
+        "duplicate URL http://a:1",
+    );
+    assert_error(
+        &with_service("    health_check: { kind: tcp, scheme: https }\n"),
+        "services[0].health_check.scheme",
+        5,
+        "only valid with kind sui_sync, not with kind tcp",
     );
     let discovered = |check: &str| {
         with_chain(&format!(
@@ -2566,6 +2633,35 @@ fn sui_sync_errors_name_the_field() {
 
 const DISCOVERED: &str =
     "services:\n  - name: a\n    vip: 127.0.0.1:80\n    discovery: { source: sui, port: 80 }\n";
+
+#[test]
+fn discovery_max_servers_is_checked() {
+    let capped = |max: &str| {
+        with_chain(&format!(
+            "services:\n  - name: a\n    vip: 127.0.0.1:80\n    discovery: {{ source: sui, port: 80, max_servers: {max} }}\n"
+        ))
+    };
+    let config = parse(&capped("32"));
+    assert_eq!(
+        config.services[0].discovery.as_ref().unwrap().max_servers,
+        32
+    );
+    let config = parse(&capped("4095"));
+    assert_eq!(
+        config.services[0].discovery.as_ref().unwrap().max_servers,
+        Config::MAX_BACKENDS
+    );
+    for bad in ["0", "4096", "many", "-1"] {
+        assert_error(
+            &capped(bad),
+            "services[0].discovery.max_servers",
+            7,
+            "expected a whole number from 1 to 4095",
+        );
+    }
+    let json = serde_json::to_string(&parse(&capped("32"))).unwrap();
+    assert_eq!(parse(&json), parse(&capped("32")));
+}
 
 #[test]
 fn features_default_to_plain_k3s_and_discovery_with_a_chain() {
@@ -3464,4 +3560,51 @@ fn the_packaged_config_k3s_block_is_valid_once_uncommented() {
     let k3s = config.k3s.expect("the uncommented k3s block");
     assert_eq!(k3s.data_dir, Path::new("/var/lib/rancher/k3s"));
     assert!(config.services.is_empty());
+}
+
+/// The README's use case "Fronting a pool of Sui full nodes": its example
+/// config is accepted and means what the text says.
+#[test]
+fn readme_full_node_pool_example_parses() {
+    const README: &str = include_str!("../../../README.md");
+    let section = README
+        .split_once("### Fronting a pool of Sui full nodes\n")
+        .expect("the README has the section")
+        .1;
+    let yaml = section
+        .split_once("```yaml\n")
+        .and_then(|(_, rest)| rest.split_once("```\n"))
+        .expect("the section has a yaml block")
+        .0;
+    let config = parse(yaml);
+    assert!(config.chain.is_none());
+    assert!(
+        config.reference_urls().is_empty(),
+        "the pool is the reference"
+    );
+    let service = &config.services[0];
+    assert_eq!(service.servers.len(), 3);
+    assert!(service.discovery.is_none());
+    assert_eq!(
+        service.health_check.check,
+        CheckSpec::SuiSync(SuiSyncCheck {
+            max_checkpoint_lag: 20,
+            max_response_time: Duration::from_secs(1),
+            ..SuiSyncCheck::DEFAULT
+        })
+    );
+    assert_eq!(service.health_check.timeout, Duration::from_secs(1));
+    // The commented-out options are valid too.
+    let uncommented = yaml
+        .replace("# scheme: https", "scheme: https")
+        .replace("# reference_rpc_urls:", "reference_rpc_urls:");
+    let config = parse(&uncommented);
+    let CheckSpec::SuiSync(check) = &config.services[0].health_check.check else {
+        panic!("kind sui_sync");
+    };
+    assert_eq!(check.scheme, RpcScheme::Https);
+    assert_eq!(
+        check.reference_rpc_urls,
+        ["https://fullnode.mainnet.sui.io"]
+    );
 }

@@ -3,7 +3,9 @@
 //! jittered so that many servers do not probe in lockstep; probes across all
 //! services share a bound on how many run at once. A task asks the
 //! controller thread for its next probe and reports each result to it; the
-//! probe itself runs on the task, never on the controller thread.
+//! probe itself runs on the task, never on the controller thread. A
+//! service whose `sui_sync` check compares servers with each other gets its
+//! current servers (the pool) with each probe plan.
 
 use std::{
     hash::{BuildHasher as _, RandomState},
@@ -100,7 +102,13 @@ async fn check_loop(
         };
         let outcome = plan
             .prober
-            .probe_node(server, plan.timeout, plan.dial_probe, plan.node.as_ref())
+            .probe_node(
+                server,
+                plan.timeout,
+                plan.dial_probe,
+                plan.node.as_ref(),
+                &plan.pool,
+            )
             .await;
         drop(permit);
         controller
@@ -140,6 +148,16 @@ pub(super) fn plan(
             .discovery
             .server(&service.config.name, server)
             .cloned(),
+        pool: if service.prober.uses_pool() {
+            service
+                .machine
+                .servers()
+                .iter()
+                .map(|entry| entry.address)
+                .collect()
+        } else {
+            Vec::new()
+        },
     })
 }
 

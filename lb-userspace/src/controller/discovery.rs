@@ -2,7 +2,9 @@
 //! [`RegistryView`]; on each view with new nodes (and on a refresh after a
 //! reload or a server list change) every service with `discovery` gets
 //! its static servers plus the registry's nodes (stake filter, endpoint
-//! host resolved, the service's port), applied like
+//! host resolved, the service's port, at most its `max_servers` of them:
+//! the highest stakes, see [`servers::cap`]; one `warn!` when the cap
+//! starts leaving nodes out, one `info!` when it stops), applied like
 //! `PUT /services/{name}/servers`, so removed and under-stake nodes take the
 //! removal path (invalid, connections closed). One task (the watcher) hands
 //! every view to the controller thread, in order, so an older view never
@@ -152,7 +154,7 @@ pub(super) fn apply_view(
         .iter()
         .map(|service| (service.vip, service.protocol))
         .collect();
-    let targets: Vec<(String, SocketAddr, Protocol, u16)> = state
+    let targets: Vec<(String, SocketAddr, Protocol, u16, usize)> = state
         .config
         .services
         .iter()
@@ -163,6 +165,7 @@ pub(super) fn apply_view(
                 service.vip,
                 service.protocol,
                 discovery.port.port(),
+                discovery.max_servers,
             ))
         })
         .collect();
@@ -174,12 +177,24 @@ pub(super) fn apply_view(
     let lookup = |name: &str| resolved.get(name).cloned().unwrap_or_default();
     let mut config = state.config.clone();
     let mut changed = false;
-    for (name, vip, protocol, port) in &targets {
-        let found: Vec<DiscoveredServer> =
+    for (name, vip, protocol, port, max_servers) in &targets {
+        let eligible: Vec<DiscoveredServer> =
             servers::discovered_servers(&view, min_stake, *port, vip.is_ipv4(), lookup)
                 .into_iter()
                 .filter(|server| !vips.contains(&(server.address, *protocol)))
                 .collect();
+        let eligible_count = eligible.len();
+        let (found, left_out) = servers::cap(eligible, *max_servers);
+        let before = state
+            .discovery
+            .capped
+            .insert(name.clone(), left_out)
+            .unwrap_or_default();
+        if left_out > 0 && before == 0 {
+            warn!(service = %name, max_servers, eligible = eligible_count, left_out, "more registry nodes than discovery.max_servers: the highest stakes are taken, the rest left out (status discovered_capped, metric daas_lb_discovered_servers_capped)");
+        } else if left_out == 0 && before > 0 {
+            info!(service = %name, max_servers, eligible = eligible_count, "registry nodes within discovery.max_servers again: none left out");
+        }
         let statics = state
             .discovery
             .static_servers

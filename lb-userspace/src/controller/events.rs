@@ -177,6 +177,9 @@ pub(super) struct CheckPlan {
     pub(super) dial_probe: bool,
     /// The node's registry entry, for `sui_sync` and `nautilus` checks.
     pub(super) node: Option<DiscoveredServer>,
+    /// The service's servers, for a `sui_sync` check that compares a server
+    /// with its pool (empty otherwise).
+    pub(super) pool: Vec<SocketAddr>,
 }
 
 /// Why `PUT /services/{name}/servers` was refused.

@@ -1,6 +1,6 @@
 //! Discovery's part of the controller state: each discovery service's own
-//! servers, the servers the registry gave it, the last view, and the
-//! discovery tasks. Plain data; [`discovery`](super::discovery) fills it.
+//! servers, the servers the registry gave it (and how many its
+//! `max_servers` left out), the last view, and the discovery tasks. Plain data; [`discovery`](super::discovery) fills it.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -23,6 +23,9 @@ pub(super) struct DiscoveryState {
     /// The registry's servers of each discovery service, by name, with
     /// their node, stake and `sui_rpc`.
     pub(super) discovered: HashMap<String, HashMap<SocketAddr, DiscoveredServer>>,
+    /// How many eligible registry nodes each discovery service left out
+    /// for its `discovery.max_servers`, by name (absent: none yet).
+    pub(super) capped: HashMap<String, usize>,
     /// The last view published (`None` before the task started).
     pub(super) view: Option<RegistryView>,
     /// The task's counters (`None` without a `chain` block).
@@ -44,6 +47,8 @@ impl DiscoveryState {
             .map(|service| (service.name.clone(), service.servers.clone()))
             .collect();
         self.discovered
+            .retain(|name, _| self.static_servers.contains_key(name));
+        self.capped
             .retain(|name, _| self.static_servers.contains_key(name));
     }
 

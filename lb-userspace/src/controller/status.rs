@@ -159,6 +159,13 @@ pub(super) fn build(state: &State) -> Status {
                         reports_dropped: counts.reports_dropped,
                     }
                 }),
+                discovered_capped: service.config.discovery.as_ref().map(|_| {
+                    state
+                        .discovery
+                        .capped
+                        .get(&service.config.name)
+                        .map_or(0, |left_out| u64::try_from(*left_out).unwrap_or(u64::MAX))
+                }),
                 servers,
                 dns: state.dns.status(&service.config.name),
             }

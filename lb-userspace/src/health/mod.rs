@@ -18,8 +18,11 @@
 //!   connected to the server's IP, no redirects followed, a fresh connection
 //!   every time; the status must be expected and the body (first 64 KiB)
 //!   must contain `body_contains` when set;
-//! - `sui_sync`: the discovered node's own Sui full node is on the reference
-//!   chain and in sync with it ([`sui_sync`]);
+//! - `sui_sync`: the server's own Sui full node (a discovered node's
+//!   registry `sui_rpc`; a configured server is itself one, asked at its
+//!   own address) is on the reference chain and in sync with it; without
+//!   references, in sync with the service's other servers (the pool given
+//!   to [`Prober::probe_node`]) ([`sui_sync`]);
 //! - `nautilus`: the discovered node's enclave signs a fresh performance
 //!   attestation with its current on-chain key ([`nautilus`]);
 //! - `all`: every part runs at once; all must pass.
@@ -34,8 +37,9 @@
 //! tunnel ([`tunnel`]), and the dial is the CONNECT's outcome (a proxy that
 //! is down or refuses is a failed dial, with the proxy's error as the
 //! reason). `udp`, `sui_sync` and `nautilus` stay direct: proxy mode has no
-//! UDP services, and the other two talk to chain endpoints, not to the
-//! server's address. Without [`Prober::through`] (eBPF mode: the kernel
+//! UDP services, and the other two talk to chain endpoints (a `sui_sync`
+//! check of a configured server asks the server's own address, directly
+//! too; its extra dial goes through the proxy like any other). Without [`Prober::through`] (eBPF mode: the kernel
 //! redirect connects directly) every check is direct.
 //!
 //! One file per kind: [`net`] (tcp, udp), [`http`] (http, https),
@@ -123,9 +127,6 @@ pub struct Prober {
 struct Inner {
     /// The leaves of the check: one, or the parts of `all`.
     parts: Vec<Part>,
-    /// The reference full nodes of `sui_sync` parts (their answers shared
-    /// by the servers checked about the same time).
-    references: References,
     /// Runs `nautilus` parts.
     attester: Option<Arc<Attester>>,
     /// Kind all: reasons name their part.
@@ -141,8 +142,19 @@ enum Part {
     Tcp,
     Udp,
     Http(HttpPart),
-    SuiSync(SuiSyncCheck),
+    SuiSync(SyncPart),
     Nautilus(NautilusCheck),
+}
+
+#[derive(Debug)]
+struct SyncPart {
+    check: SuiSyncCheck,
+    /// The check's own references, or the `chain` block's (shared by the
+    /// prober's parts: their answers serve every server checked about the
+    /// same time), or (neither) the pool's members are asked through it.
+    references: Arc<References>,
+    /// Compare with the pool (no reference configured).
+    pool: bool,
 }
 
 #[derive(Debug)]
@@ -245,8 +257,10 @@ impl Prober {
     }
 
     /// Like [`Prober::new`], with the reference full nodes `sui_sync`
-    /// parts compare a server's own full node against, and the attester
-    /// that runs `nautilus` parts (they need one).
+    /// parts compare a server's own full node against (the `chain`
+    /// block's; a part's own `reference_rpc_urls` come first; with neither
+    /// it compares the server with its pool, see [`Prober::probe_node`]),
+    /// and the attester that runs `nautilus` parts (they need one).
     pub fn with_chain(
         check: &CheckSpec,
         references: Vec<String>,
@@ -258,6 +272,8 @@ impl Prober {
             bail!("health check of kind all has no checks");
         }
         let combined = matches!(check, CheckSpec::All(_));
+        let chain_references = !references.is_empty();
+        let shared = Arc::new(References::new(references));
         let mut tls: Vec<TlsSetting> = Vec::new();
         let mut parts = Vec::with_capacity(leaves.len());
         for leaf in leaves {
@@ -271,7 +287,20 @@ impl Prober {
                     continue;
                 }
                 CheckSpec::SuiSync(sui) => {
-                    parts.push(Part::SuiSync(*sui));
+                    let (references, pool) =
+                        match (sui.reference_rpc_urls.is_empty(), chain_references) {
+                            (false, _) => (
+                                Arc::new(References::new(sui.reference_rpc_urls.clone())),
+                                false,
+                            ),
+                            (true, true) => (Arc::clone(&shared), false),
+                            (true, false) => (Arc::new(References::new(Vec::new())), true),
+                        };
+                    parts.push(Part::SuiSync(SyncPart {
+                        check: sui.clone(),
+                        references,
+                        pool,
+                    }));
                     continue;
                 }
                 CheckSpec::Nautilus(nautilus) => {
@@ -354,7 +383,6 @@ impl Prober {
         Ok(Self {
             inner: Arc::new(Inner {
                 parts,
-                references: References::new(references),
                 attester,
                 combined,
                 tls,
@@ -415,18 +443,33 @@ impl Prober {
         timeout: Duration,
         dial_probe: bool,
     ) -> CheckOutcome {
-        self.probe_node(server, timeout, dial_probe, None).await
+        self.probe_node(server, timeout, dial_probe, None, &[])
+            .await
     }
 
-    /// [`Prober::probe`] of a server discovered on chain: `node` is its
-    /// registry entry, whose own Sui full node `sui_sync` parts check and
-    /// whose enclave `nautilus` parts ask (without it both fail).
+    /// Whether `sui_sync` parts compare a server with its pool (no
+    /// reference configured): then [`Prober::probe_node`] needs the pool.
+    pub fn uses_pool(&self) -> bool {
+        self.inner
+            .parts
+            .iter()
+            .any(|part| matches!(part, Part::SuiSync(SyncPart { pool: true, .. })))
+    }
+
+    /// [`Prober::probe`] with what chain-aware parts need: `node` is the
+    /// registry entry of a server discovered on chain, whose own Sui full
+    /// node `sui_sync` parts check and whose enclave `nautilus` parts ask
+    /// (without it, `sui_sync` checks the server's own address as a full
+    /// node and `nautilus` fails); `pool` is the service's servers, which a
+    /// `sui_sync` part without references compares the server with (empty:
+    /// the server alone).
     pub async fn probe_node(
         &self,
         server: SocketAddr,
         timeout: Duration,
         dial_probe: bool,
         node: Option<&DiscoveredServer>,
+        pool: &[SocketAddr],
     ) -> CheckOutcome {
         let start = Instant::now();
         let budget = Budget {
@@ -453,7 +496,7 @@ impl Prober {
             inner
                 .parts
                 .iter()
-                .map(|part| self.probe_part(part, server, budget, node)),
+                .map(|part| self.probe_part(part, server, budget, node, pool)),
         );
         let (mut outcomes, extra_dial) = tokio::join!(parts, extra_dial);
 
@@ -516,6 +559,7 @@ impl Prober {
         server: SocketAddr,
         budget: Budget,
         node: Option<&DiscoveredServer>,
+        pool: &[SocketAddr],
     ) -> PartOutcome {
         let start = Instant::now();
         match part {
@@ -542,36 +586,59 @@ impl Prober {
                     None => self.probe_http(http, server, budget).await,
                 }
             }
-            Part::SuiSync(bounds) => {
-                let Some(url) = node.map(|node| node.sui_rpc.as_str()) else {
-                    return PartOutcome::plain(
-                        false,
-                        "sui_sync: not a discovered node (no sui_rpc known)".to_owned(),
-                        None,
-                    );
-                };
-                let probe = sui_sync::probe(url, &self.inner.references, bounds);
-                match timeout_at(budget.deadline, probe).await {
-                    Ok(verdict) => PartOutcome {
-                        ok: verdict.ok,
-                        reason: format!("sui_sync: {}", verdict.reason),
-                        dial: None,
-                        found: Found {
-                            lag: verdict.lag_blocks,
-                            ..Found::default()
-                        },
-                    },
-                    Err(_) => PartOutcome::plain(
-                        false,
-                        format!(
-                            "sui_sync: no verdict within the timeout {}",
-                            millis(budget.timeout)
-                        ),
-                        None,
-                    ),
-                }
-            }
+            Part::SuiSync(part) => Self::probe_sync(part, server, budget, node, pool).await,
             Part::Nautilus(check) => self.probe_nautilus(check, budget, node).await,
+        }
+    }
+
+    /// A `sui_sync` part: a discovered node's registry `sui_rpc`, else
+    /// the server's own address as a full node; against the references,
+    /// or the pool.
+    async fn probe_sync(
+        part: &SyncPart,
+        server: SocketAddr,
+        budget: Budget,
+        node: Option<&DiscoveredServer>,
+        pool: &[SocketAddr],
+    ) -> PartOutcome {
+        let scheme = part.check.scheme;
+        let url = node.map_or_else(
+            || sui_sync::server_url(scheme, server),
+            |node| node.sui_rpc.clone(),
+        );
+        let members: Vec<String> = match (part.pool, pool.is_empty()) {
+            (false, _) => Vec::new(),
+            (true, true) => vec![url.clone()],
+            (true, false) => pool
+                .iter()
+                .map(|member| sui_sync::server_url(scheme, *member))
+                .collect(),
+        };
+        let probe = async {
+            if part.pool {
+                sui_sync::probe_pool(&url, &part.references, &members, &part.check).await
+            } else {
+                sui_sync::probe(&url, &part.references, &part.check).await
+            }
+        };
+        match timeout_at(budget.deadline, probe).await {
+            Ok(verdict) => PartOutcome {
+                ok: verdict.ok,
+                reason: format!("sui_sync: {}", verdict.reason),
+                dial: None,
+                found: Found {
+                    lag: verdict.lag_blocks,
+                    ..Found::default()
+                },
+            },
+            Err(_) => PartOutcome::plain(
+                false,
+                format!(
+                    "sui_sync: no verdict within the timeout {}",
+                    millis(budget.timeout)
+                ),
+                None,
+            ),
         }
     }
 
@@ -948,6 +1015,68 @@ mod tests {
         assert!(!outcome.ok, "{outcome:?}");
         assert_eq!(outcome.reason, "tcp connect refused");
         assert!(outcome.dial.is_some_and(|dial| !dial.ok), "{outcome:?}");
+    }
+
+    #[tokio::test]
+    async fn sui_sync_checks_a_configured_server_at_its_own_address() {
+        use crate::{
+            config::{RpcScheme, SuiSyncCheck},
+            demo::fake_node::FakeChain,
+        };
+        let a = FakeChain::start("35834a8a").await.expect("fake a");
+        let b = FakeChain::start("35834a8a").await.expect("fake b");
+        for _ in 0..20 {
+            a.tick();
+            b.tick();
+        }
+        b.set_lag(15, Duration::ZERO);
+        let pool = [a.addr(), b.addr()];
+        let limit = Duration::from_secs(3);
+
+        // No reference: the pool's highest member is the reference.
+        let check = prober(&CheckSpec::SuiSync(SuiSyncCheck::DEFAULT));
+        assert!(check.uses_pool());
+        let ok = check.probe_node(a.addr(), limit, true, None, &pool).await;
+        assert!(ok.ok, "{ok:?}");
+        assert_eq!(ok.sync_lag_blocks, Some(0));
+        assert!(ok.dial.is_some_and(|dial| dial.ok), "{ok:?}");
+        let bad = check.probe_node(b.addr(), limit, true, None, &pool).await;
+        assert!(!bad.ok);
+        assert_eq!(bad.sync_lag_blocks, Some(15));
+        assert_eq!(
+            bad.reason,
+            format!(
+                "sui_sync: checkpoint lag 15 > 10 behind the highest pool member ({}: 20)",
+                a.url()
+            )
+        );
+
+        // The check's own references: compared with them, not the pool.
+        let own = prober(&CheckSpec::SuiSync(SuiSyncCheck {
+            reference_rpc_urls: vec![a.url()],
+            ..SuiSyncCheck::DEFAULT
+        }));
+        assert!(!own.uses_pool());
+        let bad = own.probe(b.addr(), limit, true).await;
+        assert!(!bad.ok);
+        assert!(
+            bad.reason
+                .contains(&format!("behind the highest reference ({}: 20)", a.url())),
+            "{bad:?}"
+        );
+
+        // https to a node that serves plain HTTP/2: unreachable, the URL named.
+        let tls = prober(&CheckSpec::SuiSync(SuiSyncCheck {
+            scheme: RpcScheme::Https,
+            ..SuiSyncCheck::DEFAULT
+        }));
+        let out = tls.probe(a.addr(), limit, true).await;
+        assert!(!out.ok);
+        assert!(
+            out.reason
+                .starts_with(&format!("sui_sync: unreachable: https://{}: ", a.addr())),
+            "{out:?}"
+        );
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! The `sui_sync` health check: is a node's own Sui full node on the right
 //! chain and in sync with the network?
 //!
-//! [`probe`] asks the node's `sui_rpc` URL for `GetServiceInfo` and, at the
-//! same time, gets the reference full nodes' (`chain.reference_rpc_urls`)
-//! answers from [`References`], each under
+//! Whose full node: a discovered server's registry `sui_rpc`; a configured
+//! (static) server is itself a full node, asked at its own address
+//! ([`server_url`]: `<scheme>://<IP>:<port>`, `scheme` http by default).
+//!
+//! [`probe`] asks the node for `GetServiceInfo` and, at the same time, gets
+//! the reference full nodes' answers from [`References`], each under
 //! [`SuiSyncCheck::max_response_time`]; [`evaluate`] (pure) then judges the
 //! node's answer against the references' answers:
 //!
@@ -22,6 +25,17 @@
 //! A value equal to its bound passes. Every failed bound is named in the
 //! reason with its numbers, joined with `; `.
 //!
+//! The references are the check's own `reference_rpc_urls`, else the
+//! `chain` block's. Without either (a pool of full nodes fronted without a
+//! registry), [`probe_pool`] compares the node with the pool: the service's
+//! servers, asked like references ([`References::answers_of`]). Members on
+//! another chain than the majority of those that answered are left out (and
+//! named); when two chains tie, the check fails as with disagreeing
+//! references. The highest checkpoint among the rest is the reference
+//! ([`evaluate_pool`]), so a member that falls behind its peers fails while
+//! the others pass; a pool whose members all stall together is caught by
+//! `max_sync_age` alone (a pool of one has lag 0).
+//!
 //! The references are asked once for all the servers checked about the same
 //! time: [`References`] keeps one connection per reference and reuses their
 //! answers for [`REFERENCE_REUSE`] (and probes that start while the
@@ -35,7 +49,9 @@
 //! references (often public full nodes) does not take every server down.
 
 use std::{
+    collections::{BTreeMap, HashMap},
     fmt::{self, Write as _},
+    net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
@@ -43,17 +59,25 @@ use std::{
 use futures::future::join_all;
 use sui_rpc::{Client, proto::sui::rpc::v2::GetServiceInfoRequest};
 
-use crate::config::SuiSyncCheck;
+use crate::config::{RpcScheme, SuiSyncCheck};
 
 /// How long the references' answers are reused for further probes, counted
 /// from when they arrived. Reference heights this old make a node look at
 /// most a few checkpoints less behind than it is.
 pub const REFERENCE_REUSE: Duration = Duration::from_secs(1);
 
+/// The gRPC URL of a configured server that is itself a Sui full node:
+/// `<scheme>://<IP>:<port>` (an IPv6 address in brackets).
+pub fn server_url(scheme: RpcScheme, server: SocketAddr) -> String {
+    format!("{scheme}://{server}")
+}
+
 /// The reference full nodes of `sui_sync` checks: one client per URL
 /// (created on first use, its connection kept) and their last answers,
-/// shared by every probe within [`REFERENCE_REUSE`].
+/// shared by every probe within [`REFERENCE_REUSE`]. For a pool the URLs
+/// come with each call ([`References::answers_of`]).
 pub struct References {
+    /// The configured URLs; empty for a pool.
     urls: Vec<String>,
     /// Held while the answers are fetched, so concurrent probes share them.
     state: tokio::sync::Mutex<ReferenceState>,
@@ -61,11 +85,11 @@ pub struct References {
 
 #[derive(Default)]
 struct ReferenceState {
-    /// By index into [`References::urls`]; `None` until first used (or
-    /// while the URL is unusable).
-    clients: Vec<Option<Client>>,
-    /// The last answers and when they arrived.
-    last: Option<(Instant, Arc<[ReferenceAnswer]>)>,
+    /// By URL; only the URLs of the last call are kept (a pool member
+    /// that left drops its connection).
+    clients: HashMap<String, Client>,
+    /// The last answers, when they arrived and the URLs they are of.
+    last: Option<(Instant, Vec<String>, Arc<[ReferenceAnswer]>)>,
 }
 
 impl fmt::Debug for References {
@@ -78,42 +102,46 @@ impl fmt::Debug for References {
 
 impl References {
     /// The reference full nodes at `urls` (none: lag and chain id are not
-    /// checked).
+    /// checked; or a pool, whose URLs come with each call).
     pub fn new(urls: Vec<String>) -> Self {
         Self {
-            state: tokio::sync::Mutex::new(ReferenceState {
-                clients: urls.iter().map(|_| None).collect(),
-                last: None,
-            }),
+            state: tokio::sync::Mutex::new(ReferenceState::default()),
             urls,
         }
     }
 
-    /// Every reference's answer (or why there is none), each asked within
-    /// `limit`: the last answers when they are younger than
+    /// Every configured reference's answer (or why there is none), each
+    /// asked within `limit`: the last answers when they are younger than
     /// [`REFERENCE_REUSE`], otherwise fresh ones.
     pub async fn answers(&self, limit: Duration) -> Arc<[ReferenceAnswer]> {
+        self.answers_of(&self.urls, limit).await
+    }
+
+    /// The answers of the full nodes at `urls` (a pool's members), as
+    /// [`References::answers`]: reused when the last answers are of the
+    /// same URLs and younger than [`REFERENCE_REUSE`].
+    pub async fn answers_of(&self, urls: &[String], limit: Duration) -> Arc<[ReferenceAnswer]> {
         let mut state = self.state.lock().await;
-        if let Some((at, answers)) = &state.last
+        if let Some((at, of, answers)) = &state.last
             && at.elapsed() < REFERENCE_REUSE
+            && of.as_slice() == urls
         {
             return Arc::clone(answers);
         }
-        let clients: Vec<Result<Client, String>> = self
-            .urls
+        state.clients.retain(|url, _| urls.contains(url));
+        let clients: Vec<Result<Client, String>> = urls
             .iter()
-            .zip(state.clients.iter_mut())
-            .map(|(url, slot)| {
-                if let Some(client) = slot {
+            .map(|url| {
+                if let Some(client) = state.clients.get(url) {
                     return Ok(client.clone());
                 }
                 let client = Client::new(url.as_str()).map_err(|status| bad_url(&status))?;
-                *slot = Some(client.clone());
+                state.clients.insert(url.clone(), client.clone());
                 Ok(client)
             })
             .collect();
-        let answers: Arc<[ReferenceAnswer]> = join_all(self.urls.iter().zip(clients).map(
-            |(url, client)| async move {
+        let answers: Arc<[ReferenceAnswer]> =
+            join_all(urls.iter().zip(clients).map(|(url, client)| async move {
                 let result = match client {
                     Ok(mut client) => ask(&mut client, Instant::now(), limit).await,
                     Err(why) => Err(why),
@@ -122,11 +150,10 @@ impl References {
                     url: url.clone(),
                     result,
                 }
-            },
-        ))
-        .await
-        .into();
-        state.last = Some((Instant::now(), Arc::clone(&answers)));
+            }))
+            .await
+            .into();
+        state.last = Some((Instant::now(), urls.to_vec(), Arc::clone(&answers)));
         answers
     }
 }
@@ -177,6 +204,31 @@ impl SyncVerdict {
     }
 }
 
+/// What a node is compared against; names it in reasons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Basis {
+    /// Reference full nodes (the check's or the `chain` block's).
+    References,
+    /// The service's own servers.
+    Pool,
+}
+
+impl Basis {
+    const fn one(self) -> &'static str {
+        match self {
+            Self::References => "reference",
+            Self::Pool => "pool member",
+        }
+    }
+
+    const fn many(self) -> &'static str {
+        match self {
+            Self::References => "references",
+            Self::Pool => "pool members",
+        }
+    }
+}
+
 /// Judges `node`'s answer against the `references`' answers at time `now`
 /// (see the module docs for the rules).
 pub fn evaluate(
@@ -185,6 +237,71 @@ pub fn evaluate(
     bounds: &SuiSyncCheck,
     now: SystemTime,
 ) -> SyncVerdict {
+    evaluate_against(node, references, bounds, now, Basis::References)
+}
+
+/// Judges `node`'s answer against its pool's answers (`members`, the node
+/// itself among them) at time `now`: members on another chain than the
+/// majority are left out and named, the rest are the references.
+pub fn evaluate_pool(
+    node: &ServiceInfoSample,
+    members: &[ReferenceAnswer],
+    bounds: &SuiSyncCheck,
+    now: SystemTime,
+) -> SyncVerdict {
+    let (agreeing, outvoted) = majority(members);
+    let mut verdict = evaluate_against(node, &agreeing, bounds, now, Basis::Pool);
+    if !outvoted.is_empty() {
+        let _ = write!(
+            verdict.reason,
+            "; {} of {} pool members left out, on another chain than the majority ({})",
+            outvoted.len(),
+            members.len(),
+            outvoted.join(", ")
+        );
+    }
+    verdict
+}
+
+/// The pool members' answers that count as references: those that did not
+/// answer, and those that answered with the chain id most of them share;
+/// the others are returned as `url (chain id)`. When two chain ids tie for
+/// the most answers, all answers are kept (the check then fails: it cannot
+/// tell which chain is right).
+fn majority(members: &[ReferenceAnswer]) -> (Vec<ReferenceAnswer>, Vec<String>) {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for member in members {
+        if let Ok(sample) = &member.result {
+            *counts.entry(sample.chain_id.as_str()).or_default() += 1;
+        }
+    }
+    let top = counts.values().copied().max().unwrap_or_default();
+    let mut leaders = counts.iter().filter(|(_, count)| **count == top);
+    let (Some((chain, _)), None) = (leaders.next(), leaders.next()) else {
+        return (members.to_vec(), Vec::new());
+    };
+    let mut agreeing = Vec::with_capacity(members.len());
+    let mut outvoted = Vec::new();
+    for member in members {
+        match &member.result {
+            Ok(sample) if sample.chain_id != *chain => {
+                outvoted.push(format!("{} ({})", member.url, sample.chain_id));
+            }
+            _ => agreeing.push(member.clone()),
+        }
+    }
+    (agreeing, outvoted)
+}
+
+/// [`evaluate`] with the references named as `basis` says.
+fn evaluate_against(
+    node: &ServiceInfoSample,
+    references: &[ReferenceAnswer],
+    bounds: &SuiSyncCheck,
+    now: SystemTime,
+    basis: Basis,
+) -> SyncVerdict {
+    let (one, many) = (basis.one(), basis.many());
     let mut failures: Vec<String> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
     let mut lag_blocks = None;
@@ -216,12 +333,12 @@ pub fn evaluate(
             .find(|(_, sample)| sample.chain_id != first.chain_id)
         {
             failures.push(format!(
-                "references disagree on the chain id: {} ({first_url}) ≠ {} ({other_url})",
+                "{many} disagree on the chain id: {} ({first_url}) ≠ {} ({other_url})",
                 first.chain_id, other.chain_id
             ));
         } else if node.chain_id != first.chain_id {
             failures.push(format!(
-                "chain id {} ≠ reference {} ({first_url})",
+                "chain id {} ≠ {one} {} ({first_url})",
                 node.chain_id, first.chain_id
             ));
         } else {
@@ -235,7 +352,7 @@ pub fn evaluate(
             lag_blocks = Some(lag);
             if lag > bounds.max_checkpoint_lag {
                 failures.push(format!(
-                    "checkpoint lag {lag} > {} behind the highest reference ({top_url}: {})",
+                    "checkpoint lag {lag} > {} behind the highest {one} ({top_url}: {})",
                     bounds.max_checkpoint_lag, top.checkpoint_height
                 ));
             } else {
@@ -247,17 +364,17 @@ pub fn evaluate(
         }
         if !silent.is_empty() {
             notes.push(format!(
-                "{} of {} references did not answer ({})",
+                "{} of {} {many} did not answer ({})",
                 silent.len(),
                 references.len(),
                 silent.join(", ")
             ));
         }
     } else if references.is_empty() {
-        notes.push("no reference configured; chain id and lag unchecked".to_owned());
+        notes.push(format!("no {one} configured; chain id and lag unchecked"));
     } else {
         notes.push(format!(
-            "no reference answered ({}); chain id and lag unchecked",
+            "no {one} answered ({}); chain id and lag unchecked",
             silent.join(", ")
         ));
     }
@@ -308,17 +425,50 @@ pub async fn probe(
     references: &References,
     bounds: &SuiSyncCheck,
 ) -> SyncVerdict {
+    probe_with(node_rpc_url, references, None, bounds).await
+}
+
+/// [`probe`] of a pool member: the node at `node_rpc_url` against the
+/// full nodes at `members` (the pool, itself included), asked through
+/// `pool` and judged by [`evaluate_pool`].
+pub async fn probe_pool(
+    node_rpc_url: &str,
+    pool: &References,
+    members: &[String],
+    bounds: &SuiSyncCheck,
+) -> SyncVerdict {
+    probe_with(node_rpc_url, pool, Some(members), bounds).await
+}
+
+async fn probe_with(
+    node_rpc_url: &str,
+    references: &References,
+    members: Option<&[String]>,
+    bounds: &SuiSyncCheck,
+) -> SyncVerdict {
     if node_rpc_url.is_empty() {
         return SyncVerdict::failed("the node registered no sui_rpc URL".to_owned());
     }
     let limit = bounds.max_response_time;
-    let (node, references) =
-        tokio::join!(service_info(node_rpc_url, limit), references.answers(limit));
+    let answers = async {
+        match members {
+            Some(members) => references.answers_of(members, limit).await,
+            None => references.answers(limit).await,
+        }
+    };
+    let (node, answers) = tokio::join!(service_info(node_rpc_url, limit), answers);
+    let now = SystemTime::now();
     let verdict = match node {
-        Ok(node) => evaluate(&node, &references, bounds, SystemTime::now()),
+        Ok(node) if members.is_some() => evaluate_pool(&node, &answers, bounds, now),
+        Ok(node) => evaluate(&node, &answers, bounds, now),
         Err(why) => SyncVerdict::failed(format!("unreachable: {node_rpc_url}: {why}")),
     };
-    tracing::debug!(node = node_rpc_url, ?verdict, "sui_sync check done");
+    tracing::debug!(
+        node = node_rpc_url,
+        pool = members.is_some(),
+        ?verdict,
+        "sui_sync check done"
+    );
     verdict
 }
 
@@ -422,6 +572,8 @@ mod tests {
         max_checkpoint_lag: 10,
         max_sync_age: Duration::from_secs(30),
         max_response_time: Duration::from_secs(2),
+        scheme: RpcScheme::Http,
+        reference_rpc_urls: Vec::new(),
     };
     const MAINNET: &str = "35834a8a";
     const TESTNET: &str = "4c78adac";
@@ -694,8 +846,11 @@ mod tests {
 
     /// Bounds with a short response time, for the slow cases.
     const QUICK: SuiSyncCheck = SuiSyncCheck {
+        max_checkpoint_lag: 10,
+        max_sync_age: Duration::from_secs(30),
         max_response_time: Duration::from_millis(300),
-        ..BOUNDS
+        scheme: RpcScheme::Http,
+        reference_rpc_urls: Vec::new(),
     };
 
     #[tokio::test]
@@ -889,8 +1044,9 @@ mod tests {
         }
         // ...and at once.
         let (node_url, other_url) = (node.url(), other.url());
+        let bounds = BOUNDS;
         let verdicts = join_all(
-            [&node_url, &other_url, &other_url].map(|url| super::probe(url, &references, &BOUNDS)),
+            [&node_url, &other_url, &other_url].map(|url| super::probe(url, &references, &bounds)),
         )
         .await;
         assert!(verdicts.iter().all(|v| v.ok), "{verdicts:?}");
@@ -905,5 +1061,115 @@ mod tests {
         let verdict = super::probe(&node.url(), &references, &BOUNDS).await;
         assert_eq!(verdict.lag_blocks, Some(1), "{verdict:?}");
         assert_eq!(calls(&reference), 2);
+    }
+
+    #[test]
+    fn server_urls_carry_the_scheme_and_the_address() {
+        let v4: SocketAddr = "10.0.0.1:9000".parse().unwrap();
+        let v6: SocketAddr = "[fd00::1]:443".parse().unwrap();
+        assert_eq!(server_url(RpcScheme::Http, v4), "http://10.0.0.1:9000");
+        assert_eq!(server_url(RpcScheme::Https, v6), "https://[fd00::1]:443");
+    }
+
+    #[test]
+    fn a_pool_member_behind_the_highest_member_fails() {
+        let pool = [
+            answer("http://a", fresh(MAINNET, 1000)),
+            answer("http://b", fresh(MAINNET, 1020)),
+            answer("http://c", fresh(MAINNET, 1015)),
+        ];
+        let behind = evaluate_pool(&fresh(MAINNET, 1000), &pool, &BOUNDS, now());
+        assert!(!behind.ok);
+        assert_eq!(behind.lag_blocks, Some(20));
+        assert_eq!(
+            behind.reason,
+            "checkpoint lag 20 > 10 behind the highest pool member (http://b: 1020)"
+        );
+        let top = evaluate_pool(&fresh(MAINNET, 1020), &pool, &BOUNDS, now());
+        assert!(top.ok, "{top:?}");
+        assert_eq!(top.lag_blocks, Some(0));
+        let close = evaluate_pool(&fresh(MAINNET, 1015), &pool, &BOUNDS, now());
+        assert!(close.ok, "{close:?}");
+        assert_eq!(close.lag_blocks, Some(5));
+    }
+
+    #[test]
+    fn pool_members_on_a_minority_chain_are_left_out() {
+        let pool = [
+            answer("http://a", fresh(MAINNET, 1000)),
+            answer("http://b", fresh(MAINNET, 1001)),
+            answer("http://c", fresh(TESTNET, 5000)),
+            silent("http://d", "unreachable"),
+        ];
+        // The testnet member's height does not count.
+        let verdict = evaluate_pool(&fresh(MAINNET, 1000), &pool, &BOUNDS, now());
+        assert!(verdict.ok, "{verdict:?}");
+        assert_eq!(verdict.lag_blocks, Some(1));
+        assert!(
+            verdict
+                .reason
+                .contains("1 of 3 pool members did not answer (http://d: unreachable)"),
+            "{}",
+            verdict.reason
+        );
+        assert!(
+            verdict.reason.ends_with(
+                "; 1 of 4 pool members left out, on another chain than the majority (http://c \
+                 (4c78adac))"
+            ),
+            "{}",
+            verdict.reason
+        );
+        // The minority member itself fails.
+        let verdict = evaluate_pool(&fresh(TESTNET, 5000), &pool, &BOUNDS, now());
+        assert!(!verdict.ok);
+        assert!(
+            verdict
+                .reason
+                .starts_with("chain id 4c78adac ≠ pool member 35834a8a (http://a)"),
+            "{}",
+            verdict.reason
+        );
+    }
+
+    #[test]
+    fn a_pool_split_evenly_between_chains_fails() {
+        let pool = [
+            answer("http://a", fresh(MAINNET, 1000)),
+            answer("http://b", fresh(TESTNET, 1000)),
+        ];
+        let verdict = evaluate_pool(&fresh(MAINNET, 1000), &pool, &BOUNDS, now());
+        assert!(!verdict.ok);
+        assert_eq!(
+            verdict.reason,
+            "pool members disagree on the chain id: 35834a8a (http://a) ≠ 4c78adac (http://b)"
+        );
+    }
+
+    #[tokio::test]
+    async fn probe_pool_fails_the_member_that_lags_behind_the_others() {
+        let (a, b) = pair().await;
+        let (c, _) = pair().await;
+        c.set_lag(30, Duration::ZERO);
+        let members = [a.url(), b.url(), c.url()];
+        let pool = References::new(Vec::new());
+        for node in [&a, &b] {
+            let verdict = probe_pool(&node.url(), &pool, &members, &BOUNDS).await;
+            assert!(verdict.ok, "{verdict:?}");
+            assert_eq!(verdict.lag_blocks, Some(0));
+        }
+        let verdict = probe_pool(&c.url(), &pool, &members, &BOUNDS).await;
+        assert!(!verdict.ok);
+        assert_eq!(verdict.lag_blocks, Some(30));
+        assert!(
+            verdict
+                .reason
+                .starts_with("checkpoint lag 30 > 10 behind the highest pool member"),
+            "{}",
+            verdict.reason
+        );
+        // The members were asked once for the three probes.
+        let calls = |chain: &FakeChain| chain.calls().service_info.load(Ordering::Relaxed);
+        assert_eq!((calls(&a), calls(&b), calls(&c)), (2, 2, 2));
     }
 }

@@ -36,7 +36,9 @@ use crate::{
 /// were written by hand, and so were the edits of issue 15: the service
 /// label is `name` in every family (it was `service` in the chain,
 /// attestation and server-list families), plus `daas_lb_service_fail_open`
-/// and `daas_lb_registry_last_update_timestamp_seconds`.
+/// and `daas_lb_registry_last_update_timestamp_seconds`; and of issue 18:
+/// `daas_lb_discovered_servers_capped`, and the help of
+/// `k3s_blockchain_sync_lag_blocks` (static servers are checked too).
 const GOLDEN: &str = include_str!("testdata/exposition-0.0.4.txt");
 
 /// A service name that needs every label escape (`\`, `"` and newline).
@@ -86,6 +88,7 @@ fn service(name: &str, policy: &str, servers: Vec<ServerStatus>) -> ServiceStatu
         source: "config".into(),
         dataplane: "ebpf".into(),
         proxy: None,
+        discovered_capped: None,
         servers,
         dns: Vec::new(),
     }
@@ -190,6 +193,7 @@ fn status() -> Status {
         server.stake_mist = Some(stake);
         server.sui_rpc = Some(format!("http://127.0.0.{}:9000", i + 2));
     }
+    sui.discovered_capped = Some(3);
     let servers = &mut sui.servers;
     servers[0].sync_lag_blocks = Some(0);
     servers[1].sync_lag_blocks = Some(4);
@@ -475,7 +479,7 @@ fn every_family_keeps_its_type_help_samples_and_values() {
     let golden = parse(GOLDEN);
     let now = parse(&exposition());
     // The fixture has a sample in each of the 48 families of the README's table.
-    assert_eq!(golden.len(), 48, "{:?}", golden.keys());
+    assert_eq!(golden.len(), 49, "{:?}", golden.keys());
     for (name, family) in &golden {
         assert!(
             !family.samples.is_empty(),

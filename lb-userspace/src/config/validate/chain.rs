@@ -1,6 +1,6 @@
-//! The `features`, `chain` and per-service `discovery` blocks, and what
-//! they need from each other (a chain for discovery, an enclave config for
-//! `nautilus` checks).
+//! The `features`, `chain` and per-service `discovery` blocks (with its
+//! `max_servers` cap), and what they need from each other (a chain for
+//! discovery, an enclave config for `nautilus` checks).
 
 use std::time::Duration;
 
@@ -8,7 +8,7 @@ use serde_saphyr::{Location, Spanned};
 
 use super::{ChainContext, Checker, MAX_DISCOVERY_INTERVAL, MIN_DISCOVERY_INTERVAL, ServiceDraft};
 use crate::config::{
-    ChainPort, ChainPortKind, ChainSettings, DiscoveryConfig, DiscoveryPort, Features,
+    ChainPort, ChainPortKind, ChainSettings, Config, DiscoveryConfig, DiscoveryPort, Features,
     MIST_PER_SUI, RegistrySettings, StakeWeight,
     raw::{RawChain, RawDiscovery, RawDiscoveryPort, RawFeatures, RawRegistry},
 };
@@ -113,7 +113,7 @@ impl Checker {
             .and_then(|url| self.rpc_url(url, "chain.sui_rpc_url"));
         let reference_rpc_urls = match &chain.reference_rpc_urls {
             None => Some(Vec::new()),
-            Some(list) => self.reference_rpc_urls(list),
+            Some(list) => self.reference_rpc_urls(list, "chain.reference_rpc_urls"),
         };
         let registry = self
             .required(
@@ -188,12 +188,13 @@ impl Checker {
         None
     }
 
-    /// `chain.reference_rpc_urls`: distinct URLs.
+    /// `reference_rpc_urls` (of the `chain` block or a `sui_sync` check)
+    /// at `path`: distinct URLs.
     pub(super) fn reference_rpc_urls(
         &mut self,
         list: &Spanned<Vec<Spanned<String>>>,
+        path: &str,
     ) -> Option<Vec<String>> {
-        let path = "chain.reference_rpc_urls";
         let mut urls: Vec<(String, Location)> = Vec::with_capacity(list.value.len());
         let mut valid = true;
         for (index, raw) in list.value.iter().enumerate() {
@@ -321,10 +322,39 @@ impl Checker {
                 ": the port of every discovered server, a number or { from_chain_id, kind }",
             )
             .and_then(|port| self.discovery_port(port, &format!("{path}.port")));
+        let max_servers = match &discovery.max_servers {
+            None => Some(DiscoveryConfig::DEFAULT_MAX_SERVERS),
+            Some(raw) => self.max_servers(raw, &format!("{path}.max_servers")),
+        };
         Some(DiscoveryConfig {
             source: source?,
             port: port?,
+            max_servers: max_servers?,
         })
+    }
+
+    /// `discovery.max_servers`: 1 to [`Config::MAX_BACKENDS`].
+    pub(super) fn max_servers(&mut self, raw: &Spanned<String>, path: &str) -> Option<usize> {
+        let max = Config::MAX_BACKENDS;
+        let count = raw
+            .value
+            .trim()
+            .replace('_', "")
+            .parse::<usize>()
+            .ok()
+            .filter(|count| (1..=max).contains(count));
+        if count.is_none() {
+            self.report(
+                raw.referenced,
+                path,
+                format!(
+                    "invalid server count {:?}; expected a whole number from 1 to {max} (the kernel's backends map holds {max} servers for all services together; default {})",
+                    raw.value,
+                    DiscoveryConfig::DEFAULT_MAX_SERVERS
+                ),
+            );
+        }
+        count
     }
 
     pub(super) fn discovery_port(
@@ -373,10 +403,12 @@ impl Checker {
         }
     }
 
-    /// `discovery`, `kind: sui_sync` and `kind: nautilus` need the `chain`
-    /// block; `sui_sync` and `nautilus` need `discovery` (they check what
-    /// each discovered node registered); `nautilus` needs
-    /// `chain.enclave_config` and `features.nautilus_health_checks`.
+    /// `discovery` and `kind: nautilus` need the `chain` block; `nautilus`
+    /// needs `discovery` (it checks the enclave each discovered node
+    /// registered), `chain.enclave_config` and
+    /// `features.nautilus_health_checks`. `kind: sui_sync` needs neither: a
+    /// configured server is checked at its own address, and without a
+    /// `chain` block against its pool.
     pub(super) fn check_discovery_needs(&mut self, drafts: &[ServiceDraft], context: ChainContext) {
         let ChainContext {
             chain,
@@ -397,23 +429,6 @@ impl Checker {
                         location,
                         &format!("{}.discovery", draft.path),
                         "`discovery` needs features.blockchain_discovery, which is false"
-                            .to_owned(),
-                    );
-                }
-            }
-            for (path, location) in &draft.sui_sync_kinds {
-                if !chain {
-                    self.report(
-                        *location,
-                        path,
-                        "kind sui_sync needs the top-level `chain` block (the reference full nodes)"
-                            .to_owned(),
-                    );
-                } else if draft.discovery_at.is_none() {
-                    self.report(
-                        *location,
-                        path,
-                        "kind sui_sync needs the service's `discovery` block: it checks the full node each discovered server registered"
                             .to_owned(),
                     );
                 }

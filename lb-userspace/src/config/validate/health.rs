@@ -8,7 +8,7 @@ use serde_saphyr::{Location, Spanned};
 use super::{Checker, Kind, MAX_ATTESTATION_MAX_AGE, MIN_ATTESTATION_MAX_AGE, is_dns_name};
 use crate::config::{
     CheckSpec, HealthCheckConfig, HttpCheck, Intervals, MAX_BASIS_POINTS, NautilusCheck, Protocol,
-    SuiSyncCheck, TlsOptions,
+    RpcScheme, SuiSyncCheck, TlsOptions,
     raw::{
         RawHealthCheck, RawHttpFields, RawIntervals, RawNautilusFields, RawService, RawSuiFields,
     },
@@ -178,10 +178,8 @@ impl Checker {
         nested: bool,
     ) -> Option<Kind> {
         let kind = self.parse::<Kind>(raw, path)?;
-        match kind {
-            Kind::SuiSync => self.sui_sync_kinds.push((path.to_owned(), raw.referenced)),
-            Kind::Nautilus => self.nautilus_kinds.push((path.to_owned(), raw.referenced)),
-            _ => {}
+        if kind == Kind::Nautilus {
+            self.nautilus_kinds.push((path.to_owned(), raw.referenced));
         }
         let problem = match kind {
             Kind::All if nested => {
@@ -356,10 +354,29 @@ impl Checker {
                 .duration(raw, &format!("{path}.max_response_time"))
                 .map(|time| time.value),
         };
+        let scheme = match sui.scheme {
+            None => Some(RpcScheme::default()),
+            Some(raw) => self.parse::<RpcScheme>(raw, &format!("{path}.scheme")),
+        };
+        let reference_rpc_urls = match sui.reference_rpc_urls {
+            None => Some(Vec::new()),
+            Some(list) if list.value.is_empty() => {
+                self.report(
+                    list.referenced,
+                    &format!("{path}.reference_rpc_urls"),
+                    "must not be empty; leave it out to compare against the chain block's reference full nodes (or, without a chain block, the service's own servers)"
+                        .to_owned(),
+                );
+                None
+            }
+            Some(list) => self.reference_rpc_urls(list, &format!("{path}.reference_rpc_urls")),
+        };
         Some(SuiSyncCheck {
             max_checkpoint_lag: max_checkpoint_lag?,
             max_sync_age: max_sync_age?,
             max_response_time: max_response_time?,
+            scheme: scheme?,
+            reference_rpc_urls: reference_rpc_urls?,
         })
     }
 

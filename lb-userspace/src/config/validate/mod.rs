@@ -71,8 +71,6 @@ const MAX_ATTESTATION_MAX_AGE: Duration = Duration::from_hours(24);
 #[derive(Default)]
 pub(super) struct Checker {
     pub(super) issues: Vec<Issue>,
-    /// Every `kind: sui_sync` seen so far: its path and position.
-    sui_sync_kinds: Vec<(String, Location)>,
     /// Every `kind: nautilus` seen so far: its path and position.
     nautilus_kinds: Vec<(String, Location)>,
     /// The top-level `dataplane` is `proxy`: services are proxied unless
@@ -148,8 +146,6 @@ struct ServiceDraft {
     discovery: Option<Option<DiscoveryConfig>>,
     /// The `discovery` block's position, when written.
     discovery_at: Option<Location>,
-    /// The `kind: sui_sync` of its health check (path and position).
-    sui_sync_kinds: Vec<(String, Location)>,
     /// The `kind: nautilus` of its health check (path and position).
     nautilus_kinds: Vec<(String, Location)>,
     dataplane: Option<ServiceDataplane>,

@@ -167,10 +167,8 @@ impl Checker {
             policy.as_ref(),
             server_count,
         );
-        let kinds_before = self.sui_sync_kinds.len();
         let nautilus_before = self.nautilus_kinds.len();
         let health_check = self.health_check(raw, &path, protocol);
-        let sui_sync_kinds = self.sui_sync_kinds.split_off(kinds_before);
         let nautilus_kinds = self.nautilus_kinds.split_off(nautilus_before);
         let discovery = match &service.discovery {
             None => Some(None),
@@ -213,7 +211,6 @@ impl Checker {
             dial_stall_timeout,
             discovery,
             discovery_at: service.discovery.as_ref().map(|raw| raw.referenced),
-            sui_sync_kinds,
             nautilus_kinds,
             dataplane,
             dial_timeout,
