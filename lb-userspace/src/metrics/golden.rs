@@ -36,7 +36,8 @@ use crate::{
 /// were written by hand, and so were the edits of issue 15: the service
 /// label is `name` in every family (it was `service` in the chain,
 /// attestation and server-list families), plus `daas_lb_service_fail_open`
-/// and `daas_lb_registry_last_update_timestamp_seconds`.
+/// and `daas_lb_registry_last_update_timestamp_seconds`; and of issue 18:
+/// `daas_lb_registry_stream`.
 const GOLDEN: &str = include_str!("testdata/exposition-0.0.4.txt");
 
 /// A service name that needs every label escape (`\`, `"` and newline).
@@ -259,6 +260,7 @@ fn status() -> Status {
             resyncs: 2,
             reconnects: 1,
             last_advance_unix_ms: Some(1_779_426_000_250),
+            stream: Some("checkpoints".to_owned()),
         }),
         kernel_log: crate::config::KernelLog::Off,
         k3s: Vec::new(),
@@ -474,8 +476,8 @@ fn parse(text: &str) -> BTreeMap<String, Family> {
 fn every_family_keeps_its_type_help_samples_and_values() {
     let golden = parse(GOLDEN);
     let now = parse(&exposition());
-    // The fixture has a sample in each of the 48 families of the README's table.
-    assert_eq!(golden.len(), 48, "{:?}", golden.keys());
+    // The fixture has a sample in each of the 49 families of the README's table.
+    assert_eq!(golden.len(), 49, "{:?}", golden.keys());
     for (name, family) in &golden {
         assert!(
             !family.samples.is_empty(),
