@@ -881,12 +881,21 @@ fn chain(status: &Status, registry: &RegistryStatus, families: &mut Vec<Option<M
     );
     families.push(REGISTRY_RESYNCS.with([REGISTRY_RESYNCS.sample([], float(registry.resyncs))]));
     // Absent until a stream has caught up.
-    families.push(REGISTRY_STREAM.with(registry.stream.as_deref().map(|in_use| {
-        StreamMode::ALL.map(|mode| {
-            let on = mode.as_str() == in_use;
-            REGISTRY_STREAM.sample([mode.as_str()], if on { 1.0 } else { 0.0 })
-        })
-    }).into_iter().flatten()));
+    families.push(
+        REGISTRY_STREAM.with(
+            registry
+                .stream
+                .as_deref()
+                .map(|in_use| {
+                    StreamMode::ALL.map(|mode| {
+                        let on = mode.as_str() == in_use;
+                        REGISTRY_STREAM.sample([mode.as_str()], if on { 1.0 } else { 0.0 })
+                    })
+                })
+                .into_iter()
+                .flatten(),
+        ),
+    );
 }
 
 /// The Nautilus attestation and ranking metrics.

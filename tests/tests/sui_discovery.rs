@@ -522,7 +522,14 @@ fn foreign_events_are_ignored_and_malformed_ones_skipped_and_counted() {
     assert!(!usable_in_map(&env, node_a.addr));
     assert_eq!(status.registry.as_ref().map(|r| r.nodes), Some(1));
     assert_events(&daemon, [1, 0, 0, 0, 2]);
-    assert_eq!(chain.fake.calls().foreign_events_sent.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        chain
+            .fake
+            .calls()
+            .foreign_events_sent
+            .load(Ordering::Relaxed),
+        0
+    );
     let skipped = daemon.wait_log(REACT, "registry event skipped", 2);
     eprintln!("logged:\n{}", skipped.join("\n"));
     assert!(
@@ -769,7 +776,14 @@ fn a_dropped_filtered_stream_is_repaired_with_list_events() {
     });
     thread::sleep(Duration::from_millis(300));
     assert_events(&daemon, [2, 1, 0, 0, 0]);
-    assert_eq!(chain.fake.calls().foreign_events_sent.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        chain
+            .fake
+            .calls()
+            .foreign_events_sent
+            .load(Ordering::Relaxed),
+        0
+    );
 }
 
 /// A full node that answers `UNIMPLEMENTED` to `SubscribeEvents` is
@@ -809,7 +823,10 @@ fn a_node_without_filtered_streams_falls_back_to_checkpoints() {
     })
     .expect("BCS");
     chain.fake.emit_raw(
-        format!("{other_package}::{}::NodeRegistered", chain.fake.registry().module),
+        format!(
+            "{other_package}::{}::NodeRegistered",
+            chain.fake.registry().module
+        ),
         valid,
     );
     let since = Instant::now();

@@ -647,7 +647,11 @@ impl Runner {
         }
         self.stats.set_stream(StreamMode::Filtered);
         self.clear_error();
-        debug!(url, cursor = self.progress.checkpoint, "registry: following filtered events");
+        debug!(
+            url,
+            cursor = self.progress.checkpoint,
+            "registry: following filtered events"
+        );
         loop {
             tokio::select! {
                 frame = stream.next() => {
@@ -958,8 +962,11 @@ impl Runner {
                 }
                 progress.applied(position);
                 let event_type = event.event_type.as_deref().unwrap_or_default();
-                let contents =
-                    event.contents.as_ref().and_then(|b| b.value.as_deref()).unwrap_or_default();
+                let contents = event
+                    .contents
+                    .as_ref()
+                    .and_then(|b| b.value.as_deref())
+                    .unwrap_or_default();
                 let checkpoint = position.checkpoint;
                 match classify(event_type, contents, registry) {
                     Ok(None) => stats.bump("ignored"),
@@ -1110,7 +1117,9 @@ mod tests {
         // repaired gap. (Under load the tests' first event used to land in
         // that window.)
         running
-            .until("the catch-up after subscribing", |r| r.stats.stream().is_some())
+            .until("the catch-up after subscribing", |r| {
+                r.stats.stream().is_some()
+            })
             .await;
         running
     }
@@ -1207,7 +1216,11 @@ mod tests {
         );
         assert_eq!(running.stats.reconnects_total.load(Ordering::Relaxed), 0);
         assert_eq!(running.stats.stream(), Some(StreamMode::Filtered));
-        assert_eq!(running.stats.gap_events.load(Ordering::Relaxed), 0, "no gap to repair");
+        assert_eq!(
+            running.stats.gap_events.load(Ordering::Relaxed),
+            0,
+            "no gap to repair"
+        );
         assert_eq!(
             chain
                 .calls()
@@ -1383,8 +1396,14 @@ mod tests {
             ..ours.clone()
         };
         chain.emit_raw(other_package.type_string("NodeRegistered"), valid.clone());
-        chain.emit_raw(format!("{}::registry_v2::NodeRegistered", ours.package), valid.clone());
-        chain.emit_raw(ours.type_string("NodeRegistered"), valid[..valid.len() - 3].to_vec());
+        chain.emit_raw(
+            format!("{}::registry_v2::NodeRegistered", ours.package),
+            valid.clone(),
+        );
+        chain.emit_raw(
+            ours.type_string("NodeRegistered"),
+            valid[..valid.len() - 3].to_vec(),
+        );
     }
 
     /// A node that answers UNIMPLEMENTED to SubscribeEvents is followed
@@ -1434,7 +1453,9 @@ mod tests {
             .view("node 1", |v| v.nodes.contains_key(&address(1)))
             .await;
         running
-            .until("the cursor", |r| r.stats.cursor.load(Ordering::Relaxed) == last)
+            .until("the cursor", |r| {
+                r.stats.cursor.load(Ordering::Relaxed) == last
+            })
             .await;
         let calls = chain.calls();
         assert_eq!(calls.foreign_events_sent.load(Ordering::Relaxed), 0);
@@ -1485,7 +1506,9 @@ mod tests {
             chain.tick();
         }
         running
-            .view("the four nodes", |v| v.nodes.len() == 4 && v.last_error.is_none())
+            .view("the four nodes", |v| {
+                v.nodes.len() == 4 && v.last_error.is_none()
+            })
             .await;
         // One item per page: at least one ListEvents per event.
         assert!(chain.calls().list_events.load(Ordering::Relaxed) >= 4 + 1);

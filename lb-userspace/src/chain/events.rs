@@ -124,7 +124,10 @@ impl Progress {
             return false;
         }
         self.checkpoint = sequence;
-        if self.last_event.is_some_and(|last| last.checkpoint <= sequence) {
+        if self
+            .last_event
+            .is_some_and(|last| last.checkpoint <= sequence)
+        {
             self.last_event = None;
         }
         // An event cursor older than the checkpoint would replay from
@@ -145,7 +148,10 @@ impl Progress {
         match watermark.checkpoint {
             Some(covered) if covered > self.checkpoint => {
                 self.checkpoint = covered;
-                if self.last_event.is_some_and(|last| last.checkpoint <= covered) {
+                if self
+                    .last_event
+                    .is_some_and(|last| last.checkpoint <= covered)
+                {
                     self.last_event = None;
                 }
                 true
@@ -158,7 +164,11 @@ impl Progress {
     /// subscription's first frame (cursor `before`, exclusive): from the
     /// resume cursor when there is one, else from the checkpoint after
     /// `checkpoint` (the two bounds compose by intersection on the server).
-    pub fn replay_request(&self, registry: &RegistryRef, before: Bytes) -> proto::ListEventsRequest {
+    pub fn replay_request(
+        &self,
+        registry: &RegistryRef,
+        before: Bytes,
+    ) -> proto::ListEventsRequest {
         let mut options = proto::QueryOptions::default().with_before(before);
         let mut request = proto::ListEventsRequest::default()
             .with_read_mask(FieldMask::from_paths(EVENT_MASK))
@@ -269,7 +279,10 @@ mod tests {
             .with_transaction_index(2)
             .with_event_index(3);
         assert_eq!(Position::of(&event), Some(at(7, 2, 3)));
-        assert_eq!(Position::of(&proto::Event::default().with_checkpoint(7)), None);
+        assert_eq!(
+            Position::of(&proto::Event::default().with_checkpoint(7)),
+            None
+        );
     }
 
     #[test]
@@ -295,10 +308,19 @@ mod tests {
         let mut p = Progress::synced_at(10);
         assert!(p.watermark(&watermark(b"c12", Some(12))));
         assert_eq!((p.checkpoint, p.resume.as_deref()), (12, Some(&b"c12"[..])));
-        assert!(!p.watermark(&watermark(b"c12b", Some(12))), "repeated coverage");
+        assert!(
+            !p.watermark(&watermark(b"c12b", Some(12))),
+            "repeated coverage"
+        );
         assert_eq!(p.resume.as_deref(), Some(&b"c12b"[..]));
-        assert!(!p.watermark(&watermark(b"c13-mid", None)), "no coverage yet");
-        assert_eq!((p.checkpoint, p.resume.as_deref()), (12, Some(&b"c13-mid"[..])));
+        assert!(
+            !p.watermark(&watermark(b"c13-mid", None)),
+            "no coverage yet"
+        );
+        assert_eq!(
+            (p.checkpoint, p.resume.as_deref()),
+            (12, Some(&b"c13-mid"[..]))
+        );
         assert!(!p.watermark(&watermark(b"c9", Some(9))), "never back");
         assert_eq!(p.checkpoint, 12);
         // An event applied mid-checkpoint, then its checkpoint covered.
@@ -345,10 +367,16 @@ mod tests {
         let end = |reason| Some(proto::QueryEnd::default().with_reason(reason));
         use proto::QueryEndReason as R;
         assert_eq!(page_end(end(R::CursorBound).as_ref()), Ok(PageEnd::Done));
-        assert_eq!(page_end(end(R::CheckpointBound).as_ref()), Ok(PageEnd::Done));
+        assert_eq!(
+            page_end(end(R::CheckpointBound).as_ref()),
+            Ok(PageEnd::Done)
+        );
         assert_eq!(page_end(end(R::ItemLimit).as_ref()), Ok(PageEnd::More));
         assert_eq!(page_end(end(R::ScanLimit).as_ref()), Ok(PageEnd::More));
-        assert_eq!(page_end(end(R::LedgerTip).as_ref()), Ok(PageEnd::IndexBehind));
+        assert_eq!(
+            page_end(end(R::LedgerTip).as_ref()),
+            Ok(PageEnd::IndexBehind)
+        );
         assert!(page_end(end(R::Unknown).as_ref()).is_err());
         assert!(page_end(None).is_err());
     }

@@ -37,7 +37,8 @@ use lb_userspace::{
 use sui_sdk_types::Address;
 use tokio::sync::{oneshot, watch};
 
-const USAGE: &str = "usage: lb-chain-bench [--duration 1..=3600] [--noise 0..=100000] [--rate 1..=100]";
+const USAGE: &str =
+    "usage: lb-chain-bench [--duration 1..=3600] [--noise 0..=100000] [--rate 1..=100]";
 
 /// A registry event every this long.
 const EVENT_EVERY: Duration = Duration::from_secs(2);
@@ -155,7 +156,8 @@ impl Task {
                 let mut clock: libc::clockid_t = 0;
                 // SAFETY: pthread_self() is this live thread; the out
                 // pointer is a valid local.
-                let rc = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &raw mut clock) };
+                let rc =
+                    unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &raw mut clock) };
                 runtime.block_on(async move {
                     let (rx, task) = Discovery::spawn(settings, task_stats);
                     let sent = if rc == 0 {
@@ -231,7 +233,10 @@ async fn measure(load: Load, filtered: bool) -> Result<Row> {
     ))?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while task.stats.stream().is_none() {
-        anyhow::ensure!(Instant::now() < deadline, "discovery did not start following");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "discovery did not start following"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let calls = chain.calls();

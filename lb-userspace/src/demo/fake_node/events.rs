@@ -96,7 +96,9 @@ fn parse_address(text: &str, what: &str) -> Result<Address, Status> {
         .map_err(|e| Status::invalid_argument(format!("{what}: invalid address {text:?}: {e}")))
 }
 
-fn parse_predicate(predicate: Option<&proto::event_literal::Predicate>) -> Result<Predicate, Status> {
+fn parse_predicate(
+    predicate: Option<&proto::event_literal::Predicate>,
+) -> Result<Predicate, Status> {
     use proto::event_literal::Predicate as P;
     match predicate {
         Some(P::Sender(f)) => Ok(Predicate::Sender(parse_address(
@@ -107,7 +109,10 @@ fn parse_predicate(predicate: Option<&proto::event_literal::Predicate>) -> Resul
             let path = f.module.as_deref().unwrap_or_default();
             let mut parts = path.splitn(2, "::");
             let package = parse_address(parts.next().unwrap_or_default(), "emit_module")?;
-            Ok(Predicate::EmitModule(package, parts.next().map(str::to_owned)))
+            Ok(Predicate::EmitModule(
+                package,
+                parts.next().map(str::to_owned),
+            ))
         }
         Some(P::EventType(f)) => {
             let text = f.event_type.as_deref().unwrap_or_default();
@@ -199,9 +204,7 @@ impl Filter {
                 .as_ref()
                 .is_some_and(|t| t.address() == address && t.module().as_str() == module),
             Predicate::TypeName(address, module, name) => tag.as_ref().is_some_and(|t| {
-                t.address() == address
-                    && t.module().as_str() == module
-                    && t.name().as_str() == name
+                t.address() == address && t.module().as_str() == module && t.name().as_str() == name
             }),
             Predicate::TypeExact(want) => tag.as_ref() == Some(want),
         };
@@ -228,11 +231,7 @@ pub(super) fn positioned(
                 .enumerate()
                 .map(move |(i, event)| {
                     (
-                        (
-                            sequence,
-                            t as u64,
-                            u32::try_from(i).unwrap_or(u32::MAX),
-                        ),
+                        (sequence, t as u64, u32::try_from(i).unwrap_or(u32::MAX)),
                         event,
                     )
                 })
@@ -394,7 +393,8 @@ mod tests {
         let other_package = event(2, "registry", "NodeRegistered", 9);
         let pkg = address(1).to_string();
 
-        let by_module = filter(vec![vec![type_literal(&format!("{pkg}::registry"), false)]]).unwrap();
+        let by_module =
+            filter(vec![vec![type_literal(&format!("{pkg}::registry"), false)]]).unwrap();
         assert!(by_module.matches(&ours));
         assert!(!by_module.matches(&other_module));
         assert!(!by_module.matches(&other_package));
@@ -437,7 +437,10 @@ mod tests {
         assert!(Filter::parse(None).unwrap().matches(&other_package));
         assert!(filter(vec![]).is_err(), "no term");
         assert!(filter(vec![vec![]]).is_err(), "no literal");
-        assert!(filter(vec![vec![proto::EventLiteral::default()]]).is_err(), "no predicate");
+        assert!(
+            filter(vec![vec![proto::EventLiteral::default()]]).is_err(),
+            "no predicate"
+        );
         assert!(filter(vec![vec![type_literal("0xzz::m", false)]]).is_err());
     }
 
@@ -457,9 +460,10 @@ mod tests {
                 };
                 proto::Checkpoint::default()
                     .with_sequence_number(k)
-                    .with_transactions(vec![proto::ExecutedTransaction::default().with_events(
-                        proto::TransactionEvents::default().with_events(events),
-                    )])
+                    .with_transactions(vec![
+                        proto::ExecutedTransaction::default()
+                            .with_events(proto::TransactionEvents::default().with_events(events)),
+                    ])
             })
             .collect()
     }
@@ -497,10 +501,17 @@ mod tests {
     #[test]
     fn a_scan_stops_at_the_tip_the_range_or_the_cursor() {
         use proto::QueryEndReason as R;
-        let frames = run(&proto::ListEventsRequest::default().with_start_checkpoint(3), WIDE);
+        let frames = run(
+            &proto::ListEventsRequest::default().with_start_checkpoint(3),
+            WIDE,
+        );
         assert_eq!(positions(&frames), [(3, 0), (3, 0), (4, 0), (4, 0)]);
         assert_eq!(end(&frames), (R::LedgerTip, Some(4)));
-        assert_eq!(frames[0].watermark.as_ref().unwrap().checkpoint, None, "nothing covered yet");
+        assert_eq!(
+            frames[0].watermark.as_ref().unwrap().checkpoint,
+            None,
+            "nothing covered yet"
+        );
         assert_eq!(frames[2].watermark.as_ref().unwrap().checkpoint, Some(3));
 
         let frames = run(
@@ -544,7 +555,10 @@ mod tests {
                 assert_eq!(last.end.unwrap().reason(), R::LedgerTip);
                 break;
             }
-            assert!(last.event.is_some(), "the item-limit frame carries the item");
+            assert!(
+                last.event.is_some(),
+                "the item-limit frame carries the item"
+            );
             let cursor = last.watermark.as_ref().unwrap().cursor.clone().unwrap();
             request.options = Some(proto::QueryOptions::default().with_after(cursor));
         }
@@ -554,7 +568,10 @@ mod tests {
             max_items: 1000,
             scan_budget: 2,
         };
-        let frames = run(&proto::ListEventsRequest::default().with_start_checkpoint(1), budget);
+        let frames = run(
+            &proto::ListEventsRequest::default().with_start_checkpoint(1),
+            budget,
+        );
         assert_eq!(end(&frames), (R::ScanLimit, Some(2)));
         assert_eq!(
             frames.last().unwrap().watermark.as_ref().unwrap().cursor,

@@ -130,12 +130,7 @@ pub struct FakeCalls {
 
 impl FakeCalls {
     /// Counts one message of `len` encoded bytes carrying `events`.
-    fn sent(
-        &self,
-        len: usize,
-        events: &mut dyn Iterator<Item = &proto::Event>,
-        package: &Address,
-    ) {
+    fn sent(&self, len: usize, events: &mut dyn Iterator<Item = &proto::Event>, package: &Address) {
         self.messages_sent.fetch_add(1, Ordering::Relaxed);
         self.bytes_sent.fetch_add(len as u64 + 5, Ordering::Relaxed);
         let prefix = format!("{package}::");
@@ -151,7 +146,8 @@ impl FakeCalls {
             }
         }
         self.events_sent.fetch_add(all, Ordering::Relaxed);
-        self.foreign_events_sent.fetch_add(foreign, Ordering::Relaxed);
+        self.foreign_events_sent
+            .fetch_add(foreign, Ordering::Relaxed);
     }
 
     /// Counts a `SubscribeCheckpoints` frame.
@@ -160,7 +156,12 @@ impl FakeCalls {
     }
 
     /// Counts a message of `len` bytes carrying `checkpoint`.
-    fn sent_whole_checkpoint(&self, len: usize, checkpoint: Option<&proto::Checkpoint>, package: &Address) {
+    fn sent_whole_checkpoint(
+        &self,
+        len: usize,
+        checkpoint: Option<&proto::Checkpoint>,
+        package: &Address,
+    ) {
         let mut events = checkpoint
             .into_iter()
             .flat_map(|c| c.transactions.iter())

@@ -185,8 +185,7 @@ impl Shared {
                 if !s.filter.matches(event) {
                     continue;
                 }
-                let mut watermark =
-                    proto::Watermark::default().with_cursor(encode(pos));
+                let mut watermark = proto::Watermark::default().with_cursor(encode(pos));
                 watermark.checkpoint = sequence.checked_sub(1);
                 let frame = proto::SubscribeEventsResponse::default()
                     .with_event(proto::Event::merge_from(event, &s.mask))
@@ -223,10 +222,12 @@ impl Shared {
             && let Some(first) = checkpoint.transactions.first_mut()
         {
             let digest = tx_digest(b"noise", sequence);
-            first.events = Some(
-                proto::TransactionEvents::default()
-                    .with_events(stamp(self.noise_events(noise), sequence, 0, &digest)),
-            );
+            first.events = Some(proto::TransactionEvents::default().with_events(stamp(
+                self.noise_events(noise),
+                sequence,
+                0,
+                &digest,
+            )));
         }
         Some(checkpoint)
     }

@@ -220,7 +220,14 @@ impl LedgerService for Service {
         let frames = {
             let state = self.0.lock();
             let at = |sequence| self.0.checkpoint(&state, sequence);
-            list(&at, state.latest(), &request, &filter, &mask, state.list_limits)?
+            list(
+                &at,
+                state.latest(),
+                &request,
+                &filter,
+                &mask,
+                state.list_limits,
+            )?
         };
         for frame in &frames {
             self.0.calls.sent_event_frame(
@@ -367,7 +374,9 @@ impl SubscriptionService for Service {
                 .calls
                 .sent_event_frame(first.encoded_len(), None, &self.0.registry.package);
             let _ = tx.send(Ok(first));
-            state.event_subscribers.push(EventSubscriber { filter, mask, tx });
+            state
+                .event_subscribers
+                .push(EventSubscriber { filter, mask, tx });
         }
         self.0.calls.subscribe.fetch_add(1, Ordering::Relaxed);
         self.0
