@@ -1406,7 +1406,7 @@ mod tests {
         );
     }
 
-    /// A node that answers UNIMPLEMENTED to SubscribeEvents is followed
+    /// A node that answers `UNIMPLEMENTED` to `SubscribeEvents` is followed
     /// through every checkpoint: events still apply, the mode says so, and
     /// foreign events arrive and are counted as ignored.
     #[tokio::test]
@@ -1511,7 +1511,7 @@ mod tests {
             })
             .await;
         // One item per page: at least one ListEvents per event.
-        assert!(chain.calls().list_events.load(Ordering::Relaxed) >= 4 + 1);
+        assert!(chain.calls().list_events.load(Ordering::Relaxed) > 4);
         assert_eq!(running.stats.gap_events.load(Ordering::Relaxed), 4);
         assert_eq!(running.count("registered"), 4);
     }

@@ -364,8 +364,8 @@ mod tests {
 
     #[test]
     fn page_ends_follow_the_query_end_reasons() {
-        let end = |reason| Some(proto::QueryEnd::default().with_reason(reason));
         use proto::QueryEndReason as R;
+        let end = |reason| Some(proto::QueryEnd::default().with_reason(reason));
         assert_eq!(page_end(end(R::CursorBound).as_ref()), Ok(PageEnd::Done));
         assert_eq!(
             page_end(end(R::CheckpointBound).as_ref()),

@@ -214,6 +214,10 @@ impl Drop for Task {
     }
 }
 
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "counts per run are far below 2^52: exact as f64"
+)]
 async fn measure(load: Load, filtered: bool) -> Result<Row> {
     let mode = if filtered { "filtered" } else { "checkpoints" };
     eprintln!(
@@ -293,6 +297,10 @@ async fn measure(load: Load, filtered: bool) -> Result<Row> {
     Ok(row)
 }
 
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "a few hundred samples at most: exact as f64"
+)]
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;

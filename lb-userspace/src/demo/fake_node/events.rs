@@ -5,7 +5,7 @@
 //!
 //! - Filter: an absent filter matches everything; a present one needs at
 //!   least one term, each term at least one literal, each literal a
-//!   predicate (else `INVALID_ARGUMENT`). Terms are ORed, literals ANDed, a
+//!   predicate (else `INVALID_ARGUMENT`). Terms are or-ed, literals and-ed, a
 //!   negated literal inverts its predicate. `Sender` compares the event's
 //!   sender, `EmitModule` (`0xpkg[::module]`) the event's `package_id` and
 //!   `module` (the Move call that emitted it), `EventType`
@@ -87,7 +87,7 @@ enum Predicate {
 /// A validated `EventFilter`.
 #[derive(Debug, Clone)]
 pub(super) struct Filter {
-    /// ORed terms of ANDed (negated, predicate) literals; none: match all.
+    /// Or-ed terms of and-ed (negated, predicate) literals; none: match all.
     terms: Option<Vec<Vec<(bool, Predicate)>>>,
 }
 

@@ -193,7 +193,7 @@ impl Shared {
                 calls.sent_event_frame(frame.encoded_len(), frame.event.as_ref(), package);
                 open &= s.tx.send(Ok(frame)).is_ok();
             }
-            if sequence % progress == 0 {
+            if sequence.is_multiple_of(progress) {
                 let frame = progress_frame(sequence);
                 calls.sent_event_frame(frame.encoded_len(), None, package);
                 open &= s.tx.send(Ok(frame)).is_ok();
