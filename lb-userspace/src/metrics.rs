@@ -376,7 +376,7 @@ const REGISTRY_EVENTS: Family<1> = Family::counter(
 
 const REGISTRY_STREAM: Family<1> = Family::gauge(
     "daas_lb_registry_stream",
-    "1 for the stream the Sui discovery follows the chain with: filtered (SubscribeEvents, registry events only) or checkpoints (every checkpoint, the fallback); 0 for the other.",
+    "1 for the stream the Sui discovery follows the chain with: filtered (SubscribeEvents, registry events only), checkpoints (every checkpoint, the fallback) or polling (the latest checkpoint every second, without subscriptions); 0 for the others.",
     ["mode"],
 );
 

@@ -665,14 +665,14 @@ fn an_unreachable_registry_at_start_leaves_the_static_servers_serving() {
 }
 
 /// The stream mode in `GET /status` and `daas_lb_registry_stream{mode}`:
-/// `want` is 1, the other mode 0.
+/// `want` is 1, the other modes 0.
 fn assert_stream(daemon: &mut Daemon, want: &str) {
     let status = daemon.wait_for(REACT, &format!("stream {want}"), |s| {
         s.registry.as_ref().and_then(|r| r.stream.as_deref()) == Some(want)
     });
     assert!(status.to_table().contains(&format!("stream {want}")));
     let metrics = daemon.metrics();
-    for mode in ["filtered", "checkpoints"] {
+    for mode in ["filtered", "checkpoints", "polling"] {
         assert_eq!(
             metric(&metrics, "daas_lb_registry_stream", &[("mode", mode)]),
             Some(if mode == want { 1.0 } else { 0.0 }),

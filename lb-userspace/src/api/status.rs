@@ -100,9 +100,10 @@ pub struct RegistryStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_advance_unix_ms: Option<u64>,
     /// How discovery follows the chain: `filtered` (`SubscribeEvents`,
-    /// registry events only) or `checkpoints` (every checkpoint, the
-    /// fallback for a node that does not serve filtered streams); absent
-    /// until a stream has caught up.
+    /// registry events only), `checkpoints` (every checkpoint, the fallback
+    /// for a node that does not serve filtered streams) or `polling` (the
+    /// latest checkpoint every second, for a node that serves no
+    /// subscription); absent until a stream has caught up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<String>,
 }

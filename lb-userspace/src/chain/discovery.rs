@@ -28,8 +28,12 @@
 //!   the node's latest are fetched with `GetCheckpoint` by sequence number,
 //!   and so is any hole in the stream; checkpoints at or below the cursor
 //!   are skipped. [`DiscoveryStats::stream`] says which mode is in use.
-//! - In both modes a hole larger than [`MAX_GAP_REPAIR`] checkpoints, or one
-//!   the node has pruned, is repaired with a full sync instead.
+//! - Polling, the fallback's fallback: a node that also answers
+//!   `UNIMPLEMENTED` to `SubscribeCheckpoints` is polled: `GetCheckpoint`
+//!   of the latest checkpoint every [`POLL_INTERVAL`], then of each one
+//!   since the cursor (as a gap repair), with a second `warn!`.
+//! - In every mode a hole larger than [`MAX_GAP_REPAIR`] checkpoints, or
+//!   one the node has pruned, is repaired with a full sync instead.
 //! - A stream that ends or fails is re-subscribed after an exponential
 //!   backoff (100 ms doubling to 5 s, reset by the next frame).
 //! - A full resync every `discovery_interval` is the safety net.
@@ -76,6 +80,9 @@ use super::{
 /// The largest hole in the checkpoint sequence repaired checkpoint by
 /// checkpoint; a larger one is repaired with a full sync.
 pub const MAX_GAP_REPAIR: u64 = 1000;
+
+/// How often [`StreamMode::Polling`] reads the latest checkpoint.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The page size asked of `ListDynamicFields` (the real node's maximum).
 const PAGE_SIZE: u32 = 1000;
@@ -165,17 +172,22 @@ pub enum StreamMode {
     /// `SubscribeCheckpoints` + `GetCheckpoint`, filtered here (the
     /// fallback).
     Checkpoints,
+    /// `GetCheckpoint` of the latest checkpoint every [`POLL_INTERVAL`],
+    /// then of each one since the cursor, filtered here (the fallback of
+    /// the fallback: a node that serves no subscription).
+    Polling,
 }
 
 impl StreamMode {
     /// Every mode, in label order.
-    pub const ALL: [Self; 2] = [Self::Filtered, Self::Checkpoints];
+    pub const ALL: [Self; 3] = [Self::Filtered, Self::Checkpoints, Self::Polling];
 
     /// The name in `GET /status` and the `mode` label.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Filtered => "filtered",
             Self::Checkpoints => "checkpoints",
+            Self::Polling => "polling",
         }
     }
 }
@@ -186,6 +198,7 @@ impl DiscoveryStats {
         match self.stream.load(Ordering::Relaxed) {
             1 => Some(StreamMode::Filtered),
             2 => Some(StreamMode::Checkpoints),
+            3 => Some(StreamMode::Polling),
             _ => None,
         }
     }
@@ -194,6 +207,7 @@ impl DiscoveryStats {
         let value = match mode {
             StreamMode::Filtered => 1,
             StreamMode::Checkpoints => 2,
+            StreamMode::Polling => 3,
         };
         self.stream.store(value, Ordering::Relaxed);
     }
@@ -260,7 +274,7 @@ impl Discovery {
             tx,
             client: None,
             progress: Progress::default(),
-            filtered: true,
+            mode: StreamMode::Filtered,
         };
         (rx, tokio::spawn(runner.run()))
     }
@@ -304,9 +318,9 @@ struct Runner {
     /// How far the view has applied the chain (checkpoint 0 before the
     /// first full sync).
     progress: Progress,
-    /// Whether to follow with filtered streams (until the node says it
-    /// does not serve them).
-    filtered: bool,
+    /// How to follow the chain: filtered streams until the node says it
+    /// does not serve them, then checkpoints, then polling.
+    mode: StreamMode,
 }
 
 /// A status as `CODE: message`, the code spelled like gRPC's (`NOT_FOUND`).
@@ -361,13 +375,24 @@ impl Runner {
                     need_full_sync = true;
                 }
                 FollowEnd::Unsupported(reason) => {
-                    warn!(
-                        url = %self.settings.sui_rpc_url,
-                        reason,
-                        "registry: the full node does not serve filtered event streams; \
-                         following every checkpoint instead"
-                    );
-                    self.filtered = false;
+                    if self.mode == StreamMode::Filtered {
+                        warn!(
+                            url = %self.settings.sui_rpc_url,
+                            reason,
+                            "registry: the full node does not serve filtered event streams; \
+                             following every checkpoint instead"
+                        );
+                        self.mode = StreamMode::Checkpoints;
+                    } else {
+                        warn!(
+                            url = %self.settings.sui_rpc_url,
+                            reason,
+                            interval = ?POLL_INTERVAL,
+                            "registry: the full node serves no subscription; \
+                             polling its checkpoints instead"
+                        );
+                        self.mode = StreamMode::Polling;
+                    }
                 }
                 FollowEnd::Lost(e) => {
                     self.stats.reconnects_total.fetch_add(1, Ordering::Relaxed);
@@ -582,10 +607,37 @@ impl Runner {
     /// something fails (a full resync is run in between when `next_resync`
     /// passes).
     async fn follow(&mut self, next_resync: &mut Instant, backoff: &mut Backoff) -> FollowEnd {
-        if self.filtered {
-            self.follow_events(next_resync, backoff).await
-        } else {
-            self.follow_checkpoints(next_resync, backoff).await
+        match self.mode {
+            StreamMode::Filtered => self.follow_events(next_resync, backoff).await,
+            StreamMode::Checkpoints => self.follow_checkpoints(next_resync, backoff).await,
+            StreamMode::Polling => self.follow_polling(next_resync, backoff).await,
+        }
+    }
+
+    /// Reads the latest checkpoint every [`POLL_INTERVAL`] and applies the
+    /// checkpoints since the cursor (fetched by sequence number, as a gap).
+    async fn follow_polling(&mut self, next_resync: &mut Instant, backoff: &mut Backoff) -> FollowEnd {
+        loop {
+            let latest = match self.latest_checkpoint().await {
+                Ok(latest) => latest,
+                Err(e) => return FollowEnd::Lost(e),
+            };
+            if let Some(end) = self.repair(latest).await {
+                return end;
+            }
+            self.stats.set_stream(StreamMode::Polling);
+            self.clear_error();
+            backoff.reset();
+            tokio::select! {
+                () = sleep(POLL_INTERVAL) => {}
+                () = sleep_until(*next_resync) => {
+                    if let Err(e) = self.full_sync().await {
+                        return FollowEnd::Lost(e.context("periodic full resync"));
+                    }
+                    *next_resync = Instant::now() + self.settings.discovery_interval;
+                }
+                () = self.tx.closed() => return FollowEnd::Closed,
+            }
         }
     }
 
@@ -796,15 +848,21 @@ impl Runner {
         };
         let request =
             proto::SubscribeCheckpointsRequest::default().with_read_mask(checkpoint_mask());
-        let mut stream = match self
-            .call(
-                "SubscribeCheckpoints",
-                client.subscription_client().subscribe_checkpoints(request),
-            )
-            .await
+        let url = self.settings.sui_rpc_url.clone();
+        let mut stream = match timeout(
+            self.settings.request_timeout,
+            client.subscription_client().subscribe_checkpoints(request),
+        )
+        .await
         {
-            Ok(stream) => stream,
-            Err(e) => return FollowEnd::Lost(e),
+            Ok(Ok(response)) => response.into_inner(),
+            Ok(Err(status)) => return stream_failed("SubscribeCheckpoints", &url, &status),
+            Err(_) => {
+                return FollowEnd::Lost(anyhow!(
+                    "SubscribeCheckpoints at {url}: no answer within {:?}",
+                    self.settings.request_timeout
+                ));
+            }
         };
         // Checkpoints executed before the subscription took effect.
         let latest = match self.latest_checkpoint().await {
@@ -1435,6 +1493,32 @@ mod tests {
         assert!(running.stats.gap_checkpoints.load(Ordering::Relaxed) >= 1);
         assert_eq!(running.count("registered"), 2);
         assert_eq!(running.stats.reconnects_total.load(Ordering::Relaxed), 1);
+    }
+
+    /// A node that serves no subscription at all (`UNIMPLEMENTED` to
+    /// `SubscribeEvents` and `SubscribeCheckpoints`) is polled: events still
+    /// apply, within a poll interval.
+    #[tokio::test]
+    async fn a_node_without_subscriptions_is_polled() {
+        let chain = FakeChain::start(CHAIN).await.unwrap();
+        chain.set_subscriptions(false);
+        let mut running = start(settings(&chain, Duration::from_mins(5)));
+        running.view("the first full sync", |v| v.synced).await;
+        running
+            .until("polling", |r| r.stats.stream() == Some(StreamMode::Polling))
+            .await;
+        let last = chain.register(address(1), node(1, 10));
+        chain.tick();
+        running
+            .view("node 1", |v| v.nodes.contains_key(&address(1)))
+            .await;
+        assert_eq!(running.count("registered"), 1);
+        running
+            .until("the cursor", |r| r.stats.cursor.load(Ordering::Relaxed) > last)
+            .await;
+        assert_eq!(chain.calls().subscribe.load(Ordering::Relaxed), 0);
+        assert!(running.stats.gap_checkpoints.load(Ordering::Relaxed) >= 2);
+        assert_eq!(running.stats.reconnects_total.load(Ordering::Relaxed), 0);
     }
 
     /// Mainnet-like noise (another package's events in every checkpoint)

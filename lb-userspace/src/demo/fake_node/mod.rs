@@ -18,7 +18,8 @@
 //!   `QueryEnd` reasons as the proto documents them (see `events`).
 //!
 //! [`FakeChain::set_filtered_streams`] makes `SubscribeEvents` and
-//! `ListEvents` answer `UNIMPLEMENTED` (a node without them);
+//! `ListEvents` answer `UNIMPLEMENTED` (a node without them),
+//! [`FakeChain::set_subscriptions`] both subscriptions;
 //! [`FakeChain::set_noise`] adds N foreign events (another package) to
 //! every checkpoint, like a busy mainnet; [`FakeCalls`] counts what the
 //! streams sent (messages, bytes, events, foreign events).
@@ -204,6 +205,7 @@ impl FakeChain {
                 event_subscribers: Vec::new(),
                 unavailable: false,
                 filtered_streams: true,
+                subscriptions: true,
                 noise: 0,
                 progress_every: 1,
                 list_limits: events::Limits {
@@ -412,6 +414,23 @@ impl FakeChain {
                 let _ = s.tx.send(Err(tonic::Status::unimplemented(
                     "fake Sui full node: filtered streams off (test switch)",
                 )));
+            }
+        }
+    }
+
+    /// While off, `SubscribeCheckpoints` and `SubscribeEvents` answer
+    /// `UNIMPLEMENTED`, like a full node without a subscription service
+    /// (on by default); open subscriptions end with that status.
+    pub fn set_subscriptions(&self, on: bool) {
+        let mut state = self.shared.lock();
+        state.subscriptions = on;
+        if !on {
+            let off = || tonic::Status::unimplemented("fake Sui full node: subscriptions off (test switch)");
+            for s in state.subscribers.drain(..) {
+                let _ = s.tx.send(Err(off()));
+            }
+            for s in state.event_subscribers.drain(..) {
+                let _ = s.tx.send(Err(off()));
             }
         }
     }

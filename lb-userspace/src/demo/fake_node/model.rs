@@ -74,6 +74,9 @@ pub(super) struct State {
     /// Whether `SubscribeEvents` and `ListEvents` are served (else
     /// `UNIMPLEMENTED`, like a node without them).
     pub(super) filtered_streams: bool,
+    /// Whether `SubscribeCheckpoints` and `SubscribeEvents` are served
+    /// (else `UNIMPLEMENTED`, like a node without a subscription service).
+    pub(super) subscriptions: bool,
     /// Foreign events appended to every checkpoint (another package).
     pub(super) noise: usize,
     /// A progress-only frame to event subscribers every this many

@@ -7,7 +7,8 @@
 //! unavailable switches) and every unary answer carries the metadata
 //! headers of a real response ([`Shared::reply`]); the filtered services
 //! (`SubscribeEvents`, `ListEvents`) then check their switch
-//! ([`Shared::filtered`]) and validate the filter before anything else.
+//! ([`Shared::filtered`]) and validate the filter before anything else,
+//! and the subscriptions their own switch ([`Shared::subscriptions`]).
 
 use std::{
     sync::{Arc, atomic::Ordering},
@@ -52,6 +53,17 @@ impl Shared {
     /// `UNIMPLEMENTED` while filtered streams are switched off.
     fn filtered(&self, method: &str) -> Result<(), Status> {
         if self.lock().filtered_streams {
+            Ok(())
+        } else {
+            Err(Status::unimplemented(format!(
+                "fake Sui full node: {method} is not served (test switch)"
+            )))
+        }
+    }
+
+    /// `UNIMPLEMENTED` while subscriptions are switched off.
+    fn subscriptions(&self, method: &str) -> Result<(), Status> {
+        if self.lock().subscriptions {
             Ok(())
         } else {
             Err(Status::unimplemented(format!(
@@ -341,6 +353,7 @@ impl SubscriptionService for Service {
         request: Request<proto::SubscribeCheckpointsRequest>,
     ) -> Result<Response<BoxStream<proto::SubscribeCheckpointsResponse>>, Status> {
         self.0.enter().await?;
+        self.0.subscriptions("SubscribeCheckpoints")?;
         // Like the real node: no mask matches nothing, frames carry only the
         // cursor.
         let mask = request
@@ -359,6 +372,7 @@ impl SubscriptionService for Service {
         request: Request<proto::SubscribeEventsRequest>,
     ) -> Result<Response<BoxStream<proto::SubscribeEventsResponse>>, Status> {
         self.0.enter().await?;
+        self.0.subscriptions("SubscribeEvents")?;
         self.0.filtered("SubscribeEvents")?;
         let request = request.into_inner();
         let filter = Filter::parse(request.filter.as_ref())?;
