@@ -616,7 +616,11 @@ impl Runner {
 
     /// Reads the latest checkpoint every [`POLL_INTERVAL`] and applies the
     /// checkpoints since the cursor (fetched by sequence number, as a gap).
-    async fn follow_polling(&mut self, next_resync: &mut Instant, backoff: &mut Backoff) -> FollowEnd {
+    async fn follow_polling(
+        &mut self,
+        next_resync: &mut Instant,
+        backoff: &mut Backoff,
+    ) -> FollowEnd {
         loop {
             let latest = match self.latest_checkpoint().await {
                 Ok(latest) => latest,
@@ -1514,7 +1518,9 @@ mod tests {
             .await;
         assert_eq!(running.count("registered"), 1);
         running
-            .until("the cursor", |r| r.stats.cursor.load(Ordering::Relaxed) > last)
+            .until("the cursor", |r| {
+                r.stats.cursor.load(Ordering::Relaxed) > last
+            })
             .await;
         assert_eq!(chain.calls().subscribe.load(Ordering::Relaxed), 0);
         assert!(running.stats.gap_checkpoints.load(Ordering::Relaxed) >= 2);

@@ -425,7 +425,9 @@ impl FakeChain {
         let mut state = self.shared.lock();
         state.subscriptions = on;
         if !on {
-            let off = || tonic::Status::unimplemented("fake Sui full node: subscriptions off (test switch)");
+            let off = || {
+                tonic::Status::unimplemented("fake Sui full node: subscriptions off (test switch)")
+            };
             for s in state.subscribers.drain(..) {
                 let _ = s.tx.send(Err(off()));
             }
