@@ -60,6 +60,10 @@ pub(super) struct EventSubscriber {
 }
 
 /// What changes, behind [`Shared::state`].
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent on/off switches of the fake node, not a state machine"
+)]
 pub(super) struct State {
     pub(super) chain_id: String,
     /// Every checkpoint, index = sequence number, without the noise
