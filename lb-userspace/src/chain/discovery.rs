@@ -137,7 +137,8 @@ pub struct DiscoveryStats {
     /// Events delivered that are not the registry's (another package,
     /// module or struct). With the filtered stream foreign events are not
     /// delivered, so this stays 0 unless the node's filter lets one
-    /// through; with the checkpoint stream it counts every foreign event.
+    /// through; with the checkpoint stream or polling it counts every
+    /// foreign event.
     pub ignored: AtomicU64,
     /// Registry events skipped because their BCS contents did not decode.
     pub malformed: AtomicU64,
