@@ -28,6 +28,7 @@ use prometheus::{
 
 use crate::{
     api::status::{ProxyStatus, RegistryStatus, ServerStatus, ServiceStatus, Status},
+    chain::discovery::StreamMode,
     policy::state_machine::ServerState,
 };
 
@@ -371,6 +372,12 @@ const REGISTRY_EVENTS: Family<1> = Family::counter(
     "daas_lb_registry_events_total",
     "Events seen in checkpoints by the Sui discovery: registered, updated, removed (applied), ignored (not the registry's), malformed (skipped).",
     ["kind"],
+);
+
+const REGISTRY_STREAM: Family<1> = Family::gauge(
+    "daas_lb_registry_stream",
+    "1 for the stream the Sui discovery follows the chain with: filtered (SubscribeEvents, registry events only), checkpoints (every checkpoint, the fallback) or polling (the latest checkpoint every second, without subscriptions); 0 for the others.",
+    ["mode"],
 );
 
 const REGISTRY_CURSOR: Family<0> = Family::gauge(
@@ -886,6 +893,22 @@ fn chain(status: &Status, registry: &RegistryStatus, families: &mut Vec<Option<M
             Some(DISCOVERED_CAPPED.sample([&service.name], float(left_out)))
         })),
     );
+    // Absent until a stream has caught up.
+    families.push(
+        REGISTRY_STREAM.with(
+            registry
+                .stream
+                .as_deref()
+                .map(|in_use| {
+                    StreamMode::ALL.map(|mode| {
+                        let on = mode.as_str() == in_use;
+                        REGISTRY_STREAM.sample([mode.as_str()], if on { 1.0 } else { 0.0 })
+                    })
+                })
+                .into_iter()
+                .flatten(),
+        ),
+    );
 }
 
 /// The Nautilus attestation and ranking metrics.
@@ -1105,6 +1128,7 @@ mod tests {
             resyncs: 1,
             reconnects: 0,
             last_advance_unix_ms: Some(1_779_426_000_250),
+            stream: Some("filtered".to_owned()),
         });
         status
     }
@@ -1123,6 +1147,8 @@ mod tests {
             "daas_lb_registry_resyncs_total 1",
             "daas_lb_registry_last_update_timestamp_seconds 1779426000.25",
             "# TYPE daas_lb_registry_resyncs_total counter",
+            "daas_lb_registry_stream{mode=\"filtered\"} 1",
+            "daas_lb_registry_stream{mode=\"checkpoints\"} 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

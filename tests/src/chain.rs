@@ -64,14 +64,15 @@ impl SuiChain {
         )
     }
 
-    /// Waits until the daemon subscribed to checkpoints (the fake counts a
-    /// subscription once later checkpoints reach it).
+    /// Waits until the daemon subscribed (to the registry's events or, in
+    /// the fallback, to checkpoints; the fake counts a subscription once
+    /// later checkpoints reach it).
     pub fn wait_subscribed(&self, daemon: &Daemon) {
         let deadline = Instant::now() + Duration::from_secs(5);
         while self.fake.calls().subscribe.load(Ordering::Relaxed) == 0 {
             assert!(
                 Instant::now() < deadline,
-                "the daemon never subscribed to checkpoints; log:\n{}",
+                "the daemon never subscribed; log:\n{}",
                 daemon.log()
             );
             thread::sleep(Duration::from_millis(10));

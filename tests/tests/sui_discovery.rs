@@ -10,12 +10,18 @@
 //! `backends` map within a second (measured and printed), the stake filter,
 //! reconnection with gap repair (exact event counts), foreign and malformed
 //! events, the `sui_sync` check against a node's own full node, and a
-//! registry that cannot be read at start.
+//! registry that cannot be read at start. The filtered stream
+//! (`SubscribeEvents`) is the default: registry events arrive through it
+//! with mainnet-like foreign noise on the chain and none of the noise on
+//! the wire (the fake's counters), a drop is repaired with `ListEvents`,
+//! and a node that answers `UNIMPLEMENTED` is followed through every
+//! checkpoint instead (warning, status and metric name the mode).
 
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
     net::{Ipv4Addr, SocketAddr},
+    sync::atomic::Ordering,
     thread,
     time::{Duration, Instant},
 };
@@ -469,9 +475,10 @@ fn a_dropped_stream_is_repaired_without_losing_or_repeating_events() {
 }
 
 /// Events whose type names the same struct in another package or another
-/// module (with valid BCS) are ignored and counted as `ignored`; our own
-/// event type with malformed BCS (garbage, or trailing bytes) is skipped,
-/// counted as `malformed` and logged; a valid event after them is applied.
+/// module (with valid BCS) never reach the daemon (the filtered stream
+/// leaves them on the node: `ignored` stays 0); our own event type with
+/// malformed BCS (garbage, or trailing bytes) is skipped, counted as
+/// `malformed` and logged; a valid event after them is applied.
 #[test]
 fn foreign_events_are_ignored_and_malformed_ones_skipped_and_counted() {
     let Some(env) = TestEnv::new("sui_foreign") else {
@@ -514,7 +521,15 @@ fn foreign_events_are_ignored_and_malformed_ones_skipped_and_counted() {
     assert!(find_server(&status, node_a.addr).is_none(), "{status:#?}");
     assert!(!usable_in_map(&env, node_a.addr));
     assert_eq!(status.registry.as_ref().map(|r| r.nodes), Some(1));
-    assert_events(&daemon, [1, 0, 0, 2, 2]);
+    assert_events(&daemon, [1, 0, 0, 0, 2]);
+    assert_eq!(
+        chain
+            .fake
+            .calls()
+            .foreign_events_sent
+            .load(Ordering::Relaxed),
+        0
+    );
     let skipped = daemon.wait_log(REACT, "registry event skipped", 2);
     eprintln!("logged:\n{}", skipped.join("\n"));
     assert!(
@@ -647,4 +662,184 @@ fn an_unreachable_registry_at_start_leaves_the_static_servers_serving() {
     });
     assert_eq!(status.registry.as_ref().map(|r| r.nodes), Some(1));
     assert_eq!(connect_backend(&env).as_deref(), Ok("nodeA"));
+}
+
+/// The stream mode in `GET /status` and `daas_lb_registry_stream{mode}`:
+/// `want` is 1, the other modes 0.
+fn assert_stream(daemon: &mut Daemon, want: &str) {
+    let status = daemon.wait_for(REACT, &format!("stream {want}"), |s| {
+        s.registry.as_ref().and_then(|r| r.stream.as_deref()) == Some(want)
+    });
+    assert!(status.to_table().contains(&format!("stream {want}")));
+    let metrics = daemon.metrics();
+    for mode in ["filtered", "checkpoints", "polling"] {
+        assert_eq!(
+            metric(&metrics, "daas_lb_registry_stream", &[("mode", mode)]),
+            Some(if mode == want { 1.0 } else { 0.0 }),
+            "daas_lb_registry_stream{{mode=\"{mode}\"}} in\n{metrics}"
+        );
+    }
+}
+
+/// With 2,000 foreign events in every checkpoint (another package, like a
+/// busy mainnet), a registration reaches the BPF map within a second
+/// through the filtered stream, and the fake full node sent no foreign
+/// event at all: its counters show only the registry's events crossed the
+/// wire.
+#[test]
+fn registry_events_reach_the_bpf_map_through_the_filtered_stream_under_foreign_noise() {
+    let Some(env) = TestEnv::new("sui_filtered_noise") else {
+        return;
+    };
+    let chain = Chain::start(CHAIN_ID);
+    chain.fake.set_noise(2_000);
+    let (node0, node_a) = (node("node0", 50), node("nodeA", 51));
+    let mut daemon = start_synced(
+        &env,
+        &format!("{TOP}{}", chain.yaml("")),
+        &api(&[], Some(&node0), HTTP_CHECK),
+    );
+    chain.wait_subscribed(&daemon);
+    assert_stream(&mut daemon, "filtered");
+    for _ in 0..4 {
+        chain.fake.tick();
+    }
+    let since = Instant::now();
+    let last = chain.fake.register(key(1), info("127.0.0.51", 7, ""));
+    let took = measure(&daemon, since, "registered node in the BPF map", || {
+        usable_in_map(&env, node_a.addr)
+    });
+    eprintln!("event -> BPF map under 2,000 foreign events a checkpoint: {took:?}");
+    assert!(took < EVENT_TO_MAP, "{took:?}");
+    daemon.wait_for(REACT, "cursor at the registration", |s| {
+        s.registry.as_ref().and_then(|r| r.cursor) >= Some(last)
+    });
+    let calls = chain.fake.calls();
+    let (events, foreign) = (
+        calls.events_sent.load(Ordering::Relaxed),
+        calls.foreign_events_sent.load(Ordering::Relaxed),
+    );
+    eprintln!(
+        "fake sent {} messages, {} bytes, {events} events ({foreign} foreign) for 5 checkpoints of 2,000 foreign events",
+        calls.messages_sent.load(Ordering::Relaxed),
+        calls.bytes_sent.load(Ordering::Relaxed)
+    );
+    assert_eq!((events, foreign), (1, 0));
+    assert_events(&daemon, [1, 0, 0, 0, 0]);
+}
+
+/// The filtered stream is dropped and three events land meanwhile: after
+/// reconnecting, discovery replays them with `ListEvents` (the fake saw
+/// the calls; every event applied exactly once, still once a while later),
+/// without reading a single checkpoint.
+#[test]
+fn a_dropped_filtered_stream_is_repaired_with_list_events() {
+    let Some(env) = TestEnv::new("sui_filtered_gap") else {
+        return;
+    };
+    let chain = Chain::start(CHAIN_ID);
+    chain.fake.set_noise(100);
+    let nodes = [node("nodeA", 51), node("nodeB", 52), node("nodeC", 53)];
+    let default_node = node("node0", 50);
+    let mut daemon = start_synced(
+        &env,
+        &format!("{TOP}{}", chain.yaml("")),
+        &api(&[], Some(&default_node), HTTP_CHECK),
+    );
+    chain.wait_subscribed(&daemon);
+    assert_stream(&mut daemon, "filtered");
+    let lists_before = chain.fake.calls().list_events.load(Ordering::Relaxed);
+
+    chain.fake.end_streams();
+    chain.fake.register(key(1), info("127.0.0.51", 10, ""));
+    chain.fake.register(key(2), info("127.0.0.52", 10, ""));
+    chain.fake.update(key(1), info("127.0.0.53", 10, ""));
+    daemon.wait_for(REACT, "B and C listed, A moved", |s| {
+        listed(s, nodes[1].addr) && listed(s, nodes[2].addr) && !listed(s, nodes[0].addr)
+    });
+    let registry = daemon.status().registry.expect("registry");
+    assert!(registry.reconnects >= 1, "{registry:?}");
+    let calls = chain.fake.calls();
+    assert!(
+        calls.list_events.load(Ordering::Relaxed) > lists_before,
+        "the gap was replayed with ListEvents"
+    );
+    assert_eq!(calls.checkpoints_by_sequence.load(Ordering::Relaxed), 0);
+    assert_events(&daemon, [2, 1, 0, 0, 0]);
+
+    for _ in 0..3 {
+        chain.fake.tick();
+    }
+    let cursor = chain.fake.latest();
+    daemon.wait_for(REACT, "cursor at the chain's latest", |s| {
+        s.registry.as_ref().and_then(|r| r.cursor) == Some(cursor)
+    });
+    thread::sleep(Duration::from_millis(300));
+    assert_events(&daemon, [2, 1, 0, 0, 0]);
+    assert_eq!(
+        chain
+            .fake
+            .calls()
+            .foreign_events_sent
+            .load(Ordering::Relaxed),
+        0
+    );
+}
+
+/// A full node that answers `UNIMPLEMENTED` to `SubscribeEvents` is
+/// followed through every checkpoint: one warning names the node and the
+/// reason, the status and `daas_lb_registry_stream` say `checkpoints`, and
+/// registrations still reach the BPF map; foreign events now arrive and
+/// are counted as ignored.
+#[test]
+fn a_node_without_filtered_streams_falls_back_to_checkpoints() {
+    let Some(env) = TestEnv::new("sui_filtered_fallback") else {
+        return;
+    };
+    let chain = Chain::start(CHAIN_ID);
+    chain.fake.set_filtered_streams(false);
+    let (node0, node_a) = (node("node0", 50), node("nodeA", 51));
+    let mut daemon = start_synced(
+        &env,
+        &format!("{TOP}{}", chain.yaml("")),
+        &api(&[], Some(&node0), HTTP_CHECK),
+    );
+    chain.wait_subscribed(&daemon);
+    assert_stream(&mut daemon, "checkpoints");
+    let warned = daemon.wait_log(REACT, "does not serve filtered event streams", 1);
+    eprintln!("logged: {}", warned[0]);
+    assert!(
+        warned[0].contains("WARN")
+            && warned[0].contains(&chain.fake.url())
+            && warned[0].contains("UNIMPLEMENTED"),
+        "{}",
+        warned[0]
+    );
+
+    let other_package = Address::new([0x77; Address::LENGTH]);
+    let valid = bcs::to_bytes(&NodeRegistered {
+        node: key(9),
+        info: info("127.0.0.59", 10, ""),
+    })
+    .expect("BCS");
+    chain.fake.emit_raw(
+        format!(
+            "{other_package}::{}::NodeRegistered",
+            chain.fake.registry().module
+        ),
+        valid,
+    );
+    let since = Instant::now();
+    chain.fake.register(key(1), info("127.0.0.51", 7, ""));
+    let took = measure(&daemon, since, "registered node in the BPF map", || {
+        usable_in_map(&env, node_a.addr)
+    });
+    eprintln!("event -> BPF map through the checkpoint stream: {took:?}");
+    assert_events(&daemon, [1, 0, 0, 1, 0]);
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        daemon.log_count("does not serve filtered event streams"),
+        1,
+        "one warning"
+    );
 }

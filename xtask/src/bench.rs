@@ -1,5 +1,5 @@
-//! `cargo xtask bench xdp|nautilus|failover|connect|socket`: benchmarks on
-//! release builds.
+//! `cargo xtask bench xdp|nautilus|failover|connect|socket|chain`:
+//! benchmarks on release builds.
 //!
 //! `xdp`, as root:
 //!
@@ -45,6 +45,14 @@
 //!    daas-lb socket-LB VIP, HAProxy and the K3s-style proxy, as ratios to
 //!    direct connects, interleaved in rounds.
 //!
+//! `chain`, no root needed (loopback only):
+//!
+//! 1. `lb-chain-bench`: what following the Sui registry costs on a busy
+//!    chain (4 checkpoints/s, 2,000 foreign events each by default): bytes
+//!    and messages per minute, the discovery task's CPU and event -> view
+//!    latency with the filtered stream next to the checkpoint stream (the
+//!    fallback and the behaviour before filtered streams: the baseline).
+//!
 //! Each prints a markdown table on stdout (collected and printed together at
 //! the end) and its progress on stderr (streamed). Not part of `cargo xtask
 //! test`: the numbers depend on the machine and take a while to measure.
@@ -85,6 +93,9 @@ pub(crate) enum Target {
     /// req/s and latency, bulk throughput and CPU per request through a
     /// VIP and the proxies, vs direct.
     Socket,
+    /// Sui discovery on a busy chain (no root): bytes, messages, CPU and
+    /// latency of the filtered event stream vs the checkpoint stream.
+    Chain,
 }
 
 impl Target {
@@ -96,6 +107,7 @@ impl Target {
             Self::Failover => &["lb-failover-bench"],
             Self::Connect => &["lb-connect-bench"],
             Self::Socket => &["lb-socket-bench"],
+            Self::Chain => &["lb-chain-bench"],
         }
     }
 
@@ -107,6 +119,7 @@ impl Target {
             Self::Failover => "lb-failover-bench",
             Self::Connect => "lb-connect-bench",
             Self::Socket => "lb-socket-bench",
+            Self::Chain => "lb-chain-bench",
         }
     }
 }

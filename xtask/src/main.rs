@@ -103,14 +103,17 @@ struct BenchArgs {
     /// with p50/p99 from wrk against nginx, iperf3 bulk throughput and the
     /// node's CPU per request through a daas-lb socket-LB VIP, HAProxy and
     /// the K3s-style proxy, as ratios to direct; also installs nginx, wrk
-    /// and iperf3).
+    /// and iperf3) or `chain` (no root: bytes, messages, CPU and latency of
+    /// the Sui discovery's filtered event stream vs the checkpoint stream
+    /// on a busy fake chain, on loopback).
     target: bench::Target,
     /// Arguments (after `--`) for lb-rate-bench with `xdp`, e.g. `--duration
     /// 3 --runs 1`, for lb-attest-bench with `nautilus`, e.g. `--reps 20`,
     /// for lb-failover-bench with `failover`, e.g. `--rates 100 --events rst`,
     /// for lb-connect-bench with `connect`, e.g. `--rounds 3 --concurrency 8`,
-    /// or for lb-socket-bench with `socket`, e.g. `--duration 2 --rounds 1
-    /// --systems direct,daas-lb --no-bulk`.
+    /// for lb-socket-bench with `socket`, e.g. `--duration 2 --rounds 1
+    /// --systems direct,daas-lb --no-bulk`, or for lb-chain-bench with
+    /// `chain`, e.g. `--duration 10 --noise 2000 --rate 4`.
     #[arg(last = true)]
     args: Vec<String>,
 }

@@ -99,6 +99,13 @@ pub struct RegistryStatus {
     /// milliseconds since the Unix epoch; absent before the first full sync.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_advance_unix_ms: Option<u64>,
+    /// How discovery follows the chain: `filtered` (`SubscribeEvents`,
+    /// registry events only), `checkpoints` (every checkpoint, the fallback
+    /// for a node that does not serve filtered streams) or `polling` (the
+    /// latest checkpoint every second, for a node that serves no
+    /// subscription); absent until a stream has caught up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
 }
 
 /// The forwarder for remote clients as configured, the hook it runs in on
@@ -745,8 +752,8 @@ fn last_check_cell(server: &ServerStatus, now: std::time::SystemTime) -> String 
 }
 
 /// `registry: synced, 4 nodes (1 excluded: stake below minimum), cursor 12,
-/// events registered 4 updated 1, resyncs 1, reconnects 0` (and the last
-/// error while it fails).
+/// events registered 4 updated 1, resyncs 1, reconnects 0, stream filtered`
+/// (the stream once one has caught up, and the last error while it fails).
 fn registry_line(registry: &RegistryStatus) -> String {
     let events: Vec<String> = registry
         .events
@@ -781,6 +788,9 @@ fn registry_line(registry: &RegistryStatus) -> String {
         registry.resyncs,
         registry.reconnects
     );
+    if let Some(stream) = &registry.stream {
+        let _ = write!(line, ", stream {stream}");
+    }
     if let Some(error) = &registry.last_error {
         let _ = write!(line, ", error: {error}");
     }
@@ -1039,6 +1049,7 @@ mod tests {
             resyncs: 1,
             reconnects: 0,
             last_advance_unix_ms: None,
+            stream: None,
         });
         status.services[0].servers[0].stake_mist = Some(1_500_000_000);
         status.services[0].servers[0].sync_lag_blocks = Some(2);
@@ -1056,6 +1067,12 @@ mod tests {
             status.to_table().contains(
                 "registry: synced, 4 nodes (1 excluded: stake below minimum), cursor 12,"
             ),
+            "{table}"
+        );
+        status.registry.as_mut().unwrap().stream = Some("checkpoints".to_owned());
+        let table = status.to_table();
+        assert!(
+            table.contains("resyncs 1, reconnects 0, stream checkpoints\n"),
             "{table}"
         );
         let server = &mut status.services[0].servers[0];

@@ -7,13 +7,32 @@
 //!   the `Node` decoded from BCS. A node without RPC indexes answers
 //!   `ListDynamicFields` with `NOT_FOUND`/`UNIMPLEMENTED`: the error names the
 //!   missing feature (`rpc.enable-indexing`).
-//! - Deltas: `SubscribeCheckpoints` with an explicit read mask (an absent one
-//!   gives empty frames); the events of each checkpoint are applied in order
-//!   and the checkpoint becomes the cursor. After (re)subscribing, the
-//!   checkpoints between the cursor and the node's latest are fetched with
-//!   `GetCheckpoint` by sequence number, and so is any hole in the stream;
-//!   checkpoints at or below the cursor are skipped, so no event is lost or
-//!   applied twice. A hole larger than [`MAX_GAP_REPAIR`] checkpoints, or
+//! - Deltas, filtered (the default): `SubscribeEvents` with a server-side
+//!   filter on the registry's three event types ([`super::events`]), so
+//!   only registry events cross the wire. The subscription's first frame is
+//!   its start position; what happened between the cursor and it is
+//!   replayed with `ListEvents` (same filter, from the last watermark
+//!   cursor or the checkpoint after the cursor, up to that position
+//!   exclusive), paged through `ITEM_LIMIT`/`SCAN_LIMIT` ends and repeated
+//!   while the node's index trails (`LEDGER_TIP`). Every frame's watermark
+//!   moves the cursor (progress-only frames too); events are applied in
+//!   ledger order and deduplicated by position, so none is lost or applied
+//!   twice across reconnects.
+//! - Deltas, fallback: a node that answers `UNIMPLEMENTED` to
+//!   `SubscribeEvents` or `ListEvents` is followed like before filtered
+//!   streams, for the rest of the task's life (one `warn!` naming the URL
+//!   and the reason): `SubscribeCheckpoints` with an explicit read mask (an
+//!   absent one gives empty frames); the events of each checkpoint are
+//!   filtered here and applied in order and the checkpoint becomes the
+//!   cursor. After (re)subscribing, the checkpoints between the cursor and
+//!   the node's latest are fetched with `GetCheckpoint` by sequence number,
+//!   and so is any hole in the stream; checkpoints at or below the cursor
+//!   are skipped. [`DiscoveryStats::stream`] says which mode is in use.
+//! - Polling, the fallback's fallback: a node that also answers
+//!   `UNIMPLEMENTED` to `SubscribeCheckpoints` is polled: `GetCheckpoint`
+//!   of the latest checkpoint every [`POLL_INTERVAL`], then of each one
+//!   since the cursor (as a gap repair), with a second `warn!`.
+//! - In every mode a hole larger than [`MAX_GAP_REPAIR`] checkpoints, or
 //!   one the node has pruned, is repaired with a full sync instead.
 //! - A stream that ends or fails is re-subscribed after an exponential
 //!   backoff (100 ms doubling to 5 s, reset by the next frame).
@@ -23,20 +42,21 @@
 //!   `last_error` says why, and consumers keep their static servers.
 //!
 //! The view is published (receivers notified) when its nodes, `synced` or
-//! `last_error` change. The cursor moves with every checkpoint and is not
-//! part of the view: the task keeps it, and [`DiscoveryStats::cursor`]
-//! shows it.
+//! `last_error` change. The cursor moves with every checkpoint covered and
+//! is not part of the view: the task keeps it ([`Progress`]), and
+//! [`DiscoveryStats::cursor`] shows it.
 
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU8, AtomicU64, Ordering},
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context as _, anyhow, bail};
 use futures::StreamExt as _;
+use prost::bytes::Bytes;
 use sui_rpc::{
     Client,
     field::{FieldMask, FieldMaskUtil as _},
@@ -52,6 +72,7 @@ use tonic::{Code, Status};
 use tracing::{debug, error, info, warn};
 
 use super::{
+    events::{EVENT_MASK, PageEnd, Position, Progress, page_end, registry_filter},
     registry::{Node, Registry, RegistryRef, classify},
     view::RegistryView,
 };
@@ -59,6 +80,9 @@ use super::{
 /// The largest hole in the checkpoint sequence repaired checkpoint by
 /// checkpoint; a larger one is repaired with a full sync.
 pub const MAX_GAP_REPAIR: u64 = 1000;
+
+/// How often [`StreamMode::Polling`] reads the latest checkpoint.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The page size asked of `ListDynamicFields` (the real node's maximum).
 const PAGE_SIZE: u32 = 1000;
@@ -110,8 +134,11 @@ pub struct DiscoveryStats {
     pub updated: AtomicU64,
     /// `NodeRemoved` events applied.
     pub removed: AtomicU64,
-    /// Events seen in checkpoints that are not the registry's (another
-    /// package, module or struct).
+    /// Events delivered that are not the registry's (another package,
+    /// module or struct). With the filtered stream foreign events are not
+    /// delivered, so this stays 0 unless the node's filter lets one
+    /// through; with the checkpoint stream or polling it counts every
+    /// foreign event.
     pub ignored: AtomicU64,
     /// Registry events skipped because their BCS contents did not decode.
     pub malformed: AtomicU64,
@@ -127,11 +154,65 @@ pub struct DiscoveryStats {
     pub resyncs_total: AtomicU64,
     /// Subscriptions lost (stream ended or failed) or not established.
     pub reconnects_total: AtomicU64,
-    /// Checkpoints fetched by sequence number to repair holes.
+    /// Checkpoints fetched by sequence number to repair holes (checkpoint
+    /// stream).
     pub gap_checkpoints: AtomicU64,
+    /// Registry events replayed with `ListEvents` to repair holes (filtered
+    /// stream).
+    pub gap_events: AtomicU64,
+    /// The stream in use: 0 none yet, else a [`StreamMode`] + 1; set once
+    /// a subscription has caught up.
+    stream: AtomicU8,
+}
+
+/// How discovery follows the chain's changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamMode {
+    /// `SubscribeEvents` + `ListEvents`, filtered on the node.
+    Filtered,
+    /// `SubscribeCheckpoints` + `GetCheckpoint`, filtered here (the
+    /// fallback).
+    Checkpoints,
+    /// `GetCheckpoint` of the latest checkpoint every [`POLL_INTERVAL`],
+    /// then of each one since the cursor, filtered here (the fallback of
+    /// the fallback: a node that serves no subscription).
+    Polling,
+}
+
+impl StreamMode {
+    /// Every mode, in label order.
+    pub const ALL: [Self; 3] = [Self::Filtered, Self::Checkpoints, Self::Polling];
+
+    /// The name in `GET /status` and the `mode` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Filtered => "filtered",
+            Self::Checkpoints => "checkpoints",
+            Self::Polling => "polling",
+        }
+    }
 }
 
 impl DiscoveryStats {
+    /// The stream in use, once one has caught up.
+    pub fn stream(&self) -> Option<StreamMode> {
+        match self.stream.load(Ordering::Relaxed) {
+            1 => Some(StreamMode::Filtered),
+            2 => Some(StreamMode::Checkpoints),
+            3 => Some(StreamMode::Polling),
+            _ => None,
+        }
+    }
+
+    fn set_stream(&self, mode: StreamMode) {
+        let value = match mode {
+            StreamMode::Filtered => 1,
+            StreamMode::Checkpoints => 2,
+            StreamMode::Polling => 3,
+        };
+        self.stream.store(value, Ordering::Relaxed);
+    }
+
     /// Records that the cursor moved to `cursor` now.
     fn advanced_to(&self, cursor: u64) {
         self.cursor.store(cursor, Ordering::Relaxed);
@@ -193,7 +274,8 @@ impl Discovery {
             stats,
             tx,
             client: None,
-            cursor: 0,
+            progress: Progress::default(),
+            mode: StreamMode::Filtered,
         };
         (rx, tokio::spawn(runner.run()))
     }
@@ -205,6 +287,8 @@ enum FollowEnd {
     Lost(anyhow::Error),
     /// The hole cannot be repaired checkpoint by checkpoint.
     FullSync(String),
+    /// The node does not serve filtered streams: fall back to checkpoints.
+    Unsupported(String),
     /// Every receiver is gone.
     Closed,
 }
@@ -232,9 +316,12 @@ struct Runner {
     stats: Arc<DiscoveryStats>,
     tx: watch::Sender<RegistryView>,
     client: Option<Client>,
-    /// The sequence number of the last checkpoint whose events are in the
-    /// view (0 before the first full sync).
-    cursor: u64,
+    /// How far the view has applied the chain (checkpoint 0 before the
+    /// first full sync).
+    progress: Progress,
+    /// How to follow the chain: filtered streams until the node says it
+    /// does not serve them, then checkpoints, then polling.
+    mode: StreamMode,
 }
 
 /// A status as `CODE: message`, the code spelled like gRPC's (`NOT_FOUND`).
@@ -287,6 +374,26 @@ impl Runner {
                 FollowEnd::FullSync(why) => {
                     info!(url = %self.settings.sui_rpc_url, why, "registry: full sync");
                     need_full_sync = true;
+                }
+                FollowEnd::Unsupported(reason) => {
+                    if self.mode == StreamMode::Filtered {
+                        warn!(
+                            url = %self.settings.sui_rpc_url,
+                            reason,
+                            "registry: the full node does not serve filtered event streams; \
+                             following every checkpoint instead"
+                        );
+                        self.mode = StreamMode::Checkpoints;
+                    } else {
+                        warn!(
+                            url = %self.settings.sui_rpc_url,
+                            reason,
+                            interval = ?POLL_INTERVAL,
+                            "registry: the full node serves no subscription; \
+                             polling its checkpoints instead"
+                        );
+                        self.mode = StreamMode::Polling;
+                    }
                 }
                 FollowEnd::Lost(e) => {
                     self.stats.reconnects_total.fetch_add(1, Ordering::Relaxed);
@@ -483,7 +590,7 @@ impl Runner {
 
         let count = nodes.len();
         // Set before the view says `synced`.
-        self.cursor = cursor;
+        self.progress = Progress::synced_at(cursor);
         self.stats.advanced_to(cursor);
         self.tx.send_if_modified(|view| {
             let changed = view.nodes != nodes || !view.synced || view.last_error.is_some();
@@ -497,25 +604,270 @@ impl Runner {
         Ok(())
     }
 
-    /// Subscribes, catches up to the node's latest checkpoint, then applies
-    /// frames until something fails (a full resync is run in between when
-    /// `next_resync` passes).
+    /// Follows the chain with the stream of the current mode until
+    /// something fails (a full resync is run in between when `next_resync`
+    /// passes).
     async fn follow(&mut self, next_resync: &mut Instant, backoff: &mut Backoff) -> FollowEnd {
+        match self.mode {
+            StreamMode::Filtered => self.follow_events(next_resync, backoff).await,
+            StreamMode::Checkpoints => self.follow_checkpoints(next_resync, backoff).await,
+            StreamMode::Polling => self.follow_polling(next_resync, backoff).await,
+        }
+    }
+
+    /// Reads the latest checkpoint every [`POLL_INTERVAL`] and applies the
+    /// checkpoints since the cursor (fetched by sequence number, as a gap).
+    async fn follow_polling(
+        &mut self,
+        next_resync: &mut Instant,
+        backoff: &mut Backoff,
+    ) -> FollowEnd {
+        loop {
+            let latest = match self.latest_checkpoint().await {
+                Ok(latest) => latest,
+                Err(e) => return FollowEnd::Lost(e),
+            };
+            if let Some(end) = self.repair(latest).await {
+                return end;
+            }
+            self.stats.set_stream(StreamMode::Polling);
+            self.clear_error();
+            backoff.reset();
+            tokio::select! {
+                () = sleep(POLL_INTERVAL) => {}
+                () = sleep_until(*next_resync) => {
+                    if let Err(e) = self.full_sync().await {
+                        return FollowEnd::Lost(e.context("periodic full resync"));
+                    }
+                    *next_resync = Instant::now() + self.settings.discovery_interval;
+                }
+                () = self.tx.closed() => return FollowEnd::Closed,
+            }
+        }
+    }
+
+    /// Subscribes to the registry's events, replays what the subscription
+    /// does not cover, then applies frames.
+    async fn follow_events(
+        &mut self,
+        next_resync: &mut Instant,
+        backoff: &mut Backoff,
+    ) -> FollowEnd {
+        let url = self.settings.sui_rpc_url.clone();
+        let mut client = match self.client() {
+            Ok(c) => c,
+            Err(e) => return FollowEnd::Lost(e),
+        };
+        let request = proto::SubscribeEventsRequest::default()
+            .with_read_mask(FieldMask::from_paths(EVENT_MASK))
+            .with_filter(registry_filter(&self.settings.registry));
+        let mut stream = match timeout(
+            self.settings.request_timeout,
+            client.subscription_client().subscribe_events(request),
+        )
+        .await
+        {
+            Ok(Ok(response)) => response.into_inner(),
+            Ok(Err(status)) => return stream_failed("SubscribeEvents", &url, &status),
+            Err(_) => {
+                return FollowEnd::Lost(anyhow!(
+                    "SubscribeEvents at {url}: no answer within {:?}",
+                    self.settings.request_timeout
+                ));
+            }
+        };
+        // The first frame establishes the stream's start position.
+        let first = match timeout(self.settings.request_timeout, stream.next()).await {
+            Ok(Some(Ok(frame))) => frame,
+            Ok(Some(Err(status))) => return stream_failed("SubscribeEvents", &url, &status),
+            Ok(None) => {
+                return FollowEnd::Lost(anyhow!("SubscribeEvents at {url}: the stream ended"));
+            }
+            Err(_) => {
+                return FollowEnd::Lost(anyhow!(
+                    "SubscribeEvents at {url}: no first frame within {:?}",
+                    self.settings.request_timeout
+                ));
+            }
+        };
+        let Some(start) = first.watermark.as_ref().and_then(|w| w.cursor.clone()) else {
+            return FollowEnd::Lost(anyhow!(
+                "SubscribeEvents at {url}: a frame without its watermark cursor"
+            ));
+        };
+        let start_checkpoint = first.watermark.as_ref().and_then(|w| w.checkpoint);
+        if let Some(end) = self.replay(start, start_checkpoint).await {
+            return end;
+        }
+        if let Err(e) = self.apply_event_frame(first.event.as_ref(), first.watermark.as_ref()) {
+            return FollowEnd::Lost(e.context(format!("SubscribeEvents at {url}")));
+        }
+        self.stats.set_stream(StreamMode::Filtered);
+        self.clear_error();
+        debug!(
+            url,
+            cursor = self.progress.checkpoint,
+            "registry: following filtered events"
+        );
+        loop {
+            tokio::select! {
+                frame = stream.next() => {
+                    let frame = match frame {
+                        None => return FollowEnd::Lost(anyhow!("SubscribeEvents at {url}: the stream ended")),
+                        Some(Err(status)) => return stream_failed("SubscribeEvents", &url, &status),
+                        Some(Ok(frame)) => frame,
+                    };
+                    backoff.reset();
+                    if let Err(e) = self.apply_event_frame(frame.event.as_ref(), frame.watermark.as_ref()) {
+                        return FollowEnd::Lost(e.context(format!("SubscribeEvents at {url}")));
+                    }
+                }
+                () = sleep_until(*next_resync) => {
+                    if let Err(e) = self.full_sync().await {
+                        return FollowEnd::Lost(e.context("periodic full resync"));
+                    }
+                    *next_resync = Instant::now() + self.settings.discovery_interval;
+                }
+                () = self.tx.closed() => return FollowEnd::Closed,
+            }
+        }
+    }
+
+    /// Replays with `ListEvents` the registry events after the progress and
+    /// strictly before `before` (a new subscription's start position, which
+    /// covers checkpoint `before_checkpoint` when known), page after page,
+    /// asking again while the node's index trails the subscription (for at
+    /// most the request timeout).
+    async fn replay(&mut self, before: Bytes, before_checkpoint: Option<u64>) -> Option<FollowEnd> {
+        if self.progress.resume.as_ref() == Some(&before) {
+            return None;
+        }
+        let missed = before_checkpoint.map_or(0, |k| k.saturating_sub(self.progress.checkpoint));
+        if missed > MAX_GAP_REPAIR {
+            return Some(FollowEnd::FullSync(format!(
+                "{missed} checkpoints missed (more than {MAX_GAP_REPAIR})"
+            )));
+        }
+        let url = self.settings.sui_rpc_url.clone();
+        let mut client = match self.client() {
+            Ok(c) => c,
+            Err(e) => return Some(FollowEnd::Lost(e)),
+        };
+        let patience = Instant::now() + self.settings.request_timeout;
+        loop {
+            let request = self
+                .progress
+                .replay_request(&self.settings.registry, before.clone());
+            debug!(url, after = ?request.options.as_ref().and_then(|o| o.after.as_ref()), start = ?request.start_checkpoint, "registry: replaying missed events");
+            let mut frames = match timeout(
+                self.settings.request_timeout,
+                client.ledger_client().list_events(request),
+            )
+            .await
+            {
+                Ok(Ok(response)) => response.into_inner(),
+                Ok(Err(status)) => return Some(list_failed(&url, &status)),
+                Err(_) => {
+                    return Some(FollowEnd::Lost(anyhow!(
+                        "ListEvents at {url}: no answer within {:?}",
+                        self.settings.request_timeout
+                    )));
+                }
+            };
+            let mut end = None;
+            loop {
+                let frame = match timeout(self.settings.request_timeout, frames.next()).await {
+                    Ok(None) => break,
+                    Ok(Some(Ok(frame))) => frame,
+                    Ok(Some(Err(status))) => return Some(list_failed(&url, &status)),
+                    Err(_) => {
+                        return Some(FollowEnd::Lost(anyhow!(
+                            "ListEvents at {url}: no frame within {:?}",
+                            self.settings.request_timeout
+                        )));
+                    }
+                };
+                if frame.event.is_some() {
+                    self.stats.gap_events.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Err(e) =
+                    self.apply_event_frame(frame.event.as_ref(), frame.watermark.as_ref())
+                {
+                    return Some(FollowEnd::Lost(e.context(format!("ListEvents at {url}"))));
+                }
+                if frame.end.is_some() {
+                    end = frame.end;
+                    break;
+                }
+            }
+            match page_end(end.as_ref()) {
+                Ok(PageEnd::Done) => return None,
+                Ok(PageEnd::More) => {}
+                Ok(PageEnd::IndexBehind) => {
+                    if Instant::now() >= patience {
+                        return Some(FollowEnd::Lost(anyhow!(
+                            "ListEvents at {url}: the node's event index stayed behind its subscription for {:?}",
+                            self.settings.request_timeout
+                        )));
+                    }
+                    sleep(self.settings.min_backoff).await;
+                }
+                Err(why) => return Some(FollowEnd::Lost(anyhow!("ListEvents at {url}: {why}"))),
+            }
+        }
+    }
+
+    /// Applies one frame of a filtered stream: its event (if any, and not
+    /// applied yet), then its watermark. A frame without a watermark, or an
+    /// event without its position, breaks the protocol: an error.
+    fn apply_event_frame(
+        &mut self,
+        event: Option<&proto::Event>,
+        watermark: Option<&proto::Watermark>,
+    ) -> anyhow::Result<()> {
+        let Some(watermark) = watermark else {
+            bail!("a frame without its watermark");
+        };
+        if let Some(event) = event {
+            let position = Position::of(event).ok_or_else(|| {
+                anyhow!("an event without its checkpoint, transaction_index or event_index")
+            })?;
+            self.apply_events(&mut std::iter::once((position, event)));
+        }
+        if self.progress.watermark(watermark) {
+            self.stats.advanced_to(self.progress.checkpoint);
+        }
+        Ok(())
+    }
+
+    /// Subscribes to every checkpoint (the fallback), catches up to the
+    /// node's latest checkpoint, then applies frames.
+    async fn follow_checkpoints(
+        &mut self,
+        next_resync: &mut Instant,
+        backoff: &mut Backoff,
+    ) -> FollowEnd {
         let mut client = match self.client() {
             Ok(c) => c,
             Err(e) => return FollowEnd::Lost(e),
         };
         let request =
             proto::SubscribeCheckpointsRequest::default().with_read_mask(checkpoint_mask());
-        let mut stream = match self
-            .call(
-                "SubscribeCheckpoints",
-                client.subscription_client().subscribe_checkpoints(request),
-            )
-            .await
+        let url = self.settings.sui_rpc_url.clone();
+        let mut stream = match timeout(
+            self.settings.request_timeout,
+            client.subscription_client().subscribe_checkpoints(request),
+        )
+        .await
         {
-            Ok(stream) => stream,
-            Err(e) => return FollowEnd::Lost(e),
+            Ok(Ok(response)) => response.into_inner(),
+            Ok(Err(status)) => return stream_failed("SubscribeCheckpoints", &url, &status),
+            Err(_) => {
+                return FollowEnd::Lost(anyhow!(
+                    "SubscribeCheckpoints at {url}: no answer within {:?}",
+                    self.settings.request_timeout
+                ));
+            }
         };
         // Checkpoints executed before the subscription took effect.
         let latest = match self.latest_checkpoint().await {
@@ -525,8 +877,9 @@ impl Runner {
         if let Some(end) = self.repair(latest).await {
             return end;
         }
+        self.stats.set_stream(StreamMode::Checkpoints);
         self.clear_error();
-        debug!(url = %self.settings.sui_rpc_url, cursor = self.cursor, "registry: following checkpoints");
+        debug!(url = %self.settings.sui_rpc_url, cursor = self.progress.checkpoint, "registry: following checkpoints");
         loop {
             tokio::select! {
                 frame = stream.next() => {
@@ -539,14 +892,14 @@ impl Runner {
                     let Some(sequence) = frame.cursor.or_else(|| frame.checkpoint.as_ref().and_then(|c| c.sequence_number)) else {
                         continue;
                     };
-                    if sequence <= self.cursor {
+                    if sequence <= self.progress.checkpoint {
                         continue;
                     }
                     if let Some(end) = self.repair(sequence - 1).await {
                         return end;
                     }
                     match frame.checkpoint {
-                        Some(checkpoint) => self.apply(sequence, &checkpoint),
+                        Some(checkpoint) => self.apply_checkpoint(sequence, &checkpoint),
                         // A frame without its checkpoint: fetch it.
                         None => {
                             if let Some(end) = self.repair(sequence).await {
@@ -569,7 +922,7 @@ impl Runner {
     /// Fetches and applies the checkpoints after the cursor up to `end`
     /// (none when the cursor is already there).
     async fn repair(&mut self, end: u64) -> Option<FollowEnd> {
-        let start = self.cursor + 1;
+        let start = self.progress.checkpoint + 1;
         if end < start {
             return None;
         }
@@ -623,44 +976,97 @@ impl Runner {
                 )));
             };
             self.stats.gap_checkpoints.fetch_add(1, Ordering::Relaxed);
-            self.apply(sequence, &checkpoint);
+            self.apply_checkpoint(sequence, &checkpoint);
         }
         None
     }
 
     /// Applies the registry events of checkpoint `sequence` in order and
     /// moves the cursor to it.
-    fn apply(&mut self, sequence: u64, checkpoint: &proto::Checkpoint) {
+    fn apply_checkpoint(&mut self, sequence: u64, checkpoint: &proto::Checkpoint) {
+        let mut events = checkpoint
+            .transactions
+            .iter()
+            .enumerate()
+            .flat_map(|(t, transaction)| {
+                transaction
+                    .events
+                    .iter()
+                    .flat_map(|e| e.events.iter())
+                    .enumerate()
+                    .map(move |(i, event)| {
+                        let position = Position {
+                            checkpoint: sequence,
+                            transaction: t as u64,
+                            event: u32::try_from(i).unwrap_or(u32::MAX),
+                        };
+                        (position, event)
+                    })
+            });
+        self.apply_events(&mut events);
+        if self.progress.checkpoint_done(sequence) {
+            self.stats.advanced_to(sequence);
+        }
+    }
+
+    /// Applies events in ledger order, each one only if the progress has
+    /// not passed its position: registry events change the view, foreign
+    /// ones are counted as ignored, malformed ones as malformed (and
+    /// logged).
+    fn apply_events(&mut self, events: &mut dyn Iterator<Item = (Position, &proto::Event)>) {
         let registry = &self.settings.registry;
         let stats = &self.stats;
+        let progress = &mut self.progress;
         self.tx.send_if_modified(|view| {
             let mut changed = false;
-            let events = checkpoint
-                .transactions
-                .iter()
-                .filter_map(|t| t.events.as_ref())
-                .flat_map(|e| e.events.iter());
-            for event in events {
+            for (position, event) in events {
+                if !progress.is_new(position) {
+                    continue;
+                }
+                progress.applied(position);
                 let event_type = event.event_type.as_deref().unwrap_or_default();
-                let contents =
-                    event.contents.as_ref().and_then(|b| b.value.as_deref()).unwrap_or_default();
+                let contents = event
+                    .contents
+                    .as_ref()
+                    .and_then(|b| b.value.as_deref())
+                    .unwrap_or_default();
+                let checkpoint = position.checkpoint;
                 match classify(event_type, contents, registry) {
                     Ok(None) => stats.bump("ignored"),
                     Ok(Some(e)) => {
                         stats.bump(e.kind());
-                        debug!(checkpoint = sequence, kind = e.kind(), node = %e.node(), "registry event");
+                        debug!(checkpoint, kind = e.kind(), node = %e.node(), "registry event");
                         changed |= view.apply(&e);
                     }
                     Err(reason) => {
                         stats.bump("malformed");
-                        warn!(checkpoint = sequence, event_type, reason, "registry event skipped");
+                        warn!(checkpoint, event_type, reason, "registry event skipped");
                     }
                 }
             }
             changed
         });
-        self.cursor = sequence;
-        stats.advanced_to(sequence);
+    }
+}
+
+/// The end of following when a streaming call fails with `status`:
+/// `UNIMPLEMENTED` means the node does not serve it (fall back), anything
+/// else is a lost stream.
+fn stream_failed(what: &str, url: &str, status: &Status) -> FollowEnd {
+    if status.code() == Code::Unimplemented {
+        FollowEnd::Unsupported(format!("{what}: {}", status_text(status)))
+    } else {
+        FollowEnd::Lost(anyhow!("{what} at {url}: {}", status_text(status)))
+    }
+}
+
+/// Like [`stream_failed`] for `ListEvents`, where `NOT_FOUND` and
+/// `OUT_OF_RANGE` mean the range is no longer there (pruned): a full sync.
+fn list_failed(url: &str, status: &Status) -> FollowEnd {
+    if matches!(status.code(), Code::NotFound | Code::OutOfRange) {
+        FollowEnd::FullSync(format!("ListEvents at {url}: {}", status_text(status)))
+    } else {
+        stream_failed("ListEvents", url, status)
     }
 }
 
@@ -769,13 +1175,13 @@ mod tests {
                 chain.calls().subscribe.load(Ordering::Relaxed) >= 1
             })
             .await;
-        // And its catch-up read of the latest checkpoint (the full sync read
-        // the first): a checkpoint made before that read would be fetched by
-        // sequence number, i.e. counted as a repaired gap. (Under load the
-        // tests' first event used to land in that window.)
+        // And its catch-up (the ListEvents replay, or the read of the latest
+        // checkpoint): an event made before it would be counted as a
+        // repaired gap. (Under load the tests' first event used to land in
+        // that window.)
         running
-            .until("the catch-up after subscribing", |_| {
-                chain.calls().latest_checkpoint.load(Ordering::Relaxed) >= 2
+            .until("the catch-up after subscribing", |r| {
+                r.stats.stream().is_some()
             })
             .await;
         running
@@ -872,13 +1278,19 @@ mod tests {
             [1, 1, 1]
         );
         assert_eq!(running.stats.reconnects_total.load(Ordering::Relaxed), 0);
+        assert_eq!(running.stats.stream(), Some(StreamMode::Filtered));
+        assert_eq!(
+            running.stats.gap_events.load(Ordering::Relaxed),
+            0,
+            "no gap to repair"
+        );
         assert_eq!(
             chain
                 .calls()
                 .checkpoints_by_sequence
                 .load(Ordering::Relaxed),
             0,
-            "no gap to repair"
+            "no checkpoint read"
         );
     }
 
@@ -903,16 +1315,20 @@ mod tests {
             .await;
         assert_eq!(view.nodes, chain.nodes());
         assert!(running.stats.reconnects_total.load(Ordering::Relaxed) >= 1);
-        assert!(chain.calls().subscribe.load(Ordering::Relaxed) >= 2);
+        assert!(chain.calls().subscribe_events.load(Ordering::Relaxed) >= 2);
         assert!(
+            chain.calls().list_events.load(Ordering::Relaxed) >= 2,
+            "gap repaired by ListEvents (one replay at the start, one after the drop)"
+        );
+        assert_eq!(running.stats.gap_events.load(Ordering::Relaxed), 3);
+        assert_eq!(
             chain
                 .calls()
                 .checkpoints_by_sequence
-                .load(Ordering::Relaxed)
-                >= 3,
-            "gap repaired by GetCheckpoint"
+                .load(Ordering::Relaxed),
+            0,
+            "no checkpoint read"
         );
-        assert_eq!(running.stats.gap_checkpoints.load(Ordering::Relaxed), 3);
 
         // And the new stream carries on.
         let last = chain.remove(address(3));
@@ -1023,9 +1439,172 @@ mod tests {
             .view("node 1", |v| v.nodes.contains_key(&address(1)))
             .await;
         assert_eq!(view.nodes.keys().copied().collect::<Vec<_>>(), [address(1)]);
-        assert_eq!(running.count("ignored"), 2);
+        // Filtered on the node: the foreign events never arrive.
+        assert_eq!(running.count("ignored"), 0);
         assert_eq!(running.count("malformed"), 2);
         assert_eq!(running.count("registered"), 1);
+        assert_eq!(chain.calls().foreign_events_sent.load(Ordering::Relaxed), 0);
+    }
+
+    /// Appends the foreign and malformed events of the test above.
+    fn emit_foreign_and_malformed(chain: &FakeChain) {
+        let ours = chain.registry();
+        let valid = bcs::to_bytes(&NodeRegistered {
+            node: address(7),
+            info: node(7, 1),
+        })
+        .unwrap();
+        let other_package = RegistryRef {
+            package: address(99),
+            ..ours.clone()
+        };
+        chain.emit_raw(other_package.type_string("NodeRegistered"), valid.clone());
+        chain.emit_raw(
+            format!("{}::registry_v2::NodeRegistered", ours.package),
+            valid.clone(),
+        );
+        chain.emit_raw(
+            ours.type_string("NodeRegistered"),
+            valid[..valid.len() - 3].to_vec(),
+        );
+    }
+
+    /// A node that answers `UNIMPLEMENTED` to `SubscribeEvents` is followed
+    /// through every checkpoint: events still apply, the mode says so, and
+    /// foreign events arrive and are counted as ignored.
+    #[tokio::test]
+    async fn a_node_without_filtered_streams_is_followed_through_checkpoints() {
+        let chain = FakeChain::start(CHAIN).await.unwrap();
+        chain.set_filtered_streams(false);
+        let mut running = synced(&chain, Duration::from_mins(5)).await;
+        assert_eq!(running.stats.stream(), Some(StreamMode::Checkpoints));
+        assert_eq!(chain.calls().subscribe_events.load(Ordering::Relaxed), 0);
+        emit_foreign_and_malformed(&chain);
+        chain.register(address(1), node(1, 10));
+        running
+            .view("node 1", |v| v.nodes.contains_key(&address(1)))
+            .await;
+        assert_eq!(running.count("ignored"), 2);
+        assert_eq!(running.count("malformed"), 1);
+        assert_eq!(running.count("registered"), 1);
+        // The other package's event (the other module's is of our package).
+        assert_eq!(chain.calls().foreign_events_sent.load(Ordering::Relaxed), 1);
+        // A drop is repaired checkpoint by checkpoint.
+        chain.end_streams();
+        chain.register(address(2), node(2, 10));
+        running
+            .view("node 2", |v| v.nodes.contains_key(&address(2)))
+            .await;
+        assert!(running.stats.gap_checkpoints.load(Ordering::Relaxed) >= 1);
+        assert_eq!(running.count("registered"), 2);
+        assert_eq!(running.stats.reconnects_total.load(Ordering::Relaxed), 1);
+    }
+
+    /// A node that serves no subscription at all (`UNIMPLEMENTED` to
+    /// `SubscribeEvents` and `SubscribeCheckpoints`) is polled: events still
+    /// apply, within a poll interval.
+    #[tokio::test]
+    async fn a_node_without_subscriptions_is_polled() {
+        let chain = FakeChain::start(CHAIN).await.unwrap();
+        chain.set_subscriptions(false);
+        let mut running = start(settings(&chain, Duration::from_mins(5)));
+        running.view("the first full sync", |v| v.synced).await;
+        running
+            .until("polling", |r| r.stats.stream() == Some(StreamMode::Polling))
+            .await;
+        let last = chain.register(address(1), node(1, 10));
+        chain.tick();
+        running
+            .view("node 1", |v| v.nodes.contains_key(&address(1)))
+            .await;
+        assert_eq!(running.count("registered"), 1);
+        running
+            .until("the cursor", |r| {
+                r.stats.cursor.load(Ordering::Relaxed) > last
+            })
+            .await;
+        assert_eq!(chain.calls().subscribe.load(Ordering::Relaxed), 0);
+        assert!(running.stats.gap_checkpoints.load(Ordering::Relaxed) >= 2);
+        assert_eq!(running.stats.reconnects_total.load(Ordering::Relaxed), 0);
+    }
+
+    /// Mainnet-like noise (another package's events in every checkpoint)
+    /// never crosses the wire with the filtered stream; with the checkpoint
+    /// stream all of it does.
+    #[tokio::test]
+    async fn foreign_noise_is_filtered_on_the_node() {
+        let chain = FakeChain::start(CHAIN).await.unwrap();
+        chain.set_noise(200);
+        let mut running = synced(&chain, Duration::from_mins(5)).await;
+        for _ in 0..5 {
+            chain.tick();
+        }
+        let last = chain.register(address(1), node(1, 10));
+        running
+            .view("node 1", |v| v.nodes.contains_key(&address(1)))
+            .await;
+        running
+            .until("the cursor", |r| {
+                r.stats.cursor.load(Ordering::Relaxed) == last
+            })
+            .await;
+        let calls = chain.calls();
+        assert_eq!(calls.foreign_events_sent.load(Ordering::Relaxed), 0);
+        assert_eq!(calls.events_sent.load(Ordering::Relaxed), 1);
+        assert_eq!(running.count("ignored"), 0);
+
+        let fallback = FakeChain::start(CHAIN).await.unwrap();
+        fallback.set_noise(200);
+        fallback.set_filtered_streams(false);
+        let mut running = synced(&fallback, Duration::from_mins(5)).await;
+        for _ in 0..5 {
+            fallback.tick();
+        }
+        fallback.register(address(1), node(1, 10));
+        running
+            .view("node 1", |v| v.nodes.contains_key(&address(1)))
+            .await;
+        assert!(fallback.calls().foreign_events_sent.load(Ordering::Relaxed) >= 6 * 200);
+        assert!(running.count("ignored") >= 6 * 200);
+    }
+
+    /// Progress-only frames move the cursor without events, in the steps
+    /// the node sends them; a replay pages through item and scan limits.
+    #[tokio::test]
+    async fn progress_frames_move_the_cursor_and_replays_page() {
+        let chain = FakeChain::start(CHAIN).await.unwrap();
+        chain.set_progress_every(3);
+        chain.set_list_limits(1, 2);
+        let mut running = synced(&chain, Duration::from_mins(5)).await;
+        let start = running.stats.cursor.load(Ordering::Relaxed);
+        let mut last = 0;
+        for _ in 0..6 {
+            last = chain.tick();
+        }
+        let on_boundary = last - last % 3;
+        running
+            .until("the progress frame", |r| {
+                r.stats.cursor.load(Ordering::Relaxed) == on_boundary
+            })
+            .await;
+        assert!(on_boundary > start);
+        assert_eq!(on_boundary % 3, 0);
+        assert_eq!(running.stats.events().map(|(_, n)| n), [0; 5]);
+
+        chain.end_streams();
+        for i in 1..=4 {
+            chain.register(address(i), node(i, 10));
+            chain.tick();
+        }
+        running
+            .view("the four nodes", |v| {
+                v.nodes.len() == 4 && v.last_error.is_none()
+            })
+            .await;
+        // One item per page: at least one ListEvents per event.
+        assert!(chain.calls().list_events.load(Ordering::Relaxed) > 4);
+        assert_eq!(running.stats.gap_events.load(Ordering::Relaxed), 4);
+        assert_eq!(running.count("registered"), 4);
     }
 
     #[tokio::test]

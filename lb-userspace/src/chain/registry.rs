@@ -197,6 +197,9 @@ const REGISTERED: &str = "NodeRegistered";
 const UPDATED: &str = "NodeUpdated";
 const REMOVED: &str = "NodeRemoved";
 
+/// The registry's event struct names, in the order of their kinds.
+pub const EVENT_NAMES: [&str; 3] = [REGISTERED, UPDATED, REMOVED];
+
 /// Decodes one event: `Ok(None)` when its parsed type is not one of the
 /// registry's events (another package, another module, another struct, or
 /// a type string that does not parse); `Err(reason)` when it is ours but its

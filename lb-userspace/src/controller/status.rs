@@ -250,6 +250,7 @@ pub(super) fn build(state: &State) -> Status {
             last_advance_unix_ms: synced
                 .then(|| stats.advanced_unix_ms.load(Ordering::Relaxed))
                 .filter(|&ms| ms != 0),
+            stream: stats.stream().map(|mode| mode.as_str().to_owned()),
         }
     });
     Status {

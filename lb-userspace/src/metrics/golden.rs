@@ -37,7 +37,7 @@ use crate::{
 /// label is `name` in every family (it was `service` in the chain,
 /// attestation and server-list families), plus `daas_lb_service_fail_open`
 /// and `daas_lb_registry_last_update_timestamp_seconds`; and of issue 18:
-/// `daas_lb_discovered_servers_capped`, and the help of
+/// `daas_lb_discovered_servers_capped`, `daas_lb_registry_stream`, and the help of
 /// `k3s_blockchain_sync_lag_blocks` (static servers are checked too).
 const GOLDEN: &str = include_str!("testdata/exposition-0.0.4.txt");
 
@@ -263,6 +263,7 @@ fn status() -> Status {
             resyncs: 2,
             reconnects: 1,
             last_advance_unix_ms: Some(1_779_426_000_250),
+            stream: Some("checkpoints".to_owned()),
         }),
         kernel_log: crate::config::KernelLog::Off,
         k3s: Vec::new(),
@@ -478,8 +479,8 @@ fn parse(text: &str) -> BTreeMap<String, Family> {
 fn every_family_keeps_its_type_help_samples_and_values() {
     let golden = parse(GOLDEN);
     let now = parse(&exposition());
-    // The fixture has a sample in each of the 48 families of the README's table.
-    assert_eq!(golden.len(), 49, "{:?}", golden.keys());
+    // The fixture has a sample in each of the 50 families of the README's table.
+    assert_eq!(golden.len(), 50, "{:?}", golden.keys());
     for (name, family) in &golden {
         assert!(
             !family.samples.is_empty(),

@@ -9,7 +9,20 @@
 //! - `StateService`: `ListDynamicFields` (the registry table's entries,
 //!   paged by field ID like the real node);
 //! - `SubscriptionService`: `SubscribeCheckpoints` (new checkpoints only,
-//!   from the moment of the subscription).
+//!   from the moment of the subscription) and `SubscribeEvents` (filtered
+//!   server-side: a progress-only first frame at the tip, then each
+//!   matching event and a progress-only frame per checkpoint, or every
+//!   [`FakeChain::set_progress_every`] checkpoints);
+//! - `LedgerService::ListEvents`: the same filter over a checkpoint range
+//!   and cursor bounds, with item and scan limits, watermarks and
+//!   `QueryEnd` reasons as the proto documents them (see `events`).
+//!
+//! [`FakeChain::set_filtered_streams`] makes `SubscribeEvents` and
+//! `ListEvents` answer `UNIMPLEMENTED` (a node without them),
+//! [`FakeChain::set_subscriptions`] both subscriptions;
+//! [`FakeChain::set_noise`] adds N foreign events (another package) to
+//! every checkpoint, like a busy mainnet; [`FakeCalls`] counts what the
+//! streams sent (messages, bytes, events, foreign events).
 //!
 //! Read masks are applied with `sui_rpc::merge::Merge`, as the real node does:
 //! an absent mask gives the documented default (`sequence_number,digest` for
@@ -29,19 +42,25 @@
 //! This file holds the handle ([`FakeChain`]: start, the mutators and the
 //! switches) and the call counts; `model` holds the chain's state (the
 //! checkpoints, the registry table, the events and the objects built from
-//! them) and `service` the gRPC services that serve it.
+//! them), `events` the filter and the `ListEvents` scan, and `service` the
+//! gRPC services that serve it.
 
+mod events;
 mod model;
 mod service;
 
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
-    sync::{Arc, Mutex, atomic::AtomicU64},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
 use anyhow::Context as _;
+use prost::Message as _;
 use sui_rpc::proto::sui::rpc::v2::{
     self as proto, ledger_service_server::LedgerServiceServer,
     state_service_server::StateServiceServer,
@@ -64,6 +83,10 @@ pub const FAKE_MODULE: &str = "registry";
 const DEFAULT_PAGE_SIZE: u32 = 50;
 const MAX_PAGE_SIZE: u32 = 1000;
 
+/// Checkpoints one `ListEvents` call scans before it ends with
+/// `SCAN_LIMIT` (the fake's budget; the real node has its own).
+const DEFAULT_SCAN_BUDGET: u64 = 10_000;
+
 /// A running fake full node; stops (and ends its streams) when dropped.
 pub struct FakeChain {
     shared: Arc<Shared>,
@@ -83,11 +106,75 @@ pub struct FakeCalls {
     pub get_object: AtomicU64,
     /// `ListDynamicFields` (one per page).
     pub list_dynamic_fields: AtomicU64,
-    /// `SubscribeCheckpoints` (counted once the subscription is registered:
-    /// every later checkpoint reaches it).
+    /// Subscriptions, `SubscribeCheckpoints` or `SubscribeEvents` (counted
+    /// once the subscription is registered: every later checkpoint reaches
+    /// it).
     pub subscribe: AtomicU64,
+    /// `SubscribeEvents` subscriptions (also counted in `subscribe`).
+    pub subscribe_events: AtomicU64,
+    /// `ListEvents` calls (one per page).
+    pub list_events: AtomicU64,
     /// `GetServiceInfo`.
     pub service_info: AtomicU64,
+    /// Messages sent by the calls discovery follows the chain with
+    /// (`SubscribeCheckpoints`, `SubscribeEvents`, `ListEvents`,
+    /// `GetCheckpoint`).
+    pub messages_sent: AtomicU64,
+    /// Their bytes: each message's protobuf encoding plus the 5-byte gRPC
+    /// frame header (HTTP/2 framing not counted).
+    pub bytes_sent: AtomicU64,
+    /// Events in those messages.
+    pub events_sent: AtomicU64,
+    /// Of those, events whose type is not of the registry's package.
+    pub foreign_events_sent: AtomicU64,
+}
+
+impl FakeCalls {
+    /// Counts one message of `len` encoded bytes carrying `events`.
+    fn sent(&self, len: usize, events: &mut dyn Iterator<Item = &proto::Event>, package: &Address) {
+        self.messages_sent.fetch_add(1, Ordering::Relaxed);
+        self.bytes_sent.fetch_add(len as u64 + 5, Ordering::Relaxed);
+        let prefix = format!("{package}::");
+        let (mut all, mut foreign) = (0, 0);
+        for event in events {
+            all += 1;
+            if !event
+                .event_type
+                .as_deref()
+                .is_some_and(|t| t.starts_with(&prefix))
+            {
+                foreign += 1;
+            }
+        }
+        self.events_sent.fetch_add(all, Ordering::Relaxed);
+        self.foreign_events_sent
+            .fetch_add(foreign, Ordering::Relaxed);
+    }
+
+    /// Counts a `SubscribeCheckpoints` frame.
+    fn sent_checkpoint(&self, frame: &proto::SubscribeCheckpointsResponse, package: &Address) {
+        self.sent_whole_checkpoint(frame.encoded_len(), frame.checkpoint.as_ref(), package);
+    }
+
+    /// Counts a message of `len` bytes carrying `checkpoint`.
+    fn sent_whole_checkpoint(
+        &self,
+        len: usize,
+        checkpoint: Option<&proto::Checkpoint>,
+        package: &Address,
+    ) {
+        let mut events = checkpoint
+            .into_iter()
+            .flat_map(|c| c.transactions.iter())
+            .filter_map(|t| t.events.as_ref())
+            .flat_map(|e| e.events.iter());
+        self.sent(len, &mut events, package);
+    }
+
+    /// Counts a `SubscribeEvents` or `ListEvents` frame.
+    fn sent_event_frame(&self, len: usize, event: Option<&proto::Event>, package: &Address) {
+        self.sent(len, &mut event.into_iter(), package);
+    }
 }
 
 impl FakeChain {
@@ -107,13 +194,24 @@ impl FakeChain {
         };
         let shared = Arc::new(Shared {
             registry,
+            noise_package: derived_address(b"daas-lb fake noise package"),
             table_id: derived_address(b"daas-lb fake registry table"),
             state: Mutex::new(State {
                 chain_id: chain_id.to_owned(),
                 checkpoints: Vec::new(),
+                noise_counts: Vec::new(),
                 nodes: BTreeMap::new(),
                 subscribers: Vec::new(),
+                event_subscribers: Vec::new(),
                 unavailable: false,
+                filtered_streams: true,
+                subscriptions: true,
+                noise: 0,
+                progress_every: 1,
+                list_limits: events::Limits {
+                    max_items: MAX_PAGE_SIZE,
+                    scan_budget: DEFAULT_SCAN_BUDGET,
+                },
                 indexes: true,
                 lag_checkpoints: 0,
                 lag_age: Duration::ZERO,
@@ -264,7 +362,8 @@ impl FakeChain {
         self.shared.append(Vec::new(), |_| ())
     }
 
-    /// Ends every open `SubscribeCheckpoints` stream with `UNAVAILABLE`, as
+    /// Ends every open subscription (`SubscribeCheckpoints` and
+    /// `SubscribeEvents`) with `UNAVAILABLE`, as
     /// a dropped connection would; later checkpoints reach only new
     /// subscriptions.
     pub fn end_streams(&self) {
@@ -304,6 +403,68 @@ impl FakeChain {
         self.shared.lock().delay = delay;
     }
 
+    /// While off, `SubscribeEvents` and `ListEvents` answer
+    /// `UNIMPLEMENTED`, like a full node that does not serve filtered
+    /// streams (on by default).
+    pub fn set_filtered_streams(&self, on: bool) {
+        let mut state = self.shared.lock();
+        state.filtered_streams = on;
+        if !on {
+            for s in state.event_subscribers.drain(..) {
+                let _ = s.tx.send(Err(tonic::Status::unimplemented(
+                    "fake Sui full node: filtered streams off (test switch)",
+                )));
+            }
+        }
+    }
+
+    /// While off, `SubscribeCheckpoints` and `SubscribeEvents` answer
+    /// `UNIMPLEMENTED`, like a full node without a subscription service
+    /// (on by default); open subscriptions end with that status.
+    pub fn set_subscriptions(&self, on: bool) {
+        let mut state = self.shared.lock();
+        state.subscriptions = on;
+        if !on {
+            let off = || {
+                tonic::Status::unimplemented("fake Sui full node: subscriptions off (test switch)")
+            };
+            for s in state.subscribers.drain(..) {
+                let _ = s.tx.send(Err(off()));
+            }
+            for s in state.event_subscribers.drain(..) {
+                let _ = s.tx.send(Err(off()));
+            }
+        }
+    }
+
+    /// Every checkpoint appended from now on also carries a transaction
+    /// with `per_checkpoint` events of another package (`pool::SwapEvent`,
+    /// 160 bytes of contents each), like mainnet traffic.
+    pub fn set_noise(&self, per_checkpoint: usize) {
+        self.shared.lock().noise = per_checkpoint;
+    }
+
+    /// Event subscriptions get a progress-only frame every `checkpoints`
+    /// checkpoints (1 by default: after each one).
+    pub fn set_progress_every(&self, checkpoints: u64) {
+        self.shared.lock().progress_every = checkpoints.max(1);
+    }
+
+    /// `ListEvents` serves at most `max_items` items per call (1000 by
+    /// default) and scans at most `scan_budget` checkpoints per call
+    /// (10,000), to exercise `ITEM_LIMIT` and `SCAN_LIMIT` paging.
+    pub fn set_list_limits(&self, max_items: u32, scan_budget: u64) {
+        self.shared.lock().list_limits = events::Limits {
+            max_items: max_items.max(1),
+            scan_budget: scan_budget.max(1),
+        };
+    }
+
+    /// The package of the noise events ([`FakeChain::set_noise`]).
+    pub fn noise_package(&self) -> Address {
+        self.shared.noise_package
+    }
+
     /// Caps the page size of `ListDynamicFields` (1000 by default, like the
     /// real node), to exercise paging with few entries.
     pub fn set_max_page_size(&self, max: u32) {
@@ -313,7 +474,11 @@ impl FakeChain {
 
 impl Drop for FakeChain {
     fn drop(&mut self) {
-        self.shared.lock().subscribers.clear();
+        {
+            let mut state = self.shared.lock();
+            state.subscribers.clear();
+            state.event_subscribers.clear();
+        }
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }

@@ -5,13 +5,17 @@
 //!
 //! Invariant: every call starts with [`Shared::enter`] (the delay and
 //! unavailable switches) and every unary answer carries the metadata
-//! headers of a real response ([`Shared::reply`]).
+//! headers of a real response ([`Shared::reply`]); the filtered services
+//! (`SubscribeEvents`, `ListEvents`) then check their switch
+//! ([`Shared::filtered`]) and validate the filter before anything else,
+//! and the subscriptions their own switch ([`Shared::subscriptions`]).
 
 use std::{
     sync::{Arc, atomic::Ordering},
     time::SystemTime,
 };
 
+use prost::Message as _;
 use prost_types::Timestamp;
 use sui_rpc::{
     field::FieldMaskTree,
@@ -27,7 +31,8 @@ use tonic::{Request, Response, Status, codegen::BoxStream, metadata::MetadataVal
 
 use super::{
     DEFAULT_PAGE_SIZE,
-    model::{Shared, Subscriber, put_object},
+    events::{Filter, list},
+    model::{EventSubscriber, Shared, Subscriber, progress_frame, put_object},
 };
 
 impl Shared {
@@ -45,18 +50,44 @@ impl Shared {
         Ok(())
     }
 
+    /// `UNIMPLEMENTED` while filtered streams are switched off.
+    fn filtered(&self, method: &str) -> Result<(), Status> {
+        if self.lock().filtered_streams {
+            Ok(())
+        } else {
+            Err(Status::unimplemented(format!(
+                "fake Sui full node: {method} is not served (test switch)"
+            )))
+        }
+    }
+
+    /// `UNIMPLEMENTED` while subscriptions are switched off.
+    fn subscriptions(&self, method: &str) -> Result<(), Status> {
+        if self.lock().subscriptions {
+            Ok(())
+        } else {
+            Err(Status::unimplemented(format!(
+                "fake Sui full node: {method} is not served (test switch)"
+            )))
+        }
+    }
+
     /// A unary response with the metadata headers every real response
     /// carries.
     fn reply<T>(&self, message: T) -> Response<T> {
-        let state = self.lock();
         let mut response = Response::new(message);
-        let metadata = response.metadata_mut();
+        self.headers(response.metadata_mut());
+        response
+    }
+
+    /// The metadata headers of a real response.
+    fn headers(&self, metadata: &mut tonic::metadata::MetadataMap) {
+        let state = self.lock();
         if let Ok(chain_id) = MetadataValue::try_from(state.chain_id.as_str()) {
             metadata.insert("x-sui-chain-id", chain_id);
         }
         let height = state.latest().saturating_sub(state.lag_checkpoints);
         metadata.insert("x-sui-checkpoint-height", MetadataValue::from(height));
-        response
     }
 }
 
@@ -89,6 +120,16 @@ fn mask_dynamic_field(field: &proto::DynamicField, mask: &FieldMaskTree) -> prot
         out.value_type.clone_from(&field.value_type);
     }
     out
+}
+
+/// The frames a subscription's channel receives, as a response stream.
+fn receiver_stream<T: Send + 'static>(
+    rx: mpsc::UnboundedReceiver<Result<T, Status>>,
+) -> BoxStream<T> {
+    Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+        let item = rx.recv().await?;
+        Some((item, rx))
+    }))
 }
 
 fn mask_or(mask: Option<prost_types::FieldMask>, default: &str) -> FieldMaskTree {
@@ -146,32 +187,72 @@ impl LedgerService for Service {
                         .calls
                         .latest_checkpoint
                         .fetch_add(1, Ordering::Relaxed);
-                    state.checkpoints.last()
+                    Some(state.latest())
                 }
                 Some(CheckpointId::SequenceNumber(n)) => {
                     self.0
                         .calls
                         .checkpoints_by_sequence
                         .fetch_add(1, Ordering::Relaxed);
-                    usize::try_from(*n)
-                        .ok()
-                        .and_then(|n| state.checkpoints.get(n))
+                    Some(*n)
                 }
                 Some(CheckpointId::Digest(d)) => state
                     .checkpoints
                     .iter()
-                    .find(|c| c.digest.as_ref() == Some(d)),
+                    .position(|c| c.digest.as_ref() == Some(d))
+                    .map(|i| i as u64),
                 Some(_) => None,
             };
             found
-                .map(|c| proto::Checkpoint::merge_from(c, &mask))
+                .and_then(|n| self.0.checkpoint(&state, n))
+                .map(|c| proto::Checkpoint::merge_from(&c, &mask))
                 .ok_or_else(|| {
                     Status::not_found(format!("checkpoint {:?} not found", request.checkpoint_id))
                 })?
         };
-        Ok(self
-            .0
-            .reply(proto::GetCheckpointResponse::default().with_checkpoint(checkpoint)))
+        let response = proto::GetCheckpointResponse::default().with_checkpoint(checkpoint);
+        self.0.calls.sent_whole_checkpoint(
+            response.encoded_len(),
+            response.checkpoint.as_ref(),
+            &self.0.registry.package,
+        );
+        Ok(self.0.reply(response))
+    }
+
+    async fn list_events(
+        &self,
+        request: Request<proto::ListEventsRequest>,
+    ) -> Result<Response<BoxStream<proto::ListEventsResponse>>, Status> {
+        self.0.enter().await?;
+        self.0.filtered("ListEvents")?;
+        self.0.calls.list_events.fetch_add(1, Ordering::Relaxed);
+        let request = request.into_inner();
+        let filter = Filter::parse(request.filter.as_ref())?;
+        let mask = mask_or(request.read_mask.clone(), "*");
+        let frames = {
+            let state = self.0.lock();
+            let at = |sequence| self.0.checkpoint(&state, sequence);
+            list(
+                &at,
+                state.latest(),
+                &request,
+                &filter,
+                &mask,
+                state.list_limits,
+            )?
+        };
+        for frame in &frames {
+            self.0.calls.sent_event_frame(
+                frame.encoded_len(),
+                frame.event.as_ref(),
+                &self.0.registry.package,
+            );
+        }
+        let stream: BoxStream<proto::ListEventsResponse> =
+            Box::pin(futures::stream::iter(frames.into_iter().map(Ok)));
+        let mut response = Response::new(stream);
+        self.0.headers(response.metadata_mut());
+        Ok(response)
     }
 
     async fn get_object(
@@ -272,6 +353,7 @@ impl SubscriptionService for Service {
         request: Request<proto::SubscribeCheckpointsRequest>,
     ) -> Result<Response<BoxStream<proto::SubscribeCheckpointsResponse>>, Status> {
         self.0.enter().await?;
+        self.0.subscriptions("SubscribeCheckpoints")?;
         // Like the real node: no mask matches nothing, frames carry only the
         // cursor.
         let mask = request
@@ -282,10 +364,39 @@ impl SubscriptionService for Service {
         let (tx, rx) = mpsc::unbounded_channel();
         self.0.lock().subscribers.push(Subscriber { mask, tx });
         self.0.calls.subscribe.fetch_add(1, Ordering::Relaxed);
-        let stream = futures::stream::unfold(rx, |mut rx| async move {
-            let item = rx.recv().await?;
-            Some((item, rx))
-        });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(receiver_stream(rx)))
+    }
+
+    async fn subscribe_events(
+        &self,
+        request: Request<proto::SubscribeEventsRequest>,
+    ) -> Result<Response<BoxStream<proto::SubscribeEventsResponse>>, Status> {
+        self.0.enter().await?;
+        self.0.subscriptions("SubscribeEvents")?;
+        self.0.filtered("SubscribeEvents")?;
+        let request = request.into_inner();
+        let filter = Filter::parse(request.filter.as_ref())?;
+        let mask = mask_or(request.read_mask, "*");
+        let (tx, rx) = mpsc::unbounded_channel();
+        {
+            // Registered and started in one critical section: the first
+            // frame is the start position, every later checkpoint reaches
+            // the subscription.
+            let mut state = self.0.lock();
+            let first = progress_frame(state.latest());
+            self.0
+                .calls
+                .sent_event_frame(first.encoded_len(), None, &self.0.registry.package);
+            let _ = tx.send(Ok(first));
+            state
+                .event_subscribers
+                .push(EventSubscriber { filter, mask, tx });
+        }
+        self.0.calls.subscribe.fetch_add(1, Ordering::Relaxed);
+        self.0
+            .calls
+            .subscribe_events
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(Response::new(receiver_stream(rx)))
     }
 }
