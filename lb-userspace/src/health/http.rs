@@ -69,14 +69,7 @@ impl Prober {
                 let (body, truncated) = match read_body(response, HttpCheck::BODY_LIMIT).await {
                     Ok(body) => body,
                     Err(error) => {
-                        return Ok((
-                            false,
-                            format!(
-                                "{label} {status}: reading the body failed: {}",
-                                root_cause(&error)
-                            ),
-                            answered,
-                        ));
+                        return Ok((false, body_unread(label, status, &error), answered));
                     }
                 };
                 if let Some(failure) = body_failure(label, needle, &body, truncated) {
@@ -165,6 +158,14 @@ pub(super) fn status_failure(label: &str, check: &HttpCheck, status: u16) -> Opt
             expected_list(&check.expected_status)
         )
     })
+}
+
+/// Why a check failed whose answer's body could not be read.
+pub(super) fn body_unread(label: &str, status: u16, error: &(dyn StdError + 'static)) -> String {
+    format!(
+        "{label} {status}: reading the body failed: {}",
+        root_cause(error)
+    )
 }
 
 /// Why `body` (its first bytes when `truncated`) fails `body_contains:

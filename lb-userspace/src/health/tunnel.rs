@@ -55,7 +55,10 @@ use tokio_rustls::TlsConnector;
 
 use super::{
     Budget, DialOutcome, HttpPart, PartOutcome, Prober, Transport,
-    http::{AGENT, body_failure, innermost_io, keep_up_to, passed, root_cause, status_failure},
+    http::{
+        AGENT, body_failure, body_unread, innermost_io, keep_up_to, passed, root_cause,
+        status_failure,
+    },
     millis,
 };
 use crate::{
@@ -298,15 +301,7 @@ where
             let (body, truncated) =
                 match read_body(response.into_body(), HttpCheck::BODY_LIMIT).await {
                     Ok(body) => body,
-                    Err(error) => {
-                        return Ok((
-                            false,
-                            format!(
-                                "{label} {status}: reading the body failed: {}",
-                                root_cause(&error)
-                            ),
-                        ));
-                    }
+                    Err(error) => return Ok((false, body_unread(label, status, &error))),
                 };
             if let Some(failure) = body_failure(label, needle, &body, truncated) {
                 return Ok((false, failure));
