@@ -258,14 +258,14 @@ pub fn run_loop(
 }
 
 /// The `p`-th percentile (0 < `p` ≤ 100, nearest rank) of `sorted`
-/// (ascending); 0 when it is empty.
+/// (ascending); the default (0) when it is empty.
 #[expect(
     clippy::cast_precision_loss,
     reason = "sample counts stay far below 2^52"
 )]
-pub fn percentile(sorted: &[u32], p: f64) -> u32 {
+pub fn percentile<T: Copy + Default>(sorted: &[T], p: f64) -> T {
     if sorted.is_empty() {
-        return 0;
+        return T::default();
     }
     let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
@@ -282,7 +282,7 @@ mod tests {
         assert_eq!(percentile(&sorted, 99.0), 99);
         assert_eq!(percentile(&sorted, 100.0), 100);
         assert_eq!(percentile(&[7], 1.0), 7);
-        assert_eq!(percentile(&[], 50.0), 0);
+        assert_eq!(percentile::<u32>(&[], 50.0), 0);
     }
 
     #[test]

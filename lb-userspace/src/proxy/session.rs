@@ -20,12 +20,12 @@ use std::{
 };
 
 use socket2::{SockRef, TcpKeepalive};
-
-/// How long a connection lives before its server side gets TCP keepalive.
-const KEEPALIVE_AFTER: Duration = Duration::from_secs(1);
 use tokio::net::TcpStream;
 
 use super::{Route, Shared, connect, copy};
+
+/// How long a connection lives before its server side gets TCP keepalive.
+const KEEPALIVE_AFTER: Duration = Duration::from_secs(1);
 
 /// Serves one client until it or its server closes.
 pub(super) async fn run(shared: Arc<Shared>, mut client: TcpStream) {
@@ -145,11 +145,8 @@ impl std::fmt::Display for Failure {
 }
 
 /// TCP keepalive as Go's dialer sets it: the first probe after `every`
-/// idle, then every `every` (zero: left off).
+/// idle, then every `every` (the caller skips a zero `every`: off).
 fn set_keepalive(socket: BorrowedFd<'_>, every: Duration) {
-    if every.is_zero() {
-        return;
-    }
     let keepalive = TcpKeepalive::new().with_time(every).with_interval(every);
     let _ = SockRef::from(&socket).set_tcp_keepalive(&keepalive);
 }

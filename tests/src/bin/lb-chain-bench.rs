@@ -26,6 +26,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow};
+use lb_tests::connects::percentile;
 use lb_userspace::{
     chain::{
         discovery::{Discovery, DiscoverySettings, DiscoveryStats},
@@ -297,18 +298,6 @@ async fn measure(load: Load, filtered: bool) -> Result<Row> {
     Ok(row)
 }
 
-#[expect(
-    clippy::cast_precision_loss,
-    reason = "a few hundred samples at most: exact as f64"
-)]
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 fn table(load: Load, rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -336,8 +325,8 @@ fn table(load: Load, rows: &[Row]) -> String {
             lb_tests::thousands(row.events),
             lb_tests::thousands(row.foreign),
             row.cpu_percent,
-            percentile(&sorted, 0.5).as_secs_f64() * 1000.0,
-            percentile(&sorted, 0.99).as_secs_f64() * 1000.0,
+            percentile(&sorted, 50.0).as_secs_f64() * 1000.0,
+            percentile(&sorted, 99.0).as_secs_f64() * 1000.0,
             sorted.len()
         );
     }
